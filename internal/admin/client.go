@@ -1,0 +1,96 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"syscall"
+	"time"
+)
+
+// Client calls a running gateway's admin API; the CLI uses it.
+type Client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// NewClient returns a client for the API listening on listen (a host:port
+// as in admin.listen; an empty or wildcard host means this machine).
+func NewClient(listen, token string) *Client {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		host, port = "127.0.0.1", "13290"
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return &Client{
+		base:  "http://" + net.JoinHostPort(host, port),
+		token: token,
+		http:  &http.Client{Timeout: 3 * time.Minute},
+	}
+}
+
+// ErrUnreachable wraps errors where no gateway answered at all, so callers
+// can fall back to working offline on the data directory.
+var ErrUnreachable = errors.New("admin API unreachable")
+
+// Do sends a request with an optional body (a []byte is sent as is, other
+// values as JSON) and decodes a 2xx JSON reply into out when out is not nil.
+// A non-2xx reply becomes an error carrying the API's message.
+func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	ctype := ""
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		rd, ctype = bytes.NewReader(b), "application/octet-stream"
+	default:
+		data, err := json.Marshal(b)
+		if err != nil {
+			return err
+		}
+		rd, ctype = bytes.NewReader(data), "application/json"
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return err
+	}
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("%w at %s: %v", ErrUnreachable, c.base, err)
+		}
+		return fmt.Errorf("admin API %s: %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("admin API %s: %w", c.base, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct{ Error string }
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			return &HTTPError{Status: resp.StatusCode, Err: errors.New(e.Error)}
+		}
+		return &HTTPError{Status: resp.StatusCode, Err: fmt.Errorf("%s %s: %s", method, path, resp.Status)}
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("admin API %s %s: bad reply: %w", method, path, err)
+		}
+	}
+	return nil
+}

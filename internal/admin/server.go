@@ -1,0 +1,137 @@
+// Package admin is dpgate's admin HTTP API: JSON on a loopback listener by
+// default, a bearer token required whenever one is configured. The server
+// owns routing, authentication, limits and the JSON conventions; the
+// gateway and its components register their routes on it.
+//
+// Conventions: every reply is JSON; errors are {"error": "..."} with a
+// 4xx/5xx status; request bodies are capped at 1 MiB.
+package admin
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// MaxBody caps a request body.
+const MaxBody = 1 << 20
+
+// Server is the admin API.
+type Server struct {
+	token string
+	log   *slog.Logger
+	mux   *http.ServeMux
+	http  *http.Server
+}
+
+// Config configures the server. The zero value serves without a token.
+type Config struct {
+	// Token is the bearer token every route but /healthz requires.
+	// Default: none (config validation allows that only on loopback).
+	Token  string
+	Logger *slog.Logger // default slog.Default()
+}
+
+// New builds the server; routes are added with Handle before Serve.
+func New(cfg Config) *Server {
+	s := &Server{token: cfg.Token, log: cfg.Logger, mux: http.NewServeMux()}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	s.http = &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		// Long enough for ?wait= on pushes, short enough to free stuck writers.
+		WriteTimeout:   2 * time.Minute,
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	return s
+}
+
+// Handle registers a route with a Go 1.22 pattern ("GET /v1/certs").
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// HandleJSON registers a route whose function returns a value to encode
+// as JSON with the status, or an error (see Error).
+func (s *Server) HandleJSON(pattern string, fn func(r *http.Request) (int, any, error)) {
+	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBody)
+		status, v, err := fn(r)
+		if err != nil {
+			status = http.StatusInternalServerError
+			var he *HTTPError
+			if errors.As(err, &he) {
+				status = he.Status
+			} else {
+				s.log.Error("admin: request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+			}
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				status = http.StatusRequestEntityTooLarge
+			}
+			WriteJSON(w, status, map[string]string{"error": err.Error()})
+			return
+		}
+		WriteJSON(w, status, v)
+	})
+}
+
+// ServeHTTP authenticates, then routes.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.token != "" && r.URL.Path != "/healthz" && !s.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="dpgate"`)
+		WriteJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) == 1
+}
+
+// Serve serves on ln until Shutdown or Close; it returns nil after those.
+func (s *Server) Serve(ln net.Listener) error {
+	if err := s.http.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// Shutdown stops accepting and waits for requests in flight, up to ctx.
+func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
+
+// Close stops at once.
+func (s *Server) Close() error { return s.http.Close() }
+
+// HTTPError is an error with the status it should be answered with.
+type HTTPError struct {
+	Status int
+	Err    error
+}
+
+func (e *HTTPError) Error() string { return e.Err.Error() }
+func (e *HTTPError) Unwrap() error { return e.Err }
+
+// Errorf wraps err with an HTTP status.
+func Error(status int, err error) error { return &HTTPError{Status: status, Err: err} }
+
+// WriteJSON writes v as indented JSON.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}

@@ -1,0 +1,338 @@
+// Package config reads the dpgate YAML configuration file.
+//
+// The file is strict: an unknown key, a value of the wrong type or a value
+// out of range is an error that names the key and its line. Every field's
+// zero value means its default; Load fills the defaults in and validates the
+// result, so the rest of dpgate works on a complete, checked Config.
+//
+// The key names are part of dpgate's user-facing contract (see DESIGN.md);
+// configs/dpgate.yaml documents every one of them.
+package config
+
+import (
+	"os"
+	"path/filepath"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	Node    Node    `yaml:"node"`
+	Log     Log     `yaml:"log"`
+	Admin   Admin   `yaml:"admin"`
+	TLS     TLS     `yaml:"tls"`
+	Proxy   Proxy   `yaml:"proxy"`
+	Push    Push    `yaml:"push"`
+	Wake    Wake    `yaml:"wake"`
+	Link    Link    `yaml:"link"`
+	Cluster Cluster `yaml:"cluster"`
+
+	// lines maps a key path ("proxy.upstreams[0].address") to the line it
+	// was read from, so validation errors can point at the file.
+	lines map[string]int
+	file  string
+}
+
+// Off disables a listener that is on by default.
+const Off = "off"
+
+// Node identifies this gateway.
+type Node struct {
+	// Name of this node in the cluster and in logs. Default: the host name.
+	Name string `yaml:"name"`
+	// DataDir holds the store, the generated certificates and the agent CA.
+	// Default: $STATE_DIRECTORY (set by systemd's StateDirectory=), else
+	// /var/lib/dpgate as root, else ~/.local/state/dpgate.
+	DataDir string `yaml:"data_dir"`
+}
+
+// Log configures log/slog output on standard error.
+type Log struct {
+	// Level is debug, info, warn or error. Default: info.
+	Level string `yaml:"level"`
+	// Format is text or json. Default: text.
+	Format string `yaml:"format"`
+}
+
+// Admin configures the admin HTTP API.
+type Admin struct {
+	// Listen is the API's address. Default: 127.0.0.1:13290. A non-loopback
+	// address requires TokenFile.
+	Listen string `yaml:"listen"`
+	// TokenFile holds the bearer token the API requires. Default: none
+	// (no token, allowed only on loopback).
+	TokenFile string `yaml:"token_file"`
+}
+
+// TLS names the gateway's own certificate, the one agents pin.
+type TLS struct {
+	// Cert is a PEM file with the certificate, and the key too when Key is
+	// empty. Default: data_dir/gateway.pem, generated on first start.
+	Cert string `yaml:"cert"`
+	// Key is a PEM file with the private key. Default: read from Cert.
+	Key string `yaml:"key"`
+}
+
+// Proxy configures the TLS relay from agents to central servers.
+type Proxy struct {
+	// Listen is where agents connect. Default: :443. The proxy is off while
+	// no upstream is configured.
+	Listen string `yaml:"listen"`
+	// Upstreams are the central servers, tried per Balance.
+	Upstreams []Upstream `yaml:"upstreams"`
+	// Balance is least-busy or ordered. Default: least-busy.
+	Balance string `yaml:"balance"`
+	// ConnectionTimeout bounds dialing and TLS to one upstream. Default: 10s.
+	ConnectionTimeout Duration `yaml:"connection_timeout"`
+	// HandshakeTimeout bounds an agent's TLS handshake. Default: 10s.
+	HandshakeTimeout Duration `yaml:"handshake_timeout"`
+	// IdleTimeout closes a relay with no traffic either way. Default: 10m.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// ValidateAgentCerts requires agents' client certificates to be in the
+	// allow-list. Default: false.
+	ValidateAgentCerts bool `yaml:"validate_agent_certs"`
+	// MaxConnections caps concurrent agent connections. Default: 20000.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxIngressRate shapes the total agent-to-upstream rate. Default: off.
+	MaxIngressRate Rate `yaml:"max_ingress_rate"`
+	// ProxyProtocol is off or v2 (PROXY protocol header to upstreams).
+	// Default: off.
+	ProxyProtocol string `yaml:"proxy_protocol"`
+}
+
+// Upstream is one central server.
+type Upstream struct {
+	// Address is host:port, the host an IP address or a DNS name.
+	Address string `yaml:"address"`
+	// Pins are SPKI SHA-256 pins (sha256//<base64>); two allow rotation.
+	// Default: none, verify against the system roots and the host name.
+	Pins []string `yaml:"pins"`
+	// ClientCert is a PKCS#12 (PFX) file with the certificate the gateway
+	// presents to this upstream. Default: none.
+	ClientCert string `yaml:"client_cert"`
+	// ClientCertPasswordFile holds the PFX password. Default: empty password.
+	ClientCertPasswordFile string `yaml:"client_cert_password_file"`
+}
+
+// Push configures the push server.
+type Push struct {
+	// Listen is the TLS (TCP) and QUIC (UDP) address. Default: :13295;
+	// "off" disables the push server.
+	Listen string `yaml:"listen"`
+	// QUIC also serves the push protocol over QUIC on the same port.
+	// Default: true.
+	QUIC *bool `yaml:"quic"`
+	// Auth is cert, token or none (none only on a loopback listen address).
+	// Default: cert.
+	Auth string `yaml:"auth"`
+	// Keepalive is the interval agents are told to ping at. Default: 30s.
+	Keepalive Duration `yaml:"keepalive"`
+	// QueueTTL is how long an undelivered push waits before it expires.
+	// Default: 24h.
+	QueueTTL Duration `yaml:"queue_ttl"`
+	// MaxConnections caps connected agents. Default: 100000.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxPayload caps one push's payload. Default: 4KiB.
+	MaxPayload Size `yaml:"max_payload"`
+}
+
+// Wake configures wake-up forwarding and shutdown notifications.
+type Wake struct {
+	// Listen receives wake-up requests (UDP). Default: :15010; "off" disables.
+	Listen string `yaml:"listen"`
+	// AgentPort is the agents' wake-up UDP port. Default: 15000.
+	AgentPort int `yaml:"agent_port"`
+	// WOLPorts are the Wake-on-LAN UDP ports. Default: [7, 9].
+	WOLPorts []int `yaml:"wol_ports"`
+	// ShutdownListen receives agents' shutdown notices (UDP). Default:
+	// :13000; "off" disables.
+	ShutdownListen string `yaml:"shutdown_listen"`
+	// SecretFile holds the HMAC key for wake-up requests. Default:
+	// data_dir/wake.key, generated on first start.
+	SecretFile string `yaml:"secret_file"`
+}
+
+// Link configures uplink measurement.
+type Link struct {
+	// Limits are the loss and delay an uplink must stay within.
+	Limits Limits `yaml:"limits"`
+	// ProbeInterval is the STAMP probe interval per uplink. Default: 100ms.
+	ProbeInterval Duration `yaml:"probe_interval"`
+	// Window is the sliding window the statistics cover. Default: 30s.
+	Window Duration `yaml:"window"`
+	// ReflectorListen runs a STAMP reflector (UDP). Default: off; the
+	// standard port is 862.
+	ReflectorListen string `yaml:"reflector_listen"`
+}
+
+// Limits are what the central side requires of an uplink.
+type Limits struct {
+	// Loss is the highest acceptable packet loss. Default: 10%.
+	Loss Percent `yaml:"loss"`
+	// Delay is the highest acceptable round-trip time. Default: 100ms.
+	Delay Duration `yaml:"delay"`
+}
+
+// Cluster configures memberlist clustering.
+type Cluster struct {
+	// Bind is the gossip address (TCP and UDP). Default: off (single node);
+	// the standard port is 7946.
+	Bind string `yaml:"bind"`
+	// Advertise is the address peers use to reach this node. Default: Bind.
+	Advertise string `yaml:"advertise"`
+	// Join lists seed nodes (host:port).
+	Join []string `yaml:"join"`
+	// SecretKeyFile holds the gossip encryption key (16, 24 or 32 bytes,
+	// base64). Required when Bind is not a loopback address.
+	SecretKeyFile string `yaml:"secret_key_file"`
+	// DNS answers for the push service.
+	DNS DNS `yaml:"dns"`
+}
+
+// DNS configures the cluster's DNS answers.
+type DNS struct {
+	// Listen is the DNS address (UDP and TCP). Default: off; the standard
+	// port is 8600.
+	Listen string `yaml:"listen"`
+	// Domain is the zone answered. Default: dpgate.internal.
+	Domain string `yaml:"domain"`
+}
+
+// Default ports and values, named where other packages need them.
+const (
+	DefaultAdminListen    = "127.0.0.1:13290"
+	DefaultProxyListen    = ":443"
+	DefaultPushListen     = ":13295"
+	DefaultWakeListen     = ":15010"
+	DefaultAgentWakePort  = 15000
+	DefaultShutdownListen = ":13000"
+	DefaultDNSDomain      = "dpgate.internal."
+)
+
+// Default returns the configuration used when no file is given.
+func Default() *Config {
+	c := &Config{}
+	c.withDefaults()
+	return c
+}
+
+// hostname and dataDirDefault are variables so tests can fix them.
+var (
+	hostname       = os.Hostname
+	dataDirDefault = func() string {
+		if d := os.Getenv("STATE_DIRECTORY"); d != "" {
+			return filepath.SplitList(d)[0]
+		}
+		if os.Geteuid() == 0 {
+			return "/var/lib/dpgate"
+		}
+		if home, err := os.UserHomeDir(); err == nil {
+			return filepath.Join(home, ".local", "state", "dpgate")
+		}
+		return "dpgate-data"
+	}
+)
+
+func (c *Config) withDefaults() {
+	setStr := func(p *string, v string) {
+		if *p == "" {
+			*p = v
+		}
+	}
+	setDur := func(p *Duration, v Duration) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	setInt := func(p *int, v int) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	if c.Node.Name == "" {
+		if h, err := hostname(); err == nil && h != "" {
+			c.Node.Name = h
+		} else {
+			c.Node.Name = "dpgate"
+		}
+	}
+	setStr(&c.Node.DataDir, dataDirDefault())
+	setStr(&c.Log.Level, "info")
+	setStr(&c.Log.Format, "text")
+	setStr(&c.Admin.Listen, DefaultAdminListen)
+
+	p := &c.Proxy
+	setStr(&p.Listen, DefaultProxyListen)
+	setStr(&p.Balance, "least-busy")
+	setDur(&p.ConnectionTimeout, Duration(10e9)) // seeds/003: ConnectionTimeout 10 s
+	setDur(&p.HandshakeTimeout, Duration(10e9))
+	setDur(&p.IdleTimeout, Duration(600e9))
+	setInt(&p.MaxConnections, 20000)
+	setStr(&p.ProxyProtocol, Off)
+
+	u := &c.Push
+	setStr(&u.Listen, DefaultPushListen)
+	if u.QUIC == nil {
+		t := true
+		u.QUIC = &t
+	}
+	setStr(&u.Auth, "cert")
+	setDur(&u.Keepalive, Duration(30e9))
+	setDur(&u.QueueTTL, Duration(24*3600e9))
+	setInt(&u.MaxConnections, 100000)
+	if u.MaxPayload == 0 {
+		u.MaxPayload = 4 << 10
+	}
+
+	w := &c.Wake
+	setStr(&w.Listen, DefaultWakeListen)
+	setInt(&w.AgentPort, DefaultAgentWakePort)
+	if len(w.WOLPorts) == 0 {
+		w.WOLPorts = []int{7, 9}
+	}
+	setStr(&w.ShutdownListen, DefaultShutdownListen)
+
+	l := &c.Link
+	if l.Limits.Loss == 0 {
+		l.Limits.Loss = 0.10 // seeds/001: at most 10 % loss to the Central Node
+	}
+	setDur(&l.Limits.Delay, Duration(100e6)) // seeds/001: at most 100 ms delay
+	setDur(&l.ProbeInterval, Duration(100e6))
+	setDur(&l.Window, Duration(30e9))
+
+	setStr(&c.Cluster.DNS.Domain, DefaultDNSDomain)
+	if c.Cluster.Advertise == "" {
+		c.Cluster.Advertise = c.Cluster.Bind
+	}
+}
+
+// Enabled reports whether a listener that is on by default is enabled.
+func Enabled(listen string) bool { return listen != "" && listen != Off }
+
+// ProxyEnabled reports whether the proxy runs: only with an upstream.
+func (c *Config) ProxyEnabled() bool { return len(c.Proxy.Upstreams) > 0 }
+
+// resolvePaths makes relative file names in the file relative to the
+// directory the file is in, so a config works from any working directory.
+func (c *Config) resolvePaths(dir string) {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	abs(&c.Node.DataDir)
+	abs(&c.Admin.TokenFile)
+	abs(&c.TLS.Cert)
+	abs(&c.TLS.Key)
+	for i := range c.Proxy.Upstreams {
+		abs(&c.Proxy.Upstreams[i].ClientCert)
+		abs(&c.Proxy.Upstreams[i].ClientCertPasswordFile)
+	}
+	abs(&c.Wake.SecretFile)
+	abs(&c.Cluster.SecretKeyFile)
+}
+
+// InDataDir returns the path of a file dpgate keeps in the data directory.
+func (c *Config) InDataDir(name string) string { return filepath.Join(c.Node.DataDir, name) }
+
+// File is the file the configuration was read from ("" for defaults).
+func (c *Config) File() string { return c.file }

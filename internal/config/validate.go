@@ -1,0 +1,229 @@
+package config
+
+import (
+	"net"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+var nodeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// Validate checks every value; the error names the first bad key.
+func (c *Config) Validate() error {
+	if !nodeName.MatchString(c.Node.Name) {
+		return c.errAt("node.name", "%q is not a valid node name (letters, digits, '.', '_', '-'; at most 63)", c.Node.Name)
+	}
+	if err := c.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error"); err != nil {
+		return err
+	}
+	if err := c.oneOf("log.format", c.Log.Format, "text", "json"); err != nil {
+		return err
+	}
+
+	if err := c.hostPort("admin.listen", c.Admin.Listen, true); err != nil {
+		return err
+	}
+	if Enabled(c.Admin.Listen) && !IsLoopback(c.Admin.Listen) && c.Admin.TokenFile == "" {
+		return c.errAt("admin.listen", "%s is not a loopback address: set admin.token_file so the API requires a bearer token", c.Admin.Listen)
+	}
+	if c.TLS.Key != "" && c.TLS.Cert == "" {
+		return c.errAt("tls.key", "set tls.cert too")
+	}
+
+	if err := c.validateProxy(); err != nil {
+		return err
+	}
+
+	u := c.Push
+	if err := c.hostPort("push.listen", u.Listen, true); err != nil {
+		return err
+	}
+	if err := c.oneOf("push.auth", u.Auth, "cert", "token", "none"); err != nil {
+		return err
+	}
+	if u.Auth == "none" && Enabled(u.Listen) && !IsLoopback(u.Listen) {
+		return c.errAt("push.auth", "none is allowed only with a loopback push.listen, not %s", u.Listen)
+	}
+	if err := c.atLeast("push.keepalive", u.Keepalive, time.Second); err != nil {
+		return err
+	}
+	if err := c.atLeast("push.queue_ttl", u.QueueTTL, time.Second); err != nil {
+		return err
+	}
+	if u.MaxConnections < 0 {
+		return c.errAt("push.max_connections", "must not be negative")
+	}
+	if u.MaxPayload > 1<<20 {
+		return c.errAt("push.max_payload", "%d bytes is above the 1MiB frame limit", u.MaxPayload)
+	}
+
+	w := c.Wake
+	if err := c.hostPort("wake.listen", w.Listen, true); err != nil {
+		return err
+	}
+	if err := c.hostPort("wake.shutdown_listen", w.ShutdownListen, true); err != nil {
+		return err
+	}
+	if err := c.port("wake.agent_port", w.AgentPort); err != nil {
+		return err
+	}
+	for i, p := range w.WOLPorts {
+		if err := c.port("wake.wol_ports["+strconv.Itoa(i)+"]", p); err != nil {
+			return err
+		}
+	}
+
+	l := c.Link
+	if l.Limits.Delay.D() < time.Millisecond {
+		return c.errAt("link.limits.delay", "%s is below 1ms", l.Limits.Delay.D())
+	}
+	if err := c.atLeast("link.probe_interval", l.ProbeInterval, time.Millisecond); err != nil {
+		return err
+	}
+	if l.Window.D() < 10*l.ProbeInterval.D() {
+		return c.errAt("link.window", "%s holds fewer than 10 probes at link.probe_interval %s", l.Window.D(), l.ProbeInterval.D())
+	}
+	if err := c.hostPort("link.reflector_listen", l.ReflectorListen, false); err != nil {
+		return err
+	}
+
+	return c.validateCluster()
+}
+
+func (c *Config) validateProxy() error {
+	p := c.Proxy
+	if err := c.hostPort("proxy.listen", p.Listen, false); err != nil {
+		return err
+	}
+	for i, u := range p.Upstreams {
+		key := "proxy.upstreams[" + strconv.Itoa(i) + "]"
+		if u.Address == "" {
+			return c.errAt(key, "address is required")
+		}
+		if err := c.hostPortRequired(key+".address", u.Address); err != nil {
+			return err
+		}
+		for j, pin := range u.Pins {
+			if _, err := tlsconf.ParsePin(pin); err != nil {
+				return c.errAt(key+".pins["+strconv.Itoa(j)+"]", "%v", err)
+			}
+		}
+		if u.ClientCertPasswordFile != "" && u.ClientCert == "" {
+			return c.errAt(key+".client_cert_password_file", "set client_cert too")
+		}
+	}
+	if err := c.oneOf("proxy.balance", p.Balance, "least-busy", "ordered"); err != nil {
+		return err
+	}
+	if err := c.oneOf("proxy.proxy_protocol", p.ProxyProtocol, Off, "v2"); err != nil {
+		return err
+	}
+	for key, d := range map[string]Duration{
+		"proxy.connection_timeout": p.ConnectionTimeout,
+		"proxy.handshake_timeout":  p.HandshakeTimeout,
+		"proxy.idle_timeout":       p.IdleTimeout,
+	} {
+		if err := c.atLeast(key, d, 10*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	if p.MaxConnections < 0 {
+		return c.errAt("proxy.max_connections", "must not be negative")
+	}
+	return nil
+}
+
+func (c *Config) validateCluster() error {
+	cl := c.Cluster
+	if err := c.hostPort("cluster.bind", cl.Bind, false); err != nil {
+		return err
+	}
+	if cl.Bind == "" {
+		if len(cl.Join) > 0 {
+			return c.errAt("cluster.join", "set cluster.bind to join a cluster")
+		}
+	} else {
+		if err := c.hostPortRequired("cluster.advertise", cl.Advertise); err != nil {
+			return err
+		}
+		if !IsLoopback(cl.Bind) && cl.SecretKeyFile == "" {
+			return c.errAt("cluster.bind", "%s is not a loopback address: set cluster.secret_key_file so gossip is encrypted", cl.Bind)
+		}
+	}
+	for i, j := range cl.Join {
+		if err := c.hostPortRequired("cluster.join["+strconv.Itoa(i)+"]", j); err != nil {
+			return err
+		}
+	}
+	if err := c.hostPort("cluster.dns.listen", cl.DNS.Listen, false); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (c *Config) oneOf(key, v string, allowed ...string) error {
+	for _, a := range allowed {
+		if v == a {
+			return nil
+		}
+	}
+	return c.errAt(key, "%q is not one of %v", v, allowed)
+}
+
+func (c *Config) atLeast(key string, d Duration, min time.Duration) error {
+	if d.D() < min {
+		return c.errAt(key, "%s is below the minimum %s", d.D(), min)
+	}
+	return nil
+}
+
+func (c *Config) port(key string, p int) error {
+	if p < 1 || p > 65535 {
+		return c.errAt(key, "%d is not a port (1-65535)", p)
+	}
+	return nil
+}
+
+// hostPort checks a listen address; "" is allowed, and "off" when mayBeOff.
+func (c *Config) hostPort(key, addr string, mayBeOff bool) error {
+	if addr == "" || (mayBeOff && addr == Off) {
+		return nil
+	}
+	return c.hostPortRequired(key, addr)
+}
+
+func (c *Config) hostPortRequired(key, addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return c.errAt(key, "%q is not host:port (%v)", addr, stripAddrErr(err))
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 {
+		return c.errAt(key, "%q has no valid port", addr)
+	}
+	return nil
+}
+
+func stripAddrErr(err error) string {
+	if ae, ok := err.(*net.AddrError); ok {
+		return ae.Err
+	}
+	return err.Error()
+}
+
+// IsLoopback reports whether a host:port address binds only loopback.
+// An empty host (all interfaces) is not loopback.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

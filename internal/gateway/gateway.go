@@ -1,0 +1,314 @@
+// Package gateway assembles one dpgate node from its configuration: the
+// store, the gateway's certificate, the agent allow-list, metrics and the
+// admin API, and (as they are built) the proxy, push server, cluster and
+// wake-up listeners. cmd/dpgate calls New, Listen, Start, then Shutdown.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/internal/config"
+	"github.com/dpgate/dpgate/internal/store"
+	"github.com/dpgate/dpgate/internal/telemetry"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// Gateway is one running node.
+type Gateway struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	db      *store.DB
+	id      *tlsconf.Identity
+	allow   *tlsconf.AllowList
+	tel     *telemetry.Telemetry
+	admin   *admin.Server
+	started time.Time
+
+	wg    sync.WaitGroup
+	errc  chan error // first fatal serve error; buffered
+	close sync.Once
+}
+
+// Options are what New needs besides the configuration.
+type Options struct {
+	Logger *slog.Logger // default slog.Default()
+	// GlobalMetrics routes the go-metrics package-level calls (memberlist's)
+	// into this gateway's sinks. Set it in the real binary, not in tests
+	// that run several gateways in one process.
+	GlobalMetrics bool
+}
+
+// CertFile is the generated gateway certificate inside the data directory.
+const CertFile = "gateway.pem"
+
+// New builds a gateway: it opens the store and loads (or on first start
+// generates) the certificate, but does not listen.
+func New(cfg *config.Config, opts Options) (*Gateway, error) {
+	g := &Gateway{cfg: cfg, log: opts.Logger, errc: make(chan error, 1)}
+	if g.log == nil {
+		g.log = slog.Default()
+	}
+	var err error
+	if g.tel, err = telemetry.New(opts.GlobalMetrics); err != nil {
+		return nil, fmt.Errorf("gateway: metrics: %w", err)
+	}
+	if g.id, err = g.loadIdentity(); err != nil {
+		return nil, err
+	}
+	if g.db, err = store.Open(cfg.Node.DataDir, store.Options{}); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	if g.allow, err = tlsconf.NewAllowList(g.db); err != nil {
+		g.db.Close()
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	token, err := tlsconf.ReadSecretFile(cfg.Admin.TokenFile)
+	if err != nil {
+		g.db.Close()
+		return nil, fmt.Errorf("gateway: admin.token_file: %w", err)
+	}
+	if cfg.Admin.TokenFile != "" && token == "" {
+		g.db.Close()
+		return nil, fmt.Errorf("gateway: admin.token_file %s is empty", cfg.Admin.TokenFile)
+	}
+	g.admin = admin.New(admin.Config{Token: token, Logger: g.log})
+	g.routes()
+	return g, nil
+}
+
+// loadIdentity loads tls.cert/tls.key, or the generated certificate in the
+// data directory, generating it on first start.
+func (g *Gateway) loadIdentity() (*tlsconf.Identity, error) {
+	certFile, keyFile := g.cfg.TLS.Cert, g.cfg.TLS.Key
+	if certFile == "" {
+		certFile = g.cfg.InDataDir(CertFile)
+		names := []string{g.cfg.Node.Name, "localhost"}
+		if h, err := os.Hostname(); err == nil && h != g.cfg.Node.Name {
+			names = append(names, h)
+		}
+		c, created, err := tlsconf.LoadOrCreate(certFile, tlsconf.Template{
+			CommonName: g.cfg.Node.Name,
+			DNSNames:   names,
+			IPs:        []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		}, nil)
+		if err != nil {
+			return nil, fmt.Errorf("gateway: certificate %s: %w", certFile, err)
+		}
+		if created {
+			g.log.Info("generated gateway certificate", "file", certFile, "pin", tlsconf.Pin(c.Leaf),
+				"not_after", c.Leaf.NotAfter.UTC().Format(time.DateOnly))
+		}
+	}
+	id, err := tlsconf.LoadIdentity(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: tls.cert: %w", err)
+	}
+	return id, nil
+}
+
+// Listeners are the sockets a gateway serves on, opened by Listen or
+// handed in by tests.
+type Listeners struct {
+	Admin net.Listener // nil: admin API off
+}
+
+// Listen opens the listeners the configuration asks for.
+func Listen(cfg *config.Config) (Listeners, error) {
+	var ls Listeners
+	if config.Enabled(cfg.Admin.Listen) {
+		ln, err := net.Listen("tcp", cfg.Admin.Listen)
+		if err != nil {
+			return ls, fmt.Errorf("gateway: admin.listen: %w", err)
+		}
+		ls.Admin = ln
+	}
+	return ls, nil
+}
+
+// Close closes every listener that is open.
+func (ls Listeners) Close() {
+	if ls.Admin != nil {
+		ls.Admin.Close()
+	}
+}
+
+// Start serves on the listeners in the background. A fatal serve error is
+// reported on Done.
+func (g *Gateway) Start(ls Listeners) {
+	g.started = time.Now()
+	g.log.Info("dpgate starting", "node", g.cfg.Node.Name, "version", Version().Version,
+		"data_dir", g.cfg.Node.DataDir, "pin", g.id.Pin(), "agent_certs", g.allow.Len())
+	if ls.Admin != nil {
+		g.log.Info("admin API listening", "addr", ls.Admin.Addr().String())
+		g.goServe("admin", func() error { return g.admin.Serve(ls.Admin) })
+	}
+	if !g.cfg.ProxyEnabled() {
+		g.log.Info("proxy off: no upstream configured")
+	}
+}
+
+// goServe runs a serve loop owned by g.wg; it exits when its listener is
+// closed by Shutdown or Close.
+func (g *Gateway) goServe(name string, serve func() error) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if err := serve(); err != nil {
+			select {
+			case g.errc <- fmt.Errorf("gateway: %s: %w", name, err):
+			default:
+			}
+		}
+	}()
+}
+
+// Done reports the first fatal serve error.
+func (g *Gateway) Done() <-chan error { return g.errc }
+
+// Reload re-reads the certificate files and the allow-list. New
+// handshakes use the result; established connections are untouched.
+func (g *Gateway) Reload() error {
+	errs := []error{}
+	if err := g.id.Reload(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := g.allow.Reload(); err != nil {
+		errs = append(errs, err)
+	}
+	err := errors.Join(errs...)
+	if err != nil {
+		g.log.Error("reload failed; keeping the previous settings", "err", err)
+		g.tel.IncrCounter([]string{"reload", "failed"}, 1)
+		return err
+	}
+	g.tel.IncrCounter([]string{"reload", "ok"}, 1)
+	g.log.Info("reloaded", "pin", g.id.Pin(), "agent_certs", g.allow.Len())
+	return nil
+}
+
+// Shutdown stops accepting, drains until ctx ends, and closes the store.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	err := g.admin.Shutdown(ctx)
+	if err != nil {
+		g.admin.Close()
+	}
+	g.wg.Wait()
+	return errors.Join(err, g.closeStore())
+}
+
+// Close stops everything at once. It is idempotent.
+func (g *Gateway) Close() error {
+	g.admin.Close()
+	g.wg.Wait()
+	return g.closeStore()
+}
+
+func (g *Gateway) closeStore() error {
+	var err error
+	g.close.Do(func() { err = g.db.Close() })
+	return err
+}
+
+// Identity is the gateway's certificate.
+func (g *Gateway) Identity() *tlsconf.Identity { return g.id }
+
+// AllowList is the agent certificate allow-list.
+func (g *Gateway) AllowList() *tlsconf.AllowList { return g.allow }
+
+// Status is the reply of GET /v1/status.
+type Status struct {
+	Node       string    `json:"node"`
+	Version    string    `json:"version"`
+	Started    time.Time `json:"started"`
+	Uptime     string    `json:"uptime"`
+	Pin        string    `json:"pin"`
+	CertExpiry time.Time `json:"cert_not_after"`
+	AgentCerts int       `json:"agent_certs"`
+	Proxy      string    `json:"proxy"`
+}
+
+func (g *Gateway) status() Status {
+	leaf := g.id.Certificate().Leaf
+	proxy := "off (no upstream configured)"
+	if g.cfg.ProxyEnabled() {
+		proxy = "configured"
+	}
+	return Status{
+		Node:       g.cfg.Node.Name,
+		Version:    Version().Version,
+		Started:    g.started.UTC(),
+		Uptime:     time.Since(g.started).Round(time.Second).String(),
+		Pin:        tlsconf.Pin(leaf),
+		CertExpiry: leaf.NotAfter.UTC(),
+		AgentCerts: g.allow.Len(),
+		Proxy:      proxy,
+	}
+}
+
+func (g *Gateway) routes() {
+	a := g.admin
+	a.HandleJSON("GET /healthz", func(*http.Request) (int, any, error) {
+		return http.StatusOK, map[string]string{"status": "ok"}, nil
+	})
+	a.Handle("GET /metrics", g.tel.Handler())
+	a.HandleJSON("GET /v1/metrics", func(r *http.Request) (int, any, error) {
+		v, err := g.tel.Inmem.DisplayMetrics(nil, r)
+		return http.StatusOK, v, err
+	})
+	a.HandleJSON("GET /v1/status", func(*http.Request) (int, any, error) {
+		return http.StatusOK, g.status(), nil
+	})
+	a.HandleJSON("POST /v1/reload", func(*http.Request) (int, any, error) {
+		if err := g.Reload(); err != nil {
+			return 0, nil, admin.Error(http.StatusUnprocessableEntity, err)
+		}
+		return http.StatusOK, g.status(), nil
+	})
+	a.MountCerts(g.allow)
+}
+
+// BuildInfo says which build this is.
+type BuildInfo struct {
+	Version   string `json:"version"`
+	Commit    string `json:"commit"`
+	GoVersion string `json:"go"`
+}
+
+// Set by the linker: -ldflags "-X github.com/dpgate/dpgate/internal/gateway.version=v1.2.3".
+var version, commit string
+
+// Version returns the build's version, commit and Go version.
+func Version() BuildInfo {
+	b := BuildInfo{Version: version, Commit: commit}
+	if info, ok := debug.ReadBuildInfo(); ok {
+		b.GoVersion = info.GoVersion
+		if b.Version == "" && info.Main.Version != "" && info.Main.Version != "(devel)" {
+			b.Version = info.Main.Version
+		}
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" && b.Commit == "" {
+				b.Commit = s.Value
+			}
+		}
+	}
+	if b.Version == "" {
+		b.Version = "devel"
+	}
+	if b.Commit == "" {
+		b.Commit = "unknown"
+	}
+	return b
+}
+
+// Telemetry is the gateway's metrics.
+func (g *Gateway) Telemetry() *telemetry.Telemetry { return g.tel }
