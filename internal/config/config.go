@@ -177,7 +177,9 @@ type Cluster struct {
 	// Bind is the gossip address (TCP and UDP). Default: off (single node);
 	// the standard port is 7946.
 	Bind string `yaml:"bind"`
-	// Advertise is the address peers use to reach this node. Default: Bind.
+	// Advertise is the address peers use to reach this node. Default: the
+	// bind address, or when that is a wildcard, the host's first private
+	// address (memberlist's choice).
 	Advertise string `yaml:"advertise"`
 	// Join lists seed nodes (host:port).
 	Join []string `yaml:"join"`
@@ -300,9 +302,6 @@ func (c *Config) withDefaults() {
 	setDur(&l.Window, Duration(30e9))
 
 	setStr(&c.Cluster.DNS.Domain, DefaultDNSDomain)
-	if c.Cluster.Advertise == "" {
-		c.Cluster.Advertise = c.Cluster.Bind
-	}
 }
 
 // Enabled reports whether a listener that is on by default is enabled.

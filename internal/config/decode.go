@@ -153,8 +153,8 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) error {
 	case reflect.String:
 		v.SetString(n.Value)
 	case reflect.Bool:
-		b, err := strconv.ParseBool(n.Value)
-		if err != nil {
+		b, ok := parseBool(n.Value)
+		if !ok {
 			return d.errf(n, path, "%q is not a boolean (want true or false)", n.Value)
 		}
 		v.SetBool(b)
@@ -264,4 +264,15 @@ func (c *Config) errAt(key, format string, args ...any) error {
 func IsConfigError(err error) bool {
 	var e *Error
 	return errors.As(err, &e)
+}
+
+// parseBool accepts the spellings administrators use in YAML files.
+func parseBool(s string) (value, ok bool) {
+	switch strings.ToLower(s) {
+	case "true", "yes", "on", "1":
+		return true, true
+	case "false", "no", "off", "0":
+		return false, true
+	}
+	return false, false
 }

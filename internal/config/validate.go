@@ -146,7 +146,7 @@ func (c *Config) validateCluster() error {
 			return c.errAt("cluster.join", "set cluster.bind to join a cluster")
 		}
 	} else {
-		if err := c.hostPortRequired("cluster.advertise", cl.Advertise); err != nil {
+		if err := c.hostPort("cluster.advertise", cl.Advertise, false); err != nil {
 			return err
 		}
 		if !IsLoopback(cl.Bind) && cl.SecretKeyFile == "" {

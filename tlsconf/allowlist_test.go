@@ -1,0 +1,209 @@
+package tlsconf
+
+import (
+	"crypto/tls"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dpgate/dpgate/internal/store"
+)
+
+func openStore(t *testing.T, dir string) *store.DB {
+	t.Helper()
+	db, err := store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+func TestAllowListOperations(t *testing.T) {
+	dir := t.TempDir()
+	db := openStore(t, dir)
+	a, err := NewAllowList(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := Issue(Template{CommonName: "ca", CA: true}, nil)
+	var certs []tls.Certificate
+	for _, cn := range []string{"dev-a", "dev-b", "dev-c"} {
+		c, _ := Issue(Template{CommonName: cn, Client: true}, &ca)
+		certs = append(certs, c)
+	}
+	added, err := a.Add(certs[0].Leaf, certs[1].Leaf, certs[2].Leaf)
+	if err != nil || len(added) != 3 {
+		t.Fatalf("Add: %d entries, %v; want 3", len(added), err)
+	}
+	if again, _ := a.Add(certs[0].Leaf); len(again) != 1 || a.Len() != 3 {
+		t.Errorf("adding a present certificate: got %d entries and %d in the list, want 1 and 3", len(again), a.Len())
+	}
+
+	fp := added[1].Fingerprint
+	serial := added[2].Serial
+	filters := []struct {
+		name string
+		f    Filter
+		want int
+	}{
+		{"all", Filter{}, 3},
+		{"fingerprint part, upper case with colons", Filter{Fingerprint: strings.ToUpper(fp[2:4] + ":" + fp[4:12])}, 1},
+		{"serial part, lower case", Filter{Serial: strings.ToLower(serial[3:12])}, 1},
+		{"both must match", Filter{Fingerprint: fp[:10], Serial: serial[:12]}, 0},
+		{"no match", Filter{Serial: "ZZZ"}, 0},
+	}
+	for _, tt := range filters {
+		if got := a.List(tt.f); len(got) != tt.want {
+			t.Errorf("%s: List returned %d entries, want %d", tt.name, len(got), tt.want)
+		}
+	}
+
+	removed, err := a.Remove(fp, "00ff")
+	if !errors.Is(err, ErrNotInList) || len(removed) != 1 {
+		t.Errorf("Remove(known, unknown) = %d removed, %v; want 1 removed and ErrNotInList", len(removed), err)
+	}
+	if err := a.Check(certs[1].Leaf); err == nil {
+		t.Error("removed certificate still passes Check")
+	}
+	if err := a.Check(certs[0].Leaf); err != nil {
+		t.Errorf("listed certificate refused: %v", err)
+	}
+
+	// The list persists: a new AllowList on a reopened store sees it.
+	db.Close()
+	db = openStore(t, dir)
+	defer db.Close()
+	b, err := NewAllowList(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Len() != 2 {
+		t.Errorf("after reopening: %d entries, want 2", b.Len())
+	}
+}
+
+func TestNormalizeFingerprint(t *testing.T) {
+	for in, want := range map[string]string{
+		"AB:CD:EF":                 "abcdef",
+		"sha256:abcd":              "abcd",
+		"SHA256 Fingerprint=AB:CD": "abcd",
+		" 0a1b2c ":                 "0a1b2c",
+	} {
+		if got := NormalizeFingerprint(in); got != want {
+			t.Errorf("NormalizeFingerprint(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestAllowListAppliesToResumedSessions: a certificate removed from the
+// list is refused at the next handshake even when the client resumes a
+// session from before the removal.
+func TestAllowListAppliesToResumedSessions(t *testing.T) {
+	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		t.Run(tls.VersionName(v), func(t *testing.T) {
+			dir := t.TempDir()
+			db := openStore(t, dir)
+			defer db.Close()
+			allow, _ := NewAllowList(db)
+			server, _ := Issue(Template{CommonName: "gw"}, nil)
+			WriteKeyPair(server, filepath.Join(dir, "gw.pem"), "")
+			id, _ := LoadIdentity(filepath.Join(dir, "gw.pem"), "")
+			agent, _ := Issue(Template{CommonName: "dev-1", Client: true}, nil)
+			stranger, _ := Issue(Template{CommonName: "dev-2", Client: true}, nil)
+			allow.Add(agent.Leaf)
+
+			scfg := ServerConfig(id, allow)
+			scfg.MaxVersion = v
+			addr, serverErrs := serveTLS(t, scfg)
+			pins, _ := ParsePins([]string{id.Pin()})
+			client := func(c tls.Certificate, cache tls.ClientSessionCache) *tls.Config {
+				cfg := PinnedClientConfig(pins, "gw")
+				cfg.Certificates = []tls.Certificate{c}
+				cfg.ClientSessionCache = cache
+				cfg.MaxVersion = v
+				return cfg
+			}
+			cache := tls.NewLRUClientSessionCache(4)
+
+			if _, err := roundTrip(addr, client(agent, cache)); err != nil {
+				t.Fatalf("allowed agent refused: %v (server: %v)", err, <-serverErrs)
+			}
+			if err := <-serverErrs; err != nil {
+				t.Fatalf("server side of allowed agent: %v", err)
+			}
+			// Control: the next connection does resume, so the case below
+			// really exercises resumption.
+			cs, err := roundTrip(addr, client(agent, cache))
+			<-serverErrs
+			if err != nil || !cs.DidResume {
+				t.Fatalf("second connection: resumed %v, err %v; want a resumed session", cs.DidResume, err)
+			}
+
+			if _, err := allow.Remove(Fingerprint(agent.Leaf)); err != nil {
+				t.Fatal(err)
+			}
+			roundTrip(addr, client(agent, cache))
+			var re *RefusedError
+			if err := <-serverErrs; !errors.As(err, &re) || re.Reason != "unknown" {
+				t.Errorf("resumed session after removal: server got %v, want a refusal with reason unknown", err)
+			}
+
+			roundTrip(addr, client(stranger, tls.NewLRUClientSessionCache(1)))
+			if err := <-serverErrs; !errors.As(err, &re) {
+				t.Errorf("unknown certificate: server got %v, want a refusal", err)
+			}
+
+			noCert := PinnedClientConfig(pins, "gw")
+			noCert.MaxVersion = v
+			roundTrip(addr, noCert)
+			select {
+			case err := <-serverErrs:
+				if err == nil {
+					t.Error("client without certificate was accepted")
+				}
+			case <-time.After(10 * time.Second):
+				t.Error("no server result for a client without certificate")
+			}
+		})
+	}
+}
+
+func TestIdentityReload(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "gw.pem")
+	first, _ := Issue(Template{CommonName: "gw"}, nil)
+	WriteKeyPair(first, file, "")
+	id, err := LoadIdentity(file, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := serveTLS(t, ServerConfig(id, nil))
+	seen := func() string {
+		cs, err := roundTrip(addr, &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return Pin(cs.PeerCertificates[0])
+	}
+	if got := seen(); got != Pin(first.Leaf) {
+		t.Fatalf("served %s, want %s", got, Pin(first.Leaf))
+	}
+	second, _ := Issue(Template{CommonName: "gw"}, nil)
+	WriteKeyPair(second, file, "")
+	if err := id.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got := seen(); got != Pin(second.Leaf) {
+		t.Errorf("after reload served %s, want %s", got, Pin(second.Leaf))
+	}
+	// A broken file keeps the current certificate.
+	WriteFileAtomic(file, []byte("garbage"), 0o600)
+	if err := id.Reload(); err == nil {
+		t.Error("reload of a garbage file succeeded")
+	}
+	if got := seen(); got != Pin(second.Leaf) {
+		t.Errorf("after a failed reload served %s, want %s", got, Pin(second.Leaf))
+	}
+}
