@@ -94,3 +94,6 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	}
 	return nil
 }
+
+// Base is the API's base URL, e.g. http://127.0.0.1:13290.
+func (c *Client) Base() string { return c.base }

@@ -1,0 +1,592 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+var (
+	bin    string // the dpgate binary under test
+	update = flag.Bool("update", false, "rewrite golden files")
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "dpgate-bin")
+	if err != nil {
+		panic(err)
+	}
+	bin = filepath.Join(dir, "dpgate")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building dpgate:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// result is one finished dpgate run.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// dpgate runs the binary to completion (bounded by a minute).
+func dpgate(t *testing.T, env []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("dpgate %v: %v", args, err)
+	}
+	if strings.Contains(r.stderr, "panic:") || strings.Contains(r.stderr, "goroutine ") {
+		t.Fatalf("dpgate %v panicked:\n%s", args, r.stderr)
+	}
+	return r
+}
+
+// tool runs an external program (openssl, curl) and returns its output and exit code.
+func tool(t *testing.T, stdin []byte, name string, args ...string) (string, int) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		t.Fatalf("%s is not installed: .ci/run installs it (apt-get install %s)", name, name)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(out), ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return string(out), 0
+}
+
+// waitFor polls cond until it returns nil or the timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up after %v: %v", timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// server is a running "dpgate serve".
+type server struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	logs bytes.Buffer
+	done chan struct{}
+	code int
+}
+
+// startServe runs "dpgate serve ARGS...".
+func startServe(t *testing.T, env []string, args ...string) *server {
+	t.Helper()
+	s := &server{cmd: exec.Command(bin, append([]string{"serve"}, args...)...), done: make(chan struct{})}
+	s.cmd.Env = append(os.Environ(), env...)
+	pipe, _ := s.cmd.StderrPipe()
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(pipe)
+		for sc.Scan() {
+			s.mu.Lock()
+			s.logs.WriteString(sc.Text() + "\n")
+			s.mu.Unlock()
+		}
+		err := s.cmd.Wait()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			s.code = ee.ExitCode()
+		}
+		close(s.done)
+	}()
+	t.Cleanup(func() {
+		s.cmd.Process.Kill()
+		<-s.done
+		if t.Failed() {
+			t.Logf("dpgate serve log:\n%s", s.log())
+		}
+	})
+	return s
+}
+
+func (s *server) log() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.logs.String()
+}
+
+// waitLog waits for a log line matching re and returns its submatches.
+func (s *server) waitLog(t *testing.T, re string) []string {
+	t.Helper()
+	rx := regexp.MustCompile(re)
+	var m []string
+	waitFor(t, 30*time.Second, func() error {
+		if m = rx.FindStringSubmatch(s.log()); m == nil {
+			select {
+			case <-s.done:
+				t.Fatalf("dpgate exited (code %d) before logging %q", s.code, re)
+			default:
+			}
+			return fmt.Errorf("no log line matching %q yet", re)
+		}
+		return nil
+	})
+	return m
+}
+
+// stop sends sig and returns the exit code and how long the exit took.
+func (s *server) stop(t *testing.T, sig os.Signal) (int, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	s.cmd.Process.Signal(sig)
+	select {
+	case <-s.done:
+		return s.code, time.Since(start)
+	case <-time.After(30 * time.Second):
+		t.Fatal("dpgate did not exit within 30s of the signal")
+	}
+	return -1, 0
+}
+
+func freePort(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// writeConfig writes a config with a temporary data dir and admin address.
+func writeConfig(t *testing.T, dir, adminAddr, extra string) string {
+	f := filepath.Join(dir, "dpgate.yaml")
+	body := fmt.Sprintf("node:\n  name: e2e\n  data_dir: data\nadmin:\n  listen: %s\n%s", adminAddr, extra)
+	if err := os.WriteFile(f, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// readmeCommands returns the commands in the README's ```sh blocks.
+func readmeCommands(t *testing.T) []string {
+	data, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cmds []string
+	for _, block := range strings.Split(string(data), "```sh\n")[1:] {
+		body, _, _ := strings.Cut(block, "```")
+		cmds = append(cmds, strings.TrimSpace(body))
+	}
+	return cmds
+}
+
+func TestReadmeSetUpCommands(t *testing.T) {
+	cmds := readmeCommands(t)
+	if len(cmds) != 2 {
+		t.Fatalf("README has %d set-up commands, want exactly 2: %q", len(cmds), cmds)
+	}
+	ci, _ := os.ReadFile("../../.ci/run")
+	if !strings.Contains(string(ci), cmds[1][:strings.Index(cmds[1], "./...")]) {
+		t.Errorf(".ci/run does not run the README's test command %q", cmds[1])
+	}
+}
+
+// TestServeOnDefaults runs the README's first command (as the built
+// binary): no config at all. The data directory comes from
+// STATE_DIRECTORY, as under systemd, so the test does not touch /var/lib.
+func TestServeOnDefaults(t *testing.T) {
+	args, ok := strings.CutPrefix(readmeCommands(t)[0], "go run ./cmd/dpgate ")
+	if !ok {
+		t.Fatalf("README's first command %q is not go run ./cmd/dpgate ...", readmeCommands(t)[0])
+	}
+	if c, err := net.Dial("tcp", "127.0.0.1:13290"); err == nil {
+		c.Close()
+		t.Fatal("127.0.0.1:13290 is taken by another process; this test runs dpgate on its defaults and needs it")
+	}
+	dataDir := t.TempDir()
+	s := startServe(t, []string{"STATE_DIRECTORY=" + dataDir}, strings.Fields(args)[1:]...)
+	m := s.waitLog(t, `msg="generated gateway certificate" file=(\S+) pin="?(sha256//[A-Za-z0-9+/=]+)`)
+	if m[1] != filepath.Join(dataDir, "gateway.pem") {
+		t.Errorf("certificate written to %s, want %s", m[1], filepath.Join(dataDir, "gateway.pem"))
+	}
+	if r := dpgate(t, nil, "cert", "pin", m[1]); strings.TrimSpace(r.stdout) != m[2] {
+		t.Errorf("logged pin %s, cert pin says %s", m[2], r.stdout)
+	}
+	s.waitLog(t, `msg="admin API listening" addr=127.0.0.1:13290`)
+	waitFor(t, 10*time.Second, func() error {
+		resp, err := http.Get("http://127.0.0.1:13290/healthz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("/healthz answered %s", resp.Status)
+		}
+		return nil
+	})
+	code, took := s.stop(t, syscall.SIGINT)
+	if code != 0 {
+		t.Errorf("exit code %d after SIGINT, want 0", code)
+	}
+	if took > 5*time.Second {
+		t.Errorf("took %v to exit after SIGINT, want at most 5s", took)
+	}
+	t.Logf("exited %v after SIGINT", took)
+}
+
+func TestCertGenReadByOpenSSL(t *testing.T) {
+	dir := t.TempDir()
+	one := filepath.Join(dir, "one.pem")
+	r := dpgate(t, nil, "cert", "gen", "--cn", "gw.example", "--dns", "gw.example", "--ip", "127.0.0.1", "--out", one)
+	if r.code != 0 {
+		t.Fatalf("cert gen: exit %d: %s", r.code, r.stderr)
+	}
+	pin := strings.TrimSpace(r.stdout)
+	if fi, _ := os.Stat(one); fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s has mode %v, want 0600", one, fi.Mode().Perm())
+	}
+	out, code := tool(t, nil, "openssl", "x509", "-in", one, "-noout", "-subject", "-ext", "subjectAltName")
+	if code != 0 || !strings.Contains(out, "gw.example") || !strings.Contains(out, "127.0.0.1") {
+		t.Errorf("openssl x509 (exit %d) did not show the subject and SANs:\n%s", code, out)
+	}
+	if out, code := tool(t, nil, "openssl", "pkey", "-in", one, "-noout"); code != 0 {
+		t.Errorf("openssl pkey cannot read the key in the one-file PEM (exit %d): %s", code, out)
+	}
+	// The pin is the same digest openssl computes from the public key.
+	pub, _ := tool(t, nil, "openssl", "x509", "-in", one, "-noout", "-pubkey")
+	der, _ := tool(t, []byte(pub), "openssl", "pkey", "-pubin", "-outform", "DER")
+	digest, _ := tool(t, []byte(der), "openssl", "dgst", "-sha256", "-binary")
+	b64, _ := tool(t, []byte(digest), "openssl", "base64", "-A")
+	if want := "sha256//" + strings.TrimSpace(b64); pin != want {
+		t.Errorf("cert gen printed pin %s, openssl computes %s", pin, want)
+	}
+
+	crt, key := filepath.Join(dir, "two.crt"), filepath.Join(dir, "two.key")
+	if r := dpgate(t, nil, "cert", "gen", "--cn", "central", "--key", "rsa-2048", "--days", "30", "--cert-out", crt, "--key-out", key); r.code != 0 {
+		t.Fatalf("cert gen two files: exit %d: %s", r.code, r.stderr)
+	}
+	out, _ = tool(t, nil, "openssl", "x509", "-in", crt, "-noout", "-text")
+	if !strings.Contains(out, "Public-Key: (2048 bit)") {
+		t.Errorf("openssl x509 does not show a 2048-bit key:\n%s", out)
+	}
+	if out, code := tool(t, nil, "openssl", "rsa", "-in", key, "-check", "-noout"); code != 0 || !strings.Contains(out, "RSA key ok") {
+		t.Errorf("openssl rsa -check (exit %d): %s", code, out)
+	}
+	if r := dpgate(t, nil, "cert", "gen", "--cn", "x", "--out", one); r.code != 1 || !strings.Contains(r.stderr, "exists") {
+		t.Errorf("overwriting without --force: exit %d %q, want 1 and a message that the file exists", r.code, r.stderr)
+	}
+}
+
+func TestAgentGenReadByOpenSSL(t *testing.T) {
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, freePort(t), "") // no gateway runs: offline on data_dir
+	pwFile := filepath.Join(dir, "pw")
+	os.WriteFile(pwFile, []byte("correct horse\n"), 0o600)
+
+	cases := []struct {
+		name, pwFlag, pass string
+	}{
+		{"with password", pwFile, "pass:correct horse"},
+		{"without password", "", "pass:"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".pfx")
+			args := []string{"cert", "agent-gen", "-c", cfg, "--cn", "device-42", "--out", out}
+			if tc.pwFlag != "" {
+				args = append(args, "--password-file", tc.pwFlag)
+			}
+			if r := dpgate(t, nil, args...); r.code != 0 {
+				t.Fatalf("agent-gen: exit %d: %s", r.code, r.stderr)
+			}
+			text, code := tool(t, nil, "openssl", "pkcs12", "-in", out, "-passin", tc.pass, "-nodes")
+			if code != 0 || !strings.Contains(text, "CN = device-42") || !strings.Contains(text, "PRIVATE KEY") {
+				t.Errorf("openssl pkcs12 (exit %d) did not show the certificate and key:\n%s", code, text)
+			}
+			if !strings.Contains(text, "dpgate agent CA e2e") {
+				t.Errorf("the PFX does not carry the agent CA:\n%s", text)
+			}
+			if _, code := tool(t, nil, "openssl", "pkcs12", "-in", out, "-passin", "pass:wrong", "-nokeys"); code == 0 {
+				t.Error("openssl accepted a wrong password")
+			}
+		})
+	}
+	r := dpgate(t, nil, "cert", "list", "-c", cfg, "--json")
+	var list admin.CertList
+	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil || list.Count != 2 {
+		t.Errorf("offline cert list: %d entries, %v; want 2 (%s)", list.Count, err, r.stderr)
+	}
+}
+
+// TestCurlPinnedPubkey: curl's own pin check accepts a TLS listener that
+// serves the certificate whose pin "cert pin" printed, and refuses another.
+func TestCurlPinnedPubkey(t *testing.T) {
+	dir := t.TempDir()
+	good, other := filepath.Join(dir, "good.pem"), filepath.Join(dir, "other.pem")
+	dpgate(t, nil, "cert", "gen", "--cn", "localhost", "--out", good)
+	dpgate(t, nil, "cert", "gen", "--cn", "localhost", "--out", other)
+	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", good).stdout)
+
+	for _, tc := range []struct {
+		name     string
+		serve    string
+		wantCode int
+	}{
+		{"same certificate", good, 0},
+		{"different certificate", other, 90}, // CURLE_SSL_PINNEDPUBKEYNOTMATCH
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id, err := tlsconf.LoadIdentity(tc.serve, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln, err := tls.Listen("tcp", "127.0.0.1:0", tlsconf.ServerConfig(id, nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "pinned ok") })}
+			go srv.Serve(ln)
+			defer srv.Close()
+			out, code := tool(t, nil, "curl", "-sS", "-k", "--max-time", "20", "--pinnedpubkey", pin, "https://"+ln.Addr().String()+"/")
+			if code != tc.wantCode {
+				t.Errorf("curl exit %d, want %d: %s", code, tc.wantCode, out)
+			}
+			if tc.wantCode == 0 && !strings.Contains(out, "pinned ok") {
+				t.Errorf("curl output %q, want the page", out)
+			}
+		})
+	}
+}
+
+// writeBadPair writes a certificate/key pair broken in the named way.
+func writeBadPair(t *testing.T, dir, kind string) string {
+	t.Helper()
+	now := time.Now()
+	var key any
+	notBefore, notAfter := now.Add(-time.Hour), now.Add(time.Hour)
+	switch kind {
+	case "rsa1024":
+		key, _ = rsa.GenerateKey(rand.Reader, 1024)
+	case "expired":
+		key, _ = rsa.GenerateKey(rand.Reader, 2048)
+		notBefore, notAfter = now.Add(-72*time.Hour), now.Add(-24*time.Hour)
+	default:
+		key, _ = rsa.GenerateKey(rand.Reader, 2048)
+	}
+	signer := key.(*rsa.PrivateKey)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: kind}, NotBefore: notBefore, NotAfter: notAfter}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, signer.Public(), signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kind == "mismatch" {
+		signer, _ = rsa.GenerateKey(rand.Reader, 2048)
+	}
+	f := filepath.Join(dir, kind+".pem")
+	data := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	data = append(data, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(signer)})...)
+	os.WriteFile(f, data, 0o600)
+	return f
+}
+
+// TestBadInput: each bad input gets a clear error, no panic, and the
+// documented exit code (2: command line or configuration file; 1: a
+// failure while running, such as an unusable certificate file).
+func TestBadInput(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		f := filepath.Join(dir, name)
+		os.WriteFile(f, []byte(body), 0o600)
+		return f
+	}
+	tlsConfig := func(cert string) string {
+		return writeConfig(t, t.TempDir(), freePort(t), "tls:\n  cert: "+cert+"\n")
+	}
+	pfxFile := filepath.Join(dir, "good.pfx")
+	pw := write("pw", "right\n")
+	wrongPW := write("wrongpw", "wrong\n")
+	agentCfg := writeConfig(t, t.TempDir(), freePort(t), "")
+	if r := dpgate(t, nil, "cert", "agent-gen", "-c", agentCfg, "--cn", "d", "--out", pfxFile, "--password-file", pw); r.code != 0 {
+		t.Fatalf("agent-gen: %s", r.stderr)
+	}
+	pfxData, _ := os.ReadFile(pfxFile)
+	corruptPFX := write("corrupt.pfx", string(pfxData[:len(pfxData)/2]))
+	garbage := write("garbage.pem", "this is not PEM\n")
+
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantErr  string
+	}{
+		{"unknown config key", []string{"serve", "-c", write("unknown.yaml", "node:\n  nmae: x\n")}, 2, "unknown.yaml:2: node.nmae: unknown key"},
+		{"wrong config type", []string{"serve", "-c", write("type.yaml", "push:\n  max_connections: many\n")}, 2, "push.max_connections: \"many\" is not an integer"},
+		{"missing config file", []string{"serve", "-c", filepath.Join(dir, "nope.yaml")}, 2, "no such file"},
+		{"RSA-1024 certificate", []string{"serve", "-c", tlsConfig(writeBadPair(t, dir, "rsa1024"))}, 1, "RSA key has 1024 bits, at least 2048"},
+		{"expired certificate", []string{"serve", "-c", tlsConfig(writeBadPair(t, dir, "expired"))}, 1, "certificate expired"},
+		{"mismatched key", []string{"serve", "-c", tlsConfig(writeBadPair(t, dir, "mismatch"))}, 1, "private key does not match the certificate"},
+		{"garbage PEM as certificate", []string{"serve", "-c", tlsConfig(garbage)}, 1, "no CERTIFICATE block"},
+		{"garbage PEM to cert pin", []string{"cert", "pin", garbage}, 1, "neither PEM"},
+		{"garbage PEM to cert add", []string{"cert", "add", "-c", agentCfg, garbage}, 1, "no CERTIFICATE block"},
+		{"corrupt PFX", []string{"cert", "pin", corruptPFX, "--password-file", pw}, 1, "not a valid PKCS#12"},
+		{"wrong PFX password", []string{"cert", "pin", pfxFile, "--password-file", wrongPW}, 1, "wrong password"},
+		{"unknown command", []string{"frobnicate"}, 2, "unknown command"},
+		{"unknown flag", []string{"serve", "--bogus"}, 2, "flag provided but not defined"},
+		{"missing required flag", []string{"cert", "gen", "--out", filepath.Join(dir, "x.pem")}, 2, "--cn is required"},
+		{"bad key type", []string{"cert", "gen", "--cn", "x", "--key", "rsa-1024", "--out", filepath.Join(dir, "x.pem")}, 2, "not one of"},
+		{"rm unknown fingerprint", []string{"cert", "rm", "-c", agentCfg, "00ff"}, 1, "not in the allow-list"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := dpgate(t, nil, tt.args...)
+			if r.code != tt.wantCode {
+				t.Errorf("exit code %d, want %d (stderr: %s)", r.code, tt.wantCode, r.stderr)
+			}
+			if !strings.Contains(r.stderr, tt.wantErr) {
+				t.Errorf("stderr %q does not say %q", r.stderr, tt.wantErr)
+			}
+		})
+	}
+	// The right password works, so the failure above was the password.
+	if r := dpgate(t, nil, "cert", "pin", pfxFile, "--password-file", pw); r.code != 0 || !strings.HasPrefix(r.stdout, "sha256//") {
+		t.Errorf("cert pin with the right password: exit %d, %q", r.code, r.stdout)
+	}
+}
+
+// TestCertCommandsOnlineAndOffline: list/add/rm go through the running
+// gateway's API (the gateway logs them), and work on the data directory
+// once it has stopped. SIGHUP reloads the certificate.
+func TestCertCommandsOnlineAndOffline(t *testing.T) {
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, freePort(t), "")
+	s := startServe(t, nil, "-c", cfg)
+	s.waitLog(t, "admin API listening")
+
+	agentPEM := filepath.Join(dir, "agent.pem")
+	dpgate(t, nil, "cert", "gen", "--cn", "device-1", "--out", agentPEM)
+	if r := dpgate(t, nil, "cert", "add", "-c", cfg, agentPEM); r.code != 0 || !strings.Contains(r.stdout, "CN=device-1") {
+		t.Fatalf("cert add: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	s.waitLog(t, `msg="agent certificates added" count=1`)
+	r := dpgate(t, nil, "cert", "list", "-c", cfg, "--json")
+	var list admin.CertList
+	json.Unmarshal([]byte(r.stdout), &list)
+	if list.Count != 1 {
+		t.Fatalf("online list: %d entries, want 1 (%s)", list.Count, r.stderr)
+	}
+	fp := list.Certs[0].Fingerprint
+
+	// Reload on SIGHUP: replace the generated certificate, expect its pin.
+	gwPEM := filepath.Join(dir, "data", "gateway.pem")
+	os.Remove(gwPEM)
+	newPin := strings.TrimSpace(dpgate(t, nil, "cert", "gen", "--cn", "e2e", "--out", gwPEM).stdout)
+	s.cmd.Process.Signal(syscall.SIGHUP)
+	s.waitLog(t, `msg=reloaded pin="?`+regexp.QuoteMeta(newPin))
+
+	if r := dpgate(t, nil, "cert", "rm", "-c", cfg, strings.ToUpper(fp)); r.code != 0 {
+		t.Fatalf("cert rm: exit %d: %s", r.code, r.stderr)
+	}
+	s.waitLog(t, `msg="agent certificate removed" fingerprint=`+fp)
+	dpgate(t, nil, "cert", "add", "-c", cfg, agentPEM)
+
+	if code, _ := s.stop(t, syscall.SIGTERM); code != 0 {
+		t.Errorf("exit code %d after SIGTERM, want 0", code)
+	}
+	r = dpgate(t, nil, "cert", "list", "-c", cfg, "--fingerprint", fp[5:15])
+	if r.code != 0 || !strings.Contains(r.stdout, fp) {
+		t.Errorf("offline list after the gateway stopped: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestHelpGolden checks every command's --help against testdata/help.
+func TestHelpGolden(t *testing.T) {
+	cmds := [][]string{
+		{}, {"serve"}, {"config"}, {"version"}, {"cert"},
+		{"cert", "gen"}, {"cert", "pin"}, {"cert", "agent-gen"}, {"cert", "list"}, {"cert", "add"}, {"cert", "rm"},
+	}
+	for _, c := range cmds {
+		name := strings.Join(append([]string{"dpgate"}, c...), "_")
+		t.Run(name, func(t *testing.T) {
+			r := dpgate(t, nil, append(c, "--help")...)
+			if r.code != 0 {
+				t.Errorf("--help exited %d, want 0", r.code)
+			}
+			file := filepath.Join("testdata", "help", name+".txt")
+			if *update {
+				os.MkdirAll(filepath.Dir(file), 0o755)
+				os.WriteFile(file, []byte(r.stdout), 0o644)
+				return
+			}
+			want, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatalf("%v (go test -update writes it)", err)
+			}
+			if r.stdout != string(want) {
+				t.Errorf("--help output differs from %s:\n%s", file, r.stdout)
+			}
+		})
+	}
+}
+
+func TestVersion(t *testing.T) {
+	r := dpgate(t, nil, "version")
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "dpgate ") || !strings.Contains(r.stdout, "commit ") || !strings.Contains(r.stdout, "go1.") {
+		t.Errorf("version: exit %d, output %q; want version, commit and Go version", r.code, r.stdout)
+	}
+}

@@ -1,0 +1,213 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/internal/config"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// newTestGateway starts a gateway on a temporary data dir with the admin
+// API on 127.0.0.1:0 and returns it with an API client.
+func newTestGateway(t *testing.T, yaml string) (*Gateway, *admin.Client, string) {
+	t.Helper()
+	dir := t.TempDir()
+	f := filepath.Join(dir, "dpgate.yaml")
+	os.WriteFile(f, []byte("node:\n  name: gw-test\n  data_dir: data\nadmin:\n  listen: 127.0.0.1:0\n"+yaml), 0o644)
+	cfg, err := config.Load(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := Listen(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(ls)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := g.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	})
+	token, _ := tlsconf.ReadSecretFile(cfg.Admin.TokenFile)
+	return g, admin.NewClient(ls.Admin.Addr().String(), token), dir
+}
+
+func TestFirstStartGeneratesCertificate(t *testing.T) {
+	g, c, dir := newTestGateway(t, "")
+	file := filepath.Join(dir, "data", CertFile)
+	fi, err := os.Stat(file)
+	if err != nil {
+		t.Fatalf("no generated certificate: %v", err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s has mode %v, want 0600", file, fi.Mode().Perm())
+	}
+	var st Status
+	if err := c.Do(context.Background(), "GET", "/v1/status", nil, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Pin != g.Identity().Pin() || st.Node != "gw-test" {
+		t.Errorf("status pin %s node %s, want %s and gw-test", st.Pin, st.Node, g.Identity().Pin())
+	}
+}
+
+func TestCertsAPI(t *testing.T) {
+	g, c, _ := newTestGateway(t, "")
+	ctx := context.Background()
+	agent, _ := tlsconf.Issue(tlsconf.Template{CommonName: "dev-7", Client: true}, nil)
+
+	var change admin.CertChange
+	if err := c.Do(ctx, "POST", "/v1/certs", tlsconf.CertPEM(agent), &change); err != nil {
+		t.Fatal(err)
+	}
+	if len(change.Added) != 1 || g.AllowList().Len() != 1 {
+		t.Fatalf("POST added %d, list holds %d; want 1 and 1", len(change.Added), g.AllowList().Len())
+	}
+	fp := change.Added[0].Fingerprint
+
+	var list admin.CertList
+	c.Do(ctx, "GET", "/v1/certs?fingerprint="+strings.ToUpper(fp[10:20]), nil, &list)
+	if list.Count != 1 {
+		t.Errorf("filter by fingerprint part: %d entries, want 1", list.Count)
+	}
+	c.Do(ctx, "GET", "/v1/certs?serial=nomatch", nil, &list)
+	if list.Count != 0 {
+		t.Errorf("filter by unknown serial: %d entries, want 0", list.Count)
+	}
+
+	err := c.Do(ctx, "POST", "/v1/certs", []byte("not pem"), nil)
+	var he *admin.HTTPError
+	if !errors.As(err, &he) || he.Status != http.StatusBadRequest {
+		t.Errorf("POST garbage: got %v, want a 400", err)
+	}
+	if err := c.Do(ctx, "POST", "/v1/certs", map[string]string{"pem": string(tlsconf.CertPEM(agent))}, nil); err != nil {
+		t.Errorf("POST JSON form: %v", err)
+	}
+
+	if err := c.Do(ctx, "DELETE", "/v1/certs/"+fp, nil, &change); err != nil || len(change.Removed) != 1 {
+		t.Errorf("DELETE: %v, removed %d; want 1", err, len(change.Removed))
+	}
+	if err := c.Do(ctx, "DELETE", "/v1/certs/"+fp, nil, nil); !errors.As(err, &he) || he.Status != http.StatusNotFound {
+		t.Errorf("DELETE again: got %v, want a 404", err)
+	}
+}
+
+func TestTokenRequiredWhenConfigured(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600)
+	_, c, _ := newTestGateway(t, "  token_file: "+tokenFile+"\n")
+	ctx := context.Background()
+	if err := c.Do(ctx, "GET", "/v1/certs", nil, nil); err != nil {
+		t.Errorf("with the right token: %v", err)
+	}
+	// The same server without the token, and with a wrong one.
+	for _, tok := range []string{"", "wrong"} {
+		bad := admin.NewClient(strings.TrimPrefix(c.Base(), "http://"), tok)
+		var he *admin.HTTPError
+		if err := bad.Do(ctx, "GET", "/v1/certs", nil, nil); !errors.As(err, &he) || he.Status != http.StatusUnauthorized {
+			t.Errorf("token %q: got %v, want a 401", tok, err)
+		}
+		if err := bad.Do(ctx, "GET", "/healthz", nil, nil); err != nil {
+			t.Errorf("token %q: /healthz should stay open: %v", tok, err)
+		}
+	}
+}
+
+func TestMetricsEndpoint(t *testing.T) {
+	g, c, _ := newTestGateway(t, "")
+	g.Reload()
+	resp, err := http.Get(c.Base() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"dpgate_reload_ok", "go_goroutines"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+// TestReloadSwapsCertificate: after a certificate change and a reload, a
+// new handshake gets the new certificate while a connection made before
+// the reload keeps working.
+func TestReloadSwapsCertificate(t *testing.T) {
+	g, c, dir := newTestGateway(t, "")
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", tlsconf.ServerConfig(g.Identity(), nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { conn.(*tls.Conn).Handshake(); io.Copy(conn, conn); conn.Close() }()
+		}
+	}()
+	dial := func() *tls.Conn {
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return conn
+	}
+	old := dial()
+	defer old.Close()
+	oldPin := tlsconf.Pin(old.ConnectionState().PeerCertificates[0])
+
+	next, _ := tlsconf.Issue(tlsconf.Template{CommonName: "gw-test"}, nil)
+	tlsconf.WriteKeyPair(next, filepath.Join(dir, "data", CertFile), "")
+	if err := c.Do(context.Background(), "POST", "/v1/reload", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	fresh := dial()
+	defer fresh.Close()
+	if got := tlsconf.Pin(fresh.ConnectionState().PeerCertificates[0]); got != tlsconf.Pin(next.Leaf) || got == oldPin {
+		t.Errorf("after reload the server presents %s, want the new %s", got, tlsconf.Pin(next.Leaf))
+	}
+	// The connection from before the reload still works.
+	old.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := old.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(old, buf); err != nil || string(buf) != "ping" {
+		t.Errorf("old connection after reload: read %q, %v; want ping", buf, err)
+	}
+}
+
+func TestNewRefusesBadCertificate(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.pem")
+	os.WriteFile(bad, []byte("garbage"), 0o600)
+	cfg := config.Default()
+	cfg.Node.DataDir = filepath.Join(dir, "data")
+	cfg.TLS.Cert = bad
+	_, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err == nil || !strings.Contains(err.Error(), "tls.cert") {
+		t.Errorf("New with a garbage certificate: got %v, want an error naming tls.cert", err)
+	}
+}
