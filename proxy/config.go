@@ -1,0 +1,133 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	metrics "github.com/hashicorp/go-metrics"
+
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// Balance names.
+const (
+	LeastBusy = "least-busy"
+	Ordered   = "ordered"
+)
+
+// Config configures a Proxy. Zero values mean the defaults in the comments.
+type Config struct {
+	// Identity is the gateway certificate agents pin. Required.
+	Identity *tlsconf.Identity
+	// AllowList, when set, makes agents present a client certificate that
+	// is in it (proxy.validate_agent_certs). Default: no client certificate.
+	AllowList *tlsconf.AllowList
+	// Upstreams are the central servers. At least one is required.
+	Upstreams []UpstreamConfig
+	// Balance is LeastBusy (default) or Ordered.
+	Balance string
+	// ConnectionTimeout bounds dial plus TLS handshake to one upstream.
+	// Default: 10s.
+	ConnectionTimeout time.Duration
+	// HandshakeTimeout bounds an agent's TLS handshake. Default: 10s.
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes a relay with no traffic either way. Default: 10m.
+	IdleTimeout time.Duration
+	// MaxConnections caps concurrent agent connections. Default: 20000.
+	MaxConnections int
+	// SourceRate caps new connections per second from one source IP
+	// address (with a burst of twice that). Default: 20; negative: off.
+	SourceRate float64
+	// MaxIngressRate shapes the total agent-to-upstream rate, in bits per
+	// second. Default: 0, unlimited.
+	MaxIngressRate uint64
+	// ProxyProtocol sends a PROXY protocol v2 header to upstreams.
+	ProxyProtocol bool
+	// HealthInterval is the period of the active health check (one TLS
+	// handshake per upstream). Default: 10s.
+	HealthInterval time.Duration
+	// EjectAfter consecutive failures eject an upstream. Default: 3.
+	EjectAfter int
+	// EjectBackoff is the first ejection time; it doubles on each further
+	// failure up to 1 minute. Default: 2s.
+	EjectBackoff time.Duration
+
+	Metrics *metrics.Metrics // default metrics.Default()
+	Logger  *slog.Logger     // default slog.Default()
+}
+
+// UpstreamConfig is one central server.
+type UpstreamConfig struct {
+	// Address is host:port.
+	Address string
+	// Pins, when set, replace chain verification with an SPKI pin check.
+	Pins tlsconf.PinSet
+	// RootCAs verify the upstream when there are no pins. Default: the
+	// system roots.
+	RootCAs *x509.CertPool
+	// ClientCert is presented to the upstream when set.
+	ClientCert *tls.Certificate
+}
+
+func (c *Config) withDefaults() {
+	if c.Balance == "" {
+		c.Balance = LeastBusy
+	}
+	if c.ConnectionTimeout == 0 {
+		c.ConnectionTimeout = 10 * time.Second
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = 10 * time.Second
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 10 * time.Minute
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = 20000
+	}
+	if c.SourceRate == 0 {
+		c.SourceRate = 20
+	}
+	if c.HealthInterval == 0 {
+		c.HealthInterval = 10 * time.Second
+	}
+	if c.EjectAfter == 0 {
+		c.EjectAfter = 3
+	}
+	if c.EjectBackoff == 0 {
+		c.EjectBackoff = 2 * time.Second
+	}
+	if c.Metrics == nil {
+		c.Metrics = metrics.Default()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Validate reports the first bad field.
+func (c *Config) Validate() error {
+	if c.Identity == nil {
+		return errors.New("proxy: Identity is required")
+	}
+	if len(c.Upstreams) == 0 {
+		return errors.New("proxy: at least one upstream is required")
+	}
+	for i, u := range c.Upstreams {
+		if _, _, err := net.SplitHostPort(u.Address); err != nil {
+			return fmt.Errorf("proxy: upstreams[%d].address %q: %w", i, u.Address, err)
+		}
+	}
+	if c.Balance != LeastBusy && c.Balance != Ordered {
+		return fmt.Errorf("proxy: balance %q is not %s or %s", c.Balance, LeastBusy, Ordered)
+	}
+	if c.MaxConnections < 0 || c.ConnectionTimeout < 0 || c.HandshakeTimeout < 0 || c.IdleTimeout < 0 {
+		return errors.New("proxy: limits and timeouts must not be negative")
+	}
+	return nil
+}

@@ -1,0 +1,426 @@
+// Package proxy relays agents to central servers the way a Sensor does:
+// agents connect with TLS and pin the gateway's certificate (optionally
+// presenting a client certificate from the allow-list); the proxy opens
+// TLS to one of several upstreams, pinned or verified, and copies bytes
+// both ways.
+//
+// Pieces: upstream.go holds each upstream's TLS settings, health
+// (passive ejection with backoff, active handshakes) and load; balance.go
+// orders them per connection (least-busy or ordered); relay.go copies
+// with half-close, idle timeout and small-then-pooled buffers; limits.go
+// has the per-source connection rate limit and the ingress shaper; this
+// file accepts, authenticates, fails over and drains.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	metrics "github.com/hashicorp/go-metrics"
+	"golang.org/x/time/rate"
+
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// ErrNoUpstream is returned when every upstream failed for a connection.
+var ErrNoUpstream = errors.New("proxy: no upstream reachable")
+
+// Proxy is the TLS relay. It does not listen: Serve takes a listener.
+type Proxy struct {
+	cfg    Config
+	log    *slog.Logger
+	m      *metrics.Metrics
+	ups    []*upstream
+	srvTLS *tls.Config
+	dialer net.Dialer
+	source *sourceLimiter
+	shaper *rate.Limiter
+
+	conns     atomic.Int64 // agent connections held, handshakes included
+	bytesIn   atomic.Int64 // agent->upstream, finished relays and live ones flushed
+	bytesOut  atomic.Int64
+	refused   atomic.Uint64
+	relaysWG  sync.WaitGroup // one per agent connection
+	loopsWG   sync.WaitGroup // accept loops and the health loop
+	done      chan struct{}
+	closeOnce sync.Once
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	live      map[net.Conn]struct{} // agent connections, for forced close
+	closing   bool
+}
+
+// New builds a proxy and starts its health checks; it does not listen.
+func New(cfg Config) (*Proxy, error) {
+	cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	p := &Proxy{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		m:         cfg.Metrics,
+		srvTLS:    tlsconf.ServerConfig(cfg.Identity, cfg.AllowList),
+		dialer:    net.Dialer{KeepAlive: 30 * time.Second},
+		source:    newSourceLimiter(cfg.SourceRate),
+		shaper:    ingressShaper(cfg.MaxIngressRate),
+		done:      make(chan struct{}),
+		listeners: map[net.Listener]struct{}{},
+		live:      map[net.Conn]struct{}{},
+	}
+	for _, u := range cfg.Upstreams {
+		p.ups = append(p.ups, newUpstream(u))
+	}
+	p.loopsWG.Add(1)
+	go p.healthLoop() // exits when done is closed
+	return p, nil
+}
+
+// Serve accepts agents on ln until Shutdown or Close, then returns nil.
+func (p *Proxy) Serve(ln net.Listener) error {
+	p.mu.Lock()
+	if p.closing {
+		p.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	p.listeners[ln] = struct{}{}
+	p.loopsWG.Add(1)
+	p.mu.Unlock()
+	defer p.loopsWG.Done()
+
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			select {
+			case <-p.done:
+				return nil
+			default:
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of file descriptors or a transient error: back off
+				// instead of spinning, and keep serving the relays we have.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				p.log.Warn("proxy: accept failed; backing off", "err", err, "backoff", backoff)
+				p.m.IncrCounter([]string{"proxy", "accept", "errors"}, 1)
+				time.Sleep(backoff)
+				continue
+			}
+			p.mu.Lock()
+			closing := p.closing
+			p.mu.Unlock()
+			if closing {
+				return nil
+			}
+			return fmt.Errorf("proxy: accept: %w", err)
+		}
+		backoff = 0
+		if !p.admit(c) {
+			continue
+		}
+		go p.handle(c) // tracked in relaysWG by admit; exits when the relay ends
+	}
+}
+
+// admit applies the connection limits; a refused connection is closed.
+func (p *Proxy) admit(c net.Conn) bool {
+	reason := ""
+	switch {
+	case p.conns.Load() >= int64(p.cfg.MaxConnections):
+		reason = "max_connections"
+	case !p.source.allow(c.RemoteAddr(), time.Now()):
+		reason = "source_rate"
+	}
+	p.mu.Lock()
+	if p.closing {
+		reason = "shutting_down"
+	}
+	if reason == "" {
+		p.live[c] = struct{}{}
+		p.relaysWG.Add(1)
+		p.conns.Add(1)
+	}
+	p.mu.Unlock()
+	if reason != "" {
+		p.refused.Add(1)
+		p.m.IncrCounterWithLabels([]string{"proxy", "refused"}, 1, []metrics.Label{{Name: "reason", Value: reason}})
+		c.Close()
+		return false
+	}
+	return true
+}
+
+func (p *Proxy) forget(c net.Conn) {
+	p.mu.Lock()
+	delete(p.live, c)
+	p.mu.Unlock()
+	p.conns.Add(-1)
+	p.relaysWG.Done()
+}
+
+// handle runs one agent connection: handshake, upstream, relay.
+func (p *Proxy) handle(raw net.Conn) {
+	defer p.forget(raw)
+	defer raw.Close()
+	agent := tls.Server(raw, p.srvTLS)
+	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.HandshakeTimeout)
+	err := agent.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		p.handshakeFailed(raw.RemoteAddr(), err)
+		return
+	}
+	p.m.IncrCounter([]string{"proxy", "handshakes", "ok"}, 1)
+
+	up, u, err := p.connectUpstream(raw.RemoteAddr(), raw.LocalAddr())
+	if err != nil {
+		p.log.Warn("proxy: no upstream for agent", "agent", raw.RemoteAddr().String(), "err", err)
+		p.m.IncrCounter([]string{"proxy", "no_upstream"}, 1)
+		return
+	}
+	defer u.active.Add(-1)
+	// Close the socket, not the TLS conn: a clean relay already sent
+	// close_notify both ways, and tls.Conn.Close could block for seconds
+	// writing one to an upstream that is not reading.
+	defer up.NetConn().Close()
+	u.relays.Add(1)
+
+	r := &relay{idle: p.cfg.IdleTimeout, shaper: p.shaper}
+	err = r.run(agent, up)
+	p.bytesIn.Add(r.in.Load())
+	p.bytesOut.Add(r.out.Load())
+	p.m.IncrCounter([]string{"proxy", "bytes", "in"}, float32(r.in.Load()))
+	p.m.IncrCounter([]string{"proxy", "bytes", "out"}, float32(r.out.Load()))
+	end := "closed"
+	switch {
+	case errors.Is(err, errIdle):
+		end = "idle"
+	case err != nil:
+		end = "error"
+	}
+	p.m.IncrCounterWithLabels([]string{"proxy", "relays", "ended"}, 1, []metrics.Label{{Name: "how", Value: end}})
+	if end == "error" {
+		p.log.Debug("proxy: relay ended", "agent", raw.RemoteAddr().String(), "upstream", u.addr, "err", err)
+	}
+}
+
+// handshakeFailed logs and counts a failed agent handshake by reason; a
+// refused client certificate is logged with its fingerprint.
+func (p *Proxy) handshakeFailed(remote net.Addr, err error) {
+	reason := "tls"
+	var refused *tlsconf.RefusedError
+	switch {
+	case errors.As(err, &refused):
+		reason = "cert_" + refused.Reason
+		p.log.Warn("proxy: agent certificate refused", "agent", remote.String(),
+			"fingerprint", refused.Fingerprint, "subject", refused.Subject, "reason", refused.Reason)
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded):
+		reason = "timeout"
+	default:
+		p.log.Debug("proxy: agent handshake failed", "agent", remote.String(), "err", err)
+	}
+	p.m.IncrCounterWithLabels([]string{"proxy", "handshakes", "failed"}, 1, []metrics.Label{{Name: "reason", Value: reason}})
+}
+
+// connectUpstream tries the upstreams in balance order until one
+// completes TLS. Nothing has been read from the agent yet, so trying the
+// next one is always safe. The returned upstream's active count is
+// already raised.
+func (p *Proxy) connectUpstream(src, dst net.Addr) (*tls.Conn, *upstream, error) {
+	if !p.cfg.ProxyProtocol {
+		src, dst = nil, nil
+	}
+	var errs []error
+	for _, u := range candidates(p.ups, p.cfg.Balance, time.Now()) {
+		u.active.Add(1) // reserve now, so concurrent agents spread out
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ConnectionTimeout)
+		c, err := u.dial(ctx, &p.dialer, src, dst)
+		cancel()
+		labels := []metrics.Label{{Name: "upstream", Value: u.addr}}
+		if err == nil {
+			p.m.MeasureSinceWithLabels([]string{"proxy", "upstream", "dial"}, start, labels)
+			if u.succeeded() {
+				p.log.Info("proxy: upstream back", "upstream", u.addr)
+			}
+			return c, u, nil
+		}
+		u.active.Add(-1)
+		p.m.IncrCounterWithLabels([]string{"proxy", "upstream", "dial_failed"}, 1, labels)
+		p.upstreamFailed(u, err)
+		errs = append(errs, fmt.Errorf("%s: %w", u.addr, err))
+	}
+	return nil, nil, fmt.Errorf("%w: %w", ErrNoUpstream, errors.Join(errs...))
+}
+
+func (p *Proxy) upstreamFailed(u *upstream, err error) {
+	if until := u.failed(err, time.Now(), p.cfg.EjectAfter, p.cfg.EjectBackoff); !until.IsZero() {
+		p.log.Warn("proxy: upstream ejected", "upstream", u.addr, "until", until.Format(time.RFC3339), "err", err)
+		p.m.IncrCounterWithLabels([]string{"proxy", "upstream", "ejected"}, 1, []metrics.Label{{Name: "upstream", Value: u.addr}})
+	}
+}
+
+// healthLoop handshakes with every upstream each HealthInterval, and
+// publishes the gauges every second. It exits when done is closed.
+func (p *Proxy) healthLoop() {
+	defer p.loopsWG.Done()
+	gauges := time.NewTicker(time.Second)
+	defer gauges.Stop()
+	check := time.NewTimer(0)
+	defer check.Stop()
+	for {
+		select {
+		case <-p.done:
+			return
+		case <-gauges.C:
+			p.publishGauges()
+		case <-check.C:
+			var wg sync.WaitGroup
+			for _, u := range p.ups {
+				wg.Add(1)
+				go func() { // waited for just below
+					defer wg.Done()
+					p.checkUpstream(u)
+				}()
+			}
+			wg.Wait()
+			check.Reset(p.cfg.HealthInterval)
+		}
+	}
+}
+
+func (p *Proxy) checkUpstream(u *upstream) {
+	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ConnectionTimeout)
+	defer cancel()
+	go func() { // ends the check early on shutdown; exits with ctx
+		select {
+		case <-p.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	c, err := u.dial(ctx, &p.dialer, nil, nil)
+	if err != nil {
+		select {
+		case <-p.done:
+			return
+		default:
+		}
+		p.upstreamFailed(u, fmt.Errorf("health check: %w", err))
+		return
+	}
+	c.NetConn().Close()
+	if u.succeeded() {
+		p.log.Info("proxy: upstream back", "upstream", u.addr)
+	}
+}
+
+func (p *Proxy) publishGauges() {
+	now := time.Now()
+	p.m.SetGauge([]string{"proxy", "connections"}, float32(p.conns.Load()))
+	for _, u := range p.ups {
+		s := u.status(now)
+		labels := []metrics.Label{{Name: "upstream", Value: u.addr}}
+		p.m.SetGaugeWithLabels([]string{"proxy", "upstream", "active"}, float32(s.ActiveRelays), labels)
+		healthy := float32(1)
+		if s.State != "healthy" {
+			healthy = 0
+		}
+		p.m.SetGaugeWithLabels([]string{"proxy", "upstream", "healthy"}, healthy, labels)
+		p.m.SetGaugeWithLabels([]string{"proxy", "upstream", "rtt_ms"}, float32(s.RTTMillis), labels)
+	}
+}
+
+// Status is the proxy's part of /v1/status.
+type Status struct {
+	Balance     string           `json:"balance"`
+	Connections int64            `json:"connections"`
+	Refused     uint64           `json:"refused"`
+	BytesIn     int64            `json:"bytes_in"`  // agents to upstreams, finished relays
+	BytesOut    int64            `json:"bytes_out"` // upstreams to agents, finished relays
+	Upstreams   []UpstreamStatus `json:"upstreams"`
+}
+
+// Status reports the proxy's state.
+func (p *Proxy) Status() Status {
+	now := time.Now()
+	s := Status{
+		Balance:     p.cfg.Balance,
+		Connections: p.conns.Load(),
+		Refused:     p.refused.Load(),
+		BytesIn:     p.bytesIn.Load(),
+		BytesOut:    p.bytesOut.Load(),
+	}
+	for _, u := range p.ups {
+		s.Upstreams = append(s.Upstreams, u.status(now))
+	}
+	return s
+}
+
+// Ready reports whether at least one upstream is not ejected.
+func (p *Proxy) Ready() bool {
+	now := time.Now()
+	for _, u := range p.ups {
+		if !u.ejected(now) {
+			return true
+		}
+	}
+	return false
+}
+
+// Shutdown stops accepting, lets relays finish until ctx ends, then
+// closes the rest. It returns ctx's error if relays had to be cut.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.stopAccepting()
+	idle := make(chan struct{})
+	go func() { p.relaysWG.Wait(); close(idle) }() // ends when the relays do, at the latest after closeAll
+	select {
+	case <-idle:
+		p.loopsWG.Wait()
+		return nil
+	case <-ctx.Done():
+		p.closeAll()
+		<-idle
+		p.loopsWG.Wait()
+		return ctx.Err()
+	}
+}
+
+// Close stops at once. It is idempotent.
+func (p *Proxy) Close() error {
+	p.stopAccepting()
+	p.closeAll()
+	p.relaysWG.Wait()
+	p.loopsWG.Wait()
+	return nil
+}
+
+func (p *Proxy) stopAccepting() {
+	p.closeOnce.Do(func() { close(p.done) })
+	p.mu.Lock()
+	p.closing = true
+	for ln := range p.listeners {
+		ln.Close()
+	}
+	p.mu.Unlock()
+}
+
+func (p *Proxy) closeAll() {
+	p.mu.Lock()
+	for c := range p.live {
+		c.Close()
+	}
+	p.mu.Unlock()
+}

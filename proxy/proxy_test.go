@@ -1,0 +1,645 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+func TestRelayAndPins(t *testing.T) {
+	b := newBackend(t, nil, nil)
+	other := identity(t, t.TempDir(), "other")
+	tests := []struct {
+		name string
+		pins tlsconf.PinSet
+		ok   bool
+	}{
+		{"pin matches", pinsOf(t, b.id), true},
+		{"rotation: wrong and right pin", append(pinsOf(t, other), pinsOf(t, b.id)...), true},
+		{"pin mismatch", pinsOf(t, other), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{{Address: b.addr(), Pins: tt.pins}}})
+			got, err := echoOnce(p.addr, agentConfig(t, p.id, nil), "hello central")
+			if tt.ok && (err != nil || got != "hello central") {
+				t.Fatalf("echo = %q, %v; want %q", got, err, "hello central")
+			}
+			if !tt.ok {
+				if got != "" {
+					t.Errorf("relayed %q to an upstream with the wrong key", got)
+				}
+				st := p.Status().Upstreams[0]
+				if st.Failures == 0 || !strings.Contains(st.LastError, "matches no configured pin") {
+					t.Errorf("upstream status %+v, want a pin failure recorded", st)
+				}
+			}
+		})
+	}
+}
+
+// TestUpstreamVerifiedWithoutPins: with no pin, the chain and host name
+// are checked (here against a test root instead of the system roots).
+func TestUpstreamVerifiedWithoutPins(t *testing.T) {
+	ca, _ := tlsconf.Issue(tlsconf.Template{CommonName: "test root", CA: true}, nil)
+	leaf, _ := tlsconf.Issue(tlsconf.Template{CommonName: "central", DNSNames: []string{"localhost"}}, &ca)
+	leaf.Certificate = append(leaf.Certificate, ca.Certificate...)
+	b := newBackend(t, func(c *tls.Config) {
+		c.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &leaf, nil }
+	}, nil)
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Leaf)
+	_, port, _ := net.SplitHostPort(b.addr())
+
+	good := newTestProxy(t, Config{Upstreams: []UpstreamConfig{{Address: "localhost:" + port, RootCAs: roots}}})
+	if got, err := echoOnce(good.addr, agentConfig(t, good.id, nil), "x"); err != nil || got != "x" {
+		t.Errorf("verified upstream: echo %q, %v", got, err)
+	}
+	// 127.0.0.1 is not a name in the certificate: refused.
+	bad := newTestProxy(t, Config{Upstreams: []UpstreamConfig{{Address: "127.0.0.1:" + port, RootCAs: roots}}})
+	if got, _ := echoOnce(bad.addr, agentConfig(t, bad.id, nil), "x"); got != "" {
+		t.Errorf("host name mismatch was relayed: %q", got)
+	}
+	if s := bad.Status().Upstreams[0]; !strings.Contains(s.LastError, "127.0.0.1") {
+		t.Errorf("last error %q, want a host name verification error", s.LastError)
+	}
+}
+
+// TestUpstreamClientCertificate: the proxy presents a PKCS#12 client
+// certificate to an upstream that requires one.
+func TestUpstreamClientCertificate(t *testing.T) {
+	client, _ := tlsconf.Issue(tlsconf.Template{CommonName: "gateway-client", Client: true}, nil)
+	pfx, _ := tlsconf.EncodePFX(client, nil, "pw")
+	loaded, err := tlsconf.ParsePFX(pfx, "pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen sync.Map
+	b := newBackend(t, func(c *tls.Config) { c.ClientAuth = tls.RequireAnyClientCert }, func(c *tls.Conn) {
+		seen.Store(c.ConnectionState().PeerCertificates[0].Subject.CommonName, true)
+		io.Copy(c, c)
+		c.CloseWrite()
+	})
+	with := b.upstream(t)
+	with.ClientCert = &loaded
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{with}})
+	if got, err := echoOnce(p.addr, agentConfig(t, p.id, nil), "mtls"); err != nil || got != "mtls" {
+		t.Fatalf("with client certificate: echo %q, %v", got, err)
+	}
+	if _, ok := seen.Load("gateway-client"); !ok {
+		t.Error("upstream did not see the gateway's client certificate")
+	}
+	without := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}})
+	if got, _ := echoOnce(without.addr, agentConfig(t, without.id, nil), "mtls"); got != "" {
+		t.Errorf("without client certificate the upstream still relayed %q", got)
+	}
+}
+
+func TestAgentCertificates(t *testing.T) {
+	b := newBackend(t, nil, nil)
+	allow, err := tlsconf.NewAllowList(openStore(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	known, _ := tlsconf.Issue(tlsconf.Template{CommonName: "dev-known", Client: true}, nil)
+	unknown, _ := tlsconf.Issue(tlsconf.Template{CommonName: "dev-unknown", Client: true}, nil)
+	allow.Add(known.Leaf)
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, AllowList: allow})
+
+	cache := tls.NewLRUClientSessionCache(8)
+	knownCfg := agentConfig(t, p.id, &known)
+	knownCfg.ClientSessionCache = cache
+	if got, err := echoOnce(p.addr, knownCfg, "a"); err != nil || got != "a" {
+		t.Fatalf("allowed agent: echo %q, %v", got, err)
+	}
+	if got, _ := echoOnce(p.addr, agentConfig(t, p.id, &unknown), "b"); got != "" {
+		t.Errorf("unknown agent was relayed: %q", got)
+	}
+	if got, _ := echoOnce(p.addr, agentConfig(t, p.id, nil), "c"); got != "" {
+		t.Errorf("agent without certificate was relayed: %q", got)
+	}
+	// Deleted while the gateway runs: refused at the next handshake, even
+	// though the agent resumes its session.
+	allow.Remove(tlsconf.Fingerprint(known.Leaf))
+	if got, _ := echoOnce(p.addr, knownCfg, "d"); got != "" {
+		t.Errorf("deleted agent was relayed: %q", got)
+	}
+	waitFor(t, 5*time.Second, func() error {
+		if n := counter(p.sink, "dpgate.proxy.handshakes.failed"); n < 3 {
+			return fmt.Errorf("%v failed handshakes counted, want 3", n)
+		}
+		return nil
+	})
+}
+
+func TestFailover(t *testing.T) {
+	good := newBackend(t, nil, nil)
+	down, _ := net.Listen("tcp", "127.0.0.1:0")
+	downAddr := down.Addr().String()
+	down.Close() // nothing listens here now
+	hang, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer hang.Close()
+	go func() { // accepts TCP and never answers TLS
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := hang.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	for _, tc := range []struct{ name, first string }{{"first down", downAddr}, {"first hangs", hang.Addr().String()}} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestProxy(t, Config{
+				Balance:           Ordered,
+				ConnectionTimeout: 300 * time.Millisecond,
+				Upstreams:         []UpstreamConfig{{Address: tc.first, Pins: pinsOf(t, good.id)}, good.upstream(t)},
+			})
+			for i := range 3 {
+				msg := fmt.Sprintf("m%d", i)
+				if got, err := echoOnce(p.addr, agentConfig(t, p.id, nil), msg); err != nil || got != msg {
+					t.Fatalf("connection %d: echo %q, %v; want %q via the second upstream", i, got, err, msg)
+				}
+			}
+			st := p.Status().Upstreams
+			if st[0].Failures == 0 || st[1].Relays != 3 {
+				t.Errorf("first upstream %d failures, second %d relays; want failures and 3 relays", st[0].Failures, st[1].Relays)
+			}
+		})
+	}
+}
+
+func TestEjectionAndReadiness(t *testing.T) {
+	down, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := down.Addr().String()
+	down.Close()
+	p := newTestProxy(t, Config{
+		Upstreams:      []UpstreamConfig{{Address: addr, Pins: pinsOf(t, identity(t, t.TempDir(), "x"))}},
+		EjectAfter:     2,
+		EjectBackoff:   time.Hour,
+		HealthInterval: 20 * time.Millisecond,
+	})
+	waitFor(t, 10*time.Second, func() error {
+		if s := p.Status().Upstreams[0]; s.State != "ejected" {
+			return fmt.Errorf("upstream state %s after %d failures, want ejected", s.State, s.ConsecutiveFailures)
+		}
+		return nil
+	})
+	if p.Ready() {
+		t.Error("Ready with every upstream ejected, want not ready")
+	}
+}
+
+func TestBackAfterEjection(t *testing.T) {
+	b := newBackend(t, nil, nil)
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, EjectAfter: 1, EjectBackoff: time.Hour})
+	u := p.ups[0]
+	u.failed(errors.New("synthetic"), time.Now(), 1, time.Hour)
+	if p.Ready() {
+		t.Fatal("Ready after ejection")
+	}
+	// An ejected upstream is still tried as a last resort; success restores it.
+	if got, err := echoOnce(p.addr, agentConfig(t, p.id, nil), "z"); err != nil || got != "z" {
+		t.Fatalf("echo via the ejected-but-working upstream: %q, %v", got, err)
+	}
+	if !p.Ready() {
+		t.Error("not Ready after a successful relay through the upstream")
+	}
+}
+
+// TestLeastBusySpread holds 1,000 relays open at once and checks that
+// each of 3 upstreams has 333 ± 10 %.
+func TestLeastBusySpread(t *testing.T) {
+	const relays, n = 1000, 3
+	release := make(chan struct{})
+	hold := func(c *tls.Conn) {
+		io.WriteString(c, "+")
+		<-release
+	}
+	var ups []UpstreamConfig
+	var backends []*backend
+	for range n {
+		b := newBackend(t, nil, hold)
+		backends = append(backends, b)
+		ups = append(ups, b.upstream(t))
+	}
+	defer close(release) // before the backends' cleanup waits for their handlers
+	p := newTestProxy(t, Config{Upstreams: ups})
+	cfg := agentConfig(t, p.id, nil)
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+	conns := make([]*tls.Conn, 0, relays)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := range relays {
+		c, err := dialAgent(p.addr, cfg)
+		if err != nil {
+			t.Fatalf("relay %d: %v", i, err)
+		}
+		conns = append(conns, c)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 1)
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatalf("relay %d: no byte from the upstream: %v", i, err)
+		}
+	}
+	for i, b := range backends {
+		got := b.open.Load()
+		if got < 300 || got > 367 {
+			t.Errorf("upstream %d holds %d relays, want 333 ± 10 %% (300..367)", i, got)
+		}
+	}
+}
+
+func TestOrderedUsesFirstHealthy(t *testing.T) {
+	a, b := newBackend(t, nil, nil), newBackend(t, nil, nil)
+	p := newTestProxy(t, Config{Balance: Ordered, Upstreams: []UpstreamConfig{a.upstream(t), b.upstream(t)}})
+	for range 5 {
+		echoOnce(p.addr, agentConfig(t, p.id, nil), "o")
+	}
+	if a.accepted.Load() < 5 || p.Status().Upstreams[1].Relays != 0 {
+		t.Errorf("ordered: first got %d connections, second %d relays; want all on the first", a.accepted.Load(), p.Status().Upstreams[1].Relays)
+	}
+}
+
+// TestChained: agent -> gateway A -> gateway B -> central.
+func TestChained(t *testing.T) {
+	central := newBackend(t, nil, nil)
+	b := newTestProxy(t, Config{Upstreams: []UpstreamConfig{central.upstream(t)}})
+	a := newTestProxy(t, Config{Upstreams: []UpstreamConfig{{Address: b.addr, Pins: pinsOf(t, b.id)}}})
+	if got, err := echoOnce(a.addr, agentConfig(t, a.id, nil), "through two gateways"); err != nil || got != "through two gateways" {
+		t.Fatalf("chained echo %q, %v", got, err)
+	}
+}
+
+// TestLargeTransferByteExact relays 1 GiB from the agent; both ends hash
+// what they sent and received. The upstream answers with its digest after
+// the agent's half-close, so this also exercises half-close under load.
+func TestLargeTransferByteExact(t *testing.T) {
+	size := int64(1 << 30)
+	if testing.Short() {
+		size = 64 << 20
+	}
+	b := newBackend(t, nil, func(c *tls.Conn) {
+		h := sha256.New()
+		n, _ := io.Copy(h, c)
+		fmt.Fprintf(c, "%d %x", n, h.Sum(nil))
+		c.CloseWrite()
+	})
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}})
+	c, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Minute))
+	h := sha256.New()
+	src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{1}), size), h)
+	w := bufio.NewWriterSize(c, 64<<10)
+	if _, err := io.Copy(w, src); err != nil {
+		t.Fatal(err)
+	}
+	w.Flush()
+	c.CloseWrite()
+	reply, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("%d %x", size, h.Sum(nil))
+	if string(reply) != want {
+		t.Fatalf("upstream received %q, agent sent %q", reply, want)
+	}
+}
+
+// TestHalfClose: the upstream keeps talking after the agent finished
+// sending, and the agent keeps reading.
+func TestHalfClose(t *testing.T) {
+	b := newBackend(t, nil, func(c *tls.Conn) {
+		req, _ := io.ReadAll(c) // until the agent's half-close
+		for i := range 100 {
+			fmt.Fprintf(c, "line %d for %s\n", i, req)
+		}
+		c.CloseWrite()
+	})
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}})
+	c, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "req")
+	c.CloseWrite()
+	out, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Count(string(out), "for req\n"); lines != 100 {
+		t.Errorf("read %d lines after the half-close, want 100", lines)
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	b := newBackend(t, nil, nil)
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, IdleTimeout: 300 * time.Millisecond})
+
+	idle, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	busy, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+
+	// The busy relay sends one way only, every 50 ms, for 5 idle periods;
+	// the upstream echoes, so both ways see traffic but never for long.
+	busyErr := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 1)
+		for range 30 {
+			busy.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := busy.Write([]byte("x")); err != nil {
+				busyErr <- err
+				return
+			}
+			if _, err := io.ReadFull(busy, buf); err != nil {
+				busyErr <- err
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		busyErr <- nil
+	}()
+
+	idle.SetReadDeadline(time.Now().Add(30 * time.Second))
+	_, err = idle.Read(make([]byte, 1))
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("idle relay: read returned %v, want the proxy to have closed it", err)
+	}
+	if err := <-busyErr; err != nil {
+		t.Errorf("busy relay was cut: %v", err)
+	}
+	waitFor(t, 5*time.Second, func() error {
+		if n := counter(p.sink, "dpgate.proxy.relays.ended"); n < 1 {
+			return errors.New("no relay end counted")
+		}
+		return nil
+	})
+}
+
+// TestNoGoroutineGrowth runs 10,000 short relays and checks that the
+// goroutine count returns to where it started.
+func TestNoGoroutineGrowth(t *testing.T) {
+	b := newBackend(t, nil, nil)
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}})
+	cfg := agentConfig(t, p.id, nil)
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(64)
+	echoOnce(p.addr, cfg, "warm-up")
+	waitFor(t, 10*time.Second, func() error {
+		if n := p.conns.Load(); n != 0 {
+			return fmt.Errorf("%d connections still open", n)
+		}
+		return nil
+	})
+	base := runtime.NumGoroutine()
+
+	const total, workers = 10000, 8
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < total; i += workers {
+				msg := fmt.Sprintf("r%d", i)
+				if got, err := echoOnce(p.addr, cfg, msg); err != nil || got != msg {
+					errs <- fmt.Errorf("relay %d: echo %q, %v", i, got, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, func() error {
+		if n := runtime.NumGoroutine(); n > base+2 {
+			return fmt.Errorf("%d goroutines after %d relays, %d before", n, total, base)
+		}
+		return nil
+	})
+	if got := b.accepted.Load(); got < total {
+		t.Errorf("upstream saw %d connections, want at least %d", got, total)
+	}
+}
+
+func TestConnectionLimits(t *testing.T) {
+	release := make(chan struct{})
+	b := newBackend(t, nil, func(c *tls.Conn) { io.WriteString(c, "+"); <-release })
+	defer close(release)
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, MaxConnections: 2})
+	var held []*tls.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for range 2 {
+		c, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		io.ReadFull(c, make([]byte, 1))
+		held = append(held, c)
+	}
+	if _, err := echoOnce(p.addr, agentConfig(t, p.id, nil), "third"); err == nil {
+		t.Error("third connection accepted with max_connections 2")
+	}
+	if p.Status().Refused != 1 {
+		t.Errorf("refused %d, want 1", p.Status().Refused)
+	}
+}
+
+func TestSourceRateLimit(t *testing.T) {
+	b := newBackend(t, nil, nil)
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, SourceRate: 0.001}) // burst 1
+	if _, err := echoOnce(p.addr, agentConfig(t, p.id, nil), "first"); err != nil {
+		t.Fatalf("first connection: %v", err)
+	}
+	if _, err := echoOnce(p.addr, agentConfig(t, p.id, nil), "second"); err == nil {
+		t.Error("second connection from the same address within the rate limit window was accepted")
+	}
+}
+
+// TestIngressShaping: at 8 Mbit/s (1 MB/s), 3 MB cannot pass in less than
+// (3 MB - burst) / rate. A lower bound only: a slow machine only makes it
+// longer.
+func TestIngressShaping(t *testing.T) {
+	b := newBackend(t, nil, func(c *tls.Conn) { io.Copy(io.Discard, c); io.WriteString(c, "done"); c.CloseWrite() })
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, MaxIngressRate: 8e6})
+	c, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute))
+	start := time.Now()
+	io.Copy(c, io.LimitReader(rand.NewChaCha8([32]byte{}), 3e6))
+	c.CloseWrite()
+	io.ReadAll(c)
+	took := time.Since(start)
+	minimum := time.Duration(float64(3e6-1e5) / 1e6 * float64(time.Second))
+	if took < minimum {
+		t.Errorf("3 MB passed a 1 MB/s shaper in %v, want at least %v", took, minimum)
+	}
+}
+
+func TestProxyProtocolV2(t *testing.T) {
+	id := identity(t, t.TempDir(), "central")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 4)
+	go func() {
+		for {
+			raw, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer raw.Close()
+				br := bufio.NewReader(raw)
+				h, err := proxyproto.Read(br)
+				if err != nil {
+					return // a health check without header
+				}
+				got <- h.SourceAddr.String()
+				tc := tls.Server(&bufConn{Conn: raw, r: br}, tlsconf.ServerConfig(id, nil))
+				io.Copy(tc, tc)
+				tc.CloseWrite()
+			}()
+		}
+	}()
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{{Address: ln.Addr().String(), Pins: pinsOf(t, id)}}, ProxyProtocol: true, HealthInterval: time.Hour})
+	c, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "pp")
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatalf("echo through PROXY v2: %v", err)
+	}
+	select {
+	case src := <-got:
+		if src != c.LocalAddr().String() {
+			t.Errorf("PROXY header source %s, want the agent's %s", src, c.LocalAddr())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("upstream got no PROXY header")
+	}
+}
+
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+func TestShutdownDrains(t *testing.T) {
+	b := newBackend(t, nil, nil)
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}})
+	c, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	io.WriteString(c, "a")
+	io.ReadFull(c, make([]byte, 1))
+
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		done <- p.Shutdown(ctx)
+	}()
+	// New agents are refused while the old relay still works.
+	waitFor(t, 5*time.Second, func() error {
+		if _, err := net.DialTimeout("tcp", p.addr, time.Second); err == nil {
+			return errors.New("listener still accepts")
+		}
+		return nil
+	})
+	io.WriteString(c, "b")
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatalf("relay during drain: %v", err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned %v while a relay was active", err)
+	default:
+	}
+	c.CloseWrite()
+	io.ReadAll(c)
+	if err := <-done; err != nil {
+		t.Errorf("Shutdown after the relay finished: %v, want nil", err)
+	}
+}
+
+func TestShutdownDeadlineCutsRelays(t *testing.T) {
+	b := newBackend(t, nil, nil)
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}})
+	c, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	io.WriteString(c, "a")
+	io.ReadFull(c, make([]byte, 1))
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := p.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Shutdown with a stuck relay: %v, want DeadlineExceeded", err)
+	}
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("relay still open after Shutdown's deadline")
+	}
+}

@@ -1,0 +1,135 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Buffers: a read first goes into the relay's small buffer; only when a
+// read fills it (bulk traffic) does the direction switch to a pooled
+// large buffer, and it returns the large buffer as soon as a read comes
+// back short. An idle relay so holds 2 x smallBuf, not 2 x largeBuf.
+const (
+	smallBuf = 1 << 10
+	largeBuf = 16 << 10 // one TLS record of plaintext
+)
+
+var largePool = sync.Pool{New: func() any { b := make([]byte, largeBuf); return &b }}
+
+// errIdle ends a relay that saw no traffic either way for IdleTimeout.
+var errIdle = errors.New("idle timeout")
+
+// halfCloser is a connection that can end its write side alone
+// (*tls.Conn sends close_notify, *net.TCPConn shuts down writes).
+type halfCloser interface {
+	net.Conn
+	CloseWrite() error
+}
+
+// relay copies between the agent and the upstream until both sides have
+// finished, one fails, or neither sent anything for idle.
+type relay struct {
+	idle     time.Duration
+	last     atomic.Int64 // unix ns of the last byte either way
+	shaper   *rate.Limiter
+	in, out  atomic.Int64 // bytes agent->upstream, upstream->agent
+	stopped  atomic.Bool  // one direction failed: the other must not re-arm
+	small    [2][smallBuf]byte
+}
+
+// run relays until done and returns the error that ended it (nil for a
+// clean close on both sides). It closes neither connection.
+func (r *relay) run(agent, up halfCloser) error {
+	r.last.Store(time.Now().UnixNano())
+	errc := make(chan error, 1)
+	// The upstream->agent half runs in its own goroutine, which exits when
+	// that direction ends; run waits for it below.
+	go func() { errc <- r.pipe(up, agent, &r.out, nil, r.small[1][:]) }()
+	err := r.pipe(agent, up, &r.in, r.shaper, r.small[0][:])
+	if err != nil {
+		r.stop(agent, up) // unblock the other direction
+		<-errc
+		return err
+	}
+	// This half ended cleanly; the other may still be sending.
+	if err = <-errc; err != nil {
+		r.stop(agent, up)
+	}
+	return err
+}
+
+// stop makes every blocked Read and Write on both connections return.
+func (r *relay) stop(a, b net.Conn) {
+	r.stopped.Store(true)
+	past := time.Unix(1, 0)
+	a.SetDeadline(past)
+	b.SetDeadline(past)
+}
+
+// pipe copies src to dst until src ends (then half-closes dst) or an error.
+func (r *relay) pipe(src, dst halfCloser, count *atomic.Int64, shaper *rate.Limiter, small []byte) error {
+	var large *[]byte
+	defer func() {
+		if large != nil {
+			largePool.Put(large)
+		}
+	}()
+	armed := time.Time{}
+	for {
+		buf := small
+		if large != nil {
+			buf = *large
+		}
+		now := time.Now()
+		if now.Sub(armed) > r.idle/8 { // re-arm coarsely, not on every read
+			src.SetReadDeadline(now.Add(r.idle))
+			armed = now
+		}
+		n, err := src.Read(buf)
+		if n > 0 {
+			if shaper != nil {
+				if werr := shaper.WaitN(context.Background(), n); werr != nil {
+					return werr
+				}
+			}
+			dst.SetWriteDeadline(time.Now().Add(r.idle))
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			count.Add(int64(n))
+			r.last.Store(time.Now().UnixNano())
+			switch {
+			case n == len(buf) && large == nil:
+				large = largePool.Get().(*[]byte)
+			case n < len(buf) && large != nil:
+				largePool.Put(large)
+				large = nil
+			}
+		}
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, io.EOF) {
+			return dst.CloseWrite()
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) && !r.stopped.Load() {
+			last := time.Unix(0, r.last.Load())
+			if time.Since(last) < r.idle {
+				// The other direction was busy: not idle yet.
+				src.SetReadDeadline(last.Add(r.idle))
+				armed = time.Now()
+				continue
+			}
+			return errIdle
+		}
+		return err
+	}
+}

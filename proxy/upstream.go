@@ -1,0 +1,160 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// upstream is one central server with its health and load.
+type upstream struct {
+	addr string
+	tls  *tls.Config
+
+	active atomic.Int64 // relays in progress, and dials reserved for one
+	relays atomic.Uint64
+	fails  atomic.Uint64
+	rtt    atomic.Int64 // smoothed TCP connect time, ns; 0 = not measured
+
+	mu           sync.Mutex
+	consecutive  int
+	backoff      time.Duration
+	ejectedUntil time.Time
+	lastErr      string
+}
+
+func newUpstream(c UpstreamConfig) *upstream {
+	host, _, _ := net.SplitHostPort(c.Address)
+	var cfg *tls.Config
+	if len(c.Pins) > 0 {
+		cfg = tlsconf.PinnedClientConfig(c.Pins, host)
+	} else {
+		cfg = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host, RootCAs: c.RootCAs}
+	}
+	if c.ClientCert != nil {
+		cfg.Certificates = []tls.Certificate{*c.ClientCert}
+	}
+	// Resumed sessions skip the upstream's signature and key exchange
+	// costs on the many short connections agents make.
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(64)
+	return &upstream{addr: c.Address, tls: cfg}
+}
+
+// dial connects and completes TLS within ctx. With src set, a PROXY v2
+// header carrying the agent's addresses precedes the TLS handshake.
+func (u *upstream) dial(ctx context.Context, d *net.Dialer, src, dst net.Addr) (*tls.Conn, error) {
+	start := time.Now()
+	raw, err := d.DialContext(ctx, "tcp", u.addr)
+	if err != nil {
+		return nil, err
+	}
+	u.observeRTT(time.Since(start))
+	if src != nil {
+		if deadline, ok := ctx.Deadline(); ok {
+			raw.SetWriteDeadline(deadline)
+		}
+		if _, err := proxyproto.HeaderProxyFromAddrs(2, src, dst).WriteTo(raw); err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("PROXY header: %w", err)
+		}
+		raw.SetWriteDeadline(time.Time{})
+	}
+	c := tls.Client(raw, u.tls)
+	if err := c.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// observeRTT smooths connect times like TCP's SRTT (1/8 gain).
+func (u *upstream) observeRTT(d time.Duration) {
+	for {
+		old := u.rtt.Load()
+		next := int64(d)
+		if old != 0 {
+			next = old + (int64(d)-old)/8
+		}
+		if u.rtt.CompareAndSwap(old, next) {
+			return
+		}
+	}
+}
+
+// succeeded records a good dial or health check: the upstream is back.
+func (u *upstream) succeeded() (recovered bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	recovered = !u.ejectedUntil.IsZero()
+	u.consecutive, u.backoff, u.ejectedUntil, u.lastErr = 0, 0, time.Time{}, ""
+	return recovered
+}
+
+// failed records a failure; after ejectAfter in a row the upstream is
+// ejected for a backoff that doubles up to a minute. It returns the
+// ejection end when this failure ejected it.
+func (u *upstream) failed(err error, now time.Time, ejectAfter int, first time.Duration) (ejected time.Time) {
+	u.fails.Add(1)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.consecutive++
+	u.lastErr = err.Error()
+	if u.consecutive < ejectAfter {
+		return time.Time{}
+	}
+	if u.backoff == 0 {
+		u.backoff = first
+	} else if u.backoff < time.Minute {
+		u.backoff = min(2*u.backoff, time.Minute)
+	}
+	u.ejectedUntil = now.Add(u.backoff)
+	return u.ejectedUntil
+}
+
+func (u *upstream) ejected(now time.Time) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return now.Before(u.ejectedUntil)
+}
+
+// UpstreamStatus is one upstream's state in /v1/status.
+type UpstreamStatus struct {
+	Address             string     `json:"address"`
+	State               string     `json:"state"` // healthy or ejected
+	ActiveRelays        int64      `json:"active_relays"`
+	RTTMillis           float64    `json:"rtt_ms"` // smoothed TCP connect time
+	Relays              uint64     `json:"relays"`
+	Failures            uint64     `json:"failures"`
+	ConsecutiveFailures int        `json:"consecutive_failures"`
+	EjectedUntil        *time.Time `json:"ejected_until,omitempty"`
+	LastError           string     `json:"last_error,omitempty"`
+}
+
+func (u *upstream) status(now time.Time) UpstreamStatus {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	s := UpstreamStatus{
+		Address:             u.addr,
+		State:               "healthy",
+		ActiveRelays:        u.active.Load(),
+		RTTMillis:           float64(u.rtt.Load()) / 1e6,
+		Relays:              u.relays.Load(),
+		Failures:            u.fails.Load(),
+		ConsecutiveFailures: u.consecutive,
+		LastError:           u.lastErr,
+	}
+	if now.Before(u.ejectedUntil) {
+		s.State = "ejected"
+		t := u.ejectedUntil.UTC()
+		s.EjectedUntil = &t
+	}
+	return s
+}
