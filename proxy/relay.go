@@ -37,12 +37,12 @@ type halfCloser interface {
 // relay copies between the agent and the upstream until both sides have
 // finished, one fails, or neither sent anything for idle.
 type relay struct {
-	idle     time.Duration
-	last     atomic.Int64 // unix ns of the last byte either way
-	shaper   *rate.Limiter
-	in, out  atomic.Int64 // bytes agent->upstream, upstream->agent
-	stopped  atomic.Bool  // one direction failed: the other must not re-arm
-	small    [2][smallBuf]byte
+	idle    time.Duration
+	last    atomic.Int64 // unix ns of the last byte either way
+	shaper  *rate.Limiter
+	in, out atomic.Int64 // bytes agent->upstream, upstream->agent
+	stopped atomic.Bool  // one direction failed: the other must not re-arm
+	small   [2][smallBuf]byte
 }
 
 // run relays until done and returns the error that ended it (nil for a
