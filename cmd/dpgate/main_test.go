@@ -38,6 +38,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if certFile := os.Getenv("DPGATE_TEST_CENTRAL"); certFile != "" {
+		runCentral(certFile) // this process is a test's central server
+		return
+	}
 	flag.Parse()
 	dir, err := os.MkdirTemp("", "dpgate-bin")
 	if err != nil {

@@ -94,6 +94,12 @@ type Proxy struct {
 	MaxConnections int `yaml:"max_connections"`
 	// MaxIngressRate shapes the total agent-to-upstream rate. Default: off.
 	MaxIngressRate Rate `yaml:"max_ingress_rate"`
+	// SourceRate caps new connections per second from one source address
+	// (burst: twice that). Default: 20; a negative value turns it off.
+	SourceRate float64 `yaml:"source_rate"`
+	// HealthInterval is the period of the active upstream check (one TLS
+	// handshake each). Default: 10s.
+	HealthInterval Duration `yaml:"health_interval"`
 	// ProxyProtocol is off or v2 (PROXY protocol header to upstreams).
 	// Default: off.
 	ProxyProtocol string `yaml:"proxy_protocol"`
@@ -269,6 +275,10 @@ func (c *Config) withDefaults() {
 	setDur(&p.HandshakeTimeout, Duration(10e9))
 	setDur(&p.IdleTimeout, Duration(600e9))
 	setInt(&p.MaxConnections, 20000)
+	if p.SourceRate == 0 {
+		p.SourceRate = 20
+	}
+	setDur(&p.HealthInterval, Duration(10e9))
 	setStr(&p.ProxyProtocol, Off)
 
 	u := &c.Push

@@ -164,6 +164,12 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) error {
 			return d.errf(n, path, "%q is not an integer", n.Value)
 		}
 		v.SetInt(i)
+	case reflect.Float64:
+		f, err := strconv.ParseFloat(n.Value, 64)
+		if err != nil {
+			return d.errf(n, path, "%q is not a number", n.Value)
+		}
+		v.SetFloat(f)
 	default:
 		return d.errf(n, path, "unsupported field type %s", v.Type())
 	}

@@ -125,6 +125,7 @@ func (c *Config) validateProxy() error {
 		"proxy.connection_timeout": p.ConnectionTimeout,
 		"proxy.handshake_timeout":  p.HandshakeTimeout,
 		"proxy.idle_timeout":       p.IdleTimeout,
+		"proxy.health_interval":    p.HealthInterval,
 	} {
 		if err := c.atLeast(key, d, 10*time.Millisecond); err != nil {
 			return err

@@ -20,6 +20,7 @@ import (
 	"github.com/dpgate/dpgate/internal/config"
 	"github.com/dpgate/dpgate/internal/store"
 	"github.com/dpgate/dpgate/internal/telemetry"
+	"github.com/dpgate/dpgate/proxy"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -32,6 +33,7 @@ type Gateway struct {
 	allow   *tlsconf.AllowList
 	tel     *telemetry.Telemetry
 	admin   *admin.Server
+	proxy   *proxy.Proxy // nil while no upstream is configured
 	started time.Time
 
 	wg    sync.WaitGroup
@@ -81,6 +83,10 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		g.db.Close()
 		return nil, fmt.Errorf("gateway: admin.token_file %s is empty", cfg.Admin.TokenFile)
 	}
+	if g.proxy, err = g.newProxy(); err != nil {
+		g.db.Close()
+		return nil, err
+	}
 	g.admin = admin.New(admin.Config{Token: token, Logger: g.log})
 	g.routes()
 	return g, nil
@@ -120,6 +126,7 @@ func (g *Gateway) loadIdentity() (*tlsconf.Identity, error) {
 // handed in by tests.
 type Listeners struct {
 	Admin net.Listener // nil: admin API off
+	Proxy net.Listener // nil: proxy off (no upstream)
 }
 
 // Listen opens the listeners the configuration asks for.
@@ -132,13 +139,23 @@ func Listen(cfg *config.Config) (Listeners, error) {
 		}
 		ls.Admin = ln
 	}
+	if cfg.ProxyEnabled() {
+		ln, err := net.Listen("tcp", cfg.Proxy.Listen)
+		if err != nil {
+			ls.Close()
+			return ls, fmt.Errorf("gateway: proxy.listen: %w", err)
+		}
+		ls.Proxy = ln
+	}
 	return ls, nil
 }
 
 // Close closes every listener that is open.
 func (ls Listeners) Close() {
-	if ls.Admin != nil {
-		ls.Admin.Close()
+	for _, ln := range []net.Listener{ls.Admin, ls.Proxy} {
+		if ln != nil {
+			ln.Close()
+		}
 	}
 }
 
@@ -152,8 +169,15 @@ func (g *Gateway) Start(ls Listeners) {
 		g.log.Info("admin API listening", "addr", ls.Admin.Addr().String())
 		g.goServe("admin", func() error { return g.admin.Serve(ls.Admin) })
 	}
-	if !g.cfg.ProxyEnabled() {
+	switch {
+	case g.proxy == nil:
 		g.log.Info("proxy off: no upstream configured")
+	case ls.Proxy == nil:
+		g.log.Warn("proxy configured but given no listener")
+	default:
+		g.log.Info("proxy listening", "addr", ls.Proxy.Addr().String(), "upstreams", len(g.cfg.Proxy.Upstreams),
+			"balance", g.cfg.Proxy.Balance, "validate_agent_certs", g.cfg.Proxy.ValidateAgentCerts)
+		g.goServe("proxy", func() error { return g.proxy.Serve(ls.Proxy) })
 	}
 }
 
@@ -196,18 +220,28 @@ func (g *Gateway) Reload() error {
 	return nil
 }
 
-// Shutdown stops accepting, drains until ctx ends, and closes the store.
+// Shutdown stops accepting, drains relays until ctx ends, and closes the
+// store. The admin API goes last so /healthz answers during the drain.
 func (g *Gateway) Shutdown(ctx context.Context) error {
-	err := g.admin.Shutdown(ctx)
-	if err != nil {
+	var errs []error
+	if g.proxy != nil {
+		if err := g.proxy.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("proxy drain: %w", err))
+		}
+	}
+	if err := g.admin.Shutdown(ctx); err != nil {
 		g.admin.Close()
+		errs = append(errs, fmt.Errorf("admin: %w", err))
 	}
 	g.wg.Wait()
-	return errors.Join(err, g.closeStore())
+	return errors.Join(append(errs, g.closeStore())...)
 }
 
 // Close stops everything at once. It is idempotent.
 func (g *Gateway) Close() error {
+	if g.proxy != nil {
+		g.proxy.Close()
+	}
 	g.admin.Close()
 	g.wg.Wait()
 	return g.closeStore()
@@ -234,14 +268,16 @@ type Status struct {
 	Pin        string    `json:"pin"`
 	CertExpiry time.Time `json:"cert_not_after"`
 	AgentCerts int       `json:"agent_certs"`
-	Proxy      string    `json:"proxy"`
+	// Proxy is null while no upstream is configured.
+	Proxy *proxy.Status `json:"proxy"`
 }
 
 func (g *Gateway) status() Status {
 	leaf := g.id.Certificate().Leaf
-	proxy := "off (no upstream configured)"
-	if g.cfg.ProxyEnabled() {
-		proxy = "configured"
+	var ps *proxy.Status
+	if g.proxy != nil {
+		s := g.proxy.Status()
+		ps = &s
 	}
 	return Status{
 		Node:       g.cfg.Node.Name,
@@ -251,13 +287,16 @@ func (g *Gateway) status() Status {
 		Pin:        tlsconf.Pin(leaf),
 		CertExpiry: leaf.NotAfter.UTC(),
 		AgentCerts: g.allow.Len(),
-		Proxy:      proxy,
+		Proxy:      ps,
 	}
 }
 
 func (g *Gateway) routes() {
 	a := g.admin
 	a.HandleJSON("GET /healthz", func(*http.Request) (int, any, error) {
+		if g.proxy != nil && !g.proxy.Ready() {
+			return http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": "no healthy upstream"}, nil
+		}
 		return http.StatusOK, map[string]string{"status": "ok"}, nil
 	})
 	a.Handle("GET /metrics", g.tel.Handler())

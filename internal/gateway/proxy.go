@@ -1,0 +1,52 @@
+package gateway
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/dpgate/dpgate/proxy"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// newProxy builds the proxy from proxy.* keys, loading each upstream's
+// PKCS#12 client certificate. It returns nil when no upstream is set.
+func (g *Gateway) newProxy() (*proxy.Proxy, error) {
+	c := g.cfg.Proxy
+	if !g.cfg.ProxyEnabled() {
+		return nil, nil
+	}
+	pc := proxy.Config{
+		Identity:          g.id,
+		Balance:           c.Balance,
+		ConnectionTimeout: c.ConnectionTimeout.D(),
+		HandshakeTimeout:  c.HandshakeTimeout.D(),
+		IdleTimeout:       c.IdleTimeout.D(),
+		MaxConnections:    c.MaxConnections,
+		SourceRate:        c.SourceRate,
+		MaxIngressRate:    uint64(c.MaxIngressRate),
+		ProxyProtocol:     c.ProxyProtocol == "v2",
+		HealthInterval:    c.HealthInterval.D(),
+		Metrics:           g.tel.Metrics,
+		Logger:            g.log,
+	}
+	if c.ValidateAgentCerts {
+		pc.AllowList = g.allow
+	}
+	for i, u := range c.Upstreams {
+		key := "proxy.upstreams[" + strconv.Itoa(i) + "]"
+		pins, err := tlsconf.ParsePins(u.Pins)
+		if err != nil {
+			return nil, fmt.Errorf("gateway: %s.pins: %w", key, err)
+		}
+		uc := proxy.UpstreamConfig{Address: u.Address, Pins: pins}
+		if u.ClientCert != "" {
+			cert, err := tlsconf.LoadPFX(u.ClientCert, u.ClientCertPasswordFile)
+			if err != nil {
+				return nil, fmt.Errorf("gateway: %s.client_cert: %w", key, err)
+			}
+			uc.ClientCert = &cert
+		}
+		pc.Upstreams = append(pc.Upstreams, uc)
+	}
+	return proxy.New(pc)
+}
