@@ -1,0 +1,91 @@
+package loadtest
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+)
+
+// ProxyReport is everything one dpload proxy run measured, per target.
+type ProxyReport struct {
+	Duration   string                        `json:"duration"`
+	Throughput map[string][]ThroughputResult `json:"throughput,omitempty"`
+	Latency    map[string]LatencyResult      `json:"latency,omitempty"`
+	Connect    map[string]ConnectResult      `json:"connect,omitempty"`
+	Idle       map[string]IdleResult         `json:"idle,omitempty"`
+	Targets    []string                      `json:"targets"`
+}
+
+// Limits the proxy figures stand against (see docs/BENCHMARKS.md).
+const SensorIngressGbps = 1.0 // a Sensor relays at most 1 Gbit/s
+
+// WriteTable prints the report with targets side by side.
+func (r ProxyReport) WriteTable(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	row := func(cells ...any) {
+		for _, c := range cells {
+			fmt.Fprintf(tw, "%v\t", c)
+		}
+		fmt.Fprintln(tw)
+	}
+	header := append([]any{"figure"}, anys(r.Targets)...)
+	row(append(header, "limit")...)
+	if len(r.Throughput) > 0 {
+		for i, tr := range r.Throughput[r.Targets[0]] {
+			cells := []any{fmt.Sprintf("throughput %d stream(s), Gbit/s", tr.Streams)}
+			for _, t := range r.Targets {
+				if i < len(r.Throughput[t]) {
+					x := r.Throughput[t][i]
+					cells = append(cells, fmt.Sprintf("%.2f", x.Gbps))
+				}
+			}
+			row(append(cells, fmt.Sprintf("Sensor %.0f", SensorIngressGbps))...)
+		}
+	}
+	if len(r.Latency) > 0 {
+		for _, q := range []string{"p50", "p99"} {
+			cells := []any{fmt.Sprintf("latency %s, us (%d conns)", q, r.Latency[r.Targets[0]].Conns)}
+			for _, t := range r.Targets {
+				l := r.Latency[t]
+				v := l.P50us
+				if q == "p99" {
+					v = l.P99us
+				}
+				cells = append(cells, fmt.Sprintf("%.0f", v))
+			}
+			row(append(cells, "-")...)
+		}
+	}
+	if len(r.Connect) > 0 {
+		cells := []any{"new TLS connections/s"}
+		for _, t := range r.Targets {
+			cells = append(cells, fmt.Sprintf("%.0f", r.Connect[t].PerSec))
+		}
+		row(append(cells, "-")...)
+		cells = []any{"connection failures"}
+		for _, t := range r.Targets {
+			cells = append(cells, r.Connect[t].Failed)
+		}
+		row(append(cells, "-")...)
+	}
+	if len(r.Idle) > 0 {
+		cells := []any{"RSS per idle relayed connection, KiB"}
+		for _, t := range r.Targets {
+			if x, ok := r.Idle[t]; ok {
+				cells = append(cells, fmt.Sprintf("%.1f", x.PerConnBytes/1024))
+			} else {
+				cells = append(cells, "-")
+			}
+		}
+		row(append(cells, "-")...)
+	}
+	tw.Flush()
+}
+
+func anys(s []string) []any {
+	out := make([]any, len(s))
+	for i, v := range s {
+		out[i] = v
+	}
+	return out
+}
