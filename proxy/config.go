@@ -48,6 +48,9 @@ type Config struct {
 	MaxIngressRate uint64
 	// ProxyProtocol sends a PROXY protocol v2 header to upstreams.
 	ProxyProtocol bool
+	// ClassicKeyExchange leaves out the post-quantum hybrid key exchange
+	// on both sides (tls.post_quantum: false). Default: Go's choice.
+	ClassicKeyExchange bool
 	// HealthInterval is the period of the active health check (one TLS
 	// handshake per upstream). Default: 10s.
 	HealthInterval time.Duration

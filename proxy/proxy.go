@@ -81,6 +81,12 @@ func New(cfg Config) (*Proxy, error) {
 	for _, u := range cfg.Upstreams {
 		p.ups = append(p.ups, newUpstream(u))
 	}
+	if cfg.ClassicKeyExchange {
+		tlsconf.ClassicKeyExchange(p.srvTLS)
+		for _, u := range p.ups {
+			tlsconf.ClassicKeyExchange(u.tls)
+		}
+	}
 	p.loopsWG.Add(1)
 	go p.healthLoop() // exits when done is closed
 	return p, nil
@@ -170,16 +176,17 @@ func (p *Proxy) forget(c net.Conn) {
 	p.relaysWG.Done()
 }
 
-// handle runs one agent connection: handshake, upstream, relay.
+// handle sets one agent connection up: handshake, then upstream. The
+// relay then runs on fresh goroutines and this one exits, so the stack
+// the TLS handshakes grew is not held for the life of an idle relay.
 func (p *Proxy) handle(raw net.Conn) {
-	defer p.forget(raw)
-	defer raw.Close()
 	agent := tls.Server(raw, p.srvTLS)
 	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.HandshakeTimeout)
 	err := agent.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
 		p.handshakeFailed(raw.RemoteAddr(), err)
+		p.finish(raw)
 		return
 	}
 	p.m.IncrCounter([]string{"proxy", "handshakes", "ok"}, 1)
@@ -188,17 +195,30 @@ func (p *Proxy) handle(raw net.Conn) {
 	if err != nil {
 		p.log.Warn("proxy: no upstream for agent", "agent", raw.RemoteAddr().String(), "err", err)
 		p.m.IncrCounter([]string{"proxy", "no_upstream"}, 1)
+		p.finish(raw)
 		return
 	}
+	u.relays.Add(1)
+	go p.relay(raw, agent, up, u) // owns the connection from here; tracked by relaysWG
+}
+
+// finish closes an agent connection and forgets it.
+func (p *Proxy) finish(raw net.Conn) {
+	raw.Close()
+	p.forget(raw)
+}
+
+// relay copies until the relay ends, then closes both sides.
+func (p *Proxy) relay(raw net.Conn, agent, up *tls.Conn, u *upstream) {
+	defer p.finish(raw)
 	defer u.active.Add(-1)
 	// Close the socket, not the TLS conn: a clean relay already sent
 	// close_notify both ways, and tls.Conn.Close could block for seconds
 	// writing one to an upstream that is not reading.
 	defer up.NetConn().Close()
-	u.relays.Add(1)
 
 	r := &relay{idle: p.cfg.IdleTimeout, shaper: p.shaper}
-	err = r.run(agent, up)
+	err := r.run(agent, up)
 	p.bytesIn.Add(r.in.Load())
 	p.bytesOut.Add(r.out.Load())
 	p.m.IncrCounter([]string{"proxy", "bytes", "in"}, float32(r.in.Load()))

@@ -643,3 +643,37 @@ func TestShutdownDeadlineCutsRelays(t *testing.T) {
 		t.Error("relay still open after Shutdown's deadline")
 	}
 }
+
+// TestKeyExchange: by default agents and upstreams get Go's hybrid
+// post-quantum group; ClassicKeyExchange leaves it out on both sides.
+func TestKeyExchange(t *testing.T) {
+	for _, tc := range []struct {
+		classic bool
+		want    tls.CurveID
+	}{{false, tls.X25519MLKEM768}, {true, tls.X25519}} {
+		t.Run(tc.want.String(), func(t *testing.T) {
+			upCurve := make(chan tls.CurveID, 1)
+			b := newBackend(t, nil, func(c *tls.Conn) {
+				upCurve <- c.ConnectionState().CurveID
+				io.Copy(c, c)
+				c.CloseWrite()
+			})
+			p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, ClassicKeyExchange: tc.classic, HealthInterval: time.Hour})
+			<-upCurve // the first health check
+			c, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if got := c.ConnectionState().CurveID; got != tc.want {
+				t.Errorf("agent side negotiated %v, want %v", got, tc.want)
+			}
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			io.WriteString(c, "k")
+			io.ReadFull(c, make([]byte, 1))
+			if got := <-upCurve; got != tc.want {
+				t.Errorf("upstream side negotiated %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

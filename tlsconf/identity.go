@@ -81,3 +81,9 @@ func PinnedClientConfig(pins PinSet, serverName string) *tls.Config {
 		VerifyConnection:   pins.VerifyConnection,
 	}
 }
+
+// ClassicKeyExchange limits cfg to X25519 and P-256, leaving out the
+// post-quantum hybrid X25519MLKEM768 that Go offers by default.
+func ClassicKeyExchange(cfg *tls.Config) {
+	cfg.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256}
+}

@@ -25,9 +25,11 @@ func (g *Gateway) newProxy() (*proxy.Proxy, error) {
 		SourceRate:        c.SourceRate,
 		MaxIngressRate:    uint64(c.MaxIngressRate),
 		ProxyProtocol:     c.ProxyProtocol == "v2",
-		HealthInterval:    c.HealthInterval.D(),
-		Metrics:           g.tel.Metrics,
-		Logger:            g.log,
+		// ClassicKeyExchange: tls.post_quantum: false.
+		ClassicKeyExchange: !*g.cfg.TLS.PostQuantum,
+		HealthInterval:     c.HealthInterval.D(),
+		Metrics:            g.tel.Metrics,
+		Logger:             g.log,
 	}
 	if c.ValidateAgentCerts {
 		pc.AllowList = g.allow
