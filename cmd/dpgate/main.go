@@ -31,6 +31,9 @@ func commands() []command {
 		{"serve", "run the gateway", runServe},
 		{"cert", "certificates: gen, pin, agent-gen, list, add, rm", runCert},
 		{"config", "check a configuration file and print it with defaults", runConfig},
+		{"push", "push a message to a device, or to all, through the running gateway", runPush},
+		{"agent", "the reference agent: hold a push connection, print pushes", runAgent},
+		{"token", "issue device tokens for push.auth token", runToken},
 		{"version", "print version, commit and Go version", runVersion},
 	}
 }

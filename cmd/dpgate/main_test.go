@@ -220,6 +220,9 @@ func freePort(t *testing.T) string {
 func writeConfig(t *testing.T, dir, adminAddr, extra string) string {
 	f := filepath.Join(dir, "dpgate.yaml")
 	body := fmt.Sprintf("node:\n  name: e2e\n  data_dir: data\nadmin:\n  listen: %s\n%s", adminAddr, extra)
+	if !strings.Contains(extra, "push:") {
+		body += "push:\n  listen: 127.0.0.1:0\n"
+	}
 	if err := os.WriteFile(f, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -561,7 +564,7 @@ func TestCertCommandsOnlineAndOffline(t *testing.T) {
 // TestHelpGolden checks every command's --help against testdata/help.
 func TestHelpGolden(t *testing.T) {
 	cmds := [][]string{
-		{}, {"serve"}, {"config"}, {"version"}, {"cert"},
+		{}, {"serve"}, {"config"}, {"version"}, {"cert"}, {"push"}, {"agent"}, {"token"}, {"token", "issue"},
 		{"cert", "gen"}, {"cert", "pin"}, {"cert", "agent-gen"}, {"cert", "list"}, {"cert", "add"}, {"cert", "rm"},
 	}
 	for _, c := range cmds {

@@ -21,6 +21,7 @@ import (
 	"github.com/dpgate/dpgate/internal/store"
 	"github.com/dpgate/dpgate/internal/telemetry"
 	"github.com/dpgate/dpgate/proxy"
+	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -34,8 +35,10 @@ type Gateway struct {
 	tel     *telemetry.Telemetry
 	admin   *admin.Server
 	proxy   *proxy.Proxy // nil while no upstream is configured
+	push    *push.Server // nil when push.listen is off
 	started time.Time
 
+	udp   net.PacketConn // push QUIC socket, closed after the push server
 	wg    sync.WaitGroup
 	errc  chan error // first fatal serve error; buffered
 	close sync.Once
@@ -87,6 +90,13 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		g.db.Close()
 		return nil, err
 	}
+	if g.push, err = g.newPush(); err != nil {
+		if g.proxy != nil {
+			g.proxy.Close()
+		}
+		g.db.Close()
+		return nil, fmt.Errorf("gateway: push: %w", err)
+	}
 	g.admin = admin.New(admin.Config{Token: token, Logger: g.log})
 	g.routes()
 	return g, nil
@@ -125,8 +135,10 @@ func (g *Gateway) loadIdentity() (*tlsconf.Identity, error) {
 // Listeners are the sockets a gateway serves on, opened by Listen or
 // handed in by tests.
 type Listeners struct {
-	Admin net.Listener // nil: admin API off
-	Proxy net.Listener // nil: proxy off (no upstream)
+	Admin   net.Listener   // nil: admin API off
+	Proxy   net.Listener   // nil: proxy off (no upstream)
+	Push    net.Listener   // nil: push off
+	PushUDP net.PacketConn // nil: push over QUIC off
 }
 
 // Listen opens the listeners the configuration asks for.
@@ -147,15 +159,35 @@ func Listen(cfg *config.Config) (Listeners, error) {
 		}
 		ls.Proxy = ln
 	}
+	if config.Enabled(cfg.Push.Listen) {
+		ln, err := net.Listen("tcp", cfg.Push.Listen)
+		if err != nil {
+			ls.Close()
+			return ls, fmt.Errorf("gateway: push.listen: %w", err)
+		}
+		ls.Push = ln
+		if *cfg.Push.QUIC {
+			// The same port number on UDP: the one TCP got, if it was 0.
+			pc, err := net.ListenPacket("udp", ln.Addr().String())
+			if err != nil {
+				ls.Close()
+				return ls, fmt.Errorf("gateway: push.listen (QUIC, UDP): %w", err)
+			}
+			ls.PushUDP = pc
+		}
+	}
 	return ls, nil
 }
 
 // Close closes every listener that is open.
 func (ls Listeners) Close() {
-	for _, ln := range []net.Listener{ls.Admin, ls.Proxy} {
+	for _, ln := range []net.Listener{ls.Admin, ls.Proxy, ls.Push} {
 		if ln != nil {
 			ln.Close()
 		}
+	}
+	if ls.PushUDP != nil {
+		ls.PushUDP.Close()
 	}
 }
 
@@ -178,6 +210,14 @@ func (g *Gateway) Start(ls Listeners) {
 		g.log.Info("proxy listening", "addr", ls.Proxy.Addr().String(), "upstreams", len(g.cfg.Proxy.Upstreams),
 			"balance", g.cfg.Proxy.Balance, "validate_agent_certs", g.cfg.Proxy.ValidateAgentCerts)
 		g.goServe("proxy", func() error { return g.proxy.Serve(ls.Proxy) })
+	}
+	if g.push != nil && ls.Push != nil {
+		g.log.Info("push server listening", "addr", ls.Push.Addr().String(), "quic", ls.PushUDP != nil, "auth", g.cfg.Push.Auth)
+		g.goServe("push", func() error { return g.push.Serve(ls.Push) })
+		if ls.PushUDP != nil {
+			g.goServe("push (QUIC)", func() error { return g.push.ServeQUIC(ls.PushUDP) })
+			g.udp = ls.PushUDP
+		}
 	}
 }
 
@@ -224,6 +264,17 @@ func (g *Gateway) Reload() error {
 // store. The admin API goes last so /healthz answers during the drain.
 func (g *Gateway) Shutdown(ctx context.Context) error {
 	var errs []error
+	if g.push != nil {
+		// Agents are told to reconnect elsewhere, spread over a few seconds
+		// so the other nodes do not get them all at once.
+		spread := 5 * time.Second
+		if dl, ok := ctx.Deadline(); ok {
+			spread = min(spread, time.Until(dl)/2)
+		}
+		if err := g.push.Shutdown(ctx, spread); err != nil {
+			errs = append(errs, fmt.Errorf("push drain: %w", err))
+		}
+	}
 	if g.proxy != nil {
 		if err := g.proxy.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("proxy drain: %w", err))
@@ -239,6 +290,9 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 
 // Close stops everything at once. It is idempotent.
 func (g *Gateway) Close() error {
+	if g.push != nil {
+		g.push.Close()
+	}
 	if g.proxy != nil {
 		g.proxy.Close()
 	}
@@ -249,7 +303,12 @@ func (g *Gateway) Close() error {
 
 func (g *Gateway) closeStore() error {
 	var err error
-	g.close.Do(func() { err = g.db.Close() })
+	g.close.Do(func() {
+		if g.udp != nil {
+			g.udp.Close()
+		}
+		err = g.db.Close()
+	})
 	return err
 }
 
@@ -270,6 +329,15 @@ type Status struct {
 	AgentCerts int       `json:"agent_certs"`
 	// Proxy is null while no upstream is configured.
 	Proxy *proxy.Status `json:"proxy"`
+	// Push is null while the push server is off.
+	Push *PushStatus `json:"push"`
+}
+
+// PushStatus is the push server's part of /v1/status.
+type PushStatus struct {
+	Sessions int    `json:"sessions"`
+	Devices  int    `json:"known_devices"`
+	Expired  uint64 `json:"expired"`
 }
 
 func (g *Gateway) status() Status {
@@ -279,7 +347,12 @@ func (g *Gateway) status() Status {
 		s := g.proxy.Status()
 		ps = &s
 	}
+	var us *PushStatus
+	if g.push != nil {
+		us = &PushStatus{Sessions: g.push.Sessions(), Devices: len(g.push.KnownDevices()), Expired: g.push.Expired()}
+	}
 	return Status{
+		Push:       us,
 		Node:       g.cfg.Node.Name,
 		Version:    Version().Version,
 		Started:    g.started.UTC(),
@@ -314,6 +387,9 @@ func (g *Gateway) routes() {
 		return http.StatusOK, g.status(), nil
 	})
 	a.MountCerts(g.allow)
+	if g.push != nil {
+		g.pushRoutes()
+	}
 }
 
 // BuildInfo says which build this is.

@@ -135,3 +135,8 @@ func (db *DB) Check() error {
 		return errors.Join(errs...)
 	})
 }
+
+// Batch runs fn in a read-write transaction shared with other concurrent
+// Batch calls, so many small writes cost one fsync. fn may run more than
+// once and must be idempotent (bbolt's DB.Batch).
+func (db *DB) Batch(fn func(tx *bolt.Tx) error) error { return db.bolt.Batch(fn) }

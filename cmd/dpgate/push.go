@@ -1,0 +1,259 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/internal/gateway"
+	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+const pushAbout = `
+Pushes DATA (or standard input when DATA is "-" or missing) to a device
+through the running gateway's admin API. The push is stored before the
+command returns; it reaches the device when it is or comes online, at
+least once, or expires after --ttl. With --wait the command waits for the
+device's acknowledgement. --all pushes to every known device.`
+
+func runPush(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("push", "[--all | DEVICE] [DATA]", pushAbout, stdout)
+	cfgFile := fs.String("c", "", "configuration `FILE`, for the admin API address and token (default: built-in defaults)")
+	ttl := fs.Duration("ttl", 0, "expire the push after this long undelivered (default: push.queue_ttl)")
+	wait := fs.Duration("wait", 0, "wait up to this long for the device's acknowledgement (at most 1m)")
+	all := fs.Bool("all", false, "push to every known device")
+	jsonOut := fs.Bool("json", false, "print the API's JSON reply")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	var device, data string
+	switch {
+	case *all && len(pos) <= 1:
+		if len(pos) == 1 {
+			data = pos[0]
+		}
+	case !*all && (len(pos) == 1 || len(pos) == 2):
+		device = pos[0]
+		if len(pos) == 2 {
+			data = pos[1]
+		}
+	default:
+		return usagef("push takes DEVICE [DATA], or --all [DATA]")
+	}
+	if data == "" || data == "-" {
+		b, err := io.ReadAll(io.LimitReader(os.Stdin, 1<<20))
+		if err != nil {
+			return err
+		}
+		data = string(b)
+	}
+	cfg, err := loadConfig(*cfgFile)
+	if err != nil {
+		return err
+	}
+	token, err := tlsconf.ReadSecretFile(cfg.Admin.TokenFile)
+	if err != nil {
+		return err
+	}
+	req := gateway.PushRequest{}
+	if utf8.ValidString(data) {
+		req.Data = &data
+	} else {
+		b64 := base64.StdEncoding.EncodeToString([]byte(data))
+		req.DataBase64 = &b64
+	}
+	if *ttl > 0 {
+		req.TTL = ttl.String()
+	}
+	api := admin.NewClient(cfg.Admin.Listen, token)
+	ctx := context.Background()
+	var reply any
+	if *all {
+		req.All = true
+		var r gateway.BulkReply
+		err = api.Do(ctx, "POST", "/v1/push", req, &r)
+		reply = r
+		if err == nil && !*jsonOut {
+			fmt.Fprintf(stdout, "queued for %d devices\n", r.Queued)
+		}
+	} else {
+		path := "/v1/devices/" + url.PathEscape(device) + "/push"
+		if *wait > 0 {
+			path += "?wait=" + wait.String()
+		}
+		var r gateway.PushReply
+		err = api.Do(ctx, "POST", path, req, &r)
+		reply = r
+		if err == nil && !*jsonOut {
+			fmt.Fprintf(stdout, "%s %s seq %d id %s\n", r.Status, r.Device, r.Seq, r.ID)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if *jsonOut {
+		return printJSON(stdout, reply)
+	}
+	return nil
+}
+
+func runToken(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "issue" {
+		fmt.Fprintf(stdout, "Usage: dpgate token issue DEVICE [--days N] [-c FILE]\n")
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			return nil
+		}
+		return usagef("token needs the subcommand issue")
+	}
+	fs := newFlags("token issue", "DEVICE [--days N] [-c FILE]", `
+Prints a device token for push.auth: token, signed with the gateway's key
+(data_dir/push-token.key, created on first use). The agent presents it in
+its HELLO.`, stdout)
+	cfgFile := fs.String("c", "", "configuration `FILE`, for data_dir (default: built-in defaults)")
+	days := fs.Int("days", 365, "days the token is valid")
+	pos, err := parse(fs, args[1:])
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || *days < 1 {
+		return usagef("token issue takes one DEVICE and --days of at least 1")
+	}
+	cfg, err := loadConfig(*cfgFile)
+	if err != nil {
+		return err
+	}
+	key, err := gateway.LoadOrCreateTokenKey(cfg.Node.DataDir)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, push.IssueToken(key, pos[0], time.Now().Add(time.Duration(*days)*24*time.Hour)))
+	return nil
+}
+
+const agentAbout = `
+The reference agent: holds a push connection to the gateway (TLS, or QUIC
+with --quic), reconnects with backoff, follows redirects and drains, and
+prints each push as one JSON line on standard output:
+
+  {"seq":1,"id":"<hex>","expiry":"<RFC 3339>","data":"<text>"}
+
+(binary payloads come as "data_base64"). Connection events go to standard
+error. Authenticate with a PKCS#12 agent certificate (--pfx, from dpgate
+cert agent-gen) or a device token (--token, from dpgate token issue).`
+
+func runAgent(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("agent", "--server HOST:PORT --pin PIN --device ID [--pfx FILE | --token TOKEN] [--quic]", agentAbout, stdout)
+	var servers stringList
+	fs.Var(&servers, "server", "push server `HOST:PORT` (repeat for failover)")
+	pin := fs.String("pin", "", "the gateway's certificate `PIN` (sha256//...); required")
+	device := fs.String("device", "", "device `ID` (default: the certificate's common name)")
+	pfx := fs.String("pfx", "", "PKCS#12 `FILE` with the agent certificate")
+	pwFile := fs.String("password-file", "", "password `FILE` for --pfx")
+	token := fs.String("token", "", "device `TOKEN` for push.auth token")
+	useQUIC := fs.Bool("quic", false, "connect over QUIC (UDP) instead of TLS over TCP")
+	mac := fs.String("mac", "", "`MAC` address to report for Wake-on-LAN")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 || len(servers) == 0 || *pin == "" {
+		return usagef("agent needs --server and --pin, and no arguments")
+	}
+	pins, err := tlsconf.ParsePins([]string{*pin})
+	if err != nil {
+		return usageError{err}
+	}
+	tcfg := tlsconf.PinnedClientConfig(pins, "dpgate")
+	if *pfx != "" {
+		cert, err := tlsconf.LoadPFX(*pfx, *pwFile)
+		if err != nil {
+			return err
+		}
+		tcfg.Certificates = []tls.Certificate{cert}
+		if *device == "" {
+			*device = cert.Leaf.Subject.CommonName
+		}
+	}
+	if *device == "" {
+		return usagef("agent needs --device (or --pfx, whose common name is the device id)")
+	}
+	var hw net.HardwareAddr
+	if *mac != "" {
+		if hw, err = net.ParseMAC(*mac); err != nil || len(hw) != 6 {
+			return usagef("--mac %q is not a 6-byte MAC address", *mac)
+		}
+	}
+	enc := json.NewEncoder(stdout)
+	c, err := client.New(client.Config{
+		Servers:  servers,
+		DeviceID: *device,
+		TLS:      tcfg,
+		QUIC:     *useQUIC,
+		Token:    *token,
+		MAC:      hw,
+		// Reported in HELLO so wake-up datagrams can reach this agent.
+		LocalAddr: localAddrFor(servers[0]),
+		OnPush: func(m push.Message) {
+			line := map[string]any{
+				"seq":    m.Seq,
+				"id":     hex.EncodeToString(m.ID[:]),
+				"expiry": time.UnixMilli(m.Expiry).UTC().Format(time.RFC3339Nano),
+			}
+			if utf8.Valid(m.Payload) {
+				line["data"] = string(m.Payload)
+			} else {
+				line["data_base64"] = base64.StdEncoding.EncodeToString(m.Payload)
+			}
+			enc.Encode(line)
+		},
+		OnEvent: func(e client.Event) {
+			msg := fmt.Sprintf("dpgate agent: %s %s", e.Kind, e.Server)
+			if e.Err != nil {
+				msg += ": " + e.Err.Error()
+			}
+			fmt.Fprintln(stderr, msg)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return c.Run(ctx)
+}
+
+// localAddrFor is the local address the system would use toward server.
+// A connected UDP socket only picks the route; it sends nothing.
+func localAddrFor(server string) netip.Addr {
+	host, _, err := net.SplitHostPort(server)
+	if err != nil {
+		return netip.Addr{}
+	}
+	conn, err := net.Dial("udp", net.JoinHostPort(strings.Trim(host, "[]"), "9"))
+	if err != nil {
+		return netip.Addr{}
+	}
+	defer conn.Close()
+	ap, err := netip.ParseAddrPort(conn.LocalAddr().String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr()
+}

@@ -1,0 +1,209 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// TokenKeyFile holds the HMAC key of device tokens in the data directory.
+const TokenKeyFile = "push-token.key"
+
+// LoadOrCreateTokenKey reads the device-token key, creating a random one
+// on first use. dpgate token issue and the server share it.
+func LoadOrCreateTokenKey(dataDir string) ([]byte, error) {
+	file := dataDir + "/" + TokenKeyFile
+	if b, err := os.ReadFile(file); err == nil {
+		key, err := base64.StdEncoding.DecodeString(string(b))
+		if err != nil || len(key) < 16 {
+			return nil, fmt.Errorf("gateway: %s is not a base64 key of 16 bytes or more", file)
+		}
+		return key, nil
+	} else if !os.IsNotExist(err) {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	key := make([]byte, 32)
+	rand.Read(key)
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	if err := tlsconf.WriteFileAtomic(file, []byte(base64.StdEncoding.EncodeToString(key)), 0o600); err != nil {
+		return nil, err
+	}
+	return key, nil
+}
+
+// newPush builds the push server from push.* keys; nil when push is off.
+func (g *Gateway) newPush() (*push.Server, error) {
+	c := g.cfg.Push
+	if !g.pushEnabled() {
+		return nil, nil
+	}
+	key, err := LoadOrCreateTokenKey(g.cfg.Node.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	reg, err := push.NewRegistry(g.db)
+	if err != nil {
+		return nil, err
+	}
+	return push.New(push.Config{
+		Identity:           g.id,
+		AllowList:          g.allow,
+		Auth:               c.Auth,
+		TokenKey:           key,
+		Queue:              push.NewQueue(g.db),
+		Registry:           reg,
+		Keepalive:          c.Keepalive.D(),
+		MaxConnections:     c.MaxConnections,
+		MaxPayload:         int(c.MaxPayload),
+		ClassicKeyExchange: !*g.cfg.TLS.PostQuantum,
+		Metrics:            g.tel.Metrics,
+		Logger:             g.log,
+	})
+}
+
+func (g *Gateway) pushEnabled() bool { return g.cfg.Push.Listen != "" && g.cfg.Push.Listen != "off" }
+
+// PushRequest is the body of POST /v1/devices/{id}/push and /v1/push.
+type PushRequest struct {
+	Data       *string  `json:"data,omitempty"`        // UTF-8 payload
+	DataBase64 *string  `json:"data_base64,omitempty"` // or binary, base64
+	TTL        string   `json:"ttl,omitempty"`         // Go duration; default push.queue_ttl
+	Devices    []string `json:"devices,omitempty"`     // /v1/push only
+	All        bool     `json:"all,omitempty"`         // /v1/push only: every known device
+}
+
+// PushReply describes one accepted push.
+type PushReply struct {
+	Device string `json:"device"`
+	ID     string `json:"id"`
+	Seq    uint64 `json:"seq"`
+	Status string `json:"status"` // queued or delivered (ACKed)
+}
+
+// BulkReply is the answer of POST /v1/push.
+type BulkReply struct {
+	Queued int         `json:"queued"`
+	Pushes []PushReply `json:"pushes"`
+}
+
+func (g *Gateway) parsePush(r *http.Request) (PushRequest, []byte, time.Duration, error) {
+	var req PushRequest
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return req, nil, 0, admin.Error(http.StatusBadRequest, err)
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		return req, nil, 0, admin.Error(http.StatusBadRequest, fmt.Errorf("body is not a JSON push request: %w", err))
+	}
+	var payload []byte
+	switch {
+	case req.Data != nil && req.DataBase64 != nil:
+		return req, nil, 0, admin.Error(http.StatusBadRequest, errors.New("give data or data_base64, not both"))
+	case req.Data != nil:
+		payload = []byte(*req.Data)
+	case req.DataBase64 != nil:
+		if payload, err = base64.StdEncoding.DecodeString(*req.DataBase64); err != nil {
+			return req, nil, 0, admin.Error(http.StatusBadRequest, fmt.Errorf("data_base64: %w", err))
+		}
+	}
+	ttl := g.cfg.Push.QueueTTL.D()
+	if req.TTL != "" {
+		if ttl, err = time.ParseDuration(req.TTL); err != nil || ttl <= 0 {
+			return req, nil, 0, admin.Error(http.StatusBadRequest, fmt.Errorf("ttl %q is not a positive Go duration", req.TTL))
+		}
+	}
+	return req, payload, ttl, nil
+}
+
+func pushError(err error) error {
+	if errors.Is(err, push.ErrPayloadTooLarge) {
+		return admin.Error(http.StatusRequestEntityTooLarge, err)
+	}
+	return err
+}
+
+func (g *Gateway) pushRoutes() {
+	a := g.admin
+	a.HandleJSON("POST /v1/devices/{id}/push", func(r *http.Request) (int, any, error) {
+		_, payload, ttl, err := g.parsePush(r)
+		if err != nil {
+			return 0, nil, err
+		}
+		var wait time.Duration
+		if w := r.URL.Query().Get("wait"); w != "" {
+			if wait, err = time.ParseDuration(w); err != nil || wait < 0 || wait > time.Minute {
+				return 0, nil, admin.Error(http.StatusBadRequest, fmt.Errorf("wait %q is not a duration of at most 1m", w))
+			}
+		}
+		dev := r.PathValue("id")
+		m, err := g.push.Push(dev, payload, ttl)
+		if err != nil {
+			return 0, nil, pushError(err)
+		}
+		reply := PushReply{Device: dev, ID: hex.EncodeToString(m.ID[:]), Seq: m.Seq, Status: "queued"}
+		if wait > 0 {
+			ctx, cancel := context.WithTimeout(r.Context(), wait)
+			defer cancel()
+			if g.push.WaitAck(ctx, dev, m.Seq) == nil {
+				reply.Status = "delivered"
+				return http.StatusOK, reply, nil
+			}
+		}
+		return http.StatusAccepted, reply, nil
+	})
+	a.HandleJSON("POST /v1/push", func(r *http.Request) (int, any, error) {
+		req, payload, ttl, err := g.parsePush(r)
+		if err != nil {
+			return 0, nil, err
+		}
+		devices := req.Devices
+		switch {
+		case req.All && len(devices) > 0:
+			return 0, nil, admin.Error(http.StatusBadRequest, errors.New("give devices or all, not both"))
+		case req.All:
+			devices = g.push.KnownDevices()
+		case len(devices) == 0:
+			return 0, nil, admin.Error(http.StatusBadRequest, errors.New("give devices: [...] or all: true"))
+		}
+		if len(devices) == 0 {
+			return http.StatusAccepted, BulkReply{Pushes: []PushReply{}}, nil
+		}
+		msgs, err := g.push.PushMany(devices, payload, ttl)
+		if err != nil {
+			return 0, nil, pushError(err)
+		}
+		out := BulkReply{Queued: len(msgs), Pushes: make([]PushReply, len(msgs))}
+		for i, m := range msgs {
+			out.Pushes[i] = PushReply{Device: devices[i], ID: hex.EncodeToString(m.ID[:]), Seq: m.Seq, Status: "queued"}
+		}
+		return http.StatusAccepted, out, nil
+	})
+	a.HandleJSON("GET /v1/devices", func(*http.Request) (int, any, error) {
+		devs := g.push.Devices()
+		if devs == nil {
+			devs = []push.DeviceStatus{}
+		}
+		return http.StatusOK, map[string]any{"count": len(devs), "devices": devs}, nil
+	})
+	a.HandleJSON("GET /v1/devices/{id}", func(r *http.Request) (int, any, error) {
+		d, ok := g.push.Device(r.PathValue("id"))
+		if !ok {
+			return 0, nil, admin.Error(http.StatusNotFound, fmt.Errorf("device %q is unknown", r.PathValue("id")))
+		}
+		return http.StatusOK, d, nil
+	})
+}

@@ -1,0 +1,253 @@
+package push_test
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	metrics "github.com/hashicorp/go-metrics"
+
+	"github.com/dpgate/dpgate/internal/store"
+	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+func waitFor(t testing.TB, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up after %v: %v", timeout, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// testServer is a push server on TLS and QUIC listeners on 127.0.0.1.
+type testServer struct {
+	*push.Server
+	addr, quicAddr string
+	id             *tlsconf.Identity
+	allow          *tlsconf.AllowList
+	queue          *push.Queue
+	ca             tls.Certificate
+	tokenKey       []byte
+}
+
+func newTestServer(t *testing.T, tweak func(*push.Config)) *testServer {
+	t.Helper()
+	dir := t.TempDir()
+	db, err := store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	gw, _ := tlsconf.Issue(tlsconf.Template{CommonName: "gateway"}, nil)
+	tlsconf.WriteKeyPair(gw, filepath.Join(dir, "gw.pem"), "")
+	id, err := tlsconf.LoadIdentity(filepath.Join(dir, "gw.pem"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	allow, _ := tlsconf.NewAllowList(db)
+	reg, err := push.NewRegistry(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := metrics.NewInmemSink(time.Hour, time.Hour)
+	mcfg := metrics.DefaultConfig("dpgate")
+	mcfg.EnableHostname, mcfg.EnableRuntimeMetrics = false, false
+	m, _ := metrics.New(mcfg, sink)
+	ts := &testServer{id: id, allow: allow, queue: push.NewQueue(db), tokenKey: []byte("0123456789abcdef0123456789abcdef")}
+	ts.ca, _ = tlsconf.Issue(tlsconf.Template{CommonName: "agent CA", CA: true}, nil)
+	cfg := push.Config{
+		Identity: id, AllowList: allow, Queue: ts.queue, Registry: reg, TokenKey: ts.tokenKey,
+		Keepalive: 2 * time.Second, Metrics: m,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	s, err := push.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.Server = s
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.addr, ts.quicAddr = ln.Addr().String(), pc.LocalAddr().String()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.Serve(ln) }()
+	go func() { defer wg.Done(); s.ServeQUIC(pc) }()
+	t.Cleanup(func() { s.Close(); wg.Wait(); pc.Close() })
+	return ts
+}
+
+// agentCert issues and allows a certificate for device.
+func (ts *testServer) agentCert(t *testing.T, device string) tls.Certificate {
+	c, err := tlsconf.Issue(tlsconf.Template{CommonName: device, Client: true}, &ts.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.allow.Add(c.Leaf)
+	return c
+}
+
+func (ts *testServer) tlsFor(cert *tls.Certificate) *tls.Config {
+	pins, _ := tlsconf.ParsePins([]string{ts.id.Pin()})
+	cfg := tlsconf.PinnedClientConfig(pins, "gateway")
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	return cfg
+}
+
+// agent is a running client.Client with its pushes in a channel.
+type agent struct {
+	*client.Client
+	pushes chan push.Message
+	events chan client.Event
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func startAgent(t *testing.T, cfg client.Config) *agent {
+	t.Helper()
+	a := &agent{pushes: make(chan push.Message, 10000), events: make(chan client.Event, 1000), done: make(chan struct{})}
+	cfg.OnPush = func(m push.Message) { a.pushes <- m }
+	cfg.OnEvent = func(e client.Event) {
+		select {
+		case a.events <- e:
+		default:
+		}
+	}
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff, cfg.MaxBackoff = 20*time.Millisecond, 200*time.Millisecond
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	c, err := client.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Client = c
+	ctx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	go func() { defer close(a.done); c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-a.done })
+	return a
+}
+
+// waitEvent waits for an event of kind and returns it.
+func (a *agent) waitEvent(t *testing.T, kind string) client.Event {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case e := <-a.events:
+			if e.Kind == kind {
+				return e
+			}
+		case <-timeout:
+			t.Fatalf("no %q event within 20s", kind)
+		}
+	}
+}
+
+// next returns the next push, failing after a generous timeout.
+func (a *agent) next(t *testing.T) push.Message {
+	t.Helper()
+	select {
+	case m := <-a.pushes:
+		return m
+	case <-time.After(20 * time.Second):
+		t.Fatal("no push within 20s")
+	}
+	return push.Message{}
+}
+
+// rawConn is a hand-driven protocol connection for misbehaving agents.
+type rawConn struct {
+	*tls.Conn
+	hdr [push.HeaderSize]byte
+}
+
+func dialRaw(t *testing.T, ts *testServer, cert *tls.Certificate) *rawConn {
+	t.Helper()
+	cfg := ts.tlsFor(cert)
+	cfg.NextProtos = []string{push.ALPN}
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", ts.addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	return &rawConn{Conn: c}
+}
+
+func (r *rawConn) hello(t *testing.T, device string) push.Welcome {
+	t.Helper()
+	h := push.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: device}
+	r.Write(h.Marshal())
+	typ, body := r.read(t)
+	if typ != push.TypeWelcome {
+		t.Fatalf("after HELLO got frame 0x%02x %q, want WELCOME", typ, body)
+	}
+	w, err := push.ParseWelcome(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+func (r *rawConn) read(t *testing.T) (byte, []byte) {
+	t.Helper()
+	typ, body, err := push.ReadFrame(r, &r.hdr, nil, push.MaxFrame)
+	if err != nil {
+		t.Fatalf("reading a frame: %v", err)
+	}
+	return typ, body
+}
+
+// expectError reads until an ERROR frame and returns its code.
+func (r *rawConn) expectError(t *testing.T) push.ErrorFrame {
+	t.Helper()
+	for {
+		typ, body, err := push.ReadFrame(r, &r.hdr, nil, push.MaxFrame)
+		if err != nil {
+			t.Fatalf("connection ended without an ERROR frame: %v", err)
+		}
+		if typ == push.TypeError {
+			e, err := push.ParseError(body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return e
+		}
+	}
+}
+
+func payloads(n int, prefix string) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s-%d", prefix, i)
+	}
+	return out
+}

@@ -1,0 +1,401 @@
+package push_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+func TestDeliveryConnectedAndOffline(t *testing.T) {
+	for _, transport := range []string{"tls", "quic"} {
+		t.Run(transport, func(t *testing.T) {
+			ts := newTestServer(t, nil)
+			cert := ts.agentCert(t, "dev-1")
+			// Offline first: queued before the device ever connects.
+			for _, p := range payloads(3, "early") {
+				if _, err := ts.Push("dev-1", []byte(p), time.Hour); err != nil {
+					t.Fatal(err)
+				}
+			}
+			addr := ts.addr
+			if transport == "quic" {
+				addr = ts.quicAddr
+			}
+			a := startAgent(t, client.Config{Servers: []string{addr}, DeviceID: "dev-1", TLS: ts.tlsFor(&cert), QUIC: transport == "quic"})
+			for i, want := range payloads(3, "early") {
+				if m := a.next(t); string(m.Payload) != want || m.Seq != uint64(i+1) {
+					t.Fatalf("push %d: got seq %d %q, want seq %d %q", i, m.Seq, m.Payload, i+1, want)
+				}
+			}
+			// Connected now: delivered at once, and ACKed.
+			m, _ := ts.Push("dev-1", []byte("live"), time.Hour)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if err := ts.WaitAck(ctx, "dev-1", m.Seq); err != nil {
+				t.Fatalf("no ACK for the live push: %v", err)
+			}
+			if got := a.next(t); string(got.Payload) != "live" {
+				t.Errorf("got %q, want live", got.Payload)
+			}
+			waitFor(t, 10*time.Second, func() error {
+				if n := ts.queue.Len("dev-1"); n != 0 {
+					return fmt.Errorf("%d pushes still queued after their ACKs", n)
+				}
+				return nil
+			})
+			d, ok := ts.Device("dev-1")
+			if !ok || !d.Connected || d.Transport != transport {
+				t.Errorf("device status %+v, want connected over %s", d, transport)
+			}
+		})
+	}
+}
+
+// TestRedeliveryAfterDrop: a push sent but not acknowledged before the
+// connection dropped comes again on the next connection, same id.
+func TestRedeliveryAfterDrop(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+	raw := dialRaw(t, ts, nil)
+	raw.hello(t, "dev-2")
+	m, _ := ts.Push("dev-2", []byte("once"), time.Hour)
+	typ, body := raw.read(t)
+	first, err := push.ParseMessage(body)
+	if typ != push.TypePush || err != nil || first.ID != m.ID {
+		t.Fatalf("got frame 0x%02x (%v), want the PUSH", typ, err)
+	}
+	raw.Close() // no ACK
+
+	again := dialRaw(t, ts, nil)
+	again.hello(t, "dev-2")
+	typ, body = again.read(t)
+	second, err := push.ParseMessage(body)
+	if typ != push.TypePush || err != nil || second.ID != m.ID || string(second.Payload) != "once" {
+		t.Fatalf("after reconnect got 0x%02x %+v, want the same push again", typ, second)
+	}
+}
+
+// TestClientDropsDuplicates: a server that sends the same message id
+// twice (as after a lost ACK) gets two ACKs, and the agent sees it once.
+func TestClientDropsDuplicates(t *testing.T) {
+	gw, _ := tlsconf.Issue(tlsconf.Template{CommonName: "fake"}, nil)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{gw}, NextProtos: []string{push.ALPN}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acks := make(chan uint64, 4)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		var hdr [push.HeaderSize]byte
+		push.ReadFrame(c, &hdr, nil, push.MaxFrame) // HELLO
+		c.Write((&push.Welcome{Version: 1, Keepalive: 30}).Marshal())
+		m := push.Message{Seq: 1, ID: [16]byte{9}, Expiry: time.Now().Add(time.Hour).UnixMilli(), Payload: []byte("dup")}
+		c.Write(m.Marshal())
+		m.Seq = 2
+		c.Write(m.Marshal())
+		for range 2 {
+			typ, body, err := push.ReadFrame(c, &hdr, nil, push.MaxFrame)
+			if err != nil {
+				return
+			}
+			if typ == push.TypeAck {
+				v, _ := push.ParseU64(body)
+				acks <- v
+			}
+		}
+		io.Copy(io.Discard, c)
+	}()
+	pins, _ := tlsconf.ParsePins([]string{tlsconf.Pin(gw.Leaf)})
+	a := startAgent(t, client.Config{Servers: []string{ln.Addr().String()}, DeviceID: "d", TLS: tlsconf.PinnedClientConfig(pins, "fake")})
+	if m := a.next(t); string(m.Payload) != "dup" {
+		t.Fatalf("got %q", m.Payload)
+	}
+	for want := uint64(1); want <= 2; want++ {
+		select {
+		case got := <-acks:
+			if got != want {
+				t.Errorf("ACK %d, want %d", got, want)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("no ACK for seq %d", want)
+		}
+	}
+	select {
+	case m := <-a.pushes:
+		t.Errorf("duplicate delivered to the agent: %+v", m)
+	default:
+	}
+	if a.Duplicates() != 1 {
+		t.Errorf("duplicates counted %d, want 1", a.Duplicates())
+	}
+}
+
+func TestTTLExpiry(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone; c.ExpireInterval = 20 * time.Millisecond })
+	ts.Push("dev-3", []byte("short"), 30*time.Millisecond)
+	waitFor(t, 10*time.Second, func() error {
+		if ts.Expired() != 1 || ts.queue.Len("dev-3") != 0 {
+			return fmt.Errorf("expired %d, queued %d; want 1 and 0", ts.Expired(), ts.queue.Len("dev-3"))
+		}
+		return nil
+	})
+	ts.Push("dev-3", []byte("long"), time.Hour)
+	raw := dialRaw(t, ts, nil)
+	raw.hello(t, "dev-3")
+	_, body := raw.read(t)
+	if m, _ := push.ParseMessage(body); string(m.Payload) != "long" {
+		t.Errorf("first delivered push is %q, want the unexpired one", m.Payload)
+	}
+}
+
+// TestPerDeviceOrder: concurrent publishers, one device: the agent gets
+// every push in sequence order.
+func TestPerDeviceOrder(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+	a := startAgent(t, client.Config{Servers: []string{ts.addr}, DeviceID: "dev-4", TLS: ts.tlsFor(nil)})
+	a.waitEvent(t, "connected")
+	const n = 300
+	var wg sync.WaitGroup
+	for w := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 6 {
+				if _, err := ts.Push("dev-4", []byte(fmt.Sprint(i)), time.Hour); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	last := uint64(0)
+	for range n {
+		m := a.next(t)
+		if m.Seq != last+1 {
+			t.Fatalf("got seq %d after %d, want %d", m.Seq, last, last+1)
+		}
+		last = m.Seq
+	}
+}
+
+// TestDrainMovesAgents: a server shutting down sends DRAIN; the agent
+// reconnects to the next server in its list.
+func TestDrainMovesAgents(t *testing.T) {
+	a1 := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+	a2 := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+	// Both servers must pass the agent's pin check: give the agent both pins.
+	pins, _ := tlsconf.ParsePins([]string{a1.id.Pin(), a2.id.Pin()})
+	ag := startAgent(t, client.Config{Servers: []string{a1.addr, a2.addr}, DeviceID: "dev-5", TLS: tlsconf.PinnedClientConfig(pins, "gw")})
+	if e := ag.waitEvent(t, "connected"); e.Server != a1.addr {
+		t.Fatalf("connected to %s first, want %s", e.Server, a1.addr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := a1.Shutdown(ctx, 50*time.Millisecond); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	ag.waitEvent(t, "drain")
+	if e := ag.waitEvent(t, "connected"); e.Server != a2.addr {
+		t.Errorf("after DRAIN connected to %s, want %s", e.Server, a2.addr)
+	}
+	a2.Push("dev-5", []byte("on the second"), time.Hour)
+	if m := ag.next(t); string(m.Payload) != "on the second" {
+		t.Errorf("got %q", m.Payload)
+	}
+}
+
+// TestRedirectFollowed: a node answering HELLO with REDIRECT sends the
+// agent to the address it names.
+func TestRedirectFollowed(t *testing.T) {
+	real := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{GetCertificate: real.id.GetCertificate, NextProtos: []string{push.ALPN}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			var hdr [push.HeaderSize]byte
+			push.ReadFrame(c, &hdr, nil, push.MaxFrame)
+			c.Write((&push.Redirect{Reason: 2, Address: real.addr}).Marshal())
+			c.Close()
+		}
+	}()
+	a := startAgent(t, client.Config{Servers: []string{ln.Addr().String()}, DeviceID: "dev-6", TLS: real.tlsFor(nil)})
+	if e := a.waitEvent(t, "redirect"); e.Server != real.addr {
+		t.Errorf("redirected to %s, want %s", e.Server, real.addr)
+	}
+	if e := a.waitEvent(t, "connected"); e.Server != real.addr {
+		t.Errorf("connected to %s, want %s", e.Server, real.addr)
+	}
+}
+
+// TestQUICMigration: the agent moves to a new UDP socket mid-session and
+// keeps receiving on the same session.
+func TestQUICMigration(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+	a := startAgent(t, client.Config{Servers: []string{ts.quicAddr}, DeviceID: "dev-7", TLS: ts.tlsFor(nil), QUIC: true})
+	first := a.waitEvent(t, "connected")
+	ts.Push("dev-7", []byte("before"), time.Hour)
+	a.next(t)
+	before := a.LocalAddr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := a.Migrate(ctx); err != nil {
+		t.Fatalf("Migrate: %v", err)
+	}
+	if after := a.LocalAddr().String(); after == before {
+		t.Fatalf("local address still %s after migrating", after)
+	}
+	ts.Push("dev-7", []byte("after"), time.Hour)
+	if m := a.next(t); string(m.Payload) != "after" {
+		t.Fatalf("got %q, want after", m.Payload)
+	}
+	select {
+	case e := <-a.events:
+		t.Errorf("event %q %v after migrating, want the session %x to continue", e.Kind, e.Err, first.Session)
+	default:
+	}
+}
+
+// TestMalformedFramesCloseOnlyThatConnection: garbage and oversized
+// frames get an ERROR with a reason; a well-behaved agent stays served.
+func TestMalformedFramesCloseOnlyThatConnection(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+	good := startAgent(t, client.Config{Servers: []string{ts.addr}, DeviceID: "good", TLS: ts.tlsFor(nil)})
+	good.waitEvent(t, "connected")
+
+	cases := []struct {
+		name  string
+		send  func(r *rawConn)
+		hello bool
+		code  uint16
+	}{
+		{"garbage HELLO", func(r *rawConn) { r.Write([]byte{push.TypeHello, 0, 0, 3, 1, 2, 3}) }, false, push.CodeProtocol},
+		{"first frame not HELLO", func(r *rawConn) { r.Write(push.MarshalU64(push.TypePing, 1)) }, false, push.CodeProtocol},
+		{"unsupported version", func(r *rawConn) {
+			r.Write((&push.Hello{MinVersion: 7, MaxVersion: 9, DeviceID: "x"}).Marshal())
+		}, false, push.CodeVersion},
+		{"oversized frame in session", func(r *rawConn) { r.Write([]byte{push.TypeAck, 0x01, 0, 0}) }, true, push.CodeFrameTooLarge},
+		{"server-only frame from agent", func(r *rawConn) {
+			r.Write((&push.Message{Seq: 1}).Marshal())
+		}, true, push.CodeProtocol},
+		{"short ACK", func(r *rawConn) { r.Write([]byte{push.TypeAck, 0, 0, 2, 0, 1}) }, true, push.CodeProtocol},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := dialRaw(t, ts, nil)
+			if tc.hello {
+				r.hello(t, "bad-"+tc.name)
+			}
+			tc.send(r)
+			if e := r.expectError(t); e.Code != tc.code || e.Reason == "" {
+				t.Errorf("ERROR code %d %q, want code %d with a reason", e.Code, e.Reason, tc.code)
+			}
+			if _, err := r.Read(make([]byte, 1)); err == nil {
+				t.Error("connection still open after the ERROR")
+			}
+		})
+	}
+	ts.Push("good", []byte("still here"), time.Hour)
+	if m := good.next(t); string(m.Payload) != "still here" {
+		t.Errorf("good agent got %q", m.Payload)
+	}
+}
+
+func TestCertificateAuth(t *testing.T) {
+	ts := newTestServer(t, nil)
+	known := ts.agentCert(t, "dev-8")
+	stranger, _ := tlsconf.Issue(tlsconf.Template{CommonName: "dev-9", Client: true}, nil)
+
+	// A certificate for dev-8 cannot claim another device id.
+	r := dialRaw(t, ts, &known)
+	r.Write((&push.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "someone-else"}).Marshal())
+	if e := r.expectError(t); e.Code != push.CodeAuth {
+		t.Errorf("mismatched device id: ERROR code %d, want %d", e.Code, push.CodeAuth)
+	}
+	// Unknown certificate: refused at the TLS handshake.
+	cfg := ts.tlsFor(&stranger)
+	cfg.NextProtos = []string{push.ALPN}
+	if c, err := tls.Dial("tcp", ts.addr, cfg); err == nil {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Error("unknown certificate got a session")
+		}
+		c.Close()
+	}
+	// Deleted while running: the next connection is refused.
+	a := startAgent(t, client.Config{Servers: []string{ts.addr}, DeviceID: "dev-8", TLS: ts.tlsFor(&known)})
+	a.waitEvent(t, "connected")
+	ts.allow.Remove(tlsconf.Fingerprint(known.Leaf))
+	r2 := dialRaw(t, ts, &known)
+	r2.Write((&push.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "dev-8"}).Marshal())
+	if _, _, err := push.ReadFrame(r2, &r2.hdr, nil, push.MaxFrame); err == nil {
+		t.Error("deleted certificate got an answer to HELLO")
+	}
+}
+
+func TestTokenAuth(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthToken })
+	good := push.IssueToken(ts.tokenKey, "dev-10", time.Now().Add(time.Hour))
+	a := startAgent(t, client.Config{Servers: []string{ts.addr}, DeviceID: "dev-10", Token: good, TLS: ts.tlsFor(nil)})
+	a.waitEvent(t, "connected")
+
+	for name, tok := range map[string]string{
+		"other device": push.IssueToken(ts.tokenKey, "dev-11", time.Now().Add(time.Hour)),
+		"expired":      push.IssueToken(ts.tokenKey, "dev-10", time.Now().Add(-time.Minute)),
+		"wrong key":    push.IssueToken([]byte("another key of 32 bytes........."), "dev-10", time.Now().Add(time.Hour)),
+		"garbage":      "v1.x.y.z",
+	} {
+		r := dialRaw(t, ts, nil)
+		r.Write((&push.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "dev-10", Token: tok}).Marshal())
+		if e := r.expectError(t); e.Code != push.CodeAuth {
+			t.Errorf("%s token: ERROR code %d, want %d", name, e.Code, push.CodeAuth)
+		}
+	}
+	if _, err := push.VerifyToken(ts.tokenKey, good, time.Now()); err != nil {
+		t.Errorf("good token: %v", err)
+	}
+}
+
+func TestPayloadLimit(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone; c.MaxPayload = 100 })
+	if _, err := ts.Push("d", make([]byte, 101), time.Hour); !errors.Is(err, push.ErrPayloadTooLarge) {
+		t.Errorf("101-byte payload with a 100-byte limit: %v, want ErrPayloadTooLarge", err)
+	}
+}
+
+func TestConnectionLimit(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone; c.MaxConnections = 1 })
+	r := dialRaw(t, ts, nil)
+	r.hello(t, "first")
+	cfg := ts.tlsFor(nil)
+	cfg.NextProtos = []string{push.ALPN}
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", ts.addr, cfg)
+	if err == nil {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write((&push.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "second"}).Marshal())
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Error("second connection served with max_connections 1")
+		}
+	}
+}

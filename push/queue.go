@@ -1,0 +1,209 @@
+package push
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/dpgate/dpgate/internal/store"
+)
+
+// Queue is the durable per-device push queue. A push is committed to the
+// store (fsynced) before Enqueue returns, stays until the device ACKs it,
+// and is removed unacknowledged only by expiry, which is counted.
+//
+// Layout: bucket "push_queue" holds one sub-bucket per device, keyed by
+// the 8-byte big-endian sequence; bucket "push_seq" holds each device's
+// last sequence. Sequences are assigned inside the write transaction and
+// bbolt serializes writers, so a reader that sees sequence N also sees
+// every lower one still queued: reading "everything after the last one I
+// sent" never skips a message.
+type Queue struct {
+	db      *store.DB
+	now     func() time.Time
+	expired atomic.Uint64
+}
+
+const (
+	bucketQueue = "push_queue"
+	bucketSeq   = "push_seq"
+)
+
+// NewQueue uses db.
+func NewQueue(db *store.DB) *Queue { return &Queue{db: db, now: time.Now} }
+
+// Enqueue commits one push with the same payload for each device and
+// returns the messages in device order.
+func (q *Queue) Enqueue(devices []string, payload []byte, ttl time.Duration) ([]Message, error) {
+	expiry := q.now().Add(ttl).UnixMilli()
+	ids := make([][16]byte, len(devices))
+	for i := range ids {
+		rand.Read(ids[i][:])
+	}
+	var out []Message
+	err := q.db.Batch(func(tx *bolt.Tx) error {
+		out = out[:0] // Batch may run fn again
+		qb, err := tx.CreateBucketIfNotExists([]byte(bucketQueue))
+		if err != nil {
+			return err
+		}
+		sb, err := tx.CreateBucketIfNotExists([]byte(bucketSeq))
+		if err != nil {
+			return err
+		}
+		for i, dev := range devices {
+			var seq uint64 = 1
+			if v := sb.Get([]byte(dev)); len(v) == 8 {
+				seq = binary.BigEndian.Uint64(v) + 1
+			}
+			if err := sb.Put([]byte(dev), binary.BigEndian.AppendUint64(nil, seq)); err != nil {
+				return err
+			}
+			db, err := qb.CreateBucketIfNotExists([]byte(dev))
+			if err != nil {
+				return err
+			}
+			m := Message{Seq: seq, ID: ids[i], Expiry: expiry, Payload: payload}
+			if err := db.Put(seqKey(seq), encodeStored(m)); err != nil {
+				return err
+			}
+			out = append(out, m)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("push: enqueue: %w", err)
+	}
+	return out, nil
+}
+
+// Pending returns up to limit queued, unexpired messages of device with a
+// sequence above after, in order.
+func (q *Queue) Pending(device string, after uint64, limit int) ([]Message, error) {
+	now := q.now().UnixMilli()
+	var out []Message
+	err := q.db.View(func(tx *bolt.Tx) error {
+		db := deviceBucket(tx, device)
+		if db == nil {
+			return nil
+		}
+		c := db.Cursor()
+		for k, v := c.Seek(seqKey(after + 1)); k != nil && len(out) < limit; k, v = c.Next() {
+			m, err := decodeStored(binary.BigEndian.Uint64(k), v)
+			if err != nil {
+				return err
+			}
+			if m.Expiry > now {
+				out = append(out, m)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Ack removes an acknowledged message; it reports whether it was queued
+// (a duplicate ACK is harmless).
+func (q *Queue) Ack(device string, seq uint64) (bool, error) {
+	found := false
+	err := q.db.Batch(func(tx *bolt.Tx) error {
+		found = false
+		db := deviceBucket(tx, device)
+		if db == nil {
+			return nil
+		}
+		if db.Get(seqKey(seq)) != nil {
+			found = true
+			return db.Delete(seqKey(seq))
+		}
+		return nil
+	})
+	return found, err
+}
+
+// Len counts a device's queued messages (expired ones not yet swept too).
+func (q *Queue) Len(device string) int {
+	n := 0
+	q.db.View(func(tx *bolt.Tx) error {
+		if db := deviceBucket(tx, device); db != nil {
+			n = db.Stats().KeyN
+		}
+		return nil
+	})
+	return n
+}
+
+// Expire deletes every message past its expiry and returns how many, by
+// device. The total is kept for Expired.
+func (q *Queue) Expire() (map[string]int, error) {
+	now := q.now().UnixMilli()
+	counts := map[string]int{}
+	err := q.db.Update(func(tx *bolt.Tx) error {
+		clear(counts)
+		qb := tx.Bucket([]byte(bucketQueue))
+		if qb == nil {
+			return nil
+		}
+		return qb.ForEachBucket(func(dev []byte) error {
+			db := qb.Bucket(dev)
+			c := db.Cursor()
+			for k, v := c.First(); k != nil; {
+				if len(v) >= 16+8 && int64(binary.BigEndian.Uint64(v[16:24])) <= now {
+					if err := c.Delete(); err != nil {
+						return err
+					}
+					counts[string(dev)]++
+					k, v = c.Seek(k) // Delete moves the cursor; reposition
+					continue
+				}
+				k, v = c.Next()
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("push: expire: %w", err)
+	}
+	for _, n := range counts {
+		q.expired.Add(uint64(n))
+	}
+	return counts, nil
+}
+
+// Expired is the number of pushes expired undelivered since start.
+func (q *Queue) Expired() uint64 { return q.expired.Load() }
+
+func deviceBucket(tx *bolt.Tx, device string) *bolt.Bucket {
+	qb := tx.Bucket([]byte(bucketQueue))
+	if qb == nil {
+		return nil
+	}
+	return qb.Bucket([]byte(device))
+}
+
+func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
+
+// Stored form: id (16) | expiry unix ms (8) | payload.
+func encodeStored(m Message) []byte {
+	b := make([]byte, 0, 24+len(m.Payload))
+	b = append(b, m.ID[:]...)
+	b = binary.BigEndian.AppendUint64(b, uint64(m.Expiry))
+	return append(b, m.Payload...)
+}
+
+var errCorrupt = errors.New("push: corrupt queue entry")
+
+func decodeStored(seq uint64, v []byte) (Message, error) {
+	if len(v) < 24 {
+		return Message{}, errCorrupt
+	}
+	m := Message{Seq: seq, Expiry: int64(binary.BigEndian.Uint64(v[16:24]))}
+	copy(m.ID[:], v[:16])
+	m.Payload = append([]byte(nil), v[24:]...)
+	return m, nil
+}

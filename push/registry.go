@@ -1,0 +1,99 @@
+package push
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"sort"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/dpgate/dpgate/internal/store"
+)
+
+// DeviceRecord is what the store keeps about a device between connections:
+// where it was last seen, for wake-ups and for "push to all".
+type DeviceRecord struct {
+	ID        string    `json:"id"`
+	FirstSeen time.Time `json:"first_seen"`
+	LastSeen  time.Time `json:"last_seen"`
+	LastAddr  string    `json:"last_addr,omitempty"`  // remote address of the last connection
+	LocalAddr string    `json:"local_addr,omitempty"` // as the agent reported it
+	MAC       string    `json:"mac,omitempty"`
+}
+
+const bucketDevices = "devices"
+
+// Registry is the device table: in memory, written through to the store.
+type Registry struct {
+	db *store.DB
+	mu sync.RWMutex
+	m  map[string]DeviceRecord
+}
+
+// NewRegistry loads the table.
+func NewRegistry(db *store.DB) (*Registry, error) {
+	r := &Registry{db: db, m: map[string]DeviceRecord{}}
+	err := db.ForEach(bucketDevices, func(k, v []byte) error {
+		var d DeviceRecord
+		if err := json.Unmarshal(v, &d); err != nil {
+			return fmt.Errorf("push: device %s: %w", k, err)
+		}
+		r.m[d.ID] = d
+		return nil
+	})
+	return r, err
+}
+
+// Seen records a connection (or its end) of a device.
+func (r *Registry) Seen(id string, remote net.Addr, h *Hello, now time.Time) error {
+	r.mu.Lock()
+	d, ok := r.m[id]
+	if !ok {
+		d = DeviceRecord{ID: id, FirstSeen: now.UTC()}
+	}
+	d.LastSeen = now.UTC()
+	if remote != nil {
+		d.LastAddr = remote.String()
+	}
+	if h != nil {
+		if h.LocalAddr.IsValid() {
+			d.LocalAddr = h.LocalAddr.String()
+		}
+		if len(h.MAC) == 6 {
+			d.MAC = net.HardwareAddr(h.MAC).String()
+		}
+	}
+	r.m[id] = d
+	r.mu.Unlock()
+	b, _ := json.Marshal(d)
+	return r.db.Batch(func(tx *bolt.Tx) error {
+		bk, err := tx.CreateBucketIfNotExists([]byte(bucketDevices))
+		if err != nil {
+			return err
+		}
+		return bk.Put([]byte(id), b)
+	})
+}
+
+// Get returns a device's record.
+func (r *Registry) Get(id string) (DeviceRecord, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	d, ok := r.m[id]
+	return d, ok
+}
+
+// IDs returns every known device id, sorted.
+func (r *Registry) IDs() []string {
+	r.mu.RLock()
+	ids := make([]string, 0, len(r.m))
+	for id := range r.m {
+		ids = append(ids, id)
+	}
+	r.mu.RUnlock()
+	sort.Strings(ids)
+	return ids
+}

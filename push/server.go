@@ -1,0 +1,640 @@
+// Package push is dpgate's push service on port 13295: agents hold one
+// persistent connection (TLS over TCP, or QUIC on UDP with the same
+// protocol on one bidirectional stream) and the management server's
+// pushes reach them in milliseconds, at least once.
+//
+// Pieces: frame.go is the wire format (docs/PROTOCOL.md); queue.go the
+// durable per-device queue on bbolt (a push is fsynced before the API
+// answers, removed on ACK, expired after its TTL); registry.go the device
+// table; token.go the HMAC device tokens; session.go one agent
+// connection; this file accepts, authenticates and routes pushes to
+// sessions; quic.go the QUIC listener. The agent side is push/client.
+package push
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	metrics "github.com/hashicorp/go-metrics"
+	"golang.org/x/time/rate"
+
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// Auth modes.
+const (
+	AuthCert  = "cert"
+	AuthToken = "token"
+	AuthNone  = "none"
+)
+
+// Config configures a Server. Zero values mean the defaults in comments.
+type Config struct {
+	Identity  *tlsconf.Identity  // the gateway certificate. Required.
+	AllowList *tlsconf.AllowList // required for AuthCert
+	Auth      string             // AuthCert (default), AuthToken or AuthNone
+	TokenKey  []byte             // required for AuthToken
+	Queue     *Queue             // required
+	Registry  *Registry          // required
+
+	// Keepalive is the PING interval agents are told to keep. Default: 30s.
+	Keepalive time.Duration
+	// HandshakeTimeout bounds TLS plus HELLO. Default: 10s.
+	HandshakeTimeout time.Duration
+	// WriteTimeout bounds one frame write. Default: 10s.
+	WriteTimeout time.Duration
+	// MaxConnections caps sessions. Default: 100000.
+	MaxConnections int
+	// MaxPayload caps one push's payload in bytes. Default: 4096.
+	MaxPayload int
+	// AcceptRate caps new connections per second, smoothing reconnect
+	// storms (with a burst of a quarter of that). Default: 2000.
+	AcceptRate float64
+	// ExpireInterval is how often expired pushes are swept. Default: 10s.
+	ExpireInterval time.Duration
+	// Nodes lists push addresses for WELCOME (failover order). Default:
+	// the address the agent connected to.
+	Nodes func() []string
+	// ClassicKeyExchange leaves out the post-quantum hybrid group.
+	ClassicKeyExchange bool
+
+	Metrics *metrics.Metrics // default metrics.Default()
+	Logger  *slog.Logger     // default slog.Default()
+}
+
+func (c *Config) withDefaults() {
+	if c.Auth == "" {
+		c.Auth = AuthCert
+	}
+	if c.Keepalive == 0 {
+		c.Keepalive = 30 * time.Second
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = 10 * time.Second
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = 100000
+	}
+	if c.MaxPayload == 0 {
+		c.MaxPayload = 4096
+	}
+	if c.AcceptRate == 0 {
+		c.AcceptRate = 2000
+	}
+	if c.ExpireInterval == 0 {
+		c.ExpireInterval = 10 * time.Second
+	}
+	if c.Metrics == nil {
+		c.Metrics = metrics.Default()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Identity == nil || c.Queue == nil || c.Registry == nil:
+		return errors.New("push: Identity, Queue and Registry are required")
+	case c.Auth == AuthCert && c.AllowList == nil:
+		return errors.New("push: auth cert needs the AllowList")
+	case c.Auth == AuthToken && len(c.TokenKey) < 16:
+		return errors.New("push: auth token needs a TokenKey of at least 16 bytes")
+	case c.Auth != AuthCert && c.Auth != AuthToken && c.Auth != AuthNone:
+		return fmt.Errorf("push: unknown auth %q", c.Auth)
+	case c.MaxPayload > MaxFrame-64:
+		return fmt.Errorf("push: MaxPayload %d exceeds the frame limit", c.MaxPayload)
+	}
+	return nil
+}
+
+// ErrPayloadTooLarge is returned by Push for an oversized payload.
+var ErrPayloadTooLarge = errors.New("push: payload too large")
+
+// Server is the push server. It does not listen: Serve and ServeQUIC take
+// a listener and a packet connection.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	m      *metrics.Metrics
+	queue  *Queue
+	reg    *Registry
+	tls    *tls.Config
+	accept *rate.Limiter
+
+	conns atomic.Int64 // connections held, handshakes included
+	wg    sync.WaitGroup
+	done  chan struct{}
+	once  sync.Once
+
+	mu        sync.Mutex
+	sessions  map[string]*session
+	waiters   map[string]map[uint64][]chan struct{}
+	listeners []func() // close functions of the listeners
+	raw       map[conn]struct{}
+	draining  bool
+}
+
+// New builds a server and starts its expiry sweeper; it does not listen.
+func New(cfg Config) (*Server, error) {
+	cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	var allow *tlsconf.AllowList
+	if cfg.Auth == AuthCert {
+		allow = cfg.AllowList
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		m:        cfg.Metrics,
+		queue:    cfg.Queue,
+		reg:      cfg.Registry,
+		tls:      tlsconf.ServerConfig(cfg.Identity, allow, ALPN),
+		accept:   rate.NewLimiter(rate.Limit(cfg.AcceptRate), max(1, int(cfg.AcceptRate/4))),
+		done:     make(chan struct{}),
+		sessions: map[string]*session{},
+		waiters:  map[string]map[uint64][]chan struct{}{},
+		raw:      map[conn]struct{}{},
+	}
+	if cfg.ClassicKeyExchange {
+		tlsconf.ClassicKeyExchange(s.tls)
+	}
+	s.wg.Add(1)
+	go s.expireLoop() // exits when done is closed
+	return s, nil
+}
+
+// Serve accepts TLS-over-TCP agents on ln until Shutdown or Close.
+func (s *Server) Serve(ln net.Listener) error {
+	if !s.addListener(func() { ln.Close() }) {
+		ln.Close()
+		return nil
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.stopped() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			s.log.Warn("push: accept failed", "err", err)
+			time.Sleep(50 * time.Millisecond) // e.g. out of descriptors: do not spin
+			continue
+		}
+		s.accept.Wait(context.Background()) // smooth reconnect storms
+		if !s.admit() {
+			c.Close()
+			continue
+		}
+		s.wg.Add(1)
+		go func() { // ends when the handshake fails or hands over to a session
+			defer s.wg.Done()
+			s.serveTLS(c)
+		}()
+	}
+}
+
+func (s *Server) addListener(closeFn func()) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return false
+	}
+	s.listeners = append(s.listeners, closeFn)
+	return true
+}
+
+func (s *Server) stopped() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// admit counts a connection against MaxConnections.
+func (s *Server) admit() bool {
+	if s.conns.Add(1) > int64(s.cfg.MaxConnections) {
+		s.conns.Add(-1)
+		s.m.IncrCounterWithLabels([]string{"push", "refused"}, 1, []metrics.Label{{Name: "reason", Value: "max_connections"}})
+		return false
+	}
+	return true
+}
+
+func (s *Server) serveTLS(raw net.Conn) {
+	tc := tls.Server(raw, s.tls)
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		s.authFailed(raw.RemoteAddr(), err)
+		raw.Close()
+		s.conns.Add(-1)
+		return
+	}
+	var peer *x509.Certificate
+	if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 {
+		peer = certs[0]
+	}
+	// The session runs on a fresh goroutine: the one that did the TLS
+	// handshake has a grown stack that an idle session should not keep.
+	s.startSession(tc, "tls", raw.RemoteAddr(), raw.LocalAddr(), peer)
+}
+
+func (s *Server) authFailed(remote net.Addr, err error) {
+	reason := "tls"
+	var refused *tlsconf.RefusedError
+	if errors.As(err, &refused) {
+		reason = "cert_" + refused.Reason
+		s.log.Warn("push: agent certificate refused", "agent", remote.String(),
+			"fingerprint", refused.Fingerprint, "subject", refused.Subject, "reason", refused.Reason)
+	}
+	s.m.IncrCounterWithLabels([]string{"push", "auth_failed"}, 1, []metrics.Label{{Name: "reason", Value: reason}})
+}
+
+// startSession reads HELLO, authenticates it, and runs the session on a
+// new goroutine. It owns c and the connection count from here.
+func (s *Server) startSession(c conn, transport string, remote, local net.Addr, peer *x509.Certificate) {
+	var hdr [HeaderSize]byte
+	c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	typ, body, err := ReadFrame(c, &hdr, nil, 2048)
+	abort := func(code uint16, reason string) {
+		s.m.IncrCounterWithLabels([]string{"push", "errors"}, 1, []metrics.Label{{Name: "code", Value: fmt.Sprint(code)}})
+		c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		c.Write((&ErrorFrame{Code: code, Reason: reason}).Marshal())
+		c.Close()
+		s.conns.Add(-1)
+		s.log.Debug("push: session refused", "agent", remote.String(), "code", code, "reason", reason)
+	}
+	switch {
+	case errors.Is(err, ErrTooLarge):
+		abort(CodeFrameTooLarge, err.Error())
+		return
+	case err != nil:
+		abort(CodeTimeout, "no HELLO: "+err.Error())
+		return
+	case typ != TypeHello:
+		abort(CodeProtocol, fmt.Sprintf("first frame must be HELLO, got type 0x%02x", typ))
+		return
+	}
+	h, err := ParseHello(body)
+	if err != nil {
+		abort(CodeProtocol, err.Error())
+		return
+	}
+	if h.MinVersion > Version || h.MaxVersion < Version {
+		abort(CodeVersion, fmt.Sprintf("server speaks version %d, agent %d..%d", Version, h.MinVersion, h.MaxVersion))
+		return
+	}
+	if err := s.authenticate(&h, peer); err != nil {
+		s.m.IncrCounterWithLabels([]string{"push", "auth_failed"}, 1, []metrics.Label{{Name: "reason", Value: "hello"}})
+		abort(CodeAuth, err.Error())
+		return
+	}
+	if s.isDraining() {
+		abort(CodeShutdown, "server is shutting down")
+		return
+	}
+	ss := &session{srv: s, c: c, device: h.DeviceID, transport: transport, remote: remote, since: time.Now(), id: newSessionID()}
+	ss.lastSeen.Store(ss.since.UnixNano())
+	nodes := []string{local.String()}
+	if s.cfg.Nodes != nil {
+		nodes = s.cfg.Nodes()
+	}
+	welcome := &Welcome{Version: Version, Session: ss.id, Keepalive: uint16(s.cfg.Keepalive / time.Second), Nodes: nodes}
+	if err := ss.send(welcome.Marshal()); err != nil {
+		c.Close()
+		s.conns.Add(-1)
+		return
+	}
+	s.register(ss, &h)
+	s.wg.Add(1)
+	go s.runSession(ss) // ends when the agent goes
+}
+
+// authenticate checks HELLO's device id against the certificate or token.
+func (s *Server) authenticate(h *Hello, peer *x509.Certificate) error {
+	switch s.cfg.Auth {
+	case AuthCert:
+		if peer == nil {
+			return errors.New("a client certificate is required")
+		}
+		if h.DeviceID != peer.Subject.CommonName && !slices.Contains(peer.DNSNames, h.DeviceID) {
+			return fmt.Errorf("device id %q is not the certificate's (%q)", h.DeviceID, peer.Subject.CommonName)
+		}
+	case AuthToken:
+		dev, err := VerifyToken(s.cfg.TokenKey, h.Token, time.Now())
+		if err != nil {
+			return err
+		}
+		if dev != h.DeviceID {
+			return fmt.Errorf("token is for %q, not %q", dev, h.DeviceID)
+		}
+	}
+	return nil
+}
+
+func (s *Server) register(ss *session, h *Hello) {
+	s.mu.Lock()
+	old := s.sessions[ss.device]
+	s.sessions[ss.device] = ss
+	s.raw[ss.c] = struct{}{}
+	s.mu.Unlock()
+	if old != nil {
+		old.send((&ErrorFrame{Code: CodeReplaced, Reason: "the device connected again"}).Marshal())
+		old.close()
+	}
+	if err := s.reg.Seen(ss.device, ss.remote, h, ss.since); err != nil {
+		s.log.Error("push: device registry", "device", ss.device, "err", err)
+	}
+	s.m.IncrCounterWithLabels([]string{"push", "sessions", "started"}, 1, []metrics.Label{{Name: "transport", Value: ss.transport}})
+	ss.kick() // everything still queued, from the first message
+}
+
+func (s *Server) runSession(ss *session) {
+	defer s.wg.Done()
+	err := ss.readLoop()
+	ss.close()
+	s.mu.Lock()
+	if s.sessions[ss.device] == ss {
+		delete(s.sessions, ss.device)
+	}
+	delete(s.raw, ss.c)
+	s.mu.Unlock()
+	s.conns.Add(-1)
+	s.reg.Seen(ss.device, ss.remote, nil, time.Now())
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		s.log.Debug("push: session ended", "device", ss.device, "err", err)
+	}
+}
+
+// Push queues one payload for one device (committed before it returns)
+// and starts delivery if the device is connected here.
+func (s *Server) Push(device string, payload []byte, ttl time.Duration) (Message, error) {
+	msgs, err := s.PushMany([]string{device}, payload, ttl)
+	if err != nil {
+		return Message{}, err
+	}
+	return msgs[0], nil
+}
+
+// PushMany queues the payload for every device in one transaction.
+func (s *Server) PushMany(devices []string, payload []byte, ttl time.Duration) ([]Message, error) {
+	if len(payload) > s.cfg.MaxPayload {
+		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrPayloadTooLarge, len(payload), s.cfg.MaxPayload)
+	}
+	for _, d := range devices {
+		if d == "" || len(d) > MaxDeviceID {
+			return nil, fmt.Errorf("push: device id %q is empty or longer than %d bytes", d, MaxDeviceID)
+		}
+	}
+	msgs, err := s.queue.Enqueue(devices, payload, ttl)
+	if err != nil {
+		return nil, err
+	}
+	s.m.IncrCounter([]string{"push", "queued"}, float32(len(msgs)))
+	s.mu.Lock()
+	var kick []*session
+	for _, d := range devices {
+		if ss := s.sessions[d]; ss != nil {
+			kick = append(kick, ss)
+		}
+	}
+	s.mu.Unlock()
+	for _, ss := range kick {
+		ss.kick()
+	}
+	return msgs, nil
+}
+
+// acked removes an acknowledged push and wakes anyone waiting for it.
+func (s *Server) acked(device string, seq uint64) {
+	found, err := s.queue.Ack(device, seq)
+	if err != nil {
+		s.log.Error("push: ack", "device", device, "seq", seq, "err", err)
+		return
+	}
+	if found {
+		s.m.IncrCounter([]string{"push", "delivered"}, 1)
+	}
+	s.mu.Lock()
+	chans := s.waiters[device][seq]
+	delete(s.waiters[device], seq)
+	if len(s.waiters[device]) == 0 {
+		delete(s.waiters, device)
+	}
+	s.mu.Unlock()
+	for _, ch := range chans {
+		close(ch)
+	}
+}
+
+// WaitAck waits until the device acknowledges seq or ctx ends.
+func (s *Server) WaitAck(ctx context.Context, device string, seq uint64) error {
+	ch := make(chan struct{})
+	s.mu.Lock()
+	if s.waiters[device] == nil {
+		s.waiters[device] = map[uint64][]chan struct{}{}
+	}
+	s.waiters[device][seq] = append(s.waiters[device][seq], ch)
+	s.mu.Unlock()
+	// Acknowledged before we registered: it is no longer queued.
+	if pending, err := s.queue.Pending(device, seq-1, 1); err == nil && (len(pending) == 0 || pending[0].Seq != seq) {
+		s.dropWaiter(device, seq, ch)
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		s.dropWaiter(device, seq, ch)
+		return ctx.Err()
+	}
+}
+
+func (s *Server) dropWaiter(device string, seq uint64, ch chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	list := s.waiters[device][seq]
+	for i, c := range list {
+		if c == ch {
+			s.waiters[device][seq] = append(list[:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(s.waiters[device][seq]) == 0 {
+		delete(s.waiters[device], seq)
+	}
+	if len(s.waiters[device]) == 0 {
+		delete(s.waiters, device)
+	}
+}
+
+func (s *Server) expireLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.ExpireInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+			counts, err := s.queue.Expire()
+			if err != nil {
+				s.log.Error("push: expiry sweep", "err", err)
+				continue
+			}
+			for dev, n := range counts {
+				s.log.Warn("push: pushes expired undelivered", "device", dev, "count", n)
+				s.m.IncrCounter([]string{"push", "expired"}, float32(n))
+			}
+		}
+	}
+}
+
+// DeviceStatus is a device as GET /v1/devices shows it.
+type DeviceStatus struct {
+	ID         string     `json:"id"`
+	Connected  bool       `json:"connected"`
+	Transport  string     `json:"transport,omitempty"`
+	RemoteAddr string     `json:"remote_addr,omitempty"`
+	Since      *time.Time `json:"since,omitempty"`
+	LastSeen   time.Time  `json:"last_seen"`
+	Queued     int        `json:"queued"`
+	LocalAddr  string     `json:"local_addr,omitempty"`
+	MAC        string     `json:"mac,omitempty"`
+}
+
+// Device returns one device's status.
+func (s *Server) Device(id string) (DeviceStatus, bool) {
+	rec, known := s.reg.Get(id)
+	s.mu.Lock()
+	ss := s.sessions[id]
+	s.mu.Unlock()
+	queued := s.queue.Len(id)
+	if !known && ss == nil && queued == 0 {
+		return DeviceStatus{}, false
+	}
+	st := DeviceStatus{ID: id, LastSeen: rec.LastSeen, Queued: queued, RemoteAddr: rec.LastAddr, LocalAddr: rec.LocalAddr, MAC: rec.MAC}
+	if ss != nil {
+		since := ss.since.UTC()
+		st.Connected, st.Transport, st.RemoteAddr, st.Since = true, ss.transport, ss.remote.String(), &since
+		st.LastSeen = time.Unix(0, ss.lastSeen.Load()).UTC()
+	}
+	return st, true
+}
+
+// Devices returns every known device's status.
+func (s *Server) Devices() []DeviceStatus {
+	var out []DeviceStatus
+	for _, id := range s.reg.IDs() {
+		if d, ok := s.Device(id); ok {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// Expired is the number of pushes expired undelivered since start.
+func (s *Server) Expired() uint64 { return s.queue.Expired() }
+
+// KnownDevices returns the ids "push to all" reaches.
+func (s *Server) KnownDevices() []string { return s.reg.IDs() }
+
+// Sessions is the number of connected agents.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+func (s *Server) isDraining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
+}
+
+// Shutdown stops accepting, sends DRAIN to every agent (each told to
+// reconnect elsewhere after a random delay up to spread, so they do not
+// all arrive at once), waits for them to leave until ctx ends, then
+// closes the rest.
+func (s *Server) Shutdown(ctx context.Context, spread time.Duration) error {
+	s.stopAccepting()
+	s.mu.Lock()
+	list := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		list = append(list, ss)
+	}
+	s.mu.Unlock()
+	for _, ss := range list {
+		delay := uint32(0)
+		if spread > 0 {
+			delay = uint32(randDuration(spread) / time.Millisecond)
+		}
+		ss.send((&Drain{DelayMillis: delay, Reason: "server shutting down"}).Marshal())
+	}
+	idle := make(chan struct{})
+	go func() { s.wg.Wait(); close(idle) }() // ends once every session is gone
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		s.closeConns()
+		<-idle
+		return ctx.Err()
+	}
+}
+
+// Close stops at once. It is idempotent.
+func (s *Server) Close() error {
+	s.stopAccepting()
+	s.closeConns()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) stopAccepting() {
+	s.once.Do(func() { close(s.done) })
+	s.mu.Lock()
+	s.draining = true
+	fns := s.listeners
+	s.listeners = nil
+	s.mu.Unlock()
+	for _, f := range fns {
+		f()
+	}
+}
+
+func randDuration(d time.Duration) time.Duration { return time.Duration(mrand.Int64N(int64(d))) }
+
+func (s *Server) closeConns() {
+	s.mu.Lock()
+	var cs []conn
+	for c := range s.raw {
+		cs = append(cs, c)
+	}
+	s.mu.Unlock()
+	for _, c := range cs {
+		c.Close()
+	}
+}

@@ -1,0 +1,158 @@
+package push
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	metrics "github.com/hashicorp/go-metrics"
+)
+
+// conn is what a session runs on: a TLS connection, or a QUIC stream
+// wrapped so that Close ends the QUIC connection too.
+type conn interface {
+	io.ReadWriter
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+	Close() error
+}
+
+// session is one agent's connection after a good HELLO. While idle it
+// holds one goroutine (the reader, blocked in Read) and no buffers beyond
+// a small fixed one; a flusher goroutine exists only while there are
+// pushes to write.
+type session struct {
+	srv       *Server
+	c         conn
+	device    string
+	transport string
+	remote    net.Addr
+	since     time.Time
+	id        [16]byte
+
+	wmu      sync.Mutex // serializes frame writes
+	sentUpTo atomic.Uint64
+	dirty    atomic.Bool
+	flushing atomic.Bool
+	lastSeen atomic.Int64 // unix ns
+	closed   atomic.Bool
+	hdr      [HeaderSize]byte
+	small    [32]byte // ACK, PING, PONG and BYE bodies fit
+}
+
+// send writes one frame, bounded by a write deadline so a stuck agent
+// cannot hold a flusher forever.
+func (s *session) send(frame []byte) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.c.SetWriteDeadline(time.Now().Add(s.srv.cfg.WriteTimeout))
+	_, err := s.c.Write(frame)
+	return err
+}
+
+// kick makes sure queued pushes get written: it starts a flusher unless
+// one is running, which then sees the dirty flag.
+func (s *session) kick() {
+	s.dirty.Store(true)
+	if s.flushing.CompareAndSwap(false, true) {
+		s.srv.wg.Add(1)
+		go s.flush() // exits when the queue holds nothing more to send
+	}
+}
+
+func (s *session) flush() {
+	defer s.srv.wg.Done()
+	for {
+		s.dirty.Store(false)
+		for !s.closed.Load() {
+			msgs, err := s.srv.queue.Pending(s.device, s.sentUpTo.Load(), 64)
+			if err != nil {
+				s.srv.log.Error("push: reading the queue", "device", s.device, "err", err)
+				break
+			}
+			if len(msgs) == 0 {
+				break
+			}
+			for _, m := range msgs {
+				if err := s.send(m.Marshal()); err != nil {
+					s.close()
+					s.flushing.Store(false)
+					return
+				}
+				s.sentUpTo.Store(m.Seq)
+				s.srv.m.IncrCounter([]string{"push", "sent"}, 1)
+			}
+		}
+		s.flushing.Store(false)
+		// A kick between the last read and here set dirty: go again.
+		if !s.dirty.Load() || s.closed.Load() || !s.flushing.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+// readLoop handles the agent's frames until the connection ends.
+func (s *session) readLoop() error {
+	keep := s.srv.cfg.Keepalive
+	for {
+		// An agent PINGs every keepalive; three missed mean it is gone.
+		s.c.SetReadDeadline(time.Now().Add(3 * keep))
+		typ, body, err := ReadFrame(s.c, &s.hdr, s.small[:0], len(s.small))
+		if err != nil {
+			if errors.Is(err, ErrTooLarge) {
+				return s.fail(CodeFrameTooLarge, err.Error())
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return s.fail(CodeTimeout, "no PING within 3 keepalive intervals")
+			}
+			return err
+		}
+		s.lastSeen.Store(time.Now().UnixNano())
+		switch typ {
+		case TypeAck:
+			seq, err := ParseU64(body)
+			if err != nil {
+				return s.fail(CodeProtocol, err.Error())
+			}
+			s.srv.acked(s.device, seq)
+		case TypePing:
+			v, err := ParseU64(body)
+			if err != nil {
+				return s.fail(CodeProtocol, err.Error())
+			}
+			if err := s.send(MarshalU64(TypePong, v)); err != nil {
+				return err
+			}
+		case TypePong:
+		case TypeBye:
+			return nil
+		default:
+			return s.fail(CodeProtocol, fmt.Sprintf("unexpected frame type 0x%02x from an agent", typ))
+		}
+	}
+}
+
+// fail sends ERROR with a reason and returns an error for the log; the
+// caller closes the connection.
+func (s *session) fail(code uint16, reason string) error {
+	s.srv.m.IncrCounterWithLabels([]string{"push", "errors"}, 1, []metrics.Label{{Name: "code", Value: fmt.Sprint(code)}})
+	s.send((&ErrorFrame{Code: code, Reason: reason}).Marshal())
+	return fmt.Errorf("push: %s: %s", s.device, reason)
+}
+
+func (s *session) close() {
+	if s.closed.CompareAndSwap(false, true) {
+		s.c.Close()
+	}
+}
+
+func newSessionID() (id [16]byte) {
+	rand.Read(id[:])
+	return id
+}

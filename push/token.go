@@ -1,0 +1,55 @@
+package push
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Device tokens (push.auth: token) are "v1.<device b64>.<expiry unix>.<mac b64>"
+// with mac = HMAC-SHA256(key, "v1." + device b64 + "." + expiry), base64url
+// without padding. The key is the gateway's (data_dir/push-token.key).
+
+// ErrToken is wrapped by every token verification failure.
+var ErrToken = errors.New("push: invalid device token")
+
+// IssueToken signs a token for device valid until expiry.
+func IssueToken(key []byte, device string, expiry time.Time) string {
+	body := "v1." + base64.RawURLEncoding.EncodeToString([]byte(device)) + "." + strconv.FormatInt(expiry.Unix(), 10)
+	return body + "." + base64.RawURLEncoding.EncodeToString(tokenMAC(key, body))
+}
+
+// VerifyToken checks a token and returns its device id.
+func VerifyToken(key []byte, token string, now time.Time) (string, error) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 4 || parts[0] != "v1" {
+		return "", fmt.Errorf("%w: not v1.<device>.<expiry>.<mac>", ErrToken)
+	}
+	mac, err := base64.RawURLEncoding.DecodeString(parts[3])
+	if err != nil || !hmac.Equal(mac, tokenMAC(key, strings.Join(parts[:3], "."))) {
+		return "", fmt.Errorf("%w: bad signature", ErrToken)
+	}
+	exp, err := strconv.ParseInt(parts[2], 10, 64)
+	if err != nil {
+		return "", fmt.Errorf("%w: bad expiry", ErrToken)
+	}
+	if now.Unix() >= exp {
+		return "", fmt.Errorf("%w: expired on %s", ErrToken, time.Unix(exp, 0).UTC().Format(time.DateOnly))
+	}
+	dev, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil || len(dev) == 0 {
+		return "", fmt.Errorf("%w: bad device id", ErrToken)
+	}
+	return string(dev), nil
+}
+
+func tokenMAC(key []byte, body string) []byte {
+	h := hmac.New(sha256.New, key)
+	h.Write([]byte(body))
+	return h.Sum(nil)
+}
