@@ -12,7 +12,7 @@ import (
 // benchHandshake measures one full (non-resumed) TLS 1.3 handshake over
 // net.Pipe: both ends run in this process, so the figure is the CPU cost
 // of the handshake on both sides, not network time.
-func benchHandshake(b *testing.B, keyType string, withAllowList bool) {
+func benchHandshake(b *testing.B, keyType string, withAllowList, classic bool) {
 	dir := b.TempDir()
 	server, _ := Issue(Template{CommonName: "gw", KeyType: keyType}, nil)
 	WriteKeyPair(server, filepath.Join(dir, "gw.pem"), "")
@@ -41,6 +41,10 @@ func benchHandshake(b *testing.B, keyType string, withAllowList bool) {
 	pins, _ := ParsePins([]string{id.Pin()})
 	ccfg := PinnedClientConfig(pins, "gw")
 	ccfg.Certificates = []tls.Certificate{agent}
+	if classic {
+		ClassicKeyExchange(scfg)
+		ClassicKeyExchange(ccfg)
+	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
@@ -65,9 +69,13 @@ func benchHandshake(b *testing.B, keyType string, withAllowList bool) {
 
 func BenchmarkHandshake(b *testing.B) {
 	for _, kt := range []string{"ecdsa-p256", "rsa-2048"} {
-		b.Run(kt+"/server-auth", func(b *testing.B) { benchHandshake(b, kt, false) })
-		b.Run(kt+"/client-cert+allow-list", func(b *testing.B) { benchHandshake(b, kt, true) })
+		b.Run(kt+"/server-auth", func(b *testing.B) { benchHandshake(b, kt, false, false) })
+		b.Run(kt+"/client-cert+allow-list", func(b *testing.B) { benchHandshake(b, kt, true, false) })
 	}
+	// Go's default hybrid X25519MLKEM768 against plain X25519 (what
+	// tls.post_quantum: false and OpenSSL 3.0 peers use).
+	b.Run("ecdsa-p256/server-auth/x25519", func(b *testing.B) { benchHandshake(b, "ecdsa-p256", false, true) })
+	b.Run("ecdsa-p256/client-cert+allow-list/x25519", func(b *testing.B) { benchHandshake(b, "ecdsa-p256", true, true) })
 }
 
 // BenchmarkAllowListCheck is the per-handshake cost of the allow-list
