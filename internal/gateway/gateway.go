@@ -38,10 +38,11 @@ type Gateway struct {
 	push    *push.Server // nil when push.listen is off
 	started time.Time
 
-	udp   net.PacketConn // push QUIC socket, closed after the push server
-	wg    sync.WaitGroup
-	errc  chan error // first fatal serve error; buffered
-	close sync.Once
+	udp      net.PacketConn // push QUIC socket, closed after the push server
+	pushAddr string         // where the push server listens (TCP)
+	wg       sync.WaitGroup
+	errc     chan error // first fatal serve error; buffered
+	close    sync.Once
 }
 
 // Options are what New needs besides the configuration.
@@ -212,7 +213,8 @@ func (g *Gateway) Start(ls Listeners) {
 		g.goServe("proxy", func() error { return g.proxy.Serve(ls.Proxy) })
 	}
 	if g.push != nil && ls.Push != nil {
-		g.log.Info("push server listening", "addr", ls.Push.Addr().String(), "quic", ls.PushUDP != nil, "auth", g.cfg.Push.Auth)
+		g.pushAddr = ls.Push.Addr().String()
+		g.log.Info("push server listening", "addr", g.pushAddr, "quic", ls.PushUDP != nil, "auth", g.cfg.Push.Auth)
 		g.goServe("push", func() error { return g.push.Serve(ls.Push) })
 		if ls.PushUDP != nil {
 			g.goServe("push (QUIC)", func() error { return g.push.ServeQUIC(ls.PushUDP) })

@@ -25,7 +25,10 @@ func newTestGateway(t *testing.T, yaml string) (*Gateway, *admin.Client, string)
 	t.Helper()
 	dir := t.TempDir()
 	f := filepath.Join(dir, "dpgate.yaml")
-	os.WriteFile(f, []byte("node:\n  name: gw-test\n  data_dir: data\npush:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n"+yaml), 0o644)
+	if !strings.Contains(yaml, "push:") {
+		yaml += "push:\n  listen: 127.0.0.1:0\n"
+	}
+	os.WriteFile(f, []byte("node:\n  name: gw-test\n  data_dir: data\nadmin:\n  listen: 127.0.0.1:0\n"+yaml), 0o644)
 	cfg, err := config.Load(f)
 	if err != nil {
 		t.Fatal(err)

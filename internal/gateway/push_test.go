@@ -1,0 +1,103 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+func TestPushAPI(t *testing.T) {
+	g, api, _ := newTestGateway(t, "push:\n  listen: 127.0.0.1:0\n  auth: none\n  max_payload: 64\n")
+	ctx := context.Background()
+	str := func(s string) *string { return &s }
+
+	// An agent connected over the real listener.
+	addr := g.pushAddr
+	pins, _ := tlsconf.ParsePins([]string{g.Identity().Pin()})
+	got := make(chan push.Message, 10)
+	c, err := client.New(client.Config{Servers: []string{addr}, DeviceID: "pc-1", TLS: tlsconf.PinnedClientConfig(pins, "gw"),
+		OnPush: func(m push.Message) { got <- m }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(runCtx) }()
+	defer func() { cancel(); <-done }()
+	waitForDevice := func(id string) {
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			var d push.DeviceStatus
+			if api.Do(ctx, "GET", "/v1/devices/"+id, nil, &d) == nil && d.Connected {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("device %s never showed as connected", id)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitForDevice("pc-1")
+
+	var reply PushReply
+	if err := api.Do(ctx, "POST", "/v1/devices/pc-1/push?wait=10s", PushRequest{Data: str("sync now")}, &reply); err != nil {
+		t.Fatal(err)
+	}
+	if reply.Status != "delivered" || reply.Seq != 1 {
+		t.Errorf("push with wait: %+v, want delivered seq 1", reply)
+	}
+	if m := <-got; string(m.Payload) != "sync now" {
+		t.Errorf("agent got %q", m.Payload)
+	}
+	// Offline device: queued, and visible as such.
+	if err := api.Do(ctx, "POST", "/v1/devices/pc-2/push", PushRequest{DataBase64: str("AAEC"), TTL: "1h"}, &reply); err != nil || reply.Status != "queued" {
+		t.Errorf("push to an offline device: %+v, %v", reply, err)
+	}
+	var d push.DeviceStatus
+	if err := api.Do(ctx, "GET", "/v1/devices/pc-2", nil, &d); err != nil || d.Queued != 1 || d.Connected {
+		t.Errorf("offline device status %+v, %v; want 1 queued", d, err)
+	}
+	// All known devices: pc-1 (connected once) is known.
+	var bulk BulkReply
+	if err := api.Do(ctx, "POST", "/v1/push", PushRequest{Data: str("all"), All: true}, &bulk); err != nil || bulk.Queued != 1 {
+		t.Errorf("push to all: %+v, %v; want 1 queued (pc-1)", bulk, err)
+	}
+	if m := <-got; string(m.Payload) != "all" {
+		t.Errorf("agent got %q from the broadcast", m.Payload)
+	}
+	if err := api.Do(ctx, "POST", "/v1/push", PushRequest{Data: str("x"), Devices: []string{"a", "b"}}, &bulk); err != nil || bulk.Queued != 2 {
+		t.Errorf("push to a list: %+v, %v", bulk, err)
+	}
+
+	var he *admin.HTTPError
+	bad := []struct {
+		name   string
+		path   string
+		body   any
+		status int
+	}{
+		{"payload over max_payload", "/v1/devices/pc-1/push", PushRequest{Data: str(strings.Repeat("x", 65))}, http.StatusRequestEntityTooLarge},
+		{"bad ttl", "/v1/devices/pc-1/push", PushRequest{Data: str("x"), TTL: "soon"}, http.StatusBadRequest},
+		{"both data forms", "/v1/devices/pc-1/push", PushRequest{Data: str("x"), DataBase64: str("eA==")}, http.StatusBadRequest},
+		{"not JSON", "/v1/devices/pc-1/push", []byte("sync"), http.StatusBadRequest},
+		{"no devices", "/v1/push", PushRequest{Data: str("x")}, http.StatusBadRequest},
+	}
+	for _, b := range bad {
+		if err := api.Do(ctx, "POST", b.path, b.body, nil); !errors.As(err, &he) || he.Status != b.status {
+			t.Errorf("%s: got %v, want status %d", b.name, err, b.status)
+		}
+	}
+	if err := api.Do(ctx, "GET", "/v1/devices/nobody", nil, nil); !errors.As(err, &he) || he.Status != http.StatusNotFound {
+		t.Errorf("unknown device: %v, want 404", err)
+	}
+}
