@@ -89,3 +89,28 @@ func anys(s []string) []any {
 	}
 	return out
 }
+
+// WriteTable prints the push report next to the limits it is judged by.
+func (r PushReport) WriteTable(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "figure\tvalue\tlimit / target\n")
+	fmt.Fprintf(tw, "agents connected (%s, %d processes)\t%d in %.1f s\tmanagement server 300; DP push server 50,000\n", r.Transport, r.Procs, r.Agents, r.ConnectSeconds)
+	if r.PerConnBytes > 0 {
+		fmt.Fprintf(tw, "server RSS per connection\t%.1f KiB\t<= 8 KiB\n", r.PerConnBytes/1024)
+	}
+	if l := r.Latency; l != nil {
+		fmt.Fprintf(tw, "publish->receive at %.0f/s: p50 / p99 / max\t%.2f / %.2f / %.1f ms\tp99 <= 5 ms\n", l.Rate, l.P50ms, l.P99ms, l.MaxMs)
+		fmt.Fprintf(tw, "  published / received / refused\t%d / %d / %d\t-\n", l.Published, l.Received, l.Failed)
+	}
+	if b := r.Broadcast; b != nil {
+		fmt.Fprintf(tw, "broadcast to %d: p50 / last\t%.1f / %.1f ms (%d received)\tlast <= 300 ms\n", b.Devices, b.P50ms, b.LastMs, b.Received)
+	}
+	if s := r.Storm; s != nil {
+		fmt.Fprintf(tw, "reconnect storm: all back after\t%.1f s\t-\n", s.BackSeconds)
+		if s.PeakRSS > 0 {
+			fmt.Fprintf(tw, "  server peak RSS\t%.0f MiB\t-\n", float64(s.PeakRSS)/(1<<20))
+		}
+		fmt.Fprintf(tw, "  pushes published / received / lost\t%d / %d / %d\tlost = 0\n", s.Published, s.Received, s.Lost)
+	}
+	tw.Flush()
+}

@@ -413,16 +413,20 @@ func (s *Server) PushMany(devices []string, payload []byte, ttl time.Duration) (
 		return nil, err
 	}
 	s.m.IncrCounter([]string{"push", "queued"}, float32(len(msgs)))
+	type kick struct {
+		ss *session
+		m  Message
+	}
 	s.mu.Lock()
-	var kick []*session
-	for _, d := range devices {
+	var kicks []kick
+	for i, d := range devices {
 		if ss := s.sessions[d]; ss != nil {
-			kick = append(kick, ss)
+			kicks = append(kicks, kick{ss, msgs[i]})
 		}
 	}
 	s.mu.Unlock()
-	for _, ss := range kick {
-		ss.kick()
+	for _, k := range kicks {
+		k.ss.kickWith(k.m)
 	}
 	return msgs, nil
 }

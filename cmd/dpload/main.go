@@ -32,6 +32,9 @@ func commands() []command {
 	return []command{
 		{"proxy", "throughput, latency, connect rate and idle memory through proxies, side by side", runProxy},
 		{"sink", "run the TLS sink the proxy scenarios talk to", runSink},
+		{"push", "connect N agents, then push latency, broadcast and a reconnect storm", runPush},
+		{"agents", "run a fleet of agents (dpload push starts these itself)", runAgents},
+		{"naive-server", "a goroutine-per-connection push server, the memory baseline", runNaive},
 	}
 }
 
@@ -236,5 +239,108 @@ per second, relayed to the sink), idle (RSS growth per open relay).`, stdout)
 		return enc.Encode(rep)
 	}
 	rep.WriteTable(stdout)
+	return nil
+}
+
+func runAgents(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("agents", "--server ADDR --pin PIN --first N --count N", `
+Runs a fleet of agents with the push client library and answers commands
+on standard input (status, hist, storm, quit) with JSON lines. dpload push
+starts these as child processes, so that each stays under the open-file
+limit of one process.`, stdout)
+	server := fs.String("server", "", "push server `ADDR`")
+	pin := fs.String("pin", "", "the server's certificate `PIN`")
+	first := fs.Int("first", 0, "index of the first agent (device ids are agent-N)")
+	count := fs.Int("count", 1000, "number of agents")
+	useQUIC := fs.Bool("quic", false, "connect over QUIC")
+	srcIPs := fs.Int("source-ips", 0, "spread over 127.0.0.2 .. 127.0.0.(1+N); 0: the system's choice")
+	ramp := fs.Float64("ramp", 1000, "new connections per second while starting")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	var ips []net.IP
+	for i := range *srcIPs {
+		ips = append(ips, net.IPv4(127, 0, byte((i+2)/256), byte((i+2)%256)))
+	}
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	f, err := loadtest.StartFleet(fctx, loadtest.FleetConfig{Server: *server, Pin: *pin, QUIC: *useQUIC,
+		Prefix: "agent-", First: *first, Count: *count, SourceIPs: ips, Ramp: *ramp})
+	if err != nil {
+		return err
+	}
+	f.Serve(os.Stdin, stdout)
+	return nil
+}
+
+func runPush(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("push", "--server ADDR --admin URL --pin PIN [flags]", `
+Connects --agents agents to a gateway's push server (spread over child
+processes and loopback source addresses), then runs the scenarios:
+memory (server RSS per connection, needs --pid), latency (pushes to
+random devices through the admin API at --rate for --duration, each
+stamped with its send time), broadcast (one push to all), storm (every
+agent drops its connection at once and reconnects; pushes published
+meanwhile are counted).`, stdout)
+	cfg := loadtest.PushBenchConfig{}
+	fs.StringVar(&cfg.Server, "server", "", "push server `ADDR`")
+	fs.StringVar(&cfg.Admin, "admin", "http://127.0.0.1:13290", "admin API base `URL`")
+	fs.StringVar(&cfg.Pin, "pin", "", "the gateway's certificate `PIN`")
+	fs.IntVar(&cfg.PID, "pid", 0, "the server's process id, for memory figures")
+	fs.BoolVar(&cfg.QUIC, "quic", false, "agents connect over QUIC")
+	fs.IntVar(&cfg.Agents, "agents", 1000, "number of agents")
+	fs.IntVar(&cfg.Procs, "procs", 0, "agent processes (0: one per 9,000 agents)")
+	fs.IntVar(&cfg.SourceIPs, "source-ips", 8, "loopback source addresses to spread agents over")
+	fs.Float64Var(&cfg.Rate, "rate", 1000, "pushes per second in the latency scenario")
+	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "length of the latency scenario")
+	scen := fs.String("scenarios", "memory,latency,broadcast,storm", "comma-separated scenarios")
+	jsonOut := fs.Bool("json", false, "print the report as JSON")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if cfg.Server == "" || cfg.Pin == "" {
+		return usageError{errors.New("push: --server and --pin are required")}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cfg.Self = self
+	cfg.Scenarios = strings.Split(*scen, ",")
+	cfg.Progress = func(format string, a ...any) { fmt.Fprintf(stderr, "dpload: "+format+"\n", a...) }
+	rep, err := loadtest.RunPushBench(ctx, cfg)
+	if *jsonOut || err != nil {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(rep)
+		return err
+	}
+	rep.WriteTable(stdout)
+	return nil
+}
+
+func runNaive(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("naive-server", "--cert FILE [--listen ADDR]", `
+A goroutine-per-connection crypto/tls push server with 4 KiB bufio
+buffers per connection: the baseline dpgate's memory per connection is
+compared against. Prints "naive listening ADDR pin PIN".`, stdout)
+	listen := fs.String("listen", "127.0.0.1:0", "listen `ADDR`")
+	cert := fs.String("cert", "", "PEM `FILE` with certificate and key (required)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	id, err := tlsconf.LoadIdentity(*cert, "")
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "naive listening %s pin %s\n", ln.Addr(), id.Pin())
+	go func() { <-ctx.Done(); ln.Close() }() // ends with the signal context
+	if err := (loadtest.NaivePushServer{TLS: tlsconf.ServerConfig(id, nil)}).Serve(ln); ctx.Err() == nil {
+		return err
+	}
 	return nil
 }

@@ -57,6 +57,11 @@ func Open(dir string, opts Options) (*DB, error) {
 		}
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
+	// Batch gathers concurrent writes for at most 2 ms (bbolt's default is
+	// 10 ms): commits are serialized behind their fsync anyway, so under
+	// load batches fill while the previous commit syncs, and a lone write
+	// should not wait 10 ms for company.
+	b.MaxBatchDelay = 2 * time.Millisecond
 	return &DB{bolt: b}, nil
 }
 

@@ -40,6 +40,9 @@ type Config struct {
 	Token     string
 	MAC       net.HardwareAddr // reported for Wake-on-LAN
 	LocalAddr netip.Addr       // reported for wake-up datagrams
+	// SourceIP binds outgoing connections to this local address (load
+	// tests spread over 127.0.0.0/8 with it). Default: the system's choice.
+	SourceIP net.IP
 	// MinBackoff and MaxBackoff bound the reconnect delay, which doubles
 	// per failure with full jitter. Defaults: 500ms, 30s.
 	MinBackoff, MaxBackoff time.Duration
@@ -227,7 +230,11 @@ func (c *Client) dial(ctx context.Context, addr string) (*conn, error) {
 	cfg := c.cfg.TLS.Clone()
 	cfg.NextProtos = []string{push.ALPN}
 	if !c.cfg.QUIC {
-		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second, KeepAlive: -1}, Config: cfg}
+		nd := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: -1}
+		if c.cfg.SourceIP != nil {
+			nd.LocalAddr = &net.TCPAddr{IP: c.cfg.SourceIP}
+		}
+		d := tls.Dialer{NetDialer: nd, Config: cfg}
 		nc, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			return nil, err
@@ -238,7 +245,7 @@ func (c *Client) dial(ctx context.Context, addr string) (*conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	pc, err := net.ListenUDP("udp", nil)
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: c.cfg.SourceIP})
 	if err != nil {
 		return nil, err
 	}
@@ -418,6 +425,17 @@ func (c *Client) Migrate(ctx context.Context) error {
 	// The old socket stays open briefly for packets in flight.
 	time.AfterFunc(5*time.Second, func() { old.Close() })
 	return nil
+}
+
+// Reconnect drops the current connection; Run connects again after its
+// usual backoff, as after a network failure.
+func (c *Client) Reconnect() {
+	c.mu.Lock()
+	k := c.current
+	c.mu.Unlock()
+	if k != nil {
+		k.close()
+	}
 }
 
 // LocalAddr is the local address of the current connection, if any.
