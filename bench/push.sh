@@ -8,11 +8,14 @@
 #
 #   bash bench/push.sh                       # 19,000 agents, 5,000 pushes/s
 #   AGENTS=2000 RATE=1000 bash bench/push.sh # quick look
+#   PHASES=quic bash bench/push.sh           # one phase: naive, tls, quic
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AGENTS=${AGENTS:-19000}
 RATE=${RATE:-5000}
 DURATION=${DURATION:-10s}
+PHASES=${PHASES:-naive,tls,quic}
+has() { [[ ",$PHASES," == *",$1,"* ]]; }
 ulimit -n 20000
 
 work=$(mktemp -d)
@@ -45,6 +48,7 @@ CFG
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(go version | cut -d' ' -f3)"
 
+if has naive; then
 echo "== naive goroutine-per-connection crypto/tls server, $AGENTS TLS agents"
 "$work/dpload" naive-server --cert "$work/gateway.pem" --listen "$NAIVE" > "$work/naive.out" &
 naive_pid=$!
@@ -52,14 +56,19 @@ pids+=($naive_pid)
 sleep 0.5
 "$work/dpload" push --server "$NAIVE" --pin "$pin" --pid "$naive_pid" --agents "$AGENTS" --scenarios memory
 kill "$naive_pid"
+fi
 
+if has tls; then
 echo "== dpgate, $AGENTS TLS agents"
 start_dpgate tls
 "$work/dpload" push --server "$PUSH" --admin "http://$ADMIN" --pin "$pin" --pid "$server_pid" \
   --agents "$AGENTS" --rate "$RATE" --duration "$DURATION" --scenarios memory,latency,broadcast,storm
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+fi
 
+if has quic; then
 echo "== dpgate, $AGENTS QUIC agents"
 start_dpgate quic
 "$work/dpload" push --quic --server "$PUSH" --admin "http://$ADMIN" --pin "$pin" --pid "$server_pid" \
   --agents "$AGENTS" --rate "$RATE" --duration "$DURATION" --scenarios memory,latency,broadcast
+fi

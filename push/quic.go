@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"net"
-	"time"
 
 	"github.com/quic-go/quic-go"
 )
@@ -74,6 +73,3 @@ func (s *Server) ServeQUIC(pc net.PacketConn) error {
 		}()
 	}
 }
-
-// quicIdle is the QUIC idle timeout a client should use for keepalive k.
-func quicIdle(k time.Duration) time.Duration { return 3 * k }

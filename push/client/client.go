@@ -250,7 +250,15 @@ func (c *Client) dial(ctx context.Context, addr string) (*conn, error) {
 		return nil, err
 	}
 	tr := &quic.Transport{Conn: pc}
-	qc, err := tr.Dial(ctx, udp, cfg, &quic.Config{HandshakeIdleTimeout: 10 * time.Second})
+	qc, err := tr.Dial(ctx, udp, cfg, &quic.Config{
+		HandshakeIdleTimeout: 10 * time.Second,
+		// QUIC's own keep-alive (a PING frame, no stream data) every 10 s
+		// keeps NAT bindings and the idle timer fresh between the
+		// protocol's PINGs; quic-go's default idle timeout of 30 s would
+		// race the default 30 s keepalive.
+		KeepAlivePeriod: 10 * time.Second,
+		MaxIdleTimeout:  60 * time.Second,
+	})
 	if err != nil {
 		tr.Close()
 		pc.Close()
