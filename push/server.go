@@ -311,10 +311,6 @@ func (s *Server) startSession(c conn, transport string, remote, local net.Addr, 
 		abort(CodeAuth, err.Error())
 		return
 	}
-	if s.isDraining() {
-		abort(CodeShutdown, "server is shutting down")
-		return
-	}
 	ss := &session{srv: s, c: c, device: h.DeviceID, transport: transport, remote: remote, since: time.Now(), id: newSessionID()}
 	ss.lastSeen.Store(ss.since.UnixNano())
 	nodes := []string{local.String()}
@@ -322,14 +318,52 @@ func (s *Server) startSession(c conn, transport string, remote, local net.Addr, 
 		nodes = s.cfg.Nodes()
 	}
 	welcome := &Welcome{Version: Version, Session: ss.id, Keepalive: uint16(s.cfg.Keepalive / time.Second), Nodes: nodes}
-	if err := ss.send(welcome.Marshal()); err != nil {
+	// The session enters the map under the same lock Shutdown takes to set
+	// draining and list sessions, so no session is missed by the DRAIN;
+	// its write lock is held until WELCOME is out, so nothing (a DRAIN, a
+	// PUSH) can overtake the WELCOME.
+	ss.wmu.Lock()
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		ss.wmu.Unlock()
+		abort(CodeShutdown, "server is shutting down")
+		return
+	}
+	old := s.sessions[ss.device]
+	s.sessions[ss.device] = ss
+	s.raw[c] = struct{}{}
+	s.mu.Unlock()
+	c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+	_, err = c.Write(welcome.Marshal())
+	ss.wmu.Unlock()
+	if err != nil {
+		s.unregister(ss)
 		c.Close()
 		s.conns.Add(-1)
 		return
 	}
-	s.register(ss, &h)
+	if old != nil {
+		old.send((&ErrorFrame{Code: CodeReplaced, Reason: "the device connected again"}).Marshal())
+		old.close()
+	}
+	if err := s.reg.Seen(ss.device, ss.remote, &h, ss.since); err != nil {
+		s.log.Error("push: device registry", "device", ss.device, "err", err)
+	}
+	s.m.IncrCounterWithLabels([]string{"push", "sessions", "started"}, 1, []metrics.Label{{Name: "transport", Value: ss.transport}})
+	ss.kick() // everything still queued, from the first message
 	s.wg.Add(1)
 	go s.runSession(ss) // ends when the agent goes
+}
+
+// unregister removes a session from the maps if it is still the current one.
+func (s *Server) unregister(ss *session) {
+	s.mu.Lock()
+	if s.sessions[ss.device] == ss {
+		delete(s.sessions, ss.device)
+	}
+	delete(s.raw, ss.c)
+	s.mu.Unlock()
 }
 
 // authenticate checks HELLO's device id against the certificate or token.
@@ -354,33 +388,11 @@ func (s *Server) authenticate(h *Hello, peer *x509.Certificate) error {
 	return nil
 }
 
-func (s *Server) register(ss *session, h *Hello) {
-	s.mu.Lock()
-	old := s.sessions[ss.device]
-	s.sessions[ss.device] = ss
-	s.raw[ss.c] = struct{}{}
-	s.mu.Unlock()
-	if old != nil {
-		old.send((&ErrorFrame{Code: CodeReplaced, Reason: "the device connected again"}).Marshal())
-		old.close()
-	}
-	if err := s.reg.Seen(ss.device, ss.remote, h, ss.since); err != nil {
-		s.log.Error("push: device registry", "device", ss.device, "err", err)
-	}
-	s.m.IncrCounterWithLabels([]string{"push", "sessions", "started"}, 1, []metrics.Label{{Name: "transport", Value: ss.transport}})
-	ss.kick() // everything still queued, from the first message
-}
-
 func (s *Server) runSession(ss *session) {
 	defer s.wg.Done()
 	err := ss.readLoop()
 	ss.close()
-	s.mu.Lock()
-	if s.sessions[ss.device] == ss {
-		delete(s.sessions, ss.device)
-	}
-	delete(s.raw, ss.c)
-	s.mu.Unlock()
+	s.unregister(ss)
 	s.conns.Add(-1)
 	s.reg.Seen(ss.device, ss.remote, nil, time.Now())
 	if err != nil && !errors.Is(err, net.ErrClosed) {

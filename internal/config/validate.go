@@ -56,8 +56,8 @@ func (c *Config) Validate() error {
 	if u.MaxConnections < 0 {
 		return c.errAt("push.max_connections", "must not be negative")
 	}
-	if u.MaxPayload > 1<<20 {
-		return c.errAt("push.max_payload", "%d bytes is above the 1MiB frame limit", u.MaxPayload)
+	if u.MaxPayload > 60<<10 {
+		return c.errAt("push.max_payload", "%d bytes is above 60KiB (a push frame is at most 64KiB)", u.MaxPayload)
 	}
 
 	w := c.Wake

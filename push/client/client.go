@@ -200,12 +200,20 @@ func (c *Client) event(e Event) {
 
 // conn is one connection to a server.
 type conn struct {
-	rw        io.ReadWriteCloser
-	setRead   func(time.Time) error
-	setWrite  func(time.Time) error
-	qc        *quic.Conn // QUIC only
-	transport *quic.Transport
-	wmu       sync.Mutex
+	rw       io.ReadWriteCloser
+	setRead  func(time.Time) error
+	setWrite func(time.Time) error
+	qc       *quic.Conn // QUIC only
+	wmu      sync.Mutex
+
+	tmu       sync.Mutex      // guards transport, which Migrate replaces
+	transport *quic.Transport // QUIC only
+}
+
+func (k *conn) getTransport() *quic.Transport {
+	k.tmu.Lock()
+	defer k.tmu.Unlock()
+	return k.transport
 }
 
 func (k *conn) send(frame []byte) error {
@@ -221,8 +229,8 @@ func (k *conn) close() {
 	if k.qc != nil {
 		k.qc.CloseWithError(0, "")
 	}
-	if k.transport != nil {
-		k.transport.Close()
+	if tr := k.getTransport(); tr != nil {
+		tr.Close()
 	}
 }
 
@@ -426,10 +434,10 @@ func (c *Client) Migrate(ctx context.Context) error {
 		tr.Close()
 		return err
 	}
-	c.mu.Lock()
+	k.tmu.Lock()
 	old := k.transport
 	k.transport = tr
-	c.mu.Unlock()
+	k.tmu.Unlock()
 	// The old socket stays open briefly for packets in flight.
 	time.AfterFunc(5*time.Second, func() { old.Close() })
 	return nil
@@ -453,8 +461,8 @@ func (c *Client) LocalAddr() net.Addr {
 	if c.current == nil {
 		return nil
 	}
-	if c.current.transport != nil {
-		return c.current.transport.Conn.LocalAddr() // follows migrations
+	if tr := c.current.getTransport(); tr != nil {
+		return tr.Conn.LocalAddr() // follows migrations
 	}
 	if nc, ok := c.current.rw.(net.Conn); ok {
 		return nc.LocalAddr()
