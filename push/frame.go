@@ -53,6 +53,10 @@ var ErrFrame = errors.New("push: malformed frame")
 // Capability bits of HELLO.
 const (
 	CapWake uint16 = 1 << 0 // the agent handles WAKE frames (issue 6)
+	// CapRedirected: the agent comes from a REDIRECT. The server accepts
+	// it rather than redirecting again, so balancing decisions do not
+	// cascade between nodes whose views of the load lag each other.
+	CapRedirected uint16 = 1 << 1
 )
 
 // Hello is the agent's first frame.

@@ -65,6 +65,11 @@ type Config struct {
 	// Nodes lists push addresses for WELCOME (failover order). Default:
 	// the address the agent connected to.
 	Nodes func() []string
+	// Redirect, when set, is asked for every new session with the count of
+	// sessions held here and whether the agent already comes from a
+	// REDIRECT; if it names another node the agent gets REDIRECT there
+	// instead of WELCOME (the cluster's least-busy rule).
+	Redirect func(sessions int, redirected bool) (addr string, ok bool)
 	// ClassicKeyExchange leaves out the post-quantum hybrid group.
 	ClassicKeyExchange bool
 
@@ -310,6 +315,16 @@ func (s *Server) startSession(c conn, transport string, remote, local net.Addr, 
 		s.m.IncrCounterWithLabels([]string{"push", "auth_failed"}, 1, []metrics.Label{{Name: "reason", Value: "hello"}})
 		abort(CodeAuth, err.Error())
 		return
+	}
+	if s.cfg.Redirect != nil {
+		if addr, ok := s.cfg.Redirect(s.Sessions(), h.Caps&CapRedirected != 0); ok {
+			c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+			c.Write((&Redirect{Reason: 2, Address: addr}).Marshal())
+			c.Close()
+			s.conns.Add(-1)
+			s.m.IncrCounter([]string{"push", "redirected"}, 1)
+			return
+		}
 	}
 	ss := &session{srv: s, c: c, device: h.DeviceID, transport: transport, remote: remote, since: time.Now(), id: newSessionID()}
 	ss.lastSeen.Store(ss.since.UnixNano())

@@ -121,8 +121,9 @@ func (c *Client) Run(ctx context.Context) error {
 			list := c.candidates()
 			addr = list[i%len(list)]
 		}
+		redirected := next != ""
 		next = ""
-		out := c.session(ctx, addr)
+		out := c.session(ctx, addr, redirected)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -283,7 +284,7 @@ func (c *Client) dial(ctx context.Context, addr string) (*conn, error) {
 }
 
 // session runs one connection from dial to its end.
-func (c *Client) session(ctx context.Context, addr string) outcome {
+func (c *Client) session(ctx context.Context, addr string, redirected bool) outcome {
 	k, err := c.dial(ctx, addr)
 	if err != nil {
 		return outcome{err: fmt.Errorf("dial %s: %w", addr, err)}
@@ -295,6 +296,9 @@ func (c *Client) session(ctx context.Context, addr string) outcome {
 
 	hello := push.Hello{MinVersion: push.Version, MaxVersion: push.Version, DeviceID: c.cfg.DeviceID,
 		MAC: c.cfg.MAC, LocalAddr: c.cfg.LocalAddr, Token: c.cfg.Token, LastAck: 0}
+	if redirected {
+		hello.Caps |= push.CapRedirected
+	}
 	if err := k.send(hello.Marshal()); err != nil {
 		return outcome{err: err}
 	}

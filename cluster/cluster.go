@@ -1,0 +1,296 @@
+// Package cluster joins dpgate nodes with hashicorp/memberlist: each node
+// gossips its metadata (addresses, live connections, capacity, load),
+// agents are sent to the least busy node (REDIRECT from a node above its
+// fair share), WELCOME lists the push servers in failover order, and an
+// optional DNS server answers for the push service, least loaded first.
+//
+// Pieces: meta.go is the metadata a node advertises; balance.go the
+// least-busy decision; dns.go the DNS answers; this file runs memberlist
+// (encrypted gossip, periodic re-join of the seeds so a long partition
+// heals by itself) and keeps the view of the peers.
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	metrics "github.com/hashicorp/go-metrics"
+	"github.com/hashicorp/memberlist"
+)
+
+// Config configures a node. Zero values mean the defaults in comments.
+type Config struct {
+	Name      string   // node name, unique in the cluster. Required.
+	Bind      string   // gossip host:port (TCP and UDP). Required.
+	Advertise string   // host:port peers use. Default: memberlist's choice.
+	Join      []string // seeds (host:port)
+	// SecretKey encrypts gossip (16, 24 or 32 bytes). Default: none;
+	// config validation requires one off loopback.
+	SecretKey []byte
+	// Meta returns this node's current metadata; called on every gossip
+	// of it. Required.
+	Meta func() Meta
+	// RejoinInterval: the seeds are joined again this often, so a
+	// partition longer than GossipToTheDeadTime heals. Default: 30s.
+	RejoinInterval time.Duration
+	// RefreshInterval: metadata changes are gossiped at most this often.
+	// Default: 1s.
+	RefreshInterval time.Duration
+	// Margin above the fair share before a node redirects new agents.
+	// Default: 0.05 (with gossip lag, a node can end slightly above its
+	// threshold, so the margin must be below the evenness one wants).
+	Margin float64
+	// Tune adjusts memberlist's configuration (tests tighten timings).
+	Tune func(*memberlist.Config)
+
+	Metrics *metrics.Metrics // default metrics.Default()
+	Logger  *slog.Logger     // default slog.Default()
+}
+
+// Member is a live node and what it advertises.
+type Member struct {
+	Name string
+	Addr string // gossip address
+	Meta Meta
+	Self bool
+}
+
+// Cluster is this node's membership.
+type Cluster struct {
+	cfg Config
+	log *slog.Logger
+	m   *metrics.Metrics
+	ml  *memberlist.Memberlist
+
+	mu      sync.Mutex
+	members map[string]Member
+	// redirects and metaAt let load() add the agents redirected to a node
+	// that its gossiped figure cannot include yet, so a burst of new
+	// agents does not all go to the same "least loaded" node before
+	// gossip catches up. Both are local times.
+	redirects map[string][]time.Time
+	metaAt    map[string]time.Time
+	lastSent  Meta // the metadata NodeMeta last handed to memberlist
+
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+// Start creates the memberlist (binding the gossip sockets), joins the
+// seeds, and starts the refresh and re-join loops.
+func Start(cfg Config) (*Cluster, error) {
+	if cfg.Name == "" || cfg.Bind == "" || cfg.Meta == nil {
+		return nil, errors.New("cluster: Name, Bind and Meta are required")
+	}
+	if cfg.RejoinInterval == 0 {
+		cfg.RejoinInterval = 30 * time.Second
+	}
+	if cfg.RefreshInterval == 0 {
+		cfg.RefreshInterval = time.Second
+	}
+	if cfg.Margin == 0 {
+		cfg.Margin = 0.05
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.Default()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	c := &Cluster{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, members: map[string]Member{}, redirects: map[string][]time.Time{}, metaAt: map[string]time.Time{}, done: make(chan struct{})}
+
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.Name
+	host, port, err := net.SplitHostPort(cfg.Bind)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: bind %q: %w", cfg.Bind, err)
+	}
+	mc.BindAddr = host
+	if mc.BindAddr == "" {
+		mc.BindAddr = "0.0.0.0"
+	}
+	if mc.BindPort, err = strconv.Atoi(port); err != nil {
+		return nil, fmt.Errorf("cluster: bind port %q: %w", port, err)
+	}
+	mc.AdvertisePort = mc.BindPort
+	if cfg.Advertise != "" {
+		ah, ap, err := net.SplitHostPort(cfg.Advertise)
+		if err != nil {
+			return nil, fmt.Errorf("cluster: advertise %q: %w", cfg.Advertise, err)
+		}
+		mc.AdvertiseAddr = ah
+		if mc.AdvertisePort, err = strconv.Atoi(ap); err != nil {
+			return nil, fmt.Errorf("cluster: advertise port %q: %w", ap, err)
+		}
+	}
+	// A LAN of branch servers: detect a dead node within a few seconds.
+	mc.ProbeInterval = 500 * time.Millisecond
+	mc.ProbeTimeout = 250 * time.Millisecond
+	mc.SuspicionMult = 3
+	mc.GossipInterval = 100 * time.Millisecond
+	mc.PushPullInterval = 15 * time.Second
+	// A node restarted with a new address may take its name back soon.
+	mc.DeadNodeReclaimTime = 10 * time.Second
+	if len(cfg.SecretKey) > 0 {
+		kr, err := memberlist.NewKeyring(nil, cfg.SecretKey)
+		if err != nil {
+			return nil, fmt.Errorf("cluster: secret key: %w", err)
+		}
+		mc.Keyring = kr
+	}
+	mc.Delegate = delegate{c}
+	mc.Events = events{c}
+	mc.Logger = log.New(slogWriter{c.log}, "", 0)
+	if cfg.Tune != nil {
+		cfg.Tune(mc)
+	}
+	if c.ml, err = memberlist.Create(mc); err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	if len(cfg.Join) > 0 {
+		if n, err := c.ml.Join(cfg.Join); err != nil {
+			c.log.Warn("cluster: no seed answered yet; will retry", "seeds", cfg.Join, "err", err)
+		} else {
+			c.log.Info("cluster: joined", "contacted", n)
+		}
+	}
+	c.wg.Add(1)
+	go c.loop() // exits when done is closed
+	return c, nil
+}
+
+// loop gossips metadata changes and re-joins the seeds periodically.
+func (c *Cluster) loop() {
+	defer c.wg.Done()
+	refresh := time.NewTicker(c.cfg.RefreshInterval)
+	defer refresh.Stop()
+	rejoin := time.NewTicker(c.cfg.RejoinInterval)
+	defer rejoin.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-refresh.C:
+			// Compare with what was last gossiped (NodeMeta records it), not
+			// with an earlier reading: a change made before this loop first
+			// ran must still go out.
+			c.mu.Lock()
+			stale := c.cfg.Meta() != c.lastSent
+			c.mu.Unlock()
+			if stale {
+				if err := c.ml.UpdateNode(time.Second); err != nil {
+					c.log.Debug("cluster: metadata update", "err", err)
+				}
+			}
+			c.m.SetGauge([]string{"cluster", "members"}, float32(c.ml.NumMembers()))
+			c.m.SetGauge([]string{"cluster", "health_score"}, float32(c.ml.GetHealthScore()))
+		case <-rejoin.C:
+			if len(c.cfg.Join) > 0 {
+				c.ml.Join(c.cfg.Join) // heals partitions; joining known nodes is harmless
+			}
+		}
+	}
+}
+
+// Members returns the live nodes, this one included, by name.
+func (c *Cluster) Members() []Member {
+	c.mu.Lock()
+	out := make([]Member, 0, len(c.members))
+	for _, m := range c.members {
+		out = append(out, m)
+	}
+	c.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Leave announces departure and stops. Peers see a leave, not a failure.
+func (c *Cluster) Leave(timeout time.Duration) error {
+	err := c.ml.Leave(timeout)
+	return errors.Join(err, c.Shutdown())
+}
+
+// Shutdown stops gossiping at once (peers will see a failure).
+func (c *Cluster) Shutdown() error {
+	select {
+	case <-c.done:
+		return nil
+	default:
+		close(c.done)
+	}
+	c.wg.Wait()
+	return c.ml.Shutdown()
+}
+
+func (c *Cluster) set(n *memberlist.Node) {
+	meta, err := decodeMeta(n.Meta)
+	if err != nil {
+		c.log.Warn("cluster: bad metadata from a node", "node", n.Name, "err", err)
+		return
+	}
+	c.mu.Lock()
+	c.members[n.Name] = Member{Name: n.Name, Addr: n.Address(), Meta: meta, Self: n.Name == c.cfg.Name}
+	c.metaAt[n.Name] = time.Now()
+	c.mu.Unlock()
+}
+
+type events struct{ c *Cluster }
+
+func (e events) NotifyJoin(n *memberlist.Node) {
+	e.c.set(n)
+	e.c.log.Info("cluster: node joined", "node", n.Name, "addr", n.Address())
+}
+
+func (e events) NotifyUpdate(n *memberlist.Node) { e.c.set(n) }
+
+func (e events) NotifyLeave(n *memberlist.Node) {
+	e.c.mu.Lock()
+	delete(e.c.members, n.Name)
+	delete(e.c.redirects, n.Name)
+	delete(e.c.metaAt, n.Name)
+	e.c.mu.Unlock()
+	e.c.log.Warn("cluster: node left or failed", "node", n.Name, "addr", n.Address())
+	e.c.m.IncrCounter([]string{"cluster", "node_left"}, 1)
+}
+
+type delegate struct{ c *Cluster }
+
+func (d delegate) NodeMeta(limit int) []byte {
+	m := d.c.cfg.Meta()
+	d.c.mu.Lock()
+	d.c.lastSent = m
+	d.c.mu.Unlock()
+	b := encodeMeta(m)
+	if len(b) > limit {
+		d.c.log.Error("cluster: metadata exceeds the limit; sending none", "bytes", len(b), "limit", limit)
+		return nil
+	}
+	return b
+}
+
+// Replicated state (the allow-list) is not gossiped yet.
+func (delegate) NotifyMsg([]byte)                           {}
+func (delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (delegate) LocalState(join bool) []byte                { return nil }
+func (delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// slogWriter sends memberlist's log lines to slog at debug level; its
+// warnings about suspected and dead nodes come back through the events.
+type slogWriter struct{ l *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.l.Debug("memberlist", "line", string(p[:max(0, len(p)-1)]))
+	return len(p), nil
+}
+
+var _ io.Writer = slogWriter{}
+var _ memberlist.Delegate = delegate{}
+var _ memberlist.EventDelegate = events{}

@@ -1,0 +1,128 @@
+package cluster
+
+import (
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/miekg/dns"
+)
+
+// DNS answers for the push service under a domain (cluster.dns.domain):
+//
+//	push.<domain>               A/AAAA  push addresses, least loaded first
+//	_dpgate-push._tcp.<domain>  SRV     one per node, weight by spare capacity
+//	<node>.node.<domain>        A/AAAA  one node
+//
+// TTLs are 5 seconds: the answer follows the load. Names outside the
+// domain are refused; unknown names in it get NXDOMAIN.
+type DNS struct {
+	c      *Cluster
+	domain string
+	TTL    uint32
+}
+
+// NewDNS serves the cluster's view; it does not listen.
+func NewDNS(c *Cluster, domain string) *DNS {
+	return &DNS{c: c, domain: dns.Fqdn(strings.ToLower(domain)), TTL: 5}
+}
+
+// ServeUDP answers on pc until it is closed.
+func (d *DNS) ServeUDP(pc net.PacketConn) error {
+	return (&dns.Server{PacketConn: pc, Handler: d}).ActivateAndServe()
+}
+
+// ServeTCP answers on ln until it is closed.
+func (d *DNS) ServeTCP(ln net.Listener) error {
+	return (&dns.Server{Listener: ln, Handler: d}).ActivateAndServe()
+}
+
+// ServeDNS implements dns.Handler.
+func (d *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	resp := new(dns.Msg)
+	resp.SetReply(req)
+	resp.Authoritative = true
+	if len(req.Question) != 1 {
+		resp.Rcode = dns.RcodeFormatError
+		w.WriteMsg(resp)
+		return
+	}
+	q := req.Question[0]
+	name := strings.ToLower(q.Name)
+	if !dns.IsSubDomain(d.domain, name) {
+		resp.Rcode = dns.RcodeRefused
+		w.WriteMsg(resp)
+		return
+	}
+	members := d.c.pushable() // least loaded first
+	found := false
+	switch {
+	case name == "push."+d.domain:
+		found = true
+		for _, m := range members {
+			resp.Answer = append(resp.Answer, d.addr(name, q.Qtype, m)...)
+		}
+	case name == "_dpgate-push._tcp."+d.domain:
+		found = true
+		if q.Qtype == dns.TypeSRV || q.Qtype == dns.TypeANY {
+			for _, m := range members {
+				_, port, _ := net.SplitHostPort(m.Meta.Push)
+				p, _ := strconv.Atoi(port)
+				target := dns.Fqdn(m.Name + ".node." + d.domain)
+				resp.Answer = append(resp.Answer, &dns.SRV{
+					Hdr:      dns.RR_Header{Name: name, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: d.TTL},
+					Priority: 10,
+					Weight:   uint16(min(65535, max(1, m.Meta.Spare()))),
+					Port:     uint16(p),
+					Target:   target,
+				})
+				resp.Extra = append(resp.Extra, d.addr(target, dns.TypeA, m)...)
+				resp.Extra = append(resp.Extra, d.addr(target, dns.TypeAAAA, m)...)
+			}
+		}
+	case strings.HasSuffix(name, ".node."+d.domain):
+		node := strings.TrimSuffix(name, ".node."+d.domain)
+		for _, m := range members {
+			if strings.EqualFold(m.Name, node) {
+				found = true
+				resp.Answer = append(resp.Answer, d.addr(name, q.Qtype, m)...)
+			}
+		}
+	}
+	if !found {
+		resp.Rcode = dns.RcodeNameError
+		resp.Ns = append(resp.Ns, d.soa())
+	}
+	w.WriteMsg(resp)
+}
+
+// addr is the A or AAAA record of a member's push address, if it has one
+// of that family.
+func (d *DNS) addr(name string, qtype uint16, m Member) []dns.RR {
+	host, _, err := net.SplitHostPort(m.Meta.Push)
+	if err != nil {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil {
+		return nil
+	}
+	hdr := dns.RR_Header{Name: name, Class: dns.ClassINET, Ttl: d.TTL}
+	if v4 := ip.To4(); v4 != nil && (qtype == dns.TypeA || qtype == dns.TypeANY) {
+		hdr.Rrtype = dns.TypeA
+		return []dns.RR{&dns.A{Hdr: hdr, A: v4}}
+	}
+	if ip.To4() == nil && (qtype == dns.TypeAAAA || qtype == dns.TypeANY) {
+		hdr.Rrtype = dns.TypeAAAA
+		return []dns.RR{&dns.AAAA{Hdr: hdr, AAAA: ip}}
+	}
+	return nil
+}
+
+func (d *DNS) soa() dns.RR {
+	return &dns.SOA{
+		Hdr: dns.RR_Header{Name: d.domain, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: d.TTL},
+		Ns:  "ns." + d.domain, Mbox: "hostmaster." + d.domain,
+		Serial: 1, Refresh: 60, Retry: 10, Expire: 600, Minttl: d.TTL,
+	}
+}
