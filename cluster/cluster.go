@@ -213,7 +213,14 @@ func (c *Cluster) Members() []Member {
 }
 
 // Leave announces departure and stops. Peers see a leave, not a failure.
+// Like Shutdown it may be called again (memberlist itself panics on a
+// Leave after Shutdown).
 func (c *Cluster) Leave(timeout time.Duration) error {
+	select {
+	case <-c.done:
+		return nil
+	default:
+	}
 	err := c.ml.Leave(timeout)
 	return errors.Join(err, c.Shutdown())
 }

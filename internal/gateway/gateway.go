@@ -14,8 +14,10 @@ import (
 	"os"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/dpgate/dpgate/cluster"
 	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/config"
 	"github.com/dpgate/dpgate/internal/store"
@@ -38,11 +40,16 @@ type Gateway struct {
 	push    *push.Server // nil when push.listen is off
 	started time.Time
 
-	udp      net.PacketConn // push QUIC socket, closed after the push server
-	pushAddr string         // where the push server listens (TCP)
-	wg       sync.WaitGroup
-	errc     chan error // first fatal serve error; buffered
-	close    sync.Once
+	udp       net.PacketConn // push QUIC socket, closed after the push server
+	pushAddr  string         // where the push server listens (TCP)
+	adminAddr string
+	cluster   atomic.Pointer[cluster.Cluster] // nil until Start, or without cluster.bind
+	draining  atomic.Bool
+	dns       []func() // close functions of the DNS listeners
+	dnsAddr   string
+	wg        sync.WaitGroup
+	errc      chan error // first fatal serve error; buffered
+	close     sync.Once
 }
 
 // Options are what New needs besides the configuration.
@@ -140,6 +147,8 @@ type Listeners struct {
 	Proxy   net.Listener   // nil: proxy off (no upstream)
 	Push    net.Listener   // nil: push off
 	PushUDP net.PacketConn // nil: push over QUIC off
+	DNSUDP  net.PacketConn // nil: DNS off
+	DNSTCP  net.Listener
 }
 
 // Listen opens the listeners the configuration asks for.
@@ -177,28 +186,45 @@ func Listen(cfg *config.Config) (Listeners, error) {
 			ls.PushUDP = pc
 		}
 	}
+	if cfg.Cluster.DNS.Listen != "" {
+		pc, err := net.ListenPacket("udp", cfg.Cluster.DNS.Listen)
+		if err != nil {
+			ls.Close()
+			return ls, fmt.Errorf("gateway: cluster.dns.listen (UDP): %w", err)
+		}
+		ls.DNSUDP = pc
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err != nil {
+			ls.Close()
+			return ls, fmt.Errorf("gateway: cluster.dns.listen (TCP): %w", err)
+		}
+		ls.DNSTCP = ln
+	}
 	return ls, nil
 }
 
 // Close closes every listener that is open.
 func (ls Listeners) Close() {
-	for _, ln := range []net.Listener{ls.Admin, ls.Proxy, ls.Push} {
+	for _, ln := range []net.Listener{ls.Admin, ls.Proxy, ls.Push, ls.DNSTCP} {
 		if ln != nil {
 			ln.Close()
 		}
 	}
-	if ls.PushUDP != nil {
-		ls.PushUDP.Close()
+	for _, pc := range []net.PacketConn{ls.PushUDP, ls.DNSUDP} {
+		if pc != nil {
+			pc.Close()
+		}
 	}
 }
 
-// Start serves on the listeners in the background. A fatal serve error is
-// reported on Done.
+// Start serves on the listeners in the background and joins the cluster.
+// A fatal serve error is reported on Done.
 func (g *Gateway) Start(ls Listeners) {
 	g.started = time.Now()
 	g.log.Info("dpgate starting", "node", g.cfg.Node.Name, "version", Version().Version,
 		"data_dir", g.cfg.Node.DataDir, "pin", g.id.Pin(), "agent_certs", g.allow.Len())
 	if ls.Admin != nil {
+		g.adminAddr = ls.Admin.Addr().String()
 		g.log.Info("admin API listening", "addr", ls.Admin.Addr().String())
 		g.goServe("admin", func() error { return g.admin.Serve(ls.Admin) })
 	}
@@ -220,6 +246,21 @@ func (g *Gateway) Start(ls Listeners) {
 			g.goServe("push (QUIC)", func() error { return g.push.ServeQUIC(ls.PushUDP) })
 			g.udp = ls.PushUDP
 		}
+	}
+	if err := g.startCluster(); err != nil {
+		select {
+		case g.errc <- err:
+		default:
+		}
+		return
+	}
+	if c := g.cluster.Load(); c != nil && ls.DNSUDP != nil {
+		d := cluster.NewDNS(c, g.cfg.Cluster.DNS.Domain)
+		g.dnsAddr = ls.DNSUDP.LocalAddr().String()
+		g.log.Info("DNS listening", "addr", g.dnsAddr, "domain", g.cfg.Cluster.DNS.Domain)
+		g.goServe("dns (UDP)", func() error { d.ServeUDP(ls.DNSUDP); return nil })
+		g.goServe("dns (TCP)", func() error { d.ServeTCP(ls.DNSTCP); return nil })
+		g.dns = append(g.dns, func() { ls.DNSUDP.Close() }, func() { ls.DNSTCP.Close() })
 	}
 }
 
@@ -266,6 +307,9 @@ func (g *Gateway) Reload() error {
 // store. The admin API goes last so /healthz answers during the drain.
 func (g *Gateway) Shutdown(ctx context.Context) error {
 	var errs []error
+	// Peers stop sending agents here once they see the flag (gossiped
+	// within a second); the cluster itself is left after the drain.
+	g.draining.Store(true)
 	if g.push != nil {
 		// Agents are told to reconnect elsewhere, spread over a few seconds
 		// so the other nodes do not get them all at once.
@@ -282,6 +326,12 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("proxy drain: %w", err))
 		}
 	}
+	if err := g.leaveCluster(); err != nil {
+		errs = append(errs, fmt.Errorf("cluster leave: %w", err))
+	}
+	for _, f := range g.dns {
+		f()
+	}
 	if err := g.admin.Shutdown(ctx); err != nil {
 		g.admin.Close()
 		errs = append(errs, fmt.Errorf("admin: %w", err))
@@ -292,6 +342,12 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 
 // Close stops everything at once. It is idempotent.
 func (g *Gateway) Close() error {
+	if c := g.cluster.Load(); c != nil {
+		c.Shutdown()
+	}
+	for _, f := range g.dns {
+		f()
+	}
 	if g.push != nil {
 		g.push.Close()
 	}
@@ -333,6 +389,8 @@ type Status struct {
 	Proxy *proxy.Status `json:"proxy"`
 	// Push is null while the push server is off.
 	Push *PushStatus `json:"push"`
+	// Cluster lists the live nodes; null without cluster.bind.
+	Cluster []ClusterMember `json:"cluster"`
 }
 
 // PushStatus is the push server's part of /v1/status.
@@ -354,6 +412,7 @@ func (g *Gateway) status() Status {
 		us = &PushStatus{Sessions: g.push.Sessions(), Devices: len(g.push.KnownDevices()), Expired: g.push.Expired()}
 	}
 	return Status{
+		Cluster:    g.clusterStatus(),
 		Push:       us,
 		Node:       g.cfg.Node.Name,
 		Version:    Version().Version,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +20,8 @@ import (
 	"github.com/dpgate/dpgate/internal/config"
 	"github.com/dpgate/dpgate/tlsconf"
 )
+
+var gatewaySeq atomic.Int64
 
 // newTestGateway starts a gateway on a temporary data dir with the admin
 // API on 127.0.0.1:0 and returns it with an API client.
@@ -28,7 +32,9 @@ func newTestGateway(t *testing.T, yaml string) (*Gateway, *admin.Client, string)
 	if !strings.Contains(yaml, "push:") {
 		yaml += "push:\n  listen: 127.0.0.1:0\n"
 	}
-	os.WriteFile(f, []byte("node:\n  name: gw-test\n  data_dir: data\nadmin:\n  listen: 127.0.0.1:0\n"+yaml), 0o644)
+	// Unique names: gateways in one test may form a cluster.
+	name := fmt.Sprintf("gw-test-%d", gatewaySeq.Add(1))
+	os.WriteFile(f, []byte("node:\n  name: "+name+"\n  data_dir: data\nadmin:\n  listen: 127.0.0.1:0\n"+yaml), 0o644)
 	cfg, err := config.Load(f)
 	if err != nil {
 		t.Fatal(err)
@@ -67,8 +73,8 @@ func TestFirstStartGeneratesCertificate(t *testing.T) {
 	if err := c.Do(context.Background(), "GET", "/v1/status", nil, &st); err != nil {
 		t.Fatal(err)
 	}
-	if st.Pin != g.Identity().Pin() || st.Node != "gw-test" {
-		t.Errorf("status pin %s node %s, want %s and gw-test", st.Pin, st.Node, g.Identity().Pin())
+	if st.Pin != g.Identity().Pin() || st.Node != g.cfg.Node.Name {
+		t.Errorf("status pin %s node %s, want %s and %s", st.Pin, st.Node, g.Identity().Pin(), g.cfg.Node.Name)
 	}
 }
 

@@ -70,6 +70,8 @@ func (g *Gateway) newPush() (*push.Server, error) {
 		MaxConnections:     c.MaxConnections,
 		MaxPayload:         int(c.MaxPayload),
 		ClassicKeyExchange: !*g.cfg.TLS.PostQuantum,
+		Redirect:           g.pushRedirect,
+		Nodes:              g.pushNodes,
 		Metrics:            g.tel.Metrics,
 		Logger:             g.log,
 	})

@@ -1,0 +1,155 @@
+package gateway
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dpgate/dpgate/cluster"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// startCluster joins the cluster when cluster.bind is set. memberlist
+// binds its own sockets, so this runs in Start, not in New.
+func (g *Gateway) startCluster() error {
+	cc := g.cfg.Cluster
+	if cc.Bind == "" {
+		return nil
+	}
+	var key []byte
+	if cc.SecretKeyFile != "" {
+		s, err := tlsconf.ReadSecretFile(cc.SecretKeyFile)
+		if err != nil {
+			return fmt.Errorf("gateway: cluster.secret_key_file: %w", err)
+		}
+		if key, err = base64.StdEncoding.DecodeString(strings.TrimSpace(s)); err != nil || (len(key) != 16 && len(key) != 24 && len(key) != 32) {
+			return fmt.Errorf("gateway: cluster.secret_key_file %s: want base64 of 16, 24 or 32 bytes (e.g. openssl rand -base64 32)", cc.SecretKeyFile)
+		}
+	}
+	c, err := cluster.Start(cluster.Config{
+		Name:      g.cfg.Node.Name,
+		Bind:      cc.Bind,
+		Advertise: cc.Advertise,
+		Join:      cc.Join,
+		SecretKey: key,
+		Meta:      g.clusterMeta,
+		Metrics:   g.tel.Metrics,
+		Logger:    g.log,
+	})
+	if err != nil {
+		return fmt.Errorf("gateway: cluster: %w", err)
+	}
+	g.cluster.Store(c)
+	g.log.Info("cluster started", "bind", cc.Bind, "seeds", cc.Join, "encrypted", key != nil)
+	return nil
+}
+
+// clusterMeta is what this node gossips.
+func (g *Gateway) clusterMeta() cluster.Meta {
+	m := cluster.Meta{Version: Version().Version, CPU: loadPerCore(), Draining: g.draining.Load()}
+	if g.pushAddr != "" {
+		m.Push = g.advertised(g.pushAddr)
+		m.Conns = g.push.Sessions()
+		m.Capacity = g.cfg.Push.MaxConnections
+	}
+	if g.adminAddr != "" {
+		m.Admin = g.advertised(g.adminAddr)
+	}
+	return m
+}
+
+// advertised replaces a wildcard host in a listener address with the
+// address peers reach this node at.
+func (g *Gateway) advertised(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
+		return addr
+	}
+	for _, a := range []string{g.cfg.Cluster.Advertise, g.cfg.Cluster.Bind} {
+		if h, _, err := net.SplitHostPort(a); err == nil {
+			if ip := net.ParseIP(h); ip != nil && !ip.IsUnspecified() {
+				return net.JoinHostPort(h, port)
+			}
+		}
+	}
+	if c := g.cluster.Load(); c != nil {
+		for _, m := range c.Members() {
+			if m.Self {
+				if h, _, err := net.SplitHostPort(m.Addr); err == nil {
+					return net.JoinHostPort(h, port)
+				}
+			}
+		}
+	}
+	return addr
+}
+
+// loadPerCore is the 1-minute load average divided by the core count.
+func loadPerCore() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f, _ := strconv.ParseFloat(strings.Fields(string(b))[0], 64)
+	return f / float64(runtime.NumCPU())
+}
+
+// pushRedirect and pushNodes are the push server's cluster hooks; before
+// the cluster runs (or without one) agents stay and WELCOME names only
+// this node.
+func (g *Gateway) pushRedirect(sessions int, redirected bool) (string, bool) {
+	if c := g.cluster.Load(); c != nil {
+		return c.RedirectTarget(sessions, redirected)
+	}
+	return "", false
+}
+
+func (g *Gateway) pushNodes() []string {
+	if c := g.cluster.Load(); c != nil {
+		if nodes := c.PushNodes(); len(nodes) > 0 {
+			return nodes
+		}
+	}
+	if g.pushAddr != "" {
+		return []string{g.advertised(g.pushAddr)}
+	}
+	return nil
+}
+
+// leaveCluster marks the node draining (peers stop sending agents), then
+// leaves gracefully.
+func (g *Gateway) leaveCluster() error {
+	c := g.cluster.Load()
+	if c == nil {
+		return nil
+	}
+	return c.Leave(2 * time.Second)
+}
+
+// ClusterMember is a node in /v1/status.
+type ClusterMember struct {
+	Name string       `json:"name"`
+	Addr string       `json:"addr"`
+	Self bool         `json:"self,omitempty"`
+	Meta cluster.Meta `json:"meta"`
+}
+
+func (g *Gateway) clusterStatus() []ClusterMember {
+	c := g.cluster.Load()
+	if c == nil {
+		return nil
+	}
+	var out []ClusterMember
+	for _, m := range c.Members() {
+		out = append(out, ClusterMember{Name: m.Name, Addr: m.Addr, Self: m.Self, Meta: m.Meta})
+	}
+	return out
+}
