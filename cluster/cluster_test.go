@@ -3,8 +3,6 @@ package cluster_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -18,27 +16,13 @@ import (
 
 	"github.com/dpgate/dpgate/cluster"
 	"github.com/dpgate/dpgate/internal/store"
+	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
-func waitFor(t testing.TB, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up after %v: %v", timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+var quiet = testutil.Quiet()
 
 // tight makes failure detection fast for tests.
 func tight(mc *memberlist.Config) {
@@ -317,3 +301,6 @@ func TestAgentsSpreadOverNodes(t *testing.T) {
 		}
 	}
 }
+
+// waitFor is testutil.WaitFor under the short name these tests use.
+var waitFor = testutil.WaitFor

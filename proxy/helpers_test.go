@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
-	"log/slog"
 	"net"
 	"path/filepath"
 	"sync"
@@ -15,26 +14,11 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 
 	"github.com/dpgate/dpgate/internal/store"
+	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
-// waitFor polls cond until it returns nil or the timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up after %v: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+var quietLogger = testutil.Quiet
 
 // testMetrics returns a go-metrics instance writing to a private sink.
 func testMetrics(t testing.TB) (*metrics.Metrics, *metrics.InmemSink) {
@@ -238,3 +222,6 @@ func openStore(t testing.TB) *store.DB {
 	t.Cleanup(func() { db.Close() })
 	return db
 }
+
+// waitFor is testutil.WaitFor under the short name these tests use.
+var waitFor = testutil.WaitFor

@@ -15,25 +15,11 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 
 	"github.com/dpgate/dpgate/internal/store"
+	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
 	"github.com/dpgate/dpgate/tlsconf"
 )
-
-func waitFor(t testing.TB, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up after %v: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 // testServer is a push server on TLS and QUIC listeners on 127.0.0.1.
 type testServer struct {
@@ -251,3 +237,6 @@ func payloads(n int, prefix string) []string {
 	}
 	return out
 }
+
+// waitFor is testutil.WaitFor under the short name these tests use.
+var waitFor = testutil.WaitFor

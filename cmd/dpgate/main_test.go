@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -108,22 +109,6 @@ func tool(t *testing.T, stdin []byte, name string, args ...string) (string, int)
 		t.Fatalf("%s: %v", name, err)
 	}
 	return string(out), 0
-}
-
-// waitFor polls cond until it returns nil or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up after %v: %v", timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // server is a running "dpgate serve".
@@ -597,3 +582,6 @@ func TestVersion(t *testing.T) {
 		t.Errorf("version: exit %d, output %q; want version, commit and Go version", r.code, r.stdout)
 	}
 }
+
+// waitFor is testutil.WaitFor under the short name these tests use.
+var waitFor = testutil.WaitFor
