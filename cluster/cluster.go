@@ -48,11 +48,25 @@ type Config struct {
 	// Default: 0.05 (with gossip lag, a node can end slightly above its
 	// threshold, so the margin must be below the evenness one wants).
 	Margin float64
+	// State, when set, is small shared state (the agent allow-list) kept
+	// the same on every node: changes go out through Broadcast at once,
+	// and the whole state is exchanged in memberlist's push/pull.
+	State Replicated
 	// Tune adjusts memberlist's configuration (tests tighten timings).
 	Tune func(*memberlist.Config)
 
 	Metrics *metrics.Metrics // default metrics.Default()
 	Logger  *slog.Logger     // default slog.Default()
+}
+
+// Replicated is state every node holds a copy of. Merging must be
+// idempotent and order-independent (versions and tombstones), since
+// messages arrive more than once and in any order.
+type Replicated interface {
+	// LocalState is the whole state, for a push/pull exchange.
+	LocalState() []byte
+	// Merge applies a peer's whole state or one broadcast change.
+	Merge(b []byte) error
 }
 
 // Member is a live node and what it advertises.
@@ -79,6 +93,8 @@ type Cluster struct {
 	redirects map[string][]time.Time
 	metaAt    map[string]time.Time
 	lastSent  Meta // the metadata NodeMeta last handed to memberlist
+
+	queue *memberlist.TransmitLimitedQueue
 
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -152,6 +168,11 @@ func Start(cfg Config) (*Cluster, error) {
 	if cfg.Tune != nil {
 		cfg.Tune(mc)
 	}
+	c.queue = &memberlist.TransmitLimitedQueue{RetransmitMult: 3, NumNodes: func() int {
+		c.mu.Lock() // the event-kept member map: memberlist may call this during Create
+		defer c.mu.Unlock()
+		return max(1, len(c.members))
+	}}
 	if c.ml, err = memberlist.Create(mc); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
@@ -283,11 +304,43 @@ func (d delegate) NodeMeta(limit int) []byte {
 	return b
 }
 
-// Replicated state (the allow-list) is not gossiped yet.
-func (delegate) NotifyMsg([]byte)                           {}
-func (delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
-func (delegate) LocalState(join bool) []byte                { return nil }
-func (delegate) MergeRemoteState(buf []byte, join bool)     {}
+// Broadcast sends a change of the replicated state to every node through
+// gossip (retransmitted a few times; push/pull repairs what gossip loses).
+// A message must fit one UDP packet, about 1,300 bytes.
+func (c *Cluster) Broadcast(msg []byte) {
+	c.queue.QueueBroadcast(broadcast(msg))
+	c.m.IncrCounter([]string{"cluster", "broadcasts"}, 1)
+}
+
+type broadcast []byte
+
+func (b broadcast) Invalidates(memberlist.Broadcast) bool { return false }
+func (b broadcast) Message() []byte                       { return b }
+func (b broadcast) Finished()                             {}
+
+func (d delegate) NotifyMsg(b []byte) { d.merge(b) }
+
+func (d delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return d.c.queue.GetBroadcasts(overhead, limit)
+}
+
+func (d delegate) LocalState(join bool) []byte {
+	if d.c.cfg.State == nil {
+		return nil
+	}
+	return d.c.cfg.State.LocalState()
+}
+
+func (d delegate) MergeRemoteState(buf []byte, join bool) { d.merge(buf) }
+
+func (d delegate) merge(b []byte) {
+	if d.c.cfg.State == nil || len(b) == 0 {
+		return
+	}
+	if err := d.c.cfg.State.Merge(append([]byte(nil), b...)); err != nil {
+		d.c.log.Warn("cluster: replicated state from a peer", "err", err)
+	}
+}
 
 // slogWriter sends memberlist's log lines to slog at debug level; its
 // warnings about suspected and dead nodes come back through the events.

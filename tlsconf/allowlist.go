@@ -22,6 +22,12 @@ type Entry struct {
 	Subject     string    `json:"subject"`
 	NotAfter    time.Time `json:"not_after"`
 	Added       time.Time `json:"added"`
+	// Version orders changes across cluster nodes (last writer wins): a
+	// hybrid clock, Unix nanoseconds or one more than the highest seen.
+	Version uint64 `json:"version,omitempty"`
+	// Deleted marks a tombstone: the removal is kept, so that merging an
+	// older copy of the list from another node cannot bring it back.
+	Deleted bool `json:"deleted,omitempty"`
 }
 
 // Fingerprint returns the SHA-256 fingerprint of a certificate in the form
@@ -85,8 +91,36 @@ func (e *RefusedError) Error() string {
 type AllowList struct {
 	kv KV
 
-	mu      sync.RWMutex
-	entries map[string]Entry // by fingerprint
+	mu       sync.RWMutex
+	entries  map[string]Entry // by fingerprint, tombstones included
+	clock    uint64           // highest version seen
+	onChange func(Entry)      // local changes, for the cluster to broadcast
+}
+
+// OnChange registers fn to hear every local Add and Remove (not merges),
+// after they are stored. The cluster broadcasts them.
+func (a *AllowList) OnChange(fn func(Entry)) {
+	a.mu.Lock()
+	a.onChange = fn
+	a.mu.Unlock()
+}
+
+// nextVersion is a hybrid clock: wall time, but always past every version
+// seen, so a change made here orders after what it has merged. Caller
+// holds a.mu.
+func (a *AllowList) nextVersion() uint64 {
+	a.clock = max(a.clock+1, uint64(timeNow().UnixNano()))
+	return a.clock
+}
+
+func (a *AllowList) store(e Entry) error {
+	b, _ := json.Marshal(e)
+	if err := a.kv.Put(AllowBucket, e.Fingerprint, b); err != nil {
+		return fmt.Errorf("tlsconf: store allow-list entry: %w", err)
+	}
+	a.entries[e.Fingerprint] = e
+	a.clock = max(a.clock, e.Version)
+	return nil
 }
 
 // NewAllowList loads the list from kv.
@@ -111,6 +145,9 @@ func (a *AllowList) Reload() error {
 	}
 	a.mu.Lock()
 	a.entries = m
+	for _, e := range m {
+		a.clock = max(a.clock, e.Version)
+	}
 	a.mu.Unlock()
 	return nil
 }
@@ -120,21 +157,29 @@ func (a *AllowList) Reload() error {
 func (a *AllowList) Add(certs ...*x509.Certificate) ([]Entry, error) {
 	out := make([]Entry, 0, len(certs))
 	now := timeNow().UTC().Truncate(time.Second)
+	var changed []Entry
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	for _, c := range certs {
 		e := EntryFor(c)
-		if old, ok := a.entries[e.Fingerprint]; ok {
+		if old, ok := a.entries[e.Fingerprint]; ok && !old.Deleted {
 			out = append(out, old)
 			continue
 		}
 		e.Added = now
-		b, _ := json.Marshal(e)
-		if err := a.kv.Put(AllowBucket, e.Fingerprint, b); err != nil {
-			return out, fmt.Errorf("tlsconf: store allow-list entry: %w", err)
+		e.Version = a.nextVersion()
+		if err := a.store(e); err != nil {
+			a.mu.Unlock()
+			return out, err
 		}
-		a.entries[e.Fingerprint] = e
 		out = append(out, e)
+		changed = append(changed, e)
+	}
+	notify := a.onChange
+	a.mu.Unlock()
+	if notify != nil {
+		for _, e := range changed {
+			notify(e)
+		}
 	}
 	return out, nil
 }
@@ -146,19 +191,28 @@ func (a *AllowList) Remove(fingerprints ...string) ([]Entry, error) {
 	var removed []Entry
 	var missing []string
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	for _, f := range fingerprints {
 		fp := NormalizeFingerprint(f)
 		e, ok := a.entries[fp]
-		if !ok {
+		if !ok || e.Deleted {
 			missing = append(missing, f)
 			continue
 		}
-		if err := a.kv.Delete(AllowBucket, fp); err != nil {
-			return removed, fmt.Errorf("tlsconf: delete allow-list entry: %w", err)
+		tomb := e
+		tomb.Deleted = true
+		tomb.Version = a.nextVersion()
+		if err := a.store(tomb); err != nil {
+			a.mu.Unlock()
+			return removed, err
 		}
-		delete(a.entries, fp)
 		removed = append(removed, e)
+	}
+	notify := a.onChange
+	a.mu.Unlock()
+	if notify != nil {
+		for _, e := range removed {
+			notify(a.entry(e.Fingerprint)) // the tombstone
+		}
 	}
 	if len(missing) > 0 {
 		return removed, fmt.Errorf("%w: %s", ErrNotInList, strings.Join(missing, ", "))
@@ -180,7 +234,7 @@ func (a *AllowList) List(f Filter) []Entry {
 	a.mu.RLock()
 	out := make([]Entry, 0, len(a.entries))
 	for _, e := range a.entries {
-		if strings.Contains(e.Fingerprint, fp) && strings.Contains(e.Serial, serial) {
+		if !e.Deleted && strings.Contains(e.Fingerprint, fp) && strings.Contains(e.Serial, serial) {
 			out = append(out, e)
 		}
 	}
@@ -198,7 +252,55 @@ func (a *AllowList) List(f Filter) []Entry {
 func (a *AllowList) Len() int {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
-	return len(a.entries)
+	n := 0
+	for _, e := range a.entries {
+		if !e.Deleted {
+			n++
+		}
+	}
+	return n
+}
+
+func (a *AllowList) entry(fp string) Entry {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.entries[fp]
+}
+
+// Snapshot returns every entry, tombstones included: the state another
+// node merges.
+func (a *AllowList) Snapshot() []Entry {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	out := make([]Entry, 0, len(a.entries))
+	for _, e := range a.entries {
+		out = append(out, e)
+	}
+	return out
+}
+
+// Merge applies entries from another node: for each fingerprint the
+// higher version wins, and at equal versions a tombstone wins, so every
+// node ends with the same list whatever order the changes arrive in. It
+// returns how many entries changed here.
+func (a *AllowList) Merge(entries []Entry) (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	changed := 0
+	for _, e := range entries {
+		if e.Fingerprint == "" || e.Version == 0 {
+			continue // not a replicated entry
+		}
+		cur, ok := a.entries[e.Fingerprint]
+		if ok && (cur.Version > e.Version || (cur.Version == e.Version && (cur.Deleted || !e.Deleted))) {
+			continue
+		}
+		if err := a.store(e); err != nil {
+			return changed, err
+		}
+		changed++
+	}
+	return changed, nil
 }
 
 // Check returns nil if the certificate is in the list and valid now, else
@@ -206,8 +308,9 @@ func (a *AllowList) Len() int {
 func (a *AllowList) Check(c *x509.Certificate) error {
 	fp := Fingerprint(c)
 	a.mu.RLock()
-	_, ok := a.entries[fp]
+	e, ok := a.entries[fp]
 	a.mu.RUnlock()
+	ok = ok && !e.Deleted
 	refuse := func(reason string) error {
 		return &RefusedError{Fingerprint: fp, Subject: c.Subject.String(), Reason: reason}
 	}

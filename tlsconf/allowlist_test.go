@@ -207,3 +207,56 @@ func TestIdentityReload(t *testing.T) {
 		t.Errorf("after a failed reload served %s, want %s", got, Pin(second.Leaf))
 	}
 }
+
+// TestAllowListMerge: two nodes' lists converge whatever order changes
+// arrive in; a removal is not undone by an older copy of the entry.
+func TestAllowListMerge(t *testing.T) {
+	a, _ := NewAllowList(openStore(t, t.TempDir()))
+	b, _ := NewAllowList(openStore(t, t.TempDir()))
+	var heard []Entry
+	a.OnChange(func(e Entry) { heard = append(heard, e) })
+	c, _ := Issue(Template{CommonName: "dev-m", Client: true}, nil)
+	fp := Fingerprint(c.Leaf)
+
+	a.Add(c.Leaf)
+	if len(heard) != 1 || heard[0].Version == 0 {
+		t.Fatalf("OnChange heard %+v, want one versioned entry", heard)
+	}
+	oldCopy := a.Snapshot()
+	if n, _ := b.Merge(oldCopy); n != 1 || b.Check(c.Leaf) != nil {
+		t.Fatalf("merge of an added entry: %d changed, check %v", n, b.Check(c.Leaf))
+	}
+	// Removed on b; the tombstone reaches a.
+	if _, err := b.Remove(fp); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := a.Merge(b.Snapshot()); n != 1 || a.Check(c.Leaf) == nil {
+		t.Fatalf("merge of a tombstone: %d changed, a still allows the certificate", n)
+	}
+	// An older copy does not bring it back.
+	if n, _ := b.Merge(oldCopy); n != 0 || b.Check(c.Leaf) == nil {
+		t.Errorf("merging the older addition changed %d entries / allowed the certificate again", n)
+	}
+	if a.Len() != 0 || len(a.List(Filter{})) != 0 {
+		t.Errorf("tombstone counted: Len %d, List %d", a.Len(), len(a.List(Filter{})))
+	}
+	// Added again later: the newer version wins everywhere.
+	a.Add(c.Leaf)
+	if n, _ := b.Merge(a.Snapshot()); n != 1 || b.Check(c.Leaf) != nil {
+		t.Errorf("re-adding after removal: %d changed, b check %v", n, b.Check(c.Leaf))
+	}
+	// Equal versions: the tombstone wins on both sides.
+	e := a.Snapshot()[0]
+	tomb := e
+	tomb.Deleted = true
+	b.Merge([]Entry{tomb})
+	a.Merge([]Entry{tomb})
+	b.Merge([]Entry{e})
+	if a.Check(c.Leaf) == nil || b.Check(c.Leaf) == nil {
+		t.Error("an equal-version conflict left the certificate allowed on a node")
+	}
+	// Tombstones persist across a restart of the node.
+	if err := a.Reload(); err != nil || a.Check(c.Leaf) == nil {
+		t.Errorf("after reload: %v, allowed %v", err, a.Check(c.Leaf) == nil)
+	}
+}

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -38,6 +39,7 @@ func (g *Gateway) startCluster() error {
 		Join:      cc.Join,
 		SecretKey: key,
 		Meta:      g.clusterMeta,
+		State:     allowState{g.allow},
 		Metrics:   g.tel.Metrics,
 		Logger:    g.log,
 	})
@@ -45,6 +47,11 @@ func (g *Gateway) startCluster() error {
 		return fmt.Errorf("gateway: cluster: %w", err)
 	}
 	g.cluster.Store(c)
+	// Every local allow-list change goes to the other nodes at once.
+	g.allow.OnChange(func(e tlsconf.Entry) {
+		b, _ := json.Marshal([]tlsconf.Entry{e})
+		c.Broadcast(b)
+	})
 	g.log.Info("cluster started", "bind", cc.Bind, "seeds", cc.Join, "encrypted", key != nil)
 	return nil
 }
@@ -153,3 +160,23 @@ func (g *Gateway) clusterStatus() []ClusterMember {
 	}
 	return out
 }
+
+// allowState replicates the agent allow-list: JSON arrays of entries,
+// merged by version with tombstones (tlsconf.AllowList.Merge).
+type allowState struct{ allow *tlsconf.AllowList }
+
+func (s allowState) LocalState() []byte {
+	b, _ := json.Marshal(s.allow.Snapshot())
+	return b
+}
+
+func (s allowState) Merge(b []byte) error {
+	var es []tlsconf.Entry
+	if err := json.Unmarshal(b, &es); err != nil {
+		return fmt.Errorf("allow-list state: %w", err)
+	}
+	_, err := s.allow.Merge(es)
+	return err
+}
+
+var _ cluster.Replicated = allowState{}

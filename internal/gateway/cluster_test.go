@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sort"
@@ -9,7 +10,12 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/dpgate/dpgate/internal/testutil"
+	"github.com/dpgate/dpgate/tlsconf"
 )
+
+var waitFor = testutil.WaitFor
 
 // freeUDPTCPPort finds a loopback port free for both TCP and UDP, as
 // memberlist binds both.
@@ -31,7 +37,7 @@ func freeUDPTCPPort(t *testing.T) string {
 	return ""
 }
 
-func TestTwoGatewaysFormACluster(t *testing.T) {
+func TestGatewaysFormACluster(t *testing.T) {
 	b1, b2 := freeUDPTCPPort(t), freeUDPTCPPort(t)
 	g1, api1, _ := newTestGateway(t, fmt.Sprintf("cluster:\n  bind: %s\n  dns:\n    listen: 127.0.0.1:0\n", b1))
 	g2, _, _ := newTestGateway(t, fmt.Sprintf("cluster:\n  bind: %s\n  join: [%s]\n", b2, b1))
@@ -71,6 +77,36 @@ func TestTwoGatewaysFormACluster(t *testing.T) {
 	if fmt.Sprint(ports) != fmt.Sprint(want) {
 		t.Errorf("SRV ports %v, want the two push ports %v", ports, want)
 	}
+
+	// The allow-list is the same on both: added on node 1, allowed on node
+	// 2; removed on node 2, refused on node 1, within seconds.
+	agent, _ := tlsconf.Issue(tlsconf.Template{CommonName: "dev-c", Client: true}, nil)
+	if err := api1.Do(ctx, "POST", "/v1/certs", tlsconf.CertPEM(agent), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() error { return g2.AllowList().Check(agent.Leaf) })
+	if _, err := g2.AllowList().Remove(tlsconf.Fingerprint(agent.Leaf)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if g1.AllowList().Check(agent.Leaf) == nil {
+			return errors.New("node 1 still allows the certificate removed on node 2")
+		}
+		return nil
+	})
+
+	// A node joining later gets the whole list (push/pull at join),
+	// tombstones included.
+	later, _ := tlsconf.Issue(tlsconf.Template{CommonName: "dev-d", Client: true}, nil)
+	g1.AllowList().Add(later.Leaf)
+	g3, _, _ := newTestGateway(t, fmt.Sprintf("cluster:\n  bind: %s\n  join: [%s]\n", freeUDPTCPPort(t), b1))
+	waitFor(t, 10*time.Second, func() error { return g3.AllowList().Check(later.Leaf) })
+	if g3.AllowList().Check(agent.Leaf) == nil {
+		t.Error("the joining node allows a certificate removed before it joined")
+	}
+	sctx3, cancel3 := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel3()
+	g3.Shutdown(sctx3)
 
 	// Node 2 leaves: node 1 sees it go.
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
