@@ -285,8 +285,13 @@ func (e events) NotifyLeave(n *memberlist.Node) {
 	delete(e.c.redirects, n.Name)
 	delete(e.c.metaAt, n.Name)
 	e.c.mu.Unlock()
-	e.c.log.Warn("cluster: node left or failed", "node", n.Name, "addr", n.Address())
-	e.c.m.IncrCounter([]string{"cluster", "node_left"}, 1)
+	if n.State == memberlist.StateLeft {
+		e.c.log.Info("cluster: node left", "node", n.Name, "addr", n.Address())
+		e.c.m.IncrCounter([]string{"cluster", "node_left"}, 1)
+		return
+	}
+	e.c.log.Warn("cluster: node failed", "node", n.Name, "addr", n.Address(), "state", int(n.State))
+	e.c.m.IncrCounter([]string{"cluster", "node_failed"}, 1)
 }
 
 type delegate struct{ c *Cluster }
