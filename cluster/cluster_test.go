@@ -127,12 +127,14 @@ func TestRedirectTarget(t *testing.T) {
 	nodes[1].conns.Store(500)
 	nodes[2].conns.Store(100)
 	waitFor(t, 10*time.Second, func() error {
+		seen := map[string]int{}
 		for _, m := range nodes[0].Members() {
-			if m.Name == "node-2" && m.Meta.Conns == 100 {
-				return nil
-			}
+			seen[m.Name] = m.Meta.Conns
 		}
-		return fmt.Errorf("metadata not seen yet")
+		if seen["node-1"] != 500 || seen["node-2"] != 100 {
+			return fmt.Errorf("node-0 sees %v, want node-1 at 500 and node-2 at 100", seen)
+		}
+		return nil
 	})
 	// node-0 holds 400: total 1000, fair share 333: redirect to node-2.
 	if addr, ok := nodes[0].RedirectTarget(400, false); !ok || addr != nodes[2].push {
