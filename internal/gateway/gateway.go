@@ -247,6 +247,14 @@ func (g *Gateway) Start(ls Listeners) {
 			g.udp = ls.PushUDP
 		}
 	}
+	// Validated keys whose features are not built yet: say so rather than
+	// let an administrator believe something listens.
+	if config.Enabled(g.cfg.Wake.Listen) || config.Enabled(g.cfg.Wake.ShutdownListen) {
+		g.log.Info("wake-up forwarding and shutdown notices are not built yet; wake.* is accepted but nothing listens")
+	}
+	if g.cfg.Link.ReflectorListen != "" {
+		g.log.Warn("link measurement is not built yet; link.reflector_listen is accepted but nothing listens")
+	}
 	if err := g.startCluster(); err != nil {
 		select {
 		case g.errc <- err:
