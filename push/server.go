@@ -480,7 +480,9 @@ func (s *Server) acked(device string, seq uint64) {
 	}
 }
 
-// WaitAck waits until the device acknowledges seq or ctx ends.
+// WaitAck waits until seq is no longer queued for the device (it was
+// acknowledged, or it expired: the caller tells them apart by the expiry)
+// or ctx ends.
 func (s *Server) WaitAck(ctx context.Context, device string, seq uint64) error {
 	ch := make(chan struct{})
 	s.mu.Lock()

@@ -93,7 +93,7 @@ type PushReply struct {
 	Device string `json:"device"`
 	ID     string `json:"id"`
 	Seq    uint64 `json:"seq"`
-	Status string `json:"status"` // queued or delivered (ACKed)
+	Status string `json:"status"` // queued, delivered (ACKed) or expired (undelivered within its ttl)
 }
 
 // BulkReply is the answer of POST /v1/push.
@@ -158,9 +158,19 @@ func (g *Gateway) pushRoutes() {
 		}
 		reply := PushReply{Device: dev, ID: hex.EncodeToString(m.ID[:]), Seq: m.Seq, Status: "queued"}
 		if wait > 0 {
-			ctx, cancel := context.WithTimeout(r.Context(), wait)
+			// Wait for the ACK, but not past the push's expiry: after it the
+			// push can no longer be delivered.
+			expiry := time.UnixMilli(m.Expiry)
+			ctx, cancel := context.WithTimeout(r.Context(), min(wait, time.Until(expiry)+10*time.Millisecond))
 			defer cancel()
-			if g.push.WaitAck(ctx, dev, m.Seq) == nil {
+			acked := g.push.WaitAck(ctx, dev, m.Seq) == nil
+			switch {
+			case !time.Now().Before(expiry):
+				// Gone from the queue at or after its expiry: reported as
+				// expired (an ACK in the same millisecond is counted so too).
+				reply.Status = "expired"
+				return http.StatusOK, reply, nil
+			case acked:
 				reply.Status = "delivered"
 				return http.StatusOK, reply, nil
 			}

@@ -59,6 +59,10 @@ func TestPushAPI(t *testing.T) {
 	if m := <-got; string(m.Payload) != "sync now" {
 		t.Errorf("agent got %q", m.Payload)
 	}
+	// Waiting on a push that expires undelivered says so, not "delivered".
+	if err := api.Do(ctx, "POST", "/v1/devices/pc-offline/push?wait=2s", PushRequest{Data: str("x"), TTL: "50ms"}, &reply); err != nil || reply.Status != "expired" {
+		t.Errorf("wait on a push that expires: %+v, %v; want status expired", reply, err)
+	}
 	// Offline device: queued, and visible as such.
 	if err := api.Do(ctx, "POST", "/v1/devices/pc-2/push", PushRequest{DataBase64: str("AAEC"), TTL: "1h"}, &reply); err != nil || reply.Status != "queued" {
 		t.Errorf("push to an offline device: %+v, %v", reply, err)
