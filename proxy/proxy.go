@@ -389,6 +389,17 @@ func (p *Proxy) Status() Status {
 	return s
 }
 
+// SetClientCert replaces the client certificate presented to upstream i
+// (in configuration order) from the next connection on; nil: none.
+func (p *Proxy) SetClientCert(i int, c *tls.Certificate) error {
+	if i < 0 || i >= len(p.ups) {
+		return fmt.Errorf("proxy: no upstream %d", i)
+	}
+	p.ups[i].cert.Store(c)
+	p.ups[i].sessions.reset() // resumed sessions would keep the old identity
+	return nil
+}
+
 // Ready reports whether at least one upstream is not ejected.
 func (p *Proxy) Ready() bool {
 	now := time.Now()

@@ -677,3 +677,31 @@ func TestKeyExchange(t *testing.T) {
 		})
 	}
 }
+
+// TestClientCertReload: a replaced upstream client certificate is
+// presented from the next connection on.
+func TestClientCertReload(t *testing.T) {
+	seen := make(chan string, 4)
+	b := newBackend(t, func(c *tls.Config) { c.ClientAuth = tls.RequireAnyClientCert }, func(c *tls.Conn) {
+		seen <- c.ConnectionState().PeerCertificates[0].Subject.CommonName
+		io.Copy(c, c)
+		c.CloseWrite()
+	})
+	first, _ := tlsconf.Issue(tlsconf.Template{CommonName: "client-1", Client: true}, nil)
+	second, _ := tlsconf.Issue(tlsconf.Template{CommonName: "client-2", Client: true}, nil)
+	up := b.upstream(t)
+	up.ClientCert = &first
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{up}, HealthInterval: time.Hour})
+	<-seen // the first health check
+	echoOnce(p.addr, agentConfig(t, p.id, nil), "a")
+	if cn := <-seen; cn != "client-1" {
+		t.Fatalf("first certificate: upstream saw %q", cn)
+	}
+	if err := p.SetClientCert(0, &second); err != nil {
+		t.Fatal(err)
+	}
+	echoOnce(p.addr, agentConfig(t, p.id, nil), "b")
+	if cn := <-seen; cn != "client-2" {
+		t.Errorf("after SetClientCert: upstream saw %q, want client-2", cn)
+	}
+}

@@ -16,8 +16,10 @@ import (
 
 // upstream is one central server with its health and load.
 type upstream struct {
-	addr string
-	tls  *tls.Config
+	addr     string
+	tls      *tls.Config
+	cert     atomic.Pointer[tls.Certificate] // client certificate; nil: none
+	sessions sessionCache
 
 	active atomic.Int64 // relays in progress, and dials reserved for one
 	relays atomic.Uint64
@@ -39,14 +41,37 @@ func newUpstream(c UpstreamConfig) *upstream {
 	} else {
 		cfg = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host, RootCAs: c.RootCAs}
 	}
-	if c.ClientCert != nil {
-		cfg.Certificates = []tls.Certificate{*c.ClientCert}
+	u := &upstream{addr: c.Address, tls: cfg}
+	u.cert.Store(c.ClientCert)
+	// Read at every handshake, so a reloaded certificate applies to the
+	// next connection. An empty certificate means "none".
+	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		if c := u.cert.Load(); c != nil {
+			return c, nil
+		}
+		return &tls.Certificate{}, nil
 	}
 	// Resumed sessions skip the upstream's signature and key exchange
 	// costs on the many short connections agents make.
-	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(64)
-	return &upstream{addr: c.Address, tls: cfg}
+	u.sessions.reset()
+	cfg.ClientSessionCache = &u.sessions
+	return u
 }
+
+// sessionCache is an LRU TLS session cache that can be emptied while in
+// use: a resumed session carries the client identity it began with, so a
+// new client certificate needs fresh sessions.
+type sessionCache struct {
+	c atomic.Pointer[tls.ClientSessionCache]
+}
+
+func (s *sessionCache) reset() {
+	c := tls.NewLRUClientSessionCache(64)
+	s.c.Store(&c)
+}
+
+func (s *sessionCache) Get(key string) (*tls.ClientSessionState, bool) { return (*s.c.Load()).Get(key) }
+func (s *sessionCache) Put(key string, cs *tls.ClientSessionState)     { (*s.c.Load()).Put(key, cs) }
 
 // dial connects and completes TLS within ctx. With src set, a PROXY v2
 // header carrying the agent's addresses precedes the TLS handshake.

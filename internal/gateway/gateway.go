@@ -300,6 +300,9 @@ func (g *Gateway) Reload() error {
 	if err := g.allow.Reload(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := g.reloadUpstreamCerts(); err != nil {
+		errs = append(errs, err)
+	}
 	err := errors.Join(errs...)
 	if err != nil {
 		g.log.Error("reload failed; keeping the previous settings", "err", err)

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -51,4 +52,25 @@ func (g *Gateway) newProxy() (*proxy.Proxy, error) {
 		pc.Upstreams = append(pc.Upstreams, uc)
 	}
 	return proxy.New(pc)
+}
+
+// reloadUpstreamCerts re-reads each upstream's PKCS#12 client certificate;
+// one that fails to load keeps the previous certificate.
+func (g *Gateway) reloadUpstreamCerts() error {
+	if g.proxy == nil {
+		return nil
+	}
+	var errs []error
+	for i, u := range g.cfg.Proxy.Upstreams {
+		if u.ClientCert == "" {
+			continue
+		}
+		cert, err := tlsconf.LoadPFX(u.ClientCert, u.ClientCertPasswordFile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("proxy.upstreams[%d].client_cert: %w", i, err))
+			continue
+		}
+		g.proxy.SetClientCert(i, &cert)
+	}
+	return errors.Join(errs...)
 }
