@@ -399,3 +399,19 @@ func TestConnectionLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestReplacedAgentBacksOff: when another connection takes the device id,
+// the replaced agent waits at least half its maximum backoff, so two
+// agents sharing an id do not replace each other in a tight loop.
+func TestReplacedAgentBacksOff(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+	a := startAgent(t, client.Config{Servers: []string{ts.addr}, DeviceID: "twin", TLS: ts.tlsFor(nil),
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 10 * time.Second})
+	a.waitEvent(t, "connected")
+	r := dialRaw(t, ts, nil)
+	r.hello(t, "twin") // takes the id: the agent's connection is replaced
+	e := a.waitEvent(t, "replaced")
+	if e.Retry < 5*time.Second {
+		t.Errorf("replaced agent retries after %v, want at least half of MaxBackoff (5s)", e.Retry)
+	}
+}

@@ -59,10 +59,11 @@ type Config struct {
 
 // Event is a change of the client's connection.
 type Event struct {
-	Kind    string // "connected", "disconnected", "redirect", "drain", "error"
+	Kind    string // "connected", "disconnected", "redirect", "drain", "replaced", "error"
 	Server  string
 	Session [16]byte
 	Err     error
+	Retry   time.Duration // for "error" and "replaced": the wait before the next attempt
 }
 
 // Client is one agent's push connection.
@@ -107,6 +108,7 @@ type outcome struct {
 	redirect string        // REDIRECT: go there at once
 	drain    time.Duration // DRAIN: wait, then another node
 	welcomed bool          // the server accepted the session
+	replaced bool          // ERROR replaced: another connection took this device id
 	err      error
 }
 
@@ -143,10 +145,22 @@ func (c *Client) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		c.event(Event{Kind: "error", Server: addr, Err: out.err})
+		if out.replaced {
+			// Another live agent uses this device id (a configuration
+			// mistake): wait long, or the two would replace each other in
+			// a tight loop.
+			d := c.cfg.MaxBackoff/2 + c.backoff(20)/2
+			c.event(Event{Kind: "replaced", Server: addr, Err: out.err, Retry: d})
+			if !sleep(ctx, d) {
+				return nil
+			}
+			continue
+		}
 		failures++
+		d := c.backoff(failures)
+		c.event(Event{Kind: "error", Server: addr, Err: out.err, Retry: d})
 		i++ // fail over to the next node
-		if !sleep(ctx, c.backoff(failures)) {
+		if !sleep(ctx, d) {
 			return nil
 		}
 	}
@@ -399,6 +413,7 @@ func (c *Client) session(ctx context.Context, addr string, redirected bool) outc
 		case push.TypeError:
 			e, _ := push.ParseError(body)
 			out.err = fmt.Errorf("server closed the session: code %d: %s", e.Code, e.Reason)
+			out.replaced = e.Code == push.CodeReplaced
 			return out
 		case push.TypeBye:
 			return out
