@@ -55,7 +55,6 @@ type Fleet struct {
 	clients   []*client.Client
 	connected atomic.Int64
 	received  [256]atomic.Int64
-	dups      atomic.Int64
 
 	mu   sync.Mutex
 	hist map[byte]*hdrhistogram.Histogram // latency in microseconds, per kind

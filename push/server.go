@@ -601,12 +601,6 @@ func (s *Server) Sessions() int {
 	return len(s.sessions)
 }
 
-func (s *Server) isDraining() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.draining
-}
-
 // Shutdown stops accepting, sends DRAIN to every agent (each told to
 // reconnect elsewhere after a random delay up to spread, so they do not
 // all arrive at once), waits for them to leave until ctx ends, then

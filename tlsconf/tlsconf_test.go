@@ -173,7 +173,7 @@ func TestIssueAndWrite(t *testing.T) {
 		if Pin(back.Leaf) != Pin(c.Leaf) {
 			t.Errorf("%s: pin changed across write and load", kt)
 		}
-		if d := back.Leaf.NotAfter.Sub(time.Now()); d < 47*time.Hour || d > 49*time.Hour {
+		if d := time.Until(back.Leaf.NotAfter); d < 47*time.Hour || d > 49*time.Hour {
 			t.Errorf("%s: valid for %v more, want about 48h", kt, d)
 		}
 	}
