@@ -196,6 +196,31 @@ func dialAgent(addr string, cfg *tls.Config) (*tls.Conn, error) {
 	return c.(*tls.Conn), nil
 }
 
+// mustDial connects an agent (no client certificate) through the proxy,
+// failing the test if it cannot; the connection closes at cleanup.
+func mustDial(t testing.TB, p *testProxy) *tls.Conn {
+	t.Helper()
+	c, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// openRelay is mustDial plus one byte echoed by the upstream, so the
+// relay is fully set up when it returns. The deadline is 20 s.
+func openRelay(t testing.TB, p *testProxy) *tls.Conn {
+	t.Helper()
+	c := mustDial(t, p)
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	io.WriteString(c, "a")
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatalf("relay did not echo: %v", err)
+	}
+	return c
+}
+
 // echoOnce writes msg through the proxy and reads the echo back.
 func echoOnce(addr string, cfg *tls.Config, msg string) (string, error) {
 	c, err := dialAgent(addr, cfg)

@@ -312,11 +312,7 @@ func TestLargeTransferByteExact(t *testing.T) {
 		c.CloseWrite()
 	})
 	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}})
-	c, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := mustDial(t, p)
 	c.SetDeadline(time.Now().Add(10 * time.Minute))
 	h := sha256.New()
 	src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{1}), size), h)
@@ -347,11 +343,7 @@ func TestHalfClose(t *testing.T) {
 		c.CloseWrite()
 	})
 	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}})
-	c, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := mustDial(t, p)
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	io.WriteString(c, "req")
 	c.CloseWrite()
@@ -368,16 +360,8 @@ func TestIdleTimeout(t *testing.T) {
 	b := newBackend(t, nil, nil)
 	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, IdleTimeout: 300 * time.Millisecond})
 
-	idle, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close()
-	busy, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
+	idle := mustDial(t, p)
+	busy := mustDial(t, p)
 
 	// The busy relay sends one way only, every 50 ms, for 5 idle periods;
 	// the upstream echoes, so both ways see traffic but never for long.
@@ -400,7 +384,7 @@ func TestIdleTimeout(t *testing.T) {
 	}()
 
 	idle.SetReadDeadline(time.Now().Add(30 * time.Second))
-	_, err = idle.Read(make([]byte, 1))
+	_, err := idle.Read(make([]byte, 1))
 	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("idle relay: read returned %v, want the proxy to have closed it", err)
 	}
@@ -508,11 +492,7 @@ func TestSourceRateLimit(t *testing.T) {
 func TestIngressShaping(t *testing.T) {
 	b := newBackend(t, nil, func(c *tls.Conn) { io.Copy(io.Discard, c); io.WriteString(c, "done"); c.CloseWrite() })
 	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, MaxIngressRate: 8e6})
-	c, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := mustDial(t, p)
 	c.SetDeadline(time.Now().Add(time.Minute))
 	start := time.Now()
 	io.Copy(c, io.LimitReader(rand.NewChaCha8([32]byte{}), 3e6))
@@ -554,11 +534,7 @@ func TestProxyProtocolV2(t *testing.T) {
 		}
 	}()
 	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{{Address: ln.Addr().String(), Pins: pinsOf(t, id)}}, ProxyProtocol: true, HealthInterval: time.Hour})
-	c, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := mustDial(t, p)
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	io.WriteString(c, "pp")
 	buf := make([]byte, 2)
@@ -585,14 +561,7 @@ func (c *bufConn) Read(b []byte) (int, error) { return c.r.Read(b) }
 func TestShutdownDrains(t *testing.T) {
 	b := newBackend(t, nil, nil)
 	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}})
-	c, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	io.WriteString(c, "a")
-	io.ReadFull(c, make([]byte, 1))
+	c := openRelay(t, p)
 
 	done := make(chan error, 1)
 	go func() {
@@ -626,14 +595,7 @@ func TestShutdownDrains(t *testing.T) {
 func TestShutdownDeadlineCutsRelays(t *testing.T) {
 	b := newBackend(t, nil, nil)
 	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}})
-	c, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	io.WriteString(c, "a")
-	io.ReadFull(c, make([]byte, 1))
+	c := openRelay(t, p)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	if err := p.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
