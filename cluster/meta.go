@@ -13,6 +13,7 @@ type Meta struct {
 	Push     string  `json:"p,omitempty"` // push server host:port
 	Proxy    string  `json:"x,omitempty"` // proxy listener host:port
 	Admin    string  `json:"a,omitempty"` // admin API host:port
+	Pin      string  `json:"t,omitempty"` // SPKI pin of the node's certificate, for node-to-node TLS
 	Conns    int     `json:"c"`           // live agent connections (push sessions)
 	Capacity int     `json:"k,omitempty"` // push.max_connections
 	CPU      float64 `json:"l,omitempty"` // 1-minute load per core

@@ -27,7 +27,8 @@ const (
 const (
 	Version    = 1
 	ALPN       = "dpgate-push/1"
-	HeaderSize = 4 // type (1 byte) + payload length (3 bytes, big-endian)
+	PeerALPN   = "dpgate-peer/1" // nodes of a cluster on the push port (cluster/peer.go)
+	HeaderSize = 4               // type (1 byte) + payload length (3 bytes, big-endian)
 	// MaxFrame is the largest frame body any peer may send: a PUSH with a
 	// payload at the configured maximum fits well within it.
 	MaxFrame = 64 << 10

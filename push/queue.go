@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -108,22 +109,130 @@ func (q *Queue) Pending(device string, after uint64, limit int) ([]Message, erro
 }
 
 // Ack removes an acknowledged message; it reports whether it was queued
-// (a duplicate ACK is harmless).
-func (q *Queue) Ack(device string, seq uint64) (bool, error) {
-	found := false
-	err := q.db.Batch(func(tx *bolt.Tx) error {
+// (a duplicate ACK is harmless) and its id.
+func (q *Queue) Ack(device string, seq uint64) (id [16]byte, found bool, err error) {
+	err = q.db.Batch(func(tx *bolt.Tx) error {
 		found = false
 		db := deviceBucket(tx, device)
 		if db == nil {
 			return nil
 		}
-		if db.Get(seqKey(seq)) != nil {
+		if v := db.Get(seqKey(seq)); v != nil {
 			found = true
+			copy(id[:], v)
 			return db.Delete(seqKey(seq))
 		}
 		return nil
 	})
-	return found, err
+	return id, found, err
+}
+
+// Item is one message for one device, as nodes of a cluster pass them on:
+// the id and expiry travel with it, the sequence is each node's own.
+type Item struct {
+	Device string
+	Message
+}
+
+// Insert commits messages that already have an id (copies from another
+// node), skipping any id the device's queue already holds, and returns
+// the ones added with their sequences here. Checking for the id reads the
+// device's queue, which is short for a connected device.
+func (q *Queue) Insert(items []Item) ([]Item, error) {
+	var out []Item
+	err := q.db.Batch(func(tx *bolt.Tx) error {
+		out = out[:0]
+		qb, err := tx.CreateBucketIfNotExists([]byte(bucketQueue))
+		if err != nil {
+			return err
+		}
+		sb, err := tx.CreateBucketIfNotExists([]byte(bucketSeq))
+		if err != nil {
+			return err
+		}
+		for _, it := range items {
+			db, err := qb.CreateBucketIfNotExists([]byte(it.Device))
+			if err != nil {
+				return err
+			}
+			if hasID(db, it.ID) {
+				continue
+			}
+			var seq uint64 = 1
+			if v := sb.Get([]byte(it.Device)); len(v) == 8 {
+				seq = binary.BigEndian.Uint64(v) + 1
+			}
+			if err := sb.Put([]byte(it.Device), binary.BigEndian.AppendUint64(nil, seq)); err != nil {
+				return err
+			}
+			it.Seq = seq
+			if err := db.Put(seqKey(seq), encodeStored(it.Message)); err != nil {
+				return err
+			}
+			out = append(out, it)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("push: insert: %w", err)
+	}
+	return out, nil
+}
+
+func hasID(db *bolt.Bucket, id [16]byte) bool {
+	c := db.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if len(v) >= 16 && [16]byte(v[:16]) == id {
+			return true
+		}
+	}
+	return false
+}
+
+// Remove deletes a device's messages by id (acknowledged on another node,
+// or handed over to the nodes that keep them now) and returns the
+// sequences it removed.
+func (q *Queue) Remove(device string, ids [][16]byte) ([]uint64, error) {
+	var seqs []uint64
+	err := q.db.Batch(func(tx *bolt.Tx) error {
+		seqs = seqs[:0]
+		db := deviceBucket(tx, device)
+		if db == nil {
+			return nil
+		}
+		c := db.Cursor()
+		for k, v := c.First(); k != nil; {
+			if len(v) >= 16 && slices.Contains(ids, [16]byte(v[:16])) {
+				seqs = append(seqs, binary.BigEndian.Uint64(k))
+				if err := c.Delete(); err != nil {
+					return err
+				}
+				k, v = c.Seek(k)
+				continue
+			}
+			k, v = c.Next()
+		}
+		return nil
+	})
+	return seqs, err
+}
+
+// Devices lists the devices with queued messages.
+func (q *Queue) Devices() []string {
+	var out []string
+	q.db.View(func(tx *bolt.Tx) error {
+		qb := tx.Bucket([]byte(bucketQueue))
+		if qb == nil {
+			return nil
+		}
+		return qb.ForEachBucket(func(dev []byte) error {
+			if k, _ := qb.Bucket(dev).Cursor().First(); k != nil {
+				out = append(out, string(dev))
+			}
+			return nil
+		})
+	})
+	return out
 }
 
 // Len counts a device's queued messages (expired ones not yet swept too).

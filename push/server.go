@@ -73,6 +73,16 @@ type Config struct {
 	// ClassicKeyExchange leaves out the post-quantum hybrid group.
 	ClassicKeyExchange bool
 
+	// Cluster hooks. A TLS client offering ALPN PeerALPN on the push port
+	// is another node of the cluster: it is handshaken with PeerTLS and
+	// its connection handed to Peer. OnSession is called when a device's
+	// session starts and when it ends (not when it is replaced on this
+	// node); OnAck when a device acknowledges a queued push here.
+	PeerTLS   *tls.Config
+	Peer      func(net.Conn)
+	OnSession func(device string, up bool)
+	OnAck     func(device string, id [16]byte)
+
 	Metrics *metrics.Metrics // default metrics.Default()
 	Logger  *slog.Logger     // default slog.Default()
 }
@@ -137,7 +147,8 @@ type Server struct {
 	m      *metrics.Metrics
 	queue  *Queue
 	reg    *Registry
-	tls    *tls.Config
+	tls    *tls.Config // QUIC and agents
+	tcpTLS *tls.Config // tls, plus peers of the cluster when configured
 	accept *rate.Limiter
 
 	conns atomic.Int64 // connections held, handshakes included
@@ -151,7 +162,15 @@ type Server struct {
 	listeners []func() // close functions of the listeners
 	raw       map[conn]struct{}
 	draining  bool
+
+	ackMu     sync.Mutex
+	recent    map[[16]byte]struct{} // ids acknowledged lately, so a late copy is not delivered again
+	recentLog [][16]byte            // the same ids, oldest first, to bound the set
+	idWaiters map[[16]byte][]chan struct{}
 }
+
+// recentAcks bounds the set of recently acknowledged ids (about 3 MiB).
+const recentAcks = 1 << 16
 
 // New builds a server and starts its expiry sweeper; it does not listen.
 func New(cfg Config) (*Server, error) {
@@ -175,9 +194,22 @@ func New(cfg Config) (*Server, error) {
 		sessions: map[string]*session{},
 		waiters:  map[string]map[uint64][]chan struct{}{},
 		raw:      map[conn]struct{}{},
+		recent:   map[[16]byte]struct{}{},
+
+		idWaiters: map[[16]byte][]chan struct{}{},
 	}
 	if cfg.ClassicKeyExchange {
 		tlsconf.ClassicKeyExchange(s.tls)
+	}
+	s.tcpTLS = s.tls
+	if cfg.PeerTLS != nil && cfg.Peer != nil {
+		s.tcpTLS = s.tls.Clone()
+		s.tcpTLS.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+			if slices.Contains(hi.SupportedProtos, PeerALPN) {
+				return cfg.PeerTLS, nil
+			}
+			return nil, nil
+		}
 	}
 	s.wg.Add(1)
 	go s.expireLoop() // exits when done is closed
@@ -247,7 +279,7 @@ func (s *Server) admit() bool {
 }
 
 func (s *Server) serveTLS(raw net.Conn) {
-	tc := tls.Server(raw, s.tls)
+	tc := tls.Server(raw, s.tcpTLS)
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
@@ -255,6 +287,11 @@ func (s *Server) serveTLS(raw net.Conn) {
 		s.authFailed(raw.RemoteAddr(), err)
 		raw.Close()
 		s.conns.Add(-1)
+		return
+	}
+	if tc.ConnectionState().NegotiatedProtocol == PeerALPN && s.cfg.Peer != nil {
+		s.conns.Add(-1) // a node of the cluster, not an agent
+		s.cfg.Peer(tc)
 		return
 	}
 	var peer *x509.Certificate
@@ -365,20 +402,26 @@ func (s *Server) startSession(c conn, transport string, remote, local net.Addr, 
 	if err := s.reg.Seen(ss.device, ss.remote, &h, ss.since); err != nil {
 		s.log.Error("push: device registry", "device", ss.device, "err", err)
 	}
+	if s.cfg.OnSession != nil {
+		s.cfg.OnSession(ss.device, true)
+	}
 	s.m.IncrCounterWithLabels([]string{"push", "sessions", "started"}, 1, []metrics.Label{{Name: "transport", Value: ss.transport}})
 	ss.kick() // everything still queued, from the first message
 	s.wg.Add(1)
 	go s.runSession(ss) // ends when the agent goes
 }
 
-// unregister removes a session from the maps if it is still the current one.
-func (s *Server) unregister(ss *session) {
+// unregister removes a session from the maps if it is still the current
+// one, and reports whether it was.
+func (s *Server) unregister(ss *session) bool {
 	s.mu.Lock()
-	if s.sessions[ss.device] == ss {
+	current := s.sessions[ss.device] == ss
+	if current {
 		delete(s.sessions, ss.device)
 	}
 	delete(s.raw, ss.c)
 	s.mu.Unlock()
+	return current
 }
 
 // authenticate checks HELLO's device id against the certificate or token.
@@ -407,7 +450,9 @@ func (s *Server) runSession(ss *session) {
 	defer s.wg.Done()
 	err := ss.readLoop()
 	ss.close()
-	s.unregister(ss)
+	if s.unregister(ss) && s.cfg.OnSession != nil {
+		s.cfg.OnSession(ss.device, false)
+	}
 	s.conns.Add(-1)
 	s.reg.Seen(ss.device, ss.remote, nil, time.Now())
 	if err != nil && !errors.Is(err, net.ErrClosed) {
@@ -427,13 +472,8 @@ func (s *Server) Push(device string, payload []byte, ttl time.Duration) (Message
 
 // PushMany queues the payload for every device in one transaction.
 func (s *Server) PushMany(devices []string, payload []byte, ttl time.Duration) ([]Message, error) {
-	if len(payload) > s.cfg.MaxPayload {
-		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrPayloadTooLarge, len(payload), s.cfg.MaxPayload)
-	}
-	for _, d := range devices {
-		if d == "" || len(d) > MaxDeviceID {
-			return nil, fmt.Errorf("push: device id %q is empty or longer than %d bytes", d, MaxDeviceID)
-		}
+	if err := s.Check(devices, payload); err != nil {
+		return nil, err
 	}
 	msgs, err := s.queue.Enqueue(devices, payload, ttl)
 	if err != nil {
@@ -458,16 +498,42 @@ func (s *Server) PushMany(devices []string, payload []byte, ttl time.Duration) (
 	return msgs, nil
 }
 
+// Check refuses an oversized payload (ErrPayloadTooLarge) and device ids
+// the protocol cannot carry.
+func (s *Server) Check(devices []string, payload []byte) error {
+	if len(payload) > s.cfg.MaxPayload {
+		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrPayloadTooLarge, len(payload), s.cfg.MaxPayload)
+	}
+	for _, d := range devices {
+		if d == "" || len(d) > MaxDeviceID {
+			return fmt.Errorf("%w: device id %q is empty or longer than %d bytes", ErrBadDevice, d, MaxDeviceID)
+		}
+	}
+	return nil
+}
+
+// ErrBadDevice is returned for a device id the protocol cannot carry.
+var ErrBadDevice = errors.New("push: bad device id")
+
 // acked removes an acknowledged push and wakes anyone waiting for it.
 func (s *Server) acked(device string, seq uint64) {
-	found, err := s.queue.Ack(device, seq)
+	id, found, err := s.queue.Ack(device, seq)
 	if err != nil {
 		s.log.Error("push: ack", "device", device, "seq", seq, "err", err)
 		return
 	}
 	if found {
 		s.m.IncrCounter([]string{"push", "delivered"}, 1)
+		s.ackedIDs([][16]byte{id})
+		if s.cfg.OnAck != nil {
+			s.cfg.OnAck(device, id)
+		}
 	}
+	s.wakeSeq(device, seq)
+}
+
+// wakeSeq wakes the WaitAck callers of one sequence.
+func (s *Server) wakeSeq(device string, seq uint64) {
 	s.mu.Lock()
 	chans := s.waiters[device][seq]
 	delete(s.waiters[device], seq)
@@ -478,6 +544,136 @@ func (s *Server) acked(device string, seq uint64) {
 	for _, ch := range chans {
 		close(ch)
 	}
+}
+
+// ackedIDs records ids as acknowledged and wakes their WaitID callers.
+func (s *Server) ackedIDs(ids [][16]byte) {
+	s.ackMu.Lock()
+	var chans []chan struct{}
+	for _, id := range ids {
+		if _, ok := s.recent[id]; !ok {
+			s.recent[id] = struct{}{}
+			s.recentLog = append(s.recentLog, id)
+		}
+		chans = append(chans, s.idWaiters[id]...)
+		delete(s.idWaiters, id)
+	}
+	if n := len(s.recentLog) - recentAcks; n > 0 {
+		for _, id := range s.recentLog[:n] {
+			delete(s.recent, id)
+		}
+		s.recentLog = append(s.recentLog[:0], s.recentLog[n:]...)
+	}
+	s.ackMu.Unlock()
+	for _, ch := range chans {
+		close(ch)
+	}
+}
+
+// WaitID waits until the push with this id is acknowledged here or
+// reported acknowledged by another node of the cluster (Remove with
+// acked), or ctx ends.
+func (s *Server) WaitID(ctx context.Context, id [16]byte) error {
+	ch := make(chan struct{})
+	s.ackMu.Lock()
+	if _, done := s.recent[id]; done {
+		s.ackMu.Unlock()
+		return nil
+	}
+	s.idWaiters[id] = append(s.idWaiters[id], ch)
+	s.ackMu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		s.ackMu.Lock()
+		list := slices.DeleteFunc(s.idWaiters[id], func(c chan struct{}) bool { return c == ch })
+		if len(list) == 0 {
+			delete(s.idWaiters, id)
+		} else {
+			s.idWaiters[id] = list
+		}
+		s.ackMu.Unlock()
+		return ctx.Err()
+	}
+}
+
+// Insert commits copies of pushes accepted on another node of the cluster
+// (skipping ids already queued or acknowledged lately) and starts their
+// delivery to devices connected here. It returns the items added.
+func (s *Server) Insert(items []Item) ([]Item, error) {
+	s.ackMu.Lock()
+	fresh := slices.DeleteFunc(slices.Clone(items), func(it Item) bool {
+		_, done := s.recent[it.ID]
+		return done
+	})
+	s.ackMu.Unlock()
+	if len(fresh) == 0 {
+		return nil, nil
+	}
+	added, err := s.queue.Insert(fresh)
+	if err != nil {
+		return nil, err
+	}
+	s.m.IncrCounter([]string{"push", "copies_stored"}, float32(len(added)))
+	s.mu.Lock()
+	var kicks []*session
+	var msgs []Message
+	for _, it := range added {
+		if ss := s.sessions[it.Device]; ss != nil {
+			kicks = append(kicks, ss)
+			msgs = append(msgs, it.Message)
+		}
+	}
+	s.mu.Unlock()
+	for i, ss := range kicks {
+		ss.kickWith(msgs[i])
+	}
+	return added, nil
+}
+
+// Remove deletes a device's copies by id: acknowledged on another node
+// (acked: recorded so a late copy is not delivered again, and WaitID
+// callers woken), or handed over to the nodes that keep them now.
+func (s *Server) Remove(device string, ids [][16]byte, acked bool) error {
+	seqs, err := s.queue.Remove(device, ids)
+	if err != nil {
+		return err
+	}
+	if acked {
+		s.ackedIDs(ids)
+		for _, seq := range seqs {
+			s.wakeSeq(device, seq)
+		}
+	}
+	return nil
+}
+
+// Pending returns what is queued for a device, oldest first (at most
+// 10,000 messages).
+func (s *Server) Pending(device string) ([]Message, error) {
+	return s.queue.Pending(device, 0, 10000)
+}
+
+// QueuedDevices lists the devices with queued pushes.
+func (s *Server) QueuedDevices() []string { return s.queue.Devices() }
+
+// Holds reports whether the device is connected here.
+func (s *Server) Holds(device string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions[device] != nil
+}
+
+// HeldDevices lists the devices connected here.
+func (s *Server) HeldDevices() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.sessions))
+	for d := range s.sessions {
+		out = append(out, d)
+	}
+	return out
 }
 
 // WaitAck waits until seq is no longer queued for the device (it was

@@ -47,6 +47,21 @@ func (g *Gateway) startCluster() error {
 		return fmt.Errorf("gateway: cluster: %w", err)
 	}
 	g.cluster.Store(c)
+	if g.push != nil {
+		r, err := cluster.NewRouter(cluster.RouterConfig{
+			Cluster:            c,
+			Local:              g.push,
+			Identity:           g.id,
+			ClassicKeyExchange: !*g.cfg.TLS.PostQuantum,
+			Metrics:            g.tel.Metrics,
+			Logger:             g.log,
+		})
+		if err != nil {
+			c.Shutdown()
+			return fmt.Errorf("gateway: cluster: %w", err)
+		}
+		g.router.Store(r)
+	}
 	// Every local allow-list change goes to the other nodes at once.
 	g.allow.OnChange(func(e tlsconf.Entry) {
 		b, _ := json.Marshal([]tlsconf.Entry{e})
@@ -61,6 +76,7 @@ func (g *Gateway) clusterMeta() cluster.Meta {
 	m := cluster.Meta{Version: Version().Version, CPU: loadPerCore(), Draining: g.draining.Load()}
 	if g.pushAddr != "" {
 		m.Push = g.advertised(g.pushAddr)
+		m.Pin = g.id.Pin()
 		m.Conns = g.push.Sessions()
 		m.Capacity = g.cfg.Push.MaxConnections
 	}
@@ -129,6 +145,33 @@ func (g *Gateway) pushNodes() []string {
 		return []string{g.advertised(g.pushAddr)}
 	}
 	return nil
+}
+
+// The push server's cluster hooks, which do nothing until the router runs.
+
+func (g *Gateway) isPeer(pin string) bool {
+	r := g.router.Load()
+	return r != nil && r.IsPeer(pin)
+}
+
+func (g *Gateway) servePeer(c net.Conn) {
+	if r := g.router.Load(); r != nil {
+		r.ServeConn(c)
+		return
+	}
+	c.Close()
+}
+
+func (g *Gateway) sessionChanged(device string, up bool) {
+	if r := g.router.Load(); r != nil {
+		r.SessionChanged(device, up)
+	}
+}
+
+func (g *Gateway) pushAcked(device string, id [16]byte) {
+	if r := g.router.Load(); r != nil {
+		r.Acked(device, id)
+	}
 }
 
 // leaveCluster marks the node draining (peers stop sending agents), then

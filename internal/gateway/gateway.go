@@ -44,6 +44,7 @@ type Gateway struct {
 	pushAddr  string         // where the push server listens (TCP)
 	adminAddr string
 	cluster   atomic.Pointer[cluster.Cluster] // nil until Start, or without cluster.bind
+	router    atomic.Pointer[cluster.Router]  // push routing between nodes; nil without a cluster
 	draining  atomic.Bool
 	dns       []func() // close functions of the DNS listeners
 	dnsAddr   string
@@ -337,6 +338,14 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("proxy drain: %w", err))
 		}
 	}
+	if r := g.router.Load(); r != nil {
+		// The agents are gone; what is still queued here goes to the nodes
+		// that keep it from now on.
+		if err := r.Handoff(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("push handoff: %w", err))
+		}
+		r.Close()
+	}
 	if err := g.leaveCluster(); err != nil {
 		errs = append(errs, fmt.Errorf("cluster leave: %w", err))
 	}
@@ -353,6 +362,9 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 
 // Close stops everything at once. It is idempotent.
 func (g *Gateway) Close() error {
+	if r := g.router.Load(); r != nil {
+		r.Close()
+	}
 	if c := g.cluster.Load(); c != nil {
 		c.Shutdown()
 	}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/dpgate/dpgate/cluster"
 	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/tlsconf"
@@ -59,7 +60,7 @@ func (g *Gateway) newPush() (*push.Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return push.New(push.Config{
+	pc := push.Config{
 		Identity:           g.id,
 		AllowList:          g.allow,
 		Auth:               c.Auth,
@@ -74,7 +75,41 @@ func (g *Gateway) newPush() (*push.Server, error) {
 		Nodes:              g.pushNodes,
 		Metrics:            g.tel.Metrics,
 		Logger:             g.log,
-	})
+	}
+	if g.cfg.Cluster.Bind != "" {
+		pc.PeerTLS = cluster.PeerServerTLS(g.id, g.isPeer)
+		pc.Peer = g.servePeer
+		pc.OnSession = g.sessionChanged
+		pc.OnAck = g.pushAcked
+	}
+	return push.New(pc)
+}
+
+// accept commits a push for the devices: through the cluster's router
+// when there is one (on the devices' owner nodes), else here.
+func (g *Gateway) accept(ctx context.Context, devices []string, payload []byte, ttl time.Duration) ([]PushReply, error) {
+	out := make([]PushReply, len(devices))
+	if r := g.router.Load(); r != nil {
+		if err := g.push.Check(devices, payload); err != nil {
+			return nil, err
+		}
+		acc, err := r.Push(ctx, devices, payload, ttl)
+		if err != nil {
+			return nil, err
+		}
+		for i, a := range acc {
+			out[i] = PushReply{Device: a.Device, ID: hex.EncodeToString(a.ID[:]), Seq: a.Seq, Copies: a.Copies, Status: "queued", id: a.ID, expiry: a.Expiry}
+		}
+		return out, nil
+	}
+	msgs, err := g.push.PushMany(devices, payload, ttl)
+	if err != nil {
+		return nil, err
+	}
+	for i, m := range msgs {
+		out[i] = PushReply{Device: devices[i], ID: hex.EncodeToString(m.ID[:]), Seq: m.Seq, Copies: 1, Status: "queued", id: m.ID, expiry: m.Expiry}
+	}
+	return out, nil
 }
 
 func (g *Gateway) pushEnabled() bool { return g.cfg.Push.Listen != "" && g.cfg.Push.Listen != "off" }
@@ -92,8 +127,12 @@ type PushRequest struct {
 type PushReply struct {
 	Device string `json:"device"`
 	ID     string `json:"id"`
-	Seq    uint64 `json:"seq"`
+	Seq    uint64 `json:"seq"`    // sequence of this node's copy; 0 when the cluster keeps it on other nodes
+	Copies int    `json:"copies"` // nodes that committed it before the answer
 	Status string `json:"status"` // queued, delivered (ACKed) or expired (undelivered within its ttl)
+
+	id     [16]byte
+	expiry int64
 }
 
 // BulkReply is the answer of POST /v1/push.
@@ -135,6 +174,9 @@ func pushError(err error) error {
 	if errors.Is(err, push.ErrPayloadTooLarge) {
 		return admin.Error(http.StatusRequestEntityTooLarge, err)
 	}
+	if errors.Is(err, push.ErrBadDevice) {
+		return admin.Error(http.StatusBadRequest, err)
+	}
 	return err
 }
 
@@ -151,19 +193,19 @@ func (g *Gateway) pushRoutes() {
 				return 0, nil, admin.Error(http.StatusBadRequest, fmt.Errorf("wait %q is not a duration of at most 1m", w))
 			}
 		}
-		dev := r.PathValue("id")
-		m, err := g.push.Push(dev, payload, ttl)
+		replies, err := g.accept(r.Context(), []string{r.PathValue("id")}, payload, ttl)
 		if err != nil {
 			return 0, nil, pushError(err)
 		}
-		reply := PushReply{Device: dev, ID: hex.EncodeToString(m.ID[:]), Seq: m.Seq, Status: "queued"}
+		reply := replies[0]
 		if wait > 0 {
-			// Wait for the ACK, but not past the push's expiry: after it the
+			// Wait for the ACK (here, or reported by the node the device is
+			// connected to), but not past the push's expiry: after it the
 			// push can no longer be delivered.
-			expiry := time.UnixMilli(m.Expiry)
+			expiry := time.UnixMilli(reply.expiry)
 			ctx, cancel := context.WithTimeout(r.Context(), min(wait, time.Until(expiry)+10*time.Millisecond))
 			defer cancel()
-			acked := g.push.WaitAck(ctx, dev, m.Seq) == nil
+			acked := g.push.WaitID(ctx, reply.id) == nil
 			switch {
 			case !time.Now().Before(expiry):
 				// Gone from the queue at or after its expiry: reported as
@@ -194,15 +236,11 @@ func (g *Gateway) pushRoutes() {
 		if len(devices) == 0 {
 			return http.StatusAccepted, BulkReply{Pushes: []PushReply{}}, nil
 		}
-		msgs, err := g.push.PushMany(devices, payload, ttl)
+		replies, err := g.accept(r.Context(), devices, payload, ttl)
 		if err != nil {
 			return 0, nil, pushError(err)
 		}
-		out := BulkReply{Queued: len(msgs), Pushes: make([]PushReply, len(msgs))}
-		for i, m := range msgs {
-			out.Pushes[i] = PushReply{Device: devices[i], ID: hex.EncodeToString(m.ID[:]), Seq: m.Seq, Status: "queued"}
-		}
-		return http.StatusAccepted, out, nil
+		return http.StatusAccepted, BulkReply{Queued: len(replies), Pushes: replies}, nil
 	})
 	a.HandleJSON("GET /v1/devices", func(*http.Request) (int, any, error) {
 		devs := g.push.Devices()

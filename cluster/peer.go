@@ -1,0 +1,419 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	metrics "github.com/hashicorp/go-metrics"
+
+	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// Nodes talk to each other over HTTP/1.1 on the push port: TLS 1.3 with
+// ALPN push.PeerALPN, both sides presenting their gateway certificate and
+// checking the other's SPKI pin against the pins nodes gossip (gossip is
+// encrypted with the cluster key off loopback). Two requests:
+//
+//	POST /v1/peer/store  {"items":[...]}  commit copies of pushes
+//	POST /v1/peer/ops    {"ops":[...]}    registrations and ACKs, in order
+//
+// Both answer 204 once applied (store: once committed to disk).
+
+// PeerServerTLS is the push server's TLS configuration for connections
+// from other nodes; isPeer says whether a pin is a cluster member's.
+func PeerServerTLS(id *tlsconf.Identity, isPeer func(pin string) bool) *tls.Config {
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		GetCertificate: id.GetCertificate,
+		ClientAuth:     tls.RequireAnyClientCert,
+		NextProtos:     []string{push.PeerALPN},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 || !isPeer(tlsconf.Pin(cs.PeerCertificates[0])) {
+				return errors.New("cluster: the certificate is not a member's")
+			}
+			return nil
+		},
+	}
+}
+
+// IsPeer reports whether a pin is the certificate of a live member.
+func (r *Router) IsPeer(pin string) bool { return r.memberByPin(pin) != "" }
+
+func (r *Router) memberByPin(pin string) string {
+	for _, m := range r.c.Members() {
+		if m.Meta.Pin == pin && !m.Self {
+			return m.Name
+		}
+	}
+	return ""
+}
+
+// ServeConn serves one connection from another node (the push server's
+// Peer hook, after the TLS handshake). It returns at once.
+func (r *Router) ServeConn(c net.Conn) {
+	from := ""
+	if tc, ok := c.(*tls.Conn); ok {
+		if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 {
+			from = r.memberByPin(tlsconf.Pin(certs[0]))
+		}
+	}
+	// Wrapped, so net/http serves HTTP/1.1 on it rather than looking up a
+	// handler for its ALPN protocol; the node's name rides in the context.
+	if from == "" || !r.peer.ln.add(peerConn{c, from}) {
+		c.Close()
+	}
+}
+
+// peerConn is a handshaken connection from the named node.
+type peerConn struct {
+	net.Conn
+	from string
+}
+
+type fromKey struct{}
+
+// hexID is a push id written as hex in JSON.
+type hexID [16]byte
+
+func (h hexID) MarshalText() ([]byte, error) { return hex.AppendEncode(nil, h[:]), nil }
+
+func (h *hexID) UnmarshalText(b []byte) error {
+	if hex.DecodedLen(len(b)) != 16 {
+		return errors.New("cluster: push id is not 32 hex digits")
+	}
+	_, err := hex.Decode(h[:], b)
+	return err
+}
+
+// wireItem is a push copy between nodes, with the node that accepted it.
+type wireItem struct {
+	push.Item
+	Origin string
+}
+
+type wireJSON struct {
+	Device  string `json:"d"`
+	ID      hexID  `json:"i"`
+	Expiry  int64  `json:"e"`
+	Payload []byte `json:"p"`
+	Origin  string `json:"o,omitempty"`
+}
+
+func (w wireItem) MarshalJSON() ([]byte, error) {
+	return json.Marshal(wireJSON{w.Device, hexID(w.ID), w.Expiry, w.Payload, w.Origin})
+}
+
+func (w *wireItem) UnmarshalJSON(b []byte) error {
+	var j wireJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	if j.Device == "" || len(j.Device) > push.MaxDeviceID {
+		return fmt.Errorf("cluster: device id %q", j.Device)
+	}
+	w.Device, w.ID, w.Expiry, w.Payload, w.Origin = j.Device, j.ID, j.Expiry, j.Payload, j.Origin
+	return nil
+}
+
+type storeBody struct {
+	Items []wireItem `json:"items"`
+}
+
+type opsBody struct {
+	Ops []op `json:"ops"`
+}
+
+// peerNet is the HTTP server and client between nodes.
+type peerNet struct {
+	r      *Router
+	ln     *connListener
+	srv    *http.Server
+	client *http.Client
+}
+
+func newPeerNet(r *Router) *peerNet {
+	pn := &peerNet{r: r, ln: newConnListener()}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/peer/store", pn.handleStore)
+	mux.HandleFunc("POST /v1/peer/ops", pn.handleOps)
+	pn.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if pc, ok := c.(peerConn); ok {
+				ctx = context.WithValue(ctx, fromKey{}, pc.from)
+			}
+			return ctx
+		}, ErrorLog: log.New(slogWriter{r.log}, "cluster peer: ", 0)}
+	go pn.srv.Serve(pn.ln) // ends when the listener closes
+	pn.client = &http.Client{
+		Timeout: r.cfg.RequestTimeout,
+		Transport: &http.Transport{
+			DialTLSContext:      pn.dial,
+			MaxIdleConnsPerHost: 16,
+			IdleConnTimeout:     90 * time.Second,
+		},
+	}
+	return pn
+}
+
+// dial connects to the node whose push address is addr and checks its pin.
+func (pn *peerNet) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var pin string
+	for _, m := range pn.r.c.Members() {
+		if m.Meta.Push == addr {
+			pin = m.Meta.Pin
+		}
+	}
+	if pin == "" {
+		return nil, fmt.Errorf("cluster: no member serves %s", addr)
+	}
+	cfg := &tls.Config{
+		MinVersion:           tls.VersionTLS13,
+		GetClientCertificate: pn.r.cfg.Identity.GetClientCertificate,
+		NextProtos:           []string{push.PeerALPN},
+		InsecureSkipVerify:   true, // the pin check below replaces chain verification
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 || tlsconf.Pin(cs.PeerCertificates[0]) != pin {
+				return fmt.Errorf("cluster: %s does not present the pinned certificate", addr)
+			}
+			if cs.NegotiatedProtocol != push.PeerALPN {
+				return fmt.Errorf("cluster: %s does not speak %s", addr, push.PeerALPN)
+			}
+			return nil
+		},
+	}
+	if pn.r.cfg.ClassicKeyExchange {
+		tlsconf.ClassicKeyExchange(cfg)
+	}
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 2 * time.Second}, Config: cfg}
+	return d.DialContext(ctx, network, addr)
+}
+
+// from names the node a request comes from (by its certificate).
+func (pn *peerNet) from(req *http.Request) string {
+	from, _ := req.Context().Value(fromKey{}).(string)
+	return from
+}
+
+func (pn *peerNet) handleStore(w http.ResponseWriter, req *http.Request) {
+	from := pn.from(req)
+	var body storeBody
+	if from == "" {
+		http.Error(w, "not a member", http.StatusForbidden)
+		return
+	}
+	if err := json.NewDecoder(io.LimitReader(req.Body, 256<<20)).Decode(&body); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if err := pn.r.stored(from, body.Items); err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (pn *peerNet) handleOps(w http.ResponseWriter, req *http.Request) {
+	from := pn.from(req)
+	var body opsBody
+	if from == "" {
+		http.Error(w, "not a member", http.StatusForbidden)
+		return
+	}
+	if err := json.NewDecoder(io.LimitReader(req.Body, 64<<20)).Decode(&body); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	pn.r.applyOps(from, body.Ops)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// store sends copies of pushes this node accepted.
+func (pn *peerNet) store(ctx context.Context, node string, items []push.Item) error {
+	ws := make([]wireItem, len(items))
+	for i, it := range items {
+		ws[i] = wireItem{Item: it, Origin: pn.r.self}
+	}
+	return pn.storeWire(ctx, node, ws)
+}
+
+func (pn *peerNet) storeWire(ctx context.Context, node string, ws []wireItem) error {
+	return pn.post(ctx, node, "/v1/peer/store", storeBody{Items: ws})
+}
+
+func (pn *peerNet) post(ctx context.Context, node, path string, body any) error {
+	addr := ""
+	for _, m := range pn.r.c.Members() {
+		if m.Name == node {
+			addr = m.Meta.Push
+		}
+	}
+	if addr == "" {
+		return fmt.Errorf("cluster: node %s is not a member", node)
+	}
+	b, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+addr+path, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := pn.client.Do(req)
+	if err != nil {
+		pn.r.m.IncrCounterWithLabels([]string{"cluster", "peer", "errors"}, 1, []metrics.Label{{Name: "node", Value: node}})
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		pn.r.m.IncrCounterWithLabels([]string{"cluster", "peer", "errors"}, 1, []metrics.Label{{Name: "node", Value: node}})
+		return fmt.Errorf("cluster: %s%s: %s: %s", node, path, resp.Status, bytes.TrimSpace(msg))
+	}
+	io.Copy(io.Discard, resp.Body)
+	return nil
+}
+
+func (pn *peerNet) close() {
+	pn.srv.Close()
+	pn.client.CloseIdleConnections()
+}
+
+// outbox sends one node, in order and in batches, what need not hold up
+// the sender: copies forwarded to a holder, registrations, ACKs. What it
+// cannot deliver is dropped and counted: a holder that is gone will
+// register elsewhere and be sent the queue again, an owner that is gone is
+// replaced by one the rebalance copies to.
+type outbox struct {
+	r    *Router
+	node string
+	mu   sync.Mutex
+	wake chan struct{}
+	done chan struct{}
+	// pending work, swapped out whole by the sender
+	items []wireItem
+	ops   []op
+}
+
+const maxOutbox = 100000
+
+func newOutbox(r *Router, node string) *outbox {
+	ob := &outbox{r: r, node: node, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	go ob.loop() // ends on close
+	return ob
+}
+
+func (ob *outbox) addItems(ws []wireItem) {
+	ob.mu.Lock()
+	if len(ob.items)+len(ws) > maxOutbox {
+		ob.mu.Unlock()
+		ob.dropped(len(ws), "full")
+		return
+	}
+	ob.items = append(ob.items, ws...)
+	ob.mu.Unlock()
+	ob.signal()
+}
+
+func (ob *outbox) addOp(o op) {
+	ob.mu.Lock()
+	if len(ob.ops) >= maxOutbox {
+		ob.mu.Unlock()
+		ob.dropped(1, "full")
+		return
+	}
+	ob.ops = append(ob.ops, o)
+	ob.mu.Unlock()
+	ob.signal()
+}
+
+func (ob *outbox) signal() {
+	select {
+	case ob.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (ob *outbox) dropped(n int, reason string) {
+	ob.r.m.IncrCounterWithLabels([]string{"cluster", "outbox", "dropped"}, float32(n), []metrics.Label{{Name: "reason", Value: reason}})
+}
+
+func (ob *outbox) loop() {
+	for {
+		select {
+		case <-ob.done:
+			return
+		case <-ob.wake:
+		}
+		ob.mu.Lock()
+		items, ops := ob.items, ob.ops
+		ob.items, ob.ops = nil, nil
+		ob.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), ob.r.cfg.RequestTimeout)
+		for chunk := range slices.Chunk(items, 1000) {
+			if err := ob.r.peer.storeWire(ctx, ob.node, chunk); err != nil {
+				ob.r.log.Debug("cluster: forwarding pushes", "node", ob.node, "err", err)
+				ob.dropped(len(chunk), "unreachable")
+			}
+		}
+		for chunk := range slices.Chunk(ops, 5000) {
+			if err := ob.r.peer.post(ctx, ob.node, "/v1/peer/ops", opsBody{Ops: chunk}); err != nil {
+				ob.r.log.Debug("cluster: sending registrations and ACKs", "node", ob.node, "err", err)
+				ob.dropped(len(chunk), "unreachable")
+			}
+		}
+		cancel()
+	}
+}
+
+func (ob *outbox) close() { close(ob.done) }
+
+// connListener is a net.Listener fed with connections accepted elsewhere
+// (the push server's, after the TLS handshake).
+type connListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newConnListener() *connListener {
+	return &connListener{ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *connListener) add(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return &net.TCPAddr{} }

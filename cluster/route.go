@@ -1,0 +1,567 @@
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	metrics "github.com/hashicorp/go-metrics"
+
+	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// Routing of pushes between nodes: the hash-owned directory of
+// docs/CLUSTER.md. Each device has Replicas owner nodes, the first ones in
+// the rendezvous order of its id over the nodes that serve push now. A
+// push accepted anywhere is committed on the device's owners before the
+// API answers (and on the accepting node too when the device is connected
+// there). The node a device is connected to (its holder) registers it with
+// the owners, which forward every push for it to the holder and, on
+// registration, everything still queued. The holder passes the device's
+// ACK back to the owners and the accepting node. When the nodes change,
+// owners copy what they keep to the new owners, and a node that is no
+// longer an owner hands its copies over and drops them.
+
+// Local is this node's push server as the router uses it (*push.Server).
+type Local interface {
+	Insert(items []push.Item) ([]push.Item, error)
+	Remove(device string, ids [][16]byte, acked bool) error
+	Pending(device string) ([]push.Message, error)
+	QueuedDevices() []string
+	HeldDevices() []string
+	Holds(device string) bool
+}
+
+// RouterConfig configures a Router. Zero values mean the defaults in
+// comments.
+type RouterConfig struct {
+	Cluster  *Cluster          // required
+	Local    Local             // required
+	Identity *tlsconf.Identity // this node's certificate, pinned by peers. Required.
+	// Replicas is how many owner nodes keep each device's queue. Default: 2.
+	Replicas int
+	// SweepInterval: copies kept by a node that is neither an owner nor the
+	// holder of the device are handed over this often. Default: 30s.
+	SweepInterval time.Duration
+	// RequestTimeout bounds one request to a peer. Default: 5s.
+	RequestTimeout time.Duration
+	// ClassicKeyExchange leaves out the post-quantum group between nodes.
+	ClassicKeyExchange bool
+
+	Metrics *metrics.Metrics // default metrics.Default()
+	Logger  *slog.Logger     // default slog.Default()
+}
+
+// Router routes pushes between the nodes of a cluster.
+type Router struct {
+	cfg   RouterConfig
+	c     *Cluster
+	local Local
+	log   *slog.Logger
+	m     *metrics.Metrics
+	self  string
+	peer  *peerNet
+
+	mu      sync.Mutex
+	holders map[string]string   // device -> node it is connected to, for devices owned here
+	origins map[[16]byte]string // push id -> node that accepted it, told when it is acknowledged
+	out     map[string]*outbox  // by node name
+	view    string              // the node set last rebalanced for
+
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+// maxOrigins bounds the origins map; past it the map is emptied (a lost
+// origin only means that node's ?wait= sees no ACK).
+const maxOrigins = 1 << 20
+
+// NewRouter starts routing: peers' connections arrive through ServeConn
+// (the push server hands over those that negotiate push.PeerALPN).
+func NewRouter(cfg RouterConfig) (*Router, error) {
+	if cfg.Cluster == nil || cfg.Local == nil || cfg.Identity == nil {
+		return nil, errors.New("cluster: router needs Cluster, Local and Identity")
+	}
+	if cfg.Replicas == 0 {
+		cfg.Replicas = 2
+	}
+	if cfg.SweepInterval == 0 {
+		cfg.SweepInterval = 30 * time.Second
+	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = 5 * time.Second
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.Default()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	r := &Router{
+		cfg: cfg, c: cfg.Cluster, local: cfg.Local, log: cfg.Logger, m: cfg.Metrics,
+		self:    cfg.Cluster.cfg.Name,
+		holders: map[string]string{},
+		origins: map[[16]byte]string{},
+		out:     map[string]*outbox{},
+		done:    make(chan struct{}),
+	}
+	r.peer = newPeerNet(r)
+	r.wg.Add(1)
+	go r.loop() // exits on Close
+	return r, nil
+}
+
+// nodes are the members that keep queues now: serving push, with a pin
+// to reach them by, and not draining.
+func (r *Router) nodes() []Member {
+	var out []Member
+	for _, m := range r.c.Members() {
+		if m.Meta.Push != "" && m.Meta.Pin != "" && !m.Meta.Draining {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// owners returns the device's owner nodes: the first Replicas of the
+// rendezvous order (highest score of node name and device id first). A
+// change of nodes moves only the devices whose owners came or went.
+func (r *Router) owners(device string, nodes []Member) []string {
+	type scored struct {
+		name  string
+		score uint64
+	}
+	top := make([]scored, 0, r.cfg.Replicas+1)
+	for _, m := range nodes {
+		s := scored{m.Name, rendezvous(m.Name, device)}
+		i := sort.Search(len(top), func(i int) bool { return top[i].score < s.score })
+		if i < r.cfg.Replicas {
+			top = slices.Insert(top, i, s)
+			if len(top) > r.cfg.Replicas {
+				top = top[:r.cfg.Replicas]
+			}
+		}
+	}
+	out := make([]string, len(top))
+	for i, s := range top {
+		out[i] = s.name
+	}
+	return out
+}
+
+// Owners names the nodes that keep the device's queue now.
+func (r *Router) Owners(device string) []string { return r.owners(device, r.nodes()) }
+
+// rendezvous scores a node for a device: FNV-1a of both, finished with
+// SplitMix64's mixer so that similar names still spread evenly.
+func rendezvous(node, device string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(node); i++ {
+		h = (h ^ uint64(node[i])) * 1099511628211
+	}
+	h = (h ^ 0xff) * 1099511628211
+	for i := 0; i < len(device); i++ {
+		h = (h ^ uint64(device[i])) * 1099511628211
+	}
+	h ^= h >> 30
+	h *= 0xbf58476d1ce4e5b9
+	h ^= h >> 27
+	h *= 0x94d049bb133111eb
+	return h ^ h>>31
+}
+
+// Accepted is one device's push as accepted by Push.
+type Accepted struct {
+	Device string
+	ID     [16]byte
+	Expiry int64  // unix milliseconds
+	Seq    uint64 // the sequence of this node's copy; 0 when it keeps none
+	Copies int    // nodes that committed it
+}
+
+// Push commits one payload for each device on the device's owners (and
+// here when the device is connected here) and returns once they have it.
+// A node that cannot be reached is replaced by a copy on this node, which
+// the sweep hands over later, so a push is refused only when this node's
+// own store fails.
+func (r *Router) Push(ctx context.Context, devices []string, payload []byte, ttl time.Duration) ([]Accepted, error) {
+	expiry := time.Now().Add(ttl).UnixMilli()
+	items := make([]push.Item, len(devices))
+	for i, d := range devices {
+		items[i].Device = d
+		rand.Read(items[i].ID[:])
+		items[i].Expiry = expiry
+		items[i].Payload = payload
+	}
+	nodes := r.nodes()
+	var local []push.Item
+	remote := map[string][]push.Item{}
+	copies := make(map[[16]byte]int, len(items))
+	for _, it := range items {
+		owners := r.owners(it.Device, nodes)
+		here := len(owners) == 0 || r.local.Holds(it.Device)
+		for _, o := range owners {
+			if o == r.self {
+				here = true
+			} else {
+				remote[o] = append(remote[o], it)
+			}
+		}
+		if here {
+			local = append(local, it)
+		}
+	}
+	type result struct {
+		node  string
+		items []push.Item
+		err   error
+	}
+	results := make(chan result, len(remote))
+	for node, its := range remote {
+		go func() { // ends with the request
+			results <- result{node, its, r.peer.store(ctx, node, its)}
+		}()
+	}
+	seqs := map[[16]byte]uint64{}
+	if len(local) > 0 {
+		added, err := r.local.Insert(local)
+		if err != nil {
+			for range remote {
+				<-results
+			}
+			return nil, err
+		}
+		for _, it := range added {
+			seqs[it.ID] = it.Seq
+			copies[it.ID]++
+		}
+	}
+	var fallback []push.Item
+	for range remote {
+		res := <-results
+		if res.err != nil {
+			r.log.Warn("cluster: push not stored on its owner; kept here", "node", res.node, "pushes", len(res.items), "err", res.err)
+			r.m.IncrCounterWithLabels([]string{"cluster", "route", "failed"}, float32(len(res.items)), []metrics.Label{{Name: "node", Value: res.node}})
+			fallback = append(fallback, res.items...)
+			continue
+		}
+		r.m.IncrCounter([]string{"cluster", "route", "stored_remote"}, float32(len(res.items)))
+		for _, it := range res.items {
+			copies[it.ID]++
+		}
+	}
+	if len(fallback) > 0 {
+		added, err := r.local.Insert(fallback)
+		if err != nil {
+			return nil, err
+		}
+		for _, it := range added {
+			seqs[it.ID] = it.Seq
+			copies[it.ID]++
+		}
+	}
+	out := make([]Accepted, len(items))
+	for i, it := range items {
+		out[i] = Accepted{Device: it.Device, ID: it.ID, Expiry: it.Expiry, Seq: seqs[it.ID], Copies: copies[it.ID]}
+	}
+	return out, nil
+}
+
+// stored handles copies another node sends: commit them, remember who
+// accepted them, and pass them on to the device's holder when that is a
+// third node.
+func (r *Router) stored(from string, items []wireItem) error {
+	its := make([]push.Item, len(items))
+	for i, w := range items {
+		its[i] = w.Item
+	}
+	added, err := r.local.Insert(its)
+	if err != nil {
+		return err
+	}
+	fwd := map[string][]wireItem{}
+	r.mu.Lock()
+	if len(r.origins) > maxOrigins {
+		clear(r.origins)
+	}
+	for _, w := range items {
+		if w.Origin != "" && w.Origin != r.self {
+			r.origins[w.ID] = w.Origin
+		}
+	}
+	for _, it := range added {
+		if h := r.holders[it.Device]; h != "" && h != r.self && h != from {
+			fwd[h] = append(fwd[h], wireItem{Item: it, Origin: r.origins[it.ID]})
+		}
+	}
+	r.mu.Unlock()
+	for h, ws := range fwd {
+		r.outbox(h).addItems(ws)
+		r.m.IncrCounter([]string{"cluster", "route", "forwarded"}, float32(len(ws)))
+	}
+	return nil
+}
+
+// op is a small message between nodes, applied in the order sent.
+type op struct {
+	Kind   string  `json:"k"` // "reg", "unreg" or "ack"
+	Device string  `json:"d"`
+	IDs    []hexID `json:"i,omitempty"`
+}
+
+// applyOps handles another node's registrations and ACKs.
+func (r *Router) applyOps(from string, ops []op) {
+	for _, o := range ops {
+		switch o.Kind {
+		case "reg":
+			r.mu.Lock()
+			r.holders[o.Device] = from
+			r.mu.Unlock()
+			r.sendPending(o.Device, from)
+		case "unreg":
+			r.mu.Lock()
+			if r.holders[o.Device] == from {
+				delete(r.holders, o.Device)
+			}
+			r.mu.Unlock()
+		case "ack":
+			ids := make([][16]byte, len(o.IDs))
+			r.mu.Lock()
+			for i, id := range o.IDs {
+				ids[i] = id
+				delete(r.origins, id)
+			}
+			r.mu.Unlock()
+			if err := r.local.Remove(o.Device, ids, true); err != nil {
+				r.log.Error("cluster: removing acknowledged pushes", "device", o.Device, "err", err)
+			}
+		}
+	}
+}
+
+// sendPending forwards what is queued here for a device to its holder.
+func (r *Router) sendPending(device, holder string) {
+	msgs, err := r.local.Pending(device)
+	if err != nil || len(msgs) == 0 {
+		return
+	}
+	ws := make([]wireItem, len(msgs))
+	r.mu.Lock()
+	for i, m := range msgs {
+		ws[i] = wireItem{Item: push.Item{Device: device, Message: m}, Origin: r.origins[m.ID]}
+	}
+	r.mu.Unlock()
+	r.outbox(holder).addItems(ws)
+	r.m.IncrCounter([]string{"cluster", "route", "forwarded"}, float32(len(ws)))
+}
+
+// SessionChanged is the push server's OnSession hook: the device's owners
+// learn where it is connected.
+func (r *Router) SessionChanged(device string, up bool) {
+	kind := "unreg"
+	if up {
+		kind = "reg"
+	}
+	owners := r.owners(device, r.nodes())
+	r.mu.Lock()
+	if slices.Contains(owners, r.self) {
+		if up {
+			r.holders[device] = r.self
+		} else if r.holders[device] == r.self {
+			delete(r.holders, device)
+		}
+	}
+	r.mu.Unlock()
+	for _, o := range owners {
+		if o != r.self {
+			r.outbox(o).addOp(op{Kind: kind, Device: device})
+		}
+	}
+}
+
+// Acked is the push server's OnAck hook: the owners drop their copies and
+// the accepting node learns the push was delivered.
+func (r *Router) Acked(device string, id [16]byte) {
+	targets := r.owners(device, r.nodes())
+	r.mu.Lock()
+	if o := r.origins[id]; o != "" && !slices.Contains(targets, o) {
+		targets = append(targets, o)
+	}
+	delete(r.origins, id)
+	r.mu.Unlock()
+	for _, t := range targets {
+		if t != r.self {
+			r.outbox(t).addOp(op{Kind: "ack", Device: device, IDs: []hexID{id}})
+		}
+	}
+}
+
+func (r *Router) outbox(node string) *outbox {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ob := r.out[node]
+	if ob == nil {
+		ob = newOutbox(r, node)
+		r.out[node] = ob
+	}
+	return ob
+}
+
+// loop rebalances when the node set changes and sweeps periodically.
+func (r *Router) loop() {
+	defer r.wg.Done()
+	check := time.NewTicker(250 * time.Millisecond)
+	defer check.Stop()
+	sweep := time.NewTicker(r.cfg.SweepInterval)
+	defer sweep.Stop()
+	for {
+		select {
+		case <-r.done:
+			return
+		case <-check.C:
+			nodes := r.nodes()
+			names := make([]string, len(nodes))
+			for i, m := range nodes {
+				names[i] = m.Name
+			}
+			view := strings.Join(names, ",")
+			if view != r.view {
+				r.view = view
+				r.log.Info("cluster: push nodes changed; rebalancing", "nodes", view)
+				r.reregister(nodes)
+				r.rebalanceFor(nodes, true)
+			}
+		case <-sweep.C:
+			r.rebalanceFor(r.nodes(), false)
+		}
+	}
+}
+
+// reregister tells every connected device's owners where it is (the
+// owners may have changed with the nodes).
+func (r *Router) reregister(nodes []Member) {
+	for _, d := range r.local.HeldDevices() {
+		for _, o := range r.owners(d, nodes) {
+			if o != r.self {
+				r.outbox(o).addOp(op{Kind: "reg", Device: d})
+			}
+		}
+	}
+}
+
+func (r *Router) rebalanceFor(nodes []Member, copyAll bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	r.rebalance(ctx, nodes, copyAll)
+}
+
+// rebalance makes sure every device's owners have what this node keeps
+// for it (all when copyAll, after a change of nodes; otherwise only the
+// copies this node should not keep), and drops copies this node keeps
+// for no reason once the owners have them.
+func (r *Router) rebalance(ctx context.Context, nodes []Member, copyAll bool) {
+	send := map[string][]wireItem{}
+	drop := map[string][][16]byte{} // device -> ids to drop once sent
+	need := map[string][]string{}   // device -> owners it must reach
+	for _, d := range r.local.QueuedDevices() {
+		owners := r.owners(d, nodes)
+		mine := slices.Contains(owners, r.self)
+		keep := mine || r.local.Holds(d)
+		if keep && !copyAll {
+			continue
+		}
+		msgs, err := r.local.Pending(d)
+		if err != nil || len(msgs) == 0 {
+			continue
+		}
+		r.mu.Lock()
+		for _, o := range owners {
+			if o == r.self {
+				continue
+			}
+			for _, m := range msgs {
+				send[o] = append(send[o], wireItem{Item: push.Item{Device: d, Message: m}, Origin: r.origins[m.ID]})
+			}
+			need[d] = append(need[d], o)
+		}
+		r.mu.Unlock()
+		if !keep && len(owners) > 0 {
+			for _, m := range msgs {
+				drop[d] = append(drop[d], m.ID)
+			}
+		}
+	}
+	failed := map[string]bool{}
+	for node, ws := range send {
+		for chunk := range slices.Chunk(ws, 1000) {
+			if err := r.peer.storeWire(ctx, node, chunk); err != nil {
+				r.log.Warn("cluster: copying queued pushes to their owner", "node", node, "err", err)
+				failed[node] = true
+				break
+			}
+			r.m.IncrCounter([]string{"cluster", "route", "rebalanced"}, float32(len(chunk)))
+		}
+	}
+	for d, ids := range drop {
+		if slices.ContainsFunc(need[d], func(o string) bool { return failed[o] }) {
+			continue // keep ours until every owner has them
+		}
+		if err := r.local.Remove(d, ids, false); err != nil {
+			r.log.Error("cluster: dropping handed-over pushes", "device", d, "err", err)
+			continue
+		}
+		r.m.IncrCounter([]string{"cluster", "route", "handed_over"}, float32(len(ids)))
+	}
+}
+
+// Handoff gives every push queued here to the other nodes and drops it
+// here: a node that leaves for good calls it once its agents are gone.
+// Without another node (the last one leaving) they stay in the store, as
+// they would without a cluster, and are delivered when the node is back.
+func (r *Router) Handoff(ctx context.Context) error {
+	if len(r.local.QueuedDevices()) == 0 {
+		return nil
+	}
+	var nodes []Member
+	for _, m := range r.nodes() {
+		if m.Name != r.self {
+			nodes = append(nodes, m)
+		}
+	}
+	if len(nodes) == 0 {
+		r.log.Warn("cluster: no other node to hand queued pushes to; they stay in this node's store")
+		return nil
+	}
+	r.rebalance(ctx, nodes, false)
+	if left := len(r.local.QueuedDevices()); left > 0 {
+		return fmt.Errorf("cluster: the pushes of %d devices could not be handed over; they stay in this node's store", left)
+	}
+	return nil
+}
+
+// Close stops the router and its connections to peers.
+func (r *Router) Close() {
+	select {
+	case <-r.done:
+		return
+	default:
+		close(r.done)
+	}
+	r.wg.Wait()
+	r.mu.Lock()
+	obs := r.out
+	r.out = map[string]*outbox{}
+	r.mu.Unlock()
+	for _, ob := range obs {
+		ob.close()
+	}
+	r.peer.close()
+}

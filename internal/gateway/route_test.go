@@ -1,0 +1,206 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// testCluster starts n gateways (push auth none) joined into one cluster
+// and waits until every node sees all n with their push pins.
+func testCluster(t *testing.T, n int) ([]*Gateway, []*admin.Client) {
+	t.Helper()
+	seed := freeUDPTCPPort(t)
+	var gs []*Gateway
+	var apis []*admin.Client
+	for i := range n {
+		bind, join := seed, ""
+		if i > 0 {
+			bind, join = freeUDPTCPPort(t), fmt.Sprintf("  join: [%s]\n", seed)
+		}
+		g, api, _ := newTestGateway(t, fmt.Sprintf("push:\n  listen: 127.0.0.1:0\n  auth: none\ncluster:\n  bind: %s\n%s", bind, join))
+		gs, apis = append(gs, g), append(apis, api)
+	}
+	waitFor(t, 20*time.Second, func() error {
+		for _, g := range gs {
+			r := g.router.Load()
+			if r == nil {
+				return fmt.Errorf("%s: no router", g.cfg.Node.Name)
+			}
+			if got := len(r.Owners("x")); got != min(2, n) {
+				return fmt.Errorf("%s sees %d owners, want %d", g.cfg.Node.Name, got, min(2, n))
+			}
+			pins := 0
+			for _, m := range g.cluster.Load().Members() {
+				if m.Meta.Pin != "" {
+					pins++
+				}
+			}
+			if pins != n {
+				return fmt.Errorf("%s sees %d nodes with pins, want %d", g.cfg.Node.Name, pins, n)
+			}
+		}
+		return nil
+	})
+	return gs, apis
+}
+
+// testAgent is a reference agent that records the payloads it receives.
+type testAgent struct {
+	c      *client.Client
+	mu     sync.Mutex
+	got    map[string]int // payload -> times received
+	cancel func()
+	done   chan struct{}
+}
+
+func startTestAgent(t *testing.T, device string, g *Gateway) *testAgent {
+	t.Helper()
+	pins, _ := tlsconf.ParsePins([]string{g.Identity().Pin()})
+	a := &testAgent{got: map[string]int{}, done: make(chan struct{})}
+	var err error
+	a.c, err = client.New(client.Config{Servers: []string{g.pushAddr}, DeviceID: device, TLS: tlsconf.PinnedClientConfig(pins, "gw"),
+		MaxBackoff: 500 * time.Millisecond,
+		OnPush: func(m push.Message) {
+			a.mu.Lock()
+			a.got[string(m.Payload)]++
+			a.mu.Unlock()
+		}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	go func() { defer close(a.done); a.c.Run(ctx) }()
+	t.Cleanup(a.stop)
+	return a
+}
+
+func (a *testAgent) stop() {
+	a.cancel()
+	<-a.done
+}
+
+func (a *testAgent) has(payloads ...string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var missing []string
+	for _, p := range payloads {
+		if a.got[p] == 0 {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%d of %d pushes not received, e.g. %q", len(missing), len(payloads), missing[0])
+	}
+	return nil
+}
+
+// holder returns the index of the gateway the device is connected to.
+func holder(gs []*Gateway, device string) int {
+	for i, g := range gs {
+		if g.push.Holds(device) {
+			return i
+		}
+	}
+	return -1
+}
+
+func TestPushRoutedAcrossNodes(t *testing.T) {
+	gs, apis := testCluster(t, 3)
+	ctx := context.Background()
+	a := startTestAgent(t, "pc-route", gs[0])
+	waitFor(t, 20*time.Second, func() error {
+		if holder(gs, "pc-route") < 0 {
+			return fmt.Errorf("not connected yet")
+		}
+		return nil
+	})
+	h := holder(gs, "pc-route")
+	// A push accepted on each node, the holder included, arrives; waiting
+	// on it from a node that is not the holder reports delivered.
+	for i, api := range apis {
+		data := fmt.Sprintf("via node %d", i)
+		var reply PushReply
+		if err := api.Do(ctx, "POST", "/v1/devices/pc-route/push?wait=10s", PushRequest{Data: &data}, &reply); err != nil {
+			t.Fatal(err)
+		}
+		if reply.Status != "delivered" {
+			t.Errorf("push via node %d (holder is node %d): %+v, want delivered", i, h, reply)
+		}
+		if reply.Copies < 2 {
+			t.Errorf("push via node %d committed on %d nodes, want at least 2", i, reply.Copies)
+		}
+	}
+	waitFor(t, 10*time.Second, func() error { return a.has("via node 0", "via node 1", "via node 2") })
+	// Once acknowledged, no node keeps a copy.
+	waitFor(t, 10*time.Second, func() error {
+		for i, g := range gs {
+			if d, _ := g.push.Device("pc-route"); d.Queued != 0 {
+				return fmt.Errorf("node %d still queues %d pushes", i, d.Queued)
+			}
+		}
+		return nil
+	})
+}
+
+func TestQueuedPushesSurviveOwnerFailure(t *testing.T) {
+	gs, apis := testCluster(t, 3)
+	ctx := context.Background()
+	dev := "pc-offline"
+	owners := gs[0].router.Load().Owners(dev)
+	// Accept on a node, queue 20 pushes for the offline device, then crash
+	// (no leave, no handoff) one of its owners.
+	var victim int
+	for i, g := range gs {
+		if g.cfg.Node.Name == owners[0] {
+			victim = i
+		}
+	}
+	via := (victim + 1) % 3
+	var want []string
+	for i := range 20 {
+		data := fmt.Sprintf("queued %d", i)
+		want = append(want, data)
+		var reply PushReply
+		if err := apis[via].Do(ctx, "POST", "/v1/devices/"+dev+"/push", PushRequest{Data: &data}, &reply); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gs[victim].Close()
+	survivors := slices.Delete(slices.Clone(gs), victim, victim+1)
+	// The survivors see it go, and the surviving owner copies the queue to
+	// the node that now completes the owner pair.
+	waitFor(t, 20*time.Second, func() error {
+		for _, g := range survivors {
+			if o := g.router.Load().Owners(dev); slices.Contains(o, gs[victim].cfg.Node.Name) {
+				return fmt.Errorf("%s still counts the dead node as an owner", g.cfg.Node.Name)
+			}
+		}
+		for _, g := range survivors {
+			if d, _ := g.push.Device(dev); d.Queued != 20 {
+				return fmt.Errorf("%s queues %d, want 20 (both survivors are owners now)", g.cfg.Node.Name, d.Queued)
+			}
+		}
+		return nil
+	})
+	// The device connects to either survivor and gets all 20.
+	for i, g := range survivors {
+		a := startTestAgent(t, fmt.Sprintf("%s", dev), g)
+		waitFor(t, 20*time.Second, func() error { return a.has(want...) })
+		a.stop()
+		if i == 0 {
+			break // the pushes are acknowledged now; one agent is the test
+		}
+	}
+}
