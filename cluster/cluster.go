@@ -48,6 +48,15 @@ type Config struct {
 	// Default: 0.05 (with gossip lag, a node can end slightly above its
 	// threshold, so the margin must be below the evenness one wants).
 	Margin float64
+	// Rebalancing: when Move is set and this node stays above the fair
+	// share by the margin for RebalanceAfter (default 5s), it asks up to
+	// RebalanceRate agents per second (default 50) to move: Move is given
+	// one target push address per agent and returns how many it told.
+	// Sessions is this node's exact agent count.
+	Move           func(addrs []string) int
+	Sessions       func() int
+	RebalanceRate  int
+	RebalanceAfter time.Duration
 	// State, when set, is small shared state (the agent allow-list) kept
 	// the same on every node: changes go out through Broadcast at once,
 	// and the whole state is exchanged in memberlist's push/pull.
@@ -114,6 +123,12 @@ func Start(cfg Config) (*Cluster, error) {
 	}
 	if cfg.Margin == 0 {
 		cfg.Margin = 0.05
+	}
+	if cfg.RebalanceRate == 0 {
+		cfg.RebalanceRate = 50
+	}
+	if cfg.RebalanceAfter == 0 {
+		cfg.RebalanceAfter = 5 * time.Second
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.Default()
@@ -195,6 +210,7 @@ func (c *Cluster) loop() {
 	defer refresh.Stop()
 	rejoin := time.NewTicker(c.cfg.RejoinInterval)
 	defer rejoin.Stop()
+	var over time.Time // since when this node is above its fair share
 	for {
 		select {
 		case <-c.done:
@@ -213,6 +229,9 @@ func (c *Cluster) loop() {
 			}
 			c.m.SetGauge([]string{"cluster", "members"}, float32(c.ml.NumMembers()))
 			c.m.SetGauge([]string{"cluster", "health_score"}, float32(c.ml.GetHealthScore()))
+			if c.cfg.Move != nil && c.cfg.Sessions != nil {
+				over = c.rebalance(over)
+			}
 		case <-rejoin.C:
 			if len(c.cfg.Join) > 0 {
 				c.ml.Join(c.cfg.Join) // heals partitions; joining known nodes is harmless

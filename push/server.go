@@ -797,6 +797,27 @@ func (s *Server) Sessions() int {
 	return len(s.sessions)
 }
 
+// Move sends REDIRECT (reason 2, balancing) to one session per address
+// given, each told to reconnect there, and returns how many it sent. The
+// agents close; a session still open after 10 s is closed here.
+func (s *Server) Move(addrs []string) int {
+	s.mu.Lock()
+	list := make([]*session, 0, len(addrs))
+	for _, ss := range s.sessions { // map order: an arbitrary choice
+		if len(list) == len(addrs) {
+			break
+		}
+		list = append(list, ss)
+	}
+	s.mu.Unlock()
+	for i, ss := range list {
+		ss.send((&Redirect{Reason: 2, Address: addrs[i]}).Marshal())
+		time.AfterFunc(10*time.Second, ss.close)
+	}
+	s.m.IncrCounter([]string{"push", "moved"}, float32(len(list)))
+	return len(list)
+}
+
 // Shutdown stops accepting, sends DRAIN to every agent (each told to
 // reconnect elsewhere after a random delay up to spread, so they do not
 // all arrive at once), waits for them to leave until ctx ends, then

@@ -198,6 +198,15 @@ type Cluster struct {
 	// SecretKeyFile holds the gossip encryption key (16, 24 or 32 bytes,
 	// base64). Required when Bind is not a loopback address.
 	SecretKeyFile string `yaml:"secret_key_file"`
+	// Margin above the cluster's fair share of agents before a node sends
+	// new agents elsewhere. Default: 5%.
+	Margin Percent `yaml:"margin"`
+	// RebalanceRate is how many agents per second a node still above
+	// its fair share by the margin, after 5 seconds, asks to move to a
+	// less loaded node (REDIRECT during the session), so a node that joins
+	// or comes back fills up without mass disconnects. Default: 50; a
+	// negative value turns it off.
+	RebalanceRate int `yaml:"rebalance_rate"`
 	// DNS answers for the push service.
 	DNS DNS `yaml:"dns"`
 }
@@ -322,6 +331,10 @@ func (c *Config) withDefaults() {
 	setDur(&l.Window, Duration(30e9))
 
 	setStr(&c.Cluster.DNS.Domain, DefaultDNSDomain)
+	setInt(&c.Cluster.RebalanceRate, 50)
+	if c.Cluster.Margin == 0 {
+		c.Cluster.Margin = 0.05
+	}
 }
 
 // Enabled reports whether a listener that is on by default is enabled.

@@ -32,7 +32,7 @@ func (g *Gateway) startCluster() error {
 			return fmt.Errorf("gateway: cluster.secret_key_file %s: want base64 of 16, 24 or 32 bytes (e.g. openssl rand -base64 32)", cc.SecretKeyFile)
 		}
 	}
-	c, err := cluster.Start(cluster.Config{
+	cfg := cluster.Config{
 		Name:      g.cfg.Node.Name,
 		Bind:      cc.Bind,
 		Advertise: cc.Advertise,
@@ -40,9 +40,14 @@ func (g *Gateway) startCluster() error {
 		SecretKey: key,
 		Meta:      g.clusterMeta,
 		State:     allowState{g.allow},
+		Margin:    float64(cc.Margin),
 		Metrics:   g.tel.Metrics,
 		Logger:    g.log,
-	})
+	}
+	if g.push != nil && cc.RebalanceRate > 0 {
+		cfg.Move, cfg.Sessions, cfg.RebalanceRate = g.push.Move, g.push.Sessions, cc.RebalanceRate
+	}
+	c, err := cluster.Start(cfg)
 	if err != nil {
 		return fmt.Errorf("gateway: cluster: %w", err)
 	}

@@ -406,6 +406,15 @@ func (c *Client) session(ctx context.Context, addr string, redirected bool) outc
 				v, _ := push.ParseU64(body)
 				k.send(push.MarshalU64(push.TypePong, v))
 			}
+		case push.TypeRedirect:
+			// The cluster moves this agent to a less loaded node.
+			r, err := push.ParseRedirect(body)
+			if err != nil {
+				out.err = err
+				return out
+			}
+			out.redirect = r.Address
+			return out
 		case push.TypeDrain:
 			d, _ := push.ParseDrain(body)
 			out.drain = max(time.Duration(d.DelayMillis)*time.Millisecond, time.Millisecond)
