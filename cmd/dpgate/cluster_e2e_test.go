@@ -181,7 +181,7 @@ func TestClusterSurvivesKill9(t *testing.T) {
 	var (
 		acceptedMu sync.Mutex
 		accepted   = map[string]string{} // payload -> device
-		refused    [3]atomic.Int64 // by node
+		refused    [3]atomic.Int64       // by node
 	)
 	send := func(node int, dev, data string) {
 		var reply gateway.PushReply
