@@ -157,6 +157,13 @@ func (r *Router) owners(device string, nodes []Member) []string {
 	return out
 }
 
+// Holder is the node the device is registered at, as an owner knows it ("" when unknown or not an owner here).
+func (r *Router) Holder(device string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.holders[device]
+}
+
 // Owners names the nodes that keep the device's queue now.
 func (r *Router) Owners(device string) []string { return r.owners(device, r.nodes()) }
 
@@ -243,6 +250,9 @@ func (r *Router) Push(ctx context.Context, devices []string, payload []byte, ttl
 			seqs[it.ID] = it.Seq
 			copies[it.ID]++
 		}
+		// An owner knows the holder: send it on now, in parallel with
+		// the other owner's copy (the holder drops the second by id).
+		r.forward(r.self, added)
 	}
 	var fallback []push.Item
 	for range remote {
@@ -287,7 +297,6 @@ func (r *Router) stored(from string, items []wireItem) error {
 	if err != nil {
 		return err
 	}
-	fwd := map[string][]wireItem{}
 	r.mu.Lock()
 	if len(r.origins) > maxOrigins {
 		clear(r.origins)
@@ -297,9 +306,23 @@ func (r *Router) stored(from string, items []wireItem) error {
 			r.origins[w.ID] = w.Origin
 		}
 	}
+	r.mu.Unlock()
+	r.forward(from, added)
+	return nil
+}
+
+// forward passes pushes just committed here on to their devices' holders
+// when those are other nodes than this one and from (which has them).
+func (r *Router) forward(from string, added []push.Item) {
+	fwd := map[string][]wireItem{}
+	r.mu.Lock()
 	for _, it := range added {
 		if h := r.holders[it.Device]; h != "" && h != r.self && h != from {
-			fwd[h] = append(fwd[h], wireItem{Item: it, Origin: r.origins[it.ID]})
+			origin := r.origins[it.ID]
+			if origin == "" {
+				origin = r.self // accepted here
+			}
+			fwd[h] = append(fwd[h], wireItem{Item: it, Origin: origin})
 		}
 	}
 	r.mu.Unlock()
@@ -307,7 +330,6 @@ func (r *Router) stored(from string, items []wireItem) error {
 		r.outbox(h).addItems(ws)
 		r.m.IncrCounter([]string{"cluster", "route", "forwarded"}, float32(len(ws)))
 	}
-	return nil
 }
 
 // op is a small message between nodes, applied in the order sent.

@@ -19,7 +19,7 @@ var waitFor = testutil.WaitFor
 
 // freeUDPTCPPort finds a loopback port free for both TCP and UDP, as
 // memberlist binds both.
-func freeUDPTCPPort(t *testing.T) string {
+func freeUDPTCPPort(t testing.TB) string {
 	for range 20 {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {

@@ -25,7 +25,7 @@ var gatewaySeq atomic.Int64
 
 // newTestGateway starts a gateway on a temporary data dir with the admin
 // API on 127.0.0.1:0 and returns it with an API client.
-func newTestGateway(t *testing.T, yaml string) (*Gateway, *admin.Client, string) {
+func newTestGateway(t testing.TB, yaml string) (*Gateway, *admin.Client, string) {
 	t.Helper()
 	dir := t.TempDir()
 	f := filepath.Join(dir, "dpgate.yaml")

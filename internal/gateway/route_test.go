@@ -18,7 +18,7 @@ import (
 
 // testCluster starts n gateways (push auth none) joined into one cluster
 // and waits until every node sees all n with their push pins.
-func testCluster(t *testing.T, n int) ([]*Gateway, []*admin.Client) {
+func testCluster(t testing.TB, n int) ([]*Gateway, []*admin.Client) {
 	t.Helper()
 	seed := freeUDPTCPPort(t)
 	var gs []*Gateway
@@ -64,7 +64,7 @@ type testAgent struct {
 	done   chan struct{}
 }
 
-func startTestAgent(t *testing.T, device string, g *Gateway) *testAgent {
+func startTestAgent(t testing.TB, device string, g *Gateway) *testAgent {
 	t.Helper()
 	pins, _ := tlsconf.ParsePins([]string{g.Identity().Pin()})
 	a := &testAgent{got: map[string]int{}, done: make(chan struct{})}

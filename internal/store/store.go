@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -32,7 +34,19 @@ var (
 // DB is an open store.
 type DB struct {
 	bolt *bolt.DB
+
+	mu         sync.Mutex
+	pending    []batchCall // Batch calls waiting for the next commit
+	committing bool        // a committer goroutine is running
 }
+
+type batchCall struct {
+	fn  func(*bolt.Tx) error
+	err chan error
+}
+
+// maxBatch caps the calls one commit takes.
+const maxBatch = 1000
 
 // Options tune Open. The zero value is right for the gateway.
 type Options struct {
@@ -57,12 +71,6 @@ func Open(dir string, opts Options) (*DB, error) {
 		}
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	// Batch gathers concurrent writes for at most 0.5 ms (bbolt's default
-	// is 10 ms). A commit with fsync takes 0.15 ms on our machines
-	// (BenchmarkPut), so the gathering wait, not the disk, is what a lone
-	// push waits for; under load, batches fill while the previous commit
-	// runs anyway.
-	b.MaxBatchDelay = 500 * time.Microsecond
 	return &DB{bolt: b}, nil
 }
 
@@ -144,5 +152,57 @@ func (db *DB) Check() error {
 
 // Batch runs fn in a read-write transaction shared with other concurrent
 // Batch calls, so many small writes cost one fsync. fn may run more than
-// once and must be idempotent (bbolt's DB.Batch).
-func (db *DB) Batch(fn func(tx *bolt.Tx) error) error { return db.bolt.Batch(fn) }
+// once and must be idempotent.
+//
+// It is a group commit, not bbolt's DB.Batch: bbolt waits a fixed delay
+// to gather calls (10 ms by default), which a lone writer pays in full.
+// Here the first call commits at once, and the calls that arrive while a
+// commit runs share the next one, so a lone push waits for one fsync and
+// a busy store still commits many writes per fsync.
+func (db *DB) Batch(fn func(tx *bolt.Tx) error) error {
+	c := batchCall{fn: fn, err: make(chan error, 1)}
+	db.mu.Lock()
+	db.pending = append(db.pending, c)
+	start := !db.committing
+	db.committing = true
+	db.mu.Unlock()
+	if start {
+		go db.commit() // ends when no call is pending
+	}
+	return <-c.err
+}
+
+// commit runs the pending calls, a batch per transaction, until none is
+// left. If a batch fails, each call runs alone so that one call's error
+// is not another's.
+func (db *DB) commit() {
+	for {
+		db.mu.Lock()
+		n := min(len(db.pending), maxBatch)
+		if n == 0 {
+			db.committing = false
+			db.mu.Unlock()
+			return
+		}
+		batch := slices.Clone(db.pending[:n])
+		db.pending = slices.Delete(db.pending, 0, n)
+		db.mu.Unlock()
+		err := db.bolt.Update(func(tx *bolt.Tx) error {
+			for _, c := range batch {
+				if err := c.fn(tx); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err == nil || len(batch) == 1 {
+			for _, c := range batch {
+				c.err <- err
+			}
+			continue
+		}
+		for _, c := range batch {
+			c.err <- db.bolt.Update(c.fn)
+		}
+	}
+}

@@ -8,9 +8,12 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 func TestPutGetDeleteForEach(t *testing.T) {
@@ -131,4 +134,47 @@ func childWriter(dir string) {
 		w.Flush()
 	}
 	os.Exit(0)
+}
+
+// TestBatchGroupCommit: concurrent Batch calls all commit, and a failing
+// call fails alone (its batch-mates are committed by a retry).
+func TestBatchGroupCommit(t *testing.T) {
+	db, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	const n = 500
+	errBoom := errors.New("boom")
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = db.Batch(func(tx *bolt.Tx) error {
+				if i%50 == 7 {
+					return errBoom
+				}
+				b, err := tx.CreateBucketIfNotExists([]byte("batch"))
+				if err != nil {
+					return err
+				}
+				return b.Put([]byte(fmt.Sprint(i)), []byte("v"))
+			})
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		_, getErr := db.Get("batch", fmt.Sprint(i))
+		if i%50 == 7 {
+			if !errors.Is(errs[i], errBoom) || getErr == nil {
+				t.Errorf("call %d: err %v, stored %v; want boom and nothing stored", i, errs[i], getErr == nil)
+			}
+			continue
+		}
+		if errs[i] != nil || getErr != nil {
+			t.Errorf("call %d: err %v, get %v; want committed", i, errs[i], getErr)
+		}
+	}
 }
