@@ -498,17 +498,17 @@ func (c *Client) LocalAddr() net.Addr {
 	return nil
 }
 
-// dedupe remembers the last n message ids.
+// dedupe remembers the last n message ids. It grows as ids arrive: an
+// idle agent (a load test holds tens of thousands) keeps nothing.
 type dedupe struct {
 	mu   sync.Mutex
+	n    int
 	set  map[[16]byte]struct{}
-	ring [][16]byte
+	ring [][16]byte // the ids in arrival order once full, oldest at pos
 	pos  int
 }
 
-func newDedupe(n int) dedupe {
-	return dedupe{set: make(map[[16]byte]struct{}, n), ring: make([][16]byte, n)}
-}
+func newDedupe(n int) dedupe { return dedupe{n: n, set: map[[16]byte]struct{}{}} }
 
 // add reports whether id is new, remembering it.
 func (d *dedupe) add(id [16]byte) bool {
@@ -517,11 +517,13 @@ func (d *dedupe) add(id [16]byte) bool {
 	if _, ok := d.set[id]; ok {
 		return false
 	}
-	if old := d.ring[d.pos]; old != ([16]byte{}) {
-		delete(d.set, old)
+	if len(d.ring) < d.n {
+		d.ring = append(d.ring, id)
+	} else {
+		delete(d.set, d.ring[d.pos])
+		d.ring[d.pos] = id
+		d.pos = (d.pos + 1) % d.n
 	}
-	d.ring[d.pos] = id
-	d.pos = (d.pos + 1) % len(d.ring)
 	d.set[id] = struct{}{}
 	return true
 }
