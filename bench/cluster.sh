@@ -12,14 +12,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES=${NODES:-8}
 PER_NODE=${PER_NODE:-19000}
-RAMP=${RAMP:-400}         # new connections per second per agent process
+RAMP=${RAMP:-75}          # new connections per second per agent process (2 cores: ~600/s in all)
 TIMEOUT=${TIMEOUT:-900}   # seconds to wait for every agent
 ulimit -n 20000
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  pkill -P $$ sleep 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 go build -o "$work/dpgate" ./cmd/dpgate
 go build -o "$work/dpload" ./cmd/dpload

@@ -12,25 +12,24 @@ import (
 // yet: those sent after the figure arrived here, and those sent shortly
 // before it (they may still have been connecting when it was taken).
 // Counting a few twice only sends a little less there. Caller holds c.mu.
+//
+// The redirect times of a member are appended in order under c.mu, so
+// both the expiry and the count are binary searches: this runs for every
+// new agent, and a busy node redirects thousands per second.
 func (c *Cluster) load(m Member) int {
 	times := c.redirects[m.Name]
 	if len(times) == 0 {
 		return m.Meta.Conns
 	}
-	cutoff := c.metaAt[m.Name].Add(-c.lag())
 	// Forget what no figure can still be missing.
-	keep := times[:0]
-	n := 0
-	for _, t := range times {
-		if time.Since(t) < 10*time.Second {
-			keep = append(keep, t)
-			if t.After(cutoff) {
-				n++
-			}
-		}
+	old := time.Now().Add(-10 * time.Second)
+	if i, _ := slices.BinarySearchFunc(times, old, time.Time.Compare); i > 0 {
+		times = times[i:]
+		c.redirects[m.Name] = times
 	}
-	c.redirects[m.Name] = keep
-	return m.Meta.Conns + n
+	cutoff := c.metaAt[m.Name].Add(-c.lag())
+	i, _ := slices.BinarySearchFunc(times, cutoff, time.Time.Compare)
+	return m.Meta.Conns + len(times) - i
 }
 
 // lag is how old a gossiped figure may be when it arrives, plus the time
@@ -42,13 +41,15 @@ func (c *Cluster) pushable() []Member {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []Member
+	loads := map[string]int{}
 	for _, m := range c.members {
 		if m.Meta.Push != "" && !m.Meta.Draining {
 			out = append(out, m)
+			loads[m.Name] = c.load(m)
 		}
 	}
 	slices.SortFunc(out, func(a, b Member) int {
-		if d := cmp.Compare(c.load(a), c.load(b)); d != 0 {
+		if d := cmp.Compare(loads[a.Name], loads[b.Name]); d != 0 {
 			return d
 		}
 		return cmp.Compare(a.Name, b.Name)
@@ -56,93 +57,121 @@ func (c *Cluster) pushable() []Member {
 	return out
 }
 
-// RedirectTarget decides where a new agent should go. ownConns is this
-// node's live count. When this node is above the fair share by more than
-// the margin (and more than one agent, so small clusters do not flap), it
-// returns the push address of a node below the fair share, drawn at
-// random weighted by how far below it is; else ok is false and the agent
-// stays. Drawing rather than always naming the least loaded node matters
-// when several nodes redirect at once: with views that lag by a gossip
-// round they would all pick the same node and overshoot it. An agent
-// that already comes from a REDIRECT is sent on only when this node is
-// above the fair share by three times the margin: small disagreements
-// between nodes' lagging views must not bounce agents around, large ones
-// should still be corrected.
-func (c *Cluster) RedirectTarget(ownConns int, redirected bool) (addr string, ok bool) {
-	ms := c.pushable()
-	if len(ms) < 2 {
-		return "", false
+// loadView is this node's estimate of every pushable member's load, its
+// own count exact.
+type loadView struct {
+	ms    []Member
+	loads []int
+	fair  float64
+	min   int
+}
+
+// view estimates the loads; ok is false with fewer than two nodes.
+func (c *Cluster) view(ownConns int) (v loadView, ok bool) {
+	v.ms = c.pushable()
+	if len(v.ms) < 2 {
+		return v, false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	total := 0
-	loads := make([]int, len(ms))
-	for i, m := range ms {
+	v.loads = make([]int, len(v.ms))
+	v.min = -1
+	for i, m := range v.ms {
 		if m.Self {
-			loads[i] = ownConns // our own count is exact; gossip lags
+			v.loads[i] = ownConns // our own count is exact; gossip lags
 		} else {
-			loads[i] = c.load(m)
+			v.loads[i] = c.load(m)
+			if v.min < 0 || v.loads[i] < v.min {
+				v.min = v.loads[i]
+			}
 		}
-		total += loads[i]
+		total += v.loads[i]
 	}
-	fair := float64(total+1) / float64(len(ms))
-	margin := c.cfg.Margin
-	if redirected {
-		margin *= 3
-	}
-	if float64(ownConns+1) <= fair*(1+margin)+1 {
-		return "", false
-	}
+	v.fair = float64(total) / float64(len(v.ms))
+	return v, true
+}
+
+// pick draws a node below the fair share, weighted by how far below it
+// is, and counts a redirect to it. Drawing rather than always naming the
+// least loaded node matters when several nodes redirect at once: with
+// views that lag by a gossip round they would all pick the same node and
+// overshoot it.
+func (c *Cluster) pick(v loadView) (addr string, ok bool) {
 	deficit := 0.0
-	for i, m := range ms {
-		if !m.Self && float64(loads[i]) < fair {
-			deficit += fair - float64(loads[i])
+	for i, m := range v.ms {
+		if !m.Self && float64(v.loads[i]) < v.fair {
+			deficit += v.fair - float64(v.loads[i])
 		}
 	}
 	if deficit <= 0 {
 		return "", false
 	}
-	pick := mrand.Float64() * deficit
+	draw := mrand.Float64() * deficit
 	var target *Member
-	for i, m := range ms {
-		if m.Self || float64(loads[i]) >= fair {
+	for i, m := range v.ms {
+		if m.Self || float64(v.loads[i]) >= v.fair {
 			continue
 		}
-		target = &ms[i]
-		if pick -= fair - float64(loads[i]); pick < 0 {
+		target = &v.ms[i]
+		if draw -= v.fair - float64(v.loads[i]); draw < 0 {
 			break
 		}
 	}
+	c.mu.Lock()
 	c.redirects[target.Name] = append(c.redirects[target.Name], time.Now())
+	c.mu.Unlock()
 	c.m.IncrCounter([]string{"cluster", "redirects"}, 1)
 	return target.Meta.Push, true
 }
 
-// Excess is how many agents this node holds above the fair share plus
-// the margin (0 when it is within), by the same reckoning as
-// RedirectTarget.
-func (c *Cluster) Excess(ownConns int) int {
-	ms := c.pushable()
-	if len(ms) < 2 {
-		return 0
+// RedirectTarget decides where a new agent should go. ownConns is this
+// node's live count. When this node, with the agent, would be above the
+// fair share by more than the margin (and more than one agent, so small
+// clusters do not flap), it returns the push address of a node below the
+// fair share (pick); else ok is false and the agent stays. An agent that
+// already comes from a REDIRECT is sent on only when this node is above
+// the fair share by three times the margin: small disagreements between
+// nodes' lagging views must not bounce agents around, large ones should
+// still be corrected.
+func (c *Cluster) RedirectTarget(ownConns int, redirected bool) (addr string, ok bool) {
+	v, ok := c.view(ownConns + 1)
+	if !ok {
+		return "", false
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	total := 0
-	for _, m := range ms {
-		if m.Self {
-			total += ownConns
-		} else {
-			total += c.load(m)
-		}
+	margin := c.cfg.Margin
+	if redirected {
+		margin *= 3
 	}
-	fair := float64(total) / float64(len(ms))
-	return max(0, ownConns-int(fair*(1+c.cfg.Margin)+1))
+	if float64(ownConns+1) <= v.fair*(1+margin)+1 {
+		return "", false
+	}
+	return c.pick(v)
 }
 
-// rebalance moves agents while this node has been above its fair share
-// for RebalanceAfter, at most RebalanceRate per second; it runs on every
-// refresh tick and returns the new "above since" time.
+// Excess is how many agents this node should hand to others: those above
+// the fair share plus the margin; or, when some node is below the fair
+// share by more than the margin, those above the fair share (up to what
+// that node lacks). So the cluster settles with every node within the
+// margin of even, not only the busiest ones.
+func (c *Cluster) Excess(ownConns int) int {
+	v, ok := c.view(ownConns)
+	if !ok {
+		return 0
+	}
+	m := c.cfg.Margin
+	if over := ownConns - int(v.fair*(1+m)+1); over > 0 {
+		return over
+	}
+	if lack := int(v.fair*(1-m)) - 1 - v.min; lack > 0 && float64(ownConns) > v.fair+1 {
+		return min(lack, ownConns-int(v.fair+1))
+	}
+	return 0
+}
+
+// rebalance moves agents while this node has had an excess for
+// RebalanceAfter, at most RebalanceRate per second; it runs on every
+// refresh tick and returns the new "excess since" time.
 func (c *Cluster) rebalance(over time.Time) time.Time {
 	own := c.cfg.Sessions()
 	excess := c.Excess(own)
@@ -157,7 +186,11 @@ func (c *Cluster) rebalance(over time.Time) time.Time {
 	n := min(excess, max(1, int(float64(c.cfg.RebalanceRate)*c.cfg.RefreshInterval.Seconds())))
 	var addrs []string
 	for i := range n {
-		addr, ok := c.RedirectTarget(own-i, false)
+		v, ok := c.view(own - i)
+		if !ok {
+			break
+		}
+		addr, ok := c.pick(v)
 		if !ok {
 			break
 		}

@@ -147,6 +147,20 @@ func TestRedirectTarget(t *testing.T) {
 		}
 		return nil
 	})
+	// Excess (rebalancing): node-0 at 400 of a fair 333 is above it by more
+	// than the 5 % margin: 400 - 351 = 49 to hand over. At 320 it is
+	// within the margin (fair 306.7, limit 323), but node-2 lacks more than
+	// the margin (100 of 306.7), so node-0 hands over what it holds above
+	// the fair share plus one: 320 - 307 = 13.
+	if got := nodes[0].Excess(400); got != 49 {
+		t.Errorf("Excess(400) = %d, want 49", got)
+	}
+	if got := nodes[0].Excess(320); got != 13 {
+		t.Errorf("Excess(320) = %d, want 13", got)
+	}
+	if got := nodes[0].Excess(200); got != 0 {
+		t.Errorf("Excess(200) = %d, want 0 (below the fair share)", got)
+	}
 	// node-0 holds 400: total 1000, fair share 333: redirect to node-2.
 	if addr, ok := nodes[0].RedirectTarget(400, false); !ok || addr != nodes[2].push {
 		t.Errorf("RedirectTarget(400) = %q, %v; want %q", addr, ok, nodes[2].push)

@@ -444,6 +444,7 @@ func (r *Router) loop() {
 	defer check.Stop()
 	sweep := time.NewTicker(r.cfg.SweepInterval)
 	defer sweep.Stop()
+	var prev []Member // the nodes of the last rebalance; nil before the first
 	for {
 		select {
 		case <-r.done:
@@ -458,20 +459,36 @@ func (r *Router) loop() {
 			if view != r.view {
 				r.view = view
 				r.log.Info("cluster: push nodes changed; rebalancing", "nodes", view)
-				r.reregister(nodes)
-				r.rebalanceFor(nodes, true)
+				r.reregister(nodes, prev)
+				if r.rebalanceFor(nodes, prev, true) {
+					prev = nodes
+				} else {
+					r.view = "" // a copy failed: again at the next check
+				}
 			}
 		case <-sweep.C:
-			r.rebalanceFor(r.nodes(), false)
+			r.rebalanceFor(r.nodes(), nil, false)
 		}
 	}
 }
 
-// reregister tells every connected device's owners where it is (the
-// owners may have changed with the nodes).
-func (r *Router) reregister(nodes []Member) {
+// newOwners are the device's owners among nodes that were not owners
+// among prev (all of them when prev is nil). With rendezvous hashing a
+// change of one node among N changes the owners of about 2 devices in N.
+func (r *Router) newOwners(device string, nodes, prev []Member) []string {
+	owners := r.owners(device, nodes)
+	if prev == nil {
+		return owners
+	}
+	old := r.owners(device, prev)
+	return slices.DeleteFunc(owners, func(o string) bool { return slices.Contains(old, o) })
+}
+
+// reregister tells the new owners of every device connected here where it
+// is.
+func (r *Router) reregister(nodes, prev []Member) {
 	for _, d := range r.local.HeldDevices() {
-		for _, o := range r.owners(d, nodes) {
+		for _, o := range r.newOwners(d, nodes, prev) {
 			if o != r.self {
 				r.outbox(o).addOp(op{Kind: "reg", Device: d})
 			}
@@ -479,25 +496,33 @@ func (r *Router) reregister(nodes []Member) {
 	}
 }
 
-func (r *Router) rebalanceFor(nodes []Member, copyAll bool) {
+func (r *Router) rebalanceFor(nodes, prev []Member, afterChange bool) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	r.rebalance(ctx, nodes, copyAll)
+	return r.rebalance(ctx, nodes, prev, afterChange)
 }
 
 // rebalance makes sure every device's owners have what this node keeps
-// for it (all when copyAll, after a change of nodes; otherwise only the
-// copies this node should not keep), and drops copies this node keeps
-// for no reason once the owners have them.
-func (r *Router) rebalance(ctx context.Context, nodes []Member, copyAll bool) {
+// for it, and drops copies this node keeps for no reason (it is neither
+// an owner nor the holder) once the owners have them. After a change of
+// nodes from prev it copies to the devices' new owners; the periodic
+// sweep only hands over the copies this node should not keep. It reports
+// whether every copy reached its owner.
+func (r *Router) rebalance(ctx context.Context, nodes, prev []Member, afterChange bool) bool {
 	send := map[string][]wireItem{}
 	drop := map[string][][16]byte{} // device -> ids to drop once sent
 	need := map[string][]string{}   // device -> owners it must reach
 	for _, d := range r.local.QueuedDevices() {
 		owners := r.owners(d, nodes)
-		mine := slices.Contains(owners, r.self)
-		keep := mine || r.local.Holds(d)
-		if keep && !copyAll {
+		keep := slices.Contains(owners, r.self) || r.local.Holds(d)
+		targets := owners // a copy that goes: every owner must have it
+		if keep {
+			if !afterChange {
+				continue
+			}
+			targets = r.newOwners(d, nodes, prev)
+		}
+		if len(targets) == 0 {
 			continue
 		}
 		msgs, err := r.local.Pending(d)
@@ -505,7 +530,7 @@ func (r *Router) rebalance(ctx context.Context, nodes []Member, copyAll bool) {
 			continue
 		}
 		r.mu.Lock()
-		for _, o := range owners {
+		for _, o := range targets {
 			if o == r.self {
 				continue
 			}
@@ -542,6 +567,7 @@ func (r *Router) rebalance(ctx context.Context, nodes []Member, copyAll bool) {
 		}
 		r.m.IncrCounter([]string{"cluster", "route", "handed_over"}, float32(len(ids)))
 	}
+	return len(failed) == 0
 }
 
 // Handoff gives every push queued here to the other nodes and drops it
@@ -562,7 +588,7 @@ func (r *Router) Handoff(ctx context.Context) error {
 		r.log.Warn("cluster: no other node to hand queued pushes to; they stay in this node's store")
 		return nil
 	}
-	r.rebalance(ctx, nodes, false)
+	r.rebalance(ctx, nodes, nil, false)
 	if left := len(r.local.QueuedDevices()); left > 0 {
 		return fmt.Errorf("cluster: the pushes of %d devices could not be handed over; they stay in this node's store", left)
 	}

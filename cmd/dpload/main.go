@@ -269,7 +269,12 @@ limit of one process.`, stdout)
 	if err != nil {
 		return err
 	}
-	f.Serve(os.Stdin, stdout)
+	served := make(chan struct{})
+	go func() { defer close(served); f.Serve(os.Stdin, stdout) }() // ends on quit or end of input
+	select {
+	case <-served:
+	case <-ctx.Done(): // a signal: stop even though standard input is still open
+	}
 	return nil
 }
 
