@@ -14,6 +14,12 @@ NODES=${NODES:-8}
 PER_NODE=${PER_NODE:-19000}
 RAMP=${RAMP:-75}          # new connections per second per agent process (2 cores: ~600/s in all)
 TIMEOUT=${TIMEOUT:-900}   # seconds to wait for every agent
+# Balancing: each agent process already targets its own node, so the
+# capacity run turns redirects and rebalancing off by default (MARGIN=5%
+# REBALANCE=50 measures them too; see BENCHMARKS.md for why that is slow
+# on 2 cores).
+MARGIN=${MARGIN:-100%}
+REBALANCE=${REBALANCE:--1}
 ulimit -n 20000
 
 work=$(mktemp -d)
@@ -39,7 +45,7 @@ admin_addr() { echo "127.0.0.1:$((19300 + $1))"; }
 gossip_addr() { echo "127.0.0.1:$((19400 + $1))"; }
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(go version | cut -d' ' -f3)"
-echo "== $NODES dpgate nodes, $PER_NODE agents each ($((NODES * PER_NODE)) in all), ramp $RAMP/s per agent process"
+echo "== $NODES dpgate nodes, $PER_NODE agents each ($((NODES * PER_NODE)) in all), ramp $RAMP/s per agent process, margin $MARGIN, rebalance_rate $REBALANCE"
 node_pids=()
 for i in $(seq 0 $((NODES - 1))); do
   join=""
@@ -51,7 +57,7 @@ admin: {listen: "$(admin_addr "$i")"}
 tls: {cert: $work/gateway.pem}
 push: {listen: "$(push_addr "$i")", auth: none, quic: false, max_connections: 19500}
 wake: {listen: "off", shutdown_listen: "off"}
-cluster: {bind: "$(gossip_addr "$i")", $join}
+cluster: {bind: "$(gossip_addr "$i")", margin: "$MARGIN", rebalance_rate: $REBALANCE, $join}
 CFG
   "$work/dpgate" serve -c "$work/node$i.yaml" > "$work/node$i.log" 2>&1 &
   node_pids+=($!)
