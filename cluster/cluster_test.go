@@ -120,6 +120,75 @@ func TestJoinLeaveFailure(t *testing.T) {
 	waitFor(t, 10*time.Second, func() error { return sees(nodes[1], 2) })
 }
 
+// cutTransport is memberlist's network transport with a switch that
+// drops everything between one node and the others, both ways (every node
+// uses one, so filtering what each sends is enough).
+type cutTransport struct {
+	*memberlist.NetTransport
+	self     string
+	isolated *atomic.Value // gossip address of the node cut off, when cut
+}
+
+func (t *cutTransport) blocked(to string) bool {
+	iso, _ := t.isolated.Load().(string)
+	return iso != "" && (t.self == iso) != (to == iso)
+}
+
+func (t *cutTransport) WriteTo(b []byte, addr string) (time.Time, error) {
+	if t.blocked(addr) {
+		return time.Now(), nil // lost on the way
+	}
+	return t.NetTransport.WriteTo(b, addr)
+}
+
+func (t *cutTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
+	return t.WriteTo(b, a.Addr)
+}
+
+func (t *cutTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
+	if t.blocked(addr) {
+		return nil, fmt.Errorf("partitioned from %s", addr)
+	}
+	return t.NetTransport.DialTimeout(addr, timeout)
+}
+
+func (t *cutTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	return t.DialTimeout(a.Addr, timeout)
+}
+
+// TestPartitionHeals cuts one node off for longer than
+// GossipToTheDeadTime (each side then stops gossiping to the other) and
+// checks that the periodic re-join of the seeds puts the cluster back
+// together once the network is whole again.
+func TestPartitionHeals(t *testing.T) {
+	var isolated atomic.Value
+	isolated.Store("")
+	nodes := newTestClusterWith(t, 3, nil, func(i int, cfg *cluster.Config) {
+		cfg.Tune = func(mc *memberlist.Config) {
+			tight(mc)
+			nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger})
+			if err != nil {
+				t.Fatal(err)
+			}
+			mc.Transport = &cutTransport{NetTransport: nt, self: net.JoinHostPort(mc.BindAddr, strconv.Itoa(nt.GetAutoBindPort())), isolated: &isolated}
+		}
+	})
+	all := func(want ...int) error {
+		for i, nd := range nodes {
+			if err := sees(nd, want[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	waitFor(t, 10*time.Second, func() error { return all(3, 3, 3) })
+	isolated.Store(nodes[2].addr)
+	waitFor(t, 20*time.Second, func() error { return all(2, 2, 1) })
+	time.Sleep(2 * time.Second) // stay apart past GossipToTheDeadTime (1s in tight): this is the condition under test
+	isolated.Store("")
+	waitFor(t, 20*time.Second, func() error { return all(3, 3, 3) })
+}
+
 func TestMetadataPropagates(t *testing.T) {
 	nodes := newTestCluster(t, 3, nil)
 	nodes[2].conns.Store(77)
