@@ -210,7 +210,8 @@ func (c *Cluster) loop() {
 	defer refresh.Stop()
 	rejoin := time.NewTicker(c.cfg.RejoinInterval)
 	defer rejoin.Stop()
-	var over time.Time // since when this node is above its fair share
+	var over time.Time     // since when this node is above its fair share
+	var lastJoin time.Time // the last join attempt while alone
 	for {
 		select {
 		case <-c.done:
@@ -231,6 +232,15 @@ func (c *Cluster) loop() {
 			c.m.SetGauge([]string{"cluster", "health_score"}, float32(c.ml.GetHealthScore()))
 			if c.cfg.Move != nil && c.cfg.Sessions != nil {
 				over = c.rebalance(over)
+			}
+			// Alone with seeds configured (they were not up when this node
+			// started, or this node was cut off): try them every second
+			// rather than waiting for the next periodic re-join.
+			if len(c.cfg.Join) > 0 && c.ml.NumMembers() == 1 && time.Since(lastJoin) >= time.Second {
+				lastJoin = time.Now()
+				if n, err := c.ml.Join(c.cfg.Join); err == nil {
+					c.log.Info("cluster: joined", "contacted", n)
+				}
 			}
 		case <-rejoin.C:
 			if len(c.cfg.Join) > 0 {

@@ -189,6 +189,42 @@ func TestPartitionHeals(t *testing.T) {
 	waitFor(t, 20*time.Second, func() error { return all(3, 3, 3) })
 }
 
+// TestJoinsSeedThatStartsLater: a node started before its seed joins it
+// within seconds of the seed coming up, not at the next periodic re-join.
+func TestJoinsSeedThatStartsLater(t *testing.T) {
+	var seed string
+	for range 20 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		seed = ln.Addr().String()
+		pc, err := net.ListenPacket("udp", seed)
+		ln.Close()
+		if err == nil {
+			pc.Close()
+			break
+		}
+	}
+	start := func(name, bind string, join []string) *cluster.Cluster {
+		c, err := cluster.Start(cluster.Config{Name: name, Bind: bind, Join: join, RejoinInterval: time.Hour,
+			Meta: func() cluster.Meta { return cluster.Meta{} }, Tune: tight, Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Shutdown() })
+		return c
+	}
+	early := start("early", "127.0.0.1:0", []string{seed})
+	late := start("seed", seed, nil)
+	waitFor(t, 10*time.Second, func() error {
+		if a, b := len(early.Members()), len(late.Members()); a != 2 || b != 2 {
+			return fmt.Errorf("members seen: %d and %d, want 2 and 2", a, b)
+		}
+		return nil
+	})
+}
+
 func TestMetadataPropagates(t *testing.T) {
 	nodes := newTestCluster(t, 3, nil)
 	nodes[2].conns.Store(77)
