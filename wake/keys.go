@@ -1,0 +1,162 @@
+package wake
+
+import (
+	"crypto/ed25519"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// Keys are the gateway's wake keys: an Ed25519 key that signs wake-ups
+// (agents verify them with its public half), and a secret for HMACs:
+// wake requests from the management server are signed with it, and each
+// device's own secret (for its shutdown notices, or for wake-ups when the
+// agent was given a secret instead of the public key) is derived from it.
+type Keys struct {
+	Signing ed25519.PrivateKey
+	Secret  []byte
+}
+
+// Files in the data directory when wake.secret_file is not set.
+const (
+	SigningKeyFile = "wake-ed25519.key"
+	SecretFile     = "wake.key"
+)
+
+// LoadOrCreateKeys reads the keys, creating missing ones (base64 in files
+// of mode 0600). secretFile may be empty: dataDir/wake.key.
+func LoadOrCreateKeys(dataDir, secretFile string) (*Keys, error) {
+	if secretFile == "" {
+		secretFile = filepath.Join(dataDir, SecretFile)
+	}
+	secret, err := loadOrCreate(secretFile, 32, 16)
+	if err != nil {
+		return nil, err
+	}
+	seed, err := loadOrCreate(filepath.Join(dataDir, SigningKeyFile), ed25519.SeedSize, ed25519.SeedSize)
+	if err != nil {
+		return nil, err
+	}
+	if len(seed) != ed25519.SeedSize {
+		return nil, fmt.Errorf("wake: %s holds %d bytes, want a %d-byte Ed25519 seed", SigningKeyFile, len(seed), ed25519.SeedSize)
+	}
+	return &Keys{Signing: ed25519.NewKeyFromSeed(seed), Secret: secret}, nil
+}
+
+func loadOrCreate(file string, size, min int) ([]byte, error) {
+	if s, err := tlsconf.ReadSecretFile(file); err == nil {
+		b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
+		if err != nil || len(b) < min {
+			return nil, fmt.Errorf("wake: %s is not base64 of %d bytes or more", file, min)
+		}
+		return b, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("wake: %w", err)
+	}
+	b := make([]byte, size)
+	rand.Read(b)
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		return nil, fmt.Errorf("wake: %w", err)
+	}
+	if err := tlsconf.WriteFileAtomic(file, []byte(base64.StdEncoding.EncodeToString(b)+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// DeviceSecret is the device's own HMAC secret.
+func (k *Keys) DeviceSecret(device string) []byte {
+	m := hmac.New(sha256.New, k.Secret)
+	m.Write([]byte("dpgate wake device\x00" + device))
+	return m.Sum(nil)
+}
+
+// PublicKeyString is how an agent is given the key that verifies
+// wake-ups: "ed25519:" and the base64 public key.
+func (k *Keys) PublicKeyString() string {
+	return "ed25519:" + base64.StdEncoding.EncodeToString(k.Signing.Public().(ed25519.PublicKey))
+}
+
+// DeviceSecretString is how an agent is given its own secret:
+// "hmac:" and the base64 secret.
+func (k *Keys) DeviceSecretString(device string) string {
+	return "hmac:" + base64.StdEncoding.EncodeToString(k.DeviceSecret(device))
+}
+
+// Verifier checks datagrams with one key: an Ed25519 public key or an
+// HMAC secret, as written by PublicKeyString and DeviceSecretString.
+type Verifier struct {
+	Alg    uint8
+	Public ed25519.PublicKey
+	Secret []byte
+}
+
+// ParseKey reads "ed25519:BASE64" or "hmac:BASE64".
+func ParseKey(s string) (Verifier, error) {
+	kind, b64, ok := strings.Cut(strings.TrimSpace(s), ":")
+	b, err := base64.StdEncoding.DecodeString(b64)
+	switch {
+	case !ok || err != nil:
+		return Verifier{}, fmt.Errorf("wake: key %q: want ed25519:BASE64 or hmac:BASE64", s)
+	case kind == "ed25519" && len(b) == ed25519.PublicKeySize:
+		return Verifier{Alg: AlgEd25519, Public: b}, nil
+	case kind == "hmac" && len(b) >= 16:
+		return Verifier{Alg: AlgHMAC, Secret: b}, nil
+	}
+	return Verifier{}, fmt.Errorf("wake: key %q: want ed25519: and a 32-byte public key, or hmac: and 16 bytes or more", s)
+}
+
+// ErrSignature is returned for a datagram whose signature does not verify.
+var ErrSignature = errors.New("wake: bad signature")
+
+// Verify checks d's signature.
+func (v Verifier) Verify(d *Datagram) error {
+	if d.Alg != v.Alg {
+		return fmt.Errorf("%w: signed with algorithm %d, this key is for %d", ErrSignature, d.Alg, v.Alg)
+	}
+	switch v.Alg {
+	case AlgEd25519:
+		if !ed25519.Verify(v.Public, d.Signed(), d.Signature) {
+			return ErrSignature
+		}
+	case AlgHMAC:
+		m := hmac.New(sha256.New, v.Secret)
+		m.Write(d.Signed())
+		if !hmac.Equal(m.Sum(nil), d.Signature) {
+			return ErrSignature
+		}
+	default:
+		return ErrAlg
+	}
+	return nil
+}
+
+// SignEd25519 signs d with key (setting Alg).
+func SignEd25519(d *Datagram, key ed25519.PrivateKey) {
+	d.Alg = AlgEd25519
+	d.Signature = ed25519.Sign(key, d.Signed())
+}
+
+// SignHMAC signs d with secret (setting Alg).
+func SignHMAC(d *Datagram, secret []byte) {
+	d.Alg = AlgHMAC
+	m := hmac.New(sha256.New, secret)
+	m.Write(d.Signed())
+	d.Signature = m.Sum(nil)
+}
+
+// NewDatagram is a datagram of kind for device, stamped now with a random
+// nonce; sign it before sending.
+func NewDatagram(kind uint8, device string, nowMillis int64) *Datagram {
+	d := &Datagram{Version: Version, Kind: kind, DeviceID: device, Timestamp: nowMillis}
+	rand.Read(d.Nonce[:])
+	return d
+}

@@ -1,0 +1,387 @@
+package wake
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+
+	metrics "github.com/hashicorp/go-metrics"
+	"golang.org/x/time/rate"
+)
+
+// Target is what the gateway knows of a device for waking it.
+type Target struct {
+	Addr netip.Addr       // its address in the LAN (as reported, else as seen)
+	MAC  net.HardwareAddr // for Wake-on-LAN; nil when unknown
+}
+
+// Config configures a Service. Zero values mean the defaults in comments.
+type Config struct {
+	Keys *Keys // required
+	// Lookup finds a device's address and MAC. Required.
+	Lookup func(device string) (Target, bool)
+	// PushWake sends a WAKE frame on the device's push connection and
+	// reports whether it could (the device is connected here).
+	PushWake func(device string) bool
+	// AgentPort is the agents' wake-up port. Default: 15000.
+	AgentPort int
+	// WOLPorts are the Wake-on-LAN ports. Default: 7 and 9.
+	WOLPorts []int
+	// SignHMAC signs wake-ups with the device's secret instead of the
+	// gateway's Ed25519 key.
+	SignHMAC bool
+	// PerDevice and PerDeviceBurst limit wake-ups of one device. Default:
+	// one per 10 s, bursts of 3.
+	PerDevice      rate.Limit
+	PerDeviceBurst int
+	// Total limits all wake-ups. Default: 200/s, bursts of 400.
+	Total rate.Limit
+	// ReplayWindow is how far a request's or notice's timestamp may be
+	// from now; nonces are remembered for twice that. Default: 30s.
+	ReplayWindow time.Duration
+	// OnShutdown is told of a verified shutdown notice.
+	OnShutdown func(device string, at time.Time)
+
+	Metrics *metrics.Metrics // default metrics.Default()
+	Logger  *slog.Logger     // default slog.Default()
+}
+
+// Attempt is one way a wake-up was sent.
+type Attempt struct {
+	Via string `json:"via"` // push, datagram, wol
+	To  string `json:"to,omitempty"`
+	Err string `json:"error,omitempty"`
+}
+
+// Result is what one wake-up did; the API shows the last one per device.
+type Result struct {
+	Device   string    `json:"device"`
+	At       time.Time `json:"at"`
+	Reason   string    `json:"reason"` // api, request, push
+	Limited  bool      `json:"rate_limited,omitempty"`
+	Unknown  bool      `json:"unknown_device,omitempty"` // no address or MAC known
+	Attempts []Attempt `json:"attempts,omitempty"`
+}
+
+// Sent reports whether any attempt went out.
+func (r Result) Sent() bool {
+	for _, a := range r.Attempts {
+		if a.Err == "" {
+			return true
+		}
+	}
+	return false
+}
+
+// Service forwards wake-ups and receives requests and shutdown notices.
+type Service struct {
+	cfg   Config
+	m     *metrics.Metrics
+	log   *slog.Logger
+	total *rate.Limiter
+
+	mu      sync.Mutex
+	perDev  map[string]*rate.Limiter
+	last    map[string]Result
+	nonces  map[string]time.Time // device + nonce -> when it may be forgotten
+	pruneAt time.Time
+}
+
+// New builds a service; it does not listen.
+func New(cfg Config) (*Service, error) {
+	if cfg.Keys == nil || cfg.Lookup == nil {
+		return nil, errors.New("wake: Keys and Lookup are required")
+	}
+	if cfg.AgentPort == 0 {
+		cfg.AgentPort = 15000
+	}
+	if cfg.WOLPorts == nil {
+		cfg.WOLPorts = []int{7, 9}
+	}
+	if cfg.PerDevice == 0 {
+		cfg.PerDevice, cfg.PerDeviceBurst = rate.Every(10*time.Second), 3
+	}
+	if cfg.PerDeviceBurst == 0 {
+		cfg.PerDeviceBurst = 1
+	}
+	if cfg.Total == 0 {
+		cfg.Total = 200
+	}
+	if cfg.ReplayWindow == 0 {
+		cfg.ReplayWindow = 30 * time.Second
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.Default()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Service{cfg: cfg, m: cfg.Metrics, log: cfg.Logger,
+		total:  rate.NewLimiter(cfg.Total, max(1, int(cfg.Total)*2)),
+		perDev: map[string]*rate.Limiter{}, last: map[string]Result{}, nonces: map[string]time.Time{}}, nil
+}
+
+// Wake wakes a device: a WAKE frame when it is connected here, else the
+// signed datagram to its address and, when its MAC is known, Wake-on-LAN
+// to the limited broadcast and the directed broadcast of its subnet (both
+// only through the interface whose subnet holds its address) and to its
+// address, on every WOL port.
+func (s *Service) Wake(device, reason string) Result {
+	r := Result{Device: device, At: time.Now().UTC(), Reason: reason}
+	defer s.record(&r)
+	if !s.allow(device) {
+		r.Limited = true
+		return r
+	}
+	if s.cfg.PushWake != nil && s.cfg.PushWake(device) {
+		r.Attempts = append(r.Attempts, Attempt{Via: "push"})
+		return r
+	}
+	t, ok := s.cfg.Lookup(device)
+	if !ok || !t.Addr.IsValid() {
+		r.Unknown = true
+		return r
+	}
+	d := NewDatagram(KindWakeUp, device, time.Now().UnixMilli())
+	if s.cfg.SignHMAC {
+		SignHMAC(d, s.cfg.Keys.DeviceSecret(device))
+	} else {
+		SignEd25519(d, s.cfg.Keys.Signing)
+	}
+	b, _ := Marshal(d)
+	to := netip.AddrPortFrom(t.Addr, uint16(s.cfg.AgentPort))
+	r.Attempts = append(r.Attempts, attempt("datagram", to, send(to, b, "", false)))
+	if len(t.MAC) == 6 {
+		magic, _ := Marshal(&WakeOnLAN{MAC: t.MAC})
+		ifName, bcast := subnetOf(t.Addr)
+		for _, port := range s.cfg.WOLPorts {
+			p := uint16(port)
+			if ifName != "" {
+				lim := netip.AddrPortFrom(netip.AddrFrom4([4]byte{255, 255, 255, 255}), p)
+				r.Attempts = append(r.Attempts, attempt("wol", lim, send(lim, magic, ifName, true)))
+				dir := netip.AddrPortFrom(bcast, p)
+				r.Attempts = append(r.Attempts, attempt("wol", dir, send(dir, magic, "", true)))
+			}
+			uni := netip.AddrPortFrom(t.Addr, p)
+			r.Attempts = append(r.Attempts, attempt("wol", uni, send(uni, magic, "", false)))
+		}
+	}
+	return r
+}
+
+func attempt(via string, to netip.AddrPort, err error) Attempt {
+	a := Attempt{Via: via, To: to.String()}
+	if err != nil {
+		a.Err = err.Error()
+	}
+	return a
+}
+
+func (s *Service) allow(device string) bool {
+	s.mu.Lock()
+	l := s.perDev[device]
+	if l == nil {
+		l = rate.NewLimiter(s.cfg.PerDevice, s.cfg.PerDeviceBurst)
+		s.perDev[device] = l
+	}
+	s.mu.Unlock()
+	return l.Allow() && s.total.Allow()
+}
+
+func (s *Service) record(r *Result) {
+	s.mu.Lock()
+	s.last[r.Device] = *r
+	s.mu.Unlock()
+	switch {
+	case r.Limited:
+		s.m.IncrCounterWithLabels([]string{"wake", "limited"}, 1, nil)
+	case r.Unknown:
+		s.m.IncrCounterWithLabels([]string{"wake", "unknown_device"}, 1, nil)
+	}
+	for _, a := range r.Attempts {
+		result := "ok"
+		if a.Err != "" {
+			result = "error"
+		}
+		s.m.IncrCounterWithLabels([]string{"wake", "sent"}, 1, []metrics.Label{{Name: "via", Value: a.Via}, {Name: "result", Value: result}})
+	}
+	s.log.Info("wake-up", "device", r.Device, "reason", r.Reason, "sent", r.Sent(), "attempts", len(r.Attempts), "rate_limited", r.Limited, "unknown", r.Unknown)
+}
+
+// Last is the device's last wake-up.
+func (s *Service) Last(device string) (Result, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.last[device]
+	return r, ok
+}
+
+// send writes one datagram from a fresh socket: broadcast allows
+// SO_BROADCAST, ifName binds it to that interface (SO_BINDTODEVICE), so a
+// limited broadcast leaves only into the device's LAN.
+func send(to netip.AddrPort, b []byte, ifName string, broadcast bool) error {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			if broadcast {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_BROADCAST, 1)
+			}
+			if serr == nil && ifName != "" {
+				serr = syscall.BindToDevice(int(fd), ifName)
+			}
+		})
+		return errors.Join(err, serr)
+	}}
+	network := "udp4"
+	if to.Addr().Is6() && !to.Addr().Is4In6() {
+		network = "udp6"
+	}
+	pc, err := lc.ListenPacket(context.Background(), network, ":0")
+	if err != nil {
+		return err
+	}
+	defer pc.Close()
+	_, err = pc.(*net.UDPConn).WriteToUDPAddrPort(b, to)
+	return err
+}
+
+// subnetOf finds the local interface whose IPv4 subnet holds addr and
+// returns its name and the subnet's directed broadcast address.
+func subnetOf(addr netip.Addr) (string, netip.Addr) {
+	if !addr.Is4() {
+		return "", netip.Addr{}
+	}
+	ifs, _ := net.Interfaces()
+	for _, ifc := range ifs {
+		as, _ := ifc.Addrs()
+		for _, a := range as {
+			ipn, ok := a.(*net.IPNet)
+			if !ok || ipn.IP.To4() == nil || !ipn.Contains(addr.AsSlice()) {
+				continue
+			}
+			ip, mask := ipn.IP.To4(), ipn.Mask
+			if len(mask) == 16 {
+				mask = mask[12:]
+			}
+			var b [4]byte
+			for i := range b {
+				b[i] = ip[i] | ^mask[i]
+			}
+			return ifc.Name, netip.AddrFrom4(b)
+		}
+	}
+	return "", netip.Addr{}
+}
+
+// Rejection reasons, as counted in dpgate_wake_rejected{reason}.
+func reason(err error) string {
+	switch {
+	case errors.Is(err, ErrTruncated):
+		return "truncated"
+	case errors.Is(err, ErrMagic):
+		return "not_dpgate"
+	case errors.Is(err, ErrVersion):
+		return "version"
+	case errors.Is(err, ErrAlg), errors.Is(err, ErrTrailing), errors.Is(err, ErrNoDevice):
+		return "malformed"
+	case errors.Is(err, ErrSignature):
+		return "signature"
+	case errors.Is(err, errExpired):
+		return "expired"
+	case errors.Is(err, errReplay):
+		return "replay"
+	case errors.Is(err, errKind):
+		return "kind"
+	}
+	return "other"
+}
+
+var (
+	errExpired = errors.New("wake: timestamp outside the replay window")
+	errReplay  = errors.New("wake: nonce seen before")
+	errKind    = errors.New("wake: wrong kind of datagram for this port")
+)
+
+// Check decodes and verifies an incoming request or notice of kind; key
+// gives the HMAC secret for the device it names. It remembers the nonce,
+// so the same datagram is accepted once.
+func (s *Service) Check(b []byte, kind uint8, key func(device string) []byte) (*Datagram, error) {
+	d := &Datagram{}
+	if err := d.DecodeFromBytes(b, nil); err != nil {
+		return nil, err
+	}
+	if d.Kind != kind {
+		return nil, errKind
+	}
+	if err := (Verifier{Alg: AlgHMAC, Secret: key(d.DeviceID)}).Verify(d); err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	if age := now.Sub(time.UnixMilli(d.Timestamp)); age > s.cfg.ReplayWindow || age < -s.cfg.ReplayWindow {
+		return nil, fmt.Errorf("%w (%s off)", errExpired, age.Round(time.Millisecond))
+	}
+	k := d.DeviceID + "\x00" + string(d.Nonce[:])
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now.After(s.pruneAt) {
+		for n, until := range s.nonces {
+			if now.After(until) {
+				delete(s.nonces, n)
+			}
+		}
+		s.pruneAt = now.Add(s.cfg.ReplayWindow)
+	}
+	if _, seen := s.nonces[k]; seen {
+		return nil, errReplay
+	}
+	s.nonces[k] = now.Add(2 * s.cfg.ReplayWindow)
+	return d, nil
+}
+
+// ServeRequests answers wake requests on pc (wake.listen, UDP 15010),
+// HMAC-signed with the gateway's secret, until pc is closed.
+func (s *Service) ServeRequests(pc net.PacketConn) error {
+	return s.serve(pc, KindRequest, func(string) []byte { return s.cfg.Keys.Secret }, func(d *Datagram) {
+		s.Wake(d.DeviceID, "request")
+	})
+}
+
+// ServeShutdowns receives agents' shutdown notices on pc
+// (wake.shutdown_listen, UDP 13000), each HMAC-signed with the device's
+// secret, until pc is closed.
+func (s *Service) ServeShutdowns(pc net.PacketConn) error {
+	return s.serve(pc, KindShutdown, s.cfg.Keys.DeviceSecret, func(d *Datagram) {
+		s.log.Info("device shut down", "device", d.DeviceID)
+		if s.cfg.OnShutdown != nil {
+			s.cfg.OnShutdown(d.DeviceID, time.UnixMilli(d.Timestamp))
+		}
+	})
+}
+
+func (s *Service) serve(pc net.PacketConn, kind uint8, key func(string) []byte, handle func(*Datagram)) error {
+	buf := make([]byte, 2048)
+	name := map[uint8]string{KindRequest: "request", KindShutdown: "shutdown"}[kind]
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		d, err := s.Check(buf[:n], kind, key)
+		if err != nil {
+			s.m.IncrCounterWithLabels([]string{"wake", "rejected"}, 1, []metrics.Label{{Name: "kind", Value: name}, {Name: "reason", Value: reason(err)}})
+			s.log.Debug("wake: datagram rejected", "from", from.String(), "err", err)
+			continue
+		}
+		s.m.IncrCounterWithLabels([]string{"wake", "received"}, 1, []metrics.Label{{Name: "kind", Value: name}})
+		handle(d)
+	}
+}

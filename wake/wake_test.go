@@ -1,0 +1,257 @@
+package wake
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcapgo"
+
+	"github.com/dpgate/dpgate/internal/testutil"
+)
+
+func testKeys(t testing.TB) *Keys {
+	k, err := LoadOrCreateKeys(t.TempDir(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// TestDatagramLayout checks the byte offsets documented in PROTOCOL.md.
+func TestDatagramLayout(t *testing.T) {
+	d := &Datagram{Version: 1, Kind: KindWakeUp, DeviceID: "pc-7", Timestamp: 1767225600000, Nonce: [8]byte{1, 2, 3, 4, 5, 6, 7, 8}}
+	SignHMAC(d, []byte("0123456789abcdef"))
+	b, err := Marshal(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "4450574b" + "01" + "01" + "02" + "04" + hex.EncodeToString([]byte("pc-7")) +
+		"0000019b76daa800" + "0102030405060708"
+	if got := hex.EncodeToString(b[:len(b)-32]); got != want {
+		t.Errorf("signed part\n got %s\nwant %s", got, want)
+	}
+	if len(b) != 8+4+8+8+32 {
+		t.Errorf("length %d, want %d", len(b), 8+4+8+8+32)
+	}
+	var back Datagram
+	if err := back.DecodeFromBytes(b, gopacket.NilDecodeFeedback); err != nil {
+		t.Fatal(err)
+	}
+	if back.DeviceID != "pc-7" || back.Timestamp != d.Timestamp || back.Nonce != d.Nonce || !bytes.Equal(back.Signature, d.Signature) {
+		t.Errorf("decoded %+v, want %+v", back, d)
+	}
+}
+
+func TestWakeOnLANLayout(t *testing.T) {
+	mac, _ := net.ParseMAC("00:11:22:33:44:55")
+	for _, pw := range [][]byte{nil, {1, 2, 3, 4}, {1, 2, 3, 4, 5, 6}} {
+		b, err := Marshal(&WakeOnLAN{MAC: mac, Password: pw})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) != 102+len(pw) || !bytes.Equal(b[:6], bytes.Repeat([]byte{0xFF}, 6)) || !bytes.Equal(b[96:102], mac) {
+			t.Errorf("magic packet with %d-byte password: % x", len(pw), b)
+		}
+		var w WakeOnLAN
+		if err := w.DecodeFromBytes(b, gopacket.NilDecodeFeedback); err != nil || w.MAC.String() != mac.String() || !bytes.Equal(w.Password, pw) {
+			t.Errorf("decoded %v %x, %v", w.MAC, w.Password, err)
+		}
+	}
+	bad := bytes.Repeat([]byte{0xFF}, 102)
+	bad[50] = 0
+	if err := new(WakeOnLAN).DecodeFromBytes(bad, gopacket.NilDecodeFeedback); !errors.Is(err, ErrNotMagic) {
+		t.Errorf("a broken repetition decoded: %v", err)
+	}
+}
+
+// TestCheckRejects: forged, replayed, expired, truncated, wrong kind.
+func TestCheckRejects(t *testing.T) {
+	k := testKeys(t)
+	s, _ := New(Config{Keys: k, Lookup: func(string) (Target, bool) { return Target{}, false }, Logger: testutil.Quiet()})
+	key := func(string) []byte { return k.Secret }
+	good := func(ts time.Time) []byte {
+		d := NewDatagram(KindRequest, "pc-1", ts.UnixMilli())
+		SignHMAC(d, k.Secret)
+		b, _ := Marshal(d)
+		return b
+	}
+	b := good(time.Now())
+	if _, err := s.Check(b, KindRequest, key); err != nil {
+		t.Fatalf("a good request: %v", err)
+	}
+	forged := bytes.Clone(good(time.Now()))
+	forged[9] ^= 1 // the device id
+	cases := []struct {
+		name string
+		b    []byte
+		kind uint8
+		want string
+	}{
+		{"replayed", b, KindRequest, "replay"},
+		{"forged", forged, KindRequest, "signature"},
+		{"expired", good(time.Now().Add(-time.Minute)), KindRequest, "expired"},
+		{"from the future", good(time.Now().Add(time.Minute)), KindRequest, "expired"},
+		{"truncated", good(time.Now())[:30], KindRequest, "truncated"},
+		{"wrong kind", good(time.Now()), KindShutdown, "kind"},
+		{"not ours", []byte("GET / HTTP/1.1\r\n\r\n"), KindRequest, "not_dpgate"},
+	}
+	for _, c := range cases {
+		_, err := s.Check(c.b, c.kind, key)
+		if err == nil || reason(err) != c.want {
+			t.Errorf("%s: %v (reason %q), want reason %q", c.name, err, reason(err), c.want)
+		}
+	}
+	// Signed with another key.
+	d := NewDatagram(KindRequest, "pc-1", time.Now().UnixMilli())
+	SignHMAC(d, []byte("not the gateway's secret"))
+	other, _ := Marshal(d)
+	if _, err := s.Check(other, KindRequest, key); reason(err) != "signature" {
+		t.Errorf("other key: %v", err)
+	}
+}
+
+// TestWakeSendsDatagramAndMagicPackets captures what Wake sends on
+// loopback, verifies the datagram with the public key an agent is given,
+// decodes both with gopacket, writes them to a pcap file and reads that
+// back.
+func TestWakeSendsDatagramAndMagicPackets(t *testing.T) {
+	k := testKeys(t)
+	agent, _ := net.ListenPacket("udp4", "127.0.0.1:0")
+	defer agent.Close()
+	wol, _ := net.ListenPacket("udp4", "127.0.0.1:0")
+	defer wol.Close()
+	mac, _ := net.ParseMAC("02:00:00:00:00:07")
+	s, _ := New(Config{Keys: k, AgentPort: agent.LocalAddr().(*net.UDPAddr).Port, WOLPorts: []int{wol.LocalAddr().(*net.UDPAddr).Port},
+		Lookup: func(d string) (Target, bool) {
+			return Target{Addr: netip.MustParseAddr("127.0.0.1"), MAC: mac}, d == "pc-7"
+		}, Logger: testutil.Quiet()})
+
+	r := s.Wake("pc-7", "api")
+	if !r.Sent() {
+		t.Fatalf("nothing sent: %+v", r)
+	}
+	if last, ok := s.Last("pc-7"); !ok || last.Reason != "api" {
+		t.Errorf("Last = %+v, %v", last, ok)
+	}
+	read := func(pc net.PacketConn) []byte {
+		pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 2048)
+		n, _, err := pc.ReadFrom(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return buf[:n]
+	}
+	dgram, magic := read(agent), read(wol)
+	v, err := ParseKey(k.PublicKeyString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d Datagram
+	if err := d.DecodeFromBytes(dgram, gopacket.NilDecodeFeedback); err != nil || d.DeviceID != "pc-7" || d.Kind != KindWakeUp {
+		t.Fatalf("datagram %+v, %v", d, err)
+	}
+	if err := v.Verify(&d); err != nil {
+		t.Errorf("the agent's key does not verify the wake-up: %v", err)
+	}
+
+	// As captured: IPv4/UDP around each, to the standard ports, in a pcap
+	// file; read back, gopacket finds our layers by port.
+	file := filepath.Join(t.TempDir(), "wake.pcap")
+	f, _ := os.Create(file)
+	w := pcapgo.NewWriter(f)
+	w.WriteFileHeader(65536, layers.LinkTypeIPv4)
+	for _, p := range []struct {
+		port layers.UDPPort
+		body []byte
+	}{{15000, dgram}, {9, magic}} {
+		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: net.IPv4(127, 0, 0, 1), DstIP: net.IPv4(127, 0, 0, 1)}
+		udp := &layers.UDP{SrcPort: 40000, DstPort: p.port}
+		udp.SetNetworkLayerForChecksum(ip)
+		buf := gopacket.NewSerializeBuffer()
+		if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, udp, gopacket.Payload(p.body)); err != nil {
+			t.Fatal(err)
+		}
+		w.WritePacket(gopacket.CaptureInfo{Timestamp: time.Now(), CaptureLength: len(buf.Bytes()), Length: len(buf.Bytes())}, buf.Bytes())
+	}
+	f.Close()
+	f, _ = os.Open(file)
+	defer f.Close()
+	rd, err := pcapgo.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := gopacket.NewPacketSource(rd, layers.LayerTypeIPv4)
+	var gotDatagram, gotMagic bool
+	for pkt := range src.Packets() {
+		if l, ok := pkt.Layer(LayerTypeDatagram).(*Datagram); ok {
+			gotDatagram = l.DeviceID == "pc-7" && v.Verify(l) == nil
+		}
+		if l, ok := pkt.Layer(LayerTypeWakeOnLAN).(*WakeOnLAN); ok {
+			gotMagic = l.MAC.String() == mac.String()
+		}
+	}
+	if !gotDatagram || !gotMagic {
+		t.Errorf("from the pcap file: datagram %v, magic packet %v; want both", gotDatagram, gotMagic)
+	}
+}
+
+func TestRateLimits(t *testing.T) {
+	s, _ := New(Config{Keys: testKeys(t), Lookup: func(string) (Target, bool) { return Target{}, false }, Logger: testutil.Quiet()})
+	limited := 0
+	for range 10 {
+		if s.Wake("pc-1", "api").Limited {
+			limited++
+		}
+	}
+	if limited != 7 {
+		t.Errorf("%d of 10 wake-ups in a row limited, want 7 (burst of 3)", limited)
+	}
+	if s.Wake("pc-2", "api").Limited {
+		t.Error("another device is limited by the first one's wake-ups")
+	}
+}
+
+func FuzzDatagram(f *testing.F) {
+	d := NewDatagram(KindWakeUp, "pc-1", 1)
+	SignHMAC(d, []byte("0123456789abcdef"))
+	b, _ := Marshal(d)
+	f.Add(b)
+	SignEd25519(d, testKeys(f).Signing)
+	b, _ = Marshal(d)
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var d Datagram
+		if d.DecodeFromBytes(b, gopacket.NilDecodeFeedback) != nil {
+			return
+		}
+		out, err := Marshal(&d)
+		if err != nil || !bytes.Equal(out, b) {
+			t.Fatalf("decoded %x, re-encoded %x, %v", b, out, err)
+		}
+	})
+}
+
+func FuzzWakeOnLAN(f *testing.F) {
+	b, _ := Marshal(&WakeOnLAN{MAC: net.HardwareAddr{1, 2, 3, 4, 5, 6}, Password: []byte{1, 2, 3, 4}})
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var w WakeOnLAN
+		if w.DecodeFromBytes(b, gopacket.NilDecodeFeedback) != nil {
+			return
+		}
+		out, err := Marshal(&w)
+		if err != nil || !bytes.Equal(out, b) {
+			t.Fatalf("decoded %x, re-encoded %x, %v", b, out, err)
+		}
+	})
+}
