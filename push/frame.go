@@ -21,6 +21,7 @@ const (
 	TypePong     byte = 0x08 // either way
 	TypeDrain    byte = 0x09 // server -> agent: reconnect elsewhere
 	TypeBye      byte = 0x0A // either way, then close
+	TypeWake     byte = 0x0B // server -> agent (CapWake): sync now
 )
 
 // Protocol versions this implementation speaks.

@@ -22,6 +22,9 @@ type DeviceRecord struct {
 	LastAddr  string    `json:"last_addr,omitempty"`  // remote address of the last connection
 	LocalAddr string    `json:"local_addr,omitempty"` // as the agent reported it
 	MAC       string    `json:"mac,omitempty"`
+	// ShutDownAt is set by the agent's shutdown notice and cleared when it
+	// connects again: its missing connection is expected then.
+	ShutDownAt *time.Time `json:"shut_down_at,omitempty"`
 }
 
 const bucketDevices = "devices"
@@ -59,6 +62,7 @@ func (r *Registry) Seen(id string, remote net.Addr, h *Hello, now time.Time) err
 		d.LastAddr = remote.String()
 	}
 	if h != nil {
+		d.ShutDownAt = nil
 		if h.LocalAddr.IsValid() {
 			d.LocalAddr = h.LocalAddr.String()
 		}
@@ -68,7 +72,27 @@ func (r *Registry) Seen(id string, remote net.Addr, h *Hello, now time.Time) err
 	}
 	r.m[id] = d
 	r.mu.Unlock()
+	return r.put(d)
+}
+
+// ShutDown records a device's shutdown notice.
+func (r *Registry) ShutDown(id string, at time.Time) error {
+	r.mu.Lock()
+	d, ok := r.m[id]
+	if !ok {
+		r.mu.Unlock()
+		return nil // a device never seen: nothing to mark
+	}
+	at = at.UTC()
+	d.ShutDownAt = &at
+	r.m[id] = d
+	r.mu.Unlock()
+	return r.put(d)
+}
+
+func (r *Registry) put(d DeviceRecord) error {
 	b, _ := json.Marshal(d)
+	id := d.ID
 	return r.db.Batch(func(tx *bolt.Tx) error {
 		bk, err := tx.CreateBucketIfNotExists([]byte(bucketDevices))
 		if err != nil {

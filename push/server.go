@@ -363,7 +363,7 @@ func (s *Server) startSession(c conn, transport string, remote, local net.Addr, 
 			return
 		}
 	}
-	ss := &session{srv: s, c: c, device: h.DeviceID, transport: transport, remote: remote, since: time.Now(), id: newSessionID()}
+	ss := &session{srv: s, c: c, device: h.DeviceID, caps: h.Caps, transport: transport, remote: remote, since: time.Now(), id: newSessionID()}
 	ss.lastSeen.Store(ss.since.UnixNano())
 	nodes := []string{local.String()}
 	if s.cfg.Nodes != nil {
@@ -752,6 +752,7 @@ type DeviceStatus struct {
 	Queued     int        `json:"queued"`
 	LocalAddr  string     `json:"local_addr,omitempty"`
 	MAC        string     `json:"mac,omitempty"`
+	ShutDownAt *time.Time `json:"shut_down_at,omitempty"` // the agent said it shuts down
 }
 
 // Device returns one device's status.
@@ -764,7 +765,7 @@ func (s *Server) Device(id string) (DeviceStatus, bool) {
 	if !known && ss == nil && queued == 0 {
 		return DeviceStatus{}, false
 	}
-	st := DeviceStatus{ID: id, LastSeen: rec.LastSeen, Queued: queued, RemoteAddr: rec.LastAddr, LocalAddr: rec.LocalAddr, MAC: rec.MAC}
+	st := DeviceStatus{ID: id, LastSeen: rec.LastSeen, Queued: queued, RemoteAddr: rec.LastAddr, LocalAddr: rec.LocalAddr, MAC: rec.MAC, ShutDownAt: rec.ShutDownAt}
 	if ss != nil {
 		since := ss.since.UTC()
 		st.Connected, st.Transport, st.RemoteAddr, st.Since = true, ss.transport, ss.remote.String(), &since
@@ -787,6 +788,13 @@ func (s *Server) Devices() []DeviceStatus {
 // Expired is the number of pushes expired undelivered since start.
 func (s *Server) Expired() uint64 { return s.queue.Expired() }
 
+// ShutDown records a device's shutdown notice: its connection ending now
+// is expected.
+func (s *Server) ShutDown(device string, at time.Time) error {
+	s.m.IncrCounter([]string{"push", "shutdown_notices"}, 1)
+	return s.reg.ShutDown(device, at)
+}
+
 // KnownDevices returns the ids "push to all" reaches.
 func (s *Server) KnownDevices() []string { return s.reg.IDs() }
 
@@ -795,6 +803,18 @@ func (s *Server) Sessions() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.sessions)
+}
+
+// Wake sends a WAKE frame to the device when it is connected here and
+// handles them (HELLO capability bit 0), and reports whether it did.
+func (s *Server) Wake(device string) bool {
+	s.mu.Lock()
+	ss := s.sessions[device]
+	s.mu.Unlock()
+	if ss == nil || ss.caps&CapWake == 0 {
+		return false
+	}
+	return ss.send([]byte{TypeWake, 0, 0, 0}) == nil
 }
 
 // Move sends REDIRECT (reason 2, balancing) to one session per address

@@ -32,6 +32,7 @@ type session struct {
 	c         conn
 	device    string
 	transport string
+	caps      uint16 // HELLO's capabilities
 	remote    net.Addr
 	since     time.Time
 	id        [16]byte

@@ -86,11 +86,11 @@ type Service struct {
 	log   *slog.Logger
 	total *rate.Limiter
 
-	mu      sync.Mutex
-	perDev  map[string]*rate.Limiter
-	last    map[string]Result
-	nonces  map[string]time.Time // device + nonce -> when it may be forgotten
-	pruneAt time.Time
+	guard *replayGuard
+
+	mu     sync.Mutex
+	perDev map[string]*rate.Limiter
+	last   map[string]Result
 }
 
 // New builds a service; it does not listen.
@@ -124,7 +124,8 @@ func New(cfg Config) (*Service, error) {
 	}
 	return &Service{cfg: cfg, m: cfg.Metrics, log: cfg.Logger,
 		total:  rate.NewLimiter(cfg.Total, max(1, int(cfg.Total)*2)),
-		perDev: map[string]*rate.Limiter{}, last: map[string]Result{}, nonces: map[string]time.Time{}}, nil
+		guard:  newReplayGuard(cfg.ReplayWindow),
+		perDev: map[string]*rate.Limiter{}, last: map[string]Result{}}, nil
 }
 
 // Wake wakes a device: a WAKE frame when it is connected here, else the
@@ -312,6 +313,23 @@ var (
 // gives the HMAC secret for the device it names. It remembers the nonce,
 // so the same datagram is accepted once.
 func (s *Service) Check(b []byte, kind uint8, key func(device string) []byte) (*Datagram, error) {
+	return s.guard.check(b, kind, func(d *Datagram) Verifier { return Verifier{Alg: AlgHMAC, Secret: key(d.DeviceID)} })
+}
+
+// replayGuard refuses datagrams outside the time window and nonces seen
+// before.
+type replayGuard struct {
+	window  time.Duration
+	mu      sync.Mutex
+	nonces  map[string]time.Time // device + nonce -> when it may be forgotten
+	pruneAt time.Time
+}
+
+func newReplayGuard(window time.Duration) *replayGuard {
+	return &replayGuard{window: window, nonces: map[string]time.Time{}}
+}
+
+func (g *replayGuard) check(b []byte, kind uint8, verifier func(*Datagram) Verifier) (*Datagram, error) {
 	d := &Datagram{}
 	if err := d.DecodeFromBytes(b, nil); err != nil {
 		return nil, err
@@ -319,29 +337,63 @@ func (s *Service) Check(b []byte, kind uint8, key func(device string) []byte) (*
 	if d.Kind != kind {
 		return nil, errKind
 	}
-	if err := (Verifier{Alg: AlgHMAC, Secret: key(d.DeviceID)}).Verify(d); err != nil {
+	if err := verifier(d).Verify(d); err != nil {
 		return nil, err
 	}
 	now := time.Now()
-	if age := now.Sub(time.UnixMilli(d.Timestamp)); age > s.cfg.ReplayWindow || age < -s.cfg.ReplayWindow {
+	if age := now.Sub(time.UnixMilli(d.Timestamp)); age > g.window || age < -g.window {
 		return nil, fmt.Errorf("%w (%s off)", errExpired, age.Round(time.Millisecond))
 	}
 	k := d.DeviceID + "\x00" + string(d.Nonce[:])
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if now.After(s.pruneAt) {
-		for n, until := range s.nonces {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if now.After(g.pruneAt) {
+		for n, until := range g.nonces {
 			if now.After(until) {
-				delete(s.nonces, n)
+				delete(g.nonces, n)
 			}
 		}
-		s.pruneAt = now.Add(s.cfg.ReplayWindow)
+		g.pruneAt = now.Add(g.window)
 	}
-	if _, seen := s.nonces[k]; seen {
+	if _, seen := g.nonces[k]; seen {
 		return nil, errReplay
 	}
-	s.nonces[k] = now.Add(2 * s.cfg.ReplayWindow)
+	g.nonces[k] = now.Add(2 * g.window)
 	return d, nil
+}
+
+// Receiver checks wake-ups on an agent: the gateway's signature (the key
+// the agent was given), the time window and replays.
+type Receiver struct {
+	v     Verifier
+	guard *replayGuard
+}
+
+// NewReceiver checks with v and a 30 s window.
+func NewReceiver(v Verifier) *Receiver {
+	return &Receiver{v: v, guard: newReplayGuard(30 * time.Second)}
+}
+
+// Check decodes and verifies one wake-up for device.
+func (r *Receiver) Check(b []byte, device string) (*Datagram, error) {
+	d, err := r.guard.check(b, KindWakeUp, func(*Datagram) Verifier { return r.v })
+	if err == nil && d.DeviceID != device {
+		return nil, fmt.Errorf("wake: a wake-up for %q, this is %q", d.DeviceID, device)
+	}
+	return d, err
+}
+
+// Reason is the label a rejection is counted under.
+func Reason(err error) string { return reason(err) }
+
+// ShutdownNotice is a signed shutdown notice of device.
+func ShutdownNotice(device string, v Verifier) ([]byte, error) {
+	if v.Alg != AlgHMAC {
+		return nil, errors.New("wake: shutdown notices are signed with the device's secret (hmac:...)")
+	}
+	d := NewDatagram(KindShutdown, device, time.Now().UnixMilli())
+	SignHMAC(d, v.Secret)
+	return Marshal(d)
 }
 
 // ServeRequests answers wake requests on pc (wake.listen, UDP 15010),

@@ -74,7 +74,7 @@ func TestClusterSurvivesKill9(t *testing.T) {
 		}
 		pushAddr, adminAddr := freePort(t), freePort(t)
 		cfg := filepath.Join(dir, "dpgate.yaml")
-		os.WriteFile(cfg, []byte(fmt.Sprintf("node:\n  name: node-%d\n  data_dir: data\nadmin:\n  listen: %s\npush:\n  listen: %s\n  auth: none\n  quic: false\ncluster:\n  bind: %s\n%s",
+		os.WriteFile(cfg, []byte(fmt.Sprintf("node:\n  name: node-%d\n  data_dir: data\nadmin:\n  listen: %s\npush:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\ncluster:\n  bind: %s\n%s",
 			i, adminAddr, pushAddr, bind, extra)), 0o644)
 		s := startServe(t, nil, "-c", cfg)
 		s.waitLog(t, `msg="push server listening"`)

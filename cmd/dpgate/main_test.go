@@ -208,6 +208,9 @@ func writeConfig(t *testing.T, dir, adminAddr, extra string) string {
 	if !strings.Contains(extra, "push:") {
 		body += "push:\n  listen: 127.0.0.1:0\n"
 	}
+	if !strings.Contains(extra, "wake:") { // not the standard ports: tests run side by side
+		body += "wake:\n  listen: 127.0.0.1:0\n  shutdown_listen: 127.0.0.1:0\n"
+	}
 	if err := os.WriteFile(f, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -161,6 +161,10 @@ type Wake struct {
 	// SecretFile holds the HMAC key for wake-up requests. Default:
 	// data_dir/wake.key, generated on first start.
 	SecretFile string `yaml:"secret_file"`
+	// Signature signs wake-ups to agents: ed25519 (the gateway's wake
+	// key; agents get its public half) or hmac (each device's secret).
+	// Default: ed25519.
+	Signature string `yaml:"signature"`
 }
 
 // Link configures uplink measurement.
@@ -321,6 +325,7 @@ func (c *Config) withDefaults() {
 		w.WOLPorts = []int{7, 9}
 	}
 	setStr(&w.ShutdownListen, DefaultShutdownListen)
+	setStr(&w.Signature, "ed25519")
 
 	l := &c.Link
 	if l.Limits.Loss == 0 {

@@ -70,6 +70,9 @@ func (c *Config) Validate() error {
 	if err := c.port("wake.agent_port", w.AgentPort); err != nil {
 		return err
 	}
+	if err := c.oneOf("wake.signature", w.Signature, "ed25519", "hmac"); err != nil {
+		return err
+	}
 	for i, p := range w.WOLPorts {
 		if err := c.port("wake.wol_ports["+strconv.Itoa(i)+"]", p); err != nil {
 			return err

@@ -25,6 +25,7 @@ import (
 	"github.com/dpgate/dpgate/proxy"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/tlsconf"
+	"github.com/dpgate/dpgate/wake"
 )
 
 // Gateway is one running node.
@@ -45,6 +46,8 @@ type Gateway struct {
 	adminAddr string
 	cluster   atomic.Pointer[cluster.Cluster] // nil until Start, or without cluster.bind
 	router    atomic.Pointer[cluster.Router]  // push routing between nodes; nil without a cluster
+	wake      *wake.Service                   // nil when push is off
+	udpClose  []net.PacketConn                // wake listeners, closed at shutdown
 	draining  atomic.Bool
 	dns       []func() // close functions of the DNS listeners
 	dnsAddr   string
@@ -106,6 +109,16 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		g.db.Close()
 		return nil, fmt.Errorf("gateway: push: %w", err)
 	}
+	if g.wake, err = g.newWake(); err != nil {
+		if g.push != nil {
+			g.push.Close()
+		}
+		if g.proxy != nil {
+			g.proxy.Close()
+		}
+		g.db.Close()
+		return nil, err
+	}
 	g.admin = admin.New(admin.Config{Token: token, Logger: g.log})
 	g.routes()
 	return g, nil
@@ -150,6 +163,8 @@ type Listeners struct {
 	PushUDP net.PacketConn // nil: push over QUIC off
 	DNSUDP  net.PacketConn // nil: DNS off
 	DNSTCP  net.Listener
+	WakeUDP     net.PacketConn // wake requests; nil: off
+	ShutdownUDP net.PacketConn // agents' shutdown notices; nil: off
 }
 
 // Listen opens the listeners the configuration asks for.
@@ -187,6 +202,22 @@ func Listen(cfg *config.Config) (Listeners, error) {
 			ls.PushUDP = pc
 		}
 	}
+	if config.Enabled(cfg.Push.Listen) {
+		for _, l := range []struct {
+			addr, key string
+			pc        *net.PacketConn
+		}{{cfg.Wake.Listen, "wake.listen", &ls.WakeUDP}, {cfg.Wake.ShutdownListen, "wake.shutdown_listen", &ls.ShutdownUDP}} {
+			if !config.Enabled(l.addr) {
+				continue
+			}
+			pc, err := net.ListenPacket("udp", l.addr)
+			if err != nil {
+				ls.Close()
+				return ls, fmt.Errorf("gateway: %s: %w", l.key, err)
+			}
+			*l.pc = pc
+		}
+	}
 	if cfg.Cluster.DNS.Listen != "" {
 		pc, err := net.ListenPacket("udp", cfg.Cluster.DNS.Listen)
 		if err != nil {
@@ -211,7 +242,7 @@ func (ls Listeners) Close() {
 			ln.Close()
 		}
 	}
-	for _, pc := range []net.PacketConn{ls.PushUDP, ls.DNSUDP} {
+	for _, pc := range []net.PacketConn{ls.PushUDP, ls.DNSUDP, ls.WakeUDP, ls.ShutdownUDP} {
 		if pc != nil {
 			pc.Close()
 		}
@@ -248,11 +279,18 @@ func (g *Gateway) Start(ls Listeners) {
 			g.udp = ls.PushUDP
 		}
 	}
+	if g.wake != nil && ls.WakeUDP != nil {
+		g.log.Info("wake requests listening", "addr", ls.WakeUDP.LocalAddr().String())
+		g.goServe("wake requests", func() error { return g.wake.ServeRequests(ls.WakeUDP) })
+		g.udpClose = append(g.udpClose, ls.WakeUDP)
+	}
+	if g.wake != nil && ls.ShutdownUDP != nil {
+		g.log.Info("shutdown notices listening", "addr", ls.ShutdownUDP.LocalAddr().String())
+		g.goServe("shutdown notices", func() error { return g.wake.ServeShutdowns(ls.ShutdownUDP) })
+		g.udpClose = append(g.udpClose, ls.ShutdownUDP)
+	}
 	// Validated keys whose features are not built yet: say so rather than
 	// let an administrator believe something listens.
-	if config.Enabled(g.cfg.Wake.Listen) || config.Enabled(g.cfg.Wake.ShutdownListen) {
-		g.log.Info("wake-up forwarding and shutdown notices are not built yet; wake.* is accepted but nothing listens")
-	}
 	if g.cfg.Link.ReflectorListen != "" {
 		g.log.Warn("link measurement is not built yet; link.reflector_listen is accepted but nothing listens")
 	}
@@ -352,6 +390,9 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	for _, f := range g.dns {
 		f()
 	}
+	for _, pc := range g.udpClose {
+		pc.Close()
+	}
 	if err := g.admin.Shutdown(ctx); err != nil {
 		g.admin.Close()
 		errs = append(errs, fmt.Errorf("admin: %w", err))
@@ -370,6 +411,9 @@ func (g *Gateway) Close() error {
 	}
 	for _, f := range g.dns {
 		f()
+	}
+	for _, pc := range g.udpClose {
+		pc.Close()
 	}
 	if g.push != nil {
 		g.push.Close()

@@ -32,6 +32,9 @@ func newTestGateway(t testing.TB, yaml string) (*Gateway, *admin.Client, string)
 	if !strings.Contains(yaml, "push:") {
 		yaml += "push:\n  listen: 127.0.0.1:0\n"
 	}
+	if !strings.Contains(yaml, "wake:") { // not the standard ports: tests run side by side
+		yaml += "wake:\n  listen: 127.0.0.1:0\n  shutdown_listen: 127.0.0.1:0\n"
+	}
 	// Unique names: gateways in one test may form a cluster.
 	name := fmt.Sprintf("gw-test-%d", gatewaySeq.Add(1))
 	os.WriteFile(f, []byte("node:\n  name: "+name+"\n  data_dir: data\nadmin:\n  listen: 127.0.0.1:0\n"+yaml), 0o644)

@@ -97,6 +97,7 @@ func (g *Gateway) accept(ctx context.Context, devices []string, payload []byte, 
 		if err != nil {
 			return nil, err
 		}
+		g.wakeOffline(devices)
 		for i, a := range acc {
 			out[i] = PushReply{Device: a.Device, ID: hex.EncodeToString(a.ID[:]), Seq: a.Seq, Copies: a.Copies, Status: "queued", id: a.ID, expiry: a.Expiry}
 		}
@@ -106,6 +107,7 @@ func (g *Gateway) accept(ctx context.Context, devices []string, payload []byte, 
 	if err != nil {
 		return nil, err
 	}
+	g.wakeOffline(devices)
 	for i, m := range msgs {
 		out[i] = PushReply{Device: devices[i], ID: hex.EncodeToString(m.ID[:]), Seq: m.Seq, Copies: 1, Status: "queued", id: m.ID, expiry: m.Expiry}
 	}
@@ -254,6 +256,11 @@ func (g *Gateway) pushRoutes() {
 		if !ok {
 			return 0, nil, admin.Error(http.StatusNotFound, fmt.Errorf("device %q is unknown", r.PathValue("id")))
 		}
-		return http.StatusOK, d, nil
+		reply := DeviceReply{DeviceStatus: d}
+		if w, ok := g.wake.Last(d.ID); ok {
+			reply.LastWake = &w
+		}
+		return http.StatusOK, reply, nil
 	})
+	g.wakeRoutes()
 }

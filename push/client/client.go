@@ -59,7 +59,7 @@ type Config struct {
 
 // Event is a change of the client's connection.
 type Event struct {
-	Kind    string // "connected", "disconnected", "redirect", "drain", "replaced", "error"
+	Kind    string // "connected", "disconnected", "redirect", "drain", "replaced", "error", "wake"
 	Server  string
 	Session [16]byte
 	Err     error
@@ -71,6 +71,7 @@ type Client struct {
 	cfg  Config
 	log  *slog.Logger
 	seen dedupe
+	wake chan struct{} // Wake: end a reconnect wait
 
 	mu       sync.Mutex
 	nodes    []string // from the last WELCOME
@@ -96,7 +97,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Client{cfg: cfg, log: cfg.Logger, seen: newDedupe(cfg.DedupeWindow)}, nil
+	return &Client{cfg: cfg, log: cfg.Logger, seen: newDedupe(cfg.DedupeWindow), wake: make(chan struct{}, 1)}, nil
 }
 
 // Received counts pushes handed to OnPush; Duplicates those dropped.
@@ -140,7 +141,7 @@ func (c *Client) Run(ctx context.Context) error {
 		case out.drain > 0 || (out.err == nil && out.welcomed):
 			c.event(Event{Kind: "drain", Server: addr})
 			i++ // another node, after the server's delay
-			if !sleep(ctx, out.drain) {
+			if !c.sleep(ctx, out.drain) {
 				return nil
 			}
 			continue
@@ -151,7 +152,7 @@ func (c *Client) Run(ctx context.Context) error {
 			// a tight loop.
 			d := c.cfg.MaxBackoff/2 + c.backoff(20)/2
 			c.event(Event{Kind: "replaced", Server: addr, Err: out.err, Retry: d})
-			if !sleep(ctx, d) {
+			if !c.sleep(ctx, d) {
 				return nil
 			}
 			continue
@@ -160,7 +161,7 @@ func (c *Client) Run(ctx context.Context) error {
 		d := c.backoff(failures)
 		c.event(Event{Kind: "error", Server: addr, Err: out.err, Retry: d})
 		i++ // fail over to the next node
-		if !sleep(ctx, d) {
+		if !c.sleep(ctx, d) {
 			return nil
 		}
 	}
@@ -193,7 +194,8 @@ func (c *Client) backoff(failures int) time.Duration {
 	return time.Duration(mrand.Int64N(int64(d))) + c.cfg.MinBackoff/2
 }
 
-func sleep(ctx context.Context, d time.Duration) bool {
+// sleep waits d; a Wake cuts it short. It reports false when ctx ended.
+func (c *Client) sleep(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {
 		return ctx.Err() == nil
 	}
@@ -202,9 +204,21 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	select {
 	case <-t.C:
 		return true
+	case <-c.wake:
+		return true
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// Wake is a wake-up for this agent (a verified datagram on its wake-up
+// port): a reconnect wait ends at once and the next attempt starts.
+func (c *Client) Wake() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+	c.event(Event{Kind: "wake"})
 }
 
 func (c *Client) event(e Event) {
@@ -312,6 +326,9 @@ func (c *Client) session(ctx context.Context, addr string, redirected bool) outc
 		MAC: c.cfg.MAC, LocalAddr: c.cfg.LocalAddr, Token: c.cfg.Token, LastAck: 0}
 	if redirected {
 		hello.Caps |= push.CapRedirected
+	}
+	if c.cfg.OnEvent != nil {
+		hello.Caps |= push.CapWake // a WAKE frame becomes a "wake" event
 	}
 	if err := k.send(hello.Marshal()); err != nil {
 		return outcome{err: err}
@@ -424,6 +441,8 @@ func (c *Client) session(ctx context.Context, addr string, redirected bool) outc
 			out.err = fmt.Errorf("server closed the session: code %d: %s", e.Code, e.Reason)
 			out.replaced = e.Code == push.CodeReplaced
 			return out
+		case push.TypeWake:
+			c.event(Event{Kind: "wake", Server: addr}) // connected already: the agent syncs
 		case push.TypeBye:
 			return out
 		default:

@@ -1,0 +1,114 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/wake"
+)
+
+// newWake builds the wake-up service when the push server runs: it needs
+// the device registry (addresses, MACs) and the push connections.
+func (g *Gateway) newWake() (*wake.Service, error) {
+	if g.push == nil {
+		return nil, nil
+	}
+	keys, err := wake.LoadOrCreateKeys(g.cfg.Node.DataDir, g.cfg.Wake.SecretFile)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	return wake.New(wake.Config{
+		Keys:       keys,
+		Lookup:     g.wakeTarget,
+		PushWake:   g.push.Wake,
+		AgentPort:  g.cfg.Wake.AgentPort,
+		WOLPorts:   g.cfg.Wake.WOLPorts,
+		SignHMAC:   g.cfg.Wake.Signature == "hmac",
+		OnShutdown: g.deviceShutDown,
+		Metrics:    g.tel.Metrics,
+		Logger:     g.log,
+	})
+}
+
+// wakeTarget is where a device was last: the address it reported in
+// HELLO (its own, inside the LAN), else the one its connection came from.
+func (g *Gateway) wakeTarget(device string) (wake.Target, bool) {
+	d, ok := g.push.Device(device)
+	if !ok {
+		return wake.Target{}, false
+	}
+	var t wake.Target
+	if a, err := netip.ParseAddr(d.LocalAddr); err == nil {
+		t.Addr = a
+	} else if ap, err := netip.ParseAddrPort(d.RemoteAddr); err == nil {
+		t.Addr = ap.Addr().Unmap()
+	}
+	if mac, err := net.ParseMAC(d.MAC); err == nil {
+		t.MAC = mac
+	}
+	return t, t.Addr.IsValid()
+}
+
+func (g *Gateway) deviceShutDown(device string, at time.Time) {
+	if err := g.push.ShutDown(device, at); err != nil {
+		g.log.Error("recording a shutdown notice", "device", device, "err", err)
+	}
+}
+
+// wakeOffline wakes, in the background, the devices of an accepted push
+// that are connected nowhere as far as this node can tell: not here and,
+// in a cluster, not registered with this node as an owner.
+func (g *Gateway) wakeOffline(devices []string) {
+	if g.wake == nil {
+		return
+	}
+	r := g.router.Load()
+	var offline []string
+	for _, d := range devices {
+		if g.push.Holds(d) {
+			continue
+		}
+		if r != nil && (r.Holder(d) != "" || !slices.Contains(r.Owners(d), g.cfg.Node.Name)) {
+			continue // connected elsewhere, or not ours to know
+		}
+		offline = append(offline, d)
+	}
+	if len(offline) == 0 {
+		return
+	}
+	go func() { // bounded by the service's rate limits
+		for _, d := range offline {
+			g.wake.Wake(d, "push")
+		}
+	}()
+}
+
+// DeviceReply is GET /v1/devices/{id}: the device and its last wake-up.
+type DeviceReply struct {
+	push.DeviceStatus
+	LastWake *wake.Result `json:"last_wake,omitempty"`
+}
+
+func (g *Gateway) wakeRoutes() {
+	g.admin.HandleJSON("POST /v1/devices/{id}/wake", func(r *http.Request) (int, any, error) {
+		dev := r.PathValue("id")
+		if _, ok := g.push.Device(dev); !ok {
+			return 0, nil, admin.Error(http.StatusNotFound, fmt.Errorf("device %q is unknown", dev))
+		}
+		res := g.wake.Wake(dev, "api")
+		switch {
+		case res.Limited:
+			return 0, nil, admin.Error(http.StatusTooManyRequests, errors.New("wake-ups of this device (or in all) are over their rate limit; try again later"))
+		case res.Unknown:
+			return 0, nil, admin.Error(http.StatusConflict, fmt.Errorf("device %q has no known address to wake it at", dev))
+		}
+		return http.StatusOK, res, nil
+	})
+}
