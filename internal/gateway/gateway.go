@@ -157,12 +157,12 @@ func (g *Gateway) loadIdentity() (*tlsconf.Identity, error) {
 // Listeners are the sockets a gateway serves on, opened by Listen or
 // handed in by tests.
 type Listeners struct {
-	Admin   net.Listener   // nil: admin API off
-	Proxy   net.Listener   // nil: proxy off (no upstream)
-	Push    net.Listener   // nil: push off
-	PushUDP net.PacketConn // nil: push over QUIC off
-	DNSUDP  net.PacketConn // nil: DNS off
-	DNSTCP  net.Listener
+	Admin       net.Listener   // nil: admin API off
+	Proxy       net.Listener   // nil: proxy off (no upstream)
+	Push        net.Listener   // nil: push off
+	PushUDP     net.PacketConn // nil: push over QUIC off
+	DNSUDP      net.PacketConn // nil: DNS off
+	DNSTCP      net.Listener
 	WakeUDP     net.PacketConn // wake requests; nil: off
 	ShutdownUDP net.PacketConn // agents' shutdown notices; nil: off
 }
