@@ -34,6 +34,7 @@ func commands() []command {
 		{"push", "push a message to a device, or to all, through the running gateway", runPush},
 		{"agent", "the reference agent: hold a push connection, print pushes", runAgent},
 		{"token", "issue device tokens for push.auth token", runToken},
+		{"wake", "wake a device through the running gateway; print agents' wake keys", runWake},
 		{"version", "print version, commit and Go version", runVersion},
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
 	"github.com/dpgate/dpgate/tlsconf"
+	"github.com/dpgate/dpgate/wake"
 )
 
 const pushAbout = `
@@ -169,6 +170,12 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	token := fs.String("token", "", "device `TOKEN` for push.auth token")
 	useQUIC := fs.Bool("quic", false, "connect over QUIC (UDP) instead of TLS over TCP")
 	mac := fs.String("mac", "", "`MAC` address to report for Wake-on-LAN")
+	wakeKey := fs.String("wake-key", "", "`KEY` that verifies wake-ups (from dpgate wake key); listens on --wake-listen")
+	wakeListen := fs.String("wake-listen", ":15000", "UDP `ADDR` for wake-ups (with --wake-key)")
+	wakeSecret := fs.String("wake-secret", "", "this device's `SECRET` (dpgate wake key --device): send a shutdown notice on exit")
+	notify := fs.String("notify", "", "gateway UDP `ADDR` for the shutdown notice (default: the first server's host, port 13000)")
+	minBackoff := fs.Duration("min-backoff", 500*time.Millisecond, "first wait between reconnect attempts; it doubles per failure")
+	maxBackoff := fs.Duration("max-backoff", 30*time.Second, "longest wait between reconnect attempts (a wake-up cuts it short)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -200,14 +207,31 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 			return usagef("--mac %q is not a 6-byte MAC address", *mac)
 		}
 	}
+	var key, secret wake.Verifier
+	if *wakeKey != "" {
+		if key, err = wake.ParseKey(*wakeKey); err != nil {
+			return usageError{err}
+		}
+	}
+	if *wakeSecret != "" {
+		if secret, err = wake.ParseKey(*wakeSecret); err != nil || secret.Alg != wake.AlgHMAC {
+			return usagef("--wake-secret wants hmac:BASE64 (dpgate wake key --device %s)", *device)
+		}
+		if *notify == "" {
+			host, _, _ := net.SplitHostPort(servers[0])
+			*notify = net.JoinHostPort(host, "13000")
+		}
+	}
 	enc := json.NewEncoder(stdout)
 	c, err := client.New(client.Config{
-		Servers:  servers,
-		DeviceID: *device,
-		TLS:      tcfg,
-		QUIC:     *useQUIC,
-		Token:    *token,
-		MAC:      hw,
+		Servers:    servers,
+		DeviceID:   *device,
+		TLS:        tcfg,
+		QUIC:       *useQUIC,
+		Token:      *token,
+		MAC:        hw,
+		MinBackoff: *minBackoff,
+		MaxBackoff: *maxBackoff,
 		// Reported in HELLO so wake-up datagrams can reach this agent.
 		LocalAddr: localAddrFor(servers[0]),
 		OnPush: func(m push.Message) {
@@ -236,7 +260,23 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return c.Run(ctx)
+	if *wakeKey != "" {
+		pc, err := agentWake(*wakeListen, key, *device, c, stderr)
+		if err != nil {
+			return err
+		}
+		defer pc.Close()
+		fmt.Fprintf(stderr, "dpgate agent: wake-ups on %s\n", pc.LocalAddr())
+	}
+	err = c.Run(ctx)
+	if *wakeSecret != "" {
+		if nerr := shutdownNotice(*notify, *device, secret); nerr != nil {
+			fmt.Fprintf(stderr, "dpgate agent: shutdown notice to %s: %v\n", *notify, nerr)
+		} else {
+			fmt.Fprintf(stderr, "dpgate agent: shutdown notice sent to %s\n", *notify)
+		}
+	}
+	return err
 }
 
 // localAddrFor is the local address the system would use toward server.

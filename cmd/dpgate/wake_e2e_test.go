@@ -1,0 +1,158 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/internal/gateway"
+)
+
+// syncBuffer is an io.Writer a process writes to while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestWakeUpEndToEnd: an agent whose gateway died waits a long reconnect
+// backoff; the gateway comes back and a push for the device is accepted;
+// the gateway sends the signed wake-up datagram to the agent's UDP port;
+// the agent verifies it, connects at once and gets the push. When the
+// agent exits, its signed shutdown notice marks the device as shut down.
+func TestWakeUpEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	pushAddr, adminAddr := freePort(t), freePort(t)
+	agentPort, shutdownAddr := portOf(freeUDPTCP(t)), freeUDPTCP(t)
+	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: 127.0.0.1:0\n  agent_port: %s\n  shutdown_listen: %s\n",
+		pushAddr, agentPort, shutdownAddr))
+	s := startServe(t, nil, "-c", cfg)
+	s.waitLog(t, `msg="push server listening"`)
+	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout)
+	key := strings.TrimSpace(dpgate(t, nil, "wake", "key", "-c", cfg).stdout)
+	secret := strings.TrimSpace(dpgate(t, nil, "wake", "key", "--device", "pc-wake", "-c", cfg).stdout)
+	if !strings.HasPrefix(key, "ed25519:") || !strings.HasPrefix(secret, "hmac:") {
+		t.Fatalf("wake key printed %q and %q", key, secret)
+	}
+
+	// The agent: a first reconnect wait of 30-90 s, so only a wake-up can
+	// bring it back within the test's time.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ag := exec.CommandContext(ctx, bin, "agent", "--server", pushAddr, "--pin", pin, "--device", "pc-wake",
+		"--wake-key", key, "--wake-listen", "127.0.0.1:"+agentPort, "--wake-secret", secret, "--notify", shutdownAddr,
+		"--min-backoff", "30s", "--max-backoff", "10m")
+	ag.Env = os.Environ()
+	var stderr syncBuffer
+	ag.Stderr = &stderr
+	out, _ := ag.StdoutPipe()
+	if err := ag.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { ag.Process.Kill(); ag.Wait() }()
+	lines := make(chan string, 10)
+	go func() { // ends when the agent exits
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	waitStderr := func(what string) {
+		t.Helper()
+		waitFor(t, 30*time.Second, func() error {
+			if !strings.Contains(stderr.String(), what) {
+				return fmt.Errorf("agent has not printed %q yet; stderr:\n%s", what, stderr.String())
+			}
+			return nil
+		})
+	}
+	waitStderr("connected " + pushAddr)
+	// A push delivered before the crash: the store has then committed the
+	// device's record (address from HELLO), written before the push.
+	if r := dpgate(t, nil, "push", "-c", cfg, "--wait", "10s", "pc-wake", "first"); r.code != 0 || !strings.Contains(r.stdout, "delivered") {
+		t.Fatalf("first push: exit %d: %s %s", r.code, r.stdout, r.stderr)
+	}
+	<-lines
+
+	// The gateway dies; the agent starts its long wait. The gateway comes
+	// back with the device in its registry (address, from HELLO).
+	s.cmd.Process.Signal(syscall.SIGKILL)
+	<-s.done
+	waitStderr("disconnected")
+	s2 := startServe(t, nil, "-c", cfg)
+	s2.waitLog(t, `msg="push server listening"`)
+
+	start := time.Now()
+	r := dpgate(t, nil, "push", "-c", cfg, "--json", "pc-wake", "wake and sync")
+	if r.code != 0 {
+		t.Fatalf("push: exit %d: %s", r.code, r.stderr)
+	}
+	select {
+	case line := <-lines:
+		var m struct{ Data string }
+		if err := json.Unmarshal([]byte(line), &m); err != nil || m.Data != "wake and sync" {
+			t.Fatalf("agent printed %q", line)
+		}
+		t.Logf("push accepted -> wake-up datagram -> agent connected -> push delivered: %s", time.Since(start).Round(time.Millisecond))
+	case <-time.After(25 * time.Second):
+		var d any
+		admin.NewClient(adminAddr, "").Do(context.Background(), "GET", "/v1/devices/pc-wake", nil, &d)
+		t.Logf("device: %+v", d)
+		t.Fatalf("the push did not arrive within 25 s (the agent's own retry comes after 30 s or more); agent:\n%s\ngateway:\n%s", stderr.String(), s2.log())
+	}
+	if !strings.Contains(stderr.String(), "dpgate agent: wake ") {
+		t.Errorf("the agent did not report a wake-up:\n%s", stderr.String())
+	}
+	api := admin.NewClient(adminAddr, "")
+	var d gateway.DeviceReply
+	if err := api.Do(context.Background(), "GET", "/v1/devices/pc-wake", nil, &d); err != nil {
+		t.Fatal(err)
+	}
+	if d.LastWake == nil || d.LastWake.Reason != "push" || !d.LastWake.Sent() || d.LastWake.Attempts[0].Via != "datagram" {
+		t.Errorf("last wake-up %+v, want a datagram sent for the push", d.LastWake)
+	}
+
+	// A forged wake-up is refused by the agent.
+	forged, _ := net.Dial("udp", "127.0.0.1:"+agentPort)
+	forged.Write([]byte("DPWK\x01\x01\x01\x07pc-wake" + strings.Repeat("x", 80)))
+	forged.Close()
+	waitStderr("rejected (signature)")
+
+	// The agent exits: its shutdown notice reaches the gateway.
+	ag.Process.Signal(syscall.SIGTERM)
+	waitStderr("shutdown notice sent")
+	waitFor(t, 10*time.Second, func() error {
+		var d gateway.DeviceReply
+		if err := api.Do(context.Background(), "GET", "/v1/devices/pc-wake", nil, &d); err != nil {
+			return err
+		}
+		if d.ShutDownAt == nil {
+			return fmt.Errorf("device not marked as shut down: %+v", d.DeviceStatus)
+		}
+		return nil
+	})
+}
