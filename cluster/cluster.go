@@ -61,6 +61,9 @@ type Config struct {
 	// the same on every node: changes go out through Broadcast at once,
 	// and the whole state is exchanged in memberlist's push/pull.
 	State Replicated
+	// OnMessage receives Broadcast messages that are not State changes
+	// (State's are JSON arrays: they start with '['; others must not).
+	OnMessage func([]byte)
 	// Tune adjusts memberlist's configuration (tests tighten timings).
 	Tune func(*memberlist.Config)
 
@@ -352,7 +355,13 @@ func (b broadcast) Invalidates(memberlist.Broadcast) bool { return false }
 func (b broadcast) Message() []byte                       { return b }
 func (b broadcast) Finished()                             {}
 
-func (d delegate) NotifyMsg(b []byte) { d.merge(b) }
+func (d delegate) NotifyMsg(b []byte) {
+	if len(b) > 0 && b[0] != '[' && d.c.cfg.OnMessage != nil {
+		d.c.cfg.OnMessage(append([]byte(nil), b...))
+		return
+	}
+	d.merge(b)
+}
 
 func (d delegate) GetBroadcasts(overhead, limit int) [][]byte {
 	return d.c.queue.GetBroadcasts(overhead, limit)

@@ -15,21 +15,21 @@ import (
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
-// Keys are the gateway's wake keys: an Ed25519 key that signs wake-ups
-// (agents verify them with its public half), and a secret for HMACs:
-// wake requests from the management server are signed with it, and each
-// device's own secret (for its shutdown notices, or for wake-ups when the
-// agent was given a secret instead of the public key) is derived from it.
+// Keys are the gateway's wake keys, all from one secret (so the nodes of
+// a cluster share them by sharing wake.secret_file): wake requests from
+// the management server are HMAC-signed with the secret itself; the
+// Ed25519 key that signs wake-ups (agents verify them with its public
+// half) and each device's own secret (for its shutdown notices, or for
+// wake-ups when the agent was given a secret instead of the public key)
+// are derived from it.
 type Keys struct {
 	Signing ed25519.PrivateKey
 	Secret  []byte
 }
 
-// Files in the data directory when wake.secret_file is not set.
-const (
-	SigningKeyFile = "wake-ed25519.key"
-	SecretFile     = "wake.key"
-)
+// SecretFile is the secret in the data directory when wake.secret_file
+// is not set.
+const SecretFile = "wake.key"
 
 // LoadOrCreateKeys reads the keys, creating missing ones (base64 in files
 // of mode 0600). secretFile may be empty: dataDir/wake.key.
@@ -41,14 +41,7 @@ func LoadOrCreateKeys(dataDir, secretFile string) (*Keys, error) {
 	if err != nil {
 		return nil, err
 	}
-	seed, err := loadOrCreate(filepath.Join(dataDir, SigningKeyFile), ed25519.SeedSize, ed25519.SeedSize)
-	if err != nil {
-		return nil, err
-	}
-	if len(seed) != ed25519.SeedSize {
-		return nil, fmt.Errorf("wake: %s holds %d bytes, want a %d-byte Ed25519 seed", SigningKeyFile, len(seed), ed25519.SeedSize)
-	}
-	return &Keys{Signing: ed25519.NewKeyFromSeed(seed), Secret: secret}, nil
+	return &Keys{Signing: ed25519.NewKeyFromSeed(derive(secret, "dpgate wake ed25519 seed")), Secret: secret}, nil
 }
 
 func loadOrCreate(file string, size, min int) ([]byte, error) {
@@ -74,8 +67,13 @@ func loadOrCreate(file string, size, min int) ([]byte, error) {
 
 // DeviceSecret is the device's own HMAC secret.
 func (k *Keys) DeviceSecret(device string) []byte {
-	m := hmac.New(sha256.New, k.Secret)
-	m.Write([]byte("dpgate wake device\x00" + device))
+	return derive(k.Secret, "dpgate wake device\x00"+device)
+}
+
+// derive is HMAC-SHA256(secret, label): 32 bytes.
+func derive(secret []byte, label string) []byte {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(label))
 	return m.Sum(nil)
 }
 

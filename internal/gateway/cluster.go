@@ -41,6 +41,7 @@ func (g *Gateway) startCluster() error {
 		Meta:      g.clusterMeta,
 		State:     allowState{g.allow},
 		Margin:    float64(cc.Margin),
+		OnMessage: g.clusterMessage,
 		Metrics:   g.tel.Metrics,
 		Logger:    g.log,
 	}
@@ -150,6 +151,24 @@ func (g *Gateway) pushNodes() []string {
 		return []string{g.advertised(g.pushAddr)}
 	}
 	return nil
+}
+
+// shutdownMsg tells the other nodes that a device said it shuts down.
+type shutdownMsg struct {
+	Device string    `json:"shutdown"`
+	At     time.Time `json:"at"`
+}
+
+// clusterMessage handles a broadcast that is not an allow-list change.
+func (g *Gateway) clusterMessage(b []byte) {
+	var m shutdownMsg
+	if err := json.Unmarshal(b, &m); err != nil || m.Device == "" {
+		g.log.Warn("cluster: unknown message from a node", "bytes", len(b))
+		return
+	}
+	if g.push != nil {
+		g.push.ShutDown(m.Device, m.At)
+	}
 }
 
 // The push server's cluster hooks, which do nothing until the router runs.

@@ -1,10 +1,16 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -14,6 +20,7 @@ import (
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
 	"github.com/dpgate/dpgate/tlsconf"
+	"github.com/dpgate/dpgate/wake"
 )
 
 // testCluster starts n gateways (push auth none) joined into one cluster
@@ -203,4 +210,45 @@ func TestQueuedPushesSurviveOwnerFailure(t *testing.T) {
 			break // the pushes are acknowledged now; one agent is the test
 		}
 	}
+}
+
+// TestShutdownNoticeReachesTheCluster: an agent connected to node 0 sends
+// its shutdown notice to node 1 (the nodes share wake.secret_file); node
+// 0 marks the device as shut down.
+func TestShutdownNoticeReachesTheCluster(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "wake.key")
+	os.WriteFile(secret, []byte(base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))), 0o600)
+	seed := freeUDPTCPPort(t)
+	wakeYAML := fmt.Sprintf("wake:\n  listen: 127.0.0.1:0\n  shutdown_listen: 127.0.0.1:0\n  secret_file: %s\n", secret)
+	g0, _, _ := newTestGateway(t, fmt.Sprintf("push:\n  listen: 127.0.0.1:0\n  auth: none\ncluster:\n  bind: %s\n%s", seed, wakeYAML))
+	g1, _, _ := newTestGateway(t, fmt.Sprintf("push:\n  listen: 127.0.0.1:0\n  auth: none\ncluster:\n  bind: %s\n  join: [%s]\n%s", freeUDPTCPPort(t), seed, wakeYAML))
+	waitFor(t, 20*time.Second, func() error {
+		if n := len(g0.cluster.Load().Members()); n != 2 {
+			return fmt.Errorf("%d members", n)
+		}
+		return nil
+	})
+	a := startTestAgent(t, "pc-bye", g0)
+	waitFor(t, 20*time.Second, func() error {
+		if !g0.push.Holds("pc-bye") {
+			return errors.New("not connected yet")
+		}
+		return nil
+	})
+	a.stop()
+	keys, err := wake.LoadOrCreateKeys(t.TempDir(), secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := wake.ParseKey(keys.DeviceSecretString("pc-bye"))
+	b, _ := wake.ShutdownNotice("pc-bye", v)
+	conn, _ := net.Dial("udp", g1.udpClose[1].LocalAddr().String())
+	conn.Write(b)
+	conn.Close()
+	waitFor(t, 10*time.Second, func() error {
+		if d, _ := g0.push.Device("pc-bye"); d.ShutDownAt == nil {
+			return errors.New("node 0 has not marked the device as shut down")
+		}
+		return nil
+	})
 }

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -59,6 +60,10 @@ func (g *Gateway) wakeTarget(device string) (wake.Target, bool) {
 func (g *Gateway) deviceShutDown(device string, at time.Time) {
 	if err := g.push.ShutDown(device, at); err != nil {
 		g.log.Error("recording a shutdown notice", "device", device, "err", err)
+	}
+	if c := g.cluster.Load(); c != nil { // the other nodes learn it too
+		b, _ := json.Marshal(shutdownMsg{Device: device, At: at.UTC()})
+		c.Broadcast(b)
 	}
 }
 
