@@ -215,6 +215,9 @@ func (s *Service) record(r *Result) {
 	s.log.Info("wake-up", "device", r.Device, "reason", r.Reason, "sent", r.Sent(), "attempts", len(r.Attempts), "rate_limited", r.Limited, "unknown", r.Unknown)
 }
 
+// Keys are the service's keys.
+func (s *Service) Keys() *Keys { return s.cfg.Keys }
+
 // Last is the device's last wake-up.
 func (s *Service) Last(device string) (Result, bool) {
 	s.mu.Lock()
