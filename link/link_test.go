@@ -1,0 +1,125 @@
+package link_test
+
+import (
+	"context"
+	"encoding/hex"
+	"math"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/dpgate/dpgate/link"
+	"github.com/dpgate/dpgate/loadtest"
+)
+
+// TestPacketLayout checks the RFC 8762 byte offsets (4.2.1, 4.3.1).
+func TestPacketLayout(t *testing.T) {
+	ts := time.Date(2026, 1, 1, 0, 0, 0, 500_000_000, time.UTC)
+	b := (&link.Sender{Seq: 0x01020304, Timestamp: ts, ErrorEst: 0x8001}).Marshal(make([]byte, 64))
+	if len(b) != 44 {
+		t.Fatalf("sender packet is %d bytes, want 44", len(b))
+	}
+	// 2026-01-01 is 3976214400 s (0xed003780) after 1900-01-01; half a second is 0x80000000.
+	want := "01020304" + "ed003780" + "80000000" + "8001" + hex.EncodeToString(make([]byte, 30))
+	if got := hex.EncodeToString(b); got != want {
+		t.Errorf("sender packet\n got %s\nwant %s", got, want)
+	}
+	r := link.Reflected{Seq: 7, Timestamp: ts, ErrorEst: 1, Received: ts.Add(time.Second), SenderSeq: 0x01020304, SenderTime: ts, SenderErrorEst: 0x8001, SenderTTL: 64}
+	rb := r.Marshal(make([]byte, 44))
+	checks := []struct {
+		off  int
+		size int
+		want uint64
+	}{
+		{0, 4, 7}, {4, 8, link.NTP(ts)}, {12, 2, 1}, {14, 2, 0}, {16, 8, link.NTP(ts.Add(time.Second))},
+		{24, 4, 0x01020304}, {28, 8, link.NTP(ts)}, {36, 2, 0x8001}, {38, 2, 0}, {40, 1, 64},
+	}
+	for _, c := range checks {
+		var got uint64
+		for _, x := range rb[c.off : c.off+c.size] {
+			got = got<<8 | uint64(x)
+		}
+		if got != c.want {
+			t.Errorf("reflector packet at offset %d (%d bytes): %#x, want %#x", c.off, c.size, got, c.want)
+		}
+	}
+	back, err := link.ParseReflected(rb)
+	if err != nil || back.Seq != 7 || !back.Received.Equal(ts.Add(time.Second)) || back.SenderTTL != 64 {
+		t.Errorf("round trip %+v, %v", back, err)
+	}
+	if _, err := link.ParseSender(b[:43]); err == nil {
+		t.Error("a 43-byte packet decoded")
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add((&link.Sender{Seq: 1, Timestamp: time.Now()}).Marshal(make([]byte, 44)))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if s, err := link.ParseSender(b); err == nil {
+			again, _ := link.ParseSender(s.Marshal(make([]byte, 44)))
+			if again.Seq != s.Seq || again.ErrorEst != s.ErrorEst {
+				t.Fatalf("sender round trip changed %+v to %+v", s, again)
+			}
+		}
+		if r, err := link.ParseReflected(b); err == nil {
+			again, _ := link.ParseReflected(r.Marshal(make([]byte, 44)))
+			if again.Seq != r.Seq || again.SenderSeq != r.SenderSeq || again.SenderTTL != r.SenderTTL {
+				t.Fatalf("reflector round trip changed %+v to %+v", r, again)
+			}
+		}
+	})
+}
+
+func startReflector(t *testing.T) (*link.Reflector, string) {
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &link.Reflector{}
+	go r.Serve(pc) // ends at Close
+	t.Cleanup(func() { pc.Close() })
+	return r, pc.LocalAddr().String()
+}
+
+// TestAccuracyThroughEmulator: 3,000 probes through 5 % loss and 40 ms
+// each way. Per-direction loss within 1.5 points of 5 %, median RTT
+// within 3 ms of 80 ms plus the loopback base, verdict ok.
+func TestAccuracyThroughEmulator(t *testing.T) {
+	_, refl := startReflector(t)
+	// The loopback base, measured first without impairment.
+	base := probe(t, refl, 200).RTTP50
+	relay, err := loadtest.NewUDPRelay("127.0.0.1:0", refl, 42)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	imp := loadtest.Impairment{Loss: 0.05, Delay: 40 * time.Millisecond}
+	relay.Set(imp, imp)
+	st := probe(t, relay.Addr(), 3000)
+	t.Logf("base %s; through 5%%/40ms each way: sent %d, loss out %.2f%% back %.2f%% round trip %.2f%%, rtt min %s p50 %s p99 %s, jitter %s",
+		base, st.Sent, 100*st.LossOut, 100*st.LossBack, 100*st.Loss, st.RTTMin, st.RTTP50, st.RTTP99, st.Jitter)
+	for dir, loss := range map[string]float64{"out": st.LossOut, "back": st.LossBack} {
+		if math.Abs(loss-0.05) > 0.015 {
+			t.Errorf("loss %s %.2f%%, want 5%% +- 1.5", dir, 100*loss)
+		}
+	}
+	if d := st.RTTP50 - 80*time.Millisecond - base; d < -3*time.Millisecond || d > 3*time.Millisecond {
+		t.Errorf("median RTT %s, want 80ms + base %s +- 3ms", st.RTTP50, base)
+	}
+	j := link.Judge{Limits: link.Limits{Loss: 0.10, Delay: 100 * time.Millisecond}}
+	if v := j.Raw(st); v != link.OK {
+		t.Errorf("verdict %s, want ok", v)
+	}
+}
+
+// probe sends n probes 2 ms apart and returns the statistics once all are
+// settled.
+func probe(t *testing.T, target string, n int) link.Stats {
+	t.Helper()
+	p, err := link.NewProber(link.ProbeConfig{Target: target, Interval: 2 * time.Millisecond, Window: time.Hour, Timeout: time.Second, Count: n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Run(context.Background()) // returns a Timeout after the last probe: all are settled
+	return p.Stats()
+}

@@ -1,0 +1,233 @@
+package link
+
+import (
+	"context"
+	"errors"
+	"net"
+	"slices"
+	"sync"
+	"time"
+)
+
+// ProbeConfig configures a Prober. Zero values mean the defaults in
+// comments.
+type ProbeConfig struct {
+	Target string // reflector host:port. Required.
+	// Interval between test packets. Default: 100ms.
+	Interval time.Duration
+	// Window the statistics cover. Default: 30s.
+	Window time.Duration
+	// Timeout: a probe unanswered this long is counted lost. Default: 2s.
+	Timeout time.Duration
+	// Count stops after this many probes (0: until the context ends).
+	Count int
+}
+
+// Prober is a STAMP session-sender: it sends a test packet every
+// Interval to one reflector and keeps what came back for Stats.
+type Prober struct {
+	cfg  ProbeConfig
+	conn *net.UDPConn
+
+	mu      sync.Mutex
+	ring    []sample // by sequence number modulo its length
+	next    uint32   // the next sequence number to send
+	jitter  float64  // RFC 3550 estimator, seconds
+	lastRTT time.Duration
+	maxSeq  int64 // highest sequence answered so far, -1 before any
+	dups    int
+	reorder int
+	done    chan struct{}
+}
+
+type sample struct {
+	seq    uint32
+	sent   time.Time
+	rtt    time.Duration
+	refSeq uint32
+	got    bool
+	used   bool
+}
+
+// NewProber resolves the target and opens the socket.
+func NewProber(cfg ProbeConfig) (*Prober, error) {
+	if cfg.Interval == 0 {
+		cfg.Interval = 100 * time.Millisecond
+	}
+	if cfg.Window == 0 {
+		cfg.Window = 30 * time.Second
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 2 * time.Second
+	}
+	raddr, err := net.ResolveUDPAddr("udp", cfg.Target)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := net.DialUDP("udp", nil, raddr)
+	if err != nil {
+		return nil, err
+	}
+	n := int((cfg.Window+cfg.Timeout)/cfg.Interval) + 64
+	return &Prober{cfg: cfg, conn: conn, ring: make([]sample, n), maxSeq: -1, done: make(chan struct{})}, nil
+}
+
+// Run probes until ctx ends (or Count probes were sent and the last
+// answered or timed out), then closes the socket.
+func (p *Prober) Run(ctx context.Context) error {
+	defer close(p.done)
+	go p.receive() // ends when the socket closes
+	defer p.conn.Close()
+	t := time.NewTicker(p.cfg.Interval)
+	defer t.Stop()
+	buf := make([]byte, PacketSize)
+	for sent := 0; p.cfg.Count == 0 || sent < p.cfg.Count; sent++ {
+		p.mu.Lock()
+		seq := p.next
+		p.next++
+		now := time.Now()
+		p.ring[int(seq)%len(p.ring)] = sample{seq: seq, sent: now, used: true}
+		p.mu.Unlock()
+		pkt := Sender{Seq: seq, Timestamp: now, ErrorEst: errorEstimate}
+		p.conn.Write(pkt.Marshal(buf)) // a send error is a lost probe
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+	select { // the last answers
+	case <-ctx.Done():
+	case <-time.After(p.cfg.Timeout):
+	}
+	return nil
+}
+
+// Done is closed when Run has returned.
+func (p *Prober) Done() <-chan struct{} { return p.done }
+
+func (p *Prober) receive() {
+	buf := make([]byte, 1500)
+	for {
+		n, err := p.conn.Read(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue // e.g. ICMP port unreachable surfaced as an error
+		}
+		now := time.Now()
+		r, err := ParseReflected(buf[:n])
+		if err != nil {
+			continue
+		}
+		p.mu.Lock()
+		s := &p.ring[int(r.SenderSeq)%len(p.ring)]
+		switch {
+		case !s.used || s.seq != r.SenderSeq:
+			// too old for the ring, or not ours
+		case s.got:
+			p.dups++
+		default:
+			s.got, s.rtt, s.refSeq = true, now.Sub(s.sent), r.Seq
+			if int64(r.SenderSeq) < p.maxSeq {
+				p.reorder++
+			} else {
+				p.maxSeq = int64(r.SenderSeq)
+			}
+			// RFC 3550 6.4.1: J += (|D| - J) / 16, D the difference of
+			// transit times of consecutive packets (here round trips).
+			if p.lastRTT != 0 {
+				d := (s.rtt - p.lastRTT).Seconds()
+				if d < 0 {
+					d = -d
+				}
+				p.jitter += (d - p.jitter) / 16
+			}
+			p.lastRTT = s.rtt
+		}
+		p.mu.Unlock()
+	}
+}
+
+// Stats are one link's figures over the window.
+type Stats struct {
+	Target      string        `json:"target"`
+	Sent        int           `json:"sent"`     // probes old enough to be judged
+	Received    int           `json:"received"` // of those, answered
+	Loss        float64       `json:"loss"`     // round trip, 0..1
+	LossOut     float64       `json:"loss_out"` // towards the reflector
+	LossBack    float64       `json:"loss_back"`
+	RTTMin      time.Duration `json:"rtt_min"`
+	RTTP50      time.Duration `json:"rtt_p50"`
+	RTTP90      time.Duration `json:"rtt_p90"`
+	RTTP99      time.Duration `json:"rtt_p99"`
+	RTTMax      time.Duration `json:"rtt_max"`
+	Jitter      time.Duration `json:"jitter"`
+	Duplicates  int           `json:"duplicates"`
+	Reordered   int           `json:"reordered"`
+	WindowStart time.Time     `json:"window_start"`
+}
+
+// Stats computes the figures over the probes sent in the last Window
+// that are older than Timeout (younger ones may still be answered).
+func (p *Prober) Stats() Stats {
+	now := time.Now()
+	from, to := now.Add(-p.cfg.Window-p.cfg.Timeout), now.Add(-p.cfg.Timeout)
+	st := Stats{Target: p.cfg.Target, WindowStart: from}
+	p.mu.Lock()
+	var rtts []time.Duration
+	var first, last *sample
+	received := make([]sample, 0, len(p.ring))
+	for i := range p.ring {
+		s := &p.ring[i]
+		if !s.used || s.sent.Before(from) || s.sent.After(to) {
+			continue
+		}
+		st.Sent++
+		if s.got {
+			st.Received++
+			rtts = append(rtts, s.rtt)
+			received = append(received, *s)
+			if first == nil || s.seq < first.seq {
+				first = s
+			}
+			if last == nil || s.seq > last.seq {
+				last = s
+			}
+		}
+	}
+	st.Jitter = time.Duration(p.jitter * float64(time.Second))
+	st.Duplicates, st.Reordered = p.dups, p.reorder
+	var firstSeq, lastSeq, firstRef, lastRef uint32
+	if first != nil {
+		firstSeq, lastSeq, firstRef, lastRef = first.seq, last.seq, first.refSeq, last.refSeq
+	}
+	p.mu.Unlock()
+	if st.Sent > 0 {
+		st.Loss = 1 - float64(st.Received)/float64(st.Sent)
+	}
+	// Per direction, from the reflector's own numbering: between the
+	// first and the last answered probe, the reflector saw lastRef -
+	// firstRef + 1 of the lastSeq - firstSeq + 1 sent.
+	if st.Received >= 2 && lastRef >= firstRef {
+		sent := float64(lastSeq - firstSeq + 1)
+		reached := float64(lastRef - firstRef + 1)
+		got := 0
+		for _, s := range received {
+			if s.seq >= firstSeq && s.seq <= lastSeq {
+				got++
+			}
+		}
+		st.LossOut = max(0, 1-reached/sent)
+		st.LossBack = max(0, 1-float64(got)/reached)
+	} else if st.Sent > 0 && st.Received == 0 {
+		st.LossOut, st.LossBack = 1, 1 // nothing back: the direction is unknown, both judged lost
+	}
+	if len(rtts) > 0 {
+		slices.Sort(rtts)
+		q := func(f float64) time.Duration { return rtts[min(len(rtts)-1, int(f*float64(len(rtts))))] }
+		st.RTTMin, st.RTTP50, st.RTTP90, st.RTTP99, st.RTTMax = rtts[0], q(0.5), q(0.9), q(0.99), rtts[len(rtts)-1]
+	}
+	return st
+}
