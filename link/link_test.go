@@ -3,11 +3,14 @@ package link_test
 import (
 	"context"
 	"encoding/hex"
+	"fmt"
 	"math"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/link"
 	"github.com/dpgate/dpgate/loadtest"
 )
@@ -122,4 +125,60 @@ func probe(t *testing.T, target string, n int) link.Stats {
 	}
 	p.Run(context.Background()) // returns a Timeout after the last probe: all are settled
 	return p.Stats()
+}
+
+// TestVerdictFollowsTheLink, default settings (a probe every 100 ms, 30 s
+// window, 10 s hysteresis): ok at 5 % loss and 40 ms each way; raising
+// loss to 15 % each way turns it out-of-limits within 20 s; restoring
+// returns it to ok after the hysteresis; 60 ms each way turns it
+// out-of-limits within 20 s.
+func TestVerdictFollowsTheLink(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a minute of real time at the default probe settings")
+	}
+	_, refl := startReflector(t)
+	relay, err := loadtest.NewUDPRelay("127.0.0.1:0", refl, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	good := loadtest.Impairment{Loss: 0.05, Delay: 40 * time.Millisecond}
+	relay.Set(good, good)
+	var changes []string
+	var mu sync.Mutex
+	m := link.NewMonitor(link.MonitorConfig{Name: "uplink", Target: relay.Addr(), Limits: link.Limits{Loss: 0.10, Delay: 100 * time.Millisecond},
+		Logger: testutil.Quiet(), OnChange: func(_ string, from, to link.State, _ link.Stats) {
+			mu.Lock()
+			changes = append(changes, string(from)+"->"+string(to))
+			mu.Unlock()
+		}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	until := func(want link.State, limit time.Duration) time.Duration {
+		t.Helper()
+		start := time.Now()
+		testutil.WaitFor(t, limit, func() error {
+			if v := m.Verdict(); v != want {
+				st := m.Status().Stats
+				return fmt.Errorf("verdict %s, want %s (loss out %.1f%% back %.1f%%, rtt p50 %s)", v, want, 100*st.LossOut, 100*st.LossBack, st.RTTP50)
+			}
+			return nil
+		})
+		return time.Since(start)
+	}
+	until(link.OK, 20*time.Second)
+	bad := loadtest.Impairment{Loss: 0.15, Delay: 40 * time.Millisecond}
+	relay.Set(bad, bad)
+	tLoss := until(link.OutOfLimits, 20*time.Second)
+	relay.Set(good, good)
+	tBack := until(link.OK, 90*time.Second)
+	slow := loadtest.Impairment{Loss: 0.05, Delay: 60 * time.Millisecond}
+	relay.Set(slow, slow)
+	tDelay := until(link.OutOfLimits, 20*time.Second)
+	mu.Lock()
+	t.Logf("15%% loss each way -> out-of-limits after %s; restored -> ok after %s; 60 ms each way -> out-of-limits after %s; changes %v",
+		tLoss.Round(100*time.Millisecond), tBack.Round(100*time.Millisecond), tDelay.Round(100*time.Millisecond), changes)
+	mu.Unlock()
 }

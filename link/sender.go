@@ -169,11 +169,14 @@ type Stats struct {
 	WindowStart time.Time     `json:"window_start"`
 }
 
-// Stats computes the figures over the probes sent in the last Window
-// that are older than Timeout (younger ones may still be answered).
+// Stats computes the figures over the last Window: loss over the probes
+// older than Timeout (younger ones may still be answered), round-trip
+// times over every answered one, so a change of delay shows without the
+// Timeout's lag.
 func (p *Prober) Stats() Stats {
 	now := time.Now()
 	from, to := now.Add(-p.cfg.Window-p.cfg.Timeout), now.Add(-p.cfg.Timeout)
+	rttFrom := now.Add(-p.cfg.Window)
 	st := Stats{Target: p.cfg.Target, WindowStart: from}
 	p.mu.Lock()
 	var rtts []time.Duration
@@ -181,13 +184,15 @@ func (p *Prober) Stats() Stats {
 	received := make([]sample, 0, len(p.ring))
 	for i := range p.ring {
 		s := &p.ring[i]
+		if s.used && s.got && !s.sent.Before(rttFrom) {
+			rtts = append(rtts, s.rtt)
+		}
 		if !s.used || s.sent.Before(from) || s.sent.After(to) {
 			continue
 		}
 		st.Sent++
 		if s.got {
 			st.Received++
-			rtts = append(rtts, s.rtt)
 			received = append(received, *s)
 			if first == nil || s.seq < first.seq {
 				first = s

@@ -78,7 +78,7 @@ func (j *Judge) Update(st Stats, now time.Time) (State, bool) {
 		hold = 10 * time.Second
 	}
 	raw := j.Raw(st)
-	prev := j.state
+	prev := j.State()
 	switch {
 	case j.state == "" || j.state == Unknown || rank(raw) >= rank(j.state):
 		if raw != Unknown || j.state == "" {
@@ -90,7 +90,7 @@ func (j *Judge) Update(st Stats, now time.Time) (State, bool) {
 	case now.Sub(j.betterSince) >= hold:
 		j.state, j.better = raw, ""
 	}
-	return j.state, j.state != prev
+	return j.State(), j.State() != prev
 }
 
 // State is the current verdict.
