@@ -391,6 +391,21 @@ func (p *Proxy) Status() Status {
 
 // SetClientCert replaces the client certificate presented to upstream i
 // (in configuration order) from the next connection on; nil: none.
+// SetLinkOutOfLimits records the link verdict of the upstream at addr:
+// out of limits, it is tried only after the upstreams within them. It
+// reports whether addr is an upstream.
+func (p *Proxy) SetLinkOutOfLimits(addr string, out bool) bool {
+	for _, u := range p.ups {
+		if u.addr == addr {
+			if u.outOfLimits.Swap(out) != out {
+				p.log.Info("proxy: upstream link verdict", "upstream", addr, "out_of_limits", out)
+			}
+			return true
+		}
+	}
+	return false
+}
+
 func (p *Proxy) SetClientCert(i int, c *tls.Certificate) error {
 	if i < 0 || i >= len(p.ups) {
 		return fmt.Errorf("proxy: no upstream %d", i)

@@ -25,6 +25,9 @@ type upstream struct {
 	relays atomic.Uint64
 	fails  atomic.Uint64
 	rtt    atomic.Int64 // smoothed TCP connect time, ns; 0 = not measured
+	// outOfLimits: the link measurement says this uplink is beyond the
+	// loss or delay limits; it is tried after those within them.
+	outOfLimits atomic.Bool
 
 	mu           sync.Mutex
 	consecutive  int
@@ -161,6 +164,7 @@ type UpstreamStatus struct {
 	ConsecutiveFailures int        `json:"consecutive_failures"`
 	EjectedUntil        *time.Time `json:"ejected_until,omitempty"`
 	LastError           string     `json:"last_error,omitempty"`
+	OutOfLimits         bool       `json:"link_out_of_limits,omitempty"`
 }
 
 func (u *upstream) status(now time.Time) UpstreamStatus {
@@ -175,6 +179,7 @@ func (u *upstream) status(now time.Time) UpstreamStatus {
 		Failures:            u.fails.Load(),
 		ConsecutiveFailures: u.consecutive,
 		LastError:           u.lastErr,
+		OutOfLimits:         u.outOfLimits.Load(),
 	}
 	if now.Before(u.ejectedUntil) {
 		s.State = "ejected"

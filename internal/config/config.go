@@ -123,6 +123,11 @@ type Upstream struct {
 	ClientCert string `yaml:"client_cert"`
 	// ClientCertPasswordFile holds the PFX password. Default: empty password.
 	ClientCertPasswordFile string `yaml:"client_cert_password_file"`
+	// Probe is the STAMP reflector (host:port, usually the upstream's host
+	// on 862) that measures this uplink against link.limits; out of
+	// limits, the upstream is used only while no other is within them.
+	// Default: none (not measured).
+	Probe string `yaml:"probe"`
 }
 
 // Push configures the push server.

@@ -114,6 +114,11 @@ func (c *Config) validateProxy() error {
 				return c.errAt(key+".pins["+strconv.Itoa(j)+"]", "%v", err)
 			}
 		}
+		if u.Probe != "" {
+			if err := c.hostPortRequired(key+".probe", u.Probe); err != nil {
+				return err
+			}
+		}
 		if u.ClientCertPasswordFile != "" && u.ClientCert == "" {
 			return c.errAt(key+".client_cert_password_file", "set client_cert too")
 		}

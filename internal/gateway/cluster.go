@@ -79,7 +79,7 @@ func (g *Gateway) startCluster() error {
 
 // clusterMeta is what this node gossips.
 func (g *Gateway) clusterMeta() cluster.Meta {
-	m := cluster.Meta{Version: Version().Version, CPU: loadPerCore(), Draining: g.draining.Load()}
+	m := cluster.Meta{Version: Version().Version, CPU: loadPerCore(), Draining: g.draining.Load(), Uplink: g.uplinkVerdict()}
 	if g.pushAddr != "" {
 		m.Push = g.advertised(g.pushAddr)
 		m.Pin = g.id.Pin()

@@ -22,6 +22,7 @@ import (
 	"github.com/dpgate/dpgate/internal/config"
 	"github.com/dpgate/dpgate/internal/store"
 	"github.com/dpgate/dpgate/internal/telemetry"
+	"github.com/dpgate/dpgate/link"
 	"github.com/dpgate/dpgate/proxy"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/tlsconf"
@@ -48,6 +49,8 @@ type Gateway struct {
 	router    atomic.Pointer[cluster.Router]  // push routing between nodes; nil without a cluster
 	wake      *wake.Service                   // nil when push is off
 	udpClose  []net.PacketConn                // wake listeners, closed at shutdown
+	links     []*link.Monitor                 // measured uplinks (started in Start)
+	linkStop  context.CancelFunc
 	draining  atomic.Bool
 	dns       []func() // close functions of the DNS listeners
 	dnsAddr   string
@@ -165,6 +168,7 @@ type Listeners struct {
 	DNSTCP      net.Listener
 	WakeUDP     net.PacketConn // wake requests; nil: off
 	ShutdownUDP net.PacketConn // agents' shutdown notices; nil: off
+	Reflector   *net.UDPConn   // STAMP reflector; nil: off
 }
 
 // Listen opens the listeners the configuration asks for.
@@ -218,6 +222,16 @@ func Listen(cfg *config.Config) (Listeners, error) {
 			*l.pc = pc
 		}
 	}
+	if cfg.Link.ReflectorListen != "" {
+		a, err := net.ResolveUDPAddr("udp", cfg.Link.ReflectorListen)
+		if err == nil {
+			ls.Reflector, err = net.ListenUDP("udp", a)
+		}
+		if err != nil {
+			ls.Close()
+			return ls, fmt.Errorf("gateway: link.reflector_listen: %w", err)
+		}
+	}
 	if cfg.Cluster.DNS.Listen != "" {
 		pc, err := net.ListenPacket("udp", cfg.Cluster.DNS.Listen)
 		if err != nil {
@@ -241,6 +255,9 @@ func (ls Listeners) Close() {
 		if ln != nil {
 			ln.Close()
 		}
+	}
+	if ls.Reflector != nil {
+		ls.Reflector.Close()
 	}
 	for _, pc := range []net.PacketConn{ls.PushUDP, ls.DNSUDP, ls.WakeUDP, ls.ShutdownUDP} {
 		if pc != nil {
@@ -291,9 +308,13 @@ func (g *Gateway) Start(ls Listeners) {
 	}
 	// Validated keys whose features are not built yet: say so rather than
 	// let an administrator believe something listens.
-	if g.cfg.Link.ReflectorListen != "" {
-		g.log.Warn("link measurement is not built yet; link.reflector_listen is accepted but nothing listens")
+	if ls.Reflector != nil {
+		r := &link.Reflector{}
+		g.log.Info("STAMP reflector listening", "addr", ls.Reflector.LocalAddr().String())
+		g.goServe("link reflector", func() error { return r.Serve(ls.Reflector) })
+		g.udpClose = append(g.udpClose, ls.Reflector)
 	}
+	g.startLinks()
 	if err := g.startCluster(); err != nil {
 		select {
 		case g.errc <- err:
@@ -393,6 +414,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	for _, pc := range g.udpClose {
 		pc.Close()
 	}
+	g.stopLinks()
 	if err := g.admin.Shutdown(ctx); err != nil {
 		g.admin.Close()
 		errs = append(errs, fmt.Errorf("admin: %w", err))
@@ -415,6 +437,7 @@ func (g *Gateway) Close() error {
 	for _, pc := range g.udpClose {
 		pc.Close()
 	}
+	g.stopLinks()
 	if g.push != nil {
 		g.push.Close()
 	}
@@ -458,6 +481,8 @@ type Status struct {
 	Push *PushStatus `json:"push"`
 	// Cluster lists the live nodes; null without cluster.bind.
 	Cluster []ClusterMember `json:"cluster"`
+	// Links are the measured uplinks (proxy.upstreams[].probe).
+	Links []link.Status `json:"links"`
 }
 
 // PushStatus is the push server's part of /v1/status.
@@ -480,6 +505,7 @@ func (g *Gateway) status() Status {
 	}
 	return Status{
 		Cluster:    g.clusterStatus(),
+		Links:      g.linkStatus(),
 		Push:       us,
 		Node:       g.cfg.Node.Name,
 		Version:    Version().Version,
@@ -518,6 +544,7 @@ func (g *Gateway) routes() {
 	if g.push != nil {
 		g.pushRoutes()
 	}
+	g.linkRoutes()
 }
 
 // BuildInfo says which build this is.

@@ -1,0 +1,119 @@
+package gateway
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	metrics "github.com/hashicorp/go-metrics"
+
+	"github.com/dpgate/dpgate/link"
+)
+
+// startLinks measures every upstream that names a STAMP reflector
+// (proxy.upstreams[].probe) against link.limits: each verdict change is
+// logged, steers the proxy and shows in /v1/links, /v1/status, the
+// metrics and the cluster metadata.
+func (g *Gateway) startLinks() {
+	if g.proxy == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g.linkStop = cancel
+	lc := g.cfg.Link
+	for _, u := range g.cfg.Proxy.Upstreams {
+		if u.Probe == "" {
+			continue
+		}
+		m := link.NewMonitor(link.MonitorConfig{
+			Name: u.Address, Target: u.Probe,
+			Interval: lc.ProbeInterval.D(), Window: lc.Window.D(),
+			Limits:   link.Limits{Loss: float64(lc.Limits.Loss), Delay: lc.Limits.Delay.D()},
+			OnChange: g.linkChanged,
+			Logger:   g.log,
+		})
+		g.links = append(g.links, m)
+		g.wg.Add(1)
+		go func() { defer g.wg.Done(); m.Run(ctx) }() // ends on stopLinks
+	}
+	if len(g.links) == 0 {
+		return
+	}
+	g.log.Info("measuring uplinks", "links", len(g.links), "probe_interval", lc.ProbeInterval.D().String(), "window", lc.Window.D().String(),
+		"limit_loss", float64(lc.Limits.Loss), "limit_delay", lc.Limits.Delay.D().String())
+	g.wg.Add(1)
+	go func() { // gauges every 5 s; ends on stopLinks
+		defer g.wg.Done()
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				for _, m := range g.links {
+					st := m.Status()
+					l := []metrics.Label{{Name: "link", Value: st.Name}}
+					g.tel.Metrics.SetGaugeWithLabels([]string{"link", "loss_out"}, float32(st.Stats.LossOut), l)
+					g.tel.Metrics.SetGaugeWithLabels([]string{"link", "loss_back"}, float32(st.Stats.LossBack), l)
+					g.tel.Metrics.SetGaugeWithLabels([]string{"link", "rtt_p50_ms"}, float32(st.Stats.RTTP50.Seconds()*1000), l)
+					g.tel.Metrics.SetGaugeWithLabels([]string{"link", "jitter_ms"}, float32(st.Stats.Jitter.Seconds()*1000), l)
+					g.tel.Metrics.SetGaugeWithLabels([]string{"link", "verdict"}, verdictValue(st.Verdict), l)
+				}
+			}
+		}
+	}()
+}
+
+// verdictValue is the metric form: 0 ok, 1 degraded, 2 out of limits, -1
+// unknown.
+func verdictValue(s link.State) float32 {
+	switch s {
+	case link.OK:
+		return 0
+	case link.Degraded:
+		return 1
+	case link.OutOfLimits:
+		return 2
+	}
+	return -1
+}
+
+func (g *Gateway) stopLinks() {
+	if g.linkStop != nil {
+		g.linkStop()
+	}
+}
+
+func (g *Gateway) linkChanged(name string, from, to link.State, _ link.Stats) {
+	g.proxy.SetLinkOutOfLimits(name, to == link.OutOfLimits)
+	g.tel.Metrics.IncrCounterWithLabels([]string{"link", "verdict_changes"}, 1, []metrics.Label{{Name: "link", Value: name}, {Name: "to", Value: string(to)}})
+}
+
+// linkStatus lists the measured links.
+func (g *Gateway) linkStatus() []link.Status {
+	out := make([]link.Status, 0, len(g.links))
+	for _, m := range g.links {
+		out = append(out, m.Status())
+	}
+	return out
+}
+
+// uplinkVerdict is the worst verdict of the measured links, for the
+// cluster metadata ("" when nothing is measured).
+func (g *Gateway) uplinkVerdict() string {
+	worst := ""
+	rank := map[string]int{"": 0, string(link.Unknown): 1, string(link.OK): 2, string(link.Degraded): 3, string(link.OutOfLimits): 4}
+	for _, m := range g.links {
+		if v := string(m.Verdict()); rank[v] > rank[worst] {
+			worst = v
+		}
+	}
+	return worst
+}
+
+func (g *Gateway) linkRoutes() {
+	g.admin.HandleJSON("GET /v1/links", func(*http.Request) (int, any, error) {
+		return http.StatusOK, map[string]any{"links": g.linkStatus()}, nil
+	})
+}
