@@ -2,6 +2,7 @@ package link
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"slices"
@@ -235,4 +236,26 @@ func (p *Prober) Stats() Stats {
 		st.RTTMin, st.RTTP50, st.RTTP90, st.RTTP99, st.RTTMax = rtts[0], q(0.5), q(0.9), q(0.99), rtts[len(rtts)-1]
 	}
 	return st
+}
+
+// MarshalJSON writes durations as milliseconds (rtt_p50_ms and so on).
+func (s Stats) MarshalJSON() ([]byte, error) {
+	msOf := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	return json.Marshal(struct {
+		Target      string    `json:"target"`
+		Sent        int       `json:"sent"`
+		Received    int       `json:"received"`
+		Loss        float64   `json:"loss"`
+		LossOut     float64   `json:"loss_out"`
+		LossBack    float64   `json:"loss_back"`
+		RTTMin      float64   `json:"rtt_min_ms"`
+		RTTP50      float64   `json:"rtt_p50_ms"`
+		RTTP90      float64   `json:"rtt_p90_ms"`
+		RTTP99      float64   `json:"rtt_p99_ms"`
+		RTTMax      float64   `json:"rtt_max_ms"`
+		Jitter      float64   `json:"jitter_ms"`
+		Duplicates  int       `json:"duplicates"`
+		Reordered   int       `json:"reordered"`
+		WindowStart time.Time `json:"window_start"`
+	}{s.Target, s.Sent, s.Received, s.Loss, s.LossOut, s.LossBack, msOf(s.RTTMin), msOf(s.RTTP50), msOf(s.RTTP90), msOf(s.RTTP99), msOf(s.RTTMax), msOf(s.Jitter), s.Duplicates, s.Reordered, s.WindowStart})
 }

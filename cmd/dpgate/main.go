@@ -35,6 +35,8 @@ func commands() []command {
 		{"agent", "the reference agent: hold a push connection, print pushes", runAgent},
 		{"token", "issue device tokens for push.auth token", runToken},
 		{"wake", "wake a device through the running gateway; print agents' wake keys", runWake},
+		{"probe", "measure a link's loss and delay against a STAMP reflector", runProbe},
+		{"reflect", "run a STAMP reflector for dpgate probe and uplink measurement", runReflect},
 		{"version", "print version, commit and Go version", runVersion},
 	}
 }

@@ -552,7 +552,7 @@ func TestCertCommandsOnlineAndOffline(t *testing.T) {
 // TestHelpGolden checks every command's --help against testdata/help.
 func TestHelpGolden(t *testing.T) {
 	cmds := [][]string{
-		{}, {"serve"}, {"config"}, {"version"}, {"cert"}, {"push"}, {"agent"}, {"token"}, {"token", "issue"}, {"wake"}, {"wake", "key"},
+		{}, {"serve"}, {"config"}, {"version"}, {"cert"}, {"push"}, {"agent"}, {"token"}, {"token", "issue"}, {"wake"}, {"wake", "key"}, {"probe"}, {"reflect"},
 		{"cert", "gen"}, {"cert", "pin"}, {"cert", "agent-gen"}, {"cert", "list"}, {"cert", "add"}, {"cert", "rm"},
 	}
 	for _, c := range cmds {

@@ -1,0 +1,44 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestProbeAgainstReflect: dpgate probe against dpgate reflect, within
+// the limits (exit 0) and with a delay limit no link meets (exit 1).
+func TestProbeAgainstReflect(t *testing.T) {
+	addr := freeUDPTCP(t)
+	r := exec.Command(bin, "reflect", "--listen", addr)
+	r.Env = os.Environ()
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { r.Process.Signal(syscall.SIGTERM); r.Wait() }()
+	var res result
+	waitFor(t, 10*time.Second, func() error { // until the reflector listens
+		res = dpgate(t, nil, "probe", addr, "--count", "50", "--interval", "5ms", "--json")
+		if res.code != 0 {
+			return fmt.Errorf("probe exit %d: %s %s", res.code, res.stdout, res.stderr)
+		}
+		return nil
+	})
+	var out struct {
+		Verdict string
+		Stats   struct {
+			Sent, Received int
+			RTTP50         float64 `json:"rtt_p50_ms"`
+		}
+	}
+	if err := json.Unmarshal([]byte(res.stdout), &out); err != nil || out.Verdict != "ok" || out.Stats.Sent != 50 || out.Stats.Received != 50 || out.Stats.RTTP50 <= 0 {
+		t.Errorf("probe --json: %s (%v)", res.stdout, err)
+	}
+	if res := dpgate(t, nil, "probe", addr, "--count", "20", "--interval", "5ms", "--delay", "1us"); res.code != 1 {
+		t.Errorf("probe with an impossible delay limit: exit %d, want 1\n%s", res.code, res.stdout)
+	}
+}
