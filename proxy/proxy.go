@@ -219,6 +219,7 @@ func (p *Proxy) relay(raw net.Conn, agent, up *tls.Conn, u *upstream) {
 
 	r := &relay{idle: p.cfg.IdleTimeout, shaper: p.shaper}
 	err := r.run(agent, up)
+	u.observeTCP(up.NetConn())
 	p.bytesIn.Add(r.in.Load())
 	p.bytesOut.Add(r.out.Load())
 	p.m.IncrCounter([]string{"proxy", "bytes", "in"}, float32(r.in.Load()))

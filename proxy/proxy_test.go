@@ -42,6 +42,14 @@ func TestRelayAndPins(t *testing.T) {
 			if tt.ok && (err != nil || got != "hello central") {
 				t.Fatalf("echo = %q, %v; want %q", got, err, "hello central")
 			}
+			if tt.ok { // the relayed connection's TCP_INFO was sampled
+				waitFor(t, 10*time.Second, func() error {
+					if st := p.Status().Upstreams[0]; st.TCPSamples != 1 || st.TCPRTTMillis <= 0 {
+						return fmt.Errorf("upstream status %+v, want one TCP_INFO sample with an RTT", st)
+					}
+					return nil
+				})
+			}
 			if !tt.ok {
 				if got != "" {
 					t.Errorf("relayed %q to an upstream with the wrong key", got)

@@ -28,6 +28,9 @@ type upstream struct {
 	// outOfLimits: the link measurement says this uplink is beyond the
 	// loss or delay limits; it is tried after those within them.
 	outOfLimits atomic.Bool
+	// Passive measurement: TCP_INFO of relayed connections (tcpinfo.go).
+	tcpRTT, tcpRTTVar      atomic.Int64 // ns; RTT smoothed over connections
+	tcpSamples, tcpRetrans atomic.Uint64
 
 	mu           sync.Mutex
 	consecutive  int
@@ -165,6 +168,12 @@ type UpstreamStatus struct {
 	EjectedUntil        *time.Time `json:"ejected_until,omitempty"`
 	LastError           string     `json:"last_error,omitempty"`
 	OutOfLimits         bool       `json:"link_out_of_limits,omitempty"`
+	// From the kernel (TCP_INFO) of relayed connections, sampled as each
+	// ends: smoothed RTT and its variation, retransmitted segments.
+	TCPRTTMillis    float64 `json:"tcp_rtt_ms,omitempty"`
+	TCPRTTVarMillis float64 `json:"tcp_rttvar_ms,omitempty"`
+	TCPRetransmits  uint64  `json:"tcp_retransmits"`
+	TCPSamples      uint64  `json:"tcp_samples"`
 }
 
 func (u *upstream) status(now time.Time) UpstreamStatus {
@@ -180,6 +189,10 @@ func (u *upstream) status(now time.Time) UpstreamStatus {
 		ConsecutiveFailures: u.consecutive,
 		LastError:           u.lastErr,
 		OutOfLimits:         u.outOfLimits.Load(),
+		TCPRTTMillis:        float64(u.tcpRTT.Load()) / 1e6,
+		TCPRTTVarMillis:     float64(u.tcpRTTVar.Load()) / 1e6,
+		TCPRetransmits:      u.tcpRetrans.Load(),
+		TCPSamples:          u.tcpSamples.Load(),
 	}
 	if now.Before(u.ejectedUntil) {
 		s.State = "ejected"
