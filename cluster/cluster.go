@@ -87,6 +87,9 @@ type Member struct {
 	Addr string // gossip address
 	Meta Meta
 	Self bool
+	// RTT is the smoothed round-trip time of memberlist's probes to it
+	// (passive link measurement between nodes); 0 until measured.
+	RTT time.Duration
 }
 
 // Cluster is this node's membership.
@@ -104,7 +107,8 @@ type Cluster struct {
 	// gossip catches up. Both are local times.
 	redirects map[string][]time.Time
 	metaAt    map[string]time.Time
-	lastSent  Meta // the metadata NodeMeta last handed to memberlist
+	rtt       map[string]time.Duration // memberlist ping RTT, smoothed
+	lastSent  Meta                     // the metadata NodeMeta last handed to memberlist
 
 	queue *memberlist.TransmitLimitedQueue
 
@@ -139,7 +143,7 @@ func Start(cfg Config) (*Cluster, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	c := &Cluster{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, members: map[string]Member{}, redirects: map[string][]time.Time{}, metaAt: map[string]time.Time{}, done: make(chan struct{})}
+	c := &Cluster{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, members: map[string]Member{}, redirects: map[string][]time.Time{}, metaAt: map[string]time.Time{}, rtt: map[string]time.Duration{}, done: make(chan struct{})}
 
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
@@ -181,6 +185,7 @@ func Start(cfg Config) (*Cluster, error) {
 		mc.Keyring = kr
 	}
 	mc.Delegate = delegate{c}
+	mc.Ping = pings{c}
 	mc.Events = events{c}
 	mc.Logger = log.New(slogWriter{c.log}, "", 0)
 	if cfg.Tune != nil {
@@ -258,6 +263,7 @@ func (c *Cluster) Members() []Member {
 	c.mu.Lock()
 	out := make([]Member, 0, len(c.members))
 	for _, m := range c.members {
+		m.RTT = c.rtt[m.Name]
 		out = append(out, m)
 	}
 	c.mu.Unlock()
@@ -316,6 +322,7 @@ func (e events) NotifyLeave(n *memberlist.Node) {
 	delete(e.c.members, n.Name)
 	delete(e.c.redirects, n.Name)
 	delete(e.c.metaAt, n.Name)
+	delete(e.c.rtt, n.Name)
 	e.c.mu.Unlock()
 	if n.State == memberlist.StateLeft {
 		e.c.log.Info("cluster: node left", "node", n.Name, "addr", n.Address())
@@ -324,6 +331,21 @@ func (e events) NotifyLeave(n *memberlist.Node) {
 	}
 	e.c.log.Warn("cluster: node failed", "node", n.Name, "addr", n.Address(), "state", int(n.State))
 	e.c.m.IncrCounter([]string{"cluster", "node_failed"}, 1)
+}
+
+// pings records memberlist's probe round trips per node.
+type pings struct{ c *Cluster }
+
+func (p pings) AckPayload() []byte { return nil }
+
+func (p pings) NotifyPingComplete(n *memberlist.Node, rtt time.Duration, _ []byte) {
+	p.c.mu.Lock()
+	if old := p.c.rtt[n.Name]; old != 0 {
+		rtt = old + (rtt-old)/8
+	}
+	p.c.rtt[n.Name] = rtt
+	p.c.mu.Unlock()
+	p.c.m.AddSampleWithLabels([]string{"cluster", "ping_rtt_ms"}, float32(rtt.Seconds()*1000), []metrics.Label{{Name: "node", Value: n.Name}})
 }
 
 type delegate struct{ c *Cluster }

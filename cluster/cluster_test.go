@@ -111,6 +111,15 @@ func TestJoinLeaveFailure(t *testing.T) {
 		}
 		return nil
 	})
+	// memberlist's probes measure the round trip to every peer.
+	waitFor(t, 10*time.Second, func() error {
+		for _, m := range nodes[0].Members() {
+			if !m.Self && m.RTT <= 0 {
+				return fmt.Errorf("no ping RTT for %s yet", m.Name)
+			}
+		}
+		return nil
+	})
 	if err := nodes[3].Leave(time.Second); err != nil {
 		t.Fatal(err)
 	}

@@ -210,10 +210,11 @@ func (g *Gateway) leaveCluster() error {
 
 // ClusterMember is a node in /v1/status.
 type ClusterMember struct {
-	Name string       `json:"name"`
-	Addr string       `json:"addr"`
-	Self bool         `json:"self,omitempty"`
-	Meta cluster.Meta `json:"meta"`
+	Name      string       `json:"name"`
+	Addr      string       `json:"addr"`
+	Self      bool         `json:"self,omitempty"`
+	RTTMillis float64      `json:"rtt_ms,omitempty"` // memberlist's probes, smoothed
+	Meta      cluster.Meta `json:"meta"`
 }
 
 func (g *Gateway) clusterStatus() []ClusterMember {
@@ -223,7 +224,7 @@ func (g *Gateway) clusterStatus() []ClusterMember {
 	}
 	var out []ClusterMember
 	for _, m := range c.Members() {
-		out = append(out, ClusterMember{Name: m.Name, Addr: m.Addr, Self: m.Self, Meta: m.Meta})
+		out = append(out, ClusterMember{Name: m.Name, Addr: m.Addr, Self: m.Self, RTTMillis: m.RTT.Seconds() * 1000, Meta: m.Meta})
 	}
 	return out
 }
