@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +28,9 @@ const (
 	KindLatency   = 'L'
 	KindBroadcast = 'B'
 	KindStorm     = 'S'
+	// KindConnect is not a push: the histogram of the time from an
+	// agent's start to its first session (TCP, TLS, HELLO, WELCOME).
+	KindConnect = 'C'
 )
 
 // StampedPayload builds a scenario payload sent now.
@@ -55,6 +59,7 @@ type Fleet struct {
 	clients   []*client.Client
 	connected atomic.Int64
 	received  [256]atomic.Int64
+	failures  sync.Map // reason -> *atomic.Int64
 
 	mu   sync.Mutex
 	hist map[byte]*hdrhistogram.Histogram // latency in microseconds, per kind
@@ -72,11 +77,14 @@ func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 	}
 	f := &Fleet{hist: map[byte]*hdrhistogram.Histogram{}}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	starts := make([]*atomic.Int64, cfg.Count) // unix ns when each Run began; 0 once connected
 	for i := range cfg.Count {
 		var src net.IP
 		if len(cfg.SourceIPs) > 0 {
 			src = cfg.SourceIPs[i%len(cfg.SourceIPs)]
 		}
+		started := new(atomic.Int64)
+		starts[i] = started
 		c, err := client.New(client.Config{
 			Servers:  []string{cfg.Server},
 			DeviceID: fmt.Sprintf("%s%d", cfg.Prefix, cfg.First+i),
@@ -84,8 +92,15 @@ func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 			QUIC:     cfg.QUIC,
 			SourceIP: src,
 			OnPush:   f.onPush,
-			OnEvent:  f.onEvent,
-			Logger:   quiet,
+			OnEvent: func(e client.Event) {
+				if e.Kind == "connected" {
+					if t0 := started.Swap(0); t0 != 0 {
+						f.record(KindConnect, time.Now().UnixNano()-t0)
+					}
+				}
+				f.onEvent(e)
+			},
+			Logger: quiet,
 		})
 		if err != nil {
 			return nil, err
@@ -97,7 +112,7 @@ func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 		defer f.wg.Done()
 		tick := time.Duration(float64(time.Second) / cfg.Ramp)
 		next := time.Now()
-		for _, c := range f.clients {
+		for i, c := range f.clients {
 			if ctx.Err() != nil {
 				return
 			}
@@ -106,6 +121,7 @@ func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 			}
 			next = next.Add(tick)
 			f.wg.Add(1)
+			starts[i].Store(time.Now().UnixNano())
 			go func() { defer f.wg.Done(); c.Run(ctx) }()
 		}
 	}()
@@ -118,7 +134,45 @@ func (f *Fleet) onEvent(e client.Event) {
 		f.connected.Add(1)
 	case "disconnected", "drain":
 		f.connected.Add(-1)
+	case "error":
+		v, _ := f.failures.LoadOrStore(failureReason(e.Err), new(atomic.Int64))
+		v.(*atomic.Int64).Add(1)
 	}
+}
+
+// failureReason sorts a failed connection attempt for the report.
+func failureReason(err error) string {
+	s := ""
+	if err != nil {
+		s = err.Error()
+	}
+	switch {
+	case strings.Contains(s, "connection refused"):
+		return "refused"
+	case strings.Contains(s, "timeout"), strings.Contains(s, "deadline"):
+		return "timeout"
+	case strings.Contains(s, "reset by peer"), strings.Contains(s, "EOF"), strings.Contains(s, "broken pipe"):
+		return "reset"
+	case strings.Contains(s, "tls:"), strings.Contains(s, "certificate"), strings.Contains(s, "pin"):
+		return "tls"
+	case strings.Contains(s, "server refused the session"):
+		return "refused_by_gateway"
+	case strings.Contains(s, "cannot assign requested address"), strings.Contains(s, "too many open files"):
+		return "local_resources"
+	}
+	return "other"
+}
+
+// record adds one latency (ns) to the kind's histogram.
+func (f *Fleet) record(kind byte, ns int64) {
+	f.mu.Lock()
+	h := f.hist[kind]
+	if h == nil {
+		h = hdrhistogram.New(1, 120_000_000, 3) // 1 us .. 2 min
+		f.hist[kind] = h
+	}
+	h.RecordValue(max(1, ns/1000))
+	f.mu.Unlock()
 }
 
 func (f *Fleet) onPush(m push.Message) {
@@ -127,30 +181,27 @@ func (f *Fleet) onPush(m push.Message) {
 	}
 	kind := m.Payload[0]
 	sent := int64(binary.BigEndian.Uint64(m.Payload[1:9]))
-	lat := time.Now().UnixNano() - sent
 	f.received[kind].Add(1)
-	f.mu.Lock()
-	h := f.hist[kind]
-	if h == nil {
-		h = hdrhistogram.New(1, 120_000_000, 3) // 1 us .. 2 min
-		f.hist[kind] = h
-	}
-	h.RecordValue(max(1, lat/1000))
-	f.mu.Unlock()
+	f.record(kind, time.Now().UnixNano()-sent)
 }
 
 // FleetStatus is a fleet's answer to "status".
 type FleetStatus struct {
 	Connected int64            `json:"connected"`
 	Received  map[string]int64 `json:"received"`
+	Failures  map[string]int64 `json:"failures,omitempty"` // failed connection attempts by reason
 }
 
 // Status counts connected agents and received pushes by kind.
 func (f *Fleet) Status() FleetStatus {
-	st := FleetStatus{Connected: f.connected.Load(), Received: map[string]int64{}}
+	st := FleetStatus{Connected: f.connected.Load(), Received: map[string]int64{}, Failures: map[string]int64{}}
 	for _, k := range []byte{KindLatency, KindBroadcast, KindStorm} {
 		st.Received[string(k)] = f.received[k].Load()
 	}
+	f.failures.Range(func(k, v any) bool {
+		st.Failures[k.(string)] = v.(*atomic.Int64).Load()
+		return true
+	})
 	return st
 }
 

@@ -118,6 +118,12 @@ func (fs fleets) status() (FleetStatus, error) {
 		for k, v := range st.Received {
 			total.Received[k] += v
 		}
+		for k, v := range st.Failures {
+			if total.Failures == nil {
+				total.Failures = map[string]int64{}
+			}
+			total.Failures[k] += v
+		}
 	}
 	return total, nil
 }

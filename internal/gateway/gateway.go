@@ -12,7 +12,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"runtime/debug"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -475,6 +478,11 @@ type Status struct {
 	Pin        string    `json:"pin"`
 	CertExpiry time.Time `json:"cert_not_after"`
 	AgentCerts int       `json:"agent_certs"`
+	// Process figures, for load tests and capacity planning: resident
+	// memory (VmRSS), goroutines, open files.
+	RSSBytes   int64 `json:"rss_bytes"`
+	Goroutines int   `json:"goroutines"`
+	OpenFiles  int   `json:"open_files"`
 	// Proxy is null while no upstream is configured.
 	Proxy *proxy.Status `json:"proxy"`
 	// Push is null while the push server is off.
@@ -506,6 +514,9 @@ func (g *Gateway) status() Status {
 	return Status{
 		Cluster:    g.clusterStatus(),
 		Links:      g.linkStatus(),
+		RSSBytes:   processRSS(),
+		Goroutines: runtime.NumGoroutine(),
+		OpenFiles:  openFiles(),
 		Push:       us,
 		Node:       g.cfg.Node.Name,
 		Version:    Version().Version,
@@ -582,3 +593,27 @@ func Version() BuildInfo {
 
 // Telemetry is the gateway's metrics.
 func (g *Gateway) Telemetry() *telemetry.Telemetry { return g.tel }
+
+// processRSS is this process's resident memory (VmRSS), 0 if unknown.
+func processRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+// openFiles counts this process's open file descriptors, -1 if unknown.
+func openFiles() int {
+	es, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return -1
+	}
+	return len(es)
+}

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dpgate/dpgate/loadtest"
+)
+
+func runConnect(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("connect", "--server ADDR[,ADDR...] --pin PIN --agents N [flags]", `
+Connects N agents (the real push client, TLS or QUIC) to one gateway or
+several (spread evenly), ramping at --ramp per second, holds them for
+--hold, and reports the connect rate, connect-time percentiles, failed
+attempts by reason and, with --admin, each gateway's sessions, RSS per
+connection and open files, each next to the limit it is judged against.
+A process may hold 20,000 open files here: --procs auto shards the
+agents over worker processes (dpload agents) of at most 18,000 each,
+spread over loopback source addresses.`, stdout)
+	cfg := loadtest.ConnectConfig{}
+	servers := fs.String("server", "", "push server `ADDR`s, comma-separated")
+	admins := fs.String("admin", "", "admin API base `URL`s, comma-separated (e.g. http://127.0.0.1:13290)")
+	fs.StringVar(&cfg.Pin, "pin", "", "the gateways' certificate `PIN`")
+	fs.BoolVar(&cfg.QUIC, "quic", false, "agents connect over QUIC")
+	fs.IntVar(&cfg.Agents, "agents", 1000, "number of agents")
+	procs := fs.String("procs", "auto", "worker processes: auto (at most 18,000 agents each) or a number")
+	fs.Float64Var(&cfg.Ramp, "ramp", 1000, "new connections per second, all processes together")
+	fs.DurationVar(&cfg.Hold, "hold", 10*time.Second, "how long to hold the connections before the final count")
+	fs.IntVar(&cfg.SourceIPs, "source-ips", 16, "loopback source addresses (127.0.0.2 ..) to spread agents over; one address pair runs out near 28,000")
+	jsonOut := fs.Bool("json", false, "print the report as JSON")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *servers == "" || cfg.Pin == "" || cfg.Agents < 1 {
+		return usageError{errors.New("connect: --server, --pin and --agents >= 1 are required")}
+	}
+	cfg.Servers = strings.Split(*servers, ",")
+	if *admins != "" {
+		cfg.Admins = strings.Split(*admins, ",")
+	}
+	if *procs != "auto" {
+		n, err := strconv.Atoi(*procs)
+		if err != nil || n < 1 {
+			return usageError{fmt.Errorf("connect: --procs %q is not auto or a positive number", *procs)}
+		}
+		cfg.Procs = n
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cfg.Self = self
+	cfg.Progress = progressPrinter(stderr)
+	rep, err := loadtest.RunConnect(ctx, cfg)
+	if *jsonOut || err != nil {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(rep)
+		return err
+	}
+	rep.WriteTable(stdout)
+	return nil
+}
+
+// progressPrinter writes progress: rewritten in place on a terminal,
+// plain lines (at most one every 5 s for repeated figures) otherwise.
+func progressPrinter(w io.Writer) func(string, ...any) {
+	tty := false
+	if f, ok := w.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			tty = true
+		}
+	}
+	var last time.Time
+	return func(format string, a ...any) {
+		msg := fmt.Sprintf(format, a...)
+		repeated := strings.Contains(format, " / ") // a counter line
+		switch {
+		case tty && repeated:
+			fmt.Fprintf(w, "\rdpload: %s   ", msg)
+		case repeated && time.Since(last) < 5*time.Second:
+		default:
+			if tty {
+				fmt.Fprintln(w)
+			}
+			fmt.Fprintf(w, "dpload: %s\n", msg)
+			last = time.Now()
+		}
+	}
+}

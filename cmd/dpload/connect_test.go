@@ -1,0 +1,67 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/dpgate/dpgate/internal/config"
+	"github.com/dpgate/dpgate/internal/gateway"
+	"github.com/dpgate/dpgate/loadtest"
+)
+
+// TestConnectAgainstGateway runs the built dpload connect, sharded over
+// two worker processes, against an in-process gateway and checks the
+// accounting: every agent connected and held, the gateway's session count
+// equal to it, and its RSS per connection read from the admin API.
+func TestConnectAgainstGateway(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "dpload")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	cf := filepath.Join(dir, "dpgate.yaml")
+	os.WriteFile(cf, []byte("node:\n  name: t\n  data_dir: data\nadmin:\n  listen: 127.0.0.1:0\npush:\n  listen: 127.0.0.1:0\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n"), 0o644)
+	cfg, err := config.Load(cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := gateway.New(cfg, gateway.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := gateway.Listen(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(ls)
+	defer g.Close()
+
+	const agents = 300
+	cmd := exec.Command(bin, "connect", "--server", ls.Push.Addr().String(), "--admin", "http://"+ls.Admin.Addr().String(),
+		"--pin", g.Identity().Pin(), "--agents", fmt.Sprint(agents), "--procs", "2", "--ramp", "1000", "--hold", "1s", "--source-ips", "4", "--json")
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("dpload connect: %v\n%s", err, errOut.String())
+	}
+	var rep loadtest.ConnectReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("report %q: %v", out.String(), err)
+	}
+	if rep.Procs != 2 || rep.Connected != agents || rep.HeldAfterHold != agents {
+		t.Errorf("report: %d procs, %d connected, %d held; want 2, %d, %d", rep.Procs, rep.Connected, rep.HeldAfterHold, agents, agents)
+	}
+	if len(rep.Nodes) != 1 || rep.Nodes[0].Sessions != agents || rep.Nodes[0].OpenFiles < agents {
+		t.Errorf("node figures %+v, want %d sessions and at least as many open files", rep.Nodes, agents)
+	}
+	if rep.HandshakeP50 <= 0 || rep.HandshakeP99 < rep.HandshakeP50 || rep.Rate <= 0 || len(rep.Timeline) == 0 {
+		t.Errorf("connect figures %+v", rep)
+	}
+}

@@ -1,0 +1,246 @@
+package loadtest
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"time"
+)
+
+// Limits the figures are judged against: what the products this gateway
+// stands in for are documented to hold (docs/BENCHMARKS.md, seeds/).
+const (
+	LimitManagementServer = 300   // continuous connections of a management server
+	LimitPushServer       = 50000 // connections of a distribution-point push server
+	LimitConnGateway      = 10000 // devices of a connection gateway
+	LimitSensorGbit       = 1.0   // Gbit/s through a Sensor acting as proxy
+	LimitUplinkLoss       = 0.10  // uplink packet loss
+	LimitUplinkDelayMs    = 100.0 // uplink delay (round trip)
+	perProcessAgents      = 18000 // a process may hold at most 20,000 open files
+)
+
+// ConnectConfig configures RunConnect.
+type ConnectConfig struct {
+	Servers   []string // push addresses; agents are spread over them
+	Admins    []string // their admin API base URLs, for server figures (optional)
+	Pin       string
+	QUIC      bool
+	Agents    int
+	Procs     int     // agent processes; 0: enough to keep each under 18,000
+	Ramp      float64 // new connections per second, all processes together
+	Hold      time.Duration
+	SourceIPs int
+	Self      string // the dpload binary
+	Progress  func(format string, args ...any)
+}
+
+// NodeFigures are one gateway's figures read from its admin API.
+type NodeFigures struct {
+	Admin        string  `json:"admin"`
+	Sessions     int     `json:"sessions"`
+	RSSBefore    int64   `json:"rss_before_bytes"`
+	RSSAfter     int64   `json:"rss_after_bytes"`
+	PerConnBytes float64 `json:"per_connection_bytes"`
+	OpenFiles    int     `json:"open_files"`
+}
+
+// ConnectReport is what RunConnect measured.
+type ConnectReport struct {
+	Agents        int              `json:"agents"`
+	Procs         int              `json:"procs"`
+	Servers       []string         `json:"servers"`
+	Connected     int64            `json:"connected"`
+	HeldAfterHold int64            `json:"held_after_hold"`
+	Seconds       float64          `json:"seconds_to_connect"`
+	Rate          float64          `json:"connects_per_second"`
+	HandshakeP50  float64          `json:"handshake_p50_ms"`
+	HandshakeP99  float64          `json:"handshake_p99_ms"`
+	HandshakeMax  float64          `json:"handshake_max_ms"`
+	Failures      map[string]int64 `json:"failures"`
+	Nodes         []NodeFigures    `json:"nodes,omitempty"`
+	Timeline      []TimePoint      `json:"timeline"` // connections over time
+}
+
+// TimePoint is the number of connected agents at a moment.
+type TimePoint struct {
+	Seconds   float64 `json:"t"`
+	Connected int64   `json:"connected"`
+}
+
+// RunConnect connects the agents from worker processes, holds them, and
+// reports.
+func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
+	if cfg.Procs == 0 {
+		cfg.Procs = (cfg.Agents + perProcessAgents - 1) / perProcessAgents
+	}
+	if cfg.Ramp == 0 {
+		cfg.Ramp = 1000
+	}
+	progress := cfg.Progress
+	if progress == nil {
+		progress = func(string, ...any) {}
+	}
+	rep := ConnectReport{Agents: cfg.Agents, Procs: cfg.Procs, Servers: cfg.Servers, Failures: map[string]int64{}}
+	for _, a := range cfg.Admins {
+		st, err := nodeStatus(ctx, a)
+		if err != nil {
+			return rep, fmt.Errorf("admin API %s: %w", a, err)
+		}
+		rep.Nodes = append(rep.Nodes, NodeFigures{Admin: a, RSSBefore: st.RSSBytes})
+	}
+	var fl fleets
+	defer func() { stopFleets(fl) }()
+	start := time.Now()
+	per := (cfg.Agents + cfg.Procs - 1) / cfg.Procs
+	for i := 0; i < cfg.Procs; i++ {
+		first := i * per
+		n := min(per, cfg.Agents-first)
+		if n <= 0 {
+			break
+		}
+		server := cfg.Servers[i%len(cfg.Servers)]
+		args := []string{"agents", "--server", server, "--pin", cfg.Pin, "--first", strconv.Itoa(first),
+			"--count", strconv.Itoa(n), "--source-ips", strconv.Itoa(cfg.SourceIPs),
+			"--ramp", strconv.FormatFloat(cfg.Ramp/float64(cfg.Procs), 'f', 1, 64)}
+		if cfg.QUIC {
+			args = append(args, "--quic")
+		}
+		cmd := exec.CommandContext(ctx, cfg.Self, args...)
+		in, _ := cmd.StdinPipe()
+		out, _ := cmd.StdoutPipe()
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			return rep, err
+		}
+		fl = append(fl, &fleetProc{cmd: cmd, in: in, out: bufio.NewReader(out)})
+	}
+	progress("connecting %d agents to %d servers from %d processes at %.0f/s", cfg.Agents, len(cfg.Servers), len(fl), cfg.Ramp)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	deadline := start.Add(time.Duration(float64(cfg.Agents)/cfg.Ramp*float64(time.Second)) + 5*time.Minute)
+	var best int64
+	bestAt := time.Now()
+	for {
+		st, err := fl.status()
+		if err != nil {
+			return rep, err
+		}
+		rep.Timeline = append(rep.Timeline, TimePoint{time.Since(start).Seconds(), st.Connected})
+		if st.Connected > best {
+			best, bestAt = st.Connected, time.Now()
+		}
+		if st.Connected >= int64(cfg.Agents) || time.Now().After(deadline) || time.Since(bestAt) > time.Minute {
+			rep.Connected = st.Connected
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return rep, ctx.Err()
+		case <-tick.C:
+		}
+		progress("%d / %d connected", st.Connected, cfg.Agents)
+	}
+	rep.Seconds = time.Since(start).Seconds()
+	rep.Rate = float64(rep.Connected) / rep.Seconds
+	progress("holding %d connections for %s", rep.Connected, cfg.Hold)
+	select {
+	case <-ctx.Done():
+		return rep, ctx.Err()
+	case <-time.After(cfg.Hold):
+	}
+	st, err := fl.status()
+	if err != nil {
+		return rep, err
+	}
+	rep.HeldAfterHold = st.Connected
+	rep.Failures = st.Failures
+	h, err := fl.hist(string(KindConnect))
+	if err != nil {
+		return rep, err
+	}
+	rep.HandshakeP50, rep.HandshakeP99, rep.HandshakeMax = ms(h.ValueAtQuantile(50)), ms(h.ValueAtQuantile(99)), ms(h.Max())
+	for i := range rep.Nodes {
+		st, err := nodeStatus(ctx, rep.Nodes[i].Admin)
+		if err != nil {
+			return rep, err
+		}
+		n := &rep.Nodes[i]
+		n.RSSAfter, n.OpenFiles = st.RSSBytes, st.OpenFiles
+		if st.Push != nil {
+			n.Sessions = st.Push.Sessions
+		}
+		if n.Sessions > 0 {
+			n.PerConnBytes = float64(n.RSSAfter-n.RSSBefore) / float64(n.Sessions)
+		}
+	}
+	return rep, nil
+}
+
+// nodeFigures is the part of a gateway's /v1/status a load test reads.
+type nodeFigures struct {
+	RSSBytes  int64 `json:"rss_bytes"`
+	OpenFiles int   `json:"open_files"`
+	Push      *struct {
+		Sessions int `json:"sessions"`
+	} `json:"push"`
+}
+
+func nodeStatus(ctx context.Context, base string) (nodeFigures, error) {
+	var st nodeFigures
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/status", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return st, fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+func stopFleets(fl fleets) {
+	for _, p := range fl {
+		fmt.Fprintln(p.in, "quit")
+		p.in.Close()
+		done := make(chan struct{})
+		go func() { p.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			p.cmd.Process.Kill()
+			<-done
+		}
+	}
+}
+
+// WriteTable prints the report with each figure next to its limit.
+func (r ConnectReport) WriteTable(w io.Writer) {
+	fmt.Fprintf(w, "\n%-40s %14s   %s\n", "figure", "measured", "limit (what it stands in for)")
+	row := func(name, v, limit string) { fmt.Fprintf(w, "%-40s %14s   %s\n", name, v, limit) }
+	row("agents connected", fmt.Sprintf("%d / %d", r.Connected, r.Agents), "")
+	row("held after the hold", fmt.Sprint(r.HeldAfterHold), fmt.Sprintf("%d (push server), %d (connection gateway), %d (management server)", LimitPushServer, LimitConnGateway, LimitManagementServer))
+	per := r.HeldAfterHold / int64(max(1, len(r.Servers)))
+	row("held per node", fmt.Sprint(per), fmt.Sprintf("%d per distribution-point push server", LimitPushServer))
+	row("time to connect all", fmt.Sprintf("%.1f s", r.Seconds), "")
+	row("connects per second", fmt.Sprintf("%.0f", r.Rate), "")
+	row("connect time p50 / p99 / max", fmt.Sprintf("%.1f / %.1f / %.0f ms", r.HandshakeP50, r.HandshakeP99, r.HandshakeMax), "")
+	for k, v := range r.Failures {
+		row("failed attempts: "+k, fmt.Sprint(v), "")
+	}
+	for _, n := range r.Nodes {
+		row("node "+n.Admin+" sessions", fmt.Sprint(n.Sessions), "")
+		row("  RSS per connection", fmt.Sprintf("%.1f KiB", n.PerConnBytes/1024), "")
+		row("  open files", fmt.Sprint(n.OpenFiles), "20,000 per process on our machines")
+	}
+}
