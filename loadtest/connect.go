@@ -230,8 +230,13 @@ func (r ConnectReport) WriteTable(w io.Writer) {
 	row := func(name, v, limit string) { fmt.Fprintf(w, "%-40s %14s   %s\n", name, v, limit) }
 	row("agents connected", fmt.Sprintf("%d / %d", r.Connected, r.Agents), "")
 	row("held after the hold", fmt.Sprint(r.HeldAfterHold), fmt.Sprintf("%d (push server), %d (connection gateway), %d (management server)", LimitPushServer, LimitConnGateway, LimitManagementServer))
-	per := r.HeldAfterHold / int64(max(1, len(r.Servers)))
-	row("held per node", fmt.Sprint(per), fmt.Sprintf("%d per distribution-point push server", LimitPushServer))
+	most := 0
+	for _, n := range r.Nodes {
+		most = max(most, n.Sessions)
+	}
+	if most > 0 {
+		row("most held by one node", fmt.Sprint(most), fmt.Sprintf("%d per distribution-point push server", LimitPushServer))
+	}
 	row("time to connect all", fmt.Sprintf("%.1f s", r.Seconds), "")
 	row("connects per second", fmt.Sprintf("%.0f", r.Rate), "")
 	row("connect time p50 / p99 / max", fmt.Sprintf("%.1f / %.1f / %.0f ms", r.HandshakeP50, r.HandshakeP99, r.HandshakeMax), "")

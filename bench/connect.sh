@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# dpload connect beyond one process's open-file cap: AGENTS agents to a
+# NODES-node cluster, sharded by --procs auto (at most 18,000 agents per
+# worker process), with the gateways' figures read from their admin APIs.
+#
+#   bash bench/connect.sh                       # 25,000 agents, 2 nodes
+#   AGENTS=2000 bash bench/connect.sh           # quick look
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NODES=${NODES:-2}
+AGENTS=${AGENTS:-25000}
+RAMP=${RAMP:-500}
+HOLD=${HOLD:-30s}
+ulimit -n 20000
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+go build -o "$work/dpgate" ./cmd/dpgate
+go build -o "$work/dpload" ./cmd/dpload
+"$work/dpgate" cert gen --cn gateway --out "$work/gateway.pem" >/dev/null 2>&1
+pin=$("$work/dpgate" cert pin "$work/gateway.pem")
+
+servers=(); admins=()
+for i in $(seq 0 $((NODES - 1))); do
+  join=""
+  [ "$i" -gt 0 ] && join="join: [\"127.0.0.1:19500\"]"
+  cat > "$work/node$i.yaml" <<CFG
+node: {name: node-$i, data_dir: $work/node$i-data}
+log: {level: warn}
+admin: {listen: "127.0.0.1:$((19600 + i))"}
+tls: {cert: $work/gateway.pem}
+push: {listen: "127.0.0.1:$((19700 + i))", auth: none, quic: false, max_connections: 19500}
+wake: {listen: "off", shutdown_listen: "off"}
+cluster: {bind: "127.0.0.1:$((19500 + i))", $join}
+CFG
+  "$work/dpgate" serve -c "$work/node$i.yaml" > "$work/node$i.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$((19600 + i))/healthz" >/dev/null && break; sleep 0.1; done
+  servers+=("127.0.0.1:$((19700 + i))"); admins+=("http://127.0.0.1:$((19600 + i))")
+done
+echo "machine: $(nproc) cores, $(go version | cut -d' ' -f3); $NODES nodes"
+"$work/dpload" connect --server "$(IFS=,; echo "${servers[*]}")" --admin "$(IFS=,; echo "${admins[*]}")" \
+  --pin "$pin" --agents "$AGENTS" --procs auto --ramp "$RAMP" --hold "$HOLD" "$@"
