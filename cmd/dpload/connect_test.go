@@ -65,3 +65,31 @@ func TestConnectAgainstGateway(t *testing.T) {
 		t.Errorf("connect figures %+v", rep)
 	}
 }
+
+// TestLinkThroughImpairment runs the built dpload link through the
+// impairment relay and checks its accounting and verdict.
+func TestLinkThroughImpairment(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "dpload")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, "link", "--count", "500", "--interval", "1ms", "--delay", "60ms", "--json").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Stats struct {
+			Sent, Received int
+			RTTP50         float64 `json:"rtt_p50_ms"`
+		}
+		Verdict string
+	}
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("%s: %v", out, err)
+	}
+	// 60 ms each way: 120 ms round trip, over the 100 ms limit.
+	if rep.Stats.Sent != 500 || rep.Stats.Received != 500 || rep.Stats.RTTP50 < 120 || rep.Verdict != "out-of-limits" {
+		t.Errorf("report %s, want 500/500 probes, RTT >= 120 ms, out-of-limits", out)
+	}
+}

@@ -34,6 +34,7 @@ func commands() []command {
 		{"sink", "run the TLS sink the proxy scenarios talk to", runSink},
 		{"push", "connect N agents, then push latency, broadcast and a reconnect storm", runPush},
 		{"connect", "connect N agents to one or several gateways, hold them, report limits", runConnect},
+		{"link", "probe a link (optionally through the impairment relay) against the uplink limits", runLink},
 		{"agents", "run a fleet of agents (dpload push starts these itself)", runAgents},
 		{"naive-server", "a goroutine-per-connection push server, the memory baseline", runNaive},
 	}
