@@ -65,6 +65,7 @@ type ConnectReport struct {
 	Failures      map[string]int64 `json:"failures"`
 	Nodes         []NodeFigures    `json:"nodes,omitempty"`
 	Timeline      []TimePoint      `json:"timeline"` // connections over time
+	Latency       []Bar            `json:"connect_time_histogram"`
 }
 
 // TimePoint is the number of connected agents at a moment.
@@ -165,6 +166,7 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 		return rep, err
 	}
 	rep.HandshakeP50, rep.HandshakeP99, rep.HandshakeMax = ms(h.ValueAtQuantile(50)), ms(h.ValueAtQuantile(99)), ms(h.Max())
+	rep.Latency = Bars(h, 40)
 	for i := range rep.Nodes {
 		st, err := nodeStatus(ctx, rep.Nodes[i].Admin)
 		if err != nil {
@@ -224,28 +226,46 @@ func stopFleets(fl fleets) {
 	}
 }
 
-// WriteTable prints the report with each figure next to its limit.
-func (r ConnectReport) WriteTable(w io.Writer) {
-	fmt.Fprintf(w, "\n%-40s %14s   %s\n", "figure", "measured", "limit (what it stands in for)")
-	row := func(name, v, limit string) { fmt.Fprintf(w, "%-40s %14s   %s\n", name, v, limit) }
-	row("agents connected", fmt.Sprintf("%d / %d", r.Connected, r.Agents), "")
-	row("held after the hold", fmt.Sprint(r.HeldAfterHold), fmt.Sprintf("%d (push server), %d (connection gateway), %d (management server)", LimitPushServer, LimitConnGateway, LimitManagementServer))
+// Rows are the report's figures, each next to its limit.
+func (r ConnectReport) Rows() []Row {
+	rows := []Row{
+		{"agents connected", fmt.Sprintf("%d / %d", r.Connected, r.Agents), ""},
+		{"held after the hold", fmt.Sprint(r.HeldAfterHold), fmt.Sprintf("%d (push server), %d (connection gateway), %d (management server)", LimitPushServer, LimitConnGateway, LimitManagementServer)},
+	}
 	most := 0
 	for _, n := range r.Nodes {
 		most = max(most, n.Sessions)
 	}
 	if most > 0 {
-		row("most held by one node", fmt.Sprint(most), fmt.Sprintf("%d per distribution-point push server", LimitPushServer))
+		rows = append(rows, Row{"most held by one node", fmt.Sprint(most), fmt.Sprintf("%d per distribution-point push server", LimitPushServer)})
 	}
-	row("time to connect all", fmt.Sprintf("%.1f s", r.Seconds), "")
-	row("connects per second", fmt.Sprintf("%.0f", r.Rate), "")
-	row("connect time p50 / p99 / max", fmt.Sprintf("%.1f / %.1f / %.0f ms", r.HandshakeP50, r.HandshakeP99, r.HandshakeMax), "")
+	rows = append(rows,
+		Row{"worker processes", fmt.Sprint(r.Procs), "20,000 open files per process on our machines"},
+		Row{"time to connect all", fmt.Sprintf("%.1f s", r.Seconds), ""},
+		Row{"connects per second", fmt.Sprintf("%.0f", r.Rate), ""},
+		Row{"connect time p50 / p99 / max", fmt.Sprintf("%.1f / %.1f / %.0f ms", r.HandshakeP50, r.HandshakeP99, r.HandshakeMax), ""})
 	for k, v := range r.Failures {
-		row("failed attempts: "+k, fmt.Sprint(v), "")
+		rows = append(rows, Row{"failed attempts: " + k, fmt.Sprint(v), ""})
 	}
 	for _, n := range r.Nodes {
-		row("node "+n.Admin+" sessions", fmt.Sprint(n.Sessions), "")
-		row("  RSS per connection", fmt.Sprintf("%.1f KiB", n.PerConnBytes/1024), "")
-		row("  open files", fmt.Sprint(n.OpenFiles), "20,000 per process on our machines")
+		rows = append(rows,
+			Row{"node " + n.Admin + " sessions", fmt.Sprint(n.Sessions), ""},
+			Row{"  RSS per connection", fmt.Sprintf("%.1f KiB", n.PerConnBytes/1024), ""},
+			Row{"  open files", fmt.Sprint(n.OpenFiles), "20,000 per process on our machines"})
 	}
+	return rows
+}
+
+// WriteTable prints the report with each figure next to its limit.
+func (r ConnectReport) WriteTable(w io.Writer) {
+	fmt.Fprintf(w, "\n%-40s %14s   %s\n", "figure", "measured", "limit (what it stands in for)")
+	for _, row := range r.Rows() {
+		fmt.Fprintf(w, "%-40s %14s   %s\n", row.Figure, row.Measured, row.Limit)
+	}
+}
+
+// HTML is the report for WriteHTML.
+func (r ConnectReport) HTML(command string) HTMLReport {
+	return HTMLReport{Title: fmt.Sprintf("dpload connect: %d agents to %d gateways", r.Agents, len(r.Servers)), Command: command, When: time.Now(),
+		Rows: r.Rows(), Timeline: r.Timeline, Latency: r.Latency, LatLabel: "Connect time (TCP, TLS, HELLO/WELCOME)"}
 }

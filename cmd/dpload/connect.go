@@ -35,6 +35,7 @@ spread over loopback source addresses.`, stdout)
 	fs.DurationVar(&cfg.Hold, "hold", 10*time.Second, "how long to hold the connections before the final count")
 	fs.IntVar(&cfg.SourceIPs, "source-ips", 16, "loopback source addresses (127.0.0.2 ..) to spread agents over; one address pair runs out near 28,000")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
+	htmlFile := fs.String("html", "", "also write a self-contained HTML report with charts to `FILE`")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -59,6 +60,20 @@ spread over loopback source addresses.`, stdout)
 	cfg.Self = self
 	cfg.Progress = progressPrinter(stderr)
 	rep, err := loadtest.RunConnect(ctx, cfg)
+	if *htmlFile != "" && err == nil {
+		f, ferr := os.Create(*htmlFile)
+		if ferr != nil {
+			return ferr
+		}
+		werr := loadtest.WriteHTML(f, rep.HTML("dpload connect "+strings.Join(args, " ")))
+		if cerr := f.Close(); werr == nil {
+			werr = cerr
+		}
+		if werr != nil {
+			return werr
+		}
+		fmt.Fprintf(stderr, "dpload: HTML report in %s\n", *htmlFile)
+	}
 	if *jsonOut || err != nil {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")

@@ -45,7 +45,8 @@ func TestConnectAgainstGateway(t *testing.T) {
 
 	const agents = 300
 	cmd := exec.Command(bin, "connect", "--server", ls.Push.Addr().String(), "--admin", "http://"+ls.Admin.Addr().String(),
-		"--pin", g.Identity().Pin(), "--agents", fmt.Sprint(agents), "--procs", "2", "--ramp", "1000", "--hold", "1s", "--source-ips", "4", "--json")
+		"--pin", g.Identity().Pin(), "--agents", fmt.Sprint(agents), "--procs", "2", "--ramp", "1000", "--hold", "1s", "--source-ips", "4", "--json",
+		"--html", filepath.Join(dir, "report.html"))
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Run(); err != nil {
@@ -63,6 +64,25 @@ func TestConnectAgainstGateway(t *testing.T) {
 	}
 	if rep.HandshakeP50 <= 0 || rep.HandshakeP99 < rep.HandshakeP50 || rep.Rate <= 0 || len(rep.Timeline) == 0 {
 		t.Errorf("connect figures %+v", rep)
+	}
+	var bars int64
+	for _, b := range rep.Latency {
+		bars += b.Count
+	}
+	if bars != agents {
+		t.Errorf("the connect-time histogram counts %d agents, want %d", bars, agents)
+	}
+	html, err := os.ReadFile(filepath.Join(dir, "report.html"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"<svg", "<polyline", "<rect", "most held by one node", "50000 per distribution-point push server"} {
+		if !bytes.Contains(html, []byte(want)) {
+			t.Errorf("HTML report lacks %q", want)
+		}
+	}
+	if bytes.Contains(html, []byte("<script")) || bytes.Contains(html, []byte("http://")) && bytes.Contains(html, []byte("src=")) {
+		t.Error("the HTML report should be self-contained, no scripts or fetched resources")
 	}
 }
 

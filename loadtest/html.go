@@ -1,0 +1,138 @@
+package loadtest
+
+import (
+	"fmt"
+	"html/template"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// An HTML report is one self-contained file: the figures table (each next
+// to its limit) and SVG charts drawn here, no script and nothing fetched,
+// so it opens anywhere and prints as it looks.
+
+// Bar is one histogram bucket.
+type Bar struct {
+	FromMs, ToMs float64
+	Count        int64
+}
+
+// Bars turns a latency histogram (microseconds) into at most n buckets of
+// equal width up to its 99.9th percentile (the rest go in the last one).
+func Bars(h *hdrhistogram.Histogram, n int) []Bar {
+	if h == nil || h.TotalCount() == 0 {
+		return nil
+	}
+	top := float64(h.ValueAtQuantile(99.9)) / 1000
+	width := max(top/float64(n), 0.001)
+	bars := make([]Bar, n)
+	for i := range bars {
+		bars[i].FromMs, bars[i].ToMs = float64(i)*width, float64(i+1)*width
+	}
+	for _, b := range h.Distribution() {
+		if b.Count == 0 {
+			continue
+		}
+		i := min(n-1, int(float64(b.From)/1000/width))
+		bars[i].Count += b.Count
+	}
+	return bars
+}
+
+// Row is one figure of the report.
+type Row struct{ Figure, Measured, Limit string }
+
+// HTMLReport is what WriteHTML draws.
+type HTMLReport struct {
+	Title    string
+	Command  string
+	When     time.Time
+	Rows     []Row
+	Timeline []TimePoint // connections over time
+	Latency  []Bar       // connect or publish->receive latency
+	LatLabel string
+}
+
+const chartW, chartH = 640.0, 220.0
+
+type svgChart struct {
+	Title  string
+	Points string // polyline points, or empty
+	Bars   []svgBar
+	XLabel string
+	YLabel string
+	XMax   string
+	YMax   string
+}
+
+type svgBar struct{ X, Y, W, H float64 }
+
+func timelineChart(ps []TimePoint) *svgChart {
+	if len(ps) == 0 {
+		return nil
+	}
+	xmax, ymax := ps[len(ps)-1].Seconds, int64(1)
+	for _, p := range ps {
+		ymax = max(ymax, p.Connected)
+	}
+	var b strings.Builder
+	for _, p := range ps {
+		fmt.Fprintf(&b, "%.1f,%.1f ", p.Seconds/max(xmax, 1e-9)*chartW, chartH-float64(p.Connected)/float64(ymax)*chartH)
+	}
+	return &svgChart{Title: "Connections over time", Points: b.String(), XLabel: "seconds", YLabel: "connected",
+		XMax: fmt.Sprintf("%.0f s", xmax), YMax: fmt.Sprint(ymax)}
+}
+
+func barChart(title string, bars []Bar) *svgChart {
+	if len(bars) == 0 {
+		return nil
+	}
+	var top int64 = 1
+	for _, b := range bars {
+		top = max(top, b.Count)
+	}
+	c := &svgChart{Title: title, XLabel: "milliseconds", YLabel: "count", XMax: fmt.Sprintf("%.1f ms", bars[len(bars)-1].ToMs), YMax: fmt.Sprint(top)}
+	w := chartW / float64(len(bars))
+	for i, b := range bars {
+		h := float64(b.Count) / float64(top) * chartH
+		c.Bars = append(c.Bars, svgBar{X: float64(i) * w, Y: chartH - h, W: max(w-1, 1), H: h})
+	}
+	return c
+}
+
+var htmlTmpl = template.Must(template.New("report").Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{.R.Title}}</title>
+<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}
+td.m{text-align:right;font-variant-numeric:tabular-nums}
+figure{margin:1.5em 0}figcaption{font-weight:600;margin-bottom:.3em}
+svg{background:#fafafa;border:1px solid #ddd}
+code{background:#f3f3f3;padding:.1em .3em}
+</style></head><body>
+<h1>{{.R.Title}}</h1>
+<p>{{.R.When.Format "2006-01-02 15:04:05 MST"}} &middot; <code>{{.R.Command}}</code></p>
+<table><tr><th>figure</th><th>measured</th><th>limit</th></tr>
+{{range .R.Rows}}<tr><td>{{.Figure}}</td><td class="m">{{.Measured}}</td><td>{{.Limit}}</td></tr>
+{{end}}</table>
+{{range .Charts}}{{if .}}<figure><figcaption>{{.Title}}</figcaption>
+<svg xmlns="http://www.w3.org/2000/svg" width="700" height="260" viewBox="-50 -10 710 260" role="img" aria-label="{{.Title}}">
+<line x1="0" y1="220" x2="640" y2="220" stroke="#888"/><line x1="0" y1="0" x2="0" y2="220" stroke="#888"/>
+{{if .Points}}<polyline fill="none" stroke="#1f6feb" stroke-width="2" points="{{.Points}}"/>{{end}}
+{{range .Bars}}<rect x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}" fill="#1f6feb"/>{{end}}
+<text x="640" y="238" text-anchor="end" font-size="12">{{.XMax}}</text><text x="0" y="238" font-size="12">0</text>
+<text x="-6" y="10" text-anchor="end" font-size="12">{{.YMax}}</text>
+<text x="320" y="252" text-anchor="middle" font-size="12">{{.XLabel}}</text>
+<text x="-40" y="110" font-size="12" transform="rotate(-90 -40 110)" text-anchor="middle">{{.YLabel}}</text>
+</svg></figure>{{end}}{{end}}
+</body></html>
+`))
+
+// WriteHTML writes the report as one self-contained HTML file.
+func WriteHTML(w io.Writer, r HTMLReport) error {
+	charts := []*svgChart{timelineChart(r.Timeline), barChart(r.LatLabel, r.Latency)}
+	return htmlTmpl.Execute(w, map[string]any{"R": r, "Charts": charts})
+}
