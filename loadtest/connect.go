@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -105,8 +106,7 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 		if n <= 0 {
 			break
 		}
-		server := cfg.Servers[i%len(cfg.Servers)]
-		args := []string{"agents", "--server", server, "--pin", cfg.Pin, "--first", strconv.Itoa(first),
+		args := []string{"agents", "--server", strings.Join(cfg.Servers, ","), "--pin", cfg.Pin, "--first", strconv.Itoa(first),
 			"--count", strconv.Itoa(n), "--source-ips", strconv.Itoa(cfg.SourceIPs),
 			"--ramp", strconv.FormatFloat(cfg.Ramp/float64(cfg.Procs), 'f', 1, 64)}
 		if cfg.QUIC {

@@ -43,7 +43,7 @@ func StampedPayload(kind byte) []byte {
 
 // FleetConfig describes the agents one dpload agents process runs.
 type FleetConfig struct {
-	Server    string
+	Server    string // push address; several, comma-separated: agent i starts at the i-th
 	Pin       string
 	QUIC      bool
 	Prefix    string   // device ids are Prefix + index
@@ -85,8 +85,10 @@ func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 		}
 		started := new(atomic.Int64)
 		starts[i] = started
+		servers := strings.Split(cfg.Server, ",")
+		k := i % len(servers)
 		c, err := client.New(client.Config{
-			Servers:  []string{cfg.Server},
+			Servers:  append(servers[k:len(servers):len(servers)], servers[:k]...),
 			DeviceID: fmt.Sprintf("%s%d", cfg.Prefix, cfg.First+i),
 			TLS:      tlsconf.PinnedClientConfig(pins, "dpgate"),
 			QUIC:     cfg.QUIC,

@@ -250,7 +250,7 @@ Runs a fleet of agents with the push client library and answers commands
 on standard input (status, hist, storm, quit) with JSON lines. dpload push
 starts these as child processes, so that each stays under the open-file
 limit of one process.`, stdout)
-	server := fs.String("server", "", "push server `ADDR`")
+	server := fs.String("server", "", "push server `ADDR`; several, comma-separated: agent i starts at the i-th")
 	pin := fs.String("pin", "", "the server's certificate `PIN`")
 	first := fs.Int("first", 0, "index of the first agent (device ids are agent-N)")
 	count := fs.Int("count", 1000, "number of agents")
