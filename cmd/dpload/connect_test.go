@@ -21,32 +21,13 @@ import (
 // accounting: every agent connected and held, the gateway's session count
 // equal to it, and its RSS per connection read from the admin API.
 func TestConnectAgainstGateway(t *testing.T) {
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "dpload")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	cf := filepath.Join(dir, "dpgate.yaml")
-	os.WriteFile(cf, []byte("node:\n  name: t\n  data_dir: data\nadmin:\n  listen: 127.0.0.1:0\npush:\n  listen: 127.0.0.1:0\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n"), 0o644)
-	cfg, err := config.Load(cf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := gateway.New(cfg, gateway.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ls, err := gateway.Listen(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.Start(ls)
-	defer g.Close()
+	bin := buildDpload(t)
+	g, ls := startGateway(t)
 
 	const agents = 300
 	cmd := exec.Command(bin, "connect", "--server", ls.Push.Addr().String(), "--admin", "http://"+ls.Admin.Addr().String(),
 		"--pin", g.Identity().Pin(), "--agents", fmt.Sprint(agents), "--procs", "2", "--ramp", "1000", "--hold", "1s", "--source-ips", "4", "--json",
-		"--html", filepath.Join(dir, "report.html"))
+		"--html", filepath.Join(filepath.Dir(bin), "report.html"))
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Run(); err != nil {
@@ -72,7 +53,7 @@ func TestConnectAgainstGateway(t *testing.T) {
 	if bars != agents {
 		t.Errorf("the connect-time histogram counts %d agents, want %d", bars, agents)
 	}
-	html, err := os.ReadFile(filepath.Join(dir, "report.html"))
+	html, err := os.ReadFile(filepath.Join(filepath.Dir(bin), "report.html"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,11 +70,7 @@ func TestConnectAgainstGateway(t *testing.T) {
 // TestLinkThroughImpairment runs the built dpload link through the
 // impairment relay and checks its accounting and verdict.
 func TestLinkThroughImpairment(t *testing.T) {
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "dpload")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildDpload(t)
 	out, err := exec.Command(bin, "link", "--count", "500", "--interval", "1ms", "--delay", "60ms", "--json").Output()
 	if err != nil {
 		t.Fatal(err)
@@ -112,4 +89,72 @@ func TestLinkThroughImpairment(t *testing.T) {
 	if rep.Stats.Sent != 500 || rep.Stats.Received != 500 || rep.Stats.RTTP50 < 120 || rep.Verdict != "out-of-limits" {
 		t.Errorf("report %s, want 500/500 probes, RTT >= 120 ms, out-of-limits", out)
 	}
+}
+
+// TestPushAgainstGateway runs the built dpload push small against an
+// in-process gateway and checks the accounting: every published push is
+// received or counted as refused, the broadcast reaches every agent, and
+// the storm loses nothing.
+func TestPushAgainstGateway(t *testing.T) {
+	bin := buildDpload(t)
+	g, ls := startGateway(t)
+	const agents = 200
+	cmd := exec.Command(bin, "push", "--server", ls.Push.Addr().String(), "--admin", "http://"+ls.Admin.Addr().String(),
+		"--pin", g.Identity().Pin(), "--agents", fmt.Sprint(agents), "--procs", "2", "--source-ips", "2",
+		"--rate", "200", "--duration", "1s", "--scenarios", "latency,broadcast,storm", "--json")
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("dpload push: %v\n%s", err, errOut.String())
+	}
+	var rep loadtest.PushReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("report %q: %v", out.String(), err)
+	}
+	l, b, s := rep.Latency, rep.Broadcast, rep.Storm
+	if l == nil || b == nil || s == nil {
+		t.Fatalf("report lacks scenarios: %s", out.String())
+	}
+	if l.Published == 0 || l.Received+l.Failed != l.Published {
+		t.Errorf("latency: published %d, received %d, refused %d; want received + refused = published", l.Published, l.Received, l.Failed)
+	}
+	if b.Received != agents {
+		t.Errorf("broadcast reached %d of %d agents", b.Received, agents)
+	}
+	if s.Lost != 0 || s.Received != s.Published {
+		t.Errorf("storm: published %d, received %d, lost %d", s.Published, s.Received, s.Lost)
+	}
+}
+
+// buildDpload builds the dpload binary into a temporary directory.
+func buildDpload(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "dpload")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startGateway runs an in-process gateway with the push server (auth
+// none) and the admin API on loopback.
+func startGateway(t *testing.T) (*gateway.Gateway, gateway.Listeners) {
+	t.Helper()
+	cf := filepath.Join(t.TempDir(), "dpgate.yaml")
+	os.WriteFile(cf, []byte("node:\n  name: t\n  data_dir: data\nadmin:\n  listen: 127.0.0.1:0\npush:\n  listen: 127.0.0.1:0\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n"), 0o644)
+	cfg, err := config.Load(cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := gateway.New(cfg, gateway.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := gateway.Listen(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(ls)
+	t.Cleanup(func() { g.Close() })
+	return g, ls
 }
