@@ -201,15 +201,9 @@ func TestQueuedPushesSurviveOwnerFailure(t *testing.T) {
 		}
 		return nil
 	})
-	// The device connects to either survivor and gets all 20.
-	for i, g := range survivors {
-		a := startTestAgent(t, fmt.Sprintf("%s", dev), g)
-		waitFor(t, 20*time.Second, func() error { return a.has(want...) })
-		a.stop()
-		if i == 0 {
-			break // the pushes are acknowledged now; one agent is the test
-		}
-	}
+	// The device connects to a survivor and gets all 20.
+	a := startTestAgent(t, dev, survivors[0])
+	waitFor(t, 20*time.Second, func() error { return a.has(want...) })
 }
 
 // TestShutdownNoticeReachesTheCluster: an agent connected to node 0 sends
