@@ -52,6 +52,9 @@ type PushReport struct {
 	Latency   *PushLatency   `json:"latency,omitempty"`
 	Broadcast *PushBroadcast `json:"broadcast,omitempty"`
 	Storm     *PushStorm     `json:"storm,omitempty"`
+
+	Timeline    []TimePoint `json:"timeline,omitempty"`          // agents connected while starting
+	LatencyBars []Bar       `json:"latency_histogram,omitempty"` // publish -> receive
 }
 
 // PushLatency is the publish-to-receive figure at a paced rate.
@@ -202,7 +205,7 @@ func RunPushBench(ctx context.Context, cfg PushBenchConfig) (PushReport, error) 
 		fl = append(fl, &fleetProc{cmd: cmd, in: in, out: bufio.NewReader(out)})
 	}
 	progress("connecting %d agents from %d processes", cfg.Agents, cfg.Procs)
-	if err := waitConnected(ctx, fl, cfg.Agents, 5*time.Minute, progress); err != nil {
+	if err := waitConnected(ctx, fl, cfg.Agents, 5*time.Minute, progress, start, &rep.Timeline); err != nil {
 		return rep, err
 	}
 	rep.ConnectSeconds = time.Since(start).Seconds()
@@ -226,6 +229,7 @@ func RunPushBench(ctx context.Context, cfg PushBenchConfig) (PushReport, error) 
 			}
 			rep.Latency = &PushLatency{cfg.Rate, sent, st.Received[string(KindLatency)], failed,
 				ms(h.ValueAtQuantile(50)), ms(h.ValueAtQuantile(99)), ms(h.ValueAtQuantile(99.9)), ms(h.Max())}
+			rep.LatencyBars = Bars(h, 40)
 			if err != nil {
 				progress("latency: %v", err)
 			}
@@ -260,13 +264,18 @@ func RunPushBench(ctx context.Context, cfg PushBenchConfig) (PushReport, error) 
 
 func ms(us int64) float64 { return float64(us) / 1000 }
 
-func waitConnected(ctx context.Context, fl fleets, want int, timeout time.Duration, progress func(string, ...any)) error {
+// waitConnected polls until want agents are connected; timeline, when
+// not nil, gets a point per poll (seconds since since).
+func waitConnected(ctx context.Context, fl fleets, want int, timeout time.Duration, progress func(string, ...any), since time.Time, timeline *[]TimePoint) error {
 	deadline := time.Now().Add(timeout)
 	last := time.Now()
 	for {
 		st, err := fl.status()
 		if err != nil {
 			return err
+		}
+		if timeline != nil {
+			*timeline = append(*timeline, TimePoint{time.Since(since).Seconds(), st.Connected})
 		}
 		if st.Connected >= int64(want) {
 			return nil
@@ -413,7 +422,7 @@ func storm(ctx context.Context, cfg PushBenchConfig, fl fleets, pub *publisher, 
 		published.Store(s)
 		close(pubDone)
 	}()
-	err := waitConnected(ctx, fl, cfg.Agents, 5*time.Minute, progress)
+	err := waitConnected(ctx, fl, cfg.Agents, 5*time.Minute, progress, time.Now(), nil)
 	out.BackSeconds = time.Since(start).Seconds()
 	<-pubDone
 	close(stop)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"text/tabwriter"
+	"time"
 )
 
 // ProxyReport is everything one dpload proxy run measured, per target.
@@ -90,27 +91,42 @@ func anys(s []string) []any {
 	return out
 }
 
+// Rows are the push report's figures next to the limits they are judged by.
+func (r PushReport) Rows() []Row {
+	rows := []Row{{fmt.Sprintf("agents connected (%s, %d processes)", r.Transport, r.Procs), fmt.Sprintf("%d in %.1f s", r.Agents, r.ConnectSeconds), "management server 300; DP push server 50,000"}}
+	if r.PerConnBytes > 0 {
+		rows = append(rows, Row{"server RSS per connection", fmt.Sprintf("%.1f KiB", r.PerConnBytes/1024), "<= 8 KiB"})
+	}
+	if l := r.Latency; l != nil {
+		rows = append(rows,
+			Row{fmt.Sprintf("publish->receive at %.0f/s: p50 / p99 / max", l.Rate), fmt.Sprintf("%.2f / %.2f / %.1f ms", l.P50ms, l.P99ms, l.MaxMs), "p99 <= 5 ms"},
+			Row{"  published / received / refused", fmt.Sprintf("%d / %d / %d", l.Published, l.Received, l.Failed), "-"})
+	}
+	if b := r.Broadcast; b != nil {
+		rows = append(rows, Row{fmt.Sprintf("broadcast to %d: p50 / last", b.Devices), fmt.Sprintf("%.1f / %.1f ms (%d received)", b.P50ms, b.LastMs, b.Received), "last <= 300 ms"})
+	}
+	if s := r.Storm; s != nil {
+		rows = append(rows, Row{"reconnect storm: all back after", fmt.Sprintf("%.1f s", s.BackSeconds), "-"})
+		if s.PeakRSS > 0 {
+			rows = append(rows, Row{"  server peak RSS", fmt.Sprintf("%.0f MiB", float64(s.PeakRSS)/(1<<20)), "-"})
+		}
+		rows = append(rows, Row{"  pushes published / received / lost", fmt.Sprintf("%d / %d / %d", s.Published, s.Received, s.Lost), "lost = 0"})
+	}
+	return rows
+}
+
 // WriteTable prints the push report next to the limits it is judged by.
 func (r PushReport) WriteTable(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "figure\tvalue\tlimit / target\n")
-	fmt.Fprintf(tw, "agents connected (%s, %d processes)\t%d in %.1f s\tmanagement server 300; DP push server 50,000\n", r.Transport, r.Procs, r.Agents, r.ConnectSeconds)
-	if r.PerConnBytes > 0 {
-		fmt.Fprintf(tw, "server RSS per connection\t%.1f KiB\t<= 8 KiB\n", r.PerConnBytes/1024)
-	}
-	if l := r.Latency; l != nil {
-		fmt.Fprintf(tw, "publish->receive at %.0f/s: p50 / p99 / max\t%.2f / %.2f / %.1f ms\tp99 <= 5 ms\n", l.Rate, l.P50ms, l.P99ms, l.MaxMs)
-		fmt.Fprintf(tw, "  published / received / refused\t%d / %d / %d\t-\n", l.Published, l.Received, l.Failed)
-	}
-	if b := r.Broadcast; b != nil {
-		fmt.Fprintf(tw, "broadcast to %d: p50 / last\t%.1f / %.1f ms (%d received)\tlast <= 300 ms\n", b.Devices, b.P50ms, b.LastMs, b.Received)
-	}
-	if s := r.Storm; s != nil {
-		fmt.Fprintf(tw, "reconnect storm: all back after\t%.1f s\t-\n", s.BackSeconds)
-		if s.PeakRSS > 0 {
-			fmt.Fprintf(tw, "  server peak RSS\t%.0f MiB\t-\n", float64(s.PeakRSS)/(1<<20))
-		}
-		fmt.Fprintf(tw, "  pushes published / received / lost\t%d / %d / %d\tlost = 0\n", s.Published, s.Received, s.Lost)
+	for _, row := range r.Rows() {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", row.Figure, row.Measured, row.Limit)
 	}
 	tw.Flush()
+}
+
+// HTML is the push report for WriteHTML.
+func (r PushReport) HTML(command string) HTMLReport {
+	return HTMLReport{Title: fmt.Sprintf("dpload push: %d agents (%s)", r.Agents, r.Transport), Command: command, When: time.Now(),
+		Rows: r.Rows(), Timeline: r.Timeline, Latency: r.LatencyBars, LatLabel: "Publish -> receive latency"}
 }

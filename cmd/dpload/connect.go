@@ -61,18 +61,9 @@ spread over loopback source addresses.`, stdout)
 	cfg.Progress = progressPrinter(stderr)
 	rep, err := loadtest.RunConnect(ctx, cfg)
 	if *htmlFile != "" && err == nil {
-		f, ferr := os.Create(*htmlFile)
-		if ferr != nil {
-			return ferr
+		if err := writeHTML(*htmlFile, rep.HTML("dpload connect "+strings.Join(args, " ")), stderr); err != nil {
+			return err
 		}
-		werr := loadtest.WriteHTML(f, rep.HTML("dpload connect "+strings.Join(args, " ")))
-		if cerr := f.Close(); werr == nil {
-			werr = cerr
-		}
-		if werr != nil {
-			return werr
-		}
-		fmt.Fprintf(stderr, "dpload: HTML report in %s\n", *htmlFile)
 	}
 	if *jsonOut || err != nil {
 		enc := json.NewEncoder(stdout)
@@ -109,4 +100,20 @@ func progressPrinter(w io.Writer) func(string, ...any) {
 			last = time.Now()
 		}
 	}
+}
+
+// writeHTML writes a report's HTML file.
+func writeHTML(file string, r loadtest.HTMLReport, stderr io.Writer) error {
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	werr := loadtest.WriteHTML(f, r)
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		fmt.Fprintf(stderr, "dpload: HTML report in %s\n", file)
+	}
+	return werr
 }

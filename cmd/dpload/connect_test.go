@@ -101,7 +101,8 @@ func TestPushAgainstGateway(t *testing.T) {
 	const agents = 200
 	cmd := exec.Command(bin, "push", "--server", ls.Push.Addr().String(), "--admin", "http://"+ls.Admin.Addr().String(),
 		"--pin", g.Identity().Pin(), "--agents", fmt.Sprint(agents), "--procs", "2", "--source-ips", "2",
-		"--rate", "200", "--duration", "1s", "--scenarios", "latency,broadcast,storm", "--json")
+		"--rate", "200", "--duration", "1s", "--scenarios", "latency,broadcast,storm", "--json",
+		"--html", filepath.Join(filepath.Dir(bin), "push.html"))
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Run(); err != nil {
@@ -123,6 +124,16 @@ func TestPushAgainstGateway(t *testing.T) {
 	}
 	if s.Lost != 0 || s.Received != s.Published {
 		t.Errorf("storm: published %d, received %d, lost %d", s.Published, s.Received, s.Lost)
+	}
+	var n int64
+	for _, b := range rep.LatencyBars {
+		n += b.Count
+	}
+	if n != l.Received || len(rep.Timeline) == 0 {
+		t.Errorf("latency histogram counts %d of %d received; timeline %d points", n, l.Received, len(rep.Timeline))
+	}
+	if html, err := os.ReadFile(filepath.Join(filepath.Dir(bin), "push.html")); err != nil || !bytes.Contains(html, []byte("Publish -&gt; receive latency")) {
+		t.Errorf("push HTML report: %v", err)
 	}
 }
 

@@ -302,6 +302,7 @@ meanwhile are counted).`, stdout)
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "length of the latency scenario")
 	scen := fs.String("scenarios", "memory,latency,broadcast,storm", "comma-separated scenarios")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
+	htmlFile := fs.String("html", "", "also write a self-contained HTML report with charts to `FILE`")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -316,6 +317,11 @@ meanwhile are counted).`, stdout)
 	cfg.Scenarios = strings.Split(*scen, ",")
 	cfg.Progress = func(format string, a ...any) { fmt.Fprintf(stderr, "dpload: "+format+"\n", a...) }
 	rep, err := loadtest.RunPushBench(ctx, cfg)
+	if *htmlFile != "" && err == nil {
+		if err := writeHTML(*htmlFile, rep.HTML("dpload push "+strings.Join(args, " ")), stderr); err != nil {
+			return err
+		}
+	}
 	if *jsonOut || err != nil {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
