@@ -18,9 +18,6 @@ import (
 // new agent, and a busy node redirects thousands per second.
 func (c *Cluster) load(m Member) int {
 	times := c.redirects[m.Name]
-	if len(times) == 0 {
-		return m.Meta.Conns
-	}
 	// Forget what no figure can still be missing.
 	old := time.Now().Add(-10 * time.Second)
 	if i, _ := slices.BinarySearchFunc(times, old, time.Time.Compare); i > 0 {
@@ -28,8 +25,29 @@ func (c *Cluster) load(m Member) int {
 		c.redirects[m.Name] = times
 	}
 	cutoff := c.metaAt[m.Name].Add(-c.lag())
+	base := m.Meta.Conns
+	if m.Meta.At > 0 {
+		// The figure's own time: its age, and the redirects it cannot
+		// include (those sent from shortly before it was taken).
+		taken := time.UnixMilli(m.Meta.At)
+		cutoff = taken.Add(-500 * time.Millisecond)
+		base += c.extrapolate(m.Name, taken)
+	}
 	i, _ := slices.BinarySearchFunc(times, cutoff, time.Time.Compare)
-	return m.Meta.Conns + len(times) - i
+	return max(0, base+len(times)-i)
+}
+
+// extrapolate is how many agents a node has likely gained since its figure
+// was taken, at the growth between its last two figures: while every node
+// fills up, a node counting itself exactly and the others as they were
+// seconds ago would otherwise see itself above its share and redirect
+// new agents for nothing. A node gossips a new figure at most every
+// RefreshInterval, and only when it changed, so past lag() without a
+// newer one it has most likely stopped changing: the age is capped there
+// (which also bounds the harm of clocks that disagree). Caller holds c.mu.
+func (c *Cluster) extrapolate(name string, taken time.Time) int {
+	age := min(max(time.Since(taken), 0), c.lag())
+	return int(c.growth[name] * age.Seconds())
 }
 
 // lag is how old a gossiped figure may be when it arrives, plus the time

@@ -108,6 +108,7 @@ type Cluster struct {
 	redirects map[string][]time.Time
 	metaAt    map[string]time.Time
 	rtt       map[string]time.Duration // memberlist ping RTT, smoothed
+	growth    map[string]float64       // agents per second between a node's last two figures
 	lastSent  Meta                     // the metadata NodeMeta last handed to memberlist
 
 	queue *memberlist.TransmitLimitedQueue
@@ -143,7 +144,7 @@ func Start(cfg Config) (*Cluster, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	c := &Cluster{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, members: map[string]Member{}, redirects: map[string][]time.Time{}, metaAt: map[string]time.Time{}, rtt: map[string]time.Duration{}, done: make(chan struct{})}
+	c := &Cluster{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, members: map[string]Member{}, redirects: map[string][]time.Time{}, metaAt: map[string]time.Time{}, rtt: map[string]time.Duration{}, growth: map[string]float64{}, done: make(chan struct{})}
 
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
@@ -303,6 +304,11 @@ func (c *Cluster) set(n *memberlist.Node) {
 		return
 	}
 	c.mu.Lock()
+	// Growth in agents per second between two figures at least half a
+	// second apart, for load()'s estimate of the count now.
+	if old, ok := c.members[n.Name]; ok && old.Meta.At > 0 && meta.At > old.Meta.At+500 {
+		c.growth[n.Name] = float64(meta.Conns-old.Meta.Conns) / (float64(meta.At-old.Meta.At) / 1000)
+	}
 	c.members[n.Name] = Member{Name: n.Name, Addr: n.Address(), Meta: meta, Self: n.Name == c.cfg.Name}
 	c.metaAt[n.Name] = time.Now()
 	c.mu.Unlock()
@@ -323,6 +329,7 @@ func (e events) NotifyLeave(n *memberlist.Node) {
 	delete(e.c.redirects, n.Name)
 	delete(e.c.metaAt, n.Name)
 	delete(e.c.rtt, n.Name)
+	delete(e.c.growth, n.Name)
 	e.c.mu.Unlock()
 	if n.State == memberlist.StateLeft {
 		e.c.log.Info("cluster: node left", "node", n.Name, "addr", n.Address())
@@ -353,8 +360,9 @@ type delegate struct{ c *Cluster }
 func (d delegate) NodeMeta(limit int) []byte {
 	m := d.c.cfg.Meta()
 	d.c.mu.Lock()
-	d.c.lastSent = m
+	d.c.lastSent = m // compared without At: a new time alone is no change
 	d.c.mu.Unlock()
+	m.At = time.Now().UnixMilli()
 	b := encodeMeta(m)
 	if len(b) > limit {
 		d.c.log.Error("cluster: metadata exceeds the limit; sending none", "bytes", len(b), "limit", limit)

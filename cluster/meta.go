@@ -19,6 +19,10 @@ type Meta struct {
 	CPU      float64 `json:"l,omitempty"` // 1-minute load per core
 	Uplink   string  `json:"u,omitempty"` // ok, degraded, out-of-limits (issue 7)
 	Draining bool    `json:"d,omitempty"` // shutting down: send no agents
+	// At is when these figures were taken (Unix ms), set by the cluster
+	// as it gossips them: with the node's growth between two figures it
+	// lets the others estimate its count now rather than as it was.
+	At int64 `json:"at,omitempty"`
 }
 
 func encodeMeta(m Meta) []byte {
