@@ -14,12 +14,10 @@ NODES=${NODES:-8}
 PER_NODE=${PER_NODE:-19000}
 RAMP=${RAMP:-75}          # new connections per second per agent process (2 cores: ~600/s in all)
 TIMEOUT=${TIMEOUT:-900}   # seconds to wait for every agent
-# Balancing: each agent process already targets its own node, so the
-# capacity run turns redirects and rebalancing off by default (MARGIN=5%
-# REBALANCE=50 measures them too; see BENCHMARKS.md for why that is slow
-# on 2 cores).
-MARGIN=${MARGIN:-100%}
-REBALANCE=${REBALANCE:--1}
+# Balancing as the gateway's defaults (MARGIN=100% REBALANCE=-1 turn it
+# off; each agent process targets its own node anyway).
+MARGIN=${MARGIN:-5%}
+REBALANCE=${REBALANCE:-50}
 ulimit -n 20000
 
 work=$(mktemp -d)
