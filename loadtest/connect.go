@@ -1,14 +1,11 @@
 package loadtest
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"time"
@@ -106,20 +103,13 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 		if n <= 0 {
 			break
 		}
-		args := []string{"agents", "--server", strings.Join(cfg.Servers, ","), "--pin", cfg.Pin, "--first", strconv.Itoa(first),
+		p, err := startFleetProc(ctx, cfg.Self, cfg.QUIC, "--server", strings.Join(cfg.Servers, ","), "--pin", cfg.Pin, "--first", strconv.Itoa(first),
 			"--count", strconv.Itoa(n), "--source-ips", strconv.Itoa(cfg.SourceIPs),
-			"--ramp", strconv.FormatFloat(cfg.Ramp/float64(cfg.Procs), 'f', 1, 64)}
-		if cfg.QUIC {
-			args = append(args, "--quic")
-		}
-		cmd := exec.CommandContext(ctx, cfg.Self, args...)
-		in, _ := cmd.StdinPipe()
-		out, _ := cmd.StdoutPipe()
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
+			"--ramp", strconv.FormatFloat(cfg.Ramp/float64(cfg.Procs), 'f', 1, 64))
+		if err != nil {
 			return rep, err
 		}
-		fl = append(fl, &fleetProc{cmd: cmd, in: in, out: bufio.NewReader(out)})
+		fl = append(fl, p)
 	}
 	progress("connecting %d agents to %d servers from %d processes at %.0f/s", cfg.Agents, len(cfg.Servers), len(fl), cfg.Ramp)
 	tick := time.NewTicker(time.Second)
@@ -209,21 +199,6 @@ func nodeStatus(ctx context.Context, base string) (nodeFigures, error) {
 		return st, fmt.Errorf("%s: %s", resp.Status, b)
 	}
 	return st, json.NewDecoder(resp.Body).Decode(&st)
-}
-
-func stopFleets(fl fleets) {
-	for _, p := range fl {
-		fmt.Fprintln(p.in, "quit")
-		p.in.Close()
-		done := make(chan struct{})
-		go func() { p.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			p.cmd.Process.Kill()
-			<-done
-		}
-	}
 }
 
 // Rows are the report's figures, each next to its limit.

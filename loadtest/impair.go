@@ -44,6 +44,7 @@ type item struct {
 	b    []byte
 	to   netip.AddrPort
 	conn *net.UDPConn
+	done chan struct{} // a marker, not data: closed when released (what came before it is out)
 }
 
 type releaseHeap []item
@@ -134,6 +135,10 @@ func (d *delayLine) run() {
 		}
 		d.mu.Unlock()
 		for _, it := range due {
+			if it.done != nil {
+				close(it.done)
+				continue
+			}
 			d.send(it)
 		}
 		t.Reset(wait)
@@ -324,16 +329,11 @@ func (r *TCPRelay) pipe(dst, src net.Conn, imp Impairment, stream uint64) {
 			d.offer(item{b: append([]byte(nil), buf[:n]...)}, false, true)
 		}
 		if err != nil {
-			// Let what is queued drain before closing the write side.
-			for {
-				d.mu.Lock()
-				left := len(d.q)
-				d.mu.Unlock()
-				if left == 0 {
-					break
-				}
-				time.Sleep(time.Millisecond)
-			}
+			// Let what is queued drain before closing the write side: the
+			// line is ordered, so a marker comes out after all of it.
+			drained := make(chan struct{})
+			d.offer(item{done: drained}, false, true)
+			<-drained
 			if tc, ok := dst.(*net.TCPConn); ok && err == io.EOF {
 				tc.CloseWrite()
 			}

@@ -108,6 +108,40 @@ func (p *fleetProc) ask(cmd string, v any) error {
 	return json.Unmarshal(line, v)
 }
 
+// startFleetProc runs "dpload agents ARGS" (self is the dpload binary),
+// answering commands on its standard input.
+func startFleetProc(ctx context.Context, self string, quic bool, args ...string) (*fleetProc, error) {
+	args = append([]string{"agents"}, args...)
+	if quic {
+		args = append(args, "--quic")
+	}
+	cmd := exec.CommandContext(ctx, self, args...)
+	in, _ := cmd.StdinPipe()
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return &fleetProc{cmd: cmd, in: in, out: bufio.NewReader(out)}, nil
+}
+
+// stopFleets asks every agent process to quit, killing any still there
+// after 10 s.
+func stopFleets(fl fleets) {
+	for _, p := range fl {
+		fmt.Fprintln(p.in, "quit")
+		p.in.Close()
+		done := make(chan struct{})
+		go func() { p.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			p.cmd.Process.Kill()
+			<-done
+		}
+	}
+}
+
 type fleets []*fleetProc
 
 func (fs fleets) status() (FleetStatus, error) {
@@ -171,38 +205,18 @@ func RunPushBench(ctx context.Context, cfg PushBenchConfig) (PushReport, error) 
 		rep.RSSBaseline, _ = ProcessRSS(cfg.PID)
 	}
 	var fl fleets
-	defer func() {
-		for _, p := range fl {
-			fmt.Fprintln(p.in, "quit")
-			p.in.Close()
-			done := make(chan struct{})
-			go func() { p.cmd.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				p.cmd.Process.Kill()
-				<-done
-			}
-		}
-	}()
+	defer func() { stopFleets(fl) }()
 	start := time.Now()
 	per := (cfg.Agents + cfg.Procs - 1) / cfg.Procs
 	for i := 0; i < cfg.Procs; i++ {
 		first := i * per
 		n := min(per, cfg.Agents-first)
-		args := []string{"agents", "--server", cfg.Server, "--pin", cfg.Pin, "--first", strconv.Itoa(first),
-			"--count", strconv.Itoa(n), "--source-ips", strconv.Itoa(cfg.SourceIPs)}
-		if cfg.QUIC {
-			args = append(args, "--quic")
-		}
-		cmd := exec.CommandContext(ctx, cfg.Self, args...)
-		in, _ := cmd.StdinPipe()
-		out, _ := cmd.StdoutPipe()
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
+		p, err := startFleetProc(ctx, cfg.Self, cfg.QUIC, "--server", cfg.Server, "--pin", cfg.Pin, "--first", strconv.Itoa(first),
+			"--count", strconv.Itoa(n), "--source-ips", strconv.Itoa(cfg.SourceIPs))
+		if err != nil {
 			return rep, err
 		}
-		fl = append(fl, &fleetProc{cmd: cmd, in: in, out: bufio.NewReader(out)})
+		fl = append(fl, p)
 	}
 	progress("connecting %d agents from %d processes", cfg.Agents, cfg.Procs)
 	if err := waitConnected(ctx, fl, cfg.Agents, 5*time.Minute, progress, start, &rep.Timeline); err != nil {

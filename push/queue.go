@@ -58,11 +58,8 @@ func (q *Queue) Enqueue(devices []string, payload []byte, ttl time.Duration) ([]
 			return err
 		}
 		for i, dev := range devices {
-			var seq uint64 = 1
-			if v := sb.Get([]byte(dev)); len(v) == 8 {
-				seq = binary.BigEndian.Uint64(v) + 1
-			}
-			if err := sb.Put([]byte(dev), binary.BigEndian.AppendUint64(nil, seq)); err != nil {
+			seq, err := nextSeq(sb, dev)
+			if err != nil {
 				return err
 			}
 			db, err := qb.CreateBucketIfNotExists([]byte(dev))
@@ -158,11 +155,8 @@ func (q *Queue) Insert(items []Item) ([]Item, error) {
 			if hasID(db, it.ID) {
 				continue
 			}
-			var seq uint64 = 1
-			if v := sb.Get([]byte(it.Device)); len(v) == 8 {
-				seq = binary.BigEndian.Uint64(v) + 1
-			}
-			if err := sb.Put([]byte(it.Device), binary.BigEndian.AppendUint64(nil, seq)); err != nil {
+			seq, err := nextSeq(sb, it.Device)
+			if err != nil {
 				return err
 			}
 			it.Seq = seq
@@ -177,6 +171,16 @@ func (q *Queue) Insert(items []Item) ([]Item, error) {
 		return nil, fmt.Errorf("push: insert: %w", err)
 	}
 	return out, nil
+}
+
+// nextSeq assigns the device's next sequence inside the write
+// transaction (bucket push_seq holds the last one).
+func nextSeq(sb *bolt.Bucket, device string) (uint64, error) {
+	var seq uint64 = 1
+	if v := sb.Get([]byte(device)); len(v) == 8 {
+		seq = binary.BigEndian.Uint64(v) + 1
+	}
+	return seq, sb.Put([]byte(device), binary.BigEndian.AppendUint64(nil, seq))
 }
 
 func hasID(db *bolt.Bucket, id [16]byte) bool {

@@ -60,16 +60,23 @@ spread over loopback source addresses.`, stdout)
 	cfg.Self = self
 	cfg.Progress = progressPrinter(stderr)
 	rep, err := loadtest.RunConnect(ctx, cfg)
-	if *htmlFile != "" && err == nil {
-		if err := writeHTML(*htmlFile, rep.HTML("dpload connect "+strings.Join(args, " ")), stderr); err != nil {
+	return report(rep, err, *jsonOut, *htmlFile, rep.HTML("dpload connect "+strings.Join(args, " ")), stdout, stderr)
+}
+
+// report is how connect and push end: the HTML file if asked (and the run
+// succeeded), then JSON (asked, or the partial report of a failed run) or
+// the table.
+func report(rep interface{ WriteTable(io.Writer) }, runErr error, jsonOut bool, htmlFile string, html loadtest.HTMLReport, stdout, stderr io.Writer) error {
+	if htmlFile != "" && runErr == nil {
+		if err := writeHTML(htmlFile, html, stderr); err != nil {
 			return err
 		}
 	}
-	if *jsonOut || err != nil {
+	if jsonOut || runErr != nil {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		enc.Encode(rep)
-		return err
+		return runErr
 	}
 	rep.WriteTable(stdout)
 	return nil

@@ -317,19 +317,7 @@ meanwhile are counted).`, stdout)
 	cfg.Scenarios = strings.Split(*scen, ",")
 	cfg.Progress = func(format string, a ...any) { fmt.Fprintf(stderr, "dpload: "+format+"\n", a...) }
 	rep, err := loadtest.RunPushBench(ctx, cfg)
-	if *htmlFile != "" && err == nil {
-		if err := writeHTML(*htmlFile, rep.HTML("dpload push "+strings.Join(args, " ")), stderr); err != nil {
-			return err
-		}
-	}
-	if *jsonOut || err != nil {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(rep)
-		return err
-	}
-	rep.WriteTable(stdout)
-	return nil
+	return report(rep, err, *jsonOut, *htmlFile, rep.HTML("dpload push "+strings.Join(args, " ")), stdout, stderr)
 }
 
 func runNaive(ctx context.Context, args []string, stdout, stderr io.Writer) error {
