@@ -1,10 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -16,18 +17,31 @@ func TestProbeAgainstReflect(t *testing.T) {
 	addr := freeUDPTCP(t)
 	r := exec.Command(bin, "reflect", "--listen", addr)
 	r.Env = os.Environ()
+	stderr, _ := r.StderrPipe()
 	if err := r.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { r.Process.Signal(syscall.SIGTERM); r.Wait() }()
-	var res result
-	waitFor(t, 10*time.Second, func() error { // until the reflector listens
-		res = dpgate(t, nil, "probe", addr, "--count", "50", "--interval", "5ms", "--json")
-		if res.code != 0 {
-			return fmt.Errorf("probe exit %d: %s %s", res.code, res.stdout, res.stderr)
+	// Probe only once the socket is bound: a probe sent earlier is lost
+	// (the port answers ICMP unreachable) and would count against the link.
+	listening := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "answering STAMP on") {
+				listening <- sc.Text()
+			}
 		}
-		return nil
-	})
+	}()
+	select {
+	case <-listening:
+	case <-time.After(30 * time.Second):
+		t.Fatal("dpgate reflect did not report its socket within 30 s")
+	}
+	res := dpgate(t, nil, "probe", addr, "--count", "50", "--interval", "5ms", "--json")
+	if res.code != 0 {
+		t.Fatalf("probe exit %d: %s %s", res.code, res.stdout, res.stderr)
+	}
 	var out struct {
 		Verdict string
 		Stats   struct {
