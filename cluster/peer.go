@@ -25,12 +25,16 @@ import (
 // Nodes talk to each other over HTTP/1.1 on the push port: TLS 1.3 with
 // ALPN push.PeerALPN, both sides presenting their gateway certificate and
 // checking the other's SPKI pin against the pins nodes gossip (gossip is
-// encrypted with the cluster key off loopback). Two requests:
+// encrypted with the cluster key off loopback). Three requests:
 //
 //	POST /v1/peer/store  {"items":[...]}  commit copies of pushes
 //	POST /v1/peer/ops    {"ops":[...]}    registrations and ACKs, in order
+//	POST /v1/peer/wake   {"device":"...","relay":true}
 //
-// Both answer 204 once applied (store: once committed to disk).
+// store and ops answer 204 once applied (store: once committed to disk).
+// wake answers 200 {"node":"..."} naming the node that sent the device a
+// WAKE frame (itself, or with relay the holder it knows as an owner), or
+// 404 when no node it can reach holds the device.
 
 // PeerServerTLS is the push server's TLS configuration for connections
 // from other nodes; isPeer says whether a pin is a cluster member's.
@@ -149,6 +153,7 @@ func newPeerNet(r *Router) *peerNet {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/peer/store", pn.handleStore)
 	mux.HandleFunc("POST /v1/peer/ops", pn.handleOps)
+	mux.HandleFunc("POST /v1/peer/wake", pn.handleWake)
 	pn.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if pc, ok := c.(peerConn); ok {
@@ -240,6 +245,47 @@ func (pn *peerNet) handleOps(w http.ResponseWriter, req *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+type wakeBody struct {
+	Device string `json:"device"`
+	Relay  bool   `json:"relay,omitempty"` // an owner may pass it on to the holder
+}
+
+type wakeReply struct {
+	Node string `json:"node"`
+}
+
+// errNotHeld: the asked node does not hold the device and knows no holder.
+var errNotHeld = errors.New("cluster: device not connected there")
+
+func (pn *peerNet) handleWake(w http.ResponseWriter, req *http.Request) {
+	from := pn.from(req)
+	var body wakeBody
+	if from == "" {
+		http.Error(w, "not a member", http.StatusForbidden)
+		return
+	}
+	if err := json.NewDecoder(io.LimitReader(req.Body, 64<<10)).Decode(&body); err != nil || body.Device == "" {
+		http.Error(w, fmt.Sprintf("a device id is required (%v)", err), http.StatusBadRequest)
+		return
+	}
+	node, err := pn.r.wakeHere(req.Context(), body.Device, body.Relay, from)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(wakeReply{Node: node})
+}
+
+// wake asks node to send device a WAKE frame, and names the node that did.
+func (pn *peerNet) wake(ctx context.Context, node, device string, relay bool) (string, error) {
+	var out wakeReply
+	if err := pn.post(ctx, node, "/v1/peer/wake", wakeBody{Device: device, Relay: relay}, &out); err != nil {
+		return "", err
+	}
+	return out.Node, nil
+}
+
 // store sends copies of pushes this node accepted.
 func (pn *peerNet) store(ctx context.Context, node string, items []push.Item) error {
 	ws := make([]wireItem, len(items))
@@ -250,10 +296,12 @@ func (pn *peerNet) store(ctx context.Context, node string, items []push.Item) er
 }
 
 func (pn *peerNet) storeWire(ctx context.Context, node string, ws []wireItem) error {
-	return pn.post(ctx, node, "/v1/peer/store", storeBody{Items: ws})
+	return pn.post(ctx, node, "/v1/peer/store", storeBody{Items: ws}, nil)
 }
 
-func (pn *peerNet) post(ctx context.Context, node, path string, body any) error {
+// post sends body to node's path. With out nil the answer must be 204;
+// otherwise 200 with a JSON body decoded into out.
+func (pn *peerNet) post(ctx context.Context, node, path string, body any, out any) error {
 	addr := ""
 	for _, m := range pn.r.c.Members() {
 		if m.Name == node {
@@ -278,7 +326,14 @@ func (pn *peerNet) post(ctx context.Context, node, path string, body any) error 
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
+	if out != nil && resp.StatusCode == http.StatusOK {
+		return json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(out)
+	}
+	if resp.StatusCode == http.StatusNotFound && path == "/v1/peer/wake" {
+		io.Copy(io.Discard, resp.Body)
+		return errNotHeld
+	}
+	if resp.StatusCode != http.StatusNoContent || out != nil {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		pn.r.m.IncrCounterWithLabels([]string{"cluster", "peer", "errors"}, 1, []metrics.Label{{Name: "node", Value: node}})
 		return fmt.Errorf("cluster: %s%s: %s: %s", node, path, resp.Status, bytes.TrimSpace(msg))
@@ -370,7 +425,7 @@ func (ob *outbox) loop() {
 			}
 		}
 		for chunk := range slices.Chunk(ops, 5000) {
-			if err := ob.r.peer.post(ctx, ob.node, "/v1/peer/ops", opsBody{Ops: chunk}); err != nil {
+			if err := ob.r.peer.post(ctx, ob.node, "/v1/peer/ops", opsBody{Ops: chunk}, nil); err != nil {
 				ob.r.log.Debug("cluster: sending registrations and ACKs", "node", ob.node, "err", err)
 				ob.dropped(len(chunk), "unreachable")
 			}

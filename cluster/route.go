@@ -38,6 +38,8 @@ type Local interface {
 	QueuedDevices() []string
 	HeldDevices() []string
 	Holds(device string) bool
+	// Wake sends the device a WAKE frame when it is connected here.
+	Wake(device string) bool
 }
 
 // RouterConfig configures a Router. Zero values mean the defaults in
@@ -162,6 +164,51 @@ func (r *Router) Holder(device string) string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.holders[device]
+}
+
+// Wake has the node holding device send it a WAKE frame on its push
+// connection and names that node. The holder is found through the
+// device's owners (they know where it is registered); errNotHeld (or a
+// peer's error) when no node that could be asked holds it.
+func (r *Router) Wake(ctx context.Context, device string) (string, error) {
+	if r.local.Wake(device) {
+		return r.self, nil
+	}
+	node, err := r.wakeElsewhere(ctx, device)
+	if err == nil {
+		r.m.IncrCounter([]string{"cluster", "wake", "routed"}, 1)
+	}
+	return node, err
+}
+
+func (r *Router) wakeElsewhere(ctx context.Context, device string) (string, error) {
+	if h := r.Holder(device); h != "" && h != r.self {
+		return r.peer.wake(ctx, h, device, false)
+	}
+	err := errNotHeld
+	for _, o := range r.Owners(device) {
+		if o == r.self {
+			continue
+		}
+		var node string
+		if node, err = r.peer.wake(ctx, o, device, true); err == nil {
+			return node, nil
+		}
+	}
+	return "", err
+}
+
+// wakeHere answers a peer's wake: a WAKE frame when the device is
+// connected here, else (relay, asked as an owner) passed on to the holder.
+func (r *Router) wakeHere(ctx context.Context, device string, relay bool, from string) (string, error) {
+	if r.local.Wake(device) {
+		return r.self, nil
+	}
+	if h := r.Holder(device); relay && h != "" && h != r.self && h != from {
+		r.m.IncrCounter([]string{"cluster", "wake", "relayed"}, 1)
+		return r.peer.wake(ctx, h, device, false)
+	}
+	return "", errNotHeld
 }
 
 // Owners names the nodes that keep the device's queue now.

@@ -27,8 +27,9 @@ type Config struct {
 	// Lookup finds a device's address and MAC. Required.
 	Lookup func(device string) (Target, bool)
 	// PushWake sends a WAKE frame on the device's push connection and
-	// reports whether it could (the device is connected here).
-	PushWake func(device string) bool
+	// reports whether it could, and through which node ("" for this one;
+	// in a cluster the device may be connected to another).
+	PushWake func(device string) (node string, ok bool)
 	// AgentPort is the agents' wake-up port. Default: 15000.
 	AgentPort int
 	// WOLPorts are the Wake-on-LAN ports. Default: 7 and 9.
@@ -128,7 +129,7 @@ func New(cfg Config) (*Service, error) {
 		perDev: map[string]*rate.Limiter{}, last: map[string]Result{}}, nil
 }
 
-// Wake wakes a device: a WAKE frame when it is connected here, else the
+// Wake wakes a device: a WAKE frame when it is connected (PushWake), else the
 // signed datagram to its address and, when its MAC is known, Wake-on-LAN
 // to the limited broadcast and the directed broadcast of its subnet (both
 // only through the interface whose subnet holds its address) and to its
@@ -140,9 +141,11 @@ func (s *Service) Wake(device, reason string) Result {
 		r.Limited = true
 		return r
 	}
-	if s.cfg.PushWake != nil && s.cfg.PushWake(device) {
-		r.Attempts = append(r.Attempts, Attempt{Via: "push"})
-		return r
+	if s.cfg.PushWake != nil {
+		if node, ok := s.cfg.PushWake(device); ok {
+			r.Attempts = append(r.Attempts, Attempt{Via: "push", To: node})
+			return r
+		}
 	}
 	t, ok := s.cfg.Lookup(device)
 	if !ok || !t.Addr.IsValid() {
@@ -403,7 +406,7 @@ func ShutdownNotice(device string, v Verifier) ([]byte, error) {
 // HMAC-signed with the gateway's secret, until pc is closed.
 func (s *Service) ServeRequests(pc net.PacketConn) error {
 	return s.serve(pc, KindRequest, func(string) []byte { return s.cfg.Keys.Secret }, func(d *Datagram) {
-		s.Wake(d.DeviceID, "request")
+		go s.Wake(d.DeviceID, "request") // PushWake may ask another node; bounded by the rate limits
 	})
 }
 

@@ -144,17 +144,27 @@ func TestTokenRequiredWhenConfigured(t *testing.T) {
 	}
 }
 
-func TestMetricsEndpoint(t *testing.T) {
-	g, c, _ := newTestGateway(t, "")
-	g.Reload()
+// metricsOf is the gateway's /metrics page.
+func metricsOf(t testing.TB, c *admin.Client) string {
+	t.Helper()
 	resp, err := http.Get(c.Base() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
+}
+
+func TestMetricsEndpoint(t *testing.T) {
+	g, c, _ := newTestGateway(t, "")
+	g.Reload()
+	body := metricsOf(t, c)
 	for _, want := range []string{"dpgate_reload_ok", "go_goroutines"} {
-		if !strings.Contains(string(body), want) {
+		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}

@@ -9,10 +9,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -67,6 +70,7 @@ type testAgent struct {
 	c      *client.Client
 	mu     sync.Mutex
 	got    map[string]int // payload -> times received
+	wakes  atomic.Int64   // WAKE frames received
 	cancel func()
 	done   chan struct{}
 }
@@ -82,6 +86,11 @@ func startTestAgent(t testing.TB, device string, g *Gateway) *testAgent {
 			a.mu.Lock()
 			a.got[string(m.Payload)]++
 			a.mu.Unlock()
+		},
+		OnEvent: func(e client.Event) {
+			if e.Kind == "wake" {
+				a.wakes.Add(1)
+			}
 		}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -245,4 +254,64 @@ func TestShutdownNoticeReachesTheCluster(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestWakeRoutedToTheHoldingNode: a wake-up asked on any node reaches the
+// agent as a WAKE frame from the node it is connected to: asked on an
+// owner that knows the holder, and on a node that is not an owner (which
+// asks an owner, which relays to the holder).
+func TestWakeRoutedToTheHoldingNode(t *testing.T) {
+	gs, apis := testCluster(t, 3)
+	ctx := context.Background()
+	index := func(name string) int {
+		return slices.IndexFunc(gs, func(g *Gateway) bool { return g.cfg.Node.Name == name })
+	}
+	// The agent connects to the device's second owner, so its first owner
+	// (x) is not the holder and the third node (y) owns nothing of it.
+	const dev = "pc-wake"
+	owners := gs[0].router.Load().Owners(dev)
+	x, h := index(owners[0]), index(owners[1])
+	y := 3 - x - h
+	a := startTestAgent(t, dev, gs[h])
+	waitFor(t, 20*time.Second, func() error {
+		if got := holder(gs, dev); got != h {
+			return fmt.Errorf("held by node %d, want %d", got, h)
+		}
+		if got := gs[x].router.Load().Holder(dev); got != gs[h].cfg.Node.Name {
+			return fmt.Errorf("owner %d knows holder %q, want %q", x, got, gs[h].cfg.Node.Name)
+		}
+		return nil
+	})
+	for n, asker := range []int{x, y, h} {
+		var r wake.Result
+		if err := apis[asker].Do(ctx, "POST", "/v1/devices/"+dev+"/wake", struct{}{}, &r); err != nil {
+			t.Fatalf("wake asked on node %d: %v", asker, err)
+		}
+		want := gs[h].cfg.Node.Name
+		if asker == h {
+			want = ""
+		}
+		if len(r.Attempts) != 1 || r.Attempts[0].Via != "push" || r.Attempts[0].To != want {
+			t.Errorf("wake asked on node %d: %+v, want one attempt via push to %q", asker, r, want)
+		}
+		waitFor(t, 10*time.Second, func() error {
+			if got := a.wakes.Load(); got != int64(n+1) {
+				return fmt.Errorf("agent saw %d WAKE frames, want %d", got, n+1)
+			}
+			return nil
+		})
+	}
+	for _, c := range []struct {
+		node   int
+		metric string
+	}{{x, "dpgate_cluster_wake_relayed 1"}, {y, "dpgate_cluster_wake_routed 1"}} {
+		if body := metricsOf(t, apis[c.node]); !strings.Contains(body, c.metric) {
+			t.Errorf("node %d's /metrics lacks %q", c.node, c.metric)
+		}
+	}
+	// A device connected nowhere and unknown to the asked node.
+	var he *admin.HTTPError
+	if err := apis[y].Do(ctx, "POST", "/v1/devices/nobody/wake", struct{}{}, nil); !errors.As(err, &he) || he.Status != http.StatusNotFound {
+		t.Errorf("wake of a device no node knows: %v, want 404", err)
+	}
 }

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,7 +29,7 @@ func (g *Gateway) newWake() (*wake.Service, error) {
 	return wake.New(wake.Config{
 		Keys:       keys,
 		Lookup:     g.wakeTarget,
-		PushWake:   g.push.Wake,
+		PushWake:   g.pushWake,
 		AgentPort:  g.cfg.Wake.AgentPort,
 		WOLPorts:   g.cfg.Wake.WOLPorts,
 		SignHMAC:   g.cfg.Wake.Signature == "hmac",
@@ -36,6 +37,26 @@ func (g *Gateway) newWake() (*wake.Service, error) {
 		Metrics:    g.tel.Metrics,
 		Logger:     g.log,
 	})
+}
+
+// pushWake sends a WAKE frame on the device's push connection, here or,
+// in a cluster, on the node it is connected to.
+func (g *Gateway) pushWake(device string) (string, bool) {
+	if g.push.Wake(device) {
+		return "", true
+	}
+	r := g.router.Load()
+	if r == nil {
+		return "", false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	node, err := r.Wake(ctx, device)
+	if err != nil {
+		g.log.Debug("no node sent a WAKE frame", "device", device, "err", err)
+		return "", false
+	}
+	return node, true
 }
 
 // wakeTarget is where a device was last: the address it reported in
@@ -104,13 +125,16 @@ type DeviceReply struct {
 func (g *Gateway) wakeRoutes() {
 	g.admin.HandleJSON("POST /v1/devices/{id}/wake", func(r *http.Request) (int, any, error) {
 		dev := r.PathValue("id")
-		if _, ok := g.push.Device(dev); !ok {
+		_, known := g.push.Device(dev)
+		if !known && g.router.Load() == nil {
 			return 0, nil, admin.Error(http.StatusNotFound, fmt.Errorf("device %q is unknown", dev))
 		}
-		res := g.wake.Wake(dev, "api")
+		res := g.wake.Wake(dev, "api") // in a cluster, also through the node it is connected to
 		switch {
 		case res.Limited:
 			return 0, nil, admin.Error(http.StatusTooManyRequests, errors.New("wake-ups of this device (or in all) are over their rate limit; try again later"))
+		case res.Unknown && !known:
+			return 0, nil, admin.Error(http.StatusNotFound, fmt.Errorf("device %q is unknown here and connected to no node of the cluster", dev))
 		case res.Unknown:
 			return 0, nil, admin.Error(http.StatusConflict, fmt.Errorf("device %q has no known address to wake it at", dev))
 		}

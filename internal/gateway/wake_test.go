@@ -88,17 +88,15 @@ func TestWakeAPIAndRequests(t *testing.T) {
 		}
 		return nil
 	})
-	if last, _ := g.wake.Last("pc-awake"); last.Reason != "request" {
-		t.Errorf("last wake-up %+v, want reason request", last)
-	}
-	resp, err := http.Get(api.Base() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	waitFor(t, 10*time.Second, func() error { // recorded once the frame is sent
+		if last, _ := g.wake.Last("pc-awake"); last.Reason != "request" {
+			return fmt.Errorf("last wake-up %+v, want reason request", last)
+		}
+		return nil
+	})
+	body := metricsOf(t, api)
 	for _, want := range []string{`dpgate_wake_rejected{kind="request",reason="signature"} 1`, `dpgate_wake_received{kind="request"} 1`, `dpgate_wake_sent{result="ok",via="push"} 2`} {
-		if !strings.Contains(string(body), want) {
+		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
