@@ -30,6 +30,7 @@ type testServer struct {
 	queue          *push.Queue
 	ca             tls.Certificate
 	tokenKey       []byte
+	sink           *metrics.InmemSink
 }
 
 func newTestServer(t *testing.T, tweak func(*push.Config)) *testServer {
@@ -55,7 +56,7 @@ func newTestServer(t *testing.T, tweak func(*push.Config)) *testServer {
 	mcfg := metrics.DefaultConfig("dpgate")
 	mcfg.EnableHostname, mcfg.EnableRuntimeMetrics = false, false
 	m, _ := metrics.New(mcfg, sink)
-	ts := &testServer{id: id, allow: allow, queue: push.NewQueue(db), tokenKey: []byte("0123456789abcdef0123456789abcdef")}
+	ts := &testServer{id: id, allow: allow, queue: push.NewQueue(db), tokenKey: []byte("0123456789abcdef0123456789abcdef"), sink: sink}
 	ts.ca, _ = tlsconf.Issue(tlsconf.Template{CommonName: "agent CA", CA: true}, nil)
 	cfg := push.Config{
 		Identity: id, AllowList: allow, Queue: ts.queue, Registry: reg, TokenKey: ts.tokenKey,
@@ -240,3 +241,18 @@ func payloads(n int, prefix string) []string {
 
 // waitFor is testutil.WaitFor under the short name these tests use.
 var waitFor = testutil.WaitFor
+
+// gauge is the latest value of a gauge with one label, if it was set.
+func (ts *testServer) gauge(name, label, value string) (float32, bool) {
+	for _, iv := range ts.sink.Data() {
+		iv.RLock()
+		for _, g := range iv.Gauges {
+			if g.Name == name && len(g.Labels) == 1 && g.Labels[0].Name == label && g.Labels[0].Value == value {
+				iv.RUnlock()
+				return g.Value, true
+			}
+		}
+		iv.RUnlock()
+	}
+	return 0, false
+}

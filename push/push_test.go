@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
 	"github.com/dpgate/dpgate/tlsconf"
@@ -413,5 +414,37 @@ func TestReplacedAgentBacksOff(t *testing.T) {
 	e := a.waitEvent(t, "replaced")
 	if e.Retry < 5*time.Second {
 		t.Errorf("replaced agent retries after %v, want at least half of MaxBackoff (5s)", e.Retry)
+	}
+}
+
+// TestPathStats: the device's status carries what its transport knows of
+// the path (TCP_INFO for TLS, ConnectionStats for QUIC), and the sampler
+// puts every session into the metrics.
+func TestPathStats(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone; c.PathInterval = 50 * time.Millisecond })
+	for transport, source := range map[string]string{"tls": "tcp_info", "quic": "quic"} {
+		addr := ts.addr
+		if transport == "quic" {
+			addr = ts.quicAddr
+		}
+		dev := "path-" + transport
+		a := startAgent(t, client.Config{Servers: []string{addr}, DeviceID: dev, TLS: ts.tlsFor(nil), QUIC: transport == "quic"})
+		a.waitEvent(t, "connected")
+		ts.Push(dev, []byte("x"), time.Hour)
+		a.next(t) // a round trip at least, so the RTT has a sample
+		d, ok := ts.Device(dev)
+		if !ok || d.Path == nil {
+			t.Fatalf("%s: device %+v has no path figures", transport, d)
+		}
+		if p := d.Path; p.Source != source || p.Sent == 0 || p.RTT <= 0 || p.MinRTT <= 0 || p.MinRTT > p.RTT {
+			t.Errorf("%s: path %+v, want source %s, packets sent, a positive RTT", transport, *p, source)
+		}
+		t.Logf("%s: %+v", transport, *d.Path)
+		testutil.WaitFor(t, 10*time.Second, func() error {
+			if n, ok := ts.gauge("dpgate.push.path.sampled", "transport", transport); !ok || n != 1 {
+				return fmt.Errorf("%s sessions sampled: %v (set: %v), want 1", transport, n, ok)
+			}
+			return nil
+		})
 	}
 }

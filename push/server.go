@@ -28,6 +28,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 	"golang.org/x/time/rate"
 
+	"github.com/dpgate/dpgate/link"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -62,6 +63,10 @@ type Config struct {
 	AcceptRate float64
 	// ExpireInterval is how often expired pushes are swept. Default: 10s.
 	ExpireInterval time.Duration
+	// PathInterval is how often every session's path figures (TCP_INFO,
+	// QUIC ConnectionStats) are sampled into the metrics. Default: 10s;
+	// negative: never (GET /v1/devices/{id} still reads them on demand).
+	PathInterval time.Duration
 	// Nodes lists push addresses for WELCOME (failover order). Default:
 	// the address the agent connected to.
 	Nodes func() []string
@@ -111,6 +116,9 @@ func (c *Config) withDefaults() {
 	}
 	if c.ExpireInterval == 0 {
 		c.ExpireInterval = 10 * time.Second
+	}
+	if c.PathInterval == 0 {
+		c.PathInterval = 10 * time.Second
 	}
 	if c.Metrics == nil {
 		c.Metrics = metrics.Default()
@@ -213,6 +221,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.wg.Add(1)
 	go s.expireLoop() // exits when done is closed
+	if cfg.PathInterval > 0 {
+		s.wg.Add(1)
+		go s.pathLoop() // exits when done is closed
+	}
 	return s, nil
 }
 
@@ -741,6 +753,55 @@ func (s *Server) expireLoop() {
 	}
 }
 
+// pathLoop samples every session's path: the smoothed RTT of each into
+// push.path.rtt_ms and, per transport, lost over sent packets (segments
+// retransmitted over sent for TCP) into push.path.loss_ratio.
+func (s *Server) pathLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.PathInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+			s.samplePaths()
+		}
+	}
+}
+
+func (s *Server) samplePaths() {
+	s.mu.Lock()
+	sessions := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		sessions = append(sessions, ss)
+	}
+	s.mu.Unlock()
+	type sums struct{ sent, lost, n uint64 }
+	by := map[string]*sums{}
+	for _, ss := range sessions {
+		p, ok := ss.path()
+		if !ok {
+			continue
+		}
+		l := []metrics.Label{{Name: "transport", Value: ss.transport}}
+		s.m.AddSampleWithLabels([]string{"push", "path", "rtt_ms"}, float32(p.RTT.Microseconds())/1000, l)
+		t := by[ss.transport]
+		if t == nil {
+			t = &sums{}
+			by[ss.transport] = t
+		}
+		t.sent, t.lost, t.n = t.sent+p.Sent, t.lost+p.Lost, t.n+1
+	}
+	for transport, t := range by {
+		l := []metrics.Label{{Name: "transport", Value: transport}}
+		if t.sent > 0 {
+			s.m.SetGaugeWithLabels([]string{"push", "path", "loss_ratio"}, float32(float64(t.lost)/float64(t.sent)), l)
+		}
+		s.m.SetGaugeWithLabels([]string{"push", "path", "sampled"}, float32(t.n), l)
+	}
+}
+
 // DeviceStatus is a device as GET /v1/devices shows it.
 type DeviceStatus struct {
 	ID         string     `json:"id"`
@@ -753,6 +814,9 @@ type DeviceStatus struct {
 	LocalAddr  string     `json:"local_addr,omitempty"`
 	MAC        string     `json:"mac,omitempty"`
 	ShutDownAt *time.Time `json:"shut_down_at,omitempty"` // the agent said it shuts down
+	// Path is what the connection's transport knows of the agent's path
+	// (TCP_INFO or QUIC ConnectionStats), read when asked.
+	Path *link.PathStats `json:"path,omitempty"`
 }
 
 // Device returns one device's status.
@@ -770,6 +834,9 @@ func (s *Server) Device(id string) (DeviceStatus, bool) {
 		since := ss.since.UTC()
 		st.Connected, st.Transport, st.RemoteAddr, st.Since = true, ss.transport, ss.remote.String(), &since
 		st.LastSeen = time.Unix(0, ss.lastSeen.Load()).UTC()
+		if p, ok := ss.path(); ok {
+			st.Path = &p
+		}
 	}
 	return st, true
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
+
+	"github.com/dpgate/dpgate/link"
 )
 
 // conn is what a session runs on: a TLS connection, or a QUIC stream
@@ -48,6 +50,17 @@ type session struct {
 	hints    []Message // just-committed pushes, so the flusher can skip a store read
 	hdr      [HeaderSize]byte
 	small    [32]byte // ACK, PING, PONG and BYE bodies fit
+}
+
+// path reads what the transport knows about the agent's path.
+func (s *session) path() (link.PathStats, bool) {
+	switch c := s.c.(type) {
+	case quicConn:
+		return link.QUICStats(c.qc), true
+	case net.Conn:
+		return link.TCPInfo(c)
+	}
+	return link.PathStats{}, false
 }
 
 // send writes one frame, bounded by a write deadline so a stuck agent

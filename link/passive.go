@@ -1,0 +1,85 @@
+package link
+
+import (
+	"encoding/json"
+	"net"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"golang.org/x/sys/unix"
+)
+
+// PathStats is the passive side of link measurement: what the transport
+// of a connection already knows about its path, read without sending
+// anything. From TCP_INFO for TCP (through TLS and other wrappers) and
+// from quic-go's ConnectionStats for QUIC.
+type PathStats struct {
+	Source string        // "tcp_info" or "quic"
+	RTT    time.Duration // smoothed round-trip time
+	RTTVar time.Duration // its mean deviation
+	MinRTT time.Duration
+	Sent   uint64 // segments (TCP) or packets (QUIC) sent
+	Lost   uint64 // of those, retransmitted (TCP) or declared lost (QUIC)
+}
+
+// LossRatio is Lost/Sent (0 before anything was sent).
+func (p PathStats) LossRatio() float64 {
+	if p.Sent == 0 {
+		return 0
+	}
+	return float64(p.Lost) / float64(p.Sent)
+}
+
+// MarshalJSON writes durations in milliseconds, as Stats does.
+func (p PathStats) MarshalJSON() ([]byte, error) {
+	msOf := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	return json.Marshal(struct {
+		Source string  `json:"source"`
+		RTT    float64 `json:"rtt_ms"`
+		RTTVar float64 `json:"rttvar_ms"`
+		MinRTT float64 `json:"min_rtt_ms"`
+		Sent   uint64  `json:"sent"`
+		Lost   uint64  `json:"lost"`
+		Loss   float64 `json:"loss"`
+	}{p.Source, msOf(p.RTT), msOf(p.RTTVar), msOf(p.MinRTT), p.Sent, p.Lost, p.LossRatio()})
+}
+
+// TCPInfo reads the kernel's TCP_INFO of c, unwrapping TLS and any other
+// connection that exposes NetConn. ok is false when c is not TCP at heart.
+func TCPInfo(c net.Conn) (PathStats, bool) {
+	for range 8 { // wrappers do not nest deeper than this
+		switch v := c.(type) {
+		case *net.TCPConn:
+			return tcpInfo(v)
+		case interface{ NetConn() net.Conn }:
+			c = v.NetConn()
+		default:
+			return PathStats{}, false
+		}
+	}
+	return PathStats{}, false
+}
+
+func tcpInfo(tc *net.TCPConn) (PathStats, bool) {
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return PathStats{}, false
+	}
+	var info *unix.TCPInfo
+	cerr := raw.Control(func(fd uintptr) {
+		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	})
+	if cerr != nil || err != nil || info == nil {
+		return PathStats{}, false
+	}
+	us := func(v uint32) time.Duration { return time.Duration(v) * time.Microsecond }
+	return PathStats{Source: "tcp_info", RTT: us(info.Rtt), RTTVar: us(info.Rttvar), MinRTT: us(info.Min_rtt),
+		Sent: uint64(info.Segs_out), Lost: uint64(info.Total_retrans)}, true
+}
+
+// QUICStats reads quic-go's view of a connection's path.
+func QUICStats(qc *quic.Conn) PathStats {
+	st := qc.ConnectionStats()
+	return PathStats{Source: "quic", RTT: st.SmoothedRTT, RTTVar: st.MeanDeviation, MinRTT: st.MinRTT,
+		Sent: st.PacketsSent, Lost: st.PacketsLost}
+}
