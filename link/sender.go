@@ -1,6 +1,7 @@
 package link
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -70,6 +71,9 @@ func NewProber(cfg ProbeConfig) (*Prober, error) {
 		return nil, err
 	}
 	n := int((cfg.Window+cfg.Timeout)/cfg.Interval) + 64
+	if cfg.Count > 0 {
+		n = min(n, cfg.Count+64) // a bounded run needs no more, whatever the window
+	}
 	return &Prober{cfg: cfg, conn: conn, ring: make([]sample, n), maxSeq: -1, done: make(chan struct{})}, nil
 }
 
@@ -149,6 +153,29 @@ func (p *Prober) receive() {
 		}
 		p.mu.Unlock()
 	}
+}
+
+// ProbeSample is one probe as the sender saw it.
+type ProbeSample struct {
+	Seq      uint32
+	Sent     time.Time
+	Answered bool
+	RTT      time.Duration // when answered
+}
+
+// Samples returns the probes still in the ring (the last Window and
+// Timeout of them), oldest first: for reports that chart a run.
+func (p *Prober) Samples() []ProbeSample {
+	p.mu.Lock()
+	out := make([]ProbeSample, 0, len(p.ring))
+	for _, s := range p.ring {
+		if s.used {
+			out = append(out, ProbeSample{Seq: s.seq, Sent: s.sent, Answered: s.got, RTT: s.rtt})
+		}
+	}
+	p.mu.Unlock()
+	slices.SortFunc(out, func(a, b ProbeSample) int { return cmp.Compare(a.Seq, b.Seq) })
+	return out
 }
 
 // Stats are one link's figures over the window.

@@ -232,15 +232,10 @@ func (r ConnectReport) Rows() []Row {
 }
 
 // WriteTable prints the report with each figure next to its limit.
-func (r ConnectReport) WriteTable(w io.Writer) {
-	fmt.Fprintf(w, "\n%-40s %14s   %s\n", "figure", "measured", "limit (what it stands in for)")
-	for _, row := range r.Rows() {
-		fmt.Fprintf(w, "%-40s %14s   %s\n", row.Figure, row.Measured, row.Limit)
-	}
-}
+func (r ConnectReport) WriteTable(w io.Writer) { writeRows(w, r.Rows()) }
 
 // HTML is the report for WriteHTML.
 func (r ConnectReport) HTML(command string) HTMLReport {
 	return HTMLReport{Title: fmt.Sprintf("dpload connect: %d agents to %d gateways", r.Agents, len(r.Servers)), Command: command, When: time.Now(),
-		Rows: r.Rows(), Timeline: r.Timeline, Latency: r.Latency, LatLabel: "Connect time (TCP, TLS, HELLO/WELCOME)"}
+		Rows: r.Rows(), Lines: connectionsLine(r.Timeline), Histograms: []Histogram{{"Connect time (TCP, TLS, HELLO/WELCOME)", r.Latency}}}
 }

@@ -45,15 +45,43 @@ func Bars(h *hdrhistogram.Histogram, n int) []Bar {
 // Row is one figure of the report.
 type Row struct{ Figure, Measured, Limit string }
 
-// HTMLReport is what WriteHTML draws.
+// HTMLReport is what WriteHTML draws: the figures, then each line chart,
+// then each histogram.
 type HTMLReport struct {
-	Title    string
-	Command  string
-	When     time.Time
-	Rows     []Row
-	Timeline []TimePoint // connections over time
-	Latency  []Bar       // connect or publish->receive latency
-	LatLabel string
+	Title      string
+	Command    string
+	When       time.Time
+	Rows       []Row
+	Lines      []Line
+	Histograms []Histogram
+}
+
+// Line is a figure over the time of the run.
+type Line struct {
+	Title  string
+	YLabel string
+	Points []XY // X: seconds since the start
+}
+
+// XY is one point of a Line.
+type XY struct{ X, Y float64 }
+
+// Histogram is one latency distribution.
+type Histogram struct {
+	Title string
+	Bars  []Bar
+}
+
+// connectionsLine charts agents connected over time.
+func connectionsLine(ps []TimePoint) []Line {
+	if len(ps) == 0 {
+		return nil
+	}
+	l := Line{Title: "Connections over time", YLabel: "connected"}
+	for _, p := range ps {
+		l.Points = append(l.Points, XY{p.Seconds, float64(p.Connected)})
+	}
+	return []Line{l}
 }
 
 const chartW, chartH = 640.0, 220.0
@@ -70,20 +98,23 @@ type svgChart struct {
 
 type svgBar struct{ X, Y, W, H float64 }
 
-func timelineChart(ps []TimePoint) *svgChart {
-	if len(ps) == 0 {
+func lineChart(l Line) *svgChart {
+	if len(l.Points) == 0 {
 		return nil
 	}
-	xmax, ymax := ps[len(ps)-1].Seconds, int64(1)
-	for _, p := range ps {
-		ymax = max(ymax, p.Connected)
+	xmax, ymax := l.Points[len(l.Points)-1].X, 0.0
+	for _, p := range l.Points {
+		ymax = max(ymax, p.Y)
+	}
+	if ymax == 0 {
+		ymax = 1
 	}
 	var b strings.Builder
-	for _, p := range ps {
-		fmt.Fprintf(&b, "%.1f,%.1f ", p.Seconds/max(xmax, 1e-9)*chartW, chartH-float64(p.Connected)/float64(ymax)*chartH)
+	for _, p := range l.Points {
+		fmt.Fprintf(&b, "%.1f,%.1f ", p.X/max(xmax, 1e-9)*chartW, chartH-p.Y/ymax*chartH)
 	}
-	return &svgChart{Title: "Connections over time", Points: b.String(), XLabel: "seconds", YLabel: "connected",
-		XMax: fmt.Sprintf("%.0f s", xmax), YMax: fmt.Sprint(ymax)}
+	return &svgChart{Title: l.Title, Points: b.String(), XLabel: "seconds", YLabel: l.YLabel,
+		XMax: fmt.Sprintf("%.0f s", xmax), YMax: fmt.Sprintf("%.4g", ymax)}
 }
 
 func barChart(title string, bars []Bar) *svgChart {
@@ -133,6 +164,12 @@ code{background:#f3f3f3;padding:.1em .3em}
 
 // WriteHTML writes the report as one self-contained HTML file.
 func WriteHTML(w io.Writer, r HTMLReport) error {
-	charts := []*svgChart{timelineChart(r.Timeline), barChart(r.LatLabel, r.Latency)}
+	var charts []*svgChart
+	for _, l := range r.Lines {
+		charts = append(charts, lineChart(l))
+	}
+	for _, h := range r.Histograms {
+		charts = append(charts, barChart(h.Title, h.Bars))
+	}
 	return htmlTmpl.Execute(w, map[string]any{"R": r, "Charts": charts})
 }

@@ -2,6 +2,7 @@ package loadtest
 
 import (
 	"container/heap"
+	"encoding/json"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -22,6 +23,17 @@ type Impairment struct {
 	Jitter  time.Duration // plus uniform in [-Jitter, +Jitter]
 	Reorder float64       // probability a datagram is held back by Delay/2 + Jitter more, landing after later ones (UDP)
 	Rate    int64         // bytes per second; 0: unlimited
+}
+
+// MarshalJSON writes durations as Go duration strings ("40ms").
+func (i Impairment) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Loss    float64 `json:"loss"`
+		Delay   string  `json:"delay"`
+		Jitter  string  `json:"jitter"`
+		Reorder float64 `json:"reorder"`
+		Rate    int64   `json:"rate_bytes_per_s"`
+	}{i.Loss, i.Delay.String(), i.Jitter.String(), i.Reorder, i.Rate})
 }
 
 // delayLine schedules what passes one direction.

@@ -128,6 +128,7 @@ type LatencyResult struct {
 	P99us    float64 `json:"p99_us"`
 	P999us   float64 `json:"p999_us"`
 	Maxus    float64 `json:"max_us"`
+	Bars     []Bar   `json:"latency_histogram,omitempty"`
 }
 
 // Latency runs request/response round trips of size bytes on conns
@@ -184,6 +185,7 @@ func Latency(ctx context.Context, t Target, conns, size int, d time.Duration) (L
 	res.P99us = float64(hist.ValueAtQuantile(99))
 	res.P999us = float64(hist.ValueAtQuantile(99.9))
 	res.Maxus = float64(hist.Max())
+	res.Bars = Bars(hist, 40)
 	return res, nil
 }
 

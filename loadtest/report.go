@@ -3,6 +3,7 @@ package loadtest
 import (
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -83,6 +84,44 @@ func (r ProxyReport) WriteTable(w io.Writer) {
 	tw.Flush()
 }
 
+// Rows are the proxy report's figures, a row per figure and target.
+func (r ProxyReport) Rows() []Row {
+	var rows []Row
+	for _, t := range r.Targets {
+		for _, x := range r.Throughput[t] {
+			rows = append(rows, Row{fmt.Sprintf("%s: throughput, %d stream(s)", t, x.Streams), fmt.Sprintf("%.2f Gbit/s", x.Gbps), fmt.Sprintf("Sensor %.0f Gbit/s", SensorIngressGbps)})
+		}
+	}
+	for _, t := range r.Targets {
+		if l, ok := r.Latency[t]; ok {
+			rows = append(rows, Row{fmt.Sprintf("%s: request/response p50 / p99 (%d conns, %d B)", t, l.Conns, l.Size), fmt.Sprintf("%.0f / %.0f us", l.P50us, l.P99us), "-"})
+		}
+	}
+	for _, t := range r.Targets {
+		if c, ok := r.Connect[t]; ok {
+			rows = append(rows, Row{t + ": new TLS connections/s (failures)", fmt.Sprintf("%.0f (%d)", c.PerSec, c.Failed), "-"})
+		}
+	}
+	for _, t := range r.Targets {
+		if x, ok := r.Idle[t]; ok {
+			rows = append(rows, Row{t + ": RSS per idle relayed connection", fmt.Sprintf("%.1f KiB", x.PerConnBytes/1024), "-"})
+		}
+	}
+	return rows
+}
+
+// HTML is the proxy report for WriteHTML: the figures and each target's
+// request/response latency histogram.
+func (r ProxyReport) HTML(command string) HTMLReport {
+	h := HTMLReport{Title: "dpload proxy: " + strings.Join(r.Targets, ", "), Command: command, When: time.Now(), Rows: r.Rows()}
+	for _, t := range r.Targets {
+		if l, ok := r.Latency[t]; ok {
+			h.Histograms = append(h.Histograms, Histogram{fmt.Sprintf("%s: request/response latency (%d B)", t, l.Size), l.Bars})
+		}
+	}
+	return h
+}
+
 func anys(s []string) []any {
 	out := make([]any, len(s))
 	for i, v := range s {
@@ -116,10 +155,14 @@ func (r PushReport) Rows() []Row {
 }
 
 // WriteTable prints the push report next to the limits it is judged by.
-func (r PushReport) WriteTable(w io.Writer) {
+func (r PushReport) WriteTable(w io.Writer) { writeRows(w, r.Rows()) }
+
+// writeRows prints figures in columns: figure, measured, the limit it is
+// judged by.
+func writeRows(w io.Writer, rows []Row) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "figure\tvalue\tlimit / target\n")
-	for _, row := range r.Rows() {
+	fmt.Fprintf(tw, "figure\tmeasured\tlimit / target\n")
+	for _, row := range rows {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", row.Figure, row.Measured, row.Limit)
 	}
 	tw.Flush()
@@ -128,5 +171,5 @@ func (r PushReport) WriteTable(w io.Writer) {
 // HTML is the push report for WriteHTML.
 func (r PushReport) HTML(command string) HTMLReport {
 	return HTMLReport{Title: fmt.Sprintf("dpload push: %d agents (%s)", r.Agents, r.Transport), Command: command, When: time.Now(),
-		Rows: r.Rows(), Timeline: r.Timeline, Latency: r.LatencyBars, LatLabel: "Publish -> receive latency"}
+		Rows: r.Rows(), Lines: connectionsLine(r.Timeline), Histograms: []Histogram{{"Publish -> receive latency", r.LatencyBars}}}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/dpgate/dpgate/internal/config"
@@ -71,7 +72,8 @@ func TestConnectAgainstGateway(t *testing.T) {
 // impairment relay and checks its accounting and verdict.
 func TestLinkThroughImpairment(t *testing.T) {
 	bin := buildDpload(t)
-	out, err := exec.Command(bin, "link", "--count", "500", "--interval", "1ms", "--delay", "60ms", "--json").Output()
+	htmlFile := filepath.Join(filepath.Dir(bin), "link.html")
+	out, err := exec.Command(bin, "link", "--count", "500", "--interval", "1ms", "--delay", "60ms", "--json", "--html", htmlFile).Output()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,6 +83,8 @@ func TestLinkThroughImpairment(t *testing.T) {
 			RTTP50         float64 `json:"rtt_p50_ms"`
 		}
 		Verdict string
+		Series  []loadtest.LinkPoint
+		RTTBars []loadtest.Bar `json:"rtt_histogram"`
 	}
 	if err := json.Unmarshal(out, &rep); err != nil {
 		t.Fatalf("%s: %v", out, err)
@@ -88,6 +92,26 @@ func TestLinkThroughImpairment(t *testing.T) {
 	// 60 ms each way: 120 ms round trip, over the 100 ms limit.
 	if rep.Stats.Sent != 500 || rep.Stats.Received != 500 || rep.Stats.RTTP50 < 120 || rep.Verdict != "out-of-limits" {
 		t.Errorf("report %s, want 500/500 probes, RTT >= 120 ms, out-of-limits", out)
+	}
+	// The charts' data accounts for every probe.
+	sent, answered, inBars := 0, 0, int64(0)
+	for _, p := range rep.Series {
+		sent, answered = sent+p.Sent, answered+p.Answered
+		if p.Answered > 0 && p.RTTP50Ms < 120 {
+			t.Errorf("slice at %.1f s: median RTT %.1f ms, want >= 120", p.Seconds, p.RTTP50Ms)
+		}
+	}
+	for _, b := range rep.RTTBars {
+		inBars += b.Count
+	}
+	if sent != 500 || answered != 500 || inBars != 500 || len(rep.Series) < 2 {
+		t.Errorf("series: %d slices, %d sent, %d answered; histogram %d; want 500 each over several slices", len(rep.Series), sent, answered, inBars)
+	}
+	html, err := os.ReadFile(htmlFile)
+	for _, want := range []string{"Median round-trip time over the run", "Round-trip loss over the run", "<polyline", "<rect", "100 ms (uplink delay)"} {
+		if err != nil || !strings.Contains(string(html), want) {
+			t.Errorf("link HTML report lacks %q (%v)", want, err)
+		}
 	}
 }
 

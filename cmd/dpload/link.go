@@ -2,10 +2,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/dpgate/dpgate/link"
@@ -29,6 +29,7 @@ measurement reports can be checked against what was set.`, stdout)
 	count := fs.Int("count", 3000, "probes")
 	interval := fs.Duration("interval", 2*time.Millisecond, "time between probes")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
+	htmlFile := fs.String("html", "", "also write a self-contained HTML report with charts to `FILE`")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -60,21 +61,6 @@ measurement reports can be checked against what was set.`, stdout)
 	p.Run(ctx)
 	st := p.Stats()
 	j := link.Judge{Limits: link.Limits{Loss: loadtest.LimitUplinkLoss, Delay: time.Duration(loadtest.LimitUplinkDelayMs * float64(time.Millisecond))}, MinProbes: 1}
-	verdict := j.Raw(st)
-	if *jsonOut {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"impairment_each_way": imp, "stats": st, "verdict": verdict})
-	}
-	row := func(name, v, limit string) { fmt.Fprintf(stdout, "%-28s %14s   %s\n", name, v, limit) }
-	fmt.Fprintf(stdout, "\n%-28s %14s   %s\n", "figure", "measured", "limit")
-	row("probes sent / answered", fmt.Sprintf("%d / %d", st.Sent, st.Received), "")
-	row("loss towards the reflector", fmt.Sprintf("%.2f%%", 100*st.LossOut), fmt.Sprintf("%.0f%% (uplink)", 100*loadtest.LimitUplinkLoss))
-	row("loss on the way back", fmt.Sprintf("%.2f%%", 100*st.LossBack), fmt.Sprintf("%.0f%% (uplink)", 100*loadtest.LimitUplinkLoss))
-	row("round-trip time p50", fmt.Sprintf("%.2f ms", st.RTTP50.Seconds()*1000), fmt.Sprintf("%.0f ms (uplink delay)", loadtest.LimitUplinkDelayMs))
-	row("round-trip time p99 / max", fmt.Sprintf("%.1f / %.1f ms", st.RTTP99.Seconds()*1000, st.RTTMax.Seconds()*1000), "")
-	row("jitter (RFC 3550)", fmt.Sprintf("%.2f ms", st.Jitter.Seconds()*1000), "")
-	row("duplicates / reordered", fmt.Sprintf("%d / %d", st.Duplicates, st.Reordered), "")
-	row("verdict", string(verdict), "")
-	return nil
+	rep := loadtest.NewLinkReport(*target, imp, st, j.Raw(st), p.Samples())
+	return report(rep, nil, *jsonOut, *htmlFile, rep.HTML("dpload link "+strings.Join(args, " ")), stdout, stderr)
 }

@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -168,6 +167,7 @@ per second, relayed to the sink), idle (RSS growth per open relay).`, stdout)
 	workers := fs.Int("connect-workers", 8, "concurrent dialers for the connect scenario")
 	idle := fs.Int("idle-conns", 5000, "connections held for the idle scenario")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
+	htmlFile := fs.String("html", "", "also write a self-contained HTML report with charts to `FILE`")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -235,13 +235,7 @@ per second, relayed to the sink), idle (RSS growth per open relay).`, stdout)
 			return usageError{fmt.Errorf("unknown scenario %q", s)}
 		}
 	}
-	if *jsonOut {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
-	}
-	rep.WriteTable(stdout)
-	return nil
+	return report(rep, nil, *jsonOut, *htmlFile, rep.HTML("dpload proxy "+strings.Join(args, " ")), stdout, stderr)
 }
 
 func runAgents(ctx context.Context, args []string, stdout, stderr io.Writer) error {

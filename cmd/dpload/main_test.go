@@ -44,7 +44,7 @@ func TestProxyScenariosAgainstSink(t *testing.T) {
 	addr, pin := f[2], f[4]
 
 	run := exec.CommandContext(ctx, bin, "proxy", "--json", "--duration", "300ms", "--streams", "2",
-		"--scenarios", "throughput,latency,connect", "--target", "direct,"+addr+","+pin)
+		"--scenarios", "throughput,latency,connect", "--target", "direct,"+addr+","+pin, "--html", filepath.Join(dir, "proxy.html"))
 	var stdout, stderr bytes.Buffer
 	run.Stdout, run.Stderr = &stdout, &stderr
 	if err := run.Run(); err != nil {
@@ -63,6 +63,19 @@ func TestProxyScenariosAgainstSink(t *testing.T) {
 	}
 	if c := rep.Connect["direct"]; c.OK == 0 || c.Failed != 0 {
 		t.Errorf("connect %+v: want successes and no failures", c)
+	}
+	var n int64
+	for _, b := range rep.Latency["direct"].Bars {
+		n += b.Count
+	}
+	if n != rep.Latency["direct"].Requests {
+		t.Errorf("latency histogram counts %d of %d requests", n, rep.Latency["direct"].Requests)
+	}
+	html, err := os.ReadFile(filepath.Join(dir, "proxy.html"))
+	for _, want := range []string{"direct: request/response latency", "<rect", "direct: throughput, 2 stream(s)", "Sensor 1 Gbit/s"} {
+		if err != nil || !strings.Contains(string(html), want) {
+			t.Errorf("proxy HTML report lacks %q (%v)", want, err)
+		}
 	}
 }
 
