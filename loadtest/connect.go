@@ -35,7 +35,7 @@ type ConnectConfig struct {
 	Hold      time.Duration
 	SourceIPs int
 	Self      string // the dpload binary
-	Progress  func(format string, args ...any)
+	Progress  Progress
 }
 
 // NodeFigures are one gateway's figures read from its admin API.
@@ -81,10 +81,7 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 	if cfg.Ramp == 0 {
 		cfg.Ramp = 1000
 	}
-	progress := cfg.Progress
-	if progress == nil {
-		progress = func(string, ...any) {}
-	}
+	progress := cfg.Progress.note
 	rep := ConnectReport{Agents: cfg.Agents, Procs: cfg.Procs, Servers: cfg.Servers, Failures: map[string]int64{}}
 	for _, a := range cfg.Admins {
 		st, err := nodeStatus(ctx, a)
@@ -126,6 +123,7 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 		if st.Connected > best {
 			best, bestAt = st.Connected, time.Now()
 		}
+		cfg.Progress.count("connected", st.Connected, int64(cfg.Agents))
 		if st.Connected >= int64(cfg.Agents) || time.Now().After(deadline) || time.Since(bestAt) > time.Minute {
 			rep.Connected = st.Connected
 			break
@@ -135,7 +133,6 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 			return rep, ctx.Err()
 		case <-tick.C:
 		}
-		progress("%d / %d connected", st.Connected, cfg.Agents)
 	}
 	rep.Seconds = time.Since(start).Seconds()
 	rep.Rate = float64(rep.Connected) / rep.Seconds

@@ -42,6 +42,25 @@ func Bars(h *hdrhistogram.Histogram, n int) []Bar {
 	return bars
 }
 
+// Progress reports a long run as it goes: Note for each step, Count for
+// a counter (a bar on a terminal). Nil functions discard.
+type Progress struct {
+	Note  func(format string, args ...any)
+	Count func(what string, done, total int64)
+}
+
+func (p Progress) note(format string, args ...any) {
+	if p.Note != nil {
+		p.Note(format, args...)
+	}
+}
+
+func (p Progress) count(what string, done, total int64) {
+	if p.Count != nil {
+		p.Count(what, done, total)
+	}
+}
+
 // Row is one figure of the report.
 type Row struct{ Figure, Measured, Limit string }
 

@@ -36,7 +36,7 @@ type PushBenchConfig struct {
 	Rate      float64
 	Duration  time.Duration
 	Scenarios []string // memory, latency, broadcast, storm
-	Progress  func(format string, args ...any)
+	Progress  Progress
 }
 
 // PushReport is what dpload push measured.
@@ -197,10 +197,7 @@ func RunPushBench(ctx context.Context, cfg PushBenchConfig) (PushReport, error) 
 		cfg.Procs = (cfg.Agents + 8999) / 9000
 	}
 	rep.Procs = cfg.Procs
-	progress := cfg.Progress
-	if progress == nil {
-		progress = func(string, ...any) {}
-	}
+	progress := cfg.Progress.note
 	if cfg.PID != 0 {
 		rep.RSSBaseline, _ = ProcessRSS(cfg.PID)
 	}
@@ -219,7 +216,7 @@ func RunPushBench(ctx context.Context, cfg PushBenchConfig) (PushReport, error) 
 		fl = append(fl, p)
 	}
 	progress("connecting %d agents from %d processes", cfg.Agents, cfg.Procs)
-	if err := waitConnected(ctx, fl, cfg.Agents, 5*time.Minute, progress, start, &rep.Timeline); err != nil {
+	if err := waitConnected(ctx, fl, cfg.Agents, 5*time.Minute, cfg.Progress, start, &rep.Timeline); err != nil {
 		return rep, err
 	}
 	rep.ConnectSeconds = time.Since(start).Seconds()
@@ -264,7 +261,7 @@ func RunPushBench(ctx context.Context, cfg PushBenchConfig) (PushReport, error) 
 			}
 		case "storm":
 			progress("reconnect storm: all %d agents drop their connections at once", cfg.Agents)
-			r, err := storm(ctx, cfg, fl, pub, progress)
+			r, err := storm(ctx, cfg, fl, pub)
 			if err != nil {
 				return rep, err
 			}
@@ -280,9 +277,8 @@ func ms(us int64) float64 { return float64(us) / 1000 }
 
 // waitConnected polls until want agents are connected; timeline, when
 // not nil, gets a point per poll (seconds since since).
-func waitConnected(ctx context.Context, fl fleets, want int, timeout time.Duration, progress func(string, ...any), since time.Time, timeline *[]TimePoint) error {
+func waitConnected(ctx context.Context, fl fleets, want int, timeout time.Duration, progress Progress, since time.Time, timeline *[]TimePoint) error {
 	deadline := time.Now().Add(timeout)
-	last := time.Now()
 	for {
 		st, err := fl.status()
 		if err != nil {
@@ -291,15 +287,12 @@ func waitConnected(ctx context.Context, fl fleets, want int, timeout time.Durati
 		if timeline != nil {
 			*timeline = append(*timeline, TimePoint{time.Since(since).Seconds(), st.Connected})
 		}
+		progress.count("connected", st.Connected, int64(want))
 		if st.Connected >= int64(want) {
 			return nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return fmt.Errorf("only %d of %d agents connected after %v", st.Connected, want, timeout)
-		}
-		if time.Since(last) > 2*time.Second {
-			progress("connected %d / %d", st.Connected, want)
-			last = time.Now()
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -400,7 +393,7 @@ func (p *publisher) paced(ctx context.Context, rate float64, d time.Duration, ki
 	return ok.Load(), bad.Load()
 }
 
-func storm(ctx context.Context, cfg PushBenchConfig, fl fleets, pub *publisher, progress func(string, ...any)) (*PushStorm, error) {
+func storm(ctx context.Context, cfg PushBenchConfig, fl fleets, pub *publisher) (*PushStorm, error) {
 	out := &PushStorm{}
 	stop := make(chan struct{})
 	var peak atomic.Int64
@@ -436,7 +429,7 @@ func storm(ctx context.Context, cfg PushBenchConfig, fl fleets, pub *publisher, 
 		published.Store(s)
 		close(pubDone)
 	}()
-	err := waitConnected(ctx, fl, cfg.Agents, 5*time.Minute, progress, time.Now(), nil)
+	err := waitConnected(ctx, fl, cfg.Agents, 5*time.Minute, cfg.Progress, time.Now(), nil)
 	out.BackSeconds = time.Since(start).Seconds()
 	<-pubDone
 	close(stop)
@@ -450,7 +443,7 @@ func storm(ctx context.Context, cfg PushBenchConfig, fl fleets, pub *publisher, 
 	out.Received = st.Received[string(KindStorm)]
 	out.Lost = max(0, out.Published-out.Received)
 	if werr != nil {
-		progress("storm: %v", werr)
+		cfg.Progress.note("storm: %v", werr)
 	}
 	return out, nil
 }

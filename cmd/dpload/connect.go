@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/schollz/progressbar/v3"
+	"golang.org/x/term"
 	"io"
 	"os"
 	"strconv"
@@ -82,30 +84,48 @@ func report(rep interface{ WriteTable(io.Writer) }, runErr error, jsonOut bool, 
 	return nil
 }
 
-// progressPrinter writes progress: rewritten in place on a terminal,
-// plain lines (at most one every 5 s for repeated figures) otherwise.
-func progressPrinter(w io.Writer) func(string, ...any) {
+// progressPrinter writes progress to w: on a terminal, counters as a
+// bar (count, rate, elapsed) and steps as lines; otherwise plain lines,
+// a counter at most every 5 s.
+func progressPrinter(w io.Writer) loadtest.Progress {
 	tty := false
 	if f, ok := w.(*os.File); ok {
-		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
-			tty = true
+		tty = term.IsTerminal(int(f.Fd()))
+	}
+	var (
+		bar     *progressbar.ProgressBar
+		barWhat string
+		last    time.Time
+	)
+	endBar := func() {
+		if bar != nil {
+			bar.Exit()
+			fmt.Fprintln(w)
+			bar = nil
 		}
 	}
-	var last time.Time
-	return func(format string, a ...any) {
-		msg := fmt.Sprintf(format, a...)
-		repeated := strings.Contains(format, " / ") // a counter line
-		switch {
-		case tty && repeated:
-			fmt.Fprintf(w, "\rdpload: %s   ", msg)
-		case repeated && time.Since(last) < 5*time.Second:
-		default:
-			if tty {
-				fmt.Fprintln(w)
+	return loadtest.Progress{
+		Note: func(format string, a ...any) {
+			endBar()
+			fmt.Fprintf(w, "dpload: "+format+"\n", a...)
+		},
+		Count: func(what string, done, total int64) {
+			if !tty {
+				if time.Since(last) >= 5*time.Second || done >= total {
+					fmt.Fprintf(w, "dpload: %s %d / %d\n", what, done, total)
+					last = time.Now()
+				}
+				return
 			}
-			fmt.Fprintf(w, "dpload: %s\n", msg)
-			last = time.Now()
-		}
+			if bar == nil || barWhat != what || bar.GetMax64() != total {
+				endBar()
+				bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(w), progressbar.OptionSetDescription("dpload: "+what),
+					progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("conn"),
+					progressbar.OptionSetElapsedTime(true), progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionSetWidth(30))
+				barWhat = what
+			}
+			bar.Set64(done)
+		},
 	}
 }
 

@@ -178,7 +178,7 @@ per second, relayed to the sink), idle (RSS growth per open relay).`, stdout)
 	for _, t := range targets {
 		rep.Targets = append(rep.Targets, t.Name)
 	}
-	progress := func(format string, a ...any) { fmt.Fprintf(stderr, "dpload: "+format+"\n", a...) }
+	progress := progressPrinter(stderr).Note
 	for _, s := range strings.Split(*scen, ",") {
 		switch s {
 		case "throughput":
@@ -309,7 +309,7 @@ meanwhile are counted).`, stdout)
 	}
 	cfg.Self = self
 	cfg.Scenarios = strings.Split(*scen, ",")
-	cfg.Progress = func(format string, a ...any) { fmt.Fprintf(stderr, "dpload: "+format+"\n", a...) }
+	cfg.Progress = progressPrinter(stderr)
 	rep, err := loadtest.RunPushBench(ctx, cfg)
 	return report(rep, err, *jsonOut, *htmlFile, rep.HTML("dpload push "+strings.Join(args, " ")), stdout, stderr)
 }
