@@ -8,6 +8,7 @@
 #
 #   bash bench/cluster.sh                     # 8 x 19,000 = 152,000 agents
 #   NODES=3 PER_NODE=2000 bash bench/cluster.sh   # quick look
+#   PROBE=500ms bash bench/cluster.sh            # another cluster.probe_interval
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES=${NODES:-8}
@@ -18,6 +19,7 @@ TIMEOUT=${TIMEOUT:-900}   # seconds to wait for every agent
 # off; each agent process targets its own node anyway).
 MARGIN=${MARGIN:-5%}
 REBALANCE=${REBALANCE:-50}
+PROBE=${PROBE:-400ms}     # cluster.probe_interval
 ulimit -n 20000
 
 work=$(mktemp -d)
@@ -43,7 +45,7 @@ admin_addr() { echo "127.0.0.1:$((19300 + $1))"; }
 gossip_addr() { echo "127.0.0.1:$((19400 + $1))"; }
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(go version | cut -d' ' -f3)"
-echo "== $NODES dpgate nodes, $PER_NODE agents each ($((NODES * PER_NODE)) in all), ramp $RAMP/s per agent process, margin $MARGIN, rebalance_rate $REBALANCE"
+echo "== $NODES dpgate nodes, $PER_NODE agents each ($((NODES * PER_NODE)) in all), ramp $RAMP/s per agent process, margin $MARGIN, rebalance_rate $REBALANCE, probe_interval $PROBE"
 node_pids=()
 for i in $(seq 0 $((NODES - 1))); do
   join=""
@@ -55,7 +57,7 @@ admin: {listen: "$(admin_addr "$i")"}
 tls: {cert: $work/gateway.pem}
 push: {listen: "$(push_addr "$i")", auth: none, quic: false, max_connections: 19500}
 wake: {listen: "off", shutdown_listen: "off"}
-cluster: {bind: "$(gossip_addr "$i")", margin: "$MARGIN", rebalance_rate: $REBALANCE, $join}
+cluster: {bind: "$(gossip_addr "$i")", margin: "$MARGIN", rebalance_rate: $REBALANCE, probe_interval: $PROBE, $join}
 CFG
   "$work/dpgate" serve -c "$work/node$i.yaml" > "$work/node$i.log" 2>&1 &
   node_pids+=($!)
@@ -108,6 +110,14 @@ for i in $(seq 0 $((NODES - 1))); do
   printf "%-8s %9d %10.1f %12.1f %10d\n" "node-$i" "$s" "$(echo "$rss/1024" | bc -l)" "$(echo "$rss/($s+0.0001)" | bc -l)" "$fds"
 done
 echo "cluster: $total sessions held by $NODES processes, $((rss_total / 1024)) MiB RSS in all"
+# Failure detector under this load: how often each node declared another
+# dead (none of them died; any count is a false positive of starvation).
+failed=""
+for i in $(seq 0 $((NODES - 1))); do
+  n=$(curl -sf --max-time 5 "http://$(admin_addr "$i")/metrics" | awk '/^dpgate_cluster_node_failed /{print $2}')
+  failed="$failed ${n:-0}"
+done
+echo "nodes declared failed (false positives), per node:$failed"
 for i in $(seq 0 $((NODES - 1))); do
   p=$(pgrep -P "$$" -f "dpload agents --server $(push_addr "$i")" | head -1 || true)
   [ -n "$p" ] && echo "agent process $i: $(ls "/proc/$p/fd" | wc -l) open files, $(( $(awk '/VmRSS/{print $2}' "/proc/$p/status") / 1024 )) MiB RSS"

@@ -64,6 +64,9 @@ type Config struct {
 	// OnMessage receives Broadcast messages that are not State changes
 	// (State's are JSON arrays: they start with '['; others must not).
 	OnMessage func([]byte)
+	// ProbeInterval: how often memberlist probes a peer; the probe timeout
+	// is half of it. Default: 400ms.
+	ProbeInterval time.Duration
 	// Tune adjusts memberlist's configuration (tests tighten timings).
 	Tune func(*memberlist.Config)
 
@@ -132,6 +135,9 @@ func Start(cfg Config) (*Cluster, error) {
 	if cfg.Margin == 0 {
 		cfg.Margin = 0.05
 	}
+	if cfg.ProbeInterval == 0 {
+		cfg.ProbeInterval = 400 * time.Millisecond
+	}
 	if cfg.RebalanceRate == 0 {
 		cfg.RebalanceRate = 50
 	}
@@ -171,8 +177,8 @@ func Start(cfg Config) (*Cluster, error) {
 		}
 	}
 	// A LAN of branch servers: detect a dead node within a few seconds.
-	mc.ProbeInterval = 500 * time.Millisecond
-	mc.ProbeTimeout = 250 * time.Millisecond
+	mc.ProbeInterval = cfg.ProbeInterval
+	mc.ProbeTimeout = cfg.ProbeInterval / 2
 	mc.SuspicionMult = 3
 	mc.GossipInterval = 100 * time.Millisecond
 	mc.PushPullInterval = 15 * time.Second

@@ -170,7 +170,8 @@ func (c *Config) validateCluster() error {
 	if err := c.hostPort("cluster.dns.listen", cl.DNS.Listen, false); err != nil {
 		return err
 	}
-	return nil
+	// memberlist needs time for a probe, its timeout and indirect probes.
+	return c.atLeast("cluster.probe_interval", cl.ProbeInterval, 50*time.Millisecond)
 }
 
 func (c *Config) oneOf(key, v string, allowed ...string) error {

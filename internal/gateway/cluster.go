@@ -33,17 +33,18 @@ func (g *Gateway) startCluster() error {
 		}
 	}
 	cfg := cluster.Config{
-		Name:      g.cfg.Node.Name,
-		Bind:      cc.Bind,
-		Advertise: cc.Advertise,
-		Join:      cc.Join,
-		SecretKey: key,
-		Meta:      g.clusterMeta,
-		State:     allowState{g.allow},
-		Margin:    float64(cc.Margin),
-		OnMessage: g.clusterMessage,
-		Metrics:   g.tel.Metrics,
-		Logger:    g.log,
+		Name:          g.cfg.Node.Name,
+		Bind:          cc.Bind,
+		Advertise:     cc.Advertise,
+		Join:          cc.Join,
+		SecretKey:     key,
+		Meta:          g.clusterMeta,
+		State:         allowState{g.allow},
+		Margin:        float64(cc.Margin),
+		ProbeInterval: time.Duration(cc.ProbeInterval),
+		OnMessage:     g.clusterMessage,
+		Metrics:       g.tel.Metrics,
+		Logger:        g.log,
 	}
 	if g.push != nil && cc.RebalanceRate > 0 {
 		cfg.Move, cfg.Sessions, cfg.RebalanceRate = g.push.Move, g.push.Sessions, cc.RebalanceRate
