@@ -45,7 +45,7 @@ type testNode struct {
 	push  string
 }
 
-// newTestCluster starts n nodes on 127.0.0.1 with tight timings; every
+// newTestCluster starts n nodes on 127.0.0.1, 127.0.0.2, ... with tight timings; every
 // node after the first joins the first.
 func newTestCluster(t *testing.T, n int, meta func(i int, nd *testNode) cluster.Meta) []*testNode {
 	t.Helper()
@@ -64,7 +64,7 @@ func newTestClusterWith(t *testing.T, n int, meta func(i int, nd *testNode) clus
 			join = []string{nodes[0].addr}
 		}
 		cfg := cluster.Config{
-			Name: nd.name, Bind: "127.0.0.1:0", Join: join,
+			Name: nd.name, Bind: fmt.Sprintf("127.0.0.%d:0", i+1), Join: join, // each node its own address
 			RefreshInterval: 20 * time.Millisecond, RejoinInterval: 200 * time.Millisecond,
 			Meta: func() cluster.Meta {
 				if meta != nil {

@@ -212,15 +212,24 @@ func (pn *peerNet) from(req *http.Request) string {
 	return from
 }
 
-func (pn *peerNet) handleStore(w http.ResponseWriter, req *http.Request) {
-	from := pn.from(req)
-	var body storeBody
-	if from == "" {
+// request checks that a request comes from a member and decodes its body
+// (at most limit bytes) into body; else it answers the error itself.
+func (pn *peerNet) request(w http.ResponseWriter, req *http.Request, limit int64, body any) (from string, ok bool) {
+	if from = pn.from(req); from == "" {
 		http.Error(w, "not a member", http.StatusForbidden)
-		return
+		return "", false
 	}
-	if err := json.NewDecoder(io.LimitReader(req.Body, 256<<20)).Decode(&body); err != nil {
+	if err := json.NewDecoder(io.LimitReader(req.Body, limit)).Decode(body); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
+		return "", false
+	}
+	return from, true
+}
+
+func (pn *peerNet) handleStore(w http.ResponseWriter, req *http.Request) {
+	var body storeBody
+	from, ok := pn.request(w, req, 256<<20, &body)
+	if !ok {
 		return
 	}
 	if err := pn.r.stored(from, body.Items); err != nil {
@@ -231,14 +240,9 @@ func (pn *peerNet) handleStore(w http.ResponseWriter, req *http.Request) {
 }
 
 func (pn *peerNet) handleOps(w http.ResponseWriter, req *http.Request) {
-	from := pn.from(req)
 	var body opsBody
-	if from == "" {
-		http.Error(w, "not a member", http.StatusForbidden)
-		return
-	}
-	if err := json.NewDecoder(io.LimitReader(req.Body, 64<<20)).Decode(&body); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+	from, ok := pn.request(w, req, 64<<20, &body)
+	if !ok {
 		return
 	}
 	pn.r.applyOps(from, body.Ops)
@@ -258,14 +262,13 @@ type wakeReply struct {
 var errNotHeld = errors.New("cluster: device not connected there")
 
 func (pn *peerNet) handleWake(w http.ResponseWriter, req *http.Request) {
-	from := pn.from(req)
 	var body wakeBody
-	if from == "" {
-		http.Error(w, "not a member", http.StatusForbidden)
+	from, ok := pn.request(w, req, 64<<10, &body)
+	if !ok {
 		return
 	}
-	if err := json.NewDecoder(io.LimitReader(req.Body, 64<<10)).Decode(&body); err != nil || body.Device == "" {
-		http.Error(w, fmt.Sprintf("a device id is required (%v)", err), http.StatusBadRequest)
+	if body.Device == "" {
+		http.Error(w, "a device id is required", http.StatusBadRequest)
 		return
 	}
 	node, err := pn.r.wakeHere(req.Context(), body.Device, body.Relay, from)

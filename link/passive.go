@@ -32,7 +32,6 @@ func (p PathStats) LossRatio() float64 {
 
 // MarshalJSON writes durations in milliseconds, as Stats does.
 func (p PathStats) MarshalJSON() ([]byte, error) {
-	msOf := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	return json.Marshal(struct {
 		Source string  `json:"source"`
 		RTT    float64 `json:"rtt_ms"`
@@ -41,7 +40,7 @@ func (p PathStats) MarshalJSON() ([]byte, error) {
 		Sent   uint64  `json:"sent"`
 		Lost   uint64  `json:"lost"`
 		Loss   float64 `json:"loss"`
-	}{p.Source, msOf(p.RTT), msOf(p.RTTVar), msOf(p.MinRTT), p.Sent, p.Lost, p.LossRatio()})
+	}{p.Source, millis(p.RTT), millis(p.RTTVar), millis(p.MinRTT), p.Sent, p.Lost, p.LossRatio()})
 }
 
 // TCPInfo reads the kernel's TCP_INFO of c, unwrapping TLS and any other

@@ -265,9 +265,11 @@ func (p *Prober) Stats() Stats {
 	return st
 }
 
+// millis is d in milliseconds, to the microsecond.
+func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
 // MarshalJSON writes durations as milliseconds (rtt_p50_ms and so on).
 func (s Stats) MarshalJSON() ([]byte, error) {
-	msOf := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	return json.Marshal(struct {
 		Target      string    `json:"target"`
 		Sent        int       `json:"sent"`
@@ -284,5 +286,5 @@ func (s Stats) MarshalJSON() ([]byte, error) {
 		Duplicates  int       `json:"duplicates"`
 		Reordered   int       `json:"reordered"`
 		WindowStart time.Time `json:"window_start"`
-	}{s.Target, s.Sent, s.Received, s.Loss, s.LossOut, s.LossBack, msOf(s.RTTMin), msOf(s.RTTP50), msOf(s.RTTP90), msOf(s.RTTP99), msOf(s.RTTMax), msOf(s.Jitter), s.Duplicates, s.Reordered, s.WindowStart})
+	}{s.Target, s.Sent, s.Received, s.Loss, s.LossOut, s.LossBack, millis(s.RTTMin), millis(s.RTTP50), millis(s.RTTP90), millis(s.RTTP99), millis(s.RTTMax), millis(s.Jitter), s.Duplicates, s.Reordered, s.WindowStart})
 }

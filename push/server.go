@@ -220,10 +220,10 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.wg.Add(1)
-	go s.expireLoop() // exits when done is closed
+	go s.every(cfg.ExpireInterval, s.expire) // exits when done is closed
 	if cfg.PathInterval > 0 {
 		s.wg.Add(1)
-		go s.pathLoop() // exits when done is closed
+		go s.every(cfg.PathInterval, s.samplePaths)
 	}
 	return s, nil
 }
@@ -731,45 +731,38 @@ func (s *Server) dropWaiter(device string, seq uint64, ch chan struct{}) {
 	}
 }
 
-func (s *Server) expireLoop() {
+// every calls fn every d until the server stops (one of the server's
+// goroutines: s.wg counts it).
+func (s *Server) every(d time.Duration, fn func()) {
 	defer s.wg.Done()
-	t := time.NewTicker(s.cfg.ExpireInterval)
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-s.done:
 			return
 		case <-t.C:
-			counts, err := s.queue.Expire()
-			if err != nil {
-				s.log.Error("push: expiry sweep", "err", err)
-				continue
-			}
-			for dev, n := range counts {
-				s.log.Warn("push: pushes expired undelivered", "device", dev, "count", n)
-				s.m.IncrCounter([]string{"push", "expired"}, float32(n))
-			}
+			fn()
 		}
 	}
 }
 
-// pathLoop samples every session's path: the smoothed RTT of each into
+// expire drops the pushes past their TTL.
+func (s *Server) expire() {
+	counts, err := s.queue.Expire()
+	if err != nil {
+		s.log.Error("push: expiry sweep", "err", err)
+		return
+	}
+	for dev, n := range counts {
+		s.log.Warn("push: pushes expired undelivered", "device", dev, "count", n)
+		s.m.IncrCounter([]string{"push", "expired"}, float32(n))
+	}
+}
+
+// samplePaths samples every session's path: the smoothed RTT of each into
 // push.path.rtt_ms and, per transport, lost over sent packets (segments
 // retransmitted over sent for TCP) into push.path.loss_ratio.
-func (s *Server) pathLoop() {
-	defer s.wg.Done()
-	t := time.NewTicker(s.cfg.PathInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.done:
-			return
-		case <-t.C:
-			s.samplePaths()
-		}
-	}
-}
-
 func (s *Server) samplePaths() {
 	s.mu.Lock()
 	sessions := make([]*session, 0, len(s.sessions))

@@ -19,9 +19,12 @@ var waitFor = testutil.WaitFor
 
 // freeUDPTCPPort finds a loopback port free for both TCP and UDP, as
 // memberlist binds both.
-func freeUDPTCPPort(t testing.TB) string {
+func freeUDPTCPPort(t testing.TB) string { return freeUDPTCPPortOn(t, "127.0.0.1") }
+
+// freeUDPTCPPortOn is a host:port free for both TCP and UDP on host.
+func freeUDPTCPPortOn(t testing.TB, host string) string {
 	for range 20 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 		if err != nil {
 			t.Fatal(err)
 		}

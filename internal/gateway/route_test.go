@@ -26,19 +26,21 @@ import (
 	"github.com/dpgate/dpgate/wake"
 )
 
-// testCluster starts n gateways (push auth none) joined into one cluster
-// and waits until every node sees all n with their push pins.
+// testCluster starts n gateways (push auth none) joined into one cluster,
+// node i on 127.0.0.(i+1) for gossip and pushes, and waits until every
+// node sees all n with their push pins.
 func testCluster(t testing.TB, n int) ([]*Gateway, []*admin.Client) {
 	t.Helper()
-	seed := freeUDPTCPPort(t)
+	seed := freeUDPTCPPortOn(t, "127.0.0.1")
 	var gs []*Gateway
 	var apis []*admin.Client
 	for i := range n {
+		host := fmt.Sprintf("127.0.0.%d", i+1)
 		bind, join := seed, ""
 		if i > 0 {
-			bind, join = freeUDPTCPPort(t), fmt.Sprintf("  join: [%s]\n", seed)
+			bind, join = freeUDPTCPPortOn(t, host), fmt.Sprintf("  join: [%s]\n", seed)
 		}
-		g, api, _ := newTestGateway(t, fmt.Sprintf("push:\n  listen: 127.0.0.1:0\n  auth: none\ncluster:\n  bind: %s\n%s", bind, join))
+		g, api, _ := newTestGateway(t, fmt.Sprintf("push:\n  listen: %s:0\n  auth: none\ncluster:\n  bind: %s\n%s", host, bind, join))
 		gs, apis = append(gs, g), append(apis, api)
 	}
 	waitFor(t, 20*time.Second, func() error {
