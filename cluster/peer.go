@@ -352,7 +352,7 @@ func (pn *peerNet) close() {
 
 // outbox sends one node, in order and in batches, what need not hold up
 // the sender: copies forwarded to a holder, registrations, ACKs. What it
-// cannot deliver is dropped and counted: a holder that is gone will
+// cannot deliver in three tries is dropped and counted: a holder that is gone will
 // register elsewhere and be sent the queue again, an owner that is gone is
 // replaced by one the rebalance copies to.
 type outbox struct {
@@ -420,21 +420,40 @@ func (ob *outbox) loop() {
 		items, ops := ob.items, ob.ops
 		ob.items, ob.ops = nil, nil
 		ob.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), ob.r.cfg.RequestTimeout)
 		for chunk := range slices.Chunk(items, 1000) {
-			if err := ob.r.peer.storeWire(ctx, ob.node, chunk); err != nil {
-				ob.r.log.Debug("cluster: forwarding pushes", "node", ob.node, "err", err)
-				ob.dropped(len(chunk), "unreachable")
-			}
+			ob.send("forwarding pushes", len(chunk), func(ctx context.Context) error { return ob.r.peer.storeWire(ctx, ob.node, chunk) })
 		}
 		for chunk := range slices.Chunk(ops, 5000) {
-			if err := ob.r.peer.post(ctx, ob.node, "/v1/peer/ops", opsBody{Ops: chunk}, nil); err != nil {
-				ob.r.log.Debug("cluster: sending registrations and ACKs", "node", ob.node, "err", err)
-				ob.dropped(len(chunk), "unreachable")
+			ob.send("sending registrations and ACKs", len(chunk), func(ctx context.Context) error {
+				return ob.r.peer.post(ctx, ob.node, "/v1/peer/ops", opsBody{Ops: chunk}, nil)
+			})
+		}
+	}
+}
+
+// send posts one batch, trying again 0.25 s and 1 s after a failure
+// (copies and ops are idempotent, and a busy peer should not lose an ACK
+// or a registration to one timeout) before dropping it.
+func (ob *outbox) send(what string, n int, post func(context.Context) error) {
+	var err error
+	for _, wait := range []time.Duration{0, 250 * time.Millisecond, time.Second} {
+		if wait > 0 {
+			select {
+			case <-ob.done:
+				ob.dropped(n, "closed")
+				return
+			case <-time.After(wait):
 			}
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), ob.r.cfg.RequestTimeout)
+		err = post(ctx)
 		cancel()
+		if err == nil {
+			return
+		}
 	}
+	ob.r.log.Debug("cluster: "+what, "node", ob.node, "err", err)
+	ob.dropped(n, "unreachable")
 }
 
 func (ob *outbox) close() { close(ob.done) }

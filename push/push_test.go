@@ -448,3 +448,42 @@ func TestPathStats(t *testing.T) {
 		})
 	}
 }
+
+// TestLateCopyOfAnAcknowledgedPush: a copy committed while the ACK for
+// its id arrives (from another node) must not stay queued: whichever of
+// the two comes second sees the other.
+func TestLateCopyOfAnAcknowledgedPush(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+	const rounds = 300
+	var wg sync.WaitGroup
+	for i := range rounds {
+		it := push.Item{Device: fmt.Sprintf("late-%d", i%10), Message: push.Message{Expiry: time.Now().Add(time.Hour).UnixMilli(), Payload: []byte("x")}}
+		it.ID[0], it.ID[1] = byte(i), byte(i>>8)
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			if _, err := ts.Insert([]push.Item{it}); err != nil {
+				t.Error(err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			if err := ts.Remove(it.Device, [][16]byte{it.ID}, true); err != nil {
+				t.Error(err)
+			}
+		}()
+		if i%20 == 19 {
+			wg.Wait()
+		}
+	}
+	wg.Wait()
+	left := 0
+	for i := range 10 {
+		if d, ok := ts.Device(fmt.Sprintf("late-%d", i)); ok {
+			left += d.Queued
+		}
+	}
+	if left != 0 {
+		t.Errorf("%d of %d acknowledged pushes still queued", left, rounds)
+	}
+}

@@ -627,6 +627,24 @@ func (s *Server) Insert(items []Item) ([]Item, error) {
 	if err != nil {
 		return nil, err
 	}
+	// An ACK may have been recorded while the copy was being committed
+	// (Remove records before it removes, so one of the two sees the
+	// other): take those out again.
+	s.ackMu.Lock()
+	late := map[string][][16]byte{}
+	added = slices.DeleteFunc(added, func(it Item) bool {
+		_, done := s.recent[it.ID]
+		if done {
+			late[it.Device] = append(late[it.Device], it.ID)
+		}
+		return done
+	})
+	s.ackMu.Unlock()
+	for dev, ids := range late {
+		if _, err := s.queue.Remove(dev, ids); err != nil {
+			return added, err
+		}
+	}
 	s.m.IncrCounter([]string{"push", "copies_stored"}, float32(len(added)))
 	s.mu.Lock()
 	var kicks []*session
@@ -648,12 +666,14 @@ func (s *Server) Insert(items []Item) ([]Item, error) {
 // (acked: recorded so a late copy is not delivered again, and WaitID
 // callers woken), or handed over to the nodes that keep them now.
 func (s *Server) Remove(device string, ids [][16]byte, acked bool) error {
+	if acked { // first, so an Insert committing these ids now drops them after
+		s.ackedIDs(ids)
+	}
 	seqs, err := s.queue.Remove(device, ids)
 	if err != nil {
 		return err
 	}
 	if acked {
-		s.ackedIDs(ids)
 		for _, seq := range seqs {
 			s.wakeSeq(device, seq)
 		}
