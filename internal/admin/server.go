@@ -3,7 +3,7 @@
 // owns routing, authentication, limits and the JSON conventions; the
 // gateway and its components register their routes on it.
 //
-// Conventions: every reply is JSON; errors are {"error": "..."} with a
+// Conventions: every reply but /metrics and /debug/pprof/ is JSON; errors are {"error": "..."} with a
 // 4xx/5xx status; request bodies are capped at 1 MiB.
 package admin
 
@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"time"
 )
@@ -54,6 +55,13 @@ func New(cfg Config) *Server {
 		MaxHeaderBytes: 64 << 10,
 		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
+	// Go's profiles, behind the same token as the rest: heap, goroutines,
+	// CPU (/debug/pprof/profile?seconds=N), for go tool pprof.
+	s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	s.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	s.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	s.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return s
 }
 

@@ -142,6 +142,22 @@ func TestTokenRequiredWhenConfigured(t *testing.T) {
 			t.Errorf("token %q: /healthz should stay open: %v", tok, err)
 		}
 	}
+	// Profiles are behind the token too.
+	for _, tok := range []string{"", "s3cret"} {
+		req, _ := http.NewRequest("GET", c.Base()+"/debug/pprof/heap?debug=1", nil)
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := map[string]int{"": http.StatusUnauthorized, "s3cret": http.StatusOK}[tok]; resp.StatusCode != want || tok != "" && !strings.Contains(string(body), "heap profile") {
+			t.Errorf("heap profile with token %q: %s, want %d and a profile", tok, resp.Status, want)
+		}
+	}
 }
 
 // metricsOf is the gateway's /metrics page.
