@@ -256,3 +256,18 @@ func (ts *testServer) gauge(name, label, value string) (float32, bool) {
 	}
 	return 0, false
 }
+
+// counter sums a counter without labels over the sink's intervals.
+func (ts *testServer) counter(name string) float64 {
+	var sum float64
+	for _, iv := range ts.sink.Data() {
+		iv.RLock()
+		for _, c := range iv.Counters {
+			if c.Name == name && len(c.Labels) == 0 {
+				sum += c.Sum
+			}
+		}
+		iv.RUnlock()
+	}
+	return sum
+}

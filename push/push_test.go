@@ -487,3 +487,21 @@ func TestLateCopyOfAnAcknowledgedPush(t *testing.T) {
 		t.Errorf("%d of %d acknowledged pushes still queued", left, rounds)
 	}
 }
+
+// TestSentAndDeliveredCounted: pushes written and acknowledged reach the
+// metrics (counted in the session, flushed once a second).
+func TestSentAndDeliveredCounted(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+	a := startAgent(t, client.Config{Servers: []string{ts.addr}, DeviceID: "counted", TLS: ts.tlsFor(nil)})
+	a.waitEvent(t, "connected")
+	for i := range 5 {
+		ts.Push("counted", []byte(fmt.Sprint(i)), time.Hour)
+		a.next(t)
+	}
+	testutil.WaitFor(t, 10*time.Second, func() error {
+		if s, d := ts.counter("dpgate.push.sent"), ts.counter("dpgate.push.delivered"); s != 5 || d != 5 {
+			return fmt.Errorf("counted %v sent, %v delivered; want 5 and 5", s, d)
+		}
+		return nil
+	})
+}

@@ -156,7 +156,7 @@ func (s *session) flush() {
 					return
 				}
 				s.sentUpTo.Store(m.Seq)
-				s.srv.m.IncrCounter([]string{"push", "sent"}, 1)
+				s.srv.sent.Add(1)
 			}
 		}
 		s.flushing.Store(false)
