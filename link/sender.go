@@ -47,6 +47,7 @@ type sample struct {
 	sent   time.Time
 	rtt    time.Duration
 	refSeq uint32
+	ttl    uint8 // as the probe arrived at the reflector
 	got    bool
 	used   bool
 }
@@ -134,7 +135,7 @@ func (p *Prober) receive() {
 		case s.got:
 			p.dups++
 		default:
-			s.got, s.rtt, s.refSeq = true, now.Sub(s.sent), r.Seq
+			s.got, s.rtt, s.refSeq, s.ttl = true, now.Sub(s.sent), r.Seq, r.SenderTTL
 			if int64(r.SenderSeq) < p.maxSeq {
 				p.reorder++
 			} else {
@@ -180,21 +181,27 @@ func (p *Prober) Samples() []ProbeSample {
 
 // Stats are one link's figures over the window.
 type Stats struct {
-	Target      string        `json:"target"`
-	Sent        int           `json:"sent"`     // probes old enough to be judged
-	Received    int           `json:"received"` // of those, answered
-	Loss        float64       `json:"loss"`     // round trip, 0..1
-	LossOut     float64       `json:"loss_out"` // towards the reflector
-	LossBack    float64       `json:"loss_back"`
-	RTTMin      time.Duration `json:"rtt_min"`
-	RTTP50      time.Duration `json:"rtt_p50"`
-	RTTP90      time.Duration `json:"rtt_p90"`
-	RTTP99      time.Duration `json:"rtt_p99"`
-	RTTMax      time.Duration `json:"rtt_max"`
-	Jitter      time.Duration `json:"jitter"`
-	Duplicates  int           `json:"duplicates"`
-	Reordered   int           `json:"reordered"`
-	WindowStart time.Time     `json:"window_start"`
+	Target     string        `json:"target"`
+	Sent       int           `json:"sent"`     // probes old enough to be judged
+	Received   int           `json:"received"` // of those, answered
+	Loss       float64       `json:"loss"`     // round trip, 0..1
+	LossOut    float64       `json:"loss_out"` // towards the reflector
+	LossBack   float64       `json:"loss_back"`
+	RTTMin     time.Duration `json:"rtt_min"`
+	RTTP50     time.Duration `json:"rtt_p50"`
+	RTTP90     time.Duration `json:"rtt_p90"`
+	RTTP99     time.Duration `json:"rtt_p99"`
+	RTTMax     time.Duration `json:"rtt_max"`
+	Jitter     time.Duration `json:"jitter"`
+	Duplicates int           `json:"duplicates"`
+	Reordered  int           `json:"reordered"`
+	// ReflectorTTL is the TTL (hop limit) the latest answered probe of the
+	// window had when it reached the reflector; 0 when the reflector does
+	// not say. The
+	// sender starts at the system default (64 on Linux), so the
+	// difference is the hops on the way there.
+	ReflectorTTL uint8     `json:"reflector_ttl"`
+	WindowStart  time.Time `json:"window_start"`
 }
 
 // Stats computes the figures over the last Window: loss over the probes
@@ -227,6 +234,7 @@ func (p *Prober) Stats() Stats {
 			}
 			if last == nil || s.seq > last.seq {
 				last = s
+				st.ReflectorTTL = s.ttl
 			}
 		}
 	}
@@ -271,20 +279,21 @@ func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // MarshalJSON writes durations as milliseconds (rtt_p50_ms and so on).
 func (s Stats) MarshalJSON() ([]byte, error) {
 	return json.Marshal(struct {
-		Target      string    `json:"target"`
-		Sent        int       `json:"sent"`
-		Received    int       `json:"received"`
-		Loss        float64   `json:"loss"`
-		LossOut     float64   `json:"loss_out"`
-		LossBack    float64   `json:"loss_back"`
-		RTTMin      float64   `json:"rtt_min_ms"`
-		RTTP50      float64   `json:"rtt_p50_ms"`
-		RTTP90      float64   `json:"rtt_p90_ms"`
-		RTTP99      float64   `json:"rtt_p99_ms"`
-		RTTMax      float64   `json:"rtt_max_ms"`
-		Jitter      float64   `json:"jitter_ms"`
-		Duplicates  int       `json:"duplicates"`
-		Reordered   int       `json:"reordered"`
-		WindowStart time.Time `json:"window_start"`
-	}{s.Target, s.Sent, s.Received, s.Loss, s.LossOut, s.LossBack, millis(s.RTTMin), millis(s.RTTP50), millis(s.RTTP90), millis(s.RTTP99), millis(s.RTTMax), millis(s.Jitter), s.Duplicates, s.Reordered, s.WindowStart})
+		Target       string    `json:"target"`
+		Sent         int       `json:"sent"`
+		Received     int       `json:"received"`
+		Loss         float64   `json:"loss"`
+		LossOut      float64   `json:"loss_out"`
+		LossBack     float64   `json:"loss_back"`
+		RTTMin       float64   `json:"rtt_min_ms"`
+		RTTP50       float64   `json:"rtt_p50_ms"`
+		RTTP90       float64   `json:"rtt_p90_ms"`
+		RTTP99       float64   `json:"rtt_p99_ms"`
+		RTTMax       float64   `json:"rtt_max_ms"`
+		Jitter       float64   `json:"jitter_ms"`
+		Duplicates   int       `json:"duplicates"`
+		Reordered    int       `json:"reordered"`
+		ReflectorTTL uint8     `json:"reflector_ttl"`
+		WindowStart  time.Time `json:"window_start"`
+	}{s.Target, s.Sent, s.Received, s.Loss, s.LossOut, s.LossBack, millis(s.RTTMin), millis(s.RTTP50), millis(s.RTTP90), millis(s.RTTP99), millis(s.RTTMax), millis(s.Jitter), s.Duplicates, s.Reordered, s.ReflectorTTL, s.WindowStart})
 }

@@ -108,6 +108,9 @@ loop:
 		fmt.Fprintf(stdout, "%d sent, %d received, loss %.2f%% round trip, %.2f%% out, %.2f%% back; %d duplicates, %d reordered\n",
 			st.Sent, st.Received, 100*st.Loss, 100*st.LossOut, 100*st.LossBack, st.Duplicates, st.Reordered)
 		fmt.Fprintf(stdout, "rtt min/p50/p90/p99/max %s/%s/%s/%s/%s, jitter %s\n", ms(st.RTTMin), ms(st.RTTP50), ms(st.RTTP90), ms(st.RTTP99), ms(st.RTTMax), ms(st.Jitter))
+		if st.ReflectorTTL > 0 {
+			fmt.Fprintf(stdout, "ttl at the reflector %d\n", st.ReflectorTTL)
+		}
 		fmt.Fprintf(stdout, "verdict: %s (limits: loss %.0f%% each way, delay %s round trip)\n", verdict, *lossLimit, delayLimit)
 	}
 	if verdict == link.OutOfLimits {

@@ -47,9 +47,10 @@ func TestProbeAgainstReflect(t *testing.T) {
 		Stats   struct {
 			Sent, Received int
 			RTTP50         float64 `json:"rtt_p50_ms"`
+			ReflectorTTL   int     `json:"reflector_ttl"`
 		}
 	}
-	if err := json.Unmarshal([]byte(res.stdout), &out); err != nil || out.Verdict != "ok" || out.Stats.Sent != 50 || out.Stats.Received != 50 || out.Stats.RTTP50 <= 0 {
+	if err := json.Unmarshal([]byte(res.stdout), &out); err != nil || out.Verdict != "ok" || out.Stats.Sent != 50 || out.Stats.Received != 50 || out.Stats.RTTP50 <= 0 || out.Stats.ReflectorTTL <= 0 {
 		t.Errorf("probe --json: %s (%v)", res.stdout, err)
 	}
 	if res := dpgate(t, nil, "probe", addr, "--count", "20", "--interval", "5ms", "--delay", "1us"); res.code != 1 {
