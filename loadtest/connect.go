@@ -90,24 +90,13 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 		}
 		rep.Nodes = append(rep.Nodes, NodeFigures{Admin: a, RSSBefore: st.RSSBytes})
 	}
-	var fl fleets
-	defer func() { stopFleets(fl) }()
 	start := time.Now()
-	per := (cfg.Agents + cfg.Procs - 1) / cfg.Procs
-	for i := 0; i < cfg.Procs; i++ {
-		first := i * per
-		n := min(per, cfg.Agents-first)
-		if n <= 0 {
-			break
-		}
-		p, err := startFleetProc(ctx, cfg.Self, cfg.QUIC, "--server", strings.Join(cfg.Servers, ","), "--pin", cfg.Pin, "--first", strconv.Itoa(first),
-			"--count", strconv.Itoa(n), "--source-ips", strconv.Itoa(cfg.SourceIPs),
-			"--ramp", strconv.FormatFloat(cfg.Ramp/float64(cfg.Procs), 'f', 1, 64))
-		if err != nil {
-			return rep, err
-		}
-		fl = append(fl, p)
+	fl, err := startFleets(ctx, cfg.Self, cfg.QUIC, cfg.Agents, cfg.Procs, "--server", strings.Join(cfg.Servers, ","), "--pin", cfg.Pin,
+		"--source-ips", strconv.Itoa(cfg.SourceIPs), "--ramp", strconv.FormatFloat(cfg.Ramp/float64(cfg.Procs), 'f', 1, 64))
+	if err != nil {
+		return rep, err
 	}
+	defer stopFleets(fl)
 	progress("connecting %d agents to %d servers from %d processes at %.0f/s", cfg.Agents, len(cfg.Servers), len(fl), cfg.Ramp)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()

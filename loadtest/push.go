@@ -125,6 +125,24 @@ func startFleetProc(ctx context.Context, self string, quic bool, args ...string)
 	return &fleetProc{cmd: cmd, in: in, out: bufio.NewReader(out)}, nil
 }
 
+// startFleets splits agents over at most procs "dpload agents" processes
+// (agent ids from 0; every process gets some) with the flags in extra,
+// and starts them. On an error it stops those already started.
+func startFleets(ctx context.Context, self string, quic bool, agents, procs int, extra ...string) (fleets, error) {
+	var fl fleets
+	per := (agents + procs - 1) / procs
+	for first := 0; first < agents; first += per {
+		args := append([]string{"--first", strconv.Itoa(first), "--count", strconv.Itoa(min(per, agents-first))}, extra...)
+		p, err := startFleetProc(ctx, self, quic, args...)
+		if err != nil {
+			stopFleets(fl)
+			return nil, err
+		}
+		fl = append(fl, p)
+	}
+	return fl, nil
+}
+
 // stopFleets asks every agent process to quit, killing any still there
 // after 10 s.
 func stopFleets(fl fleets) {
@@ -201,21 +219,13 @@ func RunPushBench(ctx context.Context, cfg PushBenchConfig) (PushReport, error) 
 	if cfg.PID != 0 {
 		rep.RSSBaseline, _ = ProcessRSS(cfg.PID)
 	}
-	var fl fleets
-	defer func() { stopFleets(fl) }()
 	start := time.Now()
-	per := (cfg.Agents + cfg.Procs - 1) / cfg.Procs
-	for i := 0; i < cfg.Procs; i++ {
-		first := i * per
-		n := min(per, cfg.Agents-first)
-		p, err := startFleetProc(ctx, cfg.Self, cfg.QUIC, "--server", cfg.Server, "--pin", cfg.Pin, "--first", strconv.Itoa(first),
-			"--count", strconv.Itoa(n), "--source-ips", strconv.Itoa(cfg.SourceIPs))
-		if err != nil {
-			return rep, err
-		}
-		fl = append(fl, p)
+	fl, err := startFleets(ctx, cfg.Self, cfg.QUIC, cfg.Agents, cfg.Procs, "--server", cfg.Server, "--pin", cfg.Pin, "--source-ips", strconv.Itoa(cfg.SourceIPs))
+	if err != nil {
+		return rep, err
 	}
-	progress("connecting %d agents from %d processes", cfg.Agents, cfg.Procs)
+	defer stopFleets(fl)
+	progress("connecting %d agents from %d processes", cfg.Agents, len(fl))
 	if err := waitConnected(ctx, fl, cfg.Agents, 5*time.Minute, cfg.Progress, start, &rep.Timeline); err != nil {
 		return rep, err
 	}

@@ -14,19 +14,8 @@ func (u *upstream) observeTCP(c net.Conn) {
 	if !ok {
 		return
 	}
-	rtt, rttvar, retrans := ps.RTT, ps.RTTVar, ps.Lost
 	u.tcpSamples.Add(1)
-	u.tcpRetrans.Add(uint64(retrans))
-	// EWMA with weight 1/8, as TCP smooths its own RTT.
-	for {
-		old := u.tcpRTT.Load()
-		next := int64(rtt)
-		if old != 0 {
-			next = old + (int64(rtt)-old)/8
-		}
-		if u.tcpRTT.CompareAndSwap(old, next) {
-			break
-		}
-	}
-	u.tcpRTTVar.Store(int64(rttvar))
+	u.tcpRetrans.Add(ps.Lost)
+	smooth(&u.tcpRTT, ps.RTT)
+	u.tcpRTTVar.Store(int64(ps.RTTVar))
 }

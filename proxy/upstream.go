@@ -87,7 +87,7 @@ func (u *upstream) dial(ctx context.Context, d *net.Dialer, src, dst net.Addr) (
 	if err != nil {
 		return nil, err
 	}
-	u.observeRTT(time.Since(start))
+	smooth(&u.rtt, time.Since(start))
 	if src != nil {
 		if deadline, ok := ctx.Deadline(); ok {
 			raw.SetWriteDeadline(deadline)
@@ -106,15 +106,16 @@ func (u *upstream) dial(ctx context.Context, d *net.Dialer, src, dst net.Addr) (
 	return c, nil
 }
 
-// observeRTT smooths connect times like TCP's SRTT (1/8 gain).
-func (u *upstream) observeRTT(d time.Duration) {
+// smooth folds d into an average kept like TCP's SRTT (gain 1/8; the
+// first sample is taken as it is), without a lock.
+func smooth(avg *atomic.Int64, d time.Duration) {
 	for {
-		old := u.rtt.Load()
+		old := avg.Load()
 		next := int64(d)
 		if old != 0 {
 			next = old + (int64(d)-old)/8
 		}
-		if u.rtt.CompareAndSwap(old, next) {
+		if avg.CompareAndSwap(old, next) {
 			return
 		}
 	}

@@ -178,17 +178,13 @@ type allowBackend struct {
 }
 
 func newAllowBackend(cf *certFlags) (*allowBackend, *config.Config, error) {
-	cfg, err := loadConfig(*cf.cfgFile)
-	if err != nil {
-		return nil, nil, err
-	}
-	token, err := tlsconf.ReadSecretFile(cfg.Admin.TokenFile)
+	api, cfg, err := adminClient(*cf.cfgFile)
 	if err != nil {
 		return nil, nil, err
 	}
 	b := &allowBackend{dataDir: cfg.Node.DataDir}
 	if config.Enabled(cfg.Admin.Listen) {
-		b.api = admin.NewClient(cfg.Admin.Listen, token)
+		b.api = api
 	}
 	return b, cfg, nil
 }

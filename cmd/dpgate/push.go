@@ -18,7 +18,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/gateway"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
@@ -65,11 +64,7 @@ func runPush(args []string, stdout, stderr io.Writer) error {
 		}
 		data = string(b)
 	}
-	cfg, err := loadConfig(*cfgFile)
-	if err != nil {
-		return err
-	}
-	token, err := tlsconf.ReadSecretFile(cfg.Admin.TokenFile)
+	api, _, err := adminClient(*cfgFile)
 	if err != nil {
 		return err
 	}
@@ -83,7 +78,6 @@ func runPush(args []string, stdout, stderr io.Writer) error {
 	if *ttl > 0 {
 		req.TTL = ttl.String()
 	}
-	api := admin.NewClient(cfg.Admin.Listen, token)
 	ctx := context.Background()
 	var reply any
 	if *all {

@@ -13,8 +13,10 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 	"gopkg.in/yaml.v3"
 
+	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/config"
 	"github.com/dpgate/dpgate/internal/gateway"
+	"github.com/dpgate/dpgate/tlsconf"
 )
 
 const serveAbout = `
@@ -109,6 +111,21 @@ func loadConfig(file string) (*config.Config, error) {
 		return nil, usageError{err}
 	}
 	return cfg, nil
+}
+
+// adminClient is a client of the running gateway's admin API, as the
+// configuration file (or the defaults) says where it listens and which
+// token it wants.
+func adminClient(file string) (*admin.Client, *config.Config, error) {
+	cfg, err := loadConfig(file)
+	if err != nil {
+		return nil, nil, err
+	}
+	token, err := tlsconf.ReadSecretFile(cfg.Admin.TokenFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	return admin.NewClient(cfg.Admin.Listen, token), cfg, nil
 }
 
 func newLogger(c config.Log, w io.Writer) *slog.Logger {

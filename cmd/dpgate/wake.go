@@ -7,9 +7,7 @@ import (
 	"net"
 	"net/url"
 
-	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/push/client"
-	"github.com/dpgate/dpgate/tlsconf"
 	"github.com/dpgate/dpgate/wake"
 )
 
@@ -35,16 +33,12 @@ secret (hmac:...), which signs its shutdown notices.`, stdout)
 	if len(pos) != 1 {
 		return usagef("wake takes one DEVICE (or: wake key)")
 	}
-	cfg, err := loadConfig(*cfgFile)
-	if err != nil {
-		return err
-	}
-	token, err := tlsconf.ReadSecretFile(cfg.Admin.TokenFile)
+	api, _, err := adminClient(*cfgFile)
 	if err != nil {
 		return err
 	}
 	var r wake.Result
-	if err := admin.NewClient(cfg.Admin.Listen, token).Do(context.Background(), "POST", "/v1/devices/"+url.PathEscape(pos[0])+"/wake", struct{}{}, &r); err != nil {
+	if err := api.Do(context.Background(), "POST", "/v1/devices/"+url.PathEscape(pos[0])+"/wake", struct{}{}, &r); err != nil {
 		return err
 	}
 	if *jsonOut {
