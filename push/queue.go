@@ -67,7 +67,7 @@ func (q *Queue) Enqueue(devices []string, payload []byte, ttl time.Duration) ([]
 				return err
 			}
 			m := Message{Seq: seq, ID: ids[i], Expiry: expiry, Payload: payload}
-			if err := db.Put(seqKey(seq), encodeStored(m)); err != nil {
+			if err := db.Put(seqKey(seq), encodeStored(seq, m)); err != nil {
 				return err
 			}
 			out = append(out, m)
@@ -82,9 +82,15 @@ func (q *Queue) Enqueue(devices []string, payload []byte, ttl time.Duration) ([]
 
 // Pending returns up to limit queued, unexpired messages of device with a
 // sequence above after, in order.
+//
+// A message that fails its checksum is never returned: it is skipped,
+// counted and logged once (store.DB.Corrupt), and moved to the store's
+// quarantine so that it is not read again; the device's status shows how
+// many of its messages went there.
 func (q *Queue) Pending(device string, after uint64, limit int) ([]Message, error) {
 	now := q.now().UnixMilli()
 	var out []Message
+	var bad [][]byte
 	err := q.db.View(func(tx *bolt.Tx) error {
 		db := deviceBucket(tx, device)
 		if db == nil {
@@ -92,17 +98,39 @@ func (q *Queue) Pending(device string, after uint64, limit int) ([]Message, erro
 		}
 		c := db.Cursor()
 		for k, v := c.Seek(seqKey(after + 1)); k != nil && len(out) < limit; k, v = c.Next() {
-			m, err := decodeStored(binary.BigEndian.Uint64(k), v)
+			m, err := decodeStored(k, v)
 			if err != nil {
-				return err
+				bad = append(bad, slices.Clone(k))
+				continue
 			}
 			if m.Expiry > now {
+				m.Payload = slices.Clone(m.Payload)
 				out = append(out, m)
 			}
 		}
 		return nil
 	})
+	if len(bad) > 0 {
+		q.quarantine(device, bad)
+	}
 	return out, err
+}
+
+// quarantine counts and moves aside a device's messages that failed their
+// checksum.
+func (q *Queue) quarantine(device string, keys [][]byte) {
+	path := []string{bucketQueue, device}
+	for _, k := range keys {
+		q.db.Corrupt(path, k)
+	}
+	q.db.Batch(func(tx *bolt.Tx) error {
+		for _, k := range keys {
+			if err := store.Quarantine(tx, path, k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // Ack removes an acknowledged message; it reports whether it was queued
@@ -114,12 +142,17 @@ func (q *Queue) Ack(device string, seq uint64) (id [16]byte, found bool, err err
 		if db == nil {
 			return nil
 		}
-		if v := db.Get(seqKey(seq)); v != nil {
-			found = true
-			copy(id[:], v)
-			return db.Delete(seqKey(seq))
+		k := seqKey(seq)
+		v := db.Get(k)
+		if v == nil {
+			return nil
 		}
-		return nil
+		m, err := decodeStored(k, v)
+		if err != nil {
+			return nil // never sent, so not what the device acknowledges; Pending quarantines it
+		}
+		found, id = true, m.ID
+		return db.Delete(k)
 	})
 	return id, found, err
 }
@@ -160,7 +193,7 @@ func (q *Queue) Insert(items []Item) ([]Item, error) {
 				return err
 			}
 			it.Seq = seq
-			if err := db.Put(seqKey(seq), encodeStored(it.Message)); err != nil {
+			if err := db.Put(seqKey(seq), encodeStored(seq, it.Message)); err != nil {
 				return err
 			}
 			out = append(out, it)
@@ -177,16 +210,26 @@ func (q *Queue) Insert(items []Item) ([]Item, error) {
 // transaction (bucket push_seq holds the last one).
 func nextSeq(sb *bolt.Bucket, device string) (uint64, error) {
 	var seq uint64 = 1
-	if v := sb.Get([]byte(device)); len(v) == 8 {
+	v, err := store.Unseal([]byte(device), sb.Get([]byte(device)))
+	switch {
+	case err == nil && len(v) == 8:
 		seq = binary.BigEndian.Uint64(v) + 1
+	case sb.Get([]byte(device)) != nil:
+		// A damaged counter: go on after the highest sequence queued, so
+		// that no new message takes the key of one still there.
+		if db := sb.Tx().Bucket([]byte(bucketQueue)).Bucket([]byte(device)); db != nil {
+			if k, _ := db.Cursor().Last(); len(k) == 8 {
+				seq = binary.BigEndian.Uint64(k) + 1
+			}
+		}
 	}
-	return seq, sb.Put([]byte(device), binary.BigEndian.AppendUint64(nil, seq))
+	return seq, sb.Put([]byte(device), store.Seal([]byte(device), binary.BigEndian.AppendUint64(nil, seq)))
 }
 
 func hasID(db *bolt.Bucket, id [16]byte) bool {
 	c := db.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
-		if len(v) >= 16 && [16]byte(v[:16]) == id {
+		if m, err := decodeStored(k, v); err == nil && m.ID == id {
 			return true
 		}
 	}
@@ -206,7 +249,7 @@ func (q *Queue) Remove(device string, ids [][16]byte) ([]uint64, error) {
 		}
 		c := db.Cursor()
 		for k, v := c.First(); k != nil; {
-			if len(v) >= 16 && slices.Contains(ids, [16]byte(v[:16])) {
+			if m, err := decodeStored(k, v); err == nil && slices.Contains(ids, m.ID) {
 				seqs = append(seqs, binary.BigEndian.Uint64(k))
 				if err := c.Delete(); err != nil {
 					return err
@@ -239,16 +282,18 @@ func (q *Queue) Devices() []string {
 	return out
 }
 
-// Len counts a device's queued messages (expired ones not yet swept too).
-func (q *Queue) Len(device string) int {
-	n := 0
+// Len counts a device's queued messages (expired ones not yet swept too)
+// and those that failed their checksum and were kept aside, never
+// delivered.
+func (q *Queue) Len(device string) (queued, corrupt int) {
 	q.db.View(func(tx *bolt.Tx) error {
 		if db := deviceBucket(tx, device); db != nil {
-			n = db.Stats().KeyN
+			queued = db.Stats().KeyN
 		}
+		corrupt = store.Quarantined(tx, bucketQueue, device)
 		return nil
 	})
-	return n
+	return queued, corrupt
 }
 
 // Expire deletes every message past its expiry and returns how many, by
@@ -266,7 +311,18 @@ func (q *Queue) Expire() (map[string]int, error) {
 			db := qb.Bucket(dev)
 			c := db.Cursor()
 			for k, v := c.First(); k != nil; {
-				if len(v) >= 16+8 && int64(binary.BigEndian.Uint64(v[16:24])) <= now {
+				m, err := decodeStored(k, v)
+				if err != nil {
+					// Its expiry cannot be trusted: keep it aside, uncounted as expired.
+					q.db.Corrupt([]string{bucketQueue, string(dev)}, k)
+					k = slices.Clone(k)
+					if err := store.Quarantine(tx, []string{bucketQueue, string(dev)}, k); err != nil {
+						return err
+					}
+					k, v = c.Seek(k)
+					continue
+				}
+				if m.Expiry <= now {
 					if err := c.Delete(); err != nil {
 						return err
 					}
@@ -301,22 +357,25 @@ func deviceBucket(tx *bolt.Tx, device string) *bolt.Bucket {
 
 func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
 
-// Stored form: id (16) | expiry unix ms (8) | payload.
-func encodeStored(m Message) []byte {
+// Stored form: id (16) | expiry unix ms (8) | payload, sealed with the
+// store's checksum over the key and all of it.
+func encodeStored(seq uint64, m Message) []byte {
 	b := make([]byte, 0, 24+len(m.Payload))
 	b = append(b, m.ID[:]...)
 	b = binary.BigEndian.AppendUint64(b, uint64(m.Expiry))
-	return append(b, m.Payload...)
+	return store.Seal(seqKey(seq), append(b, m.Payload...))
 }
 
 var errCorrupt = errors.New("push: corrupt queue entry")
 
-func decodeStored(seq uint64, v []byte) (Message, error) {
-	if len(v) < 24 {
+// decodeStored checks and decodes a stored message; its Payload aliases v
+// (copy it to keep it past the transaction).
+func decodeStored(k, v []byte) (Message, error) {
+	v, err := store.Unseal(k, v)
+	if err != nil || len(v) < 24 || len(k) != 8 {
 		return Message{}, errCorrupt
 	}
-	m := Message{Seq: seq, Expiry: int64(binary.BigEndian.Uint64(v[16:24]))}
+	m := Message{Seq: binary.BigEndian.Uint64(k), Expiry: int64(binary.BigEndian.Uint64(v[16:24])), Payload: v[24:]}
 	copy(m.ID[:], v[:16])
-	m.Payload = append([]byte(nil), v[24:]...)
 	return m, nil
 }

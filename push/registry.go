@@ -39,6 +39,8 @@ type Registry struct {
 // NewRegistry loads the table.
 func NewRegistry(db *store.DB) (*Registry, error) {
 	r := &Registry{db: db, m: map[string]DeviceRecord{}}
+	// ForEach skips (and quarantines) records that fail their checksum;
+	// such a device is known again when it next connects.
 	err := db.ForEach(bucketDevices, func(k, v []byte) error {
 		var d DeviceRecord
 		if err := json.Unmarshal(v, &d); err != nil {
@@ -98,7 +100,7 @@ func (r *Registry) put(d DeviceRecord) error {
 		if err != nil {
 			return err
 		}
-		return bk.Put([]byte(id), b)
+		return bk.Put([]byte(id), store.Seal([]byte(id), b))
 	})
 }
 

@@ -840,6 +840,9 @@ type DeviceStatus struct {
 	Since      *time.Time `json:"since,omitempty"`
 	LastSeen   time.Time  `json:"last_seen"`
 	Queued     int        `json:"queued"`
+	// Corrupt counts this device's pushes that failed the store's
+	// checksum: kept aside in the store, never delivered.
+	Corrupt    int        `json:"corrupt_pushes,omitempty"`
 	LocalAddr  string     `json:"local_addr,omitempty"`
 	MAC        string     `json:"mac,omitempty"`
 	ShutDownAt *time.Time `json:"shut_down_at,omitempty"` // the agent said it shuts down
@@ -854,11 +857,11 @@ func (s *Server) Device(id string) (DeviceStatus, bool) {
 	s.mu.Lock()
 	ss := s.sessions[id]
 	s.mu.Unlock()
-	queued := s.queue.Len(id)
-	if !known && ss == nil && queued == 0 {
+	queued, corrupt := s.queue.Len(id)
+	if !known && ss == nil && queued == 0 && corrupt == 0 {
 		return DeviceStatus{}, false
 	}
-	st := DeviceStatus{ID: id, LastSeen: rec.LastSeen, Queued: queued, RemoteAddr: rec.LastAddr, LocalAddr: rec.LocalAddr, MAC: rec.MAC, ShutDownAt: rec.ShutDownAt}
+	st := DeviceStatus{ID: id, LastSeen: rec.LastSeen, Queued: queued, Corrupt: corrupt, RemoteAddr: rec.LastAddr, LocalAddr: rec.LocalAddr, MAC: rec.MAC, ShutDownAt: rec.ShutDownAt}
 	if ss != nil {
 		since := ss.since.UTC()
 		st.Connected, st.Transport, st.RemoteAddr, st.Since = true, ss.transport, ss.remote.String(), &since

@@ -31,6 +31,7 @@ func commands() []command {
 		{"serve", "run the gateway", runServe},
 		{"cert", "certificates: gen, pin, agent-gen, list, add, rm", runCert},
 		{"config", "check a configuration file and print it with defaults", runConfig},
+		{"store", "check, recover or reset the store (push queue, devices, allow-list)", runStore},
 		{"push", "push a message to a device, or to all, through the running gateway", runPush},
 		{"agent", "the reference agent: hold a push connection, print pushes", runAgent},
 		{"token", "issue device tokens for push.auth token", runToken},

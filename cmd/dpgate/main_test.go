@@ -553,6 +553,7 @@ func TestCertCommandsOnlineAndOffline(t *testing.T) {
 func TestHelpGolden(t *testing.T) {
 	cmds := [][]string{
 		{}, {"serve"}, {"config"}, {"version"}, {"cert"}, {"push"}, {"agent"}, {"token"}, {"token", "issue"}, {"wake"}, {"wake", "key"}, {"probe"}, {"reflect"},
+		{"store"}, {"store", "check"}, {"store", "recover"}, {"store", "reset"},
 		{"cert", "gen"}, {"cert", "pin"}, {"cert", "agent-gen"}, {"cert", "list"}, {"cert", "add"}, {"cert", "rm"},
 	}
 	for _, c := range cmds {

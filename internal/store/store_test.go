@@ -160,7 +160,8 @@ func TestBatchGroupCommit(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				return b.Put([]byte(fmt.Sprint(i)), []byte("v"))
+				k := []byte(fmt.Sprint(i))
+				return b.Put(k, Seal(k, []byte("v")))
 			})
 		}()
 	}

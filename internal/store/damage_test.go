@@ -1,0 +1,313 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// fill writes a store like a gateway's: 20 device queues of 50 records of
+// 300 bytes, and a flat bucket; it returns the file's path.
+func fill(t *testing.T, dir string) string {
+	t.Helper()
+	db, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		qb, err := tx.CreateBucketIfNotExists([]byte("push_queue"))
+		if err != nil {
+			return err
+		}
+		for d := range 20 {
+			b, err := qb.CreateBucketIfNotExists(fmt.Appendf(nil, "dev-%d", d))
+			if err != nil {
+				return err
+			}
+			for i := range 50 {
+				k := fmt.Appendf(nil, "%08d", i)
+				if err := b.Put(k, Seal(k, bytes.Repeat([]byte{byte(i)}, 300))); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if err := db.Put("agent_certs", fmt.Sprint("cert-", i), []byte("PAYLOAD-"+fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := db.Path()
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func writeAt(t *testing.T, path string, off int64, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// alter changes the byte at off in every copy of text in the file: bbolt
+// writes pages anew, so freed pages hold older copies too.
+func alter(t *testing.T, path, text string, off int, b byte) {
+	t.Helper()
+	raw, _ := os.ReadFile(path)
+	n := 0
+	for i := 0; ; n++ {
+		j := bytes.Index(raw[i:], []byte(text))
+		if j < 0 {
+			break
+		}
+		writeAt(t, path, int64(i+j+off), []byte{b})
+		i += j + len(text)
+	}
+	if n == 0 {
+		t.Fatalf("%q not found in the file", text)
+	}
+}
+
+// TestOpenRefusesDamagedFiles: each damage seen by hand (a file cut to
+// 12,288 or 100,000 bytes, page headers overwritten, random bytes in data
+// pages, an empty file) is refused by Open with an error naming the file
+// and the next step, instead of a panic or an empty start.
+func TestOpenRefusesDamagedFiles(t *testing.T) {
+	const page = 4096
+	for _, c := range []struct {
+		name   string
+		damage func(path string)
+		want   string
+	}{
+		{"truncated to 12288", func(p string) { os.Truncate(p, 12288) }, "cut short"},
+		{"truncated to 100000", func(p string) { os.Truncate(p, 100000) }, "cut short"},
+		{"page headers", func(p string) {
+			for pg := int64(2); pg < 40; pg++ {
+				writeAt(t, p, pg*page, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0x7f})
+			}
+		}, "dpgate store recover"},
+		{"random bytes in data pages", func(p string) {
+			st, _ := os.Stat(p)
+			r := rand.New(rand.NewSource(1))
+			for range 200 {
+				writeAt(t, p, 4*page+r.Int63n(st.Size()-4*page), []byte{byte(r.Int())})
+			}
+		}, "dpgate store recover"},
+		{"both meta pages", func(p string) {
+			writeAt(t, p, 40, bytes.Repeat([]byte{0xAA}, 8)) // the root page ids
+			writeAt(t, p, page+40, bytes.Repeat([]byte{0xAA}, 8))
+		}, "dpgate store recover"},
+		{"empty", func(p string) { os.Truncate(p, 0) }, "empty (0 bytes)"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := fill(t, dir)
+			c.damage(path)
+			db, err := Open(dir, Options{})
+			if err == nil {
+				db.Close()
+				t.Fatal("Open accepted the damaged file")
+			}
+			if !errors.Is(err, ErrDamaged) {
+				t.Errorf("error %v does not wrap ErrDamaged", err)
+			}
+			for _, want := range []string{path, c.want} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not say %q", err, want)
+				}
+			}
+			// The check command reports it too, without changing the file.
+			r, err := Inspect(dir, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.OK() {
+				t.Errorf("Inspect found nothing wrong: %+v", r)
+			}
+		})
+	}
+}
+
+// TestOpenRefusesVanishedStore: a data directory whose marker says it
+// held a store, and whose store is gone, is refused; Reset is the way to
+// start over, and then the store opens empty.
+func TestOpenRefusesVanishedStore(t *testing.T) {
+	dir := t.TempDir()
+	path := fill(t, dir)
+	if _, err := os.Stat(filepath.Join(dir, MarkerFile)); err != nil {
+		t.Fatalf("no marker after the first start: %v", err)
+	}
+	os.Remove(path)
+	_, err := Open(dir, Options{})
+	if !errors.Is(err, ErrMissing) || !strings.Contains(err.Error(), "dpgate store reset") {
+		t.Fatalf("Open of a vanished store: %v, want ErrMissing naming dpgate store reset", err)
+	}
+	if _, err := os.Stat(path); err == nil {
+		t.Fatal("Open re-created the vanished file")
+	}
+	if _, err := Reset(dir); err != nil {
+		t.Fatal(err)
+	}
+	db, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatalf("Open after Reset: %v", err)
+	}
+	db.Close()
+}
+
+// TestChecksumCatchesAlteredValue: one byte of a value changed in the
+// file passes bbolt's checks but not the record's checksum: Get refuses
+// it, ForEach skips it and moves it to the quarantine, counted once.
+func TestChecksumCatchesAlteredValue(t *testing.T) {
+	dir := t.TempDir()
+	path := fill(t, dir)
+	alter(t, path, "PAYLOAD-7", 3, 'X')
+
+	db, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatalf("Open: %v (an altered value is not a structural problem)", err)
+	}
+	defer db.Close()
+	if _, err := db.Get("agent_certs", "cert-7"); !errors.Is(err, ErrChecksum) {
+		t.Errorf("Get of the altered record: %v, want ErrChecksum", err)
+	}
+	var seen []string
+	db.ForEach("agent_certs", func(k, v []byte) error { seen = append(seen, string(v)); return nil })
+	if len(seen) != 9 || strings.Contains(strings.Join(seen, ","), "PAYXOAD") {
+		t.Errorf("ForEach gave %d records %v, want the 9 intact ones", len(seen), seen)
+	}
+	if s := db.Stats(); s.CorruptRecords != 1 {
+		t.Errorf("corrupt records counted %d, want 1", s.CorruptRecords)
+	}
+	var q int
+	db.View(func(tx *bolt.Tx) error { q = Quarantined(tx, "agent_certs"); return nil })
+	if q != 1 {
+		t.Errorf("quarantined %d, want 1", q)
+	}
+	r := db.Inspect()
+	if !r.OK() {
+		t.Errorf("after the quarantine the store should check clean: %+v", r)
+	}
+}
+
+// TestGuardTurnsPanicsIntoErrors: a panic inside a transaction (what a
+// damaged page does deep in bbolt) fails that call only; the store keeps
+// working, writes included.
+func TestGuardTurnsPanicsIntoErrors(t *testing.T) {
+	db, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.View(func(tx *bolt.Tx) error {
+		var s []byte
+		_ = s[5] // index out of range, like bbolt's on a bad page
+		return nil
+	})
+	if !errors.Is(err, ErrDamaged) {
+		t.Fatalf("View with a panic: %v, want ErrDamaged", err)
+	}
+	if err := db.Batch(func(tx *bolt.Tx) error { panic("bad page") }); !errors.Is(err, ErrDamaged) {
+		t.Fatalf("Batch with a panic: %v, want ErrDamaged", err)
+	}
+	if err := db.Put("b", "k", []byte("v")); err != nil {
+		t.Fatalf("Put after the panics: %v", err)
+	}
+	if v, err := db.Get("b", "k"); err != nil || string(v) != "v" {
+		t.Fatalf("Get after the panics: %q, %v", v, err)
+	}
+	if s := db.Stats(); s.Failures != 2 {
+		t.Errorf("failures counted %d, want 2", s.Failures)
+	}
+}
+
+// TestRecoverKeepsReadableRecords: a file with damaged data pages is
+// recovered into a new one that opens and checks clean; the damaged file
+// stays beside it and the counts add up to what was written.
+func TestRecoverKeepsReadableRecords(t *testing.T) {
+	dir := t.TempDir()
+	path := fill(t, dir)
+	alter(t, path, "PAYLOAD-3", 1, '#') // one record fails its checksum
+	// and one page of a device queue is overwritten with garbage
+	writeAt(t, path, 10*4096, bytes.Repeat([]byte{0xEE}, 4096))
+	if _, err := Open(dir, Options{}); err == nil {
+		t.Fatal("Open accepted the damaged file")
+	}
+	rep, err := Recover(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("recover: %+v", rep)
+	if _, err := os.Stat(rep.Damaged); err != nil {
+		t.Errorf("the damaged file is not kept: %v", err)
+	}
+	if rep.Kept["agent_certs"] != 9 || rep.Lost["agent_certs"] != 1 {
+		t.Errorf("agent_certs kept %d lost %d, want 9 and 1", rep.Kept["agent_certs"], rep.Lost["agent_certs"])
+	}
+	if k := rep.Kept["push_queue"]; k >= 1000 || k < 900 {
+		t.Errorf("push_queue kept %d of 1000, want most but not all (one page of about 13 records is garbage)", k)
+	}
+	db, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatalf("Open of the recovered store: %v", err)
+	}
+	defer db.Close()
+	if err := db.Check(); err != nil {
+		t.Errorf("recovered store: %v", err)
+	}
+	if v, err := db.Get("agent_certs", "cert-4"); err != nil || string(v) != "PAYLOAD-4" {
+		t.Errorf("cert-4 after recover: %q, %v", v, err)
+	}
+}
+
+// TestLegacyStoreIsSealed: a file written before checksums (plain bbolt
+// values, no meta bucket) opens, its values gain checksums and read back
+// unchanged.
+func TestLegacyStoreIsSealed(t *testing.T) {
+	dir := t.TempDir()
+	b, err := bolt.Open(filepath.Join(dir, FileName), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Update(func(tx *bolt.Tx) error {
+		bk, _ := tx.CreateBucket([]byte("agent_certs"))
+		bk.Put([]byte("a"), []byte("old-value"))
+		qb, _ := tx.CreateBucket([]byte("push_queue"))
+		db, _ := qb.CreateBucket([]byte("dev"))
+		return db.Put([]byte("k"), []byte("queued"))
+	})
+	b.Close()
+	db, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if v, err := db.Get("agent_certs", "a"); err != nil || string(v) != "old-value" {
+		t.Errorf("legacy value after sealing: %q, %v", v, err)
+	}
+	db.View(func(tx *bolt.Tx) error {
+		v, err := Unseal([]byte("k"), tx.Bucket([]byte("push_queue")).Bucket([]byte("dev")).Get([]byte("k")))
+		if err != nil || string(v) != "queued" {
+			t.Errorf("nested legacy value after sealing: %q, %v", v, err)
+		}
+		return nil
+	})
+}
