@@ -31,10 +31,17 @@ type Keys struct {
 // is not set.
 const SecretFile = "wake.key"
 
-// LoadOrCreateKeys reads the keys, creating missing ones (base64 in files
-// of mode 0600). secretFile may be empty: dataDir/wake.key.
+// LoadOrCreateKeys reads the keys (base64 in a file of mode 0600).
+// secretFile may be empty: dataDir/wake.key, created on first start. A
+// configured secretFile must exist: it is the secret a cluster shares, and
+// generating one at a mistyped path would split the cluster's key.
 func LoadOrCreateKeys(dataDir, secretFile string) (*Keys, error) {
-	if secretFile == "" {
+	if secretFile != "" {
+		if _, err := os.Stat(secretFile); err != nil {
+			return nil, fmt.Errorf("wake: wake.secret_file %s: %w (a configured secret is never generated: copy the cluster's file there, or create one with: head -c 32 /dev/urandom | base64 > %s)",
+				secretFile, err, secretFile)
+		}
+	} else {
 		secretFile = filepath.Join(dataDir, SecretFile)
 	}
 	secret, err := loadOrCreate(secretFile, 32, 16)

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -254,4 +255,26 @@ func FuzzWakeOnLAN(f *testing.F) {
 			t.Fatalf("decoded %x, re-encoded %x, %v", b, out, err)
 		}
 	})
+}
+
+// TestConfiguredSecretFileMustExist: a wake.secret_file that names a
+// missing file is an error naming it, and nothing is created there (a
+// typo would otherwise split a cluster's shared key); the default path in
+// the data directory is still created on first start.
+func TestConfiguredSecretFileMustExist(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "typo", "wake.secret")
+	_, err := LoadOrCreateKeys(dir, missing)
+	if err == nil || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("LoadOrCreateKeys with a missing secret_file: %v, want an error naming it", err)
+	}
+	if _, err := os.Stat(filepath.Dir(missing)); err == nil {
+		t.Error("the missing path's directory was created")
+	}
+	if _, err := LoadOrCreateKeys(dir, ""); err != nil {
+		t.Fatalf("default path: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, SecretFile)); err != nil {
+		t.Errorf("default secret not created: %v", err)
+	}
 }

@@ -47,6 +47,9 @@ func (c *Config) Validate() error {
 	if u.Auth == "none" && Enabled(u.Listen) && !IsLoopback(u.Listen) {
 		return c.errAt("push.auth", "none is allowed only with a loopback push.listen, not %s", u.Listen)
 	}
+	if u.Keepalive.D() > 65535*time.Second {
+		return c.errAt("push.keepalive", "%.0fs is above the maximum 65535s (WELCOME carries it in 16 bits of seconds)", u.Keepalive.D().Seconds())
+	}
 	if err := c.atLeast("push.keepalive", u.Keepalive, time.Second); err != nil {
 		return err
 	}
