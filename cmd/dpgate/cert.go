@@ -37,22 +37,10 @@ list, add, rm and agent-gen work through the running gateway's admin API,
 or directly on the data directory when no gateway runs.`
 
 func runCert(args []string, stdout, stderr io.Writer) error {
-	subs := map[string]func([]string, io.Writer, io.Writer) error{
+	return runSubcommand("cert", certAbout, map[string]func([]string, io.Writer, io.Writer) error{
 		"gen": certGen, "pin": certPin, "agent-gen": certAgentGen,
 		"list": certList, "add": certAdd, "rm": certRm,
-	}
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprintf(stdout, "Usage: dpgate cert SUBCOMMAND [flags]\n%s\n\nRun \"dpgate cert SUBCOMMAND --help\" for its flags.\n", certAbout)
-		if len(args) == 0 {
-			return usagef("cert needs a subcommand")
-		}
-		return nil
-	}
-	fn, ok := subs[args[0]]
-	if !ok {
-		return usagef("unknown cert subcommand %q (want gen, pin, agent-gen, list, add or rm)", args[0])
-	}
-	return fn(args[1:], stdout, stderr)
+	}, args, stdout, stderr)
 }
 
 func certGen(args []string, stdout, stderr io.Writer) error {

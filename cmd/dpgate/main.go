@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -72,6 +73,28 @@ func mainUsage(w io.Writer) {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.synopsis)
 	}
 	fmt.Fprintf(w, "\nRun \"dpgate COMMAND --help\" for a command's flags.\n")
+}
+
+// runSubcommand runs the subcommand args[0] of command name, or prints
+// the command's usage (about) for none or --help.
+func runSubcommand(name, about string, subs map[string]func([]string, io.Writer, io.Writer) error, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintf(stdout, "Usage: dpgate %s SUBCOMMAND [flags]\n%s\n\nRun \"dpgate %s SUBCOMMAND --help\" for its flags.\n", name, about, name)
+		if len(args) == 0 {
+			return usagef("%s needs a subcommand", name)
+		}
+		return nil
+	}
+	fn, ok := subs[args[0]]
+	if !ok {
+		names := make([]string, 0, len(subs))
+		for n := range subs {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		return usagef("unknown %s subcommand %q (want one of %s)", name, args[0], strings.Join(names, ", "))
+	}
+	return fn(args[1:], stdout, stderr)
 }
 
 // usageError marks errors in the command line or configuration (exit 2).

@@ -35,21 +35,9 @@ data directory that held one is missing or empty; these commands are the
 way on.`
 
 func runStore(args []string, stdout, stderr io.Writer) error {
-	subs := map[string]func([]string, io.Writer, io.Writer) error{
+	return runSubcommand("store", storeAbout, map[string]func([]string, io.Writer, io.Writer) error{
 		"check": storeCheck, "recover": storeRecover, "reset": storeReset,
-	}
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprintf(stdout, "Usage: dpgate store SUBCOMMAND [-c FILE]\n%s\n\nRun \"dpgate store SUBCOMMAND --help\" for its flags.\n", storeAbout)
-		if len(args) == 0 {
-			return usagef("store needs a subcommand")
-		}
-		return nil
-	}
-	fn, ok := subs[args[0]]
-	if !ok {
-		return usagef("unknown store subcommand %q (want check, recover or reset)", args[0])
-	}
-	return fn(args[1:], stdout, stderr)
+	}, args, stdout, stderr)
 }
 
 func storeCheck(args []string, stdout, stderr io.Writer) error {

@@ -85,14 +85,9 @@ func Inspect(dir string, lockTimeout time.Duration) (Report, error) {
 	if lockTimeout == 0 {
 		lockTimeout = time.Second
 	}
-	var b *bolt.DB
-	err = guard("open", func() error {
-		var err error
-		b, err = bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: lockTimeout})
-		return err
-	})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return r, fmt.Errorf("%w: %s", ErrLocked, path)
+	b, err := openReadOnly(path, lockTimeout)
+	if errors.Is(err, ErrLocked) {
+		return r, err
 	}
 	if err != nil {
 		r.Problems = append(r.Problems, err.Error())
@@ -114,6 +109,21 @@ func (db *DB) Inspect() Report {
 	inspect(db.bolt, &r)
 	r.Took = time.Since(start)
 	return r
+}
+
+// openReadOnly opens a file that may be damaged for reading: shared lock
+// (ErrLocked while a gateway has it), no freelist read, panics caught.
+func openReadOnly(path string, lockTimeout time.Duration) (*bolt.DB, error) {
+	var b *bolt.DB
+	err := guard("open", func() error {
+		var err error
+		b, err = bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: lockTimeout})
+		return err
+	})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s", ErrLocked, path)
+	}
+	return b, err
 }
 
 func inspect(b *bolt.DB, r *Report) {
@@ -243,14 +253,9 @@ func Recover(dir string, lockTimeout time.Duration) (RecoverReport, error) {
 	if st.Size() == 0 {
 		return rep, fmt.Errorf("store: %s is empty (0 bytes): there is nothing to recover; restore it from a backup or run \"dpgate store reset\"", path)
 	}
-	var old *bolt.DB
-	err = guard("open", func() error {
-		var err error
-		old, err = bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: lockTimeout})
-		return err
-	})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return rep, fmt.Errorf("%w: %s (stop the gateway first)", ErrLocked, path)
+	old, err := openReadOnly(path, lockTimeout)
+	if errors.Is(err, ErrLocked) {
+		return rep, fmt.Errorf("%w (stop the gateway first)", err)
 	}
 	if err != nil {
 		return rep, fmt.Errorf("store: %s cannot be opened at all (%v): nothing in it can be read; restore it from a backup or run \"dpgate store reset\"", path, err)
