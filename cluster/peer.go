@@ -125,8 +125,8 @@ func (w *wireItem) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &j); err != nil {
 		return err
 	}
-	if j.Device == "" || len(j.Device) > push.MaxDeviceID {
-		return fmt.Errorf("cluster: device id %q", j.Device)
+	if err := push.CheckDeviceID(j.Device); err != nil {
+		return fmt.Errorf("cluster: %w", err)
 	}
 	w.Device, w.ID, w.Expiry, w.Payload, w.Origin = j.Device, j.ID, j.Expiry, j.Payload, j.Origin
 	return nil

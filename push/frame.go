@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -295,6 +296,27 @@ func (r *reader) end(what string) error {
 	return r.err
 }
 
+// CheckDeviceID is the one rule for device ids, wherever one comes from
+// (HELLO, the admin API, a certificate's CN, a device token, a wake
+// datagram, a peer node): 1 to MaxDeviceID bytes of valid UTF-8 with no
+// control character and no white space.
+func CheckDeviceID(id string) error {
+	switch {
+	case id == "":
+		return errors.New("device id is empty")
+	case len(id) > MaxDeviceID:
+		return fmt.Errorf("device id of %d bytes, the limit is %d", len(id), MaxDeviceID)
+	case !utf8.ValidString(id):
+		return fmt.Errorf("device id %q is not valid UTF-8", id)
+	}
+	for _, r := range id {
+		if unicode.IsControl(r) || unicode.IsSpace(r) {
+			return fmt.Errorf("device id %q has a control or white-space character (%U)", id, r)
+		}
+	}
+	return nil
+}
+
 // ParseHello decodes a HELLO body.
 func ParseHello(b []byte) (Hello, error) {
 	r := &reader{b: b}
@@ -323,8 +345,8 @@ func ParseHello(b []byte) (Hello, error) {
 	if err := r.end("HELLO"); err != nil {
 		return h, err
 	}
-	if h.DeviceID == "" && r.err == nil {
-		return h, fmt.Errorf("%w: empty device id", ErrFrame)
+	if err := CheckDeviceID(h.DeviceID); err != nil {
+		return h, fmt.Errorf("%w: %v", ErrFrame, err)
 	}
 	if h.MinVersion > h.MaxVersion {
 		return h, fmt.Errorf("%w: version range %d..%d is empty", ErrFrame, h.MinVersion, h.MaxVersion)

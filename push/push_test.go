@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -305,7 +306,7 @@ func TestMalformedFramesCloseOnlyThatConnection(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := dialRaw(t, ts, nil)
 			if tc.hello {
-				r.hello(t, "bad-"+tc.name)
+				r.hello(t, "bad-"+strings.ReplaceAll(tc.name, " ", "-"))
 			}
 			tc.send(r)
 			if e := r.expectError(t); e.Code != tc.code || e.Reason == "" {

@@ -34,6 +34,34 @@ type Registry struct {
 	db *store.DB
 	mu sync.RWMutex
 	m  map[string]DeviceRecord
+	// Removed counts the stored ids NewRegistry removed for breaking
+	// CheckDeviceID.
+	Removed int
+}
+
+// Remove forgets a device and drops its queued pushes.
+func (r *Registry) Remove(id string) error {
+	r.mu.Lock()
+	delete(r.m, id)
+	r.mu.Unlock()
+	return r.db.Update(func(tx *bolt.Tx) error {
+		if b := tx.Bucket([]byte(bucketDevices)); b != nil {
+			if err := b.Delete([]byte(id)); err != nil {
+				return err
+			}
+		}
+		for _, name := range []string{bucketQueue} {
+			if b := tx.Bucket([]byte(name)); b != nil && b.Bucket([]byte(id)) != nil {
+				if err := b.DeleteBucket([]byte(id)); err != nil {
+					return err
+				}
+			}
+		}
+		if b := tx.Bucket([]byte(bucketSeq)); b != nil {
+			return b.Delete([]byte(id))
+		}
+		return nil
+	})
 }
 
 // NewRegistry loads the table.
@@ -41,15 +69,31 @@ func NewRegistry(db *store.DB) (*Registry, error) {
 	r := &Registry{db: db, m: map[string]DeviceRecord{}}
 	// ForEach skips (and quarantines) records that fail their checksum;
 	// such a device is known again when it next connects.
+	// Ids stored by earlier versions that break CheckDeviceID are removed
+	// with their queues: one of them made every push to all fail.
+	var bad []string
 	err := db.ForEach(bucketDevices, func(k, v []byte) error {
 		var d DeviceRecord
 		if err := json.Unmarshal(v, &d); err != nil {
 			return fmt.Errorf("push: device %s: %w", k, err)
 		}
+		if err := CheckDeviceID(d.ID); err != nil || d.ID != string(k) {
+			bad = append(bad, string(k))
+			return nil
+		}
 		r.m[d.ID] = d
 		return nil
 	})
-	return r, err
+	if err != nil {
+		return r, err
+	}
+	for _, id := range bad {
+		if err := r.Remove(id); err != nil {
+			return r, err
+		}
+	}
+	r.Removed = len(bad)
+	return r, nil
 }
 
 // Seen records a connection (or its end) of a device.

@@ -522,8 +522,8 @@ func (s *Server) Check(devices []string, payload []byte) error {
 		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrPayloadTooLarge, len(payload), s.cfg.MaxPayload)
 	}
 	for _, d := range devices {
-		if d == "" || len(d) > MaxDeviceID {
-			return fmt.Errorf("%w: device id %q is empty or longer than %d bytes", ErrBadDevice, d, MaxDeviceID)
+		if err := CheckDeviceID(d); err != nil {
+			return fmt.Errorf("%w: %v", ErrBadDevice, err)
 		}
 	}
 	return nil

@@ -42,7 +42,7 @@ func VerifyToken(key []byte, token string, now time.Time) (string, error) {
 		return "", fmt.Errorf("%w: expired on %s", ErrToken, time.Unix(exp, 0).UTC().Format(time.DateOnly))
 	}
 	dev, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil || len(dev) == 0 {
+	if err != nil || CheckDeviceID(string(dev)) != nil {
 		return "", fmt.Errorf("%w: bad device id", ErrToken)
 	}
 	return string(dev), nil

@@ -60,6 +60,10 @@ func (g *Gateway) newPush() (*push.Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if reg.Removed > 0 {
+		g.log.Warn("removed stored devices whose ids break the device id rule (docs/PROTOCOL.md), with their queues",
+			"devices", reg.Removed)
+	}
 	pc := push.Config{
 		Identity:           g.id,
 		AllowList:          g.allow,

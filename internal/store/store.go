@@ -430,7 +430,7 @@ func (db *DB) Corrupt(path []string, key []byte) {
 	if first {
 		db.corrupt.Add(1)
 		db.log.Error("store: a record fails its checksum; it is skipped and kept aside, never used",
-			"file", db.Path(), "bucket", strings.Join(path, "/"), "key", fmt.Sprintf("%q", key))
+			"file", db.Path(), "bucket", strings.Join(path, "/"), "key", string(key))
 	}
 }
 
