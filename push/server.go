@@ -884,6 +884,24 @@ func (s *Server) Devices() []DeviceStatus {
 	return out
 }
 
+// ErrConnected is returned by RemoveDevice for a device with a session.
+var ErrConnected = errors.New("push: device is connected")
+
+// RemoveDevice forgets a device and drops what is queued for it. A
+// connected device is refused (ErrConnected): it would be known again at
+// once.
+func (s *Server) RemoveDevice(id string) (bool, error) {
+	if s.Holds(id) {
+		return false, fmt.Errorf("%w: %s", ErrConnected, id)
+	}
+	_, known := s.reg.Get(id)
+	queued, _ := s.queue.Len(id)
+	if !known && queued == 0 {
+		return false, nil
+	}
+	return true, s.reg.Remove(id)
+}
+
 // Expired is the number of pushes expired undelivered since start.
 func (s *Server) Expired() uint64 { return s.queue.Expired() }
 

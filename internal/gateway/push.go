@@ -266,5 +266,19 @@ func (g *Gateway) pushRoutes() {
 		}
 		return http.StatusOK, reply, nil
 	})
+	a.HandleJSON("DELETE /v1/devices/{id}", func(r *http.Request) (int, any, error) {
+		id := r.PathValue("id")
+		found, err := g.push.RemoveDevice(id)
+		switch {
+		case errors.Is(err, push.ErrConnected):
+			return 0, nil, admin.Error(http.StatusConflict, err)
+		case err != nil:
+			return 0, nil, err
+		case !found:
+			return 0, nil, admin.Error(http.StatusNotFound, fmt.Errorf("device %q is unknown", id))
+		}
+		g.log.Info("device removed with its queue", "device", id)
+		return http.StatusOK, map[string]string{"status": "removed", "device": id}, nil
+	})
 	g.wakeRoutes()
 }

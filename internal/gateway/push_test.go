@@ -105,3 +105,30 @@ func TestPushAPI(t *testing.T) {
 		t.Errorf("unknown device: %v, want 404", err)
 	}
 }
+
+// TestDeleteDevice: DELETE /v1/devices/{id} removes a device and its
+// queue (the way out for an id nothing else could remove); an unknown id
+// is 404.
+func TestDeleteDevice(t *testing.T) {
+	_, api, _ := newTestGateway(t, "push:\n  listen: 127.0.0.1:0\n  auth: none\n")
+	ctx := context.Background()
+	data := "queued for nobody"
+	var reply PushReply
+	if err := api.Do(ctx, "POST", "/v1/devices/gone-1/push", PushRequest{Data: &data}, &reply); err != nil {
+		t.Fatal(err)
+	}
+	var d map[string]any
+	if err := api.Do(ctx, "GET", "/v1/devices/gone-1", nil, &d); err != nil || d["queued"] != float64(1) {
+		t.Fatalf("before: %v, %v; want one queued", d, err)
+	}
+	if err := api.Do(ctx, "DELETE", "/v1/devices/gone-1", nil, nil); err != nil {
+		t.Fatalf("DELETE: %v", err)
+	}
+	var he *admin.HTTPError
+	if err := api.Do(ctx, "GET", "/v1/devices/gone-1", nil, &d); !errors.As(err, &he) || he.Status != 404 {
+		t.Errorf("GET after DELETE: %v, want 404", err)
+	}
+	if err := api.Do(ctx, "DELETE", "/v1/devices/gone-1", nil, nil); !errors.As(err, &he) || he.Status != 404 {
+		t.Errorf("second DELETE: %v, want 404", err)
+	}
+}
