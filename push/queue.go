@@ -110,27 +110,8 @@ func (q *Queue) Pending(device string, after uint64, limit int) ([]Message, erro
 		}
 		return nil
 	})
-	if len(bad) > 0 {
-		q.quarantine(device, bad)
-	}
+	q.db.QuarantineKeys([]string{bucketQueue, device}, bad)
 	return out, err
-}
-
-// quarantine counts and moves aside a device's messages that failed their
-// checksum.
-func (q *Queue) quarantine(device string, keys [][]byte) {
-	path := []string{bucketQueue, device}
-	for _, k := range keys {
-		q.db.Corrupt(path, k)
-	}
-	q.db.Batch(func(tx *bolt.Tx) error {
-		for _, k := range keys {
-			if err := store.Quarantine(tx, path, k); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
 }
 
 // Ack removes an acknowledged message; it reports whether it was queued

@@ -50,11 +50,9 @@ func (r *Registry) Remove(id string) error {
 				return err
 			}
 		}
-		for _, name := range []string{bucketQueue} {
-			if b := tx.Bucket([]byte(name)); b != nil && b.Bucket([]byte(id)) != nil {
-				if err := b.DeleteBucket([]byte(id)); err != nil {
-					return err
-				}
+		if qb := tx.Bucket([]byte(bucketQueue)); qb != nil && qb.Bucket([]byte(id)) != nil {
+			if err := qb.DeleteBucket([]byte(id)); err != nil {
+				return err
 			}
 		}
 		if b := tx.Bucket([]byte(bucketSeq)); b != nil {

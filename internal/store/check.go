@@ -127,8 +127,9 @@ func openReadOnly(path string, lockTimeout time.Duration) (*bolt.DB, error) {
 }
 
 func inspect(b *bolt.DB, r *Report) {
-	r.Problems = append(r.Problems, consistency(b, r.Path)...)
-	if len(r.Problems) > 0 && strings.HasPrefix(r.Problems[0], "the file is cut short") {
+	problems, cutShort := consistency(b, r.Path)
+	r.Problems = append(r.Problems, problems...)
+	if cutShort {
 		return // pages past the end would fault: walk nothing
 	}
 	counts := map[string]*BucketCount{}
@@ -267,14 +268,11 @@ func Recover(dir string, lockTimeout time.Duration) (RecoverReport, error) {
 		old.Close()
 		return rep, fmt.Errorf("store: %w", err)
 	}
-	cutShort := false
-	if st.Size() < guardedSize(old) {
-		cutShort = true
-	}
-	err = copyRecords(old, nb, cutShort, &rep)
+	err = copyRecords(old, nb, st.Size() < guardedSize(old), &rep)
 	old.Close()
+	id := newID()
 	if err == nil {
-		err = nb.Update(func(tx *bolt.Tx) error { return writeMeta(tx, newID()) })
+		err = nb.Update(func(tx *bolt.Tx) error { return writeMeta(tx, id) })
 	}
 	if cerr := nb.Close(); err == nil {
 		err = cerr
@@ -291,15 +289,6 @@ func Recover(dir string, lockTimeout time.Duration) (RecoverReport, error) {
 		return rep, fmt.Errorf("store: %w", err)
 	}
 	rep.Recovered = path
-	var id string
-	if b, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true}); err == nil {
-		b.View(func(tx *bolt.Tx) error {
-			v, _ := Unseal([]byte("store_id"), tx.Bucket([]byte(metaBucket)).Get([]byte("store_id")))
-			id = string(v)
-			return nil
-		})
-		b.Close()
-	}
 	return rep, writeMarker(dir, id)
 }
 

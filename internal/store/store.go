@@ -205,7 +205,7 @@ func checkFile(path string, lockTimeout time.Duration) error {
 			return err
 		}
 		defer b.Close()
-		problems = consistency(b, path)
+		problems, _ = consistency(b, path)
 		return nil
 	})
 	switch {
@@ -224,15 +224,15 @@ func checkFile(path string, lockTimeout time.Duration) error {
 const maxProblems = 5
 
 // consistency returns what is wrong with an open file's pages: its size
-// against its meta page, then bbolt's check.
-func consistency(b *bolt.DB, path string) []string {
-	var problems []string
+// against its meta page (cutShort: bbolt's check is not run then), then
+// bbolt's check.
+func consistency(b *bolt.DB, path string) (problems []string, cutShort bool) {
 	st, err := os.Stat(path)
 	if err != nil {
-		return []string{err.Error()}
+		return []string{err.Error()}, false
 	}
 	b.View(func(tx *bolt.Tx) error {
-		if st.Size() < tx.Size() {
+		if cutShort = st.Size() < tx.Size(); cutShort {
 			problems = append(problems, fmt.Sprintf("the file is cut short: %d bytes, its meta page says %d", st.Size(), tx.Size()))
 			return nil
 		}
@@ -247,7 +247,7 @@ func consistency(b *bolt.DB, path string) []string {
 		}
 		return nil
 	})
-	return problems
+	return problems, cutShort
 }
 
 // prepare reads the format, sealing a file from before checksums in
@@ -549,24 +549,34 @@ func (db *DB) ForEach(bucket string, fn func(key, value []byte) error) error {
 			}
 			val, err := Unseal(k, v)
 			if err != nil {
-				db.Corrupt([]string{bucket}, k)
 				bad = append(bad, slices.Clone(k))
 				return nil
 			}
 			return fn(k, val)
 		})
 	})
-	if len(bad) > 0 {
-		db.Update(func(tx *bolt.Tx) error {
-			for _, k := range bad {
-				if err := Quarantine(tx, []string{bucket}, k); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}
+	db.QuarantineKeys([]string{bucket}, bad)
 	return err
+}
+
+// QuarantineKeys counts (DB.Corrupt) and moves aside, in one commit, the
+// records under path found failing their checksum in a read-only
+// transaction.
+func (db *DB) QuarantineKeys(path []string, keys [][]byte) {
+	if len(keys) == 0 {
+		return
+	}
+	for _, k := range keys {
+		db.Corrupt(path, k)
+	}
+	db.Batch(func(tx *bolt.Tx) error {
+		for _, k := range keys {
+			if err := Quarantine(tx, path, k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // Update runs fn in one read-write transaction, for callers that need
@@ -582,7 +592,7 @@ func (db *DB) View(fn func(tx *bolt.Tx) error) error {
 
 // Check verifies the file's internal consistency (bbolt's page checks).
 func (db *DB) Check() error {
-	if p := consistency(db.bolt, db.Path()); len(p) > 0 {
+	if p, _ := consistency(db.bolt, db.Path()); len(p) > 0 {
 		return &DamageError{Path: db.Path(), Problems: p, Hint: hintRecover}
 	}
 	return nil
