@@ -39,6 +39,11 @@ go build -o "$work/dpload" ./cmd/dpload
 # REDIRECT finds the pin it knows.
 "$work/dpgate" cert gen --cn gateway --out "$work/gateway.pem" >/dev/null 2>&1
 pin=$("$work/dpgate" cert pin "$work/gateway.pem")
+# One admin token for every node, as admin.token_file (the API wants one
+# on every route but /healthz); dpload reads DPGATE_TOKEN, curl the header.
+head -c 32 /dev/urandom | base64 | tr -d '/+=' > "$work/admin.token"; chmod 600 "$work/admin.token"
+export DPGATE_TOKEN=$(cat "$work/admin.token")
+auth="Authorization: Bearer $DPGATE_TOKEN"
 
 push_addr() { echo "127.0.0.1:$((19200 + $1))"; }
 admin_addr() { echo "127.0.0.1:$((19300 + $1))"; }
@@ -53,7 +58,7 @@ for i in $(seq 0 $((NODES - 1))); do
   cat > "$work/node$i.yaml" <<CFG
 node: {name: node-$i, data_dir: $work/node$i-data}
 log: {level: warn}
-admin: {listen: "$(admin_addr "$i")"}
+admin: {listen: "$(admin_addr "$i")", token_file: $work/admin.token}
 tls: {cert: $work/gateway.pem}
 push: {listen: "$(push_addr "$i")", auth: none, quic: false, max_connections: 19500}
 wake: {listen: "off", shutdown_listen: "off"}
@@ -65,7 +70,7 @@ CFG
   for _ in $(seq 100); do curl -sf "http://$(admin_addr "$i")/healthz" >/dev/null && break; sleep 0.1; done
 done
 
-members() { curl -sf "http://$(admin_addr 0)/v1/status" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["cluster"] or []))'; }
+members() { curl -sf -H "$auth" "http://$(admin_addr 0)/v1/status" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["cluster"] or []))'; }
 for _ in $(seq 100); do [ "$(members)" = "$NODES" ] && break; sleep 0.2; done
 echo "cluster formed: $(members) members"
 
@@ -79,7 +84,7 @@ for i in $(seq 0 $((NODES - 1))); do
 done
 
 sessions() { # NODE
-  curl -sf --max-time 5 "http://$(admin_addr "$1")/v1/status" | python3 -c 'import json,sys; print((json.load(sys.stdin).get("push") or {}).get("sessions", 0))' 2>/dev/null || echo 0
+  curl -sf --max-time 5 -H "$auth" "http://$(admin_addr "$1")/v1/status" | python3 -c 'import json,sys; print((json.load(sys.stdin).get("push") or {}).get("sessions", 0))' 2>/dev/null || echo 0
 }
 want=$((NODES * PER_NODE))
 start=$(date +%s)
@@ -114,7 +119,7 @@ echo "cluster: $total sessions held by $NODES processes, $((rss_total / 1024)) M
 # dead (none of them died; any count is a false positive of starvation).
 failed=""
 for i in $(seq 0 $((NODES - 1))); do
-  n=$(curl -sf --max-time 5 "http://$(admin_addr "$i")/metrics" | awk '/^dpgate_cluster_node_failed /{print $2}')
+  n=$(curl -sf --max-time 5 -H "$auth" "http://$(admin_addr "$i")/metrics" | awk '/^dpgate_cluster_node_failed /{print $2}')
   failed="$failed ${n:-0}"
 done
 echo "nodes declared failed (false positives), per node:$failed"

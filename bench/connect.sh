@@ -23,6 +23,10 @@ go build -o "$work/dpgate" ./cmd/dpgate
 go build -o "$work/dpload" ./cmd/dpload
 "$work/dpgate" cert gen --cn gateway --out "$work/gateway.pem" >/dev/null 2>&1
 pin=$("$work/dpgate" cert pin "$work/gateway.pem")
+# One admin token for every node, as admin.token_file (the API wants one
+# on every route but /healthz); dpload reads DPGATE_TOKEN.
+head -c 32 /dev/urandom | base64 | tr -d '/+=' > "$work/admin.token"; chmod 600 "$work/admin.token"
+export DPGATE_TOKEN=$(cat "$work/admin.token")
 
 servers=(); admins=()
 for i in $(seq 0 $((NODES - 1))); do
@@ -31,7 +35,7 @@ for i in $(seq 0 $((NODES - 1))); do
   cat > "$work/node$i.yaml" <<CFG
 node: {name: node-$i, data_dir: $work/node$i-data}
 log: {level: warn}
-admin: {listen: "127.0.0.1:$((19600 + i))"}
+admin: {listen: "127.0.0.1:$((19600 + i))", token_file: $work/admin.token}
 tls: {cert: $work/gateway.pem}
 push: {listen: "127.0.0.1:$((19700 + i))", auth: none, quic: false, max_connections: 19500}
 wake: {listen: "off", shutdown_listen: "off"}

@@ -27,6 +27,10 @@ go build -o "$work/dpgate" ./cmd/dpgate
 go build -o "$work/dpload" ./cmd/dpload
 "$work/dpgate" cert gen --cn gateway --out "$work/gateway.pem" >/dev/null 2>&1
 pin=$("$work/dpgate" cert pin "$work/gateway.pem")
+# One admin token for every node, as admin.token_file (the API wants one
+# on every route but /healthz); dpload reads DPGATE_TOKEN.
+head -c 32 /dev/urandom | base64 | tr -d '/+=' > "$work/admin.token"; chmod 600 "$work/admin.token"
+export DPGATE_TOKEN=$(cat "$work/admin.token")
 
 PUSH=127.0.0.1:19100 ADMIN=127.0.0.1:19101 NAIVE=127.0.0.1:19102
 
@@ -34,7 +38,7 @@ start_dpgate() { # NAME
   cat > "$work/$1.yaml" <<CFG
 node: {name: $1, data_dir: $work/$1-data}
 log: {level: warn}
-admin: {listen: "$ADMIN"}
+admin: {listen: "$ADMIN", token_file: $work/admin.token}
 tls: {cert: $work/gateway.pem}
 push: {listen: "$PUSH", auth: none, max_connections: 19500}
 wake: {listen: "off", shutdown_listen: "off"}

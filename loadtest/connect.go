@@ -27,6 +27,7 @@ const (
 type ConnectConfig struct {
 	Servers   []string // push addresses; agents are spread over them
 	Admins    []string // their admin API base URLs, for server figures (optional)
+	Token     string   // the admin APIs' bearer token
 	Pin       string
 	QUIC      bool
 	Agents    int
@@ -84,7 +85,7 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 	progress := cfg.Progress.note
 	rep := ConnectReport{Agents: cfg.Agents, Procs: cfg.Procs, Servers: cfg.Servers, Failures: map[string]int64{}}
 	for _, a := range cfg.Admins {
-		st, err := nodeStatus(ctx, a)
+		st, err := nodeStatus(ctx, a, cfg.Token)
 		if err != nil {
 			return rep, fmt.Errorf("admin API %s: %w", a, err)
 		}
@@ -144,7 +145,7 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 	rep.HandshakeP50, rep.HandshakeP99, rep.HandshakeMax = ms(h.ValueAtQuantile(50)), ms(h.ValueAtQuantile(99)), ms(h.Max())
 	rep.Latency = Bars(h, 40)
 	for i := range rep.Nodes {
-		st, err := nodeStatus(ctx, rep.Nodes[i].Admin)
+		st, err := nodeStatus(ctx, rep.Nodes[i].Admin, cfg.Token)
 		if err != nil {
 			return rep, err
 		}
@@ -169,11 +170,14 @@ type nodeFigures struct {
 	} `json:"push"`
 }
 
-func nodeStatus(ctx context.Context, base string) (nodeFigures, error) {
+func nodeStatus(ctx context.Context, base, token string) (nodeFigures, error) {
 	var st nodeFigures
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/status", nil)
 	if err != nil {
 		return st, err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 
 	"software.sslmate.com/src/go-pkcs12"
 )
@@ -69,17 +68,4 @@ func LoadPFX(file, passwordFile string) (tls.Certificate, error) {
 		return c, fmt.Errorf("tlsconf: %s: %w", file, err)
 	}
 	return c, nil
-}
-
-// ReadSecretFile reads a one-line secret (password, token), dropping the
-// trailing newline. An empty name gives an empty secret.
-func ReadSecretFile(name string) (string, error) {
-	if name == "" {
-		return "", nil
-	}
-	b, err := os.ReadFile(name)
-	if err != nil {
-		return "", fmt.Errorf("tlsconf: %w", err)
-	}
-	return strings.TrimRight(string(b), "\r\n"), nil
 }

@@ -44,32 +44,11 @@ func LoadOrCreateKeys(dataDir, secretFile string) (*Keys, error) {
 	} else {
 		secretFile = filepath.Join(dataDir, SecretFile)
 	}
-	secret, err := loadOrCreate(secretFile, 32, 16)
+	secret, err := tlsconf.LoadOrCreateKey(secretFile, 32, 16)
 	if err != nil {
 		return nil, err
 	}
 	return &Keys{Signing: ed25519.NewKeyFromSeed(derive(secret, "dpgate wake ed25519 seed")), Secret: secret}, nil
-}
-
-func loadOrCreate(file string, size, min int) ([]byte, error) {
-	if s, err := tlsconf.ReadSecretFile(file); err == nil {
-		b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
-		if err != nil || len(b) < min {
-			return nil, fmt.Errorf("wake: %s is not base64 of %d bytes or more", file, min)
-		}
-		return b, nil
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("wake: %w", err)
-	}
-	b := make([]byte, size)
-	rand.Read(b)
-	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
-		return nil, fmt.Errorf("wake: %w", err)
-	}
-	if err := tlsconf.WriteFileAtomic(file, []byte(base64.StdEncoding.EncodeToString(b)+"\n"), 0o600); err != nil {
-		return nil, err
-	}
-	return b, nil
 }
 
 // DeviceSecret is the device's own HMAC secret.

@@ -78,7 +78,7 @@ func TestClusterSurvivesKill9(t *testing.T) {
 			i, adminAddr, pushAddr, bind, extra)), 0o644)
 		s := startServe(t, nil, "-c", cfg)
 		s.waitLog(t, `msg="push server listening"`)
-		srvs, apis, pushes = append(srvs, s), append(apis, admin.NewClient(adminAddr, "")), append(pushes, pushAddr)
+		srvs, apis, pushes = append(srvs, s), append(apis, apiClient(t, cfg)), append(pushes, pushAddr)
 		pins = append(pins, strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout))
 	}
 	ctx := context.Background()

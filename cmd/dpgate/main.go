@@ -72,7 +72,10 @@ func mainUsage(w io.Writer) {
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.synopsis)
 	}
-	fmt.Fprintf(w, "\nRun \"dpgate COMMAND --help\" for a command's flags.\n")
+	fmt.Fprintf(w, "\nRun \"dpgate COMMAND --help\" for a command's flags.\n\n"+
+		"Commands that talk to the running gateway send its admin token, read from\n"+
+		"admin.token_file or data_dir/admin.token (as -c FILE says), or from the\n"+
+		"environment variable DPGATE_TOKEN when that is set.\n")
 }
 
 // runSubcommand runs the subcommand args[0] of command name, or prints

@@ -73,6 +73,13 @@ func dpgate(t *testing.T, env []string, args ...string) result {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), env...)
+	return runResult(t, cmd)
+}
+
+// runResult runs a prepared dpgate command to completion.
+func runResult(t *testing.T, cmd *exec.Cmd) result {
+	t.Helper()
+	args := cmd.Args[1:]
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -215,6 +222,17 @@ func writeConfig(t *testing.T, dir, adminAddr, extra string) string {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// apiClient is the admin client the CLI would use with -c cfgFile: the
+// address and the token (data_dir/admin.token) from the configuration.
+func apiClient(t *testing.T, cfgFile string) *admin.Client {
+	t.Helper()
+	c, _, err := adminClient(cfgFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // readmeCommands returns the commands in the README's ```sh blocks.

@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/gateway"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -137,7 +136,7 @@ func TestProxyEndToEnd(t *testing.T) {
 		t.Errorf("deleted agent certificate relayed %q", got)
 	}
 
-	api := admin.NewClient(adminAddr, "")
+	api := apiClient(t, cfg)
 	var st gateway.Status
 	if err := api.Do(context.Background(), "GET", "/v1/status", nil, &st); err != nil {
 		t.Fatal(err)

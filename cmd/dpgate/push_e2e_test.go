@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/gateway"
 )
 
@@ -77,7 +76,7 @@ func TestPushSurvivesKill9(t *testing.T) {
 	// Acknowledged: nothing stays queued.
 	waitFor(t, 20*time.Second, func() error {
 		var d struct{ Queued int }
-		if err := admin.NewClient(adminAddr, "").Do(context.Background(), "GET", "/v1/devices/device-1", nil, &d); err != nil {
+		if err := apiClient(t, cfg).Do(context.Background(), "GET", "/v1/devices/device-1", nil, &d); err != nil {
 			return err
 		}
 		if d.Queued != 0 {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -121,11 +122,35 @@ func adminClient(file string) (*admin.Client, *config.Config, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	token, err := tlsconf.ReadSecretFile(cfg.Admin.TokenFile)
+	token, err := cliToken(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
 	return admin.NewClient(cfg.Admin.Listen, token), cfg, nil
+}
+
+// cliToken is the admin token the CLI sends: DPGATE_TOKEN, else the file
+// the gateway reads (admin.token_file, or data_dir/admin.token), so the
+// operator running the CLI as the service user needs no flag. A default
+// token file not created yet means no gateway has started here; the
+// request then fails as unreachable or unauthorized, and commands that
+// can work offline do.
+func cliToken(cfg *config.Config) (string, error) {
+	if t := os.Getenv("DPGATE_TOKEN"); t != "" {
+		return t, nil
+	}
+	file, generated := cfg.AdminTokenFile()
+	token, err := tlsconf.ReadSecretFile(file)
+	switch {
+	case err == nil:
+		return token, nil
+	case generated && errors.Is(err, os.ErrNotExist):
+		return "", nil
+	case errors.Is(err, os.ErrPermission):
+		return "", fmt.Errorf("reading the admin token: %w (run as the user dpgate runs as, or set DPGATE_TOKEN)", err)
+	default:
+		return "", fmt.Errorf("reading the admin token: %w", err)
+	}
 }
 
 func newLogger(c config.Log, w io.Writer) *slog.Logger {

@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/gateway"
 )
 
@@ -120,14 +119,14 @@ func TestWakeUpEndToEnd(t *testing.T) {
 		t.Logf("push accepted -> wake-up datagram -> agent connected -> push delivered: %s", time.Since(start).Round(time.Millisecond))
 	case <-time.After(25 * time.Second):
 		var d any
-		admin.NewClient(adminAddr, "").Do(context.Background(), "GET", "/v1/devices/pc-wake", nil, &d)
+		apiClient(t, cfg).Do(context.Background(), "GET", "/v1/devices/pc-wake", nil, &d)
 		t.Logf("device: %+v", d)
 		t.Fatalf("the push did not arrive within 25 s (the agent's own retry comes after 30 s or more); agent:\n%s\ngateway:\n%s", stderr.String(), s2.log())
 	}
 	if !strings.Contains(stderr.String(), "dpgate agent: wake ") {
 		t.Errorf("the agent did not report a wake-up:\n%s", stderr.String())
 	}
-	api := admin.NewClient(adminAddr, "")
+	api := apiClient(t, cfg)
 	var d gateway.DeviceReply
 	if err := api.Do(context.Background(), "GET", "/v1/devices/pc-wake", nil, &d); err != nil {
 		t.Fatal(err)

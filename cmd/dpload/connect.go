@@ -29,6 +29,7 @@ spread over loopback source addresses.`, stdout)
 	cfg := loadtest.ConnectConfig{}
 	servers := fs.String("server", "", "push server `ADDR`s, comma-separated")
 	admins := fs.String("admin", "", "admin API base `URL`s, comma-separated (e.g. http://127.0.0.1:13290)")
+	tokenFile := tokenFlag(fs)
 	fs.StringVar(&cfg.Pin, "pin", "", "the gateways' certificate `PIN`")
 	fs.BoolVar(&cfg.QUIC, "quic", false, "agents connect over QUIC")
 	fs.IntVar(&cfg.Agents, "agents", 1000, "number of agents")
@@ -48,6 +49,11 @@ spread over loopback source addresses.`, stdout)
 	if *admins != "" {
 		cfg.Admins = strings.Split(*admins, ",")
 	}
+	token, err := adminToken(*tokenFile)
+	if err != nil {
+		return err
+	}
+	cfg.Token = token
 	if *procs != "auto" {
 		n, err := strconv.Atoi(*procs)
 		if err != nil || n < 1 {

@@ -23,10 +23,10 @@ import (
 // equal to it, and its RSS per connection read from the admin API.
 func TestConnectAgainstGateway(t *testing.T) {
 	bin := buildDpload(t)
-	g, ls := startGateway(t)
+	g, ls, tokenFile := startGateway(t)
 
 	const agents = 300
-	cmd := exec.Command(bin, "connect", "--server", ls.Push.Addr().String(), "--admin", "http://"+ls.Admin.Addr().String(),
+	cmd := exec.Command(bin, "connect", "--server", ls.Push.Addr().String(), "--admin", "http://"+ls.Admin.Addr().String(), "--token-file", tokenFile,
 		"--pin", g.Identity().Pin(), "--agents", fmt.Sprint(agents), "--procs", "2", "--ramp", "1000", "--hold", "1s", "--source-ips", "4", "--json",
 		"--html", filepath.Join(filepath.Dir(bin), "report.html"))
 	var out, errOut bytes.Buffer
@@ -121,12 +121,17 @@ func TestLinkThroughImpairment(t *testing.T) {
 // the storm loses nothing.
 func TestPushAgainstGateway(t *testing.T) {
 	bin := buildDpload(t)
-	g, ls := startGateway(t)
+	g, ls, tokenFile := startGateway(t)
+	token, err := os.ReadFile(tokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
 	const agents = 200
 	cmd := exec.Command(bin, "push", "--server", ls.Push.Addr().String(), "--admin", "http://"+ls.Admin.Addr().String(),
 		"--pin", g.Identity().Pin(), "--agents", fmt.Sprint(agents), "--procs", "2", "--source-ips", "2",
 		"--rate", "200", "--duration", "1s", "--scenarios", "latency,broadcast,storm", "--json",
 		"--html", filepath.Join(filepath.Dir(bin), "push.html"))
+	cmd.Env = append(os.Environ(), "DPGATE_TOKEN="+strings.TrimSpace(string(token))) // the other way to give it
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Run(); err != nil {
@@ -173,7 +178,8 @@ func buildDpload(t *testing.T) string {
 
 // startGateway runs an in-process gateway with the push server (auth
 // none) and the admin API on loopback.
-func startGateway(t *testing.T) (*gateway.Gateway, gateway.Listeners) {
+// The third result is the admin token's file.
+func startGateway(t *testing.T) (*gateway.Gateway, gateway.Listeners, string) {
 	t.Helper()
 	cf := filepath.Join(t.TempDir(), "dpgate.yaml")
 	os.WriteFile(cf, []byte("node:\n  name: t\n  data_dir: data\nadmin:\n  listen: 127.0.0.1:0\npush:\n  listen: 127.0.0.1:0\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n"), 0o644)
@@ -191,5 +197,6 @@ func startGateway(t *testing.T) (*gateway.Gateway, gateway.Listeners) {
 	}
 	g.Start(ls)
 	t.Cleanup(func() { g.Close() })
-	return g, ls
+	tokenFile, _ := cfg.AdminTokenFile()
+	return g, ls, tokenFile
 }

@@ -286,6 +286,7 @@ meanwhile are counted).`, stdout)
 	cfg := loadtest.PushBenchConfig{}
 	fs.StringVar(&cfg.Server, "server", "", "push server `ADDR`")
 	fs.StringVar(&cfg.Admin, "admin", "http://127.0.0.1:13290", "admin API base `URL`")
+	tokenFile := tokenFlag(fs)
 	fs.StringVar(&cfg.Pin, "pin", "", "the gateway's certificate `PIN`")
 	fs.IntVar(&cfg.PID, "pid", 0, "the server's process id, for memory figures")
 	fs.BoolVar(&cfg.QUIC, "quic", false, "agents connect over QUIC")
@@ -302,6 +303,10 @@ meanwhile are counted).`, stdout)
 	}
 	if cfg.Server == "" || cfg.Pin == "" {
 		return usageError{errors.New("push: --server and --pin are required")}
+	}
+	var err error
+	if cfg.Token, err = adminToken(*tokenFile); err != nil {
+		return err
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -338,4 +343,17 @@ compared against. Prints "naive listening ADDR pin PIN".`, stdout)
 		return err
 	}
 	return nil
+}
+
+// tokenFlag declares --token-file, the admin API's bearer token.
+func tokenFlag(fs *flag.FlagSet) *string {
+	return fs.String("token-file", "", "`FILE` with the admin API's bearer token (the gateway's admin.token_file or data_dir/admin.token; default: $DPGATE_TOKEN)")
+}
+
+// adminToken reads the token file, or DPGATE_TOKEN without one.
+func adminToken(file string) (string, error) {
+	if file == "" {
+		return os.Getenv("DPGATE_TOKEN"), nil
+	}
+	return tlsconf.ReadSecretFile(file)
 }

@@ -45,6 +45,21 @@ var ErrUnreachable = errors.New("admin API unreachable")
 // values as JSON) and decodes a 2xx JSON reply into out when out is not nil.
 // A non-2xx reply becomes an error carrying the API's message.
 func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
+	data, err := c.Raw(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("admin API %s %s: bad reply: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// Raw is Do for replies that are not JSON (/metrics, /debug/pprof/):
+// the 2xx reply's body as it came.
+func (c *Client) Raw(ctx context.Context, method, path string, body any) ([]byte, error) {
 	var rd io.Reader
 	ctype := ""
 	switch b := body.(type) {
@@ -54,13 +69,13 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	default:
 		data, err := json.Marshal(b)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		rd, ctype = bytes.NewReader(data), "application/json"
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
@@ -71,28 +86,23 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("%w at %s: %v", ErrUnreachable, c.base, err)
+			return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, c.base, err)
 		}
-		return fmt.Errorf("admin API %s: %w", c.base, err)
+		return nil, fmt.Errorf("admin API %s: %w", c.base, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("admin API %s: %w", c.base, err)
+		return nil, fmt.Errorf("admin API %s: %w", c.base, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		var e struct{ Error string }
 		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return &HTTPError{Status: resp.StatusCode, Err: errors.New(e.Error)}
+			return nil, &HTTPError{Status: resp.StatusCode, Err: errors.New(e.Error)}
 		}
-		return &HTTPError{Status: resp.StatusCode, Err: fmt.Errorf("%s %s: %s", method, path, resp.Status)}
+		return nil, &HTTPError{Status: resp.StatusCode, Err: fmt.Errorf("%s %s: %s", method, path, resp.Status)}
 	}
-	if out != nil {
-		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("admin API %s %s: bad reply: %w", method, path, err)
-		}
-	}
-	return nil
+	return data, nil
 }
 
 // Base is the API's base URL, e.g. http://127.0.0.1:13290.

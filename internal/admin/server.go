@@ -1,5 +1,6 @@
 // Package admin is dpgate's admin HTTP API: JSON on a loopback listener by
-// default, a bearer token required whenever one is configured. The server
+// default, a bearer token required on every route but /healthz, loopback
+// included (a local user is not the operator). The server
 // owns routing, authentication, limits and the JSON conventions; the
 // gateway and its components register their routes on it.
 //
@@ -16,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"slices"
 	"strings"
 	"time"
 )
@@ -25,16 +27,17 @@ const MaxBody = 1 << 20
 
 // Server is the admin API.
 type Server struct {
-	token string
-	log   *slog.Logger
-	mux   *http.ServeMux
-	http  *http.Server
+	token  string
+	routes []string
+	log    *slog.Logger
+	mux    *http.ServeMux
+	http   *http.Server
 }
 
-// Config configures the server. The zero value serves without a token.
+// Config configures the server.
 type Config struct {
-	// Token is the bearer token every route but /healthz requires.
-	// Default: none (config validation allows that only on loopback).
+	// Token is the bearer token every route but the Open ones requires.
+	// Empty fails closed: no request is authorized.
 	Token  string
 	Logger *slog.Logger // default slog.Default()
 }
@@ -57,21 +60,31 @@ func New(cfg Config) *Server {
 	}
 	// Go's profiles, behind the same token as the rest: heap, goroutines,
 	// CPU (/debug/pprof/profile?seconds=N), for go tool pprof.
-	s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	s.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-	s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	s.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	s.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	s.Handle("GET /debug/pprof/", http.HandlerFunc(pprof.Index))
+	s.Handle("GET /debug/pprof/cmdline", http.HandlerFunc(pprof.Cmdline))
+	s.Handle("GET /debug/pprof/profile", http.HandlerFunc(pprof.Profile))
+	s.Handle("GET /debug/pprof/symbol", http.HandlerFunc(pprof.Symbol))
+	s.Handle("GET /debug/pprof/trace", http.HandlerFunc(pprof.Trace))
 	return s
 }
 
+// Open reports whether path is served without a token: only the health
+// probe, which says nothing but whether the gateway can serve.
+func Open(path string) bool { return path == "/healthz" }
+
 // Handle registers a route with a Go 1.22 pattern ("GET /v1/certs").
-func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+func (s *Server) Handle(pattern string, h http.Handler) {
+	s.routes = append(s.routes, pattern)
+	s.mux.Handle(pattern, h)
+}
+
+// Routes lists every registered pattern, in registration order.
+func (s *Server) Routes() []string { return slices.Clone(s.routes) }
 
 // HandleJSON registers a route whose function returns a value to encode
 // as JSON with the status, or an error (see Error).
 func (s *Server) HandleJSON(pattern string, fn func(r *http.Request) (int, any, error)) {
-	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+	s.Handle(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, MaxBody)
 		status, v, err := fn(r)
 		if err != nil {
@@ -90,14 +103,15 @@ func (s *Server) HandleJSON(pattern string, fn func(r *http.Request) (int, any, 
 			return
 		}
 		WriteJSON(w, status, v)
-	})
+	}))
 }
 
 // ServeHTTP authenticates, then routes.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if s.token != "" && r.URL.Path != "/healthz" && !s.authorized(r) {
+	if !Open(r.URL.Path) && !s.authorized(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="dpgate"`)
-		WriteJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
+		WriteJSON(w, http.StatusUnauthorized, map[string]string{
+			"error": "missing or wrong bearer token (Authorization: Bearer, the token in admin.token_file or data_dir/admin.token)"})
 		return
 	}
 	s.mux.ServeHTTP(w, r)
@@ -105,7 +119,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) authorized(r *http.Request) bool {
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) == 1
+	return ok && s.token != "" && subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) == 1
 }
 
 // Serve serves on ln until Shutdown or Close; it returns nil after those.

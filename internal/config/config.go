@@ -58,9 +58,24 @@ type Admin struct {
 	// Listen is the API's address. Default: 127.0.0.1:13290. A non-loopback
 	// address requires TokenFile.
 	Listen string `yaml:"listen"`
-	// TokenFile holds the bearer token the API requires. Default: none
-	// (no token, allowed only on loopback).
+	// TokenFile holds the bearer token every route but /healthz requires,
+	// on loopback too. Default: data_dir/admin.token, created with a random
+	// token (mode 0600) on first start; see AdminTokenFile.
 	TokenFile string `yaml:"token_file"`
+}
+
+// AdminTokenFileName is the admin token's file in the data directory when
+// admin.token_file is not set.
+const AdminTokenFileName = "admin.token"
+
+// AdminTokenFile is the file holding the admin API's bearer token, and
+// whether it is the generated default (created on first start) rather than
+// a file the operator named.
+func (c *Config) AdminTokenFile() (file string, generated bool) {
+	if c.Admin.TokenFile != "" {
+		return c.Admin.TokenFile, false
+	}
+	return c.InDataDir(AdminTokenFileName), true
 }
 
 // TLS names the gateway's own certificate, the one agents pin.

@@ -98,14 +98,10 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		g.db.Close()
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	token, err := tlsconf.ReadSecretFile(cfg.Admin.TokenFile)
+	token, err := admin.LoadToken(cfg.AdminTokenFile())
 	if err != nil {
 		g.db.Close()
-		return nil, fmt.Errorf("gateway: admin.token_file: %w", err)
-	}
-	if cfg.Admin.TokenFile != "" && token == "" {
-		g.db.Close()
-		return nil, fmt.Errorf("gateway: admin.token_file %s is empty", cfg.Admin.TokenFile)
+		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	if g.proxy, err = g.newProxy(); err != nil {
 		g.db.Close()

@@ -58,7 +58,10 @@ func newTestGateway(t testing.TB, yaml string) (*Gateway, *admin.Client, string)
 			t.Errorf("Shutdown: %v", err)
 		}
 	})
-	token, _ := tlsconf.ReadSecretFile(cfg.Admin.TokenFile)
+	token, err := tlsconf.ReadSecretFile(first(cfg.AdminTokenFile()))
+	if err != nil {
+		t.Fatal(err)
+	}
 	return g, admin.NewClient(ls.Admin.Addr().String(), token), dir
 }
 
@@ -160,15 +163,111 @@ func TestTokenRequiredWhenConfigured(t *testing.T) {
 	}
 }
 
-// metricsOf is the gateway's /metrics page.
-func metricsOf(t testing.TB, c *admin.Client) string {
-	t.Helper()
-	resp, err := http.Get(c.Base() + "/metrics")
+// TestEveryRouteNeedsToken: with no token configured the gateway makes
+// one (data_dir/admin.token, 0600), and every route but /healthz refuses
+// a request without it or with a wrong one, on loopback too: a local user
+// who cannot read the file has no rights.
+func TestEveryRouteNeedsToken(t *testing.T) {
+	g, c, dir := newTestGateway(t, "")
+	file := filepath.Join(dir, "data", config.AdminTokenFileName)
+	fi, err := os.Stat(file)
+	if err != nil {
+		t.Fatalf("no generated admin token: %v", err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s has mode %v, want 0600", file, fi.Mode().Perm())
+	}
+	token, _ := tlsconf.ReadSecretFile(file)
+	if len(token) < 40 {
+		t.Errorf("generated token %q is shorter than 40 characters", token)
+	}
+	routes := g.admin.Routes()
+	if len(routes) < 20 {
+		t.Fatalf("only %d routes registered: %v", len(routes), routes)
+	}
+	for _, route := range routes {
+		method, path, _ := strings.Cut(route, " ")
+		path = strings.NewReplacer("{id}", "pc-1", "{fingerprint}", strings.Repeat("ab", 32)).Replace(path)
+		if strings.HasSuffix(path, "/profile") || strings.HasSuffix(path, "/trace") {
+			path += "?seconds=1"
+		}
+		for _, auth := range []string{"", "Bearer ", "Bearer wrong", "Bearer " + token + "x", "Basic " + token, token} {
+			req, _ := http.NewRequest(method, c.Base()+path, strings.NewReader("{}"))
+			if auth != "" {
+				req.Header.Set("Authorization", auth)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			open := admin.Open(strings.Split(path, "?")[0])
+			if open && resp.StatusCode == http.StatusUnauthorized || !open && resp.StatusCode != http.StatusUnauthorized {
+				t.Errorf("%s %s with Authorization %q: %s", method, path, auth, resp.Status)
+			}
+			if !open && resp.Header.Get("WWW-Authenticate") == "" {
+				t.Errorf("%s %s: 401 without WWW-Authenticate", method, path)
+			}
+		}
+		req, _ := http.NewRequest(method, c.Base()+path, strings.NewReader("{}"))
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusUnauthorized {
+			t.Errorf("%s %s with the generated token: %s", method, path, resp.Status)
+		}
+	}
+	// Unknown paths too: authentication comes before routing.
+	req, _ := http.NewRequest("GET", c.Base()+"/v1/no-such-route", nil)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("unknown path without a token: %v %v", resp.Status, err)
+	}
+}
+
+// TestGeneratedTokenKeptAndGuarded: a second start reads the same token;
+// a generated token file others may read is refused, naming the fix.
+func TestGeneratedTokenKeptAndGuarded(t *testing.T) {
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.Node.DataDir = filepath.Join(dir, "data")
+	cfg.Admin.Listen = "127.0.0.1:0"
+	cfg.Push.Listen, cfg.Wake.Listen, cfg.Wake.ShutdownListen = "off", "off", "off"
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	quiet := Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	g, err := New(cfg, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	g.Close()
+	file, _ := cfg.AdminTokenFile()
+	before, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, err = New(cfg, quiet); err != nil {
+		t.Fatal(err)
+	}
+	g.Close()
+	if after, _ := os.ReadFile(file); string(after) != string(before) {
+		t.Errorf("second start: token file changed from %q to %q", before, after)
+	}
+	os.Chmod(file, 0o644)
+	if _, err := New(cfg, quiet); err == nil || !strings.Contains(err.Error(), "chmod 600 "+file) {
+		t.Errorf("New with a token file of mode 0644: %v, want an error naming chmod 600", err)
+	}
+}
+
+func first[T, U any](v T, _ U) T { return v }
+
+// metricsOf is the gateway's /metrics page.
+func metricsOf(t testing.TB, c *admin.Client) string {
+	t.Helper()
+	body, err := c.Raw(context.Background(), "GET", "/metrics", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

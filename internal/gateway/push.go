@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -10,7 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/dpgate/dpgate/cluster"
@@ -25,25 +24,7 @@ const TokenKeyFile = "push-token.key"
 // LoadOrCreateTokenKey reads the device-token key, creating a random one
 // on first use. dpgate token issue and the server share it.
 func LoadOrCreateTokenKey(dataDir string) ([]byte, error) {
-	file := dataDir + "/" + TokenKeyFile
-	if b, err := os.ReadFile(file); err == nil {
-		key, err := base64.StdEncoding.DecodeString(string(b))
-		if err != nil || len(key) < 16 {
-			return nil, fmt.Errorf("gateway: %s is not a base64 key of 16 bytes or more", file)
-		}
-		return key, nil
-	} else if !os.IsNotExist(err) {
-		return nil, fmt.Errorf("gateway: %w", err)
-	}
-	key := make([]byte, 32)
-	rand.Read(key)
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("gateway: %w", err)
-	}
-	if err := tlsconf.WriteFileAtomic(file, []byte(base64.StdEncoding.EncodeToString(key)), 0o600); err != nil {
-		return nil, err
-	}
-	return key, nil
+	return tlsconf.LoadOrCreateKey(filepath.Join(dataDir, TokenKeyFile), 32, 16)
 }
 
 // newPush builds the push server from push.* keys; nil when push is off.
