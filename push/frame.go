@@ -6,8 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"unicode"
 	"unicode/utf8"
+
+	"github.com/dpgate/dpgate/deviceid"
 )
 
 // Frame types. docs/PROTOCOL.md gives each one's byte layout.
@@ -35,7 +36,7 @@ const (
 	// payload at the configured maximum fits well within it.
 	MaxFrame = 64 << 10
 	// MaxDeviceID is the longest device id.
-	MaxDeviceID = 128
+	MaxDeviceID = deviceid.MaxLen
 )
 
 // Error codes of ERROR frames.
@@ -296,26 +297,10 @@ func (r *reader) end(what string) error {
 	return r.err
 }
 
-// CheckDeviceID is the one rule for device ids, wherever one comes from
-// (HELLO, the admin API, a certificate's CN, a device token, a wake
-// datagram, a peer node): 1 to MaxDeviceID bytes of valid UTF-8 with no
-// control character and no white space.
-func CheckDeviceID(id string) error {
-	switch {
-	case id == "":
-		return errors.New("device id is empty")
-	case len(id) > MaxDeviceID:
-		return fmt.Errorf("device id of %d bytes, the limit is %d", len(id), MaxDeviceID)
-	case !utf8.ValidString(id):
-		return fmt.Errorf("device id %q is not valid UTF-8", id)
-	}
-	for _, r := range id {
-		if unicode.IsControl(r) || unicode.IsSpace(r) {
-			return fmt.Errorf("device id %q has a control or white-space character (%U)", id, r)
-		}
-	}
-	return nil
-}
+// CheckDeviceID is the one rule for device ids (package deviceid): 1 to
+// MaxDeviceID bytes of valid UTF-8 with no control character and no white
+// space.
+func CheckDeviceID(id string) error { return deviceid.Check(id) }
 
 // ParseHello decodes a HELLO body.
 func ParseHello(b []byte) (Hello, error) {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/dpgate/dpgate/deviceid"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 )
@@ -52,9 +53,6 @@ var Magic = [4]byte{'D', 'P', 'W', 'K'}
 // Version of the datagram layout.
 const Version = 1
 
-// MaxDeviceID is the longest device id a datagram carries.
-const MaxDeviceID = 255
-
 // Datagram is the dpgate wake-up datagram (also a wake request and a
 // shutdown notice, by Kind). Layout, all integers big-endian:
 //
@@ -81,6 +79,7 @@ var (
 	ErrAlg       = errors.New("wake: unknown signature algorithm")
 	ErrTrailing  = errors.New("wake: bytes after the signature")
 	ErrNoDevice  = errors.New("wake: no device id")
+	ErrDeviceID  = errors.New("wake: device id breaks the rule (docs/PROTOCOL.md)")
 )
 
 func sigLen(alg uint8) int {
@@ -125,6 +124,9 @@ func (d *Datagram) DecodeFromBytes(b []byte, df gopacket.DecodeFeedback) error {
 		return ErrTrailing
 	}
 	d.DeviceID = string(b[8 : 8+idLen])
+	if err := deviceid.Check(d.DeviceID); err != nil {
+		return fmt.Errorf("%w: %v", ErrDeviceID, err)
+	}
 	p := 8 + idLen
 	d.Timestamp = int64(binary.BigEndian.Uint64(b[p:]))
 	copy(d.Nonce[:], b[p+8:p+16])
@@ -145,8 +147,8 @@ func (d *Datagram) Signed() []byte {
 
 // SerializeTo writes the datagram (with its Signature as set).
 func (d *Datagram) SerializeTo(buf gopacket.SerializeBuffer, opts gopacket.SerializeOptions) error {
-	if len(d.DeviceID) == 0 || len(d.DeviceID) > MaxDeviceID {
-		return fmt.Errorf("wake: device id of %d bytes (1..%d)", len(d.DeviceID), MaxDeviceID)
+	if err := deviceid.Check(d.DeviceID); err != nil {
+		return fmt.Errorf("wake: %w", err)
 	}
 	if n := sigLen(d.Alg); n < 0 || len(d.Signature) != n {
 		return fmt.Errorf("wake: signature of %d bytes for algorithm %d", len(d.Signature), d.Alg)

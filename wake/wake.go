@@ -295,7 +295,7 @@ func reason(err error) string {
 		return "not_dpgate"
 	case errors.Is(err, ErrVersion):
 		return "version"
-	case errors.Is(err, ErrAlg), errors.Is(err, ErrTrailing), errors.Is(err, ErrNoDevice):
+	case errors.Is(err, ErrAlg), errors.Is(err, ErrTrailing), errors.Is(err, ErrNoDevice), errors.Is(err, ErrDeviceID):
 		return "malformed"
 	case errors.Is(err, ErrSignature):
 		return "signature"

@@ -91,6 +91,13 @@ func TestCheckRejects(t *testing.T) {
 	}
 	forged := bytes.Clone(good(time.Now()))
 	forged[9] ^= 1 // the device id
+	// Well signed, but the id breaks the device id rule (docs/PROTOCOL.md),
+	// laid out by hand because Marshal refuses such ids.
+	badID := func(id string) []byte {
+		d := NewDatagram(KindRequest, id, time.Now().UnixMilli())
+		SignHMAC(d, k.Secret)
+		return append(d.Signed(), d.Signature...)
+	}
 	cases := []struct {
 		name string
 		b    []byte
@@ -104,12 +111,19 @@ func TestCheckRejects(t *testing.T) {
 		{"truncated", good(time.Now())[:30], KindRequest, "truncated"},
 		{"wrong kind", good(time.Now()), KindShutdown, "kind"},
 		{"not ours", []byte("GET / HTTP/1.1\r\n\r\n"), KindRequest, "not_dpgate"},
+		{"129-byte id", badID(strings.Repeat("a", 129)), KindRequest, "malformed"},
+		{"id with a space", badID("pc 1"), KindRequest, "malformed"},
+		{"id with a newline", badID("pc\n1"), KindRequest, "malformed"},
+		{"id not UTF-8", badID("pc\xff"), KindRequest, "malformed"},
 	}
 	for _, c := range cases {
 		_, err := s.Check(c.b, c.kind, key)
 		if err == nil || reason(err) != c.want {
 			t.Errorf("%s: %v (reason %q), want reason %q", c.name, err, reason(err), c.want)
 		}
+	}
+	if _, err := Marshal(NewDatagram(KindRequest, strings.Repeat("a", 129), 0)); err == nil {
+		t.Error("Marshal wrote a datagram with a 129-byte device id")
 	}
 	// Signed with another key.
 	d := NewDatagram(KindRequest, "pc-1", time.Now().UnixMilli())

@@ -34,6 +34,7 @@ func commands() []command {
 		{"config", "check a configuration file and print it with defaults", runConfig},
 		{"store", "check, recover or reset the store (push queue, devices, allow-list)", runStore},
 		{"push", "push a message to a device, or to all, through the running gateway", runPush},
+		{"device", "the devices the running gateway knows: list, show, rm", runDevice},
 		{"agent", "the reference agent: hold a push connection, print pushes", runAgent},
 		{"token", "issue device tokens for push.auth token", runToken},
 		{"wake", "wake a device through the running gateway; print agents' wake keys", runWake},

@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -573,6 +574,12 @@ func TestHelpGolden(t *testing.T) {
 		{}, {"serve"}, {"config"}, {"version"}, {"cert"}, {"push"}, {"agent"}, {"token"}, {"token", "issue"}, {"wake"}, {"wake", "key"}, {"probe"}, {"reflect"},
 		{"store"}, {"store", "check"}, {"store", "recover"}, {"store", "reset"},
 		{"cert", "gen"}, {"cert", "pin"}, {"cert", "agent-gen"}, {"cert", "list"}, {"cert", "add"}, {"cert", "rm"},
+		{"device"}, {"device", "list"}, {"device", "show"}, {"device", "rm"},
+	}
+	for _, c := range commands() { // a new command needs its golden too
+		if !slices.ContainsFunc(cmds, func(args []string) bool { return len(args) == 1 && args[0] == c.name }) {
+			t.Errorf("command %s is missing from TestHelpGolden", c.name)
+		}
 	}
 	for _, c := range cmds {
 		name := strings.Join(append([]string{"dpgate"}, c...), "_")

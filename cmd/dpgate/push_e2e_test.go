@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -84,4 +86,68 @@ func TestPushSurvivesKill9(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestDeviceCommands: dpgate device list, show and rm against the running
+// gateway, as the owner with no flag but -c: a connected device is not
+// removed; once its agent is gone it is, with its queue.
+func TestDeviceCommands(t *testing.T) {
+	dir := t.TempDir()
+	pushAddr := freePort(t)
+	cfg := writeConfig(t, dir, freePort(t), fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\n", pushAddr))
+	s := startServe(t, nil, "-c", cfg)
+	s.waitLog(t, `msg="push server listening"`)
+	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ag := exec.CommandContext(ctx, bin, "agent", "--server", pushAddr, "--pin", pin, "--device", "pc-1")
+	if err := ag.Start(); err != nil {
+		t.Fatal(err)
+	}
+	connected := regexp.MustCompile(`(?m)^pc-1\s+yes \(tls\)\s+0\s`)
+	waitFor(t, 20*time.Second, func() error {
+		if r := dpgate(t, nil, "device", "list", "-c", cfg); !connected.MatchString(r.stdout) {
+			return fmt.Errorf("device list:\n%s%s", r.stdout, r.stderr)
+		}
+		return nil
+	})
+	if r := dpgate(t, nil, "device", "rm", "-c", cfg, "pc-1"); r.code != 1 || !strings.Contains(r.stderr, "connected") {
+		t.Errorf("device rm of a connected device: exit %d %q, want 1 and connected", r.code, r.stderr)
+	}
+	ag.Process.Signal(syscall.SIGTERM)
+	ag.Wait()
+	waitFor(t, 20*time.Second, func() error {
+		if r := dpgate(t, nil, "device", "list", "-c", cfg); connected.MatchString(r.stdout) {
+			return errors.New("pc-1 still connected")
+		}
+		return nil
+	})
+	for range 2 {
+		if r := dpgate(t, nil, "push", "-c", cfg, "pc-1", "job"); r.code != 0 {
+			t.Fatalf("push: %s", r.stderr)
+		}
+	}
+	if r := dpgate(t, nil, "device", "list", "-c", cfg); !regexp.MustCompile(`(?m)^pc-1\s+no\s+2\s`).MatchString(r.stdout) {
+		t.Errorf("device list with pc-1 away and 2 queued:\n%s%s", r.stdout, r.stderr)
+	}
+	r := dpgate(t, nil, "device", "show", "-c", cfg, "pc-1")
+	var d struct {
+		ID     string
+		Queued int
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &d); err != nil || d.ID != "pc-1" || d.Queued != 2 {
+		t.Errorf("device show pc-1: %+v, %v\n%s", d, err, r.stdout)
+	}
+	if r := dpgate(t, nil, "device", "rm", "-c", cfg, "pc-1"); r.code != 0 || r.stdout != "removed pc-1\n" {
+		t.Errorf("device rm pc-1: exit %d %q %s", r.code, r.stdout, r.stderr)
+	}
+	if r := dpgate(t, nil, "device", "list", "-c", cfg); strings.Contains(r.stdout, "pc-1") {
+		t.Errorf("after rm pc-1:\n%s", r.stdout)
+	}
+	if r := dpgate(t, nil, "device", "show", "-c", cfg, "pc-1"); r.code != 1 || !strings.Contains(r.stderr, "unknown") {
+		t.Errorf("device show after rm: exit %d %s, want 1 and unknown (the queue went with it)", r.code, r.stderr)
+	}
+	if r := dpgate(t, nil, "device", "rm", "-c", cfg); r.code != 2 {
+		t.Errorf("device rm without a device: exit %d, want 2", r.code)
+	}
 }

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/url"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dpgate/dpgate/internal/gateway"
+	"github.com/dpgate/dpgate/push"
+)
+
+const deviceAbout = `
+The devices the running gateway knows (every device that said HELLO to
+this node), through its admin API: list them, show one with its queue,
+last wake-up and path figures, or remove one and its queued pushes. In a
+cluster each node knows the devices that connected to it; rm acts on the
+node -c names.`
+
+func runDevice(args []string, stdout, stderr io.Writer) error {
+	return runSubcommand("device", deviceAbout, map[string]func([]string, io.Writer, io.Writer) error{
+		"list": deviceList, "show": deviceShow, "rm": deviceRm,
+	}, args, stdout, stderr)
+}
+
+func deviceList(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("device list", "[-c FILE] [--json]", "Lists the devices this node knows: connected or not, queued pushes, last seen.", stdout)
+	cfgFile := fs.String("c", "", "configuration `FILE`, for the admin API address and token (default: built-in defaults)")
+	jsonOut := fs.Bool("json", false, "print the API's JSON reply")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("device list takes no arguments, got %q", pos)
+	}
+	api, _, err := adminClient(*cfgFile)
+	if err != nil {
+		return err
+	}
+	var reply struct {
+		Count   int                 `json:"count"`
+		Devices []push.DeviceStatus `json:"devices"`
+	}
+	if err := api.Do(context.Background(), "GET", "/v1/devices", nil, &reply); err != nil {
+		return err
+	}
+	if *jsonOut {
+		return printJSON(stdout, reply)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEVICE\tCONNECTED\tQUEUED\tLAST SEEN\tADDRESS")
+	for _, d := range reply.Devices {
+		conn := "no"
+		if d.Connected {
+			conn = "yes (" + d.Transport + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", d.ID, conn, d.Queued, d.LastSeen.Format(time.DateTime), d.RemoteAddr)
+	}
+	return tw.Flush()
+}
+
+func deviceShow(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("device show", "[-c FILE] DEVICE", "Prints one device's status as JSON: queue, connection, last wake-up, path figures.", stdout)
+	cfgFile := fs.String("c", "", "configuration `FILE`, for the admin API address and token (default: built-in defaults)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("device show takes one DEVICE")
+	}
+	api, _, err := adminClient(*cfgFile)
+	if err != nil {
+		return err
+	}
+	var d gateway.DeviceReply
+	if err := api.Do(context.Background(), "GET", "/v1/devices/"+url.PathEscape(pos[0]), nil, &d); err != nil {
+		return err
+	}
+	return printJSON(stdout, d)
+}
+
+func deviceRm(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("device rm", "[-c FILE] DEVICE...", `
+Forgets each device and drops its queued pushes on this node (they are
+never delivered). A connected device is refused: it would say HELLO again
+at once; stop its agent first.`, stdout)
+	cfgFile := fs.String("c", "", "configuration `FILE`, for the admin API address and token (default: built-in defaults)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		return usagef("device rm takes one or more DEVICEs")
+	}
+	api, _, err := adminClient(*cfgFile)
+	if err != nil {
+		return err
+	}
+	for _, id := range pos {
+		if err := api.Do(context.Background(), "DELETE", "/v1/devices/"+url.PathEscape(id), nil, nil); err != nil {
+			return fmt.Errorf("device %s: %w", id, err)
+		}
+		fmt.Fprintf(stdout, "removed %s\n", id)
+	}
+	return nil
+}
