@@ -467,3 +467,98 @@ func TestAgentsSpreadOverNodes(t *testing.T) {
 
 // waitFor is testutil.WaitFor under the short name these tests use.
 var waitFor = testutil.WaitFor
+
+// TestDNSSizeAndNames: with 8 nodes of long names the SRV answer is
+// larger than 512 bytes. Over UDP without EDNS it fits 512 with TC set,
+// and TCP gets it whole; an EDNS buffer of 4,096 is capped at 1,232. Names
+// that exist without records answer NOERROR with the SOA, never NXDOMAIN.
+func TestDNSSizeAndNames(t *testing.T) {
+	const n = 8
+	nodes := newTestClusterWith(t, n, nil, func(i int, cfg *cluster.Config) {
+		cfg.Name = fmt.Sprintf("branch-office-distribution-point-%02d", i)
+	})
+	waitFor(t, 20*time.Second, func() error { return sees(nodes[0], n) })
+	d := cluster.NewDNS(nodes[0].Cluster, "dpgate.internal")
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go d.ServeUDP(pc)
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go d.ServeTCP(ln)
+
+	const srv = "_dpgate-push._tcp.dpgate.internal."
+	// udp sends one query and returns the raw reply's size and the reply.
+	udp := func(q *dns.Msg) (int, int, *dns.Msg) {
+		out, _ := q.Pack()
+		c, err := net.Dial("udp", pc.LocalAddr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write(out)
+		buf := make([]byte, 65536)
+		got, err := c.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := new(dns.Msg)
+		if err := r.Unpack(buf[:got]); err != nil {
+			t.Fatal(err)
+		}
+		return len(out), got, r
+	}
+	q := new(dns.Msg)
+	q.SetQuestion(srv, dns.TypeSRV)
+	qlen, rlen, r := udp(q)
+	t.Logf("SRV over UDP without EDNS: %d-byte query, %d-byte answer (%.1fx), TC=%v, %d of %d SRV", qlen, rlen, float64(rlen)/float64(qlen), r.Truncated, len(r.Answer), n)
+	if rlen > 512 || !r.Truncated {
+		t.Errorf("UDP answer of %d bytes, TC=%v; want at most 512 with TC set", rlen, r.Truncated)
+	}
+	tcp := &dns.Client{Net: "tcp", Timeout: 5 * time.Second}
+	full, _, err := tcp.Exchange(q, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if full.Truncated || len(full.Answer) != n || len(full.Extra) != n {
+		t.Errorf("over TCP: TC=%v, %d SRV, %d extra; want all %d", full.Truncated, len(full.Answer), len(full.Extra), n)
+	}
+	q.SetEdns0(4096, false)
+	_, rlen, r = udp(q)
+	t.Logf("SRV over UDP with EDNS 4096: %d-byte answer, TC=%v", rlen, r.Truncated)
+	if rlen > cluster.MaxUDPSize || r.IsEdns0() == nil || r.IsEdns0().UDPSize() > cluster.MaxUDPSize {
+		t.Errorf("EDNS answer of %d bytes, OPT %v; want at most %d and an OPT of at most that", rlen, r.IsEdns0(), cluster.MaxUDPSize)
+	}
+
+	ask := func(name string, qtype uint16) *dns.Msg {
+		m := new(dns.Msg)
+		m.SetQuestion(name, qtype)
+		r, _, err := (&dns.Client{Timeout: 5 * time.Second}).Exchange(m, pc.LocalAddr().String())
+		if err != nil {
+			t.Fatalf("query %s: %v", name, err)
+		}
+		return r
+	}
+	soaIn := func(rrs []dns.RR) bool { return len(rrs) == 1 && rrs[0].Header().Rrtype == dns.TypeSOA }
+	if r := ask("dpgate.internal.", dns.TypeSOA); r.Rcode != dns.RcodeSuccess || !soaIn(r.Answer) || !r.Authoritative {
+		t.Errorf("SOA at the apex: rcode %d, answer %v", r.Rcode, r.Answer)
+	}
+	for _, name := range []string{"dpgate.internal.", "_tcp.dpgate.internal.", "node.dpgate.internal.", "push.dpgate.internal."} {
+		qtype := dns.TypeA
+		if name == "push.dpgate.internal." {
+			qtype = dns.TypeSRV
+		}
+		if r := ask(name, qtype); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 0 || !soaIn(r.Ns) {
+			t.Errorf("%s %s: rcode %s, %d answers, authority %v; want NOERROR, none, the SOA", name, dns.TypeToString[qtype], dns.RcodeToString[r.Rcode], len(r.Answer), r.Ns)
+		}
+	}
+	if r := ask("nothing.node.dpgate.internal.", dns.TypeA); r.Rcode != dns.RcodeNameError || !soaIn(r.Ns) {
+		t.Errorf("unknown node: rcode %s, authority %v; want NXDOMAIN with the SOA", dns.RcodeToString[r.Rcode], r.Ns)
+	}
+}

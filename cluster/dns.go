@@ -10,17 +10,27 @@ import (
 
 // DNS answers for the push service under a domain (cluster.dns.domain):
 //
+//	<domain>                    SOA     the zone's apex
 //	push.<domain>               A/AAAA  push addresses, least loaded first
 //	_dpgate-push._tcp.<domain>  SRV     one per node, weight by spare capacity
 //	<node>.node.<domain>        A/AAAA  one node
 //
 // TTLs are 5 seconds: the answer follows the load. Names outside the
-// domain are refused; unknown names in it get NXDOMAIN.
+// domain are refused; names in it that exist without records of the type
+// asked (the apex, _tcp.<domain>, node.<domain>, push.<domain> for SRV)
+// get NOERROR with the SOA, so a resolver never caches the zone as gone;
+// other names get NXDOMAIN with the SOA. UDP answers fit 512 bytes, or
+// the client's EDNS buffer capped at 1,232 (the DNS flag day size):
+// what does not fit is left out with TC set, and the client retries over
+// TCP. That bounds what a spoofed query can make us send.
 type DNS struct {
 	c      *Cluster
 	domain string
 	TTL    uint32
 }
+
+// MaxUDPSize caps a UDP answer whatever EDNS buffer the client offers.
+const MaxUDPSize = 1232
 
 // NewDNS serves the cluster's view; it does not listen.
 func NewDNS(c *Cluster, domain string) *DNS {
@@ -39,31 +49,55 @@ func (d *DNS) ServeTCP(ln net.Listener) error {
 
 // ServeDNS implements dns.Handler.
 func (d *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	resp := d.answer(req)
+	size := dns.MaxMsgSize
+	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+		size = dns.MinMsgSize
+		if opt := req.IsEdns0(); opt != nil {
+			size = min(max(int(opt.UDPSize()), dns.MinMsgSize), MaxUDPSize)
+		}
+	}
+	if opt := req.IsEdns0(); opt != nil {
+		resp.SetEdns0(uint16(min(size, MaxUDPSize)), false) // RFC 6891: answer EDNS with EDNS
+	}
+	resp.Truncate(size)
+	w.WriteMsg(resp)
+}
+
+// answer is the reply to req, before it is fitted to the transport.
+func (d *DNS) answer(req *dns.Msg) *dns.Msg {
 	resp := new(dns.Msg)
 	resp.SetReply(req)
-	resp.Authoritative = true
+	resp.Compress = true
 	if len(req.Question) != 1 {
 		resp.Rcode = dns.RcodeFormatError
-		w.WriteMsg(resp)
-		return
+		return resp
 	}
+	resp.Authoritative = true
 	q := req.Question[0]
 	name := strings.ToLower(q.Name)
 	if !dns.IsSubDomain(d.domain, name) {
 		resp.Rcode = dns.RcodeRefused
-		w.WriteMsg(resp)
-		return
+		resp.Authoritative = false
+		return resp
 	}
 	members := d.c.pushable() // least loaded first
-	found := false
+	exists := false
 	switch {
+	case name == d.domain:
+		exists = true
+		if q.Qtype == dns.TypeSOA || q.Qtype == dns.TypeANY {
+			resp.Answer = append(resp.Answer, d.soa())
+		}
+	case name == "_tcp."+d.domain, name == "node."+d.domain:
+		exists = true // empty non-terminals: names below them have records
 	case name == "push."+d.domain:
-		found = true
+		exists = true
 		for _, m := range members {
 			resp.Answer = append(resp.Answer, d.addr(name, q.Qtype, m)...)
 		}
 	case name == "_dpgate-push._tcp."+d.domain:
-		found = true
+		exists = true
 		if q.Qtype == dns.TypeSRV || q.Qtype == dns.TypeANY {
 			for _, m := range members {
 				_, port, _ := net.SplitHostPort(m.Meta.Push)
@@ -84,16 +118,18 @@ func (d *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		node := strings.TrimSuffix(name, ".node."+d.domain)
 		for _, m := range members {
 			if strings.EqualFold(m.Name, node) {
-				found = true
+				exists = true
 				resp.Answer = append(resp.Answer, d.addr(name, q.Qtype, m)...)
 			}
 		}
 	}
-	if !found {
+	if !exists {
 		resp.Rcode = dns.RcodeNameError
+	}
+	if len(resp.Answer) == 0 { // NXDOMAIN or NODATA: the SOA, for negative caching (RFC 2308)
 		resp.Ns = append(resp.Ns, d.soa())
 	}
-	w.WriteMsg(resp)
+	return resp
 }
 
 // addr is the A or AAAA record of a member's push address, if it has one

@@ -1,9 +1,12 @@
 package config
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/dpgate/dpgate/tlsconf"
@@ -173,6 +176,12 @@ func (c *Config) validateCluster() error {
 	if err := c.hostPort("cluster.dns.listen", cl.DNS.Listen, false); err != nil {
 		return err
 	}
+	if Enabled(cl.DNS.Listen) && cl.Bind == "" {
+		return c.errAt("cluster.dns.listen", "the answers are the cluster's view of its nodes: set cluster.bind too (one node with a bind address is a cluster of one)")
+	}
+	if err := checkDomain(cl.DNS.Domain); err != nil {
+		return c.errAt("cluster.dns.domain", "%q %v", cl.DNS.Domain, err)
+	}
 	// memberlist needs time for a probe, its timeout and indirect probes.
 	return c.atLeast("cluster.probe_interval", cl.ProbeInterval, 50*time.Millisecond)
 }
@@ -239,4 +248,25 @@ func IsLoopback(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// dnsLabel is a letter-digit-hyphen label (RFC 1035; underscore too, as
+// in SRV names), 1 to 63 characters, no hyphen at either end.
+var dnsLabel = regexp.MustCompile(`^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$`)
+
+// checkDomain says why name is not a DNS zone name dpgate can answer for.
+func checkDomain(name string) error {
+	trimmed := strings.TrimSuffix(name, ".")
+	if trimmed == "" {
+		return errors.New("is not a domain name (the root zone is not ours to answer)")
+	}
+	if len(trimmed) > 253-len("_dpgate-push._tcp.") {
+		return fmt.Errorf("is %d characters, too long for the names below it to stay within 253", len(trimmed))
+	}
+	for _, l := range strings.Split(trimmed, ".") {
+		if !dnsLabel.MatchString(l) {
+			return fmt.Errorf("has the label %q: want 1 to 63 letters, digits, hyphens or underscores, no hyphen at either end", l)
+		}
+	}
+	return nil
 }
