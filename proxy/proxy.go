@@ -28,6 +28,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 	"golang.org/x/time/rate"
 
+	"github.com/dpgate/dpgate/internal/ratelimit"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -42,7 +43,7 @@ type Proxy struct {
 	ups    []*upstream
 	srvTLS *tls.Config
 	dialer net.Dialer
-	source *sourceLimiter
+	source *ratelimit.PerSource
 	shaper *rate.Limiter
 
 	conns     atomic.Int64 // agent connections held, handshakes included
@@ -72,7 +73,7 @@ func New(cfg Config) (*Proxy, error) {
 		m:         cfg.Metrics,
 		srvTLS:    tlsconf.ServerConfig(cfg.Identity, cfg.AllowList),
 		dialer:    net.Dialer{KeepAlive: 30 * time.Second},
-		source:    newSourceLimiter(cfg.SourceRate),
+		source:    ratelimit.New(cfg.SourceRate),
 		shaper:    ingressShaper(cfg.MaxIngressRate),
 		done:      make(chan struct{}),
 		listeners: map[net.Listener]struct{}{},
@@ -146,7 +147,7 @@ func (p *Proxy) admit(c net.Conn) bool {
 	switch {
 	case p.conns.Load() >= int64(p.cfg.MaxConnections):
 		reason = "max_connections"
-	case !p.source.allow(c.RemoteAddr(), time.Now()):
+	case !p.source.Allow(c.RemoteAddr(), time.Now()):
 		reason = "source_rate"
 	}
 	p.mu.Lock()

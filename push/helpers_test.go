@@ -33,7 +33,7 @@ type testServer struct {
 	sink           *metrics.InmemSink
 }
 
-func newTestServer(t *testing.T, tweak func(*push.Config)) *testServer {
+func newTestServer(t testing.TB, tweak func(*push.Config)) *testServer {
 	t.Helper()
 	dir := t.TempDir()
 	db, err := store.Open(dir, store.Options{})
@@ -116,7 +116,7 @@ type agent struct {
 	done   chan struct{}
 }
 
-func startAgent(t *testing.T, cfg client.Config) *agent {
+func startAgent(t testing.TB, cfg client.Config) *agent {
 	t.Helper()
 	a := &agent{pushes: make(chan push.Message, 10000), events: make(chan client.Event, 1000), done: make(chan struct{})}
 	cfg.OnPush = func(m push.Message) { a.pushes <- m }
@@ -143,7 +143,7 @@ func startAgent(t *testing.T, cfg client.Config) *agent {
 }
 
 // waitEvent waits for an event of kind and returns it.
-func (a *agent) waitEvent(t *testing.T, kind string) client.Event {
+func (a *agent) waitEvent(t testing.TB, kind string) client.Event {
 	t.Helper()
 	timeout := time.After(20 * time.Second)
 	for {
@@ -264,6 +264,21 @@ func (ts *testServer) counter(name string) float64 {
 		iv.RLock()
 		for _, c := range iv.Counters {
 			if c.Name == name && len(c.Labels) == 0 {
+				sum += c.Sum
+			}
+		}
+		iv.RUnlock()
+	}
+	return sum
+}
+
+// labeledCounter sums a counter with one label over the sink's intervals.
+func (ts *testServer) labeledCounter(name, label, value string) float64 {
+	var sum float64
+	for _, iv := range ts.sink.Data() {
+		iv.RLock()
+		for _, c := range iv.Counters {
+			if c.Name == name && len(c.Labels) == 1 && c.Labels[0].Name == label && c.Labels[0].Value == value {
 				sum += c.Sum
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -505,4 +506,58 @@ func TestSentAndDeliveredCounted(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestSourceRateKeepsAgentsPrompt: two hosts flood the push port with
+// connections while a real agent connects from a third address. The flood
+// is refused per source before it reaches the accept budget, so the agent
+// is not queued behind it. Without the per-source limit each flood
+// connection takes a token of the (here small) accept budget and the
+// agent waits minutes behind thousands of them.
+func TestSourceRateKeepsAgentsPrompt(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) {
+		c.Auth = push.AuthNone
+		c.AcceptRate = 20 // small, so a queue behind the flood is long
+		c.SourceRate = 2
+	})
+	ctx, stop := context.WithTimeout(context.Background(), 30*time.Second)
+	defer stop()
+	var flood sync.WaitGroup
+	var dialed atomic.Int64
+	for _, src := range []string{"127.0.0.2", "127.0.0.3"} {
+		for range 8 {
+			flood.Add(1)
+			go func() {
+				defer flood.Done()
+				d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: time.Second}
+				for i := 0; i < 5000 && ctx.Err() == nil; i++ {
+					if c, err := d.DialContext(ctx, "tcp", ts.addr); err == nil {
+						dialed.Add(1)
+						c.Close()
+					}
+				}
+			}()
+		}
+	}
+	testutil.WaitFor(t, 10*time.Second, func() error {
+		if n := dialed.Load(); n < 500 {
+			return fmt.Errorf("only %d flood connections so far", n)
+		}
+		return nil
+	})
+	start := time.Now()
+	a := startAgent(t, client.Config{Servers: []string{ts.addr}, DeviceID: "real-agent", TLS: ts.tlsFor(nil)})
+	a.waitEvent(t, "connected")
+	took := time.Since(start)
+	flooding := ctx.Err() == nil
+	stop()
+	flood.Wait()
+	refused := ts.labeledCounter("dpgate.push.refused", "reason", "source_rate")
+	t.Logf("agent connected in %v during a flood of %d connections from 2 sources, %.0f refused over the source rate", took.Round(time.Millisecond), dialed.Load(), refused)
+	if !flooding {
+		t.Error("the flood had ended before the agent connected")
+	}
+	if refused == 0 {
+		t.Error("no flood connection was refused over push.source_rate")
+	}
 }

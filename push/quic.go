@@ -49,6 +49,10 @@ func (s *Server) ServeQUIC(pc net.PacketConn) error {
 			}
 			return err
 		}
+		if !s.fromSource(qc.RemoteAddr()) {
+			qc.CloseWithError(quic.ApplicationErrorCode(CodeOverloaded), "too many connections from this source")
+			continue
+		}
 		s.accept.Wait(context.Background())
 		if !s.admit() {
 			qc.CloseWithError(quic.ApplicationErrorCode(CodeOverloaded), "too many connections")

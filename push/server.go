@@ -28,6 +28,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 	"golang.org/x/time/rate"
 
+	"github.com/dpgate/dpgate/internal/ratelimit"
 	"github.com/dpgate/dpgate/link"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -61,6 +62,11 @@ type Config struct {
 	// AcceptRate caps new connections per second, smoothing reconnect
 	// storms (with a burst of a quarter of that). Default: 2000.
 	AcceptRate float64
+	// SourceRate caps new connections per second from one source address
+	// (an IPv6 /64), with a burst of twice that, checked before the accept
+	// budget above so one flooding host cannot queue everyone else behind
+	// it. Default: 200; negative: no limit.
+	SourceRate float64
 	// ExpireInterval is how often expired pushes are swept. Default: 10s.
 	ExpireInterval time.Duration
 	// PathInterval is how often every session's path figures (TCP_INFO,
@@ -114,6 +120,9 @@ func (c *Config) withDefaults() {
 	if c.AcceptRate == 0 {
 		c.AcceptRate = 2000
 	}
+	if c.SourceRate == 0 {
+		c.SourceRate = 200
+	}
 	if c.ExpireInterval == 0 {
 		c.ExpireInterval = 10 * time.Second
 	}
@@ -158,6 +167,9 @@ type Server struct {
 	tls    *tls.Config // QUIC and agents
 	tcpTLS *tls.Config // tls, plus peers of the cluster when configured
 	accept *rate.Limiter
+	source *ratelimit.PerSource
+	// sourceLog keeps the log line for source-rate refusals to one a minute.
+	sourceLog rate.Sometimes
 
 	conns atomic.Int64 // connections held, handshakes included
 	// Pushes written and acknowledged since the last flush to the metrics
@@ -195,18 +207,20 @@ func New(cfg Config) (*Server, error) {
 		allow = cfg.AllowList
 	}
 	s := &Server{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		m:        cfg.Metrics,
-		queue:    cfg.Queue,
-		reg:      cfg.Registry,
-		tls:      tlsconf.ServerConfig(cfg.Identity, allow, ALPN),
-		accept:   rate.NewLimiter(rate.Limit(cfg.AcceptRate), max(1, int(cfg.AcceptRate/4))),
-		done:     make(chan struct{}),
-		sessions: map[string]*session{},
-		waiters:  map[string]map[uint64][]chan struct{}{},
-		raw:      map[conn]struct{}{},
-		recent:   map[[16]byte]struct{}{},
+		cfg:       cfg,
+		log:       cfg.Logger,
+		m:         cfg.Metrics,
+		queue:     cfg.Queue,
+		reg:       cfg.Registry,
+		tls:       tlsconf.ServerConfig(cfg.Identity, allow, ALPN),
+		accept:    rate.NewLimiter(rate.Limit(cfg.AcceptRate), max(1, int(cfg.AcceptRate/4))),
+		source:    ratelimit.New(cfg.SourceRate),
+		sourceLog: rate.Sometimes{Interval: time.Minute},
+		done:      make(chan struct{}),
+		sessions:  map[string]*session{},
+		waiters:   map[string]map[uint64][]chan struct{}{},
+		raw:       map[conn]struct{}{},
+		recent:    map[[16]byte]struct{}{},
 
 		idWaiters: map[[16]byte][]chan struct{}{},
 	}
@@ -253,6 +267,10 @@ func (s *Server) Serve(ln net.Listener) error {
 			time.Sleep(50 * time.Millisecond) // e.g. out of descriptors: do not spin
 			continue
 		}
+		if !s.fromSource(c.RemoteAddr()) {
+			c.Close() // before any TLS work
+			continue
+		}
 		s.accept.Wait(context.Background()) // smooth reconnect storms
 		if !s.admit() {
 			c.Close()
@@ -283,6 +301,19 @@ func (s *Server) stopped() bool {
 	default:
 		return false
 	}
+}
+
+// fromSource applies SourceRate to a new connection from addr.
+func (s *Server) fromSource(addr net.Addr) bool {
+	if s.source.Allow(addr, time.Now()) {
+		return true
+	}
+	s.m.IncrCounterWithLabels([]string{"push", "refused"}, 1, []metrics.Label{{Name: "reason", Value: "source_rate"}})
+	s.sourceLog.Do(func() {
+		s.log.Warn("push: connections refused over push.source_rate (logged once a minute; counted in dpgate_push_refused{reason=\"source_rate\"})",
+			"source", addr.String(), "limit_per_second", s.cfg.SourceRate)
+	})
+	return false
 }
 
 // admit counts a connection against MaxConnections.

@@ -163,6 +163,10 @@ type Push struct {
 	QueueTTL Duration `yaml:"queue_ttl"`
 	// MaxConnections caps connected agents. Default: 100000.
 	MaxConnections int `yaml:"max_connections"`
+	// SourceRate caps new connections per second from one source address
+	// (an IPv6 /64; burst: twice that), so a flooding host cannot delay
+	// everyone else's connect. Default: 200; a negative value turns it off.
+	SourceRate float64 `yaml:"source_rate"`
 	// MaxPayload caps one push's payload. Default: 4KiB.
 	MaxPayload Size `yaml:"max_payload"`
 }
@@ -339,6 +343,9 @@ func (c *Config) withDefaults() {
 	setDur(&u.Keepalive, Duration(30e9))
 	setDur(&u.QueueTTL, Duration(24*3600e9))
 	setInt(&u.MaxConnections, 100000)
+	if u.SourceRate == 0 {
+		u.SourceRate = 200
+	}
 	if u.MaxPayload == 0 {
 		u.MaxPayload = 4 << 10
 	}

@@ -54,6 +54,7 @@ func (g *Gateway) newPush() (*push.Server, error) {
 		Registry:           reg,
 		Keepalive:          c.Keepalive.D(),
 		MaxConnections:     c.MaxConnections,
+		SourceRate:         c.SourceRate,
 		MaxPayload:         int(c.MaxPayload),
 		ClassicKeyExchange: !*g.cfg.TLS.PostQuantum,
 		Redirect:           g.pushRedirect,
