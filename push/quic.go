@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"net"
+	"sync/atomic"
 
 	"github.com/quic-go/quic-go"
 )
@@ -26,7 +27,28 @@ func (c quicConn) Close() error {
 // Shutdown or Close. Clients may migrate: a session survives a change of
 // the agent's UDP address. pc is not closed.
 func (s *Server) ServeQUIC(pc net.PacketConn) error {
-	tr := &quic.Transport{Conn: pc}
+	// Address validation (RFC 9000 section 8.1.2) under load: while
+	// fewer than QUICRetryAbove handshakes from unvalidated addresses are
+	// in progress, an Initial is answered with the handshake (at most 3x
+	// its bytes, as the RFC allows); above that, with a Retry only (one
+	// small packet, no state kept), so a flood of spoofed Initials
+	// neither amplifies nor fills memory. An agent that reconnects shows
+	// the token of its last connection (NEW_TOKEN) and skips the Retry.
+	tr := &quic.Transport{
+		Conn: pc,
+		VerifySourceAddress: func(net.Addr) bool {
+			return s.cfg.QUICRetryAbove < 0 || s.unvalidated.Load() >= int64(s.cfg.QUICRetryAbove)
+		},
+		ConnContext: func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+			if info.AddrVerified {
+				return ctx, nil
+			}
+			s.unvalidated.Add(1)
+			done := new(atomic.Bool)
+			context.AfterFunc(ctx, func() { s.handshakeOver(done) }) // failed or closed
+			return context.WithValue(ctx, handshakeKey{}, done), nil
+		},
+	}
 	ln, err := tr.Listen(s.tls, &quic.Config{
 		HandshakeIdleTimeout:  s.cfg.HandshakeTimeout,
 		MaxIdleTimeout:        3 * s.cfg.Keepalive, // agents PING every keepalive
@@ -48,6 +70,9 @@ func (s *Server) ServeQUIC(pc net.PacketConn) error {
 				return nil
 			}
 			return err
+		}
+		if done, ok := qc.Context().Value(handshakeKey{}).(*atomic.Bool); ok {
+			s.handshakeOver(done) // completed: the address is validated now
 		}
 		if !s.fromSource(qc.RemoteAddr()) {
 			qc.CloseWithError(quic.ApplicationErrorCode(CodeOverloaded), "too many connections from this source")
@@ -77,3 +102,19 @@ func (s *Server) ServeQUIC(pc net.PacketConn) error {
 		}()
 	}
 }
+
+// handshakeKey marks a QUIC connection whose handshake began from an
+// unvalidated address; its value is set once the handshake is over.
+type handshakeKey struct{}
+
+// handshakeOver counts a handshake from an unvalidated address as over,
+// once whichever comes first (completed, failed, closed) says so.
+func (s *Server) handshakeOver(done *atomic.Bool) {
+	if !done.Swap(true) {
+		s.unvalidated.Add(-1)
+	}
+}
+
+// QUICHandshakes is the number of QUIC handshakes from unvalidated
+// addresses in progress.
+func (s *Server) QUICHandshakes() int64 { return s.unvalidated.Load() }

@@ -67,6 +67,11 @@ type Config struct {
 	// budget above so one flooding host cannot queue everyone else behind
 	// it. Default: 200; negative: no limit.
 	SourceRate float64
+	// QUICRetryAbove is how many QUIC handshakes from unvalidated
+	// addresses may be in progress before new ones must first answer a
+	// Retry (address validation, RFC 9000 section 8.1.2). Default: 64;
+	// negative: always.
+	QUICRetryAbove int
 	// ExpireInterval is how often expired pushes are swept. Default: 10s.
 	ExpireInterval time.Duration
 	// PathInterval is how often every session's path figures (TCP_INFO,
@@ -123,6 +128,9 @@ func (c *Config) withDefaults() {
 	if c.SourceRate == 0 {
 		c.SourceRate = 200
 	}
+	if c.QUICRetryAbove == 0 {
+		c.QUICRetryAbove = 64
+	}
 	if c.ExpireInterval == 0 {
 		c.ExpireInterval = 10 * time.Second
 	}
@@ -171,7 +179,8 @@ type Server struct {
 	// sourceLog keeps the log line for source-rate refusals to one a minute.
 	sourceLog rate.Sometimes
 
-	conns atomic.Int64 // connections held, handshakes included
+	conns       atomic.Int64 // connections held, handshakes included
+	unvalidated atomic.Int64 // QUIC handshakes from unvalidated addresses in progress
 	// Pushes written and acknowledged since the last flush to the metrics
 	// (once a second): go-metrics takes locks in every sink per call, too
 	// dear twice per push when a broadcast writes 19,000.

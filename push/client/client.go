@@ -78,6 +78,9 @@ type Client struct {
 	current  *conn
 	received atomic.Uint64
 	dups     atomic.Uint64
+	// tokens keeps the gateways' QUIC address-validation tokens
+	// (NEW_TOKEN), so a reconnect skips the Retry round trip.
+	tokens quic.TokenStore
 }
 
 // New checks the configuration; Run connects.
@@ -97,7 +100,8 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Client{cfg: cfg, log: cfg.Logger, seen: newDedupe(cfg.DedupeWindow), wake: make(chan struct{}, 1)}, nil
+	return &Client{cfg: cfg, log: cfg.Logger, seen: newDedupe(cfg.DedupeWindow), wake: make(chan struct{}, 1),
+		tokens: quic.NewLRUTokenStore(8, 4)}, nil
 }
 
 // Received counts pushes handed to OnPush; Duplicates those dropped.
@@ -295,6 +299,7 @@ func (c *Client) dial(ctx context.Context, addr string) (*conn, error) {
 		// race the default 30 s keepalive.
 		KeepAlivePeriod: 10 * time.Second,
 		MaxIdleTimeout:  60 * time.Second,
+		TokenStore:      c.tokens,
 	})
 	if err != nil {
 		tr.Close()
