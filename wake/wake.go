@@ -12,6 +12,7 @@ import (
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"golang.org/x/time/rate"
 )
 
@@ -43,6 +44,12 @@ type Config struct {
 	PerDeviceBurst int
 	// Total limits all wake-ups. Default: 200/s, bursts of 400.
 	Total rate.Limit
+	// MaxDevices bounds the per-device state (rate limiters and the last
+	// wake-up of each device): beyond it the device woken longest ago is
+	// forgotten, so wake-ups of endless new ids (pushes to them) cannot
+	// grow the heap. A forgotten limiter was full again anyway unless the
+	// device was woken in the last half minute. Default: 50,000.
+	MaxDevices int
 	// ReplayWindow is how far a request's or notice's timestamp may be
 	// from now; nonces are remembered for twice that. Default: 30s.
 	ReplayWindow time.Duration
@@ -90,8 +97,8 @@ type Service struct {
 	guard *replayGuard
 
 	mu     sync.Mutex
-	perDev map[string]*rate.Limiter
-	last   map[string]Result
+	perDev *simplelru.LRU[string, *rate.Limiter]
+	last   *simplelru.LRU[string, Result]
 }
 
 // New builds a service; it does not listen.
@@ -117,16 +124,21 @@ func New(cfg Config) (*Service, error) {
 	if cfg.ReplayWindow == 0 {
 		cfg.ReplayWindow = 30 * time.Second
 	}
+	if cfg.MaxDevices <= 0 {
+		cfg.MaxDevices = 50_000
+	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.Default()
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	perDev, _ := simplelru.NewLRU[string, *rate.Limiter](cfg.MaxDevices, nil)
+	last, _ := simplelru.NewLRU[string, Result](cfg.MaxDevices, nil)
 	return &Service{cfg: cfg, m: cfg.Metrics, log: cfg.Logger,
 		total:  rate.NewLimiter(cfg.Total, max(1, int(cfg.Total)*2)),
 		guard:  newReplayGuard(cfg.ReplayWindow),
-		perDev: map[string]*rate.Limiter{}, last: map[string]Result{}}, nil
+		perDev: perDev, last: last}, nil
 }
 
 // Wake wakes a device: a WAKE frame when it is connected (PushWake), else the
@@ -189,10 +201,10 @@ func attempt(via string, to netip.AddrPort, err error) Attempt {
 
 func (s *Service) allow(device string) bool {
 	s.mu.Lock()
-	l := s.perDev[device]
-	if l == nil {
+	l, ok := s.perDev.Get(device)
+	if !ok {
 		l = rate.NewLimiter(s.cfg.PerDevice, s.cfg.PerDeviceBurst)
-		s.perDev[device] = l
+		s.perDev.Add(device, l)
 	}
 	s.mu.Unlock()
 	return l.Allow() && s.total.Allow()
@@ -200,7 +212,7 @@ func (s *Service) allow(device string) bool {
 
 func (s *Service) record(r *Result) {
 	s.mu.Lock()
-	s.last[r.Device] = *r
+	s.last.Add(r.Device, *r)
 	s.mu.Unlock()
 	switch {
 	case r.Limited:
@@ -215,7 +227,14 @@ func (s *Service) record(r *Result) {
 		}
 		s.m.IncrCounterWithLabels([]string{"wake", "sent"}, 1, []metrics.Label{{Name: "via", Value: a.Via}, {Name: "result", Value: result}})
 	}
-	s.log.Info("wake-up", "device", r.Device, "reason", r.Reason, "sent", r.Sent(), "attempts", len(r.Attempts), "rate_limited", r.Limited, "unknown", r.Unknown)
+	// One line per wake-up that went somewhere (at most the Total rate);
+	// those limited or of unknown devices only at debug: a push to 100,000
+	// new ids would write 100,000 lines. The counters above count them all.
+	level := slog.LevelInfo
+	if r.Limited || r.Unknown {
+		level = slog.LevelDebug
+	}
+	s.log.Log(context.Background(), level, "wake-up", "device", r.Device, "reason", r.Reason, "sent", r.Sent(), "attempts", len(r.Attempts), "rate_limited", r.Limited, "unknown", r.Unknown)
 }
 
 // Keys are the service's keys.
@@ -225,8 +244,7 @@ func (s *Service) Keys() *Keys { return s.cfg.Keys }
 func (s *Service) Last(device string) (Result, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r, ok := s.last[device]
-	return r, ok
+	return s.last.Get(device)
 }
 
 // send writes one datagram from a fresh socket: broadcast allows

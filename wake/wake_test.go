@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"log/slog"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -290,5 +292,38 @@ func TestConfiguredSecretFileMustExist(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, SecretFile)); err != nil {
 		t.Errorf("default secret not created: %v", err)
+	}
+}
+
+// TestWakeStateBounded: wake-ups of ever new ids keep state for at most
+// MaxDevices of them, and those of unknown devices log nothing at info.
+func TestWakeStateBounded(t *testing.T) {
+	var logs bytes.Buffer
+	s, _ := New(Config{Keys: testKeys(t), Lookup: func(string) (Target, bool) { return Target{}, false }, MaxDevices: 100, Total: 1e6,
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))})
+	for i := range 1000 {
+		s.Wake(fmt.Sprintf("pc-%d", i), "push")
+	}
+	if _, ok := s.Last("pc-0"); ok {
+		t.Error("the first of 1,000 ids is still tracked with MaxDevices 100")
+	}
+	if r, ok := s.Last("pc-999"); !ok || !r.Unknown {
+		t.Errorf("the last id: %+v, %v; want its unknown-device result", r, ok)
+	}
+	s.mu.Lock()
+	perDev, last := s.perDev.Len(), s.last.Len()
+	s.mu.Unlock()
+	if perDev > 100 || last > 100 {
+		t.Errorf("%d limiters and %d results kept, want at most 100 each", perDev, last)
+	}
+	if strings.Contains(logs.String(), "wake-up") {
+		t.Errorf("wake-ups of unknown devices logged at info:\n%.300s", logs.String())
+	}
+	// A recent device keeps its limiter: the 4th wake-up in a row is limited.
+	for range 3 {
+		s.Wake("pc-999", "api")
+	}
+	if r := s.Wake("pc-999", "api"); !r.Limited {
+		t.Error("pc-999's fifth wake-up in a row (burst 3) was not rate limited")
 	}
 }
