@@ -391,6 +391,13 @@ func ParseDrain(b []byte) (Drain, error) {
 	return d, r.end("DRAIN")
 }
 
+// ParseBye decodes a BYE body: exactly one byte, the reason.
+func ParseBye(b []byte) (uint8, error) {
+	r := &reader{b: b}
+	v := r.u8()
+	return v, r.end("BYE")
+}
+
 // ParseU64 decodes the body of ACK, PING and PONG.
 func ParseU64(b []byte) (uint64, error) {
 	r := &reader{b: b}

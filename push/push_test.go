@@ -386,20 +386,16 @@ func TestPayloadLimit(t *testing.T) {
 	}
 }
 
+// TestConnectionLimit: at push.max_connections the next agent completes
+// TLS and HELLO and is told ERROR 5 (overloaded), as PROTOCOL.md says.
 func TestConnectionLimit(t *testing.T) {
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone; c.MaxConnections = 1 })
 	r := dialRaw(t, ts, nil)
 	r.hello(t, "first")
-	cfg := ts.tlsFor(nil)
-	cfg.NextProtos = []string{push.ALPN}
-	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", ts.addr, cfg)
-	if err == nil {
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		c.Write((&push.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "second"}).Marshal())
-		if _, err := c.Read(make([]byte, 1)); err == nil {
-			t.Error("second connection served with max_connections 1")
-		}
+	second := dialRaw(t, ts, nil)
+	second.Write((&push.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "second"}).Marshal())
+	if e := second.expectError(t); e.Code != push.CodeOverloaded {
+		t.Errorf("second connection got ERROR %d %q, want %d (overloaded)", e.Code, e.Reason, push.CodeOverloaded)
 	}
 }
 

@@ -175,7 +175,9 @@ type Server struct {
 	tls    *tls.Config // QUIC and agents
 	tcpTLS *tls.Config // tls, plus peers of the cluster when configured
 	accept *rate.Limiter
-	source *ratelimit.PerSource
+	// refusing holds a token per connection being told ERROR 5.
+	refusing chan struct{}
+	source   *ratelimit.PerSource
 	// sourceLog keeps the log line for source-rate refusals to one a minute.
 	sourceLog rate.Sometimes
 
@@ -224,6 +226,7 @@ func New(cfg Config) (*Server, error) {
 		tls:       tlsconf.ServerConfig(cfg.Identity, allow, ALPN),
 		accept:    rate.NewLimiter(rate.Limit(cfg.AcceptRate), max(1, int(cfg.AcceptRate/4))),
 		source:    ratelimit.New(cfg.SourceRate),
+		refusing:  make(chan struct{}, maxRefusing),
 		sourceLog: rate.Sometimes{Interval: time.Minute},
 		done:      make(chan struct{}),
 		sessions:  map[string]*session{},
@@ -282,7 +285,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		s.accept.Wait(context.Background()) // smooth reconnect storms
 		if !s.admit() {
-			c.Close()
+			s.refuseOverloaded(c)
 			continue
 		}
 		s.wg.Add(1)
@@ -323,6 +326,46 @@ func (s *Server) fromSource(addr net.Addr) bool {
 			"source", addr.String(), "limit_per_second", s.cfg.SourceRate)
 	})
 	return false
+}
+
+// maxRefusing bounds the connections being told ERROR 5 at once; beyond
+// it a connection over the limit is closed without a word.
+const maxRefusing = 64
+
+// refuseOverloaded answers a TLS connection over MaxConnections the way
+// the protocol says, on its own goroutine: the handshake, the agent's
+// HELLO (so closing leaves nothing unread that would reset the
+// connection), ERROR 5, close. At most maxRefusing at a time, each
+// bounded by the handshake timeout.
+func (s *Server) refuseOverloaded(raw net.Conn) {
+	select {
+	case s.refusing <- struct{}{}:
+	default:
+		raw.Close()
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer func() { <-s.refusing; s.wg.Done() }()
+		tc := tls.Server(raw, s.tcpTLS)
+		raw.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+		if err := tc.Handshake(); err != nil {
+			raw.Close()
+			return
+		}
+		if tc.ConnectionState().NegotiatedProtocol == PeerALPN && s.cfg.Peer != nil {
+			raw.SetDeadline(time.Time{})
+			s.cfg.Peer(tc) // the agents' limit is not the cluster's; Peer owns tc
+			return
+		}
+		defer raw.Close()
+		var hdr [HeaderSize]byte
+		if _, _, err := ReadFrame(tc, &hdr, nil, 2048); err != nil {
+			return
+		}
+		s.m.IncrCounterWithLabels([]string{"push", "errors"}, 1, []metrics.Label{{Name: "code", Value: fmt.Sprint(CodeOverloaded)}})
+		tc.Write((&ErrorFrame{Code: CodeOverloaded, Reason: "connection limit reached; try another node"}).Marshal())
+	}()
 }
 
 // admit counts a connection against MaxConnections.
@@ -1021,10 +1064,35 @@ func (s *Server) Shutdown(ctx context.Context, spread time.Duration) error {
 	case <-idle:
 		return nil
 	case <-ctx.Done():
+		s.tellShutdown(time.Second)
 		s.closeConns()
 		<-idle
 		return ctx.Err()
 	}
+}
+
+// tellShutdown sends ERROR 6 (shutdown) to every session still open, the
+// agents that ignored DRAIN, each bounded by within: a stuck agent is not
+// waited for. A write already blocked on such an agent ends then too.
+func (s *Server) tellShutdown(within time.Duration) {
+	s.mu.Lock()
+	list := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		list = append(list, ss)
+	}
+	s.mu.Unlock()
+	deadline := time.Now().Add(within)
+	frame := (&ErrorFrame{Code: CodeShutdown, Reason: "the gateway is shutting down and the drain deadline passed"}).Marshal()
+	var wg sync.WaitGroup
+	for _, ss := range list {
+		ss.c.SetWriteDeadline(deadline) // unblocks a flusher stuck on this agent
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ss.sendBy(frame, deadline)
+		}()
+	}
+	wg.Wait()
 }
 
 // Close stops at once. It is idempotent.

@@ -66,9 +66,14 @@ func (s *session) path() (link.PathStats, bool) {
 // send writes one frame, bounded by a write deadline so a stuck agent
 // cannot hold a flusher forever.
 func (s *session) send(frame []byte) error {
+	return s.sendBy(frame, time.Now().Add(s.srv.cfg.WriteTimeout))
+}
+
+// sendBy is send with the deadline given.
+func (s *session) sendBy(frame []byte, deadline time.Time) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	s.c.SetWriteDeadline(time.Now().Add(s.srv.cfg.WriteTimeout))
+	s.c.SetWriteDeadline(deadline)
 	_, err := s.c.Write(frame)
 	return err
 }
@@ -201,6 +206,17 @@ func (s *session) readLoop() error {
 			}
 		case TypePong:
 		case TypeBye:
+			if _, err := ParseBye(body); err != nil {
+				return s.fail(CodeProtocol, err.Error())
+			}
+			return nil
+		case TypeError: // the agent gives up on the session: log it, answer nothing
+			e, err := ParseError(body)
+			if err != nil {
+				return s.fail(CodeProtocol, err.Error())
+			}
+			s.srv.m.IncrCounterWithLabels([]string{"push", "agent_errors"}, 1, []metrics.Label{{Name: "code", Value: fmt.Sprint(e.Code)}})
+			s.srv.log.Info("push: agent closed the session with an error", "device", s.device, "code", e.Code, "reason", e.Reason)
 			return nil
 		default:
 			return s.fail(CodeProtocol, fmt.Sprintf("unexpected frame type 0x%02x from an agent", typ))

@@ -1,0 +1,180 @@
+package push_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// The protocol's edges, each as PROTOCOL.md states it.
+
+// expectClose reads until the gateway closes, failing on an ERROR frame.
+func (r *rawConn) expectClose(t *testing.T) {
+	t.Helper()
+	for {
+		typ, body, err := push.ReadFrame(r, &r.hdr, nil, push.MaxFrame)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !strings.Contains(err.Error(), "reset") {
+				t.Errorf("connection ended with %v, want a close", err)
+			}
+			return
+		}
+		if typ == push.TypeError {
+			e, _ := push.ParseError(body)
+			t.Fatalf("got ERROR %d %q, want a close without a word", e.Code, e.Reason)
+		}
+	}
+}
+
+// TestAgentErrorFrame: ERROR goes both ways; one from an agent ends the
+// session without an answer, and is counted.
+func TestAgentErrorFrame(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+	r := dialRaw(t, ts, nil)
+	r.hello(t, "dev-e")
+	r.Write((&push.ErrorFrame{Code: push.CodeProtocol, Reason: "agent gives up"}).Marshal())
+	r.expectClose(t)
+	if n := ts.labeledCounter("dpgate.push.agent_errors", "code", "1"); n != 1 {
+		t.Errorf("dpgate_push_agent_errors{code=1} = %v, want 1", n)
+	}
+	// A malformed one is a protocol error like any other.
+	r = dialRaw(t, ts, nil)
+	r.hello(t, "dev-e")
+	r.Write([]byte{push.TypeError, 0, 0, 1, 0})
+	if e := r.expectError(t); e.Code != push.CodeProtocol {
+		t.Errorf("malformed ERROR from the agent: got ERROR %d, want 1", e.Code)
+	}
+}
+
+// TestByeBody: BYE carries one byte, its reason; with it the session ends
+// quietly, without it (or with more) it is malformed.
+func TestByeBody(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+	r := dialRaw(t, ts, nil)
+	r.hello(t, "dev-b")
+	r.Write(push.MarshalBye(0))
+	r.expectClose(t)
+	for _, bad := range [][]byte{{push.TypeBye, 0, 0, 0}, {push.TypeBye, 0, 0, 2, 0, 0}} {
+		r = dialRaw(t, ts, nil)
+		r.hello(t, "dev-b")
+		r.Write(bad)
+		if e := r.expectError(t); e.Code != push.CodeProtocol {
+			t.Errorf("BYE % x: got ERROR %d, want 1 (protocol)", bad, e.Code)
+		}
+	}
+}
+
+// TestDrainIgnored: an agent that stays after DRAIN is told ERROR 6
+// (shutdown) when the deadline passes, then closed.
+func TestDrainIgnored(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+	r := dialRaw(t, ts, nil)
+	r.hello(t, "dev-d")
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- ts.Shutdown(ctx, 0) }()
+	if typ, _ := r.read(t); typ != push.TypeDrain {
+		t.Fatalf("got frame 0x%02x, want DRAIN", typ)
+	}
+	if e := r.expectError(t); e.Code != push.CodeShutdown {
+		t.Errorf("after ignoring DRAIN: ERROR %d %q, want 6 (shutdown)", e.Code, e.Reason)
+	}
+	if err := <-done; !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Shutdown: %v, want the deadline", err)
+	}
+}
+
+// TestALPN: an agent offering dpgate-push/1 or no ALPN at all gets a
+// session; one offering only other protocols fails the handshake with
+// no_application_protocol.
+func TestALPN(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+	for _, protos := range [][]string{{push.ALPN}, nil, {"h2", push.ALPN}} {
+		cfg := ts.tlsFor(nil)
+		cfg.NextProtos = protos
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", ts.addr, cfg)
+		if err != nil {
+			t.Fatalf("ALPN %q: %v", protos, err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		r := &rawConn{Conn: c}
+		r.hello(t, "dev-a")
+		c.Close()
+	}
+	cfg := ts.tlsFor(nil)
+	cfg.NextProtos = []string{"h2", "http/1.1"}
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", ts.addr, cfg)
+	if err == nil {
+		c.Close()
+		t.Fatal("a client offering only h2 and http/1.1 got a connection")
+	}
+	if !strings.Contains(err.Error(), "no application protocol") {
+		t.Errorf("only other protocols offered: %v, want the no_application_protocol alert", err)
+	}
+}
+
+// TestAuthFailureAtTLSLevel: with push.auth cert, TLS 1.3 finishes the
+// client's handshake before the gateway has checked the certificate; the
+// refusal arrives as an alert on the first read: certificate_required
+// without one, bad_certificate for one not in the allow-list. TLS 1.2
+// fails in the handshake itself. No ERROR 3 is sent: that is for a
+// HELLO whose device id the certificate or token does not fit.
+func TestAuthFailureAtTLSLevel(t *testing.T) {
+	ts := newTestServer(t, nil) // push.auth cert
+	stranger := ts.agentCert(t, "stranger")
+	ts.allow.Remove(tlsconf.Fingerprint(stranger.Leaf))
+	for _, c := range []struct {
+		name string
+		cert *tls.Certificate
+		max  uint16
+		want string
+	}{
+		{"TLS 1.3, no certificate", nil, tls.VersionTLS13, "certificate required"},
+		{"TLS 1.3, unknown certificate", &stranger, tls.VersionTLS13, "bad certificate"},
+		{"TLS 1.2, no certificate", nil, tls.VersionTLS12, "handshake failure"},
+		{"TLS 1.2, unknown certificate", &stranger, tls.VersionTLS12, "bad certificate"},
+	} {
+		cfg := ts.tlsFor(c.cert)
+		cfg.NextProtos = []string{push.ALPN}
+		cfg.MaxVersion = c.max
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", ts.addr, cfg)
+		if err == nil {
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			conn.Write((&push.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "stranger"}).Marshal())
+			_, err = conn.Read(make([]byte, 1))
+			conn.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error with %q", c.name, err, c.want)
+		}
+	}
+}
+
+// TestIdleCountsAnyFrame: the idle timeout (three keepalive intervals)
+// counts every frame from the agent, not only PING; silence ends the
+// session with ERROR 8.
+func TestIdleCountsAnyFrame(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone; c.Keepalive = time.Second })
+	r := dialRaw(t, ts, nil)
+	r.hello(t, "dev-i")
+	for range 10 { // 4 s of PONGs only, more than three intervals
+		r.Write(push.MarshalU64(push.TypePong, 1))
+		time.Sleep(400 * time.Millisecond)
+	}
+	r.Write(push.MarshalU64(push.TypePing, 42))
+	if typ, body := r.read(t); typ != push.TypePong {
+		t.Fatalf("after 4 s of PONGs only, a PING got frame 0x%02x %q, want PONG: the session was idled out", typ, body)
+	}
+	if e := r.expectError(t); e.Code != push.CodeTimeout {
+		t.Errorf("silent agent: ERROR %d %q, want 8 (timeout)", e.Code, e.Reason)
+	}
+}
