@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
+
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -119,6 +121,17 @@ func TestALPN(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "no application protocol") {
 		t.Errorf("only other protocols offered: %v, want the no_application_protocol alert", err)
+	}
+	// QUIC: dpgate-push/1 or nothing.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	qcfg := ts.tlsFor(nil)
+	qcfg.NextProtos = []string{"h3"}
+	if qc, err := quic.DialAddr(ctx, ts.quicAddr, qcfg, nil); err == nil {
+		qc.CloseWithError(0, "")
+		t.Error("a QUIC client offering only h3 got a connection")
+	} else if !strings.Contains(err.Error(), "no application protocol") {
+		t.Errorf("QUIC with h3 only: %v, want no_application_protocol", err)
 	}
 }
 
