@@ -59,7 +59,7 @@ func newTestServer(t testing.TB, tweak func(*push.Config)) *testServer {
 	ts := &testServer{id: id, allow: allow, queue: push.NewQueue(db), tokenKey: []byte("0123456789abcdef0123456789abcdef"), sink: sink}
 	ts.ca, _ = tlsconf.Issue(tlsconf.Template{CommonName: "agent CA", CA: true}, nil)
 	cfg := push.Config{
-		Identity: id, AllowList: allow, Queue: ts.queue, Registry: reg, TokenKey: ts.tokenKey,
+		Identity: id, AllowList: allow, Queue: ts.queue, Registry: reg, TokenKeys: [][]byte{ts.tokenKey},
 		Keepalive: 2 * time.Second, Metrics: m,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}

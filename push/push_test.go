@@ -374,8 +374,44 @@ func TestTokenAuth(t *testing.T) {
 			t.Errorf("%s token: ERROR code %d, want %d", name, e.Code, push.CodeAuth)
 		}
 	}
-	if _, err := push.VerifyToken(ts.tokenKey, good, time.Now()); err != nil {
+	if _, err := push.VerifyToken([][]byte{ts.tokenKey}, good, time.Now()); err != nil {
 		t.Errorf("good token: %v", err)
+	}
+}
+
+// TestTokenKeyRotation: keys are replaced live; while old and new are both
+// held, tokens of either are accepted; once the old one is retired, its
+// tokens get ERROR 3.
+func TestTokenKeyRotation(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthToken })
+	newKey := []byte("the next key, 32 bytes long.....")
+	oldTok := push.IssueToken(ts.tokenKey, "dev-r", time.Now().Add(time.Hour))
+	newTok := push.IssueToken(newKey, "dev-r", time.Now().Add(time.Hour))
+	hello := func(tok string) (byte, []byte) {
+		r := dialRaw(t, ts, nil)
+		defer r.Close()
+		r.Write((&push.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "dev-r", Token: tok}).Marshal())
+		return r.read(t)
+	}
+	if typ, _ := hello(newTok); typ != push.TypeError {
+		t.Fatal("a token of a key not held yet was accepted")
+	}
+	if err := ts.SetTokenKeys([][]byte{newKey, ts.tokenKey}); err != nil {
+		t.Fatal(err)
+	}
+	for name, tok := range map[string]string{"old": oldTok, "new": newTok} {
+		if typ, body := hello(tok); typ != push.TypeWelcome {
+			t.Errorf("during the overlap, the %s key's token: frame 0x%02x %q, want WELCOME", name, typ, body)
+		}
+	}
+	ts.SetTokenKeys([][]byte{newKey})
+	if typ, body := hello(oldTok); typ != push.TypeError {
+		t.Errorf("the retired key's token: frame 0x%02x, want ERROR", typ)
+	} else if e, _ := push.ParseError(body); e.Code != push.CodeAuth {
+		t.Errorf("the retired key's token: ERROR %d, want 3", e.Code)
+	}
+	if err := ts.SetTokenKeys([][]byte{[]byte("short")}); err == nil {
+		t.Error("a 5-byte key was taken")
 	}
 }
 

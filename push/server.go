@@ -45,9 +45,11 @@ type Config struct {
 	Identity  *tlsconf.Identity  // the gateway certificate. Required.
 	AllowList *tlsconf.AllowList // required for AuthCert
 	Auth      string             // AuthCert (default), AuthToken or AuthNone
-	TokenKey  []byte             // required for AuthToken
-	Queue     *Queue             // required
-	Registry  *Registry          // required
+	// TokenKeys verify device tokens (any of them); required for
+	// AuthToken, each at least 16 bytes. SetTokenKeys replaces them live.
+	TokenKeys [][]byte
+	Queue     *Queue    // required
+	Registry  *Registry // required
 
 	// Keepalive is the PING interval agents are told to keep. Default: 30s.
 	Keepalive time.Duration
@@ -151,8 +153,8 @@ func (c *Config) validate() error {
 		return errors.New("push: Identity, Queue and Registry are required")
 	case c.Auth == AuthCert && c.AllowList == nil:
 		return errors.New("push: auth cert needs the AllowList")
-	case c.Auth == AuthToken && len(c.TokenKey) < 16:
-		return errors.New("push: auth token needs a TokenKey of at least 16 bytes")
+	case c.Auth == AuthToken && checkKeys(c.TokenKeys) != nil:
+		return checkKeys(c.TokenKeys)
 	case c.Auth != AuthCert && c.Auth != AuthToken && c.Auth != AuthNone:
 		return fmt.Errorf("push: unknown auth %q", c.Auth)
 	case c.MaxPayload > MaxFrame-64:
@@ -183,6 +185,7 @@ type Server struct {
 
 	conns       atomic.Int64 // connections held, handshakes included
 	unvalidated atomic.Int64 // QUIC handshakes from unvalidated addresses in progress
+	tokenKeys   atomic.Pointer[[][]byte]
 	// Pushes written and acknowledged since the last flush to the metrics
 	// (once a second): go-metrics takes locks in every sink per call, too
 	// dear twice per push when a broadcast writes 19,000.
@@ -236,6 +239,8 @@ func New(cfg Config) (*Server, error) {
 
 		idWaiters: map[[16]byte][]chan struct{}{},
 	}
+	keys := slices.Clone(cfg.TokenKeys)
+	s.tokenKeys.Store(&keys)
 	if cfg.ClassicKeyExchange {
 		tlsconf.ClassicKeyExchange(s.tls)
 	}
@@ -366,6 +371,30 @@ func (s *Server) refuseOverloaded(raw net.Conn) {
 		s.m.IncrCounterWithLabels([]string{"push", "errors"}, 1, []metrics.Label{{Name: "code", Value: fmt.Sprint(CodeOverloaded)}})
 		tc.Write((&ErrorFrame{Code: CodeOverloaded, Reason: "connection limit reached; try another node"}).Marshal())
 	}()
+}
+
+// checkKeys says why keys cannot verify device tokens.
+func checkKeys(keys [][]byte) error {
+	if len(keys) == 0 {
+		return errors.New("push: auth token needs at least one token key")
+	}
+	for _, k := range keys {
+		if len(k) < 16 {
+			return fmt.Errorf("push: a token key of %d bytes; at least 16", len(k))
+		}
+	}
+	return nil
+}
+
+// SetTokenKeys replaces the keys that verify device tokens (a reload after
+// a key was added or retired); sessions already up are not touched.
+func (s *Server) SetTokenKeys(keys [][]byte) error {
+	if err := checkKeys(keys); err != nil {
+		return err
+	}
+	keys = slices.Clone(keys)
+	s.tokenKeys.Store(&keys)
+	return nil
 }
 
 // admit counts a connection against MaxConnections.
@@ -535,7 +564,7 @@ func (s *Server) authenticate(h *Hello, peer *x509.Certificate) error {
 			return fmt.Errorf("device id %q is not the certificate's (%q)", h.DeviceID, peer.Subject.CommonName)
 		}
 	case AuthToken:
-		dev, err := VerifyToken(s.cfg.TokenKey, h.Token, time.Now())
+		dev, err := VerifyToken(*s.tokenKeys.Load(), h.Token, time.Now())
 		if err != nil {
 			return err
 		}

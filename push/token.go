@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -13,7 +14,10 @@ import (
 
 // Device tokens (push.auth: token) are "v1.<device b64>.<expiry unix>.<mac b64>"
 // with mac = HMAC-SHA256(key, "v1." + device b64 + "." + expiry), base64url
-// without padding. The key is the gateway's (data_dir/push-token.key).
+// without padding. The keys are the site's (push.token_key_file, the same
+// file on every node of a cluster, or data_dir/push-token.key): the first
+// signs, every one verifies, so a new key can be added before the old one
+// is retired.
 
 // ErrToken is wrapped by every token verification failure.
 var ErrToken = errors.New("push: invalid device token")
@@ -24,15 +28,15 @@ func IssueToken(key []byte, device string, expiry time.Time) string {
 	return body + "." + base64.RawURLEncoding.EncodeToString(tokenMAC(key, body))
 }
 
-// VerifyToken checks a token and returns its device id.
-func VerifyToken(key []byte, token string, now time.Time) (string, error) {
+// VerifyToken checks a token against any of keys and returns its device id.
+func VerifyToken(keys [][]byte, token string, now time.Time) (string, error) {
 	parts := strings.Split(token, ".")
 	if len(parts) != 4 || parts[0] != "v1" {
 		return "", fmt.Errorf("%w: not v1.<device>.<expiry>.<mac>", ErrToken)
 	}
 	mac, err := base64.RawURLEncoding.DecodeString(parts[3])
-	if err != nil || !hmac.Equal(mac, tokenMAC(key, strings.Join(parts[:3], "."))) {
-		return "", fmt.Errorf("%w: bad signature", ErrToken)
+	if err != nil || !slices.ContainsFunc(keys, func(k []byte) bool { return hmac.Equal(mac, tokenMAC(k, strings.Join(parts[:3], "."))) }) {
+		return "", fmt.Errorf("%w: bad signature (signed with a key this gateway does not have)", ErrToken)
 	}
 	exp, err := strconv.ParseInt(parts[2], 10, 64)
 	if err != nil {

@@ -118,9 +118,10 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 		return usagef("token needs the subcommand issue")
 	}
 	fs := newFlags("token issue", "DEVICE [--days N] [-c FILE]", `
-Prints a device token for push.auth: token, signed with the gateway's key
-(data_dir/push-token.key, created on first use). The agent presents it in
-its HELLO.`, stdout)
+Prints a device token for push.auth: token, signed with the first key of
+push.token_key_file (the file every node of a cluster shares), or with
+data_dir/push-token.key (created on first use). The agent presents it in
+its HELLO; every node holding the key accepts it.`, stdout)
 	cfgFile := fs.String("c", "", "configuration `FILE`, for data_dir (default: built-in defaults)")
 	days := fs.Int("days", 365, "days the token is valid")
 	pos, err := parse(fs, args[1:])
@@ -134,11 +135,11 @@ its HELLO.`, stdout)
 	if err != nil {
 		return err
 	}
-	key, err := gateway.LoadOrCreateTokenKey(cfg.Node.DataDir)
+	keys, err := gateway.TokenKeys(cfg)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(stdout, push.IssueToken(key, pos[0], time.Now().Add(time.Duration(*days)*24*time.Hour)))
+	fmt.Fprintln(stdout, push.IssueToken(keys[0], pos[0], time.Now().Add(time.Duration(*days)*24*time.Hour)))
 	return nil
 }
 

@@ -163,6 +163,14 @@ type Push struct {
 	QueueTTL Duration `yaml:"queue_ttl"`
 	// MaxConnections caps connected agents. Default: 100000.
 	MaxConnections int `yaml:"max_connections"`
+	// TokenKeyFile holds the keys of device tokens (push.auth token), one
+	// base64 key per line: the first signs new tokens (dpgate token
+	// issue), every one verifies. The same file on every node of a
+	// cluster, so a token works wherever REDIRECT or failover sends the
+	// agent; required with push.auth token and cluster.bind. A configured
+	// file must exist: it is never generated. Default: data_dir/
+	// push-token.key, one key made on first use.
+	TokenKeyFile string `yaml:"token_key_file"`
 	// SourceRate caps new connections per second from one source address
 	// (an IPv6 /64; burst: twice that), so a flooding host cannot delay
 	// everyone else's connect. Default: 200; a negative value turns it off.
@@ -398,6 +406,7 @@ func (c *Config) resolvePaths(dir string) {
 		abs(&c.Proxy.Upstreams[i].ClientCertPasswordFile)
 	}
 	abs(&c.Wake.SecretFile)
+	abs(&c.Push.TokenKeyFile)
 	abs(&c.Cluster.SecretKeyFile)
 }
 

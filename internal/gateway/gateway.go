@@ -365,14 +365,25 @@ func (g *Gateway) Reload() error {
 	if err := g.reloadUpstreamCerts(); err != nil {
 		errs = append(errs, err)
 	}
+	var tokenKeys [][]byte
+	if g.push != nil && g.cfg.Push.Auth == push.AuthToken {
+		keys, err := TokenKeys(g.cfg)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		tokenKeys = keys
+	}
 	err := errors.Join(errs...)
 	if err != nil {
 		g.log.Error("reload failed; keeping the previous settings", "err", err)
 		g.tel.IncrCounter([]string{"reload", "failed"}, 1)
 		return err
 	}
+	if tokenKeys != nil {
+		g.push.SetTokenKeys(tokenKeys) // checked by TokenKeys
+	}
 	g.tel.IncrCounter([]string{"reload", "ok"}, 1)
-	g.log.Info("reloaded", "pin", g.id.Pin(), "agent_certs", g.allow.Len())
+	g.log.Info("reloaded", "pin", g.id.Pin(), "agent_certs", g.allow.Len(), "token_keys", len(tokenKeys))
 	return nil
 }
 

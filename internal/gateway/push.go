@@ -9,11 +9,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/dpgate/dpgate/cluster"
 	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/internal/config"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -21,10 +24,39 @@ import (
 // TokenKeyFile holds the HMAC key of device tokens in the data directory.
 const TokenKeyFile = "push-token.key"
 
-// LoadOrCreateTokenKey reads the device-token key, creating a random one
-// on first use. dpgate token issue and the server share it.
-func LoadOrCreateTokenKey(dataDir string) ([]byte, error) {
-	return tlsconf.LoadOrCreateKey(filepath.Join(dataDir, TokenKeyFile), 32, 16)
+// TokenKeys reads the keys that verify device tokens: push.token_key_file
+// (one base64 key per line, the first signs; it must exist, a configured
+// key is never generated), or data_dir/push-token.key, made on first use.
+// The server and dpgate token issue share them.
+func TokenKeys(cfg *config.Config) ([][]byte, error) {
+	file := cfg.Push.TokenKeyFile
+	if file == "" {
+		key, err := tlsconf.LoadOrCreateKey(filepath.Join(cfg.Node.DataDir, TokenKeyFile), 32, 16)
+		if err != nil {
+			return nil, err
+		}
+		return [][]byte{key}, nil
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("push.token_key_file: %w (a configured key is never generated: copy the cluster's file there, or create one with: head -c 32 /dev/urandom | base64 > %s)", err, file)
+	}
+	var keys [][]byte
+	for i, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, err := base64.StdEncoding.DecodeString(line)
+		if err != nil || len(k) < 16 {
+			return nil, fmt.Errorf("push.token_key_file %s:%d: not base64 of a key of 16 bytes or more", file, i+1)
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("push.token_key_file %s holds no key", file)
+	}
+	return keys, nil
 }
 
 // newPush builds the push server from push.* keys; nil when push is off.
@@ -33,7 +65,7 @@ func (g *Gateway) newPush() (*push.Server, error) {
 	if !g.pushEnabled() {
 		return nil, nil
 	}
-	key, err := LoadOrCreateTokenKey(g.cfg.Node.DataDir)
+	keys, err := TokenKeys(g.cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -49,7 +81,7 @@ func (g *Gateway) newPush() (*push.Server, error) {
 		Identity:           g.id,
 		AllowList:          g.allow,
 		Auth:               c.Auth,
-		TokenKey:           key,
+		TokenKeys:          keys,
 		Queue:              push.NewQueue(g.db),
 		Registry:           reg,
 		Keepalive:          c.Keepalive.D(),
