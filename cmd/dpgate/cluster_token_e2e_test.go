@@ -1,0 +1,225 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dpgate/dpgate/internal/gateway"
+	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// tokenAgent is an agent of TestClusterTokenAuth: where it is connected
+// and how its last attempt failed.
+type tokenAgent struct {
+	id        string
+	mu        sync.Mutex
+	server    string
+	lastErr   string
+	redirects int
+}
+
+func (a *tokenAgent) state() (string, string, int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.server, a.lastErr, a.redirects
+}
+
+// TestClusterTokenAuth runs three "dpgate serve" processes with
+// push.auth token and one shared push.token_key_file. 30 agents, each
+// with a token from "dpgate token issue" on node 0 and only node 0 to
+// start from, must all connect: those the balancer REDIRECTs authenticate
+// on the other nodes. Node 0 is killed with SIGKILL and they fail over;
+// restarted, it gets agents back by rebalancing. Then the key is rotated
+// with an overlap: a new key added first (SIGHUP everywhere) signs new
+// tokens while old ones still work; the old key retired, its tokens are
+// refused and the sessions already up stay.
+func TestClusterTokenAuth(t *testing.T) {
+	const nodesN, agentsN = 3, 30 // enough that a node above its fair share after the restart has agents to hand over
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "push-token.key")
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	oldKey, newKey := b64("the site's first token key, 32 b"), b64("the site's next token key, 32 by")
+	os.WriteFile(keyFile, []byte(oldKey+"\n"), 0o600)
+
+	seed := freeUDPTCP(t)
+	var cfgs, pushes, pins []string
+	srvs := make([]*server, nodesN)
+	for i := range nodesN {
+		nd := filepath.Join(dir, fmt.Sprintf("node%d", i))
+		os.MkdirAll(nd, 0o700)
+		bind, join := seed, ""
+		if i > 0 {
+			bind, join = freeUDPTCP(t), fmt.Sprintf("  join: [%s]\n", seed)
+		}
+		pushAddr := freePort(t)
+		cfg := filepath.Join(nd, "dpgate.yaml")
+		os.WriteFile(cfg, []byte(fmt.Sprintf("node:\n  name: node-%d\n  data_dir: data\nadmin:\n  listen: %s\npush:\n  listen: %s\n  auth: token\n  token_key_file: %s\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\ncluster:\n  bind: %s\n%s",
+			i, freePort(t), pushAddr, keyFile, bind, join)), 0o644)
+		srvs[i] = startServe(t, nil, "-c", cfg)
+		srvs[i].waitLog(t, `msg="push server listening"`)
+		cfgs, pushes = append(cfgs, cfg), append(pushes, pushAddr)
+		pins = append(pins, strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(nd, "data", "gateway.pem")).stdout))
+	}
+	ctx := context.Background()
+	sessions := func(i int) int {
+		var st gateway.Status
+		if err := apiClient(t, cfgs[i]).Do(ctx, "GET", "/v1/status", nil, &st); err != nil || st.Push == nil {
+			return -1
+		}
+		return st.Push.Sessions
+	}
+	members := func(i int) int {
+		var st gateway.Status
+		if err := apiClient(t, cfgs[i]).Do(ctx, "GET", "/v1/status", nil, &st); err != nil {
+			return -1
+		}
+		return len(st.Cluster)
+	}
+	waitFor(t, 30*time.Second, func() error {
+		for i := range nodesN {
+			if n := members(i); n != nodesN {
+				return fmt.Errorf("node %d sees %d members", i, n)
+			}
+		}
+		return nil
+	})
+
+	pinSet, _ := tlsconf.ParsePins(pins)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	runCtx, stop := context.WithCancel(ctx)
+	var running sync.WaitGroup
+	t.Cleanup(func() { stop(); running.Wait() })
+	startAgent := func(id string) *tokenAgent {
+		tok := strings.TrimSpace(dpgate(t, nil, "token", "issue", "-c", cfgs[0], "--days", "1", id).stdout)
+		a := &tokenAgent{id: id}
+		c, err := client.New(client.Config{Servers: []string{pushes[0]}, DeviceID: id, Token: tok,
+			TLS: tlsconf.PinnedClientConfig(pinSet, "dpgate"), MaxBackoff: time.Second, Logger: quiet,
+			OnPush: func(push.Message) {},
+			OnEvent: func(e client.Event) {
+				a.mu.Lock()
+				defer a.mu.Unlock()
+				switch e.Kind {
+				case "connected":
+					a.server, a.lastErr = e.Server, ""
+				case "redirect":
+					a.server = ""
+					a.redirects++
+				case "error", "replaced", "disconnected", "drain":
+					a.server = ""
+					if e.Err != nil {
+						a.lastErr = e.Err.Error()
+					}
+				}
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		running.Add(1)
+		go func() { defer running.Done(); c.Run(runCtx) }()
+		return a
+	}
+	var agents []*tokenAgent
+	for i := range agentsN {
+		agents = append(agents, startAgent(fmt.Sprintf("agent-%d", i)))
+	}
+	allOn := func(alive ...string) error {
+		for _, a := range agents {
+			if s, lastErr, _ := a.state(); !slices.Contains(alive, s) {
+				return fmt.Errorf("%s is on %q, want one of %v (last error: %s)", a.id, s, alive, lastErr)
+			}
+		}
+		return nil
+	}
+
+	// REDIRECT: all start at node 0; the balancer sends some elsewhere.
+	waitFor(t, 60*time.Second, func() error { return allOn(pushes...) })
+	redirected := 0
+	for _, a := range agents {
+		if s, _, n := a.state(); s != pushes[0] && n > 0 {
+			redirected++
+		}
+	}
+	t.Logf("sessions per node after the start: %d %d %d; %d agents redirected off node 0", sessions(0), sessions(1), sessions(2), redirected)
+	if redirected == 0 {
+		t.Fatal("no agent was redirected off node 0, so REDIRECT under token auth was not exercised")
+	}
+
+	// Failover: node 0 dies; its agents go to the nodes WELCOME named.
+	srvs[0].cmd.Process.Signal(syscall.SIGKILL)
+	<-srvs[0].done
+	waitFor(t, 60*time.Second, func() error { return allOn(pushes[1], pushes[2]) })
+	t.Logf("after kill -9 of node 0: sessions %d %d", sessions(1), sessions(2))
+
+	// Rebalancing: node 0 back, the others hand agents over to it.
+	srvs[0] = startServe(t, nil, "-c", cfgs[0])
+	srvs[0].waitLog(t, `msg="push server listening"`)
+	waitFor(t, 90*time.Second, func() error {
+		if n := sessions(0); n < 1 {
+			return fmt.Errorf("node 0 holds %d agents after its restart (members seen by nodes 0, 1, 2: %d %d %d)", n, members(0), members(1), members(2))
+		}
+		return allOn(pushes...)
+	})
+	t.Logf("after node 0's restart and rebalancing: sessions %d %d %d", sessions(0), sessions(1), sessions(2))
+
+	// Rotation, step 1: the new key first, the old one still held.
+	os.WriteFile(keyFile, []byte(newKey+"\n"+oldKey+"\n"), 0o600)
+	for _, s := range srvs {
+		s.cmd.Process.Signal(syscall.SIGHUP)
+		s.waitLog(t, `msg=reloaded .*token_keys=2`)
+	}
+	fresh := startAgent("agent-new") // its token is signed with the new key
+	waitFor(t, 60*time.Second, func() error {
+		if s, lastErr, _ := fresh.state(); !slices.Contains(pushes, s) {
+			return fmt.Errorf("agent-new (new key) not connected: %s", lastErr)
+		}
+		return allOn(pushes...)
+	})
+	// Step 2: the old key retired. New sessions with its tokens fail;
+	// the sessions up keep running.
+	os.WriteFile(keyFile, []byte(newKey+"\n"), 0o600)
+	for _, s := range srvs {
+		s.cmd.Process.Signal(syscall.SIGHUP)
+		s.waitLog(t, `msg=reloaded .*token_keys=1`)
+	}
+	oldTok := push.IssueToken([]byte("the site's first token key, 32 b"), "agent-late", time.Now().Add(time.Hour))
+	late := &tokenAgent{id: "agent-late"}
+	c, _ := client.New(client.Config{Servers: []string{pushes[1]}, DeviceID: late.id, Token: oldTok,
+		TLS: tlsconf.PinnedClientConfig(pinSet, "dpgate"), MaxBackoff: time.Second, Logger: quiet, OnPush: func(push.Message) {},
+		OnEvent: func(e client.Event) {
+			late.mu.Lock()
+			defer late.mu.Unlock()
+			if e.Kind == "connected" {
+				late.server = e.Server
+			}
+			if e.Err != nil {
+				late.lastErr = e.Err.Error()
+			}
+		}})
+	running.Add(1)
+	go func() { defer running.Done(); c.Run(runCtx) }()
+	waitFor(t, 30*time.Second, func() error {
+		if _, lastErr, _ := late.state(); !strings.Contains(lastErr, "code 3") {
+			return fmt.Errorf("a token of the retired key: last error %q, want ERROR 3", lastErr)
+		}
+		return nil
+	})
+	if s, _, _ := late.state(); s != "" {
+		t.Errorf("a token of the retired key connected to %s", s)
+	}
+	if err := allOn(pushes...); err != nil {
+		t.Errorf("sessions up before the retirement: %v", err)
+	}
+}
