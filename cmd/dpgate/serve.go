@@ -26,7 +26,7 @@ Runs the gateway. Without -c it runs on built-in defaults: admin API on
 start (its pin is logged), and the proxy off until an upstream is configured.
 
 Signals: SIGINT/SIGTERM shut down gracefully (a second one stops at once),
-SIGHUP reloads certificates and the allow-list, SIGUSR1 dumps metrics to
+SIGHUP reloads certificates, the allow-list and token keys, SIGUSR1 dumps metrics to
 standard error.`
 
 func runServe(args []string, stdout, stderr io.Writer) error {
