@@ -500,6 +500,8 @@ func TestBadInput(t *testing.T) {
 		{"garbage PEM to cert add", []string{"cert", "add", "-c", agentCfg, garbage}, 1, "no CERTIFICATE block"},
 		{"corrupt PFX", []string{"cert", "pin", corruptPFX, "--password-file", pw}, 1, "not a valid PKCS#12"},
 		{"wrong PFX password", []string{"cert", "pin", pfxFile, "--password-file", wrongPW}, 1, "wrong password"},
+		{"agent certificate for a bad device id", []string{"cert", "agent-gen", "-c", agentCfg, "--cn", "has space", "--out", filepath.Join(dir, "bad.pfx")}, 2, "white-space"},
+		{"token for a 129-byte device id", []string{"token", "issue", "-c", agentCfg, strings.Repeat("a", 129)}, 2, "device id of 129 bytes"},
 		{"unknown command", []string{"frobnicate"}, 2, "unknown command"},
 		{"unknown flag", []string{"serve", "--bogus"}, 2, "flag provided but not defined"},
 		{"missing required flag", []string{"cert", "gen", "--out", filepath.Join(dir, "x.pem")}, 2, "--cn is required"},

@@ -131,6 +131,9 @@ its HELLO; every node holding the key accepts it.`, stdout)
 	if len(pos) != 1 || *days < 1 {
 		return usagef("token issue takes one DEVICE and --days of at least 1")
 	}
+	if err := push.CheckDeviceID(pos[0]); err != nil {
+		return usagef("token issue: %v (docs/PROTOCOL.md)", err)
+	}
 	cfg, err := loadConfig(*cfgFile)
 	if err != nil {
 		return err
