@@ -38,7 +38,10 @@ func TestLocalUserLockedOut(t *testing.T) {
 		t.Fatalf("copying the binary: %v", err)
 	}
 	adminAddr := freePort(t)
+	sock := filepath.Join(dir, "run", "admin.sock")
 	cfg := writeConfig(t, dir, adminAddr, "push:\n  listen: 127.0.0.1:0\n  auth: none\n  quic: false\n")
+	body, _ := os.ReadFile(cfg)
+	os.WriteFile(cfg, []byte(strings.Replace(string(body), "admin:\n", "admin:\n  socket: "+sock+"\n", 1)), 0o644)
 	s := startServe(t, nil, "-c", cfg)
 	s.waitLog(t, `msg="admin API listening"`)
 
@@ -82,6 +85,25 @@ func TestLocalUserLockedOut(t *testing.T) {
 	if out, _ := toolAs(t, nobody, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://"+adminAddr+"/healthz"); out != "200" {
 		t.Errorf("/healthz as uid %d: %s, want 200 (it stays open for probes)", nobody, out)
 	}
+
+	// The Unix socket: the owner needs no token over it; another user
+	// cannot reach it (0600 in a 0700 directory), and if its mode is
+	// loosened by mistake, the peer's uid still keeps them out (Linux).
+	if out, code := tool(t, nil, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", sock, "http://dpgate/v1/status"); code != 0 || out != "200" {
+		t.Errorf("GET /v1/status over the socket as the owner, no token: curl exit %d, %s; want 200", code, out)
+	}
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("admin socket: %v, mode %v; want 0600", err, fi.Mode().Perm())
+	}
+	if out, code := toolAs(t, nobody, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", sock, "http://dpgate/v1/status"); code == 0 {
+		t.Errorf("uid %d reached the admin socket: %s", nobody, out)
+	}
+	os.Chmod(filepath.Dir(sock), 0o755)
+	os.Chmod(sock, 0o666)
+	if out, _ := toolAs(t, nobody, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", sock, "http://dpgate/v1/status"); out != "401" {
+		t.Errorf("uid %d over a socket left mode 0666: %s, want 401 (SO_PEERCRED)", nobody, out)
+	}
+	os.Chmod(sock, 0o600)
 
 	// The owner notices nothing: the same CLI, no new flag.
 	r = dpgate(t, nil, "cert", "list", "-c", cfg)

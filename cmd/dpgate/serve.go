@@ -122,6 +122,11 @@ func adminClient(file string) (*admin.Client, *config.Config, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if cfg.Admin.Socket != "" { // no token needed, when this user may connect to it
+		if c, err := admin.NewSocketClient(cfg.Admin.Socket, os.Getenv("DPGATE_TOKEN")); err == nil {
+			return c, cfg, nil
+		}
+	}
 	token, err := cliToken(cfg)
 	if err != nil {
 		return nil, nil, err

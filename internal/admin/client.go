@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"syscall"
 	"time"
 )
@@ -35,6 +36,28 @@ func NewClient(listen, token string) *Client {
 		token: token,
 		http:  &http.Client{Timeout: 3 * time.Minute},
 	}
+}
+
+// NewSocketClient returns a client for the API's Unix socket
+// (admin.socket); the socket's permissions stand in for the token.
+func NewSocketClient(path, token string) (*Client, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return nil, fmt.Errorf("%s: %w", path, errNotSocket)
+	}
+	c, err := net.DialTimeout("unix", path, 3*time.Second) // may this user connect? (EACCES otherwise)
+	if err != nil {
+		return nil, err
+	}
+	c.Close()
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}
+	return &Client{base: "http://dpgate", token: token, http: &http.Client{Timeout: 3 * time.Minute, Transport: tr}}, nil
 }
 
 // ErrUnreachable wraps errors where no gateway answered at all, so callers

@@ -56,6 +56,7 @@ func New(cfg Config) *Server {
 		WriteTimeout:   2 * time.Minute,
 		IdleTimeout:    2 * time.Minute,
 		MaxHeaderBytes: 64 << 10,
+		ConnContext:    connContext,
 		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	// Go's profiles, behind the same token as the rest: heap, goroutines,
@@ -108,7 +109,7 @@ func (s *Server) HandleJSON(pattern string, fn func(r *http.Request) (int, any, 
 
 // ServeHTTP authenticates, then routes.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !Open(r.URL.Path) && !s.authorized(r) {
+	if !Open(r.URL.Path) && !fromSocket(r.Context()) && !s.authorized(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="dpgate"`)
 		WriteJSON(w, http.StatusUnauthorized, map[string]string{
 			"error": "missing or wrong bearer token (Authorization: Bearer, the token in admin.token_file or data_dir/admin.token)"})

@@ -62,6 +62,11 @@ type Admin struct {
 	// on loopback too. Default: data_dir/admin.token, created with a random
 	// token (mode 0600) on first start; see AdminTokenFile.
 	TokenFile string `yaml:"token_file"`
+	// Socket is a Unix socket for the API (mode 0600), like HAProxy's stats
+	// socket: requests over it need no token, the file's permissions (and
+	// on Linux the peer's uid: this user or root) are the credential; the
+	// CLI uses it when set. Default: off; e.g. /run/dpgate/admin.sock.
+	Socket string `yaml:"socket"`
 }
 
 // AdminTokenFileName is the admin token's file in the data directory when
@@ -399,6 +404,7 @@ func (c *Config) resolvePaths(dir string) {
 	}
 	abs(&c.Node.DataDir)
 	abs(&c.Admin.TokenFile)
+	abs(&c.Admin.Socket)
 	abs(&c.TLS.Cert)
 	abs(&c.TLS.Key)
 	for i := range c.Proxy.Upstreams {

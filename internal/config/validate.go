@@ -29,6 +29,9 @@ func (c *Config) Validate() error {
 	if err := c.hostPort("admin.listen", c.Admin.Listen, true); err != nil {
 		return err
 	}
+	if len(c.Admin.Socket) > 107 { // sun_path
+		return c.errAt("admin.socket", "%q is %d bytes; a Unix socket path has at most 107", c.Admin.Socket, len(c.Admin.Socket))
+	}
 	if Enabled(c.Admin.Listen) && !IsLoopback(c.Admin.Listen) && c.Admin.TokenFile == "" {
 		return c.errAt("admin.listen", "%s is not a loopback address: set admin.token_file so the API requires a bearer token", c.Admin.Listen)
 	}

@@ -163,6 +163,7 @@ func (g *Gateway) loadIdentity() (*tlsconf.Identity, error) {
 // handed in by tests.
 type Listeners struct {
 	Admin       net.Listener   // nil: admin API off
+	AdminSocket net.Listener   // admin.socket; nil: off
 	Proxy       net.Listener   // nil: proxy off (no upstream)
 	Push        net.Listener   // nil: push off
 	PushUDP     net.PacketConn // nil: push over QUIC off
@@ -182,6 +183,14 @@ func Listen(cfg *config.Config) (Listeners, error) {
 			return ls, fmt.Errorf("gateway: admin.listen: %w", err)
 		}
 		ls.Admin = ln
+	}
+	if cfg.Admin.Socket != "" {
+		ln, err := admin.ListenSocket(cfg.Admin.Socket)
+		if err != nil {
+			ls.Close()
+			return ls, fmt.Errorf("gateway: %w", err)
+		}
+		ls.AdminSocket = ln
 	}
 	if cfg.ProxyEnabled() {
 		ln, err := net.Listen("tcp", cfg.Proxy.Listen)
@@ -253,7 +262,7 @@ func Listen(cfg *config.Config) (Listeners, error) {
 
 // Close closes every listener that is open.
 func (ls Listeners) Close() {
-	for _, ln := range []net.Listener{ls.Admin, ls.Proxy, ls.Push, ls.DNSTCP} {
+	for _, ln := range []net.Listener{ls.Admin, ls.AdminSocket, ls.Proxy, ls.Push, ls.DNSTCP} {
 		if ln != nil {
 			ln.Close()
 		}
@@ -278,6 +287,10 @@ func (g *Gateway) Start(ls Listeners) {
 		g.adminAddr = ls.Admin.Addr().String()
 		g.log.Info("admin API listening", "addr", ls.Admin.Addr().String())
 		g.goServe("admin", func() error { return g.admin.Serve(ls.Admin) })
+	}
+	if ls.AdminSocket != nil {
+		g.log.Info("admin API listening", "socket", ls.AdminSocket.Addr().String())
+		g.goServe("admin socket", func() error { return g.admin.Serve(ls.AdminSocket) })
 	}
 	switch {
 	case g.proxy == nil:
