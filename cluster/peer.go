@@ -54,40 +54,49 @@ func PeerServerTLS(id *tlsconf.Identity, isPeer func(pin string) bool) *tls.Conf
 }
 
 // IsPeer reports whether a pin is the certificate of a live member.
-func (r *Router) IsPeer(pin string) bool { return r.memberByPin(pin) != "" }
+func (r *Router) IsPeer(pin string) bool { return len(r.membersByPin(pin)) > 0 }
 
-func (r *Router) memberByPin(pin string) string {
+// membersByPin names the other members presenting the certificate with
+// pin: one, unless nodes share a certificate (a site may give every node
+// the same one, so agents pin one pin).
+func (r *Router) membersByPin(pin string) []string {
+	var out []string
 	for _, m := range r.c.Members() {
 		if m.Meta.Pin == pin && !m.Self {
-			return m.Name
+			out = append(out, m.Name)
 		}
 	}
-	return ""
+	return out
 }
 
 // ServeConn serves one connection from another node (the push server's
 // Peer hook, after the TLS handshake). It returns at once.
 func (r *Router) ServeConn(c net.Conn) {
-	from := ""
+	pin := ""
 	if tc, ok := c.(*tls.Conn); ok {
 		if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 {
-			from = r.memberByPin(tlsconf.Pin(certs[0]))
+			pin = tlsconf.Pin(certs[0])
 		}
 	}
 	// Wrapped, so net/http serves HTTP/1.1 on it rather than looking up a
-	// handler for its ALPN protocol; the node's name rides in the context.
-	if from == "" || !r.peer.ln.add(peerConn{c, from}) {
+	// handler for its ALPN protocol; the pin rides in the context.
+	if pin == "" || !r.IsPeer(pin) || !r.peer.ln.add(peerConn{c, pin}) {
 		c.Close()
 	}
 }
 
-// peerConn is a handshaken connection from the named node.
+// peerConn is a handshaken connection from a member, with the pin of the
+// certificate it presented.
 type peerConn struct {
 	net.Conn
-	from string
+	pin string
 }
 
-type fromKey struct{}
+type pinKey struct{}
+
+// nodeHeader names the sending node on every request between nodes: the
+// certificate alone cannot, when nodes share one.
+const nodeHeader = "Dpgate-Node"
 
 // hexID is a push id written as hex in JSON.
 type hexID [16]byte
@@ -157,7 +166,7 @@ func newPeerNet(r *Router) *peerNet {
 	pn.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if pc, ok := c.(peerConn); ok {
-				ctx = context.WithValue(ctx, fromKey{}, pc.from)
+				ctx = context.WithValue(ctx, pinKey{}, pc.pin)
 			}
 			return ctx
 		}, ErrorLog: log.New(slogWriter{r.log}, "cluster peer: ", 0)}
@@ -206,10 +215,23 @@ func (pn *peerNet) dial(ctx context.Context, network, addr string) (net.Conn, er
 	return d.DialContext(ctx, network, addr)
 }
 
-// from names the node a request comes from (by its certificate).
+// from names the node a request comes from: the node its header names,
+// if that member presents the certificate the connection did; without
+// the header (a node of an earlier version), the one member with that
+// certificate. "" when neither holds.
 func (pn *peerNet) from(req *http.Request) string {
-	from, _ := req.Context().Value(fromKey{}).(string)
-	return from
+	pin, _ := req.Context().Value(pinKey{}).(string)
+	members := pn.r.membersByPin(pin)
+	if name := req.Header.Get(nodeHeader); name != "" {
+		if slices.Contains(members, name) {
+			return name
+		}
+		return ""
+	}
+	if len(members) == 1 {
+		return members[0]
+	}
+	return ""
 }
 
 // request checks that a request comes from a member and decodes its body
@@ -323,6 +345,7 @@ func (pn *peerNet) post(ctx context.Context, node, path string, body any, out an
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(nodeHeader, pn.r.self)
 	resp, err := pn.client.Do(req)
 	if err != nil {
 		pn.r.m.IncrCounterWithLabels([]string{"cluster", "peer", "errors"}, 1, []metrics.Label{{Name: "node", Value: node}})
@@ -454,6 +477,7 @@ func (ob *outbox) send(what string, n int, post func(context.Context) error) {
 	}
 	ob.r.log.Debug("cluster: "+what, "node", ob.node, "err", err)
 	ob.dropped(n, "unreachable")
+	ob.r.markStale(ob.node) // repair offers it again until it gets through
 }
 
 func (ob *outbox) close() { close(ob.done) }

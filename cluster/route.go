@@ -36,7 +36,7 @@ type Local interface {
 	Remove(device string, ids [][16]byte, acked bool) error
 	Pending(device string) ([]push.Message, error)
 	QueuedDevices() []string
-	HeldDevices() []string
+	HeldDevices() map[string]time.Time // device -> when its session began
 	Holds(device string) bool
 	// Wake sends the device a WAKE frame when it is connected here.
 	Wake(device string) bool
@@ -51,7 +51,9 @@ type RouterConfig struct {
 	// Replicas is how many owner nodes keep each device's queue. Default: 2.
 	Replicas int
 	// SweepInterval: copies kept by a node that is neither an owner nor the
-	// holder of the device are handed over this often. Default: 30s.
+	// holder of the device are handed over this often, and every device
+	// connected here is registered again with its owners (anti-entropy).
+	// Default: 30s.
 	SweepInterval time.Duration
 	// RequestTimeout bounds one request to a peer. Default: 5s.
 	RequestTimeout time.Duration
@@ -73,10 +75,13 @@ type Router struct {
 	peer  *peerNet
 
 	mu      sync.Mutex
-	holders map[string]string   // device -> node it is connected to, for devices owned here
+	holders map[string]holder   // device -> node it is connected to, for devices owned here
 	origins map[[16]byte]string // push id -> node that accepted it, told when it is acknowledged
 	out     map[string]*outbox  // by node name
 	view    string              // the node set last rebalanced for
+	// stale are nodes an outbox dropped work for (unreachable): what
+	// they missed is sent again by repair until a send gets through.
+	stale map[string]bool
 
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -110,9 +115,10 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 	r := &Router{
 		cfg: cfg, c: cfg.Cluster, local: cfg.Local, log: cfg.Logger, m: cfg.Metrics,
 		self:    cfg.Cluster.cfg.Name,
-		holders: map[string]string{},
+		holders: map[string]holder{},
 		origins: map[[16]byte]string{},
 		out:     map[string]*outbox{},
+		stale:   map[string]bool{},
 		done:    make(chan struct{}),
 	}
 	r.peer = newPeerNet(r)
@@ -163,7 +169,33 @@ func (r *Router) owners(device string, nodes []Member) []string {
 func (r *Router) Holder(device string) string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.holders[device]
+	return r.holders[device].node
+}
+
+// holder is where a device is registered, and the start of that session
+// (Unix nanoseconds on the holder's clock): a registration older than the
+// one known is stale (it was delayed, or sent again after the device
+// moved on) and is ignored, so a late message cannot point the owner at a
+// node the device has left.
+type holder struct {
+	node  string
+	since int64
+}
+
+// setHolder applies a registration (up) or its end; it reports whether
+// the entry changed. A since of 0 (a peer of an earlier version) is taken
+// as current.
+func (r *Router) setHolder(device, node string, since int64, up bool) bool {
+	cur, ok := r.holders[device]
+	switch {
+	case up && (!ok || since == 0 || since >= cur.since):
+		r.holders[device] = holder{node, since}
+		return true
+	case !up && ok && cur.node == node && (since == 0 || since >= cur.since):
+		delete(r.holders, device)
+		return true
+	}
+	return false
 }
 
 // Wake has the node holding device send it a WAKE frame on its push
@@ -364,7 +396,7 @@ func (r *Router) forward(from string, added []push.Item) {
 	fwd := map[string][]wireItem{}
 	r.mu.Lock()
 	for _, it := range added {
-		if h := r.holders[it.Device]; h != "" && h != r.self && h != from {
+		if h := r.holders[it.Device].node; h != "" && h != r.self && h != from {
 			origin := r.origins[it.ID]
 			if origin == "" {
 				origin = r.self // accepted here
@@ -384,6 +416,7 @@ type op struct {
 	Kind   string  `json:"k"` // "reg", "unreg" or "ack"
 	Device string  `json:"d"`
 	IDs    []hexID `json:"i,omitempty"`
+	Since  int64   `json:"v,omitempty"` // reg and unreg: the session's start, Unix ns
 }
 
 // applyOps handles another node's registrations and ACKs.
@@ -392,14 +425,16 @@ func (r *Router) applyOps(from string, ops []op) {
 		switch o.Kind {
 		case "reg":
 			r.mu.Lock()
-			r.holders[o.Device] = from
+			current := r.setHolder(o.Device, from, o.Since, true)
 			r.mu.Unlock()
-			r.sendPending(o.Device, from)
+			if current {
+				r.sendPending(o.Device, from)
+			} else {
+				r.m.IncrCounter([]string{"cluster", "route", "stale_registrations"}, 1)
+			}
 		case "unreg":
 			r.mu.Lock()
-			if r.holders[o.Device] == from {
-				delete(r.holders, o.Device)
-			}
+			r.setHolder(o.Device, from, o.Since, false)
 			r.mu.Unlock()
 		case "ack":
 			ids := make([][16]byte, len(o.IDs))
@@ -434,7 +469,7 @@ func (r *Router) sendPending(device, holder string) {
 
 // SessionChanged is the push server's OnSession hook: the device's owners
 // learn where it is connected.
-func (r *Router) SessionChanged(device string, up bool) {
+func (r *Router) SessionChanged(device string, up bool, since time.Time) {
 	kind := "unreg"
 	if up {
 		kind = "reg"
@@ -442,16 +477,12 @@ func (r *Router) SessionChanged(device string, up bool) {
 	owners := r.owners(device, r.nodes())
 	r.mu.Lock()
 	if slices.Contains(owners, r.self) {
-		if up {
-			r.holders[device] = r.self
-		} else if r.holders[device] == r.self {
-			delete(r.holders, device)
-		}
+		r.setHolder(device, r.self, since.UnixNano(), up)
 	}
 	r.mu.Unlock()
 	for _, o := range owners {
 		if o != r.self {
-			r.outbox(o).addOp(op{Kind: kind, Device: device})
+			r.outbox(o).addOp(op{Kind: kind, Device: device, Since: since.UnixNano()})
 		}
 	}
 }
@@ -491,6 +522,8 @@ func (r *Router) loop() {
 	defer check.Stop()
 	sweep := time.NewTicker(r.cfg.SweepInterval)
 	defer sweep.Stop()
+	repair := time.NewTicker(repairInterval)
+	defer repair.Stop()
 	var prev []Member // the nodes of the last rebalance; nil before the first
 	for {
 		select {
@@ -514,9 +547,53 @@ func (r *Router) loop() {
 				}
 			}
 		case <-sweep.C:
+			r.registerAll()
 			r.rebalanceFor(r.nodes(), nil, false)
+		case <-repair.C:
+			r.repair()
 		}
 	}
+}
+
+// repairInterval is how often work dropped for an unreachable node is
+// offered again.
+const repairInterval = 2 * time.Second
+
+// markStale records that node missed work (an outbox gave up on it).
+func (r *Router) markStale(node string) {
+	r.mu.Lock()
+	r.stale[node] = true
+	r.mu.Unlock()
+}
+
+// repair sends again what nodes marked stale missed, the case a partition
+// leaves behind: the node may still hold its agents (it did not go away,
+// it was cut off), so nobody re-registers and nothing else would resend.
+// As an owner, everything queued here for the devices it holds; as a
+// holder, the registrations of the devices it owns; and the copies this
+// node kept for owners it could not reach. Sending again is safe: copies
+// are deduplicated by id at the holder and the agent. A node still
+// unreachable is marked stale again by the outbox and retried next time.
+func (r *Router) repair() {
+	r.mu.Lock()
+	stale := r.stale
+	r.stale = map[string]bool{}
+	var resend [][2]string // device, holder
+	for d, h := range r.holders {
+		if stale[h.node] {
+			resend = append(resend, [2]string{d, h.node})
+		}
+	}
+	r.mu.Unlock()
+	if len(stale) == 0 {
+		return
+	}
+	for _, dh := range resend {
+		r.sendPending(dh[0], dh[1])
+	}
+	r.registerAll()
+	r.m.IncrCounter([]string{"cluster", "route", "repaired"}, float32(len(resend)))
+	r.rebalanceFor(r.nodes(), nil, false)
 }
 
 // newOwners are the device's owners among nodes that were not owners
@@ -534,10 +611,33 @@ func (r *Router) newOwners(device string, nodes, prev []Member) []string {
 // reregister tells the new owners of every device connected here where it
 // is.
 func (r *Router) reregister(nodes, prev []Member) {
-	for _, d := range r.local.HeldDevices() {
+	for d, since := range r.local.HeldDevices() {
 		for _, o := range r.newOwners(d, nodes, prev) {
-			if o != r.self {
-				r.outbox(o).addOp(op{Kind: "reg", Device: d})
+			if o == r.self {
+				r.mu.Lock()
+				r.setHolder(d, r.self, since.UnixNano(), true)
+				r.mu.Unlock()
+			} else {
+				r.outbox(o).addOp(op{Kind: "reg", Device: d, Since: since.UnixNano()})
+			}
+		}
+	}
+}
+
+// registerAll tells every owner of every device connected here where it
+// is, again: the anti-entropy that repairs an owner's entry that a lost
+// or late message left wrong. Each registration also makes the owner send
+// what it still has queued for the device.
+func (r *Router) registerAll() {
+	nodes := r.nodes()
+	for d, since := range r.local.HeldDevices() {
+		for _, o := range r.owners(d, nodes) {
+			if o == r.self {
+				r.mu.Lock()
+				r.setHolder(d, r.self, since.UnixNano(), true)
+				r.mu.Unlock()
+			} else {
+				r.outbox(o).addOp(op{Kind: "reg", Device: d, Since: since.UnixNano()})
 			}
 		}
 	}

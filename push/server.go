@@ -98,7 +98,7 @@ type Config struct {
 	// node); OnAck when a device acknowledges a queued push here.
 	PeerTLS   *tls.Config
 	Peer      func(net.Conn)
-	OnSession func(device string, up bool)
+	OnSession func(device string, up bool, since time.Time)
 	OnAck     func(device string, id [16]byte)
 
 	Metrics *metrics.Metrics // default metrics.Default()
@@ -532,7 +532,7 @@ func (s *Server) startSession(c conn, transport string, remote, local net.Addr, 
 		s.log.Error("push: device registry", "device", ss.device, "err", err)
 	}
 	if s.cfg.OnSession != nil {
-		s.cfg.OnSession(ss.device, true)
+		s.cfg.OnSession(ss.device, true, ss.since)
 	}
 	s.m.IncrCounterWithLabels([]string{"push", "sessions", "started"}, 1, []metrics.Label{{Name: "transport", Value: ss.transport}})
 	ss.kick() // everything still queued, from the first message
@@ -580,7 +580,7 @@ func (s *Server) runSession(ss *session) {
 	err := ss.readLoop()
 	ss.close()
 	if s.unregister(ss) && s.cfg.OnSession != nil {
-		s.cfg.OnSession(ss.device, false)
+		s.cfg.OnSession(ss.device, false, ss.since)
 	}
 	s.conns.Add(-1)
 	s.reg.Seen(ss.device, ss.remote, nil, time.Now())
@@ -814,13 +814,14 @@ func (s *Server) Holds(device string) bool {
 	return s.sessions[device] != nil
 }
 
-// HeldDevices lists the devices connected here.
-func (s *Server) HeldDevices() []string {
+// HeldDevices lists the devices connected here, each with the time its
+// session began (what orders registrations between nodes).
+func (s *Server) HeldDevices() map[string]time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]string, 0, len(s.sessions))
-	for d := range s.sessions {
-		out = append(out, d)
+	out := make(map[string]time.Time, len(s.sessions))
+	for d, ss := range s.sessions {
+		out[d] = ss.since
 	}
 	return out
 }

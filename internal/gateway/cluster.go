@@ -187,9 +187,9 @@ func (g *Gateway) servePeer(c net.Conn) {
 	c.Close()
 }
 
-func (g *Gateway) sessionChanged(device string, up bool) {
+func (g *Gateway) sessionChanged(device string, up bool, since time.Time) {
 	if r := g.router.Load(); r != nil {
-		r.SessionChanged(device, up)
+		r.SessionChanged(device, up, since)
 	}
 }
 

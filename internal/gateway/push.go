@@ -278,6 +278,9 @@ func (g *Gateway) pushRoutes() {
 		if w, ok := g.wake.Last(d.ID); ok {
 			reply.LastWake = &w
 		}
+		if r := g.router.Load(); r != nil {
+			reply.Owners, reply.Holder = r.Owners(d.ID), r.Holder(d.ID)
+		}
 		return http.StatusOK, reply, nil
 	})
 	a.HandleJSON("DELETE /v1/devices/{id}", func(r *http.Request) (int, any, error) {

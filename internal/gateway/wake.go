@@ -120,6 +120,10 @@ func (g *Gateway) wakeOffline(devices []string) {
 type DeviceReply struct {
 	push.DeviceStatus
 	LastWake *wake.Result `json:"last_wake,omitempty"`
+	// In a cluster: the nodes that keep the device's queue, and the node
+	// it is registered at as far as this node knows (when it is an owner).
+	Owners []string `json:"owners,omitempty"`
+	Holder string   `json:"holder,omitempty"`
 }
 
 func (g *Gateway) wakeRoutes() {
