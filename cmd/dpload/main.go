@@ -33,6 +33,7 @@ func commands() []command {
 		{"sink", "run the TLS sink the proxy scenarios talk to", runSink},
 		{"push", "connect N agents, then push latency, broadcast and a reconnect storm", runPush},
 		{"connect", "connect N agents to one or several gateways, hold them, report limits", runConnect},
+		{"chaos", "kill, pause, partition, fill and corrupt real gateway nodes under load; count lost pushes", runChaos},
 		{"link", "probe a link (optionally through the impairment relay) against the uplink limits", runLink},
 		{"agents", "run a fleet of agents (dpload push starts these itself)", runAgents},
 		{"naive-server", "a goroutine-per-connection push server, the memory baseline", runNaive},

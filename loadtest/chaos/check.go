@@ -22,8 +22,11 @@ type Report struct {
 	DeliveredUnacked int `json:"delivered_unacked"`
 	// OrderViolations counts pairs A, B to one device where A was
 	// answered before B was sent, yet B arrived first.
-	OrderViolations int           `json:"order_violations"`
-	Faults          []FaultReport `json:"faults"`
+	OrderViolations int `json:"order_violations"`
+	// SameNode counts those where A and B were accepted by the same node,
+	// the order the documents promise outside faults.
+	SameNode int           `json:"order_violations_same_node"`
+	Faults   []FaultReport `json:"faults"`
 }
 
 // FaultReport is one fault's figures.
@@ -84,6 +87,9 @@ func Check(h *History) Report {
 				}
 				if tb, ok := first[b.Payload]; ok && tb.Before(ta) {
 					r.OrderViolations++
+					if a.Node == b.Node {
+						r.SameNode++
+					}
 				}
 			}
 		}
@@ -114,7 +120,8 @@ func (r Report) WriteTable(w io.Writer) {
 	for _, e := range r.LostExamples {
 		fmt.Fprintf(w, "  %s\n", e)
 	}
-	fmt.Fprintf(w, "duplicates delivered: %d; delivered without a 2xx: %d; order violations: %d\n", r.Duplicates, r.DeliveredUnacked, r.OrderViolations)
+	fmt.Fprintf(w, "duplicates delivered: %d; delivered without a 2xx: %d; order violations: %d (%d between pushes accepted by the same node)\n",
+		r.Duplicates, r.DeliveredUnacked, r.OrderViolations, r.SameNode)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "fault\tnode\tlength\tattempts\taccepted\trecovered after heal\tnote")
 	for _, f := range r.Faults {

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -508,7 +509,7 @@ func (r *runner) fault(ctx context.Context, kind string, length time.Duration) e
 		}
 		var out string
 		if out, err = nd.recoverStore(); err == nil {
-			f.Note = "refused at start (exit 1); dpgate store recover: " + out
+			f.Note = "refused at start (exit 1), then dpgate store recover: " + lastLine(out, "kept ")
 			err = nd.start(ctx)
 		}
 	case "rolling":
@@ -561,4 +562,15 @@ func (r *runner) addFault(f Fault) {
 	r.mu.Lock()
 	r.hist.Faults = append(r.hist.Faults, f)
 	r.mu.Unlock()
+}
+
+// lastLine is the last line of s that starts with prefix, or s's last line.
+func lastLine(s, prefix string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.HasPrefix(lines[i], prefix) {
+			return lines[i]
+		}
+	}
+	return lines[len(lines)-1]
 }
