@@ -207,6 +207,9 @@ func (r *runner) setup(ctx context.Context) error {
 		return err
 	}
 	dir := r.cfg.Dir
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
 	cert, err := tlsconf.Issue(tlsconf.Template{CommonName: "dpgate chaos site"}, nil)
 	if err != nil {
 		return err
