@@ -239,6 +239,13 @@ type Cluster struct {
 	// SecretKeyFile holds the gossip encryption key (16, 24 or 32 bytes,
 	// base64). Required when Bind is not a loopback address.
 	SecretKeyFile string `yaml:"secret_key_file"`
+	// MinCopies is how many nodes must have committed a push before the
+	// API answers 2xx. A node that can reach none of the device's two
+	// owners (the minority side of a partition) keeps the push on its own
+	// disk (copies 1) and hands it over after the heal; with 2 it answers
+	// 503 instead (the push is still kept and delivered, so a publisher
+	// that retries elsewhere may cause a duplicate). Default: 1; at most 2.
+	MinCopies int `yaml:"min_copies"`
 	// Margin above the cluster's fair share of agents before a node sends
 	// new agents elsewhere. Default: 5%.
 	Margin Percent `yaml:"margin"`
@@ -382,6 +389,7 @@ func (c *Config) withDefaults() {
 
 	setStr(&c.Cluster.DNS.Domain, DefaultDNSDomain)
 	setInt(&c.Cluster.RebalanceRate, 50)
+	setInt(&c.Cluster.MinCopies, 1)
 	setDur(&c.Cluster.ProbeInterval, Duration(400e6))
 	if c.Cluster.Margin == 0 {
 		c.Cluster.Margin = 0.05

@@ -182,6 +182,9 @@ func (c *Config) validateCluster() error {
 	if cl.Bind != "" && c.Push.Auth == "token" && c.Push.TokenKeyFile == "" && Enabled(c.Push.Listen) {
 		return c.errAt("push.token_key_file", "push.auth token in a cluster needs one token key file shared by every node (each node's own data_dir/push-token.key would refuse the tokens of the others): copy one there on every node, e.g. head -c 32 /dev/urandom | base64 > /etc/dpgate/push-token.key")
 	}
+	if cl.MinCopies < 1 || cl.MinCopies > 2 {
+		return c.errAt("cluster.min_copies", "%d: want 1 or 2 (a push is committed on at most its two owners, and the node it is connected to)", cl.MinCopies)
+	}
 	if Enabled(cl.DNS.Listen) && cl.Bind == "" {
 		return c.errAt("cluster.dns.listen", "the answers are the cluster's view of its nodes: set cluster.bind too (one node with a bind address is a cluster of one)")
 	}

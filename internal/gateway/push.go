@@ -116,6 +116,14 @@ func (g *Gateway) accept(ctx context.Context, devices []string, payload []byte, 
 			return nil, err
 		}
 		g.wakeOffline(devices)
+		for _, a := range acc {
+			if a.Copies < g.cfg.Cluster.MinCopies {
+				g.tel.IncrCounter([]string{"push", "too_few_copies"}, 1)
+				return nil, admin.Error(http.StatusServiceUnavailable, fmt.Errorf(
+					"the push for %s was committed on %d node(s), fewer than cluster.min_copies %d: this node reaches none of the device's owners; it keeps the push and hands it over when it can, so a retry may deliver it twice",
+					a.Device, a.Copies, g.cfg.Cluster.MinCopies))
+			}
+		}
 		for i, a := range acc {
 			out[i] = PushReply{Device: a.Device, ID: hex.EncodeToString(a.ID[:]), Seq: a.Seq, Copies: a.Copies, Status: "queued", id: a.ID, expiry: a.Expiry}
 		}

@@ -223,6 +223,35 @@ func TestSharedCertificateRouting(t *testing.T) {
 	}
 }
 
+// TestMinCopies: with cluster.min_copies 2, a node that reaches none of a
+// device's owners answers 503 rather than 2xx for a push only it holds,
+// and still delivers it; with the default of 1 it answers 202, copies 1.
+func TestMinCopies(t *testing.T) {
+	gs, apis := testClusterWith(t, 3, "  min_copies: 2\n")
+	dev := ""
+	for i := 0; dev == ""; i++ {
+		d := fmt.Sprintf("pc-min-%d", i)
+		if o := gs[0].router.Load().Owners(d); !slices.Contains(o, gs[0].cfg.Node.Name) {
+			dev = d // owned by nodes 1 and 2
+		}
+	}
+	data := "only node 0 has it"
+	var reply PushReply
+	if err := apis[0].Do(context.Background(), "POST", "/v1/devices/"+dev+"/push", PushRequest{Data: &data}, &reply); err != nil || reply.Copies < 2 {
+		t.Fatalf("with every node up: %+v, %v; want 2 copies", reply, err)
+	}
+	gs[1].Close()
+	gs[2].Close()
+	var he *admin.HTTPError
+	err := apis[0].Do(context.Background(), "POST", "/v1/devices/"+dev+"/push", PushRequest{Data: &data}, &reply)
+	if !errors.As(err, &he) || he.Status != http.StatusServiceUnavailable || !strings.Contains(err.Error(), "min_copies") {
+		t.Fatalf("owners unreachable, min_copies 2: %v, want a 503 naming cluster.min_copies", err)
+	}
+	// Kept all the same: it is delivered when the device comes.
+	a := startTestAgent(t, dev, gs[0])
+	waitFor(t, 20*time.Second, func() error { return a.has(data) })
+}
+
 func TestQueuedPushesSurviveOwnerFailure(t *testing.T) {
 	gs, apis := testCluster(t, 3)
 	ctx := context.Background()
