@@ -609,7 +609,7 @@ func (r *Router) newOwners(device string, nodes, prev []Member) []string {
 }
 
 // reregister tells the new owners of every device connected here where it
-// is.
+// is (all its owners when prev is nil).
 func (r *Router) reregister(nodes, prev []Member) {
 	for d, since := range r.local.HeldDevices() {
 		for _, o := range r.newOwners(d, nodes, prev) {
@@ -628,20 +628,7 @@ func (r *Router) reregister(nodes, prev []Member) {
 // is, again: the anti-entropy that repairs an owner's entry that a lost
 // or late message left wrong. Each registration also makes the owner send
 // what it still has queued for the device.
-func (r *Router) registerAll() {
-	nodes := r.nodes()
-	for d, since := range r.local.HeldDevices() {
-		for _, o := range r.owners(d, nodes) {
-			if o == r.self {
-				r.mu.Lock()
-				r.setHolder(d, r.self, since.UnixNano(), true)
-				r.mu.Unlock()
-			} else {
-				r.outbox(o).addOp(op{Kind: "reg", Device: d, Since: since.UnixNano()})
-			}
-		}
-	}
-}
+func (r *Router) registerAll() { r.reregister(r.nodes(), nil) }
 
 func (r *Router) rebalanceFor(nodes, prev []Member, afterChange bool) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
