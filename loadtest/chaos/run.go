@@ -28,7 +28,7 @@ import (
 )
 
 // Kinds of fault, each alone in Config.Faults or mixed at random.
-var Kinds = []string{"kill", "pause", "isolate", "readdress", "diskfull", "truncate", "bitflip", "rolling"}
+var Kinds = []string{"kill", "pause", "isolate", "split", "readdress", "diskfull", "truncate", "bitflip", "rolling"}
 
 // Config configures Run.
 type Config struct {
@@ -477,6 +477,34 @@ func (r *runner) fault(ctx context.Context, kind string, length time.Duration) e
 		if err = r.net.isolate(nd.ns, others); err == nil {
 			hold()
 			err = r.net.heal(nd.ns)
+		}
+	case "split": // the largest minority (1 of 3, 2 of 5) cut off from the rest
+		minority := map[*node]bool{}
+		for _, i := range mrand.Perm(len(r.nodes))[:(len(r.nodes)-1)/2] {
+			minority[r.nodes[i]] = true
+		}
+		var majority []netip.Addr
+		var names []string
+		for _, o := range r.nodes {
+			if !minority[o] {
+				majority = append(majority, o.address())
+			} else {
+				names = append(names, o.name)
+			}
+		}
+		for o := range minority {
+			if err = r.net.isolate(o.ns, majority); err != nil {
+				break
+			}
+		}
+		f.Note = "minority: " + strings.Join(names, ", ")
+		if err == nil {
+			hold()
+		}
+		for o := range minority {
+			if herr := r.net.heal(o.ns); herr != nil && err == nil {
+				err = herr
+			}
 		}
 	case "readdress":
 		nd.kill()
