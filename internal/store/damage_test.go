@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -310,4 +311,56 @@ func TestLegacyStoreIsSealed(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestOpenSurvivesABucketHeaderPastTheMapping: an inline sub-bucket whose
+// value length was corrupted makes bbolt read far past its memory map.
+// bbolt's Tx.Check walks in a goroutine of its own, where that is a fatal
+// fault ("unexpected fault address", exit 2, found by the chaos harness
+// after 64 flipped bytes), not a panic; Open must refuse it as damage.
+func TestOpenSurvivesABucketHeaderPastTheMapping(t *testing.T) {
+	dir := t.TempDir()
+	db, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Update(func(tx *bolt.Tx) error {
+		b, _ := tx.CreateBucketIfNotExists([]byte("parent"))
+		for n := 1; n <= 8; n++ { // names of every length mod 8: some values are unaligned, which bbolt copies
+			sb, _ := b.CreateBucketIfNotExists([]byte(strings.Repeat("c", n)))
+			sb.Put([]byte("k"), Seal([]byte("k"), []byte("v")))
+		}
+		return nil
+	})
+	db.Close()
+	file := filepath.Join(dir, FileName)
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	patched := 0
+	const pageSize, leafPage, bucketLeaf = 4096, 0x02, 0x01
+	for p := 2 * pageSize; p+pageSize <= len(data); p += pageSize {
+		if binary.LittleEndian.Uint16(data[p+8:]) != leafPage {
+			continue
+		}
+		for i := range int(binary.LittleEndian.Uint16(data[p+10:])) {
+			el := p + 16 + 16*i
+			if binary.LittleEndian.Uint32(data[el:])&bucketLeaf != 0 {
+				binary.LittleEndian.PutUint32(data[el+12:], 1<<26) // vsize: 64 MiB, far past the map
+				patched++
+			}
+		}
+	}
+	if patched == 0 {
+		t.Fatal("found no inline bucket element to damage")
+	}
+	os.WriteFile(file, data, 0o600)
+	t.Logf("patched %d bucket elements in a file of %d bytes", patched, len(data))
+	_, err = Open(dir, Options{})
+	var de *DamageError
+	if !errors.As(err, &de) {
+		t.Fatalf("Open of a file with a bucket header past the mapping: %v, want a DamageError", err)
+	}
+	t.Logf("refused: %v", err)
 }

@@ -23,6 +23,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -236,6 +237,14 @@ func consistency(b *bolt.DB, path string) (problems []string, cutShort bool) {
 			problems = append(problems, fmt.Sprintf("the file is cut short: %d bytes, its meta page says %d", st.Size(), tx.Size()))
 			return nil
 		}
+		// Read everything once in this goroutine first: bbolt's Check walks
+		// in a goroutine of its own, where a read past the memory map (a
+		// bucket header whose length was corrupted) is a fatal fault that
+		// nothing can recover; under guard it is an error.
+		if err := guard("walk", func() error { return touchAll(tx) }); err != nil {
+			problems = append(problems, err.Error())
+			return nil
+		}
 		n := 0
 		for err := range tx.Check() {
 			if n++; n <= maxProblems {
@@ -248,6 +257,26 @@ func consistency(b *bolt.DB, path string) (problems []string, cutShort bool) {
 		return nil
 	})
 	return problems, cutShort
+}
+
+// touchAll reads every key and value of every bucket, nested ones too.
+func touchAll(tx *bolt.Tx) error {
+	var sum uint32
+	var walk func(b *bolt.Bucket) error
+	walk = func(b *bolt.Bucket) error {
+		return b.ForEach(func(k, v []byte) error {
+			sum = crc32.Update(sum, castagnoli, k)
+			if v == nil {
+				if sb := b.Bucket(k); sb != nil {
+					return walk(sb)
+				}
+				return nil
+			}
+			sum = crc32.Update(sum, castagnoli, v)
+			return nil
+		})
+	}
+	return tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return walk(b) })
 }
 
 // prepare reads the format, sealing a file from before checksums in
