@@ -182,8 +182,10 @@ func readFormat(tx *bolt.Tx) int {
 // on with the next.
 func walkTx(tx *bolt.Tx, visit func(path []string, k, v []byte), unreadable *[]string) {
 	var names [][]byte
+	budget := newBudget(tx)
 	if err := guard("walk", func() error {
 		return tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+			budget.spend()
 			names = append(names, slices.Clone(name))
 			return nil
 		})
@@ -196,15 +198,39 @@ func walkTx(tx *bolt.Tx, visit func(path []string, k, v []byte), unreadable *[]s
 			*unreadable = append(*unreadable, fmt.Sprintf("%s: %v", n, err))
 			continue
 		}
-		walkBucket(b, []string{string(n)}, visit, unreadable)
+		walkBucket(b, []string{string(n)}, visit, unreadable, budget)
 	}
 }
 
-func walkBucket(b *bolt.Bucket, path []string, visit func(path []string, k, v []byte), unreadable *[]string) {
+// budget bounds a walk of a damaged file: pages whose pointers were
+// corrupted into a cycle would otherwise be walked forever (or recurse
+// until the stack limit, a fatal error). No file holds more elements than
+// it has 16-byte element headers, nor buckets nested deeper than ours.
+type budget struct{ left int }
+
+const maxDepth = 16
+
+func newBudget(tx *bolt.Tx) *budget { return &budget{left: int(tx.Size()/16) + 1024} }
+
+// errCycle is what a walk that ran out of its budget reports.
+var errCycle = errors.New("more records than the file can hold: its pages point in a cycle")
+
+func (b *budget) spend() {
+	if b.left--; b.left < 0 {
+		panic(errCycle) // under guard: this branch is unreadable
+	}
+}
+
+func walkBucket(b *bolt.Bucket, path []string, visit func(path []string, k, v []byte), unreadable *[]string, bud *budget) {
+	if len(path) > maxDepth {
+		*unreadable = append(*unreadable, fmt.Sprintf("%s: buckets nested %d deep: %v", strings.Join(path[:3], "/"), len(path), errCycle))
+		return
+	}
 	var subs [][]byte
 	err := guard("walk", func() error {
 		c := b.Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
+			bud.spend()
 			if v == nil {
 				subs = append(subs, slices.Clone(k))
 				continue
@@ -223,7 +249,7 @@ func walkBucket(b *bolt.Bucket, path []string, visit func(path []string, k, v []
 			*unreadable = append(*unreadable, fmt.Sprintf("%s: %v", strings.Join(sub, "/"), err))
 			continue
 		}
-		walkBucket(sb, sub, visit, unreadable)
+		walkBucket(sb, sub, visit, unreadable, bud)
 	}
 }
 

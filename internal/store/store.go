@@ -259,16 +259,22 @@ func consistency(b *bolt.DB, path string) (problems []string, cutShort bool) {
 	return problems, cutShort
 }
 
-// touchAll reads every key and value of every bucket, nested ones too.
+// touchAll reads every key and value of every bucket, nested ones too,
+// within a budget (a corrupted pointer can make pages a cycle).
 func touchAll(tx *bolt.Tx) error {
 	var sum uint32
-	var walk func(b *bolt.Bucket) error
-	walk = func(b *bolt.Bucket) error {
+	bud := newBudget(tx)
+	var walk func(b *bolt.Bucket, depth int) error
+	walk = func(b *bolt.Bucket, depth int) error {
+		if depth > maxDepth {
+			return errCycle
+		}
 		return b.ForEach(func(k, v []byte) error {
+			bud.spend()
 			sum = crc32.Update(sum, castagnoli, k)
 			if v == nil {
 				if sb := b.Bucket(k); sb != nil {
-					return walk(sb)
+					return walk(sb, depth+1)
 				}
 				return nil
 			}
@@ -276,7 +282,7 @@ func touchAll(tx *bolt.Tx) error {
 			return nil
 		})
 	}
-	return tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return walk(b) })
+	return tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return walk(b, 1) })
 }
 
 // prepare reads the format, sealing a file from before checksums in
