@@ -123,7 +123,8 @@ func (n *network) heal(ns string) error {
 // close removes the namespaces (their veth ends go with them) and the
 // bridge.
 func (n *network) close() {
-	for _, ns := range n.nss {
+	for i, ns := range n.nss {
+		exec.Command("ip", "link", "del", fmt.Sprintf("%sv%d", n.prefix, i)).Run() // the veth pair, even while the namespace lingers
 		exec.Command("ip", "netns", "del", ns).Run()
 	}
 	exec.Command("ip", "link", "del", n.prefix+"br").Run()
