@@ -37,8 +37,20 @@ Faults: `+strings.Join(chaos.Kinds, ", ")+`.`, stdout)
 	dir := fs.String("dir", "", "work `DIR` (kept: logs, configs, data; default: a temporary one, removed)")
 	history := fs.String("history", "", "write the recorded history as JSON to `FILE`")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
+	check := fs.String("check", "", "only check a history `FILE` written by --history, and print its report")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *check != "" {
+		b, err := os.ReadFile(*check)
+		if err != nil {
+			return err
+		}
+		var h chaos.History
+		if err := json.Unmarshal(b, &h); err != nil {
+			return fmt.Errorf("chaos: %s: %w", *check, err)
+		}
+		return printChaos(chaos.Check(&h), *jsonOut, stdout)
 	}
 	if cfg.Dpgate == "" {
 		return usageError{errors.New("chaos: --dpgate is required (go build -o /tmp/dpgate ./cmd/dpgate)")}
@@ -63,16 +75,20 @@ Faults: `+strings.Join(chaos.Kinds, ", ")+`.`, stdout)
 			return err
 		}
 	}
-	rep := chaos.Check(h)
-	if *jsonOut {
+	if err := printChaos(chaos.Check(h), *jsonOut, stdout); err != nil || runErr == nil {
+		return err
+	}
+	return runErr
+}
+
+// printChaos prints the report; an error when pushes were lost.
+func printChaos(rep chaos.Report, jsonOut bool, stdout io.Writer) error {
+	if jsonOut {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		enc.Encode(rep)
 	} else {
 		rep.WriteTable(stdout)
-	}
-	if runErr != nil {
-		return runErr
 	}
 	if rep.Lost > 0 {
 		return fmt.Errorf("chaos: %d acknowledged pushes lost", rep.Lost)
