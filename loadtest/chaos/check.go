@@ -17,6 +17,8 @@ type Report struct {
 	Lost         int `json:"lost"`     // accepted and never delivered: must be 0
 	LostExamples []string
 	Duplicates   int `json:"duplicates"` // deliveries beyond the first
+	// LibraryDuplicates: copies the agent library dropped by id first.
+	LibraryDuplicates uint64 `json:"library_duplicates"`
 	// DeliveredUnacked counts pushes delivered although their publish got
 	// no 2xx (a timeout after the commit): allowed, at least once.
 	DeliveredUnacked int `json:"delivered_unacked"`
@@ -38,7 +40,7 @@ type FaultReport struct {
 
 // Check judges a history.
 func Check(h *History) Report {
-	var r Report
+	r := Report{LibraryDuplicates: h.LibraryDuplicates}
 	delivered := map[string]int{}
 	first := map[string]time.Time{}
 	for _, d := range h.Deliveries {
@@ -120,8 +122,8 @@ func (r Report) WriteTable(w io.Writer) {
 	for _, e := range r.LostExamples {
 		fmt.Fprintf(w, "  %s\n", e)
 	}
-	fmt.Fprintf(w, "duplicates delivered: %d; delivered without a 2xx: %d; order violations: %d (%d between pushes accepted by the same node)\n",
-		r.Duplicates, r.DeliveredUnacked, r.OrderViolations, r.SameNode)
+	fmt.Fprintf(w, "duplicates delivered: %d (and %d dropped by the agent library by message id); delivered without a 2xx: %d; order violations: %d (%d between pushes accepted by the same node)\n",
+		r.Duplicates, r.LibraryDuplicates, r.DeliveredUnacked, r.OrderViolations, r.SameNode)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "fault\tnode\tlength\tattempts\taccepted\trecovered after heal\tnote")
 	for _, f := range r.Faults {

@@ -91,6 +91,9 @@ type History struct {
 	Faults     []Fault    `json:"faults"`
 	Nodes      int        `json:"nodes"`
 	Agents     int        `json:"agents"`
+	// LibraryDuplicates are copies the agent library dropped by message
+	// id before the agent saw them (so Deliveries has none of them).
+	LibraryDuplicates uint64 `json:"library_duplicates"`
 }
 
 type agent struct {
@@ -111,6 +114,7 @@ type runner struct {
 	hist       History
 	delivered  map[string]bool // payloads
 	agents     []*agent
+	clients    []*client.Client
 	nextAddr   byte
 	httpClient *http.Client
 }
@@ -182,6 +186,9 @@ func Run(ctx context.Context, cfg Config) (*History, error) {
 	r.dump() // with the agents still connected
 	stopAgents()
 	bg.Wait()
+	for _, c := range r.clients {
+		r.hist.LibraryDuplicates += c.Duplicates()
+	}
 	return r.history(), runErr
 }
 
@@ -340,6 +347,7 @@ func (r *runner) startAgents(ctx context.Context, wg *sync.WaitGroup) {
 		if err != nil {
 			panic(err) // the config above is complete
 		}
+		r.clients = append(r.clients, c)
 		wg.Add(1)
 		go func() { defer wg.Done(); c.Run(ctx) }()
 	}
