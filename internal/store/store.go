@@ -20,6 +20,7 @@ package store
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -199,21 +200,9 @@ func Open(dir string, opts Options) (*DB, error) {
 // own meta page says is refused first: mapped pages past the end of a
 // file fault instead of failing.
 func checkFile(path string, lockTimeout time.Duration) error {
-	var problems []string
-	err := guard("check", func() error {
-		b, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: lockTimeout})
-		if err != nil {
-			return err
-		}
-		defer b.Close()
-		problems, _ = consistency(b, path)
-		return nil
-	})
-	switch {
-	case errors.Is(err, berrors.ErrTimeout):
-		return fmt.Errorf("%w: %s", ErrLocked, path)
-	case err != nil:
-		problems = append(problems, err.Error())
+	problems, _, err := isolatedConsistency(path, lockTimeout)
+	if err != nil {
+		return err
 	}
 	if len(problems) > 0 {
 		return &DamageError{Path: path, Problems: problems, Hint: hintRecover}
@@ -237,6 +226,12 @@ func consistency(b *bolt.DB, path string) (problems []string, cutShort bool) {
 			problems = append(problems, fmt.Sprintf("the file is cut short: %d bytes, its meta page says %d", st.Size(), tx.Size()))
 			return nil
 		}
+		// Page headers first: one whose overflow count was corrupted makes
+		// bbolt's Check count to four billion (a hang that eats memory).
+		if err := pageHeaders(path, int64(b.Info().PageSize), tx.Size()); err != nil {
+			problems = append(problems, err.Error())
+			return nil
+		}
 		// Read everything once in this goroutine first: bbolt's Check walks
 		// in a goroutine of its own, where a read past the memory map (a
 		// bucket header whose length was corrupted) is a fatal fault that
@@ -257,6 +252,36 @@ func consistency(b *bolt.DB, path string) (problems []string, cutShort bool) {
 		return nil
 	})
 	return problems, cutShort
+}
+
+// pageHeaders follows the page headers of the file from page 2 (after
+// the two meta pages) to the high-water mark size (bytes), jumping over
+// each page's overflow pages, and fails on a header whose overflow
+// reaches past the end. A page whose header does not carry its own id
+// (a free page's remains) is stepped over.
+func pageHeaders(path string, pageSize, size int64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	hwm := size / pageSize
+	var hdr [16]byte
+	for id := int64(2); id < hwm; {
+		if _, err := f.ReadAt(hdr[:], id*pageSize); err != nil {
+			return fmt.Errorf("page %d: %w", id, err)
+		}
+		if int64(binary.LittleEndian.Uint64(hdr[0:])) != id {
+			id++
+			continue
+		}
+		overflow := int64(binary.LittleEndian.Uint32(hdr[12:]))
+		if overflow > hwm-id-1 {
+			return fmt.Errorf("page %d claims %d overflow pages, past the end of the file (%d pages)", id, overflow, hwm)
+		}
+		id += 1 + overflow
+	}
+	return nil
 }
 
 // touchAll reads every key and value of every bucket, nested ones too,
