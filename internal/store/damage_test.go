@@ -321,44 +321,21 @@ func TestLegacyStoreIsSealed(t *testing.T) {
 // after 64 flipped bytes), not a panic; Open must refuse it as damage.
 func TestOpenSurvivesABucketHeaderPastTheMapping(t *testing.T) {
 	dir := t.TempDir()
-	db, err := Open(dir, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.Update(func(tx *bolt.Tx) error {
+	patched := damageBucketElements(t, dir, func(tx *bolt.Tx) {
 		b, _ := tx.CreateBucketIfNotExists([]byte("parent"))
 		for n := 1; n <= 8; n++ { // names of every length mod 8: some values are unaligned, which bbolt copies
 			sb, _ := b.CreateBucketIfNotExists([]byte(strings.Repeat("c", n)))
 			sb.Put([]byte("k"), Seal([]byte("k"), []byte("v")))
 		}
-		return nil
+	}, func(data []byte, page, el, pos, ksize int) bool {
+		binary.LittleEndian.PutUint32(data[el+12:], 1<<26) // vsize: 64 MiB, far past the map
+		return true
 	})
-	db.Close()
-	file := filepath.Join(dir, FileName)
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	patched := 0
-	const pageSize, leafPage, bucketLeaf = 4096, 0x02, 0x01
-	for p := 2 * pageSize; p+pageSize <= len(data); p += pageSize {
-		if binary.LittleEndian.Uint16(data[p+8:]) != leafPage {
-			continue
-		}
-		for i := range int(binary.LittleEndian.Uint16(data[p+10:])) {
-			el := p + 16 + 16*i
-			if binary.LittleEndian.Uint32(data[el:])&bucketLeaf != 0 {
-				binary.LittleEndian.PutUint32(data[el+12:], 1<<26) // vsize: 64 MiB, far past the map
-				patched++
-			}
-		}
-	}
 	if patched == 0 {
 		t.Fatal("found no inline bucket element to damage")
 	}
-	os.WriteFile(file, data, 0o600)
-	t.Logf("patched %d bucket elements in a file of %d bytes", patched, len(data))
-	_, err = Open(dir, Options{})
+	t.Logf("patched %d bucket elements", patched)
+	_, err := Open(dir, Options{})
 	var de *DamageError
 	if !errors.As(err, &de) {
 		t.Fatalf("Open of a file with a bucket header past the mapping: %v, want a DamageError", err)
@@ -372,11 +349,7 @@ func TestOpenSurvivesABucketHeaderPastTheMapping(t *testing.T) {
 // Open refuses it, and Recover ends, keeping what it can read.
 func TestDamagedPagesInACycle(t *testing.T) {
 	dir := t.TempDir()
-	db, err := Open(dir, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.Update(func(tx *bolt.Tx) error {
+	patched := damageBucketElements(t, dir, func(tx *bolt.Tx) {
 		b, _ := tx.CreateBucketIfNotExists([]byte("parent"))
 		b.Put([]byte("flat"), Seal([]byte("flat"), []byte("kept")))
 		sb, _ := b.CreateBucketIfNotExists([]byte("child"))
@@ -384,30 +357,16 @@ func TestDamagedPagesInACycle(t *testing.T) {
 			k := fmt.Appendf(nil, "k%03d", i)
 			sb.Put(k, Seal(k, bytes.Repeat([]byte("x"), 100)))
 		}
-		return nil
+	}, func(data []byte, page, el, pos, ksize int) bool {
+		if string(data[el+pos:el+pos+ksize]) != "child" {
+			return false
+		}
+		binary.LittleEndian.PutUint64(data[el+pos+ksize:], uint64(page)) // root: this very page
+		return true
 	})
-	db.Close()
-	file := filepath.Join(dir, FileName)
-	data, _ := os.ReadFile(file)
-	patched := 0
-	const pageSize, leafPage, bucketLeaf = 4096, 0x02, 0x01
-	for p := 2 * pageSize; p+pageSize <= len(data); p += pageSize {
-		if binary.LittleEndian.Uint16(data[p+8:]) != leafPage {
-			continue
-		}
-		for i := range int(binary.LittleEndian.Uint16(data[p+10:])) {
-			el := p + 16 + 16*i
-			pos, ksize := int(binary.LittleEndian.Uint32(data[el+4:])), int(binary.LittleEndian.Uint32(data[el+8:]))
-			if binary.LittleEndian.Uint32(data[el:])&bucketLeaf != 0 && string(data[el+pos:el+pos+ksize]) == "child" {
-				binary.LittleEndian.PutUint64(data[el+pos+ksize:], uint64(p/pageSize)) // root: this very page
-				patched++
-			}
-		}
-	}
 	if patched == 0 {
 		t.Fatal("found no sub-bucket to damage")
 	}
-	os.WriteFile(file, data, 0o600)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -475,4 +434,39 @@ func TestOpenSurvivesRandomBitflips(t *testing.T) {
 		os.RemoveAll(dir)
 	}
 	t.Logf("%d of 50 damaged files refused, the rest served", refused)
+}
+
+// damageBucketElements makes a store in dir with fill, then calls patch
+// on every sub-bucket element of its leaf pages (page number, the
+// element's offset in the file, its key's position and size) and writes
+// the file back; it returns how many patch changed.
+func damageBucketElements(t *testing.T, dir string, fill func(*bolt.Tx), patch func(data []byte, page, el, pos, ksize int) bool) int {
+	t.Helper()
+	db, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Update(func(tx *bolt.Tx) error { fill(tx); return nil })
+	db.Close()
+	file := filepath.Join(dir, FileName)
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	patched := 0
+	const pageSize, leafPage, bucketLeaf = 4096, 0x02, 0x01
+	for p := 2 * pageSize; p+pageSize <= len(data); p += pageSize {
+		if binary.LittleEndian.Uint16(data[p+8:]) != leafPage {
+			continue
+		}
+		for i := range int(binary.LittleEndian.Uint16(data[p+10:])) {
+			el := p + 16 + 16*i
+			pos, ksize := int(binary.LittleEndian.Uint32(data[el+4:])), int(binary.LittleEndian.Uint32(data[el+8:]))
+			if binary.LittleEndian.Uint32(data[el:])&bucketLeaf != 0 && patch(data, p/pageSize, el, pos, ksize) {
+				patched++
+			}
+		}
+	}
+	os.WriteFile(file, data, 0o600)
+	return patched
 }
