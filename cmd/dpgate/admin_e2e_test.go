@@ -128,18 +128,5 @@ func TestLocalUserLockedOut(t *testing.T) {
 // toolAs runs an external program as another user.
 func toolAs(t *testing.T, uid uint32, name string, args ...string) (string, int) {
 	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Fatalf("%s is not installed: .ci/run installs it (apt-get install %s)", name, name)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
-	out, err := cmd.Output()
-	if ee, ok := err.(*exec.ExitError); ok {
-		return string(out), ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("%s as uid %d: %v", name, uid, err)
-	}
-	return string(out), 0
+	return toolWith(t, nil, &syscall.Credential{Uid: uid, Gid: uid}, name, args...)
 }

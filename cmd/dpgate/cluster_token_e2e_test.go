@@ -102,10 +102,10 @@ func TestClusterTokenAuth(t *testing.T) {
 	runCtx, stop := context.WithCancel(ctx)
 	var running sync.WaitGroup
 	t.Cleanup(func() { stop(); running.Wait() })
-	startAgent := func(id string) *tokenAgent {
-		tok := strings.TrimSpace(dpgate(t, nil, "token", "issue", "-c", cfgs[0], "--days", "1", id).stdout)
+	// runAgent runs an agent with the token, starting at server.
+	runAgent := func(id, tok, server string) *tokenAgent {
 		a := &tokenAgent{id: id}
-		c, err := client.New(client.Config{Servers: []string{pushes[0]}, DeviceID: id, Token: tok,
+		c, err := client.New(client.Config{Servers: []string{server}, DeviceID: id, Token: tok,
 			TLS: tlsconf.PinnedClientConfig(pinSet, "dpgate"), MaxBackoff: time.Second, Logger: quiet,
 			OnPush: func(push.Message) {},
 			OnEvent: func(e client.Event) {
@@ -130,6 +130,11 @@ func TestClusterTokenAuth(t *testing.T) {
 		running.Add(1)
 		go func() { defer running.Done(); c.Run(runCtx) }()
 		return a
+	}
+	// startAgent: a token from "dpgate token issue" on node 0, node 0 to start from.
+	startAgent := func(id string) *tokenAgent {
+		tok := strings.TrimSpace(dpgate(t, nil, "token", "issue", "-c", cfgs[0], "--days", "1", id).stdout)
+		return runAgent(id, tok, pushes[0])
 	}
 	var agents []*tokenAgent
 	for i := range agentsN {
@@ -195,21 +200,7 @@ func TestClusterTokenAuth(t *testing.T) {
 		s.waitLog(t, `msg=reloaded .*token_keys=1`)
 	}
 	oldTok := push.IssueToken([]byte("the site's first token key, 32 b"), "agent-late", time.Now().Add(time.Hour))
-	late := &tokenAgent{id: "agent-late"}
-	c, _ := client.New(client.Config{Servers: []string{pushes[1]}, DeviceID: late.id, Token: oldTok,
-		TLS: tlsconf.PinnedClientConfig(pinSet, "dpgate"), MaxBackoff: time.Second, Logger: quiet, OnPush: func(push.Message) {},
-		OnEvent: func(e client.Event) {
-			late.mu.Lock()
-			defer late.mu.Unlock()
-			if e.Kind == "connected" {
-				late.server = e.Server
-			}
-			if e.Err != nil {
-				late.lastErr = e.Err.Error()
-			}
-		}})
-	running.Add(1)
-	go func() { defer running.Done(); c.Run(runCtx) }()
+	late := runAgent("agent-late", oldTok, pushes[1])
 	waitFor(t, 30*time.Second, func() error {
 		if _, lastErr, _ := late.state(); !strings.Contains(lastErr, "code 3") {
 			return fmt.Errorf("a token of the retired key: last error %q, want ERROR 3", lastErr)

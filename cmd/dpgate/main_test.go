@@ -100,6 +100,12 @@ func runResult(t *testing.T, cmd *exec.Cmd) result {
 // tool runs an external program (openssl, curl) and returns its output and exit code.
 func tool(t *testing.T, stdin []byte, name string, args ...string) (string, int) {
 	t.Helper()
+	return toolWith(t, stdin, nil, name, args...)
+}
+
+// toolWith is tool run as the user cred names (nil: this one).
+func toolWith(t *testing.T, stdin []byte, cred *syscall.Credential, name string, args ...string) (string, int) {
+	t.Helper()
 	if _, err := exec.LookPath(name); err != nil {
 		t.Fatalf("%s is not installed: .ci/run installs it (apt-get install %s)", name, name)
 	}
@@ -108,6 +114,9 @@ func tool(t *testing.T, stdin []byte, name string, args ...string) (string, int)
 	cmd := exec.CommandContext(ctx, name, args...)
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	}
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError

@@ -94,7 +94,7 @@ func Inspect(dir string, lockTimeout time.Duration) (Report, error) {
 		return r, nil
 	}
 	defer b.Close()
-	inspect(b, &r, true)
+	inspect(b, &r, lockTimeout)
 	r.Took = time.Since(start)
 	return r, nil
 }
@@ -106,7 +106,7 @@ func (db *DB) Inspect() Report {
 	if st, err := os.Stat(db.Path()); err == nil {
 		r.Size = st.Size()
 	}
-	inspect(db.bolt, &r, false)
+	inspect(db.bolt, &r, 0)
 	r.Took = time.Since(start)
 	return r
 }
@@ -126,15 +126,16 @@ func openReadOnly(path string, lockTimeout time.Duration) (*bolt.DB, error) {
 	return b, err
 }
 
-// inspect fills r from b. A file read offline (isolated) has bbolt's
-// check run in a child process, as Open does; the gateway's own open
-// store passed that check when it was opened and is checked in place.
-func inspect(b *bolt.DB, r *Report, isolated bool) {
+// inspect fills r from b. A file read offline (lockTimeout > 0, for the
+// child's shared lock) has bbolt's check run in a child process, as Open
+// does; the gateway's own open store (0) passed that check when it was
+// opened and is checked in place.
+func inspect(b *bolt.DB, r *Report, lockTimeout time.Duration) {
 	var problems []string
 	var cutShort bool
-	if isolated {
+	if lockTimeout > 0 {
 		var err error
-		if problems, cutShort, err = isolatedConsistency(r.Path, time.Second); err != nil { // b's lock is shared: the child's joins it
+		if problems, cutShort, err = isolatedConsistency(r.Path, lockTimeout); err != nil {
 			problems = append(problems, err.Error())
 		}
 	} else {
