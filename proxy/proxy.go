@@ -431,7 +431,7 @@ func (p *Proxy) Ready() bool {
 // Shutdown stops accepting, lets relays finish until ctx ends, then
 // closes the rest. It returns ctx's error if relays had to be cut.
 func (p *Proxy) Shutdown(ctx context.Context) error {
-	p.stopAccepting()
+	p.StopAccepting()
 	idle := make(chan struct{})
 	go func() { p.relaysWG.Wait(); close(idle) }() // ends when the relays do, at the latest after closeAll
 	select {
@@ -448,14 +448,17 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 
 // Close stops at once. It is idempotent.
 func (p *Proxy) Close() error {
-	p.stopAccepting()
+	p.StopAccepting()
 	p.closeAll()
 	p.relaysWG.Wait()
 	p.loopsWG.Wait()
 	return nil
 }
 
-func (p *Proxy) stopAccepting() {
+// StopAccepting closes the listeners and lets Serve return; relays in
+// flight go on until Shutdown or Close. A gateway handing its listening
+// sockets to a new process (an upgrade) stops here and keeps relaying.
+func (p *Proxy) StopAccepting() {
 	p.closeOnce.Do(func() { close(p.done) })
 	p.mu.Lock()
 	p.closing = true

@@ -40,6 +40,7 @@ func commands() []command {
 		{"wake", "wake a device through the running gateway; print agents' wake keys", runWake},
 		{"probe", "measure a link's loss and delay against a STAMP reflector", runProbe},
 		{"reflect", "run a STAMP reflector for dpgate probe and uplink measurement", runReflect},
+		{"upgrade", "replace the running gateway with a new binary, no connection refused", runUpgrade},
 		{"version", "print version, commit and Go version", runVersion},
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/config"
 	"github.com/dpgate/dpgate/internal/gateway"
+	"github.com/dpgate/dpgate/internal/sdnotify"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -26,13 +27,19 @@ Runs the gateway. Without -c it runs on built-in defaults: admin API on
 start (its pin is logged), and the proxy off until an upstream is configured.
 
 Signals: SIGINT/SIGTERM shut down gracefully (a second one stops at once),
-SIGHUP reloads certificates, the allow-list and token keys, SIGUSR1 dumps metrics to
-standard error.`
+SIGHUP reloads certificates, the allow-list and token keys, SIGUSR2 upgrades
+(as "dpgate upgrade" does: a new process from the binary now at this path,
+with the configuration file as it is now, takes over every listening socket;
+this one finishes its proxy relays, then exits), SIGUSR1 dumps metrics to
+standard error. Under systemd (Type=notify) it reports READY, STOPPING and,
+after an upgrade, the new MAINPID.`
 
 func runServe(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("serve", "[-c FILE]", serveAbout, stdout)
 	cfgFile := fs.String("c", "", "configuration `FILE` (default: built-in defaults)")
 	grace := fs.Duration("shutdown-timeout", 10*time.Second, "how long a graceful shutdown may drain connections")
+	upgradeDrain := fs.Duration("upgrade-drain", 15*time.Minute, "after an upgrade, how long the old process may go on relaying the proxy connections it holds")
+	pidFile := fs.String("pid-file", "", "write the process id to `FILE` once serving, and the new one's after an upgrade")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -47,53 +54,137 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	log := newLogger(cfg.Log, stderr)
 	slog.SetDefault(log)
 
-	gw, err := gateway.New(cfg, gateway.Options{Logger: log, GlobalMetrics: true})
+	up, err := newUpgrader(*pidFile, log)
 	if err != nil {
 		return err
 	}
-	ls, err := gateway.Listen(cfg)
+	opts := gateway.Options{Logger: log, GlobalMetrics: true, Upgrade: up.request}
+	if up.hasParent() {
+		opts.BeforeStore = up.takeOver
+	}
+	gw, err := serveGateway(cfg, opts, up.sockets())
 	if err != nil {
-		gw.Close()
+		up.stop()
 		return err
 	}
-	gw.Start(ls)
+	if err := up.ready(); err != nil {
+		log.Warn("upgrade: telling the old process we serve failed", "err", err)
+	}
+	if !up.hasParent() { // after an upgrade, the old process names us to systemd
+		sdNotify(log, "READY=1")
+	}
 
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
 	dump := metrics.NewInmemSignal(gw.Telemetry().Inmem, syscall.SIGUSR1, stderr)
 	defer dump.Stop()
 
+	var retired []*gateway.Gateway // handed over, relaying, after a failed upgrade
 	for {
 		select {
 		case err := <-gw.Done():
 			log.Error("stopping after a fatal error", "err", err)
 			gw.Close()
+			for _, old := range retired {
+				old.Close()
+			}
+			up.stop()
 			return err
+		case <-up.requests():
+			r := up.run(gw, time.Second)
+			switch {
+			case r.err == nil:
+				log.Info("upgrade: the new process serves; finishing proxy relays", "new_pid", r.newPID, "within", upgradeDrain.String())
+				sdNotify(log, fmt.Sprintf("MAINPID=%d", r.newPID))
+				return finish(log, sigs, *upgradeDrain, append(retired, gw)...)
+			case !r.handedOver:
+				log.Error("upgrade failed; this process goes on serving", "err", r.err)
+				gw.SetUpgrade(gateway.UpgradeStatus{State: "failed", Error: r.err.Error(), At: time.Now().UTC()})
+			default:
+				log.Error("upgrade failed after the handover; serving again from this process", "err", r.err)
+				opts.BeforeStore = nil
+				again, err := serveGateway(cfg, opts, keptSockets{up})
+				if err != nil {
+					log.Error("serving again failed", "err", err)
+					return errors.Join(r.err, err, finish(log, sigs, *grace, append(retired, gw)...))
+				}
+				retired, gw = append(retired, gw), again
+				gw.SetUpgrade(gateway.UpgradeStatus{State: "failed", Error: r.err.Error(), At: time.Now().UTC()})
+			}
 		case s := <-sigs:
-			if s == syscall.SIGHUP {
+			switch s {
+			case syscall.SIGHUP:
 				gw.Reload() // logs its own outcome; a failed reload keeps running
+				continue
+			case syscall.SIGUSR2:
+				if err := up.request(); err != nil {
+					log.Warn("upgrade not started", "err", err)
+				}
 				continue
 			}
 			log.Info("shutting down", "signal", s.String(), "timeout", grace.String())
-			// A fresh context: the signal already ended the old one's purpose.
-			ctx, cancel := context.WithTimeout(context.Background(), *grace)
-			done := make(chan error, 1)
-			go func() { done <- gw.Shutdown(ctx) }()
-			select {
-			case err = <-done:
-			case s = <-sigs:
-				log.Warn("second signal: stopping at once", "signal", s.String())
-				cancel()
-				err = <-done
-			}
-			cancel()
-			if err != nil {
-				log.Warn("shutdown did not drain cleanly", "err", err)
-			}
-			log.Info("stopped")
-			return nil
+			sdNotify(log, "STOPPING=1")
+			up.stop()
+			return finish(log, sigs, *grace, append(retired, gw)...)
 		}
+	}
+}
+
+// serveGateway builds a gateway and serves it on sockets from socks (nil:
+// opened anew).
+func serveGateway(cfg *config.Config, opts gateway.Options, socks gateway.Sockets) (*gateway.Gateway, error) {
+	gw, err := gateway.New(cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	var ls gateway.Listeners
+	if socks == nil {
+		ls, err = gateway.Listen(cfg)
+	} else {
+		ls, err = gateway.ListenFrom(cfg, socks)
+	}
+	if err != nil {
+		gw.Close()
+		return nil, err
+	}
+	gw.Start(ls)
+	return gw, nil
+}
+
+// finish shuts the gateways down gracefully within timeout (a fresh
+// context: the signal already ended the old one's purpose); a signal
+// meanwhile stops them at once.
+func finish(log *slog.Logger, sigs <-chan os.Signal, timeout time.Duration, gws ...*gateway.Gateway) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	done := make(chan error, len(gws))
+	for _, gw := range gws {
+		go func() { done <- gw.Shutdown(ctx) }() // ends at ctx's deadline at the latest
+	}
+	var errs []error
+	for range gws {
+		select {
+		case err := <-done:
+			errs = append(errs, err)
+			continue
+		case s := <-sigs:
+			log.Warn("signal: stopping at once", "signal", s.String())
+			cancel()
+		}
+		errs = append(errs, <-done)
+	}
+	if err := errors.Join(errs...); err != nil {
+		log.Warn("shutdown did not drain cleanly", "err", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// sdNotify tells systemd (Type=notify) about the service's state.
+func sdNotify(log *slog.Logger, state string) {
+	if _, err := sdnotify.Notify(state); err != nil {
+		log.Warn("telling systemd failed", "state", state, "err", err)
 	}
 }
 

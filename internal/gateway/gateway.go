@@ -57,11 +57,15 @@ type Gateway struct {
 	links     []*link.Monitor                 // measured uplinks (started in Start)
 	linkStop  context.CancelFunc
 	draining  atomic.Bool
-	dns       []func() // close functions of the DNS listeners
-	dnsAddr   string
-	wg        sync.WaitGroup
-	errc      chan error // first fatal serve error; buffered
-	close     sync.Once
+	// handedOver: Handover ran; the store, cluster and router are closed.
+	handedOver   atomic.Bool
+	upgrade      atomic.Pointer[UpgradeStatus] // last upgrade; nil: none
+	startUpgrade func() error                  // Options.Upgrade
+	dns          []func()                      // close functions of the DNS listeners
+	dnsAddr      string
+	wg           sync.WaitGroup
+	errc         chan error // first fatal serve error; buffered
+	close        sync.Once
 }
 
 // Options are what New needs besides the configuration.
@@ -71,6 +75,14 @@ type Options struct {
 	// into this gateway's sinks. Set it in the real binary, not in tests
 	// that run several gateways in one process.
 	GlobalMetrics bool
+	// BeforeStore, when set, runs once the certificate and the admin token
+	// have loaded, just before the store is opened; an error stops New.
+	// An upgraded process waits there for the process it replaces to
+	// close the store (see Handover).
+	BeforeStore func() error
+	// Upgrade, when set, starts an upgrade (POST /v1/upgrade): it
+	// returns at once, an error if none can start now.
+	Upgrade func() error
 }
 
 // CertFile is the generated gateway certificate inside the data directory.
@@ -79,7 +91,7 @@ const CertFile = "gateway.pem"
 // New builds a gateway: it opens the store and loads (or on first start
 // generates) the certificate, but does not listen.
 func New(cfg *config.Config, opts Options) (*Gateway, error) {
-	g := &Gateway{cfg: cfg, log: opts.Logger, errc: make(chan error, 1)}
+	g := &Gateway{cfg: cfg, log: opts.Logger, errc: make(chan error, 1), startUpgrade: opts.Upgrade}
 	if g.log == nil {
 		g.log = slog.Default()
 	}
@@ -90,16 +102,20 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	if g.id, err = g.loadIdentity(); err != nil {
 		return nil, err
 	}
+	token, err := admin.LoadToken(cfg.AdminTokenFile())
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	if opts.BeforeStore != nil {
+		if err := opts.BeforeStore(); err != nil {
+			return nil, fmt.Errorf("gateway: %w", err)
+		}
+	}
 	if g.db, err = store.Open(cfg.Node.DataDir, store.Options{Logger: g.log}); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	g.storeMetrics()
 	if g.allow, err = tlsconf.NewAllowList(g.db); err != nil {
-		g.db.Close()
-		return nil, fmt.Errorf("gateway: %w", err)
-	}
-	token, err := admin.LoadToken(cfg.AdminTokenFile())
-	if err != nil {
 		g.db.Close()
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
@@ -174,88 +190,114 @@ type Listeners struct {
 	Reflector   *net.UDPConn   // STAMP reflector; nil: off
 }
 
+// Sockets hands out listening sockets: a fresh one by calling open, or
+// one inherited from the process this one replaces (an upgrade; see
+// cloudflare/tableflip's Fds, whose ListenWithCallback and
+// ListenPacketWithCallback have these signatures).
+type Sockets interface {
+	ListenWithCallback(network, addr string, open func(network, addr string) (net.Listener, error)) (net.Listener, error)
+	ListenPacketWithCallback(network, addr string, open func(network, addr string) (net.PacketConn, error)) (net.PacketConn, error)
+}
+
+// freshSockets opens every socket anew.
+type freshSockets struct{}
+
+func (freshSockets) ListenWithCallback(network, addr string, open func(string, string) (net.Listener, error)) (net.Listener, error) {
+	return open(network, addr)
+}
+
+func (freshSockets) ListenPacketWithCallback(network, addr string, open func(string, string) (net.PacketConn, error)) (net.PacketConn, error) {
+	return open(network, addr)
+}
+
 // Listen opens the listeners the configuration asks for.
-func Listen(cfg *config.Config) (Listeners, error) {
+func Listen(cfg *config.Config) (Listeners, error) { return ListenFrom(cfg, freshSockets{}) }
+
+// ListenFrom is Listen taking its sockets from socks, so that a new
+// process can serve on the sockets of the one it replaces.
+func ListenFrom(cfg *config.Config, socks Sockets) (Listeners, error) {
 	var ls Listeners
-	if config.Enabled(cfg.Admin.Listen) {
-		ln, err := net.Listen("tcp", cfg.Admin.Listen)
-		if err != nil {
-			return ls, fmt.Errorf("gateway: admin.listen: %w", err)
+	// A socket is known by its configuration key and address, so that
+	// two keys on port 0 are two sockets, and a changed address a new one.
+	// (A Unix socket by its path alone: tableflip unlinks that path when
+	// it closes the socket for good.)
+	listen := func(key, network, addr string, open func(string, string) (net.Listener, error)) (net.Listener, error) {
+		name := key + " " + addr
+		if network == "unix" {
+			name = addr
 		}
-		ls.Admin = ln
+		ln, err := socks.ListenWithCallback(network, name, func(string, string) (net.Listener, error) { return open(network, addr) })
+		if err != nil {
+			ls.Close()
+			return nil, fmt.Errorf("gateway: %s: %w", key, err)
+		}
+		return ln, nil
+	}
+	listenPacket := func(key, addr string) (net.PacketConn, error) {
+		pc, err := socks.ListenPacketWithCallback("udp", key+" "+addr, func(string, string) (net.PacketConn, error) { return net.ListenPacket("udp", addr) })
+		if err != nil {
+			ls.Close()
+			return nil, fmt.Errorf("gateway: %s: %w", key, err)
+		}
+		return pc, nil
+	}
+	var err error
+	if config.Enabled(cfg.Admin.Listen) {
+		if ls.Admin, err = listen("admin.listen", "tcp", cfg.Admin.Listen, net.Listen); err != nil {
+			return ls, err
+		}
 	}
 	if cfg.Admin.Socket != "" {
-		ln, err := admin.ListenSocket(cfg.Admin.Socket)
-		if err != nil {
-			ls.Close()
-			return ls, fmt.Errorf("gateway: %w", err)
+		open := func(string, string) (net.Listener, error) { return admin.ListenSocket(cfg.Admin.Socket) }
+		if ls.AdminSocket, err = listen("admin.socket", "unix", cfg.Admin.Socket, open); err != nil {
+			return ls, err
 		}
-		ls.AdminSocket = ln
 	}
 	if cfg.ProxyEnabled() {
-		ln, err := net.Listen("tcp", cfg.Proxy.Listen)
-		if err != nil {
-			ls.Close()
-			return ls, fmt.Errorf("gateway: proxy.listen: %w", err)
+		if ls.Proxy, err = listen("proxy.listen", "tcp", cfg.Proxy.Listen, net.Listen); err != nil {
+			return ls, err
 		}
-		ls.Proxy = ln
 	}
 	if config.Enabled(cfg.Push.Listen) {
-		ln, err := net.Listen("tcp", cfg.Push.Listen)
-		if err != nil {
-			ls.Close()
-			return ls, fmt.Errorf("gateway: push.listen: %w", err)
+		if ls.Push, err = listen("push.listen", "tcp", cfg.Push.Listen, net.Listen); err != nil {
+			return ls, err
 		}
-		ls.Push = ln
 		if *cfg.Push.QUIC {
 			// The same port number on UDP: the one TCP got, if it was 0.
-			pc, err := net.ListenPacket("udp", ln.Addr().String())
-			if err != nil {
-				ls.Close()
-				return ls, fmt.Errorf("gateway: push.listen (QUIC, UDP): %w", err)
+			if ls.PushUDP, err = listenPacket("push.listen (QUIC, UDP)", ls.Push.Addr().String()); err != nil {
+				return ls, err
 			}
-			ls.PushUDP = pc
 		}
-	}
-	if config.Enabled(cfg.Push.Listen) {
-		for _, l := range []struct {
-			addr, key string
-			pc        *net.PacketConn
-		}{{cfg.Wake.Listen, "wake.listen", &ls.WakeUDP}, {cfg.Wake.ShutdownListen, "wake.shutdown_listen", &ls.ShutdownUDP}} {
-			if !config.Enabled(l.addr) {
-				continue
+		if config.Enabled(cfg.Wake.Listen) {
+			if ls.WakeUDP, err = listenPacket("wake.listen", cfg.Wake.Listen); err != nil {
+				return ls, err
 			}
-			pc, err := net.ListenPacket("udp", l.addr)
-			if err != nil {
-				ls.Close()
-				return ls, fmt.Errorf("gateway: %s: %w", l.key, err)
+		}
+		if config.Enabled(cfg.Wake.ShutdownListen) {
+			if ls.ShutdownUDP, err = listenPacket("wake.shutdown_listen", cfg.Wake.ShutdownListen); err != nil {
+				return ls, err
 			}
-			*l.pc = pc
 		}
 	}
 	if cfg.Link.ReflectorListen != "" {
-		a, err := net.ResolveUDPAddr("udp", cfg.Link.ReflectorListen)
-		if err == nil {
-			ls.Reflector, err = net.ListenUDP("udp", a)
-		}
+		pc, err := listenPacket("link.reflector_listen", cfg.Link.ReflectorListen)
 		if err != nil {
+			return ls, err
+		}
+		var ok bool
+		if ls.Reflector, ok = pc.(*net.UDPConn); !ok {
+			pc.Close()
 			ls.Close()
-			return ls, fmt.Errorf("gateway: link.reflector_listen: %w", err)
+			return ls, fmt.Errorf("gateway: link.reflector_listen: got a %T, want a UDP socket", pc)
 		}
 	}
 	if cfg.Cluster.DNS.Listen != "" {
-		pc, err := net.ListenPacket("udp", cfg.Cluster.DNS.Listen)
-		if err != nil {
-			ls.Close()
-			return ls, fmt.Errorf("gateway: cluster.dns.listen (UDP): %w", err)
+		if ls.DNSUDP, err = listenPacket("cluster.dns.listen (UDP)", cfg.Cluster.DNS.Listen); err != nil {
+			return ls, err
 		}
-		ls.DNSUDP = pc
-		ln, err := net.Listen("tcp", pc.LocalAddr().String())
-		if err != nil {
-			ls.Close()
-			return ls, fmt.Errorf("gateway: cluster.dns.listen (TCP): %w", err)
+		if ls.DNSTCP, err = listen("cluster.dns.listen (TCP)", "tcp", ls.DNSUDP.LocalAddr().String(), net.Listen); err != nil {
+			return ls, err
 		}
-		ls.DNSTCP = ln
 	}
 	return ls, nil
 }
@@ -423,9 +465,10 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("proxy drain: %w", err))
 		}
 	}
-	if r := g.router.Load(); r != nil {
+	if r := g.router.Load(); r != nil && !g.handedOver.Load() {
 		// The agents are gone; what is still queued here goes to the nodes
-		// that keep it from now on.
+		// that keep it from now on. (After a Handover the next process
+		// keeps the queues.)
 		if err := r.Handoff(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("push handoff: %w", err))
 		}
@@ -434,13 +477,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	if err := g.leaveCluster(); err != nil {
 		errs = append(errs, fmt.Errorf("cluster leave: %w", err))
 	}
-	for _, f := range g.dns {
-		f()
-	}
-	for _, pc := range g.udpClose {
-		pc.Close()
-	}
-	g.stopLinks()
+	g.stopListening()
 	if err := g.admin.Shutdown(ctx); err != nil {
 		g.admin.Close()
 		errs = append(errs, fmt.Errorf("admin: %w", err))
@@ -457,13 +494,7 @@ func (g *Gateway) Close() error {
 	if c := g.cluster.Load(); c != nil {
 		c.Shutdown()
 	}
-	for _, f := range g.dns {
-		f()
-	}
-	for _, pc := range g.udpClose {
-		pc.Close()
-	}
-	g.stopLinks()
+	g.stopListening()
 	if g.push != nil {
 		g.push.Close()
 	}
@@ -473,6 +504,18 @@ func (g *Gateway) Close() error {
 	g.admin.Close()
 	g.wg.Wait()
 	return g.closeStore()
+}
+
+// stopListening closes the DNS and UDP listeners and stops measuring
+// the uplinks. It may run more than once.
+func (g *Gateway) stopListening() {
+	for _, f := range g.dns {
+		f()
+	}
+	for _, pc := range g.udpClose {
+		pc.Close()
+	}
+	g.stopLinks()
 }
 
 func (g *Gateway) closeStore() error {
@@ -532,6 +575,10 @@ type Status struct {
 	Cluster []ClusterMember `json:"cluster"`
 	// Links are the measured uplinks (proxy.upstreams[].probe).
 	Links []link.Status `json:"links"`
+	// PID is this process's id; it changes with an upgrade.
+	PID int `json:"pid"`
+	// Upgrade is the last upgrade this process tried; null: none.
+	Upgrade *UpgradeStatus `json:"upgrade,omitempty"`
 }
 
 // PushStatus is the push server's part of /v1/status.
@@ -568,6 +615,8 @@ func (g *Gateway) status() Status {
 		AgentCerts: g.allow.Len(),
 		Store:      g.db.Stats(),
 		Proxy:      ps,
+		PID:        pid,
+		Upgrade:    g.upgrade.Load(),
 	}
 }
 
@@ -592,6 +641,15 @@ func (g *Gateway) routes() {
 			return 0, nil, admin.Error(http.StatusUnprocessableEntity, err)
 		}
 		return http.StatusOK, g.status(), nil
+	})
+	a.HandleJSON("POST /v1/upgrade", func(*http.Request) (int, any, error) {
+		if g.startUpgrade == nil {
+			return 0, nil, admin.Error(http.StatusNotImplemented, errors.New("this process cannot upgrade itself (dpgate serve does, on Linux and other Unix systems)"))
+		}
+		if err := g.startUpgrade(); err != nil {
+			return 0, nil, admin.Error(http.StatusConflict, err)
+		}
+		return http.StatusAccepted, map[string]any{"status": "upgrading", "pid": pid}, nil
 	})
 	a.HandleJSON("GET /v1/store/check", func(*http.Request) (int, any, error) {
 		return http.StatusOK, g.db.Inspect(), nil

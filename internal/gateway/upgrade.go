@@ -1,0 +1,69 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+)
+
+// Handover stops this node serving so that a new process can take over
+// its listening sockets and its store: an upgrade (cmd/dpgate hands the
+// sockets over with cloudflare/tableflip; the new process waits in
+// Options.BeforeStore until this returns). It stops accepting everywhere,
+// marks the node draining, tells the push agents to reconnect spread over
+// spread (their reconnects wait in the listen backlog that the new
+// process inherits), waits for admin requests in flight, stops gossiping
+// without leaving the cluster (the new process rejoins under the same
+// name, as after a quick restart, and keeps the queues) and closes the
+// store. Proxy relays in flight go on: Shutdown waits for them, Close
+// cuts them. ctx bounds the push drain and the admin requests.
+func (g *Gateway) Handover(ctx context.Context, spread time.Duration) error {
+	g.handedOver.Store(true)
+	g.draining.Store(true)
+	if g.proxy != nil {
+		g.proxy.StopAccepting()
+	}
+	var errs []error
+	if g.push != nil {
+		if err := g.push.Shutdown(ctx, spread); err != nil {
+			errs = append(errs, fmt.Errorf("push drain: %w", err))
+		}
+	}
+	if err := g.admin.Shutdown(ctx); err != nil {
+		g.admin.Close()
+		errs = append(errs, fmt.Errorf("admin: %w", err))
+	}
+	if r := g.router.Load(); r != nil {
+		r.Close()
+	}
+	if c := g.cluster.Load(); c != nil {
+		if err := c.Shutdown(); err != nil {
+			errs = append(errs, fmt.Errorf("cluster: %w", err))
+		}
+	}
+	g.stopListening()
+	g.wg.Wait() // every serve loop has returned: the store is ours alone
+	errs = append(errs, g.closeStore())
+	relays := int64(0)
+	if g.proxy != nil {
+		relays = g.proxy.Status().Connections
+	}
+	g.log.Info("handed over: store closed, proxy relays continue", "relays", relays)
+	return errors.Join(errs...)
+}
+
+// UpgradeStatus is the state of the last upgrade, in /v1/status.
+type UpgradeStatus struct {
+	State string    `json:"state"` // "handing over", "failed"
+	Error string    `json:"error,omitempty"`
+	At    time.Time `json:"at"`
+}
+
+// SetUpgrade records the state of the last upgrade for /v1/status.
+func (g *Gateway) SetUpgrade(u UpgradeStatus) { g.upgrade.Store(&u) }
+
+// pid is this process's id, in /v1/status: `dpgate upgrade` watches it
+// change.
+var pid = os.Getpid()
