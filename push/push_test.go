@@ -196,28 +196,42 @@ func TestPerDeviceOrder(t *testing.T) {
 }
 
 // TestDrainMovesAgents: a server shutting down sends DRAIN; the agent
-// reconnects to the next server in its list.
+// reconnects to the next server in its list. Over QUIC too: closing the
+// QUIC transport when accepting stops ended every QUIC session at once,
+// with no DRAIN (and, during an upgrade, no reconnect until the idle
+// timeout), so the transport is closed only after the sessions.
 func TestDrainMovesAgents(t *testing.T) {
-	a1 := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
-	a2 := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
-	// Both servers must pass the agent's pin check: give the agent both pins.
-	pins, _ := tlsconf.ParsePins([]string{a1.id.Pin(), a2.id.Pin()})
-	ag := startAgent(t, client.Config{Servers: []string{a1.addr, a2.addr}, DeviceID: "dev-5", TLS: tlsconf.PinnedClientConfig(pins, "gw")})
-	if e := ag.waitEvent(t, "connected"); e.Server != a1.addr {
-		t.Fatalf("connected to %s first, want %s", e.Server, a1.addr)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := a1.Shutdown(ctx, 50*time.Millisecond); err != nil {
-		t.Fatalf("Shutdown: %v", err)
-	}
-	ag.waitEvent(t, "drain")
-	if e := ag.waitEvent(t, "connected"); e.Server != a2.addr {
-		t.Errorf("after DRAIN connected to %s, want %s", e.Server, a2.addr)
-	}
-	a2.Push("dev-5", []byte("on the second"), time.Hour)
-	if m := ag.next(t); string(m.Payload) != "on the second" {
-		t.Errorf("got %q", m.Payload)
+	for _, overQUIC := range []bool{false, true} {
+		t.Run(map[bool]string{false: "tls", true: "quic"}[overQUIC], func(t *testing.T) {
+			a1 := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+			a2 := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+			addr1, addr2 := a1.addr, a2.addr
+			if overQUIC {
+				addr1, addr2 = a1.quicAddr, a2.quicAddr
+			}
+			// Both servers must pass the agent's pin check: give the agent both pins.
+			pins, _ := tlsconf.ParsePins([]string{a1.id.Pin(), a2.id.Pin()})
+			ag := startAgent(t, client.Config{Servers: []string{addr1, addr2}, DeviceID: "dev-5", QUIC: overQUIC,
+				TLS: tlsconf.PinnedClientConfig(pins, "gw")})
+			if e := ag.waitEvent(t, "connected"); e.Server != addr1 {
+				t.Fatalf("connected to %s first, want %s", e.Server, addr1)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if err := a1.Shutdown(ctx, 50*time.Millisecond); err != nil {
+				t.Fatalf("Shutdown: %v", err)
+			}
+			if e := ag.waitEvent(t, "drain"); e.Server != addr1 {
+				t.Errorf("DRAIN from %s, want %s", e.Server, addr1)
+			}
+			if e := ag.waitEvent(t, "connected"); e.Server != addr2 {
+				t.Errorf("after DRAIN connected to %s, want %s", e.Server, addr2)
+			}
+			a2.Push("dev-5", []byte("on the second"), time.Hour)
+			if m := ag.next(t); string(m.Payload) != "on the second" {
+				t.Errorf("got %q", m.Payload)
+			}
+		})
 	}
 }
 

@@ -58,9 +58,14 @@ func (s *Server) ServeQUIC(pc net.PacketConn) error {
 	if err != nil {
 		return err
 	}
-	if !s.addListener(func() { ln.Close(); tr.Close() }) {
+	// Stopping to accept closes the listener alone: sessions go on, to
+	// be drained; Shutdown and Close close the transport after them.
+	s.mu.Lock()
+	s.transports = append(s.transports, tr)
+	s.mu.Unlock()
+	if !s.addListener(func() { ln.Close() }) {
 		ln.Close()
-		tr.Close()
+		s.closeTransports()
 		return nil
 	}
 	for {

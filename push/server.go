@@ -26,6 +26,7 @@ import (
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
+	"github.com/quic-go/quic-go"
 	"golang.org/x/time/rate"
 
 	"github.com/dpgate/dpgate/internal/ratelimit"
@@ -198,8 +199,12 @@ type Server struct {
 	sessions  map[string]*session
 	waiters   map[string]map[uint64][]chan struct{}
 	listeners []func() // close functions of the listeners
-	raw       map[conn]struct{}
-	draining  bool
+	// transports are the QUIC transports, closed once their sessions
+	// are gone: closing one ends every connection on it at once, with
+	// no DRAIN and no CONNECTION_CLOSE.
+	transports []*quic.Transport
+	raw        map[conn]struct{}
+	draining   bool
 
 	ackMu     sync.Mutex
 	recent    map[[16]byte]struct{} // ids acknowledged lately, so a late copy is not delivered again
@@ -1090,6 +1095,7 @@ func (s *Server) Shutdown(ctx context.Context, spread time.Duration) error {
 	idle := make(chan struct{})
 	go func() { s.wg.Wait(); close(idle) }() // ends once every session is gone
 	defer s.flushCounters()
+	defer s.closeTransports()
 	select {
 	case <-idle:
 		return nil
@@ -1130,8 +1136,21 @@ func (s *Server) Close() error {
 	s.stopAccepting()
 	s.closeConns()
 	s.wg.Wait()
+	s.closeTransports()
 	s.flushCounters()
 	return nil
+}
+
+// closeTransports stops reading the QUIC sockets, after the sessions on
+// them are gone. (Another process may read them next: an upgrade.)
+func (s *Server) closeTransports() {
+	s.mu.Lock()
+	trs := s.transports
+	s.transports = nil
+	s.mu.Unlock()
+	for _, tr := range trs {
+		tr.Close()
+	}
 }
 
 func (s *Server) stopAccepting() {
