@@ -1,0 +1,595 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dpgate/dpgate/internal/gateway"
+	"github.com/dpgate/dpgate/internal/testutil"
+	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// upgradeSite is a gateway started from a binary of its own (so that the
+// file can be replaced, as an administrator installs a new version), in
+// front of a central echo server, with agents connected.
+type upgradeSite struct {
+	dir, binPath, cfg       string
+	proxyAddr, pushAddr     string
+	logFile                 string
+	first                   *exec.Cmd
+	firstDone               chan struct{}
+	firstCode               int
+	gwTLS                   *tls.Config
+	centralAddr, centralPin string
+}
+
+func newUpgradeSite(t *testing.T, agentsN int) (*upgradeSite, []*upgradeAgent) {
+	t.Helper()
+	s := &upgradeSite{dir: t.TempDir(), firstDone: make(chan struct{})}
+	centralPEM := filepath.Join(s.dir, "central.pem")
+	if r := dpgate(t, nil, "cert", "gen", "--cn", "central", "--out", centralPEM); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	s.centralPin = strings.TrimSpace(dpgate(t, nil, "cert", "pin", centralPEM).stdout)
+	s.centralAddr, _ = startCentral(t, centralPEM)
+	s.proxyAddr, s.pushAddr = freePort(t), freePort(t)
+	s.cfg = writeConfig(t, s.dir, freePort(t), s.proxyConfig(""))
+	s.binPath = filepath.Join(s.dir, "dpgate")
+	copyFile(t, bin, s.binPath)
+	s.logFile = filepath.Join(s.dir, "serve.log")
+	logf, err := os.Create(s.logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	// The log is a file, not a pipe: the new process inherits it and
+	// writes on after the first one exits.
+	s.first = exec.Command(s.binPath, "serve", "-c", s.cfg)
+	s.first.Stdout, s.first.Stderr = logf, logf
+	if err := s.first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		var ee *exec.ExitError
+		if err := s.first.Wait(); errors.As(err, &ee) {
+			s.firstCode = ee.ExitCode()
+		}
+		close(s.firstDone)
+	}()
+	t.Cleanup(func() {
+		// Whichever process serves now, and the first one.
+		if st, err := s.status(); err == nil && st.PID != s.first.Process.Pid {
+			syscall.Kill(st.PID, syscall.SIGKILL)
+		}
+		s.first.Process.Kill()
+		<-s.firstDone
+		if t.Failed() {
+			b, _ := os.ReadFile(s.logFile)
+			t.Logf("dpgate serve log:\n%s", b)
+		}
+	})
+	s.waitLog(t, `msg="push server listening"`)
+	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(s.dir, "data", "gateway.pem")).stdout)
+	pins, _ := tlsconf.ParsePins([]string{pin})
+	s.gwTLS = tlsconf.PinnedClientConfig(pins, "gateway")
+
+	var agents []*upgradeAgent
+	for i := range agentsN { // every other one over QUIC
+		agents = append(agents, s.startAgent(t, fmt.Sprintf("agent-%d", i), i%2 == 1))
+	}
+	waitFor(t, 60*time.Second, func() error { return s.sessions(agentsN) })
+	return s, agents
+}
+
+// proxyConfig is the site's configuration; extra goes into the proxy's
+// first upstream.
+func (s *upgradeSite) proxyConfig(extra string) string {
+	return fmt.Sprintf(`proxy:
+  listen: %s
+  upstreams:
+    - address: %s
+      pins: [%q]
+%spush:
+  listen: %s
+  auth: none
+`, s.proxyAddr, s.centralAddr, s.centralPin, extra, s.pushAddr)
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A new file renamed into place, as package managers install.
+	if err := os.WriteFile(to+".new", b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(to+".new", to); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *upgradeSite) log() string {
+	b, _ := os.ReadFile(s.logFile)
+	return string(b)
+}
+
+func (s *upgradeSite) waitLog(t *testing.T, re string) {
+	t.Helper()
+	rx := regexp.MustCompile(re)
+	waitFor(t, 30*time.Second, func() error {
+		if !rx.MatchString(s.log()) {
+			return fmt.Errorf("no log line matching %q yet", re)
+		}
+		return nil
+	})
+}
+
+func (s *upgradeSite) status() (gateway.Status, error) {
+	var st gateway.Status
+	api, _, err := adminClient(s.cfg)
+	if err != nil {
+		return st, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return st, api.Do(ctx, "GET", "/v1/status", nil, &st)
+}
+
+// sessions is nil once the serving process holds n push sessions.
+func (s *upgradeSite) sessions(n int) error {
+	st, err := s.status()
+	if err != nil {
+		return err
+	}
+	if st.Push == nil || st.Push.Sessions != n {
+		return fmt.Errorf("pid %d holds %+v push sessions, want %d", st.PID, st.Push, n)
+	}
+	return nil
+}
+
+// push publishes data to device through the admin API: the reply's id,
+// or an error when it was not accepted.
+func (s *upgradeSite) push(device, data string) (string, error) {
+	api, _, err := adminClient(s.cfg)
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var reply gateway.PushReply
+	err = api.Do(ctx, "POST", "/v1/devices/"+device+"/push", gateway.PushRequest{Data: &data}, &reply)
+	return reply.ID, err
+}
+
+// upgradeAgent is a push agent that records what it got and whether its
+// session was ever interrupted.
+type upgradeAgent struct {
+	id    string
+	mu    sync.Mutex
+	got   map[string]bool // payloads received
+	drops int             // sessions ended (drain, error, disconnect)
+}
+
+func (a *upgradeAgent) has(data string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.got[data]
+}
+
+func (a *upgradeAgent) dropped() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.drops
+}
+
+func (s *upgradeSite) startAgent(t *testing.T, id string, quic bool) *upgradeAgent {
+	a := &upgradeAgent{id: id, got: map[string]bool{}}
+	c, err := client.New(client.Config{Servers: []string{s.pushAddr}, DeviceID: id, TLS: s.gwTLS.Clone(), QUIC: quic,
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond, Logger: testutil.Quiet(),
+		OnPush: func(m push.Message) {
+			a.mu.Lock()
+			a.got[string(m.Payload)] = true
+			a.mu.Unlock()
+		},
+		OnEvent: func(e client.Event) {
+			if e.Kind == "drain" || e.Kind == "disconnected" || e.Kind == "error" {
+				a.mu.Lock()
+				a.drops++
+				a.mu.Unlock()
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }() // ends at cleanup
+	t.Cleanup(func() { cancel(); <-done })
+	return a
+}
+
+// upgrade runs "dpgate upgrade" and returns its exit code and output.
+func (s *upgradeSite) upgrade(t *testing.T) result {
+	t.Helper()
+	return dpgate(t, nil, "upgrade", "-c", s.cfg)
+}
+
+// relay streams n pseudo-random bytes through the proxy to the central
+// echo server and reads them back; it reports bytes echoed so far in
+// echoed, and at the end whether what came back is what went. Having
+// written half, it waits until resume is closed.
+func (s *upgradeSite) relay(n int64, echoed *atomic.Int64, resume <-chan struct{}) error {
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", s.proxyAddr, s.gwTLS.Clone())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	sent := sha256.New()
+	werr := make(chan error, 1)
+	go func() { // ends when n bytes are written, or at an error
+		src := rand.NewChaCha8([32]byte{1})
+		w, buf := io.MultiWriter(c, sent), make([]byte, 256<<10)
+		_, err := io.CopyBuffer(w, io.LimitReader(src, n/2), buf)
+		if err == nil {
+			<-resume
+			_, err = io.CopyBuffer(w, io.LimitReader(src, n-n/2), buf)
+		}
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		werr <- err
+	}()
+	got := sha256.New()
+	buf := make([]byte, 256<<10)
+	for {
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		k, err := c.Read(buf)
+		got.Write(buf[:k])
+		echoed.Add(int64(k))
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("after %d bytes echoed: %w", echoed.Load(), err)
+		}
+	}
+	if err := <-werr; err != nil {
+		return fmt.Errorf("writing: %w", err)
+	}
+	if echoed.Load() != n || !bytes.Equal(sent.Sum(nil), got.Sum(nil)) {
+		return fmt.Errorf("echoed %d bytes, sha256 %x; sent %d, sha256 %x", echoed.Load(), got.Sum(nil), n, sent.Sum(nil))
+	}
+	return nil
+}
+
+// prober opens new connections to every port a client uses, one after
+// another, until stopped, and counts those that failed.
+type prober struct {
+	attempts, failures atomic.Int64
+	maxWait            atomic.Int64 // nanoseconds, the slowest successful round
+	mu                 sync.Mutex
+	errs               []string
+}
+
+func (p *prober) fail(what string, err error) {
+	p.failures.Add(1)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.errs) < 10 {
+		p.errs = append(p.errs, what+": "+err.Error())
+	}
+}
+
+// run probes until ctx ends: a TLS echo through the proxy, a TLS
+// handshake on the push port, GET /healthz on the admin API.
+func (p *prober) run(ctx context.Context, s *upgradeSite, adminBase string) {
+	hc := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	for ctx.Err() == nil {
+		start := time.Now()
+		p.attempts.Add(1)
+		ok := true
+		if got, err := echoOnce(s.proxyAddr, s.gwTLS.Clone()); err != nil || got != "probe" {
+			p.fail("proxy", fmt.Errorf("%q, %v", got, err))
+			ok = false
+		}
+		if c, err := tls.DialWithDialer(&net.Dialer{Timeout: 20 * time.Second}, "tcp", s.pushAddr, s.gwTLS.Clone()); err != nil {
+			p.fail("push", err)
+			ok = false
+		} else {
+			c.Close()
+		}
+		if resp, err := hc.Get(adminBase + "/healthz"); err != nil {
+			p.fail("admin", err)
+			ok = false
+		} else {
+			resp.Body.Close()
+		}
+		if d := time.Since(start); ok && int64(d) > p.maxWait.Load() {
+			p.maxWait.Store(int64(d))
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func echoOnce(addr string, cfg *tls.Config) (string, error) {
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 20 * time.Second}, "tcp", addr, cfg)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	io.WriteString(c, "probe")
+	c.CloseWrite()
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+// TestUpgradeDropsNothing replaces a running gateway by a new build of
+// the binary (another version string) with "dpgate upgrade" while a
+// 1 GiB relay runs through it, 20 agents hold push sessions (10 over
+// TLS, 10 over QUIC), pushes are
+// published and new connections are opened to the proxy, push and admin
+// ports without pause: no connection attempt fails, the relay through the
+// old process completes byte-exact, the agents move to the new process,
+// every accepted push arrives, and the old process exits once its relay
+// is done.
+func TestUpgradeDropsNothing(t *testing.T) {
+	const agentsN = 20
+	const relayBytes = 1 << 30
+	s, agents := newUpgradeSite(t, agentsN)
+	before, err := s.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := filepath.Join(s.dir, "dpgate-v2")
+	build := exec.Command("go", "build", "-o", v2, "-ldflags", "-X github.com/dpgate/dpgate/internal/gateway.version=v2-upgrade-test", ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the new version: %v\n%s", err, out)
+	}
+
+	// The relay stops writing halfway until the upgrade is done, so it
+	// spans the handover however fast the machine is.
+	var echoed atomic.Int64
+	relayErr, resume := make(chan error, 1), make(chan struct{})
+	go func() { relayErr <- s.relay(relayBytes, &echoed, resume) }() // ends with the relay
+	waitFor(t, 60*time.Second, func() error {
+		if e := echoed.Load(); e < relayBytes/2 {
+			return fmt.Errorf("%d MiB echoed, waiting for half before the upgrade", e>>20)
+		}
+		return nil
+	})
+
+	// New connections on every port and pushes to every agent, from
+	// before the upgrade until after it.
+	api, _, _ := adminClient(s.cfg)
+	probeCtx, stopProbes := context.WithCancel(context.Background())
+	var p prober
+	var probing, publishing sync.WaitGroup
+	probing.Add(1)
+	go func() { defer probing.Done(); p.run(probeCtx, s, api.Base()) }()
+	var accepted sync.Map // payload -> agent
+	var refused atomic.Int64
+	publishing.Add(1)
+	go func() { // ends when the probes stop
+		defer publishing.Done()
+		for i := 0; probeCtx.Err() == nil; i++ {
+			a := agents[i%agentsN]
+			data := fmt.Sprintf("during-upgrade-%d", i)
+			if _, err := s.push(a.id, data); err != nil {
+				refused.Add(1)
+			} else {
+				accepted.Store(data, a)
+			}
+			time.Sleep(5 * time.Millisecond) // pacing the publisher, not waiting for anything
+		}
+	}()
+	waitFor(t, 20*time.Second, func() error {
+		if p.attempts.Load() < 5 {
+			return errors.New("probes not started yet")
+		}
+		return nil
+	})
+
+	copyFile(t, v2, s.binPath)
+	r := s.upgrade(t)
+	if r.code != 0 {
+		t.Fatalf("dpgate upgrade: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	t.Logf("dpgate upgrade: %s", strings.TrimSpace(r.stdout))
+	after, err := s.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.PID == before.PID || after.Version != "v2-upgrade-test" {
+		t.Fatalf("after the upgrade pid %d version %s serves, want a new pid (was %d) with version v2-upgrade-test", after.PID, after.Version, before.PID)
+	}
+	close(resume) // the second half of the relay, after the handover
+	waitFor(t, 60*time.Second, func() error { return s.sessions(agentsN) })
+	atUpgrade := p.attempts.Load()
+	waitFor(t, 30*time.Second, func() error { // a few more rounds against the new process
+		if p.attempts.Load() < atUpgrade+5 {
+			return errors.New("probing the new process")
+		}
+		return nil
+	})
+	stopProbes()
+	probing.Wait()
+	publishing.Wait()
+
+	if f := p.failures.Load(); f != 0 {
+		t.Errorf("%d of %d connection rounds failed during the upgrade, want 0: %v", f, p.attempts.Load(), p.errs)
+	}
+	t.Logf("%d connection rounds (proxy echo, push TLS handshake, admin GET), slowest %v", p.attempts.Load(), time.Duration(p.maxWait.Load()))
+	n := 0
+	accepted.Range(func(k, v any) bool { n++; return true })
+	if n == 0 {
+		t.Fatal("no push accepted while upgrading")
+	}
+	waitFor(t, 60*time.Second, func() error {
+		missing := 0
+		accepted.Range(func(k, v any) bool {
+			if !v.(*upgradeAgent).has(k.(string)) {
+				missing++
+			}
+			return true
+		})
+		if missing > 0 {
+			return fmt.Errorf("%d of %d accepted pushes not delivered yet", missing, n)
+		}
+		return nil
+	})
+	t.Logf("%d pushes accepted during the upgrade, all delivered; %d refused", n, refused.Load())
+
+	select {
+	case <-s.firstDone:
+		if echoed.Load() < relayBytes {
+			t.Fatalf("the old process exited (code %d) with the relay at %d of %d bytes", s.firstCode, echoed.Load(), relayBytes)
+		}
+	default:
+	}
+	if err := <-relayErr; err != nil {
+		t.Fatalf("1 GiB relay through the old process: %v", err)
+	}
+	select {
+	case <-s.firstDone:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the old process did not exit within 30s of its last relay ending")
+	}
+	if s.firstCode != 0 {
+		t.Errorf("the old process exited with %d, want 0", s.firstCode)
+	}
+	final, err := s.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var relays uint64
+	if final.Proxy != nil {
+		for _, u := range final.Proxy.Upstreams {
+			relays += u.Relays
+		}
+	}
+	if relays == 0 {
+		t.Errorf("the new process relayed nothing, want the probes' relays after the upgrade")
+	}
+}
+
+// TestUpgradeFailureKeepsServing: a new process that cannot start leaves
+// the old one serving. With a configuration error it fails before asking
+// for the store, and no agent notices; with an upstream client
+// certificate that does not exist it fails after the handover, and the
+// old process opens the store again and serves on its sockets: agents
+// reconnect to it and pushes queued before are delivered.
+func TestUpgradeFailureKeepsServing(t *testing.T) {
+	const agentsN = 5
+	s, agents := newUpgradeSite(t, agentsN)
+	before, err := s.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgText, err := os.ReadFile(s.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Before the store: an unknown key. (The CLI would refuse that file
+	// itself, so the request goes to the API, as a script could send it.)
+	api, _, err := adminClient(s.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.cfg, append(bytes.Clone(cfgText), "no_such_key: 1\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	asked := time.Now().UTC()
+	if err := api.Do(context.Background(), "POST", "/v1/upgrade", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, func() error {
+		var st gateway.Status
+		if err := api.Do(context.Background(), "GET", "/v1/status", nil, &st); err != nil {
+			return err
+		}
+		if st.PID != before.PID {
+			t.Fatalf("pid %d serves after an upgrade to a bad configuration, want the old %d", st.PID, before.PID)
+		}
+		if st.Upgrade == nil || st.Upgrade.State != "failed" || st.Upgrade.At.Before(asked) {
+			return fmt.Errorf("upgrade state %+v, want failed", st.Upgrade)
+		}
+		if !strings.Contains(st.Upgrade.Error, "exited") {
+			t.Errorf("upgrade error %q, want the new process's exit", st.Upgrade.Error)
+		}
+		return nil
+	})
+	s.waitLog(t, `no_such_key`)
+	for _, a := range agents {
+		if d := a.dropped(); d != 0 {
+			t.Errorf("%s lost its session %d times during an upgrade that failed before the handover, want 0", a.id, d)
+		}
+	}
+
+	// After the handover: the proxy's client certificate is missing.
+	if err := os.WriteFile(s.cfg, []byte(strings.Replace(string(cfgText), s.proxyConfig(""),
+		s.proxyConfig("      client_cert: "+filepath.Join(s.dir, "missing.pfx")+"\n"), 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.push("offline-device", "queued before"); err != nil {
+		t.Fatal(err)
+	}
+	r := s.upgrade(t)
+	if r.code != 1 || !strings.Contains(r.stderr, "after taking over") {
+		t.Fatalf("upgrade failing after the handover: exit %d, stderr %q; want 1 and \"after taking over\"", r.code, r.stderr)
+	}
+	s.waitLog(t, `serving again from this process`)
+	waitFor(t, 60*time.Second, func() error { return s.sessions(agentsN) })
+	st, err := s.status()
+	if err != nil || st.PID != before.PID {
+		t.Fatalf("after a failed upgrade pid %d serves (%v), want the old %d", st.PID, err, before.PID)
+	}
+	for _, a := range agents {
+		data := "after the failed upgrade " + a.id
+		if _, err := s.push(a.id, data); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 30*time.Second, func() error {
+			if !a.has(data) {
+				return fmt.Errorf("%s did not get %q", a.id, data)
+			}
+			return nil
+		})
+	}
+	late := s.startAgent(t, "offline-device", false)
+	waitFor(t, 30*time.Second, func() error {
+		if !late.has("queued before") {
+			return errors.New("the push queued before the failed upgrade was not delivered")
+		}
+		return nil
+	})
+	if got, err := echoOnce(s.proxyAddr, s.gwTLS.Clone()); err != nil || got != "probe" {
+		t.Errorf("proxy after the failed upgrade: %q, %v", got, err)
+	}
+}
