@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,6 +42,54 @@ type upgradeSite struct {
 	firstCode               int
 	gwTLS                   *tls.Config
 	centralAddr, centralPin string
+	notify                  *systemdNotify
+}
+
+// systemdNotify stands in for systemd's notification socket: it records
+// each message with the pid that sent it (SO_PASSCRED), as systemd
+// checks NotifyAccess=main against it.
+type systemdNotify struct {
+	path string
+	mu   sync.Mutex
+	msgs []string // "PID: MESSAGE"
+}
+
+func newSystemdNotify(t *testing.T, dir string) *systemdNotify {
+	n := &systemdNotify{path: filepath.Join(dir, "notify.sock")}
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := c.SyscallConn()
+	raw.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_PASSCRED, 1) })
+	done := make(chan struct{})
+	go func() { // ends when c is closed at cleanup
+		defer close(done)
+		buf, oob := make([]byte, 4096), make([]byte, 1024)
+		for {
+			k, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+			if err != nil {
+				return
+			}
+			pid := -1
+			if cmsgs, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil && len(cmsgs) > 0 {
+				if cred, err := syscall.ParseUnixCredentials(&cmsgs[0]); err == nil {
+					pid = int(cred.Pid)
+				}
+			}
+			n.mu.Lock()
+			n.msgs = append(n.msgs, fmt.Sprintf("%d: %s", pid, buf[:k]))
+			n.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { c.Close(); <-done })
+	return n
+}
+
+func (n *systemdNotify) messages() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.msgs)
 }
 
 func newUpgradeSite(t *testing.T, agentsN int) (*upgradeSite, []*upgradeAgent) {
@@ -64,8 +113,10 @@ func newUpgradeSite(t *testing.T, agentsN int) (*upgradeSite, []*upgradeAgent) {
 	defer logf.Close()
 	// The log is a file, not a pipe: the new process inherits it and
 	// writes on after the first one exits.
+	s.notify = newSystemdNotify(t, s.dir)
 	s.first = exec.Command(s.binPath, "serve", "-c", s.cfg)
 	s.first.Stdout, s.first.Stderr = logf, logf
+	s.first.Env = append(os.Environ(), "NOTIFY_SOCKET="+s.notify.path)
 	if err := s.first.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -441,6 +492,15 @@ func TestUpgradeDropsNothing(t *testing.T) {
 	probing.Wait()
 	publishing.Wait()
 
+	// systemd heard READY from the first process, then from it (still the
+	// main process, as NotifyAccess=main wants) the new MAINPID.
+	waitFor(t, 20*time.Second, func() error {
+		want := []string{fmt.Sprintf("%d: READY=1", before.PID), fmt.Sprintf("%d: MAINPID=%d", before.PID, after.PID)}
+		if got := s.notify.messages(); !slices.Equal(got, want) {
+			return fmt.Errorf("systemd got %q, want %q", got, want)
+		}
+		return nil
+	})
 	if f := p.failures.Load(); f != 0 {
 		t.Errorf("%d of %d connection rounds failed during the upgrade, want 0: %v", f, p.attempts.Load(), p.errs)
 	}
