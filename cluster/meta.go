@@ -23,6 +23,10 @@ type Meta struct {
 	// as it gossips them: with the node's growth between two figures it
 	// lets the others estimate its count now rather than as it was.
 	At int64 `json:"at,omitempty"`
+	// Boot is when the node's process started (Unix ns): a node that
+	// comes back under its name with another Boot restarted (or was
+	// upgraded) and knows none of the registrations it had.
+	Boot int64 `json:"b,omitempty"`
 }
 
 func encodeMeta(m Meta) []byte {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -78,7 +79,7 @@ type Router struct {
 	holders map[string]holder   // device -> node it is connected to, for devices owned here
 	origins map[[16]byte]string // push id -> node that accepted it, told when it is acknowledged
 	out     map[string]*outbox  // by node name
-	view    string              // the node set last rebalanced for
+	view    string              // the node set last rebalanced for (View)
 	// stale are nodes an outbox dropped work for (unreachable): what
 	// they missed is sent again by repair until a send gets through.
 	stale map[string]bool
@@ -533,17 +534,23 @@ func (r *Router) loop() {
 			nodes := r.nodes()
 			names := make([]string, len(nodes))
 			for i, m := range nodes {
-				names[i] = m.Name
+				names[i] = m.Name + "@" + strconv.FormatInt(m.Meta.Boot, 36)
 			}
 			view := strings.Join(names, ",")
-			if view != r.view {
-				r.view = view
+			if view != r.View() {
+				r.setView(view)
 				r.log.Info("cluster: push nodes changed; rebalancing", "nodes", view)
+				// A node back under its name too soon to be missed (a
+				// restart, an upgrade) is new all the same: it lost the
+				// registrations it had, and the copies meant for it.
+				prev = slices.DeleteFunc(slices.Clone(prev), func(p Member) bool {
+					return slices.ContainsFunc(nodes, func(m Member) bool { return m.Name == p.Name && m.Meta.Boot != p.Meta.Boot })
+				})
 				r.reregister(nodes, prev)
 				if r.rebalanceFor(nodes, prev, true) {
 					prev = nodes
 				} else {
-					r.view = "" // a copy failed: again at the next check
+					r.setView("") // a copy failed: again at the next check
 				}
 			}
 		case <-sweep.C:
@@ -553,6 +560,20 @@ func (r *Router) loop() {
 			r.repair()
 		}
 	}
+}
+
+// View is the set of push nodes the router last rebalanced for, as
+// name@boot joined by commas; "" before the first.
+func (r *Router) View() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.view
+}
+
+func (r *Router) setView(v string) {
+	r.mu.Lock()
+	r.view = v
+	r.mu.Unlock()
 }
 
 // repairInterval is how often work dropped for an unreachable node is

@@ -15,6 +15,10 @@ import (
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
+// routerSweep is the router's sweep interval; 0 is its default (30 s).
+// Tests lengthen it to see what happens before the sweep repairs it.
+var routerSweep time.Duration
+
 // startCluster joins the cluster when cluster.bind is set. memberlist
 // binds its own sockets, so this runs in Start, not in New.
 func (g *Gateway) startCluster() error {
@@ -56,6 +60,7 @@ func (g *Gateway) startCluster() error {
 	g.cluster.Store(c)
 	if g.push != nil {
 		r, err := cluster.NewRouter(cluster.RouterConfig{
+			SweepInterval:      routerSweep,
 			Cluster:            c,
 			Local:              g.push,
 			Identity:           g.id,
@@ -80,7 +85,8 @@ func (g *Gateway) startCluster() error {
 
 // clusterMeta is what this node gossips.
 func (g *Gateway) clusterMeta() cluster.Meta {
-	m := cluster.Meta{Version: Version().Version, CPU: loadPerCore(), Draining: g.draining.Load(), Uplink: g.uplinkVerdict()}
+	m := cluster.Meta{Version: Version().Version, CPU: loadPerCore(), Draining: g.draining.Load(), Uplink: g.uplinkVerdict(),
+		Boot: g.started.UnixNano()}
 	if g.pushAddr != "" {
 		m.Push = g.advertised(g.pushAddr)
 		m.Pin = g.id.Pin()

@@ -397,3 +397,65 @@ func TestWakeRoutedToTheHoldingNode(t *testing.T) {
 		t.Errorf("wake of a device no node knows: %v, want 404", err)
 	}
 }
+
+// TestRestartedOwnersLearnHolders: both owners of a device restart (an
+// upgrade, a quick kill and start) before the others notice they were
+// gone. Their new processes know no holders; the holder must register its
+// devices with them again at once, not at the next sweep (an hour here):
+// before, a push accepted by a restarted owner waited for that sweep (27 s
+// in the chaos harness's rolling upgrade with the default 30 s).
+func TestRestartedOwnersLearnHolders(t *testing.T) {
+	routerSweep = time.Hour
+	t.Cleanup(func() { routerSweep = 0 })
+	gs, _ := testCluster(t, 3)
+	dev := ""
+	for i := 0; dev == ""; i++ {
+		d := fmt.Sprintf("pc-restart-%d", i)
+		if o := gs[0].router.Load().Owners(d); !slices.Contains(o, gs[0].cfg.Node.Name) {
+			dev = d // owned by nodes 1 and 2, held by node 0
+		}
+	}
+	a := startTestAgent(t, dev, gs[0])
+	waitFor(t, 20*time.Second, func() error {
+		if v := gs[0].router.Load().View(); strings.Count(v, ",") != 2 {
+			return fmt.Errorf("node 0 rebalanced for %q, not all three yet", v)
+		}
+		for _, g := range gs[1:] {
+			if h := g.router.Load().Holder(dev); h != gs[0].cfg.Node.Name {
+				return fmt.Errorf("owner %s has %s at %q, want %s", g.cfg.Node.Name, dev, h, gs[0].cfg.Node.Name)
+			}
+		}
+		return nil
+	})
+	var api *admin.Client
+	for i := 1; i < 3; i++ { // closed without leaving, started again at once
+		cfg := gs[i].cfg
+		gs[i].Close()
+		g, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls, err := Listen(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.Start(ls)
+		t.Cleanup(func() { g.Close() })
+		token, err := tlsconf.ReadSecretFile(first(cfg.AdminTokenFile()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		gs[i], api = g, admin.NewClient(ls.Admin.Addr().String(), token)
+	}
+	waitFor(t, 20*time.Second, func() error {
+		if got := len(gs[2].router.Load().Owners(dev)); got != 2 {
+			return fmt.Errorf("restarted node sees %d owners, want 2", got)
+		}
+		return nil
+	})
+	data := "accepted by a restarted owner"
+	if err := api.Do(context.Background(), "POST", "/v1/devices/"+dev+"/push", PushRequest{Data: &data}, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, func() error { return a.has(data) })
+}
