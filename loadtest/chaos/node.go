@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -43,8 +44,8 @@ type node struct {
 
 	mu    sync.Mutex
 	addr  netip.Addr
-	cmd   *exec.Cmd
-	done  chan struct{}
+	pid   int           // the process serving now (after an upgrade, not the one started)
+	done  chan struct{} // closed when pid exits
 	code  int
 	state string // up, down, paused
 }
@@ -112,20 +113,22 @@ func (n *node) start(ctx context.Context) error {
 		logf.Close()
 		return err
 	}
-	done := make(chan struct{})
+	done, pid := make(chan struct{}), cmd.Process.Pid
 	n.mu.Lock()
-	n.cmd, n.done, n.state = cmd, done, "up"
+	n.pid, n.done, n.state = pid, done, "up"
 	n.mu.Unlock()
-	go func() {
+	go func() { // ends when the process does
 		err := cmd.Wait()
-		logf.Close()
+		logf.Close() // this copy: an upgraded process writes on to the file
 		code := 0
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
 			code = ee.ExitCode()
 		}
 		n.mu.Lock()
-		n.code, n.state = code, "down"
+		if n.pid == pid { // not replaced by an upgrade
+			n.code, n.state = code, "down"
+		}
 		n.mu.Unlock()
 		close(done)
 	}()
@@ -164,15 +167,86 @@ func (n *node) logTail(max int) string {
 
 func (n *node) signal(sig syscall.Signal) {
 	n.mu.Lock()
-	cmd := n.cmd
+	pid := n.pid
 	if sig == syscall.SIGSTOP {
 		n.state = "paused"
 	} else if sig == syscall.SIGCONT {
 		n.state = "up"
 	}
 	n.mu.Unlock()
-	if cmd != nil && cmd.Process != nil {
-		cmd.Process.Signal(sig)
+	if pid > 0 {
+		syscall.Kill(pid, sig)
+	}
+}
+
+// upgrade replaces the node's process without downtime (POST
+// /v1/upgrade, the same binary) and waits until the new one serves.
+func (n *node) upgrade(ctx context.Context, token string) error {
+	n.mu.Lock()
+	old := n.pid
+	n.mu.Unlock()
+	hc := &http.Client{Timeout: 10 * time.Second}
+	req, _ := http.NewRequestWithContext(ctx, "POST", n.adminURL()+"/v1/upgrade", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("%s: POST /v1/upgrade: %s", n.name, resp.Status)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		req, _ := http.NewRequestWithContext(ctx, "GET", n.adminURL()+"/v1/status", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := hc.Do(req)
+		if err != nil {
+			continue // between the processes: the request waits or the old one closed it
+		}
+		var st struct {
+			PID     int `json:"pid"`
+			Upgrade *struct {
+				State, Error string
+			} `json:"upgrade"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		switch {
+		case err != nil || st.PID == old && st.Upgrade == nil:
+			continue
+		case st.PID == old:
+			return fmt.Errorf("%s: upgrade %s: %s", n.name, st.Upgrade.State, st.Upgrade.Error)
+		}
+		done := make(chan struct{})
+		n.mu.Lock()
+		n.pid, n.done, n.state = st.PID, done, "up"
+		n.mu.Unlock()
+		go watchPID(st.PID, done) // not our child: polled
+		return nil
+	}
+	return fmt.Errorf("%s: no new process within 60 s of the upgrade", n.name)
+}
+
+// watchPID closes done when process pid has exited (gone, or a zombie
+// of a parent that does not reap it).
+func watchPID(pid int, done chan struct{}) {
+	defer close(done)
+	for {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return
+		}
+		// "pid (comm) S ...": the state follows the last ')'.
+		if i := strings.LastIndexByte(string(b), ')'); i < 0 || i+2 >= len(b) || b[i+2] == 'Z' {
+			return
+		}
+		time.Sleep(100 * time.Millisecond) // polling a process that is not our child
 	}
 }
 

@@ -28,7 +28,7 @@ import (
 )
 
 // Kinds of fault, each alone in Config.Faults or mixed at random.
-var Kinds = []string{"kill", "pause", "isolate", "split", "readdress", "diskfull", "truncate", "bitflip", "rolling"}
+var Kinds = []string{"kill", "pause", "isolate", "split", "readdress", "diskfull", "truncate", "bitflip", "rolling", "upgrade"}
 
 // Config configures Run.
 type Config struct {
@@ -555,6 +555,15 @@ func (r *runner) fault(ctx context.Context, kind string, length time.Duration) e
 		for _, o := range r.nodes {
 			o.stop()
 			if err = o.start(ctx); err != nil {
+				break
+			}
+			if err = r.settleAgents(ctx); err != nil {
+				break
+			}
+		}
+	case "upgrade": // a rolling upgrade: each node replaced by a new process, no socket closed
+		for _, o := range r.nodes {
+			if err = o.upgrade(ctx, r.files.token); err != nil {
 				break
 			}
 			if err = r.settleAgents(ctx); err != nil {
