@@ -19,6 +19,7 @@ import (
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -427,7 +428,7 @@ func TestAgentsSpreadOverNodes(t *testing.T) {
 			entry = addrs[2]
 		}
 		c, err := client.New(client.Config{Servers: []string{entry}, DeviceID: "agent-" + strconv.Itoa(i),
-			TLS: tlsconf.PinnedClientConfig(pins, "gw"), OnPush: func(push.Message) {}, Logger: quiet,
+			TLS: tlsconf.PinnedClientConfig(pins, "gw"), OnPush: func(wire.Message) {}, Logger: quiet,
 			MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
 		if err != nil {
 			t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 
 	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -43,7 +44,7 @@ func PeerServerTLS(id *tlsconf.Identity, isPeer func(pin string) bool) *tls.Conf
 		MinVersion:     tls.VersionTLS13,
 		GetCertificate: id.GetCertificate,
 		ClientAuth:     tls.RequireAnyClientCert,
-		NextProtos:     []string{push.PeerALPN},
+		NextProtos:     []string{wire.PeerALPN},
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			if len(cs.PeerCertificates) == 0 || !isPeer(tlsconf.Pin(cs.PeerCertificates[0])) {
 				return errors.New("cluster: the certificate is not a member's")
@@ -134,7 +135,7 @@ func (w *wireItem) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &j); err != nil {
 		return err
 	}
-	if err := push.CheckDeviceID(j.Device); err != nil {
+	if err := wire.CheckDeviceID(j.Device); err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
 	w.Device, w.ID, w.Expiry, w.Payload, w.Origin = j.Device, j.ID, j.Expiry, j.Payload, j.Origin
@@ -196,14 +197,14 @@ func (pn *peerNet) dial(ctx context.Context, network, addr string) (net.Conn, er
 	cfg := &tls.Config{
 		MinVersion:           tls.VersionTLS13,
 		GetClientCertificate: pn.r.cfg.Identity.GetClientCertificate,
-		NextProtos:           []string{push.PeerALPN},
+		NextProtos:           []string{wire.PeerALPN},
 		InsecureSkipVerify:   true, // the pin check below replaces chain verification
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			if len(cs.PeerCertificates) == 0 || tlsconf.Pin(cs.PeerCertificates[0]) != pin {
 				return fmt.Errorf("cluster: %s does not present the pinned certificate", addr)
 			}
-			if cs.NegotiatedProtocol != push.PeerALPN {
-				return fmt.Errorf("cluster: %s does not speak %s", addr, push.PeerALPN)
+			if cs.NegotiatedProtocol != wire.PeerALPN {
+				return fmt.Errorf("cluster: %s does not speak %s", addr, wire.PeerALPN)
 			}
 			return nil
 		},

@@ -16,6 +16,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 
 	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -35,7 +36,7 @@ import (
 type Local interface {
 	Insert(items []push.Item) ([]push.Item, error)
 	Remove(device string, ids [][16]byte, acked bool) error
-	Pending(device string) ([]push.Message, error)
+	Pending(device string) ([]wire.Message, error)
 	QueuedDevices() []string
 	HeldDevices() map[string]time.Time // device -> when its session began
 	Holds(device string) bool

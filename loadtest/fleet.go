@@ -16,8 +16,8 @@ import (
 
 	"github.com/HdrHistogram/hdrhistogram-go"
 
-	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -177,7 +177,7 @@ func (f *Fleet) record(kind byte, ns int64) {
 	f.mu.Unlock()
 }
 
-func (f *Fleet) onPush(m push.Message) {
+func (f *Fleet) onPush(m wire.Message) {
 	if len(m.Payload) < 9 {
 		return
 	}

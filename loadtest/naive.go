@@ -5,7 +5,7 @@ import (
 	"crypto/tls"
 	"net"
 
-	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/wire"
 )
 
 // NaivePushServer is the memory baseline for the push server: the
@@ -17,7 +17,7 @@ type NaivePushServer struct{ TLS *tls.Config }
 // Serve accepts until ln is closed.
 func (s NaivePushServer) Serve(ln net.Listener) error {
 	cfg := s.TLS.Clone()
-	cfg.NextProtos = []string{push.ALPN}
+	cfg.NextProtos = []string{wire.ALPN}
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -31,24 +31,24 @@ func (s NaivePushServer) handle(c *tls.Conn) {
 	defer c.Close()
 	r := bufio.NewReaderSize(c, 4096)
 	w := bufio.NewWriterSize(c, 4096)
-	var hdr [push.HeaderSize]byte
+	var hdr [wire.HeaderSize]byte
 	buf := make([]byte, 0, 512)
-	typ, _, err := push.ReadFrame(r, &hdr, buf, 2048)
-	if err != nil || typ != push.TypeHello {
+	typ, _, err := wire.ReadFrame(r, &hdr, buf, 2048)
+	if err != nil || typ != wire.TypeHello {
 		return
 	}
-	w.Write((&push.Welcome{Version: push.Version, Keepalive: 30}).Marshal())
+	w.Write((&wire.Welcome{Version: wire.Version, Keepalive: 30}).Marshal())
 	if w.Flush() != nil {
 		return
 	}
 	for {
-		typ, body, err := push.ReadFrame(r, &hdr, buf, 2048)
+		typ, body, err := wire.ReadFrame(r, &hdr, buf, 2048)
 		if err != nil {
 			return
 		}
-		if typ == push.TypePing {
-			v, _ := push.ParseU64(body)
-			w.Write(push.MarshalU64(push.TypePong, v))
+		if typ == wire.TypePing {
+			v, _ := wire.ParseU64(body)
+			w.Write(wire.MarshalU64(wire.TypePong, v))
 			if w.Flush() != nil {
 				return
 			}

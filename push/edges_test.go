@@ -13,6 +13,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -22,15 +23,15 @@ import (
 func (r *rawConn) expectClose(t *testing.T) {
 	t.Helper()
 	for {
-		typ, body, err := push.ReadFrame(r, &r.hdr, nil, push.MaxFrame)
+		typ, body, err := wire.ReadFrame(r, &r.hdr, nil, wire.MaxFrame)
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !strings.Contains(err.Error(), "reset") {
 				t.Errorf("connection ended with %v, want a close", err)
 			}
 			return
 		}
-		if typ == push.TypeError {
-			e, _ := push.ParseError(body)
+		if typ == wire.TypeError {
+			e, _ := wire.ParseError(body)
 			t.Fatalf("got ERROR %d %q, want a close without a word", e.Code, e.Reason)
 		}
 	}
@@ -42,7 +43,7 @@ func TestAgentErrorFrame(t *testing.T) {
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
 	r := dialRaw(t, ts, nil)
 	r.hello(t, "dev-e")
-	r.Write((&push.ErrorFrame{Code: push.CodeProtocol, Reason: "agent gives up"}).Marshal())
+	r.Write((&wire.ErrorFrame{Code: wire.CodeProtocol, Reason: "agent gives up"}).Marshal())
 	r.expectClose(t)
 	if n := ts.labeledCounter("dpgate.push.agent_errors", "code", "1"); n != 1 {
 		t.Errorf("dpgate_push_agent_errors{code=1} = %v, want 1", n)
@@ -50,8 +51,8 @@ func TestAgentErrorFrame(t *testing.T) {
 	// A malformed one is a protocol error like any other.
 	r = dialRaw(t, ts, nil)
 	r.hello(t, "dev-e")
-	r.Write([]byte{push.TypeError, 0, 0, 1, 0})
-	if e := r.expectError(t); e.Code != push.CodeProtocol {
+	r.Write([]byte{wire.TypeError, 0, 0, 1, 0})
+	if e := r.expectError(t); e.Code != wire.CodeProtocol {
 		t.Errorf("malformed ERROR from the agent: got ERROR %d, want 1", e.Code)
 	}
 }
@@ -62,13 +63,13 @@ func TestByeBody(t *testing.T) {
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
 	r := dialRaw(t, ts, nil)
 	r.hello(t, "dev-b")
-	r.Write(push.MarshalBye(0))
+	r.Write(wire.MarshalBye(0))
 	r.expectClose(t)
-	for _, bad := range [][]byte{{push.TypeBye, 0, 0, 0}, {push.TypeBye, 0, 0, 2, 0, 0}} {
+	for _, bad := range [][]byte{{wire.TypeBye, 0, 0, 0}, {wire.TypeBye, 0, 0, 2, 0, 0}} {
 		r = dialRaw(t, ts, nil)
 		r.hello(t, "dev-b")
 		r.Write(bad)
-		if e := r.expectError(t); e.Code != push.CodeProtocol {
+		if e := r.expectError(t); e.Code != wire.CodeProtocol {
 			t.Errorf("BYE % x: got ERROR %d, want 1 (protocol)", bad, e.Code)
 		}
 	}
@@ -84,10 +85,10 @@ func TestDrainIgnored(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- ts.Shutdown(ctx, 0) }()
-	if typ, _ := r.read(t); typ != push.TypeDrain {
+	if typ, _ := r.read(t); typ != wire.TypeDrain {
 		t.Fatalf("got frame 0x%02x, want DRAIN", typ)
 	}
-	if e := r.expectError(t); e.Code != push.CodeShutdown {
+	if e := r.expectError(t); e.Code != wire.CodeShutdown {
 		t.Errorf("after ignoring DRAIN: ERROR %d %q, want 6 (shutdown)", e.Code, e.Reason)
 	}
 	if err := <-done; !errors.Is(err, context.DeadlineExceeded) {
@@ -100,7 +101,7 @@ func TestDrainIgnored(t *testing.T) {
 // no_application_protocol.
 func TestALPN(t *testing.T) {
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
-	for _, protos := range [][]string{{push.ALPN}, nil, {"h2", push.ALPN}} {
+	for _, protos := range [][]string{{wire.ALPN}, nil, {"h2", wire.ALPN}} {
 		cfg := ts.tlsFor(nil)
 		cfg.NextProtos = protos
 		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", ts.addr, cfg)
@@ -157,12 +158,12 @@ func TestAuthFailureAtTLSLevel(t *testing.T) {
 		{"TLS 1.2, unknown certificate", &stranger, tls.VersionTLS12, "bad certificate"},
 	} {
 		cfg := ts.tlsFor(c.cert)
-		cfg.NextProtos = []string{push.ALPN}
+		cfg.NextProtos = []string{wire.ALPN}
 		cfg.MaxVersion = c.max
 		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", ts.addr, cfg)
 		if err == nil {
 			conn.SetDeadline(time.Now().Add(10 * time.Second))
-			conn.Write((&push.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "stranger"}).Marshal())
+			conn.Write((&wire.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "stranger"}).Marshal())
 			_, err = conn.Read(make([]byte, 1))
 			conn.Close()
 		}
@@ -180,14 +181,14 @@ func TestIdleCountsAnyFrame(t *testing.T) {
 	r := dialRaw(t, ts, nil)
 	r.hello(t, "dev-i")
 	for range 10 { // 4 s of PONGs only, more than three intervals
-		r.Write(push.MarshalU64(push.TypePong, 1))
+		r.Write(wire.MarshalU64(wire.TypePong, 1))
 		time.Sleep(400 * time.Millisecond)
 	}
-	r.Write(push.MarshalU64(push.TypePing, 42))
-	if typ, body := r.read(t); typ != push.TypePong {
+	r.Write(wire.MarshalU64(wire.TypePing, 42))
+	if typ, body := r.read(t); typ != wire.TypePong {
 		t.Fatalf("after 4 s of PONGs only, a PING got frame 0x%02x %q, want PONG: the session was idled out", typ, body)
 	}
-	if e := r.expectError(t); e.Code != push.CodeTimeout {
+	if e := r.expectError(t); e.Code != wire.CodeTimeout {
 		t.Errorf("silent agent: ERROR %d %q, want 8 (timeout)", e.Code, e.Reason)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -110,7 +111,7 @@ func (ts *testServer) tlsFor(cert *tls.Certificate) *tls.Config {
 // agent is a running client.Client with its pushes in a channel.
 type agent struct {
 	*client.Client
-	pushes chan push.Message
+	pushes chan wire.Message
 	events chan client.Event
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -118,8 +119,8 @@ type agent struct {
 
 func startAgent(t testing.TB, cfg client.Config) *agent {
 	t.Helper()
-	a := &agent{pushes: make(chan push.Message, 10000), events: make(chan client.Event, 1000), done: make(chan struct{})}
-	cfg.OnPush = func(m push.Message) { a.pushes <- m }
+	a := &agent{pushes: make(chan wire.Message, 10000), events: make(chan client.Event, 1000), done: make(chan struct{})}
+	cfg.OnPush = func(m wire.Message) { a.pushes <- m }
 	cfg.OnEvent = func(e client.Event) {
 		select {
 		case a.events <- e:
@@ -159,7 +160,7 @@ func (a *agent) waitEvent(t testing.TB, kind string) client.Event {
 }
 
 // next returns the next push, failing after a generous timeout.
-func (a *agent) next(t *testing.T) push.Message {
+func (a *agent) next(t *testing.T) wire.Message {
 	t.Helper()
 	select {
 	case m := <-a.pushes:
@@ -167,19 +168,19 @@ func (a *agent) next(t *testing.T) push.Message {
 	case <-time.After(20 * time.Second):
 		t.Fatal("no push within 20s")
 	}
-	return push.Message{}
+	return wire.Message{}
 }
 
 // rawConn is a hand-driven protocol connection for misbehaving agents.
 type rawConn struct {
 	*tls.Conn
-	hdr [push.HeaderSize]byte
+	hdr [wire.HeaderSize]byte
 }
 
 func dialRaw(t *testing.T, ts *testServer, cert *tls.Certificate) *rawConn {
 	t.Helper()
 	cfg := ts.tlsFor(cert)
-	cfg.NextProtos = []string{push.ALPN}
+	cfg.NextProtos = []string{wire.ALPN}
 	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", ts.addr, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -189,15 +190,15 @@ func dialRaw(t *testing.T, ts *testServer, cert *tls.Certificate) *rawConn {
 	return &rawConn{Conn: c}
 }
 
-func (r *rawConn) hello(t *testing.T, device string) push.Welcome {
+func (r *rawConn) hello(t *testing.T, device string) wire.Welcome {
 	t.Helper()
-	h := push.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: device}
+	h := wire.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: device}
 	r.Write(h.Marshal())
 	typ, body := r.read(t)
-	if typ != push.TypeWelcome {
+	if typ != wire.TypeWelcome {
 		t.Fatalf("after HELLO got frame 0x%02x %q, want WELCOME", typ, body)
 	}
-	w, err := push.ParseWelcome(body)
+	w, err := wire.ParseWelcome(body)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +207,7 @@ func (r *rawConn) hello(t *testing.T, device string) push.Welcome {
 
 func (r *rawConn) read(t *testing.T) (byte, []byte) {
 	t.Helper()
-	typ, body, err := push.ReadFrame(r, &r.hdr, nil, push.MaxFrame)
+	typ, body, err := wire.ReadFrame(r, &r.hdr, nil, wire.MaxFrame)
 	if err != nil {
 		t.Fatalf("reading a frame: %v", err)
 	}
@@ -214,15 +215,15 @@ func (r *rawConn) read(t *testing.T) (byte, []byte) {
 }
 
 // expectError reads until an ERROR frame and returns its code.
-func (r *rawConn) expectError(t *testing.T) push.ErrorFrame {
+func (r *rawConn) expectError(t *testing.T) wire.ErrorFrame {
 	t.Helper()
 	for {
-		typ, body, err := push.ReadFrame(r, &r.hdr, nil, push.MaxFrame)
+		typ, body, err := wire.ReadFrame(r, &r.hdr, nil, wire.MaxFrame)
 		if err != nil {
 			t.Fatalf("connection ended without an ERROR frame: %v", err)
 		}
-		if typ == push.TypeError {
-			e, err := push.ParseError(body)
+		if typ == wire.TypeError {
+			e, err := wire.ParseError(body)
 			if err != nil {
 				t.Fatal(err)
 			}

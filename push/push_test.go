@@ -16,6 +16,7 @@ import (
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -72,8 +73,8 @@ func TestRedeliveryAfterDrop(t *testing.T) {
 	raw.hello(t, "dev-2")
 	m, _ := ts.Push("dev-2", []byte("once"), time.Hour)
 	typ, body := raw.read(t)
-	first, err := push.ParseMessage(body)
-	if typ != push.TypePush || err != nil || first.ID != m.ID {
+	first, err := wire.ParseMessage(body)
+	if typ != wire.TypePush || err != nil || first.ID != m.ID {
 		t.Fatalf("got frame 0x%02x (%v), want the PUSH", typ, err)
 	}
 	raw.Close() // no ACK
@@ -81,8 +82,8 @@ func TestRedeliveryAfterDrop(t *testing.T) {
 	again := dialRaw(t, ts, nil)
 	again.hello(t, "dev-2")
 	typ, body = again.read(t)
-	second, err := push.ParseMessage(body)
-	if typ != push.TypePush || err != nil || second.ID != m.ID || string(second.Payload) != "once" {
+	second, err := wire.ParseMessage(body)
+	if typ != wire.TypePush || err != nil || second.ID != m.ID || string(second.Payload) != "once" {
 		t.Fatalf("after reconnect got 0x%02x %+v, want the same push again", typ, second)
 	}
 }
@@ -91,7 +92,7 @@ func TestRedeliveryAfterDrop(t *testing.T) {
 // twice (as after a lost ACK) gets two ACKs, and the agent sees it once.
 func TestClientDropsDuplicates(t *testing.T) {
 	gw, _ := tlsconf.Issue(tlsconf.Template{CommonName: "fake"}, nil)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{gw}, NextProtos: []string{push.ALPN}})
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{gw}, NextProtos: []string{wire.ALPN}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,20 +104,20 @@ func TestClientDropsDuplicates(t *testing.T) {
 			return
 		}
 		defer c.Close()
-		var hdr [push.HeaderSize]byte
-		push.ReadFrame(c, &hdr, nil, push.MaxFrame) // HELLO
-		c.Write((&push.Welcome{Version: 1, Keepalive: 30}).Marshal())
-		m := push.Message{Seq: 1, ID: [16]byte{9}, Expiry: time.Now().Add(time.Hour).UnixMilli(), Payload: []byte("dup")}
+		var hdr [wire.HeaderSize]byte
+		wire.ReadFrame(c, &hdr, nil, wire.MaxFrame) // HELLO
+		c.Write((&wire.Welcome{Version: 1, Keepalive: 30}).Marshal())
+		m := wire.Message{Seq: 1, ID: [16]byte{9}, Expiry: time.Now().Add(time.Hour).UnixMilli(), Payload: []byte("dup")}
 		c.Write(m.Marshal())
 		m.Seq = 2
 		c.Write(m.Marshal())
 		for range 2 {
-			typ, body, err := push.ReadFrame(c, &hdr, nil, push.MaxFrame)
+			typ, body, err := wire.ReadFrame(c, &hdr, nil, wire.MaxFrame)
 			if err != nil {
 				return
 			}
-			if typ == push.TypeAck {
-				v, _ := push.ParseU64(body)
+			if typ == wire.TypeAck {
+				v, _ := wire.ParseU64(body)
 				acks <- v
 			}
 		}
@@ -160,7 +161,7 @@ func TestTTLExpiry(t *testing.T) {
 	raw := dialRaw(t, ts, nil)
 	raw.hello(t, "dev-3")
 	_, body := raw.read(t)
-	if m, _ := push.ParseMessage(body); string(m.Payload) != "long" {
+	if m, _ := wire.ParseMessage(body); string(m.Payload) != "long" {
 		t.Errorf("first delivered push is %q, want the unexpired one", m.Payload)
 	}
 }
@@ -239,7 +240,7 @@ func TestDrainMovesAgents(t *testing.T) {
 // agent to the address it names.
 func TestRedirectFollowed(t *testing.T) {
 	real := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{GetCertificate: real.id.GetCertificate, NextProtos: []string{push.ALPN}})
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{GetCertificate: real.id.GetCertificate, NextProtos: []string{wire.ALPN}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,9 +251,9 @@ func TestRedirectFollowed(t *testing.T) {
 			if err != nil {
 				return
 			}
-			var hdr [push.HeaderSize]byte
-			push.ReadFrame(c, &hdr, nil, push.MaxFrame)
-			c.Write((&push.Redirect{Reason: 2, Address: real.addr}).Marshal())
+			var hdr [wire.HeaderSize]byte
+			wire.ReadFrame(c, &hdr, nil, wire.MaxFrame)
+			c.Write((&wire.Redirect{Reason: 2, Address: real.addr}).Marshal())
 			c.Close()
 		}
 	}()
@@ -306,16 +307,16 @@ func TestMalformedFramesCloseOnlyThatConnection(t *testing.T) {
 		hello bool
 		code  uint16
 	}{
-		{"garbage HELLO", func(r *rawConn) { r.Write([]byte{push.TypeHello, 0, 0, 3, 1, 2, 3}) }, false, push.CodeProtocol},
-		{"first frame not HELLO", func(r *rawConn) { r.Write(push.MarshalU64(push.TypePing, 1)) }, false, push.CodeProtocol},
+		{"garbage HELLO", func(r *rawConn) { r.Write([]byte{wire.TypeHello, 0, 0, 3, 1, 2, 3}) }, false, wire.CodeProtocol},
+		{"first frame not HELLO", func(r *rawConn) { r.Write(wire.MarshalU64(wire.TypePing, 1)) }, false, wire.CodeProtocol},
 		{"unsupported version", func(r *rawConn) {
-			r.Write((&push.Hello{MinVersion: 7, MaxVersion: 9, DeviceID: "x"}).Marshal())
-		}, false, push.CodeVersion},
-		{"oversized frame in session", func(r *rawConn) { r.Write([]byte{push.TypeAck, 0x01, 0, 0}) }, true, push.CodeFrameTooLarge},
+			r.Write((&wire.Hello{MinVersion: 7, MaxVersion: 9, DeviceID: "x"}).Marshal())
+		}, false, wire.CodeVersion},
+		{"oversized frame in session", func(r *rawConn) { r.Write([]byte{wire.TypeAck, 0x01, 0, 0}) }, true, wire.CodeFrameTooLarge},
 		{"server-only frame from agent", func(r *rawConn) {
-			r.Write((&push.Message{Seq: 1}).Marshal())
-		}, true, push.CodeProtocol},
-		{"short ACK", func(r *rawConn) { r.Write([]byte{push.TypeAck, 0, 0, 2, 0, 1}) }, true, push.CodeProtocol},
+			r.Write((&wire.Message{Seq: 1}).Marshal())
+		}, true, wire.CodeProtocol},
+		{"short ACK", func(r *rawConn) { r.Write([]byte{wire.TypeAck, 0, 0, 2, 0, 1}) }, true, wire.CodeProtocol},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -345,13 +346,13 @@ func TestCertificateAuth(t *testing.T) {
 
 	// A certificate for dev-8 cannot claim another device id.
 	r := dialRaw(t, ts, &known)
-	r.Write((&push.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "someone-else"}).Marshal())
-	if e := r.expectError(t); e.Code != push.CodeAuth {
-		t.Errorf("mismatched device id: ERROR code %d, want %d", e.Code, push.CodeAuth)
+	r.Write((&wire.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "someone-else"}).Marshal())
+	if e := r.expectError(t); e.Code != wire.CodeAuth {
+		t.Errorf("mismatched device id: ERROR code %d, want %d", e.Code, wire.CodeAuth)
 	}
 	// Unknown certificate: refused at the TLS handshake.
 	cfg := ts.tlsFor(&stranger)
-	cfg.NextProtos = []string{push.ALPN}
+	cfg.NextProtos = []string{wire.ALPN}
 	if c, err := tls.Dial("tcp", ts.addr, cfg); err == nil {
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		if _, err := c.Read(make([]byte, 1)); err == nil {
@@ -364,31 +365,31 @@ func TestCertificateAuth(t *testing.T) {
 	a.waitEvent(t, "connected")
 	ts.allow.Remove(tlsconf.Fingerprint(known.Leaf))
 	r2 := dialRaw(t, ts, &known)
-	r2.Write((&push.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "dev-8"}).Marshal())
-	if _, _, err := push.ReadFrame(r2, &r2.hdr, nil, push.MaxFrame); err == nil {
+	r2.Write((&wire.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "dev-8"}).Marshal())
+	if _, _, err := wire.ReadFrame(r2, &r2.hdr, nil, wire.MaxFrame); err == nil {
 		t.Error("deleted certificate got an answer to HELLO")
 	}
 }
 
 func TestTokenAuth(t *testing.T) {
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthToken })
-	good := push.IssueToken(ts.tokenKey, "dev-10", time.Now().Add(time.Hour))
+	good := wire.IssueToken(ts.tokenKey, "dev-10", time.Now().Add(time.Hour))
 	a := startAgent(t, client.Config{Servers: []string{ts.addr}, DeviceID: "dev-10", Token: good, TLS: ts.tlsFor(nil)})
 	a.waitEvent(t, "connected")
 
 	for name, tok := range map[string]string{
-		"other device": push.IssueToken(ts.tokenKey, "dev-11", time.Now().Add(time.Hour)),
-		"expired":      push.IssueToken(ts.tokenKey, "dev-10", time.Now().Add(-time.Minute)),
-		"wrong key":    push.IssueToken([]byte("another key of 32 bytes........."), "dev-10", time.Now().Add(time.Hour)),
+		"other device": wire.IssueToken(ts.tokenKey, "dev-11", time.Now().Add(time.Hour)),
+		"expired":      wire.IssueToken(ts.tokenKey, "dev-10", time.Now().Add(-time.Minute)),
+		"wrong key":    wire.IssueToken([]byte("another key of 32 bytes........."), "dev-10", time.Now().Add(time.Hour)),
 		"garbage":      "v1.x.y.z",
 	} {
 		r := dialRaw(t, ts, nil)
-		r.Write((&push.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "dev-10", Token: tok}).Marshal())
-		if e := r.expectError(t); e.Code != push.CodeAuth {
-			t.Errorf("%s token: ERROR code %d, want %d", name, e.Code, push.CodeAuth)
+		r.Write((&wire.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "dev-10", Token: tok}).Marshal())
+		if e := r.expectError(t); e.Code != wire.CodeAuth {
+			t.Errorf("%s token: ERROR code %d, want %d", name, e.Code, wire.CodeAuth)
 		}
 	}
-	if _, err := push.VerifyToken([][]byte{ts.tokenKey}, good, time.Now()); err != nil {
+	if _, err := wire.VerifyToken([][]byte{ts.tokenKey}, good, time.Now()); err != nil {
 		t.Errorf("good token: %v", err)
 	}
 }
@@ -399,29 +400,29 @@ func TestTokenAuth(t *testing.T) {
 func TestTokenKeyRotation(t *testing.T) {
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthToken })
 	newKey := []byte("the next key, 32 bytes long.....")
-	oldTok := push.IssueToken(ts.tokenKey, "dev-r", time.Now().Add(time.Hour))
-	newTok := push.IssueToken(newKey, "dev-r", time.Now().Add(time.Hour))
+	oldTok := wire.IssueToken(ts.tokenKey, "dev-r", time.Now().Add(time.Hour))
+	newTok := wire.IssueToken(newKey, "dev-r", time.Now().Add(time.Hour))
 	hello := func(tok string) (byte, []byte) {
 		r := dialRaw(t, ts, nil)
 		defer r.Close()
-		r.Write((&push.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "dev-r", Token: tok}).Marshal())
+		r.Write((&wire.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "dev-r", Token: tok}).Marshal())
 		return r.read(t)
 	}
-	if typ, _ := hello(newTok); typ != push.TypeError {
+	if typ, _ := hello(newTok); typ != wire.TypeError {
 		t.Fatal("a token of a key not held yet was accepted")
 	}
 	if err := ts.SetTokenKeys([][]byte{newKey, ts.tokenKey}); err != nil {
 		t.Fatal(err)
 	}
 	for name, tok := range map[string]string{"old": oldTok, "new": newTok} {
-		if typ, body := hello(tok); typ != push.TypeWelcome {
+		if typ, body := hello(tok); typ != wire.TypeWelcome {
 			t.Errorf("during the overlap, the %s key's token: frame 0x%02x %q, want WELCOME", name, typ, body)
 		}
 	}
 	ts.SetTokenKeys([][]byte{newKey})
-	if typ, body := hello(oldTok); typ != push.TypeError {
+	if typ, body := hello(oldTok); typ != wire.TypeError {
 		t.Errorf("the retired key's token: frame 0x%02x, want ERROR", typ)
-	} else if e, _ := push.ParseError(body); e.Code != push.CodeAuth {
+	} else if e, _ := wire.ParseError(body); e.Code != wire.CodeAuth {
 		t.Errorf("the retired key's token: ERROR %d, want 3", e.Code)
 	}
 	if err := ts.SetTokenKeys([][]byte{[]byte("short")}); err == nil {
@@ -443,9 +444,9 @@ func TestConnectionLimit(t *testing.T) {
 	r := dialRaw(t, ts, nil)
 	r.hello(t, "first")
 	second := dialRaw(t, ts, nil)
-	second.Write((&push.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "second"}).Marshal())
-	if e := second.expectError(t); e.Code != push.CodeOverloaded {
-		t.Errorf("second connection got ERROR %d %q, want %d (overloaded)", e.Code, e.Reason, push.CodeOverloaded)
+	second.Write((&wire.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "second"}).Marshal())
+	if e := second.expectError(t); e.Code != wire.CodeOverloaded {
+		t.Errorf("second connection got ERROR %d %q, want %d (overloaded)", e.Code, e.Reason, wire.CodeOverloaded)
 	}
 }
 
@@ -505,7 +506,7 @@ func TestLateCopyOfAnAcknowledgedPush(t *testing.T) {
 	const rounds = 300
 	var wg sync.WaitGroup
 	for i := range rounds {
-		it := push.Item{Device: fmt.Sprintf("late-%d", i%10), Message: push.Message{Expiry: time.Now().Add(time.Hour).UnixMilli(), Payload: []byte("x")}}
+		it := push.Item{Device: fmt.Sprintf("late-%d", i%10), Message: wire.Message{Expiry: time.Now().Add(time.Hour).UnixMilli(), Payload: []byte("x")}}
 		it.ID[0], it.ID[1] = byte(i), byte(i>>8)
 		wg.Add(2)
 		go func() {

@@ -12,6 +12,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/dpgate/dpgate/internal/store"
+	"github.com/dpgate/dpgate/push/wire"
 )
 
 // Queue is the durable per-device push queue. A push is committed to the
@@ -40,13 +41,13 @@ func NewQueue(db *store.DB) *Queue { return &Queue{db: db, now: time.Now} }
 
 // Enqueue commits one push with the same payload for each device and
 // returns the messages in device order.
-func (q *Queue) Enqueue(devices []string, payload []byte, ttl time.Duration) ([]Message, error) {
+func (q *Queue) Enqueue(devices []string, payload []byte, ttl time.Duration) ([]wire.Message, error) {
 	expiry := q.now().Add(ttl).UnixMilli()
 	ids := make([][16]byte, len(devices))
 	for i := range ids {
 		rand.Read(ids[i][:])
 	}
-	var out []Message
+	var out []wire.Message
 	err := q.db.Batch(func(tx *bolt.Tx) error {
 		out = out[:0] // Batch may run fn again
 		qb, err := tx.CreateBucketIfNotExists([]byte(bucketQueue))
@@ -66,7 +67,7 @@ func (q *Queue) Enqueue(devices []string, payload []byte, ttl time.Duration) ([]
 			if err != nil {
 				return err
 			}
-			m := Message{Seq: seq, ID: ids[i], Expiry: expiry, Payload: payload}
+			m := wire.Message{Seq: seq, ID: ids[i], Expiry: expiry, Payload: payload}
 			if err := db.Put(seqKey(seq), encodeStored(seq, m)); err != nil {
 				return err
 			}
@@ -87,9 +88,9 @@ func (q *Queue) Enqueue(devices []string, payload []byte, ttl time.Duration) ([]
 // counted and logged once (store.DB.Corrupt), and moved to the store's
 // quarantine so that it is not read again; the device's status shows how
 // many of its messages went there.
-func (q *Queue) Pending(device string, after uint64, limit int) ([]Message, error) {
+func (q *Queue) Pending(device string, after uint64, limit int) ([]wire.Message, error) {
 	now := q.now().UnixMilli()
-	var out []Message
+	var out []wire.Message
 	var bad [][]byte
 	err := q.db.View(func(tx *bolt.Tx) error {
 		db := deviceBucket(tx, device)
@@ -142,7 +143,7 @@ func (q *Queue) Ack(device string, seq uint64) (id [16]byte, found bool, err err
 // the id and expiry travel with it, the sequence is each node's own.
 type Item struct {
 	Device string
-	Message
+	wire.Message
 }
 
 // Insert commits messages that already have an id (copies from another
@@ -340,7 +341,7 @@ func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) 
 
 // Stored form: id (16) | expiry unix ms (8) | payload, sealed with the
 // store's checksum over the key and all of it.
-func encodeStored(seq uint64, m Message) []byte {
+func encodeStored(seq uint64, m wire.Message) []byte {
 	b := make([]byte, 0, 24+len(m.Payload))
 	b = append(b, m.ID[:]...)
 	b = binary.BigEndian.AppendUint64(b, uint64(m.Expiry))
@@ -351,12 +352,12 @@ var errCorrupt = errors.New("push: corrupt queue entry")
 
 // decodeStored checks and decodes a stored message; its Payload aliases v
 // (copy it to keep it past the transaction).
-func decodeStored(k, v []byte) (Message, error) {
+func decodeStored(k, v []byte) (wire.Message, error) {
 	v, err := store.Unseal(k, v)
 	if err != nil || len(v) < 24 || len(k) != 8 {
-		return Message{}, errCorrupt
+		return wire.Message{}, errCorrupt
 	}
-	m := Message{Seq: binary.BigEndian.Uint64(k), Expiry: int64(binary.BigEndian.Uint64(v[16:24])), Payload: v[24:]}
+	m := wire.Message{Seq: binary.BigEndian.Uint64(k), Expiry: int64(binary.BigEndian.Uint64(v[16:24])), Payload: v[24:]}
 	copy(m.ID[:], v[:16])
 	return m, nil
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync/atomic"
 
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/quic-go/quic-go"
 )
 
@@ -80,12 +81,12 @@ func (s *Server) ServeQUIC(pc net.PacketConn) error {
 			s.handshakeOver(done) // completed: the address is validated now
 		}
 		if !s.fromSource(qc.RemoteAddr()) {
-			qc.CloseWithError(quic.ApplicationErrorCode(CodeOverloaded), "too many connections from this source")
+			qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeOverloaded), "too many connections from this source")
 			continue
 		}
 		s.accept.Wait(context.Background())
 		if !s.admit() {
-			qc.CloseWithError(quic.ApplicationErrorCode(CodeOverloaded), "too many connections")
+			qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeOverloaded), "too many connections")
 			continue
 		}
 		s.wg.Add(1)
@@ -95,7 +96,7 @@ func (s *Server) ServeQUIC(pc net.PacketConn) error {
 			st, err := qc.AcceptStream(ctx)
 			cancel()
 			if err != nil {
-				qc.CloseWithError(quic.ApplicationErrorCode(CodeTimeout), "no stream")
+				qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeTimeout), "no stream")
 				s.conns.Add(-1)
 				return
 			}

@@ -15,6 +15,7 @@ import (
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/push/wire"
 )
 
 // silentConn is a spoofed source: it lets the client's first flight
@@ -70,7 +71,7 @@ func silentDial(t *testing.T, ts *testServer, wait time.Duration) *silentConn {
 	t.Cleanup(func() { tr.Close() })
 	udp, _ := net.ResolveUDPAddr("udp", ts.quicAddr)
 	cfg := ts.tlsFor(nil)
-	cfg.NextProtos = []string{push.ALPN}
+	cfg.NextProtos = []string{wire.ALPN}
 	cfg.CurvePreferences = []tls.CurveID{tls.X25519} // one Initial datagram, as a cheap attacker sends
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()

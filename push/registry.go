@@ -11,6 +11,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/dpgate/dpgate/internal/store"
+	"github.com/dpgate/dpgate/push/wire"
 )
 
 // DeviceRecord is what the store keeps about a device between connections:
@@ -75,7 +76,7 @@ func NewRegistry(db *store.DB) (*Registry, error) {
 		if err := json.Unmarshal(v, &d); err != nil {
 			return fmt.Errorf("push: device %s: %w", k, err)
 		}
-		if err := CheckDeviceID(d.ID); err != nil || d.ID != string(k) {
+		if err := wire.CheckDeviceID(d.ID); err != nil || d.ID != string(k) {
 			bad = append(bad, string(k))
 			return nil
 		}
@@ -95,7 +96,7 @@ func NewRegistry(db *store.DB) (*Registry, error) {
 }
 
 // Seen records a connection (or its end) of a device.
-func (r *Registry) Seen(id string, remote net.Addr, h *Hello, now time.Time) error {
+func (r *Registry) Seen(id string, remote net.Addr, h *wire.Hello, now time.Time) error {
 	r.mu.Lock()
 	d, ok := r.m[id]
 	if !ok {

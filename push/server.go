@@ -3,12 +3,13 @@
 // protocol on one bidirectional stream) and the management server's
 // pushes reach them in milliseconds, at least once.
 //
-// Pieces: frame.go is the wire format (docs/PROTOCOL.md); queue.go the
-// durable per-device queue on bbolt (a push is fsynced before the API
-// answers, removed on ACK, expired after its TTL); registry.go the device
-// table; token.go the HMAC device tokens; session.go one agent
-// connection; this file accepts, authenticates and routes pushes to
-// sessions; quic.go the QUIC listener. The agent side is push/client.
+// Pieces: push/wire is the wire format (docs/PROTOCOL.md) and the HMAC
+// device tokens, all an agent needs; queue.go the durable per-device
+// queue on bbolt (a push is fsynced before the API answers, removed on
+// ACK, expired after its TTL); registry.go the device table; session.go
+// one agent connection; this file accepts, authenticates and routes
+// pushes to sessions; quic.go the QUIC listener. The agent side is
+// push/client, which depends on push/wire alone.
 package push
 
 import (
@@ -31,6 +32,7 @@ import (
 
 	"github.com/dpgate/dpgate/internal/ratelimit"
 	"github.com/dpgate/dpgate/link"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -158,7 +160,7 @@ func (c *Config) validate() error {
 		return checkKeys(c.TokenKeys)
 	case c.Auth != AuthCert && c.Auth != AuthToken && c.Auth != AuthNone:
 		return fmt.Errorf("push: unknown auth %q", c.Auth)
-	case c.MaxPayload > MaxFrame-64:
+	case c.MaxPayload > wire.MaxFrame-64:
 		return fmt.Errorf("push: MaxPayload %d exceeds the frame limit", c.MaxPayload)
 	}
 	return nil
@@ -231,7 +233,7 @@ func New(cfg Config) (*Server, error) {
 		m:         cfg.Metrics,
 		queue:     cfg.Queue,
 		reg:       cfg.Registry,
-		tls:       tlsconf.ServerConfig(cfg.Identity, allow, ALPN),
+		tls:       tlsconf.ServerConfig(cfg.Identity, allow, wire.ALPN),
 		accept:    rate.NewLimiter(rate.Limit(cfg.AcceptRate), max(1, int(cfg.AcceptRate/4))),
 		source:    ratelimit.New(cfg.SourceRate),
 		refusing:  make(chan struct{}, maxRefusing),
@@ -253,7 +255,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.PeerTLS != nil && cfg.Peer != nil {
 		s.tcpTLS = s.tls.Clone()
 		s.tcpTLS.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
-			if slices.Contains(hi.SupportedProtos, PeerALPN) {
+			if slices.Contains(hi.SupportedProtos, wire.PeerALPN) {
 				return cfg.PeerTLS, nil
 			}
 			return nil, nil
@@ -363,18 +365,18 @@ func (s *Server) refuseOverloaded(raw net.Conn) {
 			raw.Close()
 			return
 		}
-		if tc.ConnectionState().NegotiatedProtocol == PeerALPN && s.cfg.Peer != nil {
+		if tc.ConnectionState().NegotiatedProtocol == wire.PeerALPN && s.cfg.Peer != nil {
 			raw.SetDeadline(time.Time{})
 			s.cfg.Peer(tc) // the agents' limit is not the cluster's; Peer owns tc
 			return
 		}
 		defer raw.Close()
-		var hdr [HeaderSize]byte
-		if _, _, err := ReadFrame(tc, &hdr, nil, 2048); err != nil {
+		var hdr [wire.HeaderSize]byte
+		if _, _, err := wire.ReadFrame(tc, &hdr, nil, 2048); err != nil {
 			return
 		}
-		s.m.IncrCounterWithLabels([]string{"push", "errors"}, 1, []metrics.Label{{Name: "code", Value: fmt.Sprint(CodeOverloaded)}})
-		tc.Write((&ErrorFrame{Code: CodeOverloaded, Reason: "connection limit reached; try another node"}).Marshal())
+		s.m.IncrCounterWithLabels([]string{"push", "errors"}, 1, []metrics.Label{{Name: "code", Value: fmt.Sprint(wire.CodeOverloaded)}})
+		tc.Write((&wire.ErrorFrame{Code: wire.CodeOverloaded, Reason: "connection limit reached; try another node"}).Marshal())
 	}()
 }
 
@@ -423,7 +425,7 @@ func (s *Server) serveTLS(raw net.Conn) {
 		s.conns.Add(-1)
 		return
 	}
-	if tc.ConnectionState().NegotiatedProtocol == PeerALPN && s.cfg.Peer != nil {
+	if tc.ConnectionState().NegotiatedProtocol == wire.PeerALPN && s.cfg.Peer != nil {
 		s.conns.Add(-1) // a node of the cluster, not an agent
 		s.cfg.Peer(tc)
 		return
@@ -451,46 +453,46 @@ func (s *Server) authFailed(remote net.Addr, err error) {
 // startSession reads HELLO, authenticates it, and runs the session on a
 // new goroutine. It owns c and the connection count from here.
 func (s *Server) startSession(c conn, transport string, remote, local net.Addr, peer *x509.Certificate) {
-	var hdr [HeaderSize]byte
+	var hdr [wire.HeaderSize]byte
 	c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	typ, body, err := ReadFrame(c, &hdr, nil, 2048)
+	typ, body, err := wire.ReadFrame(c, &hdr, nil, 2048)
 	abort := func(code uint16, reason string) {
 		s.m.IncrCounterWithLabels([]string{"push", "errors"}, 1, []metrics.Label{{Name: "code", Value: fmt.Sprint(code)}})
 		c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-		c.Write((&ErrorFrame{Code: code, Reason: reason}).Marshal())
+		c.Write((&wire.ErrorFrame{Code: code, Reason: reason}).Marshal())
 		c.Close()
 		s.conns.Add(-1)
 		s.log.Debug("push: session refused", "agent", remote.String(), "code", code, "reason", reason)
 	}
 	switch {
-	case errors.Is(err, ErrTooLarge):
-		abort(CodeFrameTooLarge, err.Error())
+	case errors.Is(err, wire.ErrTooLarge):
+		abort(wire.CodeFrameTooLarge, err.Error())
 		return
 	case err != nil:
-		abort(CodeTimeout, "no HELLO: "+err.Error())
+		abort(wire.CodeTimeout, "no HELLO: "+err.Error())
 		return
-	case typ != TypeHello:
-		abort(CodeProtocol, fmt.Sprintf("first frame must be HELLO, got type 0x%02x", typ))
+	case typ != wire.TypeHello:
+		abort(wire.CodeProtocol, fmt.Sprintf("first frame must be HELLO, got type 0x%02x", typ))
 		return
 	}
-	h, err := ParseHello(body)
+	h, err := wire.ParseHello(body)
 	if err != nil {
-		abort(CodeProtocol, err.Error())
+		abort(wire.CodeProtocol, err.Error())
 		return
 	}
-	if h.MinVersion > Version || h.MaxVersion < Version {
-		abort(CodeVersion, fmt.Sprintf("server speaks version %d, agent %d..%d", Version, h.MinVersion, h.MaxVersion))
+	if h.MinVersion > wire.Version || h.MaxVersion < wire.Version {
+		abort(wire.CodeVersion, fmt.Sprintf("server speaks version %d, agent %d..%d", wire.Version, h.MinVersion, h.MaxVersion))
 		return
 	}
 	if err := s.authenticate(&h, peer); err != nil {
 		s.m.IncrCounterWithLabels([]string{"push", "auth_failed"}, 1, []metrics.Label{{Name: "reason", Value: "hello"}})
-		abort(CodeAuth, err.Error())
+		abort(wire.CodeAuth, err.Error())
 		return
 	}
 	if s.cfg.Redirect != nil {
-		if addr, ok := s.cfg.Redirect(s.Sessions(), h.Caps&CapRedirected != 0); ok {
+		if addr, ok := s.cfg.Redirect(s.Sessions(), h.Caps&wire.CapRedirected != 0); ok {
 			c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-			c.Write((&Redirect{Reason: 2, Address: addr}).Marshal())
+			c.Write((&wire.Redirect{Reason: 2, Address: addr}).Marshal())
 			c.Close()
 			s.conns.Add(-1)
 			s.m.IncrCounter([]string{"push", "redirected"}, 1)
@@ -503,7 +505,7 @@ func (s *Server) startSession(c conn, transport string, remote, local net.Addr, 
 	if s.cfg.Nodes != nil {
 		nodes = s.cfg.Nodes()
 	}
-	welcome := &Welcome{Version: Version, Session: ss.id, Keepalive: uint16(s.cfg.Keepalive / time.Second), Nodes: nodes}
+	welcome := &wire.Welcome{Version: wire.Version, Session: ss.id, Keepalive: uint16(s.cfg.Keepalive / time.Second), Nodes: nodes}
 	// The session enters the map under the same lock Shutdown takes to set
 	// draining and list sessions, so no session is missed by the DRAIN;
 	// its write lock is held until WELCOME is out, so nothing (a DRAIN, a
@@ -513,7 +515,7 @@ func (s *Server) startSession(c conn, transport string, remote, local net.Addr, 
 	if s.draining {
 		s.mu.Unlock()
 		ss.wmu.Unlock()
-		abort(CodeShutdown, "server is shutting down")
+		abort(wire.CodeShutdown, "server is shutting down")
 		return
 	}
 	old := s.sessions[ss.device]
@@ -530,7 +532,7 @@ func (s *Server) startSession(c conn, transport string, remote, local net.Addr, 
 		return
 	}
 	if old != nil {
-		old.send((&ErrorFrame{Code: CodeReplaced, Reason: "the device connected again"}).Marshal())
+		old.send((&wire.ErrorFrame{Code: wire.CodeReplaced, Reason: "the device connected again"}).Marshal())
 		old.close()
 	}
 	if err := s.reg.Seen(ss.device, ss.remote, &h, ss.since); err != nil {
@@ -559,7 +561,7 @@ func (s *Server) unregister(ss *session) bool {
 }
 
 // authenticate checks HELLO's device id against the certificate or token.
-func (s *Server) authenticate(h *Hello, peer *x509.Certificate) error {
+func (s *Server) authenticate(h *wire.Hello, peer *x509.Certificate) error {
 	switch s.cfg.Auth {
 	case AuthCert:
 		if peer == nil {
@@ -569,7 +571,7 @@ func (s *Server) authenticate(h *Hello, peer *x509.Certificate) error {
 			return fmt.Errorf("device id %q is not the certificate's (%q)", h.DeviceID, peer.Subject.CommonName)
 		}
 	case AuthToken:
-		dev, err := VerifyToken(*s.tokenKeys.Load(), h.Token, time.Now())
+		dev, err := wire.VerifyToken(*s.tokenKeys.Load(), h.Token, time.Now())
 		if err != nil {
 			return err
 		}
@@ -596,16 +598,16 @@ func (s *Server) runSession(ss *session) {
 
 // Push queues one payload for one device (committed before it returns)
 // and starts delivery if the device is connected here.
-func (s *Server) Push(device string, payload []byte, ttl time.Duration) (Message, error) {
+func (s *Server) Push(device string, payload []byte, ttl time.Duration) (wire.Message, error) {
 	msgs, err := s.PushMany([]string{device}, payload, ttl)
 	if err != nil {
-		return Message{}, err
+		return wire.Message{}, err
 	}
 	return msgs[0], nil
 }
 
 // PushMany queues the payload for every device in one transaction.
-func (s *Server) PushMany(devices []string, payload []byte, ttl time.Duration) ([]Message, error) {
+func (s *Server) PushMany(devices []string, payload []byte, ttl time.Duration) ([]wire.Message, error) {
 	if err := s.Check(devices, payload); err != nil {
 		return nil, err
 	}
@@ -616,7 +618,7 @@ func (s *Server) PushMany(devices []string, payload []byte, ttl time.Duration) (
 	s.m.IncrCounter([]string{"push", "queued"}, float32(len(msgs)))
 	type kick struct {
 		ss *session
-		m  Message
+		m  wire.Message
 	}
 	s.mu.Lock()
 	var kicks []kick
@@ -639,7 +641,7 @@ func (s *Server) Check(devices []string, payload []byte) error {
 		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrPayloadTooLarge, len(payload), s.cfg.MaxPayload)
 	}
 	for _, d := range devices {
-		if err := CheckDeviceID(d); err != nil {
+		if err := wire.CheckDeviceID(d); err != nil {
 			return fmt.Errorf("%w: %v", ErrBadDevice, err)
 		}
 	}
@@ -770,7 +772,7 @@ func (s *Server) Insert(items []Item) ([]Item, error) {
 	s.m.IncrCounter([]string{"push", "copies_stored"}, float32(len(added)))
 	s.mu.Lock()
 	var kicks []*session
-	var msgs []Message
+	var msgs []wire.Message
 	for _, it := range added {
 		if ss := s.sessions[it.Device]; ss != nil {
 			kicks = append(kicks, ss)
@@ -805,7 +807,7 @@ func (s *Server) Remove(device string, ids [][16]byte, acked bool) error {
 
 // Pending returns what is queued for a device, oldest first (at most
 // 10,000 messages).
-func (s *Server) Pending(device string) ([]Message, error) {
+func (s *Server) Pending(device string) ([]wire.Message, error) {
 	return s.queue.Pending(device, 0, 10000)
 }
 
@@ -1046,10 +1048,10 @@ func (s *Server) Wake(device string) bool {
 	s.mu.Lock()
 	ss := s.sessions[device]
 	s.mu.Unlock()
-	if ss == nil || ss.caps&CapWake == 0 {
+	if ss == nil || ss.caps&wire.CapWake == 0 {
 		return false
 	}
-	return ss.send([]byte{TypeWake, 0, 0, 0}) == nil
+	return ss.send([]byte{wire.TypeWake, 0, 0, 0}) == nil
 }
 
 // Move sends REDIRECT (reason 2, balancing) to one session per address
@@ -1066,7 +1068,7 @@ func (s *Server) Move(addrs []string) int {
 	}
 	s.mu.Unlock()
 	for i, ss := range list {
-		ss.send((&Redirect{Reason: 2, Address: addrs[i]}).Marshal())
+		ss.send((&wire.Redirect{Reason: 2, Address: addrs[i]}).Marshal())
 		time.AfterFunc(10*time.Second, ss.close)
 	}
 	s.m.IncrCounter([]string{"push", "moved"}, float32(len(list)))
@@ -1090,7 +1092,7 @@ func (s *Server) Shutdown(ctx context.Context, spread time.Duration) error {
 		if spread > 0 {
 			delay = uint32(randDuration(spread) / time.Millisecond)
 		}
-		ss.send((&Drain{DelayMillis: delay, Reason: "server shutting down"}).Marshal())
+		ss.send((&wire.Drain{DelayMillis: delay, Reason: "server shutting down"}).Marshal())
 	}
 	idle := make(chan struct{})
 	go func() { s.wg.Wait(); close(idle) }() // ends once every session is gone
@@ -1118,7 +1120,7 @@ func (s *Server) tellShutdown(within time.Duration) {
 	}
 	s.mu.Unlock()
 	deadline := time.Now().Add(within)
-	frame := (&ErrorFrame{Code: CodeShutdown, Reason: "the gateway is shutting down and the drain deadline passed"}).Marshal()
+	frame := (&wire.ErrorFrame{Code: wire.CodeShutdown, Reason: "the gateway is shutting down and the drain deadline passed"}).Marshal()
 	var wg sync.WaitGroup
 	for _, ss := range list {
 		ss.c.SetWriteDeadline(deadline) // unblocks a flusher stuck on this agent

@@ -14,6 +14,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 
 	"github.com/dpgate/dpgate/link"
+	"github.com/dpgate/dpgate/push/wire"
 )
 
 // conn is what a session runs on: a TLS connection, or a QUIC stream
@@ -47,8 +48,8 @@ type session struct {
 	lastSeen atomic.Int64 // unix ns
 	closed   atomic.Bool
 	hintMu   sync.Mutex
-	hints    []Message // just-committed pushes, so the flusher can skip a store read
-	hdr      [HeaderSize]byte
+	hints    []wire.Message // just-committed pushes, so the flusher can skip a store read
+	hdr      [wire.HeaderSize]byte
 	small    [32]byte // ACK, PING, PONG and BYE bodies fit
 }
 
@@ -82,7 +83,7 @@ func (s *session) sendBy(frame []byte, deadline time.Time) error {
 // it is exactly the next sequence the flusher sends it without reading the
 // store (a broadcast to 19,000 devices would otherwise cost 19,000 read
 // transactions). Anything out of order falls back to the store.
-func (s *session) kickWith(m Message) {
+func (s *session) kickWith(m wire.Message) {
 	s.hintMu.Lock()
 	if len(s.hints) < 64 {
 		s.hints = append(s.hints, m)
@@ -95,13 +96,13 @@ func (s *session) kickWith(m Message) {
 
 // takeHints returns the hints that continue the sequence from sentUpTo.
 // A gap means the store holds something the hints do not: read it.
-func (s *session) takeHints() []Message {
+func (s *session) takeHints() []wire.Message {
 	s.hintMu.Lock()
 	hints := s.hints
 	s.hints = nil
 	s.hintMu.Unlock()
 	next := s.sentUpTo.Load() + 1
-	var out []Message
+	var out []wire.Message
 	for _, m := range hints {
 		switch {
 		case m.Seq < next: // already sent from the store
@@ -178,48 +179,48 @@ func (s *session) readLoop() error {
 	for {
 		// An agent PINGs every keepalive; three missed mean it is gone.
 		s.c.SetReadDeadline(time.Now().Add(3 * keep))
-		typ, body, err := ReadFrame(s.c, &s.hdr, s.small[:0], len(s.small))
+		typ, body, err := wire.ReadFrame(s.c, &s.hdr, s.small[:0], len(s.small))
 		if err != nil {
-			if errors.Is(err, ErrTooLarge) {
-				return s.fail(CodeFrameTooLarge, err.Error())
+			if errors.Is(err, wire.ErrTooLarge) {
+				return s.fail(wire.CodeFrameTooLarge, err.Error())
 			}
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return s.fail(CodeTimeout, "no PING within 3 keepalive intervals")
+				return s.fail(wire.CodeTimeout, "no PING within 3 keepalive intervals")
 			}
 			return err
 		}
 		s.lastSeen.Store(time.Now().UnixNano())
 		switch typ {
-		case TypeAck:
-			seq, err := ParseU64(body)
+		case wire.TypeAck:
+			seq, err := wire.ParseU64(body)
 			if err != nil {
-				return s.fail(CodeProtocol, err.Error())
+				return s.fail(wire.CodeProtocol, err.Error())
 			}
 			s.srv.acked(s.device, seq)
-		case TypePing:
-			v, err := ParseU64(body)
+		case wire.TypePing:
+			v, err := wire.ParseU64(body)
 			if err != nil {
-				return s.fail(CodeProtocol, err.Error())
+				return s.fail(wire.CodeProtocol, err.Error())
 			}
-			if err := s.send(MarshalU64(TypePong, v)); err != nil {
+			if err := s.send(wire.MarshalU64(wire.TypePong, v)); err != nil {
 				return err
 			}
-		case TypePong:
-		case TypeBye:
-			if _, err := ParseBye(body); err != nil {
-				return s.fail(CodeProtocol, err.Error())
+		case wire.TypePong:
+		case wire.TypeBye:
+			if _, err := wire.ParseBye(body); err != nil {
+				return s.fail(wire.CodeProtocol, err.Error())
 			}
 			return nil
-		case TypeError: // the agent gives up on the session: log it, answer nothing
-			e, err := ParseError(body)
+		case wire.TypeError: // the agent gives up on the session: log it, answer nothing
+			e, err := wire.ParseError(body)
 			if err != nil {
-				return s.fail(CodeProtocol, err.Error())
+				return s.fail(wire.CodeProtocol, err.Error())
 			}
 			s.srv.m.IncrCounterWithLabels([]string{"push", "agent_errors"}, 1, []metrics.Label{{Name: "code", Value: fmt.Sprint(e.Code)}})
 			s.srv.log.Info("push: agent closed the session with an error", "device", s.device, "code", e.Code, "reason", e.Reason)
 			return nil
 		default:
-			return s.fail(CodeProtocol, fmt.Sprintf("unexpected frame type 0x%02x from an agent", typ))
+			return s.fail(wire.CodeProtocol, fmt.Sprintf("unexpected frame type 0x%02x from an agent", typ))
 		}
 	}
 }
@@ -228,7 +229,7 @@ func (s *session) readLoop() error {
 // caller closes the connection.
 func (s *session) fail(code uint16, reason string) error {
 	s.srv.m.IncrCounterWithLabels([]string{"push", "errors"}, 1, []metrics.Label{{Name: "code", Value: fmt.Sprint(code)}})
-	s.send((&ErrorFrame{Code: code, Reason: reason}).Marshal())
+	s.send((&wire.ErrorFrame{Code: code, Reason: reason}).Marshal())
 	return fmt.Errorf("push: %s: %s", s.device, reason)
 }
 

@@ -20,7 +20,7 @@ import (
 	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/config"
 	"github.com/dpgate/dpgate/internal/store"
-	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -371,8 +371,8 @@ certificate to the allow-list. The device id is the common name.`, stdout)
 		return usagef("cert agent-gen takes no arguments, got %q", pos)
 	case *cn == "" || *out == "":
 		return usagef("cert agent-gen: --cn and --out are required")
-	case push.CheckDeviceID(*cn) != nil:
-		return usagef("cert agent-gen: --cn: %v (the agent sends it as its device id; docs/PROTOCOL.md)", push.CheckDeviceID(*cn))
+	case wire.CheckDeviceID(*cn) != nil:
+		return usagef("cert agent-gen: --cn: %v (the agent sends it as its device id; docs/PROTOCOL.md)", wire.CheckDeviceID(*cn))
 	case !slices.Contains(tlsconf.KeyTypes, *keyType):
 		return usagef("cert agent-gen: --key %q is not one of %s", *keyType, strings.Join(tlsconf.KeyTypes, ", "))
 	case *days < 1:

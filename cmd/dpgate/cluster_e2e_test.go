@@ -21,8 +21,8 @@ import (
 
 	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/gateway"
-	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -142,7 +142,7 @@ func TestClusterSurvivesKill9(t *testing.T) {
 		servers := append(slices.Clone(pushes[i%nodesN:]), pushes[:i%nodesN]...)
 		c, err := client.New(client.Config{Servers: servers, DeviceID: a.id, TLS: tlsconf.PinnedClientConfig(pinSet, "dpgate"),
 			MaxBackoff: 2 * time.Second, Logger: quiet,
-			OnPush: func(m push.Message) {
+			OnPush: func(m wire.Message) {
 				a.mu.Lock()
 				a.got[string(m.Payload)] = true
 				a.mu.Unlock()

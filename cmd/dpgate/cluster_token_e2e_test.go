@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/dpgate/dpgate/internal/gateway"
-	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -107,7 +107,7 @@ func TestClusterTokenAuth(t *testing.T) {
 		a := &tokenAgent{id: id}
 		c, err := client.New(client.Config{Servers: []string{server}, DeviceID: id, Token: tok,
 			TLS: tlsconf.PinnedClientConfig(pinSet, "dpgate"), MaxBackoff: time.Second, Logger: quiet,
-			OnPush: func(push.Message) {},
+			OnPush: func(wire.Message) {},
 			OnEvent: func(e client.Event) {
 				a.mu.Lock()
 				defer a.mu.Unlock()
@@ -199,7 +199,7 @@ func TestClusterTokenAuth(t *testing.T) {
 		s.cmd.Process.Signal(syscall.SIGHUP)
 		s.waitLog(t, `msg=reloaded .*token_keys=1`)
 	}
-	oldTok := push.IssueToken([]byte("the site's first token key, 32 b"), "agent-late", time.Now().Add(time.Hour))
+	oldTok := wire.IssueToken([]byte("the site's first token key, 32 b"), "agent-late", time.Now().Add(time.Hour))
 	late := runAgent("agent-late", oldTok, pushes[1])
 	waitFor(t, 30*time.Second, func() error {
 		if _, lastErr, _ := late.state(); !strings.Contains(lastErr, "code 3") {

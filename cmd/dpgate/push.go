@@ -19,8 +19,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/dpgate/dpgate/internal/gateway"
-	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 	"github.com/dpgate/dpgate/wake"
 )
@@ -131,7 +131,7 @@ its HELLO; every node holding the key accepts it.`, stdout)
 	if len(pos) != 1 || *days < 1 {
 		return usagef("token issue takes one DEVICE and --days of at least 1")
 	}
-	if err := push.CheckDeviceID(pos[0]); err != nil {
+	if err := wire.CheckDeviceID(pos[0]); err != nil {
 		return usagef("token issue: %v (docs/PROTOCOL.md)", err)
 	}
 	cfg, err := loadConfig(*cfgFile)
@@ -142,7 +142,7 @@ its HELLO; every node holding the key accepts it.`, stdout)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(stdout, push.IssueToken(keys[0], pos[0], time.Now().Add(time.Duration(*days)*24*time.Hour)))
+	fmt.Fprintln(stdout, wire.IssueToken(keys[0], pos[0], time.Now().Add(time.Duration(*days)*24*time.Hour)))
 	return nil
 }
 
@@ -232,7 +232,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		MaxBackoff: *maxBackoff,
 		// Reported in HELLO so wake-up datagrams can reach this agent.
 		LocalAddr: localAddrFor(servers[0]),
-		OnPush: func(m push.Message) {
+		OnPush: func(m wire.Message) {
 			line := map[string]any{
 				"seq":    m.Seq,
 				"id":     hex.EncodeToString(m.ID[:]),

@@ -25,8 +25,8 @@ import (
 
 	"github.com/dpgate/dpgate/internal/gateway"
 	"github.com/dpgate/dpgate/internal/testutil"
-	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -259,7 +259,7 @@ func (s *upgradeSite) startAgent(t *testing.T, id string, quic bool) *upgradeAge
 	a := &upgradeAgent{id: id, got: map[string]bool{}}
 	c, err := client.New(client.Config{Servers: []string{s.pushAddr}, DeviceID: id, TLS: s.gwTLS.Clone(), QUIC: quic,
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond, Logger: testutil.Quiet(),
-		OnPush: func(m push.Message) {
+		OnPush: func(m wire.Message) {
 			a.mu.Lock()
 			a.got[string(m.Payload)] = true
 			a.mu.Unlock()

@@ -13,6 +13,7 @@ import (
 	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -24,9 +25,9 @@ func TestPushAPI(t *testing.T) {
 	// An agent connected over the real listener.
 	addr := g.pushAddr
 	pins, _ := tlsconf.ParsePins([]string{g.Identity().Pin()})
-	got := make(chan push.Message, 10)
+	got := make(chan wire.Message, 10)
 	c, err := client.New(client.Config{Servers: []string{addr}, DeviceID: "pc-1", TLS: tlsconf.PinnedClientConfig(pins, "gw"),
-		OnPush: func(m push.Message) { got <- m }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		OnPush: func(m wire.Message) { got <- m }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

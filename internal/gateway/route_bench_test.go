@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -37,7 +37,7 @@ func BenchmarkPushLatency(b *testing.B) {
 	got := make(chan time.Time, 1)
 	pins, _ := tlsconf.ParsePins([]string{gs[holderIdx].Identity().Pin()})
 	c, err := client.New(client.Config{Servers: []string{gs[holderIdx].pushAddr}, DeviceID: dev, TLS: tlsconf.PinnedClientConfig(pins, "gw"),
-		OnPush: func(push.Message) { got <- time.Now() }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		OnPush: func(wire.Message) { got <- time.Now() }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		b.Fatal(err)
 	}

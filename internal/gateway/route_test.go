@@ -20,8 +20,8 @@ import (
 	"time"
 
 	"github.com/dpgate/dpgate/internal/admin"
-	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 	"github.com/dpgate/dpgate/wake"
 )
@@ -90,7 +90,7 @@ func startTestAgent(t testing.TB, device string, g *Gateway) *testAgent {
 	var err error
 	a.c, err = client.New(client.Config{Servers: []string{g.pushAddr}, DeviceID: device, TLS: tlsconf.PinnedClientConfig(pins, "gw"),
 		MaxBackoff: 500 * time.Millisecond,
-		OnPush: func(m push.Message) {
+		OnPush: func(m wire.Message) {
 			a.mu.Lock()
 			a.got[string(m.Payload)]++
 			a.mu.Unlock()

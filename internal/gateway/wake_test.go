@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/dpgate/dpgate/internal/admin"
-	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 	"github.com/dpgate/dpgate/wake"
 )
@@ -30,7 +30,7 @@ func TestWakeAPIAndRequests(t *testing.T) {
 	var wakes atomic.Int64
 	pins, _ := tlsconf.ParsePins([]string{g.Identity().Pin()})
 	c, err := client.New(client.Config{Servers: []string{g.pushAddr}, DeviceID: "pc-awake", TLS: tlsconf.PinnedClientConfig(pins, "gw"),
-		OnPush: func(push.Message) {}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		OnPush: func(wire.Message) {}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		OnEvent: func(e client.Event) {
 			if e.Kind == "wake" {
 				wakes.Add(1)

@@ -22,8 +22,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -322,9 +322,9 @@ func (r *runner) startAgents(ctx context.Context, wg *sync.WaitGroup) {
 		for j := range r.nodes {
 			servers = append(servers, r.nodes[(i+j)%len(r.nodes)].pushAddr())
 		}
-		c, err := client.New(client.Config{Servers: servers, DeviceID: a.id, Token: push.IssueToken(key, a.id, time.Now().Add(48*time.Hour)),
+		c, err := client.New(client.Config{Servers: servers, DeviceID: a.id, Token: wire.IssueToken(key, a.id, time.Now().Add(48*time.Hour)),
 			TLS: tlsconf.PinnedClientConfig(pins, "dpgate"), MaxBackoff: 2 * time.Second, Logger: quiet,
-			OnPush: func(m push.Message) {
+			OnPush: func(m wire.Message) {
 				d := Delivery{Device: a.id, Payload: string(m.Payload), ID: hex.EncodeToString(m.ID[:]), Seq: m.Seq, At: time.Now()}
 				a.mu.Lock()
 				d.Server = a.server

@@ -22,7 +22,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
-	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/wire"
 )
 
 // Config configures a Client. Zero values mean the defaults in comments.
@@ -51,7 +51,7 @@ type Config struct {
 	DedupeWindow int
 	// OnPush is called for each new push, in order; the ACK is sent after
 	// it returns. Required.
-	OnPush func(push.Message)
+	OnPush func(wire.Message)
 	// OnEvent, when set, hears connects, disconnects, redirects and drains.
 	OnEvent func(Event)
 	Logger  *slog.Logger // default slog.Default()
@@ -269,7 +269,7 @@ func (k *conn) close() {
 
 func (c *Client) dial(ctx context.Context, addr string) (*conn, error) {
 	cfg := c.cfg.TLS.Clone()
-	cfg.NextProtos = []string{push.ALPN}
+	cfg.NextProtos = []string{wire.ALPN}
 	if !c.cfg.QUIC {
 		nd := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: -1}
 		if c.cfg.SourceIP != nil {
@@ -324,42 +324,42 @@ func (c *Client) session(ctx context.Context, addr string, redirected bool) outc
 	}
 	defer k.close()
 	// Unblock reads when ctx ends.
-	stop := context.AfterFunc(ctx, func() { k.send(push.MarshalBye(0)); k.close() })
+	stop := context.AfterFunc(ctx, func() { k.send(wire.MarshalBye(0)); k.close() })
 	defer stop()
 
-	hello := push.Hello{MinVersion: push.Version, MaxVersion: push.Version, DeviceID: c.cfg.DeviceID,
+	hello := wire.Hello{MinVersion: wire.Version, MaxVersion: wire.Version, DeviceID: c.cfg.DeviceID,
 		MAC: c.cfg.MAC, LocalAddr: c.cfg.LocalAddr, Token: c.cfg.Token, LastAck: 0}
 	if redirected {
-		hello.Caps |= push.CapRedirected
+		hello.Caps |= wire.CapRedirected
 	}
 	if c.cfg.OnEvent != nil {
-		hello.Caps |= push.CapWake // a WAKE frame becomes a "wake" event
+		hello.Caps |= wire.CapWake // a WAKE frame becomes a "wake" event
 	}
 	if err := k.send(hello.Marshal()); err != nil {
 		return outcome{err: err}
 	}
-	var hdr [push.HeaderSize]byte
+	var hdr [wire.HeaderSize]byte
 	buf := make([]byte, 0, 512)
 	k.setRead(time.Now().Add(15 * time.Second))
-	typ, body, err := push.ReadFrame(k.rw, &hdr, buf, push.MaxFrame)
+	typ, body, err := wire.ReadFrame(k.rw, &hdr, buf, wire.MaxFrame)
 	if err != nil {
 		return outcome{err: fmt.Errorf("waiting for WELCOME: %w", err)}
 	}
 	switch typ {
-	case push.TypeRedirect:
-		r, err := push.ParseRedirect(body)
+	case wire.TypeRedirect:
+		r, err := wire.ParseRedirect(body)
 		if err != nil {
 			return outcome{err: err}
 		}
 		return outcome{redirect: r.Address}
-	case push.TypeError:
-		e, _ := push.ParseError(body)
+	case wire.TypeError:
+		e, _ := wire.ParseError(body)
 		return outcome{err: fmt.Errorf("server refused the session: code %d: %s", e.Code, e.Reason)}
-	case push.TypeWelcome:
+	case wire.TypeWelcome:
 	default:
 		return outcome{err: fmt.Errorf("expected WELCOME, got frame type 0x%02x", typ)}
 	}
-	w, err := push.ParseWelcome(body)
+	w, err := wire.ParseWelcome(body)
 	if err != nil {
 		return outcome{err: err}
 	}
@@ -389,7 +389,7 @@ func (c *Client) session(ctx context.Context, addr string, redirected bool) outc
 			case <-pingDone:
 				return
 			case <-t.C:
-				if k.send(push.MarshalU64(push.TypePing, n)) != nil {
+				if k.send(wire.MarshalU64(wire.TypePing, n)) != nil {
 					return
 				}
 			}
@@ -398,17 +398,17 @@ func (c *Client) session(ctx context.Context, addr string, redirected bool) outc
 	out := outcome{welcomed: true}
 	for {
 		k.setRead(time.Now().Add(3 * keep))
-		typ, body, err := push.ReadFrame(k.rw, &hdr, buf, push.MaxFrame)
+		typ, body, err := wire.ReadFrame(k.rw, &hdr, buf, wire.MaxFrame)
 		if err != nil {
 			out.err = err
 			c.event(Event{Kind: "disconnected", Server: addr, Err: err})
 			return out
 		}
 		switch typ {
-		case push.TypePush:
-			m, err := push.ParseMessage(body)
+		case wire.TypePush:
+			m, err := wire.ParseMessage(body)
 			if err != nil {
-				k.send((&push.ErrorFrame{Code: push.CodeProtocol, Reason: err.Error()}).Marshal())
+				k.send((&wire.ErrorFrame{Code: wire.CodeProtocol, Reason: err.Error()}).Marshal())
 				out.err = err
 				return out
 			}
@@ -419,36 +419,36 @@ func (c *Client) session(ctx context.Context, addr string, redirected bool) outc
 			} else {
 				c.dups.Add(1)
 			}
-			if err := k.send(push.MarshalU64(push.TypeAck, m.Seq)); err != nil {
+			if err := k.send(wire.MarshalU64(wire.TypeAck, m.Seq)); err != nil {
 				out.err = err
 				return out
 			}
-		case push.TypePong, push.TypePing:
-			if typ == push.TypePing {
-				v, _ := push.ParseU64(body)
-				k.send(push.MarshalU64(push.TypePong, v))
+		case wire.TypePong, wire.TypePing:
+			if typ == wire.TypePing {
+				v, _ := wire.ParseU64(body)
+				k.send(wire.MarshalU64(wire.TypePong, v))
 			}
-		case push.TypeRedirect:
+		case wire.TypeRedirect:
 			// The cluster moves this agent to a less loaded node.
-			r, err := push.ParseRedirect(body)
+			r, err := wire.ParseRedirect(body)
 			if err != nil {
 				out.err = err
 				return out
 			}
 			out.redirect = r.Address
 			return out
-		case push.TypeDrain:
-			d, _ := push.ParseDrain(body)
+		case wire.TypeDrain:
+			d, _ := wire.ParseDrain(body)
 			out.drain = max(time.Duration(d.DelayMillis)*time.Millisecond, time.Millisecond)
 			return out
-		case push.TypeError:
-			e, _ := push.ParseError(body)
+		case wire.TypeError:
+			e, _ := wire.ParseError(body)
 			out.err = fmt.Errorf("server closed the session: code %d: %s", e.Code, e.Reason)
-			out.replaced = e.Code == push.CodeReplaced
+			out.replaced = e.Code == wire.CodeReplaced
 			return out
-		case push.TypeWake:
+		case wire.TypeWake:
 			c.event(Event{Kind: "wake", Server: addr}) // connected already: the agent syncs
-		case push.TypeBye:
+		case wire.TypeBye:
 			return out
 		default:
 			out.err = fmt.Errorf("unexpected frame type 0x%02x", typ)

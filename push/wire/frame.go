@@ -1,4 +1,10 @@
-package push
+// Package wire is the push protocol's wire format (docs/PROTOCOL.md):
+// frame types, error codes and capabilities, the frames' encoders and
+// decoders (frame.go), and the HMAC device tokens of push.auth token
+// (token.go). It needs the standard library only, so that an agent
+// (push/client) links nothing of the server: push serves it, push/client
+// speaks it.
+package wire
 
 import (
 	"encoding/binary"
