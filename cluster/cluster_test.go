@@ -19,6 +19,7 @@ import (
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/push/queue"
 	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -403,9 +404,9 @@ func TestAgentsSpreadOverNodes(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { db.Close() })
-		reg, _ := push.NewRegistry(db)
+		reg, _ := queue.NewRegistry(db)
 		nd := nodes[i]
-		s, err := push.New(push.Config{Identity: id, Auth: push.AuthNone, Queue: push.NewQueue(db), Registry: reg,
+		s, err := push.New(push.Config{Identity: id, Auth: push.AuthNone, Queue: queue.NewQueue(db), Registry: reg,
 			Redirect: nd.RedirectTarget, Nodes: nd.PushNodes, AcceptRate: 100000, Logger: quiet})
 		if err != nil {
 			t.Fatal(err)

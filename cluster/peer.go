@@ -18,7 +18,7 @@ import (
 
 	metrics "github.com/hashicorp/go-metrics"
 
-	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/queue"
 	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -114,7 +114,7 @@ func (h *hexID) UnmarshalText(b []byte) error {
 
 // wireItem is a push copy between nodes, with the node that accepted it.
 type wireItem struct {
-	push.Item
+	queue.Item
 	Origin string
 }
 
@@ -313,7 +313,7 @@ func (pn *peerNet) wake(ctx context.Context, node, device string, relay bool) (s
 }
 
 // store sends copies of pushes this node accepted.
-func (pn *peerNet) store(ctx context.Context, node string, items []push.Item) error {
+func (pn *peerNet) store(ctx context.Context, node string, items []queue.Item) error {
 	ws := make([]wireItem, len(items))
 	for i, it := range items {
 		ws[i] = wireItem{Item: it, Origin: pn.r.self}

@@ -15,7 +15,7 @@ import (
 
 	metrics "github.com/hashicorp/go-metrics"
 
-	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/queue"
 	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -34,7 +34,7 @@ import (
 
 // Local is this node's push server as the router uses it (*push.Server).
 type Local interface {
-	Insert(items []push.Item) ([]push.Item, error)
+	Insert(items []queue.Item) ([]queue.Item, error)
 	Remove(device string, ids [][16]byte, acked bool) error
 	Pending(device string) ([]wire.Message, error)
 	QueuedDevices() []string
@@ -282,7 +282,7 @@ type Accepted struct {
 // own store fails.
 func (r *Router) Push(ctx context.Context, devices []string, payload []byte, ttl time.Duration) ([]Accepted, error) {
 	expiry := time.Now().Add(ttl).UnixMilli()
-	items := make([]push.Item, len(devices))
+	items := make([]queue.Item, len(devices))
 	for i, d := range devices {
 		items[i].Device = d
 		rand.Read(items[i].ID[:])
@@ -290,8 +290,8 @@ func (r *Router) Push(ctx context.Context, devices []string, payload []byte, ttl
 		items[i].Payload = payload
 	}
 	nodes := r.nodes()
-	var local []push.Item
-	remote := map[string][]push.Item{}
+	var local []queue.Item
+	remote := map[string][]queue.Item{}
 	copies := make(map[[16]byte]int, len(items))
 	for _, it := range items {
 		owners := r.owners(it.Device, nodes)
@@ -309,7 +309,7 @@ func (r *Router) Push(ctx context.Context, devices []string, payload []byte, ttl
 	}
 	type result struct {
 		node  string
-		items []push.Item
+		items []queue.Item
 		err   error
 	}
 	results := make(chan result, len(remote))
@@ -335,7 +335,7 @@ func (r *Router) Push(ctx context.Context, devices []string, payload []byte, ttl
 		// the other owner's copy (the holder drops the second by id).
 		r.forward(r.self, added)
 	}
-	var fallback []push.Item
+	var fallback []queue.Item
 	for range remote {
 		res := <-results
 		if res.err != nil {
@@ -370,7 +370,7 @@ func (r *Router) Push(ctx context.Context, devices []string, payload []byte, ttl
 // accepted them, and pass them on to the device's holder when that is a
 // third node.
 func (r *Router) stored(from string, items []wireItem) error {
-	its := make([]push.Item, len(items))
+	its := make([]queue.Item, len(items))
 	for i, w := range items {
 		its[i] = w.Item
 	}
@@ -394,7 +394,7 @@ func (r *Router) stored(from string, items []wireItem) error {
 
 // forward passes pushes just committed here on to their devices' holders
 // when those are other nodes than this one and from (which has them).
-func (r *Router) forward(from string, added []push.Item) {
+func (r *Router) forward(from string, added []queue.Item) {
 	fwd := map[string][]wireItem{}
 	r.mu.Lock()
 	for _, it := range added {
@@ -462,7 +462,7 @@ func (r *Router) sendPending(device, holder string) {
 	ws := make([]wireItem, len(msgs))
 	r.mu.Lock()
 	for i, m := range msgs {
-		ws[i] = wireItem{Item: push.Item{Device: device, Message: m}, Origin: r.origins[m.ID]}
+		ws[i] = wireItem{Item: queue.Item{Device: device, Message: m}, Origin: r.origins[m.ID]}
 	}
 	r.mu.Unlock()
 	r.outbox(holder).addItems(ws)
@@ -691,7 +691,7 @@ func (r *Router) rebalance(ctx context.Context, nodes, prev []Member, afterChang
 				continue
 			}
 			for _, m := range msgs {
-				send[o] = append(send[o], wireItem{Item: push.Item{Device: d, Message: m}, Origin: r.origins[m.ID]})
+				send[o] = append(send[o], wireItem{Item: queue.Item{Device: d, Message: m}, Origin: r.origins[m.ID]})
 			}
 			need[d] = append(need[d], o)
 		}

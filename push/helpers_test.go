@@ -18,6 +18,7 @@ import (
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/push/queue"
 	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -28,7 +29,7 @@ type testServer struct {
 	addr, quicAddr string
 	id             *tlsconf.Identity
 	allow          *tlsconf.AllowList
-	queue          *push.Queue
+	queue          *queue.Queue
 	ca             tls.Certificate
 	tokenKey       []byte
 	sink           *metrics.InmemSink
@@ -49,7 +50,7 @@ func newTestServer(t testing.TB, tweak func(*push.Config)) *testServer {
 		t.Fatal(err)
 	}
 	allow, _ := tlsconf.NewAllowList(db)
-	reg, err := push.NewRegistry(db)
+	reg, err := queue.NewRegistry(db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +58,7 @@ func newTestServer(t testing.TB, tweak func(*push.Config)) *testServer {
 	mcfg := metrics.DefaultConfig("dpgate")
 	mcfg.EnableHostname, mcfg.EnableRuntimeMetrics = false, false
 	m, _ := metrics.New(mcfg, sink)
-	ts := &testServer{id: id, allow: allow, queue: push.NewQueue(db), tokenKey: []byte("0123456789abcdef0123456789abcdef"), sink: sink}
+	ts := &testServer{id: id, allow: allow, queue: queue.NewQueue(db), tokenKey: []byte("0123456789abcdef0123456789abcdef"), sink: sink}
 	ts.ca, _ = tlsconf.Issue(tlsconf.Template{CommonName: "agent CA", CA: true}, nil)
 	cfg := push.Config{
 		Identity: id, AllowList: allow, Queue: ts.queue, Registry: reg, TokenKeys: [][]byte{ts.tokenKey},

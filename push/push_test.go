@@ -16,6 +16,7 @@ import (
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/client"
+	"github.com/dpgate/dpgate/push/queue"
 	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -506,12 +507,12 @@ func TestLateCopyOfAnAcknowledgedPush(t *testing.T) {
 	const rounds = 300
 	var wg sync.WaitGroup
 	for i := range rounds {
-		it := push.Item{Device: fmt.Sprintf("late-%d", i%10), Message: wire.Message{Expiry: time.Now().Add(time.Hour).UnixMilli(), Payload: []byte("x")}}
+		it := queue.Item{Device: fmt.Sprintf("late-%d", i%10), Message: wire.Message{Expiry: time.Now().Add(time.Hour).UnixMilli(), Payload: []byte("x")}}
 		it.ID[0], it.ID[1] = byte(i), byte(i>>8)
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
-			if _, err := ts.Insert([]push.Item{it}); err != nil {
+			if _, err := ts.Insert([]queue.Item{it}); err != nil {
 				t.Error(err)
 			}
 		}()

@@ -4,9 +4,9 @@
 // pushes reach them in milliseconds, at least once.
 //
 // Pieces: push/wire is the wire format (docs/PROTOCOL.md) and the HMAC
-// device tokens, all an agent needs; queue.go the durable per-device
+// device tokens, all an agent needs; push/queue the durable per-device
 // queue on bbolt (a push is fsynced before the API answers, removed on
-// ACK, expired after its TTL); registry.go the device table; session.go
+// ACK, expired after its TTL) and the device table; session.go
 // one agent connection; this file accepts, authenticates and routes
 // pushes to sessions; quic.go the QUIC listener. The agent side is
 // push/client, which depends on push/wire alone.
@@ -32,6 +32,7 @@ import (
 
 	"github.com/dpgate/dpgate/internal/ratelimit"
 	"github.com/dpgate/dpgate/link"
+	"github.com/dpgate/dpgate/push/queue"
 	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -51,8 +52,8 @@ type Config struct {
 	// TokenKeys verify device tokens (any of them); required for
 	// AuthToken, each at least 16 bytes. SetTokenKeys replaces them live.
 	TokenKeys [][]byte
-	Queue     *Queue    // required
-	Registry  *Registry // required
+	Queue     *queue.Queue    // required
+	Registry  *queue.Registry // required
 
 	// Keepalive is the PING interval agents are told to keep. Default: 30s.
 	Keepalive time.Duration
@@ -175,8 +176,8 @@ type Server struct {
 	cfg    Config
 	log    *slog.Logger
 	m      *metrics.Metrics
-	queue  *Queue
-	reg    *Registry
+	queue  *queue.Queue
+	reg    *queue.Registry
 	tls    *tls.Config // QUIC and agents
 	tcpTLS *tls.Config // tls, plus peers of the cluster when configured
 	accept *rate.Limiter
@@ -737,9 +738,9 @@ func (s *Server) WaitID(ctx context.Context, id [16]byte) error {
 // Insert commits copies of pushes accepted on another node of the cluster
 // (skipping ids already queued or acknowledged lately) and starts their
 // delivery to devices connected here. It returns the items added.
-func (s *Server) Insert(items []Item) ([]Item, error) {
+func (s *Server) Insert(items []queue.Item) ([]queue.Item, error) {
 	s.ackMu.Lock()
-	fresh := slices.DeleteFunc(slices.Clone(items), func(it Item) bool {
+	fresh := slices.DeleteFunc(slices.Clone(items), func(it queue.Item) bool {
 		_, done := s.recent[it.ID]
 		return done
 	})
@@ -756,7 +757,7 @@ func (s *Server) Insert(items []Item) ([]Item, error) {
 	// other): take those out again.
 	s.ackMu.Lock()
 	late := map[string][][16]byte{}
-	added = slices.DeleteFunc(added, func(it Item) bool {
+	added = slices.DeleteFunc(added, func(it queue.Item) bool {
 		_, done := s.recent[it.ID]
 		if done {
 			late[it.Device] = append(late[it.Device], it.ID)

@@ -18,6 +18,7 @@ import (
 	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/config"
 	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/queue"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -69,7 +70,7 @@ func (g *Gateway) newPush() (*push.Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	reg, err := push.NewRegistry(g.db)
+	reg, err := queue.NewRegistry(g.db)
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +83,7 @@ func (g *Gateway) newPush() (*push.Server, error) {
 		AllowList:          g.allow,
 		Auth:               c.Auth,
 		TokenKeys:          keys,
-		Queue:              push.NewQueue(g.db),
+		Queue:              queue.NewQueue(g.db),
 		Registry:           reg,
 		Keepalive:          c.Keepalive.D(),
 		MaxConnections:     c.MaxConnections,

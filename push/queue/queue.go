@@ -1,4 +1,10 @@
-package push
+// Package queue is the push server's durable state in the store (bbolt):
+// the per-device push queue (queue.go: a push is fsynced before the API
+// answers, removed on ACK, expired after its TTL) and the device table
+// (registry.go: who said HELLO, from where, with which MAC and address
+// for wake-ups). push serves from it; the cluster router inserts the
+// copies other nodes send.
+package queue
 
 import (
 	"crypto/rand"
