@@ -46,7 +46,7 @@ func TestDeliveryConnectedAndOffline(t *testing.T) {
 			m, _ := ts.Push("dev-1", []byte("live"), time.Hour)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			if err := ts.WaitAck(ctx, "dev-1", m.Seq); err != nil {
+			if err := ts.WaitID(ctx, m.ID); err != nil {
 				t.Fatalf("no ACK for the live push: %v", err)
 			}
 			if got := a.next(t); string(got.Payload) != "live" {

@@ -200,7 +200,6 @@ type Server struct {
 
 	mu        sync.Mutex
 	sessions  map[string]*session
-	waiters   map[string]map[uint64][]chan struct{}
 	listeners []func() // close functions of the listeners
 	// transports are the QUIC transports, closed once their sessions
 	// are gone: closing one ends every connection on it at once, with
@@ -241,7 +240,6 @@ func New(cfg Config) (*Server, error) {
 		sourceLog: rate.Sometimes{Interval: time.Minute},
 		done:      make(chan struct{}),
 		sessions:  map[string]*session{},
-		waiters:   map[string]map[uint64][]chan struct{}{},
 		raw:       map[conn]struct{}{},
 		recent:    map[[16]byte]struct{}{},
 
@@ -652,7 +650,7 @@ func (s *Server) Check(devices []string, payload []byte) error {
 // ErrBadDevice is returned for a device id the protocol cannot carry.
 var ErrBadDevice = errors.New("push: bad device id")
 
-// acked removes an acknowledged push and wakes anyone waiting for it.
+// acked removes an acknowledged push and wakes the WaitID callers of its id.
 func (s *Server) acked(device string, seq uint64) {
 	id, found, err := s.queue.Ack(device, seq)
 	if err != nil {
@@ -665,21 +663,6 @@ func (s *Server) acked(device string, seq uint64) {
 		if s.cfg.OnAck != nil {
 			s.cfg.OnAck(device, id)
 		}
-	}
-	s.wakeSeq(device, seq)
-}
-
-// wakeSeq wakes the WaitAck callers of one sequence.
-func (s *Server) wakeSeq(device string, seq uint64) {
-	s.mu.Lock()
-	chans := s.waiters[device][seq]
-	delete(s.waiters[device], seq)
-	if len(s.waiters[device]) == 0 {
-		delete(s.waiters, device)
-	}
-	s.mu.Unlock()
-	for _, ch := range chans {
-		close(ch)
 	}
 }
 
@@ -766,7 +749,7 @@ func (s *Server) Insert(items []queue.Item) ([]queue.Item, error) {
 	})
 	s.ackMu.Unlock()
 	for dev, ids := range late {
-		if _, err := s.queue.Remove(dev, ids); err != nil {
+		if err := s.queue.Remove(dev, ids); err != nil {
 			return added, err
 		}
 	}
@@ -794,16 +777,7 @@ func (s *Server) Remove(device string, ids [][16]byte, acked bool) error {
 	if acked { // first, so an Insert committing these ids now drops them after
 		s.ackedIDs(ids)
 	}
-	seqs, err := s.queue.Remove(device, ids)
-	if err != nil {
-		return err
-	}
-	if acked {
-		for _, seq := range seqs {
-			s.wakeSeq(device, seq)
-		}
-	}
-	return nil
+	return s.queue.Remove(device, ids)
 }
 
 // Pending returns what is queued for a device, oldest first (at most
@@ -832,49 +806,6 @@ func (s *Server) HeldDevices() map[string]time.Time {
 		out[d] = ss.since
 	}
 	return out
-}
-
-// WaitAck waits until seq is no longer queued for the device (it was
-// acknowledged, or it expired: the caller tells them apart by the expiry)
-// or ctx ends.
-func (s *Server) WaitAck(ctx context.Context, device string, seq uint64) error {
-	ch := make(chan struct{})
-	s.mu.Lock()
-	if s.waiters[device] == nil {
-		s.waiters[device] = map[uint64][]chan struct{}{}
-	}
-	s.waiters[device][seq] = append(s.waiters[device][seq], ch)
-	s.mu.Unlock()
-	// Acknowledged before we registered: it is no longer queued.
-	if pending, err := s.queue.Pending(device, seq-1, 1); err == nil && (len(pending) == 0 || pending[0].Seq != seq) {
-		s.dropWaiter(device, seq, ch)
-		return nil
-	}
-	select {
-	case <-ch:
-		return nil
-	case <-ctx.Done():
-		s.dropWaiter(device, seq, ch)
-		return ctx.Err()
-	}
-}
-
-func (s *Server) dropWaiter(device string, seq uint64, ch chan struct{}) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	list := s.waiters[device][seq]
-	for i, c := range list {
-		if c == ch {
-			s.waiters[device][seq] = append(list[:i], list[i+1:]...)
-			break
-		}
-	}
-	if len(s.waiters[device][seq]) == 0 {
-		delete(s.waiters[device], seq)
-	}
-	if len(s.waiters[device]) == 0 {
-		delete(s.waiters, device)
-	}
 }
 
 // every calls fn every d until the server stops (one of the server's

@@ -225,12 +225,9 @@ func hasID(db *bolt.Bucket, id [16]byte) bool {
 }
 
 // Remove deletes a device's messages by id (acknowledged on another node,
-// or handed over to the nodes that keep them now) and returns the
-// sequences it removed.
-func (q *Queue) Remove(device string, ids [][16]byte) ([]uint64, error) {
-	var seqs []uint64
-	err := q.db.Batch(func(tx *bolt.Tx) error {
-		seqs = seqs[:0]
+// or handed over to the nodes that keep them now).
+func (q *Queue) Remove(device string, ids [][16]byte) error {
+	return q.db.Batch(func(tx *bolt.Tx) error {
 		db := deviceBucket(tx, device)
 		if db == nil {
 			return nil
@@ -238,7 +235,6 @@ func (q *Queue) Remove(device string, ids [][16]byte) ([]uint64, error) {
 		c := db.Cursor()
 		for k, v := c.First(); k != nil; {
 			if m, err := decodeStored(k, v); err == nil && slices.Contains(ids, m.ID) {
-				seqs = append(seqs, binary.BigEndian.Uint64(k))
 				if err := c.Delete(); err != nil {
 					return err
 				}
@@ -249,7 +245,6 @@ func (q *Queue) Remove(device string, ids [][16]byte) ([]uint64, error) {
 		}
 		return nil
 	})
-	return seqs, err
 }
 
 // Devices lists the devices with queued messages.
