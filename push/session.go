@@ -2,6 +2,7 @@ package push
 
 import (
 	"crypto/rand"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -242,4 +243,128 @@ func (s *session) close() {
 func newSessionID() (id [16]byte) {
 	rand.Read(id[:])
 	return id
+}
+
+// startSession reads HELLO, authenticates it, and runs the session on a
+// new goroutine. It owns c and the connection count from here.
+func (s *Server) startSession(c conn, transport string, remote, local net.Addr, peer *x509.Certificate) {
+	var hdr [wire.HeaderSize]byte
+	c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	typ, body, err := wire.ReadFrame(c, &hdr, nil, 2048)
+	abort := func(code uint16, reason string) {
+		s.m.IncrCounterWithLabels([]string{"push", "errors"}, 1, []metrics.Label{{Name: "code", Value: fmt.Sprint(code)}})
+		c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		c.Write((&wire.ErrorFrame{Code: code, Reason: reason}).Marshal())
+		c.Close()
+		s.conns.Add(-1)
+		s.log.Debug("push: session refused", "agent", remote.String(), "code", code, "reason", reason)
+	}
+	switch {
+	case errors.Is(err, wire.ErrTooLarge):
+		abort(wire.CodeFrameTooLarge, err.Error())
+		return
+	case err != nil:
+		abort(wire.CodeTimeout, "no HELLO: "+err.Error())
+		return
+	case typ != wire.TypeHello:
+		abort(wire.CodeProtocol, fmt.Sprintf("first frame must be HELLO, got type 0x%02x", typ))
+		return
+	}
+	h, err := wire.ParseHello(body)
+	if err != nil {
+		abort(wire.CodeProtocol, err.Error())
+		return
+	}
+	if h.MinVersion > wire.Version || h.MaxVersion < wire.Version {
+		abort(wire.CodeVersion, fmt.Sprintf("server speaks version %d, agent %d..%d", wire.Version, h.MinVersion, h.MaxVersion))
+		return
+	}
+	if err := s.authenticate(&h, peer); err != nil {
+		s.m.IncrCounterWithLabels([]string{"push", "auth_failed"}, 1, []metrics.Label{{Name: "reason", Value: "hello"}})
+		abort(wire.CodeAuth, err.Error())
+		return
+	}
+	if s.cfg.Redirect != nil {
+		if addr, ok := s.cfg.Redirect(s.Sessions(), h.Caps&wire.CapRedirected != 0); ok {
+			c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+			c.Write((&wire.Redirect{Reason: 2, Address: addr}).Marshal())
+			c.Close()
+			s.conns.Add(-1)
+			s.m.IncrCounter([]string{"push", "redirected"}, 1)
+			return
+		}
+	}
+	ss := &session{srv: s, c: c, device: h.DeviceID, caps: h.Caps, transport: transport, remote: remote, since: time.Now(), id: newSessionID()}
+	ss.lastSeen.Store(ss.since.UnixNano())
+	nodes := []string{local.String()}
+	if s.cfg.Nodes != nil {
+		nodes = s.cfg.Nodes()
+	}
+	welcome := &wire.Welcome{Version: wire.Version, Session: ss.id, Keepalive: uint16(s.cfg.Keepalive / time.Second), Nodes: nodes}
+	// The session enters the map under the same lock Shutdown takes to set
+	// draining and list sessions, so no session is missed by the DRAIN;
+	// its write lock is held until WELCOME is out, so nothing (a DRAIN, a
+	// PUSH) can overtake the WELCOME.
+	ss.wmu.Lock()
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		ss.wmu.Unlock()
+		abort(wire.CodeShutdown, "server is shutting down")
+		return
+	}
+	old := s.sessions[ss.device]
+	s.sessions[ss.device] = ss
+	s.raw[c] = struct{}{}
+	s.mu.Unlock()
+	c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+	_, err = c.Write(welcome.Marshal())
+	ss.wmu.Unlock()
+	if err != nil {
+		s.unregister(ss)
+		c.Close()
+		s.conns.Add(-1)
+		return
+	}
+	if old != nil {
+		old.send((&wire.ErrorFrame{Code: wire.CodeReplaced, Reason: "the device connected again"}).Marshal())
+		old.close()
+	}
+	if err := s.reg.Seen(ss.device, ss.remote, &h, ss.since); err != nil {
+		s.log.Error("push: device registry", "device", ss.device, "err", err)
+	}
+	if s.cfg.OnSession != nil {
+		s.cfg.OnSession(ss.device, true, ss.since)
+	}
+	s.m.IncrCounterWithLabels([]string{"push", "sessions", "started"}, 1, []metrics.Label{{Name: "transport", Value: ss.transport}})
+	ss.kick() // everything still queued, from the first message
+	s.wg.Add(1)
+	go s.runSession(ss) // ends when the agent goes
+}
+
+// unregister removes a session from the maps if it is still the current
+// one, and reports whether it was.
+func (s *Server) unregister(ss *session) bool {
+	s.mu.Lock()
+	current := s.sessions[ss.device] == ss
+	if current {
+		delete(s.sessions, ss.device)
+	}
+	delete(s.raw, ss.c)
+	s.mu.Unlock()
+	return current
+}
+
+func (s *Server) runSession(ss *session) {
+	defer s.wg.Done()
+	err := ss.readLoop()
+	ss.close()
+	if s.unregister(ss) && s.cfg.OnSession != nil {
+		s.cfg.OnSession(ss.device, false, ss.since)
+	}
+	s.conns.Add(-1)
+	s.reg.Seen(ss.device, ss.remote, nil, time.Now())
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		s.log.Debug("push: session ended", "device", ss.device, "err", err)
+	}
 }

@@ -1,0 +1,218 @@
+package push
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"time"
+
+	metrics "github.com/hashicorp/go-metrics"
+
+	"github.com/dpgate/dpgate/push/wire"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// Serve accepts TLS-over-TCP agents on ln until Shutdown or Close.
+func (s *Server) Serve(ln net.Listener) error {
+	if !s.addListener(func() { ln.Close() }) {
+		ln.Close()
+		return nil
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.stopped() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			s.log.Warn("push: accept failed", "err", err)
+			time.Sleep(50 * time.Millisecond) // e.g. out of descriptors: do not spin
+			continue
+		}
+		if !s.fromSource(c.RemoteAddr()) {
+			c.Close() // before any TLS work
+			continue
+		}
+		s.accept.Wait(context.Background()) // smooth reconnect storms
+		if !s.admit() {
+			s.refuseOverloaded(c)
+			continue
+		}
+		s.wg.Add(1)
+		go func() { // ends when the handshake fails or hands over to a session
+			defer s.wg.Done()
+			s.serveTLS(c)
+		}()
+	}
+}
+
+func (s *Server) addListener(closeFn func()) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return false
+	}
+	s.listeners = append(s.listeners, closeFn)
+	return true
+}
+
+func (s *Server) stopped() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// fromSource applies SourceRate to a new connection from addr.
+func (s *Server) fromSource(addr net.Addr) bool {
+	if s.source.Allow(addr, time.Now()) {
+		return true
+	}
+	s.m.IncrCounterWithLabels([]string{"push", "refused"}, 1, []metrics.Label{{Name: "reason", Value: "source_rate"}})
+	s.sourceLog.Do(func() {
+		s.log.Warn("push: connections refused over push.source_rate (logged once a minute; counted in dpgate_push_refused{reason=\"source_rate\"})",
+			"source", addr.String(), "limit_per_second", s.cfg.SourceRate)
+	})
+	return false
+}
+
+// maxRefusing bounds the connections being told ERROR 5 at once; beyond
+// it a connection over the limit is closed without a word.
+const maxRefusing = 64
+
+// refuseOverloaded answers a TLS connection over MaxConnections the way
+// the protocol says, on its own goroutine: the handshake, the agent's
+// HELLO (so closing leaves nothing unread that would reset the
+// connection), ERROR 5, close. At most maxRefusing at a time, each
+// bounded by the handshake timeout.
+func (s *Server) refuseOverloaded(raw net.Conn) {
+	select {
+	case s.refusing <- struct{}{}:
+	default:
+		raw.Close()
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer func() { <-s.refusing; s.wg.Done() }()
+		tc := tls.Server(raw, s.tcpTLS)
+		raw.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+		if err := tc.Handshake(); err != nil {
+			raw.Close()
+			return
+		}
+		if tc.ConnectionState().NegotiatedProtocol == wire.PeerALPN && s.cfg.Peer != nil {
+			raw.SetDeadline(time.Time{})
+			s.cfg.Peer(tc) // the agents' limit is not the cluster's; Peer owns tc
+			return
+		}
+		defer raw.Close()
+		var hdr [wire.HeaderSize]byte
+		if _, _, err := wire.ReadFrame(tc, &hdr, nil, 2048); err != nil {
+			return
+		}
+		s.m.IncrCounterWithLabels([]string{"push", "errors"}, 1, []metrics.Label{{Name: "code", Value: fmt.Sprint(wire.CodeOverloaded)}})
+		tc.Write((&wire.ErrorFrame{Code: wire.CodeOverloaded, Reason: "connection limit reached; try another node"}).Marshal())
+	}()
+}
+
+// checkKeys says why keys cannot verify device tokens.
+func checkKeys(keys [][]byte) error {
+	if len(keys) == 0 {
+		return errors.New("push: auth token needs at least one token key")
+	}
+	for _, k := range keys {
+		if len(k) < 16 {
+			return fmt.Errorf("push: a token key of %d bytes; at least 16", len(k))
+		}
+	}
+	return nil
+}
+
+// SetTokenKeys replaces the keys that verify device tokens (a reload after
+// a key was added or retired); sessions already up are not touched.
+func (s *Server) SetTokenKeys(keys [][]byte) error {
+	if err := checkKeys(keys); err != nil {
+		return err
+	}
+	keys = slices.Clone(keys)
+	s.tokenKeys.Store(&keys)
+	return nil
+}
+
+// admit counts a connection against MaxConnections.
+func (s *Server) admit() bool {
+	if s.conns.Add(1) > int64(s.cfg.MaxConnections) {
+		s.conns.Add(-1)
+		s.m.IncrCounterWithLabels([]string{"push", "refused"}, 1, []metrics.Label{{Name: "reason", Value: "max_connections"}})
+		return false
+	}
+	return true
+}
+
+func (s *Server) serveTLS(raw net.Conn) {
+	tc := tls.Server(raw, s.tcpTLS)
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		s.authFailed(raw.RemoteAddr(), err)
+		raw.Close()
+		s.conns.Add(-1)
+		return
+	}
+	if tc.ConnectionState().NegotiatedProtocol == wire.PeerALPN && s.cfg.Peer != nil {
+		s.conns.Add(-1) // a node of the cluster, not an agent
+		s.cfg.Peer(tc)
+		return
+	}
+	var peer *x509.Certificate
+	if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 {
+		peer = certs[0]
+	}
+	// The session runs on a fresh goroutine: the one that did the TLS
+	// handshake has a grown stack that an idle session should not keep.
+	s.startSession(tc, "tls", raw.RemoteAddr(), raw.LocalAddr(), peer)
+}
+
+func (s *Server) authFailed(remote net.Addr, err error) {
+	reason := "tls"
+	var refused *tlsconf.RefusedError
+	if errors.As(err, &refused) {
+		reason = "cert_" + refused.Reason
+		s.log.Warn("push: agent certificate refused", "agent", remote.String(),
+			"fingerprint", refused.Fingerprint, "subject", refused.Subject, "reason", refused.Reason)
+	}
+	s.m.IncrCounterWithLabels([]string{"push", "auth_failed"}, 1, []metrics.Label{{Name: "reason", Value: reason}})
+}
+
+// authenticate checks HELLO's device id against the certificate or token.
+func (s *Server) authenticate(h *wire.Hello, peer *x509.Certificate) error {
+	switch s.cfg.Auth {
+	case AuthCert:
+		if peer == nil {
+			return errors.New("a client certificate is required")
+		}
+		if h.DeviceID != peer.Subject.CommonName && !slices.Contains(peer.DNSNames, h.DeviceID) {
+			return fmt.Errorf("device id %q is not the certificate's (%q)", h.DeviceID, peer.Subject.CommonName)
+		}
+	case AuthToken:
+		dev, err := wire.VerifyToken(*s.tokenKeys.Load(), h.Token, time.Now())
+		if err != nil {
+			return err
+		}
+		if dev != h.DeviceID {
+			return fmt.Errorf("token is for %q, not %q", dev, h.DeviceID)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,146 @@
+package push
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	metrics "github.com/hashicorp/go-metrics"
+
+	"github.com/dpgate/dpgate/push/queue"
+	"github.com/dpgate/dpgate/push/wire"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// Auth modes.
+const (
+	AuthCert  = "cert"
+	AuthToken = "token"
+	AuthNone  = "none"
+)
+
+// Config configures a Server. Zero values mean the defaults in comments.
+type Config struct {
+	Identity  *tlsconf.Identity  // the gateway certificate. Required.
+	AllowList *tlsconf.AllowList // required for AuthCert
+	Auth      string             // AuthCert (default), AuthToken or AuthNone
+	// TokenKeys verify device tokens (any of them); required for
+	// AuthToken, each at least 16 bytes. SetTokenKeys replaces them live.
+	TokenKeys [][]byte
+	Queue     *queue.Queue    // required
+	Registry  *queue.Registry // required
+
+	// Keepalive is the PING interval agents are told to keep. Default: 30s.
+	Keepalive time.Duration
+	// HandshakeTimeout bounds TLS plus HELLO. Default: 10s.
+	HandshakeTimeout time.Duration
+	// WriteTimeout bounds one frame write. Default: 10s.
+	WriteTimeout time.Duration
+	// MaxConnections caps sessions. Default: 100000.
+	MaxConnections int
+	// MaxPayload caps one push's payload in bytes. Default: 4096.
+	MaxPayload int
+	// AcceptRate caps new connections per second, smoothing reconnect
+	// storms (with a burst of a quarter of that). Default: 2000.
+	AcceptRate float64
+	// SourceRate caps new connections per second from one source address
+	// (an IPv6 /64), with a burst of twice that, checked before the accept
+	// budget above so one flooding host cannot queue everyone else behind
+	// it. Default: 200; negative: no limit.
+	SourceRate float64
+	// QUICRetryAbove is how many QUIC handshakes from unvalidated
+	// addresses may be in progress before new ones must first answer a
+	// Retry (address validation, RFC 9000 section 8.1.2). Default: 64;
+	// negative: always.
+	QUICRetryAbove int
+	// ExpireInterval is how often expired pushes are swept. Default: 10s.
+	ExpireInterval time.Duration
+	// PathInterval is how often every session's path figures (TCP_INFO,
+	// QUIC ConnectionStats) are sampled into the metrics. Default: 10s;
+	// negative: never (GET /v1/devices/{id} still reads them on demand).
+	PathInterval time.Duration
+	// Nodes lists push addresses for WELCOME (failover order). Default:
+	// the address the agent connected to.
+	Nodes func() []string
+	// Redirect, when set, is asked for every new session with the count of
+	// sessions held here and whether the agent already comes from a
+	// REDIRECT; if it names another node the agent gets REDIRECT there
+	// instead of WELCOME (the cluster's least-busy rule).
+	Redirect func(sessions int, redirected bool) (addr string, ok bool)
+	// ClassicKeyExchange leaves out the post-quantum hybrid group.
+	ClassicKeyExchange bool
+
+	// Cluster hooks. A TLS client offering ALPN PeerALPN on the push port
+	// is another node of the cluster: it is handshaken with PeerTLS and
+	// its connection handed to Peer. OnSession is called when a device's
+	// session starts and when it ends (not when it is replaced on this
+	// node); OnAck when a device acknowledges a queued push here.
+	PeerTLS   *tls.Config
+	Peer      func(net.Conn)
+	OnSession func(device string, up bool, since time.Time)
+	OnAck     func(device string, id [16]byte)
+
+	Metrics *metrics.Metrics // default metrics.Default()
+	Logger  *slog.Logger     // default slog.Default()
+}
+
+func (c *Config) withDefaults() {
+	if c.Auth == "" {
+		c.Auth = AuthCert
+	}
+	if c.Keepalive == 0 {
+		c.Keepalive = 30 * time.Second
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = 10 * time.Second
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = 100000
+	}
+	if c.MaxPayload == 0 {
+		c.MaxPayload = 4096
+	}
+	if c.AcceptRate == 0 {
+		c.AcceptRate = 2000
+	}
+	if c.SourceRate == 0 {
+		c.SourceRate = 200
+	}
+	if c.QUICRetryAbove == 0 {
+		c.QUICRetryAbove = 64
+	}
+	if c.ExpireInterval == 0 {
+		c.ExpireInterval = 10 * time.Second
+	}
+	if c.PathInterval == 0 {
+		c.PathInterval = 10 * time.Second
+	}
+	if c.Metrics == nil {
+		c.Metrics = metrics.Default()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Identity == nil || c.Queue == nil || c.Registry == nil:
+		return errors.New("push: Identity, Queue and Registry are required")
+	case c.Auth == AuthCert && c.AllowList == nil:
+		return errors.New("push: auth cert needs the AllowList")
+	case c.Auth == AuthToken && checkKeys(c.TokenKeys) != nil:
+		return checkKeys(c.TokenKeys)
+	case c.Auth != AuthCert && c.Auth != AuthToken && c.Auth != AuthNone:
+		return fmt.Errorf("push: unknown auth %q", c.Auth)
+	case c.MaxPayload > wire.MaxFrame-64:
+		return fmt.Errorf("push: MaxPayload %d exceeds the frame limit", c.MaxPayload)
+	}
+	return nil
+}

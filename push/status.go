@@ -1,0 +1,122 @@
+package push
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dpgate/dpgate/link"
+)
+
+// QueuedDevices lists the devices with queued pushes.
+func (s *Server) QueuedDevices() []string { return s.queue.Devices() }
+
+// Holds reports whether the device is connected here.
+func (s *Server) Holds(device string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions[device] != nil
+}
+
+// HeldDevices lists the devices connected here, each with the time its
+// session began (what orders registrations between nodes).
+func (s *Server) HeldDevices() map[string]time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]time.Time, len(s.sessions))
+	for d, ss := range s.sessions {
+		out[d] = ss.since
+	}
+	return out
+}
+
+// DeviceStatus is a device as GET /v1/devices shows it.
+type DeviceStatus struct {
+	ID         string     `json:"id"`
+	Connected  bool       `json:"connected"`
+	Transport  string     `json:"transport,omitempty"`
+	RemoteAddr string     `json:"remote_addr,omitempty"`
+	Since      *time.Time `json:"since,omitempty"`
+	LastSeen   time.Time  `json:"last_seen"`
+	Queued     int        `json:"queued"`
+	// Corrupt counts this device's pushes that failed the store's
+	// checksum: kept aside in the store, never delivered.
+	Corrupt    int        `json:"corrupt_pushes,omitempty"`
+	LocalAddr  string     `json:"local_addr,omitempty"`
+	MAC        string     `json:"mac,omitempty"`
+	ShutDownAt *time.Time `json:"shut_down_at,omitempty"` // the agent said it shuts down
+	// Path is what the connection's transport knows of the agent's path
+	// (TCP_INFO or QUIC ConnectionStats), read when asked.
+	Path *link.PathStats `json:"path,omitempty"`
+}
+
+// Device returns one device's status.
+func (s *Server) Device(id string) (DeviceStatus, bool) {
+	rec, known := s.reg.Get(id)
+	s.mu.Lock()
+	ss := s.sessions[id]
+	s.mu.Unlock()
+	queued, corrupt := s.queue.Len(id)
+	if !known && ss == nil && queued == 0 && corrupt == 0 {
+		return DeviceStatus{}, false
+	}
+	st := DeviceStatus{ID: id, LastSeen: rec.LastSeen, Queued: queued, Corrupt: corrupt, RemoteAddr: rec.LastAddr, LocalAddr: rec.LocalAddr, MAC: rec.MAC, ShutDownAt: rec.ShutDownAt}
+	if ss != nil {
+		since := ss.since.UTC()
+		st.Connected, st.Transport, st.RemoteAddr, st.Since = true, ss.transport, ss.remote.String(), &since
+		st.LastSeen = time.Unix(0, ss.lastSeen.Load()).UTC()
+		if p, ok := ss.path(); ok {
+			st.Path = &p
+		}
+	}
+	return st, true
+}
+
+// Devices returns every known device's status.
+func (s *Server) Devices() []DeviceStatus {
+	var out []DeviceStatus
+	for _, id := range s.reg.IDs() {
+		if d, ok := s.Device(id); ok {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// ErrConnected is returned by RemoveDevice for a device with a session.
+var ErrConnected = errors.New("push: device is connected")
+
+// RemoveDevice forgets a device and drops what is queued for it. A
+// connected device is refused (ErrConnected): it would be known again at
+// once.
+func (s *Server) RemoveDevice(id string) (bool, error) {
+	if s.Holds(id) {
+		return false, fmt.Errorf("%w: %s", ErrConnected, id)
+	}
+	_, known := s.reg.Get(id)
+	queued, _ := s.queue.Len(id)
+	if !known && queued == 0 {
+		return false, nil
+	}
+	return true, s.reg.Remove(id)
+}
+
+// Expired is the number of pushes expired undelivered since start.
+func (s *Server) Expired() uint64 { return s.queue.Expired() }
+
+// ShutDown records a device's shutdown notice: its connection ending now
+// is expected.
+func (s *Server) ShutDown(device string, at time.Time) error {
+	s.m.IncrCounter([]string{"push", "shutdown_notices"}, 1)
+	return s.reg.ShutDown(device, at)
+}
+
+// KnownDevices returns the ids "push to all" reaches.
+func (s *Server) KnownDevices() []string { return s.reg.IDs() }
+
+// Sessions is the number of connected agents.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
