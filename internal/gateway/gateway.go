@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -217,6 +218,7 @@ func Listen(cfg *config.Config) (Listeners, error) { return ListenFrom(cfg, fres
 // process can serve on the sockets of the one it replaces.
 func ListenFrom(cfg *config.Config, socks Sockets) (Listeners, error) {
 	var ls Listeners
+	var listenPacketWith func(key, addr string, open func(string, string) (net.PacketConn, error)) (net.PacketConn, error)
 	// A socket is known by its configuration key and address, so that
 	// two keys on port 0 are two sockets, and a changed address a new one.
 	// (A Unix socket by its path alone: tableflip unlinks that path when
@@ -234,7 +236,10 @@ func ListenFrom(cfg *config.Config, socks Sockets) (Listeners, error) {
 		return ln, nil
 	}
 	listenPacket := func(key, addr string) (net.PacketConn, error) {
-		pc, err := socks.ListenPacketWithCallback("udp", key+" "+addr, func(string, string) (net.PacketConn, error) { return net.ListenPacket("udp", addr) })
+		return listenPacketWith(key, addr, net.ListenPacket)
+	}
+	listenPacketWith = func(key, addr string, open func(string, string) (net.PacketConn, error)) (net.PacketConn, error) {
+		pc, err := socks.ListenPacketWithCallback("udp", key+" "+addr, func(string, string) (net.PacketConn, error) { return open("udp", addr) })
 		if err != nil {
 			ls.Close()
 			return nil, fmt.Errorf("gateway: %s: %w", key, err)
@@ -259,7 +264,11 @@ func ListenFrom(cfg *config.Config, socks Sockets) (Listeners, error) {
 		}
 	}
 	if config.Enabled(cfg.Push.Listen) {
-		if ls.Push, err = listen("push.listen", "tcp", cfg.Push.Listen, net.Listen); err != nil {
+		open := net.Listen
+		if *cfg.Push.QUIC { // QUIC takes the same port number on UDP
+			open = pairedListen("udp")
+		}
+		if ls.Push, err = listen("push.listen", "tcp", cfg.Push.Listen, open); err != nil {
 			return ls, err
 		}
 		if *cfg.Push.QUIC {
@@ -292,7 +301,7 @@ func ListenFrom(cfg *config.Config, socks Sockets) (Listeners, error) {
 		}
 	}
 	if cfg.Cluster.DNS.Listen != "" {
-		if ls.DNSUDP, err = listenPacket("cluster.dns.listen (UDP)", cfg.Cluster.DNS.Listen); err != nil {
+		if ls.DNSUDP, err = listenPacketWith("cluster.dns.listen (UDP)", cfg.Cluster.DNS.Listen, pairedListenPacket("tcp")); err != nil {
 			return ls, err
 		}
 		if ls.DNSTCP, err = listen("cluster.dns.listen (TCP)", "tcp", ls.DNSUDP.LocalAddr().String(), net.Listen); err != nil {
@@ -300,6 +309,58 @@ func ListenFrom(cfg *config.Config, socks Sockets) (Listeners, error) {
 		}
 	}
 	return ls, nil
+}
+
+// pairedListen opens a TCP listener; on port 0, one whose number is free
+// on the other network too, where a second socket takes the same number
+// (QUIC beside TLS). Without that check the second bind failed now and
+// then with "address already in use" (TestGatewaysFormACluster).
+func pairedListen(other string) func(network, addr string) (net.Listener, error) {
+	return func(network, addr string) (net.Listener, error) {
+		for range 20 {
+			ln, err := net.Listen(network, addr)
+			if err != nil || !portZero(addr) || freeOn(other, ln.Addr().String()) {
+				return ln, err
+			}
+			ln.Close()
+		}
+		return net.Listen(network, addr)
+	}
+}
+
+// pairedListenPacket is pairedListen for a UDP socket first (DNS).
+func pairedListenPacket(other string) func(network, addr string) (net.PacketConn, error) {
+	return func(network, addr string) (net.PacketConn, error) {
+		for range 20 {
+			pc, err := net.ListenPacket(network, addr)
+			if err != nil || !portZero(addr) || freeOn(other, pc.LocalAddr().String()) {
+				return pc, err
+			}
+			pc.Close()
+		}
+		return net.ListenPacket(network, addr)
+	}
+}
+
+func portZero(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	return err == nil && port == "0"
+}
+
+// freeOn reports whether addr can be bound on network now.
+func freeOn(network, addr string) bool {
+	var c io.Closer
+	var err error
+	if network == "udp" {
+		c, err = net.ListenPacket(network, addr)
+	} else {
+		c, err = net.Listen(network, addr)
+	}
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 // Close closes every listener that is open.
