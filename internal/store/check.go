@@ -196,7 +196,11 @@ func readFormat(tx *bolt.Tx) int {
 func walkTx(tx *bolt.Tx, visit func(path []string, k, v []byte), unreadable *[]string) {
 	var names [][]byte
 	budget := newBudget(tx)
+	defer budget.close()
 	if err := guard("walk", func() error {
+		if err := budget.pages.check(tx.Cursor().Bucket()); err != nil {
+			return err
+		}
 		return tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
 			budget.spend()
 			names = append(names, slices.Clone(name))
@@ -207,6 +211,10 @@ func walkTx(tx *bolt.Tx, visit func(path []string, k, v []byte), unreadable *[]s
 	}
 	for _, n := range names {
 		var b *bolt.Bucket
+		if err := budget.pages.inlineErr(tx.Cursor().Bucket(), n); err != nil {
+			*unreadable = append(*unreadable, fmt.Sprintf("%s: %v", n, err))
+			continue
+		}
 		if err := guard("walk", func() error { b = tx.Bucket(n); return nil }); err != nil || b == nil {
 			*unreadable = append(*unreadable, fmt.Sprintf("%s: %v", n, err))
 			continue
@@ -219,11 +227,21 @@ func walkTx(tx *bolt.Tx, visit func(path []string, k, v []byte), unreadable *[]s
 // corrupted into a cycle would otherwise be walked forever (or recurse
 // until the stack limit, a fatal error). No file holds more elements than
 // it has 16-byte element headers, nor buckets nested deeper than ours.
-type budget struct{ left int }
+// Its pageTree checks each bucket's pages before a cursor walks them,
+// since a cursor's descent to the first element is not an element.
+type budget struct {
+	left  int
+	pages *pageTree
+}
 
 const maxDepth = 16
 
-func newBudget(tx *bolt.Tx) *budget { return &budget{left: int(tx.Size()/16) + 1024} }
+// newBudget is a walk's budget; close it when the walk is done.
+func newBudget(tx *bolt.Tx) *budget {
+	return &budget{left: int(tx.Size()/16) + 1024, pages: newPageTree(tx)}
+}
+
+func (b *budget) close() { b.pages.close() }
 
 // errCycle is what a walk that ran out of its budget reports.
 var errCycle = errors.New("more records than the file can hold: its pages point in a cycle")
@@ -241,6 +259,9 @@ func walkBucket(b *bolt.Bucket, path []string, visit func(path []string, k, v []
 	}
 	var subs [][]byte
 	err := guard("walk", func() error {
+		if err := bud.pages.check(b); err != nil {
+			return err
+		}
 		c := b.Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
 			bud.spend()
@@ -258,6 +279,10 @@ func walkBucket(b *bolt.Bucket, path []string, visit func(path []string, k, v []
 	for _, s := range subs {
 		var sb *bolt.Bucket
 		sub := append(slices.Clone(path), string(s))
+		if err := bud.pages.inlineErr(b, s); err != nil {
+			*unreadable = append(*unreadable, fmt.Sprintf("%s: %v", strings.Join(sub, "/"), err))
+			continue
+		}
 		if err := guard("walk", func() error { sb = b.Bucket(s); return nil }); err != nil || sb == nil {
 			*unreadable = append(*unreadable, fmt.Sprintf("%s: %v", strings.Join(sub, "/"), err))
 			continue

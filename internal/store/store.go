@@ -290,15 +290,22 @@ func pageHeaders(path string, pageSize, size int64) error {
 func touchAll(tx *bolt.Tx) error {
 	var sum uint32
 	bud := newBudget(tx)
+	defer bud.close()
 	var walk func(b *bolt.Bucket, depth int) error
 	walk = func(b *bolt.Bucket, depth int) error {
 		if depth > maxDepth {
 			return errCycle
 		}
+		if err := bud.pages.check(b); err != nil {
+			return err
+		}
 		return b.ForEach(func(k, v []byte) error {
 			bud.spend()
 			sum = crc32.Update(sum, castagnoli, k)
 			if v == nil {
+				if err := bud.pages.inlineErr(b, k); err != nil {
+					return fmt.Errorf("bucket %q: %w", k, err)
+				}
 				if sb := b.Bucket(k); sb != nil {
 					return walk(sb, depth+1)
 				}
@@ -308,7 +315,15 @@ func touchAll(tx *bolt.Tx) error {
 			return nil
 		})
 	}
-	return tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return walk(b, 1) })
+	if err := bud.pages.check(tx.Cursor().Bucket()); err != nil {
+		return err
+	}
+	return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+		if err := bud.pages.inlineErr(tx.Cursor().Bucket(), name); err != nil {
+			return fmt.Errorf("bucket %q: %w", name, err)
+		}
+		return walk(b, 1)
+	})
 }
 
 // prepare reads the format, sealing a file from before checksums in
