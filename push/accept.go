@@ -22,6 +22,16 @@ func (s *Server) Serve(ln net.Listener) error {
 		ln.Close()
 		return nil
 	}
+	// The accept budget's wait ends when the server stops accepting.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // ends when the server stops or Serve returns
+		select {
+		case <-s.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -40,7 +50,10 @@ func (s *Server) Serve(ln net.Listener) error {
 			c.Close() // before any TLS work
 			continue
 		}
-		s.accept.Wait(context.Background()) // smooth reconnect storms
+		if err := s.accept.Wait(ctx); err != nil { // smooth reconnect storms
+			c.Close() // stopping: the next process or node takes it
+			continue
+		}
 		if !s.admit() {
 			s.refuseOverloaded(c)
 			continue
