@@ -211,10 +211,19 @@ func (s *Server) samplePaths() {
 }
 
 // Shutdown stops accepting, sends DRAIN to every agent (each told to
-// reconnect elsewhere after a random delay up to spread, so they do not
-// all arrive at once), waits for them to leave until ctx ends, then
-// closes the rest.
+// reconnect elsewhere after a random delay up to spread, or longer when
+// the accept budget needs it, so they do not all arrive at once), waits
+// for them to leave until ctx ends, then closes the rest.
 func (s *Server) Shutdown(ctx context.Context, spread time.Duration) error {
+	return s.ShutdownAfter(ctx, 0, spread)
+}
+
+// ShutdownAfter is Shutdown with the agents told to wait at least after
+// before they reconnect (between after and after+spread): an upgrade's
+// new process serves only once this one has closed its store, and agents
+// that came back sooner would wait in the listen backlog, which
+// thousands of them overflow.
+func (s *Server) ShutdownAfter(ctx context.Context, after, spread time.Duration) error {
 	s.stopAccepting()
 	s.mu.Lock()
 	list := make([]*session, 0, len(s.sessions))
@@ -222,12 +231,16 @@ func (s *Server) Shutdown(ctx context.Context, spread time.Duration) error {
 		list = append(list, ss)
 	}
 	s.mu.Unlock()
+	// Never faster than a server's accept budget takes them back (this
+	// one's, as the next process or node has the same): agents beyond it
+	// wait in the listen backlog, overflow it and time out.
+	spread = max(spread, time.Duration(1.25*float64(len(list))/s.cfg.AcceptRate*float64(time.Second)))
 	for _, ss := range list {
-		delay := uint32(0)
+		delay := after
 		if spread > 0 {
-			delay = uint32(randDuration(spread) / time.Millisecond)
+			delay += randDuration(spread)
 		}
-		ss.send((&wire.Drain{DelayMillis: delay, Reason: "server shutting down"}).Marshal())
+		ss.send((&wire.Drain{DelayMillis: uint32(delay / time.Millisecond), Reason: "server shutting down"}).Marshal())
 	}
 	idle := make(chan struct{})
 	go func() { s.wg.Wait(); close(idle) }() // ends once every session is gone

@@ -229,9 +229,9 @@ type upgradeResult struct {
 	err        error // nil: the new process serves
 }
 
-// run starts the new process and hands gw over to it when it asks; spread
-// is how long push agents take to reconnect.
-func (u *upgrader) run(gw *gateway.Gateway, spread time.Duration) upgradeResult {
+// run starts the new process and hands gw over to it when it asks; push
+// agents reconnect between after and after+spread from the handover.
+func (u *upgrader) run(gw *gateway.Gateway, after, spread time.Duration) upgradeResult {
 	ours, theirs, err := socketPair()
 	if err != nil {
 		return upgradeResult{err: fmt.Errorf("upgrade: handover socket: %w", err)}
@@ -265,9 +265,9 @@ func (u *upgrader) run(gw *gateway.Gateway, spread time.Duration) upgradeResult 
 		err := <-done // it will not become ready without the store: wait for tableflip's verdict
 		return upgradeResult{err: fmt.Errorf("upgrade: the new process said %q, then: %v", line, err)}
 	}
-	u.log.Info("upgrade: handing over to the new process", "new_pid", newPID, "agents_reconnect_within", spread.String())
-	ctx, cancel := context.WithTimeout(context.Background(), spread+5*time.Second)
-	herr := gw.Handover(ctx, spread)
+	u.log.Info("upgrade: handing over to the new process", "new_pid", newPID, "agents_reconnect_after", after.String(), "within", spread.String())
+	ctx, cancel := context.WithTimeout(context.Background(), after+spread+5*time.Second)
+	herr := gw.Handover(ctx, after, spread)
 	cancel()
 	if herr != nil {
 		u.log.Warn("upgrade: handover did not finish cleanly", "err", herr)

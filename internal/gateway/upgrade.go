@@ -11,29 +11,34 @@ import (
 // Handover stops this node serving so that a new process can take over
 // its listening sockets and its store: an upgrade (cmd/dpgate hands the
 // sockets over with cloudflare/tableflip; the new process waits in
-// Options.BeforeStore until this returns). It stops accepting everywhere,
-// marks the node draining, tells the push agents to reconnect spread over
-// spread (their reconnects wait in the listen backlog that the new
-// process inherits), waits for admin requests in flight, stops gossiping
+// Options.BeforeStore until this returns). It marks the node draining,
+// tells the push agents to reconnect after a pause of after to
+// after+spread (by when the new process should serve; those back sooner
+// wait in the listen backlog that the new process inherits), then stops
+// accepting admin requests (waiting for those in flight) and proxy
+// connections, which it served during the drain, stops gossiping
 // without leaving the cluster (the new process rejoins under the same
 // name, as after a quick restart, and keeps the queues) and closes the
 // store. Proxy relays in flight go on: Shutdown waits for them, Close
 // cuts them. ctx bounds the push drain and the admin requests.
-func (g *Gateway) Handover(ctx context.Context, spread time.Duration) error {
+func (g *Gateway) Handover(ctx context.Context, after, spread time.Duration) error {
 	g.handedOver.Store(true)
 	g.draining.Store(true)
-	if g.proxy != nil {
-		g.proxy.StopAccepting()
-	}
 	var errs []error
 	if g.push != nil {
-		if err := g.push.Shutdown(ctx, spread); err != nil {
+		if err := g.push.ShutdownAfter(ctx, after, spread); err != nil {
 			errs = append(errs, fmt.Errorf("push drain: %w", err))
 		}
 	}
+	// The proxy and the admin API go on accepting while the agents drain
+	// (seconds with thousands of them): only the store is handed over,
+	// and neither needs it for a new connection.
 	if err := g.admin.Shutdown(ctx); err != nil {
 		g.admin.Close()
 		errs = append(errs, fmt.Errorf("admin: %w", err))
+	}
+	if g.proxy != nil {
+		g.proxy.StopAccepting()
 	}
 	if r := g.router.Load(); r != nil {
 		r.Close()
