@@ -11,6 +11,7 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -278,21 +279,27 @@ func (c *Cluster) Members() []Member {
 	return out
 }
 
-// Leave announces departure and stops. Peers see a leave, not a failure.
-// Like Shutdown it may be called again (memberlist itself panics on a
-// Leave after Shutdown).
-func (c *Cluster) Leave(timeout time.Duration) error {
+// Shutdown announces the departure and stops: peers see a leave, not a
+// failure. The leave message gets until ctx's deadline (memberlist's
+// default when ctx has none) to spread. Like Close it may be called again
+// (memberlist itself panics on a Leave after its Shutdown).
+func (c *Cluster) Shutdown(ctx context.Context) error {
 	select {
 	case <-c.done:
 		return nil
 	default:
 	}
+	timeout := 2 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = max(time.Until(dl), 0)
+	}
 	err := c.ml.Leave(timeout)
-	return errors.Join(err, c.Shutdown())
+	return errors.Join(err, c.Close())
 }
 
-// Shutdown stops gossiping at once (peers will see a failure).
-func (c *Cluster) Shutdown() error {
+// Close stops gossiping at once (peers will see a failure). It is
+// idempotent.
+func (c *Cluster) Close() error {
 	select {
 	case <-c.done:
 		return nil

@@ -90,7 +90,7 @@ func newTestClusterWith(t *testing.T, n int, meta func(i int, nd *testNode) clus
 				nd.addr = m.Addr
 			}
 		}
-		t.Cleanup(func() { c.Shutdown() })
+		t.Cleanup(func() { c.Close() })
 		nodes = append(nodes, nd)
 	}
 	return nodes
@@ -122,11 +122,13 @@ func TestJoinLeaveFailure(t *testing.T) {
 		}
 		return nil
 	})
-	if err := nodes[3].Leave(time.Second); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := nodes[3].Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, func() error { return sees(nodes[0], 3) })
-	nodes[2].Shutdown() // a failure: no leave message
+	nodes[2].Close() // a failure: no leave message
 	waitFor(t, 10*time.Second, func() error { return sees(nodes[0], 2) })
 	waitFor(t, 10*time.Second, func() error { return sees(nodes[1], 2) })
 }
@@ -223,7 +225,7 @@ func TestJoinsSeedThatStartsLater(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { c.Shutdown() })
+		t.Cleanup(func() { c.Close() })
 		return c
 	}
 	early := start("early", "127.0.0.1:0", []string{seed})

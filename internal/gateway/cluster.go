@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -69,7 +70,7 @@ func (g *Gateway) startCluster() error {
 			Logger:             g.log,
 		})
 		if err != nil {
-			c.Shutdown()
+			c.Close()
 			return fmt.Errorf("gateway: cluster: %w", err)
 		}
 		g.router.Store(r)
@@ -205,14 +206,17 @@ func (g *Gateway) pushAcked(device string, id [16]byte) {
 	}
 }
 
-// leaveCluster marks the node draining (peers stop sending agents), then
-// leaves gracefully.
+// leaveCluster leaves gracefully: peers see a leave, not a failure. The
+// leave message gets 2 s of its own, whatever the drain before it used
+// of the shutdown's time.
 func (g *Gateway) leaveCluster() error {
 	c := g.cluster.Load()
 	if c == nil {
 		return nil
 	}
-	return c.Leave(2 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return c.Shutdown(ctx)
 }
 
 // ClusterMember is a node in /v1/status.

@@ -553,7 +553,7 @@ func (g *Gateway) Close() error {
 		r.Close()
 	}
 	if c := g.cluster.Load(); c != nil {
-		c.Shutdown()
+		c.Close()
 	}
 	g.stopListening()
 	if g.push != nil {

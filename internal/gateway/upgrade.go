@@ -44,7 +44,7 @@ func (g *Gateway) Handover(ctx context.Context, after, spread time.Duration) err
 		r.Close()
 	}
 	if c := g.cluster.Load(); c != nil {
-		if err := c.Shutdown(); err != nil {
+		if err := c.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("cluster: %w", err))
 		}
 	}
