@@ -266,7 +266,7 @@ func ListenFrom(cfg *config.Config, socks Sockets) (Listeners, error) {
 	if config.Enabled(cfg.Push.Listen) {
 		open := net.Listen
 		if *cfg.Push.QUIC { // QUIC takes the same port number on UDP
-			open = pairedListen("udp")
+			open = paired(net.Listen, func(ln net.Listener) string { return ln.Addr().String() }, "udp")
 		}
 		if ls.Push, err = listen("push.listen", "tcp", cfg.Push.Listen, open); err != nil {
 			return ls, err
@@ -301,7 +301,7 @@ func ListenFrom(cfg *config.Config, socks Sockets) (Listeners, error) {
 		}
 	}
 	if cfg.Cluster.DNS.Listen != "" {
-		if ls.DNSUDP, err = listenPacketWith("cluster.dns.listen (UDP)", cfg.Cluster.DNS.Listen, pairedListenPacket("tcp")); err != nil {
+		if ls.DNSUDP, err = listenPacketWith("cluster.dns.listen (UDP)", cfg.Cluster.DNS.Listen, paired(net.ListenPacket, func(pc net.PacketConn) string { return pc.LocalAddr().String() }, "tcp")); err != nil {
 			return ls, err
 		}
 		if ls.DNSTCP, err = listen("cluster.dns.listen (TCP)", "tcp", ls.DNSUDP.LocalAddr().String(), net.Listen); err != nil {
@@ -311,34 +311,21 @@ func ListenFrom(cfg *config.Config, socks Sockets) (Listeners, error) {
 	return ls, nil
 }
 
-// pairedListen opens a TCP listener; on port 0, one whose number is free
+// paired opens a socket with open; on port 0, one whose number is free
 // on the other network too, where a second socket takes the same number
-// (QUIC beside TLS). Without that check the second bind failed now and
-// then with "address already in use" (TestGatewaysFormACluster).
-func pairedListen(other string) func(network, addr string) (net.Listener, error) {
-	return func(network, addr string) (net.Listener, error) {
+// (QUIC beside TLS, DNS over TCP beside UDP). Without that check the
+// second bind failed now and then with "address already in use"
+// (TestGatewaysFormACluster).
+func paired[S io.Closer](open func(network, addr string) (S, error), local func(S) string, other string) func(network, addr string) (S, error) {
+	return func(network, addr string) (S, error) {
 		for range 20 {
-			ln, err := net.Listen(network, addr)
-			if err != nil || !portZero(addr) || freeOn(other, ln.Addr().String()) {
-				return ln, err
+			s, err := open(network, addr)
+			if err != nil || !portZero(addr) || freeOn(other, local(s)) {
+				return s, err
 			}
-			ln.Close()
+			s.Close()
 		}
-		return net.Listen(network, addr)
-	}
-}
-
-// pairedListenPacket is pairedListen for a UDP socket first (DNS).
-func pairedListenPacket(other string) func(network, addr string) (net.PacketConn, error) {
-	return func(network, addr string) (net.PacketConn, error) {
-		for range 20 {
-			pc, err := net.ListenPacket(network, addr)
-			if err != nil || !portZero(addr) || freeOn(other, pc.LocalAddr().String()) {
-				return pc, err
-			}
-			pc.Close()
-		}
-		return net.ListenPacket(network, addr)
+		return open(network, addr)
 	}
 }
 

@@ -42,6 +42,21 @@ func newTestGateway(t testing.TB, yaml string) (*Gateway, *admin.Client, string)
 	if err != nil {
 		t.Fatal(err)
 	}
+	g, api := startTestGateway(t, cfg)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := g.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	})
+	return g, api, dir
+}
+
+// startTestGateway builds and starts a gateway from cfg and returns it
+// with a client of its admin API; the caller stops it.
+func startTestGateway(t testing.TB, cfg *config.Config) (*Gateway, *admin.Client) {
+	t.Helper()
 	g, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -51,18 +66,11 @@ func newTestGateway(t testing.TB, yaml string) (*Gateway, *admin.Client, string)
 		t.Fatal(err)
 	}
 	g.Start(ls)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := g.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-	})
 	token, err := tlsconf.ReadSecretFile(first(cfg.AdminTokenFile()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return g, admin.NewClient(ls.Admin.Addr().String(), token), dir
+	return g, admin.NewClient(ls.Admin.Addr().String(), token)
 }
 
 func TestFirstStartGeneratesCertificate(t *testing.T) {

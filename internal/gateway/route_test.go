@@ -431,21 +431,8 @@ func TestRestartedOwnersLearnHolders(t *testing.T) {
 	for i := 1; i < 3; i++ { // closed without leaving, started again at once
 		cfg := gs[i].cfg
 		gs[i].Close()
-		g, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls, err := Listen(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		g.Start(ls)
-		t.Cleanup(func() { g.Close() })
-		token, err := tlsconf.ReadSecretFile(first(cfg.AdminTokenFile()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		gs[i], api = g, admin.NewClient(ls.Admin.Addr().String(), token)
+		gs[i], api = startTestGateway(t, cfg)
+		t.Cleanup(func() { gs[i].Close() })
 	}
 	waitFor(t, 20*time.Second, func() error {
 		if got := len(gs[2].router.Load().Owners(dev)); got != 2 {
