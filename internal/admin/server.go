@@ -19,6 +19,7 @@ import (
 	"net/http/pprof"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -32,6 +33,13 @@ type Server struct {
 	log    *slog.Logger
 	mux    *http.ServeMux
 	http   *http.Server
+
+	serving   sync.WaitGroup // Serve loops
+	mu        sync.Mutex
+	listeners []net.Listener
+	handing   bool              // HandOver: listeners closed, Serve returns nil
+	busy      map[net.Conn]bool // connections not idle: new (no request read yet) or active
+	idle      chan struct{}     // closed by the connection that leaves busy empty; nil unless waited for
 }
 
 // Config configures the server.
@@ -57,8 +65,10 @@ func New(cfg Config) *Server {
 		IdleTimeout:    2 * time.Minute,
 		MaxHeaderBytes: 64 << 10,
 		ConnContext:    connContext,
+		ConnState:      s.connState,
 		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
+	s.busy = map[net.Conn]bool{}
 	// Go's profiles, behind the same token as the rest: heap, goroutines,
 	// CPU (/debug/pprof/profile?seconds=N), for go tool pprof.
 	s.Handle("GET /debug/pprof/", http.HandlerFunc(pprof.Index))
@@ -123,16 +133,86 @@ func (s *Server) authorized(r *http.Request) bool {
 	return ok && s.token != "" && subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) == 1
 }
 
-// Serve serves on ln until Shutdown or Close; it returns nil after those.
+// Serve serves on ln until Shutdown, Close or HandOver; it returns nil
+// after those.
 func (s *Server) Serve(ln net.Listener) error {
-	if err := s.http.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-		return err
+	s.mu.Lock()
+	if s.handing {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
 	}
-	return nil
+	s.listeners = append(s.listeners, ln)
+	s.serving.Add(1)
+	s.mu.Unlock()
+	defer s.serving.Done()
+	err := s.http.Serve(ln)
+	s.mu.Lock()
+	handing := s.handing
+	s.mu.Unlock()
+	if handing || errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
 }
 
 // Shutdown stops accepting and waits for requests in flight, up to ctx.
 func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
+
+// HandOver is Shutdown for an upgrade, where another process goes on
+// accepting on the same sockets: it closes this process's listeners,
+// answers every connection it had accepted (a request that arrives on one
+// after http.Server.Shutdown began is dropped unanswered: a client saw
+// EOF in TestUpgradeDropsNothing), then shuts down, closing the idle
+// keep-alive connections. ctx bounds the wait.
+func (s *Server) HandOver(ctx context.Context) error {
+	s.mu.Lock()
+	s.handing = true
+	lns := s.listeners
+	s.listeners = nil
+	s.mu.Unlock()
+	for _, ln := range lns {
+		ln.Close() // the other process's copy of the socket stays open
+	}
+	// Every connection Serve took is tracked once Serve has returned.
+	served := make(chan struct{})
+	go func() { s.serving.Wait(); close(served) }() // ends when the loops see their closed listeners
+	select {
+	case <-served:
+	case <-ctx.Done():
+		return s.http.Shutdown(ctx)
+	}
+	s.mu.Lock()
+	var idle chan struct{}
+	if len(s.busy) > 0 {
+		idle = make(chan struct{})
+		s.idle = idle
+	}
+	s.mu.Unlock()
+	if idle != nil {
+		select {
+		case <-idle:
+		case <-ctx.Done():
+		}
+	}
+	return s.http.Shutdown(ctx)
+}
+
+// connState keeps the set of connections that are not idle, for HandOver.
+func (s *Server) connState(c net.Conn, st http.ConnState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch st {
+	case http.StateNew, http.StateActive:
+		s.busy[c] = true
+	default:
+		delete(s.busy, c)
+		if len(s.busy) == 0 && s.idle != nil {
+			close(s.idle)
+			s.idle = nil
+		}
+	}
+}
 
 // Close stops at once.
 func (s *Server) Close() error { return s.http.Close() }

@@ -33,7 +33,7 @@ func (g *Gateway) Handover(ctx context.Context, after, spread time.Duration) err
 	// The proxy and the admin API go on accepting while the agents drain
 	// (seconds with thousands of them): only the store is handed over,
 	// and neither needs it for a new connection.
-	if err := g.admin.Shutdown(ctx); err != nil {
+	if err := g.admin.HandOver(ctx); err != nil {
 		g.admin.Close()
 		errs = append(errs, fmt.Errorf("admin: %w", err))
 	}
