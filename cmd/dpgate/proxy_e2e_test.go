@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -21,8 +22,13 @@ import (
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
+// sinkHello starts a connection to runCentral that is hashed, not echoed.
+const sinkHello = "SINK/SHA256\n"
+
 // runCentral is a stand-in central server in its own process: TLS with
-// the given certificate, echoing each connection until its half-close.
+// the given certificate, echoing each connection until its half-close,
+// or, after sinkHello, counting and hashing it (a large relay then costs
+// one direction, not two).
 func runCentral(certFile string) {
 	id, err := tlsconf.LoadIdentity(certFile, "")
 	if err != nil {
@@ -42,7 +48,17 @@ func runCentral(certFile string) {
 		}
 		go func() {
 			defer c.Close()
-			io.Copy(c, c)
+			br := bufio.NewReader(c)
+			if head, err := br.Peek(len(sinkHello)); err == nil && string(head) == sinkHello {
+				// A sink: the bytes after the hello, counted and hashed,
+				// answered with "count sha256-hex" at their end.
+				br.Discard(len(sinkHello))
+				h := sha256.New()
+				n, _ := io.Copy(h, br)
+				fmt.Fprintf(c, "%d %x", n, h.Sum(nil))
+			} else {
+				io.Copy(c, br)
+			}
 			c.(*tls.Conn).CloseWrite()
 		}()
 	}
