@@ -104,7 +104,10 @@ func sees(nd *testNode, want int) error {
 }
 
 func TestJoinLeaveFailure(t *testing.T) {
-	nodes := newTestCluster(t, 4, nil)
+	// Probes of a second (a timeout of half that): with -race and other
+	// packages' tests on the 2 cores, 200 ms timed out so often that no
+	// direct probe to one node succeeded in 30 s, so it had no RTT.
+	nodes := newTestClusterWith(t, 4, nil, func(_ int, cfg *cluster.Config) { cfg.ProbeInterval = time.Second })
 	waitFor(t, 10*time.Second, func() error {
 		for _, nd := range nodes {
 			if err := sees(nd, 4); err != nil {
@@ -128,10 +131,10 @@ func TestJoinLeaveFailure(t *testing.T) {
 	if err := nodes[3].Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() error { return sees(nodes[0], 3) })
+	waitFor(t, 30*time.Second, func() error { return sees(nodes[0], 3) })
 	nodes[2].Close() // a failure: no leave message
-	waitFor(t, 10*time.Second, func() error { return sees(nodes[0], 2) })
-	waitFor(t, 10*time.Second, func() error { return sees(nodes[1], 2) })
+	waitFor(t, 30*time.Second, func() error { return sees(nodes[0], 2) })
+	waitFor(t, 30*time.Second, func() error { return sees(nodes[1], 2) })
 }
 
 // cutTransport is memberlist's network transport with a switch that
