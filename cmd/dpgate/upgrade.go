@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/cloudflare/tableflip"
@@ -277,16 +276,4 @@ func (u *upgrader) run(gw *gateway.Gateway, after, spread time.Duration) upgrade
 		return upgradeResult{handedOver: true, newPID: newPID, err: fmt.Errorf("upgrade: the new process (pid %d) failed after taking over: %w", newPID, err)}
 	}
 	return upgradeResult{handedOver: true, newPID: newPID}
-}
-
-// socketPair is a connected pair of Unix stream sockets.
-func socketPair() (*os.File, *os.File, error) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	for _, fd := range fds {
-		syscall.SetNonblock(fd, true) // so that deadlines work on the *os.File
-	}
-	return os.NewFile(uintptr(fds[0]), "handover"), os.NewFile(uintptr(fds[1]), "handover (new process)"), nil
 }
