@@ -152,14 +152,15 @@ type opsBody struct {
 
 // peerNet is the HTTP server and client between nodes.
 type peerNet struct {
-	r      *Router
-	ln     *connListener
-	srv    *http.Server
-	client *http.Client
+	r       *Router
+	ln      *connListener
+	srv     *http.Server
+	client  *http.Client
+	serving chan struct{} // closed when srv.Serve has returned
 }
 
 func newPeerNet(r *Router) *peerNet {
-	pn := &peerNet{r: r, ln: newConnListener()}
+	pn := &peerNet{r: r, ln: newConnListener(), serving: make(chan struct{})}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/peer/store", pn.handleStore)
 	mux.HandleFunc("POST /v1/peer/ops", pn.handleOps)
@@ -171,7 +172,10 @@ func newPeerNet(r *Router) *peerNet {
 			}
 			return ctx
 		}, ErrorLog: log.New(slogWriter{r.log}, "cluster peer: ", 0)}
-	go pn.srv.Serve(pn.ln) // ends when the listener closes
+	go func() { // ends when close closes the server and its listener
+		defer close(pn.serving)
+		pn.srv.Serve(pn.ln)
+	}()
 	pn.client = &http.Client{
 		Timeout: r.cfg.RequestTimeout,
 		Transport: &http.Transport{
@@ -369,8 +373,11 @@ func (pn *peerNet) post(ctx context.Context, node, path string, body any, out an
 	return nil
 }
 
+// close stops serving peers (their requests in flight are cut; they send
+// again) and returns once the server has.
 func (pn *peerNet) close() {
 	pn.srv.Close()
+	<-pn.serving
 	pn.client.CloseIdleConnections()
 }
 
@@ -380,11 +387,12 @@ func (pn *peerNet) close() {
 // register elsewhere and be sent the queue again, an owner that is gone is
 // replaced by one the rebalance copies to.
 type outbox struct {
-	r    *Router
-	node string
-	mu   sync.Mutex
-	wake chan struct{}
-	done chan struct{}
+	r       *Router
+	node    string
+	mu      sync.Mutex
+	wake    chan struct{}
+	done    chan struct{}
+	stopped chan struct{} // closed when loop has returned
 	// pending work, swapped out whole by the sender
 	items []wireItem
 	ops   []op
@@ -393,8 +401,8 @@ type outbox struct {
 const maxOutbox = 100000
 
 func newOutbox(r *Router, node string) *outbox {
-	ob := &outbox{r: r, node: node, wake: make(chan struct{}, 1), done: make(chan struct{})}
-	go ob.loop() // ends on close
+	ob := &outbox{r: r, node: node, wake: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{})}
+	go ob.loop() // ends on close, which waits for it
 	return ob
 }
 
@@ -434,6 +442,7 @@ func (ob *outbox) dropped(n int, reason string) {
 }
 
 func (ob *outbox) loop() {
+	defer close(ob.stopped)
 	for {
 		select {
 		case <-ob.done:
@@ -470,6 +479,13 @@ func (ob *outbox) send(what string, n int, post func(context.Context) error) {
 			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), ob.r.cfg.RequestTimeout)
+		go func() { // a post in flight ends when the outbox closes; this ends with it
+			select {
+			case <-ob.done:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
 		err = post(ctx)
 		cancel()
 		if err == nil {
@@ -481,7 +497,12 @@ func (ob *outbox) send(what string, n int, post func(context.Context) error) {
 	ob.r.markStale(ob.node) // repair offers it again until it gets through
 }
 
-func (ob *outbox) close() { close(ob.done) }
+// close stops the outbox, cutting a post in flight, and returns once its
+// loop has.
+func (ob *outbox) close() {
+	close(ob.done)
+	<-ob.stopped
+}
 
 // connListener is a net.Listener fed with connections accepted elsewhere
 // (the push server's, after the TLS handshake).

@@ -64,8 +64,9 @@ type Gateway struct {
 	startUpgrade func() error                  // Options.Upgrade
 	dns          []func()                      // close functions of the DNS listeners
 	dnsAddr      string
-	wg           sync.WaitGroup
-	errc         chan error // first fatal serve error; buffered
+	wg           sync.WaitGroup // serve loops
+	wakes        sync.WaitGroup // wake-ups of offline devices a push started
+	errc         chan error     // first fatal serve error; buffered
 	close        sync.Once
 }
 
@@ -530,6 +531,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		g.admin.Close()
 		errs = append(errs, fmt.Errorf("admin: %w", err))
 	}
+	g.wakes.Wait() // no request starts another now
 	g.wg.Wait()
 	return errors.Join(append(errs, g.closeStore())...)
 }
@@ -550,6 +552,7 @@ func (g *Gateway) Close() error {
 		g.proxy.Close()
 	}
 	g.admin.Close()
+	g.wakes.Wait()
 	g.wg.Wait()
 	return g.closeStore()
 }

@@ -49,6 +49,7 @@ func (g *Gateway) Handover(ctx context.Context, after, spread time.Duration) err
 		}
 	}
 	g.stopListening()
+	g.wakes.Wait()
 	g.wg.Wait() // every serve loop has returned: the store is ours alone
 	errs = append(errs, g.closeStore())
 	relays := int64(0)

@@ -109,7 +109,9 @@ func (g *Gateway) wakeOffline(devices []string) {
 	if len(offline) == 0 {
 		return
 	}
-	go func() { // bounded by the service's rate limits
+	g.wakes.Add(1)
+	go func() { // bounded by the service's rate limits; Shutdown and Close wait for it
+		defer g.wakes.Done()
 		for _, d := range offline {
 			g.wake.Wake(d, "push")
 		}
