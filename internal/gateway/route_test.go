@@ -156,7 +156,7 @@ func TestPushRoutedAcrossNodes(t *testing.T) {
 	for i, api := range apis {
 		data := fmt.Sprintf("via node %d", i)
 		var reply PushReply
-		if err := api.Do(ctx, "POST", "/v1/devices/pc-route/push?wait=10s", PushRequest{Data: &data}, &reply); err != nil {
+		if err := api.Do(ctx, "POST", "/v1/devices/pc-route/push?wait=45s", PushRequest{Data: &data}, &reply); err != nil {
 			t.Fatal(err)
 		}
 		if reply.Status != "delivered" {
@@ -212,7 +212,7 @@ func TestSharedCertificateRouting(t *testing.T) {
 			data := fmt.Sprintf("%s via node %d", dev, j)
 			want = append(want, data)
 			var reply PushReply
-			if err := api.Do(ctx, "POST", "/v1/devices/"+dev+"/push?wait=10s", PushRequest{Data: &data}, &reply); err != nil {
+			if err := api.Do(ctx, "POST", "/v1/devices/"+dev+"/push?wait=45s", PushRequest{Data: &data}, &reply); err != nil {
 				t.Fatal(err)
 			}
 			if reply.Status != "delivered" {
