@@ -235,19 +235,22 @@ func (u *upgrader) run(gw *gateway.Gateway, after, spread time.Duration) upgrade
 	if err != nil {
 		return upgradeResult{err: fmt.Errorf("upgrade: handover socket: %w", err)}
 	}
-	defer ours.Close()
 	err = u.tf.AddFile(handoverName, theirs) // tableflip keeps a copy for the child
 	theirs.Close()
 	if err != nil {
+		ours.Close()
 		return upgradeResult{err: fmt.Errorf("upgrade: %w", err)}
 	}
 	done := make(chan error, 1)
-	go func() { done <- u.tf.Upgrade() }() // ends when the child is ready, exits or times out
+	go func() { done <- u.tf.Upgrade() }() // ends when the child is ready, exits or times out; every path below receives it
 	asked := make(chan string, 1)
-	go func() { // ends at the child's line, or when ours is closed (deferred above)
+	read := make(chan struct{})
+	go func() { // ends at the child's line, or when ours is closed (deferred below)
+		defer close(read)
 		line, _ := readLine(ours, upgradeTimeout+time.Minute)
 		asked <- line
 	}()
+	defer func() { ours.Close(); <-read }()
 	u.log.Info("upgrade: starting the new process")
 	var line string
 	select {
