@@ -11,6 +11,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -25,6 +26,17 @@ import (
 
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/hashicorp/memberlist"
+)
+
+// Defaults of Config's zero fields, written here once; internal/config
+// fills the configuration file's keys from them.
+const (
+	DefaultRejoinInterval  = 30 * time.Second
+	DefaultRefreshInterval = time.Second
+	DefaultMargin          = 0.05
+	DefaultProbeInterval   = 400 * time.Millisecond
+	DefaultRebalanceRate   = 50
+	DefaultRebalanceAfter  = 5 * time.Second
 )
 
 // Config configures a node. Zero values mean the defaults in comments.
@@ -127,30 +139,14 @@ func Start(cfg Config) (*Cluster, error) {
 	if cfg.Name == "" || cfg.Bind == "" || cfg.Meta == nil {
 		return nil, errors.New("cluster: Name, Bind and Meta are required")
 	}
-	if cfg.RejoinInterval == 0 {
-		cfg.RejoinInterval = 30 * time.Second
-	}
-	if cfg.RefreshInterval == 0 {
-		cfg.RefreshInterval = time.Second
-	}
-	if cfg.Margin == 0 {
-		cfg.Margin = 0.05
-	}
-	if cfg.ProbeInterval == 0 {
-		cfg.ProbeInterval = 400 * time.Millisecond
-	}
-	if cfg.RebalanceRate == 0 {
-		cfg.RebalanceRate = 50
-	}
-	if cfg.RebalanceAfter == 0 {
-		cfg.RebalanceAfter = 5 * time.Second
-	}
-	if cfg.Metrics == nil {
-		cfg.Metrics = metrics.Default()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	cfg.RejoinInterval = cmp.Or(cfg.RejoinInterval, DefaultRejoinInterval)
+	cfg.RefreshInterval = cmp.Or(cfg.RefreshInterval, DefaultRefreshInterval)
+	cfg.Margin = cmp.Or(cfg.Margin, DefaultMargin)
+	cfg.ProbeInterval = cmp.Or(cfg.ProbeInterval, DefaultProbeInterval)
+	cfg.RebalanceRate = cmp.Or(cfg.RebalanceRate, DefaultRebalanceRate)
+	cfg.RebalanceAfter = cmp.Or(cfg.RebalanceAfter, DefaultRebalanceAfter)
+	cfg.Metrics = cmp.Or(cfg.Metrics, metrics.Default())
+	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	c := &Cluster{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, members: map[string]Member{}, redirects: map[string][]time.Time{}, metaAt: map[string]time.Time{}, rtt: map[string]time.Duration{}, growth: map[string]float64{}, done: make(chan struct{})}
 
 	mc := memberlist.DefaultLANConfig()

@@ -213,9 +213,7 @@ func (pn *peerNet) dial(ctx context.Context, network, addr string) (net.Conn, er
 			return nil
 		},
 	}
-	if pn.r.cfg.ClassicKeyExchange {
-		tlsconf.ClassicKeyExchange(cfg)
-	}
+	cfg.CurvePreferences = pn.r.cfg.KeyExchange
 	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 2 * time.Second}, Config: cfg}
 	return d.DialContext(ctx, network, addr)
 }

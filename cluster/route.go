@@ -1,8 +1,10 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -44,6 +46,13 @@ type Local interface {
 	Wake(device string) bool
 }
 
+// Defaults of RouterConfig's zero fields.
+const (
+	DefaultReplicas       = 2
+	DefaultSweepInterval  = 30 * time.Second
+	DefaultRequestTimeout = 5 * time.Second
+)
+
 // RouterConfig configures a Router. Zero values mean the defaults in
 // comments.
 type RouterConfig struct {
@@ -59,8 +68,9 @@ type RouterConfig struct {
 	SweepInterval time.Duration
 	// RequestTimeout bounds one request to a peer. Default: 5s.
 	RequestTimeout time.Duration
-	// ClassicKeyExchange leaves out the post-quantum group between nodes.
-	ClassicKeyExchange bool
+	// KeyExchange are the key exchange groups between nodes
+	// (tlsconf.KeyExchange). Default: Go's, with the post-quantum hybrid.
+	KeyExchange []tls.CurveID
 
 	Metrics *metrics.Metrics // default metrics.Default()
 	Logger  *slog.Logger     // default slog.Default()
@@ -99,21 +109,11 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 	if cfg.Cluster == nil || cfg.Local == nil || cfg.Identity == nil {
 		return nil, errors.New("cluster: router needs Cluster, Local and Identity")
 	}
-	if cfg.Replicas == 0 {
-		cfg.Replicas = 2
-	}
-	if cfg.SweepInterval == 0 {
-		cfg.SweepInterval = 30 * time.Second
-	}
-	if cfg.RequestTimeout == 0 {
-		cfg.RequestTimeout = 5 * time.Second
-	}
-	if cfg.Metrics == nil {
-		cfg.Metrics = metrics.Default()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	cfg.Replicas = cmp.Or(cfg.Replicas, DefaultReplicas)
+	cfg.SweepInterval = cmp.Or(cfg.SweepInterval, DefaultSweepInterval)
+	cfg.RequestTimeout = cmp.Or(cfg.RequestTimeout, DefaultRequestTimeout)
+	cfg.Metrics = cmp.Or(cfg.Metrics, metrics.Default())
+	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	r := &Router{
 		cfg: cfg, c: cfg.Cluster, local: cfg.Local, log: cfg.Logger, m: cfg.Metrics,
 		self:    cfg.Cluster.cfg.Name,

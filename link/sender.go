@@ -11,15 +11,24 @@ import (
 	"time"
 )
 
+// Defaults of ProbeConfig's zero fields (internal/config's link.* keys
+// use them too).
+const (
+	DefaultInterval = 100 * time.Millisecond
+	DefaultWindow   = 30 * time.Second
+	DefaultTimeout  = 2 * time.Second
+)
+
 // ProbeConfig configures a Prober. Zero values mean the defaults in
 // comments.
 type ProbeConfig struct {
 	Target string // reflector host:port. Required.
-	// Interval between test packets. Default: 100ms.
+	// Interval between test packets. Default: DefaultInterval.
 	Interval time.Duration
-	// Window the statistics cover. Default: 30s.
+	// Window the statistics cover. Default: DefaultWindow.
 	Window time.Duration
-	// Timeout: a probe unanswered this long is counted lost. Default: 2s.
+	// Timeout: a probe unanswered this long is counted lost. Default:
+	// DefaultTimeout.
 	Timeout time.Duration
 	// Count stops after this many probes (0: until the context ends).
 	Count int
@@ -54,15 +63,9 @@ type sample struct {
 
 // NewProber resolves the target and opens the socket.
 func NewProber(cfg ProbeConfig) (*Prober, error) {
-	if cfg.Interval == 0 {
-		cfg.Interval = 100 * time.Millisecond
-	}
-	if cfg.Window == 0 {
-		cfg.Window = 30 * time.Second
-	}
-	if cfg.Timeout == 0 {
-		cfg.Timeout = 2 * time.Second
-	}
+	cfg.Interval = cmp.Or(cfg.Interval, DefaultInterval)
+	cfg.Window = cmp.Or(cfg.Window, DefaultWindow)
+	cfg.Timeout = cmp.Or(cfg.Timeout, DefaultTimeout)
 	raddr, err := net.ResolveUDPAddr("udp", cfg.Target)
 	if err != nil {
 		return nil, err

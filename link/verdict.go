@@ -33,6 +33,10 @@ type Limits struct {
 	Delay time.Duration
 }
 
+// DefaultLimits are the central side's: at most 10 % loss and 100 ms
+// delay to the Central Node (seeds/001).
+var DefaultLimits = Limits{Loss: 0.10, Delay: 100 * time.Millisecond}
+
 // Judge turns statistics into a verdict with hysteresis: a worse verdict
 // holds at once, a better one only after the figures have stayed better
 // for Hold, so a link near a limit does not flap.

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -18,6 +19,20 @@ import (
 const (
 	LeastBusy = "least-busy"
 	Ordered   = "ordered"
+)
+
+// Defaults of Config's zero fields, written here once; internal/config
+// fills the configuration file's keys from them.
+const (
+	DefaultBalance           = LeastBusy
+	DefaultConnectionTimeout = 10 * time.Second // seeds/003: ConnectionTimeout 10 s
+	DefaultHandshakeTimeout  = 10 * time.Second
+	DefaultIdleTimeout       = 10 * time.Minute
+	DefaultMaxConnections    = 20000
+	DefaultSourceRate        = 20
+	DefaultHealthInterval    = 10 * time.Second
+	DefaultEjectAfter        = 3
+	DefaultEjectBackoff      = 2 * time.Second
 )
 
 // Config configures a Proxy. Zero values mean the defaults in the comments.
@@ -48,9 +63,10 @@ type Config struct {
 	MaxIngressRate uint64
 	// ProxyProtocol sends a PROXY protocol v2 header to upstreams.
 	ProxyProtocol bool
-	// ClassicKeyExchange leaves out the post-quantum hybrid key exchange
-	// on both sides (tls.post_quantum: false). Default: Go's choice.
-	ClassicKeyExchange bool
+	// KeyExchange are the key exchange groups on both sides
+	// (tlsconf.KeyExchange of tls.post_quantum). Default: Go's, with the
+	// post-quantum hybrid.
+	KeyExchange []tls.CurveID
 	// HealthInterval is the period of the active health check (one TLS
 	// handshake per upstream). Default: 10s.
 	HealthInterval time.Duration
@@ -78,39 +94,17 @@ type UpstreamConfig struct {
 }
 
 func (c *Config) withDefaults() {
-	if c.Balance == "" {
-		c.Balance = LeastBusy
-	}
-	if c.ConnectionTimeout == 0 {
-		c.ConnectionTimeout = 10 * time.Second
-	}
-	if c.HandshakeTimeout == 0 {
-		c.HandshakeTimeout = 10 * time.Second
-	}
-	if c.IdleTimeout == 0 {
-		c.IdleTimeout = 10 * time.Minute
-	}
-	if c.MaxConnections == 0 {
-		c.MaxConnections = 20000
-	}
-	if c.SourceRate == 0 {
-		c.SourceRate = 20
-	}
-	if c.HealthInterval == 0 {
-		c.HealthInterval = 10 * time.Second
-	}
-	if c.EjectAfter == 0 {
-		c.EjectAfter = 3
-	}
-	if c.EjectBackoff == 0 {
-		c.EjectBackoff = 2 * time.Second
-	}
-	if c.Metrics == nil {
-		c.Metrics = metrics.Default()
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	c.Balance = cmp.Or(c.Balance, DefaultBalance)
+	c.ConnectionTimeout = cmp.Or(c.ConnectionTimeout, DefaultConnectionTimeout)
+	c.HandshakeTimeout = cmp.Or(c.HandshakeTimeout, DefaultHandshakeTimeout)
+	c.IdleTimeout = cmp.Or(c.IdleTimeout, DefaultIdleTimeout)
+	c.MaxConnections = cmp.Or(c.MaxConnections, DefaultMaxConnections)
+	c.SourceRate = cmp.Or(c.SourceRate, DefaultSourceRate)
+	c.HealthInterval = cmp.Or(c.HealthInterval, DefaultHealthInterval)
+	c.EjectAfter = cmp.Or(c.EjectAfter, DefaultEjectAfter)
+	c.EjectBackoff = cmp.Or(c.EjectBackoff, DefaultEjectBackoff)
+	c.Metrics = cmp.Or(c.Metrics, metrics.Default())
+	c.Logger = cmp.Or(c.Logger, slog.Default())
 }
 
 // Validate reports the first bad field.

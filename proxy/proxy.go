@@ -82,11 +82,9 @@ func New(cfg Config) (*Proxy, error) {
 	for _, u := range cfg.Upstreams {
 		p.ups = append(p.ups, newUpstream(u))
 	}
-	if cfg.ClassicKeyExchange {
-		tlsconf.ClassicKeyExchange(p.srvTLS)
-		for _, u := range p.ups {
-			tlsconf.ClassicKeyExchange(u.tls)
-		}
+	p.srvTLS.CurvePreferences = cfg.KeyExchange
+	for _, u := range p.ups {
+		u.tls.CurvePreferences = cfg.KeyExchange
 	}
 	p.loopsWG.Add(1)
 	go p.healthLoop() // exits when done is closed

@@ -617,7 +617,7 @@ func TestShutdownDeadlineCutsRelays(t *testing.T) {
 }
 
 // TestKeyExchange: by default agents and upstreams get Go's hybrid
-// post-quantum group; ClassicKeyExchange leaves it out on both sides.
+// post-quantum group; KeyExchange without it leaves it out on both sides.
 func TestKeyExchange(t *testing.T) {
 	for _, tc := range []struct {
 		classic bool
@@ -630,7 +630,7 @@ func TestKeyExchange(t *testing.T) {
 				io.Copy(c, c)
 				c.CloseWrite()
 			})
-			p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, ClassicKeyExchange: tc.classic, HealthInterval: time.Hour})
+			p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, KeyExchange: tlsconf.KeyExchange(!tc.classic), HealthInterval: time.Hour})
 			<-upCurve // the first health check
 			c, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
 			if err != nil {

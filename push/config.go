@@ -1,6 +1,7 @@
 package push
 
 import (
+	"cmp"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -20,6 +21,22 @@ const (
 	AuthCert  = "cert"
 	AuthToken = "token"
 	AuthNone  = "none"
+)
+
+// Defaults of Config's zero fields, written here once; internal/config
+// fills the configuration file's keys from them.
+const (
+	DefaultAuth             = AuthCert
+	DefaultKeepalive        = 30 * time.Second
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultWriteTimeout     = 10 * time.Second
+	DefaultMaxConnections   = 100000
+	DefaultMaxPayload       = 4096
+	DefaultAcceptRate       = 2000
+	DefaultSourceRate       = 200
+	DefaultQUICRetryAbove   = 64
+	DefaultExpireInterval   = 10 * time.Second
+	DefaultPathInterval     = 10 * time.Second
 )
 
 // Config configures a Server. Zero values mean the defaults in comments.
@@ -70,8 +87,9 @@ type Config struct {
 	// REDIRECT; if it names another node the agent gets REDIRECT there
 	// instead of WELCOME (the cluster's least-busy rule).
 	Redirect func(sessions int, redirected bool) (addr string, ok bool)
-	// ClassicKeyExchange leaves out the post-quantum hybrid group.
-	ClassicKeyExchange bool
+	// KeyExchange are the key exchange groups (tlsconf.KeyExchange).
+	// Default: Go's, with the post-quantum hybrid.
+	KeyExchange []tls.CurveID
 
 	// Cluster hooks. A TLS client offering ALPN PeerALPN on the push port
 	// is another node of the cluster: it is handshaken with PeerTLS and
@@ -88,45 +106,19 @@ type Config struct {
 }
 
 func (c *Config) withDefaults() {
-	if c.Auth == "" {
-		c.Auth = AuthCert
-	}
-	if c.Keepalive == 0 {
-		c.Keepalive = 30 * time.Second
-	}
-	if c.HandshakeTimeout == 0 {
-		c.HandshakeTimeout = 10 * time.Second
-	}
-	if c.WriteTimeout == 0 {
-		c.WriteTimeout = 10 * time.Second
-	}
-	if c.MaxConnections == 0 {
-		c.MaxConnections = 100000
-	}
-	if c.MaxPayload == 0 {
-		c.MaxPayload = 4096
-	}
-	if c.AcceptRate == 0 {
-		c.AcceptRate = 2000
-	}
-	if c.SourceRate == 0 {
-		c.SourceRate = 200
-	}
-	if c.QUICRetryAbove == 0 {
-		c.QUICRetryAbove = 64
-	}
-	if c.ExpireInterval == 0 {
-		c.ExpireInterval = 10 * time.Second
-	}
-	if c.PathInterval == 0 {
-		c.PathInterval = 10 * time.Second
-	}
-	if c.Metrics == nil {
-		c.Metrics = metrics.Default()
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	c.Auth = cmp.Or(c.Auth, DefaultAuth)
+	c.Keepalive = cmp.Or(c.Keepalive, DefaultKeepalive)
+	c.HandshakeTimeout = cmp.Or(c.HandshakeTimeout, DefaultHandshakeTimeout)
+	c.WriteTimeout = cmp.Or(c.WriteTimeout, DefaultWriteTimeout)
+	c.MaxConnections = cmp.Or(c.MaxConnections, DefaultMaxConnections)
+	c.MaxPayload = cmp.Or(c.MaxPayload, DefaultMaxPayload)
+	c.AcceptRate = cmp.Or(c.AcceptRate, DefaultAcceptRate)
+	c.SourceRate = cmp.Or(c.SourceRate, DefaultSourceRate)
+	c.QUICRetryAbove = cmp.Or(c.QUICRetryAbove, DefaultQUICRetryAbove)
+	c.ExpireInterval = cmp.Or(c.ExpireInterval, DefaultExpireInterval)
+	c.PathInterval = cmp.Or(c.PathInterval, DefaultPathInterval)
+	c.Metrics = cmp.Or(c.Metrics, metrics.Default())
+	c.Logger = cmp.Or(c.Logger, slog.Default())
 }
 
 func (c *Config) validate() error {

@@ -112,9 +112,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	keys := slices.Clone(cfg.TokenKeys)
 	s.tokenKeys.Store(&keys)
-	if cfg.ClassicKeyExchange {
-		tlsconf.ClassicKeyExchange(s.tls)
-	}
+	s.tls.CurvePreferences = cfg.KeyExchange
 	s.tcpTLS = s.tls
 	if cfg.PeerTLS != nil && cfg.Peer != nil {
 		s.tcpTLS = s.tls.Clone()

@@ -41,10 +41,8 @@ func benchHandshake(b *testing.B, keyType string, withAllowList, classic bool) {
 	pins, _ := ParsePins([]string{id.Pin()})
 	ccfg := PinnedClientConfig(pins, "gw")
 	ccfg.Certificates = []tls.Certificate{agent}
-	if classic {
-		ClassicKeyExchange(scfg)
-		ClassicKeyExchange(ccfg)
-	}
+	scfg.CurvePreferences = KeyExchange(!classic)
+	ccfg.CurvePreferences = KeyExchange(!classic)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {

@@ -82,8 +82,13 @@ func PinnedClientConfig(pins PinSet, serverName string) *tls.Config {
 	}
 }
 
-// ClassicKeyExchange limits cfg to X25519 and P-256, leaving out the
-// post-quantum hybrid X25519MLKEM768 that Go offers by default.
-func ClassicKeyExchange(cfg *tls.Config) {
-	cfg.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256}
+// KeyExchange is the key exchange groups for tls.post_quantum, for
+// tls.Config.CurvePreferences: nil, Go's default, which offers the
+// post-quantum hybrid X25519MLKEM768 first, or without it X25519 and
+// P-256.
+func KeyExchange(postQuantum bool) []tls.CurveID {
+	if postQuantum {
+		return nil
+	}
+	return []tls.CurveID{tls.X25519, tls.CurveP256}
 }

@@ -90,9 +90,9 @@ func ParseKey(s string) (Verifier, error) {
 	switch {
 	case !ok || err != nil:
 		return Verifier{}, fmt.Errorf("wake: key %q: want ed25519:BASE64 or hmac:BASE64", s)
-	case kind == "ed25519" && len(b) == ed25519.PublicKeySize:
+	case kind == SignatureEd25519 && len(b) == ed25519.PublicKeySize:
 		return Verifier{Alg: AlgEd25519, Public: b}, nil
-	case kind == "hmac" && len(b) >= 16:
+	case kind == SignatureHMAC && len(b) >= 16:
 		return Verifier{Alg: AlgHMAC, Secret: b}, nil
 	}
 	return Verifier{}, fmt.Errorf("wake: key %q: want ed25519: and a 32-byte public key, or hmac: and 16 bytes or more", s)

@@ -1,6 +1,7 @@
 package wake
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -21,6 +22,18 @@ type Target struct {
 	Addr netip.Addr       // its address in the LAN (as reported, else as seen)
 	MAC  net.HardwareAddr // for Wake-on-LAN; nil when unknown
 }
+
+// Defaults and names internal/config uses for the wake.* keys.
+const (
+	// DefaultAgentPort is the agents' wake-up UDP port (seeds/004).
+	DefaultAgentPort = 15000
+	// Signature names: how wake-ups to agents are signed.
+	SignatureEd25519 = "ed25519" // the gateway's wake key; agents get its public half
+	SignatureHMAC    = "hmac"    // each device's secret
+)
+
+// DefaultWOLPorts are the Wake-on-LAN UDP ports: echo and discard.
+func DefaultWOLPorts() []int { return []int{7, 9} }
 
 // Config configures a Service. Zero values mean the defaults in comments.
 type Config struct {
@@ -106,11 +119,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Keys == nil || cfg.Lookup == nil {
 		return nil, errors.New("wake: Keys and Lookup are required")
 	}
-	if cfg.AgentPort == 0 {
-		cfg.AgentPort = 15000
-	}
+	cfg.AgentPort = cmp.Or(cfg.AgentPort, DefaultAgentPort)
 	if cfg.WOLPorts == nil {
-		cfg.WOLPorts = []int{7, 9}
+		cfg.WOLPorts = DefaultWOLPorts()
 	}
 	if cfg.PerDevice == 0 {
 		cfg.PerDevice, cfg.PerDeviceBurst = rate.Every(10*time.Second), 3
@@ -118,21 +129,13 @@ func New(cfg Config) (*Service, error) {
 	if cfg.PerDeviceBurst == 0 {
 		cfg.PerDeviceBurst = 1
 	}
-	if cfg.Total == 0 {
-		cfg.Total = 200
-	}
-	if cfg.ReplayWindow == 0 {
-		cfg.ReplayWindow = 30 * time.Second
-	}
+	cfg.Total = cmp.Or(cfg.Total, 200)
+	cfg.ReplayWindow = cmp.Or(cfg.ReplayWindow, 30*time.Second)
 	if cfg.MaxDevices <= 0 {
 		cfg.MaxDevices = 50_000
 	}
-	if cfg.Metrics == nil {
-		cfg.Metrics = metrics.Default()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	cfg.Metrics = cmp.Or(cfg.Metrics, metrics.Default())
+	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	perDev, _ := simplelru.NewLRU[string, *rate.Limiter](cfg.MaxDevices, nil)
 	last, _ := simplelru.NewLRU[string, Result](cfg.MaxDevices, nil)
 	return &Service{cfg: cfg, m: cfg.Metrics, log: cfg.Logger,

@@ -10,8 +10,16 @@
 package config
 
 import (
+	"cmp"
 	"os"
 	"path/filepath"
+	"time"
+
+	"github.com/dpgate/dpgate/cluster"
+	"github.com/dpgate/dpgate/link"
+	"github.com/dpgate/dpgate/proxy"
+	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/wake"
 )
 
 // Config is the whole configuration file.
@@ -282,7 +290,22 @@ const (
 	DefaultAgentWakePort  = 15000
 	DefaultShutdownListen = ":13000"
 	DefaultDNSDomain      = "dpgate.internal."
+	DefaultQueueTTL       = 24 * time.Hour
 )
+
+// Names of log.level and log.format values.
+const (
+	LogDebug = "debug"
+	LogInfo  = "info"
+	LogWarn  = "warn"
+	LogError = "error"
+	LogText  = "text"
+	LogJSON  = "json"
+)
+
+// ProxyProtocolV2 is the proxy.proxy_protocol value that sends PROXY
+// protocol v2 headers (the other is Off).
+const ProxyProtocolV2 = "v2"
 
 // Default returns the configuration used when no file is given.
 func Default() *Config {
@@ -309,21 +332,6 @@ var (
 )
 
 func (c *Config) withDefaults() {
-	setStr := func(p *string, v string) {
-		if *p == "" {
-			*p = v
-		}
-	}
-	setDur := func(p *Duration, v Duration) {
-		if *p == 0 {
-			*p = v
-		}
-	}
-	setInt := func(p *int, v int) {
-		if *p == 0 {
-			*p = v
-		}
-	}
 	if c.Node.Name == "" {
 		if h, err := hostname(); err == nil && h != "" {
 			c.Node.Name = h
@@ -331,70 +339,57 @@ func (c *Config) withDefaults() {
 			c.Node.Name = "dpgate"
 		}
 	}
-	setStr(&c.Node.DataDir, dataDirDefault())
-	setStr(&c.Log.Level, "info")
-	setStr(&c.Log.Format, "text")
-	setStr(&c.Admin.Listen, DefaultAdminListen)
-	if c.TLS.PostQuantum == nil {
-		t := true
-		c.TLS.PostQuantum = &t
-	}
+	c.Node.DataDir = cmp.Or(c.Node.DataDir, dataDirDefault())
+	c.Log.Level = cmp.Or(c.Log.Level, LogInfo)
+	c.Log.Format = cmp.Or(c.Log.Format, LogText)
+	c.Admin.Listen = cmp.Or(c.Admin.Listen, DefaultAdminListen)
+	c.TLS.PostQuantum = cmp.Or(c.TLS.PostQuantum, ptr(true))
 
 	p := &c.Proxy
-	setStr(&p.Listen, DefaultProxyListen)
-	setStr(&p.Balance, "least-busy")
-	setDur(&p.ConnectionTimeout, Duration(10e9)) // seeds/003: ConnectionTimeout 10 s
-	setDur(&p.HandshakeTimeout, Duration(10e9))
-	setDur(&p.IdleTimeout, Duration(600e9))
-	setInt(&p.MaxConnections, 20000)
-	if p.SourceRate == 0 {
-		p.SourceRate = 20
-	}
-	setDur(&p.HealthInterval, Duration(10e9))
-	setStr(&p.ProxyProtocol, Off)
+	p.Listen = cmp.Or(p.Listen, DefaultProxyListen)
+	p.Balance = cmp.Or(p.Balance, proxy.DefaultBalance)
+	p.ConnectionTimeout = cmp.Or(p.ConnectionTimeout, Duration(proxy.DefaultConnectionTimeout))
+	p.HandshakeTimeout = cmp.Or(p.HandshakeTimeout, Duration(proxy.DefaultHandshakeTimeout))
+	p.IdleTimeout = cmp.Or(p.IdleTimeout, Duration(proxy.DefaultIdleTimeout))
+	p.MaxConnections = cmp.Or(p.MaxConnections, proxy.DefaultMaxConnections)
+	p.SourceRate = cmp.Or(p.SourceRate, proxy.DefaultSourceRate)
+	p.HealthInterval = cmp.Or(p.HealthInterval, Duration(proxy.DefaultHealthInterval))
+	p.ProxyProtocol = cmp.Or(p.ProxyProtocol, Off)
 
 	u := &c.Push
-	setStr(&u.Listen, DefaultPushListen)
-	if u.QUIC == nil {
-		t := true
-		u.QUIC = &t
-	}
-	setStr(&u.Auth, "cert")
-	setDur(&u.Keepalive, Duration(30e9))
-	setDur(&u.QueueTTL, Duration(24*3600e9))
-	setInt(&u.MaxConnections, 100000)
-	if u.SourceRate == 0 {
-		u.SourceRate = 200
-	}
-	if u.MaxPayload == 0 {
-		u.MaxPayload = 4 << 10
-	}
+	u.Listen = cmp.Or(u.Listen, DefaultPushListen)
+	u.QUIC = cmp.Or(u.QUIC, ptr(true))
+	u.Auth = cmp.Or(u.Auth, push.DefaultAuth)
+	u.Keepalive = cmp.Or(u.Keepalive, Duration(push.DefaultKeepalive))
+	u.QueueTTL = cmp.Or(u.QueueTTL, Duration(DefaultQueueTTL))
+	u.MaxConnections = cmp.Or(u.MaxConnections, push.DefaultMaxConnections)
+	u.SourceRate = cmp.Or(u.SourceRate, push.DefaultSourceRate)
+	u.MaxPayload = cmp.Or(u.MaxPayload, push.DefaultMaxPayload)
 
 	w := &c.Wake
-	setStr(&w.Listen, DefaultWakeListen)
-	setInt(&w.AgentPort, DefaultAgentWakePort)
+	w.Listen = cmp.Or(w.Listen, DefaultWakeListen)
+	w.AgentPort = cmp.Or(w.AgentPort, wake.DefaultAgentPort)
 	if len(w.WOLPorts) == 0 {
-		w.WOLPorts = []int{7, 9}
+		w.WOLPorts = wake.DefaultWOLPorts()
 	}
-	setStr(&w.ShutdownListen, DefaultShutdownListen)
-	setStr(&w.Signature, "ed25519")
+	w.ShutdownListen = cmp.Or(w.ShutdownListen, DefaultShutdownListen)
+	w.Signature = cmp.Or(w.Signature, wake.SignatureEd25519)
 
 	l := &c.Link
-	if l.Limits.Loss == 0 {
-		l.Limits.Loss = 0.10 // seeds/001: at most 10 % loss to the Central Node
-	}
-	setDur(&l.Limits.Delay, Duration(100e6)) // seeds/001: at most 100 ms delay
-	setDur(&l.ProbeInterval, Duration(100e6))
-	setDur(&l.Window, Duration(30e9))
+	l.Limits.Loss = cmp.Or(l.Limits.Loss, Percent(link.DefaultLimits.Loss))
+	l.Limits.Delay = cmp.Or(l.Limits.Delay, Duration(link.DefaultLimits.Delay))
+	l.ProbeInterval = cmp.Or(l.ProbeInterval, Duration(link.DefaultInterval))
+	l.Window = cmp.Or(l.Window, Duration(link.DefaultWindow))
 
-	setStr(&c.Cluster.DNS.Domain, DefaultDNSDomain)
-	setInt(&c.Cluster.RebalanceRate, 50)
-	setInt(&c.Cluster.MinCopies, 1)
-	setDur(&c.Cluster.ProbeInterval, Duration(400e6))
-	if c.Cluster.Margin == 0 {
-		c.Cluster.Margin = 0.05
-	}
+	cl := &c.Cluster
+	cl.DNS.Domain = cmp.Or(cl.DNS.Domain, DefaultDNSDomain)
+	cl.RebalanceRate = cmp.Or(cl.RebalanceRate, cluster.DefaultRebalanceRate)
+	cl.MinCopies = cmp.Or(cl.MinCopies, 1)
+	cl.ProbeInterval = cmp.Or(cl.ProbeInterval, Duration(cluster.DefaultProbeInterval))
+	cl.Margin = cmp.Or(cl.Margin, Percent(cluster.DefaultMargin))
 }
+
+func ptr[T any](v T) *T { return &v }
 
 // Enabled reports whether a listener that is on by default is enabled.
 func Enabled(listen string) bool { return listen != "" && listen != Off }

@@ -9,7 +9,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dpgate/dpgate/proxy"
+	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/tlsconf"
+	"github.com/dpgate/dpgate/wake"
 )
 
 var nodeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -19,10 +22,10 @@ func (c *Config) Validate() error {
 	if !nodeName.MatchString(c.Node.Name) {
 		return c.errAt("node.name", "%q is not a valid node name (letters, digits, '.', '_', '-'; at most 63)", c.Node.Name)
 	}
-	if err := c.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error"); err != nil {
+	if err := c.oneOf("log.level", c.Log.Level, LogDebug, LogInfo, LogWarn, LogError); err != nil {
 		return err
 	}
-	if err := c.oneOf("log.format", c.Log.Format, "text", "json"); err != nil {
+	if err := c.oneOf("log.format", c.Log.Format, LogText, LogJSON); err != nil {
 		return err
 	}
 
@@ -47,10 +50,10 @@ func (c *Config) Validate() error {
 	if err := c.hostPort("push.listen", u.Listen, true); err != nil {
 		return err
 	}
-	if err := c.oneOf("push.auth", u.Auth, "cert", "token", "none"); err != nil {
+	if err := c.oneOf("push.auth", u.Auth, push.AuthCert, push.AuthToken, push.AuthNone); err != nil {
 		return err
 	}
-	if u.Auth == "none" && Enabled(u.Listen) && !IsLoopback(u.Listen) {
+	if u.Auth == push.AuthNone && Enabled(u.Listen) && !IsLoopback(u.Listen) {
 		return c.errAt("push.auth", "none is allowed only with a loopback push.listen, not %s", u.Listen)
 	}
 	if u.Keepalive.D() > 65535*time.Second {
@@ -79,7 +82,7 @@ func (c *Config) Validate() error {
 	if err := c.port("wake.agent_port", w.AgentPort); err != nil {
 		return err
 	}
-	if err := c.oneOf("wake.signature", w.Signature, "ed25519", "hmac"); err != nil {
+	if err := c.oneOf("wake.signature", w.Signature, wake.SignatureEd25519, wake.SignatureHMAC); err != nil {
 		return err
 	}
 	for i, p := range w.WOLPorts {
@@ -132,10 +135,10 @@ func (c *Config) validateProxy() error {
 			return c.errAt(key+".client_cert_password_file", "set client_cert too")
 		}
 	}
-	if err := c.oneOf("proxy.balance", p.Balance, "least-busy", "ordered"); err != nil {
+	if err := c.oneOf("proxy.balance", p.Balance, proxy.LeastBusy, proxy.Ordered); err != nil {
 		return err
 	}
-	if err := c.oneOf("proxy.proxy_protocol", p.ProxyProtocol, Off, "v2"); err != nil {
+	if err := c.oneOf("proxy.proxy_protocol", p.ProxyProtocol, Off, ProxyProtocolV2); err != nil {
 		return err
 	}
 	for key, d := range map[string]Duration{
@@ -179,7 +182,7 @@ func (c *Config) validateCluster() error {
 	if err := c.hostPort("cluster.dns.listen", cl.DNS.Listen, false); err != nil {
 		return err
 	}
-	if cl.Bind != "" && c.Push.Auth == "token" && c.Push.TokenKeyFile == "" && Enabled(c.Push.Listen) {
+	if cl.Bind != "" && c.Push.Auth == push.AuthToken && c.Push.TokenKeyFile == "" && Enabled(c.Push.Listen) {
 		return c.errAt("push.token_key_file", "push.auth token in a cluster needs one token key file shared by every node (each node's own data_dir/push-token.key would refuse the tokens of the others): copy one there on every node, e.g. head -c 32 /dev/urandom | base64 > /etc/dpgate/push-token.key")
 	}
 	if cl.MinCopies < 1 || cl.MinCopies > 2 {

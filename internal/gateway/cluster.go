@@ -61,13 +61,13 @@ func (g *Gateway) startCluster() error {
 	g.cluster.Store(c)
 	if g.push != nil {
 		r, err := cluster.NewRouter(cluster.RouterConfig{
-			SweepInterval:      routerSweep,
-			Cluster:            c,
-			Local:              g.push,
-			Identity:           g.id,
-			ClassicKeyExchange: !*g.cfg.TLS.PostQuantum,
-			Metrics:            g.tel.Metrics,
-			Logger:             g.log,
+			SweepInterval: routerSweep,
+			Cluster:       c,
+			Local:         g.push,
+			Identity:      g.id,
+			KeyExchange:   g.keyExchange,
+			Metrics:       g.tel.Metrics,
+			Logger:        g.log,
 		})
 		if err != nil {
 			c.Close()

@@ -6,6 +6,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -37,16 +38,19 @@ import (
 
 // Gateway is one running node.
 type Gateway struct {
-	cfg     *config.Config
-	log     *slog.Logger
-	db      *store.DB
-	id      *tlsconf.Identity
-	allow   *tlsconf.AllowList
-	tel     *telemetry.Telemetry
-	admin   *admin.Server
-	proxy   *proxy.Proxy // nil while no upstream is configured
-	push    *push.Server // nil when push.listen is off
-	started time.Time
+	cfg *config.Config
+	log *slog.Logger
+	db  *store.DB
+	id  *tlsconf.Identity
+	// keyExchange are the TLS key exchange groups of every listener and
+	// dialer (tls.post_quantum).
+	keyExchange []tls.CurveID
+	allow       *tlsconf.AllowList
+	tel         *telemetry.Telemetry
+	admin       *admin.Server
+	proxy       *proxy.Proxy // nil while no upstream is configured
+	push        *push.Server // nil when push.listen is off
+	started     time.Time
 
 	udp       net.PacketConn // push QUIC socket, closed after the push server
 	pushAddr  string         // where the push server listens (TCP)
@@ -93,7 +97,8 @@ const CertFile = "gateway.pem"
 // New builds a gateway: it opens the store and loads (or on first start
 // generates) the certificate, but does not listen.
 func New(cfg *config.Config, opts Options) (*Gateway, error) {
-	g := &Gateway{cfg: cfg, log: opts.Logger, errc: make(chan error, 1), startUpgrade: opts.Upgrade}
+	g := &Gateway{cfg: cfg, log: opts.Logger, errc: make(chan error, 1), startUpgrade: opts.Upgrade,
+		keyExchange: tlsconf.KeyExchange(*cfg.TLS.PostQuantum)}
 	if g.log == nil {
 		g.log = slog.Default()
 	}

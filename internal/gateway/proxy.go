@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/dpgate/dpgate/internal/config"
 	"github.com/dpgate/dpgate/proxy"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -25,12 +26,11 @@ func (g *Gateway) newProxy() (*proxy.Proxy, error) {
 		MaxConnections:    c.MaxConnections,
 		SourceRate:        c.SourceRate,
 		MaxIngressRate:    uint64(c.MaxIngressRate),
-		ProxyProtocol:     c.ProxyProtocol == "v2",
-		// ClassicKeyExchange: tls.post_quantum: false.
-		ClassicKeyExchange: !*g.cfg.TLS.PostQuantum,
-		HealthInterval:     c.HealthInterval.D(),
-		Metrics:            g.tel.Metrics,
-		Logger:             g.log,
+		ProxyProtocol:     c.ProxyProtocol == config.ProxyProtocolV2,
+		KeyExchange:       g.keyExchange,
+		HealthInterval:    c.HealthInterval.D(),
+		Metrics:           g.tel.Metrics,
+		Logger:            g.log,
 	}
 	if c.ValidateAgentCerts {
 		pc.AllowList = g.allow

@@ -79,21 +79,21 @@ func (g *Gateway) newPush() (*push.Server, error) {
 			"devices", reg.Removed)
 	}
 	pc := push.Config{
-		Identity:           g.id,
-		AllowList:          g.allow,
-		Auth:               c.Auth,
-		TokenKeys:          keys,
-		Queue:              queue.NewQueue(g.db),
-		Registry:           reg,
-		Keepalive:          c.Keepalive.D(),
-		MaxConnections:     c.MaxConnections,
-		SourceRate:         c.SourceRate,
-		MaxPayload:         int(c.MaxPayload),
-		ClassicKeyExchange: !*g.cfg.TLS.PostQuantum,
-		Redirect:           g.pushRedirect,
-		Nodes:              g.pushNodes,
-		Metrics:            g.tel.Metrics,
-		Logger:             g.log,
+		Identity:       g.id,
+		AllowList:      g.allow,
+		Auth:           c.Auth,
+		TokenKeys:      keys,
+		Queue:          queue.NewQueue(g.db),
+		Registry:       reg,
+		Keepalive:      c.Keepalive.D(),
+		MaxConnections: c.MaxConnections,
+		SourceRate:     c.SourceRate,
+		MaxPayload:     int(c.MaxPayload),
+		KeyExchange:    g.keyExchange,
+		Redirect:       g.pushRedirect,
+		Nodes:          g.pushNodes,
+		Metrics:        g.tel.Metrics,
+		Logger:         g.log,
 	}
 	if g.cfg.Cluster.Bind != "" {
 		pc.PeerTLS = cluster.PeerServerTLS(g.id, g.isPeer)

@@ -32,7 +32,7 @@ func (g *Gateway) newWake() (*wake.Service, error) {
 		PushWake:   g.pushWake,
 		AgentPort:  g.cfg.Wake.AgentPort,
 		WOLPorts:   g.cfg.Wake.WOLPorts,
-		SignHMAC:   g.cfg.Wake.Signature == "hmac",
+		SignHMAC:   g.cfg.Wake.Signature == wake.SignatureHMAC,
 		OnShutdown: g.deviceShutDown,
 		Metrics:    g.tel.Metrics,
 		Logger:     g.log,

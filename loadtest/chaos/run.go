@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -123,21 +124,11 @@ type runner struct {
 // waits for the end state and returns the history (also on error, as far
 // as it got).
 func Run(ctx context.Context, cfg Config) (*History, error) {
-	if cfg.Nodes == 0 {
-		cfg.Nodes = 3
-	}
-	if cfg.Agents == 0 {
-		cfg.Agents = 30
-	}
-	if cfg.Rate == 0 {
-		cfg.Rate = 20
-	}
-	if cfg.Length == 0 {
-		cfg.Length = 8 * time.Second
-	}
-	if cfg.Settle == 0 {
-		cfg.Settle = 90 * time.Second
-	}
+	cfg.Nodes = cmp.Or(cfg.Nodes, 3)
+	cfg.Agents = cmp.Or(cfg.Agents, 30)
+	cfg.Rate = cmp.Or(cfg.Rate, 20)
+	cfg.Length = cmp.Or(cfg.Length, 8*time.Second)
+	cfg.Settle = cmp.Or(cfg.Settle, 90*time.Second)
 	r := &runner{cfg: cfg, log: cfg.Log, delivered: map[string]bool{}, nextAddr: 100,
 		httpClient: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}}
 	if r.log == nil {

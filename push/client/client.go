@@ -7,6 +7,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -88,18 +89,10 @@ func New(cfg Config) (*Client, error) {
 	if len(cfg.Servers) == 0 || cfg.DeviceID == "" || cfg.TLS == nil || cfg.OnPush == nil {
 		return nil, errors.New("push/client: Servers, DeviceID, TLS and OnPush are required")
 	}
-	if cfg.MinBackoff == 0 {
-		cfg.MinBackoff = 500 * time.Millisecond
-	}
-	if cfg.MaxBackoff == 0 {
-		cfg.MaxBackoff = 30 * time.Second
-	}
-	if cfg.DedupeWindow == 0 {
-		cfg.DedupeWindow = 4096
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	cfg.MinBackoff = cmp.Or(cfg.MinBackoff, 500*time.Millisecond)
+	cfg.MaxBackoff = cmp.Or(cfg.MaxBackoff, 30*time.Second)
+	cfg.DedupeWindow = cmp.Or(cfg.DedupeWindow, 4096)
+	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	return &Client{cfg: cfg, log: cfg.Logger, seen: newDedupe(cfg.DedupeWindow), wake: make(chan struct{}, 1),
 		tokens: quic.NewLRUTokenStore(8, 4)}, nil
 }
