@@ -71,11 +71,10 @@ type Config struct {
 	RebalanceRate  int
 	RebalanceAfter time.Duration
 	// State, when set, is small shared state (the agent allow-list) kept
-	// the same on every node: changes go out through Broadcast at once,
-	// and the whole state is exchanged in memberlist's push/pull.
+	// the same on every node: changes go out through BroadcastState at
+	// once, and the whole state is exchanged in memberlist's push/pull.
 	State Replicated
-	// OnMessage receives Broadcast messages that are not State changes
-	// (State's are JSON arrays: they start with '['; others must not).
+	// OnMessage receives the other nodes' Broadcast messages.
 	OnMessage func([]byte)
 	// ProbeInterval: how often memberlist probes a peer; the probe timeout
 	// is half of it. Default: 400ms.
@@ -380,11 +379,29 @@ func (d delegate) NodeMeta(limit int) []byte {
 	return b
 }
 
-// Broadcast sends a change of the replicated state to every node through
-// gossip (retransmitted a few times; push/pull repairs what gossip loses).
-// A message must fit one UDP packet, about 1,300 bytes.
-func (c *Cluster) Broadcast(msg []byte) {
-	c.queue.QueueBroadcast(broadcast(msg))
+// Gossiped messages start with their kind. Nodes of versions before the
+// kind byte sent a State change as a bare JSON array and any other
+// message as bare JSON (an object): NotifyMsg still takes both, so a
+// rolling upgrade loses nothing from the old nodes. The old nodes take
+// the new nodes' messages as unknown (logged) until they are upgraded
+// too; a State change still reaches them within one push/pull
+// (PushPullInterval, 15 s).
+const (
+	kindState   byte = 1 // a change of State, for its Merge
+	kindMessage byte = 2 // for OnMessage
+)
+
+// BroadcastState sends a change of the replicated state to every node
+// through gossip (retransmitted a few times; push/pull repairs what
+// gossip loses). A change must fit one UDP packet, about 1,300 bytes.
+func (c *Cluster) BroadcastState(change []byte) { c.broadcast(kindState, change) }
+
+// Broadcast sends msg to every other node's OnMessage, as BroadcastState
+// does (at least once, best effort, one UDP packet at most).
+func (c *Cluster) Broadcast(msg []byte) { c.broadcast(kindMessage, msg) }
+
+func (c *Cluster) broadcast(kind byte, msg []byte) {
+	c.queue.QueueBroadcast(broadcast(append([]byte{kind}, msg...)))
 	c.m.IncrCounter([]string{"cluster", "broadcasts"}, 1)
 }
 
@@ -395,11 +412,25 @@ func (b broadcast) Message() []byte                       { return b }
 func (b broadcast) Finished()                             {}
 
 func (d delegate) NotifyMsg(b []byte) {
-	if len(b) > 0 && b[0] != '[' && d.c.cfg.OnMessage != nil {
-		d.c.cfg.OnMessage(append([]byte(nil), b...))
+	if len(b) == 0 {
 		return
 	}
-	d.merge(b)
+	switch b[0] {
+	case kindState:
+		d.merge(b[1:])
+	case kindMessage:
+		d.message(b[1:])
+	case '[': // a State change from a node of an earlier version
+		d.merge(b)
+	default: // any other message from a node of an earlier version
+		d.message(b)
+	}
+}
+
+func (d delegate) message(b []byte) {
+	if d.c.cfg.OnMessage != nil {
+		d.c.cfg.OnMessage(append([]byte(nil), b...))
+	}
 }
 
 func (d delegate) GetBroadcasts(overhead, limit int) [][]byte {

@@ -78,7 +78,7 @@ func (g *Gateway) startCluster() error {
 	// Every local allow-list change goes to the other nodes at once.
 	g.allow.OnChange(func(e tlsconf.Entry) {
 		b, _ := json.Marshal([]tlsconf.Entry{e})
-		c.Broadcast(b)
+		c.BroadcastState(b)
 	})
 	g.log.Info("cluster started", "bind", cc.Bind, "seeds", cc.Join, "encrypted", key != nil)
 	return nil
