@@ -40,7 +40,7 @@ func TestMessageKinds(t *testing.T) {
 	for _, b := range sent {
 		d.NotifyMsg(b)
 	}
-	d.NotifyMsg([]byte(`[{"fp":"old"}]`))          // an earlier version's State change
+	d.NotifyMsg([]byte(`[{"fp":"old"}]`))         // an earlier version's State change
 	d.NotifyMsg([]byte(`{"shutdown":"dev-old"}`)) // and its other message
 	d.NotifyMsg(nil)
 
