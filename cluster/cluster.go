@@ -41,8 +41,14 @@ const (
 
 // Config configures a node. Zero values mean the defaults in comments.
 type Config struct {
-	Name      string   // node name, unique in the cluster. Required.
-	Bind      string   // gossip host:port (TCP and UDP). Required.
+	Name string // node name, unique in the cluster. Required.
+	// Stream and Packets are the gossip sockets, TCP and UDP on the same
+	// port (the gateway opens them, so an upgrade passes them on like its
+	// other sockets); the Cluster owns them from New on. When they are
+	// nil, Start opens them on Bind.
+	Stream    net.Listener
+	Packets   net.PacketConn
+	Bind      string   // gossip host:port (TCP and UDP), when Stream and Packets are nil
 	Advertise string   // host:port peers use. Default: memberlist's choice.
 	Join      []string // seeds (host:port)
 	// SecretKey encrypts gossip (16, 24 or 32 bytes). Default: none;
@@ -79,7 +85,8 @@ type Config struct {
 	// ProbeInterval: how often memberlist probes a peer; the probe timeout
 	// is half of it. Default: 400ms.
 	ProbeInterval time.Duration
-	// Tune adjusts memberlist's configuration (tests tighten timings).
+	// Tune adjusts memberlist's configuration (tests tighten timings, or
+	// wrap the Transport to cut the network).
 	Tune func(*memberlist.Config)
 
 	Metrics *metrics.Metrics // default metrics.Default()
@@ -128,15 +135,19 @@ type Cluster struct {
 
 	queue *memberlist.TransmitLimitedQueue
 
+	mc *memberlist.Config // built by New, used by Start
+
+	closeMu sync.Mutex // orders Start and Close
+	closed  bool
+
 	done chan struct{}
 	wg   sync.WaitGroup
 }
 
-// Start creates the memberlist (binding the gossip sockets), joins the
-// seeds, and starts the refresh and re-join loops.
-func Start(cfg Config) (*Cluster, error) {
-	if cfg.Name == "" || cfg.Bind == "" || cfg.Meta == nil {
-		return nil, errors.New("cluster: Name, Bind and Meta are required")
+// New checks the configuration and builds the node; Start joins.
+func New(cfg Config) (*Cluster, error) {
+	if cfg.Name == "" || (cfg.Bind == "" && (cfg.Stream == nil || cfg.Packets == nil)) || cfg.Meta == nil {
+		return nil, errors.New("cluster: Name, Meta, and Bind or the Stream and Packets sockets are required")
 	}
 	cfg.RejoinInterval = cmp.Or(cfg.RejoinInterval, DefaultRejoinInterval)
 	cfg.RefreshInterval = cmp.Or(cfg.RefreshInterval, DefaultRefreshInterval)
@@ -150,18 +161,7 @@ func Start(cfg Config) (*Cluster, error) {
 
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
-	host, port, err := net.SplitHostPort(cfg.Bind)
-	if err != nil {
-		return nil, fmt.Errorf("cluster: bind %q: %w", cfg.Bind, err)
-	}
-	mc.BindAddr = host
-	if mc.BindAddr == "" {
-		mc.BindAddr = "0.0.0.0"
-	}
-	if mc.BindPort, err = strconv.Atoi(port); err != nil {
-		return nil, fmt.Errorf("cluster: bind port %q: %w", port, err)
-	}
-	mc.AdvertisePort = mc.BindPort
+	mc.AdvertisePort = 0 // the port bound, unless Advertise says otherwise
 	if cfg.Advertise != "" {
 		ah, ap, err := net.SplitHostPort(cfg.Advertise)
 		if err != nil {
@@ -191,27 +191,69 @@ func Start(cfg Config) (*Cluster, error) {
 	mc.Ping = pings{c}
 	mc.Events = events{c}
 	mc.Logger = log.New(slogWriter{c.log}, "", 0)
-	if cfg.Tune != nil {
-		cfg.Tune(mc)
-	}
 	c.queue = &memberlist.TransmitLimitedQueue{RetransmitMult: 3, NumNodes: func() int {
 		c.mu.Lock() // the event-kept member map: memberlist may call this during Create
 		defer c.mu.Unlock()
 		return max(1, len(c.members))
 	}}
-	if c.ml, err = memberlist.Create(mc); err != nil {
-		return nil, fmt.Errorf("cluster: %w", err)
+	c.mc = mc
+	return c, nil
+}
+
+// Start creates the memberlist on the gossip sockets (opening them on
+// Bind when none were given), joins the seeds, and starts the refresh and
+// re-join loops. It is called once.
+func (c *Cluster) Start() error {
+	cfg, mc := c.cfg, c.mc
+	if cfg.Stream == nil {
+		var err error
+		if cfg.Stream, cfg.Packets, err = Listen(cfg.Bind); err != nil {
+			return err
+		}
 	}
+	mc.Transport = newTransport(cfg.Stream, cfg.Packets, c.log.Warn)
+	if cfg.Tune != nil {
+		cfg.Tune(mc) // may wrap the transport
+	}
+	c.closeMu.Lock()
+	if c.closed {
+		c.closeMu.Unlock()
+		return mc.Transport.Shutdown()
+	}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		c.closeMu.Unlock()
+		mc.Transport.Shutdown()
+		return fmt.Errorf("cluster: %w", err)
+	}
+	c.ml = ml
+	c.wg.Add(1)
+	go c.loop() // exits when done is closed
+	c.closeMu.Unlock()
+	// The seeds may take a while to answer: Close does not wait for that.
 	if len(cfg.Join) > 0 {
-		if n, err := c.ml.Join(cfg.Join); err != nil {
+		if n, err := ml.Join(cfg.Join); err != nil {
 			c.log.Warn("cluster: no seed answered yet; will retry", "seeds", cfg.Join, "err", err)
 		} else {
 			c.log.Info("cluster: joined", "contacted", n)
 		}
 	}
-	c.wg.Add(1)
-	go c.loop() // exits when done is closed
-	return c, nil
+	return nil
+}
+
+// Listen opens the gossip sockets on addr: TCP, and UDP on the same port
+// (the port TCP got when addr's is 0).
+func Listen(addr string) (net.Listener, net.PacketConn, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("cluster: %w", err)
+	}
+	pc, err := net.ListenPacket("udp", ln.Addr().String())
+	if err != nil {
+		ln.Close()
+		return nil, nil, fmt.Errorf("cluster: %w", err)
+	}
+	return ln, pc, nil
 }
 
 // loop gossips metadata changes and re-joins the seeds periodically.
@@ -231,8 +273,10 @@ func (c *Cluster) loop() {
 			// Compare with what was last gossiped (NodeMeta records it), not
 			// with an earlier reading: a change made before this loop first
 			// ran must still go out.
+			// Meta is read outside the lock: it may ask for Members.
+			now := c.cfg.Meta()
 			c.mu.Lock()
-			stale := c.cfg.Meta() != c.lastSent
+			stale := now != c.lastSent
 			c.mu.Unlock()
 			if stale {
 				if err := c.ml.UpdateNode(time.Second); err != nil {
@@ -284,6 +328,9 @@ func (c *Cluster) Shutdown(ctx context.Context) error {
 		return nil
 	default:
 	}
+	if !c.started() {
+		return c.Close()
+	}
 	timeout := 2 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = max(time.Until(dl), 0)
@@ -295,14 +342,28 @@ func (c *Cluster) Shutdown(ctx context.Context) error {
 // Close stops gossiping at once (peers will see a failure). It is
 // idempotent.
 func (c *Cluster) Close() error {
-	select {
-	case <-c.done:
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
+	if c.closed {
 		return nil
-	default:
-		close(c.done)
 	}
+	c.closed = true
+	close(c.done)
 	c.wg.Wait()
+	if c.ml == nil { // never started: the sockets are still ours to close
+		if c.cfg.Stream != nil {
+			return errors.Join(c.cfg.Stream.Close(), c.cfg.Packets.Close())
+		}
+		return nil
+	}
 	return c.ml.Shutdown()
+}
+
+// started reports whether Start created the memberlist.
+func (c *Cluster) started() bool {
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
+	return c.ml != nil
 }
 
 func (c *Cluster) set(n *memberlist.Node) {

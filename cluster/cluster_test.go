@@ -79,10 +79,7 @@ func newTestClusterWith(t *testing.T, n int, meta func(i int, nd *testNode) clus
 		if tweak != nil {
 			tweak(i, &cfg)
 		}
-		c, err := cluster.Start(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := startNode(t, cfg)
 		nd.Cluster = c
 		self := c.Members()
 		for _, m := range self {
@@ -90,10 +87,23 @@ func newTestClusterWith(t *testing.T, n int, meta func(i int, nd *testNode) clus
 				nd.addr = m.Addr
 			}
 		}
-		t.Cleanup(func() { c.Close() })
 		nodes = append(nodes, nd)
 	}
 	return nodes
+}
+
+// startNode builds and starts a node; the test's cleanup closes it.
+func startNode(t *testing.T, cfg cluster.Config) *cluster.Cluster {
+	t.Helper()
+	c, err := cluster.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 func sees(nd *testNode, want int) error {
@@ -140,11 +150,11 @@ func TestJoinLeaveFailure(t *testing.T) {
 	waitFor(t, 30*time.Second, func() error { return sees(nodes[1], 2) })
 }
 
-// cutTransport is memberlist's network transport with a switch that
+// cutTransport is the node's gossip transport with a switch that
 // drops everything between one node and the others, both ways (every node
 // uses one, so filtering what each sends is enough).
 type cutTransport struct {
-	*memberlist.NetTransport
+	memberlist.Transport
 	self     string
 	isolated *atomic.Value // gossip address of the node cut off, when cut
 }
@@ -158,7 +168,7 @@ func (t *cutTransport) WriteTo(b []byte, addr string) (time.Time, error) {
 	if t.blocked(addr) {
 		return time.Now(), nil // lost on the way
 	}
-	return t.NetTransport.WriteTo(b, addr)
+	return t.Transport.WriteTo(b, addr)
 }
 
 func (t *cutTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
@@ -169,7 +179,7 @@ func (t *cutTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn
 	if t.blocked(addr) {
 		return nil, fmt.Errorf("partitioned from %s", addr)
 	}
-	return t.NetTransport.DialTimeout(addr, timeout)
+	return t.Transport.DialTimeout(addr, timeout)
 }
 
 func (t *cutTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
@@ -186,11 +196,11 @@ func TestPartitionHeals(t *testing.T) {
 	nodes := newTestClusterWith(t, 3, nil, func(i int, cfg *cluster.Config) {
 		cfg.Tune = func(mc *memberlist.Config) {
 			tight(mc)
-			nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger})
+			ip, port, err := mc.Transport.FinalAdvertiseAddr("", 0)
 			if err != nil {
-				t.Fatal(err)
+				t.Error(err)
 			}
-			mc.Transport = &cutTransport{NetTransport: nt, self: net.JoinHostPort(mc.BindAddr, strconv.Itoa(nt.GetAutoBindPort())), isolated: &isolated}
+			mc.Transport = &cutTransport{Transport: mc.Transport, self: net.JoinHostPort(ip.String(), strconv.Itoa(port)), isolated: &isolated}
 		}
 	})
 	all := func(want ...int) error {
@@ -227,13 +237,8 @@ func TestJoinsSeedThatStartsLater(t *testing.T) {
 		}
 	}
 	start := func(name, bind string, join []string) *cluster.Cluster {
-		c, err := cluster.Start(cluster.Config{Name: name, Bind: bind, Join: join, RejoinInterval: time.Hour,
+		return startNode(t, cluster.Config{Name: name, Bind: bind, Join: join, RejoinInterval: time.Hour,
 			Meta: func() cluster.Meta { return cluster.Meta{} }, Tune: tight, Logger: quiet})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
 	}
 	early := start("early", "127.0.0.1:0", []string{seed})
 	late := start("seed", seed, nil)
@@ -359,6 +364,16 @@ func TestDNSAnswers(t *testing.T) {
 	}
 }
 
+// balancing is the least-busy rule of a cluster without push routing.
+type balancing struct{ c *cluster.Cluster }
+
+func (b balancing) Nodes() []string { return b.c.PushNodes() }
+func (b balancing) Redirect(sessions int, redirected bool) (string, bool) {
+	return b.c.RedirectTarget(sessions, redirected)
+}
+func (balancing) SessionChanged(string, bool, time.Time) {}
+func (balancing) Acked(string, [16]byte)                 {}
+
 // TestAgentsSpreadOverNodes: 3,000 agents start unevenly, half at node 0
 // and a quarter at each other node (an unbalanced DNS answer or agent
 // configuration); REDIRECT moves them towards 1,000 per node. Without
@@ -416,10 +431,11 @@ func TestAgentsSpreadOverNodes(t *testing.T) {
 		reg, _ := queue.NewRegistry(db)
 		nd := nodes[i]
 		s, err := push.New(push.Config{Identity: id, Auth: push.AuthNone, Queue: queue.NewQueue(db), Registry: reg,
-			Redirect: nd.RedirectTarget, Nodes: nd.PushNodes, AcceptRate: 100000, Logger: quiet})
+			AcceptRate: 100000, Logger: quiet})
 		if err != nil {
 			t.Fatal(err)
 		}
+		s.SetCluster(balancing{nd.Cluster})
 		servers[i].Store(s)
 		wg.Add(1)
 		go func() { defer wg.Done(); s.Serve(lns[i]) }()
@@ -577,5 +593,42 @@ func TestDNSSizeAndNames(t *testing.T) {
 	}
 	if r := ask("nothing.node.dpgate.internal.", dns.TypeA); r.Rcode != dns.RcodeNameError || !soaIn(r.Ns) {
 		t.Errorf("unknown node: rcode %s, authority %v; want NXDOMAIN with the SOA", dns.RcodeToString[r.Rcode], r.Ns)
+	}
+}
+
+// TestMetaMayReadMembers: the gateway's Meta reads Members (to advertise
+// a wildcard listener at this node's own address, as with cluster.bind
+// 0.0.0.0:7946 and no cluster.advertise); the refresh loop called Meta
+// holding the lock Members takes, and the node hung for good.
+func TestMetaMayReadMembers(t *testing.T) {
+	var c *cluster.Cluster
+	var ready atomic.Bool
+	c, err := cluster.New(cluster.Config{Name: "self-reader", Bind: "127.0.0.1:0", RefreshInterval: 10 * time.Millisecond,
+		Meta: func() cluster.Meta {
+			if ready.Load() {
+				_ = c.Members()
+			}
+			return cluster.Meta{Push: "127.0.0.1:13295", Conns: int(time.Now().UnixNano() % 7)}
+		}, Tune: tight, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready.Store(true)
+	done := make(chan struct{})
+	go func() { // returns unless the node hangs
+		for range 20 {
+			c.Members()
+			time.Sleep(10 * time.Millisecond)
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+		c.Close()
+	case <-time.After(30 * time.Second):
+		t.Fatal("Members did not answer for 30 s: the refresh loop holds its lock (the node is not closed: Close would wait for that loop)")
 	}
 }

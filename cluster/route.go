@@ -103,8 +103,9 @@ type Router struct {
 // origin only means that node's ?wait= sees no ACK).
 const maxOrigins = 1 << 20
 
-// NewRouter starts routing: peers' connections arrive through ServeConn
-// (the push server hands over those that negotiate push.PeerALPN).
+// NewRouter builds the router of the local push server; Start starts it.
+// Peers' connections arrive through ServeConn (the push server hands over
+// those that negotiate wire.PeerALPN).
 func NewRouter(cfg RouterConfig) (*Router, error) {
 	if cfg.Cluster == nil || cfg.Local == nil || cfg.Identity == nil {
 		return nil, errors.New("cluster: router needs Cluster, Local and Identity")
@@ -124,9 +125,15 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 		done:    make(chan struct{}),
 	}
 	r.peer = newPeerNet(r)
+	return r, nil
+}
+
+// Start starts routing: rebalancing when the nodes change, the sweep and
+// the repair of what unreachable nodes missed. Call it once, after the
+// Cluster's Start.
+func (r *Router) Start() {
 	r.wg.Add(1)
 	go r.loop() // exits on Close
-	return r, nil
 }
 
 // nodes are the members that keep queues now: serving push, with a pin
@@ -469,8 +476,17 @@ func (r *Router) sendPending(device, holder string) {
 	r.m.IncrCounter([]string{"cluster", "route", "forwarded"}, float32(len(ws)))
 }
 
-// SessionChanged is the push server's OnSession hook: the device's owners
-// learn where it is connected.
+// Nodes lists the push servers for WELCOME, this node first (part of
+// push.Cluster, which the router implements for this node's push server).
+func (r *Router) Nodes() []string { return r.c.PushNodes() }
+
+// Redirect names the node a new agent should go to instead, when this one
+// is above its fair share (Cluster.RedirectTarget).
+func (r *Router) Redirect(sessions int, redirected bool) (string, bool) {
+	return r.c.RedirectTarget(sessions, redirected)
+}
+
+// SessionChanged: the device's owners learn where it is connected.
 func (r *Router) SessionChanged(device string, up bool, since time.Time) {
 	kind := "unreg"
 	if up {
@@ -489,7 +505,7 @@ func (r *Router) SessionChanged(device string, up bool, since time.Time) {
 	}
 }
 
-// Acked is the push server's OnAck hook: the owners drop their copies and
+// Acked: the owners drop their copies and
 // the accepting node learns the push was delivered.
 func (r *Router) Acked(device string, id [16]byte) {
 	targets := r.owners(device, r.nodes())

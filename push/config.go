@@ -35,9 +35,38 @@ const (
 	DefaultAcceptRate       = 2000
 	DefaultSourceRate       = 200
 	DefaultQUICRetryAbove   = 64
+	DefaultDrainSpread      = 5 * time.Second
 	DefaultExpireInterval   = 10 * time.Second
 	DefaultPathInterval     = 10 * time.Second
 )
+
+// Cluster is what the server asks of the cluster it is part of;
+// cluster.Router implements it, and SetCluster hands it over. Without one
+// the server is a cluster of one: no REDIRECT, and WELCOME names the
+// address the agent connected to.
+type Cluster interface {
+	// Nodes lists the push addresses for WELCOME, in failover order; none:
+	// the address the agent connected to.
+	Nodes() []string
+	// Redirect is asked for every new session with the count of sessions
+	// held here and whether the agent already comes from a REDIRECT; if
+	// it names another node the agent gets REDIRECT there instead of
+	// WELCOME (the least-busy rule).
+	Redirect(sessions int, redirected bool) (addr string, ok bool)
+	// SessionChanged is told when a device's session starts here and when
+	// it ends (not when it is replaced on this node).
+	SessionChanged(device string, up bool, since time.Time)
+	// Acked is told when a device acknowledges a queued push here.
+	Acked(device string, id [16]byte)
+}
+
+// alone is the Cluster of a server on its own.
+type alone struct{}
+
+func (alone) Nodes() []string                        { return nil }
+func (alone) Redirect(int, bool) (string, bool)      { return "", false }
+func (alone) SessionChanged(string, bool, time.Time) {}
+func (alone) Acked(string, [16]byte)                 {}
 
 // Config configures a Server. Zero values mean the defaults in comments.
 type Config struct {
@@ -73,33 +102,25 @@ type Config struct {
 	// Retry (address validation, RFC 9000 section 8.1.2). Default: 64;
 	// negative: always.
 	QUICRetryAbove int
+	// DrainSpread: on Shutdown, agents are told to reconnect elsewhere
+	// after a random delay up to this. Default: 5s; negative: at once.
+	DrainSpread time.Duration
 	// ExpireInterval is how often expired pushes are swept. Default: 10s.
 	ExpireInterval time.Duration
 	// PathInterval is how often every session's path figures (TCP_INFO,
 	// QUIC ConnectionStats) are sampled into the metrics. Default: 10s;
 	// negative: never (GET /v1/devices/{id} still reads them on demand).
 	PathInterval time.Duration
-	// Nodes lists push addresses for WELCOME (failover order). Default:
-	// the address the agent connected to.
-	Nodes func() []string
-	// Redirect, when set, is asked for every new session with the count of
-	// sessions held here and whether the agent already comes from a
-	// REDIRECT; if it names another node the agent gets REDIRECT there
-	// instead of WELCOME (the cluster's least-busy rule).
-	Redirect func(sessions int, redirected bool) (addr string, ok bool)
 	// KeyExchange are the key exchange groups (tlsconf.KeyExchange).
 	// Default: Go's, with the post-quantum hybrid.
 	KeyExchange []tls.CurveID
 
-	// Cluster hooks. A TLS client offering ALPN PeerALPN on the push port
-	// is another node of the cluster: it is handshaken with PeerTLS and
-	// its connection handed to Peer. OnSession is called when a device's
-	// session starts and when it ends (not when it is replaced on this
-	// node); OnAck when a device acknowledges a queued push here.
-	PeerTLS   *tls.Config
-	Peer      func(net.Conn)
-	OnSession func(device string, up bool, since time.Time)
-	OnAck     func(device string, id [16]byte)
+	// A TLS client offering ALPN wire.PeerALPN on the push port is
+	// another node of the cluster: it is handshaken with PeerTLS and its
+	// connection handed to Peer (cluster.Router.ServeConn). Default: no
+	// peers; such a client is refused.
+	PeerTLS *tls.Config
+	Peer    func(net.Conn)
 
 	Metrics *metrics.Metrics // default metrics.Default()
 	Logger  *slog.Logger     // default slog.Default()
@@ -115,6 +136,7 @@ func (c *Config) withDefaults() {
 	c.AcceptRate = cmp.Or(c.AcceptRate, DefaultAcceptRate)
 	c.SourceRate = cmp.Or(c.SourceRate, DefaultSourceRate)
 	c.QUICRetryAbove = cmp.Or(c.QUICRetryAbove, DefaultQUICRetryAbove)
+	c.DrainSpread = cmp.Or(c.DrainSpread, DefaultDrainSpread)
 	c.ExpireInterval = cmp.Or(c.ExpireInterval, DefaultExpireInterval)
 	c.PathInterval = cmp.Or(c.PathInterval, DefaultPathInterval)
 	c.Metrics = cmp.Or(c.Metrics, metrics.Default())

@@ -79,9 +79,7 @@ func (s *Server) acked(device string, seq uint64) {
 	if found {
 		s.delivered.Add(1)
 		s.ackedIDs([][16]byte{id})
-		if s.cfg.OnAck != nil {
-			s.cfg.OnAck(device, id)
-		}
+		s.cluster.Acked(device, id)
 	}
 }
 

@@ -78,13 +78,13 @@ func TestByeBody(t *testing.T) {
 // TestDrainIgnored: an agent that stays after DRAIN is told ERROR 6
 // (shutdown) when the deadline passes, then closed.
 func TestDrainIgnored(t *testing.T) {
-	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+	ts := newTestServer(t, func(c *push.Config) { c.Auth, c.DrainSpread = push.AuthNone, -1 })
 	r := dialRaw(t, ts, nil)
 	r.hello(t, "dev-d")
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- ts.Shutdown(ctx, 0) }()
+	go func() { done <- ts.Shutdown(ctx) }()
 	if typ, _ := r.read(t); typ != wire.TypeDrain {
 		t.Fatalf("got frame 0x%02x, want DRAIN", typ)
 	}

@@ -205,7 +205,7 @@ func TestPerDeviceOrder(t *testing.T) {
 func TestDrainMovesAgents(t *testing.T) {
 	for _, overQUIC := range []bool{false, true} {
 		t.Run(map[bool]string{false: "tls", true: "quic"}[overQUIC], func(t *testing.T) {
-			a1 := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+			a1 := newTestServer(t, func(c *push.Config) { c.Auth, c.DrainSpread = push.AuthNone, 50*time.Millisecond })
 			a2 := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
 			addr1, addr2 := a1.addr, a2.addr
 			if overQUIC {
@@ -220,7 +220,7 @@ func TestDrainMovesAgents(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			if err := a1.Shutdown(ctx, 50*time.Millisecond); err != nil {
+			if err := a1.Shutdown(ctx); err != nil {
 				t.Fatalf("Shutdown: %v", err)
 			}
 			if e := ag.waitEvent(t, "drain"); e.Server != addr1 {

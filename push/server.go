@@ -38,14 +38,16 @@ import (
 // Server is the push server. It does not listen: Serve and ServeQUIC take
 // a listener and a packet connection.
 type Server struct {
-	cfg    Config
-	log    *slog.Logger
-	m      *metrics.Metrics
-	queue  *queue.Queue
-	reg    *queue.Registry
-	tls    *tls.Config // QUIC and agents
-	tcpTLS *tls.Config // tls, plus peers of the cluster when configured
-	accept *rate.Limiter
+	cfg   Config
+	log   *slog.Logger
+	m     *metrics.Metrics
+	queue *queue.Queue
+	reg   *queue.Registry
+	// cluster is alone{} until SetCluster, which comes before Serve.
+	cluster Cluster
+	tls     *tls.Config // QUIC and agents
+	tcpTLS  *tls.Config // tls, plus peers of the cluster when configured
+	accept  *rate.Limiter
 	// refusing holds a token per connection being told ERROR 5.
 	refusing chan struct{}
 	source   *ratelimit.PerSource
@@ -109,6 +111,7 @@ func New(cfg Config) (*Server, error) {
 		recent:    map[[16]byte]struct{}{},
 
 		idWaiters: map[[16]byte][]chan struct{}{},
+		cluster:   alone{},
 	}
 	keys := slices.Clone(cfg.TokenKeys)
 	s.tokenKeys.Store(&keys)
@@ -132,6 +135,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	return s, nil
 }
+
+// SetCluster makes the server part of a cluster (in a gateway, its
+// cluster.Router). Call it before Serve and ServeQUIC.
+func (s *Server) SetCluster(c Cluster) { s.cluster = c }
 
 // every calls fn every d until the server stops (one of the server's
 // goroutines: s.wg counts it).
@@ -209,10 +216,15 @@ func (s *Server) samplePaths() {
 }
 
 // Shutdown stops accepting, sends DRAIN to every agent (each told to
-// reconnect elsewhere after a random delay up to spread, or longer when
-// the accept budget needs it, so they do not all arrive at once), waits
-// for them to leave until ctx ends, then closes the rest.
-func (s *Server) Shutdown(ctx context.Context, spread time.Duration) error {
+// reconnect elsewhere after a random delay up to DrainSpread, at most
+// half the time ctx leaves, or longer when the accept budget needs it,
+// so they do not all arrive at once), waits for them to leave until ctx
+// ends, then closes the rest.
+func (s *Server) Shutdown(ctx context.Context) error {
+	spread := max(s.cfg.DrainSpread, 0)
+	if dl, ok := ctx.Deadline(); ok {
+		spread = min(spread, time.Until(dl)/2)
+	}
 	return s.ShutdownAfter(ctx, 0, spread)
 }
 

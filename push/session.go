@@ -284,21 +284,19 @@ func (s *Server) startSession(c conn, transport string, remote, local net.Addr, 
 		abort(wire.CodeAuth, err.Error())
 		return
 	}
-	if s.cfg.Redirect != nil {
-		if addr, ok := s.cfg.Redirect(s.Sessions(), h.Caps&wire.CapRedirected != 0); ok {
-			c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-			c.Write((&wire.Redirect{Reason: 2, Address: addr}).Marshal())
-			c.Close()
-			s.conns.Add(-1)
-			s.m.IncrCounter([]string{"push", "redirected"}, 1)
-			return
-		}
+	if addr, ok := s.cluster.Redirect(s.Sessions(), h.Caps&wire.CapRedirected != 0); ok {
+		c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		c.Write((&wire.Redirect{Reason: 2, Address: addr}).Marshal())
+		c.Close()
+		s.conns.Add(-1)
+		s.m.IncrCounter([]string{"push", "redirected"}, 1)
+		return
 	}
 	ss := &session{srv: s, c: c, device: h.DeviceID, caps: h.Caps, transport: transport, remote: remote, since: time.Now(), id: newSessionID()}
 	ss.lastSeen.Store(ss.since.UnixNano())
-	nodes := []string{local.String()}
-	if s.cfg.Nodes != nil {
-		nodes = s.cfg.Nodes()
+	nodes := s.cluster.Nodes()
+	if len(nodes) == 0 {
+		nodes = []string{local.String()}
 	}
 	welcome := &wire.Welcome{Version: wire.Version, Session: ss.id, Keepalive: uint16(s.cfg.Keepalive / time.Second), Nodes: nodes}
 	// The session enters the map under the same lock Shutdown takes to set
@@ -333,9 +331,7 @@ func (s *Server) startSession(c conn, transport string, remote, local net.Addr, 
 	if err := s.reg.Seen(ss.device, ss.remote, &h, ss.since); err != nil {
 		s.log.Error("push: device registry", "device", ss.device, "err", err)
 	}
-	if s.cfg.OnSession != nil {
-		s.cfg.OnSession(ss.device, true, ss.since)
-	}
+	s.cluster.SessionChanged(ss.device, true, ss.since)
 	s.m.IncrCounterWithLabels([]string{"push", "sessions", "started"}, 1, []metrics.Label{{Name: "transport", Value: ss.transport}})
 	ss.kick() // everything still queued, from the first message
 	s.wg.Add(1)
@@ -359,8 +355,8 @@ func (s *Server) runSession(ss *session) {
 	defer s.wg.Done()
 	err := ss.readLoop()
 	ss.close()
-	if s.unregister(ss) && s.cfg.OnSession != nil {
-		s.cfg.OnSession(ss.device, false, ss.since)
+	if s.unregister(ss) {
+		s.cluster.SessionChanged(ss.device, false, ss.since)
 	}
 	s.conns.Add(-1)
 	s.reg.Seen(ss.device, ss.remote, nil, time.Now())

@@ -137,21 +137,21 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 // serveGateway builds a gateway and serves it on sockets from socks (nil:
 // opened anew).
 func serveGateway(cfg *config.Config, opts gateway.Options, socks gateway.Sockets) (*gateway.Gateway, error) {
-	gw, err := gateway.New(cfg, opts)
-	if err != nil {
-		return nil, err
-	}
 	var ls gateway.Listeners
+	var err error
 	if socks == nil {
 		ls, err = gateway.Listen(cfg)
 	} else {
 		ls, err = gateway.ListenFrom(cfg, socks)
 	}
 	if err != nil {
-		gw.Close()
 		return nil, err
 	}
-	gw.Start(ls)
+	gw, err := gateway.New(cfg, ls, opts) // closes ls on an error
+	if err != nil {
+		return nil, err
+	}
+	gw.Start()
 	return gw, nil
 }
 

@@ -187,15 +187,15 @@ func startGateway(t *testing.T) (*gateway.Gateway, gateway.Listeners, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := gateway.New(cfg, gateway.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ls, err := gateway.Listen(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g.Start(ls)
+	g, err := gateway.New(cfg, ls, gateway.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start()
 	t.Cleanup(func() { g.Close() })
 	tokenFile, _ := cfg.AdminTokenFile()
 	return g, ls, tokenFile

@@ -20,9 +20,10 @@ import (
 // Tests lengthen it to see what happens before the sweep repairs it.
 var routerSweep time.Duration
 
-// startCluster joins the cluster when cluster.bind is set. memberlist
-// binds its own sockets, so this runs in Start, not in New.
-func (g *Gateway) startCluster() error {
+// newCluster builds the cluster part when cluster.bind is set, on the
+// gossip sockets from ls; it joins in Start. The push routing between
+// nodes is built with the push server (newPush).
+func (g *Gateway) newCluster(ls Listeners) error {
 	cc := g.cfg.Cluster
 	if cc.Bind == "" {
 		return nil
@@ -39,6 +40,8 @@ func (g *Gateway) startCluster() error {
 	}
 	cfg := cluster.Config{
 		Name:          g.cfg.Node.Name,
+		Stream:        ls.ClusterTCP,
+		Packets:       ls.ClusterUDP,
 		Bind:          cc.Bind,
 		Advertise:     cc.Advertise,
 		Join:          cc.Join,
@@ -51,36 +54,56 @@ func (g *Gateway) startCluster() error {
 		Metrics:       g.tel.Metrics,
 		Logger:        g.log,
 	}
-	if g.push != nil && cc.RebalanceRate > 0 {
-		cfg.Move, cfg.Sessions, cfg.RebalanceRate = g.push.Move, g.push.Sessions, cc.RebalanceRate
+	if g.pushEnabled() && cc.RebalanceRate > 0 {
+		// The push server is built after the cluster; these run once it
+		// serves.
+		cfg.Move = func(addrs []string) int { return g.push.Move(addrs) }
+		cfg.Sessions = func() int { return g.push.Sessions() }
+		cfg.RebalanceRate = cc.RebalanceRate
 	}
-	c, err := cluster.Start(cfg)
+	c, err := cluster.New(cfg)
 	if err != nil {
 		return fmt.Errorf("gateway: cluster: %w", err)
 	}
-	g.cluster.Store(c)
-	if g.push != nil {
-		r, err := cluster.NewRouter(cluster.RouterConfig{
-			SweepInterval: routerSweep,
-			Cluster:       c,
-			Local:         g.push,
-			Identity:      g.id,
-			KeyExchange:   g.keyExchange,
-			Metrics:       g.tel.Metrics,
-			Logger:        g.log,
-		})
-		if err != nil {
-			c.Close()
-			return fmt.Errorf("gateway: cluster: %w", err)
-		}
-		g.router.Store(r)
-	}
+	g.cluster = c
 	// Every local allow-list change goes to the other nodes at once.
 	g.allow.OnChange(func(e tlsconf.Entry) {
 		b, _ := json.Marshal([]tlsconf.Entry{e})
 		c.BroadcastState(b)
 	})
-	g.log.Info("cluster started", "bind", cc.Bind, "seeds", cc.Join, "encrypted", key != nil)
+	g.add(part{name: "cluster",
+		start: func() error {
+			if err := c.Start(); err != nil {
+				return err
+			}
+			g.log.Info("cluster started", "bind", cc.Bind, "seeds", cc.Join, "encrypted", key != nil)
+			return nil
+		},
+		shutdown: func(context.Context) error { return g.leaveCluster() },
+		close:    c.Close,
+	})
+	return nil
+}
+
+// newDNS builds the DNS part: answers for the push service from the
+// cluster's view of its nodes.
+func (g *Gateway) newDNS(ls Listeners) error {
+	if g.cluster == nil || ls.DNSUDP == nil {
+		return nil
+	}
+	d := cluster.NewDNS(g.cluster, g.cfg.Cluster.DNS.Domain)
+	g.dnsAddr = ls.DNSUDP.LocalAddr().String()
+	g.add(part{name: "dns",
+		serve: []func() error{
+			func() error {
+				g.log.Info("DNS listening", "addr", g.dnsAddr, "domain", g.cfg.Cluster.DNS.Domain)
+				d.ServeUDP(ls.DNSUDP)
+				return nil
+			},
+			func() error { d.ServeTCP(ls.DNSTCP); return nil },
+		},
+		close: closeAll(ls.DNSUDP, ls.DNSTCP),
+	})
 	return nil
 }
 
@@ -117,7 +140,7 @@ func (g *Gateway) advertised(addr string) string {
 			}
 		}
 	}
-	if c := g.cluster.Load(); c != nil {
+	if c := g.cluster; c != nil {
 		for _, m := range c.Members() {
 			if m.Self {
 				if h, _, err := net.SplitHostPort(m.Addr); err == nil {
@@ -139,28 +162,6 @@ func loadPerCore() float64 {
 	return f / float64(runtime.NumCPU())
 }
 
-// pushRedirect and pushNodes are the push server's cluster hooks; before
-// the cluster runs (or without one) agents stay and WELCOME names only
-// this node.
-func (g *Gateway) pushRedirect(sessions int, redirected bool) (string, bool) {
-	if c := g.cluster.Load(); c != nil {
-		return c.RedirectTarget(sessions, redirected)
-	}
-	return "", false
-}
-
-func (g *Gateway) pushNodes() []string {
-	if c := g.cluster.Load(); c != nil {
-		if nodes := c.PushNodes(); len(nodes) > 0 {
-			return nodes
-		}
-	}
-	if g.pushAddr != "" {
-		return []string{g.advertised(g.pushAddr)}
-	}
-	return nil
-}
-
 // shutdownMsg tells the other nodes that a device said it shuts down.
 type shutdownMsg struct {
 	Device string    `json:"shutdown"`
@@ -179,41 +180,11 @@ func (g *Gateway) clusterMessage(b []byte) {
 	}
 }
 
-// The push server's cluster hooks, which do nothing until the router runs.
-
-func (g *Gateway) isPeer(pin string) bool {
-	r := g.router.Load()
-	return r != nil && r.IsPeer(pin)
-}
-
-func (g *Gateway) servePeer(c net.Conn) {
-	if r := g.router.Load(); r != nil {
-		r.ServeConn(c)
-		return
-	}
-	c.Close()
-}
-
-func (g *Gateway) sessionChanged(device string, up bool, since time.Time) {
-	if r := g.router.Load(); r != nil {
-		r.SessionChanged(device, up, since)
-	}
-}
-
-func (g *Gateway) pushAcked(device string, id [16]byte) {
-	if r := g.router.Load(); r != nil {
-		r.Acked(device, id)
-	}
-}
-
 // leaveCluster leaves gracefully: peers see a leave, not a failure. The
 // leave message gets 2 s of its own, whatever the drain before it used
 // of the shutdown's time.
 func (g *Gateway) leaveCluster() error {
-	c := g.cluster.Load()
-	if c == nil {
-		return nil
-	}
+	c := g.cluster
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	return c.Shutdown(ctx)
@@ -229,7 +200,7 @@ type ClusterMember struct {
 }
 
 func (g *Gateway) clusterStatus() []ClusterMember {
-	c := g.cluster.Load()
+	c := g.cluster
 	if c == nil {
 		return nil
 	}

@@ -1,7 +1,14 @@
 // Package gateway assembles one dpgate node from its configuration: the
-// store, the gateway's certificate, the agent allow-list, metrics and the
-// admin API, and (as they are built) the proxy, push server, cluster and
-// wake-up listeners. cmd/dpgate calls New, Listen, Start, then Shutdown.
+// store, the gateway's certificate, the agent allow-list, metrics, and a
+// list of parts, each built on its sockets and stopped in reverse: the
+// admin API, the cluster, DNS, the uplink measurement, the proxy, the
+// push server with its routing between nodes, and the wake-up service.
+// cmd/dpgate calls Listen (or ListenFrom), New, Start, then Shutdown.
+//
+// Files: gateway.go the node, its sockets and its lifecycle; one file per
+// part (cluster.go with DNS, link.go, proxy.go, push.go, wake.go), each
+// with its builder and admin routes; upgrade.go the handover to a new
+// process.
 package gateway
 
 import (
@@ -16,6 +23,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,31 +56,57 @@ type Gateway struct {
 	allow       *tlsconf.AllowList
 	tel         *telemetry.Telemetry
 	admin       *admin.Server
-	proxy       *proxy.Proxy // nil while no upstream is configured
-	push        *push.Server // nil when push.listen is off
 	started     time.Time
 
-	udp       net.PacketConn // push QUIC socket, closed after the push server
-	pushAddr  string         // where the push server listens (TCP)
+	// The parts New built; nil (or empty) where the configuration leaves
+	// one out.
+	proxy   *proxy.Proxy     // nil while no upstream is configured
+	push    *push.Server     // nil when push.listen is off
+	cluster *cluster.Cluster // nil without cluster.bind
+	router  *cluster.Router  // push routing between nodes; nil without a cluster or push
+	wake    *wake.Service    // nil when push is off
+	links   []*link.Monitor  // measured uplinks
+	// parts are the same in the order New built them: Start starts them
+	// in that order, Shutdown and Close stop them in reverse.
+	parts []part
+
+	pushAddr  string         // where the push server listens (TCP); "" when it does not
+	pushUDP   net.PacketConn // its QUIC socket, closed with the store
 	adminAddr string
-	cluster   atomic.Pointer[cluster.Cluster] // nil until Start, or without cluster.bind
-	router    atomic.Pointer[cluster.Router]  // push routing between nodes; nil without a cluster
-	wake      *wake.Service                   // nil when push is off
-	udpClose  []net.PacketConn                // wake listeners, closed at shutdown
-	links     []*link.Monitor                 // measured uplinks (started in Start)
-	linkStop  context.CancelFunc
-	draining  atomic.Bool
+	dnsAddr   string
+	// The UDP listeners' addresses, for tests: wake requests, shutdown
+	// notices and the STAMP reflector ("" when off).
+	wakeAddr, shutdownAddr, reflectorAddr string
+	draining                              atomic.Bool
 	// handedOver: Handover ran; the store, cluster and router are closed.
 	handedOver   atomic.Bool
 	upgrade      atomic.Pointer[UpgradeStatus] // last upgrade; nil: none
 	startUpgrade func() error                  // Options.Upgrade
-	dns          []func()                      // close functions of the DNS listeners
-	dnsAddr      string
-	wg           sync.WaitGroup // serve loops
-	wakes        sync.WaitGroup // wake-ups of offline devices a push started
-	errc         chan error     // first fatal serve error; buffered
-	close        sync.Once
+	wg           sync.WaitGroup                // serve loops
+	wakes        sync.WaitGroup                // wake-ups of offline devices a push started
+	errc         chan error                    // first fatal serve error; buffered
+	closeDB      sync.Once
 }
+
+// part is one piece of a node as New built it (the store, the admin API,
+// the cluster, DNS, the uplink measurement, the proxy, the push server
+// with its routing, the wake-up service): what Start runs, in the order
+// built, and how it stops, in reverse.
+type part struct {
+	name string
+	// start runs first, in Start (nil: nothing to start); an error is
+	// fatal, reported on Done.
+	start func() error
+	// serve are its serve loops, each on its own goroutine; each returns
+	// when Shutdown or Close closes its socket.
+	serve []func() error
+	// shutdown stops it gracefully within ctx (nil: close does).
+	shutdown func(ctx context.Context) error
+	// close stops it at once; it may run more than once.
+	close func() error
+}
+
+func (g *Gateway) add(p part) { g.parts = append(g.parts, p) }
 
 // Options are what New needs besides the configuration.
 type Options struct {
@@ -94,15 +128,23 @@ type Options struct {
 // CertFile is the generated gateway certificate inside the data directory.
 const CertFile = "gateway.pem"
 
-// New builds a gateway: it opens the store and loads (or on first start
-// generates) the certificate, but does not listen.
-func New(cfg *config.Config, opts Options) (*Gateway, error) {
+// New builds a gateway on the sockets ls (from Listen or ListenFrom): it
+// loads (or on first start generates) the certificate, opens the store
+// and builds every part the configuration asks for, but serves nothing
+// until Start. New owns ls: on an error it closes what it built, in
+// reverse, and ls.
+func New(cfg *config.Config, ls Listeners, opts Options) (_ *Gateway, err error) {
 	g := &Gateway{cfg: cfg, log: opts.Logger, errc: make(chan error, 1), startUpgrade: opts.Upgrade,
 		keyExchange: tlsconf.KeyExchange(*cfg.TLS.PostQuantum)}
 	if g.log == nil {
 		g.log = slog.Default()
 	}
-	var err error
+	defer func() {
+		if err != nil {
+			g.Close()
+			ls.Close()
+		}
+	}()
 	if g.tel, err = telemetry.New(opts.GlobalMetrics); err != nil {
 		return nil, fmt.Errorf("gateway: metrics: %w", err)
 	}
@@ -121,35 +163,64 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	if g.db, err = store.Open(cfg.Node.DataDir, store.Options{Logger: g.log}); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	g.pushUDP = ls.PushUDP
+	g.add(part{name: "store", close: g.closeStore})
 	g.storeMetrics()
 	if g.allow, err = tlsconf.NewAllowList(g.db); err != nil {
-		g.db.Close()
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	if g.proxy, err = g.newProxy(); err != nil {
-		g.db.Close()
-		return nil, err
-	}
-	if g.push, err = g.newPush(); err != nil {
-		if g.proxy != nil {
-			g.proxy.Close()
+	g.newAdmin(token, ls)
+	// In this order, each after what it uses: Start starts them so, and
+	// Shutdown stops them in reverse (the push agents drain first, the
+	// queues are handed over before the cluster is left).
+	for _, build := range []func(Listeners) error{g.newCluster, g.newDNS, g.newLinks, g.newProxy, g.newPush, g.newWake} {
+		if err := build(ls); err != nil {
+			return nil, err
 		}
-		g.db.Close()
-		return nil, fmt.Errorf("gateway: push: %w", err)
 	}
-	if g.wake, err = g.newWake(); err != nil {
-		if g.push != nil {
-			g.push.Close()
-		}
-		if g.proxy != nil {
-			g.proxy.Close()
-		}
-		g.db.Close()
-		return nil, err
-	}
+	return g, nil
+}
+
+// newAdmin builds the admin API and its gateway-wide routes; each other
+// part adds its own routes as it is built.
+func (g *Gateway) newAdmin(token string, ls Listeners) {
 	g.admin = admin.New(admin.Config{Token: token, Logger: g.log})
 	g.routes()
-	return g, nil
+	p := part{name: "admin",
+		shutdown: func(ctx context.Context) error {
+			if err := g.admin.Shutdown(ctx); err != nil {
+				g.admin.Close()
+				return err
+			}
+			return nil
+		},
+		close: g.admin.Close,
+	}
+	if ln := ls.Admin; ln != nil {
+		g.adminAddr = ln.Addr().String()
+		p.serve = append(p.serve, func() error {
+			g.log.Info("admin API listening", "addr", ln.Addr().String())
+			return g.admin.Serve(ln)
+		})
+	}
+	if ln := ls.AdminSocket; ln != nil {
+		p.serve = append(p.serve, func() error {
+			g.log.Info("admin API listening", "socket", ln.Addr().String())
+			return g.admin.Serve(ln)
+		})
+	}
+	g.add(p)
+}
+
+// closeAll closes sockets (for parts whose serve loops end when their
+// sockets close).
+func closeAll(cs ...io.Closer) func() error {
+	return func() error {
+		for _, c := range cs {
+			c.Close() // an error here (closed before) changes nothing
+		}
+		return nil
+	}
 }
 
 // loadIdentity loads tls.cert/tls.key, or the generated certificate in the
@@ -195,6 +266,8 @@ type Listeners struct {
 	WakeUDP     net.PacketConn // wake requests; nil: off
 	ShutdownUDP net.PacketConn // agents' shutdown notices; nil: off
 	Reflector   *net.UDPConn   // STAMP reflector; nil: off
+	ClusterTCP  net.Listener   // gossip streams (cluster.bind); nil: no cluster
+	ClusterUDP  net.PacketConn // gossip packets, the same port
 }
 
 // Sockets hands out listening sockets: a fresh one by calling open, or
@@ -306,6 +379,15 @@ func ListenFrom(cfg *config.Config, socks Sockets) (Listeners, error) {
 			return ls, fmt.Errorf("gateway: link.reflector_listen: got a %T, want a UDP socket", pc)
 		}
 	}
+	if cfg.Cluster.Bind != "" {
+		open := paired(net.Listen, func(ln net.Listener) string { return ln.Addr().String() }, "udp")
+		if ls.ClusterTCP, err = listen("cluster.bind (TCP)", "tcp", cfg.Cluster.Bind, open); err != nil {
+			return ls, err
+		}
+		if ls.ClusterUDP, err = listenPacket("cluster.bind (UDP)", ls.ClusterTCP.Addr().String()); err != nil {
+			return ls, err
+		}
+	}
 	if cfg.Cluster.DNS.Listen != "" {
 		if ls.DNSUDP, err = listenPacketWith("cluster.dns.listen (UDP)", cfg.Cluster.DNS.Listen, paired(net.ListenPacket, func(pc net.PacketConn) string { return pc.LocalAddr().String() }, "tcp")); err != nil {
 			return ls, err
@@ -358,7 +440,7 @@ func freeOn(network, addr string) bool {
 
 // Close closes every listener that is open.
 func (ls Listeners) Close() {
-	for _, ln := range []net.Listener{ls.Admin, ls.AdminSocket, ls.Proxy, ls.Push, ls.DNSTCP} {
+	for _, ln := range []net.Listener{ls.Admin, ls.AdminSocket, ls.Proxy, ls.Push, ls.DNSTCP, ls.ClusterTCP} {
 		if ln != nil {
 			ln.Close()
 		}
@@ -366,80 +448,37 @@ func (ls Listeners) Close() {
 	if ls.Reflector != nil {
 		ls.Reflector.Close()
 	}
-	for _, pc := range []net.PacketConn{ls.PushUDP, ls.DNSUDP, ls.WakeUDP, ls.ShutdownUDP} {
+	for _, pc := range []net.PacketConn{ls.PushUDP, ls.DNSUDP, ls.WakeUDP, ls.ShutdownUDP, ls.ClusterUDP} {
 		if pc != nil {
 			pc.Close()
 		}
 	}
 }
 
-// Start serves on the listeners in the background and joins the cluster.
-// A fatal serve error is reported on Done.
-func (g *Gateway) Start(ls Listeners) {
+// Start starts every part, in the order New built them, and serves on
+// their sockets in the background. A fatal error is reported on Done.
+func (g *Gateway) Start() {
 	g.started = time.Now()
 	g.log.Info("dpgate starting", "node", g.cfg.Node.Name, "version", Version().Version,
 		"data_dir", g.cfg.Node.DataDir, "pin", g.id.Pin(), "agent_certs", g.allow.Len())
-	if ls.Admin != nil {
-		g.adminAddr = ls.Admin.Addr().String()
-		g.log.Info("admin API listening", "addr", ls.Admin.Addr().String())
-		g.goServe("admin", func() error { return g.admin.Serve(ls.Admin) })
+	for _, p := range g.parts {
+		if p.start != nil {
+			if err := p.start(); err != nil {
+				g.fail(fmt.Errorf("gateway: %s: %w", p.name, err))
+				return
+			}
+		}
+		for _, serve := range p.serve {
+			g.goServe(p.name, serve)
+		}
 	}
-	if ls.AdminSocket != nil {
-		g.log.Info("admin API listening", "socket", ls.AdminSocket.Addr().String())
-		g.goServe("admin socket", func() error { return g.admin.Serve(ls.AdminSocket) })
-	}
-	switch {
-	case g.proxy == nil:
-		g.log.Info("proxy off: no upstream configured")
-	case ls.Proxy == nil:
-		g.log.Warn("proxy configured but given no listener")
+}
+
+// fail reports the first fatal error on Done.
+func (g *Gateway) fail(err error) {
+	select {
+	case g.errc <- err:
 	default:
-		g.log.Info("proxy listening", "addr", ls.Proxy.Addr().String(), "upstreams", len(g.cfg.Proxy.Upstreams),
-			"balance", g.cfg.Proxy.Balance, "validate_agent_certs", g.cfg.Proxy.ValidateAgentCerts)
-		g.goServe("proxy", func() error { return g.proxy.Serve(ls.Proxy) })
-	}
-	if g.push != nil && ls.Push != nil {
-		g.pushAddr = ls.Push.Addr().String()
-		g.log.Info("push server listening", "addr", g.pushAddr, "quic", ls.PushUDP != nil, "auth", g.cfg.Push.Auth)
-		g.goServe("push", func() error { return g.push.Serve(ls.Push) })
-		if ls.PushUDP != nil {
-			g.goServe("push (QUIC)", func() error { return g.push.ServeQUIC(ls.PushUDP) })
-			g.udp = ls.PushUDP
-		}
-	}
-	if g.wake != nil && ls.WakeUDP != nil {
-		g.log.Info("wake requests listening", "addr", ls.WakeUDP.LocalAddr().String())
-		g.goServe("wake requests", func() error { return g.wake.ServeRequests(ls.WakeUDP) })
-		g.udpClose = append(g.udpClose, ls.WakeUDP)
-	}
-	if g.wake != nil && ls.ShutdownUDP != nil {
-		g.log.Info("shutdown notices listening", "addr", ls.ShutdownUDP.LocalAddr().String())
-		g.goServe("shutdown notices", func() error { return g.wake.ServeShutdowns(ls.ShutdownUDP) })
-		g.udpClose = append(g.udpClose, ls.ShutdownUDP)
-	}
-	// Validated keys whose features are not built yet: say so rather than
-	// let an administrator believe something listens.
-	if ls.Reflector != nil {
-		r := &link.Reflector{}
-		g.log.Info("STAMP reflector listening", "addr", ls.Reflector.LocalAddr().String())
-		g.goServe("link reflector", func() error { return r.Serve(ls.Reflector) })
-		g.udpClose = append(g.udpClose, ls.Reflector)
-	}
-	g.startLinks()
-	if err := g.startCluster(); err != nil {
-		select {
-		case g.errc <- err:
-		default:
-		}
-		return
-	}
-	if c := g.cluster.Load(); c != nil && ls.DNSUDP != nil {
-		d := cluster.NewDNS(c, g.cfg.Cluster.DNS.Domain)
-		g.dnsAddr = ls.DNSUDP.LocalAddr().String()
-		g.log.Info("DNS listening", "addr", g.dnsAddr, "domain", g.cfg.Cluster.DNS.Domain)
-		g.goServe("dns (UDP)", func() error { d.ServeUDP(ls.DNSUDP); return nil })
-		g.goServe("dns (TCP)", func() error { d.ServeTCP(ls.DNSTCP); return nil })
-		g.dns = append(g.dns, func() { ls.DNSUDP.Close() }, func() { ls.DNSTCP.Close() })
 	}
 }
 
@@ -450,10 +489,7 @@ func (g *Gateway) goServe(name string, serve func() error) {
 	go func() {
 		defer g.wg.Done()
 		if err := serve(); err != nil {
-			select {
-			case g.errc <- fmt.Errorf("gateway: %s: %w", name, err):
-			default:
-			}
+			g.fail(fmt.Errorf("gateway: %s: %w", name, err))
 		}
 	}()
 }
@@ -496,89 +532,48 @@ func (g *Gateway) Reload() error {
 	return nil
 }
 
-// Shutdown stops accepting, drains relays until ctx ends, and closes the
-// store. The admin API goes last so /healthz answers during the drain.
+// Shutdown stops the parts gracefully, in the reverse of the order New
+// built them, within ctx: the push agents are told to reconnect elsewhere
+// and the queues left here go to the nodes that keep them from now on,
+// the proxy drains its relays, the cluster is left, and the admin API goes
+// last so /healthz answers during the drain; then the store closes.
 func (g *Gateway) Shutdown(ctx context.Context) error {
-	var errs []error
 	// Peers stop sending agents here once they see the flag (gossiped
-	// within a second); the cluster itself is left after the drain.
+	// within a second).
 	g.draining.Store(true)
-	if g.push != nil {
-		// Agents are told to reconnect elsewhere, spread over a few seconds
-		// so the other nodes do not get them all at once.
-		spread := 5 * time.Second
-		if dl, ok := ctx.Deadline(); ok {
-			spread = min(spread, time.Until(dl)/2)
+	var errs []error
+	for _, p := range slices.Backward(g.parts) {
+		stop := p.close
+		if p.shutdown != nil {
+			stop = func() error { return p.shutdown(ctx) }
 		}
-		if err := g.push.Shutdown(ctx, spread); err != nil {
-			errs = append(errs, fmt.Errorf("push drain: %w", err))
-		}
-	}
-	if g.proxy != nil {
-		if err := g.proxy.Shutdown(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("proxy drain: %w", err))
+		if err := stop(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", p.name, err))
 		}
 	}
-	if r := g.router.Load(); r != nil && !g.handedOver.Load() {
-		// The agents are gone; what is still queued here goes to the nodes
-		// that keep it from now on. (After a Handover the next process
-		// keeps the queues.)
-		if err := r.Handoff(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("push handoff: %w", err))
-		}
-		r.Close()
-	}
-	if err := g.leaveCluster(); err != nil {
-		errs = append(errs, fmt.Errorf("cluster leave: %w", err))
-	}
-	g.stopListening()
-	if err := g.admin.Shutdown(ctx); err != nil {
-		g.admin.Close()
-		errs = append(errs, fmt.Errorf("admin: %w", err))
-	}
-	g.wakes.Wait() // no request starts another now
-	g.wg.Wait()
-	return errors.Join(append(errs, g.closeStore())...)
+	return errors.Join(errs...)
 }
 
-// Close stops everything at once. It is idempotent.
+// Close stops every part at once, in reverse. It is idempotent.
 func (g *Gateway) Close() error {
-	if r := g.router.Load(); r != nil {
-		r.Close()
+	var errs []error
+	for _, p := range slices.Backward(g.parts) {
+		if err := p.close(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", p.name, err))
+		}
 	}
-	if c := g.cluster.Load(); c != nil {
-		c.Close()
-	}
-	g.stopListening()
-	if g.push != nil {
-		g.push.Close()
-	}
-	if g.proxy != nil {
-		g.proxy.Close()
-	}
-	g.admin.Close()
+	return errors.Join(errs...)
+}
+
+// closeStore closes the store once every serve loop has returned and no
+// wake-up a push started is still running.
+func (g *Gateway) closeStore() error {
 	g.wakes.Wait()
 	g.wg.Wait()
-	return g.closeStore()
-}
-
-// stopListening closes the DNS and UDP listeners and stops measuring
-// the uplinks. It may run more than once.
-func (g *Gateway) stopListening() {
-	for _, f := range g.dns {
-		f()
-	}
-	for _, pc := range g.udpClose {
-		pc.Close()
-	}
-	g.stopLinks()
-}
-
-func (g *Gateway) closeStore() error {
 	var err error
-	g.close.Do(func() {
-		if g.udp != nil {
-			g.udp.Close()
+	g.closeDB.Do(func() {
+		if g.pushUDP != nil {
+			g.pushUDP.Close() // after the push server, which reads it
 		}
 		err = g.db.Close()
 	})
@@ -711,10 +706,6 @@ func (g *Gateway) routes() {
 		return http.StatusOK, g.db.Inspect(), nil
 	})
 	a.MountCerts(g.allow)
-	if g.push != nil {
-		g.pushRoutes()
-	}
-	g.linkRoutes()
 }
 
 // BuildInfo says which build this is.

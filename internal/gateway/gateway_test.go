@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/config"
+	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -57,15 +59,15 @@ func newTestGateway(t testing.TB, yaml string) (*Gateway, *admin.Client, string)
 // with a client of its admin API; the caller stops it.
 func startTestGateway(t testing.TB, cfg *config.Config) (*Gateway, *admin.Client) {
 	t.Helper()
-	g, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ls, err := Listen(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g.Start(ls)
+	g, err := New(cfg, ls, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start()
 	token, err := tlsconf.ReadSecretFile(first(cfg.AdminTokenFile()))
 	if err != nil {
 		t.Fatal(err)
@@ -247,7 +249,7 @@ func TestGeneratedTokenKeptAndGuarded(t *testing.T) {
 		t.Fatal(err)
 	}
 	quiet := Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	g, err := New(cfg, quiet)
+	g, err := New(cfg, Listeners{}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +259,7 @@ func TestGeneratedTokenKeptAndGuarded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if g, err = New(cfg, quiet); err != nil {
+	if g, err = New(cfg, Listeners{}, quiet); err != nil {
 		t.Fatal(err)
 	}
 	g.Close()
@@ -265,7 +267,7 @@ func TestGeneratedTokenKeptAndGuarded(t *testing.T) {
 		t.Errorf("second start: token file changed from %q to %q", before, after)
 	}
 	os.Chmod(file, 0o644)
-	if _, err := New(cfg, quiet); err == nil || !strings.Contains(err.Error(), "chmod 600 "+file) {
+	if _, err := New(cfg, Listeners{}, quiet); err == nil || !strings.Contains(err.Error(), "chmod 600 "+file) {
 		t.Errorf("New with a token file of mode 0644: %v, want an error naming chmod 600", err)
 	}
 }
@@ -351,8 +353,62 @@ func TestNewRefusesBadCertificate(t *testing.T) {
 	cfg := config.Default()
 	cfg.Node.DataDir = filepath.Join(dir, "data")
 	cfg.TLS.Cert = bad
-	_, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	_, err := New(cfg, Listeners{}, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err == nil || !strings.Contains(err.Error(), "tls.cert") {
 		t.Errorf("New with a garbage certificate: got %v, want an error naming tls.cert", err)
+	}
+}
+
+// TestNewUnwindsOnError: a part that fails to build (here the push
+// server, built after the store, the admin API and the cluster) leaves
+// nothing open: every socket New was given is closed and the store is
+// free for the next attempt.
+func TestNewUnwindsOnError(t *testing.T) {
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.Node.DataDir = filepath.Join(dir, "data")
+	cfg.Admin.Listen, cfg.Cluster.Bind, cfg.Push.Listen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Wake.Listen, cfg.Wake.ShutdownListen = "off", "off"
+	cfg.Push.Auth, cfg.Push.TokenKeyFile = push.AuthToken, filepath.Join(dir, "push-token.key") // not there yet
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	quiet := Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	ls, err := Listen(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(cfg, ls, quiet); err == nil || !strings.Contains(err.Error(), "push.token_key_file") {
+		t.Fatalf("New without the token key file: %v, want an error naming push.token_key_file", err)
+	}
+	for name, ln := range map[string]net.Listener{"admin": ls.Admin, "push": ls.Push, "cluster": ls.ClusterTCP} {
+		if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("%s listener after the failed New: Accept gave %v, want it closed", name, err)
+		}
+	}
+	for name, pc := range map[string]net.PacketConn{"push (QUIC)": ls.PushUDP, "cluster (UDP)": ls.ClusterUDP} {
+		if _, _, err := pc.ReadFrom(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("%s socket after the failed New: ReadFrom gave %v, want it closed", name, err)
+		}
+	}
+	os.WriteFile(cfg.Push.TokenKeyFile, []byte(base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n"), 0o600)
+	if ls, err = Listen(cfg); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { // the store's lock would keep this waiting
+		g, err := New(cfg, ls, quiet)
+		if err == nil {
+			g.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("New after the key file exists: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("New did not return in 60 s: the failed New left the store open")
 	}
 }

@@ -10,39 +10,58 @@ import (
 	"github.com/dpgate/dpgate/link"
 )
 
-// startLinks measures every upstream that names a STAMP reflector
-// (proxy.upstreams[].probe) against link.limits: each verdict change is
-// logged, steers the proxy and shows in /v1/links, /v1/status, the
-// metrics and the cluster metadata.
-func (g *Gateway) startLinks() {
-	if g.proxy == nil {
-		return
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	g.linkStop = cancel
+// newLinks builds the uplink part: the STAMP reflector when
+// link.reflector_listen is set, and a monitor of every upstream that
+// names a reflector (proxy.upstreams[].probe), measured against
+// link.limits: each verdict change is logged, steers the proxy and shows
+// in /v1/links, /v1/status, the metrics and the cluster metadata.
+func (g *Gateway) newLinks(ls Listeners) error {
 	lc := g.cfg.Link
-	for _, u := range g.cfg.Proxy.Upstreams {
-		if u.Probe == "" {
-			continue
+	if g.cfg.ProxyEnabled() {
+		for _, u := range g.cfg.Proxy.Upstreams {
+			if u.Probe == "" {
+				continue
+			}
+			g.links = append(g.links, link.NewMonitor(link.MonitorConfig{
+				Name: u.Address, Target: u.Probe,
+				Interval: lc.ProbeInterval.D(), Window: lc.Window.D(),
+				Limits:   link.Limits{Loss: float64(lc.Limits.Loss), Delay: lc.Limits.Delay.D()},
+				OnChange: g.linkChanged,
+				Logger:   g.log,
+			}))
 		}
-		m := link.NewMonitor(link.MonitorConfig{
-			Name: u.Address, Target: u.Probe,
-			Interval: lc.ProbeInterval.D(), Window: lc.Window.D(),
-			Limits:   link.Limits{Loss: float64(lc.Limits.Loss), Delay: lc.Limits.Delay.D()},
-			OnChange: g.linkChanged,
-			Logger:   g.log,
-		})
-		g.links = append(g.links, m)
-		g.wg.Add(1)
-		go func() { defer g.wg.Done(); m.Run(ctx) }() // ends on stopLinks
 	}
+	g.linkRoutes()
+	ctx, stop := context.WithCancel(context.Background())
+	p := part{name: "links", start: func() error { g.startLinks(ctx); return nil }}
+	p.close = func() error { stop(); return nil }
+	if refl := ls.Reflector; refl != nil {
+		g.reflectorAddr = refl.LocalAddr().String()
+		r := &link.Reflector{}
+		p.serve = append(p.serve, func() error {
+			g.log.Info("STAMP reflector listening", "addr", g.reflectorAddr)
+			return r.Serve(refl)
+		})
+		p.close = func() error { stop(); refl.Close(); return nil }
+	}
+	g.add(p)
+	return nil
+}
+
+// startLinks runs the monitors and their gauges until ctx ends.
+func (g *Gateway) startLinks(ctx context.Context) {
 	if len(g.links) == 0 {
 		return
 	}
+	for _, m := range g.links {
+		g.wg.Add(1)
+		go func() { defer g.wg.Done(); m.Run(ctx) }() // ends when the part closes
+	}
+	lc := g.cfg.Link
 	g.log.Info("measuring uplinks", "links", len(g.links), "probe_interval", lc.ProbeInterval.D().String(), "window", lc.Window.D().String(),
 		"limit_loss", float64(lc.Limits.Loss), "limit_delay", lc.Limits.Delay.D().String())
 	g.wg.Add(1)
-	go func() { // gauges every 5 s; ends on stopLinks
+	go func() { // gauges every 5 s; ends when the part closes
 		defer g.wg.Done()
 		t := time.NewTicker(5 * time.Second)
 		defer t.Stop()
@@ -77,12 +96,6 @@ func verdictValue(s link.State) float32 {
 		return 2
 	}
 	return -1
-}
-
-func (g *Gateway) stopLinks() {
-	if g.linkStop != nil {
-		g.linkStop()
-	}
 }
 
 func (g *Gateway) linkChanged(name string, from, to link.State, _ link.Stats) {

@@ -17,7 +17,7 @@ import (
 func TestLinksSteerTheProxy(t *testing.T) {
 	// First a gateway that is only a reflector, then the one that probes.
 	refl, _, _ := newTestGateway(t, "push:\n  listen: \"off\"\nlink:\n  reflector_listen: 127.0.0.1:0\n")
-	reflAddr := refl.udpClose[len(refl.udpClose)-1].LocalAddr().String()
+	reflAddr := refl.reflectorAddr
 	fast, err := loadtest.NewUDPRelay("127.0.0.1:0", reflAddr, 1)
 	if err != nil {
 		t.Fatal(err)

@@ -11,11 +11,12 @@ import (
 )
 
 // newProxy builds the proxy from proxy.* keys, loading each upstream's
-// PKCS#12 client certificate. It returns nil when no upstream is set.
-func (g *Gateway) newProxy() (*proxy.Proxy, error) {
+// PKCS#12 client certificate; the proxy is off while no upstream is set.
+func (g *Gateway) newProxy(ls Listeners) error {
 	c := g.cfg.Proxy
 	if !g.cfg.ProxyEnabled() {
-		return nil, nil
+		g.log.Info("proxy off: no upstream configured")
+		return nil
 	}
 	pc := proxy.Config{
 		Identity:          g.id,
@@ -39,19 +40,35 @@ func (g *Gateway) newProxy() (*proxy.Proxy, error) {
 		key := "proxy.upstreams[" + strconv.Itoa(i) + "]"
 		pins, err := tlsconf.ParsePins(u.Pins)
 		if err != nil {
-			return nil, fmt.Errorf("gateway: %s.pins: %w", key, err)
+			return fmt.Errorf("gateway: %s.pins: %w", key, err)
 		}
 		uc := proxy.UpstreamConfig{Address: u.Address, Pins: pins}
 		if u.ClientCert != "" {
 			cert, err := tlsconf.LoadPFX(u.ClientCert, u.ClientCertPasswordFile)
 			if err != nil {
-				return nil, fmt.Errorf("gateway: %s.client_cert: %w", key, err)
+				return fmt.Errorf("gateway: %s.client_cert: %w", key, err)
 			}
 			uc.ClientCert = &cert
 		}
 		pc.Upstreams = append(pc.Upstreams, uc)
 	}
-	return proxy.New(pc)
+	p, err := proxy.New(pc)
+	if err != nil {
+		return err
+	}
+	g.proxy = p
+	pt := part{name: "proxy", shutdown: p.Shutdown, close: p.Close}
+	if ln := ls.Proxy; ln != nil {
+		pt.serve = []func() error{func() error {
+			g.log.Info("proxy listening", "addr", ln.Addr().String(), "upstreams", len(c.Upstreams),
+				"balance", c.Balance, "validate_agent_certs", c.ValidateAgentCerts)
+			return p.Serve(ln)
+		}}
+	} else {
+		g.log.Warn("proxy configured but given no listener")
+	}
+	g.add(pt)
+	return nil
 }
 
 // reloadUpstreamCerts re-reads each upstream's PKCS#12 client certificate;

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -60,19 +61,21 @@ func TokenKeys(cfg *config.Config) ([][]byte, error) {
 	return keys, nil
 }
 
-// newPush builds the push server from push.* keys; nil when push is off.
-func (g *Gateway) newPush() (*push.Server, error) {
+// newPush builds the push server from push.* keys, when push is on, and
+// in a cluster its routing between nodes (the router, which keeps each
+// device's queue on its owner nodes).
+func (g *Gateway) newPush(ls Listeners) error {
 	c := g.cfg.Push
 	if !g.pushEnabled() {
-		return nil, nil
+		return nil
 	}
 	keys, err := TokenKeys(g.cfg)
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("gateway: push: %w", err)
 	}
 	reg, err := queue.NewRegistry(g.db)
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("gateway: push: %w", err)
 	}
 	if reg.Removed > 0 {
 		g.log.Warn("removed stored devices whose ids break the device id rule (docs/PROTOCOL.md), with their queues",
@@ -90,25 +93,85 @@ func (g *Gateway) newPush() (*push.Server, error) {
 		SourceRate:     c.SourceRate,
 		MaxPayload:     int(c.MaxPayload),
 		KeyExchange:    g.keyExchange,
-		Redirect:       g.pushRedirect,
-		Nodes:          g.pushNodes,
 		Metrics:        g.tel.Metrics,
 		Logger:         g.log,
 	}
-	if g.cfg.Cluster.Bind != "" {
-		pc.PeerTLS = cluster.PeerServerTLS(g.id, g.isPeer)
-		pc.Peer = g.servePeer
-		pc.OnSession = g.sessionChanged
-		pc.OnAck = g.pushAcked
+	if g.cluster != nil {
+		// Other nodes reach the router on the push port (wire.PeerALPN).
+		pc.PeerTLS = cluster.PeerServerTLS(g.id, func(pin string) bool { return g.router.IsPeer(pin) })
+		pc.Peer = func(c net.Conn) { g.router.ServeConn(c) }
 	}
-	return push.New(pc)
+	s, err := push.New(pc)
+	if err != nil {
+		return fmt.Errorf("gateway: push: %w", err)
+	}
+	g.push = s
+	var r *cluster.Router
+	if g.cluster != nil {
+		r, err = cluster.NewRouter(cluster.RouterConfig{
+			SweepInterval: routerSweep,
+			Cluster:       g.cluster,
+			Local:         s,
+			Identity:      g.id,
+			KeyExchange:   g.keyExchange,
+			Metrics:       g.tel.Metrics,
+			Logger:        g.log,
+		})
+		if err != nil {
+			s.Close()
+			return fmt.Errorf("gateway: cluster: %w", err)
+		}
+		s.SetCluster(r)
+		g.router = r
+	}
+	g.pushRoutes()
+	p := part{name: "push",
+		shutdown: func(ctx context.Context) error {
+			// Agents are told to reconnect elsewhere, spread over a few
+			// seconds so the other nodes do not get them all at once.
+			err := s.Shutdown(ctx)
+			if r != nil {
+				// The agents are gone; what is still queued here goes to
+				// the nodes that keep it from now on. (After a Handover the
+				// next process keeps the queues.)
+				if !g.handedOver.Load() {
+					if herr := r.Handoff(ctx); herr != nil {
+						err = errors.Join(err, fmt.Errorf("handoff: %w", herr))
+					}
+				}
+				r.Close()
+			}
+			return err
+		},
+		close: func() error {
+			if r != nil {
+				r.Close()
+			}
+			return s.Close()
+		},
+	}
+	if r != nil {
+		p.start = func() error { r.Start(); return nil }
+	}
+	if ln := ls.Push; ln != nil {
+		g.pushAddr = ln.Addr().String()
+		p.serve = append(p.serve, func() error {
+			g.log.Info("push server listening", "addr", g.pushAddr, "quic", ls.PushUDP != nil, "auth", c.Auth)
+			return s.Serve(ln)
+		})
+		if pc := ls.PushUDP; pc != nil {
+			p.serve = append(p.serve, func() error { return s.ServeQUIC(pc) })
+		}
+	}
+	g.add(p)
+	return nil
 }
 
 // accept commits a push for the devices: through the cluster's router
 // when there is one (on the devices' owner nodes), else here.
 func (g *Gateway) accept(ctx context.Context, devices []string, payload []byte, ttl time.Duration) ([]PushReply, error) {
 	out := make([]PushReply, len(devices))
-	if r := g.router.Load(); r != nil {
+	if r := g.router; r != nil {
 		if err := g.push.Check(devices, payload); err != nil {
 			return nil, err
 		}
@@ -287,7 +350,7 @@ func (g *Gateway) pushRoutes() {
 		if w, ok := g.wake.Last(d.ID); ok {
 			reply.LastWake = &w
 		}
-		if r := g.router.Load(); r != nil {
+		if r := g.router; r != nil {
 			reply.Owners, reply.Holder = r.Owners(d.ID), r.Holder(d.ID)
 		}
 		return http.StatusOK, reply, nil
@@ -306,5 +369,4 @@ func (g *Gateway) pushRoutes() {
 		g.log.Info("device removed with its queue", "device", id)
 		return http.StatusOK, map[string]string{"status": "removed", "device": id}, nil
 	})
-	g.wakeRoutes()
 }

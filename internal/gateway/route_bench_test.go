@@ -29,7 +29,7 @@ func BenchmarkPushLatency(b *testing.B) {
 	dev := ""
 	for i := range 1000 {
 		d := fmt.Sprintf("bench-%d", i)
-		if !slices.Contains(gs[0].router.Load().Owners(d), gs[holderIdx].cfg.Node.Name) {
+		if !slices.Contains(gs[0].router.Owners(d), gs[holderIdx].cfg.Node.Name) {
 			dev = d
 			break
 		}
@@ -47,10 +47,10 @@ func BenchmarkPushLatency(b *testing.B) {
 	defer func() { cancel(); <-done }()
 	waitFor(b, 20*time.Second, func() error {
 		for _, g := range gs {
-			if r := g.router.Load(); !slices.Contains(r.Owners(dev), g.cfg.Node.Name) {
+			if r := g.router; !slices.Contains(r.Owners(dev), g.cfg.Node.Name) {
 				continue
 			}
-			if g.router.Load().Holder(dev) != gs[holderIdx].cfg.Node.Name {
+			if g.router.Holder(dev) != gs[holderIdx].cfg.Node.Name {
 				return fmt.Errorf("owner %s does not know the holder yet", g.cfg.Node.Name)
 			}
 		}

@@ -51,7 +51,7 @@ func testClusterWith(t testing.TB, n int, extra string) ([]*Gateway, []*admin.Cl
 	}
 	waitFor(t, 20*time.Second, func() error {
 		for _, g := range gs {
-			r := g.router.Load()
+			r := g.router
 			if r == nil {
 				return fmt.Errorf("%s: no router", g.cfg.Node.Name)
 			}
@@ -59,7 +59,7 @@ func testClusterWith(t testing.TB, n int, extra string) ([]*Gateway, []*admin.Cl
 				return fmt.Errorf("%s sees %d owners, want %d", g.cfg.Node.Name, got, min(2, n))
 			}
 			pins := 0
-			for _, m := range g.cluster.Load().Members() {
+			for _, m := range g.cluster.Members() {
 				if m.Meta.Pin != "" {
 					pins++
 				}
@@ -201,7 +201,7 @@ func TestSharedCertificateRouting(t *testing.T) {
 				return errors.New("not connected yet")
 			}
 			for _, g := range gs {
-				if r := g.router.Load(); slices.Contains(r.Owners(dev), g.cfg.Node.Name) && r.Holder(dev) != gs[holder(gs, dev)].cfg.Node.Name {
+				if r := g.router; slices.Contains(r.Owners(dev), g.cfg.Node.Name) && r.Holder(dev) != gs[holder(gs, dev)].cfg.Node.Name {
 					return fmt.Errorf("owner %s has %s registered at %q, want %s", g.cfg.Node.Name, dev, r.Holder(dev), gs[holder(gs, dev)].cfg.Node.Name)
 				}
 			}
@@ -231,7 +231,7 @@ func TestMinCopies(t *testing.T) {
 	dev := ""
 	for i := 0; dev == ""; i++ {
 		d := fmt.Sprintf("pc-min-%d", i)
-		if o := gs[0].router.Load().Owners(d); !slices.Contains(o, gs[0].cfg.Node.Name) {
+		if o := gs[0].router.Owners(d); !slices.Contains(o, gs[0].cfg.Node.Name) {
 			dev = d // owned by nodes 1 and 2
 		}
 	}
@@ -256,7 +256,7 @@ func TestQueuedPushesSurviveOwnerFailure(t *testing.T) {
 	gs, apis := testCluster(t, 3)
 	ctx := context.Background()
 	dev := "pc-offline"
-	owners := gs[0].router.Load().Owners(dev)
+	owners := gs[0].router.Owners(dev)
 	// Accept on a node, queue 20 pushes for the offline device, then crash
 	// (no leave, no handoff) one of its owners.
 	var victim int
@@ -281,7 +281,7 @@ func TestQueuedPushesSurviveOwnerFailure(t *testing.T) {
 	// the node that now completes the owner pair.
 	waitFor(t, 20*time.Second, func() error {
 		for _, g := range survivors {
-			if o := g.router.Load().Owners(dev); slices.Contains(o, gs[victim].cfg.Node.Name) {
+			if o := g.router.Owners(dev); slices.Contains(o, gs[victim].cfg.Node.Name) {
 				return fmt.Errorf("%s still counts the dead node as an owner", g.cfg.Node.Name)
 			}
 		}
@@ -308,7 +308,7 @@ func TestShutdownNoticeReachesTheCluster(t *testing.T) {
 	g0, _, _ := newTestGateway(t, fmt.Sprintf("push:\n  listen: 127.0.0.1:0\n  auth: none\ncluster:\n  bind: %s\n%s", seed, wakeYAML))
 	g1, _, _ := newTestGateway(t, fmt.Sprintf("push:\n  listen: 127.0.0.1:0\n  auth: none\ncluster:\n  bind: %s\n  join: [%s]\n%s", freeUDPTCPPort(t), seed, wakeYAML))
 	waitFor(t, 20*time.Second, func() error {
-		if n := len(g0.cluster.Load().Members()); n != 2 {
+		if n := len(g0.cluster.Members()); n != 2 {
 			return fmt.Errorf("%d members", n)
 		}
 		return nil
@@ -327,7 +327,7 @@ func TestShutdownNoticeReachesTheCluster(t *testing.T) {
 	}
 	v, _ := wake.ParseKey(keys.DeviceSecretString("pc-bye"))
 	b, _ := wake.ShutdownNotice("pc-bye", v)
-	conn, _ := net.Dial("udp", g1.udpClose[1].LocalAddr().String())
+	conn, _ := net.Dial("udp", g1.shutdownAddr)
 	conn.Write(b)
 	conn.Close()
 	waitFor(t, 10*time.Second, func() error {
@@ -351,7 +351,7 @@ func TestWakeRoutedToTheHoldingNode(t *testing.T) {
 	// The agent connects to the device's second owner, so its first owner
 	// (x) is not the holder and the third node (y) owns nothing of it.
 	const dev = "pc-wake"
-	owners := gs[0].router.Load().Owners(dev)
+	owners := gs[0].router.Owners(dev)
 	x, h := index(owners[0]), index(owners[1])
 	y := 3 - x - h
 	a := startTestAgent(t, dev, gs[h])
@@ -359,7 +359,7 @@ func TestWakeRoutedToTheHoldingNode(t *testing.T) {
 		if got := holder(gs, dev); got != h {
 			return fmt.Errorf("held by node %d, want %d", got, h)
 		}
-		if got := gs[x].router.Load().Holder(dev); got != gs[h].cfg.Node.Name {
+		if got := gs[x].router.Holder(dev); got != gs[h].cfg.Node.Name {
 			return fmt.Errorf("owner %d knows holder %q, want %q", x, got, gs[h].cfg.Node.Name)
 		}
 		return nil
@@ -411,17 +411,17 @@ func TestRestartedOwnersLearnHolders(t *testing.T) {
 	dev := ""
 	for i := 0; dev == ""; i++ {
 		d := fmt.Sprintf("pc-restart-%d", i)
-		if o := gs[0].router.Load().Owners(d); !slices.Contains(o, gs[0].cfg.Node.Name) {
+		if o := gs[0].router.Owners(d); !slices.Contains(o, gs[0].cfg.Node.Name) {
 			dev = d // owned by nodes 1 and 2, held by node 0
 		}
 	}
 	a := startTestAgent(t, dev, gs[0])
 	waitFor(t, 20*time.Second, func() error {
-		if v := gs[0].router.Load().View(); strings.Count(v, ",") != 2 {
+		if v := gs[0].router.View(); strings.Count(v, ",") != 2 {
 			return fmt.Errorf("node 0 rebalanced for %q, not all three yet", v)
 		}
 		for _, g := range gs[1:] {
-			if h := g.router.Load().Holder(dev); h != gs[0].cfg.Node.Name {
+			if h := g.router.Holder(dev); h != gs[0].cfg.Node.Name {
 				return fmt.Errorf("owner %s has %s at %q, want %s", g.cfg.Node.Name, dev, h, gs[0].cfg.Node.Name)
 			}
 		}
@@ -435,7 +435,7 @@ func TestRestartedOwnersLearnHolders(t *testing.T) {
 		t.Cleanup(func() { gs[i].Close() })
 	}
 	waitFor(t, 20*time.Second, func() error {
-		if got := len(gs[2].router.Load().Owners(dev)); got != 2 {
+		if got := len(gs[2].router.Owners(dev)); got != 2 {
 			return fmt.Errorf("restarted node sees %d owners, want 2", got)
 		}
 		return nil

@@ -40,17 +40,22 @@ func (g *Gateway) Handover(ctx context.Context, after, spread time.Duration) err
 	if g.proxy != nil {
 		g.proxy.StopAccepting()
 	}
-	if r := g.router.Load(); r != nil {
-		r.Close()
+	if g.router != nil {
+		g.router.Close()
 	}
-	if c := g.cluster.Load(); c != nil {
-		if err := c.Close(); err != nil {
+	if g.cluster != nil {
+		if err := g.cluster.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("cluster: %w", err))
 		}
 	}
-	g.stopListening()
-	g.wakes.Wait()
-	g.wg.Wait() // every serve loop has returned: the store is ours alone
+	// The UDP listeners and the uplink measurement stop; the store closes
+	// once every serve loop has returned: it is ours alone.
+	for _, p := range g.parts {
+		switch p.name {
+		case "wake", "links", "dns":
+			p.close()
+		}
+	}
 	errs = append(errs, g.closeStore())
 	relays := int64(0)
 	if g.proxy != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -18,15 +19,15 @@ import (
 
 // newWake builds the wake-up service when the push server runs: it needs
 // the device registry (addresses, MACs) and the push connections.
-func (g *Gateway) newWake() (*wake.Service, error) {
+func (g *Gateway) newWake(ls Listeners) error {
 	if g.push == nil {
-		return nil, nil
+		return nil
 	}
 	keys, err := wake.LoadOrCreateKeys(g.cfg.Node.DataDir, g.cfg.Wake.SecretFile)
 	if err != nil {
-		return nil, fmt.Errorf("gateway: %w", err)
+		return fmt.Errorf("gateway: %w", err)
 	}
-	return wake.New(wake.Config{
+	w, err := wake.New(wake.Config{
 		Keys:       keys,
 		Lookup:     g.wakeTarget,
 		PushWake:   g.pushWake,
@@ -37,6 +38,32 @@ func (g *Gateway) newWake() (*wake.Service, error) {
 		Metrics:    g.tel.Metrics,
 		Logger:     g.log,
 	})
+	if err != nil {
+		return err
+	}
+	g.wake = w
+	g.wakeRoutes()
+	p := part{name: "wake"}
+	var socks []io.Closer
+	if pc := ls.WakeUDP; pc != nil {
+		g.wakeAddr = pc.LocalAddr().String()
+		socks = append(socks, pc)
+		p.serve = append(p.serve, func() error {
+			g.log.Info("wake requests listening", "addr", pc.LocalAddr().String())
+			return w.ServeRequests(pc)
+		})
+	}
+	if pc := ls.ShutdownUDP; pc != nil {
+		g.shutdownAddr = pc.LocalAddr().String()
+		socks = append(socks, pc)
+		p.serve = append(p.serve, func() error {
+			g.log.Info("shutdown notices listening", "addr", pc.LocalAddr().String())
+			return w.ServeShutdowns(pc)
+		})
+	}
+	p.close = closeAll(socks...)
+	g.add(p)
+	return nil
 }
 
 // pushWake sends a WAKE frame on the device's push connection, here or,
@@ -45,7 +72,7 @@ func (g *Gateway) pushWake(device string) (string, bool) {
 	if g.push.Wake(device) {
 		return "", true
 	}
-	r := g.router.Load()
+	r := g.router
 	if r == nil {
 		return "", false
 	}
@@ -82,7 +109,7 @@ func (g *Gateway) deviceShutDown(device string, at time.Time) {
 	if err := g.push.ShutDown(device, at); err != nil {
 		g.log.Error("recording a shutdown notice", "device", device, "err", err)
 	}
-	if c := g.cluster.Load(); c != nil { // the other nodes learn it too
+	if c := g.cluster; c != nil { // the other nodes learn it too
 		b, _ := json.Marshal(shutdownMsg{Device: device, At: at.UTC()})
 		c.Broadcast(b)
 	}
@@ -95,7 +122,7 @@ func (g *Gateway) wakeOffline(devices []string) {
 	if g.wake == nil {
 		return
 	}
-	r := g.router.Load()
+	r := g.router
 	var offline []string
 	for _, d := range devices {
 		if g.push.Holds(d) {
@@ -132,7 +159,7 @@ func (g *Gateway) wakeRoutes() {
 	g.admin.HandleJSON("POST /v1/devices/{id}/wake", func(r *http.Request) (int, any, error) {
 		dev := r.PathValue("id")
 		_, known := g.push.Device(dev)
-		if !known && g.router.Load() == nil {
+		if !known && g.router == nil {
 			return 0, nil, admin.Error(http.StatusNotFound, fmt.Errorf("device %q is unknown", dev))
 		}
 		res := g.wake.Wake(dev, "api") // in a cluster, also through the node it is connected to

@@ -69,7 +69,7 @@ func TestWakeAPIAndRequests(t *testing.T) {
 	}
 
 	// Requests on wake.listen: signed with the gateway's wake secret.
-	conn, err := net.Dial("udp", g.udpClose[0].LocalAddr().String())
+	conn, err := net.Dial("udp", g.wakeAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
