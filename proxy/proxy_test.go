@@ -305,11 +305,14 @@ func TestChained(t *testing.T) {
 	}
 }
 
-// TestLargeTransferByteExact relays 1 GiB from the agent; both ends hash
+// TestLargeTransferByteExact relays 256 MiB from the agent; both ends hash
 // what they sent and received. The upstream answers with its digest after
 // the agent's half-close, so this also exercises half-close under load.
+// (A 1 GiB relay, byte-exact through the real binary during an upgrade,
+// is cmd/dpgate's TestUpgradeDropsNothing; 1 GiB here took 18 s under
+// -race.)
 func TestLargeTransferByteExact(t *testing.T) {
-	size := int64(1 << 30)
+	size := int64(256 << 20)
 	if testing.Short() {
 		size = 64 << 20
 	}
