@@ -20,29 +20,12 @@ TIMEOUT=${TIMEOUT:-900}   # seconds to wait for every agent
 MARGIN=${MARGIN:-5%}
 REBALANCE=${REBALANCE:-50}
 PROBE=${PROBE:-400ms}     # cluster.probe_interval
-ulimit -n 20000
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  pkill -P $$ sleep 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-go build -o "$work/dpgate" ./cmd/dpgate
-go build -o "$work/dpload" ./cmd/dpload
+. bench/lib.sh
+bench_setup
 # One certificate for the site, so an agent moved to another node by a
 # REDIRECT finds the pin it knows.
-"$work/dpgate" cert gen --cn gateway --out "$work/gateway.pem" >/dev/null 2>&1
-pin=$("$work/dpgate" cert pin "$work/gateway.pem")
-# One admin token for every node, as admin.token_file (the API wants one
-# on every route but /healthz); dpload reads DPGATE_TOKEN, curl the header.
-head -c 32 /dev/urandom | base64 | tr -d '/+=' > "$work/admin.token"; chmod 600 "$work/admin.token"
-export DPGATE_TOKEN=$(cat "$work/admin.token")
+pin=$(site_cert gateway)
+site_token # dpload reads DPGATE_TOKEN, curl the header
 auth="Authorization: Bearer $DPGATE_TOKEN"
 
 push_addr() { echo "127.0.0.1:$((19200 + $1))"; }

@@ -11,22 +11,10 @@ NODES=${NODES:-2}
 AGENTS=${AGENTS:-25000}
 RAMP=${RAMP:-500}
 HOLD=${HOLD:-30s}
-ulimit -n 20000
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-go build -o "$work/dpgate" ./cmd/dpgate
-go build -o "$work/dpload" ./cmd/dpload
-"$work/dpgate" cert gen --cn gateway --out "$work/gateway.pem" >/dev/null 2>&1
-pin=$("$work/dpgate" cert pin "$work/gateway.pem")
-# One admin token for every node, as admin.token_file (the API wants one
-# on every route but /healthz); dpload reads DPGATE_TOKEN.
-head -c 32 /dev/urandom | base64 | tr -d '/+=' > "$work/admin.token"; chmod 600 "$work/admin.token"
-export DPGATE_TOKEN=$(cat "$work/admin.token")
+. bench/lib.sh
+bench_setup
+pin=$(site_cert gateway)
+site_token
 
 servers=(); admins=()
 for i in $(seq 0 $((NODES - 1))); do

@@ -15,19 +15,10 @@ JSON=${JSON:-}
 if ! command -v haproxy >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy
 fi
-ulimit -n 20000 # the most a process may hold here; every piece needs > 2 x IDLE
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-
-go build -o "$work/dpgate" ./cmd/dpgate
-go build -o "$work/dpload" ./cmd/dpload
-"$work/dpgate" cert gen --cn central --out "$work/central.pem" >/dev/null 2>&1
-"$work/dpgate" cert gen --cn gateway --out "$work/gateway.pem" >/dev/null 2>&1
-central_pin=$("$work/dpgate" cert pin "$work/central.pem")
-gateway_pin=$("$work/dpgate" cert pin "$work/gateway.pem")
+. bench/lib.sh # ulimit -n 20000: every piece needs > 2 x IDLE
+bench_setup
+central_pin=$(site_cert central)
+gateway_pin=$(site_cert gateway)
 
 SINK=127.0.0.1:19000 HAPROXY=127.0.0.1:19001 DPGATE=127.0.0.1:19002 ADMIN=127.0.0.1:19003
 CLASSIC=127.0.0.1:19004 CLASSIC_ADMIN=127.0.0.1:19005

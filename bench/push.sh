@@ -16,21 +16,10 @@ RATE=${RATE:-5000}
 DURATION=${DURATION:-10s}
 PHASES=${PHASES:-naive,tls,quic}
 has() { [[ ",$PHASES," == *",$1,"* ]]; }
-ulimit -n 20000
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-
-go build -o "$work/dpgate" ./cmd/dpgate
-go build -o "$work/dpload" ./cmd/dpload
-"$work/dpgate" cert gen --cn gateway --out "$work/gateway.pem" >/dev/null 2>&1
-pin=$("$work/dpgate" cert pin "$work/gateway.pem")
-# One admin token for every node, as admin.token_file (the API wants one
-# on every route but /healthz); dpload reads DPGATE_TOKEN.
-head -c 32 /dev/urandom | base64 | tr -d '/+=' > "$work/admin.token"; chmod 600 "$work/admin.token"
-export DPGATE_TOKEN=$(cat "$work/admin.token")
+. bench/lib.sh
+bench_setup
+pin=$(site_cert gateway)
+site_token
 
 PUSH=127.0.0.1:19100 ADMIN=127.0.0.1:19101 NAIVE=127.0.0.1:19102
 

@@ -10,26 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AGENTS=${AGENTS:-10000}
-ulimit -n 20000
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  [ -n "${newpid:-}" ] && kill -9 "$newpid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-go build -o "$work/dpgate" ./cmd/dpgate
+. bench/lib.sh
+bench_setup
 go build -o "$work/dpgate-new" -ldflags "-X github.com/dpgate/dpgate/internal/gateway.version=upgraded" ./cmd/dpgate
-go build -o "$work/dpload" ./cmd/dpload
-"$work/dpgate" cert gen --cn gateway --out "$work/gateway.pem" >/dev/null 2>&1
-pin=$("$work/dpgate" cert pin "$work/gateway.pem")
-head -c 32 /dev/urandom | base64 | tr -d '/+=' > "$work/admin.token"; chmod 600 "$work/admin.token"
-export DPGATE_TOKEN=$(cat "$work/admin.token")
+pin=$(site_cert gateway)
+site_token
 cat > "$work/dpgate.yaml" <<CFG
 node: {name: upgrade-bench, data_dir: $work/data}
 log: {level: info}
@@ -60,6 +45,7 @@ start=$(date +%s.%N)
 "$work/dpgate" upgrade -c "$work/dpgate.yaml"
 done_at=$(date +%s.%N)
 newpid=$(curl -sf -H "Authorization: Bearer $DPGATE_TOKEN" http://127.0.0.1:19690/v1/status | sed -n 's/.*"pid": *\([0-9]*\).*/\1/p')
+extra_pids=$newpid # the new process is ours to end too
 for _ in $(seq 1200); do [ "$(sessions)" = "$AGENTS" ] && break; sleep 0.1; done
 back=$(date +%s.%N)
 echo "dpgate upgrade returned after $(echo "$done_at - $start" | bc) s; all $AGENTS agents back on pid $newpid after $(echo "$back - $start" | bc) s"

@@ -98,6 +98,20 @@ func parse(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
+// listenTLS loads the server certificate of a dpload server (cmd names
+// it in errors) and listens on addr.
+func listenTLS(cmd, certFile, addr string) (*tlsconf.Identity, net.Listener, error) {
+	if certFile == "" {
+		return nil, nil, usageError{fmt.Errorf("%s: --cert is required", cmd)}
+	}
+	id, err := tlsconf.LoadIdentity(certFile, "")
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	return id, ln, err
+}
+
 func runSink(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("sink", "--cert FILE [--listen ADDR]", `
 Runs the TLS sink: the first byte of a connection picks discard ('D': the
@@ -108,14 +122,7 @@ Prints "sink listening ADDR pin PIN" once it accepts.`, stdout)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *cert == "" {
-		return usageError{errors.New("sink: --cert is required")}
-	}
-	id, err := tlsconf.LoadIdentity(*cert, "")
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", *listen)
+	id, ln, err := listenTLS("sink", *cert, *listen)
 	if err != nil {
 		return err
 	}
@@ -330,11 +337,7 @@ compared against. Prints "naive listening ADDR pin PIN".`, stdout)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	id, err := tlsconf.LoadIdentity(*cert, "")
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", *listen)
+	id, ln, err := listenTLS("naive-server", *cert, *listen)
 	if err != nil {
 		return err
 	}
