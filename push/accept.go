@@ -22,6 +22,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		ln.Close()
 		return nil
 	}
+	defer s.wg.Done() // addListener counted this loop
 	// The accept budget's wait ends when the server stops accepting.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -50,10 +51,11 @@ func (s *Server) Serve(ln net.Listener) error {
 			c.Close() // before any TLS work
 			continue
 		}
-		if err := s.accept.Wait(ctx); err != nil { // smooth reconnect storms
-			c.Close() // stopping: the next process or node takes it
-			continue
-		}
+		// Smooth reconnect storms. The wait ends early when the server
+		// stops: a connection accepted as the listener closed is still
+		// answered (after HELLO, ERROR 6: the agent reconnects elsewhere,
+		// or to the next process in an upgrade), never reset unanswered.
+		s.accept.Wait(ctx)
 		if !s.admit() {
 			s.refuseOverloaded(c)
 			continue
@@ -66,6 +68,11 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
+// addListener registers a serve loop's listener, to be closed when the
+// server stops accepting, and counts the loop in s.wg (the loop calls
+// Done when it returns): the goroutines it starts for connections
+// accepted as the server stops are then counted before Shutdown's wait
+// could see zero. It reports false, counting nothing, once stopping.
 func (s *Server) addListener(closeFn func()) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -73,6 +80,7 @@ func (s *Server) addListener(closeFn func()) bool {
 		return false
 	}
 	s.listeners = append(s.listeners, closeFn)
+	s.wg.Add(1)
 	return true
 }
 

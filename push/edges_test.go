@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -191,4 +193,75 @@ func TestIdleCountsAnyFrame(t *testing.T) {
 	if e := r.expectError(t); e.Code != wire.CodeTimeout {
 		t.Errorf("silent agent: ERROR %d %q, want 8 (timeout)", e.Code, e.Reason)
 	}
+}
+
+// lateListener hands out the connection it accepted only once it is
+// closed: a connection accepted just as the server stops (seen in an
+// upgrade under load: the probe's handshake was reset).
+type lateListener struct {
+	net.Listener
+	accepted, closed chan struct{}
+	once             sync.Once
+	handed           atomic.Bool
+}
+
+func (l *lateListener) Accept() (net.Conn, error) {
+	if l.handed.Swap(true) {
+		<-l.closed
+		return nil, net.ErrClosed
+	}
+	c, err := l.Listener.Accept()
+	close(l.accepted)
+	<-l.closed
+	return c, err
+}
+
+func (l *lateListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return l.Listener.Close()
+}
+
+// TestAcceptedAsItStops: a connection the server accepted as it began to
+// stop is answered (the handshake, then ERROR 6 after HELLO, so the agent
+// reconnects elsewhere or to the next process), not reset unanswered.
+func TestAcceptedAsItStops(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth, c.DrainSpread = push.AuthNone, -1 })
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := &lateListener{Listener: inner, accepted: make(chan struct{}), closed: make(chan struct{})}
+	served := make(chan struct{})
+	go func() { defer close(served); ts.Serve(late) }()
+	type dialed struct {
+		c   *tls.Conn
+		err error
+	}
+	dc := make(chan dialed, 1)
+	go func() {
+		cfg := ts.tlsFor(nil)
+		cfg.NextProtos = []string{wire.ALPN}
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 20 * time.Second}, "tcp", inner.Addr().String(), cfg)
+		dc <- dialed{c, err}
+	}()
+	<-late.accepted
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- ts.Shutdown(ctx) }()
+	d := <-dc
+	if d.err != nil {
+		t.Fatalf("the handshake of a connection accepted as the server stopped: %v", d.err)
+	}
+	r := &rawConn{Conn: d.c}
+	defer r.Close()
+	r.SetDeadline(time.Now().Add(20 * time.Second))
+	r.Write((&wire.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "dev-late"}).Marshal())
+	if e := r.expectError(t); e.Code != wire.CodeShutdown {
+		t.Errorf("ERROR %d %q, want 6 (shutdown)", e.Code, e.Reason)
+	}
+	if err := <-stopped; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	<-served
 }

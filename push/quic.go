@@ -69,6 +69,7 @@ func (s *Server) ServeQUIC(pc net.PacketConn) error {
 		s.closeTransports()
 		return nil
 	}
+	defer s.wg.Done() // addListener counted this loop
 	for {
 		qc, err := ln.Accept(context.Background())
 		if err != nil {

@@ -177,6 +177,25 @@ func TestClusterTokenAuth(t *testing.T) {
 		}
 		return allOn(pushes...)
 	})
+	// Rebalancing goes on after node 0's first agents: let it settle (no
+	// agent moving for 3 s) before the rotation, since an agent moved after
+	// the old key's retirement is refused with its old token, rightly.
+	var where string
+	var since time.Time
+	waitFor(t, 90*time.Second, func() error {
+		var now strings.Builder
+		for _, a := range agents {
+			s, _, _ := a.state()
+			now.WriteString(s + " ")
+		}
+		if now.String() != where {
+			where, since = now.String(), time.Now()
+		}
+		if time.Since(since) < 3*time.Second {
+			return fmt.Errorf("agents still moving: sessions %d %d %d", sessions(0), sessions(1), sessions(2))
+		}
+		return allOn(pushes...)
+	})
 	t.Logf("after node 0's restart and rebalancing: sessions %d %d %d", sessions(0), sessions(1), sessions(2))
 
 	// Rotation, step 1: the new key first, the old one still held.

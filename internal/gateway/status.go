@@ -1,0 +1,182 @@
+package gateway
+
+import (
+	"errors"
+	"net/http"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/internal/store"
+	"github.com/dpgate/dpgate/link"
+	"github.com/dpgate/dpgate/proxy"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// Status is the reply of GET /v1/status.
+type Status struct {
+	Node       string    `json:"node"`
+	Version    string    `json:"version"`
+	Started    time.Time `json:"started"`
+	Uptime     string    `json:"uptime"`
+	Pin        string    `json:"pin"`
+	CertExpiry time.Time `json:"cert_not_after"`
+	AgentCerts int       `json:"agent_certs"`
+	// Store counts damage met since start: records that failed their
+	// checksum (kept aside, never used) and calls that hit damaged pages.
+	Store store.Stats `json:"store"`
+	// Process figures, for load tests and capacity planning: resident
+	// memory (VmRSS), goroutines, open files.
+	RSSBytes   int64 `json:"rss_bytes"`
+	Goroutines int   `json:"goroutines"`
+	OpenFiles  int   `json:"open_files"`
+	// Proxy is null while no upstream is configured.
+	Proxy *proxy.Status `json:"proxy"`
+	// Push is null while the push server is off.
+	Push *PushStatus `json:"push"`
+	// Cluster lists the live nodes; null without cluster.bind.
+	Cluster []ClusterMember `json:"cluster"`
+	// Links are the measured uplinks (proxy.upstreams[].probe).
+	Links []link.Status `json:"links"`
+	// PID is this process's id; it changes with an upgrade.
+	PID int `json:"pid"`
+	// Upgrade is the last upgrade this process tried; null: none.
+	Upgrade *UpgradeStatus `json:"upgrade,omitempty"`
+}
+
+// PushStatus is the push server's part of /v1/status.
+type PushStatus struct {
+	Sessions int    `json:"sessions"`
+	Devices  int    `json:"known_devices"`
+	Expired  uint64 `json:"expired"`
+}
+
+func (g *Gateway) status() Status {
+	leaf := g.id.Certificate().Leaf
+	var ps *proxy.Status
+	if g.proxy != nil {
+		s := g.proxy.Status()
+		ps = &s
+	}
+	var us *PushStatus
+	if g.push != nil {
+		us = &PushStatus{Sessions: g.push.Sessions(), Devices: len(g.push.KnownDevices()), Expired: g.push.Expired()}
+	}
+	return Status{
+		Cluster:    g.clusterStatus(),
+		Links:      g.linkStatus(),
+		RSSBytes:   processRSS(),
+		Goroutines: runtime.NumGoroutine(),
+		OpenFiles:  openFiles(),
+		Push:       us,
+		Node:       g.cfg.Node.Name,
+		Version:    Version().Version,
+		Started:    g.started.UTC(),
+		Uptime:     time.Since(g.started).Round(time.Second).String(),
+		Pin:        tlsconf.Pin(leaf),
+		CertExpiry: leaf.NotAfter.UTC(),
+		AgentCerts: g.allow.Len(),
+		Store:      g.db.Stats(),
+		Proxy:      ps,
+		PID:        pid,
+		Upgrade:    g.upgrade.Load(),
+	}
+}
+
+func (g *Gateway) routes() {
+	a := g.admin
+	a.HandleJSON("GET /healthz", func(*http.Request) (int, any, error) {
+		if g.proxy != nil && !g.proxy.Ready() {
+			return http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": "no healthy upstream"}, nil
+		}
+		return http.StatusOK, map[string]string{"status": "ok"}, nil
+	})
+	a.Handle("GET /metrics", g.tel.Handler())
+	a.HandleJSON("GET /v1/metrics", func(r *http.Request) (int, any, error) {
+		v, err := g.tel.Inmem.DisplayMetrics(nil, r)
+		return http.StatusOK, v, err
+	})
+	a.HandleJSON("GET /v1/status", func(*http.Request) (int, any, error) {
+		return http.StatusOK, g.status(), nil
+	})
+	a.HandleJSON("POST /v1/reload", func(*http.Request) (int, any, error) {
+		if err := g.Reload(); err != nil {
+			return 0, nil, admin.Error(http.StatusUnprocessableEntity, err)
+		}
+		return http.StatusOK, g.status(), nil
+	})
+	a.HandleJSON("POST /v1/upgrade", func(*http.Request) (int, any, error) {
+		if g.startUpgrade == nil {
+			return 0, nil, admin.Error(http.StatusNotImplemented, errors.New("this process cannot upgrade itself (dpgate serve does, on Linux and other Unix systems)"))
+		}
+		if err := g.startUpgrade(); err != nil {
+			return 0, nil, admin.Error(http.StatusConflict, err)
+		}
+		return http.StatusAccepted, map[string]any{"status": "upgrading", "pid": pid}, nil
+	})
+	a.HandleJSON("GET /v1/store/check", func(*http.Request) (int, any, error) {
+		return http.StatusOK, g.db.Inspect(), nil
+	})
+	a.MountCerts(g.allow)
+}
+
+// BuildInfo says which build this is.
+type BuildInfo struct {
+	Version   string `json:"version"`
+	Commit    string `json:"commit"`
+	GoVersion string `json:"go"`
+}
+
+// Set by the linker: -ldflags "-X github.com/dpgate/dpgate/internal/gateway.version=v1.2.3".
+var version, commit string
+
+// Version returns the build's version, commit and Go version.
+func Version() BuildInfo {
+	b := BuildInfo{Version: version, Commit: commit}
+	if info, ok := debug.ReadBuildInfo(); ok {
+		b.GoVersion = info.GoVersion
+		if b.Version == "" && info.Main.Version != "" && info.Main.Version != "(devel)" {
+			b.Version = info.Main.Version
+		}
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" && b.Commit == "" {
+				b.Commit = s.Value
+			}
+		}
+	}
+	if b.Version == "" {
+		b.Version = "devel"
+	}
+	if b.Commit == "" {
+		b.Commit = "unknown"
+	}
+	return b
+}
+
+// processRSS is this process's resident memory (VmRSS), 0 if unknown.
+func processRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+// openFiles counts this process's open file descriptors, -1 if unknown.
+func openFiles() int {
+	es, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return -1
+	}
+	return len(es)
+}
