@@ -43,10 +43,13 @@ func (c *Cluster) load(m Member) int {
 // seconds ago would otherwise see itself above its share and redirect
 // new agents for nothing. A node gossips a new figure at most every
 // RefreshInterval, and only when it changed, so past lag() without a
-// newer one it has most likely stopped changing: the age is capped there
+// newer one it has stopped changing: its figure is then taken as it is
 // (which also bounds the harm of clocks that disagree). Caller holds c.mu.
 func (c *Cluster) extrapolate(name string, taken time.Time) int {
-	age := min(max(time.Since(taken), 0), c.lag())
+	age := max(time.Since(taken), 0)
+	if age > c.lag() {
+		return 0
+	}
 	return int(c.growth[name] * age.Seconds())
 }
 

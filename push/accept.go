@@ -131,9 +131,9 @@ func (s *Server) refuseOverloaded(raw net.Conn) {
 			raw.Close()
 			return
 		}
-		if tc.ConnectionState().NegotiatedProtocol == wire.PeerALPN && s.cfg.Peer != nil {
+		if p, ok := s.cfg.Protocols[tc.ConnectionState().NegotiatedProtocol]; ok {
 			raw.SetDeadline(time.Time{})
-			s.cfg.Peer(tc) // the agents' limit is not the cluster's; Peer owns tc
+			p.Serve(tc) // the agents' limit is not another protocol's; Serve owns tc
 			return
 		}
 		defer raw.Close()
@@ -191,9 +191,9 @@ func (s *Server) serveTLS(raw net.Conn) {
 		s.conns.Add(-1)
 		return
 	}
-	if tc.ConnectionState().NegotiatedProtocol == wire.PeerALPN && s.cfg.Peer != nil {
-		s.conns.Add(-1) // a node of the cluster, not an agent
-		s.cfg.Peer(tc)
+	if p, ok := s.cfg.Protocols[tc.ConnectionState().NegotiatedProtocol]; ok {
+		s.conns.Add(-1) // not an agent (in a cluster: another node)
+		p.Serve(tc)
 		return
 	}
 	var peer *x509.Certificate

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
@@ -68,6 +67,17 @@ func (alone) Redirect(int, bool) (string, bool)      { return "", false }
 func (alone) SessionChanged(string, bool, time.Time) {}
 func (alone) Acked(string, [16]byte)                 {}
 
+// Protocol is another protocol on the push port. A TLS client offering
+// its ALPN name passes the same per-source limit and accept budget as an
+// agent (so the port's flood protection holds for every protocol), is
+// handshaken with TLS instead of the agents' configuration, and is handed
+// to Serve, outside the agents' connection limit; Serve owns the
+// connection.
+type Protocol struct {
+	TLS   *tls.Config
+	Serve func(*tls.Conn)
+}
+
 // Config configures a Server. Zero values mean the defaults in comments.
 type Config struct {
 	Identity  *tlsconf.Identity  // the gateway certificate. Required.
@@ -115,12 +125,11 @@ type Config struct {
 	// Default: Go's, with the post-quantum hybrid.
 	KeyExchange []tls.CurveID
 
-	// A TLS client offering ALPN wire.PeerALPN on the push port is
-	// another node of the cluster: it is handshaken with PeerTLS and its
-	// connection handed to Peer (cluster.Router.ServeConn). Default: no
-	// peers; such a client is refused.
-	PeerTLS *tls.Config
-	Peer    func(net.Conn)
+	// Protocols are other protocols sharing the push port over TLS, by
+	// ALPN name: the gateway's port mux (in a cluster, the router's peer
+	// protocol, wire.PeerALPN). Default: none; a client offering only
+	// other names is refused.
+	Protocols map[string]Protocol
 
 	Metrics *metrics.Metrics // default metrics.Default()
 	Logger  *slog.Logger     // default slog.Default()

@@ -46,7 +46,7 @@ type Server struct {
 	// cluster is alone{} until SetCluster, which comes before Serve.
 	cluster Cluster
 	tls     *tls.Config // QUIC and agents
-	tcpTLS  *tls.Config // tls, plus peers of the cluster when configured
+	tcpTLS  *tls.Config // tls, and the TLS of the other Protocols
 	accept  *rate.Limiter
 	// refusing holds a token per connection being told ERROR 5.
 	refusing chan struct{}
@@ -117,13 +117,15 @@ func New(cfg Config) (*Server, error) {
 	s.tokenKeys.Store(&keys)
 	s.tls.CurvePreferences = cfg.KeyExchange
 	s.tcpTLS = s.tls
-	if cfg.PeerTLS != nil && cfg.Peer != nil {
+	if len(cfg.Protocols) > 0 {
 		s.tcpTLS = s.tls.Clone()
 		s.tcpTLS.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
-			if slices.Contains(hi.SupportedProtos, wire.PeerALPN) {
-				return cfg.PeerTLS, nil
+			for _, name := range hi.SupportedProtos {
+				if p, ok := cfg.Protocols[name]; ok {
+					return p.TLS, nil
+				}
 			}
-			return nil, nil
+			return nil, nil // an agent
 		}
 	}
 	s.wg.Add(2)

@@ -2,13 +2,13 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -20,6 +20,7 @@ import (
 	"github.com/dpgate/dpgate/internal/config"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/queue"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -97,9 +98,12 @@ func (g *Gateway) newPush(ls Listeners) error {
 		Logger:         g.log,
 	}
 	if g.cluster != nil {
-		// Other nodes reach the router on the push port (wire.PeerALPN).
-		pc.PeerTLS = cluster.PeerServerTLS(g.id, func(pin string) bool { return g.router.IsPeer(pin) })
-		pc.Peer = func(c net.Conn) { g.router.ServeConn(c) }
+		// The port mux: other nodes reach the router on the push port,
+		// by ALPN.
+		pc.Protocols = map[string]push.Protocol{wire.PeerALPN: {
+			TLS:   cluster.PeerServerTLS(g.id, func(pin string) bool { return g.router.IsPeer(pin) }),
+			Serve: func(c *tls.Conn) { g.router.ServeConn(c) },
+		}}
 	}
 	s, err := push.New(pc)
 	if err != nil {
