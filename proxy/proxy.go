@@ -37,14 +37,16 @@ var ErrNoUpstream = errors.New("proxy: no upstream reachable")
 
 // Proxy is the TLS relay. It does not listen: Serve takes a listener.
 type Proxy struct {
-	cfg    Config
-	log    *slog.Logger
-	m      *metrics.Metrics
-	ups    []*upstream
-	srvTLS *tls.Config
-	dialer net.Dialer
-	source *ratelimit.PerSource
-	shaper *rate.Limiter
+	cfg Config
+	log *slog.Logger
+	m   *metrics.Metrics
+	ups []*upstream
+	// srvTLS is the agents' TLS configuration; SetAllowList replaces it.
+	srvTLS     atomic.Pointer[tls.Config]
+	validating atomic.Bool
+	dialer     net.Dialer
+	source     *ratelimit.PerSource
+	shaper     *rate.Limiter
 
 	conns     atomic.Int64 // agent connections held, handshakes included
 	bytesIn   atomic.Int64 // agent->upstream, finished relays and live ones flushed
@@ -71,7 +73,6 @@ func New(cfg Config) (*Proxy, error) {
 		cfg:       cfg,
 		log:       cfg.Logger,
 		m:         cfg.Metrics,
-		srvTLS:    tlsconf.ServerConfig(cfg.Identity, cfg.AllowList),
 		dialer:    net.Dialer{KeepAlive: 30 * time.Second},
 		source:    ratelimit.New(cfg.SourceRate),
 		shaper:    ingressShaper(cfg.MaxIngressRate),
@@ -82,7 +83,7 @@ func New(cfg Config) (*Proxy, error) {
 	for _, u := range cfg.Upstreams {
 		p.ups = append(p.ups, newUpstream(u))
 	}
-	p.srvTLS.CurvePreferences = cfg.KeyExchange
+	p.SetAllowList(cfg.AllowList)
 	for _, u := range p.ups {
 		u.tls.CurvePreferences = cfg.KeyExchange
 	}
@@ -179,7 +180,7 @@ func (p *Proxy) forget(c net.Conn) {
 // relay then runs on fresh goroutines and this one exits, so the stack
 // the TLS handshakes grew is not held for the life of an idle relay.
 func (p *Proxy) handle(raw net.Conn) {
-	agent := tls.Server(raw, p.srvTLS)
+	agent := tls.Server(raw, p.srvTLS.Load())
 	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.HandshakeTimeout)
 	err := agent.HandshakeContext(ctx)
 	cancel()
@@ -372,6 +373,20 @@ type Status struct {
 	BytesOut    int64            `json:"bytes_out"` // upstreams to agents, finished relays
 	Upstreams   []UpstreamStatus `json:"upstreams"`
 }
+
+// SetAllowList turns the validation of agents' certificates on (agents
+// must present one that is in allow) or, with nil, off; new handshakes
+// use it, relays up are untouched (the console's switch).
+func (p *Proxy) SetAllowList(allow *tlsconf.AllowList) {
+	cfg := tlsconf.ServerConfig(p.cfg.Identity, allow)
+	cfg.CurvePreferences = p.cfg.KeyExchange
+	p.srvTLS.Store(cfg)
+	p.validating.Store(allow != nil)
+}
+
+// ValidatesAgentCerts reports whether agents must present a certificate
+// from the allow-list.
+func (p *Proxy) ValidatesAgentCerts() bool { return p.validating.Load() }
 
 // Status reports the proxy's state.
 func (p *Proxy) Status() Status {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -11,7 +12,6 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -19,6 +19,7 @@ import (
 
 	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/config"
+	"github.com/dpgate/dpgate/internal/gateway"
 	"github.com/dpgate/dpgate/internal/store"
 	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
@@ -348,9 +349,6 @@ from their next handshake on.`, stdout)
 	return err
 }
 
-// AgentCAFile is the agent CA (certificate and key) in the data directory.
-const AgentCAFile = "agent-ca.pem"
-
 func certAgentGen(args []string, stdout, stderr io.Writer) error {
 	fsx, cf := addCertFlags("cert agent-gen", "--cn DEVICE --out FILE.pfx [--password-file FILE]", `
 Issues a client certificate for an agent, signed by the gateway's agent CA
@@ -386,24 +384,14 @@ certificate to the allow-list. The device id is the common name.`, stdout)
 	if err != nil {
 		return err
 	}
-	ca, _, err := tlsconf.LoadOrCreate(filepath.Join(cfg.Node.DataDir, AgentCAFile), tlsconf.Template{
-		CommonName: "dpgate agent CA " + cfg.Node.Name, CA: true, Days: 3650,
-	}, nil)
-	if err != nil {
-		return fmt.Errorf("agent CA: %w", err)
-	}
-	c, err := tlsconf.Issue(tlsconf.Template{CommonName: *cn, DNSNames: []string{*cn}, Client: true, Days: *days, KeyType: *keyType}, &ca)
-	if err != nil {
-		return err
-	}
-	pfx, err := tlsconf.EncodePFX(c, []*x509.Certificate{ca.Leaf}, password)
+	leaf, pfx, err := gateway.IssueAgentCert(cfg, *cn, tlsconf.Template{Days: *days, KeyType: *keyType}, password)
 	if err != nil {
 		return err
 	}
 	if err := tlsconf.WriteFileAtomic(*out, pfx, 0o600); err != nil {
 		return err
 	}
-	added, err := addCerts(b, tlsconf.CertPEM(c), []*x509.Certificate{c.Leaf})
+	added, err := addCerts(b, tlsconf.CertPEM(tls.Certificate{Certificate: [][]byte{leaf.Raw}}), []*x509.Certificate{leaf})
 	if err != nil {
 		return fmt.Errorf("wrote %s but could not add it to the allow-list: %w", *out, err)
 	}

@@ -33,6 +33,8 @@ type Server struct {
 	log    *slog.Logger
 	mux    *http.ServeMux
 	http   *http.Server
+	// console, when mounted, serves / and /ui/ with its own sign-in.
+	console http.Handler
 
 	serving   sync.WaitGroup // Serve loops
 	mu        sync.Mutex
@@ -117,8 +119,20 @@ func (s *Server) HandleJSON(pattern string, fn func(r *http.Request) (int, any, 
 	}))
 }
 
+// MountConsole serves the web console at / and under /ui/: it signs its
+// users in with the same token and keeps sessions of its own (package
+// console), so its paths need no bearer token here. Call it before Serve.
+func (s *Server) MountConsole(h http.Handler) { s.console = h }
+
+// ConsolePath reports whether path belongs to the web console.
+func ConsolePath(path string) bool { return path == "/" || strings.HasPrefix(path, "/ui/") }
+
 // ServeHTTP authenticates, then routes.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.console != nil && ConsolePath(r.URL.Path) {
+		s.console.ServeHTTP(w, r)
+		return
+	}
 	if !Open(r.URL.Path) && !fromSocket(r.Context()) && !s.authorized(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="dpgate"`)
 		WriteJSON(w, http.StatusUnauthorized, map[string]string{

@@ -168,14 +168,21 @@ type shutdownMsg struct {
 	At     time.Time `json:"at"`
 }
 
-// clusterMessage handles a broadcast that is not an allow-list change.
+// clusterMessage handles another node's message: a device's shutdown
+// notice, or the console's switch of agent certificate validation.
 func (g *Gateway) clusterMessage(b []byte) {
-	var m shutdownMsg
-	if err := json.Unmarshal(b, &m); err != nil || m.Device == "" {
+	var m struct {
+		shutdownMsg
+		validateMsg
+	}
+	if err := json.Unmarshal(b, &m); err != nil || (m.Device == "" && m.Validate == nil) {
 		g.log.Warn("cluster: unknown message from a node", "bytes", len(b))
 		return
 	}
-	if g.push != nil {
+	if m.Validate != nil {
+		g.setValidateAgentCerts(*m.Validate)
+	}
+	if m.Device != "" && g.push != nil {
 		g.push.ShutDown(m.Device, m.At)
 	}
 }

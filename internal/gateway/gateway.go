@@ -183,6 +183,7 @@ func New(cfg *config.Config, ls Listeners, opts Options) (_ *Gateway, err error)
 func (g *Gateway) newAdmin(token string, ls Listeners) {
 	g.admin = admin.New(admin.Config{Token: token, Logger: g.log})
 	g.routes()
+	g.mountConsole(token)
 	p := part{name: "admin",
 		shutdown: func(ctx context.Context) error {
 			if err := g.admin.Shutdown(ctx); err != nil {

@@ -1,0 +1,415 @@
+package gateway
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dpgate/dpgate/deviceid"
+	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/internal/console"
+	"github.com/dpgate/dpgate/link"
+	"github.com/dpgate/dpgate/proxy"
+	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/tlsconf"
+)
+
+// The web console (docs/operations.md, "The web console"): the pages of
+// package console, filled from this node's parts. Every page and action
+// needs a session (sign-in with the admin token); every POST its CSRF
+// token.
+
+// certWarnDays: the overview warns when the gateway's certificate expires
+// sooner.
+const certWarnDays = 30
+
+// maxConsoleDevices bounds the devices table of one page.
+const maxConsoleDevices = 1000
+
+type consoleUI struct {
+	g        *Gateway
+	sessions *console.Sessions
+	mux      *http.ServeMux
+	secure   bool // served over TLS: the cookie is Secure
+
+	mu    sync.Mutex
+	flash map[string]string // session id -> the message the next page shows
+}
+
+// mountConsole serves the console on the admin listener.
+func (g *Gateway) mountConsole(token string) {
+	ui := &consoleUI{g: g, sessions: &console.Sessions{Token: token}, mux: http.NewServeMux(), flash: map[string]string{}}
+	m := ui.mux
+	m.Handle("GET /ui/static/", console.Static())
+	m.HandleFunc("GET /ui/login", ui.loginPage)
+	m.HandleFunc("POST /ui/login", ui.login)
+	m.HandleFunc("POST /ui/logout", ui.signedIn(ui.logout))
+	m.HandleFunc("GET /{$}", ui.signedIn(ui.overview))
+	m.HandleFunc("GET /ui/certificates", ui.signedIn(ui.certificates))
+	m.HandleFunc("GET /ui/certificates/gateway.pem", ui.signedIn(ui.gatewayPEM))
+	m.HandleFunc("POST /ui/certificates/delete", ui.signedIn(ui.deleteCerts))
+	m.HandleFunc("POST /ui/certificates/agent", ui.signedIn(ui.agentCert))
+	m.HandleFunc("POST /ui/certificates/upload", ui.signedIn(ui.uploadCert))
+	m.HandleFunc("POST /ui/certificates/validate", ui.signedIn(ui.validate))
+	m.HandleFunc("GET /ui/devices", ui.signedIn(ui.devices))
+	m.HandleFunc("POST /ui/devices/push", ui.signedIn(ui.devicePush))
+	m.HandleFunc("POST /ui/devices/wake", ui.signedIn(ui.deviceWake))
+	m.HandleFunc("POST /ui/devices/delete", ui.signedIn(ui.deviceDelete))
+	m.HandleFunc("GET /ui/uplinks", ui.signedIn(ui.uplinks))
+	m.HandleFunc("/ui/", ui.signedIn(func(w http.ResponseWriter, r *http.Request, _ console.Session) {
+		http.NotFound(w, r)
+	}))
+	g.admin.MountConsole(ui)
+}
+
+func (ui *consoleUI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, admin.MaxBody)
+	ui.mux.ServeHTTP(w, r)
+}
+
+// signedIn runs h for a request with a session (and, for a POST, its CSRF
+// token); without one the request gets the sign-in page, never data.
+func (ui *consoleUI) signedIn(h func(http.ResponseWriter, *http.Request, console.Session)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ss, ok := ui.sessions.Get(r)
+		if !ok {
+			console.Login(w, http.StatusUnauthorized, "")
+			return
+		}
+		if r.Method == http.MethodPost && !console.CheckCSRF(r, ss) {
+			http.Error(w, "console: missing or wrong CSRF token; reload the page", http.StatusForbidden)
+			return
+		}
+		h(w, r, ss)
+	}
+}
+
+func (ui *consoleUI) loginPage(w http.ResponseWriter, r *http.Request) {
+	if _, ok := ui.sessions.Get(r); ok {
+		http.Redirect(w, r, "/", http.StatusSeeOther)
+		return
+	}
+	console.Login(w, http.StatusOK, "")
+}
+
+func (ui *consoleUI) login(w http.ResponseWriter, r *http.Request) {
+	ss, ok := ui.sessions.SignIn(r.PostFormValue("token"))
+	if !ok {
+		ui.g.log.Warn("console: sign-in with a wrong token", "remote", r.RemoteAddr)
+		console.Login(w, http.StatusUnauthorized, "That is not the admin token.")
+		return
+	}
+	ui.g.log.Info("console: signed in", "remote", r.RemoteAddr)
+	console.SetCookie(w, ss, ui.secure || r.TLS != nil)
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+func (ui *consoleUI) logout(w http.ResponseWriter, r *http.Request, _ console.Session) {
+	ui.sessions.SignOut(r)
+	console.ClearCookie(w, ui.secure || r.TLS != nil)
+	http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
+}
+
+// render writes a page, or its live fragment for ?fragment=live.
+func (ui *consoleUI) render(w http.ResponseWriter, r *http.Request, ss console.Session, name, title string, data any) {
+	ui.mu.Lock()
+	flash := ui.flash[ss.ID]
+	delete(ui.flash, ss.ID)
+	ui.mu.Unlock()
+	p := console.Page{Title: title, Active: name, Node: ui.g.cfg.Node.Name, CSRF: ss.CSRF, Data: data}
+	if strings.HasPrefix(flash, "!") {
+		p.Error = flash[1:]
+	} else {
+		p.Flash = flash
+	}
+	console.Render(w, http.StatusOK, name, p, r.URL.Query().Get("fragment") == "live")
+}
+
+// done sends the browser back to page with a message (an error when err
+// is set).
+func (ui *consoleUI) done(w http.ResponseWriter, r *http.Request, ss console.Session, page, msg string, err error) {
+	if err != nil {
+		msg = "!" + err.Error()
+	}
+	ui.mu.Lock()
+	ui.flash[ss.ID] = msg
+	ui.mu.Unlock()
+	http.Redirect(w, r, page, http.StatusSeeOther)
+}
+
+type overviewData struct {
+	Status   Status
+	CertDays int
+	CertWarn bool
+	Queued   int // devices with pushes queued here
+}
+
+func (ui *consoleUI) overview(w http.ResponseWriter, r *http.Request, ss console.Session) {
+	st := ui.g.status()
+	d := overviewData{Status: st, CertDays: daysLeft(st.CertExpiry)}
+	d.CertWarn = d.CertDays < certWarnDays
+	if ui.g.push != nil {
+		d.Queued = len(ui.g.push.QueuedDevices())
+	}
+	ui.render(w, r, ss, "overview", "Overview", d)
+}
+
+func daysLeft(t time.Time) int { return int(time.Until(t).Hours() / 24) }
+
+type certsData struct {
+	Pin, Subject string
+	NotAfter     time.Time
+	CertDays     int
+	CertWarn     bool
+	Certs        []tlsconf.Entry
+	Validate     bool
+}
+
+func (ui *consoleUI) certificates(w http.ResponseWriter, r *http.Request, ss console.Session) {
+	leaf := ui.g.id.Certificate().Leaf
+	d := certsData{Pin: tlsconf.Pin(leaf), Subject: leaf.Subject.String(), NotAfter: leaf.NotAfter, CertDays: daysLeft(leaf.NotAfter),
+		Certs: ui.g.allow.List(tlsconf.Filter{}), Validate: ui.g.validatesAgentCerts()}
+	d.CertWarn = d.CertDays < certWarnDays
+	ui.render(w, r, ss, "certificates", "Certificates", d)
+}
+
+func (ui *consoleUI) gatewayPEM(w http.ResponseWriter, r *http.Request, _ console.Session) {
+	c := ui.g.id.Certificate()
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", ui.g.cfg.Node.Name+".pem"))
+	for _, der := range c.Certificate[:1] { // the certificate agents pin, not the chain
+		pem.Encode(w, &pem.Block{Type: "CERTIFICATE", Bytes: der})
+	}
+}
+
+func (ui *consoleUI) deleteCerts(w http.ResponseWriter, r *http.Request, ss console.Session) {
+	fps := r.PostForm["fp"]
+	if len(fps) == 0 {
+		ui.done(w, r, ss, "/ui/certificates", "", errors.New("select the certificates to delete first"))
+		return
+	}
+	removed, err := ui.g.allow.Remove(fps...)
+	if err == nil {
+		ui.g.log.Info("console: agent certificates deleted", "count", len(removed))
+	}
+	ui.done(w, r, ss, "/ui/certificates", fmt.Sprintf("Deleted %d certificate(s); agents presenting them are refused from now on.", len(removed)), err)
+}
+
+func (ui *consoleUI) agentCert(w http.ResponseWriter, r *http.Request, ss console.Session) {
+	cn := strings.TrimSpace(r.PostFormValue("cn"))
+	if err := deviceid.Check(cn); err != nil {
+		ui.done(w, r, ss, "/ui/certificates", "", fmt.Errorf("device id: %w (the agent sends it as its id)", err))
+		return
+	}
+	leaf, pfx, err := IssueAgentCert(ui.g.cfg, cn, tlsconf.Template{}, r.PostFormValue("password"))
+	if err == nil {
+		_, err = ui.g.allow.Add(leaf)
+	}
+	if err != nil {
+		ui.done(w, r, ss, "/ui/certificates", "", err)
+		return
+	}
+	ui.g.log.Info("console: agent certificate issued", "device", cn, "fingerprint", tlsconf.Fingerprint(leaf))
+	w.Header().Set("Content-Type", "application/x-pkcs12")
+	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", cn+".pfx"))
+	w.Write(pfx)
+}
+
+func (ui *consoleUI) uploadCert(w http.ResponseWriter, r *http.Request, ss console.Session) {
+	f, _, err := r.FormFile("file")
+	if err != nil {
+		ui.done(w, r, ss, "/ui/certificates", "", errors.New("choose a PEM or PKCS#12 file"))
+		return
+	}
+	defer f.Close()
+	data, err := io.ReadAll(f)
+	if err != nil {
+		ui.done(w, r, ss, "/ui/certificates", "", err)
+		return
+	}
+	certs, err := tlsconf.ParseCertificatesPEM(data)
+	if err != nil { // not PEM: a PKCS#12 container
+		var c tls.Certificate
+		if c, err = tlsconf.ParsePFX(data, r.PostFormValue("password")); err == nil {
+			var leaf *x509.Certificate
+			if leaf, err = x509.ParseCertificate(c.Certificate[0]); err == nil {
+				certs = append(certs, leaf)
+			}
+		}
+	}
+	if err == nil {
+		var added []tlsconf.Entry
+		if added, err = ui.g.allow.Add(certs...); err == nil {
+			ui.done(w, r, ss, "/ui/certificates", fmt.Sprintf("Allowed %d certificate(s).", len(added)), nil)
+			return
+		}
+	}
+	ui.done(w, r, ss, "/ui/certificates", "", fmt.Errorf("the file is neither a PEM certificate nor a PKCS#12 container this password opens: %w", err))
+}
+
+// validateMsg is the cluster message that switches the validation of
+// agent certificates on every node.
+type validateMsg struct {
+	Validate *bool `json:"validate_agent_certs"`
+}
+
+func (ui *consoleUI) validate(w http.ResponseWriter, r *http.Request, ss console.Session) {
+	if ui.g.proxy == nil {
+		ui.done(w, r, ss, "/ui/certificates", "", errors.New("the proxy is off (no upstream configured): there are no agent connections to validate"))
+		return
+	}
+	on := r.PostFormValue("on") == "true"
+	ui.g.setValidateAgentCerts(on)
+	if c := ui.g.cluster; c != nil { // every node switches
+		b, _ := json.Marshal(validateMsg{Validate: &on})
+		c.Broadcast(b)
+	}
+	state := map[bool]string{true: "on: agents must present a certificate from the list", false: "off"}[on]
+	ui.done(w, r, ss, "/ui/certificates", "Validation of agent certificates is "+state+" (until the next restart, which reads proxy.validate_agent_certs).", nil)
+}
+
+// setValidateAgentCerts switches the proxy's validation of agent
+// certificates live.
+func (g *Gateway) setValidateAgentCerts(on bool) {
+	if g.proxy == nil {
+		return
+	}
+	if on {
+		g.proxy.SetAllowList(g.allow)
+	} else {
+		g.proxy.SetAllowList(nil)
+	}
+	g.log.Info("validation of agent certificates switched", "on", on)
+}
+
+func (g *Gateway) validatesAgentCerts() bool { return g.proxy != nil && g.proxy.ValidatesAgentCerts() }
+
+type deviceRow struct {
+	push.DeviceStatus
+	RTT, Loss string
+}
+
+type devicesData struct {
+	Query   string
+	Devices []deviceRow
+	More    int // matching devices beyond the table's bound
+}
+
+func (ui *consoleUI) devices(w http.ResponseWriter, r *http.Request, ss console.Session) {
+	d := devicesData{Query: strings.TrimSpace(r.URL.Query().Get("q"))}
+	if ui.g.push != nil {
+		for _, dev := range ui.g.push.Devices() {
+			if d.Query != "" && !strings.Contains(strings.ToLower(dev.ID), strings.ToLower(d.Query)) {
+				continue
+			}
+			if len(d.Devices) == maxConsoleDevices {
+				d.More++
+				continue
+			}
+			row := deviceRow{DeviceStatus: dev}
+			if p := dev.Path; p != nil {
+				row.RTT = p.RTT.Round(100 * time.Microsecond).String()
+				if p.Sent > 0 {
+					row.Loss = fmt.Sprintf("%.1f %%", 100*p.LossRatio())
+				}
+			}
+			d.Devices = append(d.Devices, row)
+		}
+	}
+	ui.render(w, r, ss, "devices", "Devices", d)
+}
+
+func (ui *consoleUI) devicePush(w http.ResponseWriter, r *http.Request, ss console.Session) {
+	id := r.PostFormValue("id")
+	back := "/ui/devices?q=" + id
+	if ui.g.push == nil {
+		ui.done(w, r, ss, back, "", errors.New("the push server is off"))
+		return
+	}
+	payload := "dpgate console test push " + time.Now().UTC().Format(time.RFC3339)
+	replies, err := ui.g.accept(r.Context(), []string{id}, []byte(payload), time.Hour)
+	if err != nil {
+		ui.done(w, r, ss, back, "", err)
+		return
+	}
+	ui.done(w, r, ss, back, fmt.Sprintf("Test push %s queued for %s (%q; kept for an hour).", replies[0].ID, id, payload), nil)
+}
+
+func (ui *consoleUI) deviceWake(w http.ResponseWriter, r *http.Request, ss console.Session) {
+	id := r.PostFormValue("id")
+	back := "/ui/devices?q=" + id
+	if ui.g.wake == nil {
+		ui.done(w, r, ss, back, "", errors.New("wake-ups are off (the push server is off)"))
+		return
+	}
+	res := ui.g.wake.Wake(id, "console")
+	switch {
+	case res.Limited:
+		ui.done(w, r, ss, back, "", errors.New("wake-ups of this device are over their rate limit; try again later"))
+	case res.Unknown:
+		ui.done(w, r, ss, back, "", fmt.Errorf("%s has no known address to wake it at", id))
+	default:
+		ui.done(w, r, ss, back, fmt.Sprintf("Wake-up sent to %s (%d way(s)).", id, len(res.Attempts)), nil)
+	}
+}
+
+func (ui *consoleUI) deviceDelete(w http.ResponseWriter, r *http.Request, ss console.Session) {
+	id := r.PostFormValue("id")
+	if ui.g.push == nil {
+		ui.done(w, r, ss, "/ui/devices", "", errors.New("the push server is off"))
+		return
+	}
+	found, err := ui.g.push.RemoveDevice(id)
+	if err == nil && !found {
+		err = fmt.Errorf("device %q is unknown", id)
+	}
+	if err == nil {
+		ui.g.log.Info("device removed with its queue (console)", "device", id)
+	}
+	ui.done(w, r, ss, "/ui/devices", fmt.Sprintf("Removed %s and its queued pushes.", id), err)
+}
+
+type uplinkRow struct {
+	proxy.UpstreamStatus
+	Link *linkRow
+}
+
+type linkRow struct {
+	Verdict           link.State
+	LossOut, LossBack float64 // percent
+	RTT, Jitter       time.Duration
+}
+
+type uplinksData struct {
+	LossLimit  float64 // percent
+	DelayLimit time.Duration
+	Upstreams  []uplinkRow
+	Charts     []struct{ Title, SVG string }
+}
+
+func (ui *consoleUI) uplinks(w http.ResponseWriter, r *http.Request, ss console.Session) {
+	d := uplinksData{LossLimit: 100 * float64(ui.g.cfg.Link.Limits.Loss), DelayLimit: ui.g.cfg.Link.Limits.Delay.D()}
+	if ui.g.proxy != nil {
+		links := map[string]link.Status{}
+		for _, l := range ui.g.linkStatus() {
+			links[l.Name] = l
+		}
+		for _, u := range ui.g.proxy.Status().Upstreams {
+			row := uplinkRow{UpstreamStatus: u}
+			if l, ok := links[u.Address]; ok {
+				row.Link = &linkRow{Verdict: l.Verdict, LossOut: 100 * l.Stats.LossOut, LossBack: 100 * l.Stats.LossBack,
+					RTT: l.Stats.RTTP50.Round(10 * time.Microsecond), Jitter: l.Stats.Jitter.Round(10 * time.Microsecond)}
+			}
+			d.Upstreams = append(d.Upstreams, row)
+		}
+	}
+	ui.render(w, r, ss, "uplinks", "Uplinks", d)
+}
