@@ -76,12 +76,17 @@ func (ui *consoleUI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // signedIn runs h for a request with a session (and, for a POST, its CSRF
-// token); without one the request gets the sign-in page, never data.
+// token); without one the browser is sent to the sign-in page, never
+// given data.
 func (ui *consoleUI) signedIn(h func(http.ResponseWriter, *http.Request, console.Session)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		ss, ok := ui.sessions.Get(r)
-		if !ok {
-			console.Login(w, http.StatusUnauthorized, "")
+		switch {
+		case !ok && r.Header.Get("X-Fragment") != "":
+			http.Error(w, "sign in again", http.StatusUnauthorized) // the page's script reloads
+			return
+		case !ok:
+			http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
 			return
 		}
 		if r.Method == http.MethodPost && !console.CheckCSRF(r, ss) {
@@ -298,13 +303,14 @@ type deviceRow struct {
 }
 
 type devicesData struct {
+	CSRF    string // the rows' action forms, in the live fragment too
 	Query   string
 	Devices []deviceRow
 	More    int // matching devices beyond the table's bound
 }
 
 func (ui *consoleUI) devices(w http.ResponseWriter, r *http.Request, ss console.Session) {
-	d := devicesData{Query: strings.TrimSpace(r.URL.Query().Get("q"))}
+	d := devicesData{CSRF: ss.CSRF, Query: strings.TrimSpace(r.URL.Query().Get("q"))}
 	if ui.g.push != nil {
 		for _, dev := range ui.g.push.Devices() {
 			if d.Query != "" && !strings.Contains(strings.ToLower(dev.ID), strings.ToLower(d.Query)) {

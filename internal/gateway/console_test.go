@@ -48,14 +48,17 @@ func TestConsoleNeedsSession(t *testing.T) {
 	}
 	for _, p := range consolePages {
 		code, body := get(anon, "GET", p, nil)
-		if code != http.StatusUnauthorized || !strings.Contains(body, "Admin token") || strings.Contains(body, pin) || strings.Contains(body, "BEGIN CERTIFICATE") {
-			t.Errorf("GET %s without a session: %d, want the sign-in page (401) and no data", p, code)
+		if code != http.StatusSeeOther || strings.Contains(body, pin) || strings.Contains(body, "BEGIN CERTIFICATE") {
+			t.Errorf("GET %s without a session: %d, want a redirect to the sign-in page (303) and no data", p, code)
 		}
 	}
 	for _, p := range consoleActions {
-		if code, body := get(anon, "POST", p, url.Values{"cn": {"pc-x"}}); code != http.StatusUnauthorized || !strings.Contains(body, "Admin token") {
-			t.Errorf("POST %s without a session: %d, want the sign-in page (401)", p, code)
+		if code, _ := get(anon, "POST", p, url.Values{"cn": {"pc-x"}}); code != http.StatusSeeOther {
+			t.Errorf("POST %s without a session: %d, want a redirect to the sign-in page (303)", p, code)
 		}
+	}
+	if code, body := get(anon, "GET", "/ui/login", nil); code != http.StatusOK || !strings.Contains(body, "Admin token") {
+		t.Errorf("the sign-in page: %d", code)
 	}
 	if code, body := get(anon, "POST", "/ui/login", url.Values{"token": {"wrong"}}); code != http.StatusUnauthorized || !strings.Contains(body, "not the admin token") {
 		t.Errorf("sign-in with a wrong token: %d", code)
@@ -92,7 +95,7 @@ func TestConsoleNeedsSession(t *testing.T) {
 	if code, _ := get(user, "POST", "/ui/logout", url.Values{"csrf": {csrf[1]}}); code != http.StatusSeeOther {
 		t.Errorf("sign-out: %d", code)
 	}
-	if code, _ := get(user, "GET", "/ui/certificates", nil); code != http.StatusUnauthorized {
-		t.Errorf("after sign-out: %d, want the sign-in page", code)
+	if code, _ := get(user, "GET", "/ui/certificates", nil); code != http.StatusSeeOther {
+		t.Errorf("after sign-out: %d, want a redirect to the sign-in page", code)
 	}
 }

@@ -70,6 +70,7 @@ type Gateway struct {
 	pushAddr  string         // where the push server listens (TCP); "" when it does not
 	pushUDP   net.PacketConn // its QUIC socket, closed with the store
 	adminAddr string
+	proxyAddr string
 	dnsAddr   string
 	// The UDP listeners' addresses, for tests: wake requests, shutdown
 	// notices and the STAMP reflector ("" when off).

@@ -59,6 +59,7 @@ func (g *Gateway) newProxy(ls Listeners) error {
 	g.proxy = p
 	pt := part{name: "proxy", shutdown: p.Shutdown, close: p.Close}
 	if ln := ls.Proxy; ln != nil {
+		g.proxyAddr = ln.Addr().String()
 		pt.serve = []func() error{func() error {
 			g.log.Info("proxy listening", "addr", ln.Addr().String(), "upstreams", len(c.Upstreams),
 				"balance", c.Balance, "validate_agent_certs", c.ValidateAgentCerts)
