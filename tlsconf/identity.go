@@ -11,6 +11,7 @@ package tlsconf
 
 import (
 	"crypto/tls"
+	"errors"
 	"sync/atomic"
 )
 
@@ -35,6 +36,20 @@ func (id *Identity) Reload() error {
 	}
 	id.cur.Store(&c)
 	return nil
+}
+
+// Replace writes c to the identity's files (certificate and key into the
+// certificate file, or the key into its own file when there is one),
+// each atomically, and serves it from the next handshake on. c must pass
+// the checks LoadKeyPair makes (ParseKeyPair gives such one).
+func (id *Identity) Replace(c tls.Certificate) error {
+	if c.Leaf == nil {
+		return errors.New("tlsconf: Replace needs the parsed certificate (Leaf)")
+	}
+	if err := WriteKeyPair(c, id.certFile, id.keyFile); err != nil {
+		return err
+	}
+	return id.Reload()
 }
 
 // Certificate returns the current certificate.

@@ -55,6 +55,8 @@ func (g *Gateway) mountConsole(token string) {
 	m.HandleFunc("GET /{$}", ui.signedIn(ui.overview))
 	m.HandleFunc("GET /ui/certificates", ui.signedIn(ui.certificates))
 	m.HandleFunc("GET /ui/certificates/gateway.pem", ui.signedIn(ui.gatewayPEM))
+	m.HandleFunc("POST /ui/certificates/gateway/generate", ui.signedIn(ui.gatewayGenerate))
+	m.HandleFunc("POST /ui/certificates/gateway/upload", ui.signedIn(ui.gatewayUpload))
 	m.HandleFunc("POST /ui/certificates/delete", ui.signedIn(ui.deleteCerts))
 	m.HandleFunc("POST /ui/certificates/agent", ui.signedIn(ui.agentCert))
 	m.HandleFunc("POST /ui/certificates/upload", ui.signedIn(ui.uploadCert))
@@ -193,6 +195,58 @@ func (ui *consoleUI) gatewayPEM(w http.ResponseWriter, r *http.Request, _ consol
 	for _, der := range c.Certificate[:1] { // the certificate agents pin, not the chain
 		pem.Encode(w, &pem.Block{Type: "CERTIFICATE", Bytes: der})
 	}
+}
+
+// gatewayGenerate replaces the gateway's certificate by a new one with a
+// new key.
+func (ui *consoleUI) gatewayGenerate(w http.ResponseWriter, r *http.Request, ss console.Session) {
+	c, err := tlsconf.Issue(ui.g.certTemplate(), nil)
+	if err == nil {
+		err = ui.replaceIdentity(c)
+	}
+	ui.done(w, r, ss, "/ui/certificates", ui.repinMessage(), err)
+}
+
+// gatewayUpload replaces the gateway's certificate by an independently
+// prepared one: PEM with certificate and key (the key in the same file or
+// its own), RSA keys of 2048 bits or more, valid now.
+func (ui *consoleUI) gatewayUpload(w http.ResponseWriter, r *http.Request, ss console.Session) {
+	read := func(field string) []byte {
+		f, _, err := r.FormFile(field)
+		if err != nil {
+			return nil
+		}
+		defer f.Close()
+		b, _ := io.ReadAll(f)
+		return b
+	}
+	certPEM, keyPEM := read("cert"), read("key")
+	if keyPEM == nil {
+		keyPEM = certPEM
+	}
+	c, err := tlsconf.ParseKeyPair(certPEM, keyPEM)
+	if err == nil {
+		err = ui.replaceIdentity(c)
+	}
+	if err != nil {
+		err = fmt.Errorf("the certificate was not changed: %w", err)
+	}
+	ui.done(w, r, ss, "/ui/certificates", ui.repinMessage(), err)
+}
+
+// replaceIdentity puts c in use, logging the old and new pins.
+func (ui *consoleUI) replaceIdentity(c tls.Certificate) error {
+	old := ui.g.id.Pin()
+	if err := ui.g.id.Replace(c); err != nil {
+		return err
+	}
+	ui.g.log.Warn("console: gateway certificate replaced; agents pinning the old pin must be re-pinned", "old_pin", old, "pin", ui.g.id.Pin())
+	return nil
+}
+
+func (ui *consoleUI) repinMessage() string {
+	return "This gateway now presents a new certificate, pin " + ui.g.id.Pin() +
+		". Every agent and node that pinned the old one must be given the new certificate (download it above) or they will refuse to connect."
 }
 
 func (ui *consoleUI) deleteCerts(w http.ResponseWriter, r *http.Request, ss console.Session) {

@@ -1,14 +1,27 @@
 package gateway
 
 import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"html"
 	"io"
+	"math/big"
+	"mime/multipart"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -18,7 +31,7 @@ var consolePages = []string{"/", "/?fragment=live", "/ui/certificates", "/ui/cer
 	"/ui/devices", "/ui/devices?fragment=live", "/ui/uplinks", "/ui/uplinks?fragment=live", "/ui/nothing-here"}
 
 // consoleActions are its state-changing routes.
-var consoleActions = []string{"/ui/logout", "/ui/certificates/delete", "/ui/certificates/agent", "/ui/certificates/upload",
+var consoleActions = []string{"/ui/logout", "/ui/certificates/gateway/generate", "/ui/certificates/gateway/upload", "/ui/certificates/delete", "/ui/certificates/agent", "/ui/certificates/upload",
 	"/ui/certificates/validate", "/ui/devices/push", "/ui/devices/wake", "/ui/devices/delete"}
 
 // TestConsoleNeedsSession: without a session every console route answers
@@ -97,5 +110,93 @@ func TestConsoleNeedsSession(t *testing.T) {
 	}
 	if code, _ := get(user, "GET", "/ui/certificates", nil); code != http.StatusSeeOther {
 		t.Errorf("after sign-out: %d, want a redirect to the sign-in page", code)
+	}
+}
+
+// signIn returns a client signed in to g's console and the CSRF token.
+func signIn(t *testing.T, g *Gateway) (*http.Client, string) {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar}
+	token, err := tlsconf.ReadSecretFile(first(g.cfg.AdminTokenFile()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.PostForm("http://"+g.adminAddr+"/ui/login", url.Values{"token": {token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindSubmatch(body)
+	if m == nil {
+		t.Fatalf("signed in, but the page has no CSRF token (%d)", resp.StatusCode)
+	}
+	return c, string(m[1])
+}
+
+// TestConsoleReplacesGatewayCertificate: a generated certificate is in use
+// at once and on disk for the next start; an upload with a key under
+// 2048 bits or an expired certificate is refused, the old one kept.
+func TestConsoleReplacesGatewayCertificate(t *testing.T) {
+	g, _, dir := newTestGateway(t, "")
+	c, csrf := signIn(t, g)
+	base := "http://" + g.adminAddr
+	before := g.Identity().Pin()
+	resp, err := c.PostForm(base+"/ui/certificates/gateway/generate", url.Values{"csrf": {csrf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	after := g.Identity().Pin()
+	if after == before || !strings.Contains(html.UnescapeString(string(body)), "must be given the new certificate") {
+		t.Fatalf("generate: pin %s -> %s; the page says re-pin: %v", before, after, strings.Contains(string(body), "re-pin"))
+	}
+	onDisk, err := tlsconf.LoadKeyPair(filepath.Join(dir, "data", CertFile), "")
+	if err != nil || tlsconf.Pin(onDisk.Leaf) != after {
+		t.Errorf("the certificate file after generating: %v, pin %s, want %s", err, tlsconf.Pin(onDisk.Leaf), after)
+	}
+
+	upload := func(certPEM, keyPEM []byte) string {
+		t.Helper()
+		var buf bytes.Buffer
+		mw := multipart.NewWriter(&buf)
+		mw.WriteField("csrf", csrf)
+		fw, _ := mw.CreateFormFile("cert", "gw.pem")
+		fw.Write(certPEM)
+		fw, _ = mw.CreateFormFile("key", "gw.key")
+		fw.Write(keyPEM)
+		mw.Close()
+		resp, err := c.Post(base+"/ui/certificates/gateway/upload", mw.FormDataContentType(), &buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return html.UnescapeString(string(b))
+	}
+	selfSigned := func(key crypto.Signer, notAfter time.Time) ([]byte, []byte) {
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "gw"}, NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: notAfter}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kder, _ := x509.MarshalPKCS8PrivateKey(key)
+		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
+	}
+	weak, _ := rsa.GenerateKey(rand.Reader, 1024)
+	if page := upload(selfSigned(weak, time.Now().Add(time.Hour))); !strings.Contains(page, "at least 2048") || g.Identity().Pin() != after {
+		t.Errorf("an RSA-1024 upload: pin %s (want %s kept); page mentions 2048: %v", g.Identity().Pin(), after, strings.Contains(page, "2048"))
+	}
+	good, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if page := upload(selfSigned(good, time.Now().Add(-time.Hour))); !strings.Contains(page, "expired") || g.Identity().Pin() != after {
+		t.Errorf("an expired upload: pin %s (want %s kept); page mentions expired: %v", g.Identity().Pin(), after, strings.Contains(page, "expired"))
+	}
+	certPEM, keyPEM := selfSigned(good, time.Now().Add(24*time.Hour))
+	upload(certPEM, keyPEM)
+	want, _ := tlsconf.ParseKeyPair(certPEM, keyPEM)
+	if g.Identity().Pin() != tlsconf.Pin(want.Leaf) {
+		t.Errorf("a good upload: pin %s, want %s", g.Identity().Pin(), tlsconf.Pin(want.Leaf))
 	}
 }

@@ -222,21 +222,27 @@ func closeAll(cs ...io.Closer) func() error {
 	}
 }
 
+// certTemplate is what a generated gateway certificate names: the node,
+// localhost and the host name, and the loopback addresses.
+func (g *Gateway) certTemplate() tlsconf.Template {
+	names := []string{g.cfg.Node.Name, "localhost"}
+	if h, err := os.Hostname(); err == nil && h != g.cfg.Node.Name {
+		names = append(names, h)
+	}
+	return tlsconf.Template{
+		CommonName: g.cfg.Node.Name,
+		DNSNames:   names,
+		IPs:        []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+}
+
 // loadIdentity loads tls.cert/tls.key, or the generated certificate in the
 // data directory, generating it on first start.
 func (g *Gateway) loadIdentity() (*tlsconf.Identity, error) {
 	certFile, keyFile := g.cfg.TLS.Cert, g.cfg.TLS.Key
 	if certFile == "" {
 		certFile = g.cfg.InDataDir(CertFile)
-		names := []string{g.cfg.Node.Name, "localhost"}
-		if h, err := os.Hostname(); err == nil && h != g.cfg.Node.Name {
-			names = append(names, h)
-		}
-		c, created, err := tlsconf.LoadOrCreate(certFile, tlsconf.Template{
-			CommonName: g.cfg.Node.Name,
-			DNSNames:   names,
-			IPs:        []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-		}, nil)
+		c, created, err := tlsconf.LoadOrCreate(certFile, g.certTemplate(), nil)
 		if err != nil {
 			return nil, fmt.Errorf("gateway: certificate %s: %w", certFile, err)
 		}
