@@ -18,6 +18,21 @@ func (s *Server) Holds(device string) bool {
 	return s.sessions[device] != nil
 }
 
+// Disconnect ends the device's session here, as an operator does from the
+// console; the agent reconnects after its backoff. It reports whether the
+// device was connected here.
+func (s *Server) Disconnect(device string) bool {
+	s.mu.Lock()
+	ss := s.sessions[device]
+	s.mu.Unlock()
+	if ss == nil {
+		return false
+	}
+	ss.close()
+	s.log.Info("push: session ended by the operator", "device", device)
+	return true
+}
+
 // HeldDevices lists the devices connected here, each with the time its
 // session began (what orders registrations between nodes).
 func (s *Server) HeldDevices() map[string]time.Time {

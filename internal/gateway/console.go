@@ -64,6 +64,7 @@ func (g *Gateway) mountConsole(token string) {
 	m.HandleFunc("GET /ui/devices", ui.signedIn(ui.devices))
 	m.HandleFunc("POST /ui/devices/push", ui.signedIn(ui.devicePush))
 	m.HandleFunc("POST /ui/devices/wake", ui.signedIn(ui.deviceWake))
+	m.HandleFunc("POST /ui/devices/disconnect", ui.signedIn(ui.deviceDisconnect))
 	m.HandleFunc("POST /ui/devices/delete", ui.signedIn(ui.deviceDelete))
 	m.HandleFunc("GET /ui/uplinks", ui.signedIn(ui.uplinks))
 	m.HandleFunc("/ui/", ui.signedIn(func(w http.ResponseWriter, r *http.Request, _ console.Session) {
@@ -419,6 +420,16 @@ func (ui *consoleUI) deviceWake(w http.ResponseWriter, r *http.Request, ss conso
 	default:
 		ui.done(w, r, ss, back, fmt.Sprintf("Wake-up sent to %s (%d way(s)).", id, len(res.Attempts)), nil)
 	}
+}
+
+func (ui *consoleUI) deviceDisconnect(w http.ResponseWriter, r *http.Request, ss console.Session) {
+	id := r.PostFormValue("id")
+	back := "/ui/devices?q=" + id
+	if ui.g.push == nil || !ui.g.push.Disconnect(id) {
+		ui.done(w, r, ss, back, "", fmt.Errorf("%s is not connected to this node", id))
+		return
+	}
+	ui.done(w, r, ss, back, fmt.Sprintf("Disconnected %s; it reconnects after its backoff.", id), nil)
 }
 
 func (ui *consoleUI) deviceDelete(w http.ResponseWriter, r *http.Request, ss console.Session) {

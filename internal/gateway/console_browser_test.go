@@ -231,6 +231,17 @@ cluster:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the test push did not arrive in 30 s")
 	}
+	// Disconnect it: its session ends, and it comes back on its own.
+	first, _ := g.push.Device("pc-browser")
+	run("disconnect", chromedp.Navigate(base+"/ui/devices?q=pc-browser"), chromedp.WaitVisible(`tr[data-device="pc-browser"]`),
+		chromedp.Click(`tr[data-device="pc-browser"] button[data-action="disconnect"]`), chromedp.WaitVisible(".flash"))
+	waitFor(t, 30*time.Second, func() error {
+		d, _ := g.push.Device("pc-browser")
+		if !d.Connected || d.Since == nil || first.Since == nil || !d.Since.After(*first.Since) {
+			return errors.New("pc-browser has not reconnected after the disconnect")
+		}
+		return nil
+	})
 
 	// Delete its certificate: the next handshake with it is refused.
 	fp := tlsconf.Fingerprint(agentLeaf)

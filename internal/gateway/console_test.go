@@ -32,7 +32,7 @@ var consolePages = []string{"/", "/?fragment=live", "/ui/certificates", "/ui/cer
 
 // consoleActions are its state-changing routes.
 var consoleActions = []string{"/ui/logout", "/ui/certificates/gateway/generate", "/ui/certificates/gateway/upload", "/ui/certificates/delete", "/ui/certificates/agent", "/ui/certificates/upload",
-	"/ui/certificates/validate", "/ui/devices/push", "/ui/devices/wake", "/ui/devices/delete"}
+	"/ui/certificates/validate", "/ui/devices/push", "/ui/devices/wake", "/ui/devices/disconnect", "/ui/devices/delete"}
 
 // TestConsoleNeedsSession: without a session every console route answers
 // the sign-in page (401), never data; a wrong token does not sign in; a
