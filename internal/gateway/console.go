@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"html/template"
 	"io"
 	"net/http"
 	"strings"
@@ -463,7 +464,12 @@ type uplinksData struct {
 	LossLimit  float64 // percent
 	DelayLimit time.Duration
 	Upstreams  []uplinkRow
-	Charts     []struct{ Title, SVG string }
+	Charts     []consoleChart
+}
+
+type consoleChart struct {
+	Title string
+	SVG   template.HTML // from chart: numbers only
 }
 
 func (ui *consoleUI) uplinks(w http.ResponseWriter, r *http.Request, ss console.Session) {
@@ -478,9 +484,26 @@ func (ui *consoleUI) uplinks(w http.ResponseWriter, r *http.Request, ss console.
 			if l, ok := links[u.Address]; ok {
 				row.Link = &linkRow{Verdict: l.Verdict, LossOut: 100 * l.Stats.LossOut, LossBack: 100 * l.Stats.LossBack,
 					RTT: l.Stats.RTTP50.Round(10 * time.Microsecond), Jitter: l.Stats.Jitter.Round(10 * time.Microsecond)}
+				d.Charts = append(d.Charts, ui.linkCharts(u.Address, d.LossLimit, d.DelayLimit)...)
 			}
 			d.Upstreams = append(d.Upstreams, row)
 		}
 	}
 	ui.render(w, r, ss, "uplinks", "Uplinks", d)
+}
+
+// linkCharts are an uplink's loss and RTT over the last hour against the
+// limits.
+func (ui *consoleUI) linkCharts(name string, lossLimit float64, delayLimit time.Duration) []consoleChart {
+	ps := ui.g.linkHist.get(name)
+	at := make([]time.Time, len(ps))
+	loss, rtt := make([]float64, len(ps)), make([]float64, len(ps))
+	for i, p := range ps {
+		at[i], loss[i], rtt[i] = p.At, p.Loss, float64(p.RTT)/float64(time.Millisecond)
+	}
+	now := time.Now()
+	return []consoleChart{
+		{Title: name + ": loss, %", SVG: chart(now, at, loss, lossLimit, " %")},
+		{Title: name + ": RTT, ms", SVG: chart(now, at, rtt, float64(delayLimit)/float64(time.Millisecond), " ms")},
+	}
 }

@@ -63,6 +63,8 @@ type Gateway struct {
 	router  *cluster.Router  // push routing between nodes; nil without a cluster or push
 	wake    *wake.Service    // nil when push is off
 	links   []*link.Monitor  // measured uplinks
+	// linkHist is their last hour, for the console's charts.
+	linkHist linkHistory
 	// parts are the same in the order New built them: Start starts them
 	// in that order, Shutdown and Close stop them in reverse.
 	parts []part

@@ -65,11 +65,16 @@ func (g *Gateway) startLinks(ctx context.Context) {
 		defer g.wg.Done()
 		t := time.NewTicker(5 * time.Second)
 		defer t.Stop()
+		var sampled time.Time
 		for {
 			select {
 			case <-ctx.Done():
 				return
-			case <-t.C:
+			case now := <-t.C:
+				if now.Sub(sampled) >= linkSampleEvery {
+					g.linkHist.record(now, g.linkStatus())
+					sampled = now
+				}
 				for _, m := range g.links {
 					st := m.Status()
 					l := []metrics.Label{{Name: "link", Value: st.Name}}
