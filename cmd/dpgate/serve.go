@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -225,7 +226,29 @@ func adminClient(file string) (*admin.Client, *config.Config, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return admin.NewClient(cfg.Admin.Listen, token), cfg, nil
+	c := admin.NewClient(cfg.Admin.Listen, token)
+	if !config.IsLoopback(cfg.Admin.Listen) {
+		// The gateway serves the API over TLS off loopback: pin its
+		// certificate, read from where the gateway reads it.
+		certFile := cfg.TLS.Cert
+		if certFile == "" {
+			certFile = cfg.InDataDir(gateway.CertFile)
+		}
+		data, err := os.ReadFile(certFile)
+		var certs []*x509.Certificate
+		if err == nil {
+			certs, err = tlsconf.ParseCertificatesPEM(data)
+		}
+		if err != nil || len(certs) == 0 {
+			return nil, nil, fmt.Errorf("admin.listen %s is served over TLS; reading the gateway's certificate to pin it: %v", cfg.Admin.Listen, err)
+		}
+		pins, err := tlsconf.ParsePins([]string{tlsconf.Pin(certs[0])})
+		if err != nil {
+			return nil, nil, err
+		}
+		c.WithTLS(tlsconf.PinnedClientConfig(pins, cfg.Node.Name))
+	}
+	return c, cfg, nil
 }
 
 // cliToken is the admin token the CLI sends: DPGATE_TOKEN, else the file

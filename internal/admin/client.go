@@ -3,6 +3,7 @@ package admin
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -36,6 +38,14 @@ func NewClient(listen, token string) *Client {
 		token: token,
 		http:  &http.Client{Timeout: 3 * time.Minute},
 	}
+}
+
+// WithTLS makes the client speak HTTPS with cfg (the admin listener serves
+// TLS off loopback; the CLI pins the gateway's certificate).
+func (c *Client) WithTLS(cfg *tls.Config) *Client {
+	c.base = "https://" + strings.TrimPrefix(c.base, "http://")
+	c.http = &http.Client{Timeout: c.http.Timeout, Transport: &http.Transport{TLSClientConfig: cfg}}
+	return c
 }
 
 // NewSocketClient returns a client for the API's Unix socket

@@ -16,6 +16,7 @@ import (
 
 	"github.com/dpgate/dpgate/deviceid"
 	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/internal/config"
 	"github.com/dpgate/dpgate/internal/console"
 	"github.com/dpgate/dpgate/link"
 	"github.com/dpgate/dpgate/proxy"
@@ -47,7 +48,8 @@ type consoleUI struct {
 
 // mountConsole serves the console on the admin listener.
 func (g *Gateway) mountConsole(token string) {
-	ui := &consoleUI{g: g, sessions: &console.Sessions{Token: token}, mux: http.NewServeMux(), flash: map[string]string{}}
+	ui := &consoleUI{g: g, sessions: &console.Sessions{Token: token}, mux: http.NewServeMux(), flash: map[string]string{},
+		secure: config.Enabled(g.cfg.Admin.Listen) && !config.IsLoopback(g.cfg.Admin.Listen)}
 	m := ui.mux
 	m.Handle("GET /ui/static/", console.Static())
 	m.HandleFunc("GET /ui/login", ui.loginPage)

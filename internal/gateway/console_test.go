@@ -10,19 +10,23 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"html"
 	"io"
 	"math/big"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/dpgate/dpgate/internal/config"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -198,5 +202,56 @@ func TestConsoleReplacesGatewayCertificate(t *testing.T) {
 	want, _ := tlsconf.ParseKeyPair(certPEM, keyPEM)
 	if g.Identity().Pin() != tlsconf.Pin(want.Leaf) {
 		t.Errorf("a good upload: pin %s, want %s", g.Identity().Pin(), tlsconf.Pin(want.Leaf))
+	}
+}
+
+// TestAdminTLSOffLoopback: an admin listener off loopback serves the API
+// and the console over TLS with the gateway's certificate (plain HTTP gets
+// nothing), and the console's cookie is Secure.
+func TestAdminTLSOffLoopback(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "admin.token")
+	os.WriteFile(tokenFile, []byte("a-token-for-the-tls-test-0123456789"), 0o600)
+	cf := filepath.Join(dir, "dpgate.yaml")
+	os.WriteFile(cf, []byte(fmt.Sprintf("node:\n  name: tls-admin\n  data_dir: data\nadmin:\n  listen: 0.0.0.0:0\n  token_file: %s\npush:\n  listen: \"off\"\n", tokenFile)), 0o644)
+	cfg, err := config.Load(cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, _ := startTestGateway(t, cfg)
+	t.Cleanup(func() { g.Close() })
+	_, port, _ := net.SplitHostPort(g.adminAddr)
+	addr := net.JoinHostPort("127.0.0.1", port) // the wildcard listener, reached on loopback
+
+	plain := &http.Client{Timeout: 10 * time.Second}
+	if resp, err := plain.Get("http://" + addr + "/healthz"); err == nil {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		// Go's TLS server answers plain HTTP with 400 "Client sent an
+		// HTTP request to an HTTPS server", and nothing else.
+		if resp.StatusCode != http.StatusBadRequest || strings.Contains(string(b), "status") {
+			t.Errorf("plain HTTP to the off-loopback admin listener: %d %q, want no API answer", resp.StatusCode, b)
+		}
+	}
+	pins, _ := tlsconf.ParsePins([]string{g.Identity().Pin()})
+	jar, _ := cookiejar.New(nil)
+	pinned := &http.Client{Timeout: 10 * time.Second, Jar: jar, Transport: &http.Transport{TLSClientConfig: tlsconf.PinnedClientConfig(pins, "gw")},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := pinned.Get("https://" + addr + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("HTTPS /healthz: %d", resp.StatusCode)
+	}
+	resp, err = pinned.PostForm("https://"+addr+"/ui/login", url.Values{"token": {"a-token-for-the-tls-test-0123456789"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	cs := resp.Cookies()
+	if resp.StatusCode != http.StatusSeeOther || len(cs) == 0 || !cs[0].Secure || !cs[0].HttpOnly {
+		t.Errorf("console sign-in over TLS: %d, cookies %+v, want a Secure HttpOnly session cookie", resp.StatusCode, cs)
 	}
 }

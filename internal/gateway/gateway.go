@@ -199,8 +199,16 @@ func (g *Gateway) newAdmin(token string, ls Listeners) {
 	}
 	if ln := ls.Admin; ln != nil {
 		g.adminAddr = ln.Addr().String()
+		tlsOn := !config.IsLoopback(g.cfg.Admin.Listen)
+		if tlsOn {
+			// Off loopback the API and the console are served over TLS
+			// with the gateway's certificate (the CLI pins it).
+			cfg := tlsconf.ServerConfig(g.id, nil)
+			cfg.CurvePreferences = g.keyExchange
+			ln = tls.NewListener(ln, cfg)
+		}
 		p.serve = append(p.serve, func() error {
-			g.log.Info("admin API listening", "addr", ln.Addr().String())
+			g.log.Info("admin API listening", "addr", ln.Addr().String(), "tls", tlsOn)
 			return g.admin.Serve(ln)
 		})
 	}

@@ -33,6 +33,7 @@ type shared struct {
 // node is one "dpgate serve" in its namespace, with its data directory on
 // a tmpfs of its own (so it can be filled).
 type node struct {
+	hc      *http.Client // for its admin API (TLS, the site's pin)
 	i       int
 	name    string
 	ns      string
@@ -52,7 +53,7 @@ type node struct {
 
 func (n *node) pushAddr() string { return netip.AddrPortFrom(n.address(), pushPort).String() }
 func (n *node) adminURL() string {
-	return "http://" + netip.AddrPortFrom(n.address(), adminPort).String()
+	return "https://" + netip.AddrPortFrom(n.address(), adminPort).String()
 }
 func (n *node) gossipAddr() string { return netip.AddrPortFrom(n.address(), gossipPort).String() }
 
@@ -141,7 +142,7 @@ func (n *node) start(ctx context.Context) error {
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
-		if resp, err := http.Get(n.adminURL() + "/healthz"); err == nil {
+		if resp, err := n.hc.Get(n.adminURL() + "/healthz"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return nil
@@ -185,7 +186,7 @@ func (n *node) upgrade(ctx context.Context, token string) error {
 	n.mu.Lock()
 	old := n.pid
 	n.mu.Unlock()
-	hc := &http.Client{Timeout: 10 * time.Second}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: n.hc.Transport}
 	req, _ := http.NewRequestWithContext(ctx, "POST", n.adminURL()+"/v1/upgrade", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := hc.Do(req)

@@ -218,6 +218,10 @@ func (r *runner) setup(ctx context.Context) error {
 		return err
 	}
 	r.pin = tlsconf.Pin(cert.Leaf)
+	// The nodes' admin listeners are off loopback (in the namespaces), so
+	// they serve TLS with the site's certificate: pinned here.
+	pins, _ := tlsconf.ParsePins([]string{r.pin})
+	r.httpClient.Transport = &http.Transport{MaxIdleConnsPerHost: 16, TLSClientConfig: tlsconf.PinnedClientConfig(pins, "dpgate")}
 	for file, body := range map[string]string{r.files.tokenKey: randB64(32), r.files.adminToken: r.files.token, r.files.gossipKey: randB64(32)} {
 		if err := os.WriteFile(file, []byte(body+"\n"), 0o600); err != nil {
 			return err
@@ -228,7 +232,7 @@ func (r *runner) setup(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		nd := &node{i: i, name: fmt.Sprintf("node-%d", i), ns: ns, bin: r.cfg.Dpgate, files: r.files,
+		nd := &node{i: i, name: fmt.Sprintf("node-%d", i), ns: ns, bin: r.cfg.Dpgate, files: r.files, hc: r.httpClient,
 			dir: filepath.Join(dir, fmt.Sprintf("node%d", i)), addr: r.net.addr(byte(10 + i)), peers: r.peers}
 		nd.dataDir = filepath.Join(nd.dir, "data")
 		if err := nd.mountData(32); err != nil {
