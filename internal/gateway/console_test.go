@@ -255,3 +255,42 @@ func TestAdminTLSOffLoopback(t *testing.T) {
 		t.Errorf("console sign-in over TLS: %d, cookies %+v, want a Secure HttpOnly session cookie", resp.StatusCode, cs)
 	}
 }
+
+// TestConsoleUploadsAgentCertificates: a PEM certificate and a PKCS#12
+// container (with its password) are both taken into the allow-list; a
+// PFX with the wrong password is refused.
+func TestConsoleUploadsAgentCertificates(t *testing.T) {
+	g, _, _ := newTestGateway(t, "")
+	c, csrf := signIn(t, g)
+	upload := func(name string, data []byte, password string) string {
+		t.Helper()
+		var buf bytes.Buffer
+		mw := multipart.NewWriter(&buf)
+		mw.WriteField("csrf", csrf)
+		mw.WriteField("password", password)
+		fw, _ := mw.CreateFormFile("file", name)
+		fw.Write(data)
+		mw.Close()
+		resp, err := c.Post("http://"+g.adminAddr+"/ui/certificates/upload", mw.FormDataContentType(), &buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return html.UnescapeString(string(b))
+	}
+	pemCert, _ := tlsconf.Issue(tlsconf.Template{CommonName: "pem-agent", Client: true}, nil)
+	upload("agent.pem", tlsconf.CertPEM(pemCert), "")
+	pfxCert, _ := tlsconf.Issue(tlsconf.Template{CommonName: "pfx-agent", Client: true}, nil)
+	pfx, err := tlsconf.EncodePFX(pfxCert, nil, "pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if page := upload("agent.pfx", pfx, "wrong"); !strings.Contains(page, "neither a PEM certificate nor a PKCS#12") || g.allow.Len() != 1 {
+		t.Errorf("a PFX with the wrong password: %d allowed, page says why: %v", g.allow.Len(), strings.Contains(page, "PKCS#12"))
+	}
+	upload("agent.pfx", pfx, "pw")
+	if g.allow.Check(pemCert.Leaf) != nil || g.allow.Check(pfxCert.Leaf) != nil || g.allow.Len() != 2 {
+		t.Errorf("after uploading a PEM and a PFX: %d allowed, want both", g.allow.Len())
+	}
+}
