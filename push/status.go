@@ -18,6 +18,18 @@ func (s *Server) Holds(device string) bool {
 	return s.sessions[device] != nil
 }
 
+// QueueDepth counts the pushes queued here and the devices they are for
+// (a read of each such device's queue: for pages and status, not for a
+// hot path).
+func (s *Server) QueueDepth() (pushes, devices int) {
+	for _, d := range s.queue.Devices() {
+		n, _ := s.queue.Len(d)
+		pushes += n
+		devices++
+	}
+	return pushes, devices
+}
+
 // Disconnect ends the device's session here, as an operator does from the
 // console; the agent reconnects after its backoff. It reports whether the
 // device was connected here.

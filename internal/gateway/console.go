@@ -160,7 +160,8 @@ type overviewData struct {
 	Status   Status
 	CertDays int
 	CertWarn bool
-	Queued   int // devices with pushes queued here
+	Queued   int // pushes queued here
+	QueuedTo int // for this many devices
 }
 
 func (ui *consoleUI) overview(w http.ResponseWriter, r *http.Request, ss console.Session) {
@@ -168,7 +169,7 @@ func (ui *consoleUI) overview(w http.ResponseWriter, r *http.Request, ss console
 	d := overviewData{Status: st, CertDays: daysLeft(st.CertExpiry)}
 	d.CertWarn = d.CertDays < certWarnDays
 	if ui.g.push != nil {
-		d.Queued = len(ui.g.push.QueuedDevices())
+		d.Queued, d.QueuedTo = ui.g.push.QueueDepth()
 	}
 	ui.render(w, r, ss, "overview", "Overview", d)
 }

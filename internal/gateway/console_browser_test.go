@@ -232,6 +232,20 @@ cluster:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the test push did not arrive in 30 s")
 	}
+	// A push for an offline device shows in the overview's queue depth,
+	// without a reload.
+	if _, err := g.accept(context.Background(), []string{"pc-offline"}, []byte("later"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	run("overview queue", chromedp.Navigate(base+"/"), chromedp.WaitVisible("#queue-depth"))
+	waitFor(t, 30*time.Second, func() error {
+		depth, err := chromedp.Run(ctx, chromedp.Text("#queue-depth"))
+		if err != nil || depth != "1" {
+			return fmt.Errorf("queue depth %q (%v), want 1", depth, err)
+		}
+		return nil
+	})
+
 	// Disconnect it: its session ends, and it comes back on its own.
 	first, _ := g.push.Device("pc-browser")
 	run("disconnect", chromedp.Navigate(base+"/ui/devices?q=pc-browser"), chromedp.WaitVisible(`tr[data-device="pc-browser"]`),
