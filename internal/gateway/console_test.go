@@ -294,3 +294,25 @@ func TestConsoleUploadsAgentCertificates(t *testing.T) {
 		t.Errorf("after uploading a PEM and a PFX: %d allowed, want both", g.allow.Len())
 	}
 }
+
+// TestValidationSwitchReplicated: switching agent certificate validation
+// in one node's console switches it on every node of the cluster.
+func TestValidationSwitchReplicated(t *testing.T) {
+	gs, _ := testClusterWith(t, 2, "proxy:\n  listen: 127.0.0.1:0\n  upstreams:\n    - address: 127.0.0.1:1\n")
+	c, csrf := signIn(t, gs[0])
+	for _, on := range []bool{true, false} {
+		resp, err := c.PostForm("http://"+gs[0].adminAddr+"/ui/certificates/validate", url.Values{"csrf": {csrf}, "on": {fmt.Sprint(on)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		waitFor(t, 30*time.Second, func() error {
+			for _, g := range gs {
+				if g.validatesAgentCerts() != on {
+					return fmt.Errorf("%s validates agent certificates: %v, want %v", g.cfg.Node.Name, !on, on)
+				}
+			}
+			return nil
+		})
+	}
+}
