@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The tests, with their set-up: installs the tools the tests call when
+# they are missing (Debian packages, as root; otherwise it names them and
+# stops), fetches the Go modules, then runs go test -race on every
+# package. Extra arguments go to go test (e.g. -run TestX ./push).
+#
+#   bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin:$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"
+
+# Tools the tests call: openssl (reads our PEM and PKCS#12 files), curl
+# (checks our pins with --pinnedpubkey), dig from dnsutils (asks the
+# cluster's DNS listener), ip from iproute2 (network namespaces for the
+# Wake-on-LAN broadcast test and the chaos harness), nft from nftables
+# (partitions between the chaos harness's namespaces), chromium (the web
+# console's test drives a headless browser).
+# The namespace tests run only as root, so only root needs ip and nft.
+need="openssl:openssl curl:curl dig:dnsutils chromium:chromium"
+if [ "$(id -u)" -eq 0 ]; then
+  need="$need ip:iproute2 nft:nftables"
+fi
+missing=()
+for pair in $need; do
+  command -v "${pair%%:*}" >/dev/null || missing+=("${pair##*:}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "the tests need these packages: ${missing[*]}" >&2
+    echo "install them (Debian: sudo apt-get install -y ${missing[*]}) or run this script as root" >&2
+    exit 1
+  fi
+  echo "installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+go mod download
+if [ "$#" -eq 0 ]; then
+  set -- ./...
+fi
+exec go test -race -timeout 20m "$@"
