@@ -82,8 +82,8 @@ func New(cfg Config) *Server {
 }
 
 // Open reports whether path is served without a token: only the health
-// probe, which says nothing but whether the gateway can serve.
-func Open(path string) bool { return path == "/healthz" }
+// probes, which say nothing but whether the gateway lives and can serve.
+func Open(path string) bool { return path == "/healthz" || path == "/livez" || path == "/readyz" }
 
 // Handle registers a route with a Go 1.22 pattern ("GET /v1/certs").
 func (s *Server) Handle(pattern string, h http.Handler) {

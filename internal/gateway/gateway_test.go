@@ -412,3 +412,51 @@ func TestNewUnwindsOnError(t *testing.T) {
 		t.Fatal("New did not return in 60 s: the failed New left the store open")
 	}
 }
+
+// TestLiveAndReady: /livez answers while the process serves; /readyz says
+// why the node should get no traffic (every upstream ejected, draining),
+// both without a token; /healthz keeps its old meaning.
+func TestLiveAndReady(t *testing.T) {
+	g, _, _ := newTestGateway(t, "proxy:\n  listen: 127.0.0.1:0\n  health_interval: 20ms\n  upstreams:\n    - address: 127.0.0.1:1\n")
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + g.adminAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	// The only upstream does not answer: ejected after a few checks.
+	waitFor(t, 30*time.Second, func() error {
+		if code, body := get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "no healthy upstream") {
+			return fmt.Errorf("/readyz %d %s, want 503 naming the upstreams", code, body)
+		}
+		return nil
+	})
+	if code, _ := get("/livez"); code != http.StatusOK {
+		t.Errorf("/livez with every upstream ejected: %d, want 200 (the process is fine)", code)
+	}
+	if code, _ := get("/healthz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/healthz: %d, want 503 as before", code)
+	}
+	g.draining.Store(true)
+	if code, body := get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "draining") {
+		t.Errorf("/readyz while draining: %d %s", code, body)
+	}
+}
+
+// TestReadyWhenServing: a node that serves every part it runs is ready.
+func TestReadyWhenServing(t *testing.T) {
+	g, _, _ := newTestGateway(t, "")
+	resp, err := http.Get("http://" + g.adminAddr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/readyz: %d %s, want 200", resp.StatusCode, b)
+	}
+}

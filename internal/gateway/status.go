@@ -89,11 +89,23 @@ func (g *Gateway) status() Status {
 
 func (g *Gateway) routes() {
 	a := g.admin
+	// /healthz is kept as it was (503 while every upstream is ejected);
+	// probes should use /livez (restart when it fails) and /readyz (send
+	// traffic when it passes).
 	a.HandleJSON("GET /healthz", func(*http.Request) (int, any, error) {
 		if g.proxy != nil && !g.proxy.Ready() {
 			return http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": "no healthy upstream"}, nil
 		}
 		return http.StatusOK, map[string]string{"status": "ok"}, nil
+	})
+	a.HandleJSON("GET /livez", func(*http.Request) (int, any, error) {
+		return http.StatusOK, map[string]string{"status": "alive"}, nil
+	})
+	a.HandleJSON("GET /readyz", func(*http.Request) (int, any, error) {
+		if reasons := g.notReady(); len(reasons) > 0 {
+			return http.StatusServiceUnavailable, map[string]any{"status": "not ready", "reasons": reasons}, nil
+		}
+		return http.StatusOK, map[string]string{"status": "ready"}, nil
 	})
 	a.Handle("GET /metrics", g.tel.Handler())
 	a.HandleJSON("GET /v1/metrics", func(r *http.Request) (int, any, error) {
@@ -179,4 +191,26 @@ func openFiles() int {
 		return -1
 	}
 	return len(es)
+}
+
+// notReady says why this node should not be sent traffic now; none when
+// it can serve every part it runs.
+func (g *Gateway) notReady() []string {
+	var out []string
+	switch {
+	case g.handedOver.Load():
+		out = append(out, "handed over to a new process (upgrade)")
+	case g.draining.Load():
+		out = append(out, "shutting down: draining")
+	}
+	if g.started.IsZero() {
+		out = append(out, "starting")
+	}
+	if g.push != nil && g.pushAddr == "" {
+		out = append(out, "push server configured but given no listener")
+	}
+	if g.proxy != nil && !g.proxy.Ready() {
+		out = append(out, "proxy: no healthy upstream (every one ejected by its health check)")
+	}
+	return out
 }
