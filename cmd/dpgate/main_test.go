@@ -625,3 +625,41 @@ func TestVersion(t *testing.T) {
 
 // waitFor is testutil.WaitFor under the short name these tests use.
 var waitFor = testutil.WaitFor
+
+// TestConfigLoadsNamedFiles: "dpgate config" loads every file the
+// configuration names and exits 2 naming the key (before, a missing
+// tls.cert passed with 0 and serve failed with 1).
+func TestConfigLoadsNamedFiles(t *testing.T) {
+	dir := t.TempDir()
+	agent, _ := tlsconf.Issue(tlsconf.Template{CommonName: "gw-client", Client: true}, nil)
+	pfx, _ := tlsconf.EncodePFX(agent, nil, "right")
+	os.WriteFile(filepath.Join(dir, "client.pfx"), pfx, 0o600)
+	os.WriteFile(filepath.Join(dir, "wrong.pw"), []byte("wrong\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "right.pw"), []byte("right\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "gossip.key"), []byte("not base64 of a key\n"), 0o600)
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"missing certificate", "tls:\n  cert: /nonexistent.pem\n", "tls.cert"},
+		{"PFX with the wrong password", "proxy:\n  upstreams:\n    - address: 127.0.0.1:1\n      client_cert: client.pfx\n      client_cert_password_file: wrong.pw\n", "proxy.upstreams[0].client_cert"},
+		{"missing admin token", "admin:\n  token_file: nothere.token\n", "admin.token_file"},
+		{"missing token keys", "push:\n  auth: token\n  token_key_file: nothere.key\n", "push.token_key_file"},
+		{"missing wake secret", "wake:\n  secret_file: nothere.key\n", "wake.secret_file"},
+		{"bad gossip key", "cluster:\n  bind: 127.0.0.1:0\n  secret_key_file: gossip.key\n", "cluster.secret_key_file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := filepath.Join(dir, "dpgate.yaml")
+			os.WriteFile(f, []byte("node:\n  data_dir: data\n"+tc.yaml), 0o644)
+			r := dpgate(t, nil, "config", "-c", f)
+			if r.code != 2 || !strings.Contains(r.stderr, tc.want) {
+				t.Errorf("exit %d, stderr %q; want 2 naming %s", r.code, r.stderr, tc.want)
+			}
+		})
+	}
+	f := filepath.Join(dir, "good.yaml")
+	os.WriteFile(f, []byte("node:\n  data_dir: data\nproxy:\n  upstreams:\n    - address: 127.0.0.1:1\n      client_cert: client.pfx\n      client_cert_password_file: right.pw\n"), 0o644)
+	if r := dpgate(t, nil, "config", "-c", f); r.code != 0 {
+		t.Errorf("a configuration whose files load: exit %d, %s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data")); err == nil {
+		t.Error("dpgate config created the data directory")
+	}
+}

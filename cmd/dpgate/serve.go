@@ -287,8 +287,10 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 
 const configAbout = `
 Reads a configuration file, applies the defaults and checks every value,
-then prints the complete effective configuration. Exit status 2 and an
-error naming the key and line when something is wrong.`
+loads every file it names (certificates, PKCS#12 with its password,
+tokens, secrets) as serve will, then prints the complete effective
+configuration. Exit status 2 and an error naming the key when something
+is wrong.`
 
 func runConfig(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("config", "[-c FILE]", configAbout, stdout)
@@ -303,6 +305,9 @@ func runConfig(args []string, stdout, stderr io.Writer) error {
 	cfg, err := loadConfig(*cfgFile)
 	if err != nil {
 		return err
+	}
+	if err := gateway.CheckFiles(cfg); err != nil {
+		return usageError{err}
 	}
 	out, err := yaml.Marshal(cfg)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dpgate/dpgate/cluster"
+	"github.com/dpgate/dpgate/internal/config"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -28,15 +29,9 @@ func (g *Gateway) newCluster(ls Listeners) error {
 	if cc.Bind == "" {
 		return nil
 	}
-	var key []byte
-	if cc.SecretKeyFile != "" {
-		s, err := tlsconf.ReadSecretFile(cc.SecretKeyFile)
-		if err != nil {
-			return fmt.Errorf("gateway: cluster.secret_key_file: %w", err)
-		}
-		if key, err = base64.StdEncoding.DecodeString(strings.TrimSpace(s)); err != nil || (len(key) != 16 && len(key) != 24 && len(key) != 32) {
-			return fmt.Errorf("gateway: cluster.secret_key_file %s: want base64 of 16, 24 or 32 bytes (e.g. openssl rand -base64 32)", cc.SecretKeyFile)
-		}
+	key, err := clusterKey(g.cfg)
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
 	}
 	cfg := cluster.Config{
 		Name:          g.cfg.Node.Name,
@@ -83,6 +78,23 @@ func (g *Gateway) newCluster(ls Listeners) error {
 		close:    c.Close,
 	})
 	return nil
+}
+
+// clusterKey reads cluster.secret_key_file (none: nil).
+func clusterKey(cfg *config.Config) ([]byte, error) {
+	file := cfg.Cluster.SecretKeyFile
+	if file == "" {
+		return nil, nil
+	}
+	s, err := tlsconf.ReadSecretFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.secret_key_file: %w", err)
+	}
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
+	if err != nil || (len(key) != 16 && len(key) != 24 && len(key) != 32) {
+		return nil, fmt.Errorf("cluster.secret_key_file %s: want base64 of 16, 24 or 32 bytes (e.g. openssl rand -base64 32)", file)
+	}
+	return key, nil
 }
 
 // newDNS builds the DNS part: answers for the push service from the
