@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -52,14 +53,20 @@ type Template struct {
 	Client bool
 	// CA makes a certificate authority.
 	CA bool
+	// Key, when set, is used instead of a new one: a renewal that keeps
+	// the SPKI pin.
+	Key crypto.Signer
 }
 
 // Issue creates a key and a certificate signed by the issuer, or
 // self-signed when issuer is nil.
 func Issue(t Template, issuer *tls.Certificate) (tls.Certificate, error) {
-	key, err := GenerateKey(t.KeyType)
-	if err != nil {
-		return tls.Certificate{}, err
+	key := t.Key
+	if key == nil {
+		var err error
+		if key, err = GenerateKey(t.KeyType); err != nil {
+			return tls.Certificate{}, err
+		}
 	}
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
@@ -90,7 +97,7 @@ func Issue(t Template, issuer *tls.Certificate) (tls.Certificate, error) {
 		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
 	}
-	if _, isRSA := key.(*rsa.PrivateKey); isRSA && !t.CA {
+	if _, isRSA := key.Public().(*rsa.PublicKey); isRSA && !t.CA {
 		tmpl.KeyUsage |= x509.KeyUsageKeyEncipherment
 	}
 	parent, signer := tmpl, crypto.Signer(key)
@@ -188,4 +195,37 @@ func LoadOrCreate(file string, t Template, issuer *tls.Certificate) (c tls.Certi
 		return c, false, fmt.Errorf("tlsconf: %w", err)
 	}
 	return c, true, WriteKeyPair(c, file, "")
+}
+
+// LoadOrRenew is LoadOrCreate for a certificate this program generates
+// and keeps up to date itself (the gateway's default certificate): when
+// the one in file expires within renewBefore, or has expired, a new
+// certificate for t is issued with the same key, so its SPKI pin stays
+// the same, and written back. renewed reports that.
+func LoadOrRenew(file string, t Template, renewBefore time.Duration) (c tls.Certificate, created, renewed bool, err error) {
+	if _, err := os.Stat(file); os.IsNotExist(err) {
+		c, created, err := LoadOrCreate(file, t, nil)
+		return c, created, false, err
+	}
+	c, err = LoadKeyPair(file, "")
+	if err == nil && timeNow().Add(renewBefore).Before(c.Leaf.NotAfter) {
+		return c, false, false, nil
+	}
+	if err != nil && !errors.Is(err, ErrExpired) {
+		return c, false, false, err
+	}
+	// Expired or expiring: the key is still good.
+	data, rerr := os.ReadFile(file)
+	if rerr != nil {
+		return c, false, false, fmt.Errorf("tlsconf: %w", rerr)
+	}
+	key, kerr := parsePrivateKey(data)
+	if kerr != nil {
+		return c, false, false, fmt.Errorf("tlsconf: %s: %w", file, kerr)
+	}
+	t.Key = key
+	if c, err = Issue(t, nil); err != nil {
+		return c, false, false, err
+	}
+	return c, false, true, WriteKeyPair(c, file, "")
 }

@@ -339,3 +339,39 @@ func FuzzParsePFX(f *testing.F) {
 		}
 	})
 }
+
+// TestLoadOrRenew: a generated certificate that expires within the
+// renewal window, or has expired, is renewed with the same key (the pin
+// stays) and written back; one further from expiry is left alone.
+func TestLoadOrRenew(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "gw.pem")
+	tmpl := Template{CommonName: "gw", DNSNames: []string{"gw"}}
+	short := tmpl
+	short.Days = 10
+	c, err := Issue(short, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	WriteKeyPair(c, file, "")
+	pin := Pin(c.Leaf)
+	got, created, renewed, err := LoadOrRenew(file, tmpl, 30*24*time.Hour)
+	if err != nil || created || !renewed || Pin(got.Leaf) != pin || time.Until(got.Leaf.NotAfter) < 800*24*time.Hour {
+		t.Fatalf("10 days left: renewed %v (created %v), pin kept %v, not after %s, err %v", renewed, created, Pin(got.Leaf) == pin, got.Leaf.NotAfter, err)
+	}
+	if onDisk, err := LoadKeyPair(file, ""); err != nil || !onDisk.Leaf.NotAfter.Equal(got.Leaf.NotAfter) {
+		t.Errorf("the renewal was not written: %v", err)
+	}
+	if _, _, renewed, _ := LoadOrRenew(file, tmpl, 30*24*time.Hour); renewed {
+		t.Error("renewed again a certificate far from its expiry")
+	}
+	// Expired: 900 days later the key still renews it.
+	defer func(f func() time.Time) { timeNow = f }(timeNow)
+	timeNow = func() time.Time { return time.Now().Add(900 * 24 * time.Hour) }
+	if _, err := LoadKeyPair(file, ""); !errors.Is(err, ErrExpired) {
+		t.Fatalf("900 days on, the certificate loads: %v", err)
+	}
+	got, _, renewed, err = LoadOrRenew(file, tmpl, 30*24*time.Hour)
+	if err != nil || !renewed || Pin(got.Leaf) != pin {
+		t.Errorf("expired: renewed %v, pin kept %v, err %v", renewed, Pin(got.Leaf) == pin, err)
+	}
+}

@@ -166,6 +166,7 @@ func New(cfg *config.Config, ls Listeners, opts Options) (_ *Gateway, err error)
 	g.pushUDP = ls.PushUDP
 	g.add(part{name: "store", close: g.closeStore})
 	g.storeMetrics()
+	g.certLifecycle()
 	if g.allow, err = tlsconf.NewAllowList(g.db); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
@@ -252,20 +253,61 @@ func (g *Gateway) loadIdentity() (*tlsconf.Identity, error) {
 	certFile, keyFile := g.cfg.TLS.Cert, g.cfg.TLS.Key
 	if certFile == "" {
 		certFile = g.cfg.InDataDir(CertFile)
-		c, created, err := tlsconf.LoadOrCreate(certFile, g.certTemplate(), nil)
-		if err != nil {
-			return nil, fmt.Errorf("gateway: certificate %s: %w", certFile, err)
-		}
-		if created {
-			g.log.Info("generated gateway certificate", "file", certFile, "pin", tlsconf.Pin(c.Leaf),
-				"not_after", c.Leaf.NotAfter.UTC().Format(time.DateOnly))
+		if _, err := g.renewGenerated(certFile); err != nil {
+			return nil, err
 		}
 	}
 	id, err := tlsconf.LoadIdentity(certFile, keyFile)
+	if errors.Is(err, tlsconf.ErrExpired) {
+		return nil, fmt.Errorf("gateway: tls.cert: %w: install a renewed certificate at %s (with the same key, agents keep their pin) and start again, or remove tls.cert to use one the gateway generates and renews itself", err, certFile)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("gateway: tls.cert: %w", err)
 	}
 	return id, nil
+}
+
+// renewBefore: a generated certificate is renewed (same key, same pin)
+// when it expires within this, and a configured one is warned about.
+const renewBefore = 30 * 24 * time.Hour
+
+// renewGenerated loads the generated certificate in file, creating it on
+// first start and renewing it with the same key when it expires within
+// renewBefore (or has expired). It reports whether it wrote a new one.
+func (g *Gateway) renewGenerated(file string) (bool, error) {
+	c, created, renewed, err := tlsconf.LoadOrRenew(file, g.certTemplate(), renewBefore)
+	if err != nil {
+		return false, fmt.Errorf("gateway: certificate %s: %w", file, err)
+	}
+	switch {
+	case created:
+		g.log.Info("generated gateway certificate", "file", file, "pin", tlsconf.Pin(c.Leaf),
+			"not_after", c.Leaf.NotAfter.UTC().Format(time.DateOnly))
+	case renewed:
+		g.log.Info("renewed the generated gateway certificate with the same key (agents keep their pin)", "file", file,
+			"pin", tlsconf.Pin(c.Leaf), "not_after", c.Leaf.NotAfter.UTC().Format(time.DateOnly))
+	}
+	return created || renewed, nil
+}
+
+// checkCertificate runs twice a day: it renews the generated certificate
+// when due (and serves the new one), and warns about a configured one
+// that expires within renewBefore.
+func (g *Gateway) checkCertificate() {
+	if g.cfg.TLS.Cert == "" {
+		if renewed, err := g.renewGenerated(g.cfg.InDataDir(CertFile)); err != nil {
+			g.log.Error("renewing the gateway certificate failed; it is renewed again in 12 h", "err", err)
+		} else if renewed {
+			if err := g.id.Reload(); err != nil {
+				g.log.Error("serving the renewed certificate failed", "err", err)
+			}
+		}
+		return
+	}
+	if left := time.Until(g.id.Certificate().Leaf.NotAfter); left < renewBefore {
+		g.log.Warn("the gateway certificate (tls.cert) expires soon: install a renewed one (with the same key, agents keep their pin) and reload",
+			"file", g.cfg.TLS.Cert, "not_after", g.id.Certificate().Leaf.NotAfter.UTC().Format(time.DateOnly), "days_left", int(left.Hours()/24))
+	}
 }
 
 // Start starts every part, in the order New built them, and serves on
@@ -416,3 +458,38 @@ func (g *Gateway) AllowList() *tlsconf.AllowList { return g.allow }
 
 // Telemetry is the gateway's metrics.
 func (g *Gateway) Telemetry() *telemetry.Telemetry { return g.tel }
+
+// certLifecycle checks the gateway certificate at start and twice a day
+// (checkCertificate), and declares its expiry gauge.
+func (g *Gateway) certLifecycle() {
+	g.tel.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "dpgate_tls_cert_not_after_timestamp_seconds",
+		Help: "When the gateway's certificate (the one agents pin) expires, as a Unix time; a generated one is renewed with the same key 30 days before.",
+	}, func() float64 { return float64(g.id.Certificate().Leaf.NotAfter.Unix()) }))
+	stop := make(chan struct{})
+	var once sync.Once
+	g.add(part{name: "certificate",
+		start: func() error {
+			g.checkCertificate()
+			g.wg.Add(1)
+			go func() { // ends when the part closes
+				defer g.wg.Done()
+				t := time.NewTicker(certCheckEvery)
+				defer t.Stop()
+				for {
+					select {
+					case <-stop:
+						return
+					case <-t.C:
+						g.checkCertificate()
+					}
+				}
+			}()
+			return nil
+		},
+		close: func() error { once.Do(func() { close(stop) }); return nil },
+	})
+}
+
+// certCheckEvery is how often the certificate is checked; tests shorten it.
+var certCheckEvery = 12 * time.Hour

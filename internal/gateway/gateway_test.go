@@ -2,16 +2,24 @@ package gateway
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -458,5 +466,45 @@ func TestReadyWhenServing(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("/readyz: %d %s, want 200", resp.StatusCode, b)
+	}
+}
+
+// TestCertificateRenewal: the generated certificate, 10 days from its
+// expiry, is renewed at start with the same key (the pin agents hold stays
+// valid) and the expiry gauge shows the new date; an expired configured
+// certificate's error says what to do.
+func TestCertificateRenewal(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	os.MkdirAll(data, 0o700)
+	old, _ := tlsconf.Issue(tlsconf.Template{CommonName: "old", Days: 10}, nil)
+	tlsconf.WriteKeyPair(old, filepath.Join(data, CertFile), "")
+	cfg := config.Default()
+	cfg.Node.DataDir = data
+	cfg.Admin.Listen, cfg.Push.Listen, cfg.Wake.Listen, cfg.Wake.ShutdownListen = "127.0.0.1:0", "off", "off", "off"
+	g, api := startTestGateway(t, cfg)
+	defer g.Close()
+	leaf := g.Identity().Certificate().Leaf
+	if g.Identity().Pin() != tlsconf.Pin(old.Leaf) || time.Until(leaf.NotAfter) < 800*24*time.Hour {
+		t.Errorf("after start: pin kept %v, not after %s; want the same pin, about 825 days", g.Identity().Pin() == tlsconf.Pin(old.Leaf), leaf.NotAfter)
+	}
+	if m := metricsOf(t, api); !strings.Contains(m, "dpgate_tls_cert_not_after_timestamp_seconds "+strconv.FormatFloat(float64(leaf.NotAfter.Unix()), 'g', -1, 64)) {
+		t.Errorf("the expiry gauge does not show %d", leaf.NotAfter.Unix())
+	}
+
+	// A configured certificate is the operator's: expired, it is refused
+	// with the fix named.
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "gw"}, NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	kder, _ := x509.MarshalPKCS8PrivateKey(key)
+	expired := filepath.Join(dir, "expired.pem")
+	os.WriteFile(expired, append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})...), 0o600)
+	cfg2 := config.Default()
+	cfg2.Node.DataDir = filepath.Join(dir, "data2")
+	cfg2.TLS.Cert = expired
+	_, err := New(cfg2, Listeners{}, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err == nil || !strings.Contains(err.Error(), "expired") || !strings.Contains(err.Error(), "install a renewed certificate") {
+		t.Errorf("an expired tls.cert: %v, want the error to name the fix", err)
 	}
 }
