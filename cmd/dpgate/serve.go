@@ -226,8 +226,12 @@ func adminClient(file string) (*admin.Client, *config.Config, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	c := admin.NewClient(cfg.Admin.Listen, token)
-	if !config.IsLoopback(cfg.Admin.Listen) {
+	addr := cfg.Admin.Listen
+	if env := os.Getenv("DPGATE_ADDR"); env != "" { // as CONSUL_HTTP_ADDR: another node, or another port
+		addr = env
+	}
+	c := admin.NewClient(addr, token)
+	if !config.IsLoopback(addr) {
 		// The gateway serves the API over TLS off loopback: pin its
 		// certificate, read from where the gateway reads it.
 		certFile := cfg.TLS.Cert
@@ -240,7 +244,7 @@ func adminClient(file string) (*admin.Client, *config.Config, error) {
 			certs, err = tlsconf.ParseCertificatesPEM(data)
 		}
 		if err != nil || len(certs) == 0 {
-			return nil, nil, fmt.Errorf("admin.listen %s is served over TLS; reading the gateway's certificate to pin it: %v", cfg.Admin.Listen, err)
+			return nil, nil, fmt.Errorf("the admin API at %s is served over TLS (not loopback); reading the gateway's certificate to pin it: %v", addr, err)
 		}
 		pins, err := tlsconf.ParsePins([]string{tlsconf.Pin(certs[0])})
 		if err != nil {

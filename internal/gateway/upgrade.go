@@ -52,7 +52,7 @@ func (g *Gateway) Handover(ctx context.Context, after, spread time.Duration) err
 	// once every serve loop has returned: it is ours alone.
 	for _, p := range g.parts {
 		switch p.name {
-		case "wake", "links", "dns":
+		case "wake", "links", "dns", "certificate":
 			p.close()
 		}
 	}

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dpgate/dpgate/internal/gateway"
+)
+
+const statusAbout = `
+The running gateway's state through its admin API (GET /v1/status): node,
+version, process, certificate, push sessions, proxy upstreams, measured
+uplinks, cluster and store. The address and token come from -c FILE, or
+DPGATE_ADDR (host:port) and DPGATE_TOKEN.`
+
+func fetchStatus(cfgFile string) (gateway.Status, error) {
+	var st gateway.Status
+	api, _, err := adminClient(cfgFile)
+	if err != nil {
+		return st, err
+	}
+	return st, api.Do(context.Background(), "GET", "/v1/status", nil, &st)
+}
+
+func runStatus(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("status", "[-c FILE] [--json]", statusAbout, stdout)
+	cfgFile := fs.String("c", "", "configuration `FILE`, for the admin API address and token (default: built-in defaults)")
+	jsonOut := fs.Bool("json", false, "print the API's JSON reply")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("status takes no arguments, got %q", pos)
+	}
+	st, err := fetchStatus(*cfgFile)
+	if err != nil {
+		return err
+	}
+	if *jsonOut {
+		return printJSON(stdout, st)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	days := int(time.Until(st.CertExpiry).Hours() / 24)
+	fmt.Fprintf(tw, "node\t%s\n", st.Node)
+	fmt.Fprintf(tw, "version\t%s (pid %d, up %s)\n", st.Version, st.PID, st.Uptime)
+	fmt.Fprintf(tw, "certificate\t%s, expires %s (%d days)\n", st.Pin, st.CertExpiry.Format(time.DateOnly), days)
+	fmt.Fprintf(tw, "agent certificates\t%d allowed\n", st.AgentCerts)
+	if p := st.Push; p != nil {
+		fmt.Fprintf(tw, "push\t%d sessions, %d known devices, %d expired pushes\n", p.Sessions, p.Devices, p.Expired)
+	} else {
+		fmt.Fprintf(tw, "push\toff\n")
+	}
+	if p := st.Proxy; p != nil {
+		fmt.Fprintf(tw, "proxy\t%d relays, %d refused, balance %s\n", p.Connections, p.Refused, p.Balance)
+		for _, u := range p.Upstreams {
+			fmt.Fprintf(tw, "  upstream %s\t%s, %d relays now, %d failures\n", u.Address, u.State, u.ActiveRelays, u.Failures)
+		}
+	} else {
+		fmt.Fprintf(tw, "proxy\toff (no upstream configured)\n")
+	}
+	for _, l := range st.Links {
+		fmt.Fprintf(tw, "  uplink %s\t%s: loss %.1f %% / %.1f %%, rtt %s\n", l.Name, l.Verdict, 100*l.Stats.LossOut, 100*l.Stats.LossBack, l.Stats.RTTP50)
+	}
+	if st.Cluster != nil {
+		fmt.Fprintf(tw, "cluster\t%d members (dpgate members lists them)\n", len(st.Cluster))
+	} else {
+		fmt.Fprintf(tw, "cluster\toff\n")
+	}
+	fmt.Fprintf(tw, "store\t%d corrupt records, %d failures since start\n", st.Store.CorruptRecords, st.Store.Failures)
+	fmt.Fprintf(tw, "process\t%d MiB resident, %d goroutines, %d open files\n", st.RSSBytes>>20, st.Goroutines, st.OpenFiles)
+	return tw.Flush()
+}
+
+const membersAbout = `
+The cluster's members as the running gateway sees them (memberlist's view,
+with what each node gossips): name, gossip address, push address, agents
+and capacity, load per core, uplink verdict, draining, probe RTT.`
+
+func runMembers(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("members", "[-c FILE] [--json]", membersAbout, stdout)
+	cfgFile := fs.String("c", "", "configuration `FILE`, for the admin API address and token (default: built-in defaults)")
+	jsonOut := fs.Bool("json", false, "print the members as JSON")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("members takes no arguments, got %q", pos)
+	}
+	st, err := fetchStatus(*cfgFile)
+	if err != nil {
+		return err
+	}
+	if st.Cluster == nil {
+		return fmt.Errorf("%s is not in a cluster (cluster.bind is not set)", st.Node)
+	}
+	if *jsonOut {
+		return printJSON(stdout, st.Cluster)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tGOSSIP\tPUSH\tAGENTS\tCAPACITY\tLOAD\tUPLINK\tSTATE\tRTT")
+	for _, m := range st.Cluster {
+		name, state := m.Name, "alive"
+		if m.Self {
+			name += " (this node)"
+		}
+		if m.Meta.Draining {
+			state = "draining"
+		}
+		rtt := "-"
+		if m.RTTMillis > 0 {
+			rtt = fmt.Sprintf("%.1f ms", m.RTTMillis)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%.2f\t%s\t%s\t%s\n", name, m.Addr, m.Meta.Push, m.Meta.Conns, m.Meta.Capacity, m.Meta.CPU, m.Meta.Uplink, state, rtt)
+	}
+	return tw.Flush()
+}
+
+const devicesAbout = `
+The devices the running gateway knows, as "device list" prints them; with
+an ID, that device as "device show" prints it.`
+
+// runDevices is "dpgate devices [ID]": device list, or device show ID.
+func runDevices(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("devices", "[-c FILE] [--json] [ID]", devicesAbout, stdout)
+	fs.String("c", "", "configuration `FILE`, for the admin API address and token (default: built-in defaults)")
+	fs.Bool("json", false, "print the API's JSON reply (the list; one device is always JSON)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	switch len(pos) {
+	case 0:
+		return deviceList(args, stdout, stderr)
+	case 1:
+		return deviceShow(slices.DeleteFunc(slices.Clone(args), func(a string) bool { return a == "--json" || a == "-json" }), stdout, stderr)
+	}
+	return usagef("devices takes at most one ID, got %q", pos)
+}
