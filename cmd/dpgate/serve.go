@@ -81,9 +81,29 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	dump := metrics.NewInmemSignal(gw.Telemetry().Inmem, syscall.SIGUSR1, stderr)
 	defer dump.Stop()
 
+	// systemd's watchdog (WatchdogSec=): fed while the gateway answers
+	// inside (Gateway.Live), so a node stuck on a lock is restarted.
+	var watchdog <-chan time.Time
+	wdInterval, wdOn := sdnotify.WatchdogInterval(up.hasParent())
+	if wdOn {
+		t := time.NewTicker(wdInterval / 2)
+		defer t.Stop()
+		watchdog = t.C
+		log.Info("systemd watchdog on", "interval", wdInterval.String())
+	}
+
 	var retired []*gateway.Gateway // handed over, relaying, after a failed upgrade
 	for {
 		select {
+		case <-watchdog:
+			ctx, cancel := context.WithTimeout(context.Background(), wdInterval/4)
+			err := gw.Live(ctx)
+			cancel()
+			if err != nil {
+				log.Error("not telling systemd's watchdog we live: the gateway does not answer inside", "err", err)
+				continue
+			}
+			sdNotify(log, "WATCHDOG=1")
 		case err := <-gw.Done():
 			log.Error("stopping after a fatal error", "err", err)
 			gw.Close()

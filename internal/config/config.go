@@ -13,6 +13,7 @@ import (
 	"cmp"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/dpgate/dpgate/cluster"
@@ -397,10 +398,23 @@ func Enabled(listen string) bool { return listen != "" && listen != Off }
 // ProxyEnabled reports whether the proxy runs: only with an upstream.
 func (c *Config) ProxyEnabled() bool { return len(c.Proxy.Upstreams) > 0 }
 
+// expandCredentials replaces $CREDENTIALS_DIRECTORY (or
+// ${CREDENTIALS_DIRECTORY}) in a file name with the directory systemd
+// puts a service's LoadCredential= files in. Unset, the name is left as
+// it is, and the file is not found under it.
+func expandCredentials(name string) string {
+	dir := os.Getenv("CREDENTIALS_DIRECTORY")
+	if dir == "" {
+		return name
+	}
+	return strings.NewReplacer("${CREDENTIALS_DIRECTORY}", dir, "$CREDENTIALS_DIRECTORY", dir).Replace(name)
+}
+
 // resolvePaths makes relative file names in the file relative to the
 // directory the file is in, so a config works from any working directory.
 func (c *Config) resolvePaths(dir string) {
 	abs := func(p *string) {
+		*p = expandCredentials(*p)
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}

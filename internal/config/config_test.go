@@ -240,3 +240,18 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestCredentialsDirectory: file names may point into systemd's
+// credentials directory (LoadCredential=).
+func TestCredentialsDirectory(t *testing.T) {
+	t.Setenv("CREDENTIALS_DIRECTORY", "/run/credentials/dpgate.service")
+	f := filepath.Join(t.TempDir(), "dpgate.yaml")
+	os.WriteFile(f, []byte("admin:\n  token_file: ${CREDENTIALS_DIRECTORY}/admin.token\ncluster:\n  bind: 127.0.0.1:7946\n  secret_key_file: $CREDENTIALS_DIRECTORY/gossip.key\n"), 0o644)
+	cfg, err := Load(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Admin.TokenFile != "/run/credentials/dpgate.service/admin.token" || cfg.Cluster.SecretKeyFile != "/run/credentials/dpgate.service/gossip.key" {
+		t.Errorf("token_file %q, secret_key_file %q", cfg.Admin.TokenFile, cfg.Cluster.SecretKeyFile)
+	}
+}

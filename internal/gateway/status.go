@@ -1,7 +1,9 @@
 package gateway
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"runtime"
@@ -9,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/store"
@@ -213,4 +217,30 @@ func (g *Gateway) notReady() []string {
 		out = append(out, "proxy: no healthy upstream (every one ejected by its health check)")
 	}
 	return out
+}
+
+// Live checks within ctx that the node still works inside: a read
+// transaction on the store and the locks of the allow-list, the push
+// server's sessions and the cluster's view all answer. The systemd
+// watchdog is fed only while it passes, so a node stuck on a lock is
+// restarted.
+func (g *Gateway) Live(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { // ends when the checks do; a stuck one leaks until then
+		err := g.db.View(func(*bolt.Tx) error { return nil })
+		g.allow.Len()
+		if g.push != nil {
+			g.push.Sessions()
+		}
+		if g.cluster != nil {
+			g.cluster.Members()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("gateway: not answering: %w", ctx.Err())
+	}
 }

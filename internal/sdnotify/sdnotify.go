@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
+	"time"
 )
 
 // Notify sends state (newline-separated KEY=VALUE assignments) to the
@@ -30,4 +32,20 @@ func Notify(state string) (bool, error) {
 		return true, fmt.Errorf("sdnotify: %w", err)
 	}
 	return true, nil
+}
+
+// WatchdogInterval is how often systemd wants WATCHDOG=1 (WatchdogSec=,
+// from WATCHDOG_USEC), and whether the watchdog is on for this process:
+// WATCHDOG_PID, when set, must be this process, unless anyPID (a process
+// started by an upgrade inherits the old one's environment and becomes
+// the main process only after the handover).
+func WatchdogInterval(anyPID bool) (time.Duration, bool) {
+	usec, err := strconv.ParseInt(os.Getenv("WATCHDOG_USEC"), 10, 64)
+	if err != nil || usec <= 0 {
+		return 0, false
+	}
+	if pid := os.Getenv("WATCHDOG_PID"); pid != "" && !anyPID && pid != strconv.Itoa(os.Getpid()) {
+		return 0, false
+	}
+	return time.Duration(usec) * time.Microsecond, true
 }

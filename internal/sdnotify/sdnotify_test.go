@@ -40,3 +40,22 @@ func TestNotify(t *testing.T) {
 		t.Errorf("without NOTIFY_SOCKET: Notify = %v, %v; want nothing sent, no error", sent, err)
 	}
 }
+
+func TestWatchdogInterval(t *testing.T) {
+	t.Setenv("WATCHDOG_USEC", "30000000")
+	t.Setenv("WATCHDOG_PID", "")
+	if d, ok := WatchdogInterval(false); !ok || d != 30*time.Second {
+		t.Errorf("WATCHDOG_USEC=30000000: %v %v, want 30s", d, ok)
+	}
+	t.Setenv("WATCHDOG_PID", "1") // another process's
+	if _, ok := WatchdogInterval(false); ok {
+		t.Error("the watchdog of another pid counted as ours")
+	}
+	if _, ok := WatchdogInterval(true); !ok {
+		t.Error("an upgraded process did not take the watchdog over")
+	}
+	t.Setenv("WATCHDOG_USEC", "")
+	if _, ok := WatchdogInterval(true); ok {
+		t.Error("watchdog on without WATCHDOG_USEC")
+	}
+}
