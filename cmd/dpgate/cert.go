@@ -165,6 +165,7 @@ func addCertFlags(fsName, args, about string, stdout io.Writer) (*flag.FlagSet, 
 type allowBackend struct {
 	api     *admin.Client
 	dataDir string
+	source  string // what do read or changed, for the operator
 }
 
 func newAllowBackend(cf *certFlags) (*allowBackend, *config.Config, error) {
@@ -185,9 +186,11 @@ func (b *allowBackend) do(online func(*admin.Client) error, offline func(*tlscon
 	if b.api != nil {
 		err := online(b.api)
 		if !errors.Is(err, admin.ErrUnreachable) {
+			b.source = "the running gateway at " + b.api.Base()
 			return err
 		}
 	}
+	b.source = "the data directory " + b.dataDir + " offline (no gateway answered)"
 	db, err := store.Open(b.dataDir, store.Options{})
 	if err != nil {
 		if errors.Is(err, store.ErrLocked) {
@@ -234,6 +237,7 @@ the fingerprint or of the serial number (case-insensitive).`, stdout)
 	if err != nil {
 		return err
 	}
+	fmt.Fprintf(stderr, "read from %s\n", b.source)
 	if *cf.jsonOut {
 		return printJSON(stdout, admin.CertList{Count: len(entries), Certs: entries})
 	}

@@ -555,8 +555,8 @@ func TestCertCommandsOnlineAndOffline(t *testing.T) {
 	r := dpgate(t, nil, "cert", "list", "-c", cfg, "--json")
 	var list admin.CertList
 	json.Unmarshal([]byte(r.stdout), &list)
-	if list.Count != 1 {
-		t.Fatalf("online list: %d entries, want 1 (%s)", list.Count, r.stderr)
+	if list.Count != 1 || !strings.Contains(r.stderr, "read from the running gateway") {
+		t.Fatalf("online list: %d entries, want 1; stderr %q should say it read the running gateway", list.Count, r.stderr)
 	}
 	fp := list.Certs[0].Fingerprint
 
@@ -577,8 +577,8 @@ func TestCertCommandsOnlineAndOffline(t *testing.T) {
 		t.Errorf("exit code %d after SIGTERM, want 0", code)
 	}
 	r = dpgate(t, nil, "cert", "list", "-c", cfg, "--fingerprint", fp[5:15])
-	if r.code != 0 || !strings.Contains(r.stdout, fp) {
-		t.Errorf("offline list after the gateway stopped: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	if r.code != 0 || !strings.Contains(r.stdout, fp) || !strings.Contains(r.stderr, "offline (no gateway answered)") {
+		t.Errorf("offline list after the gateway stopped: exit %d, want the entry and a word that it read the data directory offline\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }
 
