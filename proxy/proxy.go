@@ -13,6 +13,8 @@
 package proxy
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -40,12 +42,18 @@ type Proxy struct {
 	cfg Config
 	log *slog.Logger
 	m   *metrics.Metrics
-	ups []*upstream
+	// ups are the upstreams in configuration order; SetUpstreams
+	// replaces the list (relays in flight keep theirs).
+	ups atomic.Pointer[[]*upstream]
+	// upsMu serializes SetUpstreams and SetClientCert.
+	upsMu sync.Mutex
+	// maxConns and source are the limits SetLimits changes live.
+	maxConns atomic.Int64
 	// srvTLS is the agents' TLS configuration; SetAllowList replaces it.
 	srvTLS     atomic.Pointer[tls.Config]
 	validating atomic.Bool
 	dialer     net.Dialer
-	source     *ratelimit.PerSource
+	source     atomic.Pointer[ratelimit.PerSource]
 	shaper     *rate.Limiter
 
 	conns     atomic.Int64 // agent connections held, handshakes included
@@ -74,19 +82,16 @@ func New(cfg Config) (*Proxy, error) {
 		log:       cfg.Logger,
 		m:         cfg.Metrics,
 		dialer:    net.Dialer{KeepAlive: 30 * time.Second},
-		source:    ratelimit.New(cfg.SourceRate),
 		shaper:    ingressShaper(cfg.MaxIngressRate),
 		done:      make(chan struct{}),
 		listeners: map[net.Listener]struct{}{},
 		live:      map[net.Conn]struct{}{},
 	}
-	for _, u := range cfg.Upstreams {
-		p.ups = append(p.ups, newUpstream(u))
+	p.SetLimits(cfg.MaxConnections, cfg.SourceRate)
+	if err := p.SetUpstreams(cfg.Upstreams); err != nil {
+		return nil, err
 	}
 	p.SetAllowList(cfg.AllowList)
-	for _, u := range p.ups {
-		u.tls.CurvePreferences = cfg.KeyExchange
-	}
 	p.loopsWG.Add(1)
 	go p.healthLoop() // exits when done is closed
 	return p, nil
@@ -144,9 +149,9 @@ func (p *Proxy) Serve(ln net.Listener) error {
 func (p *Proxy) admit(c net.Conn) bool {
 	reason := ""
 	switch {
-	case p.conns.Load() >= int64(p.cfg.MaxConnections):
+	case p.conns.Load() >= p.maxConns.Load():
 		reason = "max_connections"
-	case !p.source.Allow(c.RemoteAddr(), time.Now()):
+	case !p.source.Load().Allow(c.RemoteAddr(), time.Now()):
 		reason = "source_rate"
 	}
 	p.mu.Lock()
@@ -264,7 +269,7 @@ func (p *Proxy) connectUpstream(src, dst net.Addr) (*tls.Conn, *upstream, error)
 		src, dst = nil, nil
 	}
 	var errs []error
-	for _, u := range candidates(p.ups, p.cfg.Balance, time.Now()) {
+	for _, u := range candidates(p.upstreams(), p.cfg.Balance, time.Now()) {
 		u.active.Add(1) // reserve now, so concurrent agents spread out
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ConnectionTimeout)
@@ -309,7 +314,7 @@ func (p *Proxy) healthLoop() {
 			p.publishGauges()
 		case <-check.C:
 			var wg sync.WaitGroup
-			for _, u := range p.ups {
+			for _, u := range p.upstreams() {
 				wg.Add(1)
 				go func() { // waited for just below
 					defer wg.Done()
@@ -351,7 +356,7 @@ func (p *Proxy) checkUpstream(u *upstream) {
 func (p *Proxy) publishGauges() {
 	now := time.Now()
 	p.m.SetGauge([]string{"proxy", "connections"}, float32(p.conns.Load()))
-	for _, u := range p.ups {
+	for _, u := range p.upstreams() {
 		s := u.status(now)
 		labels := []metrics.Label{{Name: "upstream", Value: u.addr}}
 		p.m.SetGaugeWithLabels([]string{"proxy", "upstream", "active"}, float32(s.ActiveRelays), labels)
@@ -398,7 +403,7 @@ func (p *Proxy) Status() Status {
 		BytesIn:     p.bytesIn.Load(),
 		BytesOut:    p.bytesOut.Load(),
 	}
-	for _, u := range p.ups {
+	for _, u := range p.upstreams() {
 		s.Upstreams = append(s.Upstreams, u.status(now))
 	}
 	return s
@@ -410,7 +415,7 @@ func (p *Proxy) Status() Status {
 // out of limits, it is tried only after the upstreams within them. It
 // reports whether addr is an upstream.
 func (p *Proxy) SetLinkOutOfLimits(addr string, out bool) bool {
-	for _, u := range p.ups {
+	for _, u := range p.upstreams() {
 		if u.addr == addr {
 			if u.outOfLimits.Swap(out) != out {
 				p.log.Info("proxy: upstream link verdict", "upstream", addr, "out_of_limits", out)
@@ -422,18 +427,80 @@ func (p *Proxy) SetLinkOutOfLimits(addr string, out bool) bool {
 }
 
 func (p *Proxy) SetClientCert(i int, c *tls.Certificate) error {
-	if i < 0 || i >= len(p.ups) {
+	p.upsMu.Lock()
+	defer p.upsMu.Unlock()
+	ups := p.upstreams()
+	if i < 0 || i >= len(ups) {
 		return fmt.Errorf("proxy: no upstream %d", i)
 	}
-	p.ups[i].cert.Store(c)
-	p.ups[i].sessions.reset() // resumed sessions would keep the old identity
+	ups[i].cert.Store(c)
+	ups[i].sessions.reset() // resumed sessions would keep the old identity
 	return nil
+}
+
+func (p *Proxy) upstreams() []*upstream { return *p.ups.Load() }
+
+// SetUpstreams replaces the central servers (a reload): an upstream whose
+// address and pins are unchanged keeps its state (health, ejection,
+// relays, resumable sessions); new ones start healthy; relays to a
+// removed one go on to their end.
+func (p *Proxy) SetUpstreams(cfgs []UpstreamConfig) error {
+	if len(cfgs) == 0 {
+		return errors.New("proxy: at least one upstream is required")
+	}
+	for i, u := range cfgs {
+		if _, _, err := net.SplitHostPort(u.Address); err != nil {
+			return fmt.Errorf("proxy: upstreams[%d].address %q: %w", i, u.Address, err)
+		}
+	}
+	p.upsMu.Lock()
+	defer p.upsMu.Unlock()
+	old := map[string]*upstream{}
+	if cur := p.ups.Load(); cur != nil {
+		for _, u := range *cur {
+			old[u.key] = u
+		}
+	}
+	next := make([]*upstream, 0, len(cfgs))
+	for _, c := range cfgs {
+		if u, ok := old[upstreamKey(c)]; ok && u.key != "" {
+			if !sameCert(u.cert.Load(), c.ClientCert) { // a renewed client certificate
+				u.cert.Store(c.ClientCert)
+				u.sessions.reset() // resumed sessions would keep the old identity
+			}
+			next = append(next, u)
+			delete(old, u.key) // the same address twice gets two
+			continue
+		}
+		u := newUpstream(c)
+		u.tls.CurvePreferences = p.cfg.KeyExchange
+		next = append(next, u)
+	}
+	p.ups.Store(&next)
+	return nil
+}
+
+func sameCert(a, b *tls.Certificate) bool {
+	switch {
+	case a == nil || b == nil:
+		return a == b
+	case len(a.Certificate) == 0 || len(b.Certificate) == 0:
+		return len(a.Certificate) == len(b.Certificate)
+	}
+	return bytes.Equal(a.Certificate[0], b.Certificate[0])
+}
+
+// SetLimits changes the connection limit and the per-source rate
+// (negative: off) for the connections that arrive from now on.
+func (p *Proxy) SetLimits(maxConnections int, sourceRate float64) {
+	p.maxConns.Store(int64(cmp.Or(maxConnections, DefaultMaxConnections)))
+	p.source.Store(ratelimit.New(cmp.Or(sourceRate, DefaultSourceRate)))
 }
 
 // Ready reports whether at least one upstream is not ejected.
 func (p *Proxy) Ready() bool {
 	now := time.Now()
-	for _, u := range p.ups {
+	for _, u := range p.upstreams() {
 		if !u.ejected(now) {
 			return true
 		}

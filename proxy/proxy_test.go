@@ -224,7 +224,7 @@ func TestEjectionAndReadiness(t *testing.T) {
 func TestBackAfterEjection(t *testing.T) {
 	b := newBackend(t, nil, nil)
 	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, EjectAfter: 1, EjectBackoff: time.Hour})
-	u := p.ups[0]
+	u := p.upstreams()[0]
 	u.failed(errors.New("synthetic"), time.Now(), 1, time.Hour)
 	if p.Ready() {
 		t.Fatal("Ready after ejection")
@@ -678,5 +678,35 @@ func TestClientCertReload(t *testing.T) {
 	echoOnce(p.addr, agentConfig(t, p.id, nil), "b")
 	if cn := <-seen; cn != "client-2" {
 		t.Errorf("after SetClientCert: upstream saw %q, want client-2", cn)
+	}
+}
+
+// TestSetUpstreams: a reload's new list keeps the state of the upstreams
+// it keeps (address and pins unchanged), starts new ones, and drops the
+// removed ones; a relay goes to the new list at once.
+func TestSetUpstreams(t *testing.T) {
+	a := newBackend(t, nil, nil)
+	b := newBackend(t, nil, nil)
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{a.upstream(t), {Address: "127.0.0.1:1"}}, HealthInterval: time.Hour})
+	kept := p.upstreams()[0]
+	kept.relays.Add(7) // state that must survive the reload
+	if err := p.SetUpstreams([]UpstreamConfig{a.upstream(t), b.upstream(t)}); err != nil {
+		t.Fatal(err)
+	}
+	ups := p.upstreams()
+	if len(ups) != 2 || ups[0] != kept || ups[0].relays.Load() != 7 || ups[1].addr != b.addr() {
+		t.Fatalf("after the reload: %d upstreams, first kept %v, second %s", len(ups), ups[0] == kept, ups[len(ups)-1].addr)
+	}
+	for _, st := range p.Status().Upstreams {
+		if st.Address == "127.0.0.1:1" {
+			t.Error("the removed upstream is still listed")
+		}
+	}
+	if err := p.SetUpstreams(nil); err == nil {
+		t.Error("an empty list was taken")
+	}
+	// The proxy relays through the new list.
+	if got, err := echoOnce(p.addr, agentConfig(t, p.id, nil), "after reload"); err != nil || got != "after reload" {
+		t.Errorf("relay after the reload: %q, %v", got, err)
 	}
 }

@@ -3,8 +3,11 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"encoding/hex"
 	"fmt"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +20,7 @@ import (
 // upstream is one central server with its health and load.
 type upstream struct {
 	addr     string
+	key      string // upstreamKey of its configuration; "" when it cannot be compared
 	tls      *tls.Config
 	cert     atomic.Pointer[tls.Certificate] // client certificate; nil: none
 	sessions sessionCache
@@ -47,7 +51,7 @@ func newUpstream(c UpstreamConfig) *upstream {
 	} else {
 		cfg = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host, RootCAs: c.RootCAs}
 	}
-	u := &upstream{addr: c.Address, tls: cfg}
+	u := &upstream{addr: c.Address, tls: cfg, key: upstreamKey(c)}
 	u.cert.Store(c.ClientCert)
 	// Read at every handshake, so a reloaded certificate applies to the
 	// next connection. An empty certificate means "none".
@@ -62,6 +66,20 @@ func newUpstream(c UpstreamConfig) *upstream {
 	u.sessions.reset()
 	cfg.ClientSessionCache = &u.sessions
 	return u
+}
+
+// upstreamKey identifies an upstream's configuration across a reload:
+// address and pins ("" with a custom root pool, which is not compared).
+func upstreamKey(c UpstreamConfig) string {
+	if c.RootCAs != nil {
+		return ""
+	}
+	pins := make([]string, len(c.Pins))
+	for i, p := range c.Pins {
+		pins[i] = hex.EncodeToString(p)
+	}
+	slices.Sort(pins)
+	return c.Address + "|" + strings.Join(pins, ",")
 }
 
 // sessionCache is an LRU TLS session cache that can be emptied while in

@@ -95,7 +95,7 @@ func (s *Server) stopped() bool {
 
 // fromSource applies SourceRate to a new connection from addr.
 func (s *Server) fromSource(addr net.Addr) bool {
-	if s.source.Allow(addr, time.Now()) {
+	if s.source.Load().Allow(addr, time.Now()) {
 		return true
 	}
 	s.m.IncrCounterWithLabels([]string{"push", "refused"}, 1, []metrics.Label{{Name: "reason", Value: "source_rate"}})
@@ -172,7 +172,7 @@ func (s *Server) SetTokenKeys(keys [][]byte) error {
 
 // admit counts a connection against MaxConnections.
 func (s *Server) admit() bool {
-	if s.conns.Add(1) > int64(s.cfg.MaxConnections) {
+	if s.conns.Add(1) > s.maxConns.Load() {
 		s.conns.Add(-1)
 		s.m.IncrCounterWithLabels([]string{"push", "refused"}, 1, []metrics.Label{{Name: "reason", Value: "max_connections"}})
 		return false

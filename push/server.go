@@ -16,6 +16,7 @@
 package push
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"log/slog"
@@ -50,7 +51,8 @@ type Server struct {
 	accept  *rate.Limiter
 	// refusing holds a token per connection being told ERROR 5.
 	refusing chan struct{}
-	source   *ratelimit.PerSource
+	source   atomic.Pointer[ratelimit.PerSource] // SetLimits replaces it
+	maxConns atomic.Int64
 	// sourceLog keeps the log line for source-rate refusals to one a minute.
 	sourceLog rate.Sometimes
 
@@ -102,7 +104,6 @@ func New(cfg Config) (*Server, error) {
 		reg:       cfg.Registry,
 		tls:       tlsconf.ServerConfig(cfg.Identity, allow, wire.ALPN),
 		accept:    rate.NewLimiter(rate.Limit(cfg.AcceptRate), max(1, int(cfg.AcceptRate/4))),
-		source:    ratelimit.New(cfg.SourceRate),
 		refusing:  make(chan struct{}, maxRefusing),
 		sourceLog: rate.Sometimes{Interval: time.Minute},
 		done:      make(chan struct{}),
@@ -113,6 +114,7 @@ func New(cfg Config) (*Server, error) {
 		idWaiters: map[[16]byte][]chan struct{}{},
 		cluster:   alone{},
 	}
+	s.SetLimits(cfg.MaxConnections, cfg.SourceRate)
 	keys := slices.Clone(cfg.TokenKeys)
 	s.tokenKeys.Store(&keys)
 	s.tls.CurvePreferences = cfg.KeyExchange
@@ -136,6 +138,14 @@ func New(cfg Config) (*Server, error) {
 		go s.every(cfg.PathInterval, s.samplePaths)
 	}
 	return s, nil
+}
+
+// SetLimits changes the connection limit and the per-source rate
+// (negative: off) for the connections that arrive from now on; sessions
+// up are untouched.
+func (s *Server) SetLimits(maxConnections int, sourceRate float64) {
+	s.maxConns.Store(int64(cmp.Or(maxConnections, DefaultMaxConnections)))
+	s.source.Store(ratelimit.New(cmp.Or(sourceRate, DefaultSourceRate)))
 }
 
 // SetCluster makes the server part of a cluster (in a gateway, its

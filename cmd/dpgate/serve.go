@@ -59,7 +59,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	opts := gateway.Options{Logger: log, GlobalMetrics: true, Upgrade: up.request}
+	opts := gateway.Options{Logger: log, GlobalMetrics: true, Upgrade: up.request, LogLevel: &logLevel}
 	if up.hasParent() {
 		opts.BeforeStore = up.takeOver
 	}
@@ -299,10 +299,14 @@ func cliToken(cfg *config.Config) (string, error) {
 	}
 }
 
+// logLevel is the level of the logger newLogger made: a reload changes it.
+var logLevel slog.LevelVar
+
 func newLogger(c config.Log, w io.Writer) *slog.Logger {
 	var level slog.Level
 	level.UnmarshalText([]byte(c.Level)) // validated by config
-	opts := &slog.HandlerOptions{Level: level}
+	logLevel.Set(level)
+	opts := &slog.HandlerOptions{Level: &logLevel}
 	if c.Format == config.LogJSON {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}

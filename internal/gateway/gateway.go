@@ -83,6 +83,8 @@ type Gateway struct {
 	upgrade      atomic.Pointer[UpgradeStatus] // last upgrade; nil: none
 	startUpgrade func() error                  // Options.Upgrade
 	wg           sync.WaitGroup                // serve loops
+	reloadMu     sync.Mutex                    // one reload at a time
+	logLevel     *slog.LevelVar                // Options.LogLevel
 	wakes        sync.WaitGroup                // wake-ups of offline devices a push started
 	errc         chan error                    // first fatal serve error; buffered
 	closeDB      sync.Once
@@ -123,6 +125,9 @@ type Options struct {
 	// Upgrade, when set, starts an upgrade (POST /v1/upgrade): it
 	// returns at once, an error if none can start now.
 	Upgrade func() error
+	// LogLevel, when set, is the level of Logger's handler: a reload sets
+	// it from log.level.
+	LogLevel *slog.LevelVar
 }
 
 // CertFile is the generated gateway certificate inside the data directory.
@@ -134,7 +139,7 @@ const CertFile = "gateway.pem"
 // until Start. New owns ls: on an error it closes what it built, in
 // reverse, and ls.
 func New(cfg *config.Config, ls Listeners, opts Options) (_ *Gateway, err error) {
-	g := &Gateway{cfg: cfg, log: opts.Logger, errc: make(chan error, 1), startUpgrade: opts.Upgrade,
+	g := &Gateway{cfg: cfg, log: opts.Logger, errc: make(chan error, 1), startUpgrade: opts.Upgrade, logLevel: opts.LogLevel,
 		keyExchange: tlsconf.KeyExchange(*cfg.TLS.PostQuantum)}
 	if g.log == nil {
 		g.log = slog.Default()
@@ -352,39 +357,114 @@ func (g *Gateway) goServe(name string, serve func() error) {
 // Done reports the first fatal serve error.
 func (g *Gateway) Done() <-chan error { return g.errc }
 
-// Reload re-reads the certificate files and the allow-list. New
-// handshakes use the result; established connections are untouched.
+// ReloadResult is what a reload did (POST /v1/reload).
+type ReloadResult struct {
+	// Applied lists the configuration keys whose new values are in use.
+	Applied []string `json:"applied"`
+	// RestartNeeded lists the keys that changed in the file but apply only
+	// after a restart (or "dpgate upgrade", which keeps every connection).
+	RestartNeeded []string `json:"restart_needed,omitempty"`
+}
+
+// Reload re-reads the configuration file and every file it names, and
+// applies what can change live: the certificates, the allow-list, the
+// token keys, the proxy's upstreams (added, removed, pins) and its
+// validation of agent certificates, the connection limits and per-source
+// rates, the log level. New connections use them; established ones are
+// untouched. A key that needs a restart is named in the result and the
+// log. On any error nothing changes.
 func (g *Gateway) Reload() error {
-	errs := []error{}
+	_, err := g.reload()
+	return err
+}
+
+func (g *Gateway) reload() (ReloadResult, error) {
+	g.reloadMu.Lock()
+	defer g.reloadMu.Unlock()
+	res := ReloadResult{Applied: []string{}}
+	fail := func(err error) (ReloadResult, error) {
+		g.log.Error("reload failed; keeping the previous settings", "err", err)
+		g.tel.IncrCounter([]string{"reload", "failed"}, 1)
+		return res, err
+	}
+	next := g.cfg
+	if file := g.cfg.File(); file != "" {
+		var err error
+		if next, err = config.Load(file); err != nil {
+			return fail(err)
+		}
+		if err := CheckFiles(next); err != nil {
+			return fail(err)
+		}
+	}
+	var errs []error
 	if err := g.id.Reload(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := g.allow.Reload(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := g.reloadUpstreamCerts(); err != nil {
-		errs = append(errs, err)
+	var upstreams []proxy.UpstreamConfig
+	if g.proxy != nil && next.ProxyEnabled() {
+		var err error
+		if upstreams, err = upstreamConfigs(next); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	var tokenKeys [][]byte
 	if g.push != nil && g.cfg.Push.Auth == push.AuthToken {
-		keys, err := TokenKeys(g.cfg)
+		keys, err := TokenKeys(next)
 		if err != nil {
 			errs = append(errs, err)
 		}
 		tokenKeys = keys
 	}
-	err := errors.Join(errs...)
-	if err != nil {
-		g.log.Error("reload failed; keeping the previous settings", "err", err)
-		g.tel.IncrCounter([]string{"reload", "failed"}, 1)
-		return err
+	if err := errors.Join(errs...); err != nil {
+		return fail(err)
 	}
+	// Checked: apply.
+	old := *g.cfg
+	res.Applied = append(res.Applied, "tls.cert", "agent allow-list")
 	if tokenKeys != nil {
 		g.push.SetTokenKeys(tokenKeys) // checked by TokenKeys
+		res.Applied = append(res.Applied, "push.token_key_file")
 	}
+	if upstreams != nil {
+		if err := g.proxy.SetUpstreams(upstreams); err != nil {
+			return fail(err)
+		}
+		g.cfg.Proxy.Upstreams = next.Proxy.Upstreams
+		res.Applied = append(res.Applied, "proxy.upstreams")
+		if next.Proxy.ValidateAgentCerts != old.Proxy.ValidateAgentCerts {
+			g.setValidateAgentCerts(next.Proxy.ValidateAgentCerts)
+			g.cfg.Proxy.ValidateAgentCerts = next.Proxy.ValidateAgentCerts
+		}
+		g.proxy.SetLimits(next.Proxy.MaxConnections, next.Proxy.SourceRate)
+		g.cfg.Proxy.MaxConnections, g.cfg.Proxy.SourceRate = next.Proxy.MaxConnections, next.Proxy.SourceRate
+		res.Applied = append(res.Applied, "proxy.validate_agent_certs", "proxy.max_connections", "proxy.source_rate")
+	}
+	if g.push != nil {
+		g.push.SetLimits(next.Push.MaxConnections, next.Push.SourceRate)
+		g.cfg.Push.MaxConnections, g.cfg.Push.SourceRate = next.Push.MaxConnections, next.Push.SourceRate
+		res.Applied = append(res.Applied, "push.max_connections", "push.source_rate")
+	}
+	if g.logLevel != nil && next.Log.Level != old.Log.Level {
+		var l slog.Level
+		l.UnmarshalText([]byte(next.Log.Level)) // validated by config
+		g.logLevel.Set(l)
+		g.cfg.Log.Level = next.Log.Level
+	}
+	if g.logLevel != nil {
+		res.Applied = append(res.Applied, "log.level")
+	}
+	res.RestartNeeded = changedKeys(g.cfg, next)
 	g.tel.IncrCounter([]string{"reload", "ok"}, 1)
-	g.log.Info("reloaded", "pin", g.id.Pin(), "agent_certs", g.allow.Len(), "token_keys", len(tokenKeys))
-	return nil
+	g.log.Info("reloaded", "pin", g.id.Pin(), "agent_certs", g.allow.Len(), "token_keys", len(tokenKeys),
+		"upstreams", len(g.cfg.Proxy.Upstreams), "restart_needed", res.RestartNeeded)
+	if len(res.RestartNeeded) > 0 {
+		g.log.Warn("reload: these keys changed but apply only after a restart or dpgate upgrade", "keys", res.RestartNeeded)
+	}
+	return res, nil
 }
 
 // Shutdown stops the parts gracefully, in the reverse of the order New

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -506,5 +507,59 @@ func TestCertificateRenewal(t *testing.T) {
 	_, err := New(cfg2, Listeners{}, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err == nil || !strings.Contains(err.Error(), "expired") || !strings.Contains(err.Error(), "install a renewed certificate") {
 		t.Errorf("an expired tls.cert: %v, want the error to name the fix", err)
+	}
+}
+
+// TestReloadAppliesConfig: a reload re-reads the file and applies the
+// upstreams (added, removed), the validation switch, the limits and the
+// log level live, names what needs a restart, and changes nothing when
+// the new file is wrong.
+func TestReloadAppliesConfig(t *testing.T) {
+	g, _, _ := newTestGateway(t, "proxy:\n  listen: 127.0.0.1:0\n  health_interval: 1h\n  upstreams:\n    - address: 127.0.0.1:1\n")
+	var level slog.LevelVar
+	g.logLevel = &level
+	file := g.cfg.File()
+	body, _ := os.ReadFile(file)
+	write := func(s string) {
+		if err := os.WriteFile(file, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addrs := func() []string {
+		var out []string
+		for _, u := range g.proxy.Status().Upstreams {
+			out = append(out, u.Address)
+		}
+		return out
+	}
+	next := strings.Replace(string(body), "    - address: 127.0.0.1:1\n", "    - address: 127.0.0.1:2\n    - address: 127.0.0.1:3\n  validate_agent_certs: true\n  max_connections: 5\n", 1)
+	next = strings.Replace(next, "node:\n", "log:\n  level: debug\nnode:\n", 1)
+	next = strings.Replace(next, "push:\n  listen: 127.0.0.1:0\n", "push:\n  listen: 127.0.0.1:0\n  max_connections: 7\n  keepalive: 45s\n", 1)
+	write(next)
+	res, err := g.reload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := addrs(); !slices.Equal(got, []string{"127.0.0.1:2", "127.0.0.1:3"}) {
+		t.Errorf("upstreams after the reload: %v", got)
+	}
+	if !g.validatesAgentCerts() || level.Level() != slog.LevelDebug {
+		t.Errorf("validation %v, log level %v; want on and debug", g.validatesAgentCerts(), level.Level())
+	}
+	for _, k := range []string{"proxy.upstreams", "proxy.validate_agent_certs", "proxy.max_connections", "push.max_connections", "log.level"} {
+		if !slices.Contains(res.Applied, k) {
+			t.Errorf("applied %v, want %s in it", res.Applied, k)
+		}
+	}
+	if !slices.Equal(res.RestartNeeded, []string{"push.keepalive"}) {
+		t.Errorf("restart needed for %v, want exactly push.keepalive", res.RestartNeeded)
+	}
+	// A wrong file changes nothing.
+	write(strings.Replace(next, "127.0.0.1:2", "not an address", 1))
+	if _, err := g.reload(); err == nil {
+		t.Fatal("a reload of a wrong file succeeded")
+	}
+	if got := addrs(); !slices.Equal(got, []string{"127.0.0.1:2", "127.0.0.1:3"}) {
+		t.Errorf("upstreams after a failed reload: %v", got)
 	}
 }

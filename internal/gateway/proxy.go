@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"errors"
 	"fmt"
 	"strconv"
 
@@ -36,22 +35,11 @@ func (g *Gateway) newProxy(ls Listeners) error {
 	if c.ValidateAgentCerts {
 		pc.AllowList = g.allow
 	}
-	for i, u := range c.Upstreams {
-		key := "proxy.upstreams[" + strconv.Itoa(i) + "]"
-		pins, err := tlsconf.ParsePins(u.Pins)
-		if err != nil {
-			return fmt.Errorf("gateway: %s.pins: %w", key, err)
-		}
-		uc := proxy.UpstreamConfig{Address: u.Address, Pins: pins}
-		if u.ClientCert != "" {
-			cert, err := tlsconf.LoadPFX(u.ClientCert, u.ClientCertPasswordFile)
-			if err != nil {
-				return fmt.Errorf("gateway: %s.client_cert: %w", key, err)
-			}
-			uc.ClientCert = &cert
-		}
-		pc.Upstreams = append(pc.Upstreams, uc)
+	ups, err := upstreamConfigs(g.cfg)
+	if err != nil {
+		return err
 	}
+	pc.Upstreams = ups
 	p, err := proxy.New(pc)
 	if err != nil {
 		return err
@@ -72,23 +60,25 @@ func (g *Gateway) newProxy(ls Listeners) error {
 	return nil
 }
 
-// reloadUpstreamCerts re-reads each upstream's PKCS#12 client certificate;
-// one that fails to load keeps the previous certificate.
-func (g *Gateway) reloadUpstreamCerts() error {
-	if g.proxy == nil {
-		return nil
-	}
-	var errs []error
-	for i, u := range g.cfg.Proxy.Upstreams {
-		if u.ClientCert == "" {
-			continue
-		}
-		cert, err := tlsconf.LoadPFX(u.ClientCert, u.ClientCertPasswordFile)
+// upstreamConfigs are proxy.upstreams as the proxy takes them: pins
+// parsed, PKCS#12 client certificates loaded.
+func upstreamConfigs(cfg *config.Config) ([]proxy.UpstreamConfig, error) {
+	var out []proxy.UpstreamConfig
+	for i, u := range cfg.Proxy.Upstreams {
+		key := "proxy.upstreams[" + strconv.Itoa(i) + "]"
+		pins, err := tlsconf.ParsePins(u.Pins)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("proxy.upstreams[%d].client_cert: %w", i, err))
-			continue
+			return nil, fmt.Errorf("gateway: %s.pins: %w", key, err)
 		}
-		g.proxy.SetClientCert(i, &cert)
+		uc := proxy.UpstreamConfig{Address: u.Address, Pins: pins}
+		if u.ClientCert != "" {
+			cert, err := tlsconf.LoadPFX(u.ClientCert, u.ClientCertPasswordFile)
+			if err != nil {
+				return nil, fmt.Errorf("gateway: %s.client_cert: %w", key, err)
+			}
+			uc.ClientCert = &cert
+		}
+		out = append(out, uc)
 	}
-	return errors.Join(errs...)
+	return out, nil
 }

@@ -120,10 +120,14 @@ func (g *Gateway) routes() {
 		return http.StatusOK, g.status(), nil
 	})
 	a.HandleJSON("POST /v1/reload", func(*http.Request) (int, any, error) {
-		if err := g.Reload(); err != nil {
+		res, err := g.reload()
+		if err != nil {
 			return 0, nil, admin.Error(http.StatusUnprocessableEntity, err)
 		}
-		return http.StatusOK, g.status(), nil
+		return http.StatusOK, struct {
+			Status
+			Reload ReloadResult `json:"reload"`
+		}{g.status(), res}, nil
 	})
 	a.HandleJSON("POST /v1/upgrade", func(*http.Request) (int, any, error) {
 		if g.startUpgrade == nil {
