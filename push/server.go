@@ -148,6 +148,9 @@ func (s *Server) SetLimits(maxConnections int, sourceRate float64) {
 	s.source.Store(ratelimit.New(cmp.Or(sourceRate, DefaultSourceRate)))
 }
 
+// MaxConnections is the connection limit now (SetLimits changes it).
+func (s *Server) MaxConnections() int { return int(s.maxConns.Load()) }
+
 // SetCluster makes the server part of a cluster (in a gateway, its
 // cluster.Router). Call it before Serve and ServeQUIC.
 func (s *Server) SetCluster(c Cluster) { s.cluster = c }

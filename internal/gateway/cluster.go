@@ -127,7 +127,7 @@ func (g *Gateway) clusterMeta() cluster.Meta {
 		m.Push = g.advertised(g.pushAddr)
 		m.Pin = g.id.Pin()
 		m.Conns = g.push.Sessions()
-		m.Capacity = g.cfg.Push.MaxConnections
+		m.Capacity = g.push.MaxConnections() // a reload may change it
 	}
 	if g.adminAddr != "" {
 		m.Admin = g.advertised(g.adminAddr)

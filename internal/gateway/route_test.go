@@ -446,3 +446,24 @@ func TestRestartedOwnersLearnHolders(t *testing.T) {
 	}
 	waitFor(t, 20*time.Second, func() error { return a.has(data) })
 }
+
+// TestReloadInACluster: a reload while the cluster gossips (its metadata
+// reads the push limit a reload changes) is race-free and the new
+// capacity reaches the other node.
+func TestReloadInACluster(t *testing.T) {
+	gs, _ := testCluster(t, 2)
+	file := gs[0].cfg.File()
+	body, _ := os.ReadFile(file)
+	os.WriteFile(file, []byte(strings.Replace(string(body), "  auth: none\n", "  auth: none\n  max_connections: 4321\n", 1)), 0o644)
+	if _, err := gs[0].reload(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, func() error {
+		for _, m := range gs[1].cluster.Members() {
+			if m.Name == gs[0].cfg.Node.Name && m.Meta.Capacity == 4321 {
+				return nil
+			}
+		}
+		return errors.New("node 1 has not seen node 0's new capacity")
+	})
+}
