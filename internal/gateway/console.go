@@ -10,6 +10,7 @@ import (
 	"html/template"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -394,7 +395,7 @@ func (ui *consoleUI) devices(w http.ResponseWriter, r *http.Request, ss console.
 
 func (ui *consoleUI) devicePush(w http.ResponseWriter, r *http.Request, ss console.Session) {
 	id := r.PostFormValue("id")
-	back := "/ui/devices?q=" + id
+	back := "/ui/devices?q=" + url.QueryEscape(id)
 	if ui.g.push == nil {
 		ui.done(w, r, ss, back, "", errors.New("the push server is off"))
 		return
@@ -410,7 +411,7 @@ func (ui *consoleUI) devicePush(w http.ResponseWriter, r *http.Request, ss conso
 
 func (ui *consoleUI) deviceWake(w http.ResponseWriter, r *http.Request, ss console.Session) {
 	id := r.PostFormValue("id")
-	back := "/ui/devices?q=" + id
+	back := "/ui/devices?q=" + url.QueryEscape(id)
 	if ui.g.wake == nil {
 		ui.done(w, r, ss, back, "", errors.New("wake-ups are off (the push server is off)"))
 		return
@@ -428,7 +429,7 @@ func (ui *consoleUI) deviceWake(w http.ResponseWriter, r *http.Request, ss conso
 
 func (ui *consoleUI) deviceDisconnect(w http.ResponseWriter, r *http.Request, ss console.Session) {
 	id := r.PostFormValue("id")
-	back := "/ui/devices?q=" + id
+	back := "/ui/devices?q=" + url.QueryEscape(id)
 	if ui.g.push == nil || !ui.g.push.Disconnect(id) {
 		ui.done(w, r, ss, back, "", fmt.Errorf("%s is not connected to this node", id))
 		return
