@@ -45,6 +45,8 @@ func commands() []command {
 		{"reflect", "run a STAMP reflector for dpgate probe and uplink measurement", runReflect},
 		{"upgrade", "replace the running gateway with a new binary, no connection refused", runUpgrade},
 		{"version", "print version, commit and Go version", runVersion},
+		{"completion", "print a bash or zsh completion script", runCompletion},
+		{"man", "print the dpgate(1) man page", runMan},
 	}
 }
 

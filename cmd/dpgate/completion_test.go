@@ -1,0 +1,43 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestCompletionAndMan: the bash completion completes commands,
+// subcommands and each one's flags; the man page has a section for every
+// command and subcommand.
+func TestCompletionAndMan(t *testing.T) {
+	r := dpgate(t, nil, "completion", "bash")
+	if r.code != 0 {
+		t.Fatalf("completion bash: exit %d: %s", r.code, r.stderr)
+	}
+	script := filepath.Join(t.TempDir(), "dpgate.bash")
+	os.WriteFile(script, []byte(r.stdout), 0o644)
+	for words, want := range map[string]string{
+		"dpgate ce":                    "cert",
+		"dpgate cert ag":               "agent-gen",
+		"dpgate cert agent-gen --pass": "--password-file",
+		"dpgate push --w":              "--wait",
+		"dpgate status --j":            "--json",
+	} {
+		w := strings.Fields(words)
+		out, err := exec.Command("bash", "-c", `source "$1"; COMP_WORDS=(${@:2}); COMP_CWORD=$((${#COMP_WORDS[@]}-1)); _dpgate; echo "${COMPREPLY[*]}"`, "bash", script, strings.Join(w, " ")).CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != want {
+			t.Errorf("completing %q: %q (%v), want %q", words, out, err, want)
+		}
+	}
+	if r := dpgate(t, nil, "completion", "zsh"); r.code != 0 || !strings.HasPrefix(r.stdout, "#compdef dpgate") {
+		t.Errorf("completion zsh: exit %d, %q", r.code, r.stdout[:min(40, len(r.stdout))])
+	}
+	man := dpgate(t, nil, "man")
+	for _, want := range []string{".TH DPGATE 1", ".SH COMMANDS", ".SS serve\n", ".SS cert agent-gen\n", ".SS status\n", "DPGATE_ADDR"} {
+		if man.code != 0 || !strings.Contains(man.stdout, want) {
+			t.Errorf("dpgate man: exit %d, no %q", man.code, want)
+		}
+	}
+}
