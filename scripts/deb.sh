@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds dpgate_VERSION_ARCH.deb: both binaries (version and commit set by
 # the linker), the systemd unit, /etc/dpgate/dpgate.yaml (a conffile), the
-# docs, and a dpgate system user made on install.
+# docs, the man page and shell completions, and a dpgate system user made
+# on install.
 #
 #   bash scripts/deb.sh                 # version from git describe
 #   VERSION=1.2.0 bash scripts/deb.sh   # into dist/
@@ -25,9 +26,14 @@ CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$root/usr/bin/dpload" .
 sed 's#/usr/local/bin/dpgate#/usr/bin/dpgate#g; s#file:///usr/share/doc/dpgate/README.md#file:///usr/share/doc/dpgate/README.md#' \
   configs/dpgate.service > "$root/lib/systemd/system/dpgate.service"
 cp configs/dpgate.yaml "$root/etc/dpgate/dpgate.yaml"
+mkdir -p "$root/usr/share/bash-completion/completions" "$root/usr/share/zsh/vendor-completions" "$root/usr/share/man/man1"
+"$root/usr/bin/dpgate" completion bash > "$root/usr/share/bash-completion/completions/dpgate"
+"$root/usr/bin/dpgate" completion zsh > "$root/usr/share/zsh/vendor-completions/_dpgate"
+"$root/usr/bin/dpgate" man | gzip -9n > "$root/usr/share/man/man1/dpgate.1.gz"
 cp README.md CHANGELOG.md docs/operations.md "$root/usr/share/doc/dpgate/"
 cp LICENSE "$root/usr/share/doc/dpgate/copyright"
-chmod 0644 "$root/etc/dpgate/dpgate.yaml" "$root/lib/systemd/system/dpgate.service" "$root"/usr/share/doc/dpgate/*
+chmod 0644 "$root/etc/dpgate/dpgate.yaml" "$root/lib/systemd/system/dpgate.service" "$root"/usr/share/doc/dpgate/* \
+  "$root/usr/share/bash-completion/completions/dpgate" "$root/usr/share/zsh/vendor-completions/_dpgate" "$root/usr/share/man/man1/dpgate.1.gz"
 
 cat > "$root/DEBIAN/control" <<CTL
 Package: dpgate
