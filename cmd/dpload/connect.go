@@ -4,14 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
-	"github.com/schollz/progressbar/v3"
-	"golang.org/x/term"
 	"io"
 	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"golang.org/x/term"
 
 	"github.com/dpgate/dpgate/loadtest"
 )
@@ -39,6 +41,7 @@ spread over loopback source addresses.`, stdout)
 	fs.IntVar(&cfg.SourceIPs, "source-ips", 16, "loopback source addresses (127.0.0.2 ..) to spread agents over; one address pair runs out near 28,000")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
 	htmlFile := fs.String("html", "", "also write a self-contained HTML report with charts to `FILE`")
+	ths := thresholdFlag(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -68,7 +71,51 @@ spread over loopback source addresses.`, stdout)
 	cfg.Self = self
 	cfg.Progress = progressPrinter(stderr)
 	rep, err := loadtest.RunConnect(ctx, cfg)
-	return report(rep, err, *jsonOut, *htmlFile, rep.HTML("dpload connect "+strings.Join(args, " ")), stdout, stderr)
+	if err := report(rep, err, *jsonOut, *htmlFile, rep.HTML("dpload connect "+strings.Join(args, " ")), stdout, stderr); err != nil {
+		return err
+	}
+	return checkThresholds(*ths, rep.Figures(), stderr)
+}
+
+// exitThresholds is dpload's exit status when a threshold is crossed (k6's).
+const exitThresholds = 99
+
+// thresholdError is a run whose figures crossed a threshold.
+type thresholdError struct{ error }
+
+// thresholdFlag adds the repeatable --threshold flag.
+func thresholdFlag(fs *flag.FlagSet) *[]loadtest.Threshold {
+	var ths []loadtest.Threshold
+	fs.Func("threshold", "pass/fail `EXPR` on a figure, e.g. 'p99<5ms' or 'connected>=100%'; repeatable; exit 99 when one fails", func(s string) error {
+		th, err := loadtest.ParseThreshold(s)
+		if err == nil {
+			ths = append(ths, th)
+		}
+		return err
+	})
+	return &ths
+}
+
+// checkThresholds prints each threshold with pass or fail and returns a
+// thresholdError when one failed.
+func checkThresholds(ths []loadtest.Threshold, figures map[string]float64, w io.Writer) error {
+	var failed []string
+	for _, th := range ths {
+		pass, got, err := th.Check(figures)
+		if err != nil {
+			return usageError{err}
+		}
+		verdict := "pass"
+		if !pass {
+			verdict = "FAIL"
+			failed = append(failed, th.Expr)
+		}
+		fmt.Fprintf(w, "threshold %-24s %s (%s = %.4g)\n", th.Expr, verdict, th.Figure, got)
+	}
+	if len(failed) > 0 {
+		return thresholdError{fmt.Errorf("%d of %d thresholds crossed: %s", len(failed), len(ths), strings.Join(failed, ", "))}
+	}
+	return nil
 }
 
 // report is how connect and push end: the HTML file if asked (and the run

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -199,4 +200,38 @@ func startGateway(t *testing.T) (*gateway.Gateway, gateway.Listeners, string) {
 	t.Cleanup(func() { g.Close() })
 	tokenFile, _ := cfg.AdminTokenFile()
 	return g, ls, tokenFile
+}
+
+// TestConnectThresholds: --threshold prints pass or fail per condition,
+// and a crossed one makes dpload exit 99 (k6's convention), after the
+// report.
+func TestConnectThresholds(t *testing.T) {
+	bin := buildDpload(t)
+	g, ls, tokenFile := startGateway(t)
+	run := func(ths ...string) (int, string, string) {
+		args := []string{"connect", "--server", ls.Push.Addr().String(), "--token-file", tokenFile, "--pin", g.Identity().Pin(),
+			"--agents", "50", "--procs", "1", "--hold", "100ms", "--source-ips", "2"}
+		for _, th := range ths {
+			args = append(args, "--threshold", th)
+		}
+		cmd := exec.Command(bin, args...)
+		var out, errOut bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		err := cmd.Run()
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		}
+		return code, out.String(), errOut.String()
+	}
+	if code, out, errOut := run("connected>=100%", "p99<60s"); code != 0 || !strings.Contains(errOut, "connected>=100%") || !strings.Contains(errOut, "pass") || out == "" {
+		t.Errorf("thresholds met: exit %d\n%s", code, errOut)
+	}
+	if code, _, errOut := run("connected>=100%", "p99<1us"); code != 99 || !strings.Contains(errOut, "FAIL") || !strings.Contains(errOut, "1 of 2 thresholds crossed: p99<1us") {
+		t.Errorf("a threshold crossed: exit %d, want 99\n%s", code, errOut)
+	}
+	if code, _, errOut := run("nonsense<1"); code != 2 || !strings.Contains(errOut, "no figure") {
+		t.Errorf("an unknown figure: exit %d, want 2\n%s", code, errOut)
+	}
 }

@@ -63,6 +63,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			case errors.As(err, new(usageError)):
 				fmt.Fprintf(stderr, "dpload: %v\n", err)
 				return 2
+			case errors.As(err, new(thresholdError)):
+				fmt.Fprintf(stderr, "dpload: %v\n", err)
+				return exitThresholds
 			default:
 				fmt.Fprintf(stderr, "dpload: %v\n", err)
 				return 1
@@ -306,6 +309,7 @@ meanwhile are counted).`, stdout)
 	scen := fs.String("scenarios", "memory,latency,broadcast,storm", "comma-separated scenarios")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
 	htmlFile := fs.String("html", "", "also write a self-contained HTML report with charts to `FILE`")
+	ths := thresholdFlag(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -324,7 +328,10 @@ meanwhile are counted).`, stdout)
 	cfg.Scenarios = strings.Split(*scen, ",")
 	cfg.Progress = progressPrinter(stderr)
 	rep, err := loadtest.RunPushBench(ctx, cfg)
-	return report(rep, err, *jsonOut, *htmlFile, rep.HTML("dpload push "+strings.Join(args, " ")), stdout, stderr)
+	if err := report(rep, err, *jsonOut, *htmlFile, rep.HTML("dpload push "+strings.Join(args, " ")), stdout, stderr); err != nil {
+		return err
+	}
+	return checkThresholds(*ths, rep.Figures(), stderr)
 }
 
 func runNaive(ctx context.Context, args []string, stdout, stderr io.Writer) error {
