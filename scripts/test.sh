@@ -4,7 +4,7 @@
 # stops), fetches the Go modules, then runs go test -race on every
 # package. Extra arguments go to go test (e.g. -run TestX ./push).
 #
-#   bash scripts/test.sh
+#   ./scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"
