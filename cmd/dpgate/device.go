@@ -26,17 +26,11 @@ func runDevice(args []string, stdout, stderr io.Writer) error {
 }
 
 func deviceList(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("device list", "[-c FILE] [--json]", "Lists the devices this node knows: connected or not, queued pushes, last seen.", stdout)
-	cfgFile := fs.String("c", "", "configuration `FILE`, for the admin API address and token (default: built-in defaults)")
-	jsonOut := fs.Bool("json", false, "print the API's JSON reply")
-	pos, err := parse(fs, args)
+	cfgFile, jsonOut, err := apiCommand("device list", "Lists the devices this node knows: connected or not, queued pushes, last seen.", "print the API's JSON reply", args, stdout)
 	if err != nil {
 		return err
 	}
-	if len(pos) > 0 {
-		return usagef("device list takes no arguments, got %q", pos)
-	}
-	api, _, err := adminClient(*cfgFile)
+	api, _, err := adminClient(cfgFile)
 	if err != nil {
 		return err
 	}
@@ -47,7 +41,7 @@ func deviceList(args []string, stdout, stderr io.Writer) error {
 	if err := api.Do(context.Background(), "GET", "/v1/devices", nil, &reply); err != nil {
 		return err
 	}
-	if *jsonOut {
+	if jsonOut {
 		return printJSON(stdout, reply)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
@@ -64,7 +58,7 @@ func deviceList(args []string, stdout, stderr io.Writer) error {
 
 func deviceShow(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("device show", "[-c FILE] DEVICE", "Prints one device's status as JSON: queue, connection, last wake-up, path figures.", stdout)
-	cfgFile := fs.String("c", "", "configuration `FILE`, for the admin API address and token (default: built-in defaults)")
+	cfgFile := fs.String("c", "", cfgFlagHelp)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -88,7 +82,7 @@ func deviceRm(args []string, stdout, stderr io.Writer) error {
 Forgets each device and drops its queued pushes on this node (they are
 never delivered). A connected device is refused: it would say HELLO again
 at once; stop its agent first.`, stdout)
-	cfgFile := fs.String("c", "", "configuration `FILE`, for the admin API address and token (default: built-in defaults)")
+	cfgFile := fs.String("c", "", cfgFlagHelp)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err

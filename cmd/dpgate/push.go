@@ -34,7 +34,7 @@ device's acknowledgement. --all pushes to every known device.`
 
 func runPush(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("push", "[--all | DEVICE] [DATA]", pushAbout, stdout)
-	cfgFile := fs.String("c", "", "configuration `FILE`, for the admin API address and token (default: built-in defaults)")
+	cfgFile := fs.String("c", "", cfgFlagHelp)
 	ttl := fs.Duration("ttl", 0, "expire the push after this long undelivered (default: push.queue_ttl)")
 	wait := fs.Duration("wait", 0, "wait up to this long for the device's acknowledgement (at most 1m)")
 	all := fs.Bool("all", false, "push to every known device")

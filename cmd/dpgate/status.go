@@ -17,6 +17,27 @@ version, process, certificate, push sessions, proxy upstreams, measured
 uplinks, cluster and store. The address and token come from -c FILE, or
 DPGATE_ADDR (host:port) and DPGATE_TOKEN.`
 
+// cfgFlagHelp is the -c flag of the commands that talk to the running
+// gateway.
+const cfgFlagHelp = "configuration `FILE`, for the admin API address and token (default: built-in defaults)"
+
+// apiCommand parses the flags of a command that talks to the running
+// gateway and takes no arguments: -c FILE and --json (jsonHelp). It
+// returns the configuration file and whether JSON was asked for.
+func apiCommand(name, about, jsonHelp string, args []string, stdout io.Writer) (cfgFile string, jsonOut bool, err error) {
+	fs := newFlags(name, "[-c FILE] [--json]", about, stdout)
+	c := fs.String("c", "", cfgFlagHelp)
+	j := fs.Bool("json", false, jsonHelp)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return "", false, err
+	}
+	if len(pos) > 0 {
+		return "", false, usagef("%s takes no arguments, got %q", name, pos)
+	}
+	return *c, *j, nil
+}
+
 func fetchStatus(cfgFile string) (gateway.Status, error) {
 	var st gateway.Status
 	api, _, err := adminClient(cfgFile)
@@ -27,21 +48,15 @@ func fetchStatus(cfgFile string) (gateway.Status, error) {
 }
 
 func runStatus(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("status", "[-c FILE] [--json]", statusAbout, stdout)
-	cfgFile := fs.String("c", "", "configuration `FILE`, for the admin API address and token (default: built-in defaults)")
-	jsonOut := fs.Bool("json", false, "print the API's JSON reply")
-	pos, err := parse(fs, args)
+	cfgFile, jsonOut, err := apiCommand("status", statusAbout, "print the API's JSON reply", args, stdout)
 	if err != nil {
 		return err
 	}
-	if len(pos) > 0 {
-		return usagef("status takes no arguments, got %q", pos)
-	}
-	st, err := fetchStatus(*cfgFile)
+	st, err := fetchStatus(cfgFile)
 	if err != nil {
 		return err
 	}
-	if *jsonOut {
+	if jsonOut {
 		return printJSON(stdout, st)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
@@ -82,24 +97,18 @@ with what each node gossips): name, gossip address, push address, agents
 and capacity, load per core, uplink verdict, draining, probe RTT.`
 
 func runMembers(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("members", "[-c FILE] [--json]", membersAbout, stdout)
-	cfgFile := fs.String("c", "", "configuration `FILE`, for the admin API address and token (default: built-in defaults)")
-	jsonOut := fs.Bool("json", false, "print the members as JSON")
-	pos, err := parse(fs, args)
+	cfgFile, jsonOut, err := apiCommand("members", membersAbout, "print the members as JSON", args, stdout)
 	if err != nil {
 		return err
 	}
-	if len(pos) > 0 {
-		return usagef("members takes no arguments, got %q", pos)
-	}
-	st, err := fetchStatus(*cfgFile)
+	st, err := fetchStatus(cfgFile)
 	if err != nil {
 		return err
 	}
 	if st.Cluster == nil {
 		return fmt.Errorf("%s is not in a cluster (cluster.bind is not set)", st.Node)
 	}
-	if *jsonOut {
+	if jsonOut {
 		return printJSON(stdout, st.Cluster)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
@@ -128,7 +137,7 @@ an ID, that device as "device show" prints it.`
 // runDevices is "dpgate devices [ID]": device list, or device show ID.
 func runDevices(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("devices", "[-c FILE] [--json] [ID]", devicesAbout, stdout)
-	fs.String("c", "", "configuration `FILE`, for the admin API address and token (default: built-in defaults)")
+	fs.String("c", "", cfgFlagHelp)
 	fs.Bool("json", false, "print the API's JSON reply (the list; one device is always JSON)")
 	pos, err := parse(fs, args)
 	if err != nil {

@@ -27,7 +27,7 @@ on serving, and its log says why).`
 
 func runUpgrade(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("upgrade", "[-c FILE]", upgradeAbout, stdout)
-	cfgFile := fs.String("c", "", "configuration `FILE`, for the admin API address and token (default: built-in defaults)")
+	cfgFile := fs.String("c", "", cfgFlagHelp)
 	timeout := fs.Duration("timeout", 3*time.Minute, "how long to wait for the new process")
 	pos, err := parse(fs, args)
 	if err != nil {
