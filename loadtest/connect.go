@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -35,9 +36,16 @@ type ConnectConfig struct {
 	Ramp      float64 // new connections per second, all processes together
 	Hold      time.Duration
 	SourceIPs int
-	Self      string // the dpload binary
-	Progress  Progress
+	// TokenKeyFile, when set, is push.token_key_file: the agents get device
+	// tokens signed with its first key (push.auth token).
+	TokenKeyFile string
+	Self         string // the dpload binary
+	Progress     Progress
 }
+
+// failFastAfter: with no agent connected and attempts failing this long,
+// connect stops and says why, rather than retrying for minutes.
+const failFastAfter = 10 * time.Second
 
 // NodeFigures are one gateway's figures read from its admin API.
 type NodeFigures struct {
@@ -92,8 +100,12 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 		rep.Nodes = append(rep.Nodes, NodeFigures{Admin: a, RSSBefore: st.RSSBytes})
 	}
 	start := time.Now()
-	fl, err := startFleets(ctx, cfg.Self, cfg.QUIC, cfg.Agents, cfg.Procs, "--server", strings.Join(cfg.Servers, ","), "--pin", cfg.Pin,
-		"--source-ips", strconv.Itoa(cfg.SourceIPs), "--ramp", strconv.FormatFloat(cfg.Ramp/float64(cfg.Procs), 'f', 1, 64))
+	agentArgs := []string{"--server", strings.Join(cfg.Servers, ","), "--pin", cfg.Pin,
+		"--source-ips", strconv.Itoa(cfg.SourceIPs), "--ramp", strconv.FormatFloat(cfg.Ramp/float64(cfg.Procs), 'f', 1, 64)}
+	if cfg.TokenKeyFile != "" {
+		agentArgs = append(agentArgs, "--token-key", cfg.TokenKeyFile)
+	}
+	fl, err := startFleets(ctx, cfg.Self, cfg.QUIC, cfg.Agents, cfg.Procs, agentArgs...)
 	if err != nil {
 		return rep, err
 	}
@@ -114,6 +126,11 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 			best, bestAt = st.Connected, time.Now()
 		}
 		cfg.Progress.count("connected", st.Connected, int64(cfg.Agents))
+		if failed := sumOf(st.Failures); best == 0 && failed > 0 && time.Since(start) > failFastAfter {
+			rep.Failures = st.Failures
+			return rep, fmt.Errorf("no agent connected in %s, %d attempts failed (%s); the gateway's answer to the last one: %s%s",
+				failFastAfter, failed, failureList(st.Failures), st.LastError, credentialsHint(st.LastError))
+		}
 		if st.Connected >= int64(cfg.Agents) || time.Now().After(deadline) || time.Since(bestAt) > time.Minute {
 			rep.Connected = st.Connected
 			break
@@ -228,4 +245,35 @@ func (r ConnectReport) WriteTable(w io.Writer) { writeRows(w, r.Rows()) }
 func (r ConnectReport) HTML(command string) HTMLReport {
 	return HTMLReport{Title: fmt.Sprintf("dpload connect: %d agents to %d gateways", r.Agents, len(r.Servers)), Command: command, When: time.Now(),
 		Rows: r.Rows(), Lines: connectionsLine(r.Timeline), Histograms: []Histogram{{"Connect time (TCP, TLS, HELLO/WELCOME)", r.Latency}}}
+}
+
+func sumOf(m map[string]int64) int64 {
+	var n int64
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+func failureList(m map[string]int64) string {
+	var parts []string
+	for k, v := range m {
+		parts = append(parts, fmt.Sprintf("%s %d", k, v))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
+// credentialsHint says what to do about the usual reasons a gateway
+// refuses every agent.
+func credentialsHint(lastErr string) string {
+	switch {
+	case strings.Contains(lastErr, "certificate required"), strings.Contains(lastErr, "bad certificate"):
+		return " (push.auth cert: the gateway wants agent certificates from its allow-list; test with push.auth token and --token-key, or none on loopback)"
+	case strings.Contains(lastErr, "code 3"):
+		return " (authentication: with push.auth token, give --token-key the gateway's push.token_key_file)"
+	case strings.Contains(lastErr, "pin"):
+		return " (check --pin against dpgate cert pin on the gateway's certificate)"
+	}
+	return ""
 }

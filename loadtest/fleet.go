@@ -52,6 +52,9 @@ type FleetConfig struct {
 	SourceIPs []net.IP // spread over these local addresses, round robin
 	// Ramp is the connection rate per second while starting. Default 1000.
 	Ramp float64
+	// TokenKey, when set, signs each agent a device token (push.auth
+	// token; the first key of push.token_key_file), valid for a day.
+	TokenKey []byte
 }
 
 // Fleet is many agents in one process, counting what they receive.
@@ -60,6 +63,7 @@ type Fleet struct {
 	connected atomic.Int64
 	received  [256]atomic.Int64
 	failures  sync.Map // reason -> *atomic.Int64
+	lastErr   atomic.Pointer[string]
 
 	mu   sync.Mutex
 	hist map[byte]*hdrhistogram.Histogram // latency in microseconds, per kind
@@ -87,9 +91,15 @@ func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 		starts[i] = started
 		servers := strings.Split(cfg.Server, ",")
 		k := i % len(servers)
+		id := fmt.Sprintf("%s%d", cfg.Prefix, cfg.First+i)
+		var token string
+		if cfg.TokenKey != nil {
+			token = wire.IssueToken(cfg.TokenKey, id, time.Now().Add(24*time.Hour))
+		}
 		c, err := client.New(client.Config{
 			Servers:  append(servers[k:len(servers):len(servers)], servers[:k]...),
-			DeviceID: fmt.Sprintf("%s%d", cfg.Prefix, cfg.First+i),
+			DeviceID: id,
+			Token:    token,
 			TLS:      tlsconf.PinnedClientConfig(pins, "dpgate"),
 			QUIC:     cfg.QUIC,
 			SourceIP: src,
@@ -139,6 +149,10 @@ func (f *Fleet) onEvent(e client.Event) {
 	case "error":
 		v, _ := f.failures.LoadOrStore(failureReason(e.Err), new(atomic.Int64))
 		v.(*atomic.Int64).Add(1)
+		if e.Err != nil {
+			msg := e.Err.Error()
+			f.lastErr.Store(&msg)
+		}
 	}
 }
 
@@ -191,7 +205,8 @@ func (f *Fleet) onPush(m wire.Message) {
 type FleetStatus struct {
 	Connected int64            `json:"connected"`
 	Received  map[string]int64 `json:"received"`
-	Failures  map[string]int64 `json:"failures,omitempty"` // failed connection attempts by reason
+	Failures  map[string]int64 `json:"failures,omitempty"`   // failed connection attempts by reason
+	LastError string           `json:"last_error,omitempty"` // the latest failed attempt's error, as the client saw it
 }
 
 // Status counts connected agents and received pushes by kind.
@@ -204,6 +219,9 @@ func (f *Fleet) Status() FleetStatus {
 		st.Failures[k.(string)] = v.(*atomic.Int64).Load()
 		return true
 	})
+	if e := f.lastErr.Load(); e != nil {
+		st.LastError = *e
+	}
 	return st
 }
 

@@ -2,6 +2,7 @@ package loadtest
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -23,20 +24,23 @@ import (
 
 // PushBenchConfig drives dpload push.
 type PushBenchConfig struct {
-	Self      string // the dpload binary, re-run as "dpload agents"
-	Server    string // push address
-	Admin     string // admin API base URL, e.g. http://127.0.0.1:13290
-	Token     string // admin bearer token, if any
-	Pin       string
-	PID       int // server process, for RSS; 0 skips memory figures
-	QUIC      bool
-	Agents    int
-	Procs     int // agent processes; 0: one per 9,000 agents
-	SourceIPs int // spread agents over 127.0.0.2 .. 127.0.0.(1+SourceIPs)
-	Rate      float64
-	Duration  time.Duration
-	Scenarios []string // memory, latency, broadcast, storm
-	Progress  Progress
+	Self   string // the dpload binary, re-run as "dpload agents"
+	Server string // push address
+	Admin  string // admin API base URL, e.g. http://127.0.0.1:13290
+	Token  string // admin bearer token, if any
+	// TokenKeyFile, when set, gives the agents device tokens (see
+	// ConnectConfig.TokenKeyFile).
+	TokenKeyFile string
+	Pin          string
+	PID          int // server process, for RSS; 0 skips memory figures
+	QUIC         bool
+	Agents       int
+	Procs        int // agent processes; 0: one per 9,000 agents
+	SourceIPs    int // spread agents over 127.0.0.2 .. 127.0.0.(1+SourceIPs)
+	Rate         float64
+	Duration     time.Duration
+	Scenarios    []string // memory, latency, broadcast, storm
+	Progress     Progress
 }
 
 // PushReport is what dpload push measured.
@@ -179,6 +183,7 @@ func (fs fleets) status() (FleetStatus, error) {
 			}
 			total.Failures[k] += v
 		}
+		total.LastError = cmp.Or(st.LastError, total.LastError)
 	}
 	return total, nil
 }
@@ -220,7 +225,11 @@ func RunPushBench(ctx context.Context, cfg PushBenchConfig) (PushReport, error) 
 		rep.RSSBaseline, _ = ProcessRSS(cfg.PID)
 	}
 	start := time.Now()
-	fl, err := startFleets(ctx, cfg.Self, cfg.QUIC, cfg.Agents, cfg.Procs, "--server", cfg.Server, "--pin", cfg.Pin, "--source-ips", strconv.Itoa(cfg.SourceIPs))
+	agentArgs := []string{"--server", cfg.Server, "--pin", cfg.Pin, "--source-ips", strconv.Itoa(cfg.SourceIPs)}
+	if cfg.TokenKeyFile != "" {
+		agentArgs = append(agentArgs, "--token-key", cfg.TokenKeyFile)
+	}
+	fl, err := startFleets(ctx, cfg.Self, cfg.QUIC, cfg.Agents, cfg.Procs, agentArgs...)
 	if err != nil {
 		return rep, err
 	}

@@ -42,6 +42,7 @@ spread over loopback source addresses.`, stdout)
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
 	htmlFile := fs.String("html", "", "also write a self-contained HTML report with charts to `FILE`")
 	ths := thresholdFlag(fs)
+	tokenKey := tokenKeyFlag(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -57,6 +58,9 @@ spread over loopback source addresses.`, stdout)
 		return err
 	}
 	cfg.Token = token
+	if cfg.TokenKeyFile, err = absKeyFile(*tokenKey); err != nil {
+		return err
+	}
 	if *procs != "auto" {
 		n, err := strconv.Atoi(*procs)
 		if err != nil || n < 1 {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dpgate/dpgate/internal/config"
 	"github.com/dpgate/dpgate/internal/gateway"
@@ -181,9 +182,15 @@ func buildDpload(t *testing.T) string {
 // none) and the admin API on loopback.
 // The third result is the admin token's file.
 func startGateway(t *testing.T) (*gateway.Gateway, gateway.Listeners, string) {
+	return startGatewayAuth(t, "none")
+}
+
+// startGatewayAuth is startGateway with push.auth auth (for token, the key
+// file is data/push-token.key, made on first start).
+func startGatewayAuth(t *testing.T, auth string) (*gateway.Gateway, gateway.Listeners, string) {
 	t.Helper()
 	cf := filepath.Join(t.TempDir(), "dpgate.yaml")
-	os.WriteFile(cf, []byte("node:\n  name: t\n  data_dir: data\nadmin:\n  listen: 127.0.0.1:0\npush:\n  listen: 127.0.0.1:0\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n"), 0o644)
+	os.WriteFile(cf, []byte("node:\n  name: t\n  data_dir: data\nadmin:\n  listen: 127.0.0.1:0\npush:\n  listen: 127.0.0.1:0\n  auth: "+auth+"\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n"), 0o644)
 	cfg, err := config.Load(cf)
 	if err != nil {
 		t.Fatal(err)
@@ -233,5 +240,35 @@ func TestConnectThresholds(t *testing.T) {
 	}
 	if code, _, errOut := run("nonsense<1"); code != 2 || !strings.Contains(errOut, "no figure") {
 		t.Errorf("an unknown figure: exit %d, want 2\n%s", code, errOut)
+	}
+}
+
+// TestConnectFailsFastWithTheReason: on push.auth cert without agent
+// certificates, dpload connect stops after 10 s naming the gateway's
+// answer (before: "connected 0 / 300" for 60 s, then exit 0); with
+// --token-key on push.auth token the agents get tokens and connect.
+func TestConnectFailsFastWithTheReason(t *testing.T) {
+	bin := buildDpload(t)
+	g, ls, tokenFile := startGatewayAuth(t, "cert")
+	cmd := exec.Command(bin, "connect", "--server", ls.Push.Addr().String(), "--token-file", tokenFile, "--pin", g.Identity().Pin(),
+		"--agents", "20", "--procs", "1", "--hold", "100ms", "--source-ips", "2")
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	start := time.Now()
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(errOut.String(), "no agent connected") || !strings.Contains(errOut.String(), "certificate required") {
+		t.Fatalf("connect to push.auth cert without certificates: %v after %s\n%s", err, time.Since(start).Round(time.Second), errOut.String())
+	}
+
+	g2, ls2, tokenFile2 := startGatewayAuth(t, "token")
+	keyFile := filepath.Join(filepath.Dir(tokenFile2), "push-token.key") // beside the admin token in the data directory
+	cmd = exec.Command(bin, "connect", "--server", ls2.Push.Addr().String(), "--token-file", tokenFile2, "--pin", g2.Identity().Pin(),
+		"--agents", "20", "--procs", "1", "--hold", "100ms", "--source-ips", "2", "--token-key", keyFile, "--threshold", "connected>=100%")
+	out.Reset()
+	errOut.Reset()
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		t.Errorf("connect with --token-key on push.auth token: %v\n%s", err, errOut.String())
 	}
 }

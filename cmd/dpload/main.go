@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -262,7 +264,12 @@ limit of one process.`, stdout)
 	useQUIC := fs.Bool("quic", false, "connect over QUIC")
 	srcIPs := fs.Int("source-ips", 0, "spread over 127.0.0.2 .. 127.0.0.(1+N); 0: the system's choice")
 	ramp := fs.Float64("ramp", 1000, "new connections per second while starting")
+	tokenKey := fs.String("token-key", "", "push.token_key_file: give each agent a device token signed with its first key")
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	key, err := readTokenKey(*tokenKey)
+	if err != nil {
 		return err
 	}
 	var ips []net.IP
@@ -272,7 +279,7 @@ limit of one process.`, stdout)
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	f, err := loadtest.StartFleet(fctx, loadtest.FleetConfig{Server: *server, Pin: *pin, QUIC: *useQUIC,
-		Prefix: "agent-", First: *first, Count: *count, SourceIPs: ips, Ramp: *ramp})
+		Prefix: "agent-", First: *first, Count: *count, SourceIPs: ips, Ramp: *ramp, TokenKey: key})
 	if err != nil {
 		return err
 	}
@@ -310,6 +317,7 @@ meanwhile are counted).`, stdout)
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
 	htmlFile := fs.String("html", "", "also write a self-contained HTML report with charts to `FILE`")
 	ths := thresholdFlag(fs)
+	tokenKey := tokenKeyFlag(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -326,6 +334,9 @@ meanwhile are counted).`, stdout)
 	}
 	cfg.Self = self
 	cfg.Scenarios = strings.Split(*scen, ",")
+	if cfg.TokenKeyFile, err = absKeyFile(*tokenKey); err != nil {
+		return err
+	}
 	cfg.Progress = progressPrinter(stderr)
 	rep, err := loadtest.RunPushBench(ctx, cfg)
 	if err := report(rep, err, *jsonOut, *htmlFile, rep.HTML("dpload push "+strings.Join(args, " ")), stdout, stderr); err != nil {
@@ -367,4 +378,46 @@ func adminToken(file string) (string, error) {
 		return os.Getenv("DPGATE_TOKEN"), nil
 	}
 	return tlsconf.ReadSecretFile(file)
+}
+
+// readTokenKey reads the signing key of push.token_key_file (base64, the
+// first key line); "" is none.
+func readTokenKey(file string) ([]byte, error) {
+	if file == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		key, err := base64.StdEncoding.DecodeString(line)
+		if err != nil || len(key) < 16 {
+			return nil, usageError{fmt.Errorf("--token-key %s: the first line is not base64 of a key of 16 bytes or more", file)}
+		}
+		return key, nil
+	}
+	return nil, usageError{fmt.Errorf("--token-key %s holds no key", file)}
+}
+
+// tokenKeyFlag adds --token-key to connect and push (absolute, for the
+// agent processes).
+func tokenKeyFlag(fs *flag.FlagSet) *string {
+	return fs.String("token-key", "", "push.token_key_file of the gateway (push.auth token): the agents get device tokens signed with its first key")
+}
+
+// absKeyFile checks a --token-key file and makes its name absolute for the
+// agent processes.
+func absKeyFile(file string) (string, error) {
+	if file == "" {
+		return "", nil
+	}
+	if _, err := readTokenKey(file); err != nil {
+		return "", err
+	}
+	return filepath.Abs(file)
 }
