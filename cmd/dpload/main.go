@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/dpgate/dpgate/loadtest"
+	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -390,18 +390,11 @@ func readTokenKey(file string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		key, err := base64.StdEncoding.DecodeString(line)
-		if err != nil || len(key) < 16 {
-			return nil, usageError{fmt.Errorf("--token-key %s: the first line is not base64 of a key of 16 bytes or more", file)}
-		}
-		return key, nil
+	keys, err := wire.ParseTokenKeys(data)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--token-key %s: %w", file, err)}
 	}
-	return nil, usageError{fmt.Errorf("--token-key %s holds no key", file)}
+	return keys[0], nil
 }
 
 // tokenKeyFlag adds --token-key to connect and push (absolute, for the

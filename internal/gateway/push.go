@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/dpgate/dpgate/cluster"
@@ -44,20 +43,9 @@ func TokenKeys(cfg *config.Config) ([][]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("push.token_key_file: %w (a configured key is never generated: copy the cluster's file there, or create one with: head -c 32 /dev/urandom | base64 > %s)", err, file)
 	}
-	var keys [][]byte
-	for i, line := range strings.Split(string(data), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		k, err := base64.StdEncoding.DecodeString(line)
-		if err != nil || len(k) < 16 {
-			return nil, fmt.Errorf("push.token_key_file %s:%d: not base64 of a key of 16 bytes or more", file, i+1)
-		}
-		keys = append(keys, k)
-	}
-	if len(keys) == 0 {
-		return nil, fmt.Errorf("push.token_key_file %s holds no key", file)
+	keys, err := wire.ParseTokenKeys(data)
+	if err != nil {
+		return nil, fmt.Errorf("push.token_key_file %s: %w", file, err)
 	}
 	return keys, nil
 }

@@ -57,3 +57,26 @@ func tokenMAC(key []byte, body string) []byte {
 	h.Write([]byte(body))
 	return h.Sum(nil)
 }
+
+// ParseTokenKeys reads a token key file (push.token_key_file): one base64
+// key of 16 bytes or more per line, the first signs, every one verifies;
+// blank lines and lines starting with # are skipped. An error names the
+// line.
+func ParseTokenKeys(data []byte) ([][]byte, error) {
+	var keys [][]byte
+	for i, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, err := base64.StdEncoding.DecodeString(line)
+		if err != nil || len(k) < 16 {
+			return nil, fmt.Errorf("line %d: not base64 of a key of 16 bytes or more", i+1)
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, errors.New("holds no key")
+	}
+	return keys, nil
+}
