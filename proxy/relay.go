@@ -74,6 +74,16 @@ func (r *relay) stop(a, b net.Conn) {
 	b.SetDeadline(past)
 }
 
+// keepStopped undoes a deadline just set on c when stop ran meanwhile:
+// its deadline in the past must win, or a Read or Write re-armed after it
+// blocks until the idle timeout (Proxy.Close then waited for that relay
+// for up to 10 minutes).
+func (r *relay) keepStopped(c net.Conn) {
+	if r.stopped.Load() {
+		c.SetDeadline(time.Unix(1, 0))
+	}
+}
+
 // pipe copies src to dst until src ends (then half-closes dst) or an error.
 func (r *relay) pipe(src, dst halfCloser, count *atomic.Int64, shaper *rate.Limiter, small []byte) error {
 	var large *[]byte
@@ -92,6 +102,7 @@ func (r *relay) pipe(src, dst halfCloser, count *atomic.Int64, shaper *rate.Limi
 		if now.Sub(armed) > r.idle/8 { // re-arm coarsely, not on every read
 			src.SetReadDeadline(now.Add(r.idle))
 			armed = now
+			r.keepStopped(src)
 		}
 		n, err := src.Read(buf)
 		if n > 0 {
@@ -101,6 +112,7 @@ func (r *relay) pipe(src, dst halfCloser, count *atomic.Int64, shaper *rate.Limi
 				}
 			}
 			dst.SetWriteDeadline(time.Now().Add(r.idle))
+			r.keepStopped(dst)
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return werr
 			}
@@ -126,6 +138,7 @@ func (r *relay) pipe(src, dst halfCloser, count *atomic.Int64, shaper *rate.Limi
 				// The other direction was busy: not idle yet.
 				src.SetReadDeadline(last.Add(r.idle))
 				armed = time.Now()
+				r.keepStopped(src)
 				continue
 			}
 			return errIdle
