@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -66,10 +67,10 @@ func (g *Gateway) mountConsole(token string) {
 	m.HandleFunc("POST /ui/certificates/upload", ui.signedIn(ui.uploadCert))
 	m.HandleFunc("POST /ui/certificates/validate", ui.signedIn(ui.validate))
 	m.HandleFunc("GET /ui/devices", ui.signedIn(ui.devices))
-	m.HandleFunc("POST /ui/devices/push", ui.signedIn(ui.devicePush))
-	m.HandleFunc("POST /ui/devices/wake", ui.signedIn(ui.deviceWake))
-	m.HandleFunc("POST /ui/devices/disconnect", ui.signedIn(ui.deviceDisconnect))
-	m.HandleFunc("POST /ui/devices/delete", ui.signedIn(ui.deviceDelete))
+	m.HandleFunc("POST /ui/devices/push", ui.signedIn(ui.deviceAction(toDevice, ui.devicePush)))
+	m.HandleFunc("POST /ui/devices/wake", ui.signedIn(ui.deviceAction(toDevice, ui.deviceWake)))
+	m.HandleFunc("POST /ui/devices/disconnect", ui.signedIn(ui.deviceAction(toDevice, ui.deviceDisconnect)))
+	m.HandleFunc("POST /ui/devices/delete", ui.signedIn(ui.deviceAction(toDevices, ui.deviceDelete)))
 	m.HandleFunc("GET /ui/uplinks", ui.signedIn(ui.uplinks))
 	m.HandleFunc("/ui/", ui.signedIn(func(w http.ResponseWriter, r *http.Request, _ console.Session) {
 		http.NotFound(w, r)
@@ -393,64 +394,61 @@ func (ui *consoleUI) devices(w http.ResponseWriter, r *http.Request, ss console.
 	ui.render(w, r, ss, "devices", "Devices", d)
 }
 
-func (ui *consoleUI) devicePush(w http.ResponseWriter, r *http.Request, ss console.Session) {
-	id := r.PostFormValue("id")
-	back := "/ui/devices?q=" + url.QueryEscape(id)
-	if ui.g.push == nil {
-		ui.done(w, r, ss, back, "", errors.New("the push server is off"))
-		return
+// deviceAction is a devices-page action on the device in the form: it
+// runs act (with the push server on) and sends the browser back to the
+// device with act's message or error.
+func (ui *consoleUI) deviceAction(back func(id string) string, act func(ctx context.Context, id string) (string, error)) func(http.ResponseWriter, *http.Request, console.Session) {
+	return func(w http.ResponseWriter, r *http.Request, ss console.Session) {
+		id := r.PostFormValue("id")
+		if ui.g.push == nil {
+			ui.done(w, r, ss, back(id), "", errors.New("the push server is off"))
+			return
+		}
+		msg, err := act(r.Context(), id)
+		ui.done(w, r, ss, back(id), msg, err)
 	}
-	payload := "dpgate console test push " + time.Now().UTC().Format(time.RFC3339)
-	replies, err := ui.g.accept(r.Context(), []string{id}, []byte(payload), time.Hour)
-	if err != nil {
-		ui.done(w, r, ss, back, "", err)
-		return
-	}
-	ui.done(w, r, ss, back, fmt.Sprintf("Test push %s queued for %s (%q; kept for an hour).", replies[0].ID, id, payload), nil)
 }
 
-func (ui *consoleUI) deviceWake(w http.ResponseWriter, r *http.Request, ss console.Session) {
-	id := r.PostFormValue("id")
-	back := "/ui/devices?q=" + url.QueryEscape(id)
-	if ui.g.wake == nil {
-		ui.done(w, r, ss, back, "", errors.New("wake-ups are off (the push server is off)"))
-		return
+func toDevice(id string) string { return "/ui/devices?q=" + url.QueryEscape(id) }
+func toDevices(string) string   { return "/ui/devices" }
+
+func (ui *consoleUI) devicePush(ctx context.Context, id string) (string, error) {
+	payload := "dpgate console test push " + time.Now().UTC().Format(time.RFC3339)
+	replies, err := ui.g.accept(ctx, []string{id}, []byte(payload), time.Hour)
+	if err != nil {
+		return "", err
 	}
-	res := ui.g.wake.Wake(id, "console")
+	return fmt.Sprintf("Test push %s queued for %s (%q; kept for an hour).", replies[0].ID, id, payload), nil
+}
+
+func (ui *consoleUI) deviceWake(_ context.Context, id string) (string, error) {
+	res := ui.g.wake.Wake(id, "console") // on with the push server
 	switch {
 	case res.Limited:
-		ui.done(w, r, ss, back, "", errors.New("wake-ups of this device are over their rate limit; try again later"))
+		return "", errors.New("wake-ups of this device are over their rate limit; try again later")
 	case res.Unknown:
-		ui.done(w, r, ss, back, "", fmt.Errorf("%s has no known address to wake it at", id))
-	default:
-		ui.done(w, r, ss, back, fmt.Sprintf("Wake-up sent to %s (%d way(s)).", id, len(res.Attempts)), nil)
+		return "", fmt.Errorf("%s has no known address to wake it at", id)
 	}
+	return fmt.Sprintf("Wake-up sent to %s (%d way(s)).", id, len(res.Attempts)), nil
 }
 
-func (ui *consoleUI) deviceDisconnect(w http.ResponseWriter, r *http.Request, ss console.Session) {
-	id := r.PostFormValue("id")
-	back := "/ui/devices?q=" + url.QueryEscape(id)
-	if ui.g.push == nil || !ui.g.push.Disconnect(id) {
-		ui.done(w, r, ss, back, "", fmt.Errorf("%s is not connected to this node", id))
-		return
+func (ui *consoleUI) deviceDisconnect(_ context.Context, id string) (string, error) {
+	if !ui.g.push.Disconnect(id) {
+		return "", fmt.Errorf("%s is not connected to this node", id)
 	}
-	ui.done(w, r, ss, back, fmt.Sprintf("Disconnected %s; it reconnects after its backoff.", id), nil)
+	return fmt.Sprintf("Disconnected %s; it reconnects after its backoff.", id), nil
 }
 
-func (ui *consoleUI) deviceDelete(w http.ResponseWriter, r *http.Request, ss console.Session) {
-	id := r.PostFormValue("id")
-	if ui.g.push == nil {
-		ui.done(w, r, ss, "/ui/devices", "", errors.New("the push server is off"))
-		return
-	}
+func (ui *consoleUI) deviceDelete(_ context.Context, id string) (string, error) {
 	found, err := ui.g.push.RemoveDevice(id)
 	if err == nil && !found {
 		err = fmt.Errorf("device %q is unknown", id)
 	}
-	if err == nil {
-		ui.g.log.Info("device removed with its queue (console)", "device", id)
+	if err != nil {
+		return "", err
 	}
-	ui.done(w, r, ss, "/ui/devices", fmt.Sprintf("Removed %s and its queued pushes.", id), err)
+	ui.g.log.Info("device removed with its queue (console)", "device", id)
+	return fmt.Sprintf("Removed %s and its queued pushes.", id), nil
 }
 
 type uplinkRow struct {
