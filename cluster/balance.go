@@ -142,7 +142,7 @@ func (c *Cluster) pick(v loadView) (addr string, ok bool) {
 	c.mu.Lock()
 	c.redirects[target.Name] = append(c.redirects[target.Name], time.Now())
 	c.mu.Unlock()
-	c.m.IncrCounter([]string{"cluster", "redirects"}, 1)
+	c.m.redirects.Inc()
 	return target.Meta.Push, true
 }
 
@@ -219,7 +219,7 @@ func (c *Cluster) rebalance(over time.Time) time.Time {
 	}
 	if len(addrs) > 0 {
 		moved := c.cfg.Move(addrs)
-		c.m.IncrCounter([]string{"cluster", "rebalanced"}, float32(moved))
+		c.m.rebalanced.Add(float64(moved))
 		c.log.Debug("cluster: moving agents to less loaded nodes", "agents", moved, "excess", excess)
 	}
 	return over

@@ -24,8 +24,8 @@ import (
 	"sync"
 	"time"
 
-	metrics "github.com/hashicorp/go-metrics"
 	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Defaults of Config's zero fields, written here once; internal/config
@@ -89,8 +89,10 @@ type Config struct {
 	// wrap the Transport to cut the network).
 	Tune func(*memberlist.Config)
 
-	Metrics *metrics.Metrics // default metrics.Default()
-	Logger  *slog.Logger     // default slog.Default()
+	// Registerer takes the cluster's metrics (docs/METRICS.md). Default:
+	// a registry of its own, read by nobody.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger // default slog.Default()
 }
 
 // Replicated is state every node holds a copy of. Merging must be
@@ -118,7 +120,7 @@ type Member struct {
 type Cluster struct {
 	cfg Config
 	log *slog.Logger
-	m   *metrics.Metrics
+	m   *clusterMetrics
 	ml  *memberlist.Memberlist
 
 	mu      sync.Mutex
@@ -155,9 +157,11 @@ func New(cfg Config) (*Cluster, error) {
 	cfg.ProbeInterval = cmp.Or(cfg.ProbeInterval, DefaultProbeInterval)
 	cfg.RebalanceRate = cmp.Or(cfg.RebalanceRate, DefaultRebalanceRate)
 	cfg.RebalanceAfter = cmp.Or(cfg.RebalanceAfter, DefaultRebalanceAfter)
-	cfg.Metrics = cmp.Or(cfg.Metrics, metrics.Default())
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
-	c := &Cluster{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, members: map[string]Member{}, redirects: map[string][]time.Time{}, metaAt: map[string]time.Time{}, rtt: map[string]time.Duration{}, growth: map[string]float64{}, done: make(chan struct{})}
+	c := &Cluster{cfg: cfg, log: cfg.Logger, m: newClusterMetrics(cfg.Registerer), members: map[string]Member{}, redirects: map[string][]time.Time{}, metaAt: map[string]time.Time{}, rtt: map[string]time.Duration{}, growth: map[string]float64{}, done: make(chan struct{})}
 
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
@@ -283,8 +287,8 @@ func (c *Cluster) loop() {
 					c.log.Debug("cluster: metadata update", "err", err)
 				}
 			}
-			c.m.SetGauge([]string{"cluster", "members"}, float32(c.ml.NumMembers()))
-			c.m.SetGauge([]string{"cluster", "health_score"}, float32(c.ml.GetHealthScore()))
+			c.m.members.Set(float64(c.ml.NumMembers()))
+			c.m.health.Set(float64(c.ml.GetHealthScore()))
 			if c.cfg.Move != nil && c.cfg.Sessions != nil {
 				over = c.rebalance(over)
 			}
@@ -400,13 +404,14 @@ func (e events) NotifyLeave(n *memberlist.Node) {
 	delete(e.c.rtt, n.Name)
 	delete(e.c.growth, n.Name)
 	e.c.mu.Unlock()
+	e.c.m.pingRTT.DeleteLabelValues(n.Name)
 	if n.State == memberlist.StateLeft {
 		e.c.log.Info("cluster: node left", "node", n.Name, "addr", n.Address())
-		e.c.m.IncrCounter([]string{"cluster", "node_left"}, 1)
+		e.c.m.left.Inc()
 		return
 	}
 	e.c.log.Warn("cluster: node failed", "node", n.Name, "addr", n.Address(), "state", int(n.State))
-	e.c.m.IncrCounter([]string{"cluster", "node_failed"}, 1)
+	e.c.m.failed.Inc()
 }
 
 // pings records memberlist's probe round trips per node.
@@ -421,7 +426,7 @@ func (p pings) NotifyPingComplete(n *memberlist.Node, rtt time.Duration, _ []byt
 	}
 	p.c.rtt[n.Name] = rtt
 	p.c.mu.Unlock()
-	p.c.m.AddSampleWithLabels([]string{"cluster", "ping_rtt_ms"}, float32(rtt.Seconds()*1000), []metrics.Label{{Name: "node", Value: n.Name}})
+	p.c.m.pingRTT.WithLabelValues(n.Name).Observe(rtt.Seconds())
 }
 
 type delegate struct{ c *Cluster }
@@ -463,7 +468,7 @@ func (c *Cluster) Broadcast(msg []byte) { c.broadcast(kindMessage, msg) }
 
 func (c *Cluster) broadcast(kind byte, msg []byte) {
 	c.queue.QueueBroadcast(broadcast(append([]byte{kind}, msg...)))
-	c.m.IncrCounter([]string{"cluster", "broadcasts"}, 1)
+	c.m.broadcasts.Inc()
 }
 
 type broadcast []byte

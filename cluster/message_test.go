@@ -5,8 +5,8 @@ import (
 	"slices"
 	"testing"
 
-	metrics "github.com/hashicorp/go-metrics"
 	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dpgate/dpgate/internal/testutil"
 )
@@ -26,7 +26,7 @@ func (s *recordState) Merge(b []byte) error {
 func TestMessageKinds(t *testing.T) {
 	st := &recordState{}
 	var msgs [][]byte
-	c := &Cluster{cfg: Config{State: st, OnMessage: func(b []byte) { msgs = append(msgs, b) }}, log: testutil.Quiet(), m: metrics.Default(),
+	c := &Cluster{cfg: Config{State: st, OnMessage: func(b []byte) { msgs = append(msgs, b) }}, log: testutil.Quiet(), m: newClusterMetrics(prometheus.NewRegistry()),
 		queue: &memberlist.TransmitLimitedQueue{RetransmitMult: 1, NumNodes: func() int { return 2 }}}
 	d := delegate{c}
 

@@ -16,8 +16,6 @@ import (
 	"sync"
 	"time"
 
-	metrics "github.com/hashicorp/go-metrics"
-
 	"github.com/dpgate/dpgate/push/queue"
 	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
@@ -351,7 +349,7 @@ func (pn *peerNet) post(ctx context.Context, node, path string, body any, out an
 	req.Header.Set(nodeHeader, pn.r.self)
 	resp, err := pn.client.Do(req)
 	if err != nil {
-		pn.r.m.IncrCounterWithLabels([]string{"cluster", "peer", "errors"}, 1, []metrics.Label{{Name: "node", Value: node}})
+		pn.r.m.peerErrors.WithLabelValues(node).Inc()
 		return err
 	}
 	defer resp.Body.Close()
@@ -364,7 +362,7 @@ func (pn *peerNet) post(ctx context.Context, node, path string, body any, out an
 	}
 	if resp.StatusCode != http.StatusNoContent || out != nil {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		pn.r.m.IncrCounterWithLabels([]string{"cluster", "peer", "errors"}, 1, []metrics.Label{{Name: "node", Value: node}})
+		pn.r.m.peerErrors.WithLabelValues(node).Inc()
 		return fmt.Errorf("cluster: %s%s: %s: %s", node, path, resp.Status, bytes.TrimSpace(msg))
 	}
 	io.Copy(io.Discard, resp.Body)
@@ -436,7 +434,7 @@ func (ob *outbox) signal() {
 }
 
 func (ob *outbox) dropped(n int, reason string) {
-	ob.r.m.IncrCounterWithLabels([]string{"cluster", "outbox", "dropped"}, float32(n), []metrics.Label{{Name: "reason", Value: reason}})
+	ob.r.m.outboxDropped.WithLabelValues(reason).Add(float64(n))
 }
 
 func (ob *outbox) loop() {

@@ -15,7 +15,7 @@ import (
 	"sync"
 	"time"
 
-	metrics "github.com/hashicorp/go-metrics"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dpgate/dpgate/push/queue"
 	"github.com/dpgate/dpgate/push/wire"
@@ -72,8 +72,10 @@ type RouterConfig struct {
 	// (tlsconf.KeyExchange). Default: Go's, with the post-quantum hybrid.
 	KeyExchange []tls.CurveID
 
-	Metrics *metrics.Metrics // default metrics.Default()
-	Logger  *slog.Logger     // default slog.Default()
+	// Registerer takes the router's metrics (docs/METRICS.md). Default:
+	// a registry of its own, read by nobody.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger // default slog.Default()
 }
 
 // Router routes pushes between the nodes of a cluster.
@@ -82,7 +84,7 @@ type Router struct {
 	c     *Cluster
 	local Local
 	log   *slog.Logger
-	m     *metrics.Metrics
+	m     *routerMetrics
 	self  string
 	peer  *peerNet
 
@@ -113,10 +115,12 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 	cfg.Replicas = cmp.Or(cfg.Replicas, DefaultReplicas)
 	cfg.SweepInterval = cmp.Or(cfg.SweepInterval, DefaultSweepInterval)
 	cfg.RequestTimeout = cmp.Or(cfg.RequestTimeout, DefaultRequestTimeout)
-	cfg.Metrics = cmp.Or(cfg.Metrics, metrics.Default())
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	r := &Router{
-		cfg: cfg, c: cfg.Cluster, local: cfg.Local, log: cfg.Logger, m: cfg.Metrics,
+		cfg: cfg, c: cfg.Cluster, local: cfg.Local, log: cfg.Logger, m: newRouterMetrics(cfg.Registerer),
 		self:    cfg.Cluster.cfg.Name,
 		holders: map[string]holder{},
 		origins: map[[16]byte]string{},
@@ -217,7 +221,7 @@ func (r *Router) Wake(ctx context.Context, device string) (string, error) {
 	}
 	node, err := r.wakeElsewhere(ctx, device)
 	if err == nil {
-		r.m.IncrCounter([]string{"cluster", "wake", "routed"}, 1)
+		r.m.wakeRouted.Inc()
 	}
 	return node, err
 }
@@ -246,7 +250,7 @@ func (r *Router) wakeHere(ctx context.Context, device string, relay bool, from s
 		return r.self, nil
 	}
 	if h := r.Holder(device); relay && h != "" && h != r.self && h != from {
-		r.m.IncrCounter([]string{"cluster", "wake", "relayed"}, 1)
+		r.m.wakeRelayed.Inc()
 		return r.peer.wake(ctx, h, device, false)
 	}
 	return "", errNotHeld
@@ -347,11 +351,11 @@ func (r *Router) Push(ctx context.Context, devices []string, payload []byte, ttl
 		res := <-results
 		if res.err != nil {
 			r.log.Warn("cluster: push not stored on its owner; kept here", "node", res.node, "pushes", len(res.items), "err", res.err)
-			r.m.IncrCounterWithLabels([]string{"cluster", "route", "failed"}, float32(len(res.items)), []metrics.Label{{Name: "node", Value: res.node}})
+			r.m.routeFailed.WithLabelValues(res.node).Add(float64(len(res.items)))
 			fallback = append(fallback, res.items...)
 			continue
 		}
-		r.m.IncrCounter([]string{"cluster", "route", "stored_remote"}, float32(len(res.items)))
+		r.m.storedRemote.Add(float64(len(res.items)))
 		for _, it := range res.items {
 			copies[it.ID]++
 		}
@@ -416,7 +420,7 @@ func (r *Router) forward(from string, added []queue.Item) {
 	r.mu.Unlock()
 	for h, ws := range fwd {
 		r.outbox(h).addItems(ws)
-		r.m.IncrCounter([]string{"cluster", "route", "forwarded"}, float32(len(ws)))
+		r.m.forwarded.Add(float64(len(ws)))
 	}
 }
 
@@ -439,7 +443,7 @@ func (r *Router) applyOps(from string, ops []op) {
 			if current {
 				r.sendPending(o.Device, from)
 			} else {
-				r.m.IncrCounter([]string{"cluster", "route", "stale_registrations"}, 1)
+				r.m.staleRegs.Inc()
 			}
 		case "unreg":
 			r.mu.Lock()
@@ -473,7 +477,7 @@ func (r *Router) sendPending(device, holder string) {
 	}
 	r.mu.Unlock()
 	r.outbox(holder).addItems(ws)
-	r.m.IncrCounter([]string{"cluster", "route", "forwarded"}, float32(len(ws)))
+	r.m.forwarded.Add(float64(len(ws)))
 }
 
 // Nodes lists the push servers for WELCOME, this node first (part of
@@ -630,7 +634,7 @@ func (r *Router) repair() {
 		r.sendPending(dh[0], dh[1])
 	}
 	r.registerAll()
-	r.m.IncrCounter([]string{"cluster", "route", "repaired"}, float32(len(resend)))
+	r.m.repaired.Add(float64(len(resend)))
 	r.rebalanceFor(r.nodes(), nil, false)
 }
 
@@ -726,7 +730,7 @@ func (r *Router) rebalance(ctx context.Context, nodes, prev []Member, afterChang
 				failed[node] = true
 				break
 			}
-			r.m.IncrCounter([]string{"cluster", "route", "rebalanced"}, float32(len(chunk)))
+			r.m.rebalanced.Add(float64(len(chunk)))
 		}
 	}
 	for d, ids := range drop {
@@ -737,7 +741,7 @@ func (r *Router) rebalance(ctx context.Context, nodes, prev []Member, afterChang
 			r.log.Error("cluster: dropping handed-over pushes", "device", d, "err", err)
 			continue
 		}
-		r.m.IncrCounter([]string{"cluster", "route", "handed_over"}, float32(len(ids)))
+		r.m.handedOver.Add(float64(len(ids)))
 	}
 	return len(failed) == 0
 }

@@ -10,7 +10,7 @@ import (
 	"net"
 	"time"
 
-	metrics "github.com/hashicorp/go-metrics"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -76,8 +76,10 @@ type Config struct {
 	// failure up to 1 minute. Default: 2s.
 	EjectBackoff time.Duration
 
-	Metrics *metrics.Metrics // default metrics.Default()
-	Logger  *slog.Logger     // default slog.Default()
+	// Registerer takes the proxy's metrics (docs/METRICS.md). Default: a
+	// registry of its own, read by nobody.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger // default slog.Default()
 }
 
 // UpstreamConfig is one central server.
@@ -103,7 +105,9 @@ func (c *Config) withDefaults() {
 	c.HealthInterval = cmp.Or(c.HealthInterval, DefaultHealthInterval)
 	c.EjectAfter = cmp.Or(c.EjectAfter, DefaultEjectAfter)
 	c.EjectBackoff = cmp.Or(c.EjectBackoff, DefaultEjectBackoff)
-	c.Metrics = cmp.Or(c.Metrics, metrics.Default())
+	if c.Registerer == nil {
+		c.Registerer = prometheus.NewRegistry()
+	}
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 }
 

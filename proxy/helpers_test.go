@@ -11,38 +11,13 @@ import (
 	"testing"
 	"time"
 
-	metrics "github.com/hashicorp/go-metrics"
-
 	"github.com/dpgate/dpgate/internal/store"
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/tlsconf"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 var quietLogger = testutil.Quiet
-
-// testMetrics returns a go-metrics instance writing to a private sink.
-func testMetrics(t testing.TB) (*metrics.Metrics, *metrics.InmemSink) {
-	sink := metrics.NewInmemSink(time.Hour, time.Hour)
-	cfg := metrics.DefaultConfig("dpgate")
-	cfg.EnableHostname, cfg.EnableRuntimeMetrics = false, false
-	m, _ := metrics.New(cfg, sink)
-	return m, sink
-}
-
-// counter reads a counter's total from an inmem sink.
-func counter(sink *metrics.InmemSink, name string) float64 {
-	total := 0.0
-	for _, iv := range sink.Data() {
-		iv.RLock()
-		for k, v := range iv.Counters {
-			if k == name || len(k) > len(name) && k[:len(name)+1] == name+";" {
-				total += v.Sum
-			}
-		}
-		iv.RUnlock()
-	}
-	return total
-}
 
 // identity writes a fresh certificate into dir and loads it.
 func identity(t testing.TB, dir, cn string) *tlsconf.Identity {
@@ -140,7 +115,7 @@ type testProxy struct {
 	*Proxy
 	addr string
 	id   *tlsconf.Identity
-	sink *metrics.InmemSink
+	reg  *prometheus.Registry
 }
 
 func newTestProxy(t testing.TB, cfg Config) *testProxy {
@@ -148,8 +123,8 @@ func newTestProxy(t testing.TB, cfg Config) *testProxy {
 	if cfg.Identity == nil {
 		cfg.Identity = identity(t, t.TempDir(), "gateway")
 	}
-	m, sink := testMetrics(t)
-	cfg.Metrics = m
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
 	if cfg.Logger == nil {
 		cfg.Logger = quietLogger()
 	}
@@ -172,7 +147,7 @@ func newTestProxy(t testing.TB, cfg Config) *testProxy {
 			t.Errorf("Serve returned %v, want nil after Close", err)
 		}
 	})
-	return &testProxy{Proxy: p, addr: ln.Addr().String(), id: cfg.Identity, sink: sink}
+	return &testProxy{Proxy: p, addr: ln.Addr().String(), id: cfg.Identity, reg: reg}
 }
 
 // agentConfig is what an agent uses: the gateway's pin, optionally a

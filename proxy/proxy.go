@@ -22,12 +22,12 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	metrics "github.com/hashicorp/go-metrics"
 	"golang.org/x/time/rate"
 
 	"github.com/dpgate/dpgate/internal/ratelimit"
@@ -41,7 +41,7 @@ var ErrNoUpstream = errors.New("proxy: no upstream reachable")
 type Proxy struct {
 	cfg Config
 	log *slog.Logger
-	m   *metrics.Metrics
+	m   *metrics
 	// ups are the upstreams in configuration order; SetUpstreams
 	// replaces the list (relays in flight keep theirs).
 	ups atomic.Pointer[[]*upstream]
@@ -57,8 +57,8 @@ type Proxy struct {
 	shaper     *rate.Limiter
 
 	conns     atomic.Int64 // agent connections held, handshakes included
-	bytesIn   atomic.Int64 // agent->upstream, finished relays and live ones flushed
-	bytesOut  atomic.Int64
+	bytesIn   atomic.Int64 // agent->upstream, counted as relays write
+	bytesOut  atomic.Int64 // upstream->agent
 	refused   atomic.Uint64
 	relaysWG  sync.WaitGroup // one per agent connection
 	loopsWG   sync.WaitGroup // accept loops and the health loop
@@ -80,13 +80,13 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{
 		cfg:       cfg,
 		log:       cfg.Logger,
-		m:         cfg.Metrics,
 		dialer:    net.Dialer{KeepAlive: 30 * time.Second},
 		shaper:    ingressShaper(cfg.MaxIngressRate),
 		done:      make(chan struct{}),
 		listeners: map[net.Listener]struct{}{},
 		live:      map[net.Conn]struct{}{},
 	}
+	p.m = newMetrics(cfg.Registerer, p)
 	p.SetLimits(cfg.MaxConnections, cfg.SourceRate)
 	if err := p.SetUpstreams(cfg.Upstreams); err != nil {
 		return nil, err
@@ -125,7 +125,7 @@ func (p *Proxy) Serve(ln net.Listener) error {
 				// instead of spinning, and keep serving the relays we have.
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				p.log.Warn("proxy: accept failed; backing off", "err", err, "backoff", backoff)
-				p.m.IncrCounter([]string{"proxy", "accept", "errors"}, 1)
+				p.m.acceptErrors.Inc()
 				time.Sleep(backoff)
 				continue
 			}
@@ -166,7 +166,7 @@ func (p *Proxy) admit(c net.Conn) bool {
 	p.mu.Unlock()
 	if reason != "" {
 		p.refused.Add(1)
-		p.m.IncrCounterWithLabels([]string{"proxy", "refused"}, 1, []metrics.Label{{Name: "reason", Value: reason}})
+		p.m.refused.WithLabelValues(reason).Inc()
 		c.Close()
 		return false
 	}
@@ -194,12 +194,12 @@ func (p *Proxy) handle(raw net.Conn) {
 		p.finish(raw)
 		return
 	}
-	p.m.IncrCounter([]string{"proxy", "handshakes", "ok"}, 1)
+	p.m.handshakes.Inc()
 
 	up, u, err := p.connectUpstream(raw.RemoteAddr(), raw.LocalAddr())
 	if err != nil {
 		p.log.Warn("proxy: no upstream for agent", "agent", raw.RemoteAddr().String(), "err", err)
-		p.m.IncrCounter([]string{"proxy", "no_upstream"}, 1)
+		p.m.noUpstream.Inc()
 		p.finish(raw)
 		return
 	}
@@ -222,13 +222,9 @@ func (p *Proxy) relay(raw net.Conn, agent, up *tls.Conn, u *upstream) {
 	// writing one to an upstream that is not reading.
 	defer up.NetConn().Close()
 
-	r := &relay{idle: p.cfg.IdleTimeout, shaper: p.shaper}
+	r := &relay{idle: p.cfg.IdleTimeout, shaper: p.shaper, in: &p.bytesIn, out: &p.bytesOut}
 	err := r.run(agent, up)
 	u.observeTCP(up.NetConn())
-	p.bytesIn.Add(r.in.Load())
-	p.bytesOut.Add(r.out.Load())
-	p.m.IncrCounter([]string{"proxy", "bytes", "in"}, float32(r.in.Load()))
-	p.m.IncrCounter([]string{"proxy", "bytes", "out"}, float32(r.out.Load()))
 	end := "closed"
 	switch {
 	case errors.Is(err, errIdle):
@@ -236,7 +232,7 @@ func (p *Proxy) relay(raw net.Conn, agent, up *tls.Conn, u *upstream) {
 	case err != nil:
 		end = "error"
 	}
-	p.m.IncrCounterWithLabels([]string{"proxy", "relays", "ended"}, 1, []metrics.Label{{Name: "how", Value: end}})
+	p.m.relaysEnded.WithLabelValues(end).Inc()
 	if end == "error" {
 		p.log.Debug("proxy: relay ended", "agent", raw.RemoteAddr().String(), "upstream", u.addr, "err", err)
 	}
@@ -249,7 +245,7 @@ func (p *Proxy) handshakeFailed(remote net.Addr, err error) {
 	var refused *tlsconf.RefusedError
 	switch {
 	case errors.As(err, &refused):
-		reason = "cert_" + refused.Reason
+		reason = refused.Label()
 		p.log.Warn("proxy: agent certificate refused", "agent", remote.String(),
 			"fingerprint", refused.Fingerprint, "subject", refused.Subject, "reason", refused.Reason)
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded):
@@ -257,7 +253,7 @@ func (p *Proxy) handshakeFailed(remote net.Addr, err error) {
 	default:
 		p.log.Debug("proxy: agent handshake failed", "agent", remote.String(), "err", err)
 	}
-	p.m.IncrCounterWithLabels([]string{"proxy", "handshakes", "failed"}, 1, []metrics.Label{{Name: "reason", Value: reason}})
+	p.m.handshakeFail.WithLabelValues(reason).Inc()
 }
 
 // connectUpstream tries the upstreams in balance order until one
@@ -275,16 +271,14 @@ func (p *Proxy) connectUpstream(src, dst net.Addr) (*tls.Conn, *upstream, error)
 		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ConnectionTimeout)
 		c, err := u.dial(ctx, &p.dialer, src, dst)
 		cancel()
-		labels := []metrics.Label{{Name: "upstream", Value: u.addr}}
 		if err == nil {
-			p.m.MeasureSinceWithLabels([]string{"proxy", "upstream", "dial"}, start, labels)
+			u.dialSeconds.Observe(time.Since(start).Seconds())
 			if u.succeeded() {
 				p.log.Info("proxy: upstream back", "upstream", u.addr)
 			}
 			return c, u, nil
 		}
 		u.active.Add(-1)
-		p.m.IncrCounterWithLabels([]string{"proxy", "upstream", "dial_failed"}, 1, labels)
 		p.upstreamFailed(u, err)
 		errs = append(errs, fmt.Errorf("%s: %w", u.addr, err))
 	}
@@ -294,24 +288,19 @@ func (p *Proxy) connectUpstream(src, dst net.Addr) (*tls.Conn, *upstream, error)
 func (p *Proxy) upstreamFailed(u *upstream, err error) {
 	if until := u.failed(err, time.Now(), p.cfg.EjectAfter, p.cfg.EjectBackoff); !until.IsZero() {
 		p.log.Warn("proxy: upstream ejected", "upstream", u.addr, "until", until.Format(time.RFC3339), "err", err)
-		p.m.IncrCounterWithLabels([]string{"proxy", "upstream", "ejected"}, 1, []metrics.Label{{Name: "upstream", Value: u.addr}})
 	}
 }
 
-// healthLoop handshakes with every upstream each HealthInterval, and
-// publishes the gauges every second. It exits when done is closed.
+// healthLoop handshakes with every upstream each HealthInterval. It
+// exits when done is closed.
 func (p *Proxy) healthLoop() {
 	defer p.loopsWG.Done()
-	gauges := time.NewTicker(time.Second)
-	defer gauges.Stop()
 	check := time.NewTimer(0)
 	defer check.Stop()
 	for {
 		select {
 		case <-p.done:
 			return
-		case <-gauges.C:
-			p.publishGauges()
 		case <-check.C:
 			var wg sync.WaitGroup
 			for _, u := range p.upstreams() {
@@ -353,29 +342,13 @@ func (p *Proxy) checkUpstream(u *upstream) {
 	}
 }
 
-func (p *Proxy) publishGauges() {
-	now := time.Now()
-	p.m.SetGauge([]string{"proxy", "connections"}, float32(p.conns.Load()))
-	for _, u := range p.upstreams() {
-		s := u.status(now)
-		labels := []metrics.Label{{Name: "upstream", Value: u.addr}}
-		p.m.SetGaugeWithLabels([]string{"proxy", "upstream", "active"}, float32(s.ActiveRelays), labels)
-		healthy := float32(1)
-		if s.State != "healthy" {
-			healthy = 0
-		}
-		p.m.SetGaugeWithLabels([]string{"proxy", "upstream", "healthy"}, healthy, labels)
-		p.m.SetGaugeWithLabels([]string{"proxy", "upstream", "rtt_ms"}, float32(s.RTTMillis), labels)
-	}
-}
-
 // Status is the proxy's part of /v1/status.
 type Status struct {
 	Balance     string           `json:"balance"`
 	Connections int64            `json:"connections"`
 	Refused     uint64           `json:"refused"`
-	BytesIn     int64            `json:"bytes_in"`  // agents to upstreams, finished relays
-	BytesOut    int64            `json:"bytes_out"` // upstreams to agents, finished relays
+	BytesIn     int64            `json:"bytes_in"`  // agents to upstreams, counted as they flow
+	BytesOut    int64            `json:"bytes_out"` // upstreams to agents
 	Upstreams   []UpstreamStatus `json:"upstreams"`
 }
 
@@ -474,9 +447,15 @@ func (p *Proxy) SetUpstreams(cfgs []UpstreamConfig) error {
 		}
 		u := newUpstream(c)
 		u.tls.CurvePreferences = p.cfg.KeyExchange
+		u.dialSeconds = p.m.dial.WithLabelValues(u.addr)
 		next = append(next, u)
 	}
 	p.ups.Store(&next)
+	for _, u := range old {
+		if !slices.ContainsFunc(next, func(n *upstream) bool { return n.addr == u.addr }) {
+			p.m.dial.DeleteLabelValues(u.addr) // removed: its series goes
+		}
+	}
 	return nil
 }
 

@@ -20,6 +20,7 @@ import (
 
 	proxyproto "github.com/pires/go-proxyproto"
 
+	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -150,7 +151,7 @@ func TestAgentCertificates(t *testing.T) {
 		t.Errorf("deleted agent was relayed: %q", got)
 	}
 	waitFor(t, 5*time.Second, func() error {
-		if n := counter(p.sink, "dpgate.proxy.handshakes.failed"); n < 3 {
+		if n := testutil.Metric(t, p.reg, "dpgate_proxy_handshake_failures_total"); n < 3 {
 			return fmt.Errorf("%v failed handshakes counted, want 3", n)
 		}
 		return nil
@@ -403,7 +404,7 @@ func TestIdleTimeout(t *testing.T) {
 		t.Errorf("busy relay was cut: %v", err)
 	}
 	waitFor(t, 5*time.Second, func() error {
-		if n := counter(p.sink, "dpgate.proxy.relays.ended"); n < 1 {
+		if n := testutil.Metric(t, p.reg, "dpgate_proxy_relays_ended_total"); n < 1 {
 			return errors.New("no relay end counted")
 		}
 		return nil

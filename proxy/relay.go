@@ -40,8 +40,8 @@ type relay struct {
 	idle    time.Duration
 	last    atomic.Int64 // unix ns of the last byte either way
 	shaper  *rate.Limiter
-	in, out atomic.Int64 // bytes agent->upstream, upstream->agent
-	stopped atomic.Bool  // one direction failed: the other must not re-arm
+	in, out *atomic.Int64 // counts bytes written agent->upstream, upstream->agent
+	stopped atomic.Bool   // one direction failed: the other must not re-arm
 	small   [2][smallBuf]byte
 }
 
@@ -52,8 +52,8 @@ func (r *relay) run(agent, up halfCloser) error {
 	errc := make(chan error, 1)
 	// The upstream->agent half runs in its own goroutine, which exits when
 	// that direction ends; run waits for it below.
-	go func() { errc <- r.pipe(up, agent, &r.out, nil, r.small[1][:]) }()
-	err := r.pipe(agent, up, &r.in, r.shaper, r.small[0][:])
+	go func() { errc <- r.pipe(up, agent, r.out, nil, r.small[1][:]) }()
+	err := r.pipe(agent, up, r.in, r.shaper, r.small[0][:])
 	if err != nil {
 		r.stop(agent, up) // unblock the other direction
 		<-errc

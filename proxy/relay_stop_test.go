@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -34,7 +35,7 @@ func TestStopWinsOverReArm(t *testing.T) {
 	for i := range 500 {
 		agentPeer, agent := tcpPair(t, ln)
 		up, upPeer := tcpPair(t, ln)
-		r := &relay{idle: time.Hour}
+		r := &relay{idle: time.Hour, in: new(atomic.Int64), out: new(atomic.Int64)}
 		done := make(chan error, 1)
 		go func() { done <- r.run(agent, up) }()
 		agent.Close()

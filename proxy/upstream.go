@@ -13,6 +13,7 @@ import (
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -28,7 +29,11 @@ type upstream struct {
 	active atomic.Int64 // relays in progress, and dials reserved for one
 	relays atomic.Uint64
 	fails  atomic.Uint64
-	rtt    atomic.Int64 // smoothed TCP connect time, ns; 0 = not measured
+	// ejections counts the times it was ejected.
+	ejections atomic.Uint64
+	// dialSeconds observes the time of each successful dial.
+	dialSeconds prometheus.Observer
+	rtt         atomic.Int64 // smoothed TCP connect time, ns; 0 = not measured
 	// outOfLimits: the link measurement says this uplink is beyond the
 	// loss or delay limits; it is tried after those within them.
 	outOfLimits atomic.Bool
@@ -166,6 +171,7 @@ func (u *upstream) failed(err error, now time.Time, ejectAfter int, first time.D
 		u.backoff = min(2*u.backoff, time.Minute)
 	}
 	u.ejectedUntil = now.Add(u.backoff)
+	u.ejections.Add(1)
 	return u.ejectedUntil
 }
 

@@ -10,8 +10,6 @@ import (
 	"slices"
 	"time"
 
-	metrics "github.com/hashicorp/go-metrics"
-
 	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -98,9 +96,9 @@ func (s *Server) fromSource(addr net.Addr) bool {
 	if s.source.Load().Allow(addr, time.Now()) {
 		return true
 	}
-	s.m.IncrCounterWithLabels([]string{"push", "refused"}, 1, []metrics.Label{{Name: "reason", Value: "source_rate"}})
+	s.m.refused.WithLabelValues("source_rate").Inc()
 	s.sourceLog.Do(func() {
-		s.log.Warn("push: connections refused over push.source_rate (logged once a minute; counted in dpgate_push_refused{reason=\"source_rate\"})",
+		s.log.Warn("push: connections refused over push.source_rate (logged once a minute; counted in dpgate_push_refused_connections_total{reason=\"source_rate\"})",
 			"source", addr.String(), "limit_per_second", s.cfg.SourceRate)
 	})
 	return false
@@ -141,7 +139,7 @@ func (s *Server) refuseOverloaded(raw net.Conn) {
 		if _, _, err := wire.ReadFrame(tc, &hdr, nil, 2048); err != nil {
 			return
 		}
-		s.m.IncrCounterWithLabels([]string{"push", "errors"}, 1, []metrics.Label{{Name: "code", Value: fmt.Sprint(wire.CodeOverloaded)}})
+		s.m.errorSent(wire.CodeOverloaded)
 		tc.Write((&wire.ErrorFrame{Code: wire.CodeOverloaded, Reason: "connection limit reached; try another node"}).Marshal())
 	}()
 }
@@ -174,7 +172,7 @@ func (s *Server) SetTokenKeys(keys [][]byte) error {
 func (s *Server) admit() bool {
 	if s.conns.Add(1) > s.maxConns.Load() {
 		s.conns.Add(-1)
-		s.m.IncrCounterWithLabels([]string{"push", "refused"}, 1, []metrics.Label{{Name: "reason", Value: "max_connections"}})
+		s.m.refused.WithLabelValues("max_connections").Inc()
 		return false
 	}
 	return true
@@ -209,11 +207,11 @@ func (s *Server) authFailed(remote net.Addr, err error) {
 	reason := "tls"
 	var refused *tlsconf.RefusedError
 	if errors.As(err, &refused) {
-		reason = "cert_" + refused.Reason
+		reason = refused.Label()
 		s.log.Warn("push: agent certificate refused", "agent", remote.String(),
 			"fingerprint", refused.Fingerprint, "subject", refused.Subject, "reason", refused.Reason)
 	}
-	s.m.IncrCounterWithLabels([]string{"push", "auth_failed"}, 1, []metrics.Label{{Name: "reason", Value: reason}})
+	s.m.authFailed.WithLabelValues(reason).Inc()
 }
 
 // authenticate checks HELLO's device id against the certificate or token.

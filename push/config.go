@@ -8,7 +8,7 @@ import (
 	"log/slog"
 	"time"
 
-	metrics "github.com/hashicorp/go-metrics"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dpgate/dpgate/push/queue"
 	"github.com/dpgate/dpgate/push/wire"
@@ -131,8 +131,10 @@ type Config struct {
 	// other names is refused.
 	Protocols map[string]Protocol
 
-	Metrics *metrics.Metrics // default metrics.Default()
-	Logger  *slog.Logger     // default slog.Default()
+	// Registerer takes the server's metrics (docs/METRICS.md). Default:
+	// a registry of its own, read by nobody.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger // default slog.Default()
 }
 
 func (c *Config) withDefaults() {
@@ -148,7 +150,9 @@ func (c *Config) withDefaults() {
 	c.DrainSpread = cmp.Or(c.DrainSpread, DefaultDrainSpread)
 	c.ExpireInterval = cmp.Or(c.ExpireInterval, DefaultExpireInterval)
 	c.PathInterval = cmp.Or(c.PathInterval, DefaultPathInterval)
-	c.Metrics = cmp.Or(c.Metrics, metrics.Default())
+	if c.Registerer == nil {
+		c.Registerer = prometheus.NewRegistry()
+	}
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 }
 

@@ -29,11 +29,13 @@ func (s *Server) PushMany(devices []string, payload []byte, ttl time.Duration) (
 	if err := s.Check(devices, payload); err != nil {
 		return nil, err
 	}
+	start := time.Now()
+	defer func() { s.m.publish.Observe(time.Since(start).Seconds()) }()
 	msgs, err := s.queue.Enqueue(devices, payload, ttl)
 	if err != nil {
 		return nil, err
 	}
-	s.m.IncrCounter([]string{"push", "queued"}, float32(len(msgs)))
+	s.m.accepted.Add(float64(len(msgs)))
 	type kick struct {
 		ss *session
 		m  wire.Message
@@ -170,7 +172,7 @@ func (s *Server) Insert(items []queue.Item) ([]queue.Item, error) {
 			return added, err
 		}
 	}
-	s.m.IncrCounter([]string{"push", "copies_stored"}, float32(len(added)))
+	s.m.copiesStored.Add(float64(len(added)))
 	s.mu.Lock()
 	var kicks []*session
 	var msgs []wire.Message
@@ -232,6 +234,6 @@ func (s *Server) Move(addrs []string) int {
 		ss.send((&wire.Redirect{Reason: 2, Address: addrs[i]}).Marshal())
 		time.AfterFunc(10*time.Second, ss.close)
 	}
-	s.m.IncrCounter([]string{"push", "moved"}, float32(len(list)))
+	s.m.moved.Add(float64(len(list)))
 	return len(list)
 }

@@ -47,7 +47,7 @@ func TestAgentErrorFrame(t *testing.T) {
 	r.hello(t, "dev-e")
 	r.Write((&wire.ErrorFrame{Code: wire.CodeProtocol, Reason: "agent gives up"}).Marshal())
 	r.expectClose(t)
-	if n := ts.labeledCounter("dpgate.push.agent_errors", "code", "1"); n != 1 {
+	if n := ts.metric(t, "dpgate_push_error_frames_received_total", "code=1"); n != 1 {
 		t.Errorf("dpgate_push_agent_errors{code=1} = %v, want 1", n)
 	}
 	// A malformed one is a protocol error like any other.

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	metrics "github.com/hashicorp/go-metrics"
-
 	"github.com/dpgate/dpgate/internal/store"
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push"
@@ -21,6 +19,7 @@ import (
 	"github.com/dpgate/dpgate/push/queue"
 	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // testServer is a push server on TLS and QUIC listeners on 127.0.0.1.
@@ -32,7 +31,7 @@ type testServer struct {
 	queue          *queue.Queue
 	ca             tls.Certificate
 	tokenKey       []byte
-	sink           *metrics.InmemSink
+	metrics        *prometheus.Registry
 }
 
 func newTestServer(t testing.TB, tweak func(*push.Config)) *testServer {
@@ -54,15 +53,12 @@ func newTestServer(t testing.TB, tweak func(*push.Config)) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sink := metrics.NewInmemSink(time.Hour, time.Hour)
-	mcfg := metrics.DefaultConfig("dpgate")
-	mcfg.EnableHostname, mcfg.EnableRuntimeMetrics = false, false
-	m, _ := metrics.New(mcfg, sink)
-	ts := &testServer{id: id, allow: allow, queue: queue.NewQueue(db), tokenKey: []byte("0123456789abcdef0123456789abcdef"), sink: sink}
+	metrics := prometheus.NewRegistry()
+	ts := &testServer{id: id, allow: allow, queue: queue.NewQueue(db), tokenKey: []byte("0123456789abcdef0123456789abcdef"), metrics: metrics}
 	ts.ca, _ = tlsconf.Issue(tlsconf.Template{CommonName: "agent CA", CA: true}, nil)
 	cfg := push.Config{
 		Identity: id, AllowList: allow, Queue: ts.queue, Registry: reg, TokenKeys: [][]byte{ts.tokenKey},
-		Keepalive: 2 * time.Second, Metrics: m,
+		Keepalive: 2 * time.Second, Registerer: metrics,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 	if tweak != nil {
@@ -244,47 +240,8 @@ func payloads(n int, prefix string) []string {
 // waitFor is testutil.WaitFor under the short name these tests use.
 var waitFor = testutil.WaitFor
 
-// gauge is the latest value of a gauge with one label, if it was set.
-func (ts *testServer) gauge(name, label, value string) (float32, bool) {
-	for _, iv := range ts.sink.Data() {
-		iv.RLock()
-		for _, g := range iv.Gauges {
-			if g.Name == name && len(g.Labels) == 1 && g.Labels[0].Name == label && g.Labels[0].Value == value {
-				iv.RUnlock()
-				return g.Value, true
-			}
-		}
-		iv.RUnlock()
-	}
-	return 0, false
-}
-
-// counter sums a counter without labels over the sink's intervals.
-func (ts *testServer) counter(name string) float64 {
-	var sum float64
-	for _, iv := range ts.sink.Data() {
-		iv.RLock()
-		for _, c := range iv.Counters {
-			if c.Name == name && len(c.Labels) == 0 {
-				sum += c.Sum
-			}
-		}
-		iv.RUnlock()
-	}
-	return sum
-}
-
-// labeledCounter sums a counter with one label over the sink's intervals.
-func (ts *testServer) labeledCounter(name, label, value string) float64 {
-	var sum float64
-	for _, iv := range ts.sink.Data() {
-		iv.RLock()
-		for _, c := range iv.Counters {
-			if c.Name == name && len(c.Labels) == 1 && c.Labels[0].Name == label && c.Labels[0].Value == value {
-				sum += c.Sum
-			}
-		}
-		iv.RUnlock()
-	}
-	return sum
+// metric reads a series of the server's metrics (testutil.Metric).
+func (ts *testServer) metric(t testing.TB, name string, match ...string) float64 {
+	t.Helper()
+	return testutil.Metric(t, ts.metrics, name, match...)
 }

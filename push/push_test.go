@@ -491,8 +491,11 @@ func TestPathStats(t *testing.T) {
 		}
 		t.Logf("%s: %+v", transport, *d.Path)
 		testutil.WaitFor(t, 10*time.Second, func() error {
-			if n, ok := ts.gauge("dpgate.push.path.sampled", "transport", transport); !ok || n != 1 {
-				return fmt.Errorf("%s sessions sampled: %v (set: %v), want 1", transport, n, ok)
+			if n := ts.metric(t, "dpgate_push_path_sampled_sessions", "transport="+transport); n != 1 {
+				return fmt.Errorf("%s sessions sampled: %v, want 1", transport, n)
+			}
+			if n := ts.metric(t, "dpgate_push_path_rtt_seconds", "transport="+transport); n < 1 {
+				return fmt.Errorf("%s path RTT observations: %v, want at least 1", transport, n)
 			}
 			return nil
 		})
@@ -538,19 +541,54 @@ func TestLateCopyOfAnAcknowledgedPush(t *testing.T) {
 	}
 }
 
-// TestSentAndDeliveredCounted: pushes written and acknowledged reach the
-// metrics (counted in the session, flushed once a second).
-func TestSentAndDeliveredCounted(t *testing.T) {
+// TestPushMetrics: pushes accepted, written and acknowledged reach the
+// metrics with their durations; the sessions gauge follows connects,
+// replacements and disconnects; the queue depth is the store's.
+func TestPushMetrics(t *testing.T) {
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+	if n := ts.metric(t, "dpgate_push_sessions"); n != 0 {
+		t.Fatalf("sessions at start: %v", n)
+	}
 	a := startAgent(t, client.Config{Servers: []string{ts.addr}, DeviceID: "counted", TLS: ts.tlsFor(nil)})
 	a.waitEvent(t, "connected")
 	for i := range 5 {
 		ts.Push("counted", []byte(fmt.Sprint(i)), time.Hour)
 		a.next(t)
 	}
+	ts.Push("offline", []byte("x"), time.Hour)
 	testutil.WaitFor(t, 10*time.Second, func() error {
-		if s, d := ts.counter("dpgate.push.sent"), ts.counter("dpgate.push.delivered"); s != 5 || d != 5 {
+		if s, d := ts.metric(t, "dpgate_push_sent_total"), ts.metric(t, "dpgate_push_delivered_total"); s != 5 || d != 5 {
 			return fmt.Errorf("counted %v sent, %v delivered; want 5 and 5", s, d)
+		}
+		if n := ts.metric(t, "dpgate_push_ack_duration_seconds"); n < 1 {
+			return fmt.Errorf("%v ACKs timed, want at least 1", n)
+		}
+		return nil
+	})
+	for name, want := range map[string]float64{
+		"dpgate_push_accepted_total":           6,
+		"dpgate_push_publish_duration_seconds": 6,
+		"dpgate_push_queued_messages":          1,
+		"dpgate_push_queued_devices":           1,
+		"dpgate_push_sessions":                 1,
+		"dpgate_push_sessions_started_total":   1,
+	} {
+		if n := ts.metric(t, name); n != want {
+			t.Errorf("%s = %v, want %v", name, n, want)
+		}
+	}
+	// The same device again replaces the session: still one.
+	b := dialRaw(t, ts, nil)
+	b.hello(t, "counted")
+	if n := ts.metric(t, "dpgate_push_sessions", "transport=tls"); n != 1 {
+		t.Errorf("sessions after a replacement: %v, want 1", n)
+	}
+	a.cancel()
+	<-a.done
+	b.Close()
+	testutil.WaitFor(t, 10*time.Second, func() error {
+		if n := ts.metric(t, "dpgate_push_sessions"); n != 0 {
+			return fmt.Errorf("sessions after both left: %v, want 0", n)
 		}
 		return nil
 	})
@@ -600,7 +638,7 @@ func TestSourceRateKeepsAgentsPrompt(t *testing.T) {
 	flooding := ctx.Err() == nil
 	stop()
 	flood.Wait()
-	refused := ts.labeledCounter("dpgate.push.refused", "reason", "source_rate")
+	refused := ts.metric(t, "dpgate_push_refused_connections_total", "reason=source_rate")
 	t.Logf("agent connected in %v during a flood of %d connections from 2 sources, %.0f refused over the source rate", took.Round(time.Millisecond), dialed.Load(), refused)
 	if !flooding {
 		t.Error("the flood had ended before the agent connected")

@@ -26,7 +26,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	metrics "github.com/hashicorp/go-metrics"
 	"github.com/quic-go/quic-go"
 	"golang.org/x/time/rate"
 
@@ -41,7 +40,7 @@ import (
 type Server struct {
 	cfg   Config
 	log   *slog.Logger
-	m     *metrics.Metrics
+	m     *metrics
 	queue *queue.Queue
 	reg   *queue.Registry
 	// cluster is alone{} until SetCluster, which comes before Serve.
@@ -59,9 +58,7 @@ type Server struct {
 	conns       atomic.Int64 // connections held, handshakes included
 	unvalidated atomic.Int64 // QUIC handshakes from unvalidated addresses in progress
 	tokenKeys   atomic.Pointer[[][]byte]
-	// Pushes written and acknowledged since the last flush to the metrics
-	// (once a second): go-metrics takes locks in every sink per call, too
-	// dear twice per push when a broadcast writes 19,000.
+	// Pushes written and acknowledged since start.
 	sent, delivered atomic.Uint64
 	wg              sync.WaitGroup
 	done            chan struct{}
@@ -99,7 +96,6 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:       cfg,
 		log:       cfg.Logger,
-		m:         cfg.Metrics,
 		queue:     cfg.Queue,
 		reg:       cfg.Registry,
 		tls:       tlsconf.ServerConfig(cfg.Identity, allow, wire.ALPN),
@@ -114,6 +110,7 @@ func New(cfg Config) (*Server, error) {
 		idWaiters: map[[16]byte][]chan struct{}{},
 		cluster:   alone{},
 	}
+	s.m = newMetrics(cfg.Registerer, s)
 	s.SetLimits(cfg.MaxConnections, cfg.SourceRate)
 	keys := slices.Clone(cfg.TokenKeys)
 	s.tokenKeys.Store(&keys)
@@ -130,9 +127,8 @@ func New(cfg Config) (*Server, error) {
 			return nil, nil // an agent
 		}
 	}
-	s.wg.Add(2)
+	s.wg.Add(1)
 	go s.every(cfg.ExpireInterval, s.expire) // exits when done is closed
-	go s.every(time.Second, s.flushCounters)
 	if cfg.PathInterval > 0 {
 		s.wg.Add(1)
 		go s.every(cfg.PathInterval, s.samplePaths)
@@ -171,17 +167,6 @@ func (s *Server) every(d time.Duration, fn func()) {
 	}
 }
 
-// flushCounters adds the pushes written and acknowledged since the last
-// call to the metrics.
-func (s *Server) flushCounters() {
-	if n := s.sent.Swap(0); n > 0 {
-		s.m.IncrCounter([]string{"push", "sent"}, float32(n))
-	}
-	if n := s.delivered.Swap(0); n > 0 {
-		s.m.IncrCounter([]string{"push", "delivered"}, float32(n))
-	}
-}
-
 // expire drops the pushes past their TTL.
 func (s *Server) expire() {
 	counts, err := s.queue.Expire()
@@ -191,13 +176,13 @@ func (s *Server) expire() {
 	}
 	for dev, n := range counts {
 		s.log.Warn("push: pushes expired undelivered", "device", dev, "count", n)
-		s.m.IncrCounter([]string{"push", "expired"}, float32(n))
 	}
 }
 
 // samplePaths samples every session's path: the smoothed RTT of each into
-// push.path.rtt_ms and, per transport, lost over sent packets (segments
-// retransmitted over sent for TCP) into push.path.loss_ratio.
+// dpgate_push_path_rtt_seconds and, per transport, lost over sent
+// packets (segments retransmitted over sent for TCP) into
+// dpgate_push_path_loss_ratio.
 func (s *Server) samplePaths() {
 	s.mu.Lock()
 	sessions := make([]*session, 0, len(s.sessions))
@@ -212,8 +197,7 @@ func (s *Server) samplePaths() {
 		if !ok {
 			continue
 		}
-		l := []metrics.Label{{Name: "transport", Value: ss.transport}}
-		s.m.AddSampleWithLabels([]string{"push", "path", "rtt_ms"}, float32(p.RTT.Microseconds())/1000, l)
+		s.m.pathRTT.WithLabelValues(ss.transport).Observe(p.RTT.Seconds())
 		t := by[ss.transport]
 		if t == nil {
 			t = &sums{}
@@ -222,11 +206,10 @@ func (s *Server) samplePaths() {
 		t.sent, t.lost, t.n = t.sent+p.Sent, t.lost+p.Lost, t.n+1
 	}
 	for transport, t := range by {
-		l := []metrics.Label{{Name: "transport", Value: transport}}
 		if t.sent > 0 {
-			s.m.SetGaugeWithLabels([]string{"push", "path", "loss_ratio"}, float32(float64(t.lost)/float64(t.sent)), l)
+			s.m.pathLoss.WithLabelValues(transport).Set(float64(t.lost) / float64(t.sent))
 		}
-		s.m.SetGaugeWithLabels([]string{"push", "path", "sampled"}, float32(t.n), l)
+		s.m.pathSampled.WithLabelValues(transport).Set(float64(t.n))
 	}
 }
 
@@ -269,7 +252,6 @@ func (s *Server) ShutdownAfter(ctx context.Context, after, spread time.Duration)
 	}
 	idle := make(chan struct{})
 	go func() { s.wg.Wait(); close(idle) }() // ends once every session is gone
-	defer s.flushCounters()
 	defer s.closeTransports()
 	select {
 	case <-idle:
@@ -312,7 +294,6 @@ func (s *Server) Close() error {
 	s.closeConns()
 	s.wg.Wait()
 	s.closeTransports()
-	s.flushCounters()
 	return nil
 }
 

@@ -8,11 +8,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	metrics "github.com/hashicorp/go-metrics"
 
 	"github.com/dpgate/dpgate/link"
 	"github.com/dpgate/dpgate/push/wire"
@@ -43,15 +42,18 @@ type session struct {
 
 	wmu      sync.Mutex // serializes frame writes
 	sentUpTo atomic.Uint64
-	dirty    atomic.Bool
-	needRead atomic.Bool // the store may hold pushes the hints do not cover
-	flushing atomic.Bool
-	lastSeen atomic.Int64 // unix ns
-	closed   atomic.Bool
-	hintMu   sync.Mutex
-	hints    []wire.Message // just-committed pushes, so the flusher can skip a store read
-	hdr      [wire.HeaderSize]byte
-	small    [32]byte // ACK, PING, PONG and BYE bodies fit
+	// lastSent and lastSentAt (unix ns) are the last push written and
+	// when: its ACK is timed (dpgate_push_ack_duration_seconds).
+	lastSent, lastSentAt atomic.Uint64
+	dirty                atomic.Bool
+	needRead             atomic.Bool // the store may hold pushes the hints do not cover
+	flushing             atomic.Bool
+	lastSeen             atomic.Int64 // unix ns
+	closed               atomic.Bool
+	hintMu               sync.Mutex
+	hints                []wire.Message // just-committed pushes, so the flusher can skip a store read
+	hdr                  [wire.HeaderSize]byte
+	small                [32]byte // ACK, PING, PONG and BYE bodies fit
 }
 
 // path reads what the transport knows about the agent's path.
@@ -163,6 +165,8 @@ func (s *session) flush() {
 					return
 				}
 				s.sentUpTo.Store(m.Seq)
+				s.lastSentAt.Store(uint64(time.Now().UnixNano()))
+				s.lastSent.Store(m.Seq)
 				s.srv.sent.Add(1)
 			}
 		}
@@ -197,6 +201,9 @@ func (s *session) readLoop() error {
 			if err != nil {
 				return s.fail(wire.CodeProtocol, err.Error())
 			}
+			if seq == s.lastSent.Load() {
+				s.srv.m.ack.Observe(time.Since(time.Unix(0, int64(s.lastSentAt.Load()))).Seconds())
+			}
 			s.srv.acked(s.device, seq)
 		case wire.TypePing:
 			v, err := wire.ParseU64(body)
@@ -217,7 +224,7 @@ func (s *session) readLoop() error {
 			if err != nil {
 				return s.fail(wire.CodeProtocol, err.Error())
 			}
-			s.srv.m.IncrCounterWithLabels([]string{"push", "agent_errors"}, 1, []metrics.Label{{Name: "code", Value: fmt.Sprint(e.Code)}})
+			s.srv.m.errorsRecv.WithLabelValues(strconv.Itoa(int(e.Code))).Inc()
 			s.srv.log.Info("push: agent closed the session with an error", "device", s.device, "code", e.Code, "reason", e.Reason)
 			return nil
 		default:
@@ -229,7 +236,7 @@ func (s *session) readLoop() error {
 // fail sends ERROR with a reason and returns an error for the log; the
 // caller closes the connection.
 func (s *session) fail(code uint16, reason string) error {
-	s.srv.m.IncrCounterWithLabels([]string{"push", "errors"}, 1, []metrics.Label{{Name: "code", Value: fmt.Sprint(code)}})
+	s.srv.m.errorSent(code)
 	s.send((&wire.ErrorFrame{Code: code, Reason: reason}).Marshal())
 	return fmt.Errorf("push: %s: %s", s.device, reason)
 }
@@ -252,7 +259,7 @@ func (s *Server) startSession(c conn, transport string, remote, local net.Addr, 
 	c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	typ, body, err := wire.ReadFrame(c, &hdr, nil, 2048)
 	abort := func(code uint16, reason string) {
-		s.m.IncrCounterWithLabels([]string{"push", "errors"}, 1, []metrics.Label{{Name: "code", Value: fmt.Sprint(code)}})
+		s.m.errorSent(code)
 		c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		c.Write((&wire.ErrorFrame{Code: code, Reason: reason}).Marshal())
 		c.Close()
@@ -280,7 +287,7 @@ func (s *Server) startSession(c conn, transport string, remote, local net.Addr, 
 		return
 	}
 	if err := s.authenticate(&h, peer); err != nil {
-		s.m.IncrCounterWithLabels([]string{"push", "auth_failed"}, 1, []metrics.Label{{Name: "reason", Value: "hello"}})
+		s.m.authFailed.WithLabelValues("hello").Inc()
 		abort(wire.CodeAuth, err.Error())
 		return
 	}
@@ -289,7 +296,7 @@ func (s *Server) startSession(c conn, transport string, remote, local net.Addr, 
 		c.Write((&wire.Redirect{Reason: 2, Address: addr}).Marshal())
 		c.Close()
 		s.conns.Add(-1)
-		s.m.IncrCounter([]string{"push", "redirected"}, 1)
+		s.m.redirects.Inc()
 		return
 	}
 	ss := &session{srv: s, c: c, device: h.DeviceID, caps: h.Caps, transport: transport, remote: remote, since: time.Now(), id: newSessionID()}
@@ -313,6 +320,10 @@ func (s *Server) startSession(c conn, transport string, remote, local net.Addr, 
 	}
 	old := s.sessions[ss.device]
 	s.sessions[ss.device] = ss
+	s.m.sessionsByTpt[ss.transport].Inc()
+	if old != nil {
+		s.m.sessionsByTpt[old.transport].Dec()
+	}
 	s.raw[c] = struct{}{}
 	s.mu.Unlock()
 	c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
@@ -332,7 +343,7 @@ func (s *Server) startSession(c conn, transport string, remote, local net.Addr, 
 		s.log.Error("push: device registry", "device", ss.device, "err", err)
 	}
 	s.cluster.SessionChanged(ss.device, true, ss.since)
-	s.m.IncrCounterWithLabels([]string{"push", "sessions", "started"}, 1, []metrics.Label{{Name: "transport", Value: ss.transport}})
+	s.m.started.WithLabelValues(ss.transport).Inc()
 	ss.kick() // everything still queued, from the first message
 	s.wg.Add(1)
 	go s.runSession(ss) // ends when the agent goes
@@ -345,6 +356,7 @@ func (s *Server) unregister(ss *session) bool {
 	current := s.sessions[ss.device] == ss
 	if current {
 		delete(s.sessions, ss.device)
+		s.m.sessionsByTpt[ss.transport].Dec()
 	}
 	delete(s.raw, ss.c)
 	s.mu.Unlock()

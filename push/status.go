@@ -21,14 +21,7 @@ func (s *Server) Holds(device string) bool {
 // QueueDepth counts the pushes queued here and the devices they are for
 // (a read of each such device's queue: for pages and status, not for a
 // hot path).
-func (s *Server) QueueDepth() (pushes, devices int) {
-	for _, d := range s.queue.Devices() {
-		n, _ := s.queue.Len(d)
-		pushes += n
-		devices++
-	}
-	return pushes, devices
-}
+func (s *Server) QueueDepth() (pushes, devices int) { return s.queue.Depth() }
 
 // Disconnect ends the device's session here, as an operator does from the
 // console; the agent reconnects after its backoff. It reports whether the
@@ -134,7 +127,7 @@ func (s *Server) Expired() uint64 { return s.queue.Expired() }
 // ShutDown records a device's shutdown notice: its connection ending now
 // is expected.
 func (s *Server) ShutDown(device string, at time.Time) error {
-	s.m.IncrCounter([]string{"push", "shutdown_notices"}, 1)
+	s.m.shutdowns.Inc()
 	return s.reg.ShutDown(device, at)
 }
 

@@ -75,7 +75,22 @@ var ErrNotInList = errors.New("certificate not in the allow-list")
 type RefusedError struct {
 	Fingerprint string // "" when the client sent no certificate
 	Subject     string
-	Reason      string // "no-certificate", "unknown", "expired", "not-yet-valid"
+	Reason      string // one of RefusalReasons
+}
+
+// RefusalReasons are the values of RefusedError.Reason.
+var RefusalReasons = []string{"no-certificate", "unknown", "expired", "not-yet-valid"}
+
+// Label is the reason as metrics count it: cert_ and Reason.
+func (e *RefusedError) Label() string { return "cert_" + e.Reason }
+
+// RefusalLabels are the values of Label, for metrics to declare.
+func RefusalLabels() []string {
+	out := make([]string, len(RefusalReasons))
+	for i, r := range RefusalReasons {
+		out[i] = (&RefusedError{Reason: r}).Label()
+	}
+	return out
 }
 
 func (e *RefusedError) Error() string {

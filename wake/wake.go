@@ -12,8 +12,8 @@ import (
 	"syscall"
 	"time"
 
-	metrics "github.com/hashicorp/go-metrics"
 	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 )
 
@@ -69,8 +69,10 @@ type Config struct {
 	// OnShutdown is told of a verified shutdown notice.
 	OnShutdown func(device string, at time.Time)
 
-	Metrics *metrics.Metrics // default metrics.Default()
-	Logger  *slog.Logger     // default slog.Default()
+	// Registerer takes the service's metrics (docs/METRICS.md). Default:
+	// a registry of its own, read by nobody.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger // default slog.Default()
 }
 
 // Attempt is one way a wake-up was sent.
@@ -103,7 +105,7 @@ func (r Result) Sent() bool {
 // Service forwards wake-ups and receives requests and shutdown notices.
 type Service struct {
 	cfg   Config
-	m     *metrics.Metrics
+	m     *metrics
 	log   *slog.Logger
 	total *rate.Limiter
 
@@ -134,11 +136,13 @@ func New(cfg Config) (*Service, error) {
 	if cfg.MaxDevices <= 0 {
 		cfg.MaxDevices = 50_000
 	}
-	cfg.Metrics = cmp.Or(cfg.Metrics, metrics.Default())
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	perDev, _ := simplelru.NewLRU[string, *rate.Limiter](cfg.MaxDevices, nil)
 	last, _ := simplelru.NewLRU[string, Result](cfg.MaxDevices, nil)
-	return &Service{cfg: cfg, m: cfg.Metrics, log: cfg.Logger,
+	return &Service{cfg: cfg, m: newMetrics(cfg.Registerer), log: cfg.Logger,
 		total:  rate.NewLimiter(cfg.Total, max(1, int(cfg.Total)*2)),
 		guard:  newReplayGuard(cfg.ReplayWindow),
 		perDev: perDev, last: last}, nil
@@ -219,16 +223,16 @@ func (s *Service) record(r *Result) {
 	s.mu.Unlock()
 	switch {
 	case r.Limited:
-		s.m.IncrCounterWithLabels([]string{"wake", "limited"}, 1, nil)
+		s.m.limited.Inc()
 	case r.Unknown:
-		s.m.IncrCounterWithLabels([]string{"wake", "unknown_device"}, 1, nil)
+		s.m.unknown.Inc()
 	}
 	for _, a := range r.Attempts {
 		result := "ok"
 		if a.Err != "" {
 			result = "error"
 		}
-		s.m.IncrCounterWithLabels([]string{"wake", "sent"}, 1, []metrics.Label{{Name: "via", Value: a.Via}, {Name: "result", Value: result}})
+		s.m.sent.WithLabelValues(a.Via, result).Inc()
 	}
 	// One line per wake-up that went somewhere (at most the Total rate);
 	// those limited or of unknown devices only at debug: a push to 100,000
@@ -307,7 +311,8 @@ func subnetOf(addr netip.Addr) (string, netip.Addr) {
 	return "", netip.Addr{}
 }
 
-// Rejection reasons, as counted in dpgate_wake_rejected{reason}.
+// Rejection reasons (rejectReasons), as counted in
+// dpgate_wake_rejected_total{reason}.
 func reason(err error) string {
 	switch {
 	case errors.Is(err, ErrTruncated):
@@ -456,11 +461,11 @@ func (s *Service) serve(pc net.PacketConn, kind uint8, key func(string) []byte, 
 		}
 		d, err := s.Check(buf[:n], kind, key)
 		if err != nil {
-			s.m.IncrCounterWithLabels([]string{"wake", "rejected"}, 1, []metrics.Label{{Name: "kind", Value: name}, {Name: "reason", Value: reason(err)}})
+			s.m.rejected.WithLabelValues(name, reason(err)).Inc()
 			s.log.Debug("wake: datagram rejected", "from", from.String(), "err", err)
 			continue
 		}
-		s.m.IncrCounterWithLabels([]string{"wake", "received"}, 1, []metrics.Label{{Name: "kind", Value: name}})
+		s.m.received.WithLabelValues(name).Inc()
 		handle(d)
 	}
 }

@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	metrics "github.com/hashicorp/go-metrics"
 	"gopkg.in/yaml.v3"
 
 	"github.com/dpgate/dpgate/internal/admin"
@@ -78,8 +77,10 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
-	dump := metrics.NewInmemSignal(gw.Telemetry().Inmem, syscall.SIGUSR1, stderr)
-	defer dump.Stop()
+	// SIGUSR1 writes every metric to standard error (the journal).
+	dumps := make(chan os.Signal, 1)
+	signal.Notify(dumps, syscall.SIGUSR1)
+	defer signal.Stop(dumps)
 
 	// systemd's watchdog (WatchdogSec=): fed while the gateway answers
 	// inside (Gateway.Live), so a node stuck on a lock is restarted.
@@ -135,6 +136,10 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 				}
 				retired, gw = append(retired, gw), again
 				gw.SetUpgrade(gateway.UpgradeStatus{State: "failed", Error: r.err.Error(), At: time.Now().UTC()})
+			}
+		case <-dumps:
+			if err := gw.Telemetry().WriteText(stderr); err != nil {
+				log.Warn("metrics dump", "err", err)
 			}
 		case s := <-sigs:
 			switch s {

@@ -46,7 +46,7 @@ func (g *Gateway) newCluster(ls Listeners) error {
 		Margin:        float64(cc.Margin),
 		ProbeInterval: time.Duration(cc.ProbeInterval),
 		OnMessage:     g.clusterMessage,
-		Metrics:       g.tel.Metrics,
+		Registerer:    g.tel.Registry,
 		Logger:        g.log,
 	}
 	if g.pushEnabled() && cc.RebalanceRate > 0 {

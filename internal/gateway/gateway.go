@@ -52,6 +52,7 @@ type Gateway struct {
 	keyExchange []tls.CurveID
 	allow       *tlsconf.AllowList
 	tel         *telemetry.Telemetry
+	m           *metrics
 	admin       *admin.Server
 	started     time.Time
 
@@ -150,9 +151,11 @@ func New(cfg *config.Config, ls Listeners, opts Options) (_ *Gateway, err error)
 			ls.Close()
 		}
 	}()
-	if g.tel, err = telemetry.New(opts.GlobalMetrics); err != nil {
+	v := Version()
+	if g.tel, err = telemetry.New(opts.GlobalMetrics, telemetry.Build{Version: v.Version, Commit: v.Commit, GoVersion: v.GoVersion}); err != nil {
 		return nil, fmt.Errorf("gateway: metrics: %w", err)
 	}
+	g.newMetrics()
 	if g.id, err = g.loadIdentity(); err != nil {
 		return nil, err
 	}
@@ -170,7 +173,6 @@ func New(cfg *config.Config, ls Listeners, opts Options) (_ *Gateway, err error)
 	}
 	g.pushUDP = ls.PushUDP
 	g.add(part{name: "store", close: g.closeStore})
-	g.storeMetrics()
 	g.certLifecycle()
 	if g.allow, err = tlsconf.NewAllowList(g.db); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -384,7 +386,7 @@ func (g *Gateway) reload() (ReloadResult, error) {
 	res := ReloadResult{Applied: []string{}}
 	fail := func(err error) (ReloadResult, error) {
 		g.log.Error("reload failed; keeping the previous settings", "err", err)
-		g.tel.IncrCounter([]string{"reload", "failed"}, 1)
+		g.m.reloaded(err)
 		return res, err
 	}
 	next := g.cfg
@@ -458,7 +460,7 @@ func (g *Gateway) reload() (ReloadResult, error) {
 		res.Applied = append(res.Applied, "log.level")
 	}
 	res.RestartNeeded = changedKeys(g.cfg, next)
-	g.tel.IncrCounter([]string{"reload", "ok"}, 1)
+	g.m.reloaded(nil)
 	g.log.Info("reloaded", "pin", g.id.Pin(), "agent_certs", g.allow.Len(), "token_keys", len(tokenKeys),
 		"upstreams", len(g.cfg.Proxy.Upstreams), "restart_needed", res.RestartNeeded)
 	if len(res.RestartNeeded) > 0 {
@@ -513,21 +515,6 @@ func (g *Gateway) closeStore() error {
 		err = g.db.Close()
 	})
 	return err
-}
-
-// storeMetrics declares the store's damage counters, present (at 0) from
-// the start.
-func (g *Gateway) storeMetrics() {
-	g.tel.Registry.MustRegister(
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "dpgate_store_corrupt_records_total",
-			Help: "Stored records that failed their checksum since start: skipped, kept aside in the store, never delivered or used.",
-		}, func() float64 { return float64(g.db.Stats().CorruptRecords) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "dpgate_store_failures_total",
-			Help: "Store calls since start that hit damaged pages and failed (each alone; the gateway goes on).",
-		}, func() float64 { return float64(g.db.Stats().Failures) }),
-	)
 }
 
 // Identity is the gateway's certificate.

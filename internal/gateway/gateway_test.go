@@ -297,7 +297,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	g, c, _ := newTestGateway(t, "")
 	g.Reload()
 	body := metricsOf(t, c)
-	for _, want := range []string{"dpgate_reload_ok", "go_goroutines"} {
+	for _, want := range []string{`dpgate_config_reloads_total{result="ok"} 1`, "dpgate_config_last_reload_successful 1", "go_goroutines"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
@@ -515,7 +515,7 @@ func TestCertificateRenewal(t *testing.T) {
 // log level live, names what needs a restart, and changes nothing when
 // the new file is wrong.
 func TestReloadAppliesConfig(t *testing.T) {
-	g, _, _ := newTestGateway(t, "proxy:\n  listen: 127.0.0.1:0\n  health_interval: 1h\n  upstreams:\n    - address: 127.0.0.1:1\n")
+	g, api, _ := newTestGateway(t, "proxy:\n  listen: 127.0.0.1:0\n  health_interval: 1h\n  upstreams:\n    - address: 127.0.0.1:1\n")
 	var level slog.LevelVar
 	g.logLevel = &level
 	file := g.cfg.File()
@@ -543,6 +543,11 @@ func TestReloadAppliesConfig(t *testing.T) {
 	if got := addrs(); !slices.Equal(got, []string{"127.0.0.1:2", "127.0.0.1:3"}) {
 		t.Errorf("upstreams after the reload: %v", got)
 	}
+	// The removed upstream's series go with it; the new ones are there.
+	m := metricsOf(t, api)
+	if strings.Contains(m, `upstream="127.0.0.1:1"`) || !strings.Contains(m, `dpgate_proxy_upstream_healthy{upstream="127.0.0.1:3"} 1`) {
+		t.Errorf("after the reload /metrics has %q", grepLines(m, "upstream="))
+	}
 	if !g.validatesAgentCerts() || level.Level() != slog.LevelDebug {
 		t.Errorf("validation %v, log level %v; want on and debug", g.validatesAgentCerts(), level.Level())
 	}
@@ -562,4 +567,21 @@ func TestReloadAppliesConfig(t *testing.T) {
 	if got := addrs(); !slices.Equal(got, []string{"127.0.0.1:2", "127.0.0.1:3"}) {
 		t.Errorf("upstreams after a failed reload: %v", got)
 	}
+	m = metricsOf(t, api)
+	for _, want := range []string{`dpgate_config_reloads_total{result="failed"} 1`, `dpgate_config_reloads_total{result="ok"} 1`, "dpgate_config_last_reload_successful 0"} {
+		if !strings.Contains(m, want) {
+			t.Errorf("after a failed reload /metrics lacks %s", want)
+		}
+	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) []string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return out
 }

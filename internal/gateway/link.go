@@ -5,8 +5,6 @@ import (
 	"net/http"
 	"time"
 
-	metrics "github.com/hashicorp/go-metrics"
-
 	"github.com/dpgate/dpgate/link"
 )
 
@@ -29,6 +27,9 @@ func (g *Gateway) newLinks(ls Listeners) error {
 				OnChange: g.linkChanged,
 				Logger:   g.log,
 			}))
+			for _, s := range []link.State{link.OK, link.Degraded, link.OutOfLimits, link.Unknown} {
+				g.m.verdictChanges.WithLabelValues(u.Address, string(s))
+			}
 		}
 	}
 	g.linkRoutes()
@@ -61,7 +62,7 @@ func (g *Gateway) startLinks(ctx context.Context) {
 	g.log.Info("measuring uplinks", "links", len(g.links), "probe_interval", lc.ProbeInterval.D().String(), "window", lc.Window.D().String(),
 		"limit_loss", float64(lc.Limits.Loss), "limit_delay", lc.Limits.Delay.D().String())
 	g.wg.Add(1)
-	go func() { // gauges every 5 s; ends when the part closes
+	go func() { // the console's history; ends when the part closes
 		defer g.wg.Done()
 		t := time.NewTicker(5 * time.Second)
 		defer t.Stop()
@@ -75,37 +76,14 @@ func (g *Gateway) startLinks(ctx context.Context) {
 					g.linkHist.record(now, g.linkStatus())
 					sampled = now
 				}
-				for _, m := range g.links {
-					st := m.Status()
-					l := []metrics.Label{{Name: "link", Value: st.Name}}
-					g.tel.Metrics.SetGaugeWithLabels([]string{"link", "loss_out"}, float32(st.Stats.LossOut), l)
-					g.tel.Metrics.SetGaugeWithLabels([]string{"link", "loss_back"}, float32(st.Stats.LossBack), l)
-					g.tel.Metrics.SetGaugeWithLabels([]string{"link", "rtt_p50_ms"}, float32(st.Stats.RTTP50.Seconds()*1000), l)
-					g.tel.Metrics.SetGaugeWithLabels([]string{"link", "jitter_ms"}, float32(st.Stats.Jitter.Seconds()*1000), l)
-					g.tel.Metrics.SetGaugeWithLabels([]string{"link", "verdict"}, verdictValue(st.Verdict), l)
-				}
 			}
 		}
 	}()
 }
 
-// verdictValue is the metric form: 0 ok, 1 degraded, 2 out of limits, -1
-// unknown.
-func verdictValue(s link.State) float32 {
-	switch s {
-	case link.OK:
-		return 0
-	case link.Degraded:
-		return 1
-	case link.OutOfLimits:
-		return 2
-	}
-	return -1
-}
-
 func (g *Gateway) linkChanged(name string, from, to link.State, _ link.Stats) {
 	g.proxy.SetLinkOutOfLimits(name, to == link.OutOfLimits)
-	g.tel.Metrics.IncrCounterWithLabels([]string{"link", "verdict_changes"}, 1, []metrics.Label{{Name: "link", Value: name}, {Name: "to", Value: string(to)}})
+	g.m.verdictChanges.WithLabelValues(name, string(to)).Inc()
 }
 
 // linkStatus lists the measured links.

@@ -29,7 +29,7 @@ func (g *Gateway) newProxy(ls Listeners) error {
 		ProxyProtocol:     c.ProxyProtocol == config.ProxyProtocolV2,
 		KeyExchange:       g.keyExchange,
 		HealthInterval:    c.HealthInterval.D(),
-		Metrics:           g.tel.Metrics,
+		Registerer:        g.tel.Registry,
 		Logger:            g.log,
 	}
 	if c.ValidateAgentCerts {

@@ -82,7 +82,7 @@ func (g *Gateway) newPush(ls Listeners) error {
 		SourceRate:     c.SourceRate,
 		MaxPayload:     int(c.MaxPayload),
 		KeyExchange:    g.keyExchange,
-		Metrics:        g.tel.Metrics,
+		Registerer:     g.tel.Registry,
 		Logger:         g.log,
 	}
 	if g.cluster != nil {
@@ -106,7 +106,7 @@ func (g *Gateway) newPush(ls Listeners) error {
 			Local:         s,
 			Identity:      g.id,
 			KeyExchange:   g.keyExchange,
-			Metrics:       g.tel.Metrics,
+			Registerer:    g.tel.Registry,
 			Logger:        g.log,
 		})
 		if err != nil {
@@ -174,7 +174,7 @@ func (g *Gateway) accept(ctx context.Context, devices []string, payload []byte, 
 		g.wakeOffline(devices)
 		for _, a := range acc {
 			if a.Copies < g.cfg.Cluster.MinCopies {
-				g.tel.IncrCounter([]string{"push", "too_few_copies"}, 1)
+				g.m.underCopied.Inc()
 				return nil, admin.Error(http.StatusServiceUnavailable, fmt.Errorf(
 					"the push for %s was committed on %d node(s), fewer than cluster.min_copies %d: this node reaches none of the device's owners; it keeps the push and hands it over when it can, so a retry may deliver it twice",
 					a.Device, a.Copies, g.cfg.Cluster.MinCopies))

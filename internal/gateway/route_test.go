@@ -386,7 +386,7 @@ func TestWakeRoutedToTheHoldingNode(t *testing.T) {
 	for _, c := range []struct {
 		node   int
 		metric string
-	}{{x, "dpgate_cluster_wake_relayed 1"}, {y, "dpgate_cluster_wake_routed 1"}} {
+	}{{x, "dpgate_cluster_wake_relayed_total 1"}, {y, "dpgate_cluster_wake_routed_total 1"}} {
 		if body := metricsOf(t, apis[c.node]); !strings.Contains(body, c.metric) {
 			t.Errorf("node %d's /metrics lacks %q", c.node, c.metric)
 		}

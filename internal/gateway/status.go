@@ -113,7 +113,7 @@ func (g *Gateway) routes() {
 	})
 	a.Handle("GET /metrics", g.tel.Handler())
 	a.HandleJSON("GET /v1/metrics", func(r *http.Request) (int, any, error) {
-		v, err := g.tel.Inmem.DisplayMetrics(nil, r)
+		v, err := g.tel.Snapshot()
 		return http.StatusOK, v, err
 	})
 	a.HandleJSON("GET /v1/status", func(*http.Request) (int, any, error) {

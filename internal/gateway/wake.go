@@ -35,7 +35,7 @@ func (g *Gateway) newWake(ls Listeners) error {
 		WOLPorts:   g.cfg.Wake.WOLPorts,
 		SignHMAC:   g.cfg.Wake.Signature == wake.SignatureHMAC,
 		OnShutdown: g.deviceShutDown,
-		Metrics:    g.tel.Metrics,
+		Registerer: g.tel.Registry,
 		Logger:     g.log,
 	})
 	if err != nil {

@@ -95,7 +95,7 @@ func TestWakeAPIAndRequests(t *testing.T) {
 		return nil
 	})
 	body := metricsOf(t, api)
-	for _, want := range []string{`dpgate_wake_rejected{kind="request",reason="signature"} 1`, `dpgate_wake_received{kind="request"} 1`, `dpgate_wake_sent{result="ok",via="push"} 2`} {
+	for _, want := range []string{`dpgate_wake_rejected_total{kind="request",reason="signature"} 1`, `dpgate_wake_received_total{kind="request"} 1`, `dpgate_wake_attempts_total{result="ok",via="push"} 2`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}

@@ -1,12 +1,17 @@
 // Package testutil holds the helpers dpgate's tests share: polling for a
-// condition instead of sleeping, and a logger that discards.
+// condition instead of sleeping, a logger that discards, and reading a
+// metric.
 package testutil
 
 import (
 	"io"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // WaitFor polls cond every 10 ms until it returns nil, and fails the test
@@ -29,3 +34,39 @@ func WaitFor(t testing.TB, timeout time.Duration, cond func() error) {
 
 // Quiet is a logger that discards everything.
 func Quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// Metric sums the samples of the series name in g (a counter's or
+// gauge's value, a histogram's count) whose labels include every
+// "label=value" in match.
+func Metric(t testing.TB, g prometheus.Gatherer, name string, match ...string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatalf("gathering metrics: %v", err)
+	}
+	total := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	samples:
+		for _, m := range mf.GetMetric() {
+			for _, want := range match {
+				if !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool { return l.GetName()+"="+l.GetValue() == want }) {
+					continue samples
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				total += m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				total += m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				total += float64(m.GetHistogram().GetSampleCount())
+			case m.Untyped != nil:
+				total += m.GetUntyped().GetValue()
+			}
+		}
+	}
+	return total
+}

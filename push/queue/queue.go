@@ -362,3 +362,22 @@ func decodeStored(k, v []byte) (wire.Message, error) {
 	copy(m.ID[:], v[:16])
 	return m, nil
 }
+
+// Depth counts the messages queued (expired ones not yet swept too) and
+// the devices they are for, in one read transaction.
+func (q *Queue) Depth() (messages, devices int) {
+	q.db.View(func(tx *bolt.Tx) error {
+		qb := tx.Bucket([]byte(bucketQueue))
+		if qb == nil {
+			return nil
+		}
+		return qb.ForEachBucket(func(dev []byte) error {
+			if n := qb.Bucket(dev).Stats().KeyN; n > 0 {
+				messages += n
+				devices++
+			}
+			return nil
+		})
+	})
+	return messages, devices
+}

@@ -1,0 +1,137 @@
+package gateway
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dpgate/dpgate/link"
+)
+
+// metrics are the gateway's own series (docs/METRICS.md); each part
+// registers its own in the same registry.
+type metrics struct {
+	reloads        *prometheus.CounterVec
+	reloadOK       prometheus.Gauge
+	reloadOKAt     prometheus.Gauge
+	underCopied    prometheus.Counter
+	verdictChanges *prometheus.CounterVec
+}
+
+func (g *Gateway) newMetrics() {
+	m := &metrics{
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dpgate_config_reloads_total",
+			Help: "Reloads (SIGHUP, POST /v1/reload, the console), by result: ok, or failed (the previous settings stay).",
+		}, []string{"result"}),
+		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "dpgate_config_last_reload_successful",
+			Help: "1 if the last reload applied (or none was tried since start), 0 if it failed.",
+		}),
+		reloadOKAt: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "dpgate_config_last_reload_success_timestamp_seconds",
+			Help: "When the configuration last loaded successfully (start or reload), as a Unix time.",
+		}),
+		underCopied: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dpgate_push_under_replicated_total",
+			Help: "Pushes answered 503 because fewer nodes than cluster.min_copies committed them (kept here and handed over later).",
+		}),
+		verdictChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dpgate_link_verdict_changes_total",
+			Help: "Changes of an uplink's verdict, by the verdict it changed to (ok, degraded, out-of-limits, unknown).",
+		}, []string{"link", "to"}),
+	}
+	m.reloads.WithLabelValues("ok")
+	m.reloads.WithLabelValues("failed")
+	m.reloadOK.Set(1)
+	m.reloadOKAt.Set(float64(time.Now().Unix()))
+	g.m = m
+	g.tel.Registry.MustRegister(m.reloads, m.reloadOK, m.reloadOKAt, m.underCopied, m.verdictChanges, linkCollector{g})
+	g.storeMetrics() // read when scraped, by then the store is open
+}
+
+// reloaded records a reload's result.
+func (m *metrics) reloaded(err error) {
+	if err != nil {
+		m.reloads.WithLabelValues("failed").Inc()
+		m.reloadOK.Set(0)
+		return
+	}
+	m.reloads.WithLabelValues("ok").Inc()
+	m.reloadOK.Set(1)
+	m.reloadOKAt.Set(float64(time.Now().Unix()))
+}
+
+// storeMetrics declares the store's damage counters.
+func (g *Gateway) storeMetrics() {
+	g.tel.Registry.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "dpgate_store_corrupt_records_total",
+			Help: "Stored records that failed their checksum since start: skipped, kept aside in the store, never delivered or used.",
+		}, func() float64 { return float64(g.db.Stats().CorruptRecords) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "dpgate_store_failures_total",
+			Help: "Store calls since start that hit damaged pages and failed (each alone; the gateway goes on).",
+		}, func() float64 { return float64(g.db.Stats().Failures) }),
+	)
+}
+
+// linkCollector reports each measured uplink's figures over its window
+// when scraped.
+type linkCollector struct{ g *Gateway }
+
+var (
+	linkLossDesc = prometheus.NewDesc("dpgate_link_loss_ratio",
+		"Probe loss over the uplink's window (link.window), by direction: round_trip, out (towards the reflector), back.", []string{"link", "direction"}, nil)
+	linkRTTDesc = prometheus.NewDesc("dpgate_link_rtt_median_seconds",
+		"Median round trip of the uplink's probes over the window.", []string{"link"}, nil)
+	linkRTT99Desc = prometheus.NewDesc("dpgate_link_rtt_p99_seconds",
+		"99th percentile round trip of the uplink's probes over the window.", []string{"link"}, nil)
+	linkJitterDesc = prometheus.NewDesc("dpgate_link_jitter_seconds",
+		"Mean difference between consecutive round trips (RFC 3550 jitter) over the window.", []string{"link"}, nil)
+	linkVerdictDesc = prometheus.NewDesc("dpgate_link_verdict",
+		"The uplink's verdict against link.limits: 0 ok, 1 degraded (above 90 % of a limit), 2 out of limits, -1 unknown (too few probes yet).", []string{"link"}, nil)
+	linkLimitLossDesc = prometheus.NewDesc("dpgate_link_limit_loss_ratio",
+		"The loss limit the uplinks are measured against (link.limits.loss).", nil, nil)
+	linkLimitDelayDesc = prometheus.NewDesc("dpgate_link_limit_delay_seconds",
+		"The round-trip limit the uplinks are measured against (link.limits.delay).", nil, nil)
+)
+
+func (c linkCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{linkLossDesc, linkRTTDesc, linkRTT99Desc, linkJitterDesc, linkVerdictDesc, linkLimitLossDesc, linkLimitDelayDesc} {
+		ch <- d
+	}
+}
+
+func (c linkCollector) Collect(ch chan<- prometheus.Metric) {
+	lim := c.g.cfg.Link.Limits
+	ch <- prometheus.MustNewConstMetric(linkLimitLossDesc, prometheus.GaugeValue, float64(lim.Loss))
+	ch <- prometheus.MustNewConstMetric(linkLimitDelayDesc, prometheus.GaugeValue, lim.Delay.D().Seconds())
+	for _, m := range c.g.links {
+		st := m.Status()
+		gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, append([]string{st.Name}, labels...)...)
+		}
+		gauge(linkLossDesc, st.Stats.Loss, "round_trip")
+		gauge(linkLossDesc, st.Stats.LossOut, "out")
+		gauge(linkLossDesc, st.Stats.LossBack, "back")
+		gauge(linkRTTDesc, st.Stats.RTTP50.Seconds())
+		gauge(linkRTT99Desc, st.Stats.RTTP99.Seconds())
+		gauge(linkJitterDesc, st.Stats.Jitter.Seconds())
+		gauge(linkVerdictDesc, verdictValue(st.Verdict))
+	}
+}
+
+// verdictValue is the metric form: 0 ok, 1 degraded, 2 out of limits, -1
+// unknown.
+func verdictValue(s link.State) float64 {
+	switch s {
+	case link.OK:
+		return 0
+	case link.Degraded:
+		return 1
+	case link.OutOfLimits:
+		return 2
+	}
+	return -1
+}
