@@ -102,7 +102,7 @@ echo "cluster: $total sessions held by $NODES processes, $((rss_total / 1024)) M
 # dead (none of them died; any count is a false positive of starvation).
 failed=""
 for i in $(seq 0 $((NODES - 1))); do
-  n=$(curl -sf --max-time 5 -H "$auth" "http://$(admin_addr "$i")/metrics" | awk '/^dpgate_cluster_node_failed /{print $2}')
+  n=$(curl -sf --max-time 5 -H "$auth" "http://$(admin_addr "$i")/metrics" | awk '/^dpgate_cluster_nodes_failed_total /{print $2}')
   failed="$failed ${n:-0}"
 done
 echo "nodes declared failed (false positives), per node:$failed"

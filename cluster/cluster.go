@@ -391,6 +391,9 @@ type events struct{ c *Cluster }
 
 func (e events) NotifyJoin(n *memberlist.Node) {
 	e.c.set(n)
+	if n.Name != e.c.cfg.Name {
+		e.c.m.pingRTT.WithLabelValues(n.Name) // present (empty) until the first probe
+	}
 	e.c.log.Info("cluster: node joined", "node", n.Name, "addr", n.Address())
 }
 

@@ -94,3 +94,10 @@ func newRouterMetrics(reg prometheus.Registerer) *routerMetrics {
 func counter(name, help string) prometheus.Counter {
 	return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
 }
+
+// declare makes the per-node series of a push node exist (at 0) from
+// the moment the router sees it.
+func (m *routerMetrics) declare(node string) {
+	m.routeFailed.WithLabelValues(node)
+	m.peerErrors.WithLabelValues(node)
+}

@@ -559,6 +559,11 @@ func (r *Router) loop() {
 			}
 			view := strings.Join(names, ",")
 			if view != r.View() {
+				for _, m := range nodes {
+					if m.Name != r.self {
+						r.m.declare(m.Name)
+					}
+				}
 				r.setView(view)
 				r.log.Info("cluster: push nodes changed; rebalancing", "nodes", view)
 				// A node back under its name too soon to be missed (a

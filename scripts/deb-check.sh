@@ -27,5 +27,5 @@ chroot "$root" dpgate config -c /etc/dpgate/dpgate.yaml | head -5
 echo "== dpload --help"
 chroot "$root" dpload --help 2>&1 | head -2
 echo "== files"
-chroot "$root" dpkg -L dpgate | grep -E 'man1|completions|systemd|bin/'
+chroot "$root" dpkg -L dpgate | grep -E 'man1|completions|systemd|bin/|share/dpgate/'
 echo "installed and checked"

@@ -30,7 +30,10 @@ mkdir -p "$root/usr/share/bash-completion/completions" "$root/usr/share/zsh/vend
 "$root/usr/bin/dpgate" completion bash > "$root/usr/share/bash-completion/completions/dpgate"
 "$root/usr/bin/dpgate" completion zsh > "$root/usr/share/zsh/vendor-completions/_dpgate"
 "$root/usr/bin/dpgate" man | gzip -9n > "$root/usr/share/man/man1/dpgate.1.gz"
-cp README.md CHANGELOG.md docs/operations.md "$root/usr/share/doc/dpgate/"
+cp README.md CHANGELOG.md docs/operations.md docs/METRICS.md "$root/usr/share/doc/dpgate/"
+mkdir -p "$root/usr/share/dpgate"
+cp configs/prometheus-alerts.yml configs/grafana-dashboard.json "$root/usr/share/dpgate/"
+chmod 0644 "$root"/usr/share/dpgate/*
 cp LICENSE "$root/usr/share/doc/dpgate/copyright"
 chmod 0644 "$root/etc/dpgate/dpgate.yaml" "$root/lib/systemd/system/dpgate.service" "$root"/usr/share/doc/dpgate/* \
   "$root/usr/share/bash-completion/completions/dpgate" "$root/usr/share/zsh/vendor-completions/_dpgate" "$root/usr/share/man/man1/dpgate.1.gz"

@@ -14,9 +14,10 @@ export PATH="$PATH:/usr/local/go/bin:$(go env GOPATH 2>/dev/null || echo "$HOME/
 # cluster's DNS listener), ip from iproute2 (network namespaces for the
 # Wake-on-LAN broadcast test and the chaos harness), nft from nftables
 # (partitions between the chaos harness's namespaces), chromium (the web
-# console's test drives a headless browser).
+# console's test drives a headless browser), promtool from prometheus
+# (checks /metrics, the alert rules and the dashboard's queries).
 # The namespace tests run only as root, so only root needs ip and nft.
-need="openssl:openssl curl:curl dig:dnsutils chromium:chromium"
+need="openssl:openssl curl:curl dig:dnsutils chromium:chromium promtool:prometheus"
 if [ "$(id -u)" -eq 0 ]; then
   need="$need ip:iproute2 nft:nftables"
 fi

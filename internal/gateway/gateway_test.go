@@ -28,6 +28,7 @@ import (
 
 	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/config"
+	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -37,6 +38,13 @@ var gatewaySeq atomic.Int64
 // newTestGateway starts a gateway on a temporary data dir with the admin
 // API on 127.0.0.1:0 and returns it with an API client.
 func newTestGateway(t testing.TB, yaml string) (*Gateway, *admin.Client, string) {
+	t.Helper()
+	return newTestGatewayWith(t, yaml, Options{})
+}
+
+// newTestGatewayWith is newTestGateway with options for New (a quiet
+// logger unless they name one).
+func newTestGatewayWith(t testing.TB, yaml string, opts Options) (*Gateway, *admin.Client, string) {
 	t.Helper()
 	dir := t.TempDir()
 	f := filepath.Join(dir, "dpgate.yaml")
@@ -53,7 +61,7 @@ func newTestGateway(t testing.TB, yaml string) (*Gateway, *admin.Client, string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, api := startTestGateway(t, cfg)
+	g, api := startTestGatewayWith(t, cfg, opts)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -68,11 +76,19 @@ func newTestGateway(t testing.TB, yaml string) (*Gateway, *admin.Client, string)
 // with a client of its admin API; the caller stops it.
 func startTestGateway(t testing.TB, cfg *config.Config) (*Gateway, *admin.Client) {
 	t.Helper()
+	return startTestGatewayWith(t, cfg, Options{})
+}
+
+func startTestGatewayWith(t testing.TB, cfg *config.Config, opts Options) (*Gateway, *admin.Client) {
+	t.Helper()
 	ls, err := Listen(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := New(cfg, ls, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if opts.Logger == nil {
+		opts.Logger = testutil.Quiet()
+	}
+	g, err := New(cfg, ls, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
