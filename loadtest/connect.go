@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -36,11 +38,10 @@ type ConnectConfig struct {
 	Ramp      float64 // new connections per second, all processes together
 	Hold      time.Duration
 	SourceIPs int
-	// TokenKeyFile, when set, is push.token_key_file: the agents get device
-	// tokens signed with its first key (push.auth token).
-	TokenKeyFile string
-	Self         string // the dpload binary
-	Progress     Progress
+	// Credentials are the agents' tokens or certificates.
+	Credentials Credentials
+	Self        string // the dpload binary
+	Progress    Progress
 }
 
 // failFastAfter: with no agent connected and attempts failing this long,
@@ -73,6 +74,9 @@ type ConnectReport struct {
 	Nodes         []NodeFigures    `json:"nodes,omitempty"`
 	Timeline      []TimePoint      `json:"timeline"` // connections over time
 	Latency       []Bar            `json:"connect_time_histogram"`
+	// Interrupted: the run was stopped (Ctrl-C) and these are the
+	// figures up to then.
+	Interrupted bool `json:"interrupted,omitempty"`
 }
 
 // TimePoint is the number of connected agents at a moment.
@@ -102,10 +106,12 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 	start := time.Now()
 	agentArgs := []string{"--server", strings.Join(cfg.Servers, ","), "--pin", cfg.Pin,
 		"--source-ips", strconv.Itoa(cfg.SourceIPs), "--ramp", strconv.FormatFloat(cfg.Ramp/float64(cfg.Procs), 'f', 1, 64)}
-	if cfg.TokenKeyFile != "" {
-		agentArgs = append(agentArgs, "--token-key", cfg.TokenKeyFile)
+	creds, undo, err := cfg.Credentials.prepare(ctx, cfg.Agents, cfg.Admins, cfg.Token, cfg.Progress)
+	if err != nil {
+		return rep, err
 	}
-	fl, err := startFleets(ctx, cfg.Self, cfg.QUIC, cfg.Agents, cfg.Procs, agentArgs...)
+	defer undo()
+	fl, err := startFleets(ctx, cfg.Self, cfg.QUIC, cfg.Agents, cfg.Procs, append(agentArgs, creds...)...)
 	if err != nil {
 		return rep, err
 	}
@@ -137,7 +143,10 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return rep, ctx.Err()
+			rep.Connected, rep.Failures = st.Connected, st.Failures
+			rep.Seconds = time.Since(start).Seconds()
+			rep.Rate = float64(rep.Connected) / rep.Seconds
+			return rep.interrupted(ctx, fl, cfg.Token)
 		case <-tick.C:
 		}
 	}
@@ -146,7 +155,7 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 	progress("holding %d connections for %s", rep.Connected, cfg.Hold)
 	select {
 	case <-ctx.Done():
-		return rep, ctx.Err()
+		return rep.interrupted(ctx, fl, cfg.Token)
 	case <-time.After(cfg.Hold):
 	}
 	st, err := fl.status()
@@ -155,16 +164,29 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 	}
 	rep.HeldAfterHold = st.Connected
 	rep.Failures = st.Failures
+	if err := rep.connectTimes(fl); err != nil {
+		return rep, err
+	}
+	return rep, rep.nodeFigures(ctx, cfg.Token)
+}
+
+// connectTimes reads the agents' connect-time histogram.
+func (rep *ConnectReport) connectTimes(fl fleets) error {
 	h, err := fl.hist(string(KindConnect))
 	if err != nil {
-		return rep, err
+		return err
 	}
 	rep.HandshakeP50, rep.HandshakeP99, rep.HandshakeMax = ms(h.ValueAtQuantile(50)), ms(h.ValueAtQuantile(99)), ms(h.Max())
 	rep.Latency = Bars(h, 40)
+	return nil
+}
+
+// nodeFigures reads each gateway's sessions, RSS and open files.
+func (rep *ConnectReport) nodeFigures(ctx context.Context, token string) error {
 	for i := range rep.Nodes {
-		st, err := nodeStatus(ctx, rep.Nodes[i].Admin, cfg.Token)
+		st, err := nodeStatus(ctx, rep.Nodes[i].Admin, token)
 		if err != nil {
-			return rep, err
+			return err
 		}
 		n := &rep.Nodes[i]
 		n.RSSAfter, n.OpenFiles = st.RSSBytes, st.OpenFiles
@@ -175,7 +197,21 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 			n.PerConnBytes = float64(n.RSSAfter-n.RSSBefore) / float64(n.Sessions)
 		}
 	}
-	return rep, nil
+	return nil
+}
+
+// interrupted completes a report cut short by Ctrl-C with what can still
+// be read (the agents' connect times while their processes live, each
+// gateway's figures; a few seconds at most) and returns it with ctx's
+// error.
+func (rep ConnectReport) interrupted(ctx context.Context, fl fleets, token string) (ConnectReport, error) {
+	rep.Interrupted = true
+	rep.HeldAfterHold = rep.Connected
+	rep.connectTimes(fl) // the agent processes may have had the signal too
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	rep.nodeFigures(rctx, token)
+	return rep, ctx.Err()
 }
 
 // nodeFigures is the part of a gateway's /v1/status a load test reads.
@@ -210,30 +246,33 @@ func nodeStatus(ctx context.Context, base, token string) (nodeFigures, error) {
 
 // Rows are the report's figures, each next to its limit.
 func (r ConnectReport) Rows() []Row {
-	rows := []Row{
-		{"agents connected", fmt.Sprintf("%d / %d", r.Connected, r.Agents), ""},
-		{"held after the hold", fmt.Sprint(r.HeldAfterHold), fmt.Sprintf("%d (push server), %d (connection gateway), %d (management server)", LimitPushServer, LimitConnGateway, LimitManagementServer)},
+	var rows []Row
+	if r.Interrupted {
+		rows = append(rows, row("INTERRUPTED", "figures up to Ctrl-C", ""))
 	}
+	rows = append(rows,
+		judged("agents connected", fmt.Sprintf("%d / %d", r.Connected, r.Agents), "all", r.Connected >= int64(r.Agents)),
+		judged("held after the hold", fmt.Sprint(r.HeldAfterHold), "all connected held", r.HeldAfterHold >= r.Connected))
 	most := 0
 	for _, n := range r.Nodes {
 		most = max(most, n.Sessions)
 	}
 	if most > 0 {
-		rows = append(rows, Row{"most held by one node", fmt.Sprint(most), fmt.Sprintf("%d per distribution-point push server", LimitPushServer)})
+		rows = append(rows, row("most held by one node", fmt.Sprint(most), fmt.Sprintf("%d per distribution-point push server, %d (connection gateway), %d (management server)", LimitPushServer, LimitConnGateway, LimitManagementServer)))
 	}
 	rows = append(rows,
-		Row{"worker processes", fmt.Sprint(r.Procs), "20,000 open files per process on our machines"},
-		Row{"time to connect all", fmt.Sprintf("%.1f s", r.Seconds), ""},
-		Row{"connects per second", fmt.Sprintf("%.0f", r.Rate), ""},
-		Row{"connect time p50 / p99 / max", fmt.Sprintf("%.1f / %.1f / %.0f ms", r.HandshakeP50, r.HandshakeP99, r.HandshakeMax), ""})
-	for k, v := range r.Failures {
-		rows = append(rows, Row{"failed attempts: " + k, fmt.Sprint(v), ""})
+		row("worker processes", fmt.Sprint(r.Procs), "20,000 open files per process on our machines"),
+		row("time to connect all", fmt.Sprintf("%.1f s", r.Seconds), ""),
+		row("connects per second", fmt.Sprintf("%.0f", r.Rate), ""),
+		row("connect time p50 / p99 / max", fmt.Sprintf("%.1f / %.1f / %.0f ms", r.HandshakeP50, r.HandshakeP99, r.HandshakeMax), ""))
+	for _, k := range slices.Sorted(maps.Keys(r.Failures)) {
+		rows = append(rows, row("failed attempts: "+k, fmt.Sprint(r.Failures[k]), ""))
 	}
 	for _, n := range r.Nodes {
 		rows = append(rows,
-			Row{"node " + n.Admin + " sessions", fmt.Sprint(n.Sessions), ""},
-			Row{"  RSS per connection", fmt.Sprintf("%.1f KiB", n.PerConnBytes/1024), ""},
-			Row{"  open files", fmt.Sprint(n.OpenFiles), "20,000 per process on our machines"})
+			row("node "+n.Admin+" sessions", fmt.Sprint(n.Sessions), ""),
+			row("  RSS per connection", fmt.Sprintf("%.1f KiB", n.PerConnBytes/1024), ""),
+			judged("  open files", fmt.Sprint(n.OpenFiles), "< 20,000 per process on our machines", n.OpenFiles < 20000))
 	}
 	return rows
 }
@@ -269,7 +308,7 @@ func failureList(m map[string]int64) string {
 func credentialsHint(lastErr string) string {
 	switch {
 	case strings.Contains(lastErr, "certificate required"), strings.Contains(lastErr, "bad certificate"):
-		return " (push.auth cert: the gateway wants agent certificates from its allow-list; test with push.auth token and --token-key, or none on loopback)"
+		return " (push.auth cert: the gateway wants agent certificates from its allow-list; give --agent-certs with --admin, or test with push.auth token and --token-key)"
 	case strings.Contains(lastErr, "code 3"):
 		return " (authentication: with push.auth token, give --token-key the gateway's push.token_key_file)"
 	case strings.Contains(lastErr, "pin"):

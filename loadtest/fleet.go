@@ -3,6 +3,7 @@ package loadtest
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -55,6 +56,9 @@ type FleetConfig struct {
 	// TokenKey, when set, signs each agent a device token (push.auth
 	// token; the first key of push.token_key_file), valid for a day.
 	TokenKey []byte
+	// Certs, when set, are client certificates by agent index
+	// (LoadAgentCerts): agent First+i presents Certs[First+i].
+	Certs []tls.Certificate
 }
 
 // Fleet is many agents in one process, counting what they receive.
@@ -79,6 +83,9 @@ func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 	if cfg.Ramp == 0 {
 		cfg.Ramp = 1000
 	}
+	if cfg.Certs != nil && len(cfg.Certs) < cfg.First+cfg.Count {
+		return nil, fmt.Errorf("loadtest: %d agent certificates for agents up to %d", len(cfg.Certs), cfg.First+cfg.Count-1)
+	}
 	f := &Fleet{hist: map[byte]*hdrhistogram.Histogram{}}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	starts := make([]*atomic.Int64, cfg.Count) // unix ns when each Run began; 0 once connected
@@ -96,11 +103,15 @@ func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 		if cfg.TokenKey != nil {
 			token = wire.IssueToken(cfg.TokenKey, id, time.Now().Add(24*time.Hour))
 		}
+		tlsCfg := tlsconf.PinnedClientConfig(pins, "dpgate")
+		if cfg.Certs != nil {
+			tlsCfg.Certificates = cfg.Certs[cfg.First+i : cfg.First+i+1]
+		}
 		c, err := client.New(client.Config{
 			Servers:  append(servers[k:len(servers):len(servers)], servers[:k]...),
 			DeviceID: id,
 			Token:    token,
-			TLS:      tlsconf.PinnedClientConfig(pins, "dpgate"),
+			TLS:      tlsCfg,
 			QUIC:     cfg.QUIC,
 			SourceIP: src,
 			OnPush:   f.onPush,

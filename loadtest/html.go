@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"html/template"
 	"io"
+	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -61,8 +63,23 @@ func (p Progress) count(what string, done, total int64) {
 	}
 }
 
-// Row is one figure of the report.
-type Row struct{ Figure, Measured, Limit string }
+// Row is one figure of the report: what was measured, the limit or
+// target it stands against, and the verdict: pass, FAIL, or "" where the
+// limit is a reference, not a judgement.
+type Row struct{ Figure, Measured, Limit, Verdict string }
+
+// row is a figure with a reference beside it and no verdict.
+func row(figure, measured, limit string) Row { return Row{figure, measured, limit, ""} }
+
+// judged is a figure judged against its limit.
+func judged(figure, measured, limit string, pass bool) Row {
+	r := row(figure, measured, limit)
+	r.Verdict = "FAIL"
+	if pass {
+		r.Verdict = "pass"
+	}
+	return r
+}
 
 // HTMLReport is what WriteHTML draws: the figures, then each line chart,
 // then each histogram.
@@ -111,11 +128,43 @@ type svgChart struct {
 	Bars   []svgBar
 	XLabel string
 	YLabel string
-	XMax   string
-	YMax   string
+	// XTicks and YTicks are the axes' marks: round values (1, 2 or 5
+	// times a power of ten apart), each with a grid line.
+	XTicks, YTicks []svgTick
 }
 
 type svgBar struct{ X, Y, W, H float64 }
+
+// svgTick is one axis mark: its position along the axis, in pixels, and
+// its label.
+type svgTick struct {
+	Pos   float64
+	Label string
+}
+
+// axisTicks are about n round steps from 0 up to at least top: the top
+// of the axis (the last tick) and the marks.
+func axisTicks(top float64, n int, length float64) (float64, []svgTick) {
+	if top <= 0 || math.IsNaN(top) || math.IsInf(top, 0) {
+		top = 1
+	}
+	raw := top / float64(n)
+	pow := math.Pow(10, math.Floor(math.Log10(raw)))
+	step := pow
+	for _, m := range []float64{1, 2, 5, 10} {
+		if step = m * pow; step >= raw {
+			break
+		}
+	}
+	last := math.Ceil(top/step-1e-9) * step
+	decimals := max(0, int(-math.Floor(math.Log10(step)+1e-9)))
+	var ticks []svgTick
+	for i := 0; float64(i)*step <= last*(1+1e-9); i++ {
+		v := float64(i) * step
+		ticks = append(ticks, svgTick{Pos: v / last * length, Label: strconv.FormatFloat(v, 'f', decimals, 64)})
+	}
+	return last, ticks
+}
 
 func lineChart(l Line) *svgChart {
 	if len(l.Points) == 0 {
@@ -125,15 +174,25 @@ func lineChart(l Line) *svgChart {
 	for _, p := range l.Points {
 		ymax = max(ymax, p.Y)
 	}
-	if ymax == 0 {
-		ymax = 1
-	}
+	c := &svgChart{Title: l.Title, XLabel: "seconds", YLabel: l.YLabel}
+	xtop, xt := axisTicks(xmax, 8, chartW)
+	ytop, yt := axisTicks(ymax, 5, chartH)
+	c.XTicks, c.YTicks = xt, flip(yt)
 	var b strings.Builder
 	for _, p := range l.Points {
-		fmt.Fprintf(&b, "%.1f,%.1f ", p.X/max(xmax, 1e-9)*chartW, chartH-p.Y/ymax*chartH)
+		fmt.Fprintf(&b, "%.1f,%.1f ", p.X/xtop*chartW, chartH-p.Y/ytop*chartH)
 	}
-	return &svgChart{Title: l.Title, Points: b.String(), XLabel: "seconds", YLabel: l.YLabel,
-		XMax: fmt.Sprintf("%.0f s", xmax), YMax: fmt.Sprintf("%.4g", ymax)}
+	c.Points = b.String()
+	return c
+}
+
+// flip turns vertical marks (distance from the bottom) into SVG y
+// positions (from the top).
+func flip(ticks []svgTick) []svgTick {
+	for i := range ticks {
+		ticks[i].Pos = chartH - ticks[i].Pos
+	}
+	return ticks
 }
 
 func barChart(title string, bars []Bar) *svgChart {
@@ -144,11 +203,14 @@ func barChart(title string, bars []Bar) *svgChart {
 	for _, b := range bars {
 		top = max(top, b.Count)
 	}
-	c := &svgChart{Title: title, XLabel: "milliseconds", YLabel: "count", XMax: fmt.Sprintf("%.1f ms", bars[len(bars)-1].ToMs), YMax: fmt.Sprint(top)}
-	w := chartW / float64(len(bars))
-	for i, b := range bars {
-		h := float64(b.Count) / float64(top) * chartH
-		c.Bars = append(c.Bars, svgBar{X: float64(i) * w, Y: chartH - h, W: max(w-1, 1), H: h})
+	c := &svgChart{Title: title, XLabel: "milliseconds", YLabel: "count"}
+	xtop, xt := axisTicks(bars[len(bars)-1].ToMs, 8, chartW)
+	ytop, yt := axisTicks(float64(top), 5, chartH)
+	c.XTicks, c.YTicks = xt, flip(yt)
+	for _, b := range bars {
+		h := float64(b.Count) / ytop * chartH
+		x, w := b.FromMs/xtop*chartW, (b.ToMs-b.FromMs)/xtop*chartW
+		c.Bars = append(c.Bars, svgBar{X: x, Y: chartH - h, W: max(w-1, 1), H: h})
 	}
 	return c
 }
@@ -162,21 +224,22 @@ td.m{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:1.5em 0}figcaption{font-weight:600;margin-bottom:.3em}
 svg{background:#fafafa;border:1px solid #ddd}
 code{background:#f3f3f3;padding:.1em .3em}
+td.pass{color:#1a7f37;font-weight:600}td.FAIL{color:#cf222e;font-weight:600}
 </style></head><body>
 <h1>{{.R.Title}}</h1>
 <p>{{.R.When.Format "2006-01-02 15:04:05 MST"}} &middot; <code>{{.R.Command}}</code></p>
-<table><tr><th>figure</th><th>measured</th><th>limit</th></tr>
-{{range .R.Rows}}<tr><td>{{.Figure}}</td><td class="m">{{.Measured}}</td><td>{{.Limit}}</td></tr>
+<table><tr><th>figure</th><th>measured</th><th>limit</th><th>verdict</th></tr>
+{{range .R.Rows}}<tr><td>{{.Figure}}</td><td class="m">{{.Measured}}</td><td>{{.Limit}}</td><td class="{{.Verdict}}">{{.Verdict}}</td></tr>
 {{end}}</table>
 {{range .Charts}}{{if .}}<figure><figcaption>{{.Title}}</figcaption>
-<svg xmlns="http://www.w3.org/2000/svg" width="700" height="260" viewBox="-50 -10 710 260" role="img" aria-label="{{.Title}}">
+<svg xmlns="http://www.w3.org/2000/svg" width="720" height="265" viewBox="-62 -10 732 265" role="img" aria-label="{{.Title}}">
+{{range .YTicks}}<line x1="0" y1="{{.Pos}}" x2="640" y2="{{.Pos}}" stroke="#e4e4e4"/><text x="-6" y="{{.Pos}}" dy="4" text-anchor="end" font-size="11">{{.Label}}</text>{{end}}
+{{range .XTicks}}<line x1="{{.Pos}}" y1="0" x2="{{.Pos}}" y2="220" stroke="#eeeeee"/><line x1="{{.Pos}}" y1="220" x2="{{.Pos}}" y2="225" stroke="#888"/><text x="{{.Pos}}" y="237" text-anchor="middle" font-size="11">{{.Label}}</text>{{end}}
 <line x1="0" y1="220" x2="640" y2="220" stroke="#888"/><line x1="0" y1="0" x2="0" y2="220" stroke="#888"/>
 {{if .Points}}<polyline fill="none" stroke="#1f6feb" stroke-width="2" points="{{.Points}}"/>{{end}}
 {{range .Bars}}<rect x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}" fill="#1f6feb"/>{{end}}
-<text x="640" y="238" text-anchor="end" font-size="12">{{.XMax}}</text><text x="0" y="238" font-size="12">0</text>
-<text x="-6" y="10" text-anchor="end" font-size="12">{{.YMax}}</text>
 <text x="320" y="252" text-anchor="middle" font-size="12">{{.XLabel}}</text>
-<text x="-40" y="110" font-size="12" transform="rotate(-90 -40 110)" text-anchor="middle">{{.YLabel}}</text>
+<text x="-50" y="110" font-size="12" transform="rotate(-90 -50 110)" text-anchor="middle">{{.YLabel}}</text>
 </svg></figure>{{end}}{{end}}
 </body></html>
 `))

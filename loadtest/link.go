@@ -79,14 +79,14 @@ func (r LinkReport) Rows() []Row {
 	st, ms := r.Stats, func(d time.Duration) float64 { return d.Seconds() * 1000 }
 	lossLimit := fmt.Sprintf("%.0f%% (uplink)", 100*LimitUplinkLoss)
 	return []Row{
-		{"probes sent / answered", fmt.Sprintf("%d / %d", st.Sent, st.Received), "-"},
-		{"loss towards the reflector", fmt.Sprintf("%.2f%%", 100*st.LossOut), lossLimit},
-		{"loss on the way back", fmt.Sprintf("%.2f%%", 100*st.LossBack), lossLimit},
-		{"round-trip time p50", fmt.Sprintf("%.2f ms", ms(st.RTTP50)), fmt.Sprintf("%.0f ms (uplink delay)", LimitUplinkDelayMs)},
-		{"round-trip time p99 / max", fmt.Sprintf("%.1f / %.1f ms", ms(st.RTTP99), ms(st.RTTMax)), "-"},
-		{"jitter (RFC 3550)", fmt.Sprintf("%.2f ms", ms(st.Jitter)), "-"},
-		{"duplicates / reordered", fmt.Sprintf("%d / %d", st.Duplicates, st.Reordered), "-"},
-		{"verdict", string(r.Verdict), "ok"},
+		row("probes sent / answered", fmt.Sprintf("%d / %d", st.Sent, st.Received), "-"),
+		judged("loss towards the reflector", fmt.Sprintf("%.2f%%", 100*st.LossOut), lossLimit, st.LossOut <= LimitUplinkLoss),
+		judged("loss on the way back", fmt.Sprintf("%.2f%%", 100*st.LossBack), lossLimit, st.LossBack <= LimitUplinkLoss),
+		judged("round-trip time p50", fmt.Sprintf("%.2f ms", ms(st.RTTP50)), fmt.Sprintf("%.0f ms (uplink delay)", LimitUplinkDelayMs), ms(st.RTTP50) <= LimitUplinkDelayMs),
+		row("round-trip time p99 / max", fmt.Sprintf("%.1f / %.1f ms", ms(st.RTTP99), ms(st.RTTMax)), "-"),
+		row("jitter (RFC 3550)", fmt.Sprintf("%.2f ms", ms(st.Jitter)), "-"),
+		row("duplicates / reordered", fmt.Sprintf("%d / %d", st.Duplicates, st.Reordered), "-"),
+		judged("verdict", string(r.Verdict), "ok", r.Verdict == "ok"),
 	}
 }
 

@@ -28,19 +28,18 @@ type PushBenchConfig struct {
 	Server string // push address
 	Admin  string // admin API base URL, e.g. http://127.0.0.1:13290
 	Token  string // admin bearer token, if any
-	// TokenKeyFile, when set, gives the agents device tokens (see
-	// ConnectConfig.TokenKeyFile).
-	TokenKeyFile string
-	Pin          string
-	PID          int // server process, for RSS; 0 skips memory figures
-	QUIC         bool
-	Agents       int
-	Procs        int // agent processes; 0: one per 9,000 agents
-	SourceIPs    int // spread agents over 127.0.0.2 .. 127.0.0.(1+SourceIPs)
-	Rate         float64
-	Duration     time.Duration
-	Scenarios    []string // memory, latency, broadcast, storm
-	Progress     Progress
+	// Credentials are the agents' tokens or certificates.
+	Credentials Credentials
+	Pin         string
+	PID         int // server process, for RSS; 0 skips memory figures
+	QUIC        bool
+	Agents      int
+	Procs       int // agent processes; 0: one per 9,000 agents
+	SourceIPs   int // spread agents over 127.0.0.2 .. 127.0.0.(1+SourceIPs)
+	Rate        float64
+	Duration    time.Duration
+	Scenarios   []string // memory, latency, broadcast, storm
+	Progress    Progress
 }
 
 // PushReport is what dpload push measured.
@@ -59,6 +58,9 @@ type PushReport struct {
 
 	Timeline    []TimePoint `json:"timeline,omitempty"`          // agents connected while starting
 	LatencyBars []Bar       `json:"latency_histogram,omitempty"` // publish -> receive
+	// Interrupted: the run was stopped (Ctrl-C); the scenarios it
+	// finished are in the report.
+	Interrupted bool `json:"interrupted,omitempty"`
 }
 
 // PushLatency is the publish-to-receive figure at a paced rate.
@@ -226,10 +228,12 @@ func RunPushBench(ctx context.Context, cfg PushBenchConfig) (PushReport, error) 
 	}
 	start := time.Now()
 	agentArgs := []string{"--server", cfg.Server, "--pin", cfg.Pin, "--source-ips", strconv.Itoa(cfg.SourceIPs)}
-	if cfg.TokenKeyFile != "" {
-		agentArgs = append(agentArgs, "--token-key", cfg.TokenKeyFile)
+	creds, undo, err := cfg.Credentials.prepare(ctx, cfg.Agents, []string{cfg.Admin}, cfg.Token, cfg.Progress)
+	if err != nil {
+		return rep, err
 	}
-	fl, err := startFleets(ctx, cfg.Self, cfg.QUIC, cfg.Agents, cfg.Procs, agentArgs...)
+	defer undo()
+	fl, err := startFleets(ctx, cfg.Self, cfg.QUIC, cfg.Agents, cfg.Procs, append(agentArgs, creds...)...)
 	if err != nil {
 		return rep, err
 	}
@@ -246,6 +250,10 @@ func RunPushBench(ctx context.Context, cfg PushBenchConfig) (PushReport, error) 
 	}
 	pub := newPublisher(cfg)
 	for _, sc := range cfg.Scenarios {
+		if ctx.Err() != nil { // Ctrl-C: the scenarios done so far
+			rep.Interrupted = true
+			return rep, ctx.Err()
+		}
 		switch sc {
 		case "memory":
 		case "latency":
@@ -255,7 +263,7 @@ func RunPushBench(ctx context.Context, cfg PushBenchConfig) (PushReport, error) 
 			st, _ := fl.status()
 			h, herr := fl.hist(string(KindLatency))
 			if herr != nil {
-				return rep, herr
+				return rep.cut(ctx, herr)
 			}
 			rep.Latency = &PushLatency{cfg.Rate, sent, st.Received[string(KindLatency)], failed,
 				ms(h.ValueAtQuantile(50)), ms(h.ValueAtQuantile(99)), ms(h.ValueAtQuantile(99.9)), ms(h.Max())}
@@ -266,13 +274,13 @@ func RunPushBench(ctx context.Context, cfg PushBenchConfig) (PushReport, error) 
 		case "broadcast":
 			progress("broadcast to all %d", cfg.Agents)
 			if err := pub.all(ctx); err != nil {
-				return rep, err
+				return rep.cut(ctx, err)
 			}
 			err := waitReceived(ctx, fl, string(KindBroadcast), int64(cfg.Agents), 120*time.Second)
 			st, _ := fl.status()
 			h, herr := fl.hist(string(KindBroadcast))
 			if herr != nil {
-				return rep, herr
+				return rep.cut(ctx, herr)
 			}
 			rep.Broadcast = &PushBroadcast{cfg.Agents, st.Received[string(KindBroadcast)], ms(h.ValueAtQuantile(50)), ms(h.Max())}
 			if err != nil {
@@ -282,7 +290,7 @@ func RunPushBench(ctx context.Context, cfg PushBenchConfig) (PushReport, error) 
 			progress("reconnect storm: all %d agents drop their connections at once", cfg.Agents)
 			r, err := storm(ctx, cfg, fl, pub)
 			if err != nil {
-				return rep, err
+				return rep.cut(ctx, err)
 			}
 			rep.Storm = r
 		default:
@@ -290,6 +298,16 @@ func RunPushBench(ctx context.Context, cfg PushBenchConfig) (PushReport, error) 
 		}
 	}
 	return rep, nil
+}
+
+// cut ends a run on a scenario's error; after Ctrl-C (the agent
+// processes get the signal too) that is the interruption, not the error.
+func (rep PushReport) cut(ctx context.Context, err error) (PushReport, error) {
+	if ctx.Err() != nil {
+		rep.Interrupted = true
+		return rep, ctx.Err()
+	}
+	return rep, err
 }
 
 func ms(us int64) float64 { return float64(us) / 1000 }

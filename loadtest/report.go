@@ -89,22 +89,22 @@ func (r ProxyReport) Rows() []Row {
 	var rows []Row
 	for _, t := range r.Targets {
 		for _, x := range r.Throughput[t] {
-			rows = append(rows, Row{fmt.Sprintf("%s: throughput, %d stream(s)", t, x.Streams), fmt.Sprintf("%.2f Gbit/s", x.Gbps), fmt.Sprintf("Sensor %.0f Gbit/s", SensorIngressGbps)})
+			rows = append(rows, judged(fmt.Sprintf("%s: throughput, %d stream(s)", t, x.Streams), fmt.Sprintf("%.2f Gbit/s", x.Gbps), fmt.Sprintf(">= %.0f Gbit/s (a Sensor)", SensorIngressGbps), x.Gbps >= SensorIngressGbps))
 		}
 	}
 	for _, t := range r.Targets {
 		if l, ok := r.Latency[t]; ok {
-			rows = append(rows, Row{fmt.Sprintf("%s: request/response p50 / p99 (%d conns, %d B)", t, l.Conns, l.Size), fmt.Sprintf("%.0f / %.0f us", l.P50us, l.P99us), "-"})
+			rows = append(rows, row(fmt.Sprintf("%s: request/response p50 / p99 (%d conns, %d B)", t, l.Conns, l.Size), fmt.Sprintf("%.0f / %.0f us", l.P50us, l.P99us), "-"))
 		}
 	}
 	for _, t := range r.Targets {
 		if c, ok := r.Connect[t]; ok {
-			rows = append(rows, Row{t + ": new TLS connections/s (failures)", fmt.Sprintf("%.0f (%d)", c.PerSec, c.Failed), "-"})
+			rows = append(rows, judged(t+": new TLS connections/s (failures)", fmt.Sprintf("%.0f (%d)", c.PerSec, c.Failed), "no failures", c.Failed == 0))
 		}
 	}
 	for _, t := range r.Targets {
 		if x, ok := r.Idle[t]; ok {
-			rows = append(rows, Row{t + ": RSS per idle relayed connection", fmt.Sprintf("%.1f KiB", x.PerConnBytes/1024), "-"})
+			rows = append(rows, row(t+": RSS per idle relayed connection", fmt.Sprintf("%.1f KiB", x.PerConnBytes/1024), "-"))
 		}
 	}
 	return rows
@@ -132,24 +132,28 @@ func anys(s []string) []any {
 
 // Rows are the push report's figures next to the limits they are judged by.
 func (r PushReport) Rows() []Row {
-	rows := []Row{{fmt.Sprintf("agents connected (%s, %d processes)", r.Transport, r.Procs), fmt.Sprintf("%d in %.1f s", r.Agents, r.ConnectSeconds), "management server 300; DP push server 50,000"}}
+	var rows []Row
+	if r.Interrupted {
+		rows = append(rows, row("INTERRUPTED", "the scenarios finished before Ctrl-C", ""))
+	}
+	rows = append(rows, row(fmt.Sprintf("agents connected (%s, %d processes)", r.Transport, r.Procs), fmt.Sprintf("%d in %.1f s", r.Agents, r.ConnectSeconds), "management server 300; DP push server 50,000"))
 	if r.PerConnBytes > 0 {
-		rows = append(rows, Row{"server RSS per connection", fmt.Sprintf("%.1f KiB", r.PerConnBytes/1024), "<= 8 KiB"})
+		rows = append(rows, judged("server RSS per connection", fmt.Sprintf("%.1f KiB", r.PerConnBytes/1024), "<= 8 KiB", r.PerConnBytes <= 8<<10))
 	}
 	if l := r.Latency; l != nil {
 		rows = append(rows,
-			Row{fmt.Sprintf("publish->receive at %.0f/s: p50 / p99 / max", l.Rate), fmt.Sprintf("%.2f / %.2f / %.1f ms", l.P50ms, l.P99ms, l.MaxMs), "p99 <= 5 ms"},
-			Row{"  published / received / refused", fmt.Sprintf("%d / %d / %d", l.Published, l.Received, l.Failed), "-"})
+			judged(fmt.Sprintf("publish->receive at %.0f/s: p50 / p99 / max", l.Rate), fmt.Sprintf("%.2f / %.2f / %.1f ms", l.P50ms, l.P99ms, l.MaxMs), "p99 <= 5 ms", l.P99ms <= 5),
+			judged("  published / received / refused", fmt.Sprintf("%d / %d / %d", l.Published, l.Received, l.Failed), "all received", l.Received >= l.Published && l.Failed == 0))
 	}
 	if b := r.Broadcast; b != nil {
-		rows = append(rows, Row{fmt.Sprintf("broadcast to %d: p50 / last", b.Devices), fmt.Sprintf("%.1f / %.1f ms (%d received)", b.P50ms, b.LastMs, b.Received), "last <= 300 ms"})
+		rows = append(rows, judged(fmt.Sprintf("broadcast to %d: p50 / last", b.Devices), fmt.Sprintf("%.1f / %.1f ms (%d received)", b.P50ms, b.LastMs, b.Received), "last <= 300 ms, all received", b.LastMs <= 300 && b.Received >= int64(b.Devices)))
 	}
 	if s := r.Storm; s != nil {
-		rows = append(rows, Row{"reconnect storm: all back after", fmt.Sprintf("%.1f s", s.BackSeconds), "-"})
+		rows = append(rows, row("reconnect storm: all back after", fmt.Sprintf("%.1f s", s.BackSeconds), "-"))
 		if s.PeakRSS > 0 {
-			rows = append(rows, Row{"  server peak RSS", fmt.Sprintf("%.0f MiB", float64(s.PeakRSS)/(1<<20)), "-"})
+			rows = append(rows, row("  server peak RSS", fmt.Sprintf("%.0f MiB", float64(s.PeakRSS)/(1<<20)), "-"))
 		}
-		rows = append(rows, Row{"  pushes published / received / lost", fmt.Sprintf("%d / %d / %d", s.Published, s.Received, s.Lost), "lost = 0"})
+		rows = append(rows, judged("  pushes published / received / lost", fmt.Sprintf("%d / %d / %d", s.Published, s.Received, s.Lost), "lost = 0", s.Lost == 0))
 	}
 	return rows
 }
@@ -158,12 +162,12 @@ func (r PushReport) Rows() []Row {
 func (r PushReport) WriteTable(w io.Writer) { writeRows(w, r.Rows()) }
 
 // writeRows prints figures in columns: figure, measured, the limit it is
-// judged by.
+// judged by, and pass or FAIL where the limit is a judgement.
 func writeRows(w io.Writer, rows []Row) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "figure\tmeasured\tlimit / target\n")
+	fmt.Fprintf(tw, "figure\tmeasured\tlimit / target\tverdict\n")
 	for _, row := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", row.Figure, row.Measured, row.Limit)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", row.Figure, row.Measured, row.Limit, row.Verdict)
 	}
 	tw.Flush()
 }

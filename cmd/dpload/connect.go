@@ -42,7 +42,7 @@ spread over loopback source addresses.`, stdout)
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
 	htmlFile := fs.String("html", "", "also write a self-contained HTML report with charts to `FILE`")
 	ths := thresholdFlag(fs)
-	tokenKey := tokenKeyFlag(fs)
+	creds := credentialFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -58,8 +58,11 @@ spread over loopback source addresses.`, stdout)
 		return err
 	}
 	cfg.Token = token
-	if cfg.TokenKeyFile, err = absKeyFile(*tokenKey); err != nil {
+	if cfg.Credentials, err = creds(); err != nil {
 		return err
+	}
+	if cfg.Credentials.AgentCerts && len(cfg.Admins) == 0 {
+		return usageError{errors.New("connect: --agent-certs needs --admin (the certificates go into the gateway's allow-list)")}
 	}
 	if *procs != "auto" {
 		n, err := strconv.Atoi(*procs)
@@ -83,6 +86,13 @@ spread over loopback source addresses.`, stdout)
 
 // exitThresholds is dpload's exit status when a threshold is crossed (k6's).
 const exitThresholds = 99
+
+// exitInterrupted is the exit status of a run stopped by a signal, after
+// its report (the shell's 128 + SIGINT).
+const exitInterrupted = 130
+
+// errInterrupted is a run stopped by Ctrl-C, its report written.
+var errInterrupted = errors.New("interrupted")
 
 // thresholdError is a run whose figures crossed a threshold.
 type thresholdError struct{ error }
@@ -123,13 +133,23 @@ func checkThresholds(ths []loadtest.Threshold, figures map[string]float64, w io.
 }
 
 // report is how connect and push end: the HTML file if asked (and the run
-// succeeded), then JSON (asked, or the partial report of a failed run) or
-// the table.
+// succeeded or was interrupted), then JSON (asked, or the partial report
+// of a failed run) or the table. A run stopped by Ctrl-C (SIGINT or
+// SIGTERM) reports the figures up to then, as a finished one does, and
+// ends with exit status 130.
 func report(rep interface{ WriteTable(io.Writer) }, runErr error, jsonOut bool, htmlFile string, html loadtest.HTMLReport, stdout, stderr io.Writer) error {
-	if htmlFile != "" && runErr == nil {
+	if errors.Is(runErr, context.Canceled) {
+		fmt.Fprintln(stderr, "dpload: interrupted; the figures up to now:")
+		runErr = errInterrupted
+	}
+	if htmlFile != "" && (runErr == nil || runErr == errInterrupted) {
 		if err := writeHTML(htmlFile, html, stderr); err != nil {
 			return err
 		}
+	}
+	if runErr == errInterrupted && !jsonOut {
+		rep.WriteTable(stdout)
+		return runErr
 	}
 	if jsonOut || runErr != nil {
 		enc := json.NewEncoder(stdout)

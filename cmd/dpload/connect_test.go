@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -270,5 +271,71 @@ func TestConnectFailsFastWithTheReason(t *testing.T) {
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Run(); err != nil {
 		t.Errorf("connect with --token-key on push.auth token: %v\n%s", err, errOut.String())
+	}
+
+	// push.auth cert with --agent-certs: certificates issued, added to the
+	// allow-list through the admin API, and removed again at the end.
+	cmd = exec.Command(bin, "connect", "--server", ls.Push.Addr().String(), "--admin", "http://"+ls.Admin.Addr().String(), "--token-file", tokenFile,
+		"--pin", g.Identity().Pin(), "--agents", "30", "--procs", "2", "--hold", "100ms", "--source-ips", "2", "--agent-certs", "--threshold", "connected>=100%")
+	out.Reset()
+	errOut.Reset()
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		t.Errorf("connect with --agent-certs on push.auth cert: %v\n%s", err, errOut.String())
+	}
+	if n := g.AllowList().Len(); n != 0 {
+		t.Errorf("%d agent certificates left in the allow-list after the run, want 0", n)
+	}
+}
+
+// TestConnectReportsOnInterrupt: Ctrl-C during the hold ends dpload
+// connect with its report (the table, the HTML file) of the figures up
+// to then, marked interrupted, and exit status 130 (before: a JSON dump
+// with "context canceled" and exit 1, no HTML).
+func TestConnectReportsOnInterrupt(t *testing.T) {
+	bin := buildDpload(t)
+	g, ls, tokenFile := startGateway(t)
+	html := filepath.Join(t.TempDir(), "cut.html")
+	cmd := exec.Command(bin, "connect", "--server", ls.Push.Addr().String(), "--admin", "http://"+ls.Admin.Addr().String(), "--token-file", tokenFile,
+		"--pin", g.Identity().Pin(), "--agents", "40", "--procs", "1", "--hold", "10m", "--source-ips", "2", "--html", html)
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	holding := make(chan struct{})
+	go func() { // reads standard error; ends when dpload exits
+		sc := bufio.NewScanner(stderr)
+		seen := false
+		for sc.Scan() {
+			if !seen && strings.Contains(sc.Text(), "holding") {
+				seen = true
+				close(holding)
+			}
+		}
+	}()
+	select {
+	case <-holding:
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("dpload connect never reached the hold")
+	}
+	cmd.Process.Signal(os.Interrupt)
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+		t.Errorf("exit after Ctrl-C: %v, want status 130", err)
+	}
+	for _, want := range []string{"INTERRUPTED", "agents connected", "40 / 40", "pass"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report after Ctrl-C lacks %q:\n%s", want, out.String())
+		}
+	}
+	if b, err := os.ReadFile(html); err != nil || !bytes.Contains(b, []byte("INTERRUPTED")) {
+		t.Errorf("HTML report after Ctrl-C: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -65,6 +66,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			case errors.As(err, new(usageError)):
 				fmt.Fprintf(stderr, "dpload: %v\n", err)
 				return 2
+			case errors.Is(err, errInterrupted):
+				return exitInterrupted
 			case errors.As(err, new(thresholdError)):
 				fmt.Fprintf(stderr, "dpload: %v\n", err)
 				return exitThresholds
@@ -265,12 +268,19 @@ limit of one process.`, stdout)
 	srcIPs := fs.Int("source-ips", 0, "spread over 127.0.0.2 .. 127.0.0.(1+N); 0: the system's choice")
 	ramp := fs.Float64("ramp", 1000, "new connections per second while starting")
 	tokenKey := fs.String("token-key", "", "push.token_key_file: give each agent a device token signed with its first key")
+	certFile := fs.String("agent-certs", "", "agent certificates (`FILE` of dpload connect/push --agent-certs): agent N presents the N-th")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	key, err := readTokenKey(*tokenKey)
 	if err != nil {
 		return err
+	}
+	var certs []tls.Certificate
+	if *certFile != "" {
+		if certs, err = loadtest.LoadAgentCerts(*certFile); err != nil {
+			return err
+		}
 	}
 	var ips []net.IP
 	for i := range *srcIPs {
@@ -279,7 +289,7 @@ limit of one process.`, stdout)
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	f, err := loadtest.StartFleet(fctx, loadtest.FleetConfig{Server: *server, Pin: *pin, QUIC: *useQUIC,
-		Prefix: "agent-", First: *first, Count: *count, SourceIPs: ips, Ramp: *ramp, TokenKey: key})
+		Prefix: "agent-", First: *first, Count: *count, SourceIPs: ips, Ramp: *ramp, TokenKey: key, Certs: certs})
 	if err != nil {
 		return err
 	}
@@ -317,7 +327,7 @@ meanwhile are counted).`, stdout)
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
 	htmlFile := fs.String("html", "", "also write a self-contained HTML report with charts to `FILE`")
 	ths := thresholdFlag(fs)
-	tokenKey := tokenKeyFlag(fs)
+	creds := credentialFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -334,7 +344,7 @@ meanwhile are counted).`, stdout)
 	}
 	cfg.Self = self
 	cfg.Scenarios = strings.Split(*scen, ",")
-	if cfg.TokenKeyFile, err = absKeyFile(*tokenKey); err != nil {
+	if cfg.Credentials, err = creds(); err != nil {
 		return err
 	}
 	cfg.Progress = progressPrinter(stderr)
@@ -397,10 +407,19 @@ func readTokenKey(file string) ([]byte, error) {
 	return keys[0], nil
 }
 
-// tokenKeyFlag adds --token-key to connect and push (absolute, for the
-// agent processes).
-func tokenKeyFlag(fs *flag.FlagSet) *string {
-	return fs.String("token-key", "", "push.token_key_file of the gateway (push.auth token): the agents get device tokens signed with its first key")
+// credentialFlags adds the agents' credentials to connect and push:
+// --token-key (push.auth token) and --agent-certs (push.auth cert, the
+// default). The function it returns checks them once parsed.
+func credentialFlags(fs *flag.FlagSet) func() (loadtest.Credentials, error) {
+	tokenKey := fs.String("token-key", "", "push.token_key_file of the gateway (push.auth token): the agents get device tokens signed with its first key")
+	certs := fs.Bool("agent-certs", false, "push.auth cert (the default): issue each agent a client certificate (common name agent-N), add them to the allow-list through the admin API before connecting and remove them at the end")
+	return func() (loadtest.Credentials, error) {
+		if *tokenKey != "" && *certs {
+			return loadtest.Credentials{}, usageError{errors.New("--token-key and --agent-certs are for different push.auth settings: give one")}
+		}
+		file, err := absKeyFile(*tokenKey)
+		return loadtest.Credentials{TokenKeyFile: file, AgentCerts: *certs}, err
+	}
 }
 
 // absKeyFile checks a --token-key file and makes its name absolute for the
