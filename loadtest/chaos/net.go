@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 )
 
 // network is the bridge in the host's namespace that every node's
@@ -37,15 +38,32 @@ func run(args ...string) error {
 	return nil
 }
 
-// newNetwork makes the bridge. The subnet is 10.77.<k>.0/24 with k from
-// the process id, so two runs on one machine do not collide.
+// networks numbers the networks this process makes, so that runs side
+// by side (TestChaosShort's groups) get different ones.
+var networks atomic.Int64
+
+// newNetwork makes the bridge. The subnet is 10.77.<k>.0/24, k from the
+// process id and the runs it made before, and the next free k when that
+// bridge exists (another process's run, or one that did not clean up).
 func newNetwork() (*network, error) {
-	k := os.Getpid() % 200
-	n := &network{prefix: fmt.Sprintf("dpc%03d", k), subnet: netip.AddrFrom4([4]byte{10, 77, byte(k), 0})}
-	br := n.prefix + "br"
-	if err := run("ip", "link", "add", br, "type", "bridge"); err != nil {
-		return nil, err
+	start := os.Getpid() + 37*int(networks.Add(1))
+	var err error
+	for i := range 200 {
+		k := (start + i) % 200
+		n := &network{prefix: fmt.Sprintf("dpc%03d", k), subnet: netip.AddrFrom4([4]byte{10, 77, byte(k), 0})}
+		if err = run("ip", "link", "add", n.prefix+"br", "type", "bridge"); err == nil {
+			return n.up()
+		}
+		if !strings.Contains(err.Error(), "exists") {
+			return nil, err
+		}
 	}
+	return nil, err
+}
+
+// up addresses the new bridge and brings it up.
+func (n *network) up() (*network, error) {
+	br := n.prefix + "br"
 	if err := run("ip", "addr", "add", n.host().String()+"/24", "dev", br); err != nil {
 		n.close()
 		return nil, err
