@@ -1,6 +1,7 @@
 package loadtest
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -40,13 +41,16 @@ type ConnectConfig struct {
 	SourceIPs int
 	// Credentials are the agents' tokens or certificates.
 	Credentials Credentials
-	Self        string // the dpload binary
-	Progress    Progress
+	// FailFast: with no agent connected and attempts failing this long,
+	// stop and say why. Default: DefaultFailFast; negative: never.
+	FailFast time.Duration
+	Self     string // the dpload binary
+	Progress Progress
 }
 
-// failFastAfter: with no agent connected and attempts failing this long,
-// connect stops and says why, rather than retrying for minutes.
-const failFastAfter = 10 * time.Second
+// DefaultFailFast: with no agent connected and attempts failing this
+// long, connect stops and says why, rather than retrying for minutes.
+const DefaultFailFast = 10 * time.Second
 
 // NodeFigures are one gateway's figures read from its admin API.
 type NodeFigures struct {
@@ -94,6 +98,7 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 	if cfg.Ramp == 0 {
 		cfg.Ramp = 1000
 	}
+	failFast := cmp.Or(cfg.FailFast, DefaultFailFast)
 	progress := cfg.Progress.note
 	rep := ConnectReport{Agents: cfg.Agents, Procs: cfg.Procs, Servers: cfg.Servers, Failures: map[string]int64{}}
 	for _, a := range cfg.Admins {
@@ -132,10 +137,10 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 			best, bestAt = st.Connected, time.Now()
 		}
 		cfg.Progress.count("connected", st.Connected, int64(cfg.Agents))
-		if failed := sumOf(st.Failures); best == 0 && failed > 0 && time.Since(start) > failFastAfter {
+		if failed := sumOf(st.Failures); best == 0 && failed > 0 && failFast > 0 && time.Since(start) > failFast {
 			rep.Failures = st.Failures
 			return rep, fmt.Errorf("no agent connected in %s, %d attempts failed (%s); the gateway's answer to the last one: %s%s",
-				failFastAfter, failed, failureList(st.Failures), st.LastError, credentialsHint(st.LastError))
+				failFast, failed, failureList(st.Failures), st.LastError, credentialsHint(st.LastError))
 		}
 		if st.Connected >= int64(cfg.Agents) || time.Now().After(deadline) || time.Since(bestAt) > time.Minute {
 			rep.Connected = st.Connected

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 // accounting: every agent connected and held, the gateway's session count
 // equal to it, and its RSS per connection read from the admin API.
 func TestConnectAgainstGateway(t *testing.T) {
+	t.Parallel()
 	bin := buildDpload(t)
 	g, ls, tokenFile := startGateway(t)
 
@@ -74,6 +76,7 @@ func TestConnectAgainstGateway(t *testing.T) {
 // TestLinkThroughImpairment runs the built dpload link through the
 // impairment relay and checks its accounting and verdict.
 func TestLinkThroughImpairment(t *testing.T) {
+	t.Parallel()
 	bin := buildDpload(t)
 	htmlFile := filepath.Join(filepath.Dir(bin), "link.html")
 	out, err := exec.Command(bin, "link", "--count", "500", "--interval", "1ms", "--delay", "60ms", "--json", "--html", htmlFile).Output()
@@ -123,6 +126,7 @@ func TestLinkThroughImpairment(t *testing.T) {
 // received or counted as refused, the broadcast reaches every agent, and
 // the storm loses nothing.
 func TestPushAgainstGateway(t *testing.T) {
+	t.Parallel()
 	bin := buildDpload(t)
 	g, ls, tokenFile := startGateway(t)
 	token, err := os.ReadFile(tokenFile)
@@ -169,14 +173,43 @@ func TestPushAgainstGateway(t *testing.T) {
 	}
 }
 
-// buildDpload builds the dpload binary into a temporary directory.
+// buildDpload builds the dpload binary once for the package's tests and
+// returns a copy in the test's own directory (tests write their reports
+// beside it).
 func buildDpload(t *testing.T) string {
 	t.Helper()
+	built, err := dploadOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
 	bin := filepath.Join(t.TempDir(), "dpload")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	if err := os.Link(built, bin); err != nil {
+		t.Fatal(err)
 	}
 	return bin
+}
+
+// buildDir holds the binary dploadOnce built; TestMain removes it.
+var buildDir string
+
+var dploadOnce = sync.OnceValues(func() (string, error) {
+	bin := filepath.Join(buildDir, "dpload")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "dpload-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	buildDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // startGateway runs an in-process gateway with the push server (auth
@@ -214,6 +247,7 @@ func startGatewayAuth(t *testing.T, auth string) (*gateway.Gateway, gateway.List
 // and a crossed one makes dpload exit 99 (k6's convention), after the
 // report.
 func TestConnectThresholds(t *testing.T) {
+	t.Parallel()
 	bin := buildDpload(t)
 	g, ls, tokenFile := startGateway(t)
 	run := func(ths ...string) (int, string, string) {
@@ -245,20 +279,22 @@ func TestConnectThresholds(t *testing.T) {
 }
 
 // TestConnectFailsFastWithTheReason: on push.auth cert without agent
-// certificates, dpload connect stops after 10 s naming the gateway's
+// certificates, dpload connect stops after --fail-fast (10 s by default)
+// naming the gateway's
 // answer (before: "connected 0 / 300" for 60 s, then exit 0); with
 // --token-key on push.auth token the agents get tokens and connect.
 func TestConnectFailsFastWithTheReason(t *testing.T) {
+	t.Parallel()
 	bin := buildDpload(t)
 	g, ls, tokenFile := startGatewayAuth(t, "cert")
 	cmd := exec.Command(bin, "connect", "--server", ls.Push.Addr().String(), "--token-file", tokenFile, "--pin", g.Identity().Pin(),
-		"--agents", "20", "--procs", "1", "--hold", "100ms", "--source-ips", "2")
+		"--agents", "20", "--procs", "1", "--hold", "100ms", "--source-ips", "2", "--fail-fast", "2s")
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	start := time.Now()
 	err := cmd.Run()
 	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(errOut.String(), "no agent connected") || !strings.Contains(errOut.String(), "certificate required") {
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(errOut.String(), "no agent connected in 2s") || !strings.Contains(errOut.String(), "certificate required") {
 		t.Fatalf("connect to push.auth cert without certificates: %v after %s\n%s", err, time.Since(start).Round(time.Second), errOut.String())
 	}
 
@@ -293,6 +329,7 @@ func TestConnectFailsFastWithTheReason(t *testing.T) {
 // to then, marked interrupted, and exit status 130 (before: a JSON dump
 // with "context canceled" and exit 1, no HTML).
 func TestConnectReportsOnInterrupt(t *testing.T) {
+	t.Parallel()
 	bin := buildDpload(t)
 	g, ls, tokenFile := startGateway(t)
 	html := filepath.Join(t.TempDir(), "cut.html")

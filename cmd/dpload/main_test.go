@@ -19,6 +19,7 @@ import (
 // TestProxyScenariosAgainstSink runs the built dpload: a sink, then the
 // proxy scenarios against it directly, and checks the JSON report.
 func TestProxyScenariosAgainstSink(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "dpload")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
