@@ -55,7 +55,8 @@ type clusterAgent struct {
 // push any node accepted (answered 2xx) is delivered. dig checks the DNS
 // answers before and after.
 func TestClusterSurvivesKill9(t *testing.T) {
-	t.Parallel() // real processes that mostly wait: side by side with the other long ones
+	// Real processes that mostly wait: side by side with the other long ones.
+	t.Parallel()
 	if _, err := exec.LookPath("dig"); err != nil {
 		t.Fatal("dig is needed (Debian package dnsutils; .ci/run installs it)")
 	}

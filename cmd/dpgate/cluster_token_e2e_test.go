@@ -47,7 +47,8 @@ func (a *tokenAgent) state() (string, string, int) {
 // tokens while old ones still work; the old key retired, its tokens are
 // refused and the sessions already up stay.
 func TestClusterTokenAuth(t *testing.T) {
-	t.Parallel()                  // real processes that mostly wait: side by side with the other long ones
+	// Real processes that mostly wait: side by side with the other long ones.
+	t.Parallel()
 	const nodesN, agentsN = 3, 30 // enough that a node above its fair share after the restart has agents to hand over
 	dir := t.TempDir()
 	keyFile := filepath.Join(dir, "push-token.key")

@@ -14,7 +14,8 @@ import (
 // TestProbeAgainstReflect: dpgate probe against dpgate reflect, within
 // the limits (exit 0) and with a delay limit no link meets (exit 1).
 func TestProbeAgainstReflect(t *testing.T) {
-	t.Parallel() // real processes that mostly wait: side by side with the other long ones
+	// Real processes that mostly wait: side by side with the other long ones.
+	t.Parallel()
 	addr := freeUDPTCP(t)
 	r := exec.Command(bin, "reflect", "--listen", addr)
 	r.Env = os.Environ()

@@ -409,7 +409,8 @@ func echoOnce(addr string, cfg *tls.Config) (string, error) {
 // every accepted push arrives, and the old process exits once its relay
 // is done.
 func TestUpgradeDropsNothing(t *testing.T) {
-	t.Parallel() // real processes that mostly wait: side by side with the other long ones
+	// Real processes that mostly wait: side by side with the other long ones.
+	t.Parallel()
 	const agentsN = 20
 	const relayBytes = 1 << 30
 	s, agents := newUpgradeSite(t, agentsN)
@@ -558,7 +559,8 @@ func TestUpgradeDropsNothing(t *testing.T) {
 // old process opens the store again and serves on its sockets: agents
 // reconnect to it and pushes queued before are delivered.
 func TestUpgradeFailureKeepsServing(t *testing.T) {
-	t.Parallel() // real processes that mostly wait: side by side with the other long ones
+	// Real processes that mostly wait: side by side with the other long ones.
+	t.Parallel()
 	const agentsN = 5
 	s, agents := newUpgradeSite(t, agentsN)
 	before, err := s.status()
