@@ -38,6 +38,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 go mod download
+# A race-enabled process sleeps a second before it exits, for reports from
+# goroutines still running; every test binary and every child process the
+# tests start from one (the store's check runs in a child) would pay it.
+export GORACE="${GORACE:-atexit_sleep_ms=0}"
 if [ "$#" -eq 0 ]; then
   set -- ./...
 fi

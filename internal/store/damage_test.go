@@ -393,10 +393,10 @@ func TestDamagedPagesInACycle(t *testing.T) {
 }
 
 // bitflipSeeds is how many randomly damaged files TestOpenSurvivesRandomBitflips
-// opens (each Open checks in a child process, about a second under -race;
-// it was 50, 51 s one at a time); the chaos harness's bitflip fault goes
-// on where this stops.
-const bitflipSeeds = 32
+// opens (each Open checks in a child process: 20 ms, or a second under
+// -race unless GORACE has atexit_sleep_ms=0, which ./scripts/test.sh
+// sets); the chaos harness's bitflip fault goes on where this stops.
+const bitflipSeeds = 64
 
 // TestOpenSurvivesRandomBitflips: a store with 64 random bits flipped past
 // its meta pages, as the chaos harness does to a node while it is down,
