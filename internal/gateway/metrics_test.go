@@ -73,6 +73,7 @@ func readMetricsDoc(t *testing.T) map[string]docSeries {
 // come with the first other node; memberlist emitted no metric the
 // bridge does not map.
 func TestMetricsFollowConventions(t *testing.T) {
+	t.Parallel() // among the package's longest; they wait more than they compute
 	promtool, err := exec.LookPath("promtool")
 	if err != nil {
 		t.Fatal("promtool is needed (Debian package prometheus; ./scripts/test.sh installs it)")

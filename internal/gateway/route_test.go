@@ -253,6 +253,7 @@ func TestMinCopies(t *testing.T) {
 }
 
 func TestQueuedPushesSurviveOwnerFailure(t *testing.T) {
+	t.Parallel() // among the package's longest; they wait more than they compute
 	gs, apis := testCluster(t, 3)
 	ctx := context.Background()
 	dev := "pc-offline"
@@ -405,6 +406,7 @@ func TestWakeRoutedToTheHoldingNode(t *testing.T) {
 // before, a push accepted by a restarted owner waited for that sweep (27 s
 // in the chaos harness's rolling upgrade with the default 30 s).
 func TestRestartedOwnersLearnHolders(t *testing.T) {
+	t.Parallel() // among the package's longest; they wait more than they compute
 	routerSweep = time.Hour
 	t.Cleanup(func() { routerSweep = 0 })
 	gs, _ := testCluster(t, 3)
