@@ -157,9 +157,7 @@ func New(cfg Config) (*Cluster, error) {
 	cfg.ProbeInterval = cmp.Or(cfg.ProbeInterval, DefaultProbeInterval)
 	cfg.RebalanceRate = cmp.Or(cfg.RebalanceRate, DefaultRebalanceRate)
 	cfg.RebalanceAfter = cmp.Or(cfg.RebalanceAfter, DefaultRebalanceAfter)
-	if cfg.Registerer == nil {
-		cfg.Registerer = prometheus.NewRegistry()
-	}
+	cfg.Registerer = cmp.Or[prometheus.Registerer](cfg.Registerer, prometheus.NewRegistry())
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	c := &Cluster{cfg: cfg, log: cfg.Logger, m: newClusterMetrics(cfg.Registerer), members: map[string]Member{}, redirects: map[string][]time.Time{}, metaAt: map[string]time.Time{}, rtt: map[string]time.Duration{}, growth: map[string]float64{}, done: make(chan struct{})}
 

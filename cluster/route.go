@@ -115,9 +115,7 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 	cfg.Replicas = cmp.Or(cfg.Replicas, DefaultReplicas)
 	cfg.SweepInterval = cmp.Or(cfg.SweepInterval, DefaultSweepInterval)
 	cfg.RequestTimeout = cmp.Or(cfg.RequestTimeout, DefaultRequestTimeout)
-	if cfg.Registerer == nil {
-		cfg.Registerer = prometheus.NewRegistry()
-	}
+	cfg.Registerer = cmp.Or[prometheus.Registerer](cfg.Registerer, prometheus.NewRegistry())
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	r := &Router{
 		cfg: cfg, c: cfg.Cluster, local: cfg.Local, log: cfg.Logger, m: newRouterMetrics(cfg.Registerer),

@@ -111,16 +111,11 @@ func RunConnect(ctx context.Context, cfg ConnectConfig) (ConnectReport, error) {
 	start := time.Now()
 	agentArgs := []string{"--server", strings.Join(cfg.Servers, ","), "--pin", cfg.Pin,
 		"--source-ips", strconv.Itoa(cfg.SourceIPs), "--ramp", strconv.FormatFloat(cfg.Ramp/float64(cfg.Procs), 'f', 1, 64)}
-	creds, undo, err := cfg.Credentials.prepare(ctx, cfg.Agents, cfg.Admins, cfg.Token, cfg.Progress)
+	fl, stop, err := startAgents(ctx, agentRun{cfg.Self, cfg.QUIC, cfg.Agents, cfg.Procs, cfg.Credentials, cfg.Admins, cfg.Token, cfg.Progress}, agentArgs...)
 	if err != nil {
 		return rep, err
 	}
-	defer undo()
-	fl, err := startFleets(ctx, cfg.Self, cfg.QUIC, cfg.Agents, cfg.Procs, append(agentArgs, creds...)...)
-	if err != nil {
-		return rep, err
-	}
-	defer stopFleets(fl)
+	defer stop()
 	progress("connecting %d agents to %d servers from %d processes at %.0f/s", cfg.Agents, len(cfg.Servers), len(fl), cfg.Ramp)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()

@@ -151,6 +151,34 @@ func startFleets(ctx context.Context, self string, quic bool, agents, procs int,
 
 // stopFleets asks every agent process to quit, killing any still there
 // after 10 s.
+// agentRun is what startAgents needs: the dpload binary, the agents and
+// their processes, their credentials and the admin APIs that take them.
+type agentRun struct {
+	self        string
+	quic        bool
+	agents      int
+	procs       int
+	credentials Credentials
+	admins      []string
+	token       string
+	progress    Progress
+}
+
+// startAgents prepares the agents' credentials and starts their
+// processes; stop ends both, the processes first.
+func startAgents(ctx context.Context, a agentRun, args ...string) (_ fleets, stop func(), _ error) {
+	creds, undo, err := a.credentials.prepare(ctx, a.agents, a.admins, a.token, a.progress)
+	if err != nil {
+		return nil, nil, err
+	}
+	fl, err := startFleets(ctx, a.self, a.quic, a.agents, a.procs, append(args, creds...)...)
+	if err != nil {
+		undo()
+		return nil, nil, err
+	}
+	return fl, func() { stopFleets(fl); undo() }, nil
+}
+
 func stopFleets(fl fleets) {
 	for _, p := range fl {
 		fmt.Fprintln(p.in, "quit")
@@ -228,16 +256,11 @@ func RunPushBench(ctx context.Context, cfg PushBenchConfig) (PushReport, error) 
 	}
 	start := time.Now()
 	agentArgs := []string{"--server", cfg.Server, "--pin", cfg.Pin, "--source-ips", strconv.Itoa(cfg.SourceIPs)}
-	creds, undo, err := cfg.Credentials.prepare(ctx, cfg.Agents, []string{cfg.Admin}, cfg.Token, cfg.Progress)
+	fl, stop, err := startAgents(ctx, agentRun{cfg.Self, cfg.QUIC, cfg.Agents, cfg.Procs, cfg.Credentials, []string{cfg.Admin}, cfg.Token, cfg.Progress}, agentArgs...)
 	if err != nil {
 		return rep, err
 	}
-	defer undo()
-	fl, err := startFleets(ctx, cfg.Self, cfg.QUIC, cfg.Agents, cfg.Procs, append(agentArgs, creds...)...)
-	if err != nil {
-		return rep, err
-	}
-	defer stopFleets(fl)
+	defer stop()
 	progress("connecting %d agents from %d processes", cfg.Agents, len(fl))
 	if err := waitConnected(ctx, fl, cfg.Agents, 5*time.Minute, cfg.Progress, start, &rep.Timeline); err != nil {
 		return rep, err

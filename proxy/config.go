@@ -105,9 +105,7 @@ func (c *Config) withDefaults() {
 	c.HealthInterval = cmp.Or(c.HealthInterval, DefaultHealthInterval)
 	c.EjectAfter = cmp.Or(c.EjectAfter, DefaultEjectAfter)
 	c.EjectBackoff = cmp.Or(c.EjectBackoff, DefaultEjectBackoff)
-	if c.Registerer == nil {
-		c.Registerer = prometheus.NewRegistry()
-	}
+	c.Registerer = cmp.Or[prometheus.Registerer](c.Registerer, prometheus.NewRegistry())
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 }
 

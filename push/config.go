@@ -150,9 +150,7 @@ func (c *Config) withDefaults() {
 	c.DrainSpread = cmp.Or(c.DrainSpread, DefaultDrainSpread)
 	c.ExpireInterval = cmp.Or(c.ExpireInterval, DefaultExpireInterval)
 	c.PathInterval = cmp.Or(c.PathInterval, DefaultPathInterval)
-	if c.Registerer == nil {
-		c.Registerer = prometheus.NewRegistry()
-	}
+	c.Registerer = cmp.Or[prometheus.Registerer](c.Registerer, prometheus.NewRegistry())
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 }
 

@@ -136,9 +136,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.MaxDevices <= 0 {
 		cfg.MaxDevices = 50_000
 	}
-	if cfg.Registerer == nil {
-		cfg.Registerer = prometheus.NewRegistry()
-	}
+	cfg.Registerer = cmp.Or[prometheus.Registerer](cfg.Registerer, prometheus.NewRegistry())
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	perDev, _ := simplelru.NewLRU[string, *rate.Limiter](cfg.MaxDevices, nil)
 	last, _ := simplelru.NewLRU[string, Result](cfg.MaxDevices, nil)

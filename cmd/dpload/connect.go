@@ -40,8 +40,7 @@ spread over loopback source addresses.`, stdout)
 	fs.DurationVar(&cfg.Hold, "hold", 10*time.Second, "how long to hold the connections before the final count")
 	fs.DurationVar(&cfg.FailFast, "fail-fast", loadtest.DefaultFailFast, "stop with the gateway's reason when no agent has connected after this long (attempts failing); negative: keep trying")
 	fs.IntVar(&cfg.SourceIPs, "source-ips", 16, "loopback source addresses (127.0.0.2 ..) to spread agents over; one address pair runs out near 28,000")
-	jsonOut := fs.Bool("json", false, "print the report as JSON")
-	htmlFile := fs.String("html", "", "also write a self-contained HTML report with charts to `FILE`")
+	out := outputFlags(fs)
 	ths := thresholdFlag(fs)
 	creds := credentialFlags(fs)
 	if err := parse(fs, args); err != nil {
@@ -79,7 +78,7 @@ spread over loopback source addresses.`, stdout)
 	cfg.Self = self
 	cfg.Progress = progressPrinter(stderr)
 	rep, err := loadtest.RunConnect(ctx, cfg)
-	if err := report(rep, err, *jsonOut, *htmlFile, rep.HTML("dpload connect "+strings.Join(args, " ")), stdout, stderr); err != nil {
+	if err := out.report(rep, err, rep.HTML("dpload connect "+strings.Join(args, " ")), stdout, stderr); err != nil {
 		return err
 	}
 	return checkThresholds(*ths, rep.Figures(), stderr)
@@ -133,12 +132,27 @@ func checkThresholds(ths []loadtest.Threshold, figures map[string]float64, w io.
 	return nil
 }
 
-// report is how connect and push end: the HTML file if asked (and the run
+// output is where a run's report goes: --json, --html FILE.
+type output struct {
+	json *bool
+	html *string
+}
+
+// outputFlags adds --json and --html.
+func outputFlags(fs *flag.FlagSet) output {
+	return output{
+		json: fs.Bool("json", false, "print the report as JSON"),
+		html: fs.String("html", "", "also write a self-contained HTML report with charts to `FILE`"),
+	}
+}
+
+// report is how a run ends: the HTML file if asked (and the run
 // succeeded or was interrupted), then JSON (asked, or the partial report
 // of a failed run) or the table. A run stopped by Ctrl-C (SIGINT or
 // SIGTERM) reports the figures up to then, as a finished one does, and
 // ends with exit status 130.
-func report(rep interface{ WriteTable(io.Writer) }, runErr error, jsonOut bool, htmlFile string, html loadtest.HTMLReport, stdout, stderr io.Writer) error {
+func (o output) report(rep interface{ WriteTable(io.Writer) }, runErr error, html loadtest.HTMLReport, stdout, stderr io.Writer) error {
+	jsonOut, htmlFile := *o.json, *o.html
 	if errors.Is(runErr, context.Canceled) {
 		fmt.Fprintln(stderr, "dpload: interrupted; the figures up to now:")
 		runErr = errInterrupted

@@ -28,8 +28,7 @@ measurement reports can be checked against what was set.`, stdout)
 	seed := fs.Uint64("seed", 1, "impairment random seed")
 	count := fs.Int("count", 3000, "probes")
 	interval := fs.Duration("interval", 2*time.Millisecond, "time between probes")
-	jsonOut := fs.Bool("json", false, "print the report as JSON")
-	htmlFile := fs.String("html", "", "also write a self-contained HTML report with charts to `FILE`")
+	out := outputFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -62,5 +61,5 @@ measurement reports can be checked against what was set.`, stdout)
 	st := p.Stats()
 	j := link.Judge{Limits: link.Limits{Loss: loadtest.LimitUplinkLoss, Delay: time.Duration(loadtest.LimitUplinkDelayMs * float64(time.Millisecond))}, MinProbes: 1}
 	rep := loadtest.NewLinkReport(*target, imp, st, j.Raw(st), p.Samples())
-	return report(rep, nil, *jsonOut, *htmlFile, rep.HTML("dpload link "+strings.Join(args, " ")), stdout, stderr)
+	return out.report(rep, nil, rep.HTML("dpload link "+strings.Join(args, " ")), stdout, stderr)
 }

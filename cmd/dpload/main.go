@@ -182,8 +182,7 @@ per second, relayed to the sink), idle (RSS growth per open relay).`, stdout)
 	size := fs.Int("size", 64, "request and response size in bytes for the latency scenario")
 	workers := fs.Int("connect-workers", 8, "concurrent dialers for the connect scenario")
 	idle := fs.Int("idle-conns", 5000, "connections held for the idle scenario")
-	jsonOut := fs.Bool("json", false, "print the report as JSON")
-	htmlFile := fs.String("html", "", "also write a self-contained HTML report with charts to `FILE`")
+	out := outputFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -251,7 +250,7 @@ per second, relayed to the sink), idle (RSS growth per open relay).`, stdout)
 			return usageError{fmt.Errorf("unknown scenario %q", s)}
 		}
 	}
-	return report(rep, nil, *jsonOut, *htmlFile, rep.HTML("dpload proxy "+strings.Join(args, " ")), stdout, stderr)
+	return out.report(rep, nil, rep.HTML("dpload proxy "+strings.Join(args, " ")), stdout, stderr)
 }
 
 func runAgents(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -324,8 +323,7 @@ meanwhile are counted).`, stdout)
 	fs.Float64Var(&cfg.Rate, "rate", 1000, "pushes per second in the latency scenario")
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "length of the latency scenario")
 	scen := fs.String("scenarios", "memory,latency,broadcast,storm", "comma-separated scenarios")
-	jsonOut := fs.Bool("json", false, "print the report as JSON")
-	htmlFile := fs.String("html", "", "also write a self-contained HTML report with charts to `FILE`")
+	out := outputFlags(fs)
 	ths := thresholdFlag(fs)
 	creds := credentialFlags(fs)
 	if err := parse(fs, args); err != nil {
@@ -349,7 +347,7 @@ meanwhile are counted).`, stdout)
 	}
 	cfg.Progress = progressPrinter(stderr)
 	rep, err := loadtest.RunPushBench(ctx, cfg)
-	if err := report(rep, err, *jsonOut, *htmlFile, rep.HTML("dpload push "+strings.Join(args, " ")), stdout, stderr); err != nil {
+	if err := out.report(rep, err, rep.HTML("dpload push "+strings.Join(args, " ")), stdout, stderr); err != nil {
 		return err
 	}
 	return checkThresholds(*ths, rep.Figures(), stderr)
