@@ -252,6 +252,7 @@ func (s *Server) ShutdownAfter(ctx context.Context, after, spread time.Duration)
 	}
 	idle := make(chan struct{})
 	go func() { s.wg.Wait(); close(idle) }() // ends once every session is gone
+	defer s.flushAcks()
 	defer s.closeTransports()
 	select {
 	case <-idle:
@@ -294,7 +295,17 @@ func (s *Server) Close() error {
 	s.closeConns()
 	s.wg.Wait()
 	s.closeTransports()
+	s.flushAcks()
 	return nil
+}
+
+// flushAcks commits the deletions of the pushes acknowledged last (the
+// queue gathers them for queue.AckDelay), so a restart does not deliver
+// them again.
+func (s *Server) flushAcks() {
+	if err := s.queue.Flush(); err != nil {
+		s.log.Warn("push: acknowledged pushes will be delivered again after the restart", "err", err)
+	}
 }
 
 // closeTransports stops reading the QUIC sockets, after the sessions on

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +36,11 @@ type Queue struct {
 	db      *store.DB
 	now     func() time.Time
 	expired atomic.Uint64
+
+	ackMu    sync.Mutex
+	acked    map[string]map[uint64]struct{} // device -> acknowledged, deletion not committed yet
+	ackTimer bool                           // a Flush is scheduled
+	ackDelay time.Duration                  // AckDelay; tests lengthen it
 }
 
 const (
@@ -43,7 +49,9 @@ const (
 )
 
 // NewQueue uses db.
-func NewQueue(db *store.DB) *Queue { return &Queue{db: db, now: time.Now} }
+func NewQueue(db *store.DB) *Queue {
+	return &Queue{db: db, now: time.Now, acked: map[string]map[uint64]struct{}{}, ackDelay: AckDelay}
+}
 
 // Enqueue commits one push with the same payload for each device and
 // returns the messages in device order.
@@ -110,7 +118,7 @@ func (q *Queue) Pending(device string, after uint64, limit int) ([]wire.Message,
 				bad = append(bad, slices.Clone(k))
 				continue
 			}
-			if m.Expiry > now {
+			if m.Expiry > now && !q.ackedNotFlushed(device, m.Seq) {
 				m.Payload = slices.Clone(m.Payload)
 				out = append(out, m)
 			}
@@ -121,28 +129,98 @@ func (q *Queue) Pending(device string, after uint64, limit int) ([]wire.Message,
 	return out, err
 }
 
-// Ack removes an acknowledged message; it reports whether it was queued
-// (a duplicate ACK is harmless) and its id.
+// AckDelay is how long an acknowledged push may wait for its deletion to
+// be committed: deletions are gathered and committed together, usually
+// with the next pushes' commit, instead of each costing a commit and its
+// fsyncs of its own. Not durable in between: after a crash in that
+// window the push is delivered again, which at-least-once allows.
+const AckDelay = 20 * time.Millisecond
+
+// Ack records a message as acknowledged; it reports whether it was
+// queued (a duplicate ACK is harmless) and its id. The message is no
+// longer returned by Pending at once; its deletion is committed within
+// AckDelay (or by Flush).
 func (q *Queue) Ack(device string, seq uint64) (id [16]byte, found bool, err error) {
-	err = q.db.Batch(func(tx *bolt.Tx) error {
-		found = false
+	err = q.db.View(func(tx *bolt.Tx) error {
 		db := deviceBucket(tx, device)
 		if db == nil {
 			return nil
 		}
-		k := seqKey(seq)
-		v := db.Get(k)
+		v := db.Get(seqKey(seq))
 		if v == nil {
 			return nil
 		}
-		m, err := decodeStored(k, v)
+		m, err := decodeStored(seqKey(seq), v)
 		if err != nil {
 			return nil // never sent, so not what the device acknowledges; Pending quarantines it
 		}
 		found, id = true, m.ID
-		return db.Delete(k)
+		return nil
 	})
-	return id, found, err
+	if err != nil || !found {
+		return id, false, err
+	}
+	q.ackMu.Lock()
+	if q.acked[device] == nil {
+		q.acked[device] = map[uint64]struct{}{}
+	}
+	if _, dup := q.acked[device][seq]; dup {
+		found = false
+	}
+	q.acked[device][seq] = struct{}{}
+	if !q.ackTimer {
+		q.ackTimer = true
+		time.AfterFunc(q.ackDelay, func() { q.Flush() })
+	}
+	q.ackMu.Unlock()
+	return id, found, nil
+}
+
+// Flush commits the deletions of the acknowledged messages gathered so
+// far (a stopping server calls it before the store closes).
+func (q *Queue) Flush() error {
+	q.ackMu.Lock()
+	acked := q.acked
+	q.acked, q.ackTimer = map[string]map[uint64]struct{}{}, false
+	q.ackMu.Unlock()
+	if len(acked) == 0 {
+		return nil
+	}
+	err := q.db.Batch(func(tx *bolt.Tx) error {
+		for dev, seqs := range acked {
+			db := deviceBucket(tx, dev)
+			if db == nil {
+				continue
+			}
+			for seq := range seqs {
+				if err := db.Delete(seqKey(seq)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("push: deleting acknowledged pushes: %w", err)
+	}
+	return nil
+}
+
+// ackedCount is how many of the device's messages are acknowledged with
+// their deletion not committed yet.
+func (q *Queue) ackedCount(device string) int {
+	q.ackMu.Lock()
+	defer q.ackMu.Unlock()
+	return len(q.acked[device])
+}
+
+// ackedNotFlushed reports whether the message was acknowledged and its
+// deletion not committed yet.
+func (q *Queue) ackedNotFlushed(device string, seq uint64) bool {
+	q.ackMu.Lock()
+	defer q.ackMu.Unlock()
+	_, ok := q.acked[device][seq]
+	return ok
 }
 
 // Item is one message for one device, as nodes of a cluster pass them on:
@@ -256,7 +334,8 @@ func (q *Queue) Devices() []string {
 			return nil
 		}
 		return qb.ForEachBucket(func(dev []byte) error {
-			if k, _ := qb.Bucket(dev).Cursor().First(); k != nil {
+			b := qb.Bucket(dev)
+			if k, _ := b.Cursor().First(); k != nil && (q.ackedCount(string(dev)) == 0 || b.Stats().KeyN > q.ackedCount(string(dev))) {
 				out = append(out, string(dev))
 			}
 			return nil
@@ -271,7 +350,7 @@ func (q *Queue) Devices() []string {
 func (q *Queue) Len(device string) (queued, corrupt int) {
 	q.db.View(func(tx *bolt.Tx) error {
 		if db := deviceBucket(tx, device); db != nil {
-			queued = db.Stats().KeyN
+			queued = db.Stats().KeyN - q.ackedCount(device)
 		}
 		corrupt = store.Quarantined(tx, bucketQueue, device)
 		return nil
@@ -372,7 +451,7 @@ func (q *Queue) Depth() (messages, devices int) {
 			return nil
 		}
 		return qb.ForEachBucket(func(dev []byte) error {
-			if n := qb.Bucket(dev).Stats().KeyN; n > 0 {
+			if n := qb.Bucket(dev).Stats().KeyN - q.ackedCount(string(dev)); n > 0 {
 				messages += n
 				devices++
 			}

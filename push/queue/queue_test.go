@@ -2,11 +2,14 @@ package queue
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/dpgate/dpgate/internal/store"
+	"github.com/dpgate/dpgate/internal/testutil"
+	bolt "go.etcd.io/bbolt"
 )
 
 // TestQueueSkipsAlteredPush: one byte of a queued payload changed in the
@@ -66,5 +69,68 @@ func TestQueueSkipsAlteredPush(t *testing.T) {
 	msgs, _ = q.Pending("dev-1", 0, 10)
 	if len(msgs) != 2 || db.Stats().CorruptRecords != 1 {
 		t.Errorf("second read: %d pushes, %d corrupt counted", len(msgs), db.Stats().CorruptRecords)
+	}
+}
+
+// TestAckDeletionGathered: an ACK hides the push from Pending and the
+// depth at once; a second ACK of it is a duplicate; its deletion is
+// committed within AckDelay without a commit of its own being waited for,
+// or by Flush. An ACK whose deletion was never committed (a crash) means
+// the push is delivered again after the restart, as at-least-once allows.
+func TestAckDeletionGathered(t *testing.T) {
+	dir := t.TempDir()
+	db, err := store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := NewQueue(db)
+	msgs, err := q.Enqueue([]string{"pc"}, []byte("a"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	more, _ := q.Enqueue([]string{"pc"}, []byte("b"), time.Hour)
+	if _, found, err := q.Ack("pc", msgs[0].Seq); !found || err != nil {
+		t.Fatalf("Ack: found %v, %v", found, err)
+	}
+	if _, found, _ := q.Ack("pc", msgs[0].Seq); found {
+		t.Error("a second ACK of the same push was found again, want a duplicate")
+	}
+	if got, _ := q.Pending("pc", 0, 10); len(got) != 1 || got[0].Seq != more[0].Seq {
+		t.Errorf("Pending after the ACK: %v, want only the second push", got)
+	}
+	if n, _ := q.Depth(); n != 1 {
+		t.Errorf("depth after the ACK: %d, want 1", n)
+	}
+	stored := func() int {
+		n := 0
+		db.View(func(tx *bolt.Tx) error { n = deviceBucket(tx, "pc").Stats().KeyN; return nil })
+		return n
+	}
+	testutil.WaitFor(t, 5*time.Second, func() error {
+		if n := stored(); n != 1 {
+			return fmt.Errorf("%d pushes in the store, want 1 once the deletion is committed", n)
+		}
+		return nil
+	})
+
+	// A crash before the deletion is committed: the push comes back.
+	q.ackDelay = time.Hour
+	q.Ack("pc", more[0].Seq)
+	q.ackMu.Lock()
+	q.acked = map[string]map[uint64]struct{}{} // what a crash forgets
+	q.ackMu.Unlock()
+	db.Close()
+	db, err = store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	q = NewQueue(db)
+	if got, _ := q.Pending("pc", 0, 10); len(got) != 1 || got[0].Seq != more[0].Seq {
+		t.Errorf("after a crash before the deletion: %v, want the push again", got)
+	}
+	q.Ack("pc", more[0].Seq)
+	if err := q.Flush(); err != nil || stored() != 0 {
+		t.Errorf("Flush: %v, %d left in the store, want 0", err, stored())
 	}
 }
