@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
-	"golang.org/x/sys/unix"
 )
 
 // PathStats is the passive side of link measurement: what the transport
@@ -57,23 +56,6 @@ func TCPInfo(c net.Conn) (PathStats, bool) {
 		}
 	}
 	return PathStats{}, false
-}
-
-func tcpInfo(tc *net.TCPConn) (PathStats, bool) {
-	raw, err := tc.SyscallConn()
-	if err != nil {
-		return PathStats{}, false
-	}
-	var info *unix.TCPInfo
-	cerr := raw.Control(func(fd uintptr) {
-		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-	})
-	if cerr != nil || err != nil || info == nil {
-		return PathStats{}, false
-	}
-	us := func(v uint32) time.Duration { return time.Duration(v) * time.Microsecond }
-	return PathStats{Source: "tcp_info", RTT: us(info.Rtt), RTTVar: us(info.Rttvar), MinRTT: us(info.Min_rtt),
-		Sent: uint64(info.Segs_out), Lost: uint64(info.Total_retrans)}, true
 }
 
 // QUICStats reads quic-go's view of a connection's path.

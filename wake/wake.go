@@ -253,19 +253,13 @@ func (s *Service) Last(device string) (Result, bool) {
 }
 
 // send writes one datagram from a fresh socket: broadcast allows
-// SO_BROADCAST, ifName binds it to that interface (SO_BINDTODEVICE), so a
-// limited broadcast leaves only into the device's LAN.
+// SO_BROADCAST, ifName binds it to that interface (SO_BINDTODEVICE, on
+// Linux; see BindsToDevice), so a limited broadcast leaves only into the
+// device's LAN.
 func send(to netip.AddrPort, b []byte, ifName string, broadcast bool) error {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
-		err := c.Control(func(fd uintptr) {
-			if broadcast {
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_BROADCAST, 1)
-			}
-			if serr == nil && ifName != "" {
-				serr = syscall.BindToDevice(int(fd), ifName)
-			}
-		})
+		err := c.Control(func(fd uintptr) { serr = sendOptions(fd, ifName, broadcast) })
 		return errors.Join(err, serr)
 	}}
 	network := "udp4"

@@ -75,11 +75,11 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	}
 
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR2)
+	notify(sigs, os.Interrupt, syscall.SIGTERM, reloadSignal, upgradeSignal)
 	defer signal.Stop(sigs)
 	// SIGUSR1 writes every metric to standard error (the journal).
 	dumps := make(chan os.Signal, 1)
-	signal.Notify(dumps, syscall.SIGUSR1)
+	notify(dumps, dumpSignal)
 	defer signal.Stop(dumps)
 
 	// systemd's watchdog (WatchdogSec=): fed while the gateway answers
@@ -143,10 +143,10 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 			}
 		case s := <-sigs:
 			switch s {
-			case syscall.SIGHUP:
+			case reloadSignal:
 				gw.Reload() // logs its own outcome; a failed reload keeps running
 				continue
-			case syscall.SIGUSR2:
+			case upgradeSignal:
 				if err := up.request(); err != nil {
 					log.Warn("upgrade not started", "err", err)
 				}
@@ -358,4 +358,18 @@ func runVersion(args []string, stdout, stderr io.Writer) error {
 	v := gateway.Version()
 	fmt.Fprintf(stdout, "dpgate %s\ncommit %s\n%s\n", v.Version, v.Commit, v.GoVersion)
 	return nil
+}
+
+// notify relays the signals this platform has (nil: none) to c; never all
+// signals, which signal.Notify with none would mean.
+func notify(c chan<- os.Signal, sigs ...os.Signal) {
+	var have []os.Signal
+	for _, s := range sigs {
+		if s != nil {
+			have = append(have, s)
+		}
+	}
+	if len(have) > 0 {
+		signal.Notify(c, have...)
+	}
 }

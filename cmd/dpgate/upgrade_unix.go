@@ -10,7 +10,15 @@ import (
 // socketPair is a connected pair of Unix stream sockets, the handover
 // channel between an upgrade's old and new process.
 func socketPair() (*os.File, *os.File, error) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	// Close-on-exec set under ForkLock, as os/exec does (SOCK_CLOEXEC is
+	// not on every Unix): no process started meanwhile inherits them.
+	syscall.ForkLock.RLock()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err == nil {
+		syscall.CloseOnExec(fds[0])
+		syscall.CloseOnExec(fds[1])
+	}
+	syscall.ForkLock.RUnlock()
 	if err != nil {
 		return nil, nil, err
 	}

@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -323,6 +324,9 @@ func (g *Gateway) Start() {
 	g.started = time.Now()
 	g.log.Info("dpgate starting", "node", g.cfg.Node.Name, "version", Version().Version,
 		"data_dir", g.cfg.Node.DataDir, "pin", g.id.Pin(), "agent_certs", g.allow.Len())
+	for _, l := range PlatformLimits() {
+		g.log.Warn("not on this platform: "+l, "os", runtime.GOOS)
+	}
 	for _, p := range g.parts {
 		if p.start != nil {
 			if err := p.start(); err != nil {

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -600,4 +601,15 @@ func grepLines(s, sub string) []string {
 		}
 	}
 	return out
+}
+
+// TestNothingMissingOnLinux: on Linux, the platform every figure and
+// feature is built for, no capability is reported missing at start.
+func TestNothingMissingOnLinux(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skipf("PlatformLimits on %s: %v", runtime.GOOS, PlatformLimits())
+	}
+	if l := PlatformLimits(); len(l) != 0 {
+		t.Errorf("on Linux, PlatformLimits says %v, want nothing", l)
+	}
 }

@@ -7,7 +7,6 @@ import (
 	"os"
 
 	bolt "go.etcd.io/bbolt"
-	"golang.org/x/sys/unix"
 )
 
 // pageTree checks, from the file itself, that the pages under a bucket's
@@ -58,7 +57,7 @@ func newPageTree(tx *bolt.Tx) *pageTree {
 	}
 	// Only what the file holds is mapped: a file cut short has fewer pages
 	// than its meta page says, and those are "past the end" here.
-	if t.data, err = unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED); err != nil {
+	if t.data, err = mapFile(f, st.Size()); err != nil {
 		t.data = nil
 		return t
 	}
@@ -69,7 +68,7 @@ func newPageTree(tx *bolt.Tx) *pageTree {
 
 func (t *pageTree) close() {
 	if t.data != nil {
-		unix.Munmap(t.data)
+		unmapFile(t.data)
 	}
 }
 

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package chaos is dpgate's fault-injection harness: real "dpgate serve"
 // processes, each in its own network namespace on a private bridge, with
 // agents and publishers running while nodes are killed, paused, cut off,

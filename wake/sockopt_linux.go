@@ -1,0 +1,22 @@
+package wake
+
+import "syscall"
+
+// BindsToDevice says whether a limited broadcast (Wake-on-LAN to
+// 255.255.255.255) is bound to the interface of the device's subnet on
+// this platform; elsewhere it leaves through the default route's
+// interface, so a device on another directly attached LAN is reached by
+// the directed broadcast and the unicast packet only.
+const BindsToDevice = true
+
+func sendOptions(fd uintptr, ifName string, broadcast bool) error {
+	if broadcast {
+		if err := syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_BROADCAST, 1); err != nil {
+			return err
+		}
+	}
+	if ifName != "" {
+		return syscall.BindToDevice(int(fd), ifName)
+	}
+	return nil
+}
