@@ -15,15 +15,19 @@ export PATH="$PATH:/usr/local/go/bin:$(go env GOPATH 2>/dev/null || echo "$HOME/
 # Wake-on-LAN broadcast test and the chaos harness), nft from nftables
 # (partitions between the chaos harness's namespaces), chromium (the web
 # console's test drives a headless browser), promtool from prometheus
-# (checks /metrics, the alert rules and the dashboard's queries).
+# (checks /metrics, the alert rules and the dashboard's queries), wine64
+# and mingw-w64 (the Windows build of the agent runs under Wine, with a
+# ProcessPrng stub built by mingw: cmd/dpgate/wine_e2e_test.go).
 # The namespace tests run only as root, so only root needs ip and nft.
 need="openssl:openssl curl:curl dig:dnsutils chromium:chromium promtool:prometheus"
+need="$need /usr/lib/wine/wine64:wine64 x86_64-w64-mingw32-gcc:gcc-mingw-w64-x86-64-win32"
 if [ "$(id -u)" -eq 0 ]; then
   need="$need ip:iproute2 nft:nftables"
 fi
 missing=()
 for pair in $need; do
-  command -v "${pair%%:*}" >/dev/null || missing+=("${pair##*:}")
+  tool=${pair%%:*}
+  [ -x "$tool" ] || command -v "$tool" >/dev/null || missing+=("${pair##*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then

@@ -1,0 +1,224 @@
+//go:build linux
+
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestWindowsAgentUnderWine runs the Windows build of the reference agent
+// (GOOS=windows, "dpgate.exe agent") under Wine against the Linux gateway
+// on loopback: it connects, receives a push and acknowledges it (the
+// gateway reports it delivered), reconnects by itself when the gateway is
+// killed and comes back, receives the next push, and stops on Ctrl-C
+// (Wine turns SIGINT into the console's Ctrl-C event).
+//
+// Not here: wake-up datagrams and the shutdown notice. Under Wine 8.0
+// (Debian 12) every UDP socket of a Go program fails at creation: Go's
+// net package asks Windows not to report ICMP port unreachable on it
+// (WSAIoctl SIO_UDP_CONNRESET), which Wine answers with WSAEOPNOTSUPP
+// ("wsaioctl: winapi error #10045"). The same code runs on Linux in
+// TestWakeUpEndToEnd; on real Windows the call is supported.
+//
+// Debian 12's Wine also lacks bcryptprimitives.dll, whose ProcessPrng the
+// Go runtime calls at start: scripts/wine/processprng.c, built with
+// mingw-w64 into the test's Wine prefix, provides it.
+func TestWindowsAgentUnderWine(t *testing.T) {
+	// Real processes that mostly wait: side by side with the other long ones.
+	t.Parallel()
+	w := wineSetUp(t)
+	exe := filepath.Join(t.TempDir(), "dpgate.exe")
+	w.build(t, exe, ".")
+	wine, env, dir := w.wine, w.env, t.TempDir()
+	v := exec.Command(wine, exe, "version")
+	v.Env = env
+	if out, err := v.CombinedOutput(); err != nil {
+		t.Fatalf("dpgate.exe version under Wine: %v\n%s", err, out)
+	} else {
+		t.Logf("under Wine: %s", strings.SplitN(string(out), "\n", 2)[0])
+	}
+
+	// The gateway, and the Windows agent under Wine.
+	pushAddr, adminAddr := freePort(t), freePort(t)
+	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n", pushAddr))
+	s := startServe(t, nil, "-c", cfg)
+	s.waitLog(t, `msg="push server listening"`)
+	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ag := exec.CommandContext(ctx, wine, exe, "agent", "--server", pushAddr, "--pin", pin, "--device", "pc-windows",
+		"--min-backoff", "200ms", "--max-backoff", "1s")
+	ag.Env = env
+	ag.WaitDelay = 10 * time.Second
+	var stderr syncBuffer
+	ag.Stderr = &stderr
+	out, _ := ag.StdoutPipe()
+	if err := ag.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { ag.Process.Kill(); ag.Wait() }()
+	lines := make(chan string, 10)
+	go func() { // ends when the agent exits
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	connected := func(times int) {
+		t.Helper()
+		waitFor(t, 60*time.Second, func() error {
+			if n := strings.Count(stderr.String(), "connected "+pushAddr); n < times {
+				return fmt.Errorf("agent connected %d times, want %d; stderr:\n%s", n, times, stderr.String())
+			}
+			return nil
+		})
+	}
+	received := func(payload string) {
+		t.Helper()
+		r := dpgate(t, nil, "push", "-c", cfg, "--wait", "20s", "pc-windows", payload)
+		if r.code != 0 || !strings.Contains(r.stdout, "delivered") {
+			t.Fatalf("push %q: exit %d: %s %s\nagent: %s", payload, r.code, r.stdout, r.stderr, stderr.String())
+		}
+		select {
+		case line := <-lines:
+			var m struct{ Data string }
+			if err := json.Unmarshal([]byte(line), &m); err != nil || m.Data != payload {
+				t.Fatalf("agent printed %q, want the push %q", line, payload)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("the agent printed nothing for %q", payload)
+		}
+	}
+
+	connected(1)
+	received("to windows") // delivered: the agent's ACK reached the gateway
+	s.cmd.Process.Signal(syscall.SIGKILL)
+	<-s.done
+	s2 := startServe(t, nil, "-c", cfg)
+	s2.waitLog(t, `msg="push server listening"`)
+	connected(2) // by itself, after its backoff
+	received("after the reconnect")
+
+	ag.Process.Signal(os.Interrupt)
+	if err := ag.Wait(); err != nil {
+		t.Errorf("agent after Ctrl-C: %v\n%s", err, stderr.String())
+	}
+	t.Logf("agent under Wine:\n%s", stderr.String())
+}
+
+// TestWindowsUnitTestsUnderWine runs the wire format's and the agent
+// library's tests, compiled for windows/amd64, under Wine. One is left
+// to Linux: TestAgentLinksTheWireFormatOnly runs "go list" (the Go
+// toolchain, a Linux program) to check push/client's dependencies, a
+// property of the build, not of the platform.
+func TestWindowsUnitTestsUnderWine(t *testing.T) {
+	t.Parallel()
+	w := wineSetUp(t)
+	for _, c := range []struct{ pkg, skip string }{
+		{"push/wire", ""},
+		{"push/client", "TestAgentLinksTheWireFormatOnly"},
+	} {
+		exe := filepath.Join(t.TempDir(), strings.ReplaceAll(c.pkg, "/", "_")+".test.exe")
+		w.build(t, exe, "../../"+c.pkg, "test", "-c")
+		args := []string{exe, "-test.v", "-test.count=1"}
+		if c.skip != "" {
+			args = append(args, "-test.skip", "^"+c.skip+"$")
+		}
+		run := exec.Command(w.wine, args...)
+		run.Env, run.Dir = w.env, "../../"+c.pkg
+		out, err := run.CombinedOutput()
+		passed := strings.Count(string(out), "--- PASS")
+		if err != nil || passed == 0 || strings.Contains(string(out), "--- FAIL") {
+			t.Errorf("%s tests under Wine: %v, %d passed\n%s", c.pkg, err, passed, out)
+			continue
+		}
+		t.Logf("%s under Wine: %d tests passed", c.pkg, passed)
+	}
+}
+
+// wine is a Wine prefix with the ProcessPrng stub in it, shared by the
+// package's Wine tests.
+type wine struct {
+	wine string   // the wine64 loader
+	env  []string // WINEPREFIX and quiet settings
+}
+
+// wineUsed: a test asked for the prefix.
+var wineUsed atomic.Bool
+
+var wineOnce = sync.OnceValues(func() (*wine, error) {
+	w := &wine{wine: "/usr/lib/wine/wine64"} // Debian's wine64 puts it here, not on PATH
+	if p, err := exec.LookPath("wine64"); err == nil {
+		w.wine = p
+	}
+	gcc, gccErr := exec.LookPath("x86_64-w64-mingw32-gcc")
+	if _, err := os.Stat(w.wine); err != nil || gccErr != nil {
+		return nil, errors.New("wine64 and x86_64-w64-mingw32-gcc are needed (Debian packages wine64 and gcc-mingw-w64-x86-64-win32; ./scripts/test.sh installs them)")
+	}
+	prefix := filepath.Join(filepath.Dir(bin), "wine")                                                       // removed with bin by TestMain
+	w.env = append(os.Environ(), "WINEPREFIX="+prefix, "WINEDEBUG=-all", "WINEDLLOVERRIDES=mscoree,mshtml=") // no Mono or Gecko prompts
+	boot := exec.Command(w.wine, "wineboot", "--init")
+	boot.Env = w.env
+	if out, err := boot.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("wineboot: %v\n%s", err, out)
+	}
+	system32 := filepath.Join(prefix, "drive_c", "windows", "system32")
+	os.MkdirAll(system32, 0o755)
+	dll := exec.Command(gcc, "-O2", "-shared", "-o", filepath.Join(system32, "bcryptprimitives.dll"), "../../scripts/wine/processprng.c", "-ladvapi32")
+	if out, err := dll.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("building the ProcessPrng stub: %v\n%s", err, out)
+	}
+	return w, nil
+})
+
+// wineSetUp returns the package's Wine prefix, made on first use.
+func wineSetUp(t *testing.T) *wine {
+	t.Helper()
+	wineUsed.Store(true)
+	w, err := wineOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// stopWine ends the prefix's wineserver, which outlives the programs by
+// a few seconds (TestMain, after the tests).
+func stopWine() {
+	if !wineUsed.Load() {
+		return
+	}
+	if w, err := wineOnce(); err == nil {
+		k := exec.Command(filepath.Join(filepath.Dir(w.wine), "wineserver"), "-k")
+		k.Env = w.env
+		k.Run()
+	}
+}
+
+// build compiles pkg for windows/amd64 into out: "go build", or with
+// verb "test" and "-c" a test binary.
+func (w *wine) build(t *testing.T, out, pkg string, verb ...string) {
+	t.Helper()
+	if len(verb) == 0 {
+		verb = []string{"build"}
+	}
+	c := exec.Command("go", append(verb, "-o", out, pkg)...)
+	c.Env = append(os.Environ(), "GOOS=windows", "GOARCH=amd64", "CGO_ENABLED=0")
+	if b, err := c.CombinedOutput(); err != nil {
+		t.Fatalf("building %s for Windows: %v\n%s", pkg, err, b)
+	}
+}
