@@ -44,6 +44,7 @@ func commands() []command {
 		{"probe", "measure a link's loss and delay against a STAMP reflector", runProbe},
 		{"reflect", "run a STAMP reflector for dpgate probe and uplink measurement", runReflect},
 		{"upgrade", "replace the running gateway with a new binary, no connection refused", runUpgrade},
+		{"service", "install or remove dpgate as a Windows service (serve or agent)", runService},
 		{"version", "print version, commit and Go version", runVersion},
 		{"completion", "print a bash or zsh completion script", runCompletion},
 		{"man", "print the dpgate(1) man page", runMan},

@@ -591,7 +591,7 @@ func TestHelpGolden(t *testing.T) {
 		{}, {"serve"}, {"config"}, {"version"}, {"cert"}, {"push"}, {"agent"}, {"token"}, {"token", "issue"}, {"wake"}, {"wake", "key"}, {"probe"}, {"reflect"},
 		{"store"}, {"store", "check"}, {"store", "recover"}, {"store", "reset"},
 		{"cert", "gen"}, {"cert", "pin"}, {"cert", "agent-gen"}, {"cert", "list"}, {"cert", "add"}, {"cert", "rm"},
-		{"device"}, {"device", "list"}, {"device", "show"}, {"device", "rm"}, {"upgrade"}, {"status"}, {"members"}, {"devices"}, {"completion"}, {"man"},
+		{"device"}, {"device", "list"}, {"device", "show"}, {"device", "rm"}, {"upgrade"}, {"status"}, {"members"}, {"devices"}, {"completion"}, {"man"}, {"service"},
 	}
 	for _, c := range commands() { // a new command needs its golden too
 		if !slices.ContainsFunc(cmds, func(args []string) bool { return len(args) == 1 && args[0] == c.name }) {
@@ -667,5 +667,14 @@ func TestConfigLoadsNamedFiles(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "data")); err == nil {
 		t.Error("dpgate config created the data directory")
+	}
+}
+
+// TestServiceIsWindowsOnly: here "dpgate service" says what runs dpgate
+// instead (systemd, launchd), exit 1.
+func TestServiceIsWindowsOnly(t *testing.T) {
+	r := dpgate(t, nil, "service", "install", "x", "--", "serve")
+	if r.code != 1 || !strings.Contains(r.stderr, "Windows only") || !strings.Contains(r.stderr, "configs/dpgate.service") {
+		t.Errorf("service on Linux: exit %d, %q", r.code, r.stderr)
 	}
 }

@@ -256,7 +256,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(stopCtx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if *wakeKey != "" {
 		pc, err := agentWake(*wakeListen, key, *device, c, stderr)

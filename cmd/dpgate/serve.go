@@ -77,6 +77,13 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	sigs := make(chan os.Signal, 2)
 	notify(sigs, os.Interrupt, syscall.SIGTERM, reloadSignal, upgradeSignal)
 	defer signal.Stop(sigs)
+	// The Windows service manager's stop is a SIGTERM here.
+	defer context.AfterFunc(stopCtx, func() {
+		select {
+		case sigs <- syscall.SIGTERM:
+		default:
+		}
+	})()
 	// SIGUSR1 writes every metric to standard error (the journal).
 	dumps := make(chan os.Signal, 1)
 	notify(dumps, dumpSignal)

@@ -1,9 +1,11 @@
 package config
 
 import (
+	"encoding/xml"
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -253,5 +255,30 @@ func TestCredentialsDirectory(t *testing.T) {
 	}
 	if cfg.Admin.TokenFile != "/run/credentials/dpgate.service/admin.token" || cfg.Cluster.SecretKeyFile != "/run/credentials/dpgate.service/gossip.key" {
 		t.Errorf("token_file %q, secret_key_file %q", cfg.Admin.TokenFile, cfg.Cluster.SecretKeyFile)
+	}
+}
+
+// TestLaunchdPlist: configs/dpgate-agent.plist is a well-formed property
+// list whose program runs "dpgate agent" (launchd ignores a file that
+// does not parse; nothing here can check it with plutil).
+func TestLaunchdPlist(t *testing.T) {
+	b, err := os.ReadFile("../../configs/dpgate-agent.plist")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Dict struct {
+			Keys   []string `xml:"key"`
+			Arrays []struct {
+				Strings []string `xml:"string"`
+			} `xml:"array"`
+		} `xml:"dict"`
+	}
+	if err := xml.Unmarshal(b, &doc); err != nil {
+		t.Fatalf("dpgate-agent.plist: %v", err)
+	}
+	if len(doc.Dict.Arrays) != 1 || len(doc.Dict.Arrays[0].Strings) < 2 || doc.Dict.Arrays[0].Strings[1] != "agent" ||
+		!slices.Contains(doc.Dict.Keys, "Label") || !slices.Contains(doc.Dict.Keys, "KeepAlive") {
+		t.Errorf("dpgate-agent.plist: keys %v, program %v; want Label, KeepAlive and dpgate agent", doc.Dict.Keys, doc.Dict.Arrays)
 	}
 }
