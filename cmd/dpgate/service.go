@@ -1,12 +1,5 @@
 package main
 
-import "context"
-
-// stopCtx ends when the process is asked to stop other than by a signal:
-// by the Windows service control manager (a service stop, or Windows
-// shutting down). serve and agent stop on it as on SIGTERM.
-var stopCtx, requestStop = context.WithCancel(context.Background())
-
 const serviceAbout = `Runs dpgate as a Windows service: the gateway (serve) or the reference
 agent (agent), with the same flags and configuration file as on the
 command line. The service starts at boot and is restarted after a

@@ -3,9 +3,14 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"io"
 )
+
+// stopCtx never ends here: only a Windows service is asked to stop other
+// than by a signal.
+var stopCtx = context.Background()
 
 func runService(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("service", "install NAME -- COMMAND [flags] | uninstall NAME", serviceAbout, stdout)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,11 @@ import (
 	"golang.org/x/sys/windows/svc/eventlog"
 	"golang.org/x/sys/windows/svc/mgr"
 )
+
+// stopCtx ends when the service control manager asks the service to stop
+// (a service stop, or Windows shutting down); serve and agent stop on it
+// as on SIGTERM.
+var stopCtx, requestStop = context.WithCancel(context.Background())
 
 // runService installs, removes or (as the service control manager starts
 // it) runs a dpgate service.
