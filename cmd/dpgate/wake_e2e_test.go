@@ -39,6 +39,29 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// startAgentProcess starts "dpgate agent" (ag) with its standard error
+// kept and each line it prints (a push, as JSON) on lines; the test's
+// end kills it.
+func startAgentProcess(t *testing.T, ag *exec.Cmd) (*syncBuffer, <-chan string) {
+	t.Helper()
+	stderr := &syncBuffer{}
+	ag.Stderr = stderr
+	out, _ := ag.StdoutPipe()
+	if err := ag.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ag.Process.Kill(); ag.Wait() })
+	lines := make(chan string, 10)
+	go func() { // ends when the agent exits
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	return stderr, lines
+}
+
 // TestWakeUpEndToEnd: an agent whose gateway died waits a long reconnect
 // backoff; the gateway comes back and a push for the device is accepted;
 // the gateway sends the signed wake-up datagram to the agent's UDP port;
@@ -67,21 +90,7 @@ func TestWakeUpEndToEnd(t *testing.T) {
 		"--wake-key", key, "--wake-listen", "127.0.0.1:"+agentPort, "--wake-secret", secret, "--notify", shutdownAddr,
 		"--min-backoff", "30s", "--max-backoff", "10m")
 	ag.Env = os.Environ()
-	var stderr syncBuffer
-	ag.Stderr = &stderr
-	out, _ := ag.StdoutPipe()
-	if err := ag.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { ag.Process.Kill(); ag.Wait() }()
-	lines := make(chan string, 10)
-	go func() { // ends when the agent exits
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
+	stderr, lines := startAgentProcess(t, ag)
 	waitStderr := func(what string) {
 		t.Helper()
 		waitFor(t, 30*time.Second, func() error {

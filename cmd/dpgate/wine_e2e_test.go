@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -63,21 +62,7 @@ func TestWindowsAgentUnderWine(t *testing.T) {
 		"--min-backoff", "200ms", "--max-backoff", "1s")
 	ag.Env = env
 	ag.WaitDelay = 10 * time.Second
-	var stderr syncBuffer
-	ag.Stderr = &stderr
-	out, _ := ag.StdoutPipe()
-	if err := ag.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { ag.Process.Kill(); ag.Wait() }()
-	lines := make(chan string, 10)
-	go func() { // ends when the agent exits
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
+	stderr, lines := startAgentProcess(t, ag)
 	connected := func(times int) {
 		t.Helper()
 		waitFor(t, 60*time.Second, func() error {
