@@ -49,4 +49,7 @@ export GORACE="${GORACE:-atexit_sleep_ms=0}"
 if [ "$#" -eq 0 ]; then
   set -- ./...
 fi
-exec go test -race -timeout 20m "$@"
+# -parallel 6: the tests marked parallel are real processes and clusters
+# that mostly wait (for failure detection, rebalancing, a browser, Wine),
+# so more of them than the two cores run side by side.
+exec go test -race -timeout 20m -parallel 6 "$@"
