@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -101,13 +100,12 @@ func uninstallService(name string, stdout io.Writer) error {
 	return nil
 }
 
-// runAsService runs command under the service control manager: its
-// output to %ProgramData%\dpgate\NAME.log, a stop or a shutdown turned
-// into requestStop, which serve and agent take as SIGTERM.
+// runAsService runs command under the service control manager (what the
+// installed service's command line says): its output to
+// %ProgramData%\dpgate\NAME.log, a stop or a shutdown turned into
+// requestStop, which serve and agent take as SIGTERM. Started any other
+// way, svc.Run fails: it cannot reach the service manager.
 func runAsService(name string, command []string) error {
-	if ok, err := svc.IsWindowsService(); err != nil || !ok {
-		return errors.New("service run is what the service manager starts; use dpgate service install")
-	}
 	dir := filepath.Join(os.Getenv("ProgramData"), "dpgate")
 	os.MkdirAll(dir, 0o755)
 	logFile, err := os.OpenFile(filepath.Join(dir, name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
@@ -142,8 +140,8 @@ func (s *service) Execute(_ []string, req <-chan svc.ChangeRequest, status chan<
 				status <- svc.Status{State: svc.StopPending, WaitHint: 30_000}
 				requestStop()
 				select {
-				case code := <-done:
-					return false, uint32(code)
+				case <-done: // stopped as asked: a clean exit, not a failure to recover from
+					return false, 0
 				case <-time.After(30 * time.Second):
 					fmt.Fprintln(s.log, "dpgate service: the command did not stop within 30 s")
 					return false, 1

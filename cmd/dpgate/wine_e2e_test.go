@@ -138,8 +138,9 @@ func TestWindowsUnitTestsUnderWine(t *testing.T) {
 // wine is a Wine prefix with the ProcessPrng stub in it, shared by the
 // package's Wine tests.
 type wine struct {
-	wine string   // the wine64 loader
-	env  []string // WINEPREFIX and quiet settings
+	wine   string   // the wine64 loader
+	prefix string   // WINEPREFIX
+	env    []string // WINEPREFIX and quiet settings
 }
 
 // wineUsed: a test asked for the prefix.
@@ -154,7 +155,8 @@ var wineOnce = sync.OnceValues(func() (*wine, error) {
 	if _, err := os.Stat(w.wine); err != nil || gccErr != nil {
 		return nil, errors.New("wine64 and x86_64-w64-mingw32-gcc are needed (Debian packages wine64 and gcc-mingw-w64-x86-64-win32; ./scripts/test.sh installs them)")
 	}
-	prefix := filepath.Join(filepath.Dir(bin), "wine")                                                       // removed with bin by TestMain
+	prefix := filepath.Join(filepath.Dir(bin), "wine") // removed with bin by TestMain
+	w.prefix = prefix
 	w.env = append(os.Environ(), "WINEPREFIX="+prefix, "WINEDEBUG=-all", "WINEDLLOVERRIDES=mscoree,mshtml=") // no Mono or Gecko prompts
 	boot := exec.Command(w.wine, "wineboot", "--init")
 	boot.Env = w.env
@@ -205,5 +207,80 @@ func (w *wine) build(t *testing.T, out, pkg string, verb ...string) {
 	c.Env = append(os.Environ(), "GOOS=windows", "GOARCH=amd64", "CGO_ENABLED=0")
 	if b, err := c.CombinedOutput(); err != nil {
 		t.Fatalf("building %s for Windows: %v\n%s", pkg, err, b)
+	}
+}
+
+// TestWindowsServiceUnderWine installs the Windows reference agent as a
+// service in Wine's service manager ("dpgate.exe service install"),
+// starts it ("net start"): it connects to the Linux gateway and logs to
+// %ProgramData%\dpgate; "net stop" stops it (the agent leaves the
+// gateway); "service uninstall" removes it.
+func TestWindowsServiceUnderWine(t *testing.T) {
+	t.Parallel()
+	w := wineSetUp(t)
+	exe := filepath.Join(t.TempDir(), "dpgate.exe")
+	w.build(t, exe, ".")
+	dir := t.TempDir()
+	pushAddr, adminAddr := freePort(t), freePort(t)
+	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n", pushAddr))
+	s := startServe(t, nil, "-c", cfg)
+	s.waitLog(t, `msg="push server listening"`)
+	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout)
+	name := fmt.Sprintf("dpgate-test-%d", os.Getpid())
+	wineRun := func(args ...string) string {
+		t.Helper()
+		c := exec.Command(w.wine, args...)
+		c.Env = w.env
+		out, err := c.CombinedOutput()
+		if err != nil {
+			t.Fatalf("wine %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	wineRun(exe, "service", "install", name, "--", "agent", "--server", pushAddr, "--pin", pin, "--device", "pc-service", "--min-backoff", "200ms")
+	t.Cleanup(func() { // also after a failure: stop and remove it
+		c := exec.Command(w.wine, "net", "stop", name)
+		c.Env = w.env
+		c.Run()
+		u := exec.Command(w.wine, exe, "service", "uninstall", name)
+		u.Env = w.env
+		u.Run()
+	})
+	// Wine 8.0's "net start" starts it and then says "already running"
+	// with exit status 1 ("sc start" fails in a new prefix): judged by
+	// "sc query" instead.
+	start := exec.Command(w.wine, "net", "start", name)
+	start.Env = w.env
+	start.Run()
+	waitFor(t, 30*time.Second, func() error {
+		if out := wineRun("sc", "query", name); !strings.Contains(out, "RUNNING") {
+			return fmt.Errorf("service not running:\n%s", out)
+		}
+		return nil
+	})
+	connected := func(want bool) error {
+		var d struct{ Connected bool }
+		if err := apiClient(t, cfg).Do(context.Background(), "GET", "/v1/devices/pc-service", nil, &d); err != nil {
+			return err
+		}
+		if d.Connected != want {
+			return fmt.Errorf("device connected: %v, want %v", d.Connected, want)
+		}
+		return nil
+	}
+	waitFor(t, 60*time.Second, func() error { return connected(true) })
+	wineRun("net", "stop", name)
+	waitFor(t, 30*time.Second, func() error { return connected(false) })
+	// %ProgramData% is C:\ProgramData on Windows, C:\users\Public in Wine.
+	logs, _ := filepath.Glob(filepath.Join(w.prefix, "drive_c", "*", "*", "dpgate", name+".log"))
+	more, _ := filepath.Glob(filepath.Join(w.prefix, "drive_c", "*", "dpgate", name+".log"))
+	if logs = append(logs, more...); len(logs) != 1 {
+		t.Fatalf("service logs found: %v, want one %s.log", logs, name)
+	}
+	if log, _ := os.ReadFile(logs[0]); !strings.Contains(string(log), "connected "+pushAddr) {
+		t.Errorf("service log:\n%s\nwant the agent's connection", log)
+	}
+	if out := wineRun(exe, "service", "uninstall", name); !strings.Contains(out, "removed") {
+		t.Errorf("uninstall said %q", out)
 	}
 }
