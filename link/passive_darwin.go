@@ -1,0 +1,30 @@
+package link
+
+import (
+	"net"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// HasTCPInfo says whether TCP connections' path figures come from the
+// kernel on this platform (on macOS, TCP_CONNECTION_INFO: its smoothed
+// RTT and variation are in milliseconds, and it has no minimum RTT).
+const HasTCPInfo = true
+
+func tcpInfo(tc *net.TCPConn) (PathStats, bool) {
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return PathStats{}, false
+	}
+	var info *unix.TCPConnectionInfo
+	cerr := raw.Control(func(fd uintptr) {
+		info, err = unix.GetsockoptTCPConnectionInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_CONNECTION_INFO)
+	})
+	if cerr != nil || err != nil || info == nil {
+		return PathStats{}, false
+	}
+	ms := func(v uint32) time.Duration { return time.Duration(v) * time.Millisecond }
+	return PathStats{Source: "tcp_info", RTT: ms(info.Srtt), RTTVar: ms(info.Rttvar),
+		Sent: info.Txpackets, Lost: info.Txretransmitpackets}, true
+}
