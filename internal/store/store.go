@@ -437,14 +437,6 @@ func writeMarker(dir, id string) error {
 	return syncDir(dir)
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
 
 // guard runs fn so that a panic, or a memory fault on a mapped page,
 // inside bbolt becomes an error wrapping ErrDamaged for this one call
