@@ -437,7 +437,6 @@ func writeMarker(dir, id string) error {
 	return syncDir(dir)
 }
 
-
 // guard runs fn so that a panic, or a memory fault on a mapped page,
 // inside bbolt becomes an error wrapping ErrDamaged for this one call
 // instead of the end of the process. bbolt rolls back the transaction of
