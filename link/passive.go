@@ -58,6 +58,21 @@ func TCPInfo(c net.Conn) (PathStats, bool) {
 	return PathStats{}, false
 }
 
+// tcpInfo reads the kernel's figures of tc's path (readTCPInfo, per
+// platform).
+func tcpInfo(tc *net.TCPConn) (PathStats, bool) {
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return PathStats{}, false
+	}
+	var ps PathStats
+	var ok bool
+	if raw.Control(func(fd uintptr) { ps, ok = readTCPInfo(fd) }) != nil {
+		return PathStats{}, false
+	}
+	return ps, ok
+}
+
 // QUICStats reads quic-go's view of a connection's path.
 func QUICStats(qc *quic.Conn) PathStats {
 	st := qc.ConnectionStats()

@@ -1,7 +1,6 @@
 package link
 
 import (
-	"net"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -12,16 +11,9 @@ import (
 // RTT and variation are in milliseconds, and it has no minimum RTT).
 const HasTCPInfo = true
 
-func tcpInfo(tc *net.TCPConn) (PathStats, bool) {
-	raw, err := tc.SyscallConn()
+func readTCPInfo(fd uintptr) (PathStats, bool) {
+	info, err := unix.GetsockoptTCPConnectionInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_CONNECTION_INFO)
 	if err != nil {
-		return PathStats{}, false
-	}
-	var info *unix.TCPConnectionInfo
-	cerr := raw.Control(func(fd uintptr) {
-		info, err = unix.GetsockoptTCPConnectionInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_CONNECTION_INFO)
-	})
-	if cerr != nil || err != nil || info == nil {
 		return PathStats{}, false
 	}
 	ms := func(v uint32) time.Duration { return time.Duration(v) * time.Millisecond }

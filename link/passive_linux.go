@@ -1,7 +1,6 @@
 package link
 
 import (
-	"net"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -12,16 +11,9 @@ import (
 // QUIC sessions report a path.
 const HasTCPInfo = true
 
-func tcpInfo(tc *net.TCPConn) (PathStats, bool) {
-	raw, err := tc.SyscallConn()
+func readTCPInfo(fd uintptr) (PathStats, bool) {
+	info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
 	if err != nil {
-		return PathStats{}, false
-	}
-	var info *unix.TCPInfo
-	cerr := raw.Control(func(fd uintptr) {
-		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-	})
-	if cerr != nil || err != nil || info == nil {
 		return PathStats{}, false
 	}
 	us := func(v uint32) time.Duration { return time.Duration(v) * time.Microsecond }
