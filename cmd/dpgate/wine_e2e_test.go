@@ -42,8 +42,7 @@ func TestWindowsAgentUnderWine(t *testing.T) {
 	// Real processes that mostly wait: side by side with the other long ones.
 	t.Parallel()
 	w := wineSetUp(t)
-	exe := filepath.Join(t.TempDir(), "dpgate.exe")
-	w.build(t, exe, ".")
+	exe := w.dpgateExe(t)
 	wine, env, dir := w.wine, w.env, t.TempDir()
 	v := exec.Command(wine, exe, "version")
 	v.Env = env
@@ -144,6 +143,10 @@ type wine struct {
 	wine   string   // the wine64 loader
 	prefix string   // WINEPREFIX
 	env    []string // WINEPREFIX and quiet settings
+
+	exeOnce sync.Once // dpgateExe
+	exe     string
+	exeErr  error
 }
 
 // wineUsed: a test asked for the prefix.
@@ -199,6 +202,23 @@ func stopWine() {
 	}
 }
 
+// dpgateExe is dpgate built for windows/amd64, once for the package.
+func (w *wine) dpgateExe(t *testing.T) string {
+	t.Helper()
+	w.exeOnce.Do(func() {
+		w.exe = filepath.Join(w.prefix, "dpgate.exe")
+		c := exec.Command("go", "build", "-o", w.exe, ".")
+		c.Env = append(os.Environ(), "GOOS=windows", "GOARCH=amd64", "CGO_ENABLED=0")
+		if b, err := c.CombinedOutput(); err != nil {
+			w.exeErr = fmt.Errorf("building dpgate.exe: %v\n%s", err, b)
+		}
+	})
+	if w.exeErr != nil {
+		t.Fatal(w.exeErr)
+	}
+	return w.exe
+}
+
 // build compiles pkg for windows/amd64 into out: "go build", or with
 // verb "test" and "-c" a test binary.
 func (w *wine) build(t *testing.T, out, pkg string, verb ...string) {
@@ -221,8 +241,7 @@ func (w *wine) build(t *testing.T, out, pkg string, verb ...string) {
 func TestWindowsServiceUnderWine(t *testing.T) {
 	t.Parallel()
 	w := wineSetUp(t)
-	exe := filepath.Join(t.TempDir(), "dpgate.exe")
-	w.build(t, exe, ".")
+	exe := w.dpgateExe(t)
 	dir := t.TempDir()
 	pushAddr, adminAddr := freePort(t), freePort(t)
 	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n", pushAddr))
@@ -298,8 +317,7 @@ func TestWindowsServiceUnderWine(t *testing.T) {
 func TestWindowsGatewayUnderWine(t *testing.T) {
 	t.Parallel()
 	w := wineSetUp(t)
-	exe := filepath.Join(t.TempDir(), "dpgate.exe")
-	w.build(t, exe, ".")
+	exe := w.dpgateExe(t)
 	dir := t.TempDir()
 	win := func(p string) string { return `Z:` + strings.ReplaceAll(p, "/", `\`) } // Wine's Z: is /
 	pushAddr, adminAddr := freePort(t), freePort(t)
