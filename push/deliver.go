@@ -26,12 +26,28 @@ func (s *Server) Push(device string, payload []byte, ttl time.Duration) (wire.Me
 
 // PushMany queues the payload for every device in one transaction.
 func (s *Server) PushMany(devices []string, payload []byte, ttl time.Duration) ([]wire.Message, error) {
-	if err := s.Check(devices, payload); err != nil {
-		return nil, err
+	payloads := make([][]byte, len(devices))
+	for i := range payloads {
+		payloads[i] = payload
+	}
+	return s.PushEach(devices, payloads, ttl)
+}
+
+// PushEach queues payloads[i] for devices[i], all in one transaction (a
+// management server's batch: one commit and one request for many
+// pushes).
+func (s *Server) PushEach(devices []string, payloads [][]byte, ttl time.Duration) ([]wire.Message, error) {
+	if len(payloads) != len(devices) {
+		return nil, fmt.Errorf("push: %d payloads for %d devices", len(payloads), len(devices))
+	}
+	for i, d := range devices {
+		if err := s.Check([]string{d}, payloads[i]); err != nil {
+			return nil, err
+		}
 	}
 	start := time.Now()
 	defer func() { s.m.publish.Observe(time.Since(start).Seconds()) }()
-	msgs, err := s.queue.Enqueue(devices, payload, ttl)
+	msgs, err := s.queue.EnqueueEach(devices, payloads, ttl)
 	if err != nil {
 		return nil, err
 	}

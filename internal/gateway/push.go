@@ -185,11 +185,34 @@ func (g *Gateway) accept(ctx context.Context, devices []string, payload []byte, 
 		}
 		return out, nil
 	}
-	msgs, err := g.push.PushMany(devices, payload, ttl)
+	payloads := make([][]byte, len(devices))
+	for i := range payloads {
+		payloads[i] = payload
+	}
+	return g.acceptEach(ctx, devices, payloads, ttl)
+}
+
+// acceptEach commits payloads[i] for devices[i]: here in one commit, or
+// in a cluster through the router, push by push (each on its device's
+// owners).
+func (g *Gateway) acceptEach(ctx context.Context, devices []string, payloads [][]byte, ttl time.Duration) ([]PushReply, error) {
+	if g.router != nil {
+		var out []PushReply
+		for i, d := range devices {
+			r, err := g.accept(ctx, []string{d}, payloads[i], ttl)
+			if err != nil {
+				return nil, fmt.Errorf("pushes[%d] (%s; the %d before it were accepted): %w", i, d, i, err)
+			}
+			out = append(out, r...)
+		}
+		return out, nil
+	}
+	msgs, err := g.push.PushEach(devices, payloads, ttl)
 	if err != nil {
 		return nil, err
 	}
 	g.wakeOffline(devices)
+	out := make([]PushReply, len(msgs))
 	for i, m := range msgs {
 		out[i] = PushReply{Device: devices[i], ID: hex.EncodeToString(m.ID[:]), Seq: m.Seq, Copies: 1, Status: "queued", id: m.ID, expiry: m.Expiry}
 	}
@@ -219,6 +242,24 @@ type PushReply struct {
 	expiry int64
 }
 
+// BatchRequest is the body of POST /v1/push/batch: many pushes, each
+// with its own device and payload, in one request and (without a
+// cluster) one commit, for management servers that push at high rates.
+type BatchRequest struct {
+	Pushes []BatchPush `json:"pushes"`
+	TTL    string      `json:"ttl,omitempty"` // for all of them; default push.queue_ttl
+}
+
+// BatchPush is one push of a batch.
+type BatchPush struct {
+	Device     string  `json:"device"`
+	Data       *string `json:"data,omitempty"`
+	DataBase64 *string `json:"data_base64,omitempty"`
+}
+
+// maxBatch bounds a batch's pushes.
+const maxBatch = 1000
+
 // BulkReply is the answer of POST /v1/push.
 type BulkReply struct {
 	Queued int         `json:"queued"`
@@ -234,24 +275,62 @@ func (g *Gateway) parsePush(r *http.Request) (PushRequest, []byte, time.Duration
 	if err := json.Unmarshal(body, &req); err != nil {
 		return req, nil, 0, admin.Error(http.StatusBadRequest, fmt.Errorf("body is not a JSON push request: %w", err))
 	}
-	var payload []byte
+	payload, err := decodePayload(req.Data, req.DataBase64)
+	if err != nil {
+		return req, nil, 0, admin.Error(http.StatusBadRequest, err)
+	}
+	ttl, err := g.parseTTL(req.TTL)
+	return req, payload, ttl, err
+}
+
+// parseBatch reads a BatchRequest.
+func (g *Gateway) parseBatch(r *http.Request) ([]string, [][]byte, time.Duration, error) {
+	var req BatchRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		return nil, nil, 0, admin.Error(http.StatusBadRequest, fmt.Errorf("body is not a JSON batch {\"pushes\": [...]}: %w", err))
+	}
+	if len(req.Pushes) == 0 || len(req.Pushes) > maxBatch {
+		return nil, nil, 0, admin.Error(http.StatusBadRequest, fmt.Errorf("a batch holds 1 to %d pushes, not %d", maxBatch, len(req.Pushes)))
+	}
+	devices, payloads := make([]string, len(req.Pushes)), make([][]byte, len(req.Pushes))
+	for i, p := range req.Pushes {
+		payload, err := decodePayload(p.Data, p.DataBase64)
+		if err != nil {
+			return nil, nil, 0, admin.Error(http.StatusBadRequest, fmt.Errorf("pushes[%d]: %w", i, err))
+		}
+		devices[i], payloads[i] = p.Device, payload
+	}
+	ttl, err := g.parseTTL(req.TTL)
+	return devices, payloads, ttl, err
+}
+
+// decodePayload is a push's data or data_base64.
+func decodePayload(data, b64 *string) ([]byte, error) {
 	switch {
-	case req.Data != nil && req.DataBase64 != nil:
-		return req, nil, 0, admin.Error(http.StatusBadRequest, errors.New("give data or data_base64, not both"))
-	case req.Data != nil:
-		payload = []byte(*req.Data)
-	case req.DataBase64 != nil:
-		if payload, err = base64.StdEncoding.DecodeString(*req.DataBase64); err != nil {
-			return req, nil, 0, admin.Error(http.StatusBadRequest, fmt.Errorf("data_base64: %w", err))
+	case data != nil && b64 != nil:
+		return nil, errors.New("give data or data_base64, not both")
+	case data != nil:
+		return []byte(*data), nil
+	case b64 != nil:
+		b, err := base64.StdEncoding.DecodeString(*b64)
+		if err != nil {
+			return nil, fmt.Errorf("data_base64: %w", err)
 		}
+		return b, nil
 	}
-	ttl := g.cfg.Push.QueueTTL.D()
-	if req.TTL != "" {
-		if ttl, err = time.ParseDuration(req.TTL); err != nil || ttl <= 0 {
-			return req, nil, 0, admin.Error(http.StatusBadRequest, fmt.Errorf("ttl %q is not a positive Go duration", req.TTL))
-		}
+	return nil, nil
+}
+
+// parseTTL is a request's ttl, or push.queue_ttl without one.
+func (g *Gateway) parseTTL(s string) (time.Duration, error) {
+	if s == "" {
+		return g.cfg.Push.QueueTTL.D(), nil
 	}
-	return req, payload, ttl, nil
+	ttl, err := time.ParseDuration(s)
+	if err != nil || ttl <= 0 {
+		return 0, admin.Error(http.StatusBadRequest, fmt.Errorf("ttl %q is not a positive Go duration", s))
+	}
+	return ttl, nil
 }
 
 func pushError(err error) error {
@@ -321,6 +400,17 @@ func (g *Gateway) pushRoutes() {
 			return http.StatusAccepted, BulkReply{Pushes: []PushReply{}}, nil
 		}
 		replies, err := g.accept(r.Context(), devices, payload, ttl)
+		if err != nil {
+			return 0, nil, pushError(err)
+		}
+		return http.StatusAccepted, BulkReply{Queued: len(replies), Pushes: replies}, nil
+	})
+	a.HandleJSON("POST /v1/push/batch", func(r *http.Request) (int, any, error) {
+		devices, payloads, ttl, err := g.parseBatch(r)
+		if err != nil {
+			return 0, nil, err
+		}
+		replies, err := g.acceptEach(r.Context(), devices, payloads, ttl)
 		if err != nil {
 			return 0, nil, pushError(err)
 		}

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"io"
 	"log/slog"
@@ -131,5 +132,57 @@ func TestDeleteDevice(t *testing.T) {
 	}
 	if err := api.Do(ctx, "DELETE", "/v1/devices/gone-1", nil, nil); !errors.As(err, &he) || he.Status != 404 {
 		t.Errorf("second DELETE: %v, want 404", err)
+	}
+}
+
+// TestPushBatch: POST /v1/push/batch accepts pushes with payloads of
+// their own for several devices in one request (one commit here): each
+// reply names its device with its own id and sequence, the connected
+// agent gets its pushes in order, the offline device's wait in its queue;
+// a bad item refuses the whole batch, naming it.
+func TestPushBatch(t *testing.T) {
+	g, api, _ := newTestGateway(t, "push:\n  listen: 127.0.0.1:0\n  auth: none\n  max_payload: 64\n")
+	ctx := context.Background()
+	str := func(s string) *string { return &s }
+	a := startTestAgent(t, "batch-on", g)
+	waitFor(t, 20*time.Second, func() error {
+		if !g.push.Holds("batch-on") {
+			return errors.New("agent not connected yet")
+		}
+		return nil
+	})
+	var reply BulkReply
+	err := api.Do(ctx, "POST", "/v1/push/batch", BatchRequest{Pushes: []BatchPush{
+		{Device: "batch-on", Data: str("one")},
+		{Device: "batch-off", DataBase64: str(base64.StdEncoding.EncodeToString([]byte("two")))},
+		{Device: "batch-on", Data: str("three")},
+	}}, &reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reply.Queued != 3 || len(reply.Pushes) != 3 || reply.Pushes[0].Device != "batch-on" || reply.Pushes[1].Device != "batch-off" ||
+		reply.Pushes[0].Seq != 1 || reply.Pushes[2].Seq != 2 || reply.Pushes[1].Seq != 1 || reply.Pushes[0].ID == reply.Pushes[2].ID {
+		t.Errorf("batch reply %+v", reply)
+	}
+	waitFor(t, 20*time.Second, func() error { return a.has("one", "three") })
+	if d, ok := g.push.Device("batch-off"); !ok || d.Queued != 1 {
+		t.Errorf("offline device %+v, want one push queued", d)
+	}
+	var he *admin.HTTPError
+	for _, bad := range []struct {
+		req    BatchRequest
+		status int
+	}{
+		{BatchRequest{}, http.StatusBadRequest},
+		{BatchRequest{Pushes: []BatchPush{{Device: "x", Data: str("a"), DataBase64: str("YQ==")}}}, http.StatusBadRequest},
+		{BatchRequest{Pushes: []BatchPush{{Device: "x", Data: str("ok")}, {Device: "y", Data: str(strings.Repeat("z", 65))}}}, http.StatusRequestEntityTooLarge},
+		{BatchRequest{Pushes: []BatchPush{{Device: "x", Data: str("ok")}}, TTL: "-1s"}, http.StatusBadRequest},
+	} {
+		if err := api.Do(ctx, "POST", "/v1/push/batch", bad.req, nil); !errors.As(err, &he) || he.Status != bad.status {
+			t.Errorf("batch %+v: %v, want %d", bad.req, err, bad.status)
+		}
+	}
+	if _, ok := g.push.Device("x"); ok {
+		t.Error("a refused batch queued part of itself")
 	}
 }

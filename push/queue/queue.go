@@ -56,6 +56,19 @@ func NewQueue(db *store.DB) *Queue {
 // Enqueue commits one push with the same payload for each device and
 // returns the messages in device order.
 func (q *Queue) Enqueue(devices []string, payload []byte, ttl time.Duration) ([]wire.Message, error) {
+	payloads := make([][]byte, len(devices))
+	for i := range payloads {
+		payloads[i] = payload
+	}
+	return q.EnqueueEach(devices, payloads, ttl)
+}
+
+// EnqueueEach commits payloads[i] for devices[i], all in one transaction,
+// and returns the messages in that order.
+func (q *Queue) EnqueueEach(devices []string, payloads [][]byte, ttl time.Duration) ([]wire.Message, error) {
+	if len(payloads) != len(devices) {
+		return nil, fmt.Errorf("push: enqueue: %d payloads for %d devices", len(payloads), len(devices))
+	}
 	expiry := q.now().Add(ttl).UnixMilli()
 	ids := make([][16]byte, len(devices))
 	for i := range ids {
@@ -81,7 +94,7 @@ func (q *Queue) Enqueue(devices []string, payload []byte, ttl time.Duration) ([]
 			if err != nil {
 				return err
 			}
-			m := wire.Message{Seq: seq, ID: ids[i], Expiry: expiry, Payload: payload}
+			m := wire.Message{Seq: seq, ID: ids[i], Expiry: expiry, Payload: payloads[i]}
 			if err := db.Put(seqKey(seq), encodeStored(seq, m)); err != nil {
 				return err
 			}
