@@ -197,6 +197,11 @@ func (g *Gateway) accept(ctx context.Context, devices []string, payload []byte, 
 // owners).
 func (g *Gateway) acceptEach(ctx context.Context, devices []string, payloads [][]byte, ttl time.Duration) ([]PushReply, error) {
 	if g.router != nil {
+		for i, d := range devices { // every one checked before any is committed
+			if err := g.push.Check([]string{d}, payloads[i]); err != nil {
+				return nil, fmt.Errorf("pushes[%d]: %w", i, err)
+			}
+		}
 		var out []PushReply
 		for i, d := range devices {
 			r, err := g.accept(ctx, []string{d}, payloads[i], ttl)
