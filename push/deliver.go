@@ -17,20 +17,11 @@ var ErrPayloadTooLarge = errors.New("push: payload too large")
 // Push queues one payload for one device (committed before it returns)
 // and starts delivery if the device is connected here.
 func (s *Server) Push(device string, payload []byte, ttl time.Duration) (wire.Message, error) {
-	msgs, err := s.PushMany([]string{device}, payload, ttl)
+	msgs, err := s.PushEach([]string{device}, [][]byte{payload}, ttl)
 	if err != nil {
 		return wire.Message{}, err
 	}
 	return msgs[0], nil
-}
-
-// PushMany queues the payload for every device in one transaction.
-func (s *Server) PushMany(devices []string, payload []byte, ttl time.Duration) ([]wire.Message, error) {
-	payloads := make([][]byte, len(devices))
-	for i := range payloads {
-		payloads[i] = payload
-	}
-	return s.PushEach(devices, payloads, ttl)
 }
 
 // PushEach queues payloads[i] for devices[i], all in one transaction (a
@@ -47,7 +38,7 @@ func (s *Server) PushEach(devices []string, payloads [][]byte, ttl time.Duration
 	}
 	start := time.Now()
 	defer func() { s.m.publish.Observe(time.Since(start).Seconds()) }()
-	msgs, err := s.queue.EnqueueEach(devices, payloads, ttl)
+	msgs, err := s.queue.Enqueue(devices, payloads, ttl)
 	if err != nil {
 		return nil, err
 	}

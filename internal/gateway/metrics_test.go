@@ -21,6 +21,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -153,13 +154,13 @@ link:
 	}
 	a.Reload()
 	waitFor(t, 20*time.Second, func() error {
-		m := families(t, a)
+		reg := a.Telemetry().Registry
 		for _, want := range []string{"dpgate_push_delivered_total", "dpgate_proxy_received_bytes_total", "dpgate_memberlist_msg_alive_total", "dpgate_cluster_ping_rtt_seconds", "dpgate_wake_rejected_total"} {
-			if sum(m[want]) == 0 {
+			if testutil.Metric(t, reg, want) == 0 {
 				return fmt.Errorf("%s is still 0", want)
 			}
 		}
-		if v := sum(m["dpgate_link_verdict"]); v != 0 {
+		if v := testutil.Metric(t, reg, "dpgate_link_verdict"); v != 0 {
 			return fmt.Errorf("link verdict %v, want 0 (ok)", v)
 		}
 		return nil
@@ -215,15 +216,6 @@ func families(t *testing.T, g *Gateway) map[string]*dto.MetricFamily {
 		out[mf.GetName()] = mf
 	}
 	return out
-}
-
-// sum adds a family's counter and gauge values and histogram counts.
-func sum(mf *dto.MetricFamily) float64 {
-	total := 0.0
-	for _, m := range mf.GetMetric() {
-		total += m.GetCounter().GetValue() + m.GetGauge().GetValue() + float64(m.GetHistogram().GetSampleCount())
-	}
-	return total
 }
 
 // labelNames are the label names of a family's series, sorted.

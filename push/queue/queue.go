@@ -53,19 +53,9 @@ func NewQueue(db *store.DB) *Queue {
 	return &Queue{db: db, now: time.Now, acked: map[string]map[uint64]struct{}{}, ackDelay: AckDelay}
 }
 
-// Enqueue commits one push with the same payload for each device and
-// returns the messages in device order.
-func (q *Queue) Enqueue(devices []string, payload []byte, ttl time.Duration) ([]wire.Message, error) {
-	payloads := make([][]byte, len(devices))
-	for i := range payloads {
-		payloads[i] = payload
-	}
-	return q.EnqueueEach(devices, payloads, ttl)
-}
-
-// EnqueueEach commits payloads[i] for devices[i], all in one transaction,
+// Enqueue commits payloads[i] for devices[i], all in one transaction,
 // and returns the messages in that order.
-func (q *Queue) EnqueueEach(devices []string, payloads [][]byte, ttl time.Duration) ([]wire.Message, error) {
+func (q *Queue) Enqueue(devices []string, payloads [][]byte, ttl time.Duration) ([]wire.Message, error) {
 	if len(payloads) != len(devices) {
 		return nil, fmt.Errorf("push: enqueue: %d payloads for %d devices", len(payloads), len(devices))
 	}

@@ -23,7 +23,7 @@ func BenchmarkEnqueue(b *testing.B) {
 			payload := make([]byte, 64)
 			if mode == "serial" {
 				for i := 0; b.Loop(); i++ {
-					if _, err := q.Enqueue([]string{fmt.Sprint("d", i%1000)}, payload, time.Hour); err != nil {
+					if _, err := q.Enqueue([]string{fmt.Sprint("d", i%1000)}, [][]byte{payload}, time.Hour); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -34,7 +34,7 @@ func BenchmarkEnqueue(b *testing.B) {
 				i := 0
 				for pb.Next() {
 					i++
-					if _, err := q.Enqueue([]string{fmt.Sprint("d", i%1000)}, payload, time.Hour); err != nil {
+					if _, err := q.Enqueue([]string{fmt.Sprint("d", i%1000)}, [][]byte{payload}, time.Hour); err != nil {
 						b.Fatal(err)
 					}
 				}

@@ -24,7 +24,7 @@ func TestQueueSkipsAlteredPush(t *testing.T) {
 	}
 	q := NewQueue(db)
 	for _, p := range []string{"first-push", "VICTIM-push", "third-push"} {
-		if _, err := q.Enqueue([]string{"dev-1"}, []byte(p), time.Hour); err != nil {
+		if _, err := q.Enqueue([]string{"dev-1"}, [][]byte{[]byte(p)}, time.Hour); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -84,11 +84,11 @@ func TestAckDeletionGathered(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := NewQueue(db)
-	msgs, err := q.Enqueue([]string{"pc"}, []byte("a"), time.Hour)
+	msgs, err := q.Enqueue([]string{"pc"}, [][]byte{[]byte("a")}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	more, _ := q.Enqueue([]string{"pc"}, []byte("b"), time.Hour)
+	more, _ := q.Enqueue([]string{"pc"}, [][]byte{[]byte("b")}, time.Hour)
 	if _, found, err := q.Ack("pc", msgs[0].Seq); !found || err != nil {
 		t.Fatalf("Ack: found %v, %v", found, err)
 	}

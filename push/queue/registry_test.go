@@ -23,7 +23,7 @@ func TestRegistryDropsBadStoredIDs(t *testing.T) {
 	defer db.Close()
 	badID := strings.Repeat("x", wire.MaxDeviceID+1)
 	q := NewQueue(db)
-	if _, err := q.Enqueue([]string{"good-1", badID}, []byte("p"), time.Hour); err != nil {
+	if _, err := q.Enqueue([]string{"good-1", badID}, [][]byte{[]byte("p"), []byte("p")}, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"good-1", badID} {
