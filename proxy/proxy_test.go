@@ -711,3 +711,26 @@ func TestSetUpstreams(t *testing.T) {
 		t.Errorf("relay after the reload: %q, %v", got, err)
 	}
 }
+
+// TestBytesCountedAsTheyFlow: the relayed bytes reach the metrics and the
+// status while the relay is still open (before issue 16 they were added
+// when it ended, so a day-long relay showed nothing for a day).
+func TestBytesCountedAsTheyFlow(t *testing.T) {
+	b := newBackend(t, nil, nil)
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}})
+	c := openRelay(t, p) // one byte each way, the relay still open
+	msg := strings.Repeat("x", 999)
+	io.WriteString(c, msg)
+	if _, err := io.ReadFull(c, make([]byte, len(msg))); err != nil {
+		t.Fatal(err)
+	}
+	// A pipe counts right after its write returns: the echo can be read
+	// a moment before that, so poll.
+	testutil.WaitFor(t, 10*time.Second, func() error {
+		in, out := testutil.Metric(t, p.reg, "dpgate_proxy_received_bytes_total"), testutil.Metric(t, p.reg, "dpgate_proxy_sent_bytes_total")
+		if st := p.Status(); in != 1000 || out != 1000 || st.BytesIn != 1000 || st.BytesOut != 1000 {
+			return fmt.Errorf("with the relay open: %v bytes in, %v out counted, status %d/%d; want 1000 each", in, out, st.BytesIn, st.BytesOut)
+		}
+		return nil
+	})
+}
