@@ -39,8 +39,10 @@ type Queue struct {
 
 	ackMu    sync.Mutex
 	acked    map[string]map[uint64]struct{} // device -> acknowledged, deletion not committed yet
+	flushing map[string]map[uint64]struct{} // the same, taken by the Flush now committing them
 	ackTimer bool                           // a Flush is scheduled
 	ackDelay time.Duration                  // AckDelay; tests lengthen it
+	flushMu  sync.Mutex                     // one Flush at a time
 }
 
 const (
@@ -164,28 +166,36 @@ func (q *Queue) Ack(device string, seq uint64) (id [16]byte, found bool, err err
 		return id, false, err
 	}
 	q.ackMu.Lock()
+	defer q.ackMu.Unlock()
+	if q.pendingLocked(device, seq) {
+		return id, false, nil // a duplicate ACK
+	}
 	if q.acked[device] == nil {
 		q.acked[device] = map[uint64]struct{}{}
-	}
-	if _, dup := q.acked[device][seq]; dup {
-		found = false
 	}
 	q.acked[device][seq] = struct{}{}
 	if !q.ackTimer {
 		q.ackTimer = true
 		time.AfterFunc(q.ackDelay, func() { q.Flush() })
 	}
-	q.ackMu.Unlock()
-	return id, found, nil
+	return id, true, nil
 }
 
 // Flush commits the deletions of the acknowledged messages gathered so
 // far (a stopping server calls it before the store closes).
 func (q *Queue) Flush() error {
+	q.flushMu.Lock()
+	defer q.flushMu.Unlock()
 	q.ackMu.Lock()
 	acked := q.acked
-	q.acked, q.ackTimer = map[string]map[uint64]struct{}{}, false
+	// Still hidden from Pending and the depth until committed.
+	q.acked, q.flushing, q.ackTimer = map[string]map[uint64]struct{}{}, acked, false
 	q.ackMu.Unlock()
+	defer func() {
+		q.ackMu.Lock()
+		q.flushing = nil
+		q.ackMu.Unlock()
+	}()
 	if len(acked) == 0 {
 		return nil
 	}
@@ -214,7 +224,7 @@ func (q *Queue) Flush() error {
 func (q *Queue) ackedCount(device string) int {
 	q.ackMu.Lock()
 	defer q.ackMu.Unlock()
-	return len(q.acked[device])
+	return len(q.acked[device]) + len(q.flushing[device])
 }
 
 // ackedNotFlushed reports whether the message was acknowledged and its
@@ -222,8 +232,14 @@ func (q *Queue) ackedCount(device string) int {
 func (q *Queue) ackedNotFlushed(device string, seq uint64) bool {
 	q.ackMu.Lock()
 	defer q.ackMu.Unlock()
-	_, ok := q.acked[device][seq]
-	return ok
+	return q.pendingLocked(device, seq)
+}
+
+// pendingLocked: ackMu is held.
+func (q *Queue) pendingLocked(device string, seq uint64) bool {
+	_, a := q.acked[device][seq]
+	_, f := q.flushing[device][seq]
+	return a || f
 }
 
 // Item is one message for one device, as nodes of a cluster pass them on:
