@@ -327,7 +327,13 @@ func (r *Router) Push(ctx context.Context, devices []string, payload []byte, ttl
 			results <- result{node, its, r.peer.store(ctx, node, its)}
 		}()
 	}
+	// A copy is counted once its commit here returned: the store skips
+	// an id the device acknowledged meanwhile (an owner's copy, forwarded
+	// to the holder, can be delivered and acknowledged before this
+	// node's own commit ends; counting only what the store added made
+	// such a push look under-copied: TestPushRoutedAcrossNodes under load).
 	seqs := map[[16]byte]uint64{}
+	keptHere := map[[16]byte]bool{}
 	if len(local) > 0 {
 		added, err := r.local.Insert(local)
 		if err != nil {
@@ -336,9 +342,11 @@ func (r *Router) Push(ctx context.Context, devices []string, payload []byte, ttl
 			}
 			return nil, err
 		}
+		for _, it := range local {
+			keptHere[it.ID] = true
+		}
 		for _, it := range added {
 			seqs[it.ID] = it.Seq
-			copies[it.ID]++
 		}
 		// An owner knows the holder: send it on now, in parallel with
 		// the other owner's copy (the holder drops the second by id).
@@ -363,10 +371,15 @@ func (r *Router) Push(ctx context.Context, devices []string, payload []byte, ttl
 		if err != nil {
 			return nil, err
 		}
+		for _, it := range fallback {
+			keptHere[it.ID] = true
+		}
 		for _, it := range added {
 			seqs[it.ID] = it.Seq
-			copies[it.ID]++
 		}
+	}
+	for id := range keptHere {
+		copies[id]++
 	}
 	out := make([]Accepted, len(items))
 	for i, it := range items {

@@ -61,6 +61,9 @@ func (g *Gateway) newCluster(ls Listeners) error {
 		return fmt.Errorf("gateway: cluster: %w", err)
 	}
 	g.cluster = c
+	if ls.ClusterTCP != nil {
+		g.clusterAddr = ls.ClusterTCP.Addr().String()
+	}
 	// Every local allow-list change goes to the other nodes at once.
 	g.allow.OnChange(func(e tlsconf.Entry) {
 		b, _ := json.Marshal([]tlsconf.Entry{e})

@@ -17,33 +17,10 @@ import (
 
 var waitFor = testutil.WaitFor
 
-// freeUDPTCPPort finds a loopback port free for both TCP and UDP, as
-// memberlist binds both.
-func freeUDPTCPPort(t testing.TB) string { return freeUDPTCPPortOn(t, "127.0.0.1") }
-
-// freeUDPTCPPortOn is a host:port free for both TCP and UDP on host.
-func freeUDPTCPPortOn(t testing.TB, host string) string {
-	for range 20 {
-		ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := ln.Addr().String()
-		pc, err := net.ListenPacket("udp", addr)
-		ln.Close()
-		if err == nil {
-			pc.Close()
-			return addr
-		}
-	}
-	t.Fatal("no port free for both TCP and UDP")
-	return ""
-}
-
 func TestGatewaysFormACluster(t *testing.T) {
-	b1, b2 := freeUDPTCPPort(t), freeUDPTCPPort(t)
-	g1, api1, _ := newTestGateway(t, fmt.Sprintf("cluster:\n  bind: %s\n  dns:\n    listen: 127.0.0.1:0\n", b1))
-	g2, _, _ := newTestGateway(t, fmt.Sprintf("cluster:\n  bind: %s\n  join: [%s]\n", b2, b1))
+	g1, api1, _ := newTestGateway(t, "cluster:\n  bind: 127.0.0.1:0\n  dns:\n    listen: 127.0.0.1:0\n")
+	b1 := g1.clusterAddr
+	g2, _, _ := newTestGateway(t, fmt.Sprintf("cluster:\n  bind: 127.0.0.1:0\n  join: [%s]\n", b1))
 	ctx := context.Background()
 	members := func() []ClusterMember {
 		var st Status
@@ -102,7 +79,7 @@ func TestGatewaysFormACluster(t *testing.T) {
 	// tombstones included.
 	later, _ := tlsconf.Issue(tlsconf.Template{CommonName: "dev-d", Client: true}, nil)
 	g1.AllowList().Add(later.Leaf)
-	g3, _, _ := newTestGateway(t, fmt.Sprintf("cluster:\n  bind: %s\n  join: [%s]\n", freeUDPTCPPort(t), b1))
+	g3, _, _ := newTestGateway(t, fmt.Sprintf("cluster:\n  bind: 127.0.0.1:0\n  join: [%s]\n", b1))
 	waitFor(t, 10*time.Second, func() error { return g3.AllowList().Check(later.Leaf) })
 	if g3.AllowList().Check(agent.Leaf) == nil {
 		t.Error("the joining node allows a certificate removed before it joined")

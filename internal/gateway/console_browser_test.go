@@ -57,8 +57,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	if err != nil {
 		t.Fatal("chromium is needed (Debian package chromium; .ci/run installs it)")
 	}
-	seed := freeUDPTCPPortOn(t, "127.0.0.1")
-	g, _, dir := newTestGateway(t, fmt.Sprintf(`push:
+	g, _, dir := newTestGateway(t, `push:
   listen: 127.0.0.1:0
   quic: false
 proxy:
@@ -66,8 +65,8 @@ proxy:
   upstreams:
     - address: 127.0.0.1:1
 cluster:
-  bind: %s
-`, seed))
+  bind: 127.0.0.1:0
+`)
 	shots := screenshotDir(t)
 	for _, cn := range []string{"alpha-101", "beta-202", "gamma-303"} {
 		c, _ := tlsconf.Issue(tlsconf.Template{CommonName: cn, Client: true}, nil)
@@ -308,7 +307,7 @@ cluster:
 	// A second node joins: the overview shows it without a reload.
 	run("overview again", chromedp.Navigate(base+"/"), chromedp.WaitVisible("#nodes"))
 	host := "127.0.0.2"
-	g2, _, _ := newTestGateway(t, fmt.Sprintf("push:\n  listen: %s:0\n  auth: none\ncluster:\n  bind: %s\n  join: [%s]\n", host, freeUDPTCPPortOn(t, host), seed))
+	g2, _, _ := newTestGateway(t, fmt.Sprintf("push:\n  listen: %s:0\n  auth: none\ncluster:\n  bind: %s:0\n  join: [%s]\n", host, host, g.clusterAddr))
 	waitFor(t, 60*time.Second, func() error {
 		n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("#nodes tbody tr").length`))
 		if err != nil {

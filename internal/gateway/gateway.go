@@ -77,9 +77,9 @@ type Gateway struct {
 	proxyAddr string
 	dnsAddr   string
 	// The UDP listeners' addresses, for tests: wake requests, shutdown
-	// notices and the STAMP reflector ("" when off).
-	wakeAddr, shutdownAddr, reflectorAddr string
-	draining                              atomic.Bool
+	// notices and the STAMP reflector; and the gossip port ("" when off).
+	wakeAddr, shutdownAddr, reflectorAddr, clusterAddr string
+	draining                                           atomic.Bool
 	// handedOver: Handover ran; the store, cluster and router are closed.
 	handedOver   atomic.Bool
 	upgrade      atomic.Pointer[UpgradeStatus] // last upgrade; nil: none

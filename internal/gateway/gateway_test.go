@@ -87,7 +87,7 @@ func startTestGatewayWith(t testing.TB, cfg *config.Config, opts Options) (*Gate
 		t.Fatal(err)
 	}
 	if opts.Logger == nil {
-		opts.Logger = testutil.Quiet()
+		opts.Logger = testutil.Logger(t, cfg.Node.Name)
 	}
 	g, err := New(cfg, ls, opts)
 	if err != nil {

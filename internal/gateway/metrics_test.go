@@ -102,14 +102,13 @@ func TestMetricsFollowConventions(t *testing.T) {
 	}()
 
 	// Node B: a cluster seed and the uplink's reflector.
-	seed := freeUDPTCPPortOn(t, "127.0.0.2")
-	b, _, _ := newTestGateway(t, fmt.Sprintf("push:\n  listen: 127.0.0.2:0\n  auth: none\ncluster:\n  bind: %s\nlink:\n  reflector_listen: 127.0.0.2:0\n", seed))
+	b, _, _ := newTestGateway(t, "push:\n  listen: 127.0.0.2:0\n  auth: none\ncluster:\n  bind: 127.0.0.2:0\nlink:\n  reflector_listen: 127.0.0.2:0\n")
 	// Node A, measured: every part, memberlist's metrics bridged.
 	a, api, _ := newTestGatewayWith(t, fmt.Sprintf(`push:
   listen: 127.0.0.1:0
   auth: none
 cluster:
-  bind: %s
+  bind: 127.0.0.1:0
   join: [%s]
 proxy:
   listen: 127.0.0.1:0
@@ -120,7 +119,7 @@ proxy:
 link:
   probe_interval: 20ms
   window: 1s
-`, freeUDPTCPPortOn(t, "127.0.0.1"), seed, upLn.Addr(), tlsconf.Pin(upCert.Leaf), b.reflectorAddr), Options{GlobalMetrics: true})
+`, b.clusterAddr, upLn.Addr(), tlsconf.Pin(upCert.Leaf), b.reflectorAddr), Options{GlobalMetrics: true})
 
 	atStart := families(t, a)
 	for name, d := range doc {

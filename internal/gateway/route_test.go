@@ -37,16 +37,15 @@ func testCluster(t testing.TB, n int) ([]*Gateway, []*admin.Client) {
 // testClusterWith is testCluster with more configuration for every node.
 func testClusterWith(t testing.TB, n int, extra string) ([]*Gateway, []*admin.Client) {
 	t.Helper()
-	seed := freeUDPTCPPortOn(t, "127.0.0.1")
 	var gs []*Gateway
 	var apis []*admin.Client
 	for i := range n {
 		host := fmt.Sprintf("127.0.0.%d", i+1)
-		bind, join := seed, ""
+		join := ""
 		if i > 0 {
-			bind, join = freeUDPTCPPortOn(t, host), fmt.Sprintf("  join: [%s]\n", seed)
+			join = fmt.Sprintf("  join: [%s]\n", gs[0].clusterAddr)
 		}
-		g, api, _ := newTestGateway(t, fmt.Sprintf("push:\n  listen: %s:0\n  auth: none\ncluster:\n  bind: %s\n%s%s", host, bind, join, extra))
+		g, api, _ := newTestGateway(t, fmt.Sprintf("push:\n  listen: %s:0\n  auth: none\ncluster:\n  bind: %s:0\n%s%s", host, host, join, extra))
 		gs, apis = append(gs, g), append(apis, api)
 	}
 	waitFor(t, 20*time.Second, func() error {
@@ -304,10 +303,9 @@ func TestQueuedPushesSurviveOwnerFailure(t *testing.T) {
 func TestShutdownNoticeReachesTheCluster(t *testing.T) {
 	secret := filepath.Join(t.TempDir(), "wake.key")
 	os.WriteFile(secret, []byte(base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))), 0o600)
-	seed := freeUDPTCPPort(t)
 	wakeYAML := fmt.Sprintf("wake:\n  listen: 127.0.0.1:0\n  shutdown_listen: 127.0.0.1:0\n  secret_file: %s\n", secret)
-	g0, _, _ := newTestGateway(t, fmt.Sprintf("push:\n  listen: 127.0.0.1:0\n  auth: none\ncluster:\n  bind: %s\n%s", seed, wakeYAML))
-	g1, _, _ := newTestGateway(t, fmt.Sprintf("push:\n  listen: 127.0.0.1:0\n  auth: none\ncluster:\n  bind: %s\n  join: [%s]\n%s", freeUDPTCPPort(t), seed, wakeYAML))
+	g0, _, _ := newTestGateway(t, fmt.Sprintf("push:\n  listen: 127.0.0.1:0\n  auth: none\ncluster:\n  bind: 127.0.0.1:0\n%s", wakeYAML))
+	g1, _, _ := newTestGateway(t, fmt.Sprintf("push:\n  listen: 127.0.0.1:0\n  auth: none\ncluster:\n  bind: 127.0.0.1:0\n  join: [%s]\n%s", g0.clusterAddr, wakeYAML))
 	waitFor(t, 20*time.Second, func() error {
 		if n := len(g0.cluster.Members()); n != 2 {
 			return fmt.Errorf("%d members", n)

@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -34,6 +36,38 @@ func WaitFor(t testing.TB, timeout time.Duration, cond func() error) {
 
 // Quiet is a logger that discards everything.
 func Quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// Logger is a logger for the code under test: silent while the test
+// passes; when it fails, its last lines come with the test's output,
+// so a failure seen once in CI comes with what the code logged.
+func Logger(t testing.TB, name string) *slog.Logger {
+	tb := &tail{max: 300}
+	t.Cleanup(func() {
+		if t.Failed() {
+			tb.mu.Lock()
+			defer tb.mu.Unlock()
+			t.Logf("%s logged (last %d lines):\n%s", name, len(tb.lines), strings.Join(tb.lines, ""))
+		}
+	})
+	return slog.New(slog.NewTextHandler(tb, nil))
+}
+
+// tail keeps the last max lines written to it.
+type tail struct {
+	mu    sync.Mutex
+	max   int
+	lines []string
+}
+
+func (tb *tail) Write(p []byte) (int, error) {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	if len(tb.lines) == tb.max {
+		tb.lines = slices.Delete(tb.lines, 0, 1)
+	}
+	tb.lines = append(tb.lines, string(p)) // slog writes one record per call
+	return len(p), nil
+}
 
 // Metric sums the samples of the series name in g (a counter's or
 // gauge's value, a histogram's count) whose labels include every
