@@ -42,3 +42,78 @@ func BenchmarkEnqueue(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkExpireBeside is the expiry sweep over 15,000 devices (the
+// pushpeers size; each had pushes, all acknowledged, as after a push to
+// all) and what it costs the pushes accepted meanwhile: the slowest
+// Enqueue while sweeps run back to back (max-enqueue-ms). "none": no
+// sweep (the loop sleeps 10 ms instead); "scan": each sweep reads every
+// device (as when something may be due); "due-later": nothing can have
+// expired yet, as between a push and its TTL. A sweep that holds the
+// store's one write transaction for its whole scan makes every push wait
+// for it.
+func BenchmarkExpireBeside(b *testing.B) {
+	for _, mode := range []string{"none", "scan", "due-later"} {
+		b.Run(mode, func(b *testing.B) { benchExpireBeside(b, mode) })
+	}
+}
+
+func benchExpireBeside(b *testing.B, mode string) {
+	db, err := store.Open(b.TempDir(), store.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	q := NewQueue(db)
+	const devices = 15000
+	devs := make([]string, devices)
+	payloads := make([][]byte, devices)
+	for i := range devs {
+		devs[i], payloads[i] = fmt.Sprint("agent-", i), make([]byte, 64)
+	}
+	msgs, err := q.Enqueue(devs, payloads, time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i, m := range msgs {
+		q.Ack(devs[i], m.Seq)
+	}
+	if err := q.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan time.Duration)
+	go func() {
+		var worst time.Duration
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- worst
+				return
+			default:
+			}
+			t0 := time.Now()
+			if _, err := q.Enqueue([]string{devs[i%devices]}, [][]byte{payloads[0]}, time.Hour); err != nil {
+				b.Error(err)
+			}
+			worst = max(worst, time.Since(t0))
+			time.Sleep(500 * time.Microsecond) // 2,000 pushes/s at most
+		}
+	}()
+	for b.Loop() {
+		switch mode {
+		case "none":
+			time.Sleep(10 * time.Millisecond)
+			continue
+		case "scan":
+			q.expMu.Lock()
+			q.nextExpiry = 0
+			q.expMu.Unlock()
+		}
+		if _, err := q.Expire(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	close(stop)
+	b.ReportMetric(float64(<-done)/1e6, "max-enqueue-ms")
+}

@@ -134,3 +134,51 @@ func TestAckDeletionGathered(t *testing.T) {
 		t.Errorf("Flush: %v, %d left in the store, want 0", err, stored())
 	}
 }
+
+// TestExpireReadsOnlyWhenDue: the sweep reads the store only once a
+// message can have expired (the earliest expiry is known after the
+// first scan and lowered by every commit), and then expires exactly
+// what is due.
+func TestExpireReadsOnlyWhenDue(t *testing.T) {
+	db, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	q := NewQueue(db)
+	t0 := time.Now()
+	at := t0
+	q.now = func() time.Time { return at }
+	sweep := func(d time.Duration, wantScans int64, wantExpired int) {
+		t.Helper()
+		at = t0.Add(d)
+		counts, err := q.Expire()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, c := range counts {
+			n += c
+		}
+		if q.scans.Load() != wantScans || n != wantExpired {
+			t.Fatalf("at +%v: %d scans, %d expired; want %d and %d", d, q.scans.Load(), n, wantScans, wantExpired)
+		}
+	}
+	if _, err := q.Enqueue([]string{"dev-1"}, [][]byte{[]byte("an hour")}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	sweep(0, 1, 0)           // unknown at start: read once
+	sweep(time.Minute, 1, 0) // nothing due before +1h
+	at = t0.Add(time.Minute)
+	if _, err := q.Enqueue([]string{"dev-2"}, [][]byte{[]byte("a minute")}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	sweep(90*time.Second, 1, 0)
+	sweep(2*time.Minute+time.Second, 2, 1) // the minute one
+	sweep(30*time.Minute, 2, 0)
+	sweep(61*time.Minute, 3, 1) // the hour one
+	sweep(10*time.Hour, 3, 0)   // nothing left
+	if n, _ := q.Len("dev-1"); n != 0 {
+		t.Errorf("dev-1 still queues %d", n)
+	}
+}
