@@ -187,6 +187,7 @@ func New(cfg *config.Config, ls Listeners, opts Options) (_ *Gateway, err error)
 			return nil, err
 		}
 	}
+	g.newMemory()
 	return g, nil
 }
 
