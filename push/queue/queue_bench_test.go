@@ -2,16 +2,56 @@ package queue
 
 import (
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/dpgate/dpgate/internal/store"
+	"github.com/dpgate/dpgate/push/wire"
 )
 
 // BenchmarkEnqueue is the cost of accepting one push durably: one bbolt
 // commit with fsync when pushes come one at a time (serial), shared by
-// many when they come concurrently (parallel, through DB.Batch).
+// many when they come concurrently (parallel, through DB.Batch); and of
+// a push to all of 15,000 devices, in one commit (one op is the whole
+// broadcast).
 func BenchmarkEnqueue(b *testing.B) {
+	b.Run("all-15000", func(b *testing.B) {
+		db, err := store.Open(b.TempDir(), store.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer db.Close()
+		q := NewQueue(db)
+		devs := make([]string, 15000)
+		payloads := make([][]byte, len(devs))
+		for i := range devs {
+			devs[i], payloads[i] = fmt.Sprint("agent-", i), make([]byte, 64)
+		}
+		// As in service: every device known, its pushes acknowledged.
+		ackAll := func(msgs []wire.Message) {
+			for i, m := range msgs {
+				q.Ack(devs[i], m.Seq)
+			}
+			if err := q.Flush(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		msgs, err := q.Enqueue(devs, payloads, time.Hour)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ackAll(msgs)
+		for b.Loop() {
+			msgs, err := q.Enqueue(devs, payloads, time.Hour)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			ackAll(msgs)
+			b.StartTimer()
+		}
+	})
 	for _, mode := range []string{"serial", "parallel-64"} {
 		b.Run(mode, func(b *testing.B) {
 			db, err := store.Open(b.TempDir(), store.Options{})
@@ -20,21 +60,30 @@ func BenchmarkEnqueue(b *testing.B) {
 			}
 			defer db.Close()
 			q := NewQueue(db)
-			payload := make([]byte, 64)
+			// 15,000 devices known, as in pushpeers; each push to one.
+			devs := make([]string, 15000)
+			payloads := make([][]byte, len(devs))
+			for i := range devs {
+				devs[i], payloads[i] = fmt.Sprint("agent-", i), make([]byte, 64)
+			}
+			if _, err := q.Enqueue(devs, payloads, time.Hour); err != nil {
+				b.Fatal(err)
+			}
+			payload := payloads[0]
 			if mode == "serial" {
 				for i := 0; b.Loop(); i++ {
-					if _, err := q.Enqueue([]string{fmt.Sprint("d", i%1000)}, [][]byte{payload}, time.Hour); err != nil {
+					if _, err := q.Enqueue([]string{devs[(i*7919)%len(devs)]}, [][]byte{payload}, time.Hour); err != nil {
 						b.Fatal(err)
 					}
 				}
 				return
 			}
 			b.SetParallelism(32) // 64 goroutines on 2 cores
+			var n atomic.Int64
 			b.RunParallel(func(pb *testing.PB) {
-				i := 0
 				for pb.Next() {
-					i++
-					if _, err := q.Enqueue([]string{fmt.Sprint("d", i%1000)}, [][]byte{payload}, time.Hour); err != nil {
+					i := int(n.Add(1))
+					if _, err := q.Enqueue([]string{devs[(i*7919)%len(devs)]}, [][]byte{payload}, time.Hour); err != nil {
 						b.Fatal(err)
 					}
 				}

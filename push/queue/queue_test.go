@@ -2,6 +2,7 @@ package queue
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"testing"
@@ -103,7 +104,7 @@ func TestAckDeletionGathered(t *testing.T) {
 	}
 	stored := func() int {
 		n := 0
-		db.View(func(tx *bolt.Tx) error { n = deviceBucket(tx, "pc").Stats().KeyN; return nil })
+		db.View(func(tx *bolt.Tx) error { n = countMessages(deviceBucket(tx, "pc")); return nil })
 		return n
 	}
 	testutil.WaitFor(t, 5*time.Second, func() error {
@@ -180,5 +181,69 @@ func TestExpireReadsOnlyWhenDue(t *testing.T) {
 	sweep(10*time.Hour, 3, 0)   // nothing left
 	if n, _ := q.Len("dev-1"); n != 0 {
 		t.Errorf("dev-1 still queues %d", n)
+	}
+}
+
+// TestSequenceKeptBesideMessages: a device's sequence goes on from its
+// last one after every push was acknowledged and deleted; from the
+// push_seq counter of a store written by an earlier version; and, when
+// its record is damaged, after the highest one still queued. The record
+// never shows as a message.
+func TestSequenceKeptBesideMessages(t *testing.T) {
+	db, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	q := NewQueue(db)
+	enqueue := func(dev string) uint64 {
+		t.Helper()
+		msgs, err := q.Enqueue([]string{dev}, [][]byte{[]byte("p")}, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return msgs[0].Seq
+	}
+	for i := range 3 {
+		if seq := enqueue("pc-1"); seq != uint64(i+1) {
+			t.Fatalf("push %d got sequence %d", i+1, seq)
+		}
+	}
+	msgs, _ := q.Pending("pc-1", 0, 10)
+	if len(msgs) != 3 {
+		t.Fatalf("Pending: %d messages, want 3 (the sequence record is not one)", len(msgs))
+	}
+	for _, m := range msgs {
+		q.Ack("pc-1", m.Seq)
+	}
+	q.Flush()
+	if n, _ := q.Len("pc-1"); n != 0 {
+		t.Fatalf("Len after every ACK: %d, want 0", n)
+	}
+	if n, devs := q.Depth(); n != 0 || devs != 0 || len(q.Devices()) != 0 {
+		t.Fatalf("Depth %d messages %d devices, Devices %v; want none", n, devs, q.Devices())
+	}
+	if seq := enqueue("pc-1"); seq != 4 {
+		t.Errorf("after all were acknowledged: sequence %d, want 4", seq)
+	}
+
+	// An earlier version's store: the counter in push_seq, no record.
+	db.Update(func(tx *bolt.Tx) error {
+		sb, _ := tx.CreateBucketIfNotExists([]byte(bucketSeq))
+		return sb.Put([]byte("pc-old"), store.Seal([]byte("pc-old"), binary.BigEndian.AppendUint64(nil, 41)))
+	})
+	if seq := enqueue("pc-old"); seq != 42 {
+		t.Errorf("from an earlier version's counter 41: sequence %d, want 42", seq)
+	}
+	if seq := enqueue("pc-old"); seq != 43 {
+		t.Errorf("next: sequence %d, want 43", seq)
+	}
+
+	// A damaged record: after the highest still queued (43).
+	db.Update(func(tx *bolt.Tx) error {
+		return deviceBucket(tx, "pc-old").Put(lastSeqKey, []byte("garbage"))
+	})
+	if seq := enqueue("pc-old"); seq != 44 {
+		t.Errorf("with a damaged record: sequence %d, want 44", seq)
 	}
 }
