@@ -60,6 +60,7 @@ type Server struct {
 	tokenKeys   atomic.Pointer[[][]byte]
 	// Pushes written and acknowledged since start.
 	sent, delivered atomic.Uint64
+	opened          atomic.Uint64 // sessions started since the server was built
 	wg              sync.WaitGroup
 	done            chan struct{}
 	once            sync.Once

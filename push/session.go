@@ -344,6 +344,7 @@ func (s *Server) startSession(c conn, transport string, remote, local net.Addr, 
 	}
 	s.cluster.SessionChanged(ss.device, true, ss.since)
 	s.m.started.WithLabelValues(ss.transport).Inc()
+	s.opened.Add(1)
 	ss.kick() // everything still queued, from the first message
 	s.wg.Add(1)
 	go s.runSession(ss) // ends when the agent goes

@@ -134,6 +134,9 @@ func (s *Server) ShutDown(device string, at time.Time) error {
 // KnownDevices returns the ids "push to all" reaches.
 func (s *Server) KnownDevices() []string { return s.reg.IDs() }
 
+// SessionsOpened counts the sessions started since the server was built.
+func (s *Server) SessionsOpened() uint64 { return s.opened.Load() }
+
 // Sessions is the number of connected agents.
 func (s *Server) Sessions() int {
 	s.mu.Lock()

@@ -14,42 +14,57 @@ import (
 // garbage a moment later) up to its next collection's goal, about twice
 // the live heap: after 15,000 agents connect, about 100 MB that nothing
 // uses stays resident while they idle (pushpeers: 22 KiB per idle
-// connection, 7 of them this). When the gateway has gone quiet (no
-// collection for quietFor) holding at least minReturn of such memory,
-// and more than a quarter of what is live, it is given back at once
-// (debug.FreeOSMemory: one collection, then the free pages returned).
+// connection, 7 of them this). It is given back at once
+// (debug.FreeOSMemory: one collection, then the free pages returned)
+// when the gateway holds at least minReturn of it, and more than a
+// quarter of what is live, and either
+//   - a storm ended: at least stormSessions push sessions opened since
+//     the last return and none for stormOver, or
+//   - it has gone quiet: no collection for quietFor.
+//
 // Under steady load collections come more often than quietFor and
-// nothing is done; at most one return per collection cycle.
+// sessions keep opening, and nothing is done.
 const (
 	quietFor       = 5 * time.Second
+	stormSessions  = 1000
+	stormOver      = 2 * time.Second
 	minReturn      = 32 << 20
 	memoryInterval = time.Second
 )
 
-// memoryReturner watches the runtime's heap figures.
+// memoryReturner watches the runtime's heap figures and the sessions
+// opened.
 type memoryReturner struct {
 	returned prometheus.Counter
 	samples  []rtmetrics.Sample
 	cycles   uint64    // GC cycles at the last look
 	since    time.Time // when cycles last changed
+
+	opened       func() uint64 // sessions opened so far; nil: no push server
+	openedAt     uint64        // at the last return
+	openedLast   uint64        // at the last look
+	openedChange time.Time     // when openedLast last changed
+
 	stop     chan struct{}
 	stopOnce sync.Once
 }
 
-func newMemoryReturner(reg prometheus.Registerer) *memoryReturner {
+func newMemoryReturner(reg prometheus.Registerer, opened func() uint64) *memoryReturner {
 	m := &memoryReturner{
 		returned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "dpgate_memory_returned_bytes_total",
-			Help: "Freed heap given back to the operating system once the gateway went quiet (no collection for 5 s) holding at least 32 MiB of it, as after a storm of new connections.",
+			Help: "Freed heap given back to the operating system (at least 32 MiB at a time) after a storm of new push sessions ended or once no collection ran for 5 s.",
 		}),
 		samples: []rtmetrics.Sample{
 			{Name: "/gc/cycles/total:gc-cycles"},
 			{Name: "/memory/classes/heap/free:bytes"},    // free, not yet returned
 			{Name: "/memory/classes/heap/objects:bytes"}, // live and not yet swept
 		},
-		since: time.Now(),
-		stop:  make(chan struct{}),
+		opened: opened,
+		since:  time.Now(),
+		stop:   make(chan struct{}),
 	}
+	m.openedChange = m.since
 	reg.MustRegister(m.returned)
 	return m
 }
@@ -60,14 +75,22 @@ func (m *memoryReturner) check(now time.Time) uint64 {
 	cycles, free, objects := m.samples[0].Value.Uint64(), m.samples[1].Value.Uint64(), m.samples[2].Value.Uint64()
 	if cycles != m.cycles {
 		m.cycles, m.since = cycles, now
-		return 0
 	}
-	if now.Sub(m.since) < quietFor || free < minReturn || free < objects/4 {
+	var opened uint64
+	if m.opened != nil {
+		opened = m.opened()
+	}
+	if opened != m.openedLast {
+		m.openedLast, m.openedChange = opened, now
+	}
+	quiet := now.Sub(m.since) >= quietFor
+	stormOverNow := opened-m.openedAt >= stormSessions && now.Sub(m.openedChange) >= stormOver
+	if !(quiet || stormOverNow) || free < minReturn || free < objects/4 {
 		return 0
 	}
 	debug.FreeOSMemory()
 	rtmetrics.Read(m.samples)
-	m.cycles, m.since = m.samples[0].Value.Uint64(), now
+	m.cycles, m.since, m.openedAt = m.samples[0].Value.Uint64(), now, opened
 	left := m.samples[1].Value.Uint64()
 	if left >= free {
 		return 0
@@ -86,7 +109,7 @@ func (m *memoryReturner) run(g *Gateway) error {
 			return nil
 		case now := <-t.C:
 			if n := m.check(now); n > 0 {
-				g.log.Info("gave freed memory back to the system after a quiet spell", "mib", n>>20)
+				g.log.Info("gave freed memory back to the system", "mib", n>>20)
 			}
 		}
 	}
@@ -94,7 +117,11 @@ func (m *memoryReturner) run(g *Gateway) error {
 
 // newMemory adds the returner as a part of the gateway.
 func (g *Gateway) newMemory() {
-	m := newMemoryReturner(g.tel.Registry)
+	var opened func() uint64
+	if g.push != nil {
+		opened = g.push.SessionsOpened
+	}
+	m := newMemoryReturner(g.tel.Registry, opened)
 	g.add(part{name: "memory",
 		serve: []func() error{func() error { return m.run(g) }},
 		close: func() error { m.stopOnce.Do(func() { close(m.stop) }); return nil },
