@@ -16,16 +16,18 @@ import (
 // uses stays resident while they idle (pushpeers: 22 KiB per idle
 // connection, 7 of them this). It is given back at once
 // (debug.FreeOSMemory: one collection, then the free pages returned)
-// when the gateway holds at least minReturn of it, and more than a
-// quarter of what is live, and either
+// when the gateway could free at least minReturn (free pages, and
+// garbage made since the last collection), and more than a quarter of
+// what is live, and either
 //   - a storm ended: at least stormSessions push sessions opened since
 //     the last return and none for stormOver, or
-//   - it has gone quiet: no collection for quietFor.
+//   - it went quiet: less than quietAlloc allocated in quietFor.
 //
-// Under steady load collections come more often than quietFor and
-// sessions keep opening, and nothing is done.
+// Under steady load sessions keep opening or memory keeps being
+// allocated, and nothing is done.
 const (
 	quietFor       = 5 * time.Second
+	quietAlloc     = 4 << 20
 	stormSessions  = 1000
 	stormOver      = 2 * time.Second
 	minReturn      = 32 << 20
@@ -37,8 +39,8 @@ const (
 type memoryReturner struct {
 	returned prometheus.Counter
 	samples  []rtmetrics.Sample
-	cycles   uint64    // GC cycles at the last look
-	since    time.Time // when cycles last changed
+	allocs   uint64    // bytes allocated so far, when the quiet window began
+	since    time.Time // when the quiet window began
 
 	opened       func() uint64 // sessions opened so far; nil: no push server
 	openedAt     uint64        // at the last return
@@ -53,12 +55,14 @@ func newMemoryReturner(reg prometheus.Registerer, opened func() uint64) *memoryR
 	m := &memoryReturner{
 		returned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "dpgate_memory_returned_bytes_total",
-			Help: "Freed heap given back to the operating system (at least 32 MiB at a time) after a storm of new push sessions ended or once no collection ran for 5 s.",
+			Help: "Freed heap given back to the operating system (when at least 32 MiB could be) after a storm of new push sessions ended or once the gateway went quiet.",
 		}),
 		samples: []rtmetrics.Sample{
-			{Name: "/gc/cycles/total:gc-cycles"},
+			{Name: "/gc/heap/allocs:bytes"},              // allocated so far
 			{Name: "/memory/classes/heap/free:bytes"},    // free, not yet returned
-			{Name: "/memory/classes/heap/objects:bytes"}, // live and not yet swept
+			{Name: "/memory/classes/heap/objects:bytes"}, // live and garbage not yet swept
+			{Name: "/gc/heap/live:bytes"},                // live at the last collection
+			{Name: "/memory/classes/heap/released:bytes"},
 		},
 		opened: opened,
 		since:  time.Now(),
@@ -72,9 +76,10 @@ func newMemoryReturner(reg prometheus.Registerer, opened func() uint64) *memoryR
 // check looks once; it returns the bytes given back (0: nothing done).
 func (m *memoryReturner) check(now time.Time) uint64 {
 	rtmetrics.Read(m.samples)
-	cycles, free, objects := m.samples[0].Value.Uint64(), m.samples[1].Value.Uint64(), m.samples[2].Value.Uint64()
-	if cycles != m.cycles {
-		m.cycles, m.since = cycles, now
+	allocs, free, objects, live, released := m.samples[0].Value.Uint64(), m.samples[1].Value.Uint64(),
+		m.samples[2].Value.Uint64(), m.samples[3].Value.Uint64(), m.samples[4].Value.Uint64()
+	if allocs-m.allocs > quietAlloc {
+		m.allocs, m.since = allocs, now
 	}
 	var opened uint64
 	if m.opened != nil {
@@ -84,19 +89,22 @@ func (m *memoryReturner) check(now time.Time) uint64 {
 		m.openedLast, m.openedChange = opened, now
 	}
 	quiet := now.Sub(m.since) >= quietFor
-	stormOverNow := opened-m.openedAt >= stormSessions && now.Sub(m.openedChange) >= stormOver
-	if !(quiet || stormOverNow) || free < minReturn || free < objects/4 {
+	stormEnded := opened-m.openedAt >= stormSessions && now.Sub(m.openedChange) >= stormOver
+	// What a collection now would leave free: the free pages, and the
+	// garbage made since the last one (a storm's handshakes).
+	reclaimable := free + objects - min(live, objects)
+	if !(quiet || stormEnded) || reclaimable < minReturn || reclaimable < live/4 {
 		return 0
 	}
 	debug.FreeOSMemory()
 	rtmetrics.Read(m.samples)
-	m.cycles, m.since, m.openedAt = m.samples[0].Value.Uint64(), now, opened
-	left := m.samples[1].Value.Uint64()
-	if left >= free {
+	m.allocs, m.since, m.openedAt = m.samples[0].Value.Uint64(), now, opened
+	after := m.samples[4].Value.Uint64()
+	if after <= released {
 		return 0
 	}
-	m.returned.Add(float64(free - left))
-	return free - left
+	m.returned.Add(float64(after - released))
+	return after - released
 }
 
 // run checks every memoryInterval until close.

@@ -73,6 +73,14 @@ func (g *Gateway) storeMetrics() {
 			Name: "dpgate_store_failures_total",
 			Help: "Store calls since start that hit damaged pages and failed (each alone; the gateway goes on).",
 		}, func() float64 { return float64(g.db.Stats().Failures) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "dpgate_store_commits_total",
+			Help: "Write transactions committed since start, each made durable with two fdatasyncs; pushes accepted per commit show how well commits are shared.",
+		}, func() float64 { return float64(g.db.Stats().Commits) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "dpgate_store_page_writes_total",
+			Help: "Writes of pages (or runs of adjacent pages) by those commits since start: what each fdatasync makes durable.",
+		}, func() float64 { return float64(g.db.Stats().PageWrites) }),
 	)
 }
 

@@ -102,6 +102,7 @@ type DB struct {
 
 	corrupt  atomic.Uint64 // records that failed their checksum
 	failures atomic.Uint64 // calls that panicked or faulted inside bbolt
+	openTxID int           // the last committed transaction at Open
 	seenMu   sync.Mutex
 	seen     map[string]bool // corrupt records already logged
 }
@@ -183,6 +184,7 @@ func Open(dir string, opts Options) (*DB, error) {
 		db.bolt.Close()
 		return nil, err
 	}
+	db.openTxID = db.lastTxID()
 	if marker == nil {
 		if err := writeMarker(dir, id); err != nil {
 			db.bolt.Close()
@@ -474,15 +476,26 @@ func (db *DB) Close() error { return db.bolt.Close() }
 // Path is the database file.
 func (db *DB) Path() string { return db.bolt.Path() }
 
-// Stats are the store's damage counters since Open.
+// Stats are the store's counters since Open.
 type Stats struct {
 	CorruptRecords uint64 `json:"corrupt_records"` // records that failed their checksum
 	Failures       uint64 `json:"failures"`        // calls that hit damaged pages
+	Commits        uint64 `json:"commits"`         // write transactions committed (each two fdatasyncs)
+	PageWrites     uint64 `json:"page_writes"`     // pages (or runs of pages) written by commits
 }
 
-// Stats returns the damage counters.
+// Stats returns the counters.
 func (db *DB) Stats() Stats {
-	return Stats{CorruptRecords: db.corrupt.Load(), Failures: db.failures.Load()}
+	bs := db.bolt.Stats()
+	return Stats{CorruptRecords: db.corrupt.Load(), Failures: db.failures.Load(),
+		Commits: uint64(max(db.lastTxID()-db.openTxID, 0)), PageWrites: uint64(bs.TxStats.GetWrite())}
+}
+
+// lastTxID is the id of the last committed write transaction.
+func (db *DB) lastTxID() int {
+	id := 0
+	db.bolt.View(func(tx *bolt.Tx) error { id = tx.ID(); return nil })
+	return id
 }
 
 // Corrupt counts and logs (once per record) a record that failed its

@@ -179,3 +179,33 @@ func TestBatchGroupCommit(t *testing.T) {
 		}
 	}
 }
+
+// TestCommitsCounted: Stats counts the write transactions committed
+// since Open (not those before it) and the page writes they made.
+func TestCommitsCounted(t *testing.T) {
+	dir := t.TempDir()
+	db, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(k string) {
+		t.Helper()
+		if err := db.Put("counted", k, []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("a")
+	put("b")
+	if st := db.Stats(); st.Commits != 2 || st.PageWrites < 2 {
+		t.Errorf("after two puts: %d commits, %d page writes; want 2 and at least 2", st.Commits, st.PageWrites)
+	}
+	db.Close()
+	if db, err = Open(dir, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	put("c")
+	if st := db.Stats(); st.Commits != 1 {
+		t.Errorf("after reopening and one put: %d commits, want 1", st.Commits)
+	}
+}
