@@ -49,6 +49,12 @@ func TestThroughputAccounting(t *testing.T) {
 	if r.Mismatch != 0 || r.Bytes == 0 || r.Bytes != s.Received() {
 		t.Errorf("throughput reports %d bytes (%d mismatched streams), sink read %d; want equal and non-zero", r.Bytes, r.Mismatch, s.Received())
 	}
+	// The target's PID is this process, which encrypted and decrypted
+	// every byte: some CPU per GiB, and not absurdly much (a second per
+	// MiB would mean the ticks were misread).
+	if r.CPUPerGiB <= 0 || r.CPUPerGiB > 1024 {
+		t.Errorf("CPU per GiB %v s, want a positive figure below 1024 s", r.CPUPerGiB)
+	}
 }
 
 func TestLatencyAndConnect(t *testing.T) {

@@ -50,6 +50,9 @@ type ThroughputResult struct {
 	Seconds  float64 `json:"seconds"` // from first write to last count
 	Gbps     float64 `json:"gbit_per_s"`
 	Mismatch int     `json:"mismatched_streams"` // sink count != bytes sent
+	// CPUPerGiB is the proxy's CPU time (user and system) per GiB it
+	// relayed, when its PID is known (0 otherwise).
+	CPUPerGiB float64 `json:"cpu_seconds_per_gib,omitempty"`
 }
 
 // Throughput sends as fast as it can on streams connections for d; the
@@ -69,6 +72,13 @@ func Throughput(ctx context.Context, t Target, streams int, d time.Duration) (Th
 	chunk := make([]byte, 64<<10)
 	for i := range chunk {
 		chunk[i] = byte(i * 7)
+	}
+	var cpu0 time.Duration
+	if t.PID != 0 {
+		var err error
+		if cpu0, err = ProcessCPU(t.PID); err != nil {
+			return res, fmt.Errorf("%s: %w", t.Name, err)
+		}
 	}
 	var wg sync.WaitGroup
 	var total atomic.Int64
@@ -116,7 +126,35 @@ func Throughput(ctx context.Context, t Target, streams int, d time.Duration) (Th
 	res.Bytes = total.Load()
 	res.Mismatch = int(mismatch.Load())
 	res.Gbps = float64(res.Bytes) * 8 / res.Seconds / 1e9
+	if t.PID != 0 && res.Bytes > 0 {
+		cpu1, err := ProcessCPU(t.PID)
+		if err != nil {
+			return res, fmt.Errorf("%s: %w", t.Name, err)
+		}
+		res.CPUPerGiB = (cpu1 - cpu0).Seconds() / (float64(res.Bytes) / (1 << 30))
+	}
 	return res, nil
+}
+
+// ProcessCPU reads the CPU time (user and system) a process has used,
+// from /proc/PID/stat (in clock ticks of 1/100 s, Linux's USER_HZ).
+func ProcessCPU(pid int) (time.Duration, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, in parentheses, may hold spaces: count after it.
+	i := strings.LastIndexByte(string(data), ')')
+	f := strings.Fields(string(data[i+1:]))
+	if i < 0 || len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64) // field 14 of the whole line
+	stime, err2 := strconv.ParseInt(f[12], 10, 64) // field 15
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
 }
 
 // LatencyResult is the outcome of Latency, in microseconds.

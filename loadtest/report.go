@@ -42,6 +42,15 @@ func (r ProxyReport) WriteTable(w io.Writer) {
 				}
 			}
 			row(append(cells, fmt.Sprintf("Sensor %.0f", SensorIngressGbps))...)
+			cells = []any{fmt.Sprintf("proxy CPU s per GiB, %d stream(s)", tr.Streams)}
+			for _, t := range r.Targets {
+				if i < len(r.Throughput[t]) && r.Throughput[t][i].CPUPerGiB > 0 {
+					cells = append(cells, fmt.Sprintf("%.3f", r.Throughput[t][i].CPUPerGiB))
+				} else {
+					cells = append(cells, "-")
+				}
+			}
+			row(append(cells, "-")...)
 		}
 	}
 	if len(r.Latency) > 0 {
@@ -90,6 +99,9 @@ func (r ProxyReport) Rows() []Row {
 	for _, t := range r.Targets {
 		for _, x := range r.Throughput[t] {
 			rows = append(rows, judged(fmt.Sprintf("%s: throughput, %d stream(s)", t, x.Streams), fmt.Sprintf("%.2f Gbit/s", x.Gbps), fmt.Sprintf(">= %.0f Gbit/s (a Sensor)", SensorIngressGbps), x.Gbps >= SensorIngressGbps))
+			if x.CPUPerGiB > 0 {
+				rows = append(rows, row(fmt.Sprintf("%s: proxy CPU per GiB, %d stream(s)", t, x.Streams), fmt.Sprintf("%.3f s", x.CPUPerGiB), "-"))
+			}
 		}
 	}
 	for _, t := range r.Targets {
