@@ -48,11 +48,12 @@ func (g *Gateway) Handover(ctx context.Context, after, spread time.Duration) err
 			errs = append(errs, fmt.Errorf("cluster: %w", err))
 		}
 	}
-	// The UDP listeners and the uplink measurement stop; the store closes
-	// once every serve loop has returned: it is ours alone.
+	// The UDP listeners, the uplink measurement and the memory watch stop
+	// (each a serve loop); the store closes once every serve loop has
+	// returned: it is ours alone.
 	for _, p := range g.parts {
 		switch p.name {
-		case "wake", "links", "dns", "certificate":
+		case "wake", "links", "dns", "certificate", "memory":
 			p.close()
 		}
 	}
