@@ -63,7 +63,7 @@ func TestClusterSurvivesKill9(t *testing.T) {
 		t.Fatal("dig is needed (Debian package dnsutils; .ci/run installs it)")
 	}
 	const nodesN, agentsN = 3, 300
-	seed, dnsAddr := freeUDPTCP(t), freeUDPTCP(t)
+	var seed, dnsAddr string // the first node's, bound on port 0 and read from its log
 	var (
 		srvs   []*server
 		apis   []*admin.Client
@@ -72,16 +72,21 @@ func TestClusterSurvivesKill9(t *testing.T) {
 	)
 	for i := range nodesN {
 		dir := t.TempDir()
-		bind, extra := seed, fmt.Sprintf("  dns:\n    listen: %s\n", dnsAddr)
+		extra := "  dns:\n    listen: 127.0.0.1:0\n"
 		if i > 0 {
-			bind, extra = freeUDPTCP(t), fmt.Sprintf("  join: [%s]\n", seed)
+			extra = fmt.Sprintf("  join: [%s]\n", seed)
 		}
+		bind := "127.0.0.1:0"
 		pushAddr, adminAddr := freePort(t), freePort(t)
 		cfg := filepath.Join(dir, "dpgate.yaml")
 		os.WriteFile(cfg, []byte(fmt.Sprintf("node:\n  name: node-%d\n  data_dir: data\nadmin:\n  listen: %s\npush:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\ncluster:\n  bind: %s\n%s",
 			i, adminAddr, pushAddr, bind, extra)), 0o644)
 		s := startServe(t, nil, "-c", cfg)
 		s.waitLog(t, `msg="push server listening"`)
+		if i == 0 {
+			seed = s.waitLog(t, `msg="cluster started" addr=(\S+)`)[1]
+			dnsAddr = s.waitLog(t, `msg="DNS listening" addr=(\S+)`)[1]
+		}
 		srvs, apis, pushes = append(srvs, s), append(apis, apiClient(t, cfg)), append(pushes, pushAddr)
 		pins = append(pins, strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout))
 	}

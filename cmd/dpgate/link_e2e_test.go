@@ -18,8 +18,7 @@ import (
 func TestProbeAgainstReflect(t *testing.T) {
 	// Real processes that mostly wait: side by side with the other long ones.
 	t.Parallel()
-	addr := freeUDPTCP(t)
-	r := exec.Command(bin, "reflect", "--listen", addr)
+	r := exec.Command(bin, "reflect", "--listen", "127.0.0.1:0") // the port it got is in its first line
 	r.Env = os.Environ()
 	stderr, _ := r.StderrPipe()
 	if err := r.Start(); err != nil {
@@ -32,13 +31,14 @@ func TestProbeAgainstReflect(t *testing.T) {
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
-			if strings.Contains(sc.Text(), "answering STAMP on") {
-				listening <- sc.Text()
+			if a, ok := strings.CutPrefix(sc.Text(), "dpgate reflect: answering STAMP on "); ok {
+				listening <- a
 			}
 		}
 	}()
+	var addr string
 	select {
-	case <-listening:
+	case addr = <-listening:
 	case <-time.After(30 * time.Second):
 		t.Fatal("dpgate reflect did not report its socket within 30 s")
 	}

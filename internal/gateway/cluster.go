@@ -74,7 +74,7 @@ func (g *Gateway) newCluster(ls Listeners) error {
 			if err := c.Start(); err != nil {
 				return err
 			}
-			g.log.Info("cluster started", "bind", cc.Bind, "seeds", cc.Join, "encrypted", key != nil)
+			g.log.Info("cluster started", "addr", g.clusterAddr, "seeds", cc.Join, "encrypted", key != nil)
 			return nil
 		},
 		shutdown: func(context.Context) error { return g.leaveCluster() },
