@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dpgate/dpgate/internal/store"
 	"github.com/dpgate/dpgate/link"
 )
 
@@ -62,26 +63,24 @@ func (m *metrics) reloaded(err error) {
 	m.reloadOKAt.Set(float64(time.Now().Unix()))
 }
 
-// storeMetrics declares the store's damage counters.
+// storeMetrics declares the store's counters, read when scraped.
 func (g *Gateway) storeMetrics() {
-	g.tel.Registry.MustRegister(
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "dpgate_store_corrupt_records_total",
-			Help: "Stored records that failed their checksum since start: skipped, kept aside in the store, never delivered or used.",
-		}, func() float64 { return float64(g.db.Stats().CorruptRecords) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "dpgate_store_failures_total",
-			Help: "Store calls since start that hit damaged pages and failed (each alone; the gateway goes on).",
-		}, func() float64 { return float64(g.db.Stats().Failures) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "dpgate_store_commits_total",
-			Help: "Write transactions committed since start, each made durable with two fdatasyncs; pushes accepted per commit show how well commits are shared.",
-		}, func() float64 { return float64(g.db.Stats().Commits) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "dpgate_store_page_writes_total",
-			Help: "Writes of pages (or runs of adjacent pages) by those commits since start: what each fdatasync makes durable.",
-		}, func() float64 { return float64(g.db.Stats().PageWrites) }),
-	)
+	for _, c := range []struct {
+		name, help string
+		value      func(store.Stats) uint64
+	}{
+		{"dpgate_store_corrupt_records_total", "Stored records that failed their checksum since start: skipped, kept aside in the store, never delivered or used.",
+			func(s store.Stats) uint64 { return s.CorruptRecords }},
+		{"dpgate_store_failures_total", "Store calls since start that hit damaged pages and failed (each alone; the gateway goes on).",
+			func(s store.Stats) uint64 { return s.Failures }},
+		{"dpgate_store_commits_total", "Write transactions committed since start, each made durable with two fdatasyncs; pushes accepted per commit show how well commits are shared.",
+			func(s store.Stats) uint64 { return s.Commits }},
+		{"dpgate_store_page_writes_total", "Writes of pages (or runs of adjacent pages) by those commits since start: what each fdatasync makes durable.",
+			func(s store.Stats) uint64 { return s.PageWrites }},
+	} {
+		g.tel.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help},
+			func() float64 { return float64(c.value(g.db.Stats())) }))
+	}
 }
 
 // linkCollector reports each measured uplink's figures over its window

@@ -17,58 +17,20 @@ import (
 // broadcast).
 func BenchmarkEnqueue(b *testing.B) {
 	b.Run("all-15000", func(b *testing.B) {
-		db, err := store.Open(b.TempDir(), store.Options{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer db.Close()
-		q := NewQueue(db)
-		devs := make([]string, 15000)
-		payloads := make([][]byte, len(devs))
-		for i := range devs {
-			devs[i], payloads[i] = fmt.Sprint("agent-", i), make([]byte, 64)
-		}
-		// As in service: every device known, its pushes acknowledged.
-		ackAll := func(msgs []wire.Message) {
-			for i, m := range msgs {
-				q.Ack(devs[i], m.Seq)
-			}
-			if err := q.Flush(); err != nil {
-				b.Fatal(err)
-			}
-		}
-		msgs, err := q.Enqueue(devs, payloads, time.Hour)
-		if err != nil {
-			b.Fatal(err)
-		}
-		ackAll(msgs)
+		q, devs, payloads := knownDevices(b)
 		for b.Loop() {
 			msgs, err := q.Enqueue(devs, payloads, time.Hour)
 			if err != nil {
 				b.Fatal(err)
 			}
 			b.StopTimer()
-			ackAll(msgs)
+			ackAll(b, q, devs, msgs)
 			b.StartTimer()
 		}
 	})
 	for _, mode := range []string{"serial", "parallel-64"} {
 		b.Run(mode, func(b *testing.B) {
-			db, err := store.Open(b.TempDir(), store.Options{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer db.Close()
-			q := NewQueue(db)
-			// 15,000 devices known, as in pushpeers; each push to one.
-			devs := make([]string, 15000)
-			payloads := make([][]byte, len(devs))
-			for i := range devs {
-				devs[i], payloads[i] = fmt.Sprint("agent-", i), make([]byte, 64)
-			}
-			if _, err := q.Enqueue(devs, payloads, time.Hour); err != nil {
-				b.Fatal(err)
-			}
+			q, devs, payloads := knownDevices(b) // each push to one of them
 			payload := payloads[0]
 			if mode == "serial" {
 				for i := 0; b.Loop(); i++ {
@@ -92,6 +54,39 @@ func BenchmarkEnqueue(b *testing.B) {
 	}
 }
 
+// knownDevices is a queue of 15,000 devices (the pushpeers size), each
+// of which had a push, all acknowledged: as in service. It is closed
+// with the benchmark.
+func knownDevices(b *testing.B) (q *Queue, devs []string, payloads [][]byte) {
+	db, err := store.Open(b.TempDir(), store.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { db.Close() })
+	q = NewQueue(db)
+	devs = make([]string, 15000)
+	payloads = make([][]byte, len(devs))
+	for i := range devs {
+		devs[i], payloads[i] = fmt.Sprint("agent-", i), make([]byte, 64)
+	}
+	msgs, err := q.Enqueue(devs, payloads, time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ackAll(b, q, devs, msgs)
+	return q, devs, payloads
+}
+
+// ackAll acknowledges msgs (msgs[i] for devs[i]) and commits the deletions.
+func ackAll(b *testing.B, q *Queue, devs []string, msgs []wire.Message) {
+	for i, m := range msgs {
+		q.Ack(devs[i], m.Seq)
+	}
+	if err := q.Flush(); err != nil {
+		b.Fatal(err)
+	}
+}
+
 // BenchmarkExpireBeside is the expiry sweep over 15,000 devices (the
 // pushpeers size; each had pushes, all acknowledged, as after a push to
 // all) and what it costs the pushes accepted meanwhile: the slowest
@@ -108,28 +103,7 @@ func BenchmarkExpireBeside(b *testing.B) {
 }
 
 func benchExpireBeside(b *testing.B, mode string) {
-	db, err := store.Open(b.TempDir(), store.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer db.Close()
-	q := NewQueue(db)
-	const devices = 15000
-	devs := make([]string, devices)
-	payloads := make([][]byte, devices)
-	for i := range devs {
-		devs[i], payloads[i] = fmt.Sprint("agent-", i), make([]byte, 64)
-	}
-	msgs, err := q.Enqueue(devs, payloads, time.Hour)
-	if err != nil {
-		b.Fatal(err)
-	}
-	for i, m := range msgs {
-		q.Ack(devs[i], m.Seq)
-	}
-	if err := q.Flush(); err != nil {
-		b.Fatal(err)
-	}
+	q, devs, payloads := knownDevices(b)
 	stop := make(chan struct{})
 	done := make(chan time.Duration)
 	go func() {
@@ -142,7 +116,7 @@ func benchExpireBeside(b *testing.B, mode string) {
 			default:
 			}
 			t0 := time.Now()
-			if _, err := q.Enqueue([]string{devs[i%devices]}, [][]byte{payloads[0]}, time.Hour); err != nil {
+			if _, err := q.Enqueue([]string{devs[i%len(devs)]}, [][]byte{payloads[0]}, time.Hour); err != nil {
 				b.Error(err)
 			}
 			worst = max(worst, time.Since(t0))
