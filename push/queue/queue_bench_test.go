@@ -140,3 +140,29 @@ func benchExpireBeside(b *testing.B, mode string) {
 	close(stop)
 	b.ReportMetric(float64(<-done)/1e6, "max-enqueue-ms")
 }
+
+// BenchmarkFlush is committing the deletions of acknowledged pushes
+// among 15,000 devices: per op, n of them (spread over every device page,
+// as the ACKs of a push to all arrive in any order).
+func BenchmarkFlush(b *testing.B) {
+	for _, n := range []int{100, 1000, 15000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			q, devs, payloads := knownDevices(b)
+			for b.Loop() {
+				b.StopTimer()
+				msgs, err := q.Enqueue(devs, payloads, time.Hour)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for i := 0; i < n; i++ {
+					j := i * len(devs) / n
+					q.Ack(devs[j], msgs[j].Seq)
+				}
+				b.StartTimer()
+				if err := q.Flush(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
