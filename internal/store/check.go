@@ -402,13 +402,15 @@ func copyRecords(old, nb *bolt.DB, cutShort bool, rep *RecoverReport) error {
 	}
 	err := guard("read", func() error {
 		return old.View(func(tx *bolt.Tx) error {
-			format := readFormat(tx)
+			// No meta bucket: a store from before checksums, or one that
+			// lost the bucket to damage (then its records are sealed).
+			legacy := readFormat(tx) == 0 && !anySealed(tx)
 			walkTx(tx, func(path []string, k, v []byte) {
 				if werr != nil || path[0] == metaBucket {
 					return
 				}
 				var sealed []byte
-				if format == 0 {
+				if legacy {
 					sealed = Seal(k, v) // from before checksums: nothing to verify
 				} else if _, err := Unseal(k, v); err != nil {
 					rep.Lost[path[0]]++

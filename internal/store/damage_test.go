@@ -319,6 +319,53 @@ func TestLegacyStoreIsSealed(t *testing.T) {
 	})
 }
 
+// TestLostMetaBucketSealsNothingTwice: a store whose meta bucket is gone
+// (a flipped byte in its name) looks like one from before checksums, but
+// its records are sealed already. Open and Recover sealed them again, and
+// every reader then saw four bytes of garbage after each value (the chaos
+// test's bitflip: "device dev-001: invalid character after top-level
+// value", and the node never started again). An unsealed record among
+// sealed ones is then damage, not a legacy record: never used as data
+// (TestLegacyStoreIsSealed: a store with no sealed record is sealed).
+func TestLostMetaBucketSealsNothingTwice(t *testing.T) {
+	for _, way := range []string{"open", "recover"} {
+		t.Run(way, func(t *testing.T) {
+			dir := t.TempDir()
+			db, err := Open(dir, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			db.Put("devices", "dev-1", []byte(`{"id":"dev-1"}`))
+			db.Close()
+			b, err := bolt.Open(filepath.Join(dir, FileName), 0o600, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.Update(func(tx *bolt.Tx) error {
+				bk, _ := tx.CreateBucketIfNotExists([]byte("agent_certs"))
+				bk.Put([]byte("a"), []byte("unsealed")) // a damaged record, or a legacy one
+				return tx.DeleteBucket([]byte(metaBucket))
+			})
+			b.Close()
+			if way == "recover" {
+				if _, err := Recover(dir, time.Second); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if db, err = Open(dir, Options{}); err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			if v, err := db.Get("devices", "dev-1"); err != nil || string(v) != `{"id":"dev-1"}` {
+				t.Errorf("a sealed record after the meta bucket was lost: %q, %v; want it unchanged", v, err)
+			}
+			if v, err := db.Get("agent_certs", "a"); err == nil {
+				t.Errorf("an unsealed record among sealed ones read as %q; want it treated as damaged", v)
+			}
+		})
+	}
+}
+
 // TestOpenSurvivesABucketHeaderPastTheMapping: an inline sub-bucket whose
 // value length was corrupted makes bbolt read far past its memory map.
 // bbolt's Tx.Check walks in a goroutine of its own, where that is a fatal

@@ -362,8 +362,14 @@ func (db *DB) prepare() (string, error) {
 	return id, err
 }
 
-// sealAll seals every value of every bucket (a store from before Format 2).
+// sealAll seals every value of every bucket (a store from before Format
+// 2), unless some are sealed already: then the store is of this format
+// and lost its meta bucket to damage, and nothing is sealed (a damaged
+// record must fail its checksum, not be sealed as it is).
 func sealAll(tx *bolt.Tx) (int, error) {
+	if anySealed(tx) {
+		return 0, nil
+	}
 	n := 0
 	var walk func(b *bolt.Bucket) error
 	walk = func(b *bolt.Bucket) error {
