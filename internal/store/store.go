@@ -349,12 +349,18 @@ func (db *DB) prepare() (string, error) {
 			id = string(idv)
 			return nil
 		}
-		n, err := sealAll(tx)
-		if err != nil {
-			return fmt.Errorf("store: seal records of %s: %w", db.Path(), err)
-		}
-		if n > 0 {
-			db.log.Info("store: added checksums to the records of a store from an earlier version", "file", db.Path(), "records", n)
+		if anySealed(tx) {
+			// Of this format, its meta bucket lost to damage: sealing its
+			// records again would hand readers their checksums as data.
+			db.log.Warn("store: the meta bucket is missing but the records carry checksums (damage): a new one is written; records failing their checksum are kept aside as always", "file", db.Path())
+		} else {
+			n, err := sealAll(tx)
+			if err != nil {
+				return fmt.Errorf("store: seal records of %s: %w", db.Path(), err)
+			}
+			if n > 0 {
+				db.log.Info("store: added checksums to the records of a store from an earlier version", "file", db.Path(), "records", n)
+			}
 		}
 		id = newID()
 		return writeMeta(tx, id)
@@ -362,14 +368,8 @@ func (db *DB) prepare() (string, error) {
 	return id, err
 }
 
-// sealAll seals every value of every bucket (a store from before Format
-// 2), unless some are sealed already: then the store is of this format
-// and lost its meta bucket to damage, and nothing is sealed (a damaged
-// record must fail its checksum, not be sealed as it is).
+// sealAll seals every value of every bucket (a store from before Format 2).
 func sealAll(tx *bolt.Tx) (int, error) {
-	if anySealed(tx) {
-		return 0, nil
-	}
 	n := 0
 	var walk func(b *bolt.Bucket) error
 	walk = func(b *bolt.Bucket) error {
