@@ -58,19 +58,21 @@ func TestClusterTokenAuth(t *testing.T) {
 	oldKey, newKey := b64("the site's first token key, 32 b"), b64("the site's next token key, 32 by")
 	os.WriteFile(keyFile, []byte(oldKey+"\n"), 0o600)
 
-	// Gossip ports are bound on port 0 and read from the logs; node 0,
-	// the seed, joins node 1 when it comes back.
+	// Gossip ports are bound on port 0 and read from the logs. Node 0,
+	// the seed, comes back on the addresses it had, as a restarted
+	// service does, and joins node 1 (on a new gossip address the others
+	// would keep its name from it for DeadNodeReclaimTime, 10 s).
 	var gossip []string
 	var cfgs, pushes, pins []string
 	srvs := make([]*server, nodesN)
 	adminAddrs := make([]string, nodesN)
-	writeCfg := func(i int, pushAddr, join string) string {
+	writeCfg := func(i int, pushAddr, bind, join string) string {
 		cfg := filepath.Join(dir, fmt.Sprintf("node%d", i), "dpgate.yaml")
 		if join != "" {
 			join = fmt.Sprintf("  join: [%s]\n", join)
 		}
-		os.WriteFile(cfg, []byte(fmt.Sprintf("node:\n  name: node-%d\n  data_dir: data\nadmin:\n  listen: %s\npush:\n  listen: %s\n  auth: token\n  token_key_file: %s\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\ncluster:\n  bind: 127.0.0.1:0\n%s",
-			i, adminAddrs[i], pushAddr, keyFile, join)), 0o644)
+		os.WriteFile(cfg, []byte(fmt.Sprintf("node:\n  name: node-%d\n  data_dir: data\nadmin:\n  listen: %s\npush:\n  listen: %s\n  auth: token\n  token_key_file: %s\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\ncluster:\n  bind: %s\n%s",
+			i, adminAddrs[i], pushAddr, keyFile, bind, join)), 0o644)
 		return cfg
 	}
 	for i := range nodesN {
@@ -82,7 +84,7 @@ func TestClusterTokenAuth(t *testing.T) {
 		}
 		pushAddr := freePort(t)
 		adminAddrs[i] = freePort(t)
-		cfg := writeCfg(i, pushAddr, join)
+		cfg := writeCfg(i, pushAddr, "127.0.0.1:0", join)
 		srvs[i] = startServe(t, nil, "-c", cfg)
 		srvs[i].waitLog(t, `msg="push server listening"`)
 		gossip = append(gossip, srvs[i].waitLog(t, `msg="cluster started" addr=(\S+)`)[1])
@@ -185,7 +187,7 @@ func TestClusterTokenAuth(t *testing.T) {
 	t.Logf("after kill -9 of node 0: sessions %d %d", sessions(1), sessions(2))
 
 	// Rebalancing: node 0 back, the others hand agents over to it.
-	writeCfg(0, pushes[0], gossip[1])
+	writeCfg(0, pushes[0], gossip[0], gossip[1])
 	srvs[0] = startServe(t, nil, "-c", cfgs[0])
 	srvs[0].waitLog(t, `msg="push server listening"`)
 	waitFor(t, 90*time.Second, func() error {

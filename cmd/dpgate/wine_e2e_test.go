@@ -164,10 +164,42 @@ var wineOnce = sync.OnceValues(func() (*wine, error) {
 	prefix := filepath.Join(filepath.Dir(bin), "wine") // removed with bin by TestMain
 	w.prefix = prefix
 	w.env = append(os.Environ(), "WINEPREFIX="+prefix, "WINEDEBUG=-all", "WINEDLLOVERRIDES=mscoree,mshtml=") // no Mono or Gecko prompts
+	// wineboot's output goes to a file: a pipe would be held open by the
+	// wineserver it starts, so collecting it waits until that server
+	// goes idle and stops (seconds).
+	if err := os.MkdirAll(prefix, 0o700); err != nil {
+		return nil, err
+	}
+	bootLog, err := os.Create(filepath.Join(prefix, "wineboot.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer bootLog.Close()
+	server := func(args ...string) error {
+		c := exec.Command(filepath.Join(filepath.Dir(w.wine), "wineserver"), args...)
+		c.Env, c.Stdout, c.Stderr = w.env, bootLog, bootLog
+		return c.Run()
+	}
 	boot := exec.Command(w.wine, "wineboot", "--init")
-	boot.Env = w.env
-	if out, err := boot.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("wineboot: %v\n%s", err, out)
+	boot.Env, boot.Stdout, boot.Stderr = w.env, bootLog, bootLog
+	err = boot.Run()
+	// Then a server that stays up until stopWine, so no later command
+	// waits for one to stop either. It is a new one: the service manager
+	// of the first boot cannot start a service installed after it ("net
+	// start": "Could not get handle to service"). The first program on it
+	// starts the prefix's services, which stay as long as the server and
+	// keep that program's output open: that program writes to the file.
+	if err == nil {
+		err = errors.Join(server("--kill"), server("--wait"), server("--persistent"))
+	}
+	if err == nil {
+		first := exec.Command(w.wine, "cmd", "/c", "exit")
+		first.Env, first.Stdout, first.Stderr = w.env, bootLog, bootLog
+		err = first.Run()
+	}
+	if err != nil {
+		out, _ := os.ReadFile(bootLog.Name())
+		return nil, fmt.Errorf("setting up the Wine prefix: %v\n%s", err, out)
 	}
 	system32 := filepath.Join(prefix, "drive_c", "windows", "system32")
 	os.MkdirAll(system32, 0o755)
