@@ -1,11 +1,11 @@
 package proxy
 
 import (
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dpgate/dpgate/internal/series"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -33,61 +33,31 @@ type metrics struct {
 var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
 
 func newMetrics(reg prometheus.Registerer, p *Proxy) *metrics {
+	d := series.On(reg)
 	m := &metrics{
-		acceptErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "dpgate_proxy_accept_errors_total",
-			Help: "Transient accept failures on the proxy listener (out of file descriptors and the like); the proxy backs off and keeps its relays.",
-		}),
-		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dpgate_proxy_refused_connections_total",
-			Help: "Agent connections closed unanswered by a limit: max_connections, source_rate (per-source rate) or shutting_down.",
-		}, []string{"reason"}),
-		handshakes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "dpgate_proxy_handshakes_total",
-			Help: "Agent TLS handshakes completed.",
-		}),
-		handshakeFail: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dpgate_proxy_handshake_failures_total",
-			Help: "Agent TLS handshakes that failed: tls (protocol error), timeout, or cert_* (client certificate refused by the allow-list: cert_unknown, cert_expired, cert_not-yet-valid, cert_no-certificate).",
-		}, []string{"reason"}),
-		noUpstream: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "dpgate_proxy_no_upstream_total",
-			Help: "Agent connections closed because every upstream failed to connect.",
-		}),
-		relaysEnded: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dpgate_proxy_relays_ended_total",
-			Help: "Relays ended, by how: closed (both sides finished), idle (idle timeout) or error.",
-		}, []string{"how"}),
-		dial: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "dpgate_proxy_upstream_dial_duration_seconds",
-			Help:    "Time to connect to an upstream and complete TLS, successful dials only.",
-			Buckets: latencyBuckets,
-		}, []string{"upstream"}),
+		acceptErrors: d.Counter("dpgate_proxy_accept_errors_total",
+			"Transient accept failures on the proxy listener (out of file descriptors and the like); the proxy backs off and keeps its relays."),
+		refused: d.CounterVec("dpgate_proxy_refused_connections_total",
+			"Agent connections closed unanswered by a limit: max_connections, source_rate (per-source rate) or shutting_down.",
+			[]string{"reason"}, refuseReasons),
+		handshakes: d.Counter("dpgate_proxy_handshakes_total", "Agent TLS handshakes completed."),
+		handshakeFail: d.CounterVec("dpgate_proxy_handshake_failures_total",
+			"Agent TLS handshakes that failed: tls (protocol error), timeout, or cert_* (client certificate refused by the allow-list: cert_unknown, cert_expired, cert_not-yet-valid, cert_no-certificate).",
+			[]string{"reason"}, handshakeReasons),
+		noUpstream: d.Counter("dpgate_proxy_no_upstream_total", "Agent connections closed because every upstream failed to connect."),
+		relaysEnded: d.CounterVec("dpgate_proxy_relays_ended_total", "Relays ended, by how: closed (both sides finished), idle (idle timeout) or error.",
+			[]string{"how"}, relayEnds),
+		dial: d.HistogramVec("dpgate_proxy_upstream_dial_duration_seconds", "Time to connect to an upstream and complete TLS, successful dials only.",
+			latencyBuckets, []string{"upstream"}),
 	}
-	for _, r := range refuseReasons {
-		m.refused.WithLabelValues(r)
-	}
-	for _, r := range handshakeReasons {
-		m.handshakeFail.WithLabelValues(r)
-	}
-	for _, e := range relayEnds {
-		m.relaysEnded.WithLabelValues(e)
-	}
-	reg.MustRegister(m.acceptErrors, m.refused, m.handshakes, m.handshakeFail, m.noUpstream, m.relaysEnded, m.dial,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "dpgate_proxy_connections",
-			Help: "Agent connections the proxy holds now, handshakes included.",
-		}, func() float64 { return float64(p.conns.Load()) }),
-		counterFunc("dpgate_proxy_received_bytes_total", "Bytes relayed from agents to upstreams, counted as they flow.", &p.bytesIn),
-		counterFunc("dpgate_proxy_sent_bytes_total", "Bytes relayed from upstreams to agents, counted as they flow.", &p.bytesOut),
-		upstreamCollector{p},
-	)
+	d.GaugeFunc("dpgate_proxy_connections", "Agent connections the proxy holds now, handshakes included.",
+		func() float64 { return float64(p.conns.Load()) })
+	d.CounterFunc("dpgate_proxy_received_bytes_total", "Bytes relayed from agents to upstreams, counted as they flow.",
+		func() float64 { return float64(p.bytesIn.Load()) })
+	d.CounterFunc("dpgate_proxy_sent_bytes_total", "Bytes relayed from upstreams to agents, counted as they flow.",
+		func() float64 { return float64(p.bytesOut.Load()) })
+	d.Collector(upstreamCollector{p})
 	return m
-}
-
-func counterFunc(name, help string, v *atomic.Int64) prometheus.CounterFunc {
-	return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
-		func() float64 { return float64(v.Load()) })
 }
 
 // upstreamCollector reports each configured upstream's state when

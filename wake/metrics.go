@@ -1,6 +1,10 @@
 package wake
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dpgate/dpgate/internal/series"
+)
 
 // Label values, declared at start so every series exists (at 0) before
 // its first event.
@@ -20,38 +24,18 @@ type metrics struct {
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
-	m := &metrics{
-		limited: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "dpgate_wake_rate_limited_total",
-			Help: "Wake-ups not sent: over the per-device or total rate limit.",
-		}),
-		unknown: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "dpgate_wake_unknown_devices_total",
-			Help: "Wake-ups not sent: neither an address nor a MAC is known for the device.",
-		}),
-		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dpgate_wake_attempts_total",
-			Help: "Wake-up attempts, by how (push: a WAKE frame on the device's push connection, here or on another node; datagram: a signed datagram to the agent's UDP port; wol: a Wake-on-LAN magic packet) and result (ok, error).",
-		}, []string{"via", "result"}),
-		received: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dpgate_wake_received_total",
-			Help: "Signed datagrams received and verified: wake-up requests from the management server, shutdown notices from agents.",
-		}, []string{"kind"}),
-		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dpgate_wake_rejected_total",
-			Help: "Datagrams refused, by kind and reason (truncated, not_dpgate, version, malformed, signature, expired, replay, kind, other).",
-		}, []string{"kind", "reason"}),
+	d := series.On(reg)
+	return &metrics{
+		limited: d.Counter("dpgate_wake_rate_limited_total", "Wake-ups not sent: over the per-device or total rate limit."),
+		unknown: d.Counter("dpgate_wake_unknown_devices_total", "Wake-ups not sent: neither an address nor a MAC is known for the device."),
+		sent: d.CounterVec("dpgate_wake_attempts_total",
+			"Wake-up attempts, by how (push: a WAKE frame on the device's push connection, here or on another node; datagram: a signed datagram to the agent's UDP port; wol: a Wake-on-LAN magic packet) and result (ok, error).",
+			[]string{"via", "result"}, vias, []string{"ok", "error"}),
+		received: d.CounterVec("dpgate_wake_received_total",
+			"Signed datagrams received and verified: wake-up requests from the management server, shutdown notices from agents.",
+			[]string{"kind"}, kinds),
+		rejected: d.CounterVec("dpgate_wake_rejected_total",
+			"Datagrams refused, by kind and reason (truncated, not_dpgate, version, malformed, signature, expired, replay, kind, other).",
+			[]string{"kind", "reason"}, kinds, rejectReasons),
 	}
-	for _, v := range vias {
-		m.sent.WithLabelValues(v, "ok")
-		m.sent.WithLabelValues(v, "error")
-	}
-	for _, k := range kinds {
-		m.received.WithLabelValues(k)
-		for _, r := range rejectReasons {
-			m.rejected.WithLabelValues(k, r)
-		}
-	}
-	reg.MustRegister(m.limited, m.unknown, m.sent, m.received, m.rejected)
-	return m
 }

@@ -28,11 +28,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/dpgate/dpgate/cluster"
 	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/config"
+	"github.com/dpgate/dpgate/internal/series"
 	"github.com/dpgate/dpgate/internal/store"
 	"github.com/dpgate/dpgate/internal/telemetry"
 	"github.com/dpgate/dpgate/link"
@@ -534,10 +533,9 @@ func (g *Gateway) Telemetry() *telemetry.Telemetry { return g.tel }
 // certLifecycle checks the gateway certificate at start and twice a day
 // (checkCertificate), and declares its expiry gauge.
 func (g *Gateway) certLifecycle() {
-	g.tel.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "dpgate_tls_cert_not_after_timestamp_seconds",
-		Help: "When the gateway's certificate (the one agents pin) expires, as a Unix time; a generated one is renewed with the same key 30 days before.",
-	}, func() float64 { return float64(g.id.Certificate().Leaf.NotAfter.Unix()) }))
+	series.On(g.tel.Registry).GaugeFunc("dpgate_tls_cert_not_after_timestamp_seconds",
+		"When the gateway's certificate (the one agents pin) expires, as a Unix time; a generated one is renewed with the same key 30 days before.",
+		func() float64 { return float64(g.id.Certificate().Leaf.NotAfter.Unix()) })
 	stop := make(chan struct{})
 	var once sync.Once
 	g.add(part{name: "certificate",

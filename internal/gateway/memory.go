@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dpgate/dpgate/internal/series"
 )
 
 // Returning memory after a storm. Go keeps the heap a storm of new
@@ -53,10 +55,8 @@ type memoryReturner struct {
 
 func newMemoryReturner(reg prometheus.Registerer, opened func() uint64) *memoryReturner {
 	m := &memoryReturner{
-		returned: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "dpgate_memory_returned_bytes_total",
-			Help: "Freed heap given back to the operating system (when at least 32 MiB could be) after a storm of new push sessions ended or once the gateway went quiet.",
-		}),
+		returned: series.On(reg).Counter("dpgate_memory_returned_bytes_total",
+			"Freed heap given back to the operating system (when at least 32 MiB could be) after a storm of new push sessions ended or once the gateway went quiet."),
 		samples: []rtmetrics.Sample{
 			{Name: "/gc/heap/allocs:bytes"},              // allocated so far
 			{Name: "/memory/classes/heap/free:bytes"},    // free, not yet returned
@@ -69,7 +69,6 @@ func newMemoryReturner(reg prometheus.Registerer, opened func() uint64) *memoryR
 		stop:   make(chan struct{}),
 	}
 	m.openedChange = m.since
-	reg.MustRegister(m.returned)
 	return m
 }
 

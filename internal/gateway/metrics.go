@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dpgate/dpgate/internal/series"
 	"github.com/dpgate/dpgate/internal/store"
 	"github.com/dpgate/dpgate/link"
 )
@@ -20,35 +21,24 @@ type metrics struct {
 }
 
 func (g *Gateway) newMetrics() {
+	d := series.On(g.tel.Registry)
 	m := &metrics{
-		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dpgate_config_reloads_total",
-			Help: "Reloads (SIGHUP, POST /v1/reload, the console), by result: ok, or failed (the previous settings stay).",
-		}, []string{"result"}),
-		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "dpgate_config_last_reload_successful",
-			Help: "1 if the last reload applied (or none was tried since start), 0 if it failed.",
-		}),
-		reloadOKAt: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "dpgate_config_last_reload_success_timestamp_seconds",
-			Help: "When the configuration last loaded successfully (start or reload), as a Unix time.",
-		}),
-		underCopied: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "dpgate_push_under_replicated_total",
-			Help: "Pushes answered 503 because fewer nodes than cluster.min_copies committed them (kept here and handed over later).",
-		}),
-		verdictChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dpgate_link_verdict_changes_total",
-			Help: "Changes of an uplink's verdict, by the verdict it changed to (ok, degraded, out-of-limits, unknown).",
-		}, []string{"link", "to"}),
+		reloads: d.CounterVec("dpgate_config_reloads_total",
+			"Reloads (SIGHUP, POST /v1/reload, the console), by result: ok, or failed (the previous settings stay).",
+			[]string{"result"}, []string{"ok", "failed"}),
+		reloadOK: d.Gauge("dpgate_config_last_reload_successful", "1 if the last reload applied (or none was tried since start), 0 if it failed."),
+		reloadOKAt: d.Gauge("dpgate_config_last_reload_success_timestamp_seconds",
+			"When the configuration last loaded successfully (start or reload), as a Unix time."),
+		underCopied: d.Counter("dpgate_push_under_replicated_total",
+			"Pushes answered 503 because fewer nodes than cluster.min_copies committed them (kept here and handed over later)."),
+		verdictChanges: d.CounterVec("dpgate_link_verdict_changes_total",
+			"Changes of an uplink's verdict, by the verdict it changed to (ok, degraded, out-of-limits, unknown).", []string{"link", "to"}),
 	}
-	m.reloads.WithLabelValues("ok")
-	m.reloads.WithLabelValues("failed")
 	m.reloadOK.Set(1)
 	m.reloadOKAt.Set(float64(time.Now().Unix()))
 	g.m = m
-	g.tel.Registry.MustRegister(m.reloads, m.reloadOK, m.reloadOKAt, m.underCopied, m.verdictChanges, linkCollector{g})
-	g.storeMetrics() // read when scraped, by then the store is open
+	d.Collector(linkCollector{g})
+	g.storeMetrics(d) // read when scraped, by then the store is open
 }
 
 // reloaded records a reload's result.
@@ -64,7 +54,7 @@ func (m *metrics) reloaded(err error) {
 }
 
 // storeMetrics declares the store's counters, read when scraped.
-func (g *Gateway) storeMetrics() {
+func (g *Gateway) storeMetrics(d series.Decl) {
 	for _, c := range []struct {
 		name, help string
 		value      func(store.Stats) uint64
@@ -78,8 +68,7 @@ func (g *Gateway) storeMetrics() {
 		{"dpgate_store_page_writes_total", "Writes of pages (or runs of adjacent pages) by those commits since start: what each fdatasync makes durable.",
 			func(s store.Stats) uint64 { return s.PageWrites }},
 	} {
-		g.tel.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help},
-			func() float64 { return float64(c.value(g.db.Stats())) }))
+		d.CounterFunc(c.name, c.help, func() float64 { return float64(c.value(g.db.Stats())) })
 	}
 }
 
