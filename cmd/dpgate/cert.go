@@ -63,13 +63,10 @@ gateway's own certificate, as it is cheapest per handshake.`, stdout)
 	fs.Var(&dnsNames, "dns", "DNS subject alternative `NAME` (repeatable)")
 	fs.Var(&ips, "ip", "IP subject alternative `ADDRESS` (repeatable)")
 	force := fs.Bool("force", false, "overwrite existing files")
-	pos, err := parse(fs, args)
-	if err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
 	switch {
-	case len(pos) > 0:
-		return usagef("cert gen takes no arguments, got %q", pos)
 	case *cn == "":
 		return usagef("cert gen: --cn is required")
 	case !slices.Contains(tlsconf.KeyTypes, *keyType):
@@ -212,12 +209,8 @@ Lists the agent certificate allow-list, optionally filtered by a part of
 the fingerprint or of the serial number (case-insensitive).`, stdout)
 	fp := fsx.String("fingerprint", "", "show certificates whose fingerprint contains `TEXT`")
 	serial := fsx.String("serial", "", "show certificates whose serial number contains `TEXT`")
-	pos, err := parse(fsx, args)
-	if err != nil {
+	if err := parseNoArgs(fsx, args); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usagef("cert list takes no arguments, got %q", pos)
 	}
 	b, _, err := newAllowBackend(cf)
 	if err != nil {
@@ -364,13 +357,10 @@ certificate to the allow-list. The device id is the common name.`, stdout)
 	pwFile := fsx.String("password-file", "", "`FILE` holding the PKCS#12 password (default: no password)")
 	days := fsx.Int("days", 825, "days of validity")
 	keyType := fsx.String("key", tlsconf.KeyTypes[0], "key type: "+strings.Join(tlsconf.KeyTypes, ", "))
-	pos, err := parse(fsx, args)
-	if err != nil {
+	if err := parseNoArgs(fsx, args); err != nil {
 		return err
 	}
 	switch {
-	case len(pos) > 0:
-		return usagef("cert agent-gen takes no arguments, got %q", pos)
 	case *cn == "" || *out == "":
 		return usagef("cert agent-gen: --cn and --out are required")
 	case wire.CheckDeviceID(*cn) != nil:

@@ -21,12 +21,8 @@ there from loss on the way back). Put one at the far end of an uplink
 (next to a central server) and name it in proxy.upstreams[].probe, or
 probe it with dpgate probe.`, stdout)
 	listen := fs.String("listen", ":862", "UDP `ADDR` to answer on")
-	pos, err := parse(fs, args)
-	if err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
-	}
-	if len(pos) != 0 {
-		return usagef("reflect takes no arguments")
 	}
 	a, err := net.ResolveUDPAddr("udp", *listen)
 	if err != nil {

@@ -148,6 +148,16 @@ func hasFlags(fs *flag.FlagSet) bool {
 	return n > 0
 }
 
+// parseNoArgs parses flags as parse does, for a command that takes no
+// positional arguments.
+func parseNoArgs(fs *flag.FlagSet, args []string) error {
+	pos, err := parse(fs, args)
+	if err == nil && len(pos) > 0 {
+		err = usagef("%s takes no arguments, got %q", fs.Name(), pos)
+	}
+	return err
+}
+
 // parse parses flags that may come before, between or after positional
 // arguments, and returns the positional ones. -h/--help gives flag.ErrHelp
 // after printing usage; other mistakes are usage errors.

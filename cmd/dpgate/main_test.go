@@ -507,6 +507,8 @@ func TestBadInput(t *testing.T) {
 		{"unknown config key", []string{"serve", "-c", write("unknown.yaml", "node:\n  nmae: x\n")}, 2, "unknown.yaml:2: node.nmae: unknown key"},
 		{"wrong config type", []string{"serve", "-c", write("type.yaml", "push:\n  max_connections: many\n")}, 2, "push.max_connections: \"many\" is not an integer"},
 		{"missing config file", []string{"serve", "-c", filepath.Join(dir, "nope.yaml")}, 2, "no such file"},
+		{"argument to serve", []string{"serve", "now"}, 2, `serve takes no arguments, got ["now"]`},
+		{"argument to store check", []string{"store", "check", "dpgate.db"}, 2, `store check takes no arguments, got ["dpgate.db"]`},
 		{"RSA-1024 certificate", []string{"serve", "-c", tlsConfig(writeBadPair(t, dir, "rsa1024"))}, 1, "RSA key has 1024 bits, at least 2048"},
 		{"expired certificate", []string{"serve", "-c", tlsConfig(writeBadPair(t, dir, "expired"))}, 1, "certificate expired"},
 		{"mismatched key", []string{"serve", "-c", tlsConfig(writeBadPair(t, dir, "mismatch"))}, 1, "private key does not match the certificate"},

@@ -40,12 +40,8 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	grace := fs.Duration("shutdown-timeout", 10*time.Second, "how long a graceful shutdown may drain connections")
 	upgradeDrain := fs.Duration("upgrade-drain", 15*time.Minute, "after an upgrade, how long the old process may go on relaying the proxy connections it holds")
 	pidFile := fs.String("pid-file", "", "write the process id to `FILE` once serving, and the new one's after an upgrade")
-	pos, err := parse(fs, args)
-	if err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usagef("serve takes no arguments, got %q", pos)
 	}
 	cfg, err := loadConfig(*cfgFile)
 	if err != nil {
@@ -335,12 +331,8 @@ is wrong.`
 func runConfig(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("config", "[-c FILE]", configAbout, stdout)
 	cfgFile := fs.String("c", "", "configuration `FILE` (default: built-in defaults)")
-	pos, err := parse(fs, args)
-	if err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usagef("config takes no arguments, got %q", pos)
 	}
 	cfg, err := loadConfig(*cfgFile)
 	if err != nil {

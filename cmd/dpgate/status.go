@@ -28,12 +28,8 @@ func apiCommand(name, about, jsonHelp string, args []string, stdout io.Writer) (
 	fs := newFlags(name, "[-c FILE] [--json]", about, stdout)
 	c := fs.String("c", "", cfgFlagHelp)
 	j := fs.Bool("json", false, jsonHelp)
-	pos, err := parse(fs, args)
-	if err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return "", false, err
-	}
-	if len(pos) > 0 {
-		return "", false, usagef("%s takes no arguments, got %q", name, pos)
 	}
 	return *c, *j, nil
 }

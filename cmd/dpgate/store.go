@@ -48,12 +48,8 @@ the file is read directly, and not changed. Exit status 1 if anything is
 damaged.`, stdout)
 	cfgFile := fs.String("c", "", "configuration `FILE`, for data_dir and the admin API (default: built-in defaults)")
 	jsonOut := fs.Bool("json", false, "print JSON")
-	pos, err := parse(fs, args)
-	if err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usagef("store check takes no arguments, got %q", pos)
 	}
 	api, cfg, err := adminClient(*cfgFile)
 	if err != nil {
@@ -115,12 +111,8 @@ as dpgate.db.damaged-<time>. Run it with the gateway stopped, then start
 the gateway again.`, stdout)
 	cfgFile := fs.String("c", "", "configuration `FILE`, for data_dir (default: built-in defaults)")
 	jsonOut := fs.Bool("json", false, "print JSON")
-	pos, err := parse(fs, args)
-	if err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usagef("store recover takes no arguments, got %q", pos)
 	}
 	cfg, err := loadConfig(*cfgFile)
 	if err != nil {
@@ -172,12 +164,8 @@ allow-list are gone from the gateway. The gateway refuses to do this on its
 own; --force says you mean it. Run it with the gateway stopped.`, stdout)
 	cfgFile := fs.String("c", "", "configuration `FILE`, for data_dir (default: built-in defaults)")
 	force := fs.Bool("force", false, "really start with an empty store")
-	pos, err := parse(fs, args)
-	if err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usagef("store reset takes no arguments, got %q", pos)
 	}
 	if !*force {
 		return usagef("store reset empties the gateway's store: add --force if you mean it")

@@ -29,12 +29,8 @@ func runUpgrade(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("upgrade", "[-c FILE]", upgradeAbout, stdout)
 	cfgFile := fs.String("c", "", cfgFlagHelp)
 	timeout := fs.Duration("timeout", 3*time.Minute, "how long to wait for the new process")
-	pos, err := parse(fs, args)
-	if err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usagef("upgrade takes no arguments, got %q", pos)
 	}
 	api, _, err := adminClient(*cfgFile)
 	if err != nil {

@@ -62,12 +62,8 @@ dpgate agent --wake-key), or with --device the device's own secret
 wake-ups too). Reads the keys in data_dir, creating them on first use.`, stdout)
 	cfgFile := fs.String("c", "", "configuration `FILE`, for data_dir (default: built-in defaults)")
 	device := fs.String("device", "", "print this device's secret instead")
-	pos, err := parse(fs, args)
-	if err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
-	}
-	if len(pos) != 0 {
-		return usagef("wake key takes no arguments")
 	}
 	cfg, err := loadConfig(*cfgFile)
 	if err != nil {
