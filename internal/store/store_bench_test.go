@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -20,11 +22,30 @@ func BenchmarkPut(b *testing.B) {
 	}
 	defer db.Close()
 	v := make([]byte, 64)
+	var lat latencies
 	for i := 0; b.Loop(); i++ {
+		start := time.Now()
 		if err := db.Put("bench", fmt.Sprint(i%1000), v); err != nil {
 			b.Fatal(err)
 		}
+		lat = append(lat, time.Since(start))
 	}
+	lat.report(b)
+}
+
+// latencies are the durations of a benchmark's operations.
+type latencies []time.Duration
+
+// report adds their median, 99th percentile and maximum, in µs.
+func (l latencies) report(b *testing.B) {
+	if len(l) == 0 {
+		return
+	}
+	slices.Sort(l)
+	at := func(q float64) float64 { return float64(l[int(q*float64(len(l)-1))].Microseconds()) }
+	b.ReportMetric(at(0.5), "p50-µs")
+	b.ReportMetric(at(0.99), "p99-µs")
+	b.ReportMetric(at(1), "max-µs")
 }
 
 // BenchmarkOpenCheck is the consistency check Open runs before serving
