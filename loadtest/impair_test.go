@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/dpgate/dpgate/internal/testutil"
 )
 
 // TestTCPRelayDelaysAndKeepsBytes: 20 ms each way adds 40 ms to a round
@@ -17,16 +19,7 @@ func TestTCPRelayDelaysAndKeepsBytes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+	testutil.Serve(t, echo, testutil.Echo)
 	r, err := NewTCPRelay("127.0.0.1:0", echo.Addr().String(), 1)
 	if err != nil {
 		t.Fatal(err)

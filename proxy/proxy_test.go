@@ -525,28 +525,18 @@ func TestProxyProtocolV2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
 	got := make(chan string, 4)
-	go func() {
-		for {
-			raw, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer raw.Close()
-				br := bufio.NewReader(raw)
-				h, err := proxyproto.Read(br)
-				if err != nil {
-					return // a health check without header
-				}
-				got <- h.SourceAddr.String()
-				tc := tls.Server(&bufConn{Conn: raw, r: br}, tlsconf.ServerConfig(id, nil))
-				io.Copy(tc, tc)
-				tc.CloseWrite()
-			}()
+	testutil.Serve(t, ln, func(raw net.Conn) {
+		br := bufio.NewReader(raw)
+		h, err := proxyproto.Read(br)
+		if err != nil {
+			return // a health check without header
 		}
-	}()
+		got <- h.SourceAddr.String()
+		tc := tls.Server(&bufConn{Conn: raw, r: br}, tlsconf.ServerConfig(id, nil))
+		io.Copy(tc, tc)
+		tc.CloseWrite()
+	})
 	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{{Address: ln.Addr().String(), Pins: pinsOf(t, id)}}, ProxyProtocol: true, HealthInterval: time.Hour})
 	c := mustDial(t, p)
 	c.SetDeadline(time.Now().Add(10 * time.Second))

@@ -245,19 +245,11 @@ func TestRedirectFollowed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			var hdr [wire.HeaderSize]byte
-			wire.ReadFrame(c, &hdr, nil, wire.MaxFrame)
-			c.Write((&wire.Redirect{Reason: 2, Address: real.addr}).Marshal())
-			c.Close()
-		}
-	}()
+	testutil.Serve(t, ln, func(c net.Conn) {
+		var hdr [wire.HeaderSize]byte
+		wire.ReadFrame(c, &hdr, nil, wire.MaxFrame)
+		c.Write((&wire.Redirect{Reason: 2, Address: real.addr}).Marshal())
+	})
 	a := startAgent(t, client.Config{Servers: []string{ln.Addr().String()}, DeviceID: "dev-6", TLS: real.tlsFor(nil)})
 	if e := a.waitEvent(t, "redirect"); e.Server != real.addr {
 		t.Errorf("redirected to %s, want %s", e.Server, real.addr)

@@ -19,6 +19,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dpgate/dpgate/internal/testutil"
 )
 
 // makeCert builds a self-signed certificate for key with the given validity.
@@ -206,25 +208,18 @@ func serveTLS(t *testing.T, cfg *tls.Config) (addr string, serverErrs chan error
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
 	serverErrs = make(chan error, 16)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				err := c.(*tls.Conn).Handshake()
-				if err == nil {
-					_, err = c.Write([]byte("ok"))
-				}
-				serverErrs <- err
-			}()
+	testutil.Serve(t, ln, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		err := c.(*tls.Conn).Handshake()
+		if err == nil {
+			_, err = c.Write([]byte("ok"))
 		}
-	}()
+		select {
+		case serverErrs <- err:
+		default: // more than a test reads: dropped, so the handler ends
+		}
+	})
 	return ln.Addr().String(), serverErrs
 }
 

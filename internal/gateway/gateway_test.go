@@ -330,16 +330,7 @@ func TestReloadSwapsCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { conn.(*tls.Conn).Handshake(); io.Copy(conn, conn); conn.Close() }()
-		}
-	}()
+	testutil.Serve(t, ln, testutil.Echo)
 	dial := func() *tls.Conn {
 		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true})
 		if err != nil {

@@ -90,16 +90,7 @@ func TestMetricsFollowConventions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer upLn.Close()
-	go func() {
-		for {
-			c, err := upLn.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }() // ends when the proxy closes
-		}
-	}()
+	testutil.Serve(t, upLn, testutil.Echo)
 
 	// Node B: a cluster seed and the uplink's reflector.
 	b, _, _ := newTestGateway(t, "push:\n  listen: 127.0.0.2:0\n  auth: none\ncluster:\n  bind: 127.0.0.2:0\nlink:\n  reflector_listen: 127.0.0.2:0\n")

@@ -1,6 +1,6 @@
 // Package testutil holds the helpers dpgate's tests share: polling for a
-// condition instead of sleeping, a logger that discards, and reading a
-// metric.
+// condition instead of sleeping, loggers, reading a metric, and serving a
+// listener for as long as a test runs (serve.go).
 package testutil
 
 import (
