@@ -34,15 +34,8 @@ func TestConnectAgainstGateway(t *testing.T) {
 	cmd := exec.Command(bin, "connect", "--server", ls.Push.Addr().String(), "--admin", "http://"+ls.Admin.Addr().String(), "--token-file", tokenFile,
 		"--pin", g.Identity().Pin(), "--agents", fmt.Sprint(agents), "--procs", "2", "--ramp", "1000", "--hold", "1s", "--source-ips", "4", "--json",
 		"--html", filepath.Join(filepath.Dir(bin), "report.html"))
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("dpload connect: %v\n%s", err, errOut.String())
-	}
 	var rep loadtest.ConnectReport
-	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
-		t.Fatalf("report %q: %v", out.String(), err)
-	}
+	runJSON(t, cmd, &rep)
 	if rep.Procs != 2 || rep.Connected != agents || rep.HeldAfterHold != agents {
 		t.Errorf("report: %d procs, %d connected, %d held; want 2, %d, %d", rep.Procs, rep.Connected, rep.HeldAfterHold, agents, agents)
 	}
@@ -139,18 +132,11 @@ func TestPushAgainstGateway(t *testing.T) {
 		"--rate", "200", "--duration", "1s", "--scenarios", "latency,broadcast,storm", "--json",
 		"--html", filepath.Join(filepath.Dir(bin), "push.html"))
 	cmd.Env = append(os.Environ(), "DPGATE_TOKEN="+strings.TrimSpace(string(token))) // the other way to give it
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("dpload push: %v\n%s", err, errOut.String())
-	}
 	var rep loadtest.PushReport
-	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
-		t.Fatalf("report %q: %v", out.String(), err)
-	}
+	runJSON(t, cmd, &rep)
 	l, b, s := rep.Latency, rep.Broadcast, rep.Storm
 	if l == nil || b == nil || s == nil {
-		t.Fatalf("report lacks scenarios: %s", out.String())
+		t.Fatalf("report lacks scenarios: %+v", rep)
 	}
 	if l.Published == 0 || l.Received+l.Failed != l.Published {
 		t.Errorf("latency: published %d, received %d, refused %d; want received + refused = published", l.Published, l.Received, l.Failed)

@@ -17,6 +17,21 @@ import (
 )
 
 // TestProxyScenariosAgainstSink runs the built dpload: a sink, then the
+// runJSON runs a dpload command that prints its report as JSON and
+// decodes the report into rep; a failed run fails the test with what the
+// command printed on stderr.
+func runJSON(t *testing.T, cmd *exec.Cmd, rep any) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("dpload %s: %v\n%s", cmd.Args[1], err, errOut.String())
+	}
+	if err := json.Unmarshal(out.Bytes(), rep); err != nil {
+		t.Fatalf("dpload %s's report %q: %v", cmd.Args[1], out.String(), err)
+	}
+}
+
 // proxy scenarios against it directly, and checks the JSON report.
 func TestProxyScenariosAgainstSink(t *testing.T) {
 	t.Parallel()
@@ -46,15 +61,8 @@ func TestProxyScenariosAgainstSink(t *testing.T) {
 
 	run := exec.CommandContext(ctx, bin, "proxy", "--json", "--duration", "300ms", "--streams", "2",
 		"--scenarios", "throughput,latency,connect", "--target", "direct,"+addr+","+pin, "--html", filepath.Join(dir, "proxy.html"))
-	var stdout, stderr bytes.Buffer
-	run.Stdout, run.Stderr = &stdout, &stderr
-	if err := run.Run(); err != nil {
-		t.Fatalf("dpload proxy: %v\n%s", err, stderr.String())
-	}
 	var rep loadtest.ProxyReport
-	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
-		t.Fatalf("report %q: %v", stdout.String(), err)
-	}
+	runJSON(t, run, &rep)
 	tr := rep.Throughput["direct"]
 	if len(tr) != 1 || tr[0].Bytes == 0 || tr[0].Mismatch != 0 {
 		t.Errorf("throughput %+v: want bytes confirmed by the sink and no mismatch", tr)
