@@ -29,13 +29,12 @@ func TestGatewaysFormACluster(t *testing.T) {
 		}
 		return st.Cluster
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for len(members()) != 2 || members()[0].Meta.Push == "" || members()[1].Meta.Push == "" {
-		if time.Now().After(deadline) {
-			t.Fatalf("cluster members %+v, want 2 with push addresses", members())
+	waitFor(t, 20*time.Second, func() error {
+		if m := members(); len(m) != 2 || m[0].Meta.Push == "" || m[1].Meta.Push == "" {
+			return fmt.Errorf("cluster members %+v, want 2 with push addresses", m)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 
 	// DNS: the SRV record names both push servers.
 	dnsAddr := g1.dnsAddr
@@ -92,11 +91,10 @@ func TestGatewaysFormACluster(t *testing.T) {
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	g2.Shutdown(sctx)
-	deadline = time.Now().Add(20 * time.Second)
-	for len(members()) != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("after node 2 left: %d members, want 1", len(members()))
+	waitFor(t, 20*time.Second, func() error {
+		if n := len(members()); n != 1 {
+			return fmt.Errorf("after node 2 left: %d members, want 1", n)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -37,17 +38,13 @@ func TestPushAPI(t *testing.T) {
 	go func() { defer close(done); c.Run(runCtx) }()
 	defer func() { cancel(); <-done }()
 	waitForDevice := func(id string) {
-		deadline := time.Now().Add(20 * time.Second)
-		for {
+		waitFor(t, 20*time.Second, func() error {
 			var d push.DeviceStatus
-			if api.Do(ctx, "GET", "/v1/devices/"+id, nil, &d) == nil && d.Connected {
-				return
+			if err := api.Do(ctx, "GET", "/v1/devices/"+id, nil, &d); err != nil || !d.Connected {
+				return fmt.Errorf("device %s not connected (%v)", id, err)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("device %s never showed as connected", id)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	waitForDevice("pc-1")
 
