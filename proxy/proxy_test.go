@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"runtime"
@@ -327,7 +326,7 @@ func TestLargeTransferByteExact(t *testing.T) {
 	c := mustDial(t, p)
 	c.SetDeadline(time.Now().Add(10 * time.Minute))
 	h := sha256.New()
-	src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{1}), size), h)
+	src := io.TeeReader(io.LimitReader(testutil.Pseudorandom(), size), h)
 	w := bufio.NewWriterSize(c, 64<<10)
 	if _, err := io.Copy(w, src); err != nil {
 		t.Fatal(err)
@@ -509,7 +508,7 @@ func TestIngressShaping(t *testing.T) {
 	c := mustDial(t, p)
 	c.SetDeadline(time.Now().Add(time.Minute))
 	start := time.Now()
-	io.Copy(c, io.LimitReader(rand.NewChaCha8([32]byte{}), 3e6))
+	io.Copy(c, io.LimitReader(testutil.Pseudorandom(), 3e6))
 	c.CloseWrite()
 	io.ReadAll(c)
 	took := time.Since(start)

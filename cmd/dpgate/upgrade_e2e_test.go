@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -307,7 +306,7 @@ func (s *upgradeSite) relay(n int64, sent *atomic.Int64, resume <-chan struct{})
 		return err
 	}
 	h := sha256.New()
-	src := rand.NewChaCha8([32]byte{1})
+	src := testutil.Pseudorandom()
 	w := io.MultiWriter(c, h, counter{sent})
 	buf := make([]byte, 256<<10)
 	if _, err := io.CopyBuffer(w, io.LimitReader(src, n/2), buf); err != nil {

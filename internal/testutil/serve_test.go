@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"sync/atomic"
@@ -49,5 +50,24 @@ func TestServeEndsWithItsTest(t *testing.T) {
 	if c, err := net.DialTimeout("tcp", addr, 5*time.Second); err == nil {
 		c.Close()
 		t.Errorf("the listener at %s still accepts after the test", addr)
+	}
+}
+
+// TestPseudorandom: the stream is the same every time, and not a short
+// pattern repeated (no 4 KiB block of the first MiB equals another).
+func TestPseudorandom(t *testing.T) {
+	a, b := make([]byte, 1<<20), make([]byte, 1<<20)
+	io.ReadFull(Pseudorandom(), a)
+	io.ReadFull(Pseudorandom(), b)
+	if !bytes.Equal(a, b) {
+		t.Fatal("two streams differ")
+	}
+	seen := map[string]bool{}
+	for off := 0; off < len(a); off += 4096 {
+		block := string(a[off : off+4096])
+		if seen[block] {
+			t.Fatalf("the 4 KiB block at %d repeats an earlier one", off)
+		}
+		seen[block] = true
 	}
 }
