@@ -243,19 +243,27 @@ func (c *Cluster) Start() error {
 	return nil
 }
 
-// Listen opens the gossip sockets on addr: TCP, and UDP on the same port
-// (the port TCP got when addr's is 0).
+// Listen opens the gossip sockets on addr: TCP, and UDP on the same port.
+// When addr's port is 0, the port TCP got may be taken for UDP by another
+// program: it then tries another port, up to 20 times (the DNS listener
+// pairs its sockets the same way).
 func Listen(addr string) (net.Listener, net.PacketConn, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, nil, fmt.Errorf("cluster: %w", err)
-	}
-	pc, err := net.ListenPacket("udp", ln.Addr().String())
-	if err != nil {
+	var err error
+	for range 20 {
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			break
+		}
+		var pc net.PacketConn
+		if pc, err = net.ListenPacket("udp", ln.Addr().String()); err == nil {
+			return ln, pc, nil
+		}
 		ln.Close()
-		return nil, nil, fmt.Errorf("cluster: %w", err)
+		if _, port, _ := net.SplitHostPort(addr); port != "0" {
+			break
+		}
 	}
-	return ln, pc, nil
+	return nil, nil, fmt.Errorf("cluster: %w", err)
 }
 
 // loop gossips metadata changes and re-joins the seeds periodically.

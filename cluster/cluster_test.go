@@ -507,16 +507,12 @@ func TestDNSSizeAndNames(t *testing.T) {
 	})
 	waitFor(t, 20*time.Second, func() error { return sees(nodes[0], n) })
 	d := cluster.NewDNS(nodes[0].Cluster, "dpgate.internal")
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	ln, pc, err := cluster.Listen("127.0.0.1:0") // TCP and UDP on one port
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pc.Close()
 	go d.ServeUDP(pc)
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer ln.Close()
 	go d.ServeTCP(ln)
 
