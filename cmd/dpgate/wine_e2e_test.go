@@ -120,7 +120,9 @@ func TestWindowsUnitTestsUnderWine(t *testing.T) {
 		{"push/client", "TestAgentLinksTheWireFormatOnly"},
 	} {
 		exe := filepath.Join(t.TempDir(), strings.ReplaceAll(c.pkg, "/", "_")+".test.exe")
-		w.build(t, exe, "../../"+c.pkg, "test", "-c")
+		if err := goBuildWindows(exe, "../../"+c.pkg, "test", "-c"); err != nil {
+			t.Fatal(err)
+		}
 		args := []string{exe, "-test.v", "-test.count=1"}
 		if c.skip != "" {
 			args = append(args, "-test.skip", "^"+c.skip+"$")
@@ -189,8 +191,10 @@ var wineOnce = sync.OnceValues(func() (*wine, error) {
 	// start": "Could not get handle to service"). The first program on it
 	// starts the prefix's services, which stay as long as the server and
 	// keep that program's output open: that program writes to the file.
-	if err == nil {
-		err = errors.Join(server("--kill"), server("--wait"), server("--persistent"))
+	for _, arg := range []string{"--kill", "--wait", "--persistent"} {
+		if err == nil {
+			err = server(arg)
+		}
 	}
 	if err == nil {
 		first := exec.Command(w.wine, "cmd", "/c", "exit")
@@ -239,11 +243,7 @@ func (w *wine) dpgateExe(t *testing.T) string {
 	t.Helper()
 	w.exeOnce.Do(func() {
 		w.exe = filepath.Join(w.prefix, "dpgate.exe")
-		c := exec.Command("go", "build", "-o", w.exe, ".")
-		c.Env = append(os.Environ(), "GOOS=windows", "GOARCH=amd64", "CGO_ENABLED=0")
-		if b, err := c.CombinedOutput(); err != nil {
-			w.exeErr = fmt.Errorf("building dpgate.exe: %v\n%s", err, b)
-		}
+		w.exeErr = goBuildWindows(w.exe, ".", "build")
 	})
 	if w.exeErr != nil {
 		t.Fatal(w.exeErr)
@@ -251,18 +251,15 @@ func (w *wine) dpgateExe(t *testing.T) string {
 	return w.exe
 }
 
-// build compiles pkg for windows/amd64 into out: "go build", or with
-// verb "test" and "-c" a test binary.
-func (w *wine) build(t *testing.T, out, pkg string, verb ...string) {
-	t.Helper()
-	if len(verb) == 0 {
-		verb = []string{"build"}
-	}
+// goBuildWindows runs "go VERB... -o out pkg" for windows/amd64: "go
+// build", or with "test" and "-c" a test binary.
+func goBuildWindows(out, pkg string, verb ...string) error {
 	c := exec.Command("go", append(verb, "-o", out, pkg)...)
 	c.Env = append(os.Environ(), "GOOS=windows", "GOARCH=amd64", "CGO_ENABLED=0")
 	if b, err := c.CombinedOutput(); err != nil {
-		t.Fatalf("building %s for Windows: %v\n%s", pkg, err, b)
+		return fmt.Errorf("building %s for Windows: %v\n%s", pkg, err, b)
 	}
+	return nil
 }
 
 // TestWindowsServiceUnderWine installs the Windows reference agent as a

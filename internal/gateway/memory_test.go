@@ -12,9 +12,9 @@ import (
 
 var sink [][]byte
 
-// TestMemoryReturned: heap freed by a burst is given back once no
-// collection has run for quietFor, or once a storm of new sessions is
-// over, not before, and counted. (Collections by other tests of the
+// TestMemoryReturned: heap freed by a burst is given back once the
+// gateway went quiet (under quietAlloc allocated in quietFor), or once a
+// storm of new sessions is over, not before, and counted. (Collections by other tests of the
 // process can intervene: each case tries a few times.)
 func TestMemoryReturned(t *testing.T) {
 	burst := func() {

@@ -328,6 +328,14 @@ func (q *Queue) expiresAt(expiry int64) {
 	q.expMu.Unlock()
 }
 
+// forgetExpiry makes the next Expire read the store (the earliest expiry
+// is unknown).
+func (q *Queue) forgetExpiry() {
+	q.expMu.Lock()
+	q.nextExpiry = 0
+	q.expMu.Unlock()
+}
+
 // nextSeq assigns the device's next sequence inside the write
 // transaction: one after its last (lastSeqKey in its bucket, or in a
 // store of an earlier version the push_seq bucket), and never at or below
@@ -472,9 +480,7 @@ func (q *Queue) Expire() (map[string]int, error) {
 		})
 	})
 	if err != nil {
-		q.expMu.Lock()
-		q.nextExpiry = 0 // unknown: read again next time
-		q.expMu.Unlock()
+		q.forgetExpiry()
 		return nil, fmt.Errorf("push: expire: %w", err)
 	}
 	q.expiresAt(earliest)
@@ -503,9 +509,7 @@ func (q *Queue) Expire() (map[string]int, error) {
 		return nil
 	})
 	if err != nil {
-		q.expMu.Lock()
-		q.nextExpiry = 0 // what expired is still there: read again next time
-		q.expMu.Unlock()
+		q.forgetExpiry() // what expired is still there
 		return nil, fmt.Errorf("push: expire: %w", err)
 	}
 	for _, n := range counts {

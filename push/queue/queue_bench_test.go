@@ -129,9 +129,7 @@ func benchExpireBeside(b *testing.B, mode string) {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		case "scan":
-			q.expMu.Lock()
-			q.nextExpiry = 0
-			q.expMu.Unlock()
+			q.forgetExpiry()
 		}
 		if _, err := q.Expire(); err != nil {
 			b.Fatal(err)
