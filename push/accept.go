@@ -179,7 +179,8 @@ func (s *Server) admit() bool {
 }
 
 func (s *Server) serveTLS(raw net.Conn) {
-	tc := tls.Server(raw, s.tcpTLS)
+	rc := &recordConn{Conn: raw}
+	tc := tls.Server(rc, s.tcpTLS)
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
@@ -191,6 +192,7 @@ func (s *Server) serveTLS(raw net.Conn) {
 	}
 	if p, ok := s.cfg.Protocols[tc.ConnectionState().NegotiatedProtocol]; ok {
 		s.conns.Add(-1) // not an agent (in a cluster: another node)
+		rc.passThrough()
 		p.Serve(tc)
 		return
 	}
@@ -200,7 +202,7 @@ func (s *Server) serveTLS(raw net.Conn) {
 	}
 	// The session runs on a fresh goroutine: the one that did the TLS
 	// handshake has a grown stack that an idle session should not keep.
-	s.startSession(tc, "tls", raw.RemoteAddr(), raw.LocalAddr(), peer)
+	s.startSession(tc, readableWaiter(raw), "tls", raw.RemoteAddr(), raw.LocalAddr(), peer)
 }
 
 func (s *Server) authFailed(remote net.Addr, err error) {

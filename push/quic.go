@@ -105,7 +105,7 @@ func (s *Server) ServeQUIC(pc net.PacketConn) error {
 			if certs := qc.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
 				peer = certs[0]
 			}
-			s.startSession(quicConn{Stream: st, qc: qc}, "quic", qc.RemoteAddr(), qc.LocalAddr(), peer)
+			s.startSession(quicConn{Stream: st, qc: qc}, nil, "quic", qc.RemoteAddr(), qc.LocalAddr(), peer)
 		}()
 	}
 }

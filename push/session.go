@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -52,8 +53,7 @@ type session struct {
 	closed               atomic.Bool
 	hintMu               sync.Mutex
 	hints                []wire.Message // just-committed pushes, so the flusher can skip a store read
-	hdr                  [wire.HeaderSize]byte
-	small                [32]byte // ACK, PING, PONG and BYE bodies fit
+	fr                   frameReader    // the reader goroutine's
 }
 
 // path reads what the transport knows about the agent's path.
@@ -178,21 +178,18 @@ func (s *session) flush() {
 	}
 }
 
-// readLoop handles the agent's frames until the connection ends.
+// readLoop handles the agent's frames until the connection ends, or
+// until the agent has sent nothing more and the session waits for its
+// socket (errIdle; frames.go).
 func (s *session) readLoop() error {
 	keep := s.srv.cfg.Keepalive
 	for {
 		// An agent PINGs every keepalive; three missed mean it is gone.
+		// (The deadline also bounds the idle wait that errIdle leads to.)
 		s.c.SetReadDeadline(time.Now().Add(3 * keep))
-		typ, body, err := wire.ReadFrame(s.c, &s.hdr, s.small[:0], len(s.small))
+		typ, body, err := s.fr.next(len(s.fr.small))
 		if err != nil {
-			if errors.Is(err, wire.ErrTooLarge) {
-				return s.fail(wire.CodeFrameTooLarge, err.Error())
-			}
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return s.fail(wire.CodeTimeout, "no PING within 3 keepalive intervals")
-			}
-			return err
+			return s.readFailed(err)
 		}
 		s.lastSeen.Store(time.Now().UnixNano())
 		switch typ {
@@ -233,6 +230,18 @@ func (s *session) readLoop() error {
 	}
 }
 
+// readFailed is the end of a session whose read failed with err (or
+// errIdle, which is not an end).
+func (s *session) readFailed(err error) error {
+	switch {
+	case errors.Is(err, wire.ErrTooLarge):
+		return s.fail(wire.CodeFrameTooLarge, err.Error())
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return s.fail(wire.CodeTimeout, "no PING within 3 keepalive intervals")
+	}
+	return err
+}
+
 // fail sends ERROR with a reason and returns an error for the log; the
 // caller closes the connection.
 func (s *session) fail(code uint16, reason string) error {
@@ -253,11 +262,13 @@ func newSessionID() (id [16]byte) {
 }
 
 // startSession reads HELLO, authenticates it, and runs the session on a
-// new goroutine. It owns c and the connection count from here.
-func (s *Server) startSession(c conn, transport string, remote, local net.Addr, peer *x509.Certificate) {
-	var hdr [wire.HeaderSize]byte
+// new goroutine. It owns c and the connection count from here. wait, if
+// not nil, waits for c's socket to be readable (frameReader).
+func (s *Server) startSession(c conn, wait func() error, transport string, remote, local net.Addr, peer *x509.Certificate) {
+	fr := frameReader{r: c, wait: wait}
 	c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	typ, body, err := wire.ReadFrame(c, &hdr, nil, 2048)
+	typ, body, err := fr.nextWaiting(2048)
+	body = slices.Clone(body) // HELLO's fields outlive the reader's buffer
 	abort := func(code uint16, reason string) {
 		s.m.errorSent(code)
 		c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
@@ -299,7 +310,7 @@ func (s *Server) startSession(c conn, transport string, remote, local net.Addr, 
 		s.m.redirects.Inc()
 		return
 	}
-	ss := &session{srv: s, c: c, device: h.DeviceID, caps: h.Caps, transport: transport, remote: remote, since: time.Now(), id: newSessionID()}
+	ss := &session{srv: s, c: c, device: h.DeviceID, caps: h.Caps, transport: transport, remote: remote, since: time.Now(), id: newSessionID(), fr: fr}
 	ss.lastSeen.Store(ss.since.UnixNano())
 	nodes := s.cluster.Nodes()
 	if len(nodes) == 0 {
@@ -364,9 +375,34 @@ func (s *Server) unregister(ss *session) bool {
 	return current
 }
 
+// runSession reads the agent's frames. When the agent has sent nothing
+// more, a fresh goroutine waits for it (idleSession) and this one, whose
+// stack reading through crypto/tls grew to 4 KiB, ends: the waiting one
+// keeps the 2 KiB it starts with, which the runtime would never shrink
+// this one's back to (it shrinks a stack only when under a quarter of it
+// is in use, counting 800 bytes of guard).
 func (s *Server) runSession(ss *session) {
-	defer s.wg.Done()
 	err := ss.readLoop()
+	if errors.Is(err, errIdle) {
+		go s.idleSession(ss) // counted in s.wg still
+		return
+	}
+	s.endSession(ss, err)
+}
+
+// idleSession waits for the agent's socket to become readable, then reads.
+func (s *Server) idleSession(ss *session) {
+	if err := ss.fr.await(); err != nil {
+		s.endSession(ss, ss.readFailed(err))
+		return
+	}
+	s.runSession(ss)
+}
+
+// endSession ends a session whose reading ended with err.
+func (s *Server) endSession(ss *session, err error) {
+	defer s.wg.Done()
+	ss.fr.release()
 	ss.close()
 	if s.unregister(ss) {
 		s.cluster.SessionChanged(ss.device, false, ss.since)

@@ -220,9 +220,9 @@ func ReadFrame(r io.Reader, hdr *[HeaderSize]byte, buf []byte, max int) (byte, [
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return 0, nil, err
 	}
-	n := int(hdr[1])<<16 | int(hdr[2])<<8 | int(hdr[3])
+	typ, n := FrameHeader(hdr[:])
 	if n > max {
-		return hdr[0], nil, fmt.Errorf("%w: frame type 0x%02x of %d bytes exceeds the %d-byte limit", ErrTooLarge, hdr[0], n, max)
+		return typ, nil, TooLarge(typ, n, max)
 	}
 	if cap(buf) < n {
 		buf = make([]byte, n)
@@ -237,8 +237,19 @@ func ReadFrame(r io.Reader, hdr *[HeaderSize]byte, buf []byte, max int) (byte, [
 	return hdr[0], buf, nil
 }
 
+// FrameHeader reads a frame's type and body length from its first
+// HeaderSize bytes.
+func FrameHeader(b []byte) (typ byte, n int) {
+	return b[0], int(b[1])<<16 | int(b[2])<<8 | int(b[3])
+}
+
 // ErrTooLarge is returned by ReadFrame for a frame over the limit.
 var ErrTooLarge = errors.New("push: frame too large")
+
+// TooLarge is the ErrTooLarge of a frame of type typ and n bytes over max.
+func TooLarge(typ byte, n, max int) error {
+	return fmt.Errorf("%w: frame type 0x%02x of %d bytes exceeds the %d-byte limit", ErrTooLarge, typ, n, max)
+}
 
 // reader decodes one frame body; the first error sticks.
 type reader struct {

@@ -1,0 +1,134 @@
+package push_test
+
+import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/wire"
+)
+
+// heldConn keeps what is written while held and sends it in one write
+// on flush: TLS records that reach the gateway in one segment.
+type heldConn struct {
+	net.Conn
+	hold bool
+	buf  bytes.Buffer
+}
+
+func (c *heldConn) Write(p []byte) (int, error) {
+	if c.hold {
+		return c.buf.Write(p)
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *heldConn) flush(t *testing.T) {
+	t.Helper()
+	if _, err := c.Conn.Write(c.buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	c.buf.Reset()
+}
+
+// TestFramesAcrossRecords: however an agent's frames fall into TLS
+// records and records into segments, every frame is answered. An idle
+// session waits for its socket to become readable, not inside crypto/tls
+// (a smaller stack, push/frames.go), so a byte read into user space and
+// left there would never be answered: each case below would hang.
+func TestFramesAcrossRecords(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
+	cfg := ts.tlsFor(nil)
+	cfg.NextProtos = []string{wire.ALPN}
+	nc, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &heldConn{Conn: nc}
+	tc := tls.Client(hc, cfg)
+	t.Cleanup(func() { tc.Close() })
+	tc.SetDeadline(time.Now().Add(20 * time.Second))
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	r := &rawConn{Conn: tc}
+	ping := func(v uint64) []byte { return wire.MarshalU64(wire.TypePing, v) }
+	pongs := func(from, to uint64) {
+		t.Helper()
+		for v := from; v <= to; v++ {
+			typ, body := r.read(t)
+			got, err := wire.ParseU64(body)
+			if typ != wire.TypePong || err != nil || got != v {
+				t.Fatalf("got frame 0x%02x %x, want PONG %d", typ, body, v)
+			}
+		}
+	}
+	send := func(records ...[]byte) { // each its own record, all in one segment
+		t.Helper()
+		hc.hold = true
+		for _, rec := range records {
+			if _, err := tc.Write(rec); err != nil {
+				t.Fatal(err)
+			}
+		}
+		hc.hold = false
+		hc.flush(t)
+	}
+
+	// HELLO and a PING in one record.
+	send(append((&wire.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "dev-rec"}).Marshal(), ping(1)...))
+	if typ, body := r.read(t); typ != wire.TypeWelcome {
+		t.Fatalf("after HELLO got frame 0x%02x %q, want WELCOME", typ, body)
+	}
+	pongs(1, 1)
+	// Two frames in one record, then two records in one segment.
+	send(append(ping(2), ping(3)...))
+	pongs(2, 3)
+	send(ping(4), ping(5))
+	pongs(4, 5)
+	// A frame split over two records, in one segment and in two.
+	p := ping(6)
+	send(p[:3], p[3:])
+	pongs(6, 6)
+	p = ping(7)
+	send(p[:5])
+	send(p[5:])
+	pongs(7, 7)
+	// A frame a byte a record, and 100 frames a record each, one segment.
+	var recs [][]byte
+	for _, b := range ping(8) {
+		recs = append(recs, []byte{b})
+	}
+	send(recs...)
+	pongs(8, 8)
+	recs = recs[:0]
+	for v := range uint64(100) {
+		recs = append(recs, ping(9+v))
+	}
+	send(recs...)
+	pongs(9, 108)
+
+	// Idle now: the session's goroutine waits on the socket, a fresh one
+	// (a 2 KiB stack) rather than the one that read through crypto/tls.
+	waitFor(t, 20*time.Second, func() error {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		waiting := false
+		for _, g := range strings.Split(string(buf), "\n\n") {
+			if strings.Contains(g, "push.(*Server).runSession(") { // a frame, not "created by"
+				return fmt.Errorf("a session goroutine is still reading:\n%s", g)
+			}
+			waiting = waiting || strings.Contains(g, "push.(*Server).idleSession") && strings.Contains(g, "push.(*frameReader).await")
+		}
+		if !waiting {
+			return fmt.Errorf("no session goroutine waits for its socket:\n%s", buf)
+		}
+		return nil
+	})
+}
