@@ -180,6 +180,7 @@ func (s *Server) admit() bool {
 
 func (s *Server) serveTLS(raw net.Conn) {
 	rc := &recordConn{Conn: raw}
+	socketWait(rc)
 	tc := tls.Server(rc, s.tcpTLS)
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
@@ -202,7 +203,7 @@ func (s *Server) serveTLS(raw net.Conn) {
 	}
 	// The session runs on a fresh goroutine: the one that did the TLS
 	// handshake has a grown stack that an idle session should not keep.
-	s.startSession(tc, readableWaiter(raw), "tls", raw.RemoteAddr(), raw.LocalAddr(), peer)
+	s.startSession(tc, rc, "tls", raw.RemoteAddr(), raw.LocalAddr(), peer)
 }
 
 func (s *Server) authFailed(remote net.Addr, err error) {

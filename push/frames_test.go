@@ -16,8 +16,9 @@ type readerConn struct {
 
 func (c readerConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-// TestRecordConnStopsAtRecords: however large the read, recordConn never
-// returns bytes of two records, and returns every byte once.
+// TestRecordConnStopsAtRecords: however large the read, and whether the
+// bytes come from await or the connection, recordConn never returns bytes
+// of two records, and returns every byte once.
 func TestRecordConnStopsAtRecords(t *testing.T) {
 	var stream []byte
 	var ends []int // offsets where a record ends
@@ -29,10 +30,21 @@ func TestRecordConnStopsAtRecords(t *testing.T) {
 		ends = append(ends, len(stream))
 	}
 	for _, size := range []int{1, 3, 5, 7, 64, 1 << 16} {
-		c := &recordConn{Conn: readerConn{r: bytes.NewReader(stream)}}
+		r := bytes.NewReader(stream)
+		c := &recordConn{Conn: readerConn{r: r}}
+		// Every other read comes through await's buffer, as in a
+		// session after a wait.
+		c.wait = func() error {
+			n, err := r.Read(c.pend[:])
+			c.n, c.pendErr = n, err
+			return nil
+		}
 		var got []byte
 		buf := make([]byte, size)
-		for {
+		for i := 0; ; i++ {
+			if i%2 == 0 && !c.pending() {
+				c.await()
+			}
 			n, err := c.Read(buf)
 			start := len(got)
 			got = append(got, buf[:n]...)

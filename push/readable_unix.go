@@ -3,29 +3,43 @@
 package push
 
 import (
+	"io"
 	"net"
 
 	"golang.org/x/sys/unix"
 )
 
-// readableWaiter returns a wait for c's socket to have something to read
-// (data, the end of the stream or an error), or nil where c is not a
-// plain TCP socket. It peeks, so it consumes nothing and does not depend
-// on a readiness edge that an earlier read may have used up; it honours
-// c's read deadline and ends when c is closed.
-func readableWaiter(c net.Conn) func() error {
-	tc, ok := c.(*net.TCPConn)
+// socketWait gives rc its wait where rc's connection is a plain TCP
+// socket: a non-blocking read into rc.pend, parked on the socket's
+// readiness while there is nothing (net's own Read does the same, deeper
+// in the stack). It honours the read deadline and ends when the
+// connection is closed.
+func socketWait(rc *recordConn) {
+	tc, ok := rc.Conn.(*net.TCPConn)
 	if !ok {
-		return nil
+		return
 	}
-	rc, err := tc.SyscallConn()
+	raw, err := tc.SyscallConn()
 	if err != nil {
-		return nil
+		return
 	}
-	var b [1]byte
-	peek := func(fd uintptr) bool {
-		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		return err != unix.EAGAIN
+	read := func(fd uintptr) bool {
+		for {
+			n, err := unix.Read(int(fd), rc.pend[:])
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				return false
+			case err != nil:
+				rc.pendErr = err
+			case n == 0:
+				rc.pendErr = io.EOF
+			default:
+				rc.n = n
+			}
+			return true
+		}
 	}
-	return func() error { return rc.Read(peek) }
+	rc.wait = func() error { return raw.Read(read) }
 }

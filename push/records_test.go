@@ -124,7 +124,7 @@ func TestFramesAcrossRecords(t *testing.T) {
 			if strings.Contains(g, "push.(*Server).runSession(") { // a frame, not "created by"
 				return fmt.Errorf("a session goroutine is still reading:\n%s", g)
 			}
-			waiting = waiting || strings.Contains(g, "push.(*Server).idleSession") && strings.Contains(g, "push.(*frameReader).await")
+			waiting = waiting || strings.Contains(g, "push.(*Server).idleSession") && strings.Contains(g, "push.(*recordConn).await")
 		}
 		if !waiting {
 			return fmt.Errorf("no session goroutine waits for its socket:\n%s", buf)

@@ -262,10 +262,10 @@ func newSessionID() (id [16]byte) {
 }
 
 // startSession reads HELLO, authenticates it, and runs the session on a
-// new goroutine. It owns c and the connection count from here. wait, if
-// not nil, waits for c's socket to be readable (frameReader).
-func (s *Server) startSession(c conn, wait func() error, transport string, remote, local net.Addr, peer *x509.Certificate) {
-	fr := frameReader{r: c, wait: wait}
+// new goroutine. It owns c and the connection count from here. rc is
+// the connection under c's TLS, nil for QUIC (frameReader).
+func (s *Server) startSession(c conn, rc *recordConn, transport string, remote, local net.Addr, peer *x509.Certificate) {
+	fr := frameReader{r: c, rc: rc}
 	c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	typ, body, err := fr.nextWaiting(2048)
 	body = slices.Clone(body) // HELLO's fields outlive the reader's buffer
@@ -392,7 +392,7 @@ func (s *Server) runSession(ss *session) {
 
 // idleSession waits for the agent's socket to become readable, then reads.
 func (s *Server) idleSession(ss *session) {
-	if err := ss.fr.await(); err != nil {
+	if err := ss.fr.rc.await(); err != nil {
 		s.endSession(ss, ss.readFailed(err))
 		return
 	}
