@@ -68,7 +68,8 @@ type Proxy struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	live      map[net.Conn]struct{} // agent connections, for forced close
-	closing   bool
+	closing   bool                  // listeners closed (StopAccepting)
+	cut       bool                  // relays cut (closeAll): nothing more is admitted
 }
 
 // New builds a proxy and starts its health checks; it does not listen.
@@ -155,7 +156,10 @@ func (p *Proxy) admit(c net.Conn) bool {
 		reason = "source_rate"
 	}
 	p.mu.Lock()
-	if p.closing {
+	if p.cut {
+		// Relays are being cut. A connection accepted as the listeners
+		// closed (closing alone) is relayed like the rest: in an upgrade
+		// the next process has the listener, and this one keeps relaying.
 		reason = "shutting_down"
 	}
 	if reason == "" {
@@ -491,16 +495,15 @@ func (p *Proxy) Ready() bool {
 // closes the rest. It returns ctx's error if relays had to be cut.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.StopAccepting()
+	p.loopsWG.Wait() // no admit after this: relaysWG only goes down
 	idle := make(chan struct{})
 	go func() { p.relaysWG.Wait(); close(idle) }() // ends when the relays do, at the latest after closeAll
 	select {
 	case <-idle:
-		p.loopsWG.Wait()
 		return nil
 	case <-ctx.Done():
 		p.closeAll()
 		<-idle
-		p.loopsWG.Wait()
 		return ctx.Err()
 	}
 }
@@ -508,9 +511,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 // Close stops at once. It is idempotent.
 func (p *Proxy) Close() error {
 	p.StopAccepting()
+	p.loopsWG.Wait()
 	p.closeAll()
 	p.relaysWG.Wait()
-	p.loopsWG.Wait()
 	return nil
 }
 
@@ -529,6 +532,7 @@ func (p *Proxy) StopAccepting() {
 
 func (p *Proxy) closeAll() {
 	p.mu.Lock()
+	p.cut = true
 	for c := range p.live {
 		c.Close()
 	}

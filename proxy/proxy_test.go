@@ -18,6 +18,7 @@ import (
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/tlsconf"
@@ -722,4 +723,46 @@ func TestBytesCountedAsTheyFlow(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestAcceptedAsItStopsIsRelayed: a connection the proxy accepted just as
+// it stopped accepting (an upgrade hands the listener to the next
+// process at that moment) is relayed, not closed unanswered (seen: "read:
+// connection reset by peer" in TestUpgradeDropsNothing, 1 of 71 rounds).
+func TestAcceptedAsItStopsIsRelayed(t *testing.T) {
+	b := newBackend(t, nil, nil)
+	id := identity(t, t.TempDir(), "gateway")
+	p, err := New(Config{Identity: id, Upstreams: []UpstreamConfig{b.upstream(t)}, Registerer: prometheus.NewRegistry(), Logger: quietLogger(), SourceRate: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := testutil.NewLateListener(inner)
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(late) }()
+	echoed := make(chan error, 1)
+	go func() {
+		got, err := echoOnce(inner.Addr().String(), agentConfig(t, id, nil), "late")
+		if err == nil && got != "late" {
+			err = fmt.Errorf("echo %q, want %q", got, "late")
+		}
+		echoed <- err
+	}()
+	<-late.Accepted
+	p.StopAccepting()
+	if err := <-echoed; err != nil {
+		t.Fatalf("a connection accepted as the proxy stopped accepting: %v", err)
+	}
+	if err := <-served; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown after the relay ended: %v", err)
+	}
 }

@@ -7,13 +7,12 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
@@ -195,32 +194,6 @@ func TestIdleCountsAnyFrame(t *testing.T) {
 	}
 }
 
-// lateListener hands out the connection it accepted only once it is
-// closed: a connection accepted just as the server stops (seen in an
-// upgrade under load: the probe's handshake was reset).
-type lateListener struct {
-	net.Listener
-	accepted, closed chan struct{}
-	once             sync.Once
-	handed           atomic.Bool
-}
-
-func (l *lateListener) Accept() (net.Conn, error) {
-	if l.handed.Swap(true) {
-		<-l.closed
-		return nil, net.ErrClosed
-	}
-	c, err := l.Listener.Accept()
-	close(l.accepted)
-	<-l.closed
-	return c, err
-}
-
-func (l *lateListener) Close() error {
-	l.once.Do(func() { close(l.closed) })
-	return l.Listener.Close()
-}
-
 // TestAcceptedAsItStops: a connection the server accepted as it began to
 // stop is answered (the handshake, then ERROR 6 after HELLO, so the agent
 // reconnects elsewhere or to the next process), not reset unanswered.
@@ -230,7 +203,7 @@ func TestAcceptedAsItStops(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	late := &lateListener{Listener: inner, accepted: make(chan struct{}), closed: make(chan struct{})}
+	late := testutil.NewLateListener(inner)
 	served := make(chan struct{})
 	go func() { defer close(served); ts.Serve(late) }()
 	type dialed struct {
@@ -244,7 +217,7 @@ func TestAcceptedAsItStops(t *testing.T) {
 		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 20 * time.Second}, "tcp", inner.Addr().String(), cfg)
 		dc <- dialed{c, err}
 	}()
-	<-late.accepted
+	<-late.Accepted
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	stopped := make(chan error, 1)
