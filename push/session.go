@@ -269,6 +269,9 @@ func (s *Server) startSession(c conn, rc *recordConn, transport string, remote, 
 	c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	typ, body, err := fr.nextWaiting(2048)
 	body = slices.Clone(body) // HELLO's fields outlive the reader's buffer
+	if len(fr.held()) == 0 {
+		fr.release() // not kept by a connection refused below, nor while the session starts
+	}
 	abort := func(code uint16, reason string) {
 		s.m.errorSent(code)
 		c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
