@@ -179,9 +179,9 @@ func (s *Server) admit() bool {
 }
 
 func (s *Server) serveTLS(raw net.Conn) {
-	rc := &recordConn{Conn: raw}
-	socketWait(rc)
-	tc := tls.Server(rc, s.tcpTLS)
+	wc := &waitConn{Conn: raw}
+	socketWait(wc)
+	tc := tls.Server(wc, s.tcpTLS)
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
@@ -193,7 +193,6 @@ func (s *Server) serveTLS(raw net.Conn) {
 	}
 	if p, ok := s.cfg.Protocols[tc.ConnectionState().NegotiatedProtocol]; ok {
 		s.conns.Add(-1) // not an agent (in a cluster: another node)
-		rc.passThrough()
 		p.Serve(tc)
 		return
 	}
@@ -203,7 +202,7 @@ func (s *Server) serveTLS(raw net.Conn) {
 	}
 	// The session runs on a fresh goroutine: the one that did the TLS
 	// handshake has a grown stack that an idle session should not keep.
-	s.startSession(tc, rc, "tls", raw.RemoteAddr(), raw.LocalAddr(), peer)
+	s.startSession(tc, wc, "tls", raw.RemoteAddr(), raw.LocalAddr(), peer)
 }
 
 func (s *Server) authFailed(remote net.Addr, err error) {

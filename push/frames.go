@@ -1,11 +1,9 @@
 package push
 
 import (
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
-	"sync"
 
 	"github.com/dpgate/dpgate/push/wire"
 )
@@ -17,67 +15,62 @@ import (
 // started with (session.go, runSession): 2 KiB saved per idle agent,
 // 30 MB at 15,000 (docs/BENCHMARKS.md, "Push: an idle session's stack").
 //
-// Waiting on the socket is right only when nothing the agent sent is
-// already read into user space, where the socket's readiness would never
-// announce it. Four places could hold such bytes; none is left holding
-// any when the session waits:
-//   - recordConn's own few bytes, read in the wait itself (the wait is a
-//     non-blocking read, not a peek, so a wake-up costs no extra system
-//     call: a whole ACK or PING record usually comes with it): the
-//     session waits only when they are all taken;
-//   - crypto/tls's raw input: tls.Conn reads from recordConn, which ends
-//     every read at the end of a TLS record, so crypto/tls never holds a
-//     byte of the next record;
-//   - crypto/tls's decrypted input: the frame reader reads with at least
-//     16 KiB free, the largest record's plaintext, so each tls.Conn.Read
-//     takes the whole record it decrypted;
-//   - the frame reader's own buffer: the session waits only when it holds
-//     nothing (a frame split over records keeps it, and the reader then
-//     reads instead of waiting).
-// TestFramesAcrossRecords hangs if any of them keeps a byte.
+// So once a session runs, its reads never block inside crypto/tls: the
+// socket under it (waitConn) is read without blocking, and when it has
+// nothing crypto/tls gets errWouldBlock, which it takes as temporary: it
+// keeps the part of a record it has and reads on at its next call. The
+// frame reader keeps the part of a frame it has, answers errIdle, and
+// the session waits in waitConn.await, the only place it blocks, on a
+// fresh goroutine. No byte the agent sent can be left in user space
+// unannounced during that wait: crypto/tls asks for more from the socket
+// only when it has no complete record and no decrypted byte left, and
+// await reads what the socket has before it parks. A stalled agent holds
+// nothing more than its part of a record (in crypto/tls) and of a frame.
 
-// recordConn ends each Read at a TLS record boundary: a record's 5-byte
-// header is read on its own, then at most the rest of its body. Its
-// reads take first what await read (pend), then the socket.
-type recordConn struct {
+// errWouldBlock is what waitConn's reads return, once nonblocking, when
+// the socket has nothing yet.
+var errWouldBlock net.Error = wouldBlock{}
+
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string { return "push: nothing to read yet" }
+func (wouldBlock) Timeout() bool { return false }
+
+// Temporary is what crypto/tls asks: a temporary error does not end the
+// connection, and the part of a record read so far is kept.
+func (wouldBlock) Temporary() bool { return true }
+
+// waitConn is the TCP connection under a push session's TLS. Its reads
+// take first what await read (pend), then the socket: blocking during
+// the handshake, without blocking once nonblocking is set.
+type waitConn struct {
 	net.Conn
-	hdr  [5]byte
-	hdrN int // bytes of the next record's header read so far
-	body int // bytes of the current record's body not read yet
-	off  bool
 
-	wait    func() error // await's socket read; nil: none (not a TCP socket, or Windows)
-	pend    [64]byte     // what await read: an ACK or PING record is 34 bytes
-	pos, n  int          // pend[pos:n] not taken yet
-	pendErr error        // the end await found, returned once pend is taken
+	// Set by socketWait where the connection is a TCP socket (not on
+	// Windows): wait blocks until the socket has bytes or ends and reads
+	// what it has into pend; tryRead reads without blocking
+	// (errWouldBlock when there is nothing).
+	wait     func() error
+	tryRead  func(p []byte) (int, error)
+	nonblock bool
+
+	pend    [64]byte // an ACK or PING record is 34 bytes
+	pos, n  int      // pend[pos:n] not taken yet
+	pendErr error    // the end await found, returned once pend is taken
+	drained bool     // the last read of the socket left it empty
 }
 
 // NetConn returns the connection underneath (link.TCPInfo unwraps it).
-func (c *recordConn) NetConn() net.Conn { return c.Conn }
+func (c *waitConn) NetConn() net.Conn { return c.Conn }
 
-// passThrough stops the bounding: the connection serves another
-// protocol (a cluster peer), which reads in bulk and never waits idle.
-func (c *recordConn) passThrough() { c.off = true }
-
-func (c *recordConn) Read(p []byte) (int, error) {
-	switch {
-	case c.off:
-		return c.Conn.Read(p)
-	case c.body > 0:
-		n, err := c.read(p[:min(len(p), c.body)])
-		c.body -= n
-		return n, err
-	}
-	n, err := c.read(p[:min(len(p), len(c.hdr)-c.hdrN)])
-	c.hdrN += copy(c.hdr[c.hdrN:], p[:n])
-	if c.hdrN == len(c.hdr) {
-		c.body, c.hdrN = int(binary.BigEndian.Uint16(c.hdr[3:])), 0
-	}
-	return n, err
+// nonblocking makes reads of the socket return errWouldBlock instead of
+// blocking, where await can do the waiting; it reports whether it can.
+func (c *waitConn) nonblocking() bool {
+	c.nonblock = c.tryRead != nil
+	return c.nonblock
 }
 
-// read takes what await read before reading the socket.
-func (c *recordConn) read(p []byte) (int, error) {
+func (c *waitConn) Read(p []byte) (int, error) {
 	switch {
 	case c.pos < c.n:
 		n := copy(p, c.pend[c.pos:c.n])
@@ -87,69 +80,81 @@ func (c *recordConn) read(p []byte) (int, error) {
 		err := c.pendErr
 		c.pendErr = nil
 		return 0, err
+	case !c.nonblock:
+		return c.Conn.Read(p)
+	case c.drained: // what came since, await reads
+		return 0, errWouldBlock
 	}
-	return c.Conn.Read(p)
+	n, err := c.tryRead(p)
+	c.drained = n < len(p)
+	return n, err
 }
-
-// pending reports whether await read something not taken yet.
-func (c *recordConn) pending() bool { return c.pos < c.n || c.pendErr != nil }
 
 // await blocks until the socket has bytes or ends, and reads what it has
 // (at most len(pend)) for the next reads. It honours the read deadline.
-func (c *recordConn) await() error {
+func (c *waitConn) await() error {
 	c.pos, c.n = 0, 0
-	return c.wait()
+	err := c.wait()
+	c.drained = c.n < len(c.pend)
+	return err
 }
 
-// readBufSize holds a whole TLS record's plaintext (16 KiB) behind the
-// part of a frame (at most HELLO's 2 KiB) still waiting for the rest.
-const readBufSize = 20 << 10
-
-var readBufs = sync.Pool{New: func() any { return new([readBufSize]byte) }}
-
-// frameReader reads an agent's frames. Over a recordConn that can wait
-// (TLS over a TCP socket) it holds a pooled buffer only while it has
-// bytes of a frame, and answers errIdle instead of blocking when it has
-// read everything; otherwise (QUIC) it reads each frame straight from r.
+// frameReader reads an agent's frames. Over a waitConn that does not
+// block (TLS over a TCP socket) it answers errIdle when it has read all
+// there is, keeping the part of a frame it has; otherwise (QUIC,
+// Windows) it reads each frame straight from r, blocking.
 type frameReader struct {
 	r  io.Reader
-	rc *recordConn // nil, or one without wait: no idle waiting
+	wc *waitConn // nil: no idle waiting
 
-	buf        *[readBufSize]byte // while start < end
-	start, end int
-
+	frame []byte // the frame being read: small, or larger for HELLO
+	have  int    // bytes of it read
+	small [wire.HeaderSize + 32]byte
 	hdr   [wire.HeaderSize]byte
-	small [32]byte // ACK, PING, PONG and BYE bodies fit
 }
 
+// maxSmall is the largest body read into small: ACK, PING, PONG, BYE.
+const maxSmall = len(frameReader{}.small) - wire.HeaderSize
+
 // errIdle is next's answer when nothing is left to read without waiting
-// for the socket: the caller waits with await (on a goroutine whose
+// for the socket: the caller waits with wc.await (on a goroutine whose
 // stack has not grown), then calls next again.
 var errIdle = errors.New("push: waiting for the agent")
 
 // next returns the next frame, whose body may be at most max bytes; the
 // body is valid until the next call.
 func (f *frameReader) next(max int) (byte, []byte, error) {
-	if f.rc == nil || f.rc.wait == nil {
+	if f.wc == nil {
 		return wire.ReadFrame(f.r, &f.hdr, f.small[:0], max)
 	}
+	if f.have == 0 {
+		f.frame = f.small[:]
+	}
+	need := wire.HeaderSize
 	for {
-		if b := f.held(); len(b) >= wire.HeaderSize {
-			typ, n := wire.FrameHeader(b)
+		if f.have >= wire.HeaderSize {
+			typ, n := wire.FrameHeader(f.frame)
 			if n > max {
 				return typ, nil, wire.TooLarge(typ, n, max)
 			}
-			if len(b) >= wire.HeaderSize+n {
-				f.start += wire.HeaderSize + n
-				return typ, b[wire.HeaderSize : wire.HeaderSize+n], nil
+			need = wire.HeaderSize + n
+			if need > len(f.frame) {
+				f.frame = append(make([]byte, 0, need), f.frame[:f.have]...)[:need]
 			}
 		}
-		if len(f.held()) == 0 && !f.rc.pending() {
-			f.release()
-			return 0, nil, errIdle
+		if f.have == need {
+			f.have = 0
+			return f.frame[0], f.frame[wire.HeaderSize:need], nil
 		}
-		if err := f.fill(); err != nil {
+		n, err := f.r.Read(f.frame[f.have:need])
+		f.have += n
+		switch {
+		case errors.Is(err, errWouldBlock):
+			return 0, nil, errIdle
+		case err != nil && (n == 0 || !errors.Is(err, io.EOF)):
 			return 0, nil, err
+		case n == 0 && err == nil:
+			return 0, nil, io.ErrNoProgress
 		}
 	}
 }
@@ -161,44 +166,8 @@ func (f *frameReader) nextWaiting(max int) (byte, []byte, error) {
 		if err != errIdle {
 			return typ, body, err
 		}
-		if err := f.rc.await(); err != nil {
+		if err := f.wc.await(); err != nil {
 			return 0, nil, err
 		}
-	}
-}
-
-// fill reads what the connection has: what await read, or the rest of a
-// frame it holds part of (which is on its way).
-func (f *frameReader) fill() error {
-	if f.buf == nil {
-		f.buf = readBufs.Get().(*[readBufSize]byte)
-	} else if f.start > 0 {
-		f.end = copy(f.buf[:], f.buf[f.start:f.end])
-		f.start = 0
-	}
-	n, err := f.r.Read(f.buf[f.end:])
-	f.end += n
-	if n > 0 {
-		return nil // an error comes again with the next read
-	}
-	if err == nil {
-		err = io.ErrNoProgress
-	}
-	return err
-}
-
-// held is what the reader has of frames not returned yet.
-func (f *frameReader) held() []byte {
-	if f.buf == nil {
-		return nil
-	}
-	return f.buf[f.start:f.end]
-}
-
-// release gives the buffer back; the reader must hold no bytes.
-func (f *frameReader) release() {
-	if f.buf != nil {
-		readBufs.Put(f.buf)
-		f.buf, f.start, f.end = nil, 0, 0
 	}
 }

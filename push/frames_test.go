@@ -2,66 +2,98 @@ package push
 
 import (
 	"bytes"
-	"encoding/binary"
+	"errors"
 	"io"
-	"net"
+	"math/rand/v2"
 	"testing"
+
+	"github.com/dpgate/dpgate/push/wire"
 )
 
-// readerConn is a net.Conn whose reads come from r.
-type readerConn struct {
-	net.Conn
-	r io.Reader
+// chunkReader hands out its bytes in chunks of the given sizes, with
+// errWouldBlock between them, as a non-blocking socket under crypto/tls
+// would; then io.EOF.
+type chunkReader struct {
+	data    []byte
+	chunks  []int
+	blocked bool // the last read said errWouldBlock
 }
 
-func (c readerConn) Read(p []byte) (int, error) { return c.r.Read(p) }
-
-// TestRecordConnStopsAtRecords: however large the read, and whether the
-// bytes come from await or the connection, recordConn never returns bytes
-// of two records, and returns every byte once.
-func TestRecordConnStopsAtRecords(t *testing.T) {
-	var stream []byte
-	var ends []int // offsets where a record ends
-	for _, n := range []int{0, 1, 4, 100, 16384 + 256, 3} {
-		hdr := []byte{23, 3, 3, 0, 0}
-		binary.BigEndian.PutUint16(hdr[3:], uint16(n))
-		stream = append(stream, hdr...)
-		stream = append(stream, bytes.Repeat([]byte{byte(n)}, n)...)
-		ends = append(ends, len(stream))
+func (r *chunkReader) Read(p []byte) (int, error) {
+	if len(r.data) == 0 {
+		return 0, io.EOF
 	}
-	for _, size := range []int{1, 3, 5, 7, 64, 1 << 16} {
-		r := bytes.NewReader(stream)
-		c := &recordConn{Conn: readerConn{r: r}}
-		// Every other read comes through await's buffer, as in a
-		// session after a wait.
-		c.wait = func() error {
-			n, err := r.Read(c.pend[:])
-			c.n, c.pendErr = n, err
-			return nil
+	if !r.blocked {
+		r.blocked = true
+		return 0, errWouldBlock
+	}
+	n := min(len(r.data), len(p))
+	if len(r.chunks) > 0 {
+		n = min(n, r.chunks[0])
+		if r.chunks[0] -= n; r.chunks[0] == 0 {
+			r.chunks = r.chunks[1:]
+			r.blocked = false
 		}
-		var got []byte
-		buf := make([]byte, size)
-		for i := 0; ; i++ {
-			if i%2 == 0 && !c.pending() {
-				c.await()
-			}
-			n, err := c.Read(buf)
-			start := len(got)
-			got = append(got, buf[:n]...)
-			for _, e := range ends {
-				if start < e && e < len(got) {
-					t.Fatalf("read size %d: one read of bytes %d-%d crosses the record end at %d", size, start, len(got), e)
+	}
+	copy(p, r.data[:n])
+	r.data = r.data[n:]
+	return n, nil
+}
+
+// TestFrameReaderAcrossWaits: however an agent's bytes are cut by the
+// waits, the frame reader answers errIdle at each wait, keeps the part of
+// a frame it has, and returns every frame whole, in order; a frame over
+// the limit is refused from its header.
+func TestFrameReaderAcrossWaits(t *testing.T) {
+	var stream []byte
+	var want [][]byte
+	for i := range 50 {
+		body := bytes.Repeat([]byte{byte(i)}, i%(maxSmall+1))
+		want = append(want, body)
+		stream = append(stream, wire.TypePing, 0, 0, byte(len(body)))
+		stream = append(stream, body...)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for trial := range 200 {
+		var chunks []int
+		for left := len(stream); left > 0; {
+			n := min(left, 1+rng.IntN(2*maxSmall))
+			chunks = append(chunks, n)
+			left -= n
+		}
+		r := &chunkReader{data: stream, chunks: chunks}
+		f := frameReader{r: r, wc: &waitConn{}}
+		var got [][]byte
+		idles := 0
+		for len(got) < len(want) {
+			typ, body, err := f.next(maxSmall)
+			if errors.Is(err, errIdle) {
+				idles++
+				if idles > len(chunks)+1 {
+					t.Fatalf("trial %d: %d waits for %d chunks", trial, idles, len(chunks))
 				}
-			}
-			if err == io.EOF {
-				break
+				continue
 			}
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("trial %d, frame %d: %v", trial, len(got), err)
+			}
+			if typ != wire.TypePing {
+				t.Fatalf("trial %d, frame %d: type 0x%02x", trial, len(got), typ)
+			}
+			got = append(got, bytes.Clone(body))
+		}
+		for i := range want {
+			if !bytes.Equal(got[i], want[i]) {
+				t.Fatalf("trial %d, frame %d: %x, want %x", trial, i, got[i], want[i])
 			}
 		}
-		if !bytes.Equal(got, stream) {
-			t.Fatalf("read size %d: got %d bytes, want the %d of the stream", size, len(got), len(stream))
+		if _, _, err := f.next(maxSmall); !errors.Is(err, io.EOF) {
+			t.Fatalf("trial %d: after the last frame: %v, want EOF", trial, err)
 		}
+	}
+	big := []byte{wire.TypePing, 0, 0, byte(maxSmall + 1)}
+	f := frameReader{r: &chunkReader{data: big, blocked: true}, wc: &waitConn{}}
+	if _, _, err := f.next(maxSmall); !errors.Is(err, wire.ErrTooLarge) {
+		t.Fatalf("a %d-byte body: %v, want ErrTooLarge", maxSmall+1, err)
 	}
 }

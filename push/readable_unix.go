@@ -9,13 +9,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// socketWait gives rc its wait where rc's connection is a plain TCP
-// socket: a non-blocking read into rc.pend, parked on the socket's
-// readiness while there is nothing (net's own Read does the same, deeper
-// in the stack). It honours the read deadline and ends when the
-// connection is closed.
-func socketWait(rc *recordConn) {
-	tc, ok := rc.Conn.(*net.TCPConn)
+// socketWait gives wc its wait and tryRead where wc's connection is a
+// plain TCP socket: reads of the non-blocking socket through its
+// syscall.RawConn, the wait parked on the socket's readiness while there
+// is nothing (net's own Read does the same, deeper in the stack). The
+// wait honours the read deadline and ends when the connection is closed.
+func socketWait(wc *waitConn) {
+	tc, ok := wc.Conn.(*net.TCPConn)
 	if !ok {
 		return
 	}
@@ -23,23 +23,46 @@ func socketWait(rc *recordConn) {
 	if err != nil {
 		return
 	}
-	read := func(fd uintptr) bool {
+	var (
+		into []byte // what the next read fills
+		n    int
+		rerr error
+	)
+	read := func(fd uintptr) {
 		for {
-			n, err := unix.Read(int(fd), rc.pend[:])
-			switch {
-			case err == unix.EINTR:
-				continue
-			case err == unix.EAGAIN:
-				return false
-			case err != nil:
-				rc.pendErr = err
-			case n == 0:
-				rc.pendErr = io.EOF
-			default:
-				rc.n = n
+			n, rerr = unix.Read(int(fd), into)
+			if rerr != unix.EINTR {
+				break
 			}
-			return true
+		}
+		if n < 0 {
+			n = 0
+		}
+		if n == 0 && rerr == nil {
+			rerr = io.EOF
 		}
 	}
-	rc.wait = func() error { return raw.Read(read) }
+	waitRead := func(fd uintptr) bool {
+		read(fd)
+		return rerr != unix.EAGAIN
+	}
+	tryRead := func(fd uintptr) bool { read(fd); return true }
+	wc.wait = func() error {
+		into = wc.pend[:]
+		if err := raw.Read(waitRead); err != nil {
+			return err
+		}
+		wc.n, wc.pendErr = n, rerr
+		return nil
+	}
+	wc.tryRead = func(p []byte) (int, error) {
+		into = p
+		if err := raw.Read(tryRead); err != nil {
+			return 0, err
+		}
+		if rerr == unix.EAGAIN {
+			return 0, errWouldBlock
+		}
+		return n, rerr
+	}
 }

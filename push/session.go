@@ -187,7 +187,7 @@ func (s *session) readLoop() error {
 		// An agent PINGs every keepalive; three missed mean it is gone.
 		// (The deadline also bounds the idle wait that errIdle leads to.)
 		s.c.SetReadDeadline(time.Now().Add(3 * keep))
-		typ, body, err := s.fr.next(len(s.fr.small))
+		typ, body, err := s.fr.next(maxSmall)
 		if err != nil {
 			return s.readFailed(err)
 		}
@@ -262,16 +262,16 @@ func newSessionID() (id [16]byte) {
 }
 
 // startSession reads HELLO, authenticates it, and runs the session on a
-// new goroutine. It owns c and the connection count from here. rc is
+// new goroutine. It owns c and the connection count from here. wc is
 // the connection under c's TLS, nil for QUIC (frameReader).
-func (s *Server) startSession(c conn, rc *recordConn, transport string, remote, local net.Addr, peer *x509.Certificate) {
-	fr := frameReader{r: c, rc: rc}
+func (s *Server) startSession(c conn, wc *waitConn, transport string, remote, local net.Addr, peer *x509.Certificate) {
+	fr := frameReader{r: c}
+	if wc != nil && wc.nonblocking() {
+		fr.wc = wc
+	}
 	c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	typ, body, err := fr.nextWaiting(2048)
 	body = slices.Clone(body) // HELLO's fields outlive the reader's buffer
-	if len(fr.held()) == 0 {
-		fr.release() // not kept by a connection refused below, nor while the session starts
-	}
 	abort := func(code uint16, reason string) {
 		s.m.errorSent(code)
 		c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
@@ -395,7 +395,7 @@ func (s *Server) runSession(ss *session) {
 
 // idleSession waits for the agent's socket to become readable, then reads.
 func (s *Server) idleSession(ss *session) {
-	if err := ss.fr.rc.await(); err != nil {
+	if err := ss.fr.wc.await(); err != nil {
 		s.endSession(ss, ss.readFailed(err))
 		return
 	}
@@ -405,7 +405,6 @@ func (s *Server) idleSession(ss *session) {
 // endSession ends a session whose reading ended with err.
 func (s *Server) endSession(ss *session, err error) {
 	defer s.wg.Done()
-	ss.fr.release()
 	ss.close()
 	if s.unregister(ss) {
 		s.cluster.SessionChanged(ss.device, false, ss.since)
