@@ -107,10 +107,10 @@ type frameReader struct {
 	r  io.Reader
 	wc *waitConn // nil: no idle waiting
 
-	frame []byte // the frame being read: small, or larger for HELLO
-	have  int    // bytes of it read
-	small [wire.HeaderSize + 32]byte
-	hdr   [wire.HeaderSize]byte
+	buf        []byte // small, or larger for a HELLO; unread: buf[start:end]
+	start, end int
+	small      [wire.HeaderSize + 32]byte
+	hdr        [wire.HeaderSize]byte
 }
 
 // maxSmall is the largest body read into small: ACK, PING, PONG, BYE.
@@ -127,27 +127,31 @@ func (f *frameReader) next(max int) (byte, []byte, error) {
 	if f.wc == nil {
 		return wire.ReadFrame(f.r, &f.hdr, f.small[:0], max)
 	}
-	if f.have == 0 {
-		f.frame = f.small[:]
+	if f.start == f.end { // nothing held: back to small (from a HELLO's)
+		f.buf, f.start, f.end = f.small[:], 0, 0
 	}
-	need := wire.HeaderSize
 	for {
-		if f.have >= wire.HeaderSize {
-			typ, n := wire.FrameHeader(f.frame)
+		b := f.buf[f.start:f.end]
+		need := wire.HeaderSize
+		if len(b) >= wire.HeaderSize {
+			typ, n := wire.FrameHeader(b)
 			if n > max {
 				return typ, nil, wire.TooLarge(typ, n, max)
 			}
-			need = wire.HeaderSize + n
-			if need > len(f.frame) {
-				f.frame = append(make([]byte, 0, need), f.frame[:f.have]...)[:need]
+			need += n
+			if len(b) >= need {
+				f.start += need
+				return typ, b[wire.HeaderSize:need], nil
 			}
 		}
-		if f.have == need {
-			f.have = 0
-			return f.frame[0], f.frame[wire.HeaderSize:need], nil
+		// Read behind the part held, moved to the front, with room for
+		// all of its frame.
+		f.start, f.end = 0, copy(f.buf, b)
+		if need > len(f.buf) {
+			f.buf = append(make([]byte, 0, need), f.buf[:f.end]...)[:need]
 		}
-		n, err := f.r.Read(f.frame[f.have:need])
-		f.have += n
+		n, err := f.r.Read(f.buf[f.end:])
+		f.end += n
 		switch {
 		case errors.Is(err, errWouldBlock):
 			return 0, nil, errIdle
