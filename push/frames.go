@@ -72,6 +72,8 @@ func (c *waitConn) nonblocking() bool {
 
 func (c *waitConn) Read(p []byte) (int, error) {
 	switch {
+	case len(p) == 0:
+		return 0, nil
 	case c.pos < c.n:
 		n := copy(p, c.pend[c.pos:c.n])
 		c.pos += n

@@ -53,7 +53,7 @@ type session struct {
 	closed               atomic.Bool
 	hintMu               sync.Mutex
 	hints                []wire.Message // just-committed pushes, so the flusher can skip a store read
-	fr                   frameReader    // the reader goroutine's
+	fr                   *frameReader   // the reader goroutine's
 }
 
 // path reads what the transport knows about the agent's path.
@@ -265,7 +265,7 @@ func newSessionID() (id [16]byte) {
 // new goroutine. It owns c and the connection count from here. wc is
 // the connection under c's TLS, nil for QUIC (frameReader).
 func (s *Server) startSession(c conn, wc *waitConn, transport string, remote, local net.Addr, peer *x509.Certificate) {
-	fr := frameReader{r: c}
+	fr := &frameReader{r: c}
 	if wc != nil && wc.nonblocking() {
 		fr.wc = wc
 	}
