@@ -37,7 +37,9 @@ func (wouldBlock) Error() string { return "push: nothing to read yet" }
 func (wouldBlock) Timeout() bool { return false }
 
 // Temporary is what crypto/tls asks: a temporary error does not end the
-// connection, and the part of a record read so far is kept.
+// connection, and the part of a record read so far is kept (Go 1.26's
+// conn.go, readRecordOrCCS). Should a release of Go make every read
+// error final, TestFramesAcrossRecords fails at its first wait.
 func (wouldBlock) Temporary() bool { return true }
 
 // waitConn is the TCP connection under a push session's TLS. Its reads
