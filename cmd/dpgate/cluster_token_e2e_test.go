@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dpgate/dpgate/cluster"
 	"github.com/dpgate/dpgate/internal/gateway"
 	"github.com/dpgate/dpgate/push/client"
 	"github.com/dpgate/dpgate/push/wire"
@@ -196,9 +197,14 @@ func TestClusterTokenAuth(t *testing.T) {
 		}
 		return allOn(pushes...)
 	})
-	// Rebalancing goes on after node 0's first agents: let it settle (no
-	// agent moving for 3 s) before the rotation, since an agent moved after
-	// the old key's retirement is refused with its old token, rightly.
+	// Rebalancing goes on after node 0's first agents: let it settle
+	// before the rotation, since an agent moved after the old key's
+	// retirement is refused with its old token, rightly. A node moves
+	// agents once it has had an excess for RebalanceAfter, checked every
+	// refresh: with no agent moving for longer than that, none has one.
+	// (3 s was too short: under load, sessions 3 11 16 were taken for
+	// settled, and node 2 moved an agent after the retirement.)
+	settle := cluster.DefaultRebalanceAfter + 2*cluster.DefaultRefreshInterval + time.Second
 	var where string
 	var since time.Time
 	waitFor(t, 90*time.Second, func() error {
@@ -210,7 +216,7 @@ func TestClusterTokenAuth(t *testing.T) {
 		if now.String() != where {
 			where, since = now.String(), time.Now()
 		}
-		if time.Since(since) < 3*time.Second {
+		if time.Since(since) < settle {
 			return fmt.Errorf("agents still moving: sessions %d %d %d", sessions(0), sessions(1), sessions(2))
 		}
 		return allOn(pushes...)
