@@ -186,12 +186,14 @@ var wineOnce = sync.OnceValues(func() (*wine, error) {
 	boot.Env, boot.Stdout, boot.Stderr = w.env, bootLog, bootLog
 	err = boot.Run()
 	// Then a server that stays up until stopWine, so no later command
-	// waits for one to stop either. It is a new one: the service manager
+	// waits for one to stop either; should the test binary be killed
+	// before stopWine, it ends 60 s after the last program on it (plain
+	// --persistent would keep it for ever). It is a new one: the service manager
 	// of the first boot cannot start a service installed after it ("net
 	// start": "Could not get handle to service"). The first program on it
 	// starts the prefix's services, which stay as long as the server and
 	// keep that program's output open: that program writes to the file.
-	for _, arg := range []string{"--kill", "--wait", "--persistent"} {
+	for _, arg := range []string{"--kill", "--wait", "--persistent=60"} {
 		if err == nil {
 			err = server(arg)
 		}
