@@ -180,7 +180,6 @@ func (s *Server) admit() bool {
 
 func (s *Server) serveTLS(raw net.Conn) {
 	wc := &waitConn{Conn: raw}
-	socketWait(wc)
 	tc := tls.Server(wc, s.tcpTLS)
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)

@@ -48,8 +48,8 @@ func (wouldBlock) Temporary() bool { return true }
 type waitConn struct {
 	net.Conn
 
-	// Set by socketWait where the connection is a TCP socket (not on
-	// Windows): wait blocks until the socket has bytes or ends and reads
+	// Set by socketWait (from nonblocking) where the connection is a TCP
+	// socket (not on Windows): wait blocks until the socket has bytes or ends and reads
 	// what it has into pend; tryRead reads without blocking
 	// (errWouldBlock when there is nothing).
 	wait     func() error
@@ -67,7 +67,10 @@ func (c *waitConn) NetConn() net.Conn { return c.Conn }
 
 // nonblocking makes reads of the socket return errWouldBlock instead of
 // blocking, where await can do the waiting; it reports whether it can.
+// (Called once the handshake is done: a connection that fails it, or
+// serves a cluster peer, never needs the reads socketWait sets up.)
 func (c *waitConn) nonblocking() bool {
+	socketWait(c)
 	c.nonblock = c.tryRead != nil
 	return c.nonblock
 }
