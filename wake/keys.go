@@ -48,7 +48,12 @@ func LoadOrCreateKeys(dataDir, secretFile string) (*Keys, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Keys{Signing: ed25519.NewKeyFromSeed(derive(secret, "dpgate wake ed25519 seed")), Secret: secret}, nil
+	return keysFrom(secret), nil
+}
+
+// keysFrom derives the keys from the secret.
+func keysFrom(secret []byte) *Keys {
+	return &Keys{Signing: ed25519.NewKeyFromSeed(derive(secret, "dpgate wake ed25519 seed")), Secret: secret}
 }
 
 // DeviceSecret is the device's own HMAC secret.

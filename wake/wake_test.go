@@ -2,6 +2,7 @@ package wake
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -21,12 +22,11 @@ import (
 	"github.com/dpgate/dpgate/internal/testutil"
 )
 
+// testKeys are keys from a random secret, kept in memory only: the tests
+// that use them also run under Wine, where Go cannot remove a temporary
+// directory with a file in it (os.RemoveAll: "Invalid function").
 func testKeys(t testing.TB) *Keys {
-	k, err := LoadOrCreateKeys(t.TempDir(), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
+	return keysFrom([]byte(rand.Text()))
 }
 
 // TestDatagramLayout checks the byte offsets documented in PROTOCOL.md.
@@ -325,5 +325,82 @@ func TestWakeStateBounded(t *testing.T) {
 	}
 	if r := s.Wake("pc-999", "api"); !r.Limited {
 		t.Error("pc-999's fifth wake-up in a row (burst 3) was not rate limited")
+	}
+}
+
+// TestAgentSideDatagrams: what the reference agent does with datagrams,
+// without a socket (so it also runs under Wine, whose UDP sockets Go
+// cannot open). A wake-up as the gateway signs it (Ed25519, or HMAC with
+// the device's secret) passes the agent's Receiver once; a replay, a
+// wake-up for another device, a shutdown notice and a forged one do not.
+// The agent's shutdown notice passes the gateway's check, and not when
+// signed with another device's secret.
+func TestAgentSideDatagrams(t *testing.T) {
+	k := testKeys(t)
+	wakeUp := func(device string, kind uint8, sign func(*Datagram)) []byte {
+		d := NewDatagram(kind, device, time.Now().UnixMilli())
+		sign(d)
+		b, err := Marshal(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	ed := func(d *Datagram) { SignEd25519(d, k.Signing) }
+	hmacOf := func(device string) func(*Datagram) {
+		return func(d *Datagram) { SignHMAC(d, k.DeviceSecret(device)) }
+	}
+	public, err := ParseKey(k.PublicKeyString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, err := ParseKey(k.DeviceSecretString("pc-7"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		key  Verifier
+		sign func(*Datagram)
+	}{{"ed25519", public, ed}, {"hmac", secret, hmacOf("pc-7")}} {
+		r := NewReceiver(c.key)
+		b := wakeUp("pc-7", KindWakeUp, c.sign)
+		if d, err := r.Check(b, "pc-7"); err != nil || d.DeviceID != "pc-7" {
+			t.Errorf("%s: a wake-up for this device: %v", c.name, err)
+		}
+		forged := bytes.Clone(wakeUp("pc-7", KindWakeUp, c.sign))
+		forged[len(forged)-1] ^= 1
+		for _, bad := range []struct {
+			what, want string
+			b          []byte
+		}{
+			{"replayed", "replay", b},
+			{"forged", "signature", forged},
+			{"a shutdown notice", "kind", wakeUp("pc-7", KindShutdown, c.sign)},
+		} {
+			if _, err := r.Check(bad.b, "pc-7"); Reason(err) != bad.want {
+				t.Errorf("%s: %s: %v (reason %q), want reason %q", c.name, bad.what, err, Reason(err), bad.want)
+			}
+		}
+		if _, err := r.Check(wakeUp("pc-8", KindWakeUp, ed), "pc-7"); err == nil {
+			t.Errorf("%s: a wake-up for another device passed", c.name)
+		}
+	}
+
+	s, _ := New(Config{Keys: k, Lookup: func(string) (Target, bool) { return Target{}, false }, Logger: testutil.Quiet()})
+	notice, err := ShutdownNotice("pc-7", secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := s.Check(notice, KindShutdown, k.DeviceSecret); err != nil || d.DeviceID != "pc-7" {
+		t.Errorf("the agent's shutdown notice: %v", err)
+	}
+	other, _ := ParseKey(k.DeviceSecretString("pc-8"))
+	forged, _ := ShutdownNotice("pc-7", other)
+	if _, err := s.Check(forged, KindShutdown, k.DeviceSecret); Reason(err) != "signature" {
+		t.Errorf("a notice for pc-7 signed with pc-8's secret: %v", err)
+	}
+	if _, err := ShutdownNotice("pc-7", public); err == nil {
+		t.Error("a shutdown notice signed with the gateway's public key")
 	}
 }
