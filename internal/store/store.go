@@ -166,7 +166,11 @@ func Open(dir string, opts Options) (*DB, error) {
 	db := &DB{log: opts.Logger, seen: map[string]bool{}}
 	err = guard("open", func() error {
 		var err error
-		db.bolt, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout})
+		// The freelist is not written with each commit but rebuilt from
+		// the tree at open (as etcd runs bbolt): a commit writes one page
+		// fewer and allocates a third as much; open walks the tree once
+		// more (docs/BENCHMARKS.md, "Push: the store's freelist").
+		db.bolt, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
 		return err
 	})
 	if err != nil {
