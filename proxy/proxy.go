@@ -189,7 +189,7 @@ func (p *Proxy) forget(c net.Conn) {
 // relay then runs on fresh goroutines and this one exits, so the stack
 // the TLS handshakes grew is not held for the life of an idle relay.
 func (p *Proxy) handle(raw net.Conn) {
-	agent := tls.Server(raw, p.srvTLS.Load())
+	agent := tls.Server(newSock(raw), p.srvTLS.Load())
 	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.HandshakeTimeout)
 	err := agent.HandshakeContext(ctx)
 	cancel()

@@ -15,8 +15,11 @@ import (
 
 // Buffers: a read first goes into the relay's small buffer; only when a
 // read fills it (bulk traffic) does the direction switch to a pooled
-// large buffer, and it returns the large buffer as soon as a read comes
-// back short. An idle relay so holds 2 x smallBuf, not 2 x largeBuf.
+// large buffer, and it returns the large buffer once the source has
+// nothing more (a read that gathers finds the socket empty; where reads
+// cannot gather, a read that comes back short, except the one right
+// after the switch, which gets the rest of the record the small buffer
+// began). An idle relay so holds 2 x smallBuf, not 2 x largeBuf.
 const (
 	smallBuf = 1 << 10
 	largeBuf = 16 << 10 // one TLS record of plaintext
@@ -92,7 +95,10 @@ func (r *relay) pipe(src, dst halfCloser, count *atomic.Int64, shaper *rate.Limi
 			largePool.Put(large)
 		}
 	}()
-	armed := time.Time{}
+	ss, ds := sockOf(src), sockOf(dst)
+	gathers := ss != nil && ds != nil && ss.gathers()
+	var armed, wArmed time.Time
+	fresh := false // large was just taken: this read gets the rest of a record
 	for {
 		buf := small
 		if large != nil {
@@ -106,25 +112,40 @@ func (r *relay) pipe(src, dst halfCloser, count *atomic.Int64, shaper *rate.Limi
 		}
 		n, err := src.Read(buf)
 		if n > 0 {
-			if shaper != nil {
-				if werr := shaper.WaitN(context.Background(), n); werr != nil {
-					return werr
+			if now := time.Now(); now.Sub(wArmed) > r.idle/8 { // coarsely too
+				dst.SetWriteDeadline(now.Add(r.idle))
+				wArmed = now
+				r.keepStopped(dst)
+			}
+			bulk := n == len(buf) || large != nil
+			var werr error
+			switch {
+			case bulk && gathers:
+				if large == nil {
+					large = largePool.Get().(*[]byte)
+				}
+				var drained bool
+				drained, err, werr = r.gather(src, dst, ss, ds, buf[:n], *large, count, shaper)
+				if drained { // src has nothing more: back to small for the wait
+					largePool.Put(large)
+					large = nil
+				}
+			default:
+				werr = r.forward(dst, buf[:n], count, shaper)
+				switch {
+				case n == len(buf) && large == nil:
+					large, fresh = largePool.Get().(*[]byte), true
+				case n < len(buf) && large != nil && !fresh:
+					largePool.Put(large)
+					large = nil
+				default:
+					fresh = false
 				}
 			}
-			dst.SetWriteDeadline(time.Now().Add(r.idle))
-			r.keepStopped(dst)
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			if werr != nil {
 				return werr
 			}
-			count.Add(int64(n))
 			r.last.Store(time.Now().UnixNano())
-			switch {
-			case n == len(buf) && large == nil:
-				large = largePool.Get().(*[]byte)
-			case n < len(buf) && large != nil:
-				largePool.Put(large)
-				large = nil
-			}
 		}
 		if err == nil {
 			continue
@@ -145,4 +166,55 @@ func (r *relay) pipe(src, dst halfCloser, count *atomic.Int64, shaper *rate.Limi
 		}
 		return err
 	}
+}
+
+// forward writes b to dst (at the shaper's pace) and counts it.
+func (r *relay) forward(dst halfCloser, b []byte, count *atomic.Int64, shaper *rate.Limiter) error {
+	if shaper != nil {
+		if err := shaper.WaitN(context.Background(), len(b)); err != nil {
+			return err
+		}
+	}
+	if _, err := dst.Write(b); err != nil {
+		return err
+	}
+	count.Add(int64(len(b)))
+	return nil
+}
+
+// gather forwards first, and after it what src has already received,
+// read into buf up to batchBytes in all, without waiting for more: the
+// records go out in one write (sock.go). drained says src had nothing
+// more; rerr is src's error if a read ended it (io.EOF included), werr
+// dst's.
+func (r *relay) gather(src, dst halfCloser, ss, ds *sock, first, buf []byte, count *atomic.Int64, shaper *rate.Limiter) (drained bool, rerr, werr error) {
+	ds.hold()
+	werr = r.forward(dst, first, count, shaper)
+	ss.nonblock = true
+	for total, n := len(first), 0; werr == nil && total < batchBytes; total += n {
+		n, rerr = src.Read(buf)
+		if n > 0 {
+			werr = r.forward(dst, buf[:n], count, shaper)
+		}
+		if rerr != nil {
+			break
+		}
+	}
+	ss.nonblock = false
+	if errors.Is(rerr, errWouldBlock) {
+		drained, rerr = true, nil
+	}
+	if err := ds.send(); werr == nil {
+		werr = err
+	}
+	return drained, rerr, werr
+}
+
+// sockOf is the sock under c's TLS, or nil.
+func sockOf(c halfCloser) *sock {
+	if nc, ok := c.(interface{ NetConn() net.Conn }); ok {
+		s, _ := nc.NetConn().(*sock)
+		return s
+	}
+	return nil
 }

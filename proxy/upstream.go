@@ -121,7 +121,7 @@ func (u *upstream) dial(ctx context.Context, d *net.Dialer, src, dst net.Addr) (
 		}
 		raw.SetWriteDeadline(time.Time{})
 	}
-	c := tls.Client(raw, u.tls)
+	c := tls.Client(newSock(raw), u.tls)
 	if err := c.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, err
