@@ -58,6 +58,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "building dpgate:", err)
 		os.Exit(1)
 	}
+	prepareWine()
 	code := m.Run()
 	stopWine()
 	os.RemoveAll(dir)

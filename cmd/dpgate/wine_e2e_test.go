@@ -6,10 +6,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -259,14 +261,39 @@ func stopWine() {
 // dpgateExe is dpgate built for windows/amd64, once for the package.
 func (w *wine) dpgateExe(t *testing.T) string {
 	t.Helper()
-	w.exeOnce.Do(func() {
-		w.exe = filepath.Join(w.prefix, "dpgate.exe")
-		w.exeErr = goBuildWindows(w.exe, ".", "build")
-	})
+	w.exeOnce.Do(w.buildExe)
 	if w.exeErr != nil {
 		t.Fatal(w.exeErr)
 	}
 	return w.exe
+}
+
+func (w *wine) buildExe() {
+	w.exe = filepath.Join(w.prefix, "dpgate.exe")
+	w.exeErr = goBuildWindows(w.exe, ".", "build")
+}
+
+// prepareWine boots the Wine prefix and builds dpgate.exe in the
+// background (TestMain, while the package's serial tests run: the boot
+// takes seconds of mostly waiting), when a Wine test is to run. The
+// tests wait for the same once values.
+func prepareWine() {
+	run := flag.Lookup("test.run").Value.String()
+	selected := run == ""
+	for _, name := range []string{"TestWindowsAgentUnderWine", "TestWindowsUnitTestsUnderWine", "TestWindowsServiceUnderWine", "TestWindowsGatewayUnderWine"} {
+		if ok, err := regexp.MatchString(strings.Split(run, "/")[0], name); err == nil && ok {
+			selected = true
+		}
+	}
+	if !selected {
+		return
+	}
+	wineUsed.Store(true)
+	go func() { // ends with the boot and the build
+		if w, err := wineOnce(); err == nil {
+			w.exeOnce.Do(w.buildExe)
+		}
+	}()
 }
 
 // goBuildWindows runs "go VERB... -o out pkg" for windows/amd64: "go
