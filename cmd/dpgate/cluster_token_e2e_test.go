@@ -63,6 +63,9 @@ func TestClusterTokenAuth(t *testing.T) {
 	// the seed, comes back on the addresses it had, as a restarted
 	// service does, and joins node 1 (on a new gossip address the others
 	// would keep its name from it for DeadNodeReclaimTime, 10 s).
+	// Rebalancing sooner than the default 5 s: the test waits for it
+	// twice (node 0's restart, then settling before the rotation).
+	const rebalanceAfter = time.Second
 	var gossip []string
 	var cfgs, pushes, pins []string
 	srvs := make([]*server, nodesN)
@@ -72,8 +75,8 @@ func TestClusterTokenAuth(t *testing.T) {
 		if join != "" {
 			join = fmt.Sprintf("  join: [%s]\n", join)
 		}
-		os.WriteFile(cfg, []byte(fmt.Sprintf("node:\n  name: node-%d\n  data_dir: data\nadmin:\n  listen: %s\npush:\n  listen: %s\n  auth: token\n  token_key_file: %s\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\ncluster:\n  bind: %s\n%s",
-			i, adminAddrs[i], pushAddr, keyFile, bind, join)), 0o644)
+		os.WriteFile(cfg, []byte(fmt.Sprintf("node:\n  name: node-%d\n  data_dir: data\nadmin:\n  listen: %s\npush:\n  listen: %s\n  auth: token\n  token_key_file: %s\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\ncluster:\n  bind: %s\n  rebalance_after: %s\n%s",
+			i, adminAddrs[i], pushAddr, keyFile, bind, rebalanceAfter, join)), 0o644)
 		return cfg
 	}
 	for i := range nodesN {
@@ -204,7 +207,7 @@ func TestClusterTokenAuth(t *testing.T) {
 	// refresh: with no agent moving for longer than that, none has one.
 	// (3 s was too short: under load, sessions 3 11 16 were taken for
 	// settled, and node 2 moved an agent after the retirement.)
-	settle := cluster.DefaultRebalanceAfter + 2*cluster.DefaultRefreshInterval + time.Second
+	settle := rebalanceAfter + 2*cluster.DefaultRefreshInterval + time.Second
 	var where string
 	var since time.Time
 	waitFor(t, 90*time.Second, func() error {

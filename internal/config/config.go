@@ -259,11 +259,16 @@ type Cluster struct {
 	// new agents elsewhere. Default: 5%.
 	Margin Percent `yaml:"margin"`
 	// RebalanceRate is how many agents per second a node still above
-	// its fair share by the margin, after 5 seconds, asks to move to a
-	// less loaded node (REDIRECT during the session), so a node that joins
-	// or comes back fills up without mass disconnects. Default: 50; a
-	// negative value turns it off.
+	// its fair share by the margin, after RebalanceAfter, asks to move to
+	// a less loaded node (REDIRECT during the session), so a node that
+	// joins or comes back fills up without mass disconnects. Default: 50;
+	// a negative value turns it off.
 	RebalanceRate int `yaml:"rebalance_rate"`
+	// RebalanceAfter is how long a node must stay above its fair share
+	// before it moves agents: longer rides out short bursts of
+	// reconnects, shorter evens the load out sooner after a node comes
+	// back. Default: 5s.
+	RebalanceAfter Duration `yaml:"rebalance_after"`
 	// ProbeInterval is how often memberlist probes a peer (the probe
 	// timeout is half of it). A dead node is declared dead by all others
 	// after about 4 to 5.5 of these; shorter detects sooner but declares
@@ -385,6 +390,7 @@ func (c *Config) withDefaults() {
 	cl := &c.Cluster
 	cl.DNS.Domain = cmp.Or(cl.DNS.Domain, DefaultDNSDomain)
 	cl.RebalanceRate = cmp.Or(cl.RebalanceRate, cluster.DefaultRebalanceRate)
+	cl.RebalanceAfter = cmp.Or(cl.RebalanceAfter, Duration(cluster.DefaultRebalanceAfter))
 	cl.MinCopies = cmp.Or(cl.MinCopies, 1)
 	cl.ProbeInterval = cmp.Or(cl.ProbeInterval, Duration(cluster.DefaultProbeInterval))
 	cl.Margin = cmp.Or(cl.Margin, Percent(cluster.DefaultMargin))

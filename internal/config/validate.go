@@ -194,6 +194,10 @@ func (c *Config) validateCluster() error {
 	if err := checkDomain(cl.DNS.Domain); err != nil {
 		return c.errAt("cluster.dns.domain", "%q %v", cl.DNS.Domain, err)
 	}
+	// Load is compared once a refresh (a second): less would not be sooner.
+	if err := c.atLeast("cluster.rebalance_after", cl.RebalanceAfter, time.Second); err != nil {
+		return err
+	}
 	// memberlist needs time for a probe, its timeout and indirect probes.
 	return c.atLeast("cluster.probe_interval", cl.ProbeInterval, 50*time.Millisecond)
 }

@@ -55,6 +55,7 @@ func (g *Gateway) newCluster(ls Listeners) error {
 		cfg.Move = func(addrs []string) int { return g.push.Move(addrs) }
 		cfg.Sessions = func() int { return g.push.Sessions() }
 		cfg.RebalanceRate = cc.RebalanceRate
+		cfg.RebalanceAfter = time.Duration(cc.RebalanceAfter)
 	}
 	c, err := cluster.New(cfg)
 	if err != nil {
