@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/dpgate/dpgate/internal/nbsock"
 )
 
 // Buffers: a read first goes into the relay's small buffer; only when a
@@ -201,7 +203,7 @@ func (r *relay) gather(src, dst halfCloser, ss, ds *sock, first, buf []byte, cou
 		}
 	}
 	ss.nonblock = false
-	if errors.Is(rerr, errWouldBlock) {
+	if errors.Is(rerr, nbsock.ErrWouldBlock) {
 		drained, rerr = true, nil
 	}
 	if err := ds.send(); werr == nil {

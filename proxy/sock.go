@@ -3,6 +3,8 @@ package proxy
 import (
 	"net"
 	"sync"
+
+	"github.com/dpgate/dpgate/internal/nbsock"
 )
 
 // A bulk relay used to write each TLS record with a system call of its
@@ -21,26 +23,12 @@ const batchBytes = 4 * largeBuf
 // heldPool holds the buffers records wait in until a gathered write.
 var heldPool = sync.Pool{New: func() any { b := make([]byte, 0, batchBytes+4*64); return &b }}
 
-// errWouldBlock is what a sock's reads return, while not blocking, when
-// the socket has nothing yet.
-var errWouldBlock net.Error = wouldBlock{}
-
-type wouldBlock struct{}
-
-func (wouldBlock) Error() string { return "proxy: nothing to read yet" }
-func (wouldBlock) Timeout() bool { return false }
-
-// Temporary is what crypto/tls asks: a temporary error does not end the
-// connection, and the part of a record read so far is kept (Go 1.26's
-// conn.go, readRecordOrCCS). TestGatheredWrites fails should that change.
-func (wouldBlock) Temporary() bool { return true }
-
 // sock is the TCP connection under one side's TLS in a relay. Its writes
 // can be held and sent together (hold, then send); its reads can be
 // made not to block (nonblock, set only by the goroutine that reads).
 type sock struct {
 	net.Conn
-	tryRead  func(p []byte) (int, error) // nil: every read blocks (not a TCP socket, or not Unix)
+	raw      *nbsock.Socket // nil: every read blocks (not a TCP socket, or Windows)
 	nonblock bool
 
 	mu      sync.Mutex // writes: records held, or a direct write under way
@@ -49,20 +37,21 @@ type sock struct {
 }
 
 func newSock(c net.Conn) *sock {
-	s := &sock{Conn: c}
-	tryReads(s)
-	return s
+	raw, _ := nbsock.Open(c)
+	return &sock{Conn: c, raw: raw}
 }
 
 // NetConn returns the connection underneath (link.TCPInfo unwraps it).
 func (s *sock) NetConn() net.Conn { return s.Conn }
 
 // gathers reports whether reads can be tried without blocking.
-func (s *sock) gathers() bool { return s.tryRead != nil }
+func (s *sock) gathers() bool { return s.raw != nil }
 
+// Read reads without blocking while nonblock is set (nbsock.ErrWouldBlock
+// when there is nothing; crypto/tls keeps the part of a record it has).
 func (s *sock) Read(p []byte) (int, error) {
 	if s.nonblock {
-		return s.tryRead(p)
+		return s.raw.TryRead(p)
 	}
 	return s.Conn.Read(p)
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 
+	"github.com/dpgate/dpgate/internal/nbsock"
 	"github.com/dpgate/dpgate/push/wire"
 )
 
@@ -28,19 +29,9 @@ import (
 // nothing more than its part of a record (in crypto/tls) and of a frame.
 
 // errWouldBlock is what waitConn's reads return, once nonblocking, when
-// the socket has nothing yet.
-var errWouldBlock net.Error = wouldBlock{}
-
-type wouldBlock struct{}
-
-func (wouldBlock) Error() string { return "push: nothing to read yet" }
-func (wouldBlock) Timeout() bool { return false }
-
-// Temporary is what crypto/tls asks: a temporary error does not end the
-// connection, and the part of a record read so far is kept (Go 1.26's
-// conn.go, readRecordOrCCS). Should a release of Go make every read
-// error final, TestFramesAcrossRecords fails at its first wait.
-func (wouldBlock) Temporary() bool { return true }
+// the socket has nothing yet; crypto/tls takes it as temporary (package
+// nbsock says how).
+var errWouldBlock = nbsock.ErrWouldBlock
 
 // waitConn is the TCP connection under a push session's TLS. Its reads
 // take first what await read (pend), then the socket: blocking during
@@ -48,12 +39,10 @@ func (wouldBlock) Temporary() bool { return true }
 type waitConn struct {
 	net.Conn
 
-	// Set by socketWait (from nonblocking) where the connection is a TCP
-	// socket (not on Windows): wait blocks until the socket has bytes or ends and reads
-	// what it has into pend; tryRead reads without blocking
-	// (errWouldBlock when there is nothing).
-	wait     func() error
-	tryRead  func(p []byte) (int, error)
+	// Set by nonblocking where the connection is a TCP socket (not on
+	// Windows): await waits on it and reads what it has into pend, other
+	// reads do not block (errWouldBlock when there is nothing).
+	sock     *nbsock.Socket
 	nonblock bool
 
 	pend    [64]byte // an ACK or PING record is 34 bytes
@@ -68,10 +57,9 @@ func (c *waitConn) NetConn() net.Conn { return c.Conn }
 // nonblocking makes reads of the socket return errWouldBlock instead of
 // blocking, where await can do the waiting; it reports whether it can.
 // (Called once the handshake is done: a connection that fails it, or
-// serves a cluster peer, never needs the reads socketWait sets up.)
+// serves a cluster peer, never needs the socket opened for it.)
 func (c *waitConn) nonblocking() bool {
-	socketWait(c)
-	c.nonblock = c.tryRead != nil
+	c.sock, c.nonblock = nbsock.Open(c.Conn)
 	return c.nonblock
 }
 
@@ -92,7 +80,7 @@ func (c *waitConn) Read(p []byte) (int, error) {
 	case c.drained: // what came since, await reads
 		return 0, errWouldBlock
 	}
-	n, err := c.tryRead(p)
+	n, err := c.sock.TryRead(p)
 	c.drained = n < len(p)
 	return n, err
 }
@@ -101,8 +89,9 @@ func (c *waitConn) Read(p []byte) (int, error) {
 // (at most len(pend)) for the next reads. It honours the read deadline.
 func (c *waitConn) await() error {
 	c.pos, c.n = 0, 0
-	err := c.wait()
-	c.drained = c.n < len(c.pend)
+	n, readErr, err := c.sock.WaitRead(c.pend[:])
+	c.n, c.pendErr = n, readErr
+	c.drained = n < len(c.pend)
 	return err
 }
 

@@ -87,7 +87,7 @@ func TestFramesAcrossRecords(t *testing.T) {
 	waitIdle := func(when string) {
 		t.Helper()
 		if runtime.GOOS == "windows" {
-			return // no such wait there (readable_other.go): frames are read inside crypto/tls
+			return // no such wait there (nbsock.Open): frames are read inside crypto/tls
 		}
 		waitFor(t, 20*time.Second, func() error {
 			buf := make([]byte, 1<<20)
