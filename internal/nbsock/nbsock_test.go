@@ -1,0 +1,77 @@
+//go:build unix
+
+package nbsock
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// TestReads: TryRead says ErrWouldBlock on an empty socket and returns
+// what arrived otherwise; WaitRead waits for bytes, keeps the read's own
+// end apart from the wait's failure, and honours the read deadline.
+func TestReads(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, ok := Open(c)
+	if !ok {
+		t.Fatal("Open refused a TCP connection")
+	}
+	if _, ok := Open(struct{ net.Conn }{c}); ok {
+		t.Error("Open took a connection that is not a *net.TCPConn")
+	}
+	buf := make([]byte, 8)
+	if n, err := s.TryRead(buf); n != 0 || !errors.Is(err, ErrWouldBlock) {
+		t.Fatalf("TryRead of an empty socket: %d, %v", n, err)
+	}
+	if ne, ok := ErrWouldBlock.(interface{ Temporary() bool }); !ok || !ne.Temporary() {
+		t.Error("ErrWouldBlock is not temporary: crypto/tls would end the connection")
+	}
+
+	go peer.Write([]byte("hello"))
+	n, readErr, err := s.WaitRead(buf)
+	if err != nil || readErr != nil || string(buf[:n]) != "hello" {
+		t.Fatalf("WaitRead: %q, %v, %v", buf[:n], readErr, err)
+	}
+
+	peer.Write([]byte("0123456789"))
+	got := ""
+	for deadline := time.Now().Add(10 * time.Second); len(got) < 10 && time.Now().Before(deadline); {
+		n, err := s.TryRead(buf)
+		if err != nil && !errors.Is(err, ErrWouldBlock) {
+			t.Fatal(err)
+		}
+		got += string(buf[:n])
+	}
+	if got != "0123456789" {
+		t.Fatalf("TryRead collected %q", got)
+	}
+
+	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, _, err := s.WaitRead(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("WaitRead past the deadline: %v", err)
+	}
+	c.SetReadDeadline(time.Time{})
+
+	peer.Close()
+	if n, readErr, err := s.WaitRead(buf); n != 0 || err != nil || readErr != io.EOF {
+		t.Fatalf("WaitRead after the peer closed: %d, %v, %v", n, readErr, err)
+	}
+}
