@@ -20,8 +20,10 @@ import (
 // records.
 const batchBytes = 4 * largeBuf
 
-// heldPool holds the buffers records wait in until a gathered write.
-var heldPool = sync.Pool{New: func() any { b := make([]byte, 0, batchBytes+4*64); return &b }}
+// heldPool holds the buffers records wait in until a gathered write: a
+// gather stops once it has batchBytes, so the last read may add up to a
+// record more; each record adds 22 bytes of header and tag.
+var heldPool = sync.Pool{New: func() any { b := make([]byte, 0, batchBytes+largeBuf+8*22); return &b }}
 
 // sock is the TCP connection under one side's TLS in a relay. Its writes
 // can be held and sent together (hold, then send); its reads can be
