@@ -155,10 +155,13 @@ type peerNet struct {
 	srv     *http.Server
 	client  *http.Client
 	serving chan struct{} // closed when srv.Serve has returned
+	// netDial opens the TCP connection to a peer (a test cuts it).
+	netDial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 func newPeerNet(r *Router) *peerNet {
-	pn := &peerNet{r: r, ln: newConnListener(), serving: make(chan struct{})}
+	pn := &peerNet{r: r, ln: newConnListener(), serving: make(chan struct{}),
+		netDial: (&net.Dialer{Timeout: 2 * time.Second}).DialContext}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/peer/store", pn.handleStore)
 	mux.HandleFunc("POST /v1/peer/ops", pn.handleOps)
@@ -212,8 +215,16 @@ func (pn *peerNet) dial(ctx context.Context, network, addr string) (net.Conn, er
 		},
 	}
 	cfg.CurvePreferences = pn.r.cfg.KeyExchange
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 2 * time.Second}, Config: cfg}
-	return d.DialContext(ctx, network, addr)
+	raw, err := pn.netDial(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	c := tls.Client(raw, cfg)
+	if err := c.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // from names the node a request comes from: the node its header names,

@@ -358,6 +358,11 @@ func (r *Router) Push(ctx context.Context, devices []string, payload []byte, ttl
 		if res.err != nil {
 			r.log.Warn("cluster: push not stored on its owner; kept here", "node", res.node, "pushes", len(res.items), "err", res.err)
 			r.m.routeFailed.WithLabelValues(res.node).Add(float64(len(res.items)))
+			// The owner missed it: repair offers it again until it
+			// gets through. A node cut off but never declared dead
+			// (a short partition) changes no view, and the sweep is
+			// up to SweepInterval away.
+			r.markStale(res.node)
 			fallback = append(fallback, res.items...)
 			continue
 		}
@@ -744,6 +749,7 @@ func (r *Router) rebalance(ctx context.Context, nodes, prev []Member, afterChang
 			if err := r.peer.storeWire(ctx, node, chunk); err != nil {
 				r.log.Warn("cluster: copying queued pushes to their owner", "node", node, "err", err)
 				failed[node] = true
+				r.markStale(node) // repair tries again
 				break
 			}
 			r.m.rebalanced.Add(float64(len(chunk)))
