@@ -158,6 +158,7 @@ func startRouterNode(t *testing.T, name string, join []string, sweep time.Durati
 // sweep: delivered 25 s after such a partition healed
 // (dpload chaos --faults split,isolate, docs/RELIABILITY.md).
 func TestRepairAfterShortCut(t *testing.T) {
+	t.Parallel() // it waits for repairs, 2 s apart
 	a, seed := startRouterNode(t, "node-a", nil, time.Hour)
 	b, _ := startRouterNode(t, "node-b", []string{seed}, time.Hour)
 	dev := ""
