@@ -24,6 +24,7 @@ const nobody = 65534
 // get 401 on every route, and the certificate that user tried to add is
 // not in the allow-list. The owner's CLI works with no flag.
 func TestLocalUserLockedOut(t *testing.T) {
+	t.Parallel() // its own ports and data directory
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run a command as another user (uid 65534); CI runs as root")
 	}

@@ -87,6 +87,7 @@ func startCentral(t *testing.T, certFile string) (string, *exec.Cmd) {
 // TestProxyEndToEnd runs the built dpgate with a config file in front of
 // a central server in another process, with agent certificates required.
 func TestProxyEndToEnd(t *testing.T) {
+	t.Parallel() // its own ports and data directory
 	dir := t.TempDir()
 	centralPEM := filepath.Join(dir, "central.pem")
 	if r := dpgate(t, nil, "cert", "gen", "--cn", "central", "--out", centralPEM); r.code != 0 {

@@ -25,6 +25,7 @@ import (
 // started again, and then "dpgate agent" receives every one of them, in
 // order, exactly as accepted.
 func TestPushSurvivesKill9(t *testing.T) {
+	t.Parallel() // its own ports and data directory
 	dir := t.TempDir()
 	pushAddr, adminAddr := freePort(t), freePort(t)
 	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\n", pushAddr))
@@ -94,6 +95,7 @@ func TestPushSurvivesKill9(t *testing.T) {
 // gateway, as the owner with no flag but -c: a connected device is not
 // removed; once its agent is gone it is, with its queue.
 func TestDeviceCommands(t *testing.T) {
+	t.Parallel() // its own ports and data directory
 	dir := t.TempDir()
 	pushAddr := freePort(t)
 	cfg := writeConfig(t, dir, freePort(t), fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\n", pushAddr))

@@ -20,6 +20,7 @@ import (
 // check" reports it; "dpgate store recover" copies what can be read, after
 // which the gateway starts and has the intact records.
 func TestDamagedStoreRefused(t *testing.T) {
+	t.Parallel() // its own ports and data directory
 	dir := t.TempDir()
 	cfg := writeConfig(t, dir, freePort(t), "push:\n  listen: 127.0.0.1:0\n  quic: false\n")
 	db := filepath.Join(dir, "data", "dpgate.db")

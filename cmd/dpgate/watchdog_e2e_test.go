@@ -13,6 +13,7 @@ import (
 // TestWatchdog: under systemd's watchdog (WATCHDOG_USEC) serve sends
 // READY=1, then WATCHDOG=1 every half interval while the gateway answers.
 func TestWatchdog(t *testing.T) {
+	t.Parallel() // its own ports and data directory
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "notify.sock")
 	ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
