@@ -215,6 +215,9 @@ func (pn *peerNet) dial(ctx context.Context, network, addr string) (net.Conn, er
 		},
 	}
 	cfg.CurvePreferences = pn.r.cfg.KeyExchange
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		cfg.ServerName = host // as tls.Dialer would (no SNI for an IP address)
+	}
 	raw, err := pn.netDial(ctx, network, addr)
 	if err != nil {
 		return nil, err
