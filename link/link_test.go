@@ -88,6 +88,7 @@ func startReflector(t *testing.T) (*link.Reflector, string) {
 // each way. Per-direction loss within 1.5 points of 5 %, median RTT
 // within 3 ms of 80 ms plus the loopback base, verdict ok.
 func TestAccuracyThroughEmulator(t *testing.T) {
+	t.Parallel() // real time through the emulator, mostly waiting
 	_, refl := startReflector(t)
 	// The loopback base, measured first without impairment.
 	base := probe(t, refl, 200).RTTP50
@@ -134,6 +135,7 @@ func probe(t *testing.T, target string, n int) link.Stats {
 // loss to 15 % each way turns it out-of-limits; restoring returns it to
 // ok after the hysteresis; 60 ms each way turns it out-of-limits.
 func TestVerdictFollowsTheLink(t *testing.T) {
+	t.Parallel() // real time through the emulator, mostly waiting
 	_, refl := startReflector(t)
 	relay, err := loadtest.NewUDPRelay("127.0.0.1:0", refl, 7)
 	if err != nil {
