@@ -242,6 +242,7 @@ func TestBackAfterEjection(t *testing.T) {
 // TestLeastBusySpread holds 1,000 relays open at once and checks that
 // each of 3 upstreams has 333 ± 10 %.
 func TestLeastBusySpread(t *testing.T) {
+	t.Parallel() // its own backends; CPU-bound, beside the tests that wait
 	const relays, n = 1000, 3
 	release := make(chan struct{})
 	hold := func(c *tls.Conn) {
@@ -369,6 +370,7 @@ func TestHalfClose(t *testing.T) {
 }
 
 func TestIdleTimeout(t *testing.T) {
+	t.Parallel() // waits for the idle timeout
 	b := newBackend(t, nil, nil)
 	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, IdleTimeout: 300 * time.Millisecond})
 
@@ -504,6 +506,7 @@ func TestSourceRateLimit(t *testing.T) {
 // (3 MB - burst) / rate. A lower bound only: a slow machine only makes it
 // longer.
 func TestIngressShaping(t *testing.T) {
+	t.Parallel() // waits on the shaper (a lower bound only)
 	b := newBackend(t, nil, func(c *tls.Conn) { io.Copy(io.Discard, c); io.WriteString(c, "done"); c.CloseWrite() })
 	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, MaxIngressRate: 8e6})
 	c := mustDial(t, p)
