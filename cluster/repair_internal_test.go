@@ -5,8 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"path/filepath"
 	"slices"
@@ -87,7 +85,7 @@ type routerNode struct {
 
 func startRouterNode(t *testing.T, name string, join []string, sweep time.Duration) (*routerNode, string) {
 	t.Helper()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	quiet := testutil.Quiet()
 	cert, err := tlsconf.Issue(tlsconf.Template{CommonName: name}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -118,29 +116,16 @@ func startRouterNode(t *testing.T, name string, join []string, sweep time.Durati
 		t.Fatal(err)
 	}
 	// As the push port does: the handshake, then the connection is the
-	// router's (testutil.Serve would close it when its handler returns).
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { // ends when ln is closed at cleanup
-		defer wg.Done()
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() { // ends with the handshake
-				defer wg.Done()
-				if conn.(*tls.Conn).Handshake() != nil {
-					conn.Close()
-					return
-				}
-				n.r.ServeConn(conn)
-			}()
+	// router's.
+	testutil.HandOver(t, ln, func(conn net.Conn) {
+		if conn.(*tls.Conn).Handshake() != nil {
+			conn.Close()
+			return
 		}
-	}()
+		n.r.ServeConn(conn)
+	})
 	n.r.Start()
-	t.Cleanup(func() { ln.Close(); wg.Wait(); n.r.Close() })
+	t.Cleanup(n.r.Close)
 	addr := ""
 	for _, m := range c.Members() {
 		if m.Self {
