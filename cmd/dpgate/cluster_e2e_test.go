@@ -209,10 +209,17 @@ func TestClusterSurvivesKill9(t *testing.T) {
 		t.Fatalf("%d pushes refused with every node up", n)
 	}
 	const victim = 1
-	streamDone := make(chan struct{})
+	// The stream runs through the failure and the re-homing, and for a
+	// second after every agent is back (stopStream), at most 1,500.
+	streamDone, stopStream := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(streamDone)
 		for i := 0; i < 1500; i++ {
+			select {
+			case <-stopStream:
+				return
+			default:
+			}
 			send(rand.IntN(nodesN), agents[rand.IntN(agentsN)].id, fmt.Sprintf("during %d", i))
 			time.Sleep(2 * time.Millisecond)
 		}
@@ -239,6 +246,7 @@ func TestClusterSurvivesKill9(t *testing.T) {
 		rehomed = time.Since(killed)
 		return nil
 	})
+	time.AfterFunc(time.Second, func() { close(stopStream) })
 	<-streamDone
 	acceptedMu.Lock()
 	n := len(accepted)
