@@ -37,26 +37,25 @@ import (
 )
 
 var (
-	bin    string // the dpgate binary under test
-	update = flag.Bool("update", false, "rewrite golden files")
+	bin        string // the dpgate binary under test
+	centralBin string // the stand-in central server (testdata/central)
+	update     = flag.Bool("update", false, "rewrite golden files")
 )
 
 func TestMain(m *testing.M) {
-	if certFile := os.Getenv("DPGATE_TEST_CENTRAL"); certFile != "" {
-		runCentral(certFile) // this process is a test's central server
-		return
-	}
 	flag.Parse()
 	dir, err := os.MkdirTemp("", "dpgate-bin")
 	if err != nil {
 		panic(err)
 	}
-	bin = filepath.Join(dir, "dpgate")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building dpgate:", err)
-		os.Exit(1)
+	bin, centralBin = filepath.Join(dir, "dpgate"), filepath.Join(dir, "central")
+	for _, b := range [][2]string{{bin, "."}, {centralBin, "./testdata/central"}} {
+		build := exec.Command("go", "build", "-o", b[0], b[1])
+		build.Stderr = os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building", b[1]+":", err)
+			os.Exit(1)
+		}
 	}
 	prepareWine()
 	code := m.Run()

@@ -5,14 +5,12 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -24,53 +22,15 @@ import (
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
-// sinkHello starts a connection to runCentral that is hashed, not echoed.
+// sinkHello starts a connection to the central server that is hashed,
+// not echoed (testdata/central).
 const sinkHello = "SINK/SHA256\n"
 
-// runCentral is a stand-in central server in its own process: TLS with
-// the given certificate, echoing each connection until its half-close,
-// or, after sinkHello, counting and hashing it (a large relay then costs
-// one direction, not two).
-func runCentral(certFile string) {
-	id, err := tlsconf.LoadIdentity(certFile, "")
-	if err != nil {
-		fmt.Println("error", err)
-		os.Exit(1)
-	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", tlsconf.ServerConfig(id, nil))
-	if err != nil {
-		fmt.Println("error", err)
-		os.Exit(1)
-	}
-	fmt.Printf("central listening %s\n", ln.Addr())
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			os.Exit(0)
-		}
-		go func() {
-			defer c.Close()
-			br := bufio.NewReader(c)
-			if head, err := br.Peek(len(sinkHello)); err == nil && string(head) == sinkHello {
-				// A sink: the bytes after the hello, counted and hashed,
-				// answered with "count sha256-hex" at their end.
-				br.Discard(len(sinkHello))
-				h := sha256.New()
-				n, _ := io.Copy(h, br)
-				fmt.Fprintf(c, "%d %x", n, h.Sum(nil))
-			} else {
-				io.Copy(c, br)
-			}
-			c.(*tls.Conn).CloseWrite()
-		}()
-	}
-}
-
-// startCentral runs runCentral in a child process and returns its address.
+// startCentral runs the stand-in central server (testdata/central,
+// built by TestMain without the race detector) and returns its address.
 func startCentral(t *testing.T, certFile string) (string, *exec.Cmd) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "DPGATE_TEST_CENTRAL="+certFile)
+	cmd := exec.Command(centralBin, certFile)
 	out, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
