@@ -382,6 +382,7 @@ func (balancing) Acked(string, [16]byte)                 {}
 // would hold 750. (3,000 agents took 32 s under -race for the same
 // figures in proportion.)
 func TestAgentsSpreadOverNodes(t *testing.T) {
+	t.Parallel() // beside the repair test, which only waits
 	const nodesN, agents = 3, 1500
 	// X25519 alone: the post-quantum hybrid's key shares were a fifth of
 	// this test's CPU under -race, and the handshakes are not what it tests.
