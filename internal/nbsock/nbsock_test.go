@@ -4,11 +4,14 @@ package nbsock
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"testing"
 	"time"
+
+	"github.com/dpgate/dpgate/internal/testutil"
 )
 
 // TestReads: TryRead says ErrWouldBlock on an empty socket and returns
@@ -53,13 +56,16 @@ func TestReads(t *testing.T) {
 
 	peer.Write([]byte("0123456789"))
 	got := ""
-	for deadline := time.Now().Add(10 * time.Second); len(got) < 10 && time.Now().Before(deadline); {
+	testutil.WaitFor(t, 10*time.Second, func() error { // polls, a try at a time
 		n, err := s.TryRead(buf)
 		if err != nil && !errors.Is(err, ErrWouldBlock) {
 			t.Fatal(err)
 		}
-		got += string(buf[:n])
-	}
+		if got += string(buf[:n]); len(got) < 10 {
+			return fmt.Errorf("TryRead collected %q so far", got)
+		}
+		return nil
+	})
 	if got != "0123456789" {
 		t.Fatalf("TryRead collected %q", got)
 	}
