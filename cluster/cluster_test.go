@@ -431,8 +431,13 @@ func TestAgentsSpreadOverNodes(t *testing.T) {
 		}
 		t.Cleanup(func() { db.Close() })
 		reg, _ := queue.NewRegistry(db)
+		q, err := queue.NewQueue(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { q.Close() })
 		nd := nodes[i]
-		s, err := push.New(push.Config{Identity: id, Auth: push.AuthNone, Queue: queue.NewQueue(db), Registry: reg,
+		s, err := push.New(push.Config{Identity: id, Auth: push.AuthNone, Queue: q, Registry: reg,
 			AcceptRate: 100000, KeyExchange: classic, Logger: quiet})
 		if err != nil {
 			t.Fatal(err)

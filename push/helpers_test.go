@@ -54,7 +54,12 @@ func newTestServer(t testing.TB, tweak func(*push.Config)) *testServer {
 		t.Fatal(err)
 	}
 	metrics := prometheus.NewRegistry()
-	ts := &testServer{id: id, allow: allow, queue: queue.NewQueue(db), tokenKey: []byte("0123456789abcdef0123456789abcdef"), metrics: metrics}
+	q, err := queue.NewQueue(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() }) // after the server's Close, before the store's
+	ts := &testServer{id: id, allow: allow, queue: q, tokenKey: []byte("0123456789abcdef0123456789abcdef"), metrics: metrics}
 	ts.ca, _ = tlsconf.Issue(tlsconf.Template{CommonName: "agent CA", CA: true}, nil)
 	cfg := push.Config{
 		Identity: id, AllowList: allow, Queue: ts.queue, Registry: reg, TokenKeys: [][]byte{ts.tokenKey},

@@ -118,6 +118,9 @@ func (s *Server) RemoveDevice(id string) (bool, error) {
 	if !known && queued == 0 {
 		return false, nil
 	}
+	if err := s.queue.Drop(id); err != nil {
+		return true, err
+	}
 	return true, s.reg.Remove(id)
 }
 

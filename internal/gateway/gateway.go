@@ -37,6 +37,7 @@ import (
 	"github.com/dpgate/dpgate/link"
 	"github.com/dpgate/dpgate/proxy"
 	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/queue"
 	"github.com/dpgate/dpgate/tlsconf"
 	"github.com/dpgate/dpgate/wake"
 )
@@ -60,6 +61,7 @@ type Gateway struct {
 	// one out.
 	proxy   *proxy.Proxy     // nil while no upstream is configured
 	push    *push.Server     // nil when push.listen is off
+	queue   *queue.Queue     // push's queue; nil when push.listen is off
 	cluster *cluster.Cluster // nil without cluster.bind
 	router  *cluster.Router  // push routing between nodes; nil without a cluster or push
 	wake    *wake.Service    // nil when push is off
@@ -516,7 +518,10 @@ func (g *Gateway) closeStore() error {
 		if g.pushUDP != nil {
 			g.pushUDP.Close() // after the push server, which reads it
 		}
-		err = g.db.Close()
+		if g.queue != nil {
+			err = g.queue.Close() // its journal into the store
+		}
+		err = errors.Join(err, g.db.Close())
 	})
 	return err
 }

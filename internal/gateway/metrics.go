@@ -63,7 +63,7 @@ func (g *Gateway) storeMetrics(d series.Decl) {
 			func(s store.Stats) uint64 { return s.CorruptRecords }},
 		{"dpgate_store_failures_total", "Store calls since start that hit damaged pages and failed (each alone; the gateway goes on).",
 			func(s store.Stats) uint64 { return s.Failures }},
-		{"dpgate_store_commits_total", "Write transactions committed since start, each made durable with two fdatasyncs; pushes accepted per commit show how well commits are shared.",
+		{"dpgate_store_commits_total", "Write transactions committed since start, each made durable with two fdatasyncs (pushes are made durable in the push queue's journal, and reach the store at its checkpoints).",
 			func(s store.Stats) uint64 { return s.Commits }},
 		{"dpgate_store_page_writes_total", "Writes of pages (or runs of adjacent pages) by those commits since start: what each fdatasync makes durable.",
 			func(s store.Stats) uint64 { return s.PageWrites }},

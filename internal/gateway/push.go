@@ -70,12 +70,15 @@ func (g *Gateway) newPush(ls Listeners) error {
 		g.log.Warn("removed stored devices whose ids break the device id rule (docs/PROTOCOL.md), with their queues",
 			"devices", reg.Removed)
 	}
+	if g.queue, err = queue.NewQueue(g.db); err != nil {
+		return fmt.Errorf("gateway: push: %w", err)
+	}
 	pc := push.Config{
 		Identity:       g.id,
 		AllowList:      g.allow,
 		Auth:           c.Auth,
 		TokenKeys:      keys,
-		Queue:          queue.NewQueue(g.db),
+		Queue:          g.queue,
 		Registry:       reg,
 		Keepalive:      c.Keepalive.D(),
 		MaxConnections: c.MaxConnections,

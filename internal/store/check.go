@@ -449,7 +449,8 @@ func writeMeta(tx *bolt.Tx, id string) error {
 
 // Reset makes dir start over with an empty store: the current file, if
 // any, is moved aside (dpgate.db.old-<time>, returned) and the marker
-// removed, then a new store is created. It is the operator's explicit
+// removed, then a new store is created. Journal files (Journal) go
+// aside too, renamed the same way. It is the operator's explicit
 // choice that Open refuses to make on its own. The gateway must be
 // stopped (ErrLocked otherwise).
 func Reset(dir string) (aside string, err error) {
@@ -467,6 +468,17 @@ func Reset(dir string) (aside string, err error) {
 		err = os.Remove(path)
 	case errors.Is(err, fs.ErrNotExist):
 		err = nil
+	}
+	if err == nil {
+		// The journals hold writes for the old file's tree: aside with it.
+		var journals []string
+		journals, err = filepath.Glob(filepath.Join(dir, "*"+JournalSuffix))
+		stamp := time.Now().UTC().Format("20060102T150405Z")
+		for _, j := range journals {
+			if err == nil {
+				err = os.Rename(j, j+".old-"+stamp)
+			}
+		}
 	}
 	unlock()
 	if err != nil {

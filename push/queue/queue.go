@@ -8,11 +8,14 @@ package queue
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -24,26 +27,36 @@ import (
 	"github.com/dpgate/dpgate/push/wire"
 )
 
-// Queue is the durable per-device push queue. A push is committed to the
-// store (fsynced) before Enqueue returns, stays until the device ACKs it,
-// and is removed unacknowledged only by expiry, which is counted.
+// Queue is the durable per-device push queue. A push is durable before
+// Enqueue returns (in the queue's journal, fdatasynced: tail.go), stays
+// until the device ACKs it, and is removed unacknowledged only by
+// expiry, which is counted.
 //
-// Layout: bucket "push_queue" holds one sub-bucket per device, keyed by
-// the 8-byte big-endian sequence, and under lastSeqKey (after every
-// message) the device's last sequence. Stores written before that kept
-// the last sequence in bucket "push_seq", still read for a device whose
-// bucket has no lastSeqKey yet. Keeping it beside the messages spares
-// every commit a second tree of 15,000 keys to rewrite (bbolt
-// materialises and rewrites a leaf and its branch for each changed
-// tree): one push among 15,000 devices committed in 358-368 µs with it,
-// 276-307 µs without (BenchmarkEnqueue/serial).
+// A push is written to the journal, one write and one fdatasync for all
+// the pushes that arrived during the previous write, and waits in memory
+// (the tail) until it is acknowledged or a checkpoint, at most every
+// CheckpointEvery, moves what the tail still holds into the store's
+// tree. Most pushes are acknowledged before that and never touch the
+// tree: it is written for the pushes of devices that are away. After a
+// crash the journal is replayed into the tree before the queue serves;
+// the pushes acknowledged since the last checkpoint come back with the
+// rest and are delivered again, which at-least-once allows
+// (docs/BENCHMARKS.md, "Push: the queue's journal").
 //
-// Sequences are assigned inside the write transaction and
-// bbolt serializes writers, so a reader that sees sequence N also sees
-// every lower one still queued: reading "everything after the last one I
+// Layout in the tree: bucket "push_queue" holds one sub-bucket per
+// device, keyed by the 8-byte big-endian sequence, and under lastSeqKey
+// (after every message) the device's last sequence. Stores written
+// before that kept the last sequence in bucket "push_seq", still read for
+// a device whose bucket has no lastSeqKey yet.
+//
+// Sequences are assigned under one lock in the order the pushes are
+// written to the journal, and a push is returned by Pending only once
+// its write is durable, so a reader that sees sequence N also sees every
+// lower one still queued: reading "everything after the last one I
 // sent" never skips a message.
 type Queue struct {
 	db      *store.DB
+	journal *store.Journal
 	now     func() time.Time
 	expired atomic.Uint64
 
@@ -53,12 +66,28 @@ type Queue struct {
 	nextExpiry int64
 	scans      atomic.Int64 // Expire's scans of the store, for tests
 
+	mu       sync.Mutex
+	tail     map[string][]*entry // device -> its pushes in the journal and not in the tree, by sequence
+	last     map[string]uint64   // device -> the last sequence assigned (read from the tree at first use)
+	dirty    map[string]bool     // devices whose last sequence the tree does not have yet
+	writes   []*write            // waiting for the next journal write
+	writing  bool                // a writer goroutine is running
+	moving   bool                // a checkpoint took the tail and has not committed it yet
+	started  bool                // the writer started a checkpoint that has not ended
+	lastMove time.Time
+	closed   bool
+	every    time.Duration  // CheckpointEvery; tests change it
+	workers  sync.WaitGroup // the writer and checkpoint goroutines
+	wmu      sync.Mutex     // held by the writer from a journal write until its pushes are marked durable
+	cpMu     sync.Mutex     // one checkpoint, Flush, Insert or Remove at a time
+
+	writesN, checkpointsN atomic.Uint64 // Stats
+
 	ackMu    sync.Mutex
-	acked    map[string]map[uint64]struct{} // device -> acknowledged, deletion not committed yet
+	acked    map[string]map[uint64]struct{} // device -> acknowledged in the tree, deletion not committed yet
 	flushing map[string]map[uint64]struct{} // the same, taken by the Flush now committing them
 	ackTimer bool                           // a Flush is scheduled
 	ackDelay time.Duration                  // AckDelay; tests lengthen it
-	flushMu  sync.Mutex                     // one Flush at a time
 }
 
 const (
@@ -81,47 +110,52 @@ func countMessages(db *bolt.Bucket) int {
 	return n
 }
 
-// NewQueue uses db.
-func NewQueue(db *store.DB) *Queue {
-	return &Queue{db: db, now: time.Now, acked: map[string]map[uint64]struct{}{}, ackDelay: AckDelay}
+// NewQueue uses db and the journal beside its file, replaying into the
+// tree whatever the journal holds from before a crash.
+func NewQueue(db *store.DB) (*Queue, error) {
+	j, err := store.OpenJournal(filepath.Dir(db.Path()), JournalName)
+	if err != nil {
+		return nil, fmt.Errorf("push: queue: %w", err)
+	}
+	q := &Queue{db: db, journal: j, now: time.Now, acked: map[string]map[uint64]struct{}{}, ackDelay: AckDelay,
+		tail: map[string][]*entry{}, last: map[string]uint64{}, dirty: map[string]bool{}, every: CheckpointEvery}
+	if err := q.replay(); err != nil {
+		j.Close()
+		return nil, err
+	}
+	return q, nil
 }
 
-// Enqueue commits payloads[i] for devices[i], all in one transaction,
-// and returns the messages in that order.
+// Enqueue makes payloads[i] for devices[i] durable, all in one journal
+// write, and returns the messages in that order. A payload is kept as
+// given: the caller must not change it afterwards.
 func (q *Queue) Enqueue(devices []string, payloads [][]byte, ttl time.Duration) ([]wire.Message, error) {
 	if len(payloads) != len(devices) {
 		return nil, fmt.Errorf("push: enqueue: %d payloads for %d devices", len(payloads), len(devices))
 	}
 	expiry := q.now().Add(ttl).UnixMilli()
-	ids := make([][16]byte, len(devices))
-	for i := range ids {
-		rand.Read(ids[i][:])
+	out := make([]wire.Message, len(devices))
+	for i := range out {
+		out[i] = wire.Message{Expiry: expiry, Payload: payloads[i]}
+		rand.Read(out[i].ID[:])
 	}
-	var out []wire.Message
-	err := q.db.Batch(func(tx *bolt.Tx) error {
-		out = out[:0] // Batch may run fn again
-		qb, err := tx.CreateBucketIfNotExists([]byte(bucketQueue))
-		if err != nil {
-			return err
+	w := &write{}
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return nil, ErrClosed
+	}
+	for i, dev := range devices {
+		var err error
+		if out[i], err = q.add(w, dev, out[i]); err != nil {
+			for _, e := range w.entries {
+				q.removeLocked(e)
+			}
+			q.mu.Unlock()
+			return nil, fmt.Errorf("push: enqueue: %w", err)
 		}
-		for i, dev := range devices {
-			db, err := qb.CreateBucketIfNotExists([]byte(dev))
-			if err != nil {
-				return err
-			}
-			seq, err := nextSeq(db, dev)
-			if err != nil {
-				return err
-			}
-			m := wire.Message{Seq: seq, ID: ids[i], Expiry: expiry, Payload: payloads[i]}
-			if err := db.Put(seqKey(seq), encodeStored(seq, m)); err != nil {
-				return err
-			}
-			out = append(out, m)
-		}
-		return nil
-	})
-	if err != nil {
+	}
+	if err := q.submit(w); err != nil {
 		return nil, fmt.Errorf("push: enqueue: %w", err)
 	}
 	q.expiresAt(expiry)
@@ -137,6 +171,22 @@ func (q *Queue) Enqueue(devices []string, payloads [][]byte, ttl time.Duration) 
 // many of its messages went there.
 func (q *Queue) Pending(device string, after uint64, limit int) ([]wire.Message, error) {
 	now := q.now().UnixMilli()
+	// The tail first, then the tree: a checkpoint commits to the tree
+	// before it drops from the tail, so nothing is missed in between.
+	var fromTail []wire.Message
+	q.mu.Lock()
+	for _, e := range q.tail[device] {
+		if len(fromTail) == limit {
+			break
+		}
+		if e.durable && e.msg.Seq > after && e.msg.Expiry > now {
+			fromTail = append(fromTail, e.msg)
+		}
+	}
+	q.mu.Unlock()
+	// Taken before the read: a Flush committing meanwhile clears them
+	// once its deletions are in, but this read may not see those.
+	hidden := q.ackedSeqs(device)
 	var out []wire.Message
 	var bad [][]byte
 	err := q.db.View(func(tx *bolt.Tx) error {
@@ -151,7 +201,7 @@ func (q *Queue) Pending(device string, after uint64, limit int) ([]wire.Message,
 				bad = append(bad, slices.Clone(k))
 				continue
 			}
-			if m.Expiry > now && !q.ackedNotFlushed(device, m.Seq) {
+			if _, gone := hidden[m.Seq]; m.Expiry > now && !gone {
 				m.Payload = slices.Clone(m.Payload)
 				out = append(out, m)
 			}
@@ -159,6 +209,12 @@ func (q *Queue) Pending(device string, after uint64, limit int) ([]wire.Message,
 		return nil
 	})
 	q.db.QuarantineKeys([]string{bucketQueue, device}, bad)
+	if len(fromTail) > 0 {
+		out = append(out, fromTail...)
+		slices.SortFunc(out, func(a, b wire.Message) int { return cmp.Compare(a.Seq, b.Seq) })
+		out = slices.CompactFunc(out, func(a, b wire.Message) bool { return a.Seq == b.Seq })
+		out = out[:min(len(out), limit)]
+	}
 	return out, err
 }
 
@@ -174,6 +230,18 @@ const AckDelay = 20 * time.Millisecond
 // longer returned by Pending at once; its deletion is committed within
 // AckDelay (or by Flush).
 func (q *Queue) Ack(device string, seq uint64) (id [16]byte, found bool, err error) {
+	q.mu.Lock()
+	if e := q.findLocked(device, seq); e != nil && e.durable {
+		q.removeLocked(e)
+		if q.moving {
+			// The checkpoint running may be committing it to the tree:
+			// delete it there after (Flush waits for the checkpoint).
+			q.ackLater(device, seq)
+		}
+		q.mu.Unlock()
+		return e.msg.ID, true, nil
+	}
+	q.mu.Unlock()
 	err = q.db.View(func(tx *bolt.Tx) error {
 		db := deviceBucket(tx, device)
 		if db == nil {
@@ -198,6 +266,19 @@ func (q *Queue) Ack(device string, seq uint64) (id [16]byte, found bool, err err
 	if q.pendingLocked(device, seq) {
 		return id, false, nil // a duplicate ACK
 	}
+	q.ackLaterLocked(device, seq)
+	return id, true, nil
+}
+
+// ackLater gathers the deletion of an acknowledged push in the tree.
+func (q *Queue) ackLater(device string, seq uint64) {
+	q.ackMu.Lock()
+	defer q.ackMu.Unlock()
+	q.ackLaterLocked(device, seq)
+}
+
+// ackLaterLocked: ackMu is held.
+func (q *Queue) ackLaterLocked(device string, seq uint64) {
 	if q.acked[device] == nil {
 		q.acked[device] = map[uint64]struct{}{}
 	}
@@ -206,14 +287,13 @@ func (q *Queue) Ack(device string, seq uint64) (id [16]byte, found bool, err err
 		q.ackTimer = true
 		time.AfterFunc(q.ackDelay, func() { q.Flush() })
 	}
-	return id, true, nil
 }
 
 // Flush commits the deletions of the acknowledged messages gathered so
 // far (a stopping server calls it before the store closes).
 func (q *Queue) Flush() error {
-	q.flushMu.Lock()
-	defer q.flushMu.Unlock()
+	q.cpMu.Lock()
+	defer q.cpMu.Unlock()
 	q.ackMu.Lock()
 	acked := q.acked
 	// Still hidden from Pending and the depth until committed.
@@ -255,12 +335,19 @@ func (q *Queue) ackedCount(device string) int {
 	return len(q.acked[device]) + len(q.flushing[device])
 }
 
-// ackedNotFlushed reports whether the message was acknowledged and its
-// deletion not committed yet.
-func (q *Queue) ackedNotFlushed(device string, seq uint64) bool {
+// ackedSeqs is the device's messages acknowledged with their deletion
+// not committed yet (nil: none).
+func (q *Queue) ackedSeqs(device string) map[uint64]struct{} {
 	q.ackMu.Lock()
 	defer q.ackMu.Unlock()
-	return q.pendingLocked(device, seq)
+	a, f := q.acked[device], q.flushing[device]
+	if len(a)+len(f) == 0 {
+		return nil
+	}
+	out := make(map[uint64]struct{}, len(a)+len(f))
+	maps.Copy(out, a)
+	maps.Copy(out, f)
+	return out
 }
 
 // pendingLocked: ackMu is held.
@@ -277,39 +364,57 @@ type Item struct {
 	wire.Message
 }
 
-// Insert commits messages that already have an id (copies from another
-// node), skipping any id the device's queue already holds, and returns
-// the ones added with their sequences here. Checking for the id reads the
-// device's queue, which is short for a connected device.
+// Insert makes durable messages that already have an id (copies from
+// another node), skipping any id the device's queue already holds, and
+// returns the ones added with their sequences here. Checking for the id
+// reads the device's queue, which is short for a connected device.
 func (q *Queue) Insert(items []Item) ([]Item, error) {
-	var out []Item
-	err := q.db.Batch(func(tx *bolt.Tx) error {
-		out = out[:0]
-		qb, err := tx.CreateBucketIfNotExists([]byte(bucketQueue))
-		if err != nil {
-			return err
-		}
-		for _, it := range items {
-			db, err := qb.CreateBucketIfNotExists([]byte(it.Device))
-			if err != nil {
-				return err
+	// cpMu: no checkpoint moves a push from the tail to the tree between
+	// looking in the one and in the other.
+	q.cpMu.Lock()
+	inTree := make([]bool, len(items))
+	err := q.db.View(func(tx *bolt.Tx) error {
+		for i, it := range items {
+			if db := deviceBucket(tx, it.Device); db != nil {
+				inTree[i] = hasID(db, it.ID)
 			}
-			if hasID(db, it.ID) {
-				continue
-			}
-			seq, err := nextSeq(db, it.Device)
-			if err != nil {
-				return err
-			}
-			it.Seq = seq
-			if err := db.Put(seqKey(seq), encodeStored(seq, it.Message)); err != nil {
-				return err
-			}
-			out = append(out, it)
 		}
 		return nil
 	})
 	if err != nil {
+		q.cpMu.Unlock()
+		return nil, fmt.Errorf("push: insert: %w", err)
+	}
+	var out []Item
+	w := &write{}
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		q.cpMu.Unlock()
+		return nil, ErrClosed
+	}
+	for i, it := range items {
+		if inTree[i] || slices.ContainsFunc(q.tail[it.Device], func(e *entry) bool { return e.msg.ID == it.ID }) {
+			continue
+		}
+		m, err := q.add(w, it.Device, it.Message)
+		if err != nil {
+			for _, e := range w.entries {
+				q.removeLocked(e)
+			}
+			q.mu.Unlock()
+			q.cpMu.Unlock()
+			return nil, fmt.Errorf("push: insert: %w", err)
+		}
+		out = append(out, Item{Device: it.Device, Message: m})
+	}
+	if len(w.entries) == 0 {
+		q.mu.Unlock()
+		q.cpMu.Unlock()
+		return nil, nil
+	}
+	q.cpMu.Unlock() // the pushes are in the tail: the next Insert sees them
+	if err := q.submit(w); err != nil {
 		return nil, fmt.Errorf("push: insert: %w", err)
 	}
 	for _, it := range out {
@@ -336,35 +441,6 @@ func (q *Queue) forgetExpiry() {
 	q.expMu.Unlock()
 }
 
-// nextSeq assigns the device's next sequence inside the write
-// transaction: one after its last (lastSeqKey in its bucket, or in a
-// store of an earlier version the push_seq bucket), and never at or below
-// a message still queued.
-func nextSeq(db *bolt.Bucket, device string) (uint64, error) {
-	var last uint64
-	if v, err := store.Unseal(lastSeqKey, db.Get(lastSeqKey)); err == nil && len(v) == 8 {
-		last = binary.BigEndian.Uint64(v)
-	} else {
-		// None yet, or damaged: the earlier version's counter, and
-		// after the highest sequence queued.
-		if sb := db.Tx().Bucket([]byte(bucketSeq)); sb != nil {
-			if v, err := store.Unseal([]byte(device), sb.Get([]byte(device))); err == nil && len(v) == 8 {
-				last = binary.BigEndian.Uint64(v)
-			}
-		}
-		c := db.Cursor()
-		k, _ := c.Last()
-		if isLastSeq(k) {
-			k, _ = c.Prev()
-		}
-		if len(k) == 8 {
-			last = max(last, binary.BigEndian.Uint64(k))
-		}
-	}
-	seq := last + 1
-	return seq, db.Put(lastSeqKey, store.Seal(lastSeqKey, binary.BigEndian.AppendUint64(nil, seq)))
-}
-
 func hasID(db *bolt.Bucket, id [16]byte) bool {
 	c := db.Cursor()
 	for k, v := c.First(); k != nil && !isLastSeq(k); k, v = c.Next() {
@@ -378,6 +454,15 @@ func hasID(db *bolt.Bucket, id [16]byte) bool {
 // Remove deletes a device's messages by id (acknowledged on another node,
 // or handed over to the nodes that keep them now).
 func (q *Queue) Remove(device string, ids [][16]byte) error {
+	q.cpMu.Lock() // no checkpoint puts one back into the tree meanwhile
+	defer q.cpMu.Unlock()
+	q.mu.Lock()
+	for _, e := range slices.Clone(q.tail[device]) {
+		if slices.Contains(ids, e.msg.ID) {
+			q.removeLocked(e)
+		}
+	}
+	q.mu.Unlock()
 	return q.db.Batch(func(tx *bolt.Tx) error {
 		db := deviceBucket(tx, device)
 		if db == nil {
@@ -401,13 +486,20 @@ func (q *Queue) Remove(device string, ids [][16]byte) error {
 // Devices lists the devices with queued messages.
 func (q *Queue) Devices() []string {
 	var out []string
+	q.mu.Lock()
+	for dev := range q.tail {
+		if q.durableLocked(dev) > 0 {
+			out = append(out, dev)
+		}
+	}
+	q.mu.Unlock()
 	q.db.View(func(tx *bolt.Tx) error {
 		qb := tx.Bucket([]byte(bucketQueue))
 		if qb == nil {
 			return nil
 		}
 		return qb.ForEachBucket(func(dev []byte) error {
-			if countMessages(qb.Bucket(dev)) > q.ackedCount(string(dev)) {
+			if countMessages(qb.Bucket(dev)) > q.ackedCount(string(dev)) && !slices.Contains(out, string(dev)) {
 				out = append(out, string(dev))
 			}
 			return nil
@@ -420,9 +512,12 @@ func (q *Queue) Devices() []string {
 // and those that failed their checksum and were kept aside, never
 // delivered.
 func (q *Queue) Len(device string) (queued, corrupt int) {
+	q.mu.Lock()
+	queued = q.durableLocked(device)
+	q.mu.Unlock()
 	q.db.View(func(tx *bolt.Tx) error {
 		if db := deviceBucket(tx, device); db != nil {
-			queued = countMessages(db) - q.ackedCount(device)
+			queued += countMessages(db) - q.ackedCount(device)
 		}
 		corrupt = store.Quarantined(tx, bucketQueue, device)
 		return nil
@@ -453,6 +548,23 @@ func (q *Queue) Expire() (map[string]int, error) {
 	q.expMu.Unlock()
 	q.scans.Add(1)
 	earliest := int64(math.MaxInt64) // of the messages that stay
+	counts := map[string]int{}
+	q.cpMu.Lock() // no checkpoint is taking the tail meanwhile
+	q.mu.Lock()
+	for _, es := range q.tail {
+		for _, e := range slices.Clone(es) {
+			switch {
+			case !e.durable: // noted when its write returns
+			case e.msg.Expiry <= now:
+				q.removeLocked(e)
+				counts[e.device]++
+			default:
+				earliest = min(earliest, e.msg.Expiry)
+			}
+		}
+	}
+	q.mu.Unlock()
+	q.cpMu.Unlock()
 	var todo []found
 	err := q.db.View(func(tx *bolt.Tx) error {
 		qb := tx.Bucket([]byte(bucketQueue))
@@ -484,12 +596,18 @@ func (q *Queue) Expire() (map[string]int, error) {
 		return nil, fmt.Errorf("push: expire: %w", err)
 	}
 	q.expiresAt(earliest)
-	if len(todo) == 0 {
-		return nil, nil
+	for _, n := range counts {
+		q.expired.Add(uint64(n))
 	}
-	counts := map[string]int{}
+	if len(todo) == 0 {
+		if len(counts) == 0 {
+			return nil, nil
+		}
+		return counts, nil
+	}
+	inTree := map[string]int{}
 	err = q.db.Batch(func(tx *bolt.Tx) error {
-		clear(counts) // Batch may run fn again
+		clear(inTree) // Batch may run fn again
 		for _, f := range todo {
 			if f.corrupt {
 				if err := store.Quarantine(tx, []string{bucketQueue, string(f.dev)}, f.key); err != nil {
@@ -504,15 +622,16 @@ func (q *Queue) Expire() (map[string]int, error) {
 			if err := db.Delete(f.key); err != nil {
 				return err
 			}
-			counts[string(f.dev)]++
+			inTree[string(f.dev)]++
 		}
 		return nil
 	})
 	if err != nil {
 		q.forgetExpiry() // what expired is still there
-		return nil, fmt.Errorf("push: expire: %w", err)
+		return counts, fmt.Errorf("push: expire: %w", err)
 	}
-	for _, n := range counts {
+	for dev, n := range inTree {
+		counts[dev] += n
 		q.expired.Add(uint64(n))
 	}
 	return counts, nil
@@ -557,6 +676,18 @@ func decodeStored(k, v []byte) (wire.Message, error) {
 // Depth counts the messages queued (expired ones not yet swept too) and
 // the devices they are for, in one read transaction.
 func (q *Queue) Depth() (messages, devices int) {
+	inTail := map[string]int{}
+	q.mu.Lock()
+	for dev := range q.tail {
+		if n := q.durableLocked(dev); n > 0 {
+			inTail[dev] = n
+		}
+	}
+	q.mu.Unlock()
+	messages, devices = 0, len(inTail)
+	for _, n := range inTail {
+		messages += n
+	}
 	q.db.View(func(tx *bolt.Tx) error {
 		qb := tx.Bucket([]byte(bucketQueue))
 		if qb == nil {
@@ -565,7 +696,9 @@ func (q *Queue) Depth() (messages, devices int) {
 		return qb.ForEachBucket(func(dev []byte) error {
 			if n := countMessages(qb.Bucket(dev)) - q.ackedCount(string(dev)); n > 0 {
 				messages += n
-				devices++
+				if inTail[string(dev)] == 0 {
+					devices++
+				}
 			}
 			return nil
 		})

@@ -63,7 +63,8 @@ func knownDevices(b *testing.B) (q *Queue, devs []string, payloads [][]byte) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { db.Close() })
-	q = NewQueue(db)
+	q = openQueue(b, db)
+	b.Cleanup(func() { q.Close() }) // before the store's (last in, first out)
 	devs = make([]string, 15000)
 	payloads = make([][]byte, len(devs))
 	for i := range devs {
@@ -74,6 +75,9 @@ func knownDevices(b *testing.B) (q *Queue, devs []string, payloads [][]byte) {
 		b.Fatal(err)
 	}
 	ackAll(b, q, devs, msgs)
+	if err := q.Checkpoint(); err != nil { // every device's sequence in the tree
+		b.Fatal(err)
+	}
 	return q, devs, payloads
 }
 
@@ -150,6 +154,9 @@ func BenchmarkFlush(b *testing.B) {
 				b.StopTimer()
 				msgs, err := q.Enqueue(devs, payloads, time.Hour)
 				if err != nil {
+					b.Fatal(err)
+				}
+				if err := q.Checkpoint(); err != nil { // in the tree, to be deleted there
 					b.Fatal(err)
 				}
 				for i := 0; i < n; i++ {

@@ -13,6 +13,16 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
+// openQueue opens db's queue (its journal beside db's file).
+func openQueue(t testing.TB, db *store.DB) *Queue {
+	t.Helper()
+	q, err := NewQueue(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q
+}
+
 // TestQueueSkipsAlteredPush: one byte of a queued payload changed in the
 // file (bbolt cannot see it) makes that push fail its checksum: Pending
 // never returns it, it is counted and kept aside, and the device's other
@@ -23,12 +33,13 @@ func TestQueueSkipsAlteredPush(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	q := NewQueue(db)
+	q := openQueue(t, db)
 	for _, p := range []string{"first-push", "VICTIM-push", "third-push"} {
 		if _, err := q.Enqueue([]string{"dev-1"}, [][]byte{[]byte(p)}, time.Hour); err != nil {
 			t.Fatal(err)
 		}
 	}
+	q.Close() // into the tree
 	path := db.Path()
 	db.Close()
 	raw, _ := os.ReadFile(path)
@@ -48,7 +59,7 @@ func TestQueueSkipsAlteredPush(t *testing.T) {
 		t.Fatalf("reopen: %v", err)
 	}
 	defer db.Close()
-	q = NewQueue(db)
+	q = openQueue(t, db)
 	msgs, err := q.Pending("dev-1", 0, 10)
 	if err != nil {
 		t.Fatal(err)
@@ -84,12 +95,15 @@ func TestAckDeletionGathered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	q := NewQueue(db)
+	q := openQueue(t, db)
 	msgs, err := q.Enqueue([]string{"pc"}, [][]byte{[]byte("a")}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
 	more, _ := q.Enqueue([]string{"pc"}, [][]byte{[]byte("b")}, time.Hour)
+	if err := q.Checkpoint(); err != nil { // both in the tree, as for a device away a while
+		t.Fatal(err)
+	}
 	if _, found, err := q.Ack("pc", msgs[0].Seq); !found || err != nil {
 		t.Fatalf("Ack: found %v, %v", found, err)
 	}
@@ -126,7 +140,7 @@ func TestAckDeletionGathered(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	q = NewQueue(db)
+	q = openQueue(t, db)
 	if got, _ := q.Pending("pc", 0, 10); len(got) != 1 || got[0].Seq != more[0].Seq {
 		t.Errorf("after a crash before the deletion: %v, want the push again", got)
 	}
@@ -146,7 +160,7 @@ func TestExpireReadsOnlyWhenDue(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	q := NewQueue(db)
+	q := openQueue(t, db)
 	t0 := time.Now()
 	at := t0
 	q.now = func() time.Time { return at }
@@ -195,7 +209,7 @@ func TestSequenceKeptBesideMessages(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	q := NewQueue(db)
+	q := openQueue(t, db)
 	enqueue := func(dev string) uint64 {
 		t.Helper()
 		msgs, err := q.Enqueue([]string{dev}, [][]byte{[]byte("p")}, time.Hour)
@@ -239,10 +253,15 @@ func TestSequenceKeptBesideMessages(t *testing.T) {
 		t.Errorf("next: sequence %d, want 43", seq)
 	}
 
-	// A damaged record: after the highest still queued (43).
+	// A damaged record: after the highest still queued (43), read by a
+	// queue started afresh.
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
 	db.Update(func(tx *bolt.Tx) error {
 		return deviceBucket(tx, "pc-old").Put(lastSeqKey, []byte("garbage"))
 	})
+	q = openQueue(t, db)
 	if seq := enqueue("pc-old"); seq != 44 {
 		t.Errorf("with a damaged record: sequence %d, want 44", seq)
 	}

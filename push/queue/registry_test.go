@@ -22,10 +22,12 @@ func TestRegistryDropsBadStoredIDs(t *testing.T) {
 	}
 	defer db.Close()
 	badID := strings.Repeat("x", wire.MaxDeviceID+1)
-	q := NewQueue(db)
+	q := openQueue(t, db)
 	if _, err := q.Enqueue([]string{"good-1", badID}, [][]byte{[]byte("p"), []byte("p")}, time.Hour); err != nil {
 		t.Fatal(err)
 	}
+	q.Close() // into the tree: the registry starts before the queue
+	q = openQueue(t, db)
 	for _, id := range []string{"good-1", badID} {
 		b, _ := json.Marshal(DeviceRecord{ID: id})
 		db.Update(func(tx *bolt.Tx) error {

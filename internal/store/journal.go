@@ -1,0 +1,202 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// Journal is an append-only log beside the store file, for writes that
+// must be durable at once but need not be in the tree yet (the push
+// queue: most pushes are acknowledged, and so deleted, long before a
+// tree commit would be worth its page writes). A write is one write
+// system call and one fdatasync, for as many records as the caller
+// gathered; bbolt's commit is two fdatasyncs and a rewrite of every page
+// on the way to each changed key.
+//
+// Two files alternate. The owner appends to the active one; to move what
+// it holds into the tree, it switches (appends go to the other file
+// from then on), commits the records of the old file to the tree, then
+// empties the old file. A crash at any point leaves every record either
+// in the tree or in a file, so the owner's replay at open (Records) must
+// tolerate records already in the tree.
+//
+// A record is framed as: length (4 bytes, big-endian) | CRC-32C of the
+// body (4) | body. Records reads a file up to the first frame that is
+// cut short or fails its checksum: the tail of a write interrupted by a
+// crash, which nobody was told was durable.
+type Journal struct {
+	paths  [2]string
+	mu     sync.Mutex // held while writing, syncing, switching, emptying
+	files  [2]*os.File
+	size   [2]int64
+	active int
+	broken error // a failed write that could not be cut back off
+}
+
+// JournalSuffix ends the names of journal files (Reset moves them aside
+// with the store file).
+const JournalSuffix = ".journal"
+
+const frameHeader = 8
+
+// OpenJournal opens (or creates) the journal name in dir: files
+// name-0.journal and name-1.journal.
+func OpenJournal(dir, name string) (*Journal, error) {
+	j := &Journal{}
+	created := false
+	for i := range j.files {
+		j.paths[i] = filepath.Join(dir, fmt.Sprintf("%s-%d%s", name, i, JournalSuffix))
+		f, err := os.OpenFile(j.paths[i], os.O_RDWR, 0)
+		if errors.Is(err, os.ErrNotExist) {
+			f, err = os.OpenFile(j.paths[i], os.O_RDWR|os.O_CREATE, 0o600)
+			created = true
+		}
+		if err != nil {
+			j.Close()
+			return nil, fmt.Errorf("store: journal: %w", err)
+		}
+		j.files[i] = f
+		st, err := f.Stat()
+		if err != nil {
+			j.Close()
+			return nil, fmt.Errorf("store: journal: %w", err)
+		}
+		j.size[i] = st.Size()
+	}
+	if created {
+		if err := syncDir(dir); err != nil {
+			j.Close()
+			return nil, fmt.Errorf("store: journal: %w", err)
+		}
+	}
+	return j, nil
+}
+
+// AppendRecord frames body and appends it to buf.
+func AppendRecord(buf, body []byte) []byte {
+	buf = binary.BigEndian.AppendUint32(buf, uint32(len(body)))
+	buf = binary.BigEndian.AppendUint32(buf, crc32.Checksum(body, castagnoli))
+	return append(buf, body...)
+}
+
+// Records calls fn with the body of every whole record, file by file.
+// Each file is read up to its first frame cut short or failing its
+// checksum; such a frame and whatever follows it in that file are
+// reported as damaged (a count of bytes per file), not passed to fn.
+func (j *Journal) Records(fn func(body []byte) error) (damaged map[string]int64, err error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for i, f := range j.files {
+		data := make([]byte, j.size[i])
+		if _, err := f.ReadAt(data, 0); err != nil && err != io.EOF {
+			return damaged, fmt.Errorf("store: journal: %w", err)
+		}
+		off := 0
+		for off < len(data) {
+			if len(data)-off < frameHeader {
+				break
+			}
+			n := int(binary.BigEndian.Uint32(data[off:]))
+			if n > len(data)-off-frameHeader {
+				break
+			}
+			body := data[off+frameHeader : off+frameHeader+n]
+			if crc32.Checksum(body, castagnoli) != binary.BigEndian.Uint32(data[off+4:]) {
+				break
+			}
+			if err := fn(body); err != nil {
+				return damaged, err
+			}
+			off += frameHeader + n
+		}
+		if off < len(data) {
+			if damaged == nil {
+				damaged = map[string]int64{}
+			}
+			damaged[j.paths[i]] = int64(len(data) - off)
+		}
+	}
+	return damaged, nil
+}
+
+// Append writes buf (records framed with AppendRecord) at the end of the
+// active file and makes it durable. If either fails, the file is cut
+// back to where it ended, so that no later record sits behind a torn
+// one; if even that fails, every later Append fails too.
+func (j *Journal) Append(buf []byte) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.broken != nil {
+		return j.broken
+	}
+	i := j.active
+	f := j.files[i]
+	_, err := f.WriteAt(buf, j.size[i])
+	if err == nil {
+		err = syncData(f)
+	}
+	if err != nil {
+		if terr := f.Truncate(j.size[i]); terr != nil {
+			j.broken = fmt.Errorf("store: journal %s: a failed write could not be cut off (%v): refusing further writes", j.paths[i], terr)
+		}
+		return fmt.Errorf("store: journal: %w", err)
+	}
+	j.size[i] += int64(len(buf))
+	return nil
+}
+
+// Switch makes the other file the active one (after the write in
+// progress, if any) and returns the one that was: its records are
+// what the owner commits to the tree before Empty(old).
+func (j *Journal) Switch() (old int) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	old = j.active
+	j.active = 1 - old
+	return old
+}
+
+// Empty cuts file i (not the active one) to nothing, durably.
+func (j *Journal) Empty(i int) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if i == j.active {
+		return errors.New("store: journal: emptying the active file")
+	}
+	if j.size[i] == 0 {
+		return nil
+	}
+	f := j.files[i]
+	if err := f.Truncate(0); err != nil {
+		return fmt.Errorf("store: journal: %w", err)
+	}
+	if err := syncData(f); err != nil {
+		return fmt.Errorf("store: journal: %w", err)
+	}
+	j.size[i] = 0
+	return nil
+}
+
+// Size is the bytes held in both files.
+func (j *Journal) Size() int64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.size[0] + j.size[1]
+}
+
+// Close closes the files.
+func (j *Journal) Close() error {
+	var errs []error
+	for _, f := range j.files {
+		if f != nil {
+			errs = append(errs, f.Close())
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,319 @@
+package queue
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dpgate/dpgate/internal/store"
+	"github.com/dpgate/dpgate/push/wire"
+)
+
+// manualCheckpoints keeps q from checkpointing by itself.
+func manualCheckpoints(q *Queue) {
+	q.mu.Lock()
+	q.every, q.lastMove = time.Hour, time.Now()
+	q.mu.Unlock()
+}
+
+// crash abandons q as a killed process would (nothing flushed, nothing
+// checkpointed) and opens the store and its queue again.
+func crash(t *testing.T, db *store.DB) (*store.DB, *Queue) {
+	t.Helper()
+	dir := filepath.Dir(db.Path())
+	db.Close()
+	db, err := store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db, openQueue(t, db)
+}
+
+func enqueue(t *testing.T, q *Queue, dev string, payloads ...string) []wire.Message {
+	t.Helper()
+	var out []wire.Message
+	for _, p := range payloads {
+		m, err := q.Enqueue([]string{dev}, [][]byte{[]byte(p)}, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, m...)
+	}
+	return out
+}
+
+func payloads(msgs []wire.Message) []string {
+	var out []string
+	for _, m := range msgs {
+		out = append(out, string(m.Payload))
+	}
+	return out
+}
+
+// TestJournalAfterACrash: pushes accepted and never checkpointed come
+// back from the journal after a crash, with their sequences and ids,
+// those acknowledged since the last checkpoint too (at-least-once); the
+// journal is empty after the replay and sequences go on above. After a
+// clean Close, acknowledged pushes stay gone.
+func TestJournalAfterACrash(t *testing.T) {
+	db, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := openQueue(t, db)
+	manualCheckpoints(q)
+	pc1 := enqueue(t, q, "pc-1", "a", "b", "c", "d", "e")
+	pc2 := enqueue(t, q, "pc-2", "x", "y", "z")
+	for _, m := range pc1[:2] {
+		if _, found, err := q.Ack("pc-1", m.Seq); !found || err != nil {
+			t.Fatalf("Ack %d: %v %v", m.Seq, found, err)
+		}
+	}
+	if got, _ := q.Pending("pc-1", 0, 10); !slices.Equal(payloads(got), []string{"c", "d", "e"}) {
+		t.Fatalf("before the crash pc-1 has %q", payloads(got))
+	}
+
+	db, q = crash(t, db)
+	got1, _ := q.Pending("pc-1", 0, 10)
+	got2, _ := q.Pending("pc-2", 0, 10)
+	if !slices.EqualFunc(got1, pc1, sameMessage) || !slices.EqualFunc(got2, pc2, sameMessage) {
+		t.Fatalf("after the crash: pc-1 %q, pc-2 %q; want all 5 and 3 as accepted", payloads(got1), payloads(got2))
+	}
+	if n := q.journal.Size(); n != 0 {
+		t.Errorf("the journal holds %d bytes after the replay, want 0", n)
+	}
+	if next := enqueue(t, q, "pc-1", "f"); next[0].Seq != pc1[4].Seq+1 {
+		t.Errorf("next sequence %d, want %d", next[0].Seq, pc1[4].Seq+1)
+	}
+
+	// A clean stop: what was acknowledged does not come back.
+	got1, _ = q.Pending("pc-1", 0, 10)
+	for _, m := range got1 {
+		q.Ack("pc-1", m.Seq)
+	}
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Enqueue([]string{"pc-1"}, [][]byte{nil}, time.Hour); err != ErrClosed {
+		t.Errorf("Enqueue after Close: %v, want ErrClosed", err)
+	}
+	_, q = crash(t, db)
+	if got, _ := q.Pending("pc-1", 0, 10); len(got) != 0 {
+		t.Errorf("after a clean stop pc-1 has %q, want nothing", payloads(got))
+	}
+	if got, _ := q.Pending("pc-2", 0, 10); len(got) != 3 {
+		t.Errorf("after a clean stop pc-2 has %q, want 3", payloads(got))
+	}
+}
+
+func sameMessage(a, b wire.Message) bool {
+	return a.Seq == b.Seq && a.ID == b.ID && a.Expiry == b.Expiry && string(a.Payload) == string(b.Payload)
+}
+
+// TestCheckpointThenCrash: a push acknowledged before a checkpoint stays
+// gone after a crash; pushes the checkpoint moved to the tree, and one
+// written after it, come back once each, with one acknowledged in the
+// tree whose deletion was not committed yet.
+func TestCheckpointThenCrash(t *testing.T) {
+	db, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := openQueue(t, db)
+	manualCheckpoints(q)
+	q.ackDelay = time.Hour
+	first := enqueue(t, q, "pc", "a1", "a2", "a3")
+	q.Ack("pc", first[0].Seq)
+	if err := q.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, q, "pc", "a4")
+	q.Ack("pc", first[1].Seq) // in the tree now: its deletion waits for Flush
+	if got, _ := q.Pending("pc", 0, 10); !slices.Equal(payloads(got), []string{"a3", "a4"}) {
+		t.Fatalf("before the crash: %q", payloads(got))
+	}
+	_, q = crash(t, db)
+	if got, _ := q.Pending("pc", 0, 10); !slices.Equal(payloads(got), []string{"a2", "a3", "a4"}) {
+		t.Errorf("after the crash: %q, want a2 (deletion not committed), a3, a4", payloads(got))
+	}
+}
+
+// TestTornJournalWrite: half a record at the end of the journal (a write
+// the crash cut short, acknowledged to nobody) is left out; what comes
+// before it is brought back, and the queue goes on.
+func TestTornJournalWrite(t *testing.T) {
+	dir := t.TempDir()
+	db, err := store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := openQueue(t, db)
+	manualCheckpoints(q)
+	enqueue(t, q, "pc", "one", "two")
+	rec := store.AppendRecord(nil, encodeRecord("pc", wire.Message{Seq: 3, Payload: []byte("three")}))
+	f, err := os.OpenFile(filepath.Join(dir, JournalName+"-0"+store.JournalSuffix), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(rec[:len(rec)-3])
+	f.Close()
+	_, q = crash(t, db)
+	if got, _ := q.Pending("pc", 0, 10); !slices.Equal(payloads(got), []string{"one", "two"}) {
+		t.Fatalf("after the torn write: %q", payloads(got))
+	}
+	if m := enqueue(t, q, "pc", "three"); m[0].Seq != 3 {
+		t.Errorf("next sequence %d, want 3", m[0].Seq)
+	}
+}
+
+// TestJournalUnderLoad: producers, readers that acknowledge, and a
+// checkpoint every millisecond, all at once. Every read returns every
+// push accepted before it and not acknowledged, in order, none twice;
+// after a crash every push not acknowledged is back, none twice.
+func TestJournalUnderLoad(t *testing.T) {
+	db, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := openQueue(t, db)
+	q.mu.Lock()
+	q.every = time.Millisecond
+	q.mu.Unlock()
+	const producers, perProducer, devices = 4, 150, 6
+	var mu sync.Mutex
+	accepted := map[string]map[[16]byte]bool{} // device -> id -> acknowledged
+	seqSeen := map[string]bool{}
+	for d := range devices {
+		accepted[fmt.Sprint("dev-", d)] = map[[16]byte]bool{}
+	}
+	var wg sync.WaitGroup
+	for p := range producers {
+		wg.Go(func() {
+			for i := range perProducer {
+				dev := fmt.Sprint("dev-", (p+i)%devices)
+				msgs, err := q.Enqueue([]string{dev}, [][]byte{fmt.Appendf(nil, "%d-%d", p, i)}, time.Hour)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				if seqSeen[dev+fmt.Sprint(msgs[0].Seq)] {
+					t.Errorf("%s: sequence %d given twice", dev, msgs[0].Seq)
+				}
+				seqSeen[dev+fmt.Sprint(msgs[0].Seq)] = true
+				if _, ok := accepted[dev][msgs[0].ID]; !ok { // a reader may have acknowledged it already
+					accepted[dev][msgs[0].ID] = false
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	done := make(chan struct{})
+	var readers sync.WaitGroup
+	for d := range devices {
+		dev := fmt.Sprint("dev-", d)
+		readers.Go(func() {
+			for n := 0; ; n++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				mu.Lock()
+				var want [][16]byte
+				for id, acked := range accepted[dev] {
+					if !acked {
+						want = append(want, id)
+					}
+				}
+				mu.Unlock()
+				got, err := q.Pending(dev, 0, 1<<20)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				ids := map[[16]byte]bool{}
+				for i, m := range got {
+					if i > 0 && m.Seq <= got[i-1].Seq {
+						t.Errorf("%s: sequence %d after %d", dev, m.Seq, got[i-1].Seq)
+					}
+					if ids[m.ID] {
+						t.Errorf("%s: push %x returned twice", dev, m.ID)
+					}
+					ids[m.ID] = true
+				}
+				for _, id := range want {
+					if !ids[id] {
+						t.Errorf("%s: an accepted push not acknowledged is missing from Pending", dev)
+						return
+					}
+				}
+				if n%2 == 1 && len(got) > 0 { // acknowledge every other read's first push
+					mu.Lock()
+					accepted[dev][got[0].ID] = true
+					mu.Unlock()
+					if _, found, err := q.Ack(dev, got[0].Seq); !found || err != nil {
+						t.Errorf("%s: Ack %d (returned by the read before it): found %v, %v", dev, got[0].Seq, found, err)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(done)
+	readers.Wait()
+
+	q.workers.Wait() // no checkpoint half done: the crash below is between writes
+	_, q = crash(t, db)
+	for dev, ids := range accepted {
+		got, _ := q.Pending(dev, 0, 1<<20)
+		seen := map[[16]byte]bool{}
+		for _, m := range got {
+			if seen[m.ID] {
+				t.Errorf("%s: push %x twice after the crash", dev, m.ID)
+			}
+			seen[m.ID] = true
+		}
+		for id, acked := range ids {
+			if !acked && !seen[id] {
+				t.Errorf("%s: a push not acknowledged is lost after the crash", dev)
+			}
+		}
+	}
+}
+
+// TestCrashBeforeJournalEmptied: a crash after a checkpoint committed
+// the tail to the tree but before it emptied the journal file (emulated
+// by putting the files back as they were) brings nothing back twice and
+// nothing acknowledged before the checkpoint.
+func TestCrashBeforeJournalEmptied(t *testing.T) {
+	dir := t.TempDir()
+	db, err := store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := openQueue(t, db)
+	manualCheckpoints(q)
+	msgs := enqueue(t, q, "pc", "p1", "p2", "p3")
+	q.Ack("pc", msgs[0].Seq)
+	files, _ := filepath.Glob(filepath.Join(dir, "*"+store.JournalSuffix))
+	saved := map[string][]byte{}
+	for _, f := range files {
+		saved[f], _ = os.ReadFile(f)
+	}
+	if err := q.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	for f, b := range saved {
+		os.WriteFile(f, b, 0o600)
+	}
+	_, q = crash(t, db)
+	if got, _ := q.Pending("pc", 0, 10); !slices.Equal(payloads(got), []string{"p2", "p3"}) {
+		t.Errorf("after the crash: %q, want p2 and p3 once each", payloads(got))
+	}
+}
