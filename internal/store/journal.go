@@ -26,18 +26,31 @@ import (
 // in the tree or in a file, so the owner's replay at open (Records) must
 // tolerate records already in the tree.
 //
-// A record is framed as: length (4 bytes, big-endian) | CRC-32C of the
-// body (4) | body. Records reads a file up to the first frame that is
-// cut short or fails its checksum: the tail of a write interrupted by a
-// crash, which nobody was told was durable.
+// A record is framed as: length (4 bytes, big-endian, never 0) |
+// CRC-32C of the body (4) | body. A file is emptied by writing zeros over
+// what it held, not by cutting it: its blocks stay allocated (JournalSize
+// of them from the start, fallocated), so an append neither allocates a block (it
+// goes on when the disk is full) nor changes the file's size (its
+// fdatasync has no metadata to write). Records reads a file up to the
+// first frame of length 0 (the zeros after the end) or one cut short or
+// failing its checksum; non-zero bytes after that are the tail of a write
+// interrupted by a crash (acknowledged to nobody) or damage, and are
+// reported.
 type Journal struct {
 	paths  [2]string
 	mu     sync.Mutex // held while writing, syncing, switching, emptying
 	files  [2]*os.File
-	size   [2]int64
+	size   [2]int64 // where the next record goes (the end of the records)
+	length [2]int64 // the file's length (zeros after size)
 	active int
-	broken error // a failed write that could not be cut back off
+	broken error // a failed write that could not be undone
 }
+
+// JournalSize is the length each journal file is given at creation,
+// written with zeros: 4 MiB holds a push to all of about 40,000 devices.
+// A file grown beyond twice that by a burst is cut back to it when
+// emptied.
+const JournalSize = 4 << 20
 
 // JournalSuffix ends the names of journal files (Reset moves them aside
 // with the store file).
@@ -67,7 +80,18 @@ func OpenJournal(dir, name string) (*Journal, error) {
 			j.Close()
 			return nil, fmt.Errorf("store: journal: %w", err)
 		}
-		j.size[i] = st.Size()
+		j.size[i], j.length[i] = st.Size(), st.Size() // until Records finds the end
+		if st.Size() < JournalSize {
+			if err := allocate(f, st.Size(), JournalSize); err != nil {
+				j.Close()
+				return nil, fmt.Errorf("store: journal: %w", err)
+			}
+			if err := syncData(f); err != nil {
+				j.Close()
+				return nil, fmt.Errorf("store: journal: %w", err)
+			}
+			j.length[i] = JournalSize
+		}
 	}
 	if created {
 		if err := syncDir(dir); err != nil {
@@ -85,15 +109,16 @@ func AppendRecord(buf, body []byte) []byte {
 	return append(buf, body...)
 }
 
-// Records calls fn with the body of every whole record, file by file.
-// Each file is read up to its first frame cut short or failing its
-// checksum; such a frame and whatever follows it in that file are
-// reported as damaged (a count of bytes per file), not passed to fn.
+// Records calls fn with the body of every whole record, file by file,
+// and sets where each file's next record goes. Each file is read up to
+// its first frame of length 0, cut short or failing its checksum; the
+// bytes from there to the last non-zero one (a write cut short by a
+// crash, or damage) are reported per file, not passed to fn.
 func (j *Journal) Records(fn func(body []byte) error) (damaged map[string]int64, err error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	for i, f := range j.files {
-		data := make([]byte, j.size[i])
+		data := make([]byte, j.length[i])
 		if _, err := f.ReadAt(data, 0); err != nil && err != io.EOF {
 			return damaged, fmt.Errorf("store: journal: %w", err)
 		}
@@ -103,7 +128,7 @@ func (j *Journal) Records(fn func(body []byte) error) (damaged map[string]int64,
 				break
 			}
 			n := int(binary.BigEndian.Uint32(data[off:]))
-			if n > len(data)-off-frameHeader {
+			if n == 0 || n > len(data)-off-frameHeader {
 				break
 			}
 			body := data[off+frameHeader : off+frameHeader+n]
@@ -115,12 +140,19 @@ func (j *Journal) Records(fn func(body []byte) error) (damaged map[string]int64,
 			}
 			off += frameHeader + n
 		}
-		if off < len(data) {
+		end := len(data)
+		for end > off && data[end-1] == 0 {
+			end--
+		}
+		if end > off {
 			if damaged == nil {
 				damaged = map[string]int64{}
 			}
-			damaged[j.paths[i]] = int64(len(data) - off)
+			damaged[j.paths[i]] = int64(end - off)
 		}
+		// Appends go after the last non-zero byte, never behind damage;
+		// the owner empties the files once it has what they hold.
+		j.size[i] = int64(max(end, off))
 	}
 	return damaged, nil
 }
@@ -142,12 +174,15 @@ func (j *Journal) Append(buf []byte) error {
 		err = syncData(f)
 	}
 	if err != nil {
-		if terr := f.Truncate(j.size[i]); terr != nil {
-			j.broken = fmt.Errorf("store: journal %s: a failed write could not be cut off (%v): refusing further writes", j.paths[i], terr)
+		// Zeros over whatever part of it landed: the next record must not
+		// follow a torn one.
+		if zerr := zero(f, j.size[i], j.size[i]+int64(len(buf))); zerr != nil {
+			j.broken = fmt.Errorf("store: journal %s: a failed write could not be undone (%v): refusing further writes", j.paths[i], zerr)
 		}
 		return fmt.Errorf("store: journal: %w", err)
 	}
 	j.size[i] += int64(len(buf))
+	j.length[i] = max(j.length[i], j.size[i])
 	return nil
 }
 
@@ -173,7 +208,13 @@ func (j *Journal) Empty(i int) error {
 		return nil
 	}
 	f := j.files[i]
-	if err := f.Truncate(0); err != nil {
+	if j.length[i] > 2*JournalSize {
+		if err := f.Truncate(JournalSize); err != nil {
+			return fmt.Errorf("store: journal: %w", err)
+		}
+		j.length[i] = JournalSize
+	}
+	if err := zero(f, 0, min(j.size[i], j.length[i])); err != nil {
 		return fmt.Errorf("store: journal: %w", err)
 	}
 	if err := syncData(f); err != nil {
@@ -183,7 +224,21 @@ func (j *Journal) Empty(i int) error {
 	return nil
 }
 
-// Size is the bytes held in both files.
+var zeros [64 << 10]byte
+
+// zero writes zeros over [from, to) of f.
+func zero(f *os.File, from, to int64) error {
+	for from < to {
+		n := min(int64(len(zeros)), to-from)
+		if _, err := f.WriteAt(zeros[:n], from); err != nil {
+			return err
+		}
+		from += n
+	}
+	return nil
+}
+
+// Size is the bytes of records held in both files.
 func (j *Journal) Size() int64 {
 	j.mu.Lock()
 	defer j.mu.Unlock()

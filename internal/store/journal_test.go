@@ -53,8 +53,8 @@ func TestJournal(t *testing.T) {
 	// A crash in the middle of the next write: half a record at the end.
 	path := fmt.Sprintf("%s/q-%d%s", dir, old, JournalSuffix)
 	rec := AppendRecord(nil, []byte("cut short by the crash"))
-	f, _ := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
-	f.Write(rec[:len(rec)/2])
+	f, _ := os.OpenFile(path, os.O_WRONLY, 0)
+	f.WriteAt(rec[:len(rec)/2], int64(len(buf)))
 	f.Close()
 	j, err = OpenJournal(dir, "q")
 	if err != nil {
@@ -96,6 +96,11 @@ func TestJournal(t *testing.T) {
 	}
 	if got, _ := read(j); !slices.Equal(got, []string{"after"}) {
 		t.Errorf("appended after emptying: %q", got)
+	}
+	for _, p := range j.paths {
+		if st, _ := os.Stat(p); st.Size() != JournalSize {
+			t.Errorf("%s is %d bytes, want its blocks kept (%d)", p, st.Size(), JournalSize)
+		}
 	}
 	j.Close()
 }

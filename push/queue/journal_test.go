@@ -156,11 +156,11 @@ func TestTornJournalWrite(t *testing.T) {
 	manualCheckpoints(q)
 	enqueue(t, q, "pc", "one", "two")
 	rec := store.AppendRecord(nil, encodeRecord("pc", wire.Message{Seq: 3, Payload: []byte("three")}))
-	f, err := os.OpenFile(filepath.Join(dir, JournalName+"-0"+store.JournalSuffix), os.O_WRONLY|os.O_APPEND, 0)
+	f, err := os.OpenFile(filepath.Join(dir, JournalName+"-0"+store.JournalSuffix), os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Write(rec[:len(rec)-3])
+	f.WriteAt(rec[:len(rec)-3], q.journal.Size()) // after the two records, all in file 0
 	f.Close()
 	_, q = crash(t, db)
 	if got, _ := q.Pending("pc", 0, 10); !slices.Equal(payloads(got), []string{"one", "two"}) {

@@ -79,7 +79,7 @@ type Queue struct {
 	every    time.Duration  // CheckpointEvery; tests change it
 	workers  sync.WaitGroup // the writer and checkpoint goroutines
 	wmu      sync.Mutex     // held by the writer from a journal write until its pushes are marked durable
-	cpMu     sync.Mutex     // one checkpoint, Flush, Insert or Remove at a time
+	cpMu     sync.Mutex     // one checkpoint, Flush, Insert, Remove or count of the queue at a time
 
 	writesN, checkpointsN atomic.Uint64 // Stats
 
@@ -485,6 +485,8 @@ func (q *Queue) Remove(device string, ids [][16]byte) error {
 
 // Devices lists the devices with queued messages.
 func (q *Queue) Devices() []string {
+	q.cpMu.Lock() // a checkpoint puts pushes in the tree before it drops them from the tail
+	defer q.cpMu.Unlock()
 	var out []string
 	q.mu.Lock()
 	for dev := range q.tail {
@@ -512,6 +514,8 @@ func (q *Queue) Devices() []string {
 // and those that failed their checksum and were kept aside, never
 // delivered.
 func (q *Queue) Len(device string) (queued, corrupt int) {
+	q.cpMu.Lock() // not counted twice while a checkpoint moves them
+	defer q.cpMu.Unlock()
 	q.mu.Lock()
 	queued = q.durableLocked(device)
 	q.mu.Unlock()
@@ -676,6 +680,8 @@ func decodeStored(k, v []byte) (wire.Message, error) {
 // Depth counts the messages queued (expired ones not yet swept too) and
 // the devices they are for, in one read transaction.
 func (q *Queue) Depth() (messages, devices int) {
+	q.cpMu.Lock() // not counted twice while a checkpoint moves them
+	defer q.cpMu.Unlock()
 	inTail := map[string]int{}
 	q.mu.Lock()
 	for dev := range q.tail {
