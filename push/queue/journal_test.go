@@ -13,11 +13,20 @@ import (
 	"github.com/dpgate/dpgate/push/wire"
 )
 
-// manualCheckpoints keeps q from checkpointing by itself.
-func manualCheckpoints(q *Queue) {
+// newCrashable opens a store in a new directory and its queue, which
+// checkpoints only when told.
+func newCrashable(t *testing.T) (dir string, db *store.DB, q *Queue) {
+	t.Helper()
+	dir = t.TempDir()
+	db, err := store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q = openQueue(t, db)
 	q.mu.Lock()
 	q.every, q.lastMove = time.Hour, time.Now()
 	q.mu.Unlock()
+	return dir, db, q
 }
 
 // crash abandons q as a killed process would (nothing flushed, nothing
@@ -61,12 +70,7 @@ func payloads(msgs []wire.Message) []string {
 // journal is empty after the replay and sequences go on above. After a
 // clean Close, acknowledged pushes stay gone.
 func TestJournalAfterACrash(t *testing.T) {
-	db, err := store.Open(t.TempDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := openQueue(t, db)
-	manualCheckpoints(q)
+	_, db, q := newCrashable(t)
 	pc1 := enqueue(t, q, "pc-1", "a", "b", "c", "d", "e")
 	pc2 := enqueue(t, q, "pc-2", "x", "y", "z")
 	for _, m := range pc1[:2] {
@@ -120,12 +124,7 @@ func sameMessage(a, b wire.Message) bool {
 // written after it, come back once each, with one acknowledged in the
 // tree whose deletion was not committed yet.
 func TestCheckpointThenCrash(t *testing.T) {
-	db, err := store.Open(t.TempDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := openQueue(t, db)
-	manualCheckpoints(q)
+	_, db, q := newCrashable(t)
 	q.ackDelay = time.Hour
 	first := enqueue(t, q, "pc", "a1", "a2", "a3")
 	q.Ack("pc", first[0].Seq)
@@ -147,13 +146,7 @@ func TestCheckpointThenCrash(t *testing.T) {
 // the crash cut short, acknowledged to nobody) is left out; what comes
 // before it is brought back, and the queue goes on.
 func TestTornJournalWrite(t *testing.T) {
-	dir := t.TempDir()
-	db, err := store.Open(dir, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := openQueue(t, db)
-	manualCheckpoints(q)
+	dir, db, q := newCrashable(t)
 	enqueue(t, q, "pc", "one", "two")
 	rec := store.AppendRecord(nil, encodeRecord("pc", wire.Message{Seq: 3, Payload: []byte("three")}))
 	f, err := os.OpenFile(filepath.Join(dir, JournalName+"-0"+store.JournalSuffix), os.O_WRONLY, 0)
@@ -292,13 +285,7 @@ func TestJournalUnderLoad(t *testing.T) {
 // by putting the files back as they were) brings nothing back twice and
 // nothing acknowledged before the checkpoint.
 func TestCrashBeforeJournalEmptied(t *testing.T) {
-	dir := t.TempDir()
-	db, err := store.Open(dir, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := openQueue(t, db)
-	manualCheckpoints(q)
+	dir, db, q := newCrashable(t)
 	msgs := enqueue(t, q, "pc", "p1", "p2", "p3")
 	q.Ack("pc", msgs[0].Seq)
 	files, _ := filepath.Glob(filepath.Join(dir, "*"+store.JournalSuffix))
