@@ -429,7 +429,12 @@ func TestRestartedOwnersLearnHolders(t *testing.T) {
 	})
 	var api *admin.Client
 	for i := 1; i < 3; i++ { // closed without leaving, started again at once
+		// On the addresses it had, as a restarted service does (on new
+		// gossip ports the others would hold its name for the old one for
+		// memberlist's DeadNodeReclaimTime, and refuse its certificate
+		// until then: 3-18 s for this test).
 		cfg := gs[i].cfg
+		cfg.Cluster.Bind, cfg.Push.Listen = gs[i].clusterAddr, gs[i].pushAddr
 		gs[i].Close()
 		gs[i], api = startTestGateway(t, cfg)
 		t.Cleanup(func() { gs[i].Close() })
