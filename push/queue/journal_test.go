@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/dpgate/dpgate/internal/store"
 	"github.com/dpgate/dpgate/push/wire"
 )
@@ -302,5 +304,40 @@ func TestCrashBeforeJournalEmptied(t *testing.T) {
 	_, q = crash(t, db)
 	if got, _ := q.Pending("pc", 0, 10); !slices.Equal(payloads(got), []string{"p2", "p3"}) {
 		t.Errorf("after the crash: %q, want p2 and p3 once each", payloads(got))
+	}
+}
+
+// TestCheckpointCopiesYoungPushes: the queue's own checkpoint moves into
+// the tree only the pushes durable for longer than CheckpointEvery; the
+// younger ones are written to the other journal file instead (most will
+// be acknowledged before the next checkpoint), and a crash after it
+// brings every one back once.
+func TestCheckpointCopiesYoungPushes(t *testing.T) {
+	_, db, q := newCrashable(t)
+	enqueue(t, q, "pc", "old", "young")
+	q.mu.Lock()
+	q.tail["pc"][0].at = time.Now().Add(-2 * q.every)
+	q.mu.Unlock()
+	if err := q.checkpoint(false); err != nil {
+		t.Fatal(err)
+	}
+	var inTree []string
+	db.View(func(tx *bolt.Tx) error {
+		return deviceBucket(tx, "pc").ForEach(func(k, v []byte) error {
+			if m, err := decodeStored(k, v); err == nil {
+				inTree = append(inTree, string(m.Payload))
+			}
+			return nil
+		})
+	})
+	if !slices.Equal(inTree, []string{"old"}) {
+		t.Errorf("in the tree after the checkpoint: %q, want only the old push", inTree)
+	}
+	if got, _ := q.Pending("pc", 0, 10); !slices.Equal(payloads(got), []string{"old", "young"}) {
+		t.Errorf("after the checkpoint: %q", payloads(got))
+	}
+	_, q = crash(t, db)
+	if got, _ := q.Pending("pc", 0, 10); !slices.Equal(payloads(got), []string{"old", "young"}) {
+		t.Errorf("after a crash: %q, want both once", payloads(got))
 	}
 }

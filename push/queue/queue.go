@@ -69,7 +69,8 @@ type Queue struct {
 	mu       sync.Mutex
 	tail     map[string][]*entry // device -> its pushes in the journal and not in the tree, by sequence
 	last     map[string]uint64   // device -> the last sequence assigned (read from the tree at first use)
-	dirty    map[string]bool     // devices whose last sequence the tree does not have yet
+	saved    map[string]uint64   // device -> its last sequence in the tree, as read or last written
+	dirty    map[string]bool     // devices whose last sequence the tree may not have yet
 	writes   []*write            // waiting for the next journal write
 	writing  bool                // a writer goroutine is running
 	moving   bool                // a checkpoint took the tail and has not committed it yet
@@ -118,7 +119,7 @@ func NewQueue(db *store.DB) (*Queue, error) {
 		return nil, fmt.Errorf("push: queue: %w", err)
 	}
 	q := &Queue{db: db, journal: j, now: time.Now, acked: map[string]map[uint64]struct{}{}, ackDelay: AckDelay,
-		tail: map[string][]*entry{}, last: map[string]uint64{}, dirty: map[string]bool{}, every: CheckpointEvery}
+		tail: map[string][]*entry{}, last: map[string]uint64{}, saved: map[string]uint64{}, dirty: map[string]bool{}, every: CheckpointEvery}
 	if err := q.replay(); err != nil {
 		j.Close()
 		return nil, err

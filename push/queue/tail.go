@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"time"
 
@@ -62,7 +63,8 @@ func (q *Queue) Stats() Stats {
 type entry struct {
 	device  string
 	msg     wire.Message
-	durable bool // its journal write returned; only then is it delivered
+	durable bool      // its journal write returned; only then is it delivered
+	at      time.Time // when it became durable
 }
 
 // write is one caller's records, waiting for the journal.
@@ -129,10 +131,11 @@ func (q *Queue) writeLoop() {
 			q.writesN.Add(1)
 		}
 		q.mu.Lock()
+		now := time.Now()
 		for _, w := range ws {
 			for _, e := range w.entries {
 				if err == nil {
-					e.durable = true
+					e.durable, e.at = true, now
 				} else {
 					q.removeLocked(e)
 				}
@@ -152,7 +155,7 @@ func (q *Queue) writeLoop() {
 		if start {
 			go func() {
 				defer q.workers.Done()
-				if err := q.Checkpoint(); err != nil {
+				if err := q.checkpoint(false); err != nil {
 					slog.Warn("push: moving queued pushes from the journal into the store failed; they stay in the journal", "err", err)
 				}
 				q.mu.Lock()
@@ -174,6 +177,7 @@ func (q *Queue) nextSeqLocked(device string) (uint64, error) {
 		if err != nil {
 			return 0, err
 		}
+		q.saved[device] = last
 	}
 	q.last[device] = last + 1
 	q.dirty[device] = true
@@ -250,10 +254,19 @@ func (q *Queue) durableLocked(device string) int {
 	return n
 }
 
-// Checkpoint moves the pushes the journal holds unacknowledged into the
-// tree and empties a journal file; the queue does it by itself every
-// CheckpointEvery while pushes come in, and Close does it last.
-func (q *Queue) Checkpoint() error {
+// Checkpoint moves every push the journal holds unacknowledged into the
+// tree and empties a journal file; Close does it last.
+func (q *Queue) Checkpoint() error { return q.checkpoint(true) }
+
+// checkpoint empties the journal file written to since the last one.
+// The pushes still unacknowledged in it move into the tree, all of them
+// or (the queue's own checkpoints, every CheckpointEvery while pushes
+// come in) those durable for longer than CheckpointEvery; the younger
+// ones are written again to the other file instead, since most will be
+// acknowledged before the next checkpoint. A push to all of 15,000
+// devices is so copied once (one write, 1.2 MB) rather than committed to
+// the tree as the agents are acknowledging it, and deleted there again.
+func (q *Queue) checkpoint(all bool) error {
 	q.cpMu.Lock()
 	defer q.cpMu.Unlock()
 	q.wmu.Lock()
@@ -262,31 +275,83 @@ func (q *Queue) Checkpoint() error {
 
 	q.mu.Lock()
 	q.moving = true // until the tree has what is taken here
+	young := time.Now().Add(-q.every)
 	var moved []*entry
-	lasts := make(map[string]uint64, len(q.dirty))
+	var forward []byte
+	// A device's last sequence in the tree stops below its first push
+	// not moved there: that push's record (in the other file) is what
+	// brings it back after a crash.
+	stay := map[string]uint64{}
+	for dev, es := range q.tail {
+		for _, e := range es {
+			if e.durable && (all || e.at.Before(young)) {
+				moved = append(moved, e)
+				continue
+			}
+			if _, ok := stay[dev]; !ok {
+				stay[dev] = e.msg.Seq
+			}
+			if e.durable { // young: copied to the other file
+				forward = store.AppendRecord(forward, encodeRecord(dev, e.msg))
+			} // else written to the other file already
+		}
+	}
+	lasts := make(map[string]uint64, len(q.dirty)) // to write: those the tree does not have
 	for dev := range q.dirty {
 		last := q.last[dev]
-		for _, e := range q.tail[dev] {
-			if !e.durable {
-				last = e.msg.Seq - 1 // written to the new file: its sequence is its record's to bring back
-				break
-			}
+		if first, ok := stay[dev]; ok {
+			last = first - 1
 		}
-		lasts[dev] = last
+		if last != q.saved[dev] {
+			lasts[dev] = last
+		}
 		if last == q.last[dev] {
 			delete(q.dirty, dev)
 		}
 	}
-	for _, es := range q.tail {
-		for _, e := range es {
-			if e.durable {
-				moved = append(moved, e)
-			}
-		}
-	}
 	q.mu.Unlock()
 
-	err := q.db.Batch(func(tx *bolt.Tx) error {
+	if len(forward) > 0 {
+		q.wmu.Lock()
+		err := q.journal.Append(forward)
+		q.wmu.Unlock()
+		if err != nil {
+			q.mu.Lock()
+			q.moving = false
+			for dev := range lasts {
+				q.dirty[dev] = true
+			}
+			q.mu.Unlock()
+			return fmt.Errorf("push: queue checkpoint: %w", err)
+		}
+	}
+
+	var err error
+	if len(lasts) > 0 || len(moved) > 0 {
+		err = q.commitCheckpoint(lasts, moved)
+	}
+	q.mu.Lock()
+	q.moving, q.lastMove = false, time.Now()
+	if err != nil {
+		for dev := range lasts {
+			q.dirty[dev] = true
+		}
+		q.mu.Unlock()
+		return fmt.Errorf("push: queue checkpoint: %w", err)
+	}
+	for _, e := range moved {
+		q.removeLocked(e) // unless acknowledged meanwhile (Ack deletes it from the tree)
+	}
+	maps.Copy(q.saved, lasts)
+	q.mu.Unlock()
+	q.checkpointsN.Add(1)
+	return q.journal.Empty(old)
+}
+
+// commitCheckpoint writes a checkpoint's last sequences and pushes to the
+// tree, in one transaction.
+func (q *Queue) commitCheckpoint(lasts map[string]uint64, moved []*entry) error {
+	return q.db.Batch(func(tx *bolt.Tx) error {
 		qb, err := tx.CreateBucketIfNotExists([]byte(bucketQueue))
 		if err != nil {
 			return err
@@ -311,21 +376,6 @@ func (q *Queue) Checkpoint() error {
 		}
 		return nil
 	})
-	q.mu.Lock()
-	q.moving, q.lastMove = false, time.Now()
-	if err != nil {
-		for dev := range lasts {
-			q.dirty[dev] = true
-		}
-		q.mu.Unlock()
-		return fmt.Errorf("push: queue checkpoint: %w", err)
-	}
-	for _, e := range moved {
-		q.removeLocked(e) // unless acknowledged meanwhile (Ack deletes it from the tree)
-	}
-	q.mu.Unlock()
-	q.checkpointsN.Add(1)
-	return q.journal.Empty(old)
 }
 
 // replay commits to the tree what the journal holds from before a crash
@@ -457,6 +507,9 @@ func (q *Queue) Drop(device string) error {
 	for _, e := range slices.Clone(q.tail[device]) {
 		q.removeLocked(e)
 	}
+	delete(q.last, device) // sequences start over, as for a device never seen
+	delete(q.saved, device)
+	delete(q.dirty, device)
 	q.mu.Unlock()
 	return q.db.Batch(func(tx *bolt.Tx) error {
 		if qb := tx.Bucket([]byte(bucketQueue)); qb != nil && qb.Bucket([]byte(device)) != nil {
