@@ -22,18 +22,20 @@ import (
 //
 // Why a checkpoint never loses a push: it switches the journal's files
 // first, under wmu, so that every push written to the old file is marked
-// durable by then; it commits every durable push of the tail (a superset
-// of the old file's unacknowledged ones) to the tree, with each device's
-// last sequence up to its first push not yet durable; only then does it
-// empty the old file. Replay at open skips a record whose sequence is not
-// above its device's last sequence in the tree: that push was committed
-// to the tree (and maybe acknowledged since, and deleted) or acknowledged
-// before the checkpoint.
+// durable by then. Every durable push of the tail (a superset of the old
+// file's unacknowledged ones) then goes either to the tree or, if young,
+// into the new file again; each device's last sequence goes to the tree
+// up to its first push that did not. Only then is the old file emptied.
+// Replay at open skips a record whose sequence is not above its device's
+// last sequence in the tree: that push was committed to the tree (and
+// maybe acknowledged since, and deleted) or acknowledged before the
+// checkpoint; the others are in a file still.
 
-// CheckpointEvery is how often, while pushes are accepted, the pushes
-// still unacknowledged in the journal move into the tree (and a journal
-// file is emptied). A longer interval writes the tree less often; a crash
-// delivers again what was acknowledged in the last one or two intervals.
+// CheckpointEvery is how often, while pushes are accepted, a journal file
+// is emptied: the pushes unacknowledged in it for longer than this move
+// into the tree, the younger ones are written to the other file again. A
+// longer interval writes the tree less often; a crash delivers again what
+// was acknowledged in the last one or two intervals.
 const CheckpointEvery = 200 * time.Millisecond
 
 // checkpointAbove starts a checkpoint before CheckpointEvery when the
