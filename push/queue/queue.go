@@ -140,6 +140,9 @@ func (q *Queue) Enqueue(devices []string, payloads [][]byte, ttl time.Duration) 
 		out[i] = wire.Message{Expiry: expiry, Payload: payloads[i]}
 		rand.Read(out[i].ID[:])
 	}
+	if err := q.loadSeqs(devices); err != nil {
+		return nil, fmt.Errorf("push: enqueue: %w", err)
+	}
 	w := &write{}
 	q.mu.Lock()
 	if q.closed {

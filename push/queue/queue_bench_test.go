@@ -28,6 +28,24 @@ func BenchmarkEnqueue(b *testing.B) {
 			b.StartTimer()
 		}
 	})
+	b.Run("all-15000-first", func(b *testing.B) { // the first push since start to each
+		q, devs, payloads := knownDevices(b)
+		db := q.db
+		for b.Loop() {
+			b.StopTimer()
+			q.Close()
+			q = openQueue(b, db)
+			b.StartTimer()
+			msgs, err := q.Enqueue(devs, payloads, time.Hour)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			ackAll(b, q, devs, msgs)
+			b.StartTimer()
+		}
+		q.Close()
+	})
 	for _, mode := range []string{"serial", "parallel-64"} {
 		b.Run(mode, func(b *testing.B) {
 			q, devs, payloads := knownDevices(b) // each push to one of them

@@ -168,6 +168,44 @@ func (q *Queue) writeLoop() {
 	}
 }
 
+// loadSeqs reads from the tree, in one read transaction and outside
+// q.mu, the last sequences of the devices not seen since start (a push
+// to all of them would otherwise hold q.mu, and every session's reads
+// and ACKs, for one transaction each).
+func (q *Queue) loadSeqs(devices []string) error {
+	q.mu.Lock()
+	var missing []string
+	for _, d := range devices {
+		if _, ok := q.last[d]; !ok {
+			missing = append(missing, d)
+		}
+	}
+	q.mu.Unlock()
+	if len(missing) == 0 {
+		return nil
+	}
+	found := make(map[string]uint64, len(missing))
+	err := q.db.View(func(tx *bolt.Tx) error {
+		for _, d := range missing {
+			found[d] = lastSeq(tx, d)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// Unchanged meanwhile: only a checkpoint writes a device's last
+	// sequence, and only for a device it has in q.last.
+	q.mu.Lock()
+	for d, last := range found {
+		if _, ok := q.last[d]; !ok {
+			q.last[d], q.saved[d] = last, last
+		}
+	}
+	q.mu.Unlock()
+	return nil
+}
+
 // nextSeqLocked assigns the device's next sequence. q.mu is held.
 func (q *Queue) nextSeqLocked(device string) (uint64, error) {
 	last, ok := q.last[device]
