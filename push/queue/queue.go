@@ -1,9 +1,10 @@
 // Package queue is the push server's durable state in the store (bbolt):
 // the per-device push queue (queue.go: a push is fsynced before the API
-// answers, removed on ACK, expired after its TTL) and the device table
-// (registry.go: who said HELLO, from where, with which MAC and address
-// for wake-ups). push serves from it; the cluster router inserts the
-// copies other nodes send.
+// answers, removed on ACK, expired after its TTL; tail.go: the journal it
+// is fsynced in, and the checkpoints that move it into the tree) and the
+// device table (registry.go: who said HELLO, from where, with which MAC
+// and address for wake-ups). push serves from it; the cluster router
+// inserts the copies other nodes send.
 package queue
 
 import (
@@ -34,9 +35,9 @@ import (
 //
 // A push is written to the journal, one write and one fdatasync for all
 // the pushes that arrived during the previous write, and waits in memory
-// (the tail) until it is acknowledged or a checkpoint, at most every
-// CheckpointEvery, moves what the tail still holds into the store's
-// tree. Most pushes are acknowledged before that and never touch the
+// (the tail) until it is acknowledged or a checkpoint, every
+// CheckpointEvery while pushes come in, moves it into the store's tree
+// (once it has waited that long). Most pushes are acknowledged before that and never touch the
 // tree: it is written for the pushes of devices that are away. After a
 // crash the journal is replayed into the tree before the queue serves;
 // the pushes acknowledged since the last checkpoint come back with the
