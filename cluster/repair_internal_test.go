@@ -197,3 +197,62 @@ func TestRepairAfterShortCut(t *testing.T) {
 		return nil
 	})
 }
+
+// TestRepairAfterAFlap: the owner b is missing from this node's view for
+// just the moment a repair runs (memberlist declared it dead and it came
+// back between two of the router's view checks, as under heavy load), so
+// that repair finds the push kept here rightly, with b gone. b must stay
+// marked for the next repair, which hands the push over; before, the
+// mark was spent and nothing offered the push again until the sweep.
+func TestRepairAfterAFlap(t *testing.T) {
+	t.Parallel() // it waits for repairs, 2 s apart
+	a, seed := startRouterNode(t, "node-a", nil, time.Hour)
+	b, _ := startRouterNode(t, "node-b", []string{seed}, time.Hour)
+	dev := ""
+	testutil.WaitFor(t, 20*time.Second, func() error {
+		if !strings.Contains(a.r.View(), "node-b") || !strings.Contains(b.r.View(), "node-a") {
+			return fmt.Errorf("views %q and %q", a.r.View(), b.r.View())
+		}
+		for i := range 100 {
+			d := fmt.Sprintf("pc-%d", i)
+			if o := a.r.Owners(d); slices.Equal(o, []string{"node-b"}) && slices.Equal(b.r.Owners(d), o) {
+				dev = d
+				return nil
+			}
+		}
+		return errors.New("the nodes do not agree on owners yet")
+	})
+	var cut atomic.Bool
+	dial := a.r.peer.netDial
+	a.r.peer.netDial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if cut.Load() {
+			return nil, errors.New("cut off (test)")
+		}
+		return dial(ctx, network, addr)
+	}
+	cut.Store(true)
+	a.r.peer.client.CloseIdleConnections()
+	if acc, err := a.r.Push(context.Background(), []string{dev}, []byte("during the cut"), time.Hour); err != nil || len(acc) != 1 || acc[0].Copies != 1 {
+		t.Fatalf("push during the cut: %+v, %v; want kept here (1 copy)", acc, err)
+	}
+	cut.Store(false)
+
+	// The flap: b out of a's members for one repair, then back, too
+	// quickly for a's view check (every 250 ms) to see it.
+	c := a.r.c
+	c.mu.Lock()
+	gone := c.members["node-b"]
+	delete(c.members, "node-b")
+	c.mu.Unlock()
+	a.r.repair()
+	c.mu.Lock()
+	c.members["node-b"] = gone
+	c.mu.Unlock()
+
+	testutil.WaitFor(t, 20*time.Second, func() error {
+		if qa, qb := a.local.queued(dev), b.local.queued(dev); qa != 0 || qb != 1 {
+			return fmt.Errorf("queued on a, b: %d, %d; want the push handed over to its owner b (0, 1)", qa, qb)
+		}
+		return nil
+	})
+}

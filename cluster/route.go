@@ -96,6 +96,9 @@ type Router struct {
 	// stale are nodes an outbox dropped work for (unreachable): what
 	// they missed is sent again by repair until a send gets through.
 	stale map[string]bool
+	// absent counts, per stale node, the repairs in a row that found it
+	// no push node (it is marked again for at most absentRepairs).
+	absent map[string]int
 
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -124,6 +127,7 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 		origins: map[[16]byte]string{},
 		out:     map[string]*outbox{},
 		stale:   map[string]bool{},
+		absent:  map[string]int{},
 		done:    make(chan struct{}),
 	}
 	r.peer = newPeerNet(r)
@@ -656,8 +660,31 @@ func (r *Router) repair() {
 	}
 	r.registerAll()
 	r.m.repaired.Add(float64(len(resend)))
-	r.rebalanceFor(r.nodes(), nil, false)
+	nodes := r.nodes()
+	r.mu.Lock()
+	for node := range stale {
+		// Not a push node this moment (memberlist declared it dead and it
+		// may be back before the view check sees either): what was kept
+		// here for it is kept rightly now, and must be offered again once
+		// it is back, which only a repair does if the view never changed.
+		// A node away longer comes back as a view change, which hands
+		// over by itself.
+		if slices.ContainsFunc(nodes, func(m Member) bool { return m.Name == node }) {
+			delete(r.absent, node)
+		} else if r.absent[node]++; r.absent[node] <= absentRepairs {
+			r.stale[node] = true
+		} else {
+			delete(r.absent, node)
+		}
+	}
+	r.mu.Unlock()
+	r.rebalanceFor(nodes, nil, false)
 }
+
+// absentRepairs bounds the repairs a stale node missing from the view is
+// kept for: 15 (30 s) is far longer than a flap the view check can miss
+// (250 ms).
+const absentRepairs = 15
 
 // newOwners are the device's owners among nodes that were not owners
 // among prev (all of them when prev is nil). With rendezvous hashing a
