@@ -135,18 +135,14 @@ func startRouterNode(t *testing.T, name string, join []string, sweep time.Durati
 	return n, addr
 }
 
-// TestRepairAfterShortCut: a push accepted on a node that is not its
-// owner while the owner, alive to gossip, cannot be reached (a partition
-// too short for anyone to be declared dead: no view changes) is kept
-// there, and handed over once the owner can be reached again, by repair,
-// long before the sweep, however many repairs the cut outlasts. Before, nothing offered it again until the
-// sweep: delivered 25 s after such a partition healed
-// (dpload chaos --faults split,isolate, docs/RELIABILITY.md).
-func TestRepairAfterShortCut(t *testing.T) {
-	t.Parallel() // it waits for repairs, 2 s apart
+// pushDuringACut starts nodes a and b, cuts a off from b's peer port
+// (gossip goes on) and pushes to a device b owns, on a: kept there. It
+// returns the device, the cut (lift it with Store(false)) and a count of
+// a's attempts to reach b during it.
+func pushDuringACut(t *testing.T) (a, b *routerNode, dev string, cut *atomic.Bool, refused *atomic.Int64) {
+	t.Helper()
 	a, seed := startRouterNode(t, "node-a", nil, time.Hour)
-	b, _ := startRouterNode(t, "node-b", []string{seed}, time.Hour)
-	dev := ""
+	b, _ = startRouterNode(t, "node-b", []string{seed}, time.Hour)
 	testutil.WaitFor(t, 20*time.Second, func() error {
 		// Both routers have rebalanced for both nodes: no view change
 		// is left to hand anything over.
@@ -162,9 +158,7 @@ func TestRepairAfterShortCut(t *testing.T) {
 		}
 		return errors.New("the nodes do not agree on owners yet")
 	})
-
-	var cut atomic.Bool
-	var refused atomic.Int64
+	cut, refused = new(atomic.Bool), new(atomic.Int64)
 	dial := a.r.peer.netDial
 	a.r.peer.netDial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		if cut.Load() {
@@ -179,6 +173,19 @@ func TestRepairAfterShortCut(t *testing.T) {
 	if err != nil || len(acc) != 1 || acc[0].Copies != 1 {
 		t.Fatalf("push during the cut: %+v, %v; want kept here (1 copy)", acc, err)
 	}
+	return a, b, dev, cut, refused
+}
+
+// TestRepairAfterShortCut: a push accepted on a node that is not its
+// owner while the owner, alive to gossip, cannot be reached (a partition
+// too short for anyone to be declared dead: no view changes) is kept
+// there, and handed over once the owner can be reached again, by repair,
+// long before the sweep, however many repairs the cut outlasts. Before, nothing offered it again until the
+// sweep: delivered 25 s after such a partition healed
+// (dpload chaos --faults split,isolate, docs/RELIABILITY.md).
+func TestRepairAfterShortCut(t *testing.T) {
+	t.Parallel() // it waits for repairs, 2 s apart
+	a, b, dev, cut, refused := pushDuringACut(t)
 	if a.local.queued(dev) != 1 || b.local.queued(dev) != 0 {
 		t.Fatalf("queued on a, b: %d, %d; want 1, 0", a.local.queued(dev), b.local.queued(dev))
 	}
@@ -206,35 +213,7 @@ func TestRepairAfterShortCut(t *testing.T) {
 // mark was spent and nothing offered the push again until the sweep.
 func TestRepairAfterAFlap(t *testing.T) {
 	t.Parallel() // it waits for repairs, 2 s apart
-	a, seed := startRouterNode(t, "node-a", nil, time.Hour)
-	b, _ := startRouterNode(t, "node-b", []string{seed}, time.Hour)
-	dev := ""
-	testutil.WaitFor(t, 20*time.Second, func() error {
-		if !strings.Contains(a.r.View(), "node-b") || !strings.Contains(b.r.View(), "node-a") {
-			return fmt.Errorf("views %q and %q", a.r.View(), b.r.View())
-		}
-		for i := range 100 {
-			d := fmt.Sprintf("pc-%d", i)
-			if o := a.r.Owners(d); slices.Equal(o, []string{"node-b"}) && slices.Equal(b.r.Owners(d), o) {
-				dev = d
-				return nil
-			}
-		}
-		return errors.New("the nodes do not agree on owners yet")
-	})
-	var cut atomic.Bool
-	dial := a.r.peer.netDial
-	a.r.peer.netDial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		if cut.Load() {
-			return nil, errors.New("cut off (test)")
-		}
-		return dial(ctx, network, addr)
-	}
-	cut.Store(true)
-	a.r.peer.client.CloseIdleConnections()
-	if acc, err := a.r.Push(context.Background(), []string{dev}, []byte("during the cut"), time.Hour); err != nil || len(acc) != 1 || acc[0].Copies != 1 {
-		t.Fatalf("push during the cut: %+v, %v; want kept here (1 copy)", acc, err)
-	}
+	a, b, dev, cut, _ := pushDuringACut(t)
 	cut.Store(false)
 
 	// The flap: b out of a's members for one repair, then back, too
