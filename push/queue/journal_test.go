@@ -341,3 +341,26 @@ func TestCheckpointCopiesYoungPushes(t *testing.T) {
 		t.Errorf("after a crash: %q, want both once", payloads(got))
 	}
 }
+
+// TestJournalWriteFails: a push whose journal write fails is refused
+// (Enqueue's error, the API's 5xx), never delivered and dropped from
+// memory; the pushes before it stay.
+func TestJournalWriteFails(t *testing.T) {
+	_, _, q := newCrashable(t)
+	enqueue(t, q, "pc", "kept")
+	q.journal.Close() // every write fails from now on
+	if _, err := q.Enqueue([]string{"pc"}, [][]byte{[]byte("refused")}, time.Hour); err == nil {
+		t.Fatal("Enqueue succeeded with the journal unwritable")
+	}
+	if got, _ := q.Pending("pc", 0, 10); !slices.Equal(payloads(got), []string{"kept"}) {
+		t.Errorf("Pending after a failed write: %q, want only the push before it", payloads(got))
+	}
+	if n, _ := q.Len("pc"); n != 1 {
+		t.Errorf("Len after a failed write: %d, want 1", n)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if n := len(q.tail["pc"]); n != 1 {
+		t.Errorf("the tail holds %d pushes for pc, want 1: the refused one dropped", n)
+	}
+}

@@ -153,9 +153,7 @@ func (q *Queue) Enqueue(devices []string, payloads [][]byte, ttl time.Duration) 
 	for i, dev := range devices {
 		var err error
 		if out[i], err = q.add(w, dev, out[i]); err != nil {
-			for _, e := range w.entries {
-				q.removeLocked(e)
-			}
+			q.discardLocked(w)
 			q.mu.Unlock()
 			return nil, fmt.Errorf("push: enqueue: %w", err)
 		}
@@ -404,9 +402,7 @@ func (q *Queue) Insert(items []Item) ([]Item, error) {
 		}
 		m, err := q.add(w, it.Device, it.Message)
 		if err != nil {
-			for _, e := range w.entries {
-				q.removeLocked(e)
-			}
+			q.discardLocked(w)
 			q.mu.Unlock()
 			q.cpMu.Unlock()
 			return nil, fmt.Errorf("push: insert: %w", err)

@@ -91,6 +91,13 @@ func (q *Queue) add(w *write, device string, m wire.Message) (wire.Message, erro
 	return m, nil
 }
 
+// discardLocked drops from the tail the pushes w added, not written.
+func (q *Queue) discardLocked(w *write) {
+	for _, e := range w.entries {
+		q.removeLocked(e)
+	}
+}
+
 // submit queues w for the journal (q.mu is held) and returns with q.mu
 // released once w is durable, or failed (its pushes then dropped).
 func (q *Queue) submit(w *write) error {
@@ -135,12 +142,12 @@ func (q *Queue) writeLoop() {
 		q.mu.Lock()
 		now := time.Now()
 		for _, w := range ws {
+			if err != nil {
+				q.discardLocked(w)
+				continue
+			}
 			for _, e := range w.entries {
-				if err == nil {
-					e.durable, e.at = true, now
-				} else {
-					q.removeLocked(e)
-				}
+				e.durable, e.at = true, now
 			}
 		}
 		start := err == nil && !q.started && !q.closed &&
@@ -351,23 +358,13 @@ func (q *Queue) checkpoint(all bool) error {
 	}
 	q.mu.Unlock()
 
+	var err error
 	if len(forward) > 0 {
 		q.wmu.Lock()
-		err := q.journal.Append(forward)
+		err = q.journal.Append(forward)
 		q.wmu.Unlock()
-		if err != nil {
-			q.mu.Lock()
-			q.moving = false
-			for dev := range lasts {
-				q.dirty[dev] = true
-			}
-			q.mu.Unlock()
-			return fmt.Errorf("push: queue checkpoint: %w", err)
-		}
 	}
-
-	var err error
-	if len(lasts) > 0 || len(moved) > 0 {
+	if err == nil && (len(lasts) > 0 || len(moved) > 0) {
 		err = q.commitCheckpoint(lasts, moved)
 	}
 	q.mu.Lock()
