@@ -239,11 +239,12 @@ func TestBackAfterEjection(t *testing.T) {
 	}
 }
 
-// TestLeastBusySpread holds 1,000 relays open at once and checks that
-// each of 3 upstreams has 333 ± 10 %.
+// TestLeastBusySpread holds 300 relays open at once and checks that
+// each of 3 upstreams has 100 ± 10 % (each relay costs two handshakes,
+// about 10 ms under the race detector: 300 are enough to see a spread).
 func TestLeastBusySpread(t *testing.T) {
 	t.Parallel() // its own backends; CPU-bound, beside the tests that wait
-	const relays, n = 1000, 3
+	const relays, n = 300, 3
 	release := make(chan struct{})
 	hold := func(c *tls.Conn) {
 		io.WriteString(c, "+")
@@ -280,8 +281,8 @@ func TestLeastBusySpread(t *testing.T) {
 	}
 	for i, b := range backends {
 		got := b.open.Load()
-		if got < 300 || got > 367 {
-			t.Errorf("upstream %d holds %d relays, want 333 ± 10 %% (300..367)", i, got)
+		if want := int64(relays / n); got < want*9/10 || got > want*11/10 {
+			t.Errorf("upstream %d holds %d relays, want %d ± 10 %%", i, got, want)
 		}
 	}
 }
@@ -578,7 +579,11 @@ func TestShutdownDrains(t *testing.T) {
 	}()
 	// New agents are refused while the old relay still works.
 	waitFor(t, 5*time.Second, func() error {
-		if _, err := net.DialTimeout("tcp", p.addr, time.Second); err == nil {
+		probe, err := net.DialTimeout("tcp", p.addr, time.Second)
+		if err == nil {
+			// Closed at once: left open, the proxy would wait out its
+			// handshake timeout for it before Shutdown returns.
+			probe.Close()
 			return errors.New("listener still accepts")
 		}
 		return nil
