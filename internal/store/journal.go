@@ -109,12 +109,13 @@ func AppendRecord(buf, body []byte) []byte {
 	return append(buf, body...)
 }
 
-// Records calls fn with the body of every whole record, file by file,
-// and sets where each file's next record goes. Each file is read up to
+// Records calls fn with the body of every whole record and the file (0
+// or 1) it is in, file by file, and sets where each file's next record
+// goes. Each file is read up to
 // its first frame of length 0, cut short or failing its checksum; the
 // bytes from there to the last non-zero one (a write cut short by a
 // crash, or damage) are reported per file, not passed to fn.
-func (j *Journal) Records(fn func(body []byte) error) (damaged map[string]int64, err error) {
+func (j *Journal) Records(fn func(file int, body []byte) error) (damaged map[string]int64, err error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	for i, f := range j.files {
@@ -135,7 +136,7 @@ func (j *Journal) Records(fn func(body []byte) error) (damaged map[string]int64,
 			if crc32.Checksum(body, castagnoli) != binary.BigEndian.Uint32(data[off+4:]) {
 				break
 			}
-			if err := fn(body); err != nil {
+			if err := fn(i, body); err != nil {
 				return damaged, err
 			}
 			off += frameHeader + n

@@ -21,7 +21,7 @@ func TestJournal(t *testing.T) {
 	read := func(j *Journal) ([]string, map[string]int64) {
 		t.Helper()
 		var got []string
-		damaged, err := j.Records(func(b []byte) error { got = append(got, string(b)); return nil })
+		damaged, err := j.Records(func(_ int, b []byte) error { got = append(got, string(b)); return nil })
 		if err != nil {
 			t.Fatal(err)
 		}

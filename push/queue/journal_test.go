@@ -93,8 +93,8 @@ func TestJournalAfterACrash(t *testing.T) {
 	if n := q.journal.Size(); n != 0 {
 		t.Errorf("the journal holds %d bytes after the replay, want 0", n)
 	}
-	if next := enqueue(t, q, "pc-1", "f"); next[0].Seq != pc1[4].Seq+1 {
-		t.Errorf("next sequence %d, want %d", next[0].Seq, pc1[4].Seq+1)
+	if next := enqueue(t, q, "pc-1", "f"); next[0].Seq != EpochStride+1 {
+		t.Errorf("next sequence %d, want %d (the next epoch's first, above %d)", next[0].Seq, EpochStride+1, pc1[4].Seq)
 	}
 
 	// A clean stop: what was acknowledged does not come back.
@@ -161,8 +161,8 @@ func TestTornJournalWrite(t *testing.T) {
 	if got, _ := q.Pending("pc", 0, 10); !slices.Equal(payloads(got), []string{"one", "two"}) {
 		t.Fatalf("after the torn write: %q", payloads(got))
 	}
-	if m := enqueue(t, q, "pc", "three"); m[0].Seq != 3 {
-		t.Errorf("next sequence %d, want 3", m[0].Seq)
+	if m := enqueue(t, q, "pc", "three"); m[0].Seq != EpochStride+1 {
+		t.Errorf("next sequence %d, want %d (the next epoch's first)", m[0].Seq, EpochStride+1)
 	}
 }
 
@@ -301,6 +301,32 @@ func TestCrashBeforeJournalEmptied(t *testing.T) {
 	for f, b := range saved {
 		os.WriteFile(f, b, 0o600)
 	}
+	_, q = crash(t, db)
+	if got, _ := q.Pending("pc", 0, 10); !slices.Equal(payloads(got), []string{"p2", "p3"}) {
+		t.Errorf("after the crash: %q, want p2 and p3 once each", payloads(got))
+	}
+}
+
+// TestCrashBeforeJournalEmptiedNothingMoved: the same crash after a
+// checkpoint that moved nothing to the tree (every push young, copied to
+// the other file): the copy ends with the old file's token, so the old
+// file, put back as it was, is not replayed.
+func TestCrashBeforeJournalEmptiedNothingMoved(t *testing.T) {
+	dir, db, q := newCrashable(t)
+	msgs := enqueue(t, q, "pc", "p1", "p2", "p3")
+	q.Ack("pc", msgs[0].Seq)
+	oldFile := filepath.Join(dir, JournalName+"-0"+store.JournalSuffix)
+	saved, err := os.ReadFile(oldFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.checkpoint(false); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := q.Len("pc"); n != 2 {
+		t.Fatalf("after the checkpoint pc queues %d, want 2", n)
+	}
+	os.WriteFile(oldFile, saved, 0o600)
 	_, q = crash(t, db)
 	if got, _ := q.Pending("pc", 0, 10); !slices.Equal(payloads(got), []string{"p2", "p3"}) {
 		t.Errorf("after the crash: %q, want p2 and p3 once each", payloads(got))

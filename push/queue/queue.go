@@ -8,7 +8,6 @@
 package queue
 
 import (
-	"bytes"
 	"cmp"
 	"crypto/rand"
 	"encoding/binary"
@@ -45,16 +44,16 @@ import (
 // (docs/BENCHMARKS.md, "Push: the queue's journal").
 //
 // Layout in the tree: bucket "push_queue" holds one sub-bucket per
-// device, keyed by the 8-byte big-endian sequence, and under lastSeqKey
-// (after every message) the device's last sequence. Stores written
-// before that kept the last sequence in bucket "push_seq", still read for
-// a device whose bucket has no lastSeqKey yet.
+// device, keyed by the 8-byte big-endian sequence; bucket "push_meta"
+// holds the epoch (seq.go).
 //
 // Sequences are assigned under one lock in the order the pushes are
 // written to the journal, and a push is returned by Pending only once
 // its write is durable, so a reader that sees sequence N also sees every
 // lower one still queued: reading "everything after the last one I
-// sent" never skips a message.
+// sent" never skips a message. A device's sequences go up by one while
+// the queue is open and jump ahead at each open (seq.go), so they never
+// go back, and nothing but the epoch is written to keep them so.
 type Queue struct {
 	db      *store.DB
 	journal *store.Journal
@@ -69,18 +68,18 @@ type Queue struct {
 
 	mu       sync.Mutex
 	tail     map[string][]*entry // device -> its pushes in the journal and not in the tree, by sequence
-	last     map[string]uint64   // device -> the last sequence assigned (read from the tree at first use)
-	saved    map[string]uint64   // device -> its last sequence in the tree, as read or last written
-	dirty    map[string]bool     // devices whose last sequence the tree may not have yet
+	last     map[string]uint64   // device -> the last sequence assigned since open
+	base     uint64              // the epoch's first sequence less one: where every device starts (seq.go)
 	writes   []*write            // waiting for the next journal write
 	writing  bool                // a writer goroutine is running
-	moving   bool                // a checkpoint took the tail and has not committed it yet
 	started  bool                // the writer started a checkpoint that has not ended
 	lastMove time.Time
 	closed   bool
 	every    time.Duration  // CheckpointEvery; tests change it
 	workers  sync.WaitGroup // the writer and checkpoint goroutines
 	wmu      sync.Mutex     // held by the writer from a journal write until its pushes are marked durable
+	token    uint64         // the active journal file's (tail.go); wmu
+	header   []byte         // its record, until written to the file; wmu
 	cpMu     sync.Mutex     // one checkpoint, Flush, Insert, Remove or count of the queue at a time
 
 	writesN, checkpointsN atomic.Uint64 // Stats
@@ -92,25 +91,10 @@ type Queue struct {
 	ackDelay time.Duration                  // AckDelay; tests lengthen it
 }
 
-const (
-	bucketQueue = "push_queue"
-	bucketSeq   = "push_seq" // stores of earlier versions; read, never written
-)
-
-// lastSeqKey is the key of a device's last sequence in its bucket: nine
-// bytes, so it sorts after every 8-byte message key.
-var lastSeqKey = []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
-
-func isLastSeq(k []byte) bool { return bytes.Equal(k, lastSeqKey) }
+const bucketQueue = "push_queue"
 
 // countMessages counts the messages in a device's bucket.
-func countMessages(db *bolt.Bucket) int {
-	n := db.Stats().KeyN
-	if db.Get(lastSeqKey) != nil {
-		n--
-	}
-	return n
-}
+func countMessages(db *bolt.Bucket) int { return db.Stats().KeyN }
 
 // NewQueue uses db and the journal beside its file, replaying into the
 // tree whatever the journal holds from before a crash.
@@ -120,11 +104,16 @@ func NewQueue(db *store.DB) (*Queue, error) {
 		return nil, fmt.Errorf("push: queue: %w", err)
 	}
 	q := &Queue{db: db, journal: j, now: time.Now, acked: map[string]map[uint64]struct{}{}, ackDelay: AckDelay,
-		tail: map[string][]*entry{}, last: map[string]uint64{}, saved: map[string]uint64{}, dirty: map[string]bool{}, every: CheckpointEvery}
+		tail: map[string][]*entry{}, last: map[string]uint64{}, every: CheckpointEvery}
 	if err := q.replay(); err != nil {
 		j.Close()
 		return nil, err
 	}
+	if err := q.newEpoch(); err != nil {
+		j.Close()
+		return nil, fmt.Errorf("push: queue: %w", err)
+	}
+	q.newFileLocked() // not shared yet
 	return q, nil
 }
 
@@ -141,9 +130,6 @@ func (q *Queue) Enqueue(devices []string, payloads [][]byte, ttl time.Duration) 
 		out[i] = wire.Message{Expiry: expiry, Payload: payloads[i]}
 		rand.Read(out[i].ID[:])
 	}
-	if err := q.loadSeqs(devices); err != nil {
-		return nil, fmt.Errorf("push: enqueue: %w", err)
-	}
 	w := &write{}
 	q.mu.Lock()
 	if q.closed {
@@ -151,12 +137,7 @@ func (q *Queue) Enqueue(devices []string, payloads [][]byte, ttl time.Duration) 
 		return nil, ErrClosed
 	}
 	for i, dev := range devices {
-		var err error
-		if out[i], err = q.add(w, dev, out[i]); err != nil {
-			q.discardLocked(w)
-			q.mu.Unlock()
-			return nil, fmt.Errorf("push: enqueue: %w", err)
-		}
+		out[i] = q.add(w, dev, out[i])
 	}
 	if err := q.submit(w); err != nil {
 		return nil, fmt.Errorf("push: enqueue: %w", err)
@@ -198,7 +179,7 @@ func (q *Queue) Pending(device string, after uint64, limit int) ([]wire.Message,
 			return nil
 		}
 		c := db.Cursor()
-		for k, v := c.Seek(seqKey(after + 1)); k != nil && !isLastSeq(k) && len(out) < limit; k, v = c.Next() {
+		for k, v := c.Seek(seqKey(after + 1)); k != nil && len(out) < limit; k, v = c.Next() {
 			m, err := decodeStored(k, v)
 			if err != nil {
 				bad = append(bad, slices.Clone(k))
@@ -236,7 +217,7 @@ func (q *Queue) Ack(device string, seq uint64) (id [16]byte, found bool, err err
 	q.mu.Lock()
 	if e := q.findLocked(device, seq); e != nil && e.durable {
 		q.removeLocked(e)
-		if q.moving {
+		if e.moving {
 			// The checkpoint running may be committing it to the tree:
 			// delete it there after (Flush waits for the checkpoint).
 			q.ackLater(device, seq)
@@ -400,14 +381,7 @@ func (q *Queue) Insert(items []Item) ([]Item, error) {
 		if inTree[i] || slices.ContainsFunc(q.tail[it.Device], func(e *entry) bool { return e.msg.ID == it.ID }) {
 			continue
 		}
-		m, err := q.add(w, it.Device, it.Message)
-		if err != nil {
-			q.discardLocked(w)
-			q.mu.Unlock()
-			q.cpMu.Unlock()
-			return nil, fmt.Errorf("push: insert: %w", err)
-		}
-		out = append(out, Item{Device: it.Device, Message: m})
+		out = append(out, Item{Device: it.Device, Message: q.add(w, it.Device, it.Message)})
 	}
 	if len(w.entries) == 0 {
 		q.mu.Unlock()
@@ -444,7 +418,7 @@ func (q *Queue) forgetExpiry() {
 
 func hasID(db *bolt.Bucket, id [16]byte) bool {
 	c := db.Cursor()
-	for k, v := c.First(); k != nil && !isLastSeq(k); k, v = c.Next() {
+	for k, v := c.First(); k != nil; k, v = c.Next() {
 		if m, err := decodeStored(k, v); err == nil && m.ID == id {
 			return true
 		}
@@ -470,7 +444,7 @@ func (q *Queue) Remove(device string, ids [][16]byte) error {
 			return nil
 		}
 		c := db.Cursor()
-		for k, v := c.First(); k != nil && !isLastSeq(k); {
+		for k, v := c.First(); k != nil; {
 			if m, err := decodeStored(k, v); err == nil && slices.Contains(ids, m.ID) {
 				if err := c.Delete(); err != nil {
 					return err
@@ -578,9 +552,6 @@ func (q *Queue) Expire() (map[string]int, error) {
 		}
 		return qb.ForEachBucket(func(dev []byte) error {
 			return qb.Bucket(dev).ForEach(func(k, v []byte) error {
-				if isLastSeq(k) {
-					return nil
-				}
 				m, err := decodeStored(k, v)
 				switch {
 				case err != nil:

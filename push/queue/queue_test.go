@@ -10,6 +10,7 @@ import (
 
 	"github.com/dpgate/dpgate/internal/store"
 	"github.com/dpgate/dpgate/internal/testutil"
+	"github.com/dpgate/dpgate/push/wire"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -198,12 +199,12 @@ func TestExpireReadsOnlyWhenDue(t *testing.T) {
 	}
 }
 
-// TestSequenceKeptBesideMessages: a device's sequence goes on from its
-// last one after every push was acknowledged and deleted; from the
-// push_seq counter of a store written by an earlier version; and, when
-// its record is damaged, after the highest one still queued. The record
-// never shows as a message.
-func TestSequenceKeptBesideMessages(t *testing.T) {
+// TestSequencesNeverGoBack: a device's sequences go up by one while the
+// queue is open, on after every push was acknowledged and deleted; each
+// open starts an epoch above the last one and above every sequence still
+// queued or recorded by an earlier version (whose records it removes),
+// so no sequence is given twice.
+func TestSequencesNeverGoBack(t *testing.T) {
 	db, err := store.Open(t.TempDir(), store.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -218,22 +219,28 @@ func TestSequenceKeptBesideMessages(t *testing.T) {
 		}
 		return msgs[0].Seq
 	}
+	reopen := func(change func(tx *bolt.Tx) error) {
+		t.Helper()
+		if err := q.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if change != nil {
+			if err := db.Update(change); err != nil {
+				t.Fatal(err)
+			}
+		}
+		q = openQueue(t, db)
+	}
 	for i := range 3 {
 		if seq := enqueue("pc-1"); seq != uint64(i+1) {
-			t.Fatalf("push %d got sequence %d", i+1, seq)
+			t.Fatalf("push %d of a new store got sequence %d", i+1, seq)
 		}
 	}
 	msgs, _ := q.Pending("pc-1", 0, 10)
-	if len(msgs) != 3 {
-		t.Fatalf("Pending: %d messages, want 3 (the sequence record is not one)", len(msgs))
-	}
 	for _, m := range msgs {
 		q.Ack("pc-1", m.Seq)
 	}
 	q.Flush()
-	if n, _ := q.Len("pc-1"); n != 0 {
-		t.Fatalf("Len after every ACK: %d, want 0", n)
-	}
 	if n, devs := q.Depth(); n != 0 || devs != 0 || len(q.Devices()) != 0 {
 		t.Fatalf("Depth %d messages %d devices, Devices %v; want none", n, devs, q.Devices())
 	}
@@ -241,28 +248,43 @@ func TestSequenceKeptBesideMessages(t *testing.T) {
 		t.Errorf("after all were acknowledged: sequence %d, want 4", seq)
 	}
 
-	// An earlier version's store: the counter in push_seq, no record.
-	db.Update(func(tx *bolt.Tx) error {
-		sb, _ := tx.CreateBucketIfNotExists([]byte(bucketSeq))
-		return sb.Put([]byte("pc-old"), store.Seal([]byte("pc-old"), binary.BigEndian.AppendUint64(nil, 41)))
-	})
-	if seq := enqueue("pc-old"); seq != 42 {
-		t.Errorf("from an earlier version's counter 41: sequence %d, want 42", seq)
+	reopen(nil)
+	if seq := enqueue("pc-1"); seq != EpochStride+1 {
+		t.Errorf("after a reopen: sequence %d, want %d (epoch 1)", seq, EpochStride+1)
 	}
-	if seq := enqueue("pc-old"); seq != 43 {
-		t.Errorf("next: sequence %d, want 43", seq)
+	if seq := enqueue("pc-2"); seq != EpochStride+1 {
+		t.Errorf("another device after a reopen: sequence %d, want %d", seq, EpochStride+1)
 	}
 
-	// A damaged record: after the highest still queued (43), read by a
-	// queue started afresh.
-	if err := q.Close(); err != nil {
-		t.Fatal(err)
-	}
-	db.Update(func(tx *bolt.Tx) error {
-		return deviceBucket(tx, "pc-old").Put(lastSeqKey, []byte("garbage"))
+	// Records of earlier versions: a push_seq counter, a last sequence
+	// beside pc-1's messages (and one damaged beside pc-2's).
+	sealed := func(k []byte, v uint64) []byte { return store.Seal(k, binary.BigEndian.AppendUint64(nil, v)) }
+	reopen(func(tx *bolt.Tx) error {
+		sb, _ := tx.CreateBucketIfNotExists(bucketSeq)
+		sb.Put([]byte("pc-old"), sealed([]byte("pc-old"), 5*EpochStride+41))
+		deviceBucket(tx, "pc-2").Put(lastSeqKey, []byte("garbage"))
+		return deviceBucket(tx, "pc-1").Put(lastSeqKey, sealed(lastSeqKey, 3*EpochStride+7))
 	})
-	q = openQueue(t, db)
-	if seq := enqueue("pc-old"); seq != 44 {
-		t.Errorf("with a damaged record: sequence %d, want 44", seq)
+	if seq := enqueue("pc-old"); seq != 6*EpochStride+1 {
+		t.Errorf("above an earlier version's counter %d: sequence %d, want %d", 5*EpochStride+41, seq, 6*EpochStride+1)
+	}
+	db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketSeq) != nil || deviceBucket(tx, "pc-1").Get(lastSeqKey) != nil || deviceBucket(tx, "pc-2").Get(lastSeqKey) != nil {
+			t.Error("an earlier version's sequence records are still there")
+		}
+		return nil
+	})
+	if n, _ := q.Len("pc-2"); n != 1 {
+		t.Errorf("pc-2 queues %d, want its 1 push (the records are not messages)", n)
+	}
+
+	// A push queued with a sequence above the epochs (more than
+	// EpochStride pushes to one device in one run).
+	reopen(func(tx *bolt.Tx) error {
+		m := wire.Message{Seq: 9*EpochStride + 5, Expiry: time.Now().Add(time.Hour).UnixMilli()}
+		return deviceBucket(tx, "pc-1").Put(seqKey(m.Seq), encodeStored(m.Seq, m))
+	})
+	if seq := enqueue("pc-1"); seq != 10*EpochStride+1 {
+		t.Errorf("above a queued sequence %d: sequence %d, want %d", 9*EpochStride+5, seq, 10*EpochStride+1)
 	}
 }

@@ -52,12 +52,7 @@ func (r *Registry) Remove(id string) error {
 			}
 		}
 		if qb := tx.Bucket([]byte(bucketQueue)); qb != nil && qb.Bucket([]byte(id)) != nil {
-			if err := qb.DeleteBucket([]byte(id)); err != nil {
-				return err
-			}
-		}
-		if b := tx.Bucket([]byte(bucketSeq)); b != nil {
-			return b.Delete([]byte(id))
+			return qb.DeleteBucket([]byte(id))
 		}
 		return nil
 	})

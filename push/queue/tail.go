@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
+	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -24,12 +24,17 @@ import (
 // first, under wmu, so that every push written to the old file is marked
 // durable by then. Every durable push of the tail (a superset of the old
 // file's unacknowledged ones) then goes either to the tree or, if young,
-// into the new file again; each device's last sequence goes to the tree
-// up to its first push that did not. Only then is the old file emptied.
-// Replay at open skips a record whose sequence is not above its device's
-// last sequence in the tree: that push was committed to the tree (and
-// maybe acknowledged since, and deleted) or acknowledged before the
-// checkpoint; the others are in a file still.
+// into the new file again. Only then is the old file emptied.
+//
+// Replay at open puts the records of both files into the tree (a push in
+// the tree and in a file is put once, under its sequence), but none of a
+// file the checkpoint had absorbed before a crash kept it from emptying
+// it. Each file begins with a record of a token drawn when it became the
+// active one; a checkpoint that moves pushes to the tree writes the old
+// file's token there in the same transaction, and one that moves none
+// writes it to the new file after the pushes it copied there. So what a
+// crash brings back that was acknowledged is what was acknowledged since
+// the last checkpoint.
 
 // CheckpointEvery is how often, while pushes are accepted, a journal file
 // is emptied: the pushes unacknowledged in it for longer than this move
@@ -67,6 +72,47 @@ type entry struct {
 	msg     wire.Message
 	durable bool      // its journal write returned; only then is it delivered
 	at      time.Time // when it became durable
+	moving  bool      // a checkpoint is committing it to the tree
+}
+
+// Records that are not pushes: a device length of 0, then the kind and a
+// token of the file (8 bytes).
+const (
+	markFile    = 1 // the first record of a file: its token
+	markAbsorbs = 2 // the file of this token is in the tree or copied here
+)
+
+func markRecord(kind byte, token uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{0, 0, kind}, token)
+}
+
+func decodeMark(b []byte) (kind byte, token uint64, ok bool) {
+	if len(b) != 11 || b[0] != 0 || b[1] != 0 {
+		return 0, 0, false
+	}
+	return b[2], binary.BigEndian.Uint64(b[3:]), true
+}
+
+var absorbedKey = []byte("absorbed") // in bucketMeta: the token of the last file a checkpoint moved to the tree
+
+// newFileLocked draws the token of the file that just became the active
+// one; its record goes first in the file's next write. q.wmu is held.
+func (q *Queue) newFileLocked() {
+	q.token = rand.Uint64()
+	q.header = store.AppendRecord(nil, markRecord(markFile, q.token))
+}
+
+// appendLocked writes buf to the active file, after the file's token if
+// not written yet. q.wmu is held.
+func (q *Queue) appendLocked(buf []byte) error {
+	if q.header != nil {
+		buf = slices.Concat(q.header, buf)
+	}
+	if err := q.journal.Append(buf); err != nil {
+		return err
+	}
+	q.header = nil
+	return nil
 }
 
 // write is one caller's records, waiting for the journal.
@@ -76,19 +122,16 @@ type write struct {
 	done    chan error
 }
 
-// add puts a push for device with a new sequence in the tail (not
-// durable yet) and its record in w. q.mu is held.
-func (q *Queue) add(w *write, device string, m wire.Message) (wire.Message, error) {
-	seq, err := q.nextSeqLocked(device)
-	if err != nil {
-		return m, err
-	}
-	m.Seq = seq
+// add puts a push for device with the device's next sequence in the
+// tail (not durable yet) and its record in w. q.mu is held.
+func (q *Queue) add(w *write, device string, m wire.Message) wire.Message {
+	m.Seq = cmp.Or(q.last[device], q.base) + 1
+	q.last[device] = m.Seq
 	e := &entry{device: device, msg: m}
 	q.tail[device] = append(q.tail[device], e)
 	w.entries = append(w.entries, e)
 	w.buf = store.AppendRecord(w.buf, encodeRecord(device, m))
-	return m, nil
+	return m
 }
 
 // discardLocked drops from the tail the pushes w added, not written.
@@ -135,7 +178,7 @@ func (q *Queue) writeLoop() {
 			}
 		}
 		q.wmu.Lock()
-		err := q.journal.Append(buf)
+		err := q.appendLocked(buf)
 		if err == nil {
 			q.writesN.Add(1)
 		}
@@ -173,98 +216,6 @@ func (q *Queue) writeLoop() {
 			}()
 		}
 	}
-}
-
-// loadSeqs reads from the tree, in one read transaction and outside
-// q.mu, the last sequences of the devices not seen since start (a push
-// to all of them would otherwise hold q.mu, and every session's reads
-// and ACKs, for one transaction each).
-func (q *Queue) loadSeqs(devices []string) error {
-	q.mu.Lock()
-	var missing []string
-	for _, d := range devices {
-		if _, ok := q.last[d]; !ok {
-			missing = append(missing, d)
-		}
-	}
-	q.mu.Unlock()
-	if len(missing) == 0 {
-		return nil
-	}
-	found := make(map[string]uint64, len(missing))
-	err := q.db.View(func(tx *bolt.Tx) error {
-		for _, d := range missing {
-			found[d] = lastSeq(tx, d)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	// Unchanged meanwhile: only a checkpoint writes a device's last
-	// sequence, and only for a device it has in q.last.
-	q.mu.Lock()
-	for d, last := range found {
-		if _, ok := q.last[d]; !ok {
-			q.last[d], q.saved[d] = last, last
-		}
-	}
-	q.mu.Unlock()
-	return nil
-}
-
-// nextSeqLocked assigns the device's next sequence. q.mu is held.
-func (q *Queue) nextSeqLocked(device string) (uint64, error) {
-	last, ok := q.last[device]
-	if !ok {
-		err := q.db.View(func(tx *bolt.Tx) error {
-			last = lastSeq(tx, device)
-			return nil
-		})
-		if err != nil {
-			return 0, err
-		}
-		q.saved[device] = last
-	}
-	q.last[device] = last + 1
-	q.dirty[device] = true
-	return last + 1, nil
-}
-
-// lastSeq is the device's last sequence in the tree: lastSeqKey in its
-// bucket, or in a store of an earlier version the push_seq bucket; never
-// below a message still queued.
-func lastSeq(tx *bolt.Tx, device string) uint64 {
-	db := deviceBucket(tx, device)
-	if db != nil {
-		if v, err := store.Unseal(lastSeqKey, db.Get(lastSeqKey)); err == nil && len(v) == 8 {
-			return binary.BigEndian.Uint64(v)
-		}
-	}
-	// None yet, or damaged: the earlier version's counter, and after the
-	// highest sequence queued.
-	var last uint64
-	if sb := tx.Bucket([]byte(bucketSeq)); sb != nil {
-		if v, err := store.Unseal([]byte(device), sb.Get([]byte(device))); err == nil && len(v) == 8 {
-			last = binary.BigEndian.Uint64(v)
-		}
-	}
-	if db == nil {
-		return last
-	}
-	c := db.Cursor()
-	k, _ := c.Last()
-	if isLastSeq(k) {
-		k, _ = c.Prev()
-	}
-	if len(k) == 8 {
-		last = max(last, binary.BigEndian.Uint64(k))
-	}
-	return last
-}
-
-func putLastSeq(db *bolt.Bucket, seq uint64) error {
-	return db.Put(lastSeqKey, store.Seal(lastSeqKey, binary.BigEndian.AppendUint64(nil, seq)))
 }
 
 // findLocked returns the device's push seq in the tail, or nil.
@@ -317,90 +268,70 @@ func (q *Queue) checkpoint(all bool) error {
 	q.cpMu.Lock()
 	defer q.cpMu.Unlock()
 	q.wmu.Lock()
-	old := q.journal.Switch()
+	old, oldToken := q.journal.Switch(), q.token
+	q.newFileLocked()
 	q.wmu.Unlock()
 
 	q.mu.Lock()
-	q.moving = true // until the tree has what is taken here
 	young := time.Now().Add(-q.every)
 	var moved []*entry
 	var forward []byte
-	// A device's last sequence in the tree stops below its first push
-	// not moved there: that push's record (in the other file) is what
-	// brings it back after a crash.
-	stay := map[string]uint64{}
 	for dev, es := range q.tail {
 		for _, e := range es {
-			if e.durable && (all || e.at.Before(young)) {
+			switch {
+			case !e.durable: // written to the other file already
+			case all || e.at.Before(young):
+				e.moving = true // until the tree has it
 				moved = append(moved, e)
-				continue
-			}
-			if _, ok := stay[dev]; !ok {
-				stay[dev] = e.msg.Seq
-			}
-			if e.durable { // young: copied to the other file
+			default: // young: copied to the other file
 				forward = store.AppendRecord(forward, encodeRecord(dev, e.msg))
-			} // else written to the other file already
-		}
-	}
-	lasts := make(map[string]uint64, len(q.dirty)) // to write: those the tree does not have
-	for dev := range q.dirty {
-		last := q.last[dev]
-		if first, ok := stay[dev]; ok {
-			last = first - 1
-		}
-		if last != q.saved[dev] {
-			lasts[dev] = last
-		}
-		if last == q.last[dev] {
-			delete(q.dirty, dev)
+			}
 		}
 	}
 	q.mu.Unlock()
 
+	if len(moved) == 0 { // the old file holds nothing the new one does not
+		forward = store.AppendRecord(forward, markRecord(markAbsorbs, oldToken))
+	}
 	var err error
 	if len(forward) > 0 {
 		q.wmu.Lock()
-		err = q.journal.Append(forward)
+		err = q.appendLocked(forward)
 		q.wmu.Unlock()
 	}
-	if err == nil && (len(lasts) > 0 || len(moved) > 0) {
-		err = q.commitCheckpoint(lasts, moved)
+	if err == nil && len(moved) > 0 {
+		err = q.commitCheckpoint(moved, oldToken)
 	}
 	q.mu.Lock()
-	q.moving, q.lastMove = false, time.Now()
-	if err != nil {
-		for dev := range lasts {
-			q.dirty[dev] = true
+	q.lastMove = time.Now()
+	for _, e := range moved {
+		e.moving = false
+		if err == nil {
+			q.removeLocked(e) // unless acknowledged meanwhile (Ack deletes it from the tree)
 		}
-		q.mu.Unlock()
+	}
+	q.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("push: queue checkpoint: %w", err)
 	}
-	for _, e := range moved {
-		q.removeLocked(e) // unless acknowledged meanwhile (Ack deletes it from the tree)
-	}
-	maps.Copy(q.saved, lasts)
-	q.mu.Unlock()
 	q.checkpointsN.Add(1)
 	return q.journal.Empty(old)
 }
 
-// commitCheckpoint writes a checkpoint's last sequences and pushes to the
-// tree, in one transaction.
-func (q *Queue) commitCheckpoint(lasts map[string]uint64, moved []*entry) error {
+// commitCheckpoint writes a checkpoint's pushes to the tree, and the
+// token of the file they came from, in one transaction.
+func (q *Queue) commitCheckpoint(moved []*entry, token uint64) error {
 	return q.db.Batch(func(tx *bolt.Tx) error {
-		qb, err := tx.CreateBucketIfNotExists([]byte(bucketQueue))
+		mb, err := tx.CreateBucketIfNotExists([]byte(bucketMeta))
 		if err != nil {
 			return err
 		}
-		for dev, last := range lasts {
-			db, err := qb.CreateBucketIfNotExists([]byte(dev))
-			if err != nil {
-				return err
-			}
-			if err := putLastSeq(db, last); err != nil {
-				return err
-			}
+		if err := mb.Put(absorbedKey, store.Seal(absorbedKey, binary.BigEndian.AppendUint64(nil, token))); err != nil {
+			return err
+		}
+		qb, err := tx.CreateBucketIfNotExists([]byte(bucketQueue))
+		if err != nil {
+			return err
 		}
 		for _, e := range moved {
 			db, err := qb.CreateBucketIfNotExists([]byte(e.device))
@@ -422,15 +353,30 @@ func (q *Queue) replay() error {
 		dev string
 		m   wire.Message
 	}
-	var recs []rec
+	var recs [2][]rec
+	var tokens [2]uint64 // 0: a file without one (empty, or from before tokens)
+	var seen [2]int
+	absorbed := map[uint64]bool{}
 	bad := 0
-	damaged, err := q.journal.Records(func(body []byte) error {
+	damaged, err := q.journal.Records(func(file int, body []byte) error {
+		seen[file]++
+		if kind, token, ok := decodeMark(body); ok {
+			switch {
+			case kind == markFile && seen[file] == 1:
+				tokens[file] = token
+			case kind == markAbsorbs:
+				absorbed[token] = true
+			default:
+				bad++
+			}
+			return nil
+		}
 		dev, m, err := decodeRecord(body)
 		if err != nil {
 			bad++
 			return nil
 		}
-		recs = append(recs, rec{dev, m})
+		recs[file] = append(recs[file], rec{dev, m})
 		return nil
 	})
 	if err != nil {
@@ -448,41 +394,50 @@ func (q *Queue) replay() error {
 	if q.journal.Size() == 0 {
 		return nil
 	}
-	slices.SortStableFunc(recs, func(a, b rec) int {
-		return cmp.Or(cmp.Compare(a.dev, b.dev), cmp.Compare(a.m.Seq, b.m.Seq))
-	})
-	replayed := 0
-	err = q.db.Update(func(tx *bolt.Tx) error {
-		replayed = 0
-		qb, err := tx.CreateBucketIfNotExists([]byte(bucketQueue))
-		if err != nil {
-			return err
-		}
-		for i, r := range recs {
-			db, err := qb.CreateBucketIfNotExists([]byte(r.dev))
-			if err != nil {
-				return err
+	err = q.db.View(func(tx *bolt.Tx) error {
+		if mb := tx.Bucket([]byte(bucketMeta)); mb != nil {
+			if v, err := store.Unseal(absorbedKey, mb.Get(absorbedKey)); err == nil && len(v) == 8 {
+				absorbed[binary.BigEndian.Uint64(v)] = true
 			}
-			if r.m.Seq <= lastSeq(tx, r.dev) {
-				continue // in the tree already, or acknowledged
-			}
-			if err := db.Put(seqKey(r.m.Seq), encodeStored(r.m.Seq, r.m)); err != nil {
-				return err
-			}
-			if i+1 == len(recs) || recs[i+1].dev != r.dev {
-				if err := putLastSeq(db, r.m.Seq); err != nil {
-					return err
-				}
-			}
-			replayed++
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("push: queue journal replay: %w", err)
 	}
-	if replayed > 0 {
-		slog.Info("push: queued pushes brought back from the journal", "pushes", replayed)
+	var all []rec
+	for i := range recs {
+		if tokens[i] == 0 || !absorbed[tokens[i]] {
+			all = append(all, recs[i]...)
+		}
+	}
+	// By device and sequence: each device's keys are appended in order.
+	// A push in both files (copied forward by a checkpoint) is put once.
+	slices.SortFunc(all, func(a, b rec) int {
+		return cmp.Or(cmp.Compare(a.dev, b.dev), cmp.Compare(a.m.Seq, b.m.Seq))
+	})
+	all = slices.CompactFunc(all, func(a, b rec) bool { return a.dev == b.dev && a.m.Seq == b.m.Seq })
+	err = q.db.Update(func(tx *bolt.Tx) error {
+		qb, err := tx.CreateBucketIfNotExists([]byte(bucketQueue))
+		if err != nil {
+			return err
+		}
+		for _, r := range all {
+			db, err := qb.CreateBucketIfNotExists([]byte(r.dev))
+			if err != nil {
+				return err
+			}
+			if err := db.Put(seqKey(r.m.Seq), encodeStored(r.m.Seq, r.m)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("push: queue journal replay: %w", err)
+	}
+	if len(all) > 0 {
+		slog.Info("push: queued pushes brought back from the journal", "pushes", len(all))
 	}
 	for range 2 {
 		if err := q.journal.Empty(q.journal.Switch()); err != nil {
@@ -544,10 +499,8 @@ func (q *Queue) Drop(device string) error {
 	for _, e := range slices.Clone(q.tail[device]) {
 		q.removeLocked(e)
 	}
-	delete(q.last, device) // sequences start over, as for a device never seen
-	delete(q.saved, device)
-	delete(q.dirty, device)
-	q.mu.Unlock()
+	q.mu.Unlock() // its sequences go on from q.last: a session may still hold the device
+
 	return q.db.Batch(func(tx *bolt.Tx) error {
 		if qb := tx.Bucket([]byte(bucketQueue)); qb != nil && qb.Bucket([]byte(device)) != nil {
 			return qb.DeleteBucket([]byte(device))
