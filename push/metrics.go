@@ -94,7 +94,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 		func() float64 { return float64(s.queue.Expired()) })
 	d.CounterFunc("dpgate_push_journal_writes_total", "Writes to the push queue's journal, each one fdatasync making every push it carries durable; pushes accepted per write show how well writes are shared.",
 		func() float64 { return float64(s.queue.Stats().JournalWrites) })
-	d.CounterFunc("dpgate_push_checkpoints_total", "Checkpoints of the push queue: the pushes its journal holds unacknowledged committed to the store, and a journal file emptied.",
+	d.CounterFunc("dpgate_push_checkpoints_total", "Checkpoints of the push queue: a journal file emptied, the pushes it held unacknowledged for longer than 200 ms committed to the store, the younger ones written to the other file.",
 		func() float64 { return float64(s.queue.Stats().Checkpoints) })
 	d.GaugeFunc("dpgate_push_journal_bytes", "Bytes the push queue's journal files hold now (emptied at each checkpoint).",
 		func() float64 { return float64(s.queue.Stats().JournalBytes) })
