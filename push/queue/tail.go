@@ -143,79 +143,102 @@ func (q *Queue) discardLocked(w *write) {
 
 // submit queues w for the journal (q.mu is held) and returns with q.mu
 // released once w is durable, or failed (its pushes then dropped).
+//
+// With no write in progress the caller writes w itself (with any other
+// waiting by then): a push arriving alone, the usual case, costs no
+// hand-over to another goroutine and back. Writes that arrive during
+// that write are left to a writer goroutine, so the caller answers as
+// soon as its own is durable.
 func (q *Queue) submit(w *write) error {
 	w.done = make(chan error, 1)
 	q.writes = append(q.writes, w)
-	if !q.writing {
-		q.writing = true
-		q.workers.Add(1)
-		go q.writeLoop()
+	if q.writing {
+		q.mu.Unlock()
+		return <-w.done
 	}
+	q.writing = true
+	q.workers.Add(1)
 	q.mu.Unlock()
+	if q.writeWaiting() {
+		go q.writeLoop()
+	} else {
+		q.workers.Done()
+	}
 	return <-w.done
 }
 
 // writeLoop writes the waiting records, all of them in one journal
 // write, until none is left: pushes arriving during a write share the
-// next one.
+// next one. q.writing is set, and one worker counted, for it.
 func (q *Queue) writeLoop() {
 	defer q.workers.Done()
-	for {
-		q.mu.Lock()
-		ws := q.writes
-		q.writes = nil
-		if len(ws) == 0 {
-			q.writing = false
-			q.mu.Unlock()
-			return
-		}
+	for q.writeWaiting() {
+	}
+}
+
+// writeWaiting writes the waiting records in one journal write, if any;
+// it reports whether more are waiting after it (else q.writing is
+// cleared). Only the one goroutine that set q.writing calls it.
+func (q *Queue) writeWaiting() (more bool) {
+	q.mu.Lock()
+	ws := q.writes
+	q.writes = nil
+	if len(ws) == 0 {
+		q.writing = false
 		q.mu.Unlock()
-		buf := ws[0].buf
-		if len(ws) > 1 {
-			buf = nil
-			for _, w := range ws {
-				buf = append(buf, w.buf...)
-			}
-		}
-		q.wmu.Lock()
-		err := q.appendLocked(buf)
-		if err == nil {
-			q.writesN.Add(1)
-		}
-		q.mu.Lock()
-		now := time.Now()
+		return false
+	}
+	q.mu.Unlock()
+	buf := ws[0].buf
+	if len(ws) > 1 {
+		buf = nil
 		for _, w := range ws {
-			if err != nil {
-				q.discardLocked(w)
-				continue
-			}
-			for _, e := range w.entries {
-				e.durable, e.at = true, now
-			}
-		}
-		start := err == nil && !q.started && !q.closed &&
-			(time.Since(q.lastMove) >= q.every || q.journal.Size() >= checkpointAbove)
-		if start {
-			q.started = true
-			q.workers.Add(1)
-		}
-		q.mu.Unlock()
-		q.wmu.Unlock()
-		for _, w := range ws {
-			w.done <- err
-		}
-		if start {
-			go func() {
-				defer q.workers.Done()
-				if err := q.checkpoint(false); err != nil {
-					slog.Warn("push: moving queued pushes from the journal into the store failed; they stay in the journal", "err", err)
-				}
-				q.mu.Lock()
-				q.started = false
-				q.mu.Unlock()
-			}()
+			buf = append(buf, w.buf...)
 		}
 	}
+	q.wmu.Lock()
+	err := q.appendLocked(buf)
+	if err == nil {
+		q.writesN.Add(1)
+	}
+	q.mu.Lock()
+	now := time.Now()
+	for _, w := range ws {
+		if err != nil {
+			q.discardLocked(w)
+			continue
+		}
+		for _, e := range w.entries {
+			e.durable, e.at = true, now
+		}
+	}
+	start := err == nil && !q.started && !q.closed &&
+		(time.Since(q.lastMove) >= q.every || q.journal.Size() >= checkpointAbove)
+	if start {
+		q.started = true
+		q.workers.Add(1)
+	}
+	more = len(q.writes) > 0
+	if !more {
+		q.writing = false
+	}
+	q.mu.Unlock()
+	q.wmu.Unlock()
+	for _, w := range ws {
+		w.done <- err
+	}
+	if start {
+		go func() {
+			defer q.workers.Done()
+			if err := q.checkpoint(false); err != nil {
+				slog.Warn("push: moving queued pushes from the journal into the store failed; they stay in the journal", "err", err)
+			}
+			q.mu.Lock()
+			q.started = false
+			q.mu.Unlock()
+		}()
+	}
+	return more
 }
 
 // findLocked returns the device's push seq in the tail, or nil.
