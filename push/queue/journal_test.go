@@ -390,3 +390,38 @@ func TestJournalWriteFails(t *testing.T) {
 		t.Errorf("the tail holds %d pushes for pc, want 1: the refused one dropped", n)
 	}
 }
+
+// TestReplaySkipsOnlyAbsorbedSegments: a file that became the active one
+// again without being emptied (its emptying failed) holds the records of
+// its earlier turn, absorbed by a checkpoint, and then those of its new
+// turn, after a new token. Replay skips the first and keeps the second.
+func TestReplaySkipsOnlyAbsorbedSegments(t *testing.T) {
+	dir := t.TempDir()
+	db, err := store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	exp := time.Now().Add(time.Hour).UnixMilli()
+	push := func(seq uint64, p string) []byte {
+		return store.AppendRecord(nil, encodeRecord("pc", wire.Message{Seq: seq, Expiry: exp, Payload: []byte(p)}))
+	}
+	mark := func(kind byte, token uint64) []byte { return store.AppendRecord(nil, markRecord(kind, token)) }
+	files := [][]byte{
+		// First turn (token 1): acknowledged before the checkpoint that
+		// absorbed it. Second turn (token 3): accepted after.
+		slices.Concat(mark(markFile, 1), push(1, "acked-before"), mark(markFile, 3), push(5, "after")),
+		// The other file's turn (token 2): a young push copied, then
+		// the old file's token.
+		slices.Concat(mark(markFile, 2), push(2, "young"), mark(markAbsorbs, 1)),
+	}
+	for i, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%d%s", JournalName, i, store.JournalSuffix)), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q := openQueue(t, db)
+	if got, _ := q.Pending("pc", 0, 10); !slices.Equal(payloads(got), []string{"young", "after"}) {
+		t.Errorf("after the replay: %q, want young and after", payloads(got))
+	}
+}

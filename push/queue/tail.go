@@ -27,14 +27,16 @@ import (
 // into the new file again. Only then is the old file emptied.
 //
 // Replay at open puts the records of both files into the tree (a push in
-// the tree and in a file is put once, under its sequence), but none of a
-// file the checkpoint had absorbed before a crash kept it from emptying
-// it. Each file begins with a record of a token drawn when it became the
-// active one; a checkpoint that moves pushes to the tree writes the old
+// the tree and in a file is put once, under its sequence), but none of
+// those a checkpoint had absorbed before a crash kept it from emptying
+// their file. What a file takes while it is the active one begins with a
+// record of a token drawn when it became so (mid-file, if an emptying
+// failed); a checkpoint that moves pushes to the tree writes the old
 // file's token there in the same transaction, and one that moves none
-// writes it to the new file after the pushes it copied there. So what a
-// crash brings back that was acknowledged is what was acknowledged since
-// the last checkpoint.
+// writes it to the new file after the pushes it copied there. Replay
+// skips the records that follow an absorbed token, up to the next token.
+// So what a crash brings back that was acknowledged is what was
+// acknowledged since the last checkpoint.
 
 // CheckpointEvery is how often, while pushes are accepted, a journal file
 // is emptied: the pushes unacknowledged in it for longer than this move
@@ -78,7 +80,7 @@ type entry struct {
 // Records that are not pushes: a device length of 0, then the kind and a
 // token of the file (8 bytes).
 const (
-	markFile    = 1 // the first record of a file: its token
+	markFile    = 1 // the first record a file takes once active: its token
 	markAbsorbs = 2 // the file of this token is in the tree or copied here
 )
 
@@ -376,18 +378,21 @@ func (q *Queue) replay() error {
 		dev string
 		m   wire.Message
 	}
-	var recs [2][]rec
-	var tokens [2]uint64 // 0: a file without one (empty, or from before tokens)
-	var seen [2]int
+	type segment struct {
+		token uint64 // 0: records before any token (a journal of an earlier version)
+		recs  []rec
+	}
+	var segs []*segment
+	var cur [2]*segment
 	absorbed := map[uint64]bool{}
 	bad := 0
 	damaged, err := q.journal.Records(func(file int, body []byte) error {
-		seen[file]++
 		if kind, token, ok := decodeMark(body); ok {
-			switch {
-			case kind == markFile && seen[file] == 1:
-				tokens[file] = token
-			case kind == markAbsorbs:
+			switch kind {
+			case markFile:
+				cur[file] = &segment{token: token}
+				segs = append(segs, cur[file])
+			case markAbsorbs:
 				absorbed[token] = true
 			default:
 				bad++
@@ -399,7 +404,11 @@ func (q *Queue) replay() error {
 			bad++
 			return nil
 		}
-		recs[file] = append(recs[file], rec{dev, m})
+		if cur[file] == nil {
+			cur[file] = &segment{}
+			segs = append(segs, cur[file])
+		}
+		cur[file].recs = append(cur[file].recs, rec{dev, m})
 		return nil
 	})
 	if err != nil {
@@ -429,9 +438,9 @@ func (q *Queue) replay() error {
 		return fmt.Errorf("push: queue journal replay: %w", err)
 	}
 	var all []rec
-	for i := range recs {
-		if tokens[i] == 0 || !absorbed[tokens[i]] {
-			all = append(all, recs[i]...)
+	for _, sg := range segs {
+		if sg.token == 0 || !absorbed[sg.token] {
+			all = append(all, sg.recs...)
 		}
 	}
 	// By device and sequence: each device's keys are appended in order.
