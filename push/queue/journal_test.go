@@ -425,3 +425,33 @@ func TestReplaySkipsOnlyAbsorbedSegments(t *testing.T) {
 		t.Errorf("after the replay: %q, want young and after", payloads(got))
 	}
 }
+
+// TestDropThenCrash: a device's pushes dropped (the device removed) stay
+// gone after a crash, those in the journal and one the crash kept in the
+// tree; a push to it accepted after the drop comes back, and another
+// device's pushes are untouched.
+func TestDropThenCrash(t *testing.T) {
+	_, db, q := newCrashable(t)
+	gone := enqueue(t, q, "gone", "g1", "g2")
+	enqueue(t, q, "kept", "k1")
+	if err := q.Drop("gone"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := q.Pending("gone", 0, 10); len(got) != 0 {
+		t.Fatalf("after Drop: %q", payloads(got))
+	}
+	enqueue(t, q, "gone", "after")
+	// As if the crash came before Drop's deletion in the tree.
+	db.Update(func(tx *bolt.Tx) error {
+		qb, _ := tx.CreateBucketIfNotExists([]byte(bucketQueue))
+		b, _ := qb.CreateBucketIfNotExists([]byte("gone"))
+		return b.Put(seqKey(gone[0].Seq), encodeStored(gone[0].Seq, gone[0]))
+	})
+	_, q = crash(t, db)
+	if got, _ := q.Pending("gone", 0, 10); !slices.Equal(payloads(got), []string{"after"}) {
+		t.Errorf("after the crash gone has %q, want only the push after the drop", payloads(got))
+	}
+	if got, _ := q.Pending("kept", 0, 10); !slices.Equal(payloads(got), []string{"k1"}) {
+		t.Errorf("after the crash kept has %q, want k1", payloads(got))
+	}
+}

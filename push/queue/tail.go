@@ -77,22 +77,27 @@ type entry struct {
 	moving  bool      // a checkpoint is committing it to the tree
 }
 
-// Records that are not pushes: a device length of 0, then the kind and a
-// token of the file (8 bytes).
+// Records that are not pushes: a device length of 0, then the kind, a
+// number (8 bytes) and, for markDrop, the device.
 const (
 	markFile    = 1 // the first record a file takes once active: its token
 	markAbsorbs = 2 // the file of this token is in the tree or copied here
+	markDrop    = 3 // the device's pushes up to this sequence were dropped (Drop)
 )
 
-func markRecord(kind byte, token uint64) []byte {
-	return binary.BigEndian.AppendUint64([]byte{0, 0, kind}, token)
+func markRecord(kind byte, n uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{0, 0, kind}, n)
 }
 
-func decodeMark(b []byte) (kind byte, token uint64, ok bool) {
-	if len(b) != 11 || b[0] != 0 || b[1] != 0 {
-		return 0, 0, false
+func dropRecord(device string, upTo uint64) []byte {
+	return append(markRecord(markDrop, upTo), device...)
+}
+
+func decodeMark(b []byte) (kind byte, n uint64, device string, ok bool) {
+	if len(b) < 11 || b[0] != 0 || b[1] != 0 {
+		return 0, 0, "", false
 	}
-	return b[2], binary.BigEndian.Uint64(b[3:]), true
+	return b[2], binary.BigEndian.Uint64(b[3:]), string(b[11:]), true
 }
 
 var absorbedKey = []byte("absorbed") // in bucketMeta: the token of the last file a checkpoint moved to the tree
@@ -385,15 +390,18 @@ func (q *Queue) replay() error {
 	var segs []*segment
 	var cur [2]*segment
 	absorbed := map[uint64]bool{}
+	dropped := map[string]uint64{} // device -> its pushes up to this sequence were dropped
 	bad := 0
 	damaged, err := q.journal.Records(func(file int, body []byte) error {
-		if kind, token, ok := decodeMark(body); ok {
-			switch kind {
-			case markFile:
-				cur[file] = &segment{token: token}
+		if kind, n, dev, ok := decodeMark(body); ok {
+			switch {
+			case kind == markFile && dev == "":
+				cur[file] = &segment{token: n}
 				segs = append(segs, cur[file])
-			case markAbsorbs:
-				absorbed[token] = true
+			case kind == markAbsorbs && dev == "":
+				absorbed[n] = true
+			case kind == markDrop && dev != "":
+				dropped[dev] = max(dropped[dev], n)
 			default:
 				bad++
 			}
@@ -440,7 +448,11 @@ func (q *Queue) replay() error {
 	var all []rec
 	for _, sg := range segs {
 		if sg.token == 0 || !absorbed[sg.token] {
-			all = append(all, sg.recs...)
+			for _, r := range sg.recs {
+				if r.m.Seq > dropped[r.dev] {
+					all = append(all, r)
+				}
+			}
 		}
 	}
 	// By device and sequence: each device's keys are appended in order.
@@ -453,6 +465,11 @@ func (q *Queue) replay() error {
 		qb, err := tx.CreateBucketIfNotExists([]byte(bucketQueue))
 		if err != nil {
 			return err
+		}
+		for dev, upTo := range dropped { // a crash may have come before Drop's deletion
+			if err := deleteUpTo(qb.Bucket([]byte(dev)), upTo); err != nil {
+				return err
+			}
 		}
 		for _, r := range all {
 			db, err := qb.CreateBucketIfNotExists([]byte(r.dev))
@@ -523,20 +540,52 @@ func decodeRecord(b []byte) (string, wire.Message, error) {
 }
 
 // Drop deletes everything queued for device, in the tail and in the tree
-// (a device forgotten).
+// (a device forgotten). A record in the journal says so first, so that a
+// crash before the next checkpoint brings none of it back.
 func (q *Queue) Drop(device string) error {
 	q.cpMu.Lock() // no checkpoint puts any back into the tree meanwhile
 	defer q.cpMu.Unlock()
 	q.mu.Lock()
-	for _, e := range slices.Clone(q.tail[device]) {
-		q.removeLocked(e)
+	if q.closed {
+		q.mu.Unlock()
+		return ErrClosed
 	}
-	q.mu.Unlock() // its sequences go on from q.last: a session may still hold the device
-
+	// Its sequences go on from q.last (a session may still hold the
+	// device), so the record covers none accepted after it.
+	upTo := q.last[device]
+	if upTo > 0 { // else none of its pushes is in the journal
+		if err := q.submit(&write{buf: store.AppendRecord(nil, dropRecord(device, upTo))}); err != nil {
+			return fmt.Errorf("push: dropping %s: %w", device, err)
+		}
+		q.mu.Lock()
+	}
+	for _, e := range slices.Clone(q.tail[device]) {
+		if e.msg.Seq <= upTo {
+			q.removeLocked(e)
+		}
+	}
+	q.mu.Unlock()
+	// Only a checkpoint (held off by cpMu) puts pushes in the tree: all
+	// there are from before the record.
 	return q.db.Batch(func(tx *bolt.Tx) error {
 		if qb := tx.Bucket([]byte(bucketQueue)); qb != nil && qb.Bucket([]byte(device)) != nil {
 			return qb.DeleteBucket([]byte(device))
 		}
 		return nil
 	})
+}
+
+// deleteUpTo deletes the messages of db (nil: none) with sequences up to
+// upTo.
+func deleteUpTo(db *bolt.Bucket, upTo uint64) error {
+	if db == nil {
+		return nil
+	}
+	c := db.Cursor()
+	for k, _ := c.First(); len(k) == 8 && binary.BigEndian.Uint64(k) <= upTo; k, _ = c.First() {
+		if err := c.Delete(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
