@@ -111,10 +111,12 @@ func AppendRecord(buf, body []byte) []byte {
 
 // Records calls fn with the body of every whole record and the file (0
 // or 1) it is in, file by file, and sets where each file's next record
-// goes. Each file is read up to
-// its first frame of length 0, cut short or failing its checksum; the
-// bytes from there to the last non-zero one (a write cut short by a
-// crash, or damage) are reported per file, not passed to fn.
+// goes. A file's records end at its first frame of length 0 (the zeros
+// after the last write). A frame cut short or failing its checksum
+// before that (damage) is skipped: the reading goes on at the next
+// offset where a frame passes its checksum and is followed by another
+// that does, or by the end. The bytes skipped, and those of a last write
+// cut short by a crash, are reported per file, not passed to fn.
 func (j *Journal) Records(fn func(file int, body []byte) error) (damaged map[string]int64, err error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -123,39 +125,81 @@ func (j *Journal) Records(fn func(file int, body []byte) error) (damaged map[str
 		if _, err := f.ReadAt(data, 0); err != nil && err != io.EOF {
 			return damaged, fmt.Errorf("store: journal: %w", err)
 		}
+		end := len(data) // after the last non-zero byte (a record may end in zeros)
+		for end > 0 && data[end-1] == 0 {
+			end--
+		}
+		var skipped int64
 		off := 0
 		for off < len(data) {
-			if len(data)-off < frameHeader {
-				break
-			}
-			n := int(binary.BigEndian.Uint32(data[off:]))
-			if n == 0 || n > len(data)-off-frameHeader {
-				break
-			}
-			body := data[off+frameHeader : off+frameHeader+n]
-			if crc32.Checksum(body, castagnoli) != binary.BigEndian.Uint32(data[off+4:]) {
-				break
+			body, ok := frameAt(data, off)
+			if !ok {
+				if off >= end { // zeros to the end: no more records
+					break
+				}
+				next := resync(data, off+1, end)
+				skipped += int64(next - off)
+				off = next
+				continue
 			}
 			if err := fn(i, body); err != nil {
 				return damaged, err
 			}
-			off += frameHeader + n
+			off += frameHeader + len(body)
 		}
-		end := len(data)
-		for end > off && data[end-1] == 0 {
-			end--
-		}
-		if end > off {
+		if skipped > 0 {
 			if damaged == nil {
 				damaged = map[string]int64{}
 			}
-			damaged[j.paths[i]] = int64(end - off)
+			damaged[j.paths[i]] = skipped
 		}
 		// Appends go after the last non-zero byte, never behind damage;
 		// the owner empties the files once it has what they hold.
 		j.size[i] = int64(max(end, off))
 	}
 	return damaged, nil
+}
+
+// maxResync bounds the records resync looks for: larger than any owner
+// writes (the push queue's records are under 66 KiB).
+const maxResync = 1 << 20
+
+// frameAt returns the body of the frame at off in data if it is whole
+// and passes its checksum.
+func frameAt(data []byte, off int) ([]byte, bool) {
+	if len(data)-off < frameHeader {
+		return nil, false
+	}
+	n := int(binary.BigEndian.Uint32(data[off:]))
+	if n == 0 || n > len(data)-off-frameHeader {
+		return nil, false
+	}
+	body := data[off+frameHeader : off+frameHeader+n]
+	return body, crc32.Checksum(body, castagnoli) == binary.BigEndian.Uint32(data[off+4:])
+}
+
+// resync returns the first offset from off, before end (where only zeros
+// follow), at which a frame passes its checksum and is followed by
+// another that does or by zeros only (two checksums: a damaged stretch
+// passing one by chance is not taken for a record); end if none.
+func resync(data []byte, off, end int) int {
+	for ; off < end; off++ {
+		if off+frameHeader <= len(data) && binary.BigEndian.Uint32(data[off:]) > maxResync {
+			continue // not one of ours; and a checksum over megabytes at every offset would be slow
+		}
+		body, ok := frameAt(data, off)
+		if !ok {
+			continue
+		}
+		next := off + frameHeader + len(body)
+		if next >= end {
+			return off
+		}
+		if _, ok := frameAt(data, next); ok {
+			return off
+		}
+	}
+	return end
 }
 
 // Append writes buf (records framed with AppendRecord) at the end of the

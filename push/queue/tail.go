@@ -425,7 +425,7 @@ func (q *Queue) replay() error {
 	for path, n := range damaged {
 		// A write cut short by the crash was never acknowledged; anything
 		// else there is damage, and what it held is lost.
-		slog.Warn("push: queue journal: a record cut short or failing its checksum; it and what follows in the file were left out (the last write before a crash, never acknowledged, or damage)",
+		slog.Warn("push: queue journal: bytes cut short or failing their checksum were left out (the last write before a crash, never acknowledged, or damage; the records after damage were read)",
 			"file", path, "bytes", n)
 	}
 	if bad > 0 {
