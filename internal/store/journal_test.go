@@ -1,8 +1,8 @@
 package store
 
 import (
+	"crypto/rand"
 	"fmt"
-	"math/rand"
 	"os"
 	"path/filepath"
 	"slices"
