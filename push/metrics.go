@@ -29,6 +29,7 @@ type metrics struct {
 	accepted      prometheus.Counter
 	copiesStored  prometheus.Counter
 	publish       prometheus.Histogram
+	journalWrite  prometheus.Histogram
 	ack           prometheus.Histogram
 	pathRTT       *prometheus.HistogramVec
 	pathLoss      *prometheus.GaugeVec
@@ -71,6 +72,8 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 		copiesStored: d.Counter("dpgate_push_copies_stored_total", "Copies of pushes stored here for devices held on this node, sent by the node that accepted them."),
 		publish: d.Histogram("dpgate_push_publish_duration_seconds",
 			"Time to accept a push (one or many devices): checks, the durable commit, and handing it to connected sessions.", storeBuckets),
+		journalWrite: d.Histogram("dpgate_push_journal_write_duration_seconds",
+			"Time of one write to the push queue's journal, its fdatasync included: the disk's part of accepting a push.", storeBuckets),
 		ack: d.Histogram("dpgate_push_ack_duration_seconds",
 			"Time from writing a push to an agent to its ACK, measured on the last push written to each session (the agent's round trip and processing).", rttBuckets),
 		pathRTT: d.HistogramVec("dpgate_push_path_rtt_seconds",

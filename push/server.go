@@ -112,6 +112,7 @@ func New(cfg Config) (*Server, error) {
 		cluster:   alone{},
 	}
 	s.m = newMetrics(cfg.Registerer, s)
+	s.queue.ObserveWrites(func(d time.Duration) { s.m.journalWrite.Observe(d.Seconds()) })
 	s.SetLimits(cfg.MaxConnections, cfg.SourceRate)
 	keys := slices.Clone(cfg.TokenKeys)
 	s.tokenKeys.Store(&keys)

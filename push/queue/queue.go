@@ -82,7 +82,8 @@ type Queue struct {
 	header   []byte         // its record, until written to the file; wmu
 	cpMu     sync.Mutex     // one checkpoint, Flush, Insert, Remove or count of the queue at a time
 
-	writesN, checkpointsN atomic.Uint64 // Stats
+	writesN, checkpointsN atomic.Uint64                       // Stats
+	observeWrite          atomic.Pointer[func(time.Duration)] // ObserveWrites
 
 	ackMu    sync.Mutex
 	acked    map[string]map[uint64]struct{} // device -> acknowledged in the tree, deletion not committed yet

@@ -63,6 +63,10 @@ type Stats struct {
 	JournalBytes  int64  // held in the journal files now
 }
 
+// ObserveWrites has fn called with the time of every journal write, its
+// fdatasync included.
+func (q *Queue) ObserveWrites(fn func(time.Duration)) { q.observeWrite.Store(&fn) }
+
 // Stats reads the counters.
 func (q *Queue) Stats() Stats {
 	return Stats{JournalWrites: q.writesN.Load(), Checkpoints: q.checkpointsN.Load(), JournalBytes: q.journal.Size()}
@@ -204,9 +208,13 @@ func (q *Queue) writeWaiting() (more bool) {
 		}
 	}
 	q.wmu.Lock()
+	began := time.Now()
 	err := q.appendLocked(buf)
 	if err == nil {
 		q.writesN.Add(1)
+		if fn := q.observeWrite.Load(); fn != nil {
+			(*fn)(time.Since(began))
+		}
 	}
 	q.mu.Lock()
 	now := time.Now()
