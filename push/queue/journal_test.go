@@ -282,54 +282,38 @@ func TestJournalUnderLoad(t *testing.T) {
 	}
 }
 
-// TestCrashBeforeJournalEmptied: a crash after a checkpoint committed
-// the tail to the tree but before it emptied the journal file (emulated
-// by putting the files back as they were) brings nothing back twice and
-// nothing acknowledged before the checkpoint.
+// TestCrashBeforeJournalEmptied: a crash after a checkpoint but before
+// it emptied the old journal file (emulated by putting the file back as
+// it was) brings nothing back twice and nothing acknowledged before the
+// checkpoint, whether the checkpoint moved the pushes to the tree (the
+// file's token is in the tree) or moved none, every push young and
+// copied to the other file (the token follows the copies there).
 func TestCrashBeforeJournalEmptied(t *testing.T) {
-	dir, db, q := newCrashable(t)
-	msgs := enqueue(t, q, "pc", "p1", "p2", "p3")
-	q.Ack("pc", msgs[0].Seq)
-	files, _ := filepath.Glob(filepath.Join(dir, "*"+store.JournalSuffix))
-	saved := map[string][]byte{}
-	for _, f := range files {
-		saved[f], _ = os.ReadFile(f)
-	}
-	if err := q.Checkpoint(); err != nil {
-		t.Fatal(err)
-	}
-	for f, b := range saved {
-		os.WriteFile(f, b, 0o600)
-	}
-	_, q = crash(t, db)
-	if got, _ := q.Pending("pc", 0, 10); !slices.Equal(payloads(got), []string{"p2", "p3"}) {
-		t.Errorf("after the crash: %q, want p2 and p3 once each", payloads(got))
-	}
-}
-
-// TestCrashBeforeJournalEmptiedNothingMoved: the same crash after a
-// checkpoint that moved nothing to the tree (every push young, copied to
-// the other file): the copy ends with the old file's token, so the old
-// file, put back as it was, is not replayed.
-func TestCrashBeforeJournalEmptiedNothingMoved(t *testing.T) {
-	dir, db, q := newCrashable(t)
-	msgs := enqueue(t, q, "pc", "p1", "p2", "p3")
-	q.Ack("pc", msgs[0].Seq)
-	oldFile := filepath.Join(dir, JournalName+"-0"+store.JournalSuffix)
-	saved, err := os.ReadFile(oldFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := q.checkpoint(false); err != nil {
-		t.Fatal(err)
-	}
-	if n, _ := q.Len("pc"); n != 2 {
-		t.Fatalf("after the checkpoint pc queues %d, want 2", n)
-	}
-	os.WriteFile(oldFile, saved, 0o600)
-	_, q = crash(t, db)
-	if got, _ := q.Pending("pc", 0, 10); !slices.Equal(payloads(got), []string{"p2", "p3"}) {
-		t.Errorf("after the crash: %q, want p2 and p3 once each", payloads(got))
+	for _, tc := range []struct {
+		name string
+		all  bool
+	}{{"moved to the tree", true}, {"copied, nothing moved", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, db, q := newCrashable(t)
+			msgs := enqueue(t, q, "pc", "p1", "p2", "p3")
+			q.Ack("pc", msgs[0].Seq)
+			oldFile := filepath.Join(dir, JournalName+"-0"+store.JournalSuffix)
+			saved, err := os.ReadFile(oldFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := q.checkpoint(tc.all); err != nil {
+				t.Fatal(err)
+			}
+			if n, _ := q.Len("pc"); n != 2 {
+				t.Fatalf("after the checkpoint pc queues %d, want 2", n)
+			}
+			os.WriteFile(oldFile, saved, 0o600)
+			_, q = crash(t, db)
+			if got, _ := q.Pending("pc", 0, 10); !slices.Equal(payloads(got), []string{"p2", "p3"}) {
+				t.Errorf("after the crash: %q, want p2 and p3 once each", payloads(got))
+			}
+		})
 	}
 }
 

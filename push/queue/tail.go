@@ -372,16 +372,21 @@ func (q *Queue) commitCheckpoint(moved []*entry, token uint64) error {
 			return err
 		}
 		for _, e := range moved {
-			db, err := qb.CreateBucketIfNotExists([]byte(e.device))
-			if err != nil {
-				return err
-			}
-			if err := db.Put(seqKey(e.msg.Seq), encodeStored(e.msg.Seq, e.msg)); err != nil {
+			if err := putMessage(qb, e.device, e.msg); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+}
+
+// putMessage puts m in device's bucket of qb, the queue's bucket.
+func putMessage(qb *bolt.Bucket, device string, m wire.Message) error {
+	db, err := qb.CreateBucketIfNotExists([]byte(device))
+	if err != nil {
+		return err
+	}
+	return db.Put(seqKey(m.Seq), encodeStored(m.Seq, m))
 }
 
 // replay commits to the tree what the journal holds from before a crash
@@ -480,11 +485,7 @@ func (q *Queue) replay() error {
 			}
 		}
 		for _, r := range all {
-			db, err := qb.CreateBucketIfNotExists([]byte(r.dev))
-			if err != nil {
-				return err
-			}
-			if err := db.Put(seqKey(r.m.Seq), encodeStored(r.m.Seq, r.m)); err != nil {
+			if err := putMessage(qb, r.dev, r.m); err != nil {
 				return err
 			}
 		}
