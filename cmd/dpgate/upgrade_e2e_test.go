@@ -420,7 +420,7 @@ func TestUpgradeDropsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	v2 := filepath.Join(s.dir, "dpgate-v2")
-	build := exec.Command("go", "build", "-o", v2, "-ldflags", "-X github.com/dpgate/dpgate/internal/gateway.version=v2-upgrade-test", ".")
+	build := exec.Command("go", "build", "-o", v2, "-ldflags", testLDFlags+" -X github.com/dpgate/dpgate/internal/gateway.version=v2-upgrade-test", ".")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building the new version: %v\n%s", err, out)
 	}

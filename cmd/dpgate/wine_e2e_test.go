@@ -299,7 +299,7 @@ func prepareWine() {
 // goBuildWindows runs "go VERB... -o out pkg" for windows/amd64: "go
 // build", or with "test" and "-c" a test binary.
 func goBuildWindows(out, pkg string, verb ...string) error {
-	c := exec.Command("go", append(verb, "-o", out, pkg)...)
+	c := exec.Command("go", append(verb, "-ldflags", testLDFlags, "-o", out, pkg)...)
 	c.Env = append(os.Environ(), "GOOS=windows", "GOARCH=amd64", "CGO_ENABLED=0")
 	if b, err := c.CombinedOutput(); err != nil {
 		return fmt.Errorf("building %s for Windows: %v\n%s", pkg, err, b)

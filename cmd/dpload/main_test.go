@@ -35,11 +35,8 @@ func runJSON(t *testing.T, cmd *exec.Cmd, rep any) {
 // proxy scenarios against it directly, and checks the JSON report.
 func TestProxyScenariosAgainstSink(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "dpload")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildDpload(t)
+	dir := filepath.Dir(bin)
 	c, _ := tlsconf.Issue(tlsconf.Template{CommonName: "sink"}, nil)
 	cert := filepath.Join(dir, "sink.pem")
 	tlsconf.WriteKeyPair(c, cert, "")
