@@ -180,7 +180,7 @@ var buildDir string
 
 var dploadOnce = sync.OnceValues(func() (string, error) {
 	bin := filepath.Join(buildDir, "dpload")
-	// No symbols or DWARF: 1.8 s of CPU to link dpgate instead of 2.6.
+	// No symbols or DWARF: a link with less CPU (dpgate's takes 1.8 s instead of 2.6).
 	if out, err := exec.Command("go", "build", "-ldflags", "-s -w", "-o", bin, ".").CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build: %v\n%s", err, out)
 	}
