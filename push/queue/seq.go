@@ -14,18 +14,19 @@ import (
 // restarts too: an agent may remember the last one it handled. Each open
 // of the queue starts an epoch, one more than the last (0 for a new
 // store), and every device's sequences in it start at
-// epoch × EpochStride + 1 and go up by one. So the only write that keeps sequences from going back is the
-// epoch, once per open; before, each device's last sequence was written
-// to the tree at every checkpoint that had pushed to it (most of a
-// checkpoint's page writes when pushes spread over many devices).
+// epoch × EpochStride + 1 and go up by one. So the only write that keeps
+// sequences from going back is the epoch, once per open; before, each
+// device's last sequence was written to the tree at every checkpoint
+// that had pushed to it (most of a checkpoint's page writes when pushes
+// spread over many devices).
 //
 // A device given EpochStride pushes in one run would run into the next
 // epoch's numbers; the next open then starts above the highest sequence
 // still queued, so no two queued pushes share a number even then.
 
 // EpochStride is how many sequences a device has per epoch: 10⁹, so that
-// a sequence reads as epoch and count (3000000042: the 42nd push of the
-// device since the third open).
+// a sequence reads as epoch and count (3000000042: the 42nd push to the
+// device since the gateway's third restart).
 const EpochStride = 1_000_000_000
 
 const bucketMeta = "push_meta" // the epoch, under epochKey
