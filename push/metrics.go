@@ -77,7 +77,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 		ack: d.Histogram("dpgate_push_ack_duration_seconds",
 			"Time from writing a push to an agent to its ACK, measured on the last push written to each session (the agent's round trip and processing).", rttBuckets),
 		pathRTT: d.HistogramVec("dpgate_push_path_rtt_seconds",
-			"Smoothed RTT of every session's path (kernel TCP_INFO or QUIC's estimate), one observation per session at each sampling (push.path_interval).",
+			"Smoothed RTT of every session's path (kernel TCP_INFO or QUIC's estimate), one observation per session at each sampling (every 10 s).",
 			rttBuckets, tpt, transports),
 		pathLoss: d.GaugeVec("dpgate_push_path_loss_ratio",
 			"Over the sessions sampled last: packets lost over packets sent (for TCP, segments retransmitted over segments sent).", tpt, transports),
