@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -237,4 +238,36 @@ func TestAcceptedAsItStops(t *testing.T) {
 		t.Errorf("Shutdown: %v", err)
 	}
 	<-served
+}
+
+// TestStuckAgentIsCut: an agent that stops reading while pushes come in
+// (its socket buffers full) is cut after WriteTimeout, so its session
+// holds neither a flusher nor the device for longer; its pushes stay
+// queued.
+func TestStuckAgentIsCut(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) {
+		c.Auth, c.Keepalive, c.WriteTimeout = push.AuthNone, time.Minute, 500*time.Millisecond
+		c.MaxPayload = 60 << 10
+	})
+	r := dialRaw(t, ts, nil)
+	r.hello(t, "dev-stuck")
+	// Never read again. 64 KiB pushes until the loopback buffers are
+	// full and a write blocks: a few MB; the pushes go on until the
+	// session is gone, at most 512 of them (32 MiB).
+	payload := make([]byte, 60<<10)
+	pushed := 0
+	for ; pushed < 512 && ts.Holds("dev-stuck"); pushed++ {
+		if _, err := ts.Push("dev-stuck", payload, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if ts.Holds("dev-stuck") {
+			return fmt.Errorf("the session of an agent that reads nothing is still up after %d pushes of 60 KiB", pushed)
+		}
+		return nil
+	})
+	if n, _ := ts.queue.Len("dev-stuck"); n == 0 {
+		t.Error("the stuck agent's pushes are gone from the queue")
+	}
 }
