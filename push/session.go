@@ -41,8 +41,9 @@ type session struct {
 	since     time.Time
 	id        [16]byte
 
-	wmu      sync.Mutex // serializes frame writes
-	sentUpTo atomic.Uint64
+	wmu       sync.Mutex // serializes frame writes
+	selfTimed bool       // c's writes bound their own waits (waitConn.Write): send arms no deadline
+	sentUpTo  atomic.Uint64
 	// lastSent and lastSentAt (unix ns) are the last push written and
 	// when: its ACK is timed (dpgate_push_ack_duration_seconds).
 	lastSent, lastSentAt atomic.Uint64
@@ -67,9 +68,16 @@ func (s *session) path() (link.PathStats, bool) {
 	return link.PathStats{}, false
 }
 
-// send writes one frame, bounded by a write deadline so a stuck agent
-// cannot hold a flusher forever.
+// send writes one frame, bounded by WriteTimeout so a stuck agent cannot
+// hold a flusher forever: by the connection itself where it can
+// (selfTimed), else by a deadline armed for the write.
 func (s *session) send(frame []byte) error {
+	if s.selfTimed {
+		s.wmu.Lock()
+		defer s.wmu.Unlock()
+		_, err := s.c.Write(frame)
+		return err
+	}
 	return s.sendBy(frame, time.Now().Add(s.srv.cfg.WriteTimeout))
 }
 
@@ -313,7 +321,8 @@ func (s *Server) startSession(c conn, wc *waitConn, transport string, remote, lo
 		s.m.redirects.Inc()
 		return
 	}
-	ss := &session{srv: s, c: c, device: h.DeviceID, caps: h.Caps, transport: transport, remote: remote, since: time.Now(), id: newSessionID(), fr: fr}
+	ss := &session{srv: s, c: c, device: h.DeviceID, caps: h.Caps, transport: transport, remote: remote, since: time.Now(), id: newSessionID(), fr: fr,
+		selfTimed: fr.wc != nil && fr.wc.selfTimed()}
 	ss.lastSeen.Store(ss.since.UnixNano())
 	nodes := s.cluster.Nodes()
 	if len(nodes) == 0 {
@@ -342,6 +351,9 @@ func (s *Server) startSession(c conn, wc *waitConn, transport string, remote, lo
 	s.mu.Unlock()
 	c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 	_, err = c.Write(welcome.Marshal())
+	if ss.selfTimed {
+		c.SetWriteDeadline(time.Time{}) // its writes arm their own when they must wait
+	}
 	ss.wmu.Unlock()
 	if err != nil {
 		s.unregister(ss)

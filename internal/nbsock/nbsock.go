@@ -1,7 +1,9 @@
 // Package nbsock reads a TCP socket under crypto/tls without blocking:
 // the push server's idle sessions wait for their socket on a small stack
 // (push/frames.go), and the proxy gathers the records a side has already
-// received into one write (proxy/sock.go).
+// received into one write (proxy/sock.go). It also writes without
+// blocking, so that the push server arms a write deadline only for a
+// write that would wait.
 //
 // A read that finds nothing returns ErrWouldBlock, which crypto/tls takes
 // as temporary: it keeps the part of a record it has and reads on at its
@@ -29,4 +31,10 @@ type Socket struct {
 	into []byte // what the next read fills
 	n    int
 	err  error
+
+	// TryWrite's, apart from the reads': one goroutine writes at a time,
+	// beside the one reading.
+	from []byte
+	wn   int
+	werr error
 }

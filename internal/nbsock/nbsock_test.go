@@ -81,3 +81,54 @@ func TestReads(t *testing.T) {
 		t.Fatalf("WaitRead after the peer closed: %d, %v, %v", n, readErr, err)
 	}
 }
+
+// TestTryWrite: TryWrite writes what the socket takes without waiting,
+// says ErrWouldBlock once the peer's and its own buffers are full, and
+// honours a write deadline that has passed.
+func TestTryWrite(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, _ := Open(c)
+	if n, err := s.TryWrite([]byte("hello")); n != 5 || err != nil {
+		t.Fatalf("TryWrite on an empty socket: %d, %v; want 5, nil", n, err)
+	}
+	got := make([]byte, 5)
+	peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(peer, got); err != nil || string(got) != "hello" {
+		t.Fatalf("the peer read %q, %v", got, err)
+	}
+	// The peer reads nothing more: at most 256 MiB until the buffers
+	// are full.
+	chunk := make([]byte, 1<<20)
+	blocked := false
+	for range 256 {
+		n, err := s.TryWrite(chunk)
+		if errors.Is(err, ErrWouldBlock) {
+			blocked = true
+			break
+		}
+		if err != nil || n == 0 {
+			t.Fatalf("TryWrite: %d, %v", n, err)
+		}
+	}
+	if !blocked {
+		t.Fatal("256 MiB written to a peer that reads nothing, and no ErrWouldBlock")
+	}
+	c.SetWriteDeadline(time.Now().Add(-time.Second))
+	if _, err := s.TryWrite([]byte("x")); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("TryWrite after the write deadline: %v, want os.ErrDeadlineExceeded", err)
+	}
+}

@@ -13,6 +13,7 @@ import (
 type raw struct {
 	rc                syscall.RawConn
 	tryRead, waitRead func(fd uintptr) bool
+	tryWrite          func(fd uintptr) bool
 }
 
 // Open returns the socket of c, or false when c is not a TCP connection.
@@ -28,7 +29,31 @@ func Open(c net.Conn) (*Socket, bool) {
 	s := &Socket{raw: raw{rc: rc}}
 	s.tryRead = func(fd uintptr) bool { s.read(fd); return true }
 	s.waitRead = func(fd uintptr) bool { s.read(fd); return s.err != unix.EAGAIN }
+	s.tryWrite = func(fd uintptr) bool {
+		for {
+			s.wn, s.werr = unix.Write(int(fd), s.from)
+			if s.werr != unix.EINTR {
+				return true
+			}
+		}
+	}
 	return s, true
+}
+
+// TryWrite writes what the socket takes of p without waiting: all of it,
+// part, or nothing (ErrWouldBlock). The connection's write deadline
+// applies.
+func (s *Socket) TryWrite(p []byte) (int, error) {
+	s.from = p
+	err := s.rc.Write(s.tryWrite)
+	s.from = nil
+	if err != nil {
+		return 0, err
+	}
+	if s.werr == unix.EAGAIN {
+		return 0, ErrWouldBlock
+	}
+	return max(s.wn, 0), s.werr
 }
 
 func (s *Socket) read(fd uintptr) {
