@@ -18,21 +18,7 @@ import (
 // what arrived otherwise; WaitRead waits for bytes, keeps the read's own
 // end apart from the wait's failure, and honours the read deadline.
 func TestReads(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	peer, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peer.Close()
-	c, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, peer := tcpPair(t)
 	s, ok := Open(c)
 	if !ok {
 		t.Fatal("Open refused a TCP connection")
@@ -86,21 +72,7 @@ func TestReads(t *testing.T) {
 // says ErrWouldBlock once the peer's and its own buffers are full, and
 // honours a write deadline that has passed.
 func TestTryWrite(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	peer, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peer.Close()
-	c, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, peer := tcpPair(t)
 	s, _ := Open(c)
 	if n, err := s.TryWrite([]byte("hello")); n != 5 || err != nil {
 		t.Fatalf("TryWrite on an empty socket: %d, %v; want 5, nil", n, err)
@@ -131,4 +103,26 @@ func TestTryWrite(t *testing.T) {
 	if _, err := s.TryWrite([]byte("x")); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("TryWrite after the write deadline: %v, want os.ErrDeadlineExceeded", err)
 	}
+}
+
+// tcpPair is a connected pair of TCP connections on loopback: c, the
+// accepted one, and the peer that dialled it.
+func tcpPair(t *testing.T) (c, peer net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Close() })
+	c, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, peer
 }
