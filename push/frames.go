@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/dpgate/dpgate/internal/nbsock"
@@ -47,8 +48,11 @@ type waitConn struct {
 	nonblock bool
 
 	// writeTimeout bounds a write that would block, once nonblocking
-	// (0: writes are left to the caller's deadline).
+	// (0: writes are left to the caller's deadline); never beyond a
+	// deadline a caller set (unix ns, 0: none), as Shutdown does for the
+	// last frames.
 	writeTimeout time.Duration
+	callerWrite  atomic.Int64
 
 	pend    [64]byte // an ACK or PING record is 34 bytes
 	pos, n  int      // pend[pos:n] not taken yet
@@ -106,12 +110,36 @@ func (c *waitConn) Write(p []byte) (int, error) {
 	case err != nil && err != errWouldBlock:
 		return n, err
 	}
-	c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+	dl := time.Now().Add(c.writeTimeout)
+	if caller := c.callerWrite.Load(); caller != 0 && caller < dl.UnixNano() {
+		dl = time.Unix(0, caller)
+	}
+	c.Conn.SetWriteDeadline(dl)
 	m, err := c.Conn.Write(p[n:])
 	if err == nil {
-		c.Conn.SetWriteDeadline(time.Time{})
+		c.Conn.SetWriteDeadline(c.callerDeadline())
 	}
 	return n + m, err
+}
+
+// SetWriteDeadline sets the deadline of every write from now on, as
+// net.Conn's does; Write's own, for a write that waits, never goes past
+// it.
+func (c *waitConn) SetWriteDeadline(t time.Time) error {
+	if t.IsZero() {
+		c.callerWrite.Store(0)
+	} else {
+		c.callerWrite.Store(t.UnixNano())
+	}
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// callerDeadline is the deadline a caller set last (zero: none).
+func (c *waitConn) callerDeadline() time.Time {
+	if ns := c.callerWrite.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // selfTimed reports whether Write bounds its own waits (the caller sets
