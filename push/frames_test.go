@@ -5,7 +5,10 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"net"
+	"os"
 	"testing"
+	"time"
 
 	"github.com/dpgate/dpgate/push/wire"
 )
@@ -95,5 +98,54 @@ func TestFrameReaderAcrossWaits(t *testing.T) {
 	f := frameReader{r: &chunkReader{data: big, blocked: true}, wc: &waitConn{}}
 	if _, _, err := f.next(maxSmall); !errors.Is(err, wire.ErrTooLarge) {
 		t.Fatalf("a %d-byte body: %v, want ErrTooLarge", maxSmall+1, err)
+	}
+}
+
+// TestWaitConnWriteDeadlines: a write the socket takes at once needs no
+// deadline; one that must wait ends at writeTimeout, and never past a
+// deadline the caller set (Shutdown's last frames), however long
+// writeTimeout is.
+func TestWaitConnWriteDeadlines(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close() // reads nothing
+	raw, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	wc := &waitConn{Conn: raw, writeTimeout: time.Hour}
+	if !wc.nonblocking() || !wc.selfTimed() {
+		t.Fatal("a TCP connection did not become nonblocking")
+	}
+	if n, err := wc.Write([]byte("at once")); n != 7 || err != nil {
+		t.Fatalf("a write the socket takes: %d, %v", n, err)
+	}
+	wc.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+	done := make(chan error, 1)
+	go func() { // ends at the caller's deadline (or, broken, after an hour)
+		chunk := make([]byte, 1<<20)
+		for range 1024 { // the buffers hold a few MiB at most
+			if _, err := wc.Write(chunk); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("a write to a peer that reads nothing ended with %v, want the deadline", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a waiting write went past the caller's 200 ms deadline (writeTimeout is an hour)")
 	}
 }
