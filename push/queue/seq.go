@@ -50,8 +50,8 @@ func (q *Queue) newEpoch() error {
 		if err != nil {
 			return err
 		}
-		if v, err := store.Unseal(epochKey, mb.Get(epochKey)); err == nil && len(v) == 8 {
-			epoch = binary.BigEndian.Uint64(v) + 1
+		if last, ok := unsealU64(epochKey, mb.Get(epochKey)); ok {
+			epoch = last + 1
 		}
 		high, err := highestSeq(tx)
 		if err != nil {
@@ -60,7 +60,7 @@ func (q *Queue) newEpoch() error {
 		if high > 0 {
 			epoch = max(epoch, high/EpochStride+1)
 		}
-		return mb.Put(epochKey, store.Seal(epochKey, binary.BigEndian.AppendUint64(nil, epoch)))
+		return mb.Put(epochKey, sealU64(epochKey, epoch))
 	})
 	if err != nil {
 		return fmt.Errorf("starting a sequence epoch: %w", err)
@@ -75,8 +75,8 @@ func highestSeq(tx *bolt.Tx) (uint64, error) {
 	var high uint64
 	if sb := tx.Bucket(bucketSeq); sb != nil {
 		err := sb.ForEach(func(k, v []byte) error {
-			if v, err := store.Unseal(k, v); err == nil && len(v) == 8 {
-				high = max(high, binary.BigEndian.Uint64(v))
+			if n, ok := unsealU64(k, v); ok {
+				high = max(high, n)
 			}
 			return nil
 		})
@@ -94,8 +94,8 @@ func highestSeq(tx *bolt.Tx) (uint64, error) {
 	err := qb.ForEachBucket(func(dev []byte) error {
 		db := qb.Bucket(dev)
 		if v := db.Get(lastSeqKey); v != nil {
-			if v, err := store.Unseal(lastSeqKey, v); err == nil && len(v) == 8 {
-				high = max(high, binary.BigEndian.Uint64(v))
+			if n, ok := unsealU64(lastSeqKey, v); ok {
+				high = max(high, n)
 			}
 			if err := db.Delete(lastSeqKey); err != nil {
 				return err
@@ -107,4 +107,16 @@ func highestSeq(tx *bolt.Tx) (uint64, error) {
 		return nil
 	})
 	return high, err
+}
+
+// sealU64 is n stored under k, with the store's checksum.
+func sealU64(k []byte, n uint64) []byte { return store.Seal(k, binary.BigEndian.AppendUint64(nil, n)) }
+
+// unsealU64 reads what sealU64 stored (false: nothing, or damaged).
+func unsealU64(k, v []byte) (uint64, bool) {
+	v, err := store.Unseal(k, v)
+	if err != nil || len(v) != 8 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(v), true
 }

@@ -210,14 +210,14 @@ func (q *Queue) writeWaiting() (more bool) {
 	q.wmu.Lock()
 	began := time.Now()
 	err := q.appendLocked(buf)
+	now := time.Now()
 	if err == nil {
 		q.writesN.Add(1)
 		if fn := q.observeWrite.Load(); fn != nil {
-			(*fn)(time.Since(began))
+			(*fn)(now.Sub(began))
 		}
 	}
 	q.mu.Lock()
-	now := time.Now()
 	for _, w := range ws {
 		if err != nil {
 			q.discardLocked(w)
@@ -228,7 +228,7 @@ func (q *Queue) writeWaiting() (more bool) {
 		}
 	}
 	start := err == nil && !q.started && !q.closed &&
-		(time.Since(q.lastMove) >= q.every || q.journal.Size() >= checkpointAbove)
+		(now.Sub(q.lastMove) >= q.every || q.journal.Size() >= checkpointAbove)
 	if start {
 		q.started = true
 		q.workers.Add(1)
@@ -364,7 +364,7 @@ func (q *Queue) commitCheckpoint(moved []*entry, token uint64) error {
 		if err != nil {
 			return err
 		}
-		if err := mb.Put(absorbedKey, store.Seal(absorbedKey, binary.BigEndian.AppendUint64(nil, token))); err != nil {
+		if err := mb.Put(absorbedKey, sealU64(absorbedKey, token)); err != nil {
 			return err
 		}
 		qb, err := tx.CreateBucketIfNotExists([]byte(bucketQueue))
@@ -447,34 +447,29 @@ func (q *Queue) replay() error {
 	if q.journal.Size() == 0 {
 		return nil
 	}
-	err = q.db.View(func(tx *bolt.Tx) error {
+	var all []rec
+	err = q.db.Update(func(tx *bolt.Tx) error {
 		if mb := tx.Bucket([]byte(bucketMeta)); mb != nil {
-			if v, err := store.Unseal(absorbedKey, mb.Get(absorbedKey)); err == nil && len(v) == 8 {
-				absorbed[binary.BigEndian.Uint64(v)] = true
+			if token, ok := unsealU64(absorbedKey, mb.Get(absorbedKey)); ok {
+				absorbed[token] = true
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("push: queue journal replay: %w", err)
-	}
-	var all []rec
-	for _, sg := range segs {
-		if sg.token == 0 || !absorbed[sg.token] {
-			for _, r := range sg.recs {
-				if r.m.Seq > dropped[r.dev] {
-					all = append(all, r)
+		for _, sg := range segs {
+			if sg.token == 0 || !absorbed[sg.token] {
+				for _, r := range sg.recs {
+					if r.m.Seq > dropped[r.dev] {
+						all = append(all, r)
+					}
 				}
 			}
 		}
-	}
-	// By device and sequence: each device's keys are appended in order.
-	// A push in both files (copied forward by a checkpoint) is put once.
-	slices.SortFunc(all, func(a, b rec) int {
-		return cmp.Or(cmp.Compare(a.dev, b.dev), cmp.Compare(a.m.Seq, b.m.Seq))
-	})
-	all = slices.CompactFunc(all, func(a, b rec) bool { return a.dev == b.dev && a.m.Seq == b.m.Seq })
-	err = q.db.Update(func(tx *bolt.Tx) error {
+		// By device and sequence: each device's keys are appended in
+		// order. A push in both files (copied forward by a checkpoint)
+		// is put once.
+		slices.SortFunc(all, func(a, b rec) int {
+			return cmp.Or(cmp.Compare(a.dev, b.dev), cmp.Compare(a.m.Seq, b.m.Seq))
+		})
+		all = slices.CompactFunc(all, func(a, b rec) bool { return a.dev == b.dev && a.m.Seq == b.m.Seq })
 		qb, err := tx.CreateBucketIfNotExists([]byte(bucketQueue))
 		if err != nil {
 			return err
