@@ -38,7 +38,8 @@ import (
 // reported.
 type Journal struct {
 	paths  [2]string
-	mu     sync.Mutex // held while writing, syncing, switching, emptying
+	mu     sync.Mutex // held while writing and syncing, and to switch
+	emu    sync.Mutex // held while emptying a file, and to switch: never by Append
 	files  [2]*os.File
 	size   [2]int64 // where the next record goes (the end of the records)
 	length [2]int64 // the file's length (zeros after size)
@@ -235,6 +236,8 @@ func (j *Journal) Append(buf []byte) error {
 // progress, if any) and returns the one that was: its records are
 // what the owner commits to the tree before Empty(old).
 func (j *Journal) Switch() (old int) {
+	j.emu.Lock()
+	defer j.emu.Unlock()
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	old = j.active
@@ -243,29 +246,36 @@ func (j *Journal) Switch() (old int) {
 }
 
 // Empty cuts file i (not the active one) to nothing, durably.
+// Appends to the active file go on meanwhile: the zeros and their
+// fdatasync do not hold them up (Switch waits instead).
 func (j *Journal) Empty(i int) error {
+	j.emu.Lock()
+	defer j.emu.Unlock()
 	j.mu.Lock()
-	defer j.mu.Unlock()
-	if i == j.active {
+	active, size, length := j.active, j.size[i], j.length[i]
+	j.mu.Unlock()
+	if i == active {
 		return errors.New("store: journal: emptying the active file")
 	}
-	if j.size[i] == 0 {
+	if size == 0 {
 		return nil
 	}
 	f := j.files[i]
-	if j.length[i] > 2*JournalSize {
+	if length > 2*JournalSize {
 		if err := f.Truncate(JournalSize); err != nil {
 			return fmt.Errorf("store: journal: %w", err)
 		}
-		j.length[i] = JournalSize
+		length = JournalSize
 	}
-	if err := zero(f, 0, min(j.size[i], j.length[i])); err != nil {
+	if err := zero(f, 0, min(size, length)); err != nil {
 		return fmt.Errorf("store: journal: %w", err)
 	}
 	if err := syncData(f); err != nil {
 		return fmt.Errorf("store: journal: %w", err)
 	}
-	j.size[i] = 0
+	j.mu.Lock()
+	j.size[i], j.length[i] = 0, length
+	j.mu.Unlock()
 	return nil
 }
 
