@@ -179,7 +179,7 @@ func (s *Server) admit() bool {
 }
 
 func (s *Server) serveTLS(raw net.Conn) {
-	wc := &waitConn{Conn: raw, writeTimeout: s.cfg.WriteTimeout}
+	wc := &waitConn{Conn: raw, writeTimeout: s.cfg.WriteTimeout, wg: &s.wg}
 	tc := tls.Server(wc, s.tcpTLS)
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)

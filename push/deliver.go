@@ -43,22 +43,37 @@ func (s *Server) PushEach(devices []string, payloads [][]byte, ttl time.Duration
 		return nil, err
 	}
 	s.m.accepted.Add(float64(len(msgs)))
-	type kick struct {
-		ss *session
-		m  wire.Message
-	}
 	s.mu.Lock()
-	var kicks []kick
+	var ds []delivery
 	for i, d := range devices {
 		if ss := s.sessions[d]; ss != nil {
-			kicks = append(kicks, kick{ss, msgs[i]})
+			ds = append(ds, delivery{ss, msgs[i]})
 		}
 	}
 	s.mu.Unlock()
-	for _, k := range kicks {
-		k.ss.kickWith(k.m)
-	}
+	deliver(ds)
 	return msgs, nil
+}
+
+// delivery is a push just committed for a device connected here.
+type delivery struct {
+	ss *session
+	m  wire.Message
+}
+
+// writeAbove is how many deliveries at most the caller writes itself.
+// A push to more devices (a push to all) starts a flusher goroutine for
+// each session instead, as before: measured, one goroutine writing to
+// 15,000 agents, or one a core, brought the last agent its push later
+// (docs/BENCHMARKS.md, "Push: the caller writes the push").
+const writeAbove = 64
+
+// deliver hands each push to its session (session.kickWith).
+func deliver(ds []delivery) {
+	here := len(ds) <= writeAbove
+	for _, d := range ds {
+		d.ss.kickWith(d.m, here)
+	}
 }
 
 // Check refuses an oversized payload (ErrPayloadTooLarge) and device ids
@@ -181,18 +196,14 @@ func (s *Server) Insert(items []queue.Item) ([]queue.Item, error) {
 	}
 	s.m.copiesStored.Add(float64(len(added)))
 	s.mu.Lock()
-	var kicks []*session
-	var msgs []wire.Message
+	var ds []delivery
 	for _, it := range added {
 		if ss := s.sessions[it.Device]; ss != nil {
-			kicks = append(kicks, ss)
-			msgs = append(msgs, it.Message)
+			ds = append(ds, delivery{ss, it.Message})
 		}
 	}
 	s.mu.Unlock()
-	for i, ss := range kicks {
-		ss.kickWith(msgs[i])
-	}
+	deliver(ds)
 	return added, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -270,4 +271,63 @@ func TestStuckAgentIsCut(t *testing.T) {
 	if n, _ := ts.queue.Len("dev-stuck"); n == 0 {
 		t.Error("the stuck agent's pushes are gone from the queue")
 	}
+}
+
+// TestSlowAgentGetsEverything: pushes to an agent that reads nothing
+// for a while return at once (the API writes a push itself and must
+// never wait for the agent: what the socket does not take is written by
+// a drainer), and once the agent reads, every push arrives, in order,
+// each once. Without the drainer's kick when it is done, the pushes
+// after the socket filled up would stay queued.
+func TestSlowAgentGetsEverything(t *testing.T) {
+	ts := newTestServer(t, func(c *push.Config) {
+		c.Auth, c.Keepalive, c.WriteTimeout = push.AuthNone, time.Minute, time.Minute
+		c.MaxPayload = 60 << 10
+	})
+	r := dialRaw(t, ts, nil)
+	r.hello(t, "dev-slow")
+	// 256 pushes of 60 KiB (15 MiB): more than the loopback buffers hold.
+	const n = 256
+	pushed := make(chan error, 1)
+	go func() {
+		for i := range n {
+			payload := make([]byte, 60<<10) // the queue keeps it
+			payload[0] = byte(i)
+			if _, err := ts.Push("dev-slow", payload, time.Hour); err != nil {
+				pushed <- err
+				return
+			}
+		}
+		pushed <- nil
+	}()
+	select {
+	case err := <-pushed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second): // the write timeout is a minute
+		t.Fatal("pushes to an agent that reads nothing wait for it")
+	}
+	var last uint64
+	for i := range n {
+		typ, body := r.read(t)
+		if typ != wire.TypePush {
+			t.Fatalf("frame 0x%02x, want PUSH", typ)
+		}
+		m, err := wire.ParseMessage(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Payload[0] != byte(i) || (last != 0 && m.Seq != last+1) {
+			t.Fatalf("push %d: payload %d, seq %d after %d", i, m.Payload[0], m.Seq, last)
+		}
+		last = m.Seq
+		r.Write(wire.MarshalU64(wire.TypeAck, m.Seq))
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if l, _ := ts.queue.Len("dev-slow"); l != 0 {
+			return fmt.Errorf("%d pushes still queued", l)
+		}
+		return nil
+	})
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -54,6 +56,16 @@ type waitConn struct {
 	writeTimeout time.Duration
 	callerWrite  atomic.Int64
 
+	// What the socket did not take at once is owed (debt): Write returns
+	// and a drainer goroutine (counted in wg) writes it, waiting as long
+	// as the write timeout allows, so that a caller (the API accepting a
+	// push) can write a frame without ever waiting for the agent.
+	// onDrained runs when the drainer has written all.
+	wg        *sync.WaitGroup
+	onDrained func()
+	omu       sync.Mutex
+	debt      *debt // nil: nothing owed, nothing failed
+
 	pend    [64]byte // an ACK or PING record is 34 bytes
 	pos, n  int      // pend[pos:n] not taken yet
 	pendErr error    // the end await found, returned once pend is taken
@@ -94,14 +106,44 @@ func (c *waitConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// debt is what a connection's writes owe, while a drainer writes it.
+type debt struct {
+	buf  []byte
+	err  error         // the drainer's failure: every later write fails
+	done chan struct{} // closed when the drainer ends
+}
+
+// owedLimit is how much may be owed before a write waits for the
+// drainer. A session writes a push only when nothing is owed
+// (session.flush), and the largest frame in its TLS records fits well
+// within this, so its writes never wait; only frames it cannot put off
+// (a PONG, an ERROR) are added behind what is owed.
+const owedLimit = 2 * wire.MaxFrame
+
 // Write writes p. Once nonblocking, it tries the socket first: a write
 // the socket takes at once needs no deadline (arming one per write, a
-// timer update, was 3 % of the gateway's CPU at 2,000 pushes a second);
-// one that would wait gets writeTimeout for the rest, and the deadline
-// is cleared again after it.
+// timer update, was 3 % of the gateway's CPU at 2,000 pushes a second).
+// What the socket does not take is owed and written by a drainer
+// goroutine within writeTimeout (never past a deadline the caller set),
+// so Write returns without waiting for the agent unless owedLimit is
+// owed already.
 func (c *waitConn) Write(p []byte) (int, error) {
 	if !c.nonblock || c.writeTimeout == 0 {
 		return c.Conn.Write(p)
+	}
+	c.omu.Lock()
+	defer c.omu.Unlock()
+	for d := c.debt; d != nil && d.err == nil && len(d.buf) >= owedLimit; d = c.debt {
+		c.omu.Unlock()
+		<-d.done
+		c.omu.Lock()
+	}
+	if d := c.debt; d != nil {
+		if d.err != nil {
+			return 0, d.err
+		}
+		d.buf = append(d.buf, p...)
+		return len(p), nil
 	}
 	n, err := c.sock.TryWrite(p)
 	switch {
@@ -110,16 +152,69 @@ func (c *waitConn) Write(p []byte) (int, error) {
 	case err != nil && err != errWouldBlock:
 		return n, err
 	}
-	dl := time.Now().Add(c.writeTimeout)
-	if caller := c.callerWrite.Load(); caller != 0 && caller < dl.UnixNano() {
-		dl = time.Unix(0, caller)
+	c.debt = &debt{buf: slices.Clone(p[n:]), done: make(chan struct{})}
+	if c.wg != nil {
+		c.wg.Add(1)
 	}
-	c.Conn.SetWriteDeadline(dl)
-	m, err := c.Conn.Write(p[n:])
-	if err == nil {
+	go c.drain(c.debt) // ends when all is written, or at the deadline
+	return len(p), nil
+}
+
+// owing reports whether earlier writes owe bytes (or failed).
+func (c *waitConn) owing() bool {
+	c.omu.Lock()
+	defer c.omu.Unlock()
+	return c.debt != nil
+}
+
+// settle waits until nothing is owed: the drainer has written it or
+// failed (by the write deadline at the latest).
+func (c *waitConn) settle() {
+	c.omu.Lock()
+	d := c.debt
+	c.omu.Unlock()
+	if d != nil {
+		<-d.done
+	}
+}
+
+// drain writes what d owes, waiting for the socket, until nothing is
+// left or the write fails (at the deadline: the agent does not read).
+func (c *waitConn) drain(d *debt) {
+	if c.wg != nil {
+		defer c.wg.Done()
+	}
+	var spare []byte // the buffer written last, for the next owed bytes
+	for {
+		c.omu.Lock()
+		buf := d.buf
+		if len(buf) == 0 {
+			c.debt = nil
+			c.omu.Unlock()
+			close(d.done)
+			if c.onDrained != nil {
+				c.onDrained()
+			}
+			return
+		}
+		d.buf = spare[:0]
+		c.omu.Unlock()
+		dl := time.Now().Add(c.writeTimeout)
+		if caller := c.callerWrite.Load(); caller != 0 && caller < dl.UnixNano() {
+			dl = time.Unix(0, caller)
+		}
+		c.Conn.SetWriteDeadline(dl)
+		if _, err := c.Conn.Write(buf); err != nil {
+			c.omu.Lock()
+			d.err, d.buf = err, nil // c.debt stays: later writes fail
+			c.omu.Unlock()
+			close(d.done)
+			c.Conn.Close() // the session's reader ends it
+			return
+		}
 		c.Conn.SetWriteDeadline(c.callerDeadline())
+		spare = buf
 	}
-	return n + m, err
 }
 
 // SetWriteDeadline sets the deadline of every write from now on, as

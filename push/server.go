@@ -281,11 +281,14 @@ func (s *Server) tellShutdown(within time.Duration) {
 	frame := (&wire.ErrorFrame{Code: wire.CodeShutdown, Reason: "the gateway is shutting down and the drain deadline passed"}).Marshal()
 	var wg sync.WaitGroup
 	for _, ss := range list {
-		ss.c.SetWriteDeadline(deadline) // unblocks a flusher stuck on this agent
+		ss.c.SetWriteDeadline(deadline) // ends a write or a drainer waiting on this agent by then
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			ss.sendBy(frame, deadline)
+			if ss.wc != nil {
+				ss.wc.settle() // what the socket did not take yet, by the deadline
+			}
 		}()
 	}
 	wg.Wait()

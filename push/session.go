@@ -28,9 +28,11 @@ type conn interface {
 }
 
 // session is one agent's connection after a good HELLO. While idle it
-// holds one goroutine (the reader, blocked in Read) and no buffers beyond
-// a small fixed one; a flusher goroutine exists only while there are
-// pushes to write.
+// holds one goroutine (the reader, waiting for its socket) and no buffers
+// beyond a small fixed one. A push just committed is written by the
+// caller that committed it where writes never wait for the agent (wc);
+// otherwise, and for what was queued before, a flusher goroutine runs
+// while there are pushes to write.
 type session struct {
 	srv       *Server
 	c         conn
@@ -43,7 +45,11 @@ type session struct {
 
 	wmu       sync.Mutex // serializes frame writes
 	selfTimed bool       // c's writes bound their own waits (waitConn.Write): send arms no deadline
-	sentUpTo  atomic.Uint64
+	// wc is the TCP connection under c's TLS when its writes never wait
+	// for the agent (selfTimed): the caller accepting a push then writes
+	// it (kickWith), with no goroutine started for it.
+	wc       *waitConn
+	sentUpTo atomic.Uint64
 	// lastSent and lastSentAt (unix ns) are the last push written and
 	// when: its ACK is timed (dpgate_push_ack_duration_seconds).
 	lastSent, lastSentAt atomic.Uint64
@@ -93,8 +99,11 @@ func (s *session) sendBy(frame []byte, deadline time.Time) error {
 // kickWith is kick with a message just committed for this device: when
 // it is exactly the next sequence the flusher sends it without reading the
 // store (a broadcast to 19,000 devices would otherwise cost 19,000 read
-// transactions). Anything out of order falls back to the store.
-func (s *session) kickWith(m wire.Message) {
+// transactions). Anything out of order falls back to the store. With
+// here, where the session's writes never wait for the agent (wc), the
+// caller flushes unless a flusher runs: the push is written before the
+// caller returns, with no goroutine started and none woken for it.
+func (s *session) kickWith(m wire.Message, here bool) {
 	s.hintMu.Lock()
 	if len(s.hints) < 64 {
 		s.hints = append(s.hints, m)
@@ -102,7 +111,15 @@ func (s *session) kickWith(m wire.Message) {
 		s.needRead.Store(true) // dropped: the store has it
 	}
 	s.hintMu.Unlock()
-	s.wake()
+	if !here || s.wc == nil {
+		s.wake()
+		return
+	}
+	s.dirty.Store(true)
+	if s.flushing.CompareAndSwap(false, true) {
+		s.srv.wg.Add(1)
+		s.flush() // writes without waiting for the agent: what the socket does not take, a drainer writes
+	}
 }
 
 // takeHints returns the hints that continue the sequence from sentUpTo.
@@ -147,6 +164,7 @@ func (s *session) flush() {
 	defer s.srv.wg.Done()
 	for {
 		s.dirty.Store(false)
+	flushing:
 		for !s.closed.Load() {
 			msgs := s.takeHints()
 			if len(msgs) == 0 {
@@ -167,6 +185,12 @@ func (s *session) flush() {
 				}
 			}
 			for _, m := range msgs {
+				if s.wc != nil && s.wc.owing() {
+					// The agent has not taken the last frame yet: the rest
+					// stays queued until the drainer is done (it kicks).
+					s.needRead.Store(true)
+					break flushing
+				}
 				if err := s.send(m.Marshal()); err != nil {
 					s.close()
 					s.flushing.Store(false)
@@ -323,6 +347,10 @@ func (s *Server) startSession(c conn, wc *waitConn, transport string, remote, lo
 	}
 	ss := &session{srv: s, c: c, device: h.DeviceID, caps: h.Caps, transport: transport, remote: remote, since: time.Now(), id: newSessionID(), fr: fr,
 		selfTimed: fr.wc != nil && fr.wc.selfTimed()}
+	if ss.selfTimed {
+		ss.wc = fr.wc
+		ss.wc.onDrained = ss.kick
+	}
 	ss.lastSeen.Store(ss.since.UnixNano())
 	nodes := s.cluster.Nodes()
 	if len(nodes) == 0 {
