@@ -199,11 +199,13 @@ func (c *waitConn) drain(d *debt) {
 		}
 		d.buf = spare[:0]
 		c.omu.Unlock()
-		dl := time.Now().Add(c.writeTimeout)
-		if caller := c.callerWrite.Load(); caller != 0 && caller < dl.UnixNano() {
-			dl = time.Unix(0, caller)
-		}
+		dl := c.drainDeadline()
 		c.Conn.SetWriteDeadline(dl)
+		// An earlier deadline a caller set meanwhile (Shutdown's) was
+		// overwritten: set it again. (One set after this applies anyway.)
+		if again := c.drainDeadline(); again.Before(dl) {
+			c.Conn.SetWriteDeadline(again)
+		}
 		if _, err := c.Conn.Write(buf); err != nil {
 			c.omu.Lock()
 			d.err, d.buf = err, nil // c.debt stays: later writes fail
@@ -215,6 +217,16 @@ func (c *waitConn) drain(d *debt) {
 		c.Conn.SetWriteDeadline(c.callerDeadline())
 		spare = buf
 	}
+}
+
+// drainDeadline is writeTimeout from now, or the caller's deadline if
+// that is earlier.
+func (c *waitConn) drainDeadline() time.Time {
+	dl := time.Now().Add(c.writeTimeout)
+	if caller := c.callerWrite.Load(); caller != 0 && caller < dl.UnixNano() {
+		return time.Unix(0, caller)
+	}
+	return dl
 }
 
 // SetWriteDeadline sets the deadline of every write from now on, as
