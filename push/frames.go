@@ -39,7 +39,9 @@ var errWouldBlock = nbsock.ErrWouldBlock
 
 // waitConn is the TCP connection under a push session's TLS. Its reads
 // take first what await read (pend), then the socket: blocking during
-// the handshake, without blocking once nonblocking is set.
+// the handshake, without blocking once nonblocking is set. Its writes,
+// once nonblocking, never wait for the agent either: what the socket
+// does not take is owed, and a drainer writes it (Write).
 type waitConn struct {
 	net.Conn
 
