@@ -43,11 +43,11 @@ type session struct {
 	since     time.Time
 	id        [16]byte
 
-	wmu       sync.Mutex // serializes frame writes
-	selfTimed bool       // c's writes bound their own waits (waitConn.Write): send arms no deadline
-	// wc is the TCP connection under c's TLS when its writes never wait
-	// for the agent (selfTimed): the caller accepting a push then writes
-	// it (kickWith), with no goroutine started for it.
+	wmu sync.Mutex // serializes frame writes
+	// wc is the TCP connection under c's TLS when its writes bound their
+	// own waits and never wait for the agent (waitConn.Write): send arms
+	// no deadline, and the caller accepting a push writes it (kickWith),
+	// with no goroutine started for it. Nil otherwise (QUIC, Windows).
 	wc       *waitConn
 	sentUpTo atomic.Uint64
 	// lastSent and lastSentAt (unix ns) are the last push written and
@@ -76,9 +76,9 @@ func (s *session) path() (link.PathStats, bool) {
 
 // send writes one frame, bounded by WriteTimeout so a stuck agent cannot
 // hold a flusher forever: by the connection itself where it can
-// (selfTimed), else by a deadline armed for the write.
+// (wc), else by a deadline armed for the write.
 func (s *session) send(frame []byte) error {
-	if s.selfTimed {
+	if s.wc != nil {
 		s.wmu.Lock()
 		defer s.wmu.Unlock()
 		_, err := s.c.Write(frame)
@@ -111,15 +111,7 @@ func (s *session) kickWith(m wire.Message, here bool) {
 		s.needRead.Store(true) // dropped: the store has it
 	}
 	s.hintMu.Unlock()
-	if !here || s.wc == nil {
-		s.wake()
-		return
-	}
-	s.dirty.Store(true)
-	if s.flushing.CompareAndSwap(false, true) {
-		s.srv.wg.Add(1)
-		s.flush() // writes without waiting for the agent: what the socket does not take, a drainer writes
-	}
+	s.wake(here)
 }
 
 // takeHints returns the hints that continue the sequence from sentUpTo.
@@ -147,17 +139,23 @@ func (s *session) takeHints() []wire.Message {
 // kick makes the flusher read everything queued from the store.
 func (s *session) kick() {
 	s.needRead.Store(true)
-	s.wake()
+	s.wake(false)
 }
 
 // wake starts a flusher unless one is running, which then sees the
-// dirty flag.
-func (s *session) wake() {
+// dirty flag. With here, where writes never wait for the agent (wc), the
+// caller is the flusher: what the socket does not take, a drainer writes.
+func (s *session) wake(here bool) {
 	s.dirty.Store(true)
-	if s.flushing.CompareAndSwap(false, true) {
-		s.srv.wg.Add(1)
-		go s.flush() // exits when the queue holds nothing more to send
+	if !s.flushing.CompareAndSwap(false, true) {
+		return
 	}
+	s.srv.wg.Add(1)
+	if here && s.wc != nil {
+		s.flush()
+		return
+	}
+	go s.flush() // exits when the queue holds nothing more to send
 }
 
 func (s *session) flush() {
@@ -345,9 +343,8 @@ func (s *Server) startSession(c conn, wc *waitConn, transport string, remote, lo
 		s.m.redirects.Inc()
 		return
 	}
-	ss := &session{srv: s, c: c, device: h.DeviceID, caps: h.Caps, transport: transport, remote: remote, since: time.Now(), id: newSessionID(), fr: fr,
-		selfTimed: fr.wc != nil && fr.wc.selfTimed()}
-	if ss.selfTimed {
+	ss := &session{srv: s, c: c, device: h.DeviceID, caps: h.Caps, transport: transport, remote: remote, since: time.Now(), id: newSessionID(), fr: fr}
+	if fr.wc != nil && fr.wc.selfTimed() {
 		ss.wc = fr.wc
 		ss.wc.onDrained = ss.kick
 	}
@@ -379,7 +376,7 @@ func (s *Server) startSession(c conn, wc *waitConn, transport string, remote, lo
 	s.mu.Unlock()
 	c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 	_, err = c.Write(welcome.Marshal())
-	if ss.selfTimed {
+	if ss.wc != nil {
 		c.SetWriteDeadline(time.Time{}) // its writes arm their own when they must wait
 	}
 	ss.wmu.Unlock()
