@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dpgate/dpgate/cluster"
 	"github.com/dpgate/dpgate/internal/gateway"
 	"github.com/dpgate/dpgate/push/client"
 	"github.com/dpgate/dpgate/push/wire"
@@ -48,7 +47,8 @@ func (a *tokenAgent) state() (string, string, int) {
 // restarted, it gets agents back by rebalancing. Then the key is rotated
 // with an overlap: a new key added first (SIGHUP everywhere) signs new
 // tokens while old ones still work; the old key retired, its tokens are
-// refused and the sessions already up stay.
+// refused and the sessions already up stay (an agent that rebalancing
+// moves after that connects again with its old token and is refused).
 func TestClusterTokenAuth(t *testing.T) {
 	// Real processes that mostly wait: side by side with the other long ones.
 	t.Parallel()
@@ -64,7 +64,7 @@ func TestClusterTokenAuth(t *testing.T) {
 	// service does, and joins node 1 (on a new gossip address the others
 	// would keep its name from it for DeadNodeReclaimTime, 10 s).
 	// Rebalancing sooner than the default 5 s: the test waits for it
-	// twice (node 0's restart, then settling before the rotation).
+	// after node 0's restart.
 	const rebalanceAfter = time.Second
 	var gossip []string
 	var cfgs, pushes, pins []string
@@ -200,31 +200,7 @@ func TestClusterTokenAuth(t *testing.T) {
 		}
 		return allOn(pushes...)
 	})
-	// Rebalancing goes on after node 0's first agents: let it settle
-	// before the rotation, since an agent moved after the old key's
-	// retirement is refused with its old token, rightly. A node moves
-	// agents once it has had an excess for RebalanceAfter, checked every
-	// refresh: with no agent moving for longer than that, none has one.
-	// (3 s was too short: under load, sessions 3 11 16 were taken for
-	// settled, and node 2 moved an agent after the retirement.)
-	settle := rebalanceAfter + 2*cluster.DefaultRefreshInterval + time.Second
-	var where string
-	var since time.Time
-	waitFor(t, 90*time.Second, func() error {
-		var now strings.Builder
-		for _, a := range agents {
-			s, _, _ := a.state()
-			now.WriteString(s + " ")
-		}
-		if now.String() != where {
-			where, since = now.String(), time.Now()
-		}
-		if time.Since(since) < settle {
-			return fmt.Errorf("agents still moving: sessions %d %d %d", sessions(0), sessions(1), sessions(2))
-		}
-		return allOn(pushes...)
-	})
-	t.Logf("after node 0's restart and rebalancing: sessions %d %d %d", sessions(0), sessions(1), sessions(2))
+	t.Logf("after node 0's restart: sessions %d %d %d", sessions(0), sessions(1), sessions(2))
 
 	// Rotation, step 1: the new key first, the old one still held.
 	os.WriteFile(keyFile, []byte(newKey+"\n"+oldKey+"\n"), 0o600)
@@ -240,7 +216,15 @@ func TestClusterTokenAuth(t *testing.T) {
 		return allOn(pushes...)
 	})
 	// Step 2: the old key retired. New sessions with its tokens fail;
-	// the sessions up keep running.
+	// the sessions up keep running. Rebalancing may still move an agent
+	// (node 0 came back with fewer than its share): one moved after the
+	// retirement connects again with its old token and is refused,
+	// rightly. (The test waited for rebalancing to settle instead, and
+	// failed when a node moved one more agent after its quiet spell.)
+	movedBefore := map[*tokenAgent]int{}
+	for _, a := range agents {
+		_, _, movedBefore[a] = a.state()
+	}
 	os.WriteFile(keyFile, []byte(newKey+"\n"), 0o600)
 	for _, s := range srvs {
 		s.cmd.Process.Signal(syscall.SIGHUP)
@@ -257,7 +241,28 @@ func TestClusterTokenAuth(t *testing.T) {
 	if s, _, _ := late.state(); s != "" {
 		t.Errorf("a token of the retired key connected to %s", s)
 	}
-	if err := allOn(pushes...); err != nil {
-		t.Errorf("sessions up before the retirement: %v", err)
+	// A moved agent is between its REDIRECT and the refusal for a moment:
+	// poll until each one is on a node or refused.
+	stayed := 0
+	waitFor(t, 30*time.Second, func() error {
+		stayed = 0
+		for _, a := range agents {
+			s, lastErr, moves := a.state()
+			switch {
+			case slices.Contains(pushes, s):
+				if moves == movedBefore[a] {
+					stayed++
+				}
+			case moves == movedBefore[a]:
+				return fmt.Errorf("%s, up before the retirement and not moved since, is on %q (last error: %s); want its session kept", a.id, s, lastErr)
+			case !strings.Contains(lastErr, "code 3"):
+				return fmt.Errorf("%s, moved after the retirement, is on %q with last error %q; want refused with ERROR 3", a.id, s, lastErr)
+			}
+		}
+		return nil
+	})
+	t.Logf("%d of %d agents kept their sessions through the retirement", stayed, len(agents))
+	if stayed < len(agents)/2 {
+		t.Errorf("only %d of %d agents were left in place through the retirement: too few to show that sessions up are kept", stayed, len(agents))
 	}
 }
