@@ -265,13 +265,14 @@ func (c *waitConn) await() error {
 	return err
 }
 
-// frameReader reads an agent's frames. Over a waitConn that does not
-// block (TLS over a TCP socket) it answers errIdle when it has read all
-// there is, keeping the part of a frame it has; otherwise (QUIC,
-// Windows) it reads each frame straight from r, blocking.
+// frameReader reads an agent's frames. Where r does not block (TLS over
+// a TCP socket that waitConn reads, a QUIC stream that quicReader reads)
+// it answers errIdle when it has read all there is, keeping the part of
+// a frame it has, and w waits; otherwise (Windows) it reads each frame
+// straight from r, blocking.
 type frameReader struct {
-	r  io.Reader
-	wc *waitConn // nil: no idle waiting
+	r io.Reader
+	w waiter // nil: r blocks
 
 	buf        []byte // small, or larger for a HELLO; unread: buf[start:end]
 	start, end int
@@ -279,18 +280,22 @@ type frameReader struct {
 	hdr        [wire.HeaderSize]byte
 }
 
+// waiter waits until the reader under a frameReader has bytes again
+// (or fails: its deadline, the connection's end), reading some of them.
+type waiter interface{ await() error }
+
 // maxSmall is the largest body read into small: ACK, PING, PONG, BYE.
 const maxSmall = len(frameReader{}.small) - wire.HeaderSize
 
 // errIdle is next's answer when nothing is left to read without waiting
-// for the socket: the caller waits with wc.await (on a goroutine whose
+// for the socket: the caller waits with w.await (on a goroutine whose
 // stack has not grown), then calls next again.
 var errIdle = errors.New("push: waiting for the agent")
 
 // next returns the next frame, whose body may be at most max bytes; the
 // body is valid until the next call.
 func (f *frameReader) next(max int) (byte, []byte, error) {
-	if f.wc == nil {
+	if f.w == nil {
 		return wire.ReadFrame(f.r, &f.hdr, f.small[:0], max)
 	}
 	if f.start == f.end { // nothing held: back to small (from a HELLO's)
@@ -336,7 +341,7 @@ func (f *frameReader) nextWaiting(max int) (byte, []byte, error) {
 		if err != errIdle {
 			return typ, body, err
 		}
-		if err := f.wc.await(); err != nil {
+		if err := f.w.await(); err != nil {
 			return 0, nil, err
 		}
 	}

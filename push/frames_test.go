@@ -65,7 +65,7 @@ func TestFrameReaderAcrossWaits(t *testing.T) {
 			left -= n
 		}
 		r := &chunkReader{data: stream, chunks: chunks}
-		f := frameReader{r: r, wc: &waitConn{}}
+		f := frameReader{r: r, w: &waitConn{}}
 		var got [][]byte
 		idles := 0
 		for len(got) < len(want) {
@@ -95,7 +95,7 @@ func TestFrameReaderAcrossWaits(t *testing.T) {
 		}
 	}
 	big := []byte{wire.TypePing, 0, 0, byte(maxSmall + 1)}
-	f := frameReader{r: &chunkReader{data: big, blocked: true}, wc: &waitConn{}}
+	f := frameReader{r: &chunkReader{data: big, blocked: true}, w: &waitConn{}}
 	if _, _, err := f.next(maxSmall); !errors.Is(err, wire.ErrTooLarge) {
 		t.Fatalf("a %d-byte body: %v, want ErrTooLarge", maxSmall+1, err)
 	}

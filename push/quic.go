@@ -5,22 +5,91 @@ import (
 	"crypto/x509"
 	"errors"
 	"net"
+	"os"
 	"sync/atomic"
+	"time"
 
 	"github.com/dpgate/dpgate/push/wire"
 	"github.com/quic-go/quic-go"
 )
 
 // quicConn is a session's bidirectional stream; Close ends the whole QUIC
-// connection, as closing a TCP connection would.
+// connection, as closing a TCP connection would. Its reads do not wait
+// (quicReader).
 type quicConn struct {
 	*quic.Stream
 	qc *quic.Conn
+	rd *quicReader
+}
+
+func newQUICConn(st *quic.Stream, qc *quic.Conn) quicConn {
+	return quicConn{Stream: st, qc: qc, rd: &quicReader{st: st}}
 }
 
 func (c quicConn) Close() error {
 	c.Stream.Close()
 	return c.qc.CloseWithError(0, "")
+}
+
+func (c quicConn) Read(p []byte) (int, error) { return c.rd.Read(p) }
+
+// SetReadDeadline sets the deadline of the session's waits (await).
+func (c quicConn) SetReadDeadline(t time.Time) error {
+	c.rd.deadline = t
+	return nil
+}
+
+// quicReader reads a session's QUIC stream the way waitConn reads a TCP
+// socket once nonblocking. Read never waits: it reads with a deadline
+// already past, and answers errWouldBlock when the stream holds nothing,
+// so the frame reader answers errIdle and the session waits in await, on
+// a fresh goroutine, the one place it blocks. A goroutine parked in
+// Stream.Read after handling frames kept the stack that handling grew
+// (docs/BENCHMARKS.md, "QUIC: an idle session's stack"). Only the
+// session's reading goroutine uses it, one at a time.
+type quicReader struct {
+	st       *quic.Stream
+	deadline time.Time // the session's read deadline, for await
+
+	// what await read, for the next Reads, and the error that came with it
+	pend    [wire.HeaderSize + 32]byte
+	pos, n  int
+	pendErr error
+}
+
+func (r *quicReader) Read(p []byte) (int, error) {
+	if r.pos < r.n {
+		n := copy(p, r.pend[r.pos:r.n])
+		r.pos += n
+		return n, nil
+	}
+	if err := r.pendErr; err != nil {
+		r.pendErr = nil
+		return 0, err
+	}
+	r.st.SetReadDeadline(time.Now())
+	n, err := r.st.Read(p)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		if n == 0 {
+			return 0, errWouldBlock
+		}
+		err = nil
+	}
+	return n, err
+}
+
+// await blocks until the stream has bytes or fails (the session's
+// deadline, the connection's end), and reads what it has (at most
+// len(pend)) for the next Reads.
+func (r *quicReader) await() error {
+	r.pos, r.n = 0, 0
+	r.st.SetReadDeadline(r.deadline)
+	n, err := r.st.Read(r.pend[:])
+	if n == 0 {
+		return err
+	}
+	r.n, r.pendErr = n, err
+	return nil
 }
 
 // ServeQUIC serves the push protocol over QUIC on pc (ALPN
@@ -105,7 +174,7 @@ func (s *Server) ServeQUIC(pc net.PacketConn) error {
 			if certs := qc.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
 				peer = certs[0]
 			}
-			s.startSession(quicConn{Stream: st, qc: qc}, nil, "quic", qc.RemoteAddr(), qc.LocalAddr(), peer)
+			s.startSession(newQUICConn(st, qc), nil, "quic", qc.RemoteAddr(), qc.LocalAddr(), peer)
 		}()
 	}
 }

@@ -293,11 +293,13 @@ func newSessionID() (id [16]byte) {
 
 // startSession reads HELLO, authenticates it, and runs the session on a
 // new goroutine. It owns c and the connection count from here. wc is
-// the connection under c's TLS, nil for QUIC (frameReader).
+// the connection under c's TLS, nil for QUIC (c is a quicConn).
 func (s *Server) startSession(c conn, wc *waitConn, transport string, remote, local net.Addr, peer *x509.Certificate) {
 	fr := &frameReader{r: c}
 	if wc != nil && wc.nonblocking() {
-		fr.wc = wc
+		fr.w = wc
+	} else if qc, ok := c.(quicConn); ok {
+		fr.w = qc.rd
 	}
 	c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	typ, body, err := fr.nextWaiting(2048)
@@ -344,8 +346,8 @@ func (s *Server) startSession(c conn, wc *waitConn, transport string, remote, lo
 		return
 	}
 	ss := &session{srv: s, c: c, device: h.DeviceID, caps: h.Caps, transport: transport, remote: remote, since: time.Now(), id: newSessionID(), fr: fr}
-	if fr.wc != nil && fr.wc.selfTimed() {
-		ss.wc = fr.wc
+	if wc != nil && wc.selfTimed() {
+		ss.wc = wc
 		ss.wc.onDrained = ss.kick
 	}
 	ss.lastSeen.Store(ss.since.UnixNano())
@@ -432,7 +434,7 @@ func (s *Server) runSession(ss *session) {
 
 // idleSession waits for the agent's socket to become readable, then reads.
 func (s *Server) idleSession(ss *session) {
-	if err := ss.fr.wc.await(); err != nil {
+	if err := ss.fr.w.await(); err != nil {
 		s.endSession(ss, ss.readFailed(err))
 		return
 	}
