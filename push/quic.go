@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"net"
-	"os"
 	"sync/atomic"
 	"time"
 
@@ -39,20 +38,25 @@ func (c quicConn) SetReadDeadline(t time.Time) error {
 	return nil
 }
 
-// quicReader reads a session's QUIC stream the way waitConn reads a TCP
-// socket once nonblocking. Read never waits: it reads with a deadline
-// already past, and answers errWouldBlock when the stream holds nothing,
-// so the frame reader answers errIdle and the session waits in await, on
-// a fresh goroutine, the one place it blocks. A goroutine parked in
-// Stream.Read after handling frames kept the stack that handling grew
-// (docs/BENCHMARKS.md, "QUIC: an idle session's stack"). Only the
+// quicReader reads a session's QUIC stream so that the session waits for
+// its agent on a fresh goroutine, as a TLS session does (waitConn): a
+// goroutine parked in Stream.Read after handling frames kept the stack
+// that handling grew (docs/BENCHMARKS.md, "QUIC: an idle session's
+// stack"). quic-go's stream has no read that returns what it holds
+// without waiting (with a deadline already past, Read and Peek fail
+// before they look, v0.65.0), so Read hands out only what await read and
+// then answers errWouldBlock: the frame reader answers errIdle, and the
+// session calls await, the one place it blocks, on a fresh goroutine;
+// await returns at once when the stream already holds bytes. Only the
 // session's reading goroutine uses it, one at a time.
 type quicReader struct {
 	st       *quic.Stream
 	deadline time.Time // the session's read deadline, for await
 
-	// what await read, for the next Reads, and the error that came with it
-	pend    [wire.HeaderSize + 32]byte
+	// what await read, for the next Reads, and the error that came with
+	// it; room for a HELLO with a token in one or two reads, and many
+	// ACKs and PINGs
+	pend    [128]byte
 	pos, n  int
 	pendErr error
 }
@@ -67,15 +71,7 @@ func (r *quicReader) Read(p []byte) (int, error) {
 		r.pendErr = nil
 		return 0, err
 	}
-	r.st.SetReadDeadline(time.Now())
-	n, err := r.st.Read(p)
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		if n == 0 {
-			return 0, errWouldBlock
-		}
-		err = nil
-	}
-	return n, err
+	return 0, errWouldBlock
 }
 
 // await blocks until the stream has bytes or fails (the session's
