@@ -19,7 +19,8 @@ import (
 )
 
 // conn is what a session runs on: a TLS connection, or a QUIC stream
-// wrapped so that Close ends the QUIC connection too.
+// wrapped so that Close ends the QUIC connection too and its reads do
+// not wait (quicConn).
 type conn interface {
 	io.ReadWriter
 	SetReadDeadline(time.Time) error
