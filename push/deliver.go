@@ -112,18 +112,9 @@ func (s *Server) ackedIDs(ids [][16]byte) {
 	s.ackMu.Lock()
 	var chans []chan struct{}
 	for _, id := range ids {
-		if _, ok := s.recent[id]; !ok {
-			s.recent[id] = struct{}{}
-			s.recentLog = append(s.recentLog, id)
-		}
+		s.recent.add(id)
 		chans = append(chans, s.idWaiters[id]...)
 		delete(s.idWaiters, id)
-	}
-	if n := len(s.recentLog) - recentAcks; n > 0 {
-		for _, id := range s.recentLog[:n] {
-			delete(s.recent, id)
-		}
-		s.recentLog = append(s.recentLog[:0], s.recentLog[n:]...)
 	}
 	s.ackMu.Unlock()
 	for _, ch := range chans {
@@ -137,7 +128,7 @@ func (s *Server) ackedIDs(ids [][16]byte) {
 func (s *Server) WaitID(ctx context.Context, id [16]byte) error {
 	ch := make(chan struct{})
 	s.ackMu.Lock()
-	if _, done := s.recent[id]; done {
+	if s.recent.has(id) {
 		s.ackMu.Unlock()
 		return nil
 	}
@@ -164,10 +155,7 @@ func (s *Server) WaitID(ctx context.Context, id [16]byte) error {
 // delivery to devices connected here. It returns the items added.
 func (s *Server) Insert(items []queue.Item) ([]queue.Item, error) {
 	s.ackMu.Lock()
-	fresh := slices.DeleteFunc(slices.Clone(items), func(it queue.Item) bool {
-		_, done := s.recent[it.ID]
-		return done
-	})
+	fresh := slices.DeleteFunc(slices.Clone(items), func(it queue.Item) bool { return s.recent.has(it.ID) })
 	s.ackMu.Unlock()
 	if len(fresh) == 0 {
 		return nil, nil
@@ -182,7 +170,7 @@ func (s *Server) Insert(items []queue.Item) ([]queue.Item, error) {
 	s.ackMu.Lock()
 	late := map[string][][16]byte{}
 	added = slices.DeleteFunc(added, func(it queue.Item) bool {
-		_, done := s.recent[it.ID]
+		done := s.recent.has(it.ID)
 		if done {
 			late[it.Device] = append(late[it.Device], it.ID)
 		}

@@ -76,8 +76,7 @@ type Server struct {
 	draining   bool
 
 	ackMu     sync.Mutex
-	recent    map[[16]byte]struct{} // ids acknowledged lately, so a late copy is not delivered again
-	recentLog [][16]byte            // the same ids, oldest first, to bound the set
+	recent    *recentIDs // ids acknowledged lately, so a late copy is not delivered again
 	idWaiters map[[16]byte][]chan struct{}
 }
 
@@ -106,8 +105,7 @@ func New(cfg Config) (*Server, error) {
 		done:      make(chan struct{}),
 		sessions:  map[string]*session{},
 		raw:       map[conn]struct{}{},
-		recent:    map[[16]byte]struct{}{},
-
+		recent:    newRecentIDs(recentAcks),
 		idWaiters: map[[16]byte][]chan struct{}{},
 		cluster:   alone{},
 	}
