@@ -112,7 +112,7 @@ func (s *Server) ackedIDs(ids [][16]byte) {
 	s.ackMu.Lock()
 	var chans []chan struct{}
 	for _, id := range ids {
-		s.recent.add(id)
+		s.recent.Add(id)
 		chans = append(chans, s.idWaiters[id]...)
 		delete(s.idWaiters, id)
 	}
@@ -128,7 +128,7 @@ func (s *Server) ackedIDs(ids [][16]byte) {
 func (s *Server) WaitID(ctx context.Context, id [16]byte) error {
 	ch := make(chan struct{})
 	s.ackMu.Lock()
-	if s.recent.has(id) {
+	if s.recent.Has(id) {
 		s.ackMu.Unlock()
 		return nil
 	}
@@ -155,7 +155,7 @@ func (s *Server) WaitID(ctx context.Context, id [16]byte) error {
 // delivery to devices connected here. It returns the items added.
 func (s *Server) Insert(items []queue.Item) ([]queue.Item, error) {
 	s.ackMu.Lock()
-	fresh := slices.DeleteFunc(slices.Clone(items), func(it queue.Item) bool { return s.recent.has(it.ID) })
+	fresh := slices.DeleteFunc(slices.Clone(items), func(it queue.Item) bool { return s.recent.Has(it.ID) })
 	s.ackMu.Unlock()
 	if len(fresh) == 0 {
 		return nil, nil
@@ -170,7 +170,7 @@ func (s *Server) Insert(items []queue.Item) ([]queue.Item, error) {
 	s.ackMu.Lock()
 	late := map[string][][16]byte{}
 	added = slices.DeleteFunc(added, func(it queue.Item) bool {
-		done := s.recent.has(it.ID)
+		done := s.recent.Has(it.ID)
 		if done {
 			late[it.Device] = append(late[it.Device], it.ID)
 		}

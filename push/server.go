@@ -76,7 +76,7 @@ type Server struct {
 	draining   bool
 
 	ackMu     sync.Mutex
-	recent    *recentIDs // ids acknowledged lately, so a late copy is not delivered again
+	recent    *wire.RecentIDs // ids acknowledged lately, so a late copy is not delivered again
 	idWaiters map[[16]byte][]chan struct{}
 }
 
@@ -105,7 +105,7 @@ func New(cfg Config) (*Server, error) {
 		done:      make(chan struct{}),
 		sessions:  map[string]*session{},
 		raw:       map[conn]struct{}{},
-		recent:    newRecentIDs(recentAcks),
+		recent:    wire.NewRecentIDs(recentAcks),
 		idWaiters: map[[16]byte][]chan struct{}{},
 		cluster:   alone{},
 	}

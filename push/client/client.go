@@ -515,32 +515,18 @@ func (c *Client) LocalAddr() net.Addr {
 	return nil
 }
 
-// dedupe remembers the last n message ids. It grows as ids arrive: an
-// idle agent (a load test holds tens of thousands) keeps nothing.
+// dedupe remembers the last n message ids: a wire.RecentIDs behind a
+// lock.
 type dedupe struct {
-	mu   sync.Mutex
-	n    int
-	set  map[[16]byte]struct{}
-	ring [][16]byte // the ids in arrival order once full, oldest at pos
-	pos  int
+	mu  sync.Mutex
+	ids *wire.RecentIDs
 }
 
-func newDedupe(n int) dedupe { return dedupe{n: n, set: map[[16]byte]struct{}{}} }
+func newDedupe(n int) dedupe { return dedupe{ids: wire.NewRecentIDs(n)} }
 
 // add reports whether id is new, remembering it.
 func (d *dedupe) add(id [16]byte) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if _, ok := d.set[id]; ok {
-		return false
-	}
-	if len(d.ring) < d.n {
-		d.ring = append(d.ring, id)
-	} else {
-		delete(d.set, d.ring[d.pos])
-		d.ring[d.pos] = id
-		d.pos = (d.pos + 1) % d.n
-	}
-	d.set[id] = struct{}{}
-	return true
+	return d.ids.Add(id)
 }

@@ -1,7 +1,8 @@
 // Package wire is the push protocol's wire format (docs/PROTOCOL.md):
 // frame types, error codes and capabilities, the frames' encoders and
-// decoders (frame.go), and the HMAC device tokens of push.auth token
-// (token.go). It needs the standard library only, so that an agent
+// decoders (frame.go), the HMAC device tokens of push.auth token
+// (token.go), and the set of recent push ids both ends keep for
+// at-least-once delivery (recent.go). It needs the standard library only, so that an agent
 // (push/client) links nothing of the server: push serves it, push/client
 // speaks it.
 package wire
