@@ -39,6 +39,17 @@ func tight(mc *memberlist.Config) {
 	mc.DeadNodeReclaimTime = time.Second
 }
 
+// steady keeps tight's quick gossip but memberlist's LAN failure
+// detection, for tests that read a settled view rather than watch a
+// failure: with tight's 25 ms probe timeout a node starved of CPU (-race,
+// other packages' tests on the same two cores) was declared dead between
+// two DNS queries, and an answer lacked it.
+func steady(mc *memberlist.Config) {
+	tight(mc)
+	lan := memberlist.DefaultLANConfig()
+	mc.ProbeInterval, mc.ProbeTimeout, mc.SuspicionMult = lan.ProbeInterval, lan.ProbeTimeout, lan.SuspicionMult
+}
+
 // testNode is one cluster member whose metadata the test controls.
 type testNode struct {
 	*cluster.Cluster
@@ -314,9 +325,9 @@ func TestRedirectTarget(t *testing.T) {
 }
 
 func TestDNSAnswers(t *testing.T) {
-	nodes := newTestCluster(t, 3, func(i int, nd *testNode) cluster.Meta {
+	nodes := newTestClusterWith(t, 3, func(i int, nd *testNode) cluster.Meta {
 		return cluster.Meta{Push: nd.push, Conns: []int{300, 100, 200}[i], Capacity: 1000}
-	})
+	}, func(_ int, cfg *cluster.Config) { cfg.Tune = steady })
 	waitFor(t, 10*time.Second, func() error { return sees(nodes[0], 3) })
 	d := cluster.NewDNS(nodes[0].Cluster, "dpgate.internal")
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
@@ -518,6 +529,7 @@ func TestDNSSizeAndNames(t *testing.T) {
 	const n = 8
 	nodes := newTestClusterWith(t, n, nil, func(i int, cfg *cluster.Config) {
 		cfg.Name = fmt.Sprintf("branch-office-distribution-point-%02d", i)
+		cfg.Tune = steady
 	})
 	waitFor(t, 20*time.Second, func() error { return sees(nodes[0], n) })
 	d := cluster.NewDNS(nodes[0].Cluster, "dpgate.internal")
