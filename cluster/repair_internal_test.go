@@ -258,3 +258,53 @@ func (r *Router) repairState() string {
 	defer r.mu.Unlock()
 	return fmt.Sprintf("view %q, stale %v, absent %v", r.view, r.stale, r.absent)
 }
+
+// TestOwnerDisplacedByANodeThatWentIsSentItsCopies: pushes accepted
+// while a node that had just joined was an owner went to it, not to the
+// owner it displaced; if the rebalance for that node set failed (the
+// node had gone already) and the set went back to what it was, the
+// displaced owner must be sent those pushes. Before, the router compared
+// with the set of its last good rebalance, the same set: nothing was
+// sent, and the queue stayed on one node (seen in the gateway's
+// TestQueuedPushesSurviveOwnerFailure when its tests ran side by side).
+func TestOwnerDisplacedByANodeThatWentIsSentItsCopies(t *testing.T) {
+	r := &Router{cfg: RouterConfig{Replicas: 2}, self: "a"}
+	a, b, c := Member{Name: "a"}, Member{Name: "b"}, Member{Name: "c"}
+	two, three := []Member{a, b}, []Member{a, b, c}
+	// A device that a and b own, and a and c once c is there.
+	dev := ""
+	for i := 0; dev == ""; i++ {
+		d := fmt.Sprintf("pc-%d", i)
+		if slices.Equal(sorted(r.owners(d, two)), []string{"a", "b"}) && slices.Equal(sorted(r.owners(d, three)), []string{"a", "c"}) {
+			dev = d
+		}
+	}
+	var known views
+	known = known.after(two, true)    // a and b have everything
+	known = known.after(three, false) // the copy to c failed; pushes accepted meanwhile went to a and c
+	known = known.after(three, false) // the check retrying
+	if got := r.newOwners(dev, two, known); !slices.Equal(got, []string{"b"}) {
+		t.Errorf("back to a and b after the rebalance for a, b, c failed: copies go to %v, want [b]", got)
+	}
+	if got := r.newOwners(dev, three, known); !slices.Equal(got, []string{"c"}) {
+		t.Errorf("retrying for a, b, c: copies go to %v, want [c]", got)
+	}
+	// Once a rebalance has reached every owner, only a change sends copies.
+	if got := r.newOwners(dev, two, known.after(two, true)); len(got) != 0 {
+		t.Errorf("after a good rebalance for a and b: copies go to %v, want none", got)
+	}
+	// A node back under its name with another Boot is new in every set.
+	b2 := Member{Name: "b", Meta: Meta{Boot: 2}}
+	if got := r.newOwners(dev, []Member{a, b2}, views{two}.restarted([]Member{a, b2})); !slices.Equal(got, []string{"b"}) {
+		t.Errorf("b restarted: copies go to %v, want [b]", got)
+	}
+	// Failures without end: after maxViews sets, everything to every owner.
+	for i := range maxViews {
+		known = known.after([]Member{a, b, {Name: fmt.Sprint("n", i)}}, false)
+	}
+	if known != nil {
+		t.Errorf("after %d failed sets: %d kept, want none (everything sent again)", maxViews, len(known))
+	}
+}
+
+func sorted(s []string) []string { return slices.Sorted(slices.Values(s)) }

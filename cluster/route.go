@@ -566,7 +566,7 @@ func (r *Router) loop() {
 	defer sweep.Stop()
 	repair := time.NewTicker(repairInterval)
 	defer repair.Stop()
-	var prev []Member // the nodes of the last rebalance; nil before the first
+	var since views // what the owners are known to have; nil before the first rebalance
 	for {
 		select {
 		case <-r.done:
@@ -586,16 +586,11 @@ func (r *Router) loop() {
 				}
 				r.setView(view)
 				r.log.Info("cluster: push nodes changed; rebalancing", "nodes", view)
-				// A node back under its name too soon to be missed (a
-				// restart, an upgrade) is new all the same: it lost the
-				// registrations it had, and the copies meant for it.
-				prev = slices.DeleteFunc(slices.Clone(prev), func(p Member) bool {
-					return slices.ContainsFunc(nodes, func(m Member) bool { return m.Name == p.Name && m.Meta.Boot != p.Meta.Boot })
-				})
-				r.reregister(nodes, prev)
-				if r.rebalanceFor(nodes, prev, true) {
-					prev = nodes
-				} else {
+				since = since.restarted(nodes)
+				r.reregister(nodes, since)
+				ok := r.rebalanceFor(nodes, since, true)
+				since = since.after(nodes, ok)
+				if !ok {
 					r.setView("") // a copy failed: again at the next check
 				}
 			}
@@ -686,23 +681,82 @@ func (r *Router) repair() {
 // (250 ms).
 const absentRepairs = 15
 
-// newOwners are the device's owners among nodes that were not owners
-// among prev (all of them when prev is nil). With rendezvous hashing a
-// change of one node among N changes the owners of about 2 devices in N.
-func (r *Router) newOwners(device string, nodes, prev []Member) []string {
+// views are the node sets a router rebalanced for since its last
+// rebalance that reached every owner, that one first: what each device's
+// owners are known to have. An owner in all of them has had every push
+// queued here for the device: copied by that rebalance, or sent by the
+// outboxes as each push was accepted (when an outbox gives up, repair
+// sends again). One that is not may lack pushes accepted while a later
+// set, in which it was no owner, was current: a node that joined and
+// went before a rebalance reached it leaves the set as it was, and the
+// owner it had displaced must be sent what came in meanwhile.
+//
+// nil is nothing known: every owner is sent everything.
+type views [][]Member
+
+// maxViews bounds the sets kept after failed rebalances; past it the
+// next rebalance sends everything to every owner.
+const maxViews = 8
+
+// after is the views once a rebalance for nodes has reached every owner
+// (ok) or not.
+func (v views) after(nodes []Member, ok bool) views {
+	switch {
+	case ok:
+		return views{nodes}
+	case v == nil || len(v) >= maxViews:
+		return nil
+	case sameNodes(v[len(v)-1], nodes): // the same set again: the check retrying
+		return v
+	}
+	return append(slices.Clone(v), nodes)
+}
+
+// restarted drops from each set a node that is in nodes under its name
+// with another Boot: back too soon to be missed (a restart, an upgrade),
+// it is new all the same, having lost the registrations it had and the
+// copies meant for it.
+func (v views) restarted(nodes []Member) views {
+	if v == nil {
+		return nil
+	}
+	out := make(views, len(v))
+	for i, set := range v {
+		out[i] = slices.DeleteFunc(slices.Clone(set), func(p Member) bool {
+			return slices.ContainsFunc(nodes, func(m Member) bool { return m.Name == p.Name && m.Meta.Boot != p.Meta.Boot })
+		})
+	}
+	return out
+}
+
+func sameNodes(a, b []Member) bool {
+	return slices.EqualFunc(a, b, func(x, y Member) bool { return x.Name == y.Name && x.Meta.Boot == y.Meta.Boot })
+}
+
+// newOwners are the device's owners among nodes that are not known to
+// have what this node keeps for it (all of them when known is nil): not
+// owners in every set of known. With rendezvous hashing a change of one
+// node among N changes the owners of about 2 devices in N.
+func (r *Router) newOwners(device string, nodes []Member, known views) []string {
 	owners := r.owners(device, nodes)
-	if prev == nil {
+	if known == nil {
 		return owners
 	}
-	old := r.owners(device, prev)
-	return slices.DeleteFunc(owners, func(o string) bool { return slices.Contains(old, o) })
+	return slices.DeleteFunc(owners, func(o string) bool {
+		for _, set := range known {
+			if !slices.Contains(r.owners(device, set), o) {
+				return false
+			}
+		}
+		return true // an owner all along
+	})
 }
 
 // reregister tells the new owners of every device connected here where it
-// is (all its owners when prev is nil).
-func (r *Router) reregister(nodes, prev []Member) {
+// is (all its owners when known is nil).
+func (r *Router) reregister(nodes []Member, known views) {
 	for d, since := range r.local.HeldDevices() {
-		for _, o := range r.newOwners(d, nodes, prev) {
+		for _, o := range r.newOwners(d, nodes, known) {
 			if o == r.self {
 				r.mu.Lock()
 				r.setHolder(d, r.self, since.UnixNano(), true)
@@ -720,19 +774,19 @@ func (r *Router) reregister(nodes, prev []Member) {
 // what it still has queued for the device.
 func (r *Router) registerAll() { r.reregister(r.nodes(), nil) }
 
-func (r *Router) rebalanceFor(nodes, prev []Member, afterChange bool) bool {
+func (r *Router) rebalanceFor(nodes []Member, known views, afterChange bool) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	return r.rebalance(ctx, nodes, prev, afterChange)
+	return r.rebalance(ctx, nodes, known, afterChange)
 }
 
 // rebalance makes sure every device's owners have what this node keeps
 // for it, and drops copies this node keeps for no reason (it is neither
 // an owner nor the holder) once the owners have them. After a change of
-// nodes from prev it copies to the devices' new owners; the periodic
-// sweep only hands over the copies this node should not keep. It reports
-// whether every copy reached its owner.
-func (r *Router) rebalance(ctx context.Context, nodes, prev []Member, afterChange bool) bool {
+// nodes it copies to the owners not known to have them (newOwners); the
+// periodic sweep only hands over the copies this node should not keep.
+// It reports whether every copy reached its owner.
+func (r *Router) rebalance(ctx context.Context, nodes []Member, known views, afterChange bool) bool {
 	send := map[string][]wireItem{}
 	drop := map[string][][16]byte{} // device -> ids to drop once sent
 	need := map[string][]string{}   // device -> owners it must reach
@@ -744,7 +798,7 @@ func (r *Router) rebalance(ctx context.Context, nodes, prev []Member, afterChang
 			if !afterChange {
 				continue
 			}
-			targets = r.newOwners(d, nodes, prev)
+			targets = r.newOwners(d, nodes, known)
 		}
 		if len(targets) == 0 {
 			continue
