@@ -328,9 +328,17 @@ func (c *Cluster) Members() []Member {
 	return out
 }
 
+// ErrLeaveUnconfirmed: the leave message was not gossiped before
+// Shutdown's deadline (a peer slow to answer, a starved process). The
+// node has stopped all the same; its peers will see a failure instead of
+// a leave, and act on it a few seconds later. Shutdown returns it only
+// when the node did stop.
+var ErrLeaveUnconfirmed = errors.New("cluster: leave not confirmed; peers will see a failure")
+
 // Shutdown announces the departure and stops: peers see a leave, not a
 // failure. The leave message gets until ctx's deadline (memberlist's
-// default when ctx has none) to spread. Like Close it may be called again
+// default when ctx has none) to spread; past it Shutdown stops anyway and
+// returns ErrLeaveUnconfirmed. Like Close it may be called again
 // (memberlist itself panics on a Leave after its Shutdown).
 func (c *Cluster) Shutdown(ctx context.Context) error {
 	select {
@@ -343,10 +351,16 @@ func (c *Cluster) Shutdown(ctx context.Context) error {
 	}
 	timeout := 2 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
-		timeout = max(time.Until(dl), 0)
+		timeout = max(time.Until(dl), time.Nanosecond) // 0 would be no limit to memberlist
 	}
-	err := c.ml.Leave(timeout)
-	return errors.Join(err, c.Close())
+	leave := c.ml.Leave(timeout)
+	if err := c.Close(); err != nil {
+		return errors.Join(leave, err)
+	}
+	if leave != nil {
+		return fmt.Errorf("%w: %v", ErrLeaveUnconfirmed, leave)
+	}
+	return nil
 }
 
 // Close stops gossiping at once (peers will see a failure). It is

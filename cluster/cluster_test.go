@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -160,6 +161,22 @@ func TestJoinLeaveFailure(t *testing.T) {
 	nodes[2].Close() // a failure: no leave message
 	waitFor(t, 30*time.Second, func() error { return sees(nodes[0], 2) })
 	waitFor(t, 30*time.Second, func() error { return sees(nodes[1], 2) })
+}
+
+// TestShutdownPastItsDeadline: a Shutdown whose deadline has passed
+// stops the node at once and says that its leave was not confirmed.
+// Before, the expired deadline became memberlist's timeout 0, which is
+// no limit: Shutdown waited for the leave to be gossiped however long
+// that took, and returned nil.
+func TestShutdownPastItsDeadline(t *testing.T) {
+	nodes := newTestCluster(t, 2, nil)
+	waitFor(t, 10*time.Second, func() error { return sees(nodes[0], 2) })
+	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	if err := nodes[1].Shutdown(ctx); !errors.Is(err, cluster.ErrLeaveUnconfirmed) {
+		t.Fatalf("Shutdown past its deadline: %v, want ErrLeaveUnconfirmed", err)
+	}
+	waitFor(t, 30*time.Second, func() error { return sees(nodes[0], 1) })
 }
 
 // cutTransport is the node's gossip transport with a switch that
