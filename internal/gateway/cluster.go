@@ -18,10 +18,6 @@ import (
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
-// routerSweep is the router's sweep interval; 0 is its default (30 s).
-// Tests lengthen it to see what happens before the sweep repairs it.
-var routerSweep time.Duration
-
 // newCluster builds the cluster part when cluster.bind is set, on the
 // gossip sockets from ls; it joins in Start. The push routing between
 // nodes is built with the push server (newPush).

@@ -18,6 +18,7 @@ import (
 var waitFor = testutil.WaitFor
 
 func TestGatewaysFormACluster(t *testing.T) {
+	t.Parallel()
 	g1, api1, _ := newTestGateway(t, "cluster:\n  bind: 127.0.0.1:0\n  dns:\n    listen: 127.0.0.1:0\n")
 	b1 := g1.clusterAddr
 	g2, _, _ := newTestGateway(t, fmt.Sprintf("cluster:\n  bind: 127.0.0.1:0\n  join: [%s]\n", b1))

@@ -52,7 +52,7 @@ func screenshotDir(t *testing.T) string {
 // browser's console must log no error; screenshots at 1280x800 and at
 // phone width are kept.
 func TestConsoleInBrowser(t *testing.T) {
-	t.Parallel() // among the package's longest; they wait more than they compute
+	t.Parallel()
 	chrome, err := exec.LookPath("chromium")
 	if err != nil {
 		t.Fatal("chromium is needed (Debian package chromium; .ci/run installs it)")

@@ -42,6 +42,7 @@ var consoleActions = []string{"/ui/logout", "/ui/certificates/gateway/generate",
 // the sign-in page (401), never data; a wrong token does not sign in; a
 // signed-in POST without the CSRF token is refused (403).
 func TestConsoleNeedsSession(t *testing.T) {
+	t.Parallel()
 	g, _, _ := newTestGateway(t, "")
 	base := "http://" + g.adminAddr
 	pin := g.Identity().Pin()
@@ -143,6 +144,7 @@ func signIn(t *testing.T, g *Gateway) (*http.Client, string) {
 // at once and on disk for the next start; an upload with a key under
 // 2048 bits or an expired certificate is refused, the old one kept.
 func TestConsoleReplacesGatewayCertificate(t *testing.T) {
+	t.Parallel()
 	g, _, dir := newTestGateway(t, "")
 	c, csrf := signIn(t, g)
 	base := "http://" + g.adminAddr
@@ -209,6 +211,7 @@ func TestConsoleReplacesGatewayCertificate(t *testing.T) {
 // and the console over TLS with the gateway's certificate (plain HTTP gets
 // nothing), and the console's cookie is Secure.
 func TestAdminTLSOffLoopback(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	tokenFile := filepath.Join(dir, "admin.token")
 	os.WriteFile(tokenFile, []byte("a-token-for-the-tls-test-0123456789"), 0o600)
@@ -260,6 +263,7 @@ func TestAdminTLSOffLoopback(t *testing.T) {
 // container (with its password) are both taken into the allow-list; a
 // PFX with the wrong password is refused.
 func TestConsoleUploadsAgentCertificates(t *testing.T) {
+	t.Parallel()
 	g, _, _ := newTestGateway(t, "")
 	c, csrf := signIn(t, g)
 	upload := func(name string, data []byte, password string) string {
@@ -298,7 +302,8 @@ func TestConsoleUploadsAgentCertificates(t *testing.T) {
 // TestValidationSwitchReplicated: switching agent certificate validation
 // in one node's console switches it on every node of the cluster.
 func TestValidationSwitchReplicated(t *testing.T) {
-	gs, _ := testClusterWith(t, 2, "proxy:\n  listen: 127.0.0.1:0\n  upstreams:\n    - address: 127.0.0.1:1\n")
+	t.Parallel()
+	gs, _ := testClusterWith(t, 2, "proxy:\n  listen: 127.0.0.1:0\n  upstreams:\n    - address: 127.0.0.1:1\n", Options{})
 	c, csrf := signIn(t, gs[0])
 	for _, on := range []bool{true, false} {
 		resp, err := c.PostForm("http://"+gs[0].adminAddr+"/ui/certificates/validate", url.Values{"csrf": {csrf}, "on": {fmt.Sprint(on)}})

@@ -88,6 +88,7 @@ type Gateway struct {
 	wg           sync.WaitGroup                // serve loops
 	reloadMu     sync.Mutex                    // one reload at a time
 	logLevel     *slog.LevelVar                // Options.LogLevel
+	routerSweep  time.Duration                 // Options.RouterSweep
 	wakes        sync.WaitGroup                // wake-ups of offline devices a push started
 	errc         chan error                    // first fatal serve error; buffered
 	closeDB      sync.Once
@@ -131,6 +132,10 @@ type Options struct {
 	// LogLevel, when set, is the level of Logger's handler: a reload sets
 	// it from log.level.
 	LogLevel *slog.LevelVar
+	// RouterSweep is the cluster router's sweep interval; 0 is its
+	// default (30 s). Tests lengthen it to see what happens before the
+	// sweep repairs it.
+	RouterSweep time.Duration
 }
 
 // CertFile is the generated gateway certificate inside the data directory.
@@ -143,7 +148,7 @@ const CertFile = "gateway.pem"
 // reverse, and ls.
 func New(cfg *config.Config, ls Listeners, opts Options) (_ *Gateway, err error) {
 	g := &Gateway{cfg: cfg, log: opts.Logger, errc: make(chan error, 1), startUpgrade: opts.Upgrade, logLevel: opts.LogLevel,
-		keyExchange: tlsconf.KeyExchange(*cfg.TLS.PostQuantum)}
+		routerSweep: opts.RouterSweep, keyExchange: tlsconf.KeyExchange(*cfg.TLS.PostQuantum)}
 	if g.log == nil {
 		g.log = slog.Default()
 	}

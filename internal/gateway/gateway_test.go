@@ -38,6 +38,12 @@ var gatewaySeq atomic.Int64
 
 // newTestGateway starts a gateway on a temporary data dir with the admin
 // API on 127.0.0.1:0 and returns it with an API client.
+//
+// Every test of this package but TestMemoryReturned (it reads the
+// process's heap) runs in parallel: each has its own gateways, ports and
+// data dirs, and most of their time is waiting (for gossip, a browser,
+// link probes, failover), 30 s on two cores when most ran one after
+// another.
 func newTestGateway(t testing.TB, yaml string) (*Gateway, *admin.Client, string) {
 	t.Helper()
 	return newTestGatewayWith(t, yaml, Options{})
@@ -102,6 +108,7 @@ func startTestGatewayWith(t testing.TB, cfg *config.Config, opts Options) (*Gate
 }
 
 func TestFirstStartGeneratesCertificate(t *testing.T) {
+	t.Parallel()
 	g, c, dir := newTestGateway(t, "")
 	file := filepath.Join(dir, "data", CertFile)
 	fi, err := os.Stat(file)
@@ -121,6 +128,7 @@ func TestFirstStartGeneratesCertificate(t *testing.T) {
 }
 
 func TestCertsAPI(t *testing.T) {
+	t.Parallel()
 	g, c, _ := newTestGateway(t, "")
 	ctx := context.Background()
 	agent, _ := tlsconf.Issue(tlsconf.Template{CommonName: "dev-7", Client: true}, nil)
@@ -162,6 +170,7 @@ func TestCertsAPI(t *testing.T) {
 }
 
 func TestTokenRequiredWhenConfigured(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	tokenFile := filepath.Join(dir, "token")
 	os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600)
@@ -204,6 +213,7 @@ func TestTokenRequiredWhenConfigured(t *testing.T) {
 // a request without it or with a wrong one, on loopback too: a local user
 // who cannot read the file has no rights.
 func TestEveryRouteNeedsToken(t *testing.T) {
+	t.Parallel()
 	g, c, dir := newTestGateway(t, "")
 	file := filepath.Join(dir, "data", config.AdminTokenFileName)
 	fi, err := os.Stat(file)
@@ -266,6 +276,7 @@ func TestEveryRouteNeedsToken(t *testing.T) {
 // TestGeneratedTokenKeptAndGuarded: a second start reads the same token;
 // a generated token file others may read is refused, naming the fix.
 func TestGeneratedTokenKeptAndGuarded(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := config.Default()
 	cfg.Node.DataDir = filepath.Join(dir, "data")
@@ -311,6 +322,7 @@ func metricsOf(t testing.TB, c *admin.Client) string {
 }
 
 func TestMetricsEndpoint(t *testing.T) {
+	t.Parallel()
 	g, c, _ := newTestGateway(t, "")
 	g.Reload()
 	body := metricsOf(t, c)
@@ -325,6 +337,7 @@ func TestMetricsEndpoint(t *testing.T) {
 // new handshake gets the new certificate while a connection made before
 // the reload keeps working.
 func TestReloadSwapsCertificate(t *testing.T) {
+	t.Parallel()
 	g, c, dir := newTestGateway(t, "")
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", tlsconf.ServerConfig(g.Identity(), nil))
 	if err != nil {
@@ -364,6 +377,7 @@ func TestReloadSwapsCertificate(t *testing.T) {
 }
 
 func TestNewRefusesBadCertificate(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.pem")
 	os.WriteFile(bad, []byte("garbage"), 0o600)
@@ -381,6 +395,7 @@ func TestNewRefusesBadCertificate(t *testing.T) {
 // nothing open: every socket New was given is closed and the store is
 // free for the next attempt.
 func TestNewUnwindsOnError(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := config.Default()
 	cfg.Node.DataDir = filepath.Join(dir, "data")
@@ -434,6 +449,7 @@ func TestNewUnwindsOnError(t *testing.T) {
 // why the node should get no traffic (every upstream ejected, draining),
 // both without a token; /healthz keeps its old meaning.
 func TestLiveAndReady(t *testing.T) {
+	t.Parallel()
 	g, _, _ := newTestGateway(t, "proxy:\n  listen: 127.0.0.1:0\n  health_interval: 20ms\n  upstreams:\n    - address: 127.0.0.1:1\n")
 	get := func(path string) (int, string) {
 		t.Helper()
@@ -466,6 +482,7 @@ func TestLiveAndReady(t *testing.T) {
 
 // TestReadyWhenServing: a node that serves every part it runs is ready.
 func TestReadyWhenServing(t *testing.T) {
+	t.Parallel()
 	g, _, _ := newTestGateway(t, "")
 	resp, err := http.Get("http://" + g.adminAddr + "/readyz")
 	if err != nil {
@@ -483,6 +500,7 @@ func TestReadyWhenServing(t *testing.T) {
 // valid) and the expiry gauge shows the new date; an expired configured
 // certificate's error says what to do.
 func TestCertificateRenewal(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
 	os.MkdirAll(data, 0o700)
@@ -523,6 +541,7 @@ func TestCertificateRenewal(t *testing.T) {
 // log level live, names what needs a restart, and changes nothing when
 // the new file is wrong.
 func TestReloadAppliesConfig(t *testing.T) {
+	t.Parallel()
 	g, api, _ := newTestGateway(t, "proxy:\n  listen: 127.0.0.1:0\n  health_interval: 1h\n  upstreams:\n    - address: 127.0.0.1:1\n")
 	var level slog.LevelVar
 	g.logLevel = &level
@@ -597,6 +616,7 @@ func grepLines(s, sub string) []string {
 // TestNothingMissingOnLinux: on Linux, the platform every figure and
 // feature is built for, no capability is reported missing at start.
 func TestNothingMissingOnLinux(t *testing.T) {
+	t.Parallel()
 	if runtime.GOOS != "linux" {
 		t.Skipf("PlatformLimits on %s: %v", runtime.GOOS, PlatformLimits())
 	}

@@ -15,7 +15,7 @@ import (
 // is judged out of limits, shows so in /v1/links and the proxy's status,
 // and is tried after the other.
 func TestLinksSteerTheProxy(t *testing.T) {
-	t.Parallel() // among the package's longest; they wait more than they compute
+	t.Parallel()
 	// First a gateway that is only a reflector, then the one that probes.
 	refl, _, _ := newTestGateway(t, "push:\n  listen: \"off\"\nlink:\n  reflector_listen: 127.0.0.1:0\n")
 	reflAddr := refl.reflectorAddr

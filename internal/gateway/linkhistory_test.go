@@ -11,6 +11,7 @@ import (
 // TestLinkHistoryChart: an hour of points is kept per link, older ones
 // dropped; the chart draws them against the limit.
 func TestLinkHistoryChart(t *testing.T) {
+	t.Parallel()
 	var h linkHistory
 	start := time.Date(2026, 12, 6, 8, 0, 0, 0, time.UTC)
 	for i := range 150 { // 75 minutes, a point every 30 s

@@ -74,7 +74,7 @@ func readMetricsDoc(t *testing.T) map[string]docSeries {
 // come with the first other node; memberlist emitted no metric the
 // bridge does not map.
 func TestMetricsFollowConventions(t *testing.T) {
-	t.Parallel() // among the package's longest; they wait more than they compute
+	t.Parallel()
 	promtool, err := exec.LookPath("promtool")
 	if err != nil {
 		t.Fatal("promtool is needed (Debian package prometheus; ./scripts/test.sh installs it)")
@@ -248,6 +248,7 @@ func relay(t *testing.T, addr, pin string) {
 // query of configs/grafana-dashboard.json parses (promtool, as a
 // recording rule), and both name only series docs/METRICS.md lists.
 func TestAlertRulesAndDashboard(t *testing.T) {
+	t.Parallel()
 	promtool, err := exec.LookPath("promtool")
 	if err != nil {
 		t.Fatal("promtool is needed (Debian package prometheus; ./scripts/test.sh installs it)")

@@ -104,7 +104,7 @@ func (g *Gateway) newPush(ls Listeners) error {
 	var r *cluster.Router
 	if g.cluster != nil {
 		r, err = cluster.NewRouter(cluster.RouterConfig{
-			SweepInterval: routerSweep,
+			SweepInterval: g.routerSweep,
 			Cluster:       g.cluster,
 			Local:         s,
 			Identity:      g.id,

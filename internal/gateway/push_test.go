@@ -20,6 +20,7 @@ import (
 )
 
 func TestPushAPI(t *testing.T) {
+	t.Parallel()
 	g, api, _ := newTestGateway(t, "push:\n  listen: 127.0.0.1:0\n  auth: none\n  max_payload: 64\n")
 	ctx := context.Background()
 	str := func(s string) *string { return &s }
@@ -109,6 +110,7 @@ func TestPushAPI(t *testing.T) {
 // queue (the way out for an id nothing else could remove); an unknown id
 // is 404.
 func TestDeleteDevice(t *testing.T) {
+	t.Parallel()
 	_, api, _ := newTestGateway(t, "push:\n  listen: 127.0.0.1:0\n  auth: none\n")
 	ctx := context.Background()
 	data := "queued for nobody"
@@ -138,6 +140,7 @@ func TestDeleteDevice(t *testing.T) {
 // agent gets its pushes in order, the offline device's wait in its queue;
 // a bad item refuses the whole batch, naming it.
 func TestPushBatch(t *testing.T) {
+	t.Parallel()
 	g, api, _ := newTestGateway(t, "push:\n  listen: 127.0.0.1:0\n  auth: none\n  max_payload: 64\n")
 	ctx := context.Background()
 	str := func(s string) *string { return &s }

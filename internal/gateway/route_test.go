@@ -31,11 +31,12 @@ import (
 // node sees all n with their push pins.
 func testCluster(t testing.TB, n int) ([]*Gateway, []*admin.Client) {
 	t.Helper()
-	return testClusterWith(t, n, "")
+	return testClusterWith(t, n, "", Options{})
 }
 
-// testClusterWith is testCluster with more configuration for every node.
-func testClusterWith(t testing.TB, n int, extra string) ([]*Gateway, []*admin.Client) {
+// testClusterWith is testCluster with more configuration and options for
+// every node.
+func testClusterWith(t testing.TB, n int, extra string, opts Options) ([]*Gateway, []*admin.Client) {
 	t.Helper()
 	var gs []*Gateway
 	var apis []*admin.Client
@@ -45,7 +46,7 @@ func testClusterWith(t testing.TB, n int, extra string) ([]*Gateway, []*admin.Cl
 		if i > 0 {
 			join = fmt.Sprintf("  join: [%s]\n", gs[0].clusterAddr)
 		}
-		g, api, _ := newTestGateway(t, fmt.Sprintf("push:\n  listen: %s:0\n  auth: none\ncluster:\n  bind: %s:0\n%s%s", host, host, join, extra))
+		g, api, _ := newTestGatewayWith(t, fmt.Sprintf("push:\n  listen: %s:0\n  auth: none\ncluster:\n  bind: %s:0\n%s%s", host, host, join, extra), opts)
 		gs, apis = append(gs, g), append(apis, api)
 	}
 	waitFor(t, 20*time.Second, func() error {
@@ -140,6 +141,7 @@ func holder(gs []*Gateway, device string) int {
 }
 
 func TestPushRoutedAcrossNodes(t *testing.T) {
+	t.Parallel()
 	gs, apis := testCluster(t, 3)
 	ctx := context.Background()
 	a := startTestAgent(t, "pc-route", gs[0])
@@ -184,13 +186,14 @@ func TestPushRoutedAcrossNodes(t *testing.T) {
 // accepted elsewhere than the holder never reached the device (the chaos
 // harness found 227 of 1,555 lost after one partition).
 func TestSharedCertificateRouting(t *testing.T) {
+	t.Parallel()
 	site, err := tlsconf.Issue(tlsconf.Template{CommonName: "site"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	certFile := filepath.Join(t.TempDir(), "site.pem")
 	tlsconf.WriteKeyPair(site, certFile, "")
-	gs, apis := testClusterWith(t, 3, "tls:\n  cert: "+certFile+"\n")
+	gs, apis := testClusterWith(t, 3, "tls:\n  cert: "+certFile+"\n", Options{})
 	ctx := context.Background()
 	for i := range gs { // a device held by each node in turn
 		dev := fmt.Sprintf("pc-shared-%d", i)
@@ -226,7 +229,8 @@ func TestSharedCertificateRouting(t *testing.T) {
 // device's owners answers 503 rather than 2xx for a push only it holds,
 // and still delivers it; with the default of 1 it answers 202, copies 1.
 func TestMinCopies(t *testing.T) {
-	gs, apis := testClusterWith(t, 3, "  min_copies: 2\n")
+	t.Parallel()
+	gs, apis := testClusterWith(t, 3, "  min_copies: 2\n", Options{})
 	dev := ""
 	for i := 0; dev == ""; i++ {
 		d := fmt.Sprintf("pc-min-%d", i)
@@ -252,7 +256,7 @@ func TestMinCopies(t *testing.T) {
 }
 
 func TestQueuedPushesSurviveOwnerFailure(t *testing.T) {
-	t.Parallel() // among the package's longest; they wait more than they compute
+	t.Parallel()
 	gs, apis := testCluster(t, 3)
 	ctx := context.Background()
 	dev := "pc-offline"
@@ -301,6 +305,7 @@ func TestQueuedPushesSurviveOwnerFailure(t *testing.T) {
 // its shutdown notice to node 1 (the nodes share wake.secret_file); node
 // 0 marks the device as shut down.
 func TestShutdownNoticeReachesTheCluster(t *testing.T) {
+	t.Parallel()
 	secret := filepath.Join(t.TempDir(), "wake.key")
 	os.WriteFile(secret, []byte(base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))), 0o600)
 	wakeYAML := fmt.Sprintf("wake:\n  listen: 127.0.0.1:0\n  shutdown_listen: 127.0.0.1:0\n  secret_file: %s\n", secret)
@@ -342,6 +347,7 @@ func TestShutdownNoticeReachesTheCluster(t *testing.T) {
 // owner that knows the holder, and on a node that is not an owner (which
 // asks an owner, which relays to the holder).
 func TestWakeRoutedToTheHoldingNode(t *testing.T) {
+	t.Parallel()
 	gs, apis := testCluster(t, 3)
 	ctx := context.Background()
 	index := func(name string) int {
@@ -404,10 +410,8 @@ func TestWakeRoutedToTheHoldingNode(t *testing.T) {
 // before, a push accepted by a restarted owner waited for that sweep (27 s
 // in the chaos harness's rolling upgrade with the default 30 s).
 func TestRestartedOwnersLearnHolders(t *testing.T) {
-	t.Parallel() // among the package's longest; they wait more than they compute
-	routerSweep = time.Hour
-	t.Cleanup(func() { routerSweep = 0 })
-	gs, _ := testCluster(t, 3)
+	t.Parallel()
+	gs, _ := testClusterWith(t, 3, "", Options{RouterSweep: time.Hour})
 	dev := ""
 	for i := 0; dev == ""; i++ {
 		d := fmt.Sprintf("pc-restart-%d", i)
@@ -456,6 +460,7 @@ func TestRestartedOwnersLearnHolders(t *testing.T) {
 // reads the push limit a reload changes) is race-free and the new
 // capacity reaches the other node.
 func TestReloadInACluster(t *testing.T) {
+	t.Parallel()
 	gs, _ := testCluster(t, 2)
 	file := gs[0].cfg.File()
 	body, _ := os.ReadFile(file)

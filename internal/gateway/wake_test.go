@@ -25,6 +25,7 @@ import (
 // request on wake.listen wakes a device while a forged one is refused and
 // counted.
 func TestWakeAPIAndRequests(t *testing.T) {
+	t.Parallel()
 	g, api, _ := newTestGateway(t, "push:\n  listen: 127.0.0.1:0\n  auth: none\n")
 	ctx := context.Background()
 	var wakes atomic.Int64
