@@ -12,6 +12,7 @@ import (
 // and the API. ids with invalid UTF-8, NUL, newline or a space were
 // queued by the API and could never be delivered.
 func TestDeviceIDRule(t *testing.T) {
+	t.Parallel()
 	bad := []string{"", strings.Repeat("a", wire.MaxDeviceID+1), "bad\xffutf8", "nul\x00", "new\nline", "has space", "tab\t", "del\x7f"}
 	s := &Server{cfg: Config{MaxPayload: 1024}}
 	for _, id := range bad {

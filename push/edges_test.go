@@ -42,6 +42,7 @@ func (r *rawConn) expectClose(t *testing.T) {
 // TestAgentErrorFrame: ERROR goes both ways; one from an agent ends the
 // session without an answer, and is counted.
 func TestAgentErrorFrame(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
 	r := dialRaw(t, ts, nil)
 	r.hello(t, "dev-e")
@@ -62,6 +63,7 @@ func TestAgentErrorFrame(t *testing.T) {
 // TestByeBody: BYE carries one byte, its reason; with it the session ends
 // quietly, without it (or with more) it is malformed.
 func TestByeBody(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
 	r := dialRaw(t, ts, nil)
 	r.hello(t, "dev-b")
@@ -80,6 +82,7 @@ func TestByeBody(t *testing.T) {
 // TestDrainIgnored: an agent that stays after DRAIN is told ERROR 6
 // (shutdown) when the deadline passes, then closed.
 func TestDrainIgnored(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth, c.DrainSpread = push.AuthNone, -1 })
 	r := dialRaw(t, ts, nil)
 	r.hello(t, "dev-d")
@@ -102,6 +105,7 @@ func TestDrainIgnored(t *testing.T) {
 // session; one offering only other protocols fails the handshake with
 // no_application_protocol.
 func TestALPN(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
 	for _, protos := range [][]string{{wire.ALPN}, nil, {"h2", wire.ALPN}} {
 		cfg := ts.tlsFor(nil)
@@ -145,6 +149,7 @@ func TestALPN(t *testing.T) {
 // fails in the handshake itself. No ERROR 3 is sent: that is for a
 // HELLO whose device id the certificate or token does not fit.
 func TestAuthFailureAtTLSLevel(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, nil) // push.auth cert
 	stranger := ts.agentCert(t, "stranger")
 	ts.allow.Remove(tlsconf.Fingerprint(stranger.Leaf))
@@ -179,6 +184,7 @@ func TestAuthFailureAtTLSLevel(t *testing.T) {
 // counts every frame from the agent, not only PING; silence ends the
 // session with ERROR 8.
 func TestIdleCountsAnyFrame(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone; c.Keepalive = time.Second })
 	r := dialRaw(t, ts, nil)
 	r.hello(t, "dev-i")
@@ -199,6 +205,7 @@ func TestIdleCountsAnyFrame(t *testing.T) {
 // stop is answered (the handshake, then ERROR 6 after HELLO, so the agent
 // reconnects elsewhere or to the next process), not reset unanswered.
 func TestAcceptedAsItStops(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth, c.DrainSpread = push.AuthNone, -1 })
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -245,6 +252,7 @@ func TestAcceptedAsItStops(t *testing.T) {
 // holds neither a flusher nor the device for longer; its pushes stay
 // queued.
 func TestStuckAgentIsCut(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) {
 		c.Auth, c.Keepalive, c.WriteTimeout = push.AuthNone, time.Minute, 500*time.Millisecond
 		c.MaxPayload = 60 << 10
@@ -280,6 +288,7 @@ func TestStuckAgentIsCut(t *testing.T) {
 // each once. Without the drainer's kick when it is done, the pushes
 // after the socket filled up would stay queued.
 func TestSlowAgentGetsEverything(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) {
 		c.Auth, c.Keepalive, c.WriteTimeout = push.AuthNone, time.Minute, time.Minute
 		c.MaxPayload = 60 << 10

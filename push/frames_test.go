@@ -48,6 +48,7 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 // a frame it has, and returns every frame whole, in order; a frame over
 // the limit is refused from its header.
 func TestFrameReaderAcrossWaits(t *testing.T) {
+	t.Parallel()
 	var stream []byte
 	var want [][]byte
 	for i := range 50 {
@@ -106,6 +107,7 @@ func TestFrameReaderAcrossWaits(t *testing.T) {
 // deadline the caller set (Shutdown's last frames), however long
 // writeTimeout is.
 func TestWaitConnWriteDeadlines(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -34,6 +34,10 @@ type testServer struct {
 	metrics        *prometheus.Registry
 }
 
+// newTestServer starts a server of the test's own: its store, ports and
+// metrics registry. So every test of this package runs in parallel: most
+// of their time is waiting on timers (keepalives, write timeouts, QUIC's
+// handshake timeout), 21 s one after another on two cores.
 func newTestServer(t testing.TB, tweak func(*push.Config)) *testServer {
 	t.Helper()
 	dir := t.TempDir()

@@ -22,6 +22,7 @@ import (
 )
 
 func TestDeliveryConnectedAndOffline(t *testing.T) {
+	t.Parallel()
 	for _, transport := range []string{"tls", "quic"} {
 		t.Run(transport, func(t *testing.T) {
 			ts := newTestServer(t, nil)
@@ -69,6 +70,7 @@ func TestDeliveryConnectedAndOffline(t *testing.T) {
 // TestRedeliveryAfterDrop: a push sent but not acknowledged before the
 // connection dropped comes again on the next connection, same id.
 func TestRedeliveryAfterDrop(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
 	raw := dialRaw(t, ts, nil)
 	raw.hello(t, "dev-2")
@@ -92,6 +94,7 @@ func TestRedeliveryAfterDrop(t *testing.T) {
 // TestClientDropsDuplicates: a server that sends the same message id
 // twice (as after a lost ACK) gets two ACKs, and the agent sees it once.
 func TestClientDropsDuplicates(t *testing.T) {
+	t.Parallel()
 	gw, _ := tlsconf.Issue(tlsconf.Template{CommonName: "fake"}, nil)
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{gw}, NextProtos: []string{wire.ALPN}})
 	if err != nil {
@@ -150,6 +153,7 @@ func TestClientDropsDuplicates(t *testing.T) {
 }
 
 func TestTTLExpiry(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone; c.ExpireInterval = 20 * time.Millisecond })
 	ts.Push("dev-3", []byte("short"), 30*time.Millisecond)
 	waitFor(t, 10*time.Second, func() error {
@@ -170,6 +174,7 @@ func TestTTLExpiry(t *testing.T) {
 // TestPerDeviceOrder: concurrent publishers, one device: the agent gets
 // every push in sequence order.
 func TestPerDeviceOrder(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
 	a := startAgent(t, client.Config{Servers: []string{ts.addr}, DeviceID: "dev-4", TLS: ts.tlsFor(nil)})
 	a.waitEvent(t, "connected")
@@ -203,6 +208,7 @@ func TestPerDeviceOrder(t *testing.T) {
 // with no DRAIN (and, during an upgrade, no reconnect until the idle
 // timeout), so the transport is closed only after the sessions.
 func TestDrainMovesAgents(t *testing.T) {
+	t.Parallel()
 	for _, overQUIC := range []bool{false, true} {
 		t.Run(map[bool]string{false: "tls", true: "quic"}[overQUIC], func(t *testing.T) {
 			a1 := newTestServer(t, func(c *push.Config) { c.Auth, c.DrainSpread = push.AuthNone, 50*time.Millisecond })
@@ -240,6 +246,7 @@ func TestDrainMovesAgents(t *testing.T) {
 // TestRedirectFollowed: a node answering HELLO with REDIRECT sends the
 // agent to the address it names.
 func TestRedirectFollowed(t *testing.T) {
+	t.Parallel()
 	real := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{GetCertificate: real.id.GetCertificate, NextProtos: []string{wire.ALPN}})
 	if err != nil {
@@ -262,6 +269,7 @@ func TestRedirectFollowed(t *testing.T) {
 // TestQUICMigration: the agent moves to a new UDP socket mid-session and
 // keeps receiving on the same session.
 func TestQUICMigration(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
 	a := startAgent(t, client.Config{Servers: []string{ts.quicAddr}, DeviceID: "dev-7", TLS: ts.tlsFor(nil), QUIC: true})
 	first := a.waitEvent(t, "connected")
@@ -290,6 +298,7 @@ func TestQUICMigration(t *testing.T) {
 // TestMalformedFramesCloseOnlyThatConnection: garbage and oversized
 // frames get an ERROR with a reason; a well-behaved agent stays served.
 func TestMalformedFramesCloseOnlyThatConnection(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
 	good := startAgent(t, client.Config{Servers: []string{ts.addr}, DeviceID: "good", TLS: ts.tlsFor(nil)})
 	good.waitEvent(t, "connected")
@@ -333,6 +342,7 @@ func TestMalformedFramesCloseOnlyThatConnection(t *testing.T) {
 }
 
 func TestCertificateAuth(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, nil)
 	known := ts.agentCert(t, "dev-8")
 	stranger, _ := tlsconf.Issue(tlsconf.Template{CommonName: "dev-9", Client: true}, nil)
@@ -365,6 +375,7 @@ func TestCertificateAuth(t *testing.T) {
 }
 
 func TestTokenAuth(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthToken })
 	good := wire.IssueToken(ts.tokenKey, "dev-10", time.Now().Add(time.Hour))
 	a := startAgent(t, client.Config{Servers: []string{ts.addr}, DeviceID: "dev-10", Token: good, TLS: ts.tlsFor(nil)})
@@ -391,6 +402,7 @@ func TestTokenAuth(t *testing.T) {
 // held, tokens of either are accepted; once the old one is retired, its
 // tokens get ERROR 3.
 func TestTokenKeyRotation(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthToken })
 	newKey := []byte("the next key, 32 bytes long.....")
 	oldTok := wire.IssueToken(ts.tokenKey, "dev-r", time.Now().Add(time.Hour))
@@ -424,6 +436,7 @@ func TestTokenKeyRotation(t *testing.T) {
 }
 
 func TestPayloadLimit(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone; c.MaxPayload = 100 })
 	if _, err := ts.Push("d", make([]byte, 101), time.Hour); !errors.Is(err, push.ErrPayloadTooLarge) {
 		t.Errorf("101-byte payload with a 100-byte limit: %v, want ErrPayloadTooLarge", err)
@@ -433,6 +446,7 @@ func TestPayloadLimit(t *testing.T) {
 // TestConnectionLimit: at push.max_connections the next agent completes
 // TLS and HELLO and is told ERROR 5 (overloaded), as PROTOCOL.md says.
 func TestConnectionLimit(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone; c.MaxConnections = 1 })
 	r := dialRaw(t, ts, nil)
 	r.hello(t, "first")
@@ -447,6 +461,7 @@ func TestConnectionLimit(t *testing.T) {
 // the replaced agent waits at least half its maximum backoff, so two
 // agents sharing an id do not replace each other in a tight loop.
 func TestReplacedAgentBacksOff(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
 	a := startAgent(t, client.Config{Servers: []string{ts.addr}, DeviceID: "twin", TLS: ts.tlsFor(nil),
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 10 * time.Second})
@@ -463,6 +478,7 @@ func TestReplacedAgentBacksOff(t *testing.T) {
 // the path (TCP_INFO for TLS, ConnectionStats for QUIC), and the sampler
 // puts every session into the metrics.
 func TestPathStats(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone; c.PathInterval = 50 * time.Millisecond })
 	for transport, source := range map[string]string{"tls": "tcp_info", "quic": "quic"} {
 		addr := ts.addr
@@ -498,6 +514,7 @@ func TestPathStats(t *testing.T) {
 // its id arrives (from another node) must not stay queued: whichever of
 // the two comes second sees the other.
 func TestLateCopyOfAnAcknowledgedPush(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
 	const rounds = 300
 	var wg sync.WaitGroup
@@ -537,6 +554,7 @@ func TestLateCopyOfAnAcknowledgedPush(t *testing.T) {
 // metrics with their durations; the sessions gauge follows connects,
 // replacements and disconnects; the queue depth is the store's.
 func TestPushMetrics(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
 	if n := ts.metric(t, "dpgate_push_sessions"); n != 0 {
 		t.Fatalf("sessions at start: %v", n)
@@ -593,6 +611,7 @@ func TestPushMetrics(t *testing.T) {
 // connection takes a token of the (here small) accept budget and the
 // agent waits minutes behind thousands of them.
 func TestSourceRateKeepsAgentsPrompt(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) {
 		c.Auth = push.AuthNone
 		c.AcceptRate = 20 // small, so a queue behind the flood is long

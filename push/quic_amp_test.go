@@ -108,6 +108,7 @@ func (c *silentConn) ratio(t *testing.T) float64 {
 // a Retry and nothing else. A real agent still connects then, through the
 // Retry, and the count of pending handshakes goes back to 0.
 func TestQUICAmplification(t *testing.T) {
+	t.Parallel()
 	const above = 4
 	ts := newTestServer(t, func(c *push.Config) {
 		c.Auth = push.AuthNone

@@ -72,6 +72,7 @@ func waitSessionIdle(t *testing.T, when, await string) {
 // read into user space and left there during that wait would never be
 // answered: each case below would hang.
 func TestFramesAcrossRecords(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
 	cfg := ts.tlsFor(nil)
 	cfg.NextProtos = []string{wire.ALPN}
@@ -169,6 +170,7 @@ func TestFramesAcrossRecords(t *testing.T) {
 // with part of a frame, and answers every frame however the agent's
 // writes split them.
 func TestQUICFramesAcrossWrites(t *testing.T) {
+	t.Parallel()
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone })
 	cfg := ts.tlsFor(nil)
 	cfg.NextProtos = []string{wire.ALPN}
