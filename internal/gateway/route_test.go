@@ -34,6 +34,20 @@ func testCluster(t testing.TB, n int) ([]*Gateway, []*admin.Client) {
 	return testClusterWith(t, n, "", Options{})
 }
 
+// notOwnedBy is a device id starting with prefix that g does not own
+// (about one in three in a cluster of three).
+func notOwnedBy(t testing.TB, g *Gateway, prefix string) string {
+	t.Helper()
+	for i := range 1000 {
+		d := fmt.Sprintf("%s-%d", prefix, i)
+		if !slices.Contains(g.router.Owners(d), g.cfg.Node.Name) {
+			return d
+		}
+	}
+	t.Fatalf("%s owns every one of 1,000 devices", g.cfg.Node.Name)
+	return ""
+}
+
 // testClusterWith is testCluster with more configuration and options for
 // every node.
 func testClusterWith(t testing.TB, n int, extra string, opts Options) ([]*Gateway, []*admin.Client) {
@@ -231,13 +245,7 @@ func TestSharedCertificateRouting(t *testing.T) {
 func TestMinCopies(t *testing.T) {
 	t.Parallel()
 	gs, apis := testClusterWith(t, 3, "  min_copies: 2\n", Options{})
-	dev := ""
-	for i := 0; dev == ""; i++ {
-		d := fmt.Sprintf("pc-min-%d", i)
-		if o := gs[0].router.Owners(d); !slices.Contains(o, gs[0].cfg.Node.Name) {
-			dev = d // owned by nodes 1 and 2
-		}
-	}
+	dev := notOwnedBy(t, gs[0], "pc-min") // owned by nodes 1 and 2
 	data := "only node 0 has it"
 	var reply PushReply
 	if err := apis[0].Do(context.Background(), "POST", "/v1/devices/"+dev+"/push", PushRequest{Data: &data}, &reply); err != nil || reply.Copies < 2 {
@@ -412,13 +420,7 @@ func TestWakeRoutedToTheHoldingNode(t *testing.T) {
 func TestRestartedOwnersLearnHolders(t *testing.T) {
 	t.Parallel()
 	gs, _ := testClusterWith(t, 3, "", Options{RouterSweep: time.Hour})
-	dev := ""
-	for i := 0; dev == ""; i++ {
-		d := fmt.Sprintf("pc-restart-%d", i)
-		if o := gs[0].router.Owners(d); !slices.Contains(o, gs[0].cfg.Node.Name) {
-			dev = d // owned by nodes 1 and 2, held by node 0
-		}
-	}
+	dev := notOwnedBy(t, gs[0], "pc-restart") // owned by nodes 1 and 2, held by node 0
 	a := startTestAgent(t, dev, gs[0])
 	waitFor(t, 20*time.Second, func() error {
 		if v := gs[0].router.View(); strings.Count(v, ",") != 2 {
