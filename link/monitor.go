@@ -1,6 +1,7 @@
 package link
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"sync"
@@ -12,10 +13,11 @@ import (
 type MonitorConfig struct {
 	Name   string // the link's name (e.g. the upstream's address)
 	Target string // the reflector, host:port. Required.
-	// Interval and Window as in ProbeConfig (100ms, 30s).
-	Interval, Window time.Duration
-	Limits           Limits
-	Hold             time.Duration // hysteresis, default 10s
+	// Interval, Window and Timeout as in ProbeConfig (100ms, 30s, 2s).
+	Interval, Window, Timeout time.Duration
+	Limits                    Limits
+	Hold                      time.Duration // hysteresis, default 10s
+	Every                     time.Duration // how often the figures are judged, default 1s
 	// OnChange is told of every verdict change.
 	OnChange func(name string, from, to State, st Stats)
 	Logger   *slog.Logger // default slog.Default()
@@ -38,14 +40,15 @@ func NewMonitor(cfg MonitorConfig) *Monitor {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Every = cmp.Or(cfg.Every, time.Second)
 	return &Monitor{cfg: cfg, judge: Judge{Limits: cfg.Limits, Hold: cfg.Hold}, state: Unknown, change: time.Now()}
 }
 
-// Run probes and judges every second until ctx ends. A target that does
+// Run probes and judges every second (Every) until ctx ends. A target that does
 // not resolve is tried again every window.
 func (m *Monitor) Run(ctx context.Context) {
 	for ctx.Err() == nil {
-		p, err := NewProber(ProbeConfig{Target: m.cfg.Target, Interval: m.cfg.Interval, Window: m.cfg.Window})
+		p, err := NewProber(ProbeConfig{Target: m.cfg.Target, Interval: m.cfg.Interval, Window: m.cfg.Window, Timeout: m.cfg.Timeout})
 		if err != nil {
 			m.cfg.Logger.Warn("link: cannot probe", "link", m.cfg.Name, "target", m.cfg.Target, "err", err)
 			select {
@@ -59,7 +62,7 @@ func (m *Monitor) Run(ctx context.Context) {
 		m.p = p
 		m.mu.Unlock()
 		go p.Run(ctx) // ends with ctx
-		t := time.NewTicker(time.Second)
+		t := time.NewTicker(m.cfg.Every)
 		for {
 			select {
 			case <-ctx.Done():
