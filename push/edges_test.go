@@ -182,19 +182,22 @@ func TestAuthFailureAtTLSLevel(t *testing.T) {
 
 // TestIdleCountsAnyFrame: the idle timeout (three keepalive intervals)
 // counts every frame from the agent, not only PING; silence ends the
-// session with ERROR 8.
+// session with ERROR 8. The keepalive is 300 ms, shorter than the
+// configuration allows (1 s, WELCOME carries whole seconds; this agent
+// reads no WELCOME), so that the test waits 2 s rather than 7.
 func TestIdleCountsAnyFrame(t *testing.T) {
 	t.Parallel()
-	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone; c.Keepalive = time.Second })
+	const keepalive = 300 * time.Millisecond
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone; c.Keepalive = keepalive })
 	r := dialRaw(t, ts, nil)
 	r.hello(t, "dev-i")
-	for range 10 { // 4 s of PONGs only, more than three intervals
+	for range 10 { // PONGs only, for four intervals: more than the three of the timeout
 		r.Write(wire.MarshalU64(wire.TypePong, 1))
-		time.Sleep(400 * time.Millisecond)
+		time.Sleep(keepalive * 4 / 10)
 	}
 	r.Write(wire.MarshalU64(wire.TypePing, 42))
 	if typ, body := r.read(t); typ != wire.TypePong {
-		t.Fatalf("after 4 s of PONGs only, a PING got frame 0x%02x %q, want PONG: the session was idled out", typ, body)
+		t.Fatalf("after four intervals of PONGs only, a PING got frame 0x%02x %q, want PONG: the session was idled out", typ, body)
 	}
 	if e := r.expectError(t); e.Code != wire.CodeTimeout {
 		t.Errorf("silent agent: ERROR %d %q, want 8 (timeout)", e.Code, e.Reason)
