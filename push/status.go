@@ -3,6 +3,7 @@ package push
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/dpgate/dpgate/link"
@@ -57,7 +58,7 @@ type DeviceStatus struct {
 	Transport  string     `json:"transport,omitempty"`
 	RemoteAddr string     `json:"remote_addr,omitempty"`
 	Since      *time.Time `json:"since,omitempty"`
-	LastSeen   time.Time  `json:"last_seen"`
+	LastSeen   time.Time  `json:"last_seen,omitzero"` // absent for a device never seen
 	Queued     int        `json:"queued"`
 	// Corrupt counts this device's pushes that failed the store's
 	// checksum: kept aside in the store, never delivered.
@@ -92,10 +93,20 @@ func (s *Server) Device(id string) (DeviceStatus, bool) {
 	return st, true
 }
 
-// Devices returns every known device's status.
+// Devices returns the status of every device known here, by id: each
+// that has connected, and each with pushes queued that never did (offline
+// since before this gateway kept it, or a mistyped id), so that what
+// waits for a device is never out of sight.
 func (s *Server) Devices() []DeviceStatus {
+	ids := s.reg.IDs()
+	for _, id := range s.QueuedDevices() {
+		if _, known := s.reg.Get(id); !known {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
 	var out []DeviceStatus
-	for _, id := range s.reg.IDs() {
+	for _, id := range ids {
 		if d, ok := s.Device(id); ok {
 			out = append(out, d)
 		}

@@ -51,7 +51,11 @@ func deviceList(args []string, stdout, stderr io.Writer) error {
 		if d.Connected {
 			conn = "yes (" + d.Transport + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", d.ID, conn, d.Queued, d.LastSeen.Format(time.DateTime), d.RemoteAddr)
+		seen := "never"
+		if !d.LastSeen.IsZero() {
+			seen = d.LastSeen.Format(time.DateTime)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", d.ID, conn, d.Queued, seen, d.RemoteAddr)
 	}
 	return tw.Flush()
 }

@@ -154,4 +154,22 @@ func TestDeviceCommands(t *testing.T) {
 	if r := dpgate(t, nil, "device", "rm", "-c", cfg); r.code != 2 {
 		t.Errorf("device rm without a device: exit %d, want 2", r.code)
 	}
+	// A device that never connected but has a push waiting (offline since
+	// before this gateway, or a mistyped id) is listed, never seen, and
+	// can be removed with its queue.
+	if r := dpgate(t, nil, "push", "-c", cfg, "pc-typo", "job"); r.code != 0 {
+		t.Fatalf("push to pc-typo: %s", r.stderr)
+	}
+	if r := dpgate(t, nil, "device", "list", "-c", cfg); !regexp.MustCompile(`(?m)^pc-typo\s+no\s+1\s+never\s*$`).MatchString(r.stdout) {
+		t.Errorf("device list with a push queued for a device never seen: want pc-typo, no, 1, never:\n%s%s", r.stdout, r.stderr)
+	}
+	if r := dpgate(t, nil, "device", "list", "--json", "-c", cfg); strings.Contains(r.stdout, "0001-01-01") {
+		t.Errorf("device list --json gives a never-seen device the zero time:\n%s", r.stdout)
+	}
+	if r := dpgate(t, nil, "device", "rm", "-c", cfg, "pc-typo"); r.code != 0 {
+		t.Errorf("device rm pc-typo: exit %d %s", r.code, r.stderr)
+	}
+	if r := dpgate(t, nil, "device", "list", "-c", cfg); strings.Contains(r.stdout, "pc-typo") {
+		t.Errorf("after rm pc-typo:\n%s", r.stdout)
+	}
 }

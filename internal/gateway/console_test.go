@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -319,5 +320,31 @@ func TestValidationSwitchReplicated(t *testing.T) {
 			}
 			return nil
 		})
+	}
+}
+
+// TestConsoleListsQueuedDevices: a device that never connected but has a
+// push waiting is on the devices page, seen never, so an operator finds
+// what waits for it (or a mistyped id) and can delete it.
+func TestConsoleListsQueuedDevices(t *testing.T) {
+	t.Parallel()
+	g, api, _ := newTestGateway(t, "")
+	data := "job"
+	if err := api.Do(context.Background(), "POST", "/v1/devices/pc-never/push", PushRequest{Data: &data}, nil); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := signIn(t, g)
+	resp, err := c.Get("http://" + g.adminAddr + "/ui/devices?fragment=live")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	row := regexp.MustCompile(`(?s)<tr data-device="pc-never">.*?</tr>`).Find(b)
+	if row == nil {
+		t.Fatalf("devices page without pc-never, which has a push queued:\n%s", b)
+	}
+	if !bytes.Contains(row, []byte("<td>never</td>")) || !bytes.Contains(row, []byte("<td>1</td>")) {
+		t.Errorf("pc-never's row: want last seen never and 1 queued:\n%s", row)
 	}
 }
