@@ -10,6 +10,7 @@ import (
 
 	"github.com/dpgate/dpgate/internal/gateway"
 	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/wire"
 )
 
 const deviceAbout = `
@@ -70,6 +71,9 @@ func deviceShow(args []string, stdout, stderr io.Writer) error {
 	if len(pos) != 1 {
 		return usagef("device show takes one DEVICE")
 	}
+	if err := checkDevices("device show", pos...); err != nil {
+		return err
+	}
 	api, _, err := adminClient(*cfgFile)
 	if err != nil {
 		return err
@@ -94,6 +98,9 @@ at once; stop its agent first.`, stdout)
 	if len(pos) == 0 {
 		return usagef("device rm takes one or more DEVICEs")
 	}
+	if err := checkDevices("device rm", pos...); err != nil {
+		return err
+	}
 	api, _, err := adminClient(*cfgFile)
 	if err != nil {
 		return err
@@ -103,6 +110,18 @@ at once; stop its agent first.`, stdout)
 			return fmt.Errorf("device %s: %w", id, err)
 		}
 		fmt.Fprintf(stdout, "removed %s\n", id)
+	}
+	return nil
+}
+
+// checkDevices refuses device ids the gateway would refuse (empty, too
+// long, white space), as a usage error, before anything is sent: an empty
+// one would otherwise reach the API as another route.
+func checkDevices(cmd string, ids ...string) error {
+	for _, id := range ids {
+		if err := wire.CheckDeviceID(id); err != nil {
+			return usagef("%s: %v", cmd, err)
+		}
 	}
 	return nil
 }

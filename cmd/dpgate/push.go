@@ -57,6 +57,11 @@ func runPush(args []string, stdout, stderr io.Writer) error {
 	default:
 		return usagef("push takes DEVICE [DATA], or --all [DATA]")
 	}
+	if !*all {
+		if err := checkDevices("push", device); err != nil {
+			return err
+		}
+	}
 	if data == "" || data == "-" {
 		b, err := io.ReadAll(io.LimitReader(os.Stdin, 1<<20))
 		if err != nil {

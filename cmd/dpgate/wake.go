@@ -33,6 +33,9 @@ secret (hmac:...), which signs its shutdown notices.`, stdout)
 	if len(pos) != 1 {
 		return usagef("wake takes one DEVICE (or: wake key)")
 	}
+	if err := checkDevices("wake", pos...); err != nil {
+		return err
+	}
 	api, _, err := adminClient(*cfgFile)
 	if err != nil {
 		return err
