@@ -44,8 +44,9 @@ func NewMonitor(cfg MonitorConfig) *Monitor {
 	return &Monitor{cfg: cfg, judge: Judge{Limits: cfg.Limits, Hold: cfg.Hold}, state: Unknown, change: time.Now()}
 }
 
-// Run probes and judges every second (Every) until ctx ends. A target that does
-// not resolve is tried again every window.
+// Run probes, and judges the figures every Every (a second by default),
+// until ctx ends. A target that does not resolve is tried again every
+// window.
 func (m *Monitor) Run(ctx context.Context) {
 	for ctx.Err() == nil {
 		p, err := NewProber(ProbeConfig{Target: m.cfg.Target, Interval: m.cfg.Interval, Window: m.cfg.Window, Timeout: m.cfg.Timeout})
