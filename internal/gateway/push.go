@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/dpgate/dpgate/cluster"
@@ -432,9 +434,13 @@ func (g *Gateway) pushRoutes() {
 		return http.StatusOK, map[string]any{"count": len(devs), "devices": devs}, nil
 	})
 	a.HandleJSON("GET /v1/devices/{id}", func(r *http.Request) (int, any, error) {
-		d, ok := g.push.Device(r.PathValue("id"))
+		id := r.PathValue("id")
+		d, ok := g.push.Device(id)
 		if !ok {
-			return 0, nil, admin.Error(http.StatusNotFound, fmt.Errorf("device %q is unknown", r.PathValue("id")))
+			if err := g.unknownDevice(id); err != nil {
+				return 0, nil, err
+			}
+			d = push.DeviceStatus{ID: id} // an owner that knows the node it is connected to
 		}
 		reply := DeviceReply{DeviceStatus: d}
 		if w, ok := g.wake.Last(d.ID); ok {
@@ -459,4 +465,23 @@ func (g *Gateway) pushRoutes() {
 		g.log.Info("device removed with its queue", "device", id)
 		return http.StatusOK, map[string]string{"status": "removed", "device": id}, nil
 	})
+}
+
+// unknownDevice is the answer for a device this node keeps nothing of:
+// nil when, as one of its owners, it knows the node the device is
+// connected to (the reply names that node); else a 404 that says who
+// would know.
+func (g *Gateway) unknownDevice(id string) error {
+	r := g.router
+	if r == nil {
+		return admin.Error(http.StatusNotFound, fmt.Errorf("device %q is unknown", id))
+	}
+	if r.Holder(id) != "" {
+		return nil
+	}
+	owners := r.Owners(id)
+	if slices.Contains(owners, g.cfg.Node.Name) {
+		return admin.Error(http.StatusNotFound, fmt.Errorf("device %q is unknown: connected to no node of the cluster, as this node, one of its owners, knows", id))
+	}
+	return admin.Error(http.StatusNotFound, fmt.Errorf("device %q is unknown on this node; its owners, %s, know the node it is connected to", id, strings.Join(owners, " and ")))
 }

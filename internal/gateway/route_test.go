@@ -182,6 +182,29 @@ func TestPushRoutedAcrossNodes(t *testing.T) {
 		}
 	}
 	waitFor(t, 10*time.Second, func() error { return a.has("via node 0", "via node 1", "via node 2") })
+	// Every owner answers for the device with the node it is connected
+	// to, not "unknown"; another node names the owners.
+	waitFor(t, 10*time.Second, func() error {
+		for i, g := range gs {
+			var d DeviceReply
+			err := apis[i].Do(ctx, "GET", "/v1/devices/pc-route", nil, &d)
+			switch {
+			case i == h:
+				if err != nil || !d.Connected {
+					return fmt.Errorf("the holder, node %d: %+v, %v; want connected", i, d, err)
+				}
+			case slices.Contains(g.router.Owners("pc-route"), g.cfg.Node.Name):
+				if err != nil || d.Connected || d.Holder != gs[h].cfg.Node.Name {
+					return fmt.Errorf("owner node %d: %+v, %v; want not connected here, holder %s", i, d, err, gs[h].cfg.Node.Name)
+				}
+			default:
+				if err == nil || !strings.Contains(err.Error(), strings.Join(g.router.Owners("pc-route"), " and ")) {
+					return fmt.Errorf("node %d, neither owner nor holder: %+v, %v; want unknown, naming the owners", i, d, err)
+				}
+			}
+		}
+		return nil
+	})
 	// Once acknowledged, no node keeps a copy.
 	waitFor(t, 10*time.Second, func() error {
 		for i, g := range gs {
