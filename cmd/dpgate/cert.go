@@ -313,6 +313,11 @@ from their next handshake on.`, stdout)
 	if len(pos) == 0 {
 		return usagef("cert rm needs at least one fingerprint")
 	}
+	for _, fp := range pos {
+		if h := tlsconf.NormalizeFingerprint(fp); len(h) != 64 || strings.Trim(h, "0123456789abcdef") != "" {
+			return usagef("cert rm: %q is not a SHA-256 fingerprint: 64 hex digits, as dpgate cert list prints them", fp)
+		}
+	}
 	b, _, err := newAllowBackend(cf)
 	if err != nil {
 		return err

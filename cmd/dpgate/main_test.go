@@ -533,7 +533,8 @@ func TestBadInput(t *testing.T) {
 		{"unknown flag", []string{"serve", "--bogus"}, 2, "flag provided but not defined"},
 		{"missing required flag", []string{"cert", "gen", "--out", filepath.Join(dir, "x.pem")}, 2, "--cn is required"},
 		{"bad key type", []string{"cert", "gen", "--cn", "x", "--key", "rsa-1024", "--out", filepath.Join(dir, "x.pem")}, 2, "not one of"},
-		{"rm unknown fingerprint", []string{"cert", "rm", "-c", agentCfg, "00ff"}, 1, "not in the allow-list"},
+		{"rm unknown fingerprint", []string{"cert", "rm", "-c", agentCfg, strings.Repeat("00ff", 16)}, 1, "not in the allow-list"},
+		{"rm part of a fingerprint", []string{"cert", "rm", "-c", agentCfg, "c802"}, 2, `"c802" is not a SHA-256 fingerprint: 64 hex digits`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
