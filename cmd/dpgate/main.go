@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"text/tabwriter"
 )
 
 // Exit codes.
@@ -77,9 +78,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 func mainUsage(w io.Writer) {
 	fmt.Fprintf(w, "Usage: dpgate COMMAND [flags]\n\nCommands:\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0) // the longest name sets the column
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.synopsis)
+		fmt.Fprintf(tw, "  %s\t%s\n", c.name, c.synopsis)
 	}
+	tw.Flush()
 	fmt.Fprintf(w, "\nRun \"dpgate COMMAND --help\" for a command's flags.\n\n"+
 		"Commands that talk to the running gateway send its admin token, read from\n"+
 		"admin.token_file or data_dir/admin.token (as -c FILE says), or from the\n"+
