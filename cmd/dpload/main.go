@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/dpgate/dpgate/loadtest"
@@ -46,9 +47,11 @@ func commands() []command {
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
 		fmt.Fprintf(stdout, "Usage: dpload COMMAND [flags]\n\nCommands:\n")
+		tw := tabwriter.NewWriter(stdout, 0, 0, 1, ' ', 0) // the longest name sets the column
 		for _, c := range commands() {
-			fmt.Fprintf(stdout, "  %-6s %s\n", c.name, c.synopsis)
+			fmt.Fprintf(tw, "  %s\t%s\n", c.name, c.synopsis)
 		}
+		tw.Flush()
 		fmt.Fprintf(stdout, "\nRun \"dpload COMMAND --help\" for a command's flags.\n")
 		if len(args) == 0 {
 			return 2
