@@ -62,7 +62,7 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(tw, "certificate\t%s, expires %s (%d days)\n", st.Pin, st.CertExpiry.Format(time.DateOnly), days)
 	fmt.Fprintf(tw, "agent certificates\t%d allowed\n", st.AgentCerts)
 	if p := st.Push; p != nil {
-		fmt.Fprintf(tw, "push\t%d sessions, %d known devices, %d expired pushes\n", p.Sessions, p.Devices, p.Expired)
+		fmt.Fprintf(tw, "push\t%d sessions, %d known devices, %d pushes queued for %d devices, %d expired pushes\n", p.Sessions, p.Devices, p.Queued, p.QueuedTo, p.Expired)
 	} else {
 		fmt.Fprintf(tw, "push\toff\n")
 	}

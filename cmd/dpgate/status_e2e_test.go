@@ -24,6 +24,13 @@ func TestStatusCommands(t *testing.T) {
 			t.Fatalf("dpgate status: exit %d, no %q in\n%s%s", r.code, want, r.stdout, r.stderr)
 		}
 	}
+	// What waits in the queue is in the status, as on the console's overview.
+	if r := dpgate(t, nil, "push", "-c", cfg, "pc-away", "job"); r.code != 0 {
+		t.Fatalf("push: %s", r.stderr)
+	}
+	if r := dpgate(t, nil, "status", "-c", cfg); !strings.Contains(r.stdout, "1 pushes queued for 1 devices") {
+		t.Errorf("dpgate status with one push queued for pc-away:\n%s%s", r.stdout, r.stderr)
+	}
 	if r := dpgate(t, nil, "members", "-c", cfg); r.code != 1 || !strings.Contains(r.stderr, "not in a cluster") {
 		t.Errorf("dpgate members without a cluster: exit %d, %s", r.code, r.stderr)
 	}

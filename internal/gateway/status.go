@@ -54,8 +54,11 @@ type Status struct {
 
 // PushStatus is the push server's part of /v1/status.
 type PushStatus struct {
-	Sessions int    `json:"sessions"`
-	Devices  int    `json:"known_devices"`
+	Sessions int `json:"sessions"`
+	Devices  int `json:"known_devices"`
+	// Queued pushes waiting here, and for how many devices.
+	Queued   int    `json:"queued_pushes"`
+	QueuedTo int    `json:"queued_devices"`
 	Expired  uint64 `json:"expired"`
 }
 
@@ -69,6 +72,7 @@ func (g *Gateway) status() Status {
 	var us *PushStatus
 	if g.push != nil {
 		us = &PushStatus{Sessions: g.push.Sessions(), Devices: len(g.push.KnownDevices()), Expired: g.push.Expired()}
+		us.Queued, us.QueuedTo = g.push.QueueDepth()
 	}
 	return Status{
 		Cluster:    g.clusterStatus(),
