@@ -481,7 +481,7 @@ func (g *Gateway) unknownDevice(id string) error {
 	}
 	owners := r.Owners(id)
 	if slices.Contains(owners, g.cfg.Node.Name) {
-		return admin.Error(http.StatusNotFound, fmt.Errorf("device %q is unknown: connected to no node of the cluster, as this node, one of its owners, knows", id))
+		return admin.Error(http.StatusNotFound, fmt.Errorf("device %q is unknown: this node is one of its owners and knows of no node it is connected to", id))
 	}
 	return admin.Error(http.StatusNotFound, fmt.Errorf("device %q is unknown on this node; its owners, %s, know the node it is connected to", id, strings.Join(owners, " and ")))
 }
