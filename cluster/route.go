@@ -742,14 +742,12 @@ func (r *Router) newOwners(device string, nodes []Member, known views) []string 
 	if known == nil {
 		return owners
 	}
-	return slices.DeleteFunc(owners, func(o string) bool {
-		for _, set := range known {
-			if !slices.Contains(r.owners(device, set), o) {
-				return false
-			}
-		}
-		return true // an owner all along
-	})
+	steady := r.owners(device, known[0]) // owners in every set of known
+	for _, set := range known[1:] {
+		in := r.owners(device, set)
+		steady = slices.DeleteFunc(steady, func(o string) bool { return !slices.Contains(in, o) })
+	}
+	return slices.DeleteFunc(owners, func(o string) bool { return slices.Contains(steady, o) })
 }
 
 // reregister tells the new owners of every device connected here where it

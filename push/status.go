@@ -98,15 +98,10 @@ func (s *Server) Device(id string) (DeviceStatus, bool) {
 // since before this gateway kept it, or a mistyped id), so that what
 // waits for a device is never out of sight.
 func (s *Server) Devices() []DeviceStatus {
-	ids := s.reg.IDs()
-	for _, id := range s.QueuedDevices() {
-		if _, known := s.reg.Get(id); !known {
-			ids = append(ids, id)
-		}
-	}
+	ids := append(s.reg.IDs(), s.QueuedDevices()...)
 	slices.Sort(ids)
 	var out []DeviceStatus
-	for _, id := range ids {
+	for _, id := range slices.Compact(ids) {
 		if d, ok := s.Device(id); ok {
 			out = append(out, d)
 		}
