@@ -29,17 +29,32 @@ func (p PathStats) LossRatio() float64 {
 	return float64(p.Lost) / float64(p.Sent)
 }
 
-// MarshalJSON writes durations in milliseconds, as Stats does.
+// pathJSON is PathStats as the admin API writes it: durations in
+// milliseconds, as Stats, and the loss ratio.
+type pathJSON struct {
+	Source string  `json:"source"`
+	RTT    float64 `json:"rtt_ms"`
+	RTTVar float64 `json:"rttvar_ms"`
+	MinRTT float64 `json:"min_rtt_ms"`
+	Sent   uint64  `json:"sent"`
+	Lost   uint64  `json:"lost"`
+	Loss   float64 `json:"loss"`
+}
+
+// MarshalJSON writes pathJSON.
 func (p PathStats) MarshalJSON() ([]byte, error) {
-	return json.Marshal(struct {
-		Source string  `json:"source"`
-		RTT    float64 `json:"rtt_ms"`
-		RTTVar float64 `json:"rttvar_ms"`
-		MinRTT float64 `json:"min_rtt_ms"`
-		Sent   uint64  `json:"sent"`
-		Lost   uint64  `json:"lost"`
-		Loss   float64 `json:"loss"`
-	}{p.Source, millis(p.RTT), millis(p.RTTVar), millis(p.MinRTT), p.Sent, p.Lost, p.LossRatio()})
+	return json.Marshal(pathJSON{p.Source, millis(p.RTT), millis(p.RTTVar), millis(p.MinRTT), p.Sent, p.Lost, p.LossRatio()})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes (the loss ratio follows
+// from Sent and Lost).
+func (p *PathStats) UnmarshalJSON(b []byte) error {
+	var j pathJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*p = PathStats{j.Source, fromMillis(j.RTT), fromMillis(j.RTTVar), fromMillis(j.MinRTT), j.Sent, j.Lost}
+	return nil
 }
 
 // TCPInfo reads the kernel's TCP_INFO of c, unwrapping TLS and any other

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"net"
 	"slices"
 	"sync"
@@ -182,29 +183,30 @@ func (p *Prober) Samples() []ProbeSample {
 	return out
 }
 
-// Stats are one link's figures over the window.
+// Stats are one link's figures over the window. In JSON, durations are
+// milliseconds (statsJSON).
 type Stats struct {
-	Target     string        `json:"target"`
-	Sent       int           `json:"sent"`     // probes old enough to be judged
-	Received   int           `json:"received"` // of those, answered
-	Loss       float64       `json:"loss"`     // round trip, 0..1
-	LossOut    float64       `json:"loss_out"` // towards the reflector
-	LossBack   float64       `json:"loss_back"`
-	RTTMin     time.Duration `json:"rtt_min"`
-	RTTP50     time.Duration `json:"rtt_p50"`
-	RTTP90     time.Duration `json:"rtt_p90"`
-	RTTP99     time.Duration `json:"rtt_p99"`
-	RTTMax     time.Duration `json:"rtt_max"`
-	Jitter     time.Duration `json:"jitter"`
-	Duplicates int           `json:"duplicates"`
-	Reordered  int           `json:"reordered"`
+	Target     string
+	Sent       int     // probes old enough to be judged
+	Received   int     // of those, answered
+	Loss       float64 // round trip, 0..1
+	LossOut    float64 // towards the reflector
+	LossBack   float64
+	RTTMin     time.Duration
+	RTTP50     time.Duration
+	RTTP90     time.Duration
+	RTTP99     time.Duration
+	RTTMax     time.Duration
+	Jitter     time.Duration
+	Duplicates int
+	Reordered  int
 	// ReflectorTTL is the TTL (hop limit) the latest answered probe of the
 	// window had when it reached the reflector; 0 when the reflector does
 	// not say. The
 	// sender starts at the system default (64 on Linux), so the
 	// difference is the hops on the way there.
-	ReflectorTTL uint8     `json:"reflector_ttl"`
-	WindowStart  time.Time `json:"window_start"`
+	ReflectorTTL uint8
+	WindowStart  time.Time
 }
 
 // Stats computes the figures over the last Window: loss over the probes
@@ -279,24 +281,44 @@ func (p *Prober) Stats() Stats {
 // millis is d in milliseconds, to the microsecond.
 func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// MarshalJSON writes durations as milliseconds (rtt_p50_ms and so on).
+// fromMillis is the duration millis wrote.
+func fromMillis(ms float64) time.Duration {
+	return time.Duration(math.Round(ms*1000)) * time.Microsecond
+}
+
+// statsJSON is Stats as the admin API writes it: durations in
+// milliseconds, to the microsecond (rtt_p50_ms and so on).
+type statsJSON struct {
+	Target       string    `json:"target"`
+	Sent         int       `json:"sent"`
+	Received     int       `json:"received"`
+	Loss         float64   `json:"loss"`
+	LossOut      float64   `json:"loss_out"`
+	LossBack     float64   `json:"loss_back"`
+	RTTMin       float64   `json:"rtt_min_ms"`
+	RTTP50       float64   `json:"rtt_p50_ms"`
+	RTTP90       float64   `json:"rtt_p90_ms"`
+	RTTP99       float64   `json:"rtt_p99_ms"`
+	RTTMax       float64   `json:"rtt_max_ms"`
+	Jitter       float64   `json:"jitter_ms"`
+	Duplicates   int       `json:"duplicates"`
+	Reordered    int       `json:"reordered"`
+	ReflectorTTL uint8     `json:"reflector_ttl"`
+	WindowStart  time.Time `json:"window_start"`
+}
+
+// MarshalJSON writes durations as milliseconds (statsJSON).
 func (s Stats) MarshalJSON() ([]byte, error) {
-	return json.Marshal(struct {
-		Target       string    `json:"target"`
-		Sent         int       `json:"sent"`
-		Received     int       `json:"received"`
-		Loss         float64   `json:"loss"`
-		LossOut      float64   `json:"loss_out"`
-		LossBack     float64   `json:"loss_back"`
-		RTTMin       float64   `json:"rtt_min_ms"`
-		RTTP50       float64   `json:"rtt_p50_ms"`
-		RTTP90       float64   `json:"rtt_p90_ms"`
-		RTTP99       float64   `json:"rtt_p99_ms"`
-		RTTMax       float64   `json:"rtt_max_ms"`
-		Jitter       float64   `json:"jitter_ms"`
-		Duplicates   int       `json:"duplicates"`
-		Reordered    int       `json:"reordered"`
-		ReflectorTTL uint8     `json:"reflector_ttl"`
-		WindowStart  time.Time `json:"window_start"`
-	}{s.Target, s.Sent, s.Received, s.Loss, s.LossOut, s.LossBack, millis(s.RTTMin), millis(s.RTTP50), millis(s.RTTP90), millis(s.RTTP99), millis(s.RTTMax), millis(s.Jitter), s.Duplicates, s.Reordered, s.ReflectorTTL, s.WindowStart})
+	return json.Marshal(statsJSON{s.Target, s.Sent, s.Received, s.Loss, s.LossOut, s.LossBack, millis(s.RTTMin), millis(s.RTTP50), millis(s.RTTP90), millis(s.RTTP99), millis(s.RTTMax), millis(s.Jitter), s.Duplicates, s.Reordered, s.ReflectorTTL, s.WindowStart})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes, so that the API's
+// clients see the figures it sent.
+func (s *Stats) UnmarshalJSON(b []byte) error {
+	var j statsJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*s = Stats{j.Target, j.Sent, j.Received, j.Loss, j.LossOut, j.LossBack, fromMillis(j.RTTMin), fromMillis(j.RTTP50), fromMillis(j.RTTP90), fromMillis(j.RTTP99), fromMillis(j.RTTMax), fromMillis(j.Jitter), j.Duplicates, j.Reordered, j.ReflectorTTL, j.WindowStart}
+	return nil
 }
