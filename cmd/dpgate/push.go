@@ -166,7 +166,8 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("agent", "--server HOST:PORT --pin PIN --device ID [--pfx FILE | --token TOKEN] [--quic]", agentAbout, stdout)
 	var servers stringList
 	fs.Var(&servers, "server", "push server `HOST:PORT` (repeat for failover)")
-	pin := fs.String("pin", "", "the gateway's certificate `PIN` (sha256//...); required")
+	var pinList stringList
+	fs.Var(&pinList, "pin", "the gateway's certificate `PIN` (sha256//...); required; repeat for a cluster whose nodes have their own certificates")
 	device := fs.String("device", "", "device `ID` (default: the certificate's common name)")
 	pfx := fs.String("pfx", "", "PKCS#12 `FILE` with the agent certificate")
 	pwFile := fs.String("password-file", "", "password `FILE` for --pfx")
@@ -183,10 +184,10 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if len(pos) > 0 || len(servers) == 0 || *pin == "" {
+	if len(pos) > 0 || len(servers) == 0 || len(pinList) == 0 {
 		return usagef("agent needs --server and --pin, and no arguments")
 	}
-	pins, err := tlsconf.ParsePins([]string{*pin})
+	pins, err := tlsconf.ParsePins(pinList)
 	if err != nil {
 		return usageError{err}
 	}

@@ -5,6 +5,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,7 +54,11 @@ func TestPushSurvivesKill9(t *testing.T) {
 	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	ag := exec.CommandContext(ctx, bin, "agent", "--server", pushAddr, "--pin", pin, "--device", "device-1")
+	// Its pin first, then another node's, as for a cluster whose nodes
+	// have their own certificates: the agent trusts both (before, the
+	// last --pin replaced the others and the agent never connected).
+	otherNode := "sha256//" + base64.StdEncoding.EncodeToString(make([]byte, 32))
+	ag := exec.CommandContext(ctx, bin, "agent", "--server", pushAddr, "--pin", pin, "--pin", otherNode, "--device", "device-1")
 	ag.Env = os.Environ()
 	out, _ := ag.StdoutPipe()
 	if err := ag.Start(); err != nil {
