@@ -166,6 +166,7 @@ func newPeerNet(r *Router) *peerNet {
 	mux.HandleFunc("POST /v1/peer/store", pn.handleStore)
 	mux.HandleFunc("POST /v1/peer/ops", pn.handleOps)
 	mux.HandleFunc("POST /v1/peer/wake", pn.handleWake)
+	mux.HandleFunc("POST /v1/peer/remove", pn.handleRemove)
 	pn.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if pc, ok := c.(peerConn); ok {
@@ -313,8 +314,13 @@ func (pn *peerNet) handleWake(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, err.Error(), http.StatusNotFound)
 		return
 	}
+	writeJSON(w, wakeReply{Node: node})
+}
+
+// writeJSON answers a peer's request with v.
+func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(wakeReply{Node: node})
+	json.NewEncoder(w).Encode(v)
 }
 
 // wake asks node to send device a WAKE frame, and names the node that did.
@@ -376,11 +382,24 @@ func (pn *peerNet) post(ctx context.Context, node, path string, body any, out an
 	}
 	if resp.StatusCode != http.StatusNoContent || out != nil {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		pn.r.m.peerErrors.WithLabelValues(node).Inc()
-		return fmt.Errorf("cluster: %s%s: %s: %s", node, path, resp.Status, bytes.TrimSpace(msg))
+		if resp.StatusCode != http.StatusConflict { // a refusal, not a failure
+			pn.r.m.peerErrors.WithLabelValues(node).Inc()
+		}
+		return &peerStatusError{node: node, path: path, status: resp.StatusCode, msg: string(bytes.TrimSpace(msg))}
 	}
 	io.Copy(io.Discard, resp.Body)
 	return nil
+}
+
+// peerStatusError is a peer's answer other than success.
+type peerStatusError struct {
+	node, path string
+	status     int
+	msg        string
+}
+
+func (e *peerStatusError) Error() string {
+	return fmt.Sprintf("cluster: %s%s: %d %s: %s", e.node, e.path, e.status, http.StatusText(e.status), e.msg)
 }
 
 // close stops serving peers (their requests in flight are cut; they send

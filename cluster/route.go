@@ -44,6 +44,10 @@ type Local interface {
 	Holds(device string) bool
 	// Wake sends the device a WAKE frame when it is connected here.
 	Wake(device string) bool
+	// RemoveDevice forgets the device and drops its queue; found is false
+	// when this node knew nothing of it. A device connected here is
+	// refused (push.ErrConnected).
+	RemoveDevice(device string) (found bool, err error)
 }
 
 // Defaults of RouterConfig's zero fields.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -87,9 +88,11 @@ func deviceShow(args []string, stdout, stderr io.Writer) error {
 
 func deviceRm(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("device rm", "[-c FILE] DEVICE...", `
-Forgets each device and drops its queued pushes on this node (they are
-never delivered). A connected device is refused: it would say HELLO again
-at once; stop its agent first.`, stdout)
+Forgets each device and drops its queued pushes (they are never
+delivered): on this node and, in a cluster, on every other node that
+knows it (the owners of its queue, the nodes it was connected to). A
+connected device is refused: it would say HELLO again at once; stop its
+agent first.`, stdout)
 	cfgFile := fs.String("c", "", cfgFlagHelp)
 	pos, err := parse(fs, args)
 	if err != nil {
@@ -106,10 +109,18 @@ at once; stop its agent first.`, stdout)
 		return err
 	}
 	for _, id := range pos {
-		if err := api.Do(context.Background(), "DELETE", "/v1/devices/"+url.PathEscape(id), nil, nil); err != nil {
+		var rm gateway.DeviceRemoved
+		if err := api.Do(context.Background(), "DELETE", "/v1/devices/"+url.PathEscape(id), nil, &rm); err != nil {
 			return fmt.Errorf("device %s: %w", id, err)
 		}
-		fmt.Fprintf(stdout, "removed %s\n", id)
+		if len(rm.Nodes) > 0 {
+			fmt.Fprintf(stdout, "removed %s on %s\n", id, strings.Join(rm.Nodes, ", "))
+		} else {
+			fmt.Fprintf(stdout, "removed %s\n", id)
+		}
+		if len(rm.NotReached) > 0 {
+			fmt.Fprintf(stderr, "dpgate: %s did not answer and may still know %s: run dpgate device rm %s there once it is back\n", strings.Join(rm.NotReached, " and "), id, id)
+		}
 	}
 	return nil
 }

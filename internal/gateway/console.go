@@ -439,16 +439,19 @@ func (ui *consoleUI) deviceDisconnect(_ context.Context, id string) (string, err
 	return fmt.Sprintf("Disconnected %s; it reconnects after its backoff.", id), nil
 }
 
-func (ui *consoleUI) deviceDelete(_ context.Context, id string) (string, error) {
-	found, err := ui.g.push.RemoveDevice(id)
-	if err == nil && !found {
-		err = fmt.Errorf("device %q is unknown", id)
-	}
+func (ui *consoleUI) deviceDelete(ctx context.Context, id string) (string, error) {
+	rm, err := ui.g.removeDevice(ctx, id, "console")
 	if err != nil {
 		return "", err
 	}
-	ui.g.log.Info("device removed with its queue (console)", "device", id)
-	return fmt.Sprintf("Removed %s and its queued pushes.", id), nil
+	msg := fmt.Sprintf("Removed %s and its queued pushes.", id)
+	if len(rm.Nodes) > 0 {
+		msg = fmt.Sprintf("Removed %s and its queued pushes on %s.", id, strings.Join(rm.Nodes, ", "))
+	}
+	if len(rm.NotReached) > 0 {
+		msg += fmt.Sprintf(" Not reached: %s; remove it there again once it is back.", strings.Join(rm.NotReached, ", "))
+	}
+	return msg, nil
 }
 
 type uplinkRow struct {

@@ -452,19 +452,61 @@ func (g *Gateway) pushRoutes() {
 		return http.StatusOK, reply, nil
 	})
 	a.HandleJSON("DELETE /v1/devices/{id}", func(r *http.Request) (int, any, error) {
-		id := r.PathValue("id")
-		found, err := g.push.RemoveDevice(id)
-		switch {
-		case errors.Is(err, push.ErrConnected):
-			return 0, nil, admin.Error(http.StatusConflict, err)
-		case err != nil:
+		rm, err := g.removeDevice(r.Context(), r.PathValue("id"), "api")
+		if err != nil {
 			return 0, nil, err
-		case !found:
-			return 0, nil, admin.Error(http.StatusNotFound, fmt.Errorf("device %q is unknown", id))
 		}
-		g.log.Info("device removed with its queue", "device", id)
-		return http.StatusOK, map[string]string{"status": "removed", "device": id}, nil
+		return http.StatusOK, rm, nil
 	})
+}
+
+// DeviceRemoved is the reply of DELETE /v1/devices/{id}.
+type DeviceRemoved struct {
+	Status string `json:"status"` // "removed"
+	Device string `json:"device"`
+	// In a cluster: the nodes that knew the device and forgot it, and
+	// those that did not answer (they may still know it).
+	Nodes      []string `json:"nodes,omitempty"`
+	NotReached []string `json:"not_reached,omitempty"`
+}
+
+// removeDevice forgets a device and drops its queued pushes here and, in
+// a cluster, on every other node (its owners keep copies of its queue).
+// A device connected here or elsewhere is refused (409): its agent would
+// say HELLO again at once.
+func (g *Gateway) removeDevice(ctx context.Context, id, by string) (DeviceRemoved, error) {
+	rm := DeviceRemoved{Status: "removed", Device: id}
+	if g.push.Holds(id) {
+		return rm, admin.Error(http.StatusConflict, fmt.Errorf("%w: %s", push.ErrConnected, id))
+	}
+	if g.router != nil {
+		elsewhere, err := g.router.RemoveElsewhere(ctx, id)
+		if ce := (*cluster.ConnectedError)(nil); errors.As(err, &ce) {
+			return rm, admin.Error(http.StatusConflict, fmt.Errorf("device %q is connected to %s; stop its agent first", id, ce.Node))
+		}
+		rm.Nodes, rm.NotReached = elsewhere.Nodes, elsewhere.NotReached
+	}
+	found, err := g.push.RemoveDevice(id)
+	switch {
+	case errors.Is(err, push.ErrConnected):
+		return rm, admin.Error(http.StatusConflict, err)
+	case err != nil:
+		return rm, err
+	case found:
+		rm.Nodes = append([]string{g.cfg.Node.Name}, rm.Nodes...)
+	}
+	if len(rm.Nodes) == 0 {
+		msg := fmt.Sprintf("device %q is unknown", id)
+		if len(rm.NotReached) > 0 {
+			msg += fmt.Sprintf(" to the nodes that answered; %s did not answer and may know it", strings.Join(rm.NotReached, " and "))
+		}
+		return rm, admin.Error(http.StatusNotFound, errors.New(msg))
+	}
+	g.log.Info("device removed with its queue", "device", id, "by", by, "nodes", rm.Nodes, "not_reached", rm.NotReached)
+	if g.router == nil {
+		rm.Nodes = nil // one node: nothing more to say
+	}
+	return rm, nil
 }
 
 // unknownDevice is the answer for a device this node keeps nothing of:

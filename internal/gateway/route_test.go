@@ -216,6 +216,85 @@ func TestPushRoutedAcrossNodes(t *testing.T) {
 	})
 }
 
+// TestDeviceRemovedOnEveryNode: DELETE /v1/devices/{id} on any node
+// removes the device on every node that knows it: the owners that keep
+// its queue and the node it was connected to. A connected device is
+// refused, naming the node. Before, only the node asked forgot it: its
+// owners kept the queue, which reached the device if it came back, and
+// "dpgate device list" on them still listed it.
+func TestDeviceRemovedOnEveryNode(t *testing.T) {
+	t.Parallel()
+	gs, apis := testCluster(t, 3)
+	ctx := context.Background()
+	dev := notOwnedBy(t, gs[0], "pc-rm") // node 0 knows it as its holder only
+	a := startTestAgent(t, dev, gs[0])
+	waitFor(t, 20*time.Second, func() error {
+		for _, g := range gs[1:] {
+			if h := g.router.Holder(dev); h != gs[0].cfg.Node.Name {
+				return fmt.Errorf("%s: holder %q, want %s", g.cfg.Node.Name, h, gs[0].cfg.Node.Name)
+			}
+		}
+		return nil
+	})
+	var he *admin.HTTPError
+	err := apis[1].Do(ctx, "DELETE", "/v1/devices/"+dev, nil, nil)
+	if !errors.As(err, &he) || he.Status != http.StatusConflict || !strings.Contains(err.Error(), "connected to "+gs[0].cfg.Node.Name) {
+		t.Fatalf("DELETE of a device connected to node 0, on node 1: %v; want 409 naming %s", err, gs[0].cfg.Node.Name)
+	}
+	a.stop()
+	waitFor(t, 20*time.Second, func() error {
+		for _, g := range gs[1:] {
+			if h := g.router.Holder(dev); h != "" {
+				return fmt.Errorf("%s: still held by %s", g.cfg.Node.Name, h)
+			}
+		}
+		return nil
+	})
+	for i := range 3 {
+		data := fmt.Sprintf("while away %d", i)
+		if err := apis[0].Do(ctx, "POST", "/v1/devices/"+dev+"/push", PushRequest{Data: &data}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var queuedOn []string
+	waitFor(t, 20*time.Second, func() error {
+		queuedOn = nil
+		for _, g := range gs {
+			if d, _ := g.push.Device(dev); d.Queued == 3 {
+				queuedOn = append(queuedOn, g.cfg.Node.Name)
+			}
+		}
+		if len(queuedOn) < 2 {
+			return fmt.Errorf("3 pushes queued on %v, want on both owners", queuedOn)
+		}
+		return nil
+	})
+
+	var rm DeviceRemoved
+	if err := apis[0].Do(ctx, "DELETE", "/v1/devices/"+dev, nil, &rm); err != nil {
+		t.Fatal(err)
+	}
+	if want := append([]string{gs[0].cfg.Node.Name}, gs[0].router.Owners(dev)...); !sameSet(rm.Nodes, want) || len(rm.NotReached) > 0 {
+		t.Errorf("DELETE on node 0: %+v, want removed on %v", rm, want)
+	}
+	for _, g := range gs {
+		if d, known := g.push.Device(dev); known || d.Queued != 0 {
+			t.Errorf("%s after the DELETE: %+v, known %v; want nothing", g.cfg.Node.Name, d, known)
+		}
+	}
+	if err := apis[2].Do(ctx, "DELETE", "/v1/devices/"+dev, nil, nil); !errors.As(err, &he) || he.Status != http.StatusNotFound {
+		t.Errorf("a second DELETE: %v, want 404", err)
+	}
+}
+
+// sameSet: a and b hold the same strings, in any order.
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(slices.Compact(a), slices.Compact(b)) && len(a) == len(b)
+}
+
 // TestSharedCertificateRouting: nodes that share one certificate (so
 // agents pin one pin) still know which node a peer request comes from.
 // Before, the receiver named the sender by its certificate's pin, which
