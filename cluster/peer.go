@@ -167,6 +167,7 @@ func newPeerNet(r *Router) *peerNet {
 	mux.HandleFunc("POST /v1/peer/ops", pn.handleOps)
 	mux.HandleFunc("POST /v1/peer/wake", pn.handleWake)
 	mux.HandleFunc("POST /v1/peer/remove", pn.handleRemove)
+	mux.HandleFunc("POST /v1/peer/devices", pn.handleDevices)
 	pn.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if pc, ok := c.(peerConn); ok {
@@ -374,7 +375,7 @@ func (pn *peerNet) post(ctx context.Context, node, path string, body any, out an
 	}
 	defer resp.Body.Close()
 	if out != nil && resp.StatusCode == http.StatusOK {
-		return json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(out)
+		return json.NewDecoder(io.LimitReader(resp.Body, maxPeerReply)).Decode(out)
 	}
 	if resp.StatusCode == http.StatusNotFound && path == "/v1/peer/wake" {
 		io.Copy(io.Discard, resp.Body)
@@ -390,6 +391,10 @@ func (pn *peerNet) post(ctx context.Context, node, path string, body any, out an
 	io.Copy(io.Discard, resp.Body)
 	return nil
 }
+
+// maxPeerReply bounds a peer's JSON answer: the largest is a list of
+// device ids (100,000 of 128 bytes).
+const maxPeerReply = 32 << 20
 
 // peerStatusError is a peer's answer other than success.
 type peerStatusError struct {

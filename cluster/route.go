@@ -44,6 +44,8 @@ type Local interface {
 	Holds(device string) bool
 	// Wake sends the device a WAKE frame when it is connected here.
 	Wake(device string) bool
+	// KnownDevices are the devices a push to all from this node reaches.
+	KnownDevices() []string
 	// RemoveDevice forgets the device and drops its queue; found is false
 	// when this node knew nothing of it. A device connected here is
 	// refused (push.ErrConnected).

@@ -30,14 +30,14 @@ Pushes DATA (or standard input when DATA is "-" or missing) to a device
 through the running gateway's admin API. The push is stored before the
 command returns; it reaches the device when it is or comes online, at
 least once, or expires after --ttl. With --wait the command waits for the
-device's acknowledgement. --all pushes to every known device.`
+device's acknowledgement. --all pushes to every known device (in a cluster: known to any node).`
 
 func runPush(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("push", "[--all | DEVICE] [DATA]", pushAbout, stdout)
 	cfgFile := fs.String("c", "", cfgFlagHelp)
 	ttl := fs.Duration("ttl", 0, "expire the push after this long undelivered (default: push.queue_ttl)")
 	wait := fs.Duration("wait", 0, "wait up to this long for the device's acknowledgement (at most 1m)")
-	all := fs.Bool("all", false, "push to every known device")
+	all := fs.Bool("all", false, "push to every known device (in a cluster: known to any node)")
 	jsonOut := fs.Bool("json", false, "print the API's JSON reply")
 	pos, err := parse(fs, args)
 	if err != nil {
@@ -92,6 +92,9 @@ func runPush(args []string, stdout, stderr io.Writer) error {
 		reply = r
 		if err == nil && !*jsonOut {
 			fmt.Fprintf(stdout, "queued for %d devices\n", r.Queued)
+		}
+		if err == nil && len(r.NotReached) > 0 {
+			fmt.Fprintf(stderr, "dpgate: %s did not say which devices they know: the devices only they know were missed\n", strings.Join(r.NotReached, " and "))
 		}
 	} else {
 		path := "/v1/devices/" + url.PathEscape(device) + "/push"

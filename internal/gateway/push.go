@@ -274,6 +274,9 @@ const maxBatch = 1000
 type BulkReply struct {
 	Queued int         `json:"queued"`
 	Pushes []PushReply `json:"pushes"`
+	// NotReached: for a push to all in a cluster, the nodes that did not
+	// say which devices they know; the devices only they know are missed.
+	NotReached []string `json:"not_reached,omitempty"`
 }
 
 func (g *Gateway) parsePush(r *http.Request) (PushRequest, []byte, time.Duration, error) {
@@ -398,22 +401,23 @@ func (g *Gateway) pushRoutes() {
 			return 0, nil, err
 		}
 		devices := req.Devices
+		var notReached []string
 		switch {
 		case req.All && len(devices) > 0:
 			return 0, nil, admin.Error(http.StatusBadRequest, errors.New("give devices or all, not both"))
 		case req.All:
-			devices = g.push.KnownDevices()
+			devices, notReached = g.allDevices(r.Context())
 		case len(devices) == 0:
 			return 0, nil, admin.Error(http.StatusBadRequest, errors.New("give devices: [...] or all: true"))
 		}
 		if len(devices) == 0 {
-			return http.StatusAccepted, BulkReply{Pushes: []PushReply{}}, nil
+			return http.StatusAccepted, BulkReply{Pushes: []PushReply{}, NotReached: notReached}, nil
 		}
 		replies, err := g.accept(r.Context(), devices, payload, ttl)
 		if err != nil {
 			return 0, nil, pushError(err)
 		}
-		return http.StatusAccepted, BulkReply{Queued: len(replies), Pushes: replies}, nil
+		return http.StatusAccepted, BulkReply{Queued: len(replies), Pushes: replies, NotReached: notReached}, nil
 	})
 	a.HandleJSON("POST /v1/push/batch", func(r *http.Request) (int, any, error) {
 		devices, payloads, ttl, err := g.parseBatch(r)
@@ -458,6 +462,20 @@ func (g *Gateway) pushRoutes() {
 		}
 		return http.StatusOK, rm, nil
 	})
+}
+
+// allDevices are the devices a push to all is for: those this node
+// knows and, in a cluster, those every other node knows; the nodes that
+// did not answer are notReached.
+func (g *Gateway) allDevices(ctx context.Context) (devices, notReached []string) {
+	devices = g.push.KnownDevices()
+	if g.router == nil {
+		return devices, nil
+	}
+	more, notReached := g.router.DevicesElsewhere(ctx)
+	devices = append(devices, more...)
+	slices.Sort(devices)
+	return slices.Compact(devices), notReached
 }
 
 // DeviceRemoved is the reply of DELETE /v1/devices/{id}.

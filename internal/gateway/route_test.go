@@ -287,6 +287,42 @@ func TestDeviceRemovedOnEveryNode(t *testing.T) {
 	}
 }
 
+// TestPushToAllReachesEveryNode: a push to all accepted by one node
+// reaches the devices connected to every node. Before, it was for the
+// devices the accepting node knew: 1 of 3 here.
+func TestPushToAllReachesEveryNode(t *testing.T) {
+	t.Parallel()
+	gs, apis := testCluster(t, 3)
+	var agents []*testAgent
+	for i, g := range gs {
+		agents = append(agents, startTestAgent(t, fmt.Sprintf("pc-all-%d", i), g))
+	}
+	waitFor(t, 20*time.Second, func() error {
+		for i := range gs {
+			if h := holder(gs, fmt.Sprintf("pc-all-%d", i)); h != i {
+				return fmt.Errorf("pc-all-%d on node %d, want %d", i, h, i)
+			}
+		}
+		return nil
+	})
+	data := "to every device of the cluster"
+	var reply BulkReply
+	if err := apis[0].Do(context.Background(), "POST", "/v1/push", PushRequest{All: true, Data: &data}, &reply); err != nil {
+		t.Fatal(err)
+	}
+	if reply.Queued != len(gs) || len(reply.NotReached) > 0 {
+		t.Errorf("push to all on node 0: queued %d, not reached %v; want %d, none", reply.Queued, reply.NotReached, len(gs))
+	}
+	for i, a := range agents {
+		waitFor(t, 20*time.Second, func() error {
+			if err := a.has(data); err != nil {
+				return fmt.Errorf("pc-all-%d: %w", i, err)
+			}
+			return nil
+		})
+	}
+}
+
 // sameSet: a and b hold the same strings, in any order.
 func sameSet(a, b []string) bool {
 	a, b = slices.Clone(a), slices.Clone(b)
