@@ -112,6 +112,13 @@ type Config struct {
 	// Retry (address validation, RFC 9000 section 8.1.2). Default: 64;
 	// negative: always.
 	QUICRetryAbove int
+	// QUICResetKey (32 bytes) lets the server answer packets of QUIC
+	// connections it does not know with a stateless reset (RFC 9000
+	// section 10.3), which ends them at the agent at once. Kept across
+	// restarts, it makes an agent whose gateway crashed and came back
+	// reconnect at its next packet instead of after its idle timeout.
+	// Default: none (no resets).
+	QUICResetKey []byte
 	// DrainSpread: on Shutdown, agents are told to reconnect elsewhere
 	// after a random delay up to this. Default: 5s; negative: at once.
 	DrainSpread time.Duration
@@ -166,6 +173,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("push: unknown auth %q", c.Auth)
 	case c.MaxPayload > wire.MaxFrame-64:
 		return fmt.Errorf("push: MaxPayload %d exceeds the frame limit", c.MaxPayload)
+	case len(c.QUICResetKey) != 0 && len(c.QUICResetKey) != 32:
+		return fmt.Errorf("push: QUICResetKey is %d bytes, want 32", len(c.QUICResetKey))
 	}
 	return nil
 }

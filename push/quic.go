@@ -115,6 +115,11 @@ func (s *Server) ServeQUIC(pc net.PacketConn) error {
 			return context.WithValue(ctx, handshakeKey{}, done), nil
 		},
 	}
+	if len(s.cfg.QUICResetKey) > 0 {
+		var k quic.StatelessResetKey
+		copy(k[:], s.cfg.QUICResetKey)
+		tr.StatelessResetKey = &k
+	}
 	ln, err := tr.Listen(s.tls, &quic.Config{
 		HandshakeIdleTimeout:  s.cfg.HandshakeTimeout,
 		MaxIdleTimeout:        3 * s.cfg.Keepalive, // agents PING every keepalive

@@ -178,3 +178,45 @@ func TestDeviceCommands(t *testing.T) {
 		t.Errorf("after rm pc-typo:\n%s", r.stdout)
 	}
 }
+
+// TestQUICAgentBackAfterKill9: a QUIC agent whose gateway is killed
+// (kill -9: no CONNECTION_CLOSE) and restarted learns at its next packet
+// that its connection is gone: the new process answers it with a
+// stateless reset (RFC 9000 section 10.3) made with the key kept in the
+// data directory. The agent reconnects and gets the push queued
+// meanwhile. Before, the new process dropped the packets and the agent
+// waited for its idle timeout (60 s) with a dead connection.
+func TestQUICAgentBackAfterKill9(t *testing.T) {
+	t.Parallel() // waits for the agent's keepalive
+	dir := t.TempDir()
+	pushAddr, adminAddr := freeUDPTCP(t), freePort(t)
+	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n", pushAddr))
+	s := startServe(t, nil, "-c", cfg)
+	s.waitLog(t, `msg="push server listening" addr=`+pushAddr+` quic=true`)
+	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ag := exec.CommandContext(ctx, bin, "agent", "--quic", "--server", pushAddr, "--pin", pin, "--device", "pc-quic",
+		"--min-backoff", "100ms", "--max-backoff", "500ms")
+	stderr, lines := startAgentProcess(t, ag)
+	waitFor(t, 30*time.Second, func() error {
+		if !strings.Contains(stderr.String(), "connected "+pushAddr) {
+			return fmt.Errorf("agent not connected; stderr:\n%s", stderr.String())
+		}
+		return nil
+	})
+
+	s.cmd.Process.Signal(syscall.SIGKILL)
+	<-s.done
+	s2 := startServe(t, nil, "-c", cfg)
+	s2.waitLog(t, `msg="push server listening"`)
+	if r := dpgate(t, nil, "push", "-c", cfg, "--wait", "50s", "pc-quic", "after the crash"); r.code != 0 || !strings.Contains(r.stdout, "delivered") {
+		t.Fatalf("push after the restart: exit %d: %s %s\nagent: %s", r.code, r.stdout, r.stderr, stderr.String())
+	}
+	if line := <-lines; !strings.Contains(line, `"after the crash"`) {
+		t.Errorf("agent printed %q, want the push", line)
+	}
+	if !strings.Contains(stderr.String(), "stateless reset") {
+		t.Errorf("the agent did not learn of the restart from a stateless reset; stderr:\n%s", stderr.String())
+	}
+}

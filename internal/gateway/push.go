@@ -28,6 +28,11 @@ import (
 // TokenKeyFile holds the HMAC key of device tokens in the data directory.
 const TokenKeyFile = "push-token.key"
 
+// QUICResetKeyFile holds the key of the push server's QUIC stateless
+// resets in the data directory (push.Config.QUICResetKey), made on first
+// use.
+const QUICResetKeyFile = "quic-reset.key"
+
 // TokenKeys reads the keys that verify device tokens: push.token_key_file
 // (one base64 key per line, the first signs; it must exist, a configured
 // key is never generated), or data_dir/push-token.key, made on first use.
@@ -75,6 +80,12 @@ func (g *Gateway) newPush(ls Listeners) error {
 	if g.queue, err = queue.NewQueue(g.db); err != nil {
 		return fmt.Errorf("gateway: push: %w", err)
 	}
+	var resetKey []byte
+	if *c.QUIC {
+		if resetKey, err = tlsconf.LoadOrCreateKey(filepath.Join(g.cfg.Node.DataDir, QUICResetKeyFile), 32, 32); err != nil {
+			return fmt.Errorf("gateway: push: %w", err)
+		}
+	}
 	pc := push.Config{
 		Identity:       g.id,
 		AllowList:      g.allow,
@@ -87,6 +98,7 @@ func (g *Gateway) newPush(ls Listeners) error {
 		SourceRate:     c.SourceRate,
 		MaxPayload:     int(c.MaxPayload),
 		KeyExchange:    g.keyExchange,
+		QUICResetKey:   resetKey,
 		Registerer:     g.tel.Registry,
 		Logger:         g.log,
 	}
