@@ -70,7 +70,7 @@ func (g *Gateway) newWake(ls Listeners) error {
 // in a cluster, on the node it is connected to.
 func (g *Gateway) pushWake(device string) (string, bool) {
 	if g.push.Wake(device) {
-		return "", true
+		return g.cfg.Node.Name, true // the node whose push connection carried it
 	}
 	r := g.router
 	if r == nil {
