@@ -32,7 +32,7 @@ func LoadOrCreateKey(file string, size, min int) ([]byte, error) {
 	if err == nil {
 		b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
 		if err != nil || len(b) < min {
-			return nil, fmt.Errorf("tlsconf: %s is not base64 of a key of %d bytes or more", file, min)
+			return nil, fmt.Errorf("tlsconf: %s is not base64 of a key of %d bytes or more: restore it from a backup, or remove it to have a new key made (what the old one made or signed stops working)", file, min)
 		}
 		return b, nil
 	}
