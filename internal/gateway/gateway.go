@@ -163,6 +163,9 @@ func New(cfg *config.Config, ls Listeners, opts Options) (_ *Gateway, err error)
 		return nil, fmt.Errorf("gateway: metrics: %w", err)
 	}
 	g.newMetrics()
+	if err := checkDataDir(cfg.Node.DataDir); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	if g.id, err = g.loadIdentity(); err != nil {
 		return nil, err
 	}

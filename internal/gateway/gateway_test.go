@@ -309,6 +309,44 @@ func TestGeneratedTokenKeptAndGuarded(t *testing.T) {
 	}
 }
 
+// TestDataDirOthersMayWriteRefused: a data directory that other users
+// may write to is refused, naming the fix: they could replace the store,
+// the certificate or the admin token (a token file they wrote, mode
+// 0600, passes the token's own check). Before, the gateway started.
+func TestDataDirOthersMayWriteRefused(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("Windows has no mode bits; its ACLs are the installer's")
+	}
+	t.Parallel()
+	cfg := config.Default()
+	cfg.Node.DataDir = filepath.Join(t.TempDir(), "data")
+	cfg.Admin.Listen = "127.0.0.1:0"
+	cfg.Push.Listen, cfg.Wake.Listen, cfg.Wake.ShutdownListen = "off", "off", "off"
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	quiet := Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	for _, mode := range []os.FileMode{0o777, 0o770, 0o777 | os.ModeSticky} {
+		os.MkdirAll(cfg.Node.DataDir, 0o700)
+		if err := os.Chmod(cfg.Node.DataDir, mode); err != nil {
+			t.Fatal(err)
+		}
+		g, err := New(cfg, Listeners{}, quiet)
+		if err == nil {
+			g.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), "chmod go-w "+cfg.Node.DataDir) {
+			t.Errorf("data_dir of mode %v: %v; want refused, naming chmod go-w", mode, err)
+		}
+	}
+	os.Chmod(cfg.Node.DataDir, 0o755) // others may read the names, not the files (0600)
+	g, err := New(cfg, Listeners{}, quiet)
+	if err != nil {
+		t.Fatalf("data_dir of mode 0755: %v", err)
+	}
+	g.Close()
+}
+
 func first[T, U any](v T, _ U) T { return v }
 
 // metricsOf is the gateway's /metrics page.
