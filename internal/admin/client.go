@@ -119,7 +119,7 @@ func (c *Client) Raw(ctx context.Context, method, path string, body any) ([]byte
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, c.base, err)
+			return nil, fmt.Errorf("%w at %s (is dpgate serve running with this configuration?): %v", ErrUnreachable, c.base, err)
 		}
 		return nil, fmt.Errorf("admin API %s: %w", c.base, err)
 	}
