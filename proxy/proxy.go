@@ -56,14 +56,15 @@ type Proxy struct {
 	source     atomic.Pointer[ratelimit.PerSource]
 	shaper     *rate.Limiter
 
-	conns     atomic.Int64 // agent connections held, handshakes included
-	bytesIn   atomic.Int64 // agent->upstream, counted as relays write
-	bytesOut  atomic.Int64 // upstream->agent
-	refused   atomic.Uint64
-	relaysWG  sync.WaitGroup // one per agent connection
-	loopsWG   sync.WaitGroup // accept loops and the health loop
-	done      chan struct{}
-	closeOnce sync.Once
+	conns      atomic.Int64 // agent connections held, handshakes included
+	bytesIn    atomic.Int64 // agent->upstream, counted as relays write
+	bytesOut   atomic.Int64 // upstream->agent
+	refused    atomic.Uint64
+	noUpstream atomic.Uint64  // agents no upstream took (Status)
+	relaysWG   sync.WaitGroup // one per agent connection
+	loopsWG    sync.WaitGroup // accept loops and the health loop
+	done       chan struct{}
+	closeOnce  sync.Once
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -204,6 +205,7 @@ func (p *Proxy) handle(raw net.Conn) {
 	if err != nil {
 		p.log.Warn("proxy: no upstream for agent", "agent", raw.RemoteAddr().String(), "err", err)
 		p.m.noUpstream.Inc()
+		p.noUpstream.Add(1)
 		p.finish(raw)
 		return
 	}
@@ -348,12 +350,15 @@ func (p *Proxy) checkUpstream(u *upstream) {
 
 // Status is the proxy's part of /v1/status.
 type Status struct {
-	Balance     string           `json:"balance"`
-	Connections int64            `json:"connections"`
-	Refused     uint64           `json:"refused"`
-	BytesIn     int64            `json:"bytes_in"`  // agents to upstreams, counted as they flow
-	BytesOut    int64            `json:"bytes_out"` // upstreams to agents
-	Upstreams   []UpstreamStatus `json:"upstreams"`
+	Balance     string `json:"balance"`
+	Connections int64  `json:"connections"`
+	Refused     uint64 `json:"refused"`
+	// NoUpstream counts agents whose connection was closed because no
+	// upstream could be reached for it.
+	NoUpstream uint64           `json:"no_upstream"`
+	BytesIn    int64            `json:"bytes_in"`  // agents to upstreams, counted as they flow
+	BytesOut   int64            `json:"bytes_out"` // upstreams to agents
+	Upstreams  []UpstreamStatus `json:"upstreams"`
 }
 
 // SetAllowList turns the validation of agents' certificates on (agents
@@ -377,6 +382,7 @@ func (p *Proxy) Status() Status {
 		Balance:     p.cfg.Balance,
 		Connections: p.conns.Load(),
 		Refused:     p.refused.Load(),
+		NoUpstream:  p.noUpstream.Load(),
 		BytesIn:     p.bytesIn.Load(),
 		BytesOut:    p.bytesOut.Load(),
 	}

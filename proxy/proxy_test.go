@@ -220,6 +220,16 @@ func TestEjectionAndReadiness(t *testing.T) {
 	if p.Ready() {
 		t.Error("Ready with every upstream ejected, want not ready")
 	}
+	// An agent that came then is counted: no upstream took it.
+	if got, err := echoOnce(p.addr, agentConfig(t, p.id, nil), "z"); err == nil && got != "" {
+		t.Errorf("relayed %q with no upstream up", got)
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if n := p.Status().NoUpstream; n != 1 {
+			return fmt.Errorf("%d agents without an upstream in Status, want 1", n)
+		}
+		return nil
+	})
 }
 
 func TestBackAfterEjection(t *testing.T) {

@@ -67,7 +67,7 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(tw, "push\toff\n")
 	}
 	if p := st.Proxy; p != nil {
-		fmt.Fprintf(tw, "proxy\t%d relays, %d refused, balance %s\n", p.Connections, p.Refused, p.Balance)
+		fmt.Fprintf(tw, "proxy\t%d relays, %d refused, %d with no upstream reachable, balance %s\n", p.Connections, p.Refused, p.NoUpstream, p.Balance)
 		for _, u := range p.Upstreams {
 			fmt.Fprintf(tw, "  upstream %s\t%s, %d relays now, %d failures\n", u.Address, u.State, u.ActiveRelays, u.Failures)
 		}
