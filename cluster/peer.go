@@ -167,7 +167,7 @@ func newPeerNet(r *Router) *peerNet {
 	mux.HandleFunc("POST /v1/peer/ops", pn.handleOps)
 	mux.HandleFunc("POST /v1/peer/wake", pn.handleWake)
 	mux.HandleFunc("POST /v1/peer/remove", pn.handleRemove)
-	mux.HandleFunc("POST /v1/peer/devices", pn.handleDevices)
+	mux.HandleFunc("POST /v1/peer/query", pn.handleQuery)
 	pn.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if pc, ok := c.(peerConn); ok {

@@ -68,7 +68,6 @@ func (l *memLocal) QueuedDevices() []string {
 
 func (*memLocal) HeldDevices() map[string]time.Time { return nil }
 func (*memLocal) Holds(string) bool                 { return false }
-func (*memLocal) KnownDevices() []string            { return nil }
 func (*memLocal) RemoveDevice(string) (bool, error) { return false, nil }
 func (*memLocal) Wake(string) bool                  { return false }
 

@@ -44,8 +44,6 @@ type Local interface {
 	Holds(device string) bool
 	// Wake sends the device a WAKE frame when it is connected here.
 	Wake(device string) bool
-	// KnownDevices are the devices a push to all from this node reaches.
-	KnownDevices() []string
 	// RemoveDevice forgets the device and drops its queue; found is false
 	// when this node knew nothing of it. A device connected here is
 	// refused (push.ErrConnected).
@@ -77,6 +75,10 @@ type RouterConfig struct {
 	// KeyExchange are the key exchange groups between nodes
 	// (tlsconf.KeyExchange). Default: Go's, with the post-quantum hybrid.
 	KeyExchange []tls.CurveID
+
+	// Queries are what this node answers other nodes' AskAll with, by
+	// name: each returns a value written as JSON. Default: none.
+	Queries map[string]func() any
 
 	// Registerer takes the router's metrics (docs/METRICS.md). Default:
 	// a registry of its own, read by nobody.

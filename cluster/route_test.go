@@ -29,7 +29,6 @@ func (*ackedLocal) QueuedDevices() []string                { return nil }
 func (*ackedLocal) HeldDevices() map[string]time.Time      { return nil }
 func (*ackedLocal) Holds(string) bool                      { return true }
 func (*ackedLocal) Wake(string) bool                       { return false }
-func (*ackedLocal) KnownDevices() []string                 { return nil }
 func (*ackedLocal) RemoveDevice(string) (bool, error)      { return false, nil }
 
 // TestCopiesCountAcknowledgedCommits: a push committed here and found

@@ -5,21 +5,21 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/dpgate/dpgate/internal/gateway"
-	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/push/wire"
 )
 
 const deviceAbout = `
 The devices the running gateway knows (every device that said HELLO to
-this node), through its admin API: list them, show one with its queue,
-last wake-up and path figures, or remove one and its queued pushes. In a
-cluster each node knows the devices that connected to it; rm acts on the
-node -c names.`
+it, or has pushes queued there), through its admin API: list them, show
+one with its queue, last wake-up and path figures, or remove one and its
+queued pushes. In a cluster, list and rm span every node: each node
+knows the devices that connected to it and keeps the queues it owns.`
 
 func runDevice(args []string, stdout, stderr io.Writer) error {
 	return runSubcommand("device", deviceAbout, map[string]func([]string, io.Writer, io.Writer) error{
@@ -28,7 +28,7 @@ func runDevice(args []string, stdout, stderr io.Writer) error {
 }
 
 func deviceList(args []string, stdout, stderr io.Writer) error {
-	cfgFile, jsonOut, err := apiCommand("device list", "Lists the devices this node knows: connected or not, queued pushes, last seen.", "print the API's JSON reply", args, stdout)
+	cfgFile, jsonOut, err := apiCommand("device list", "Lists the devices the gateway knows (in a cluster: every node, with the node each is\nconnected to or was last seen at): connected or not, queued pushes, last seen.", "print the API's JSON reply", args, stdout)
 	if err != nil {
 		return err
 	}
@@ -36,18 +36,23 @@ func deviceList(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var reply struct {
-		Count   int                 `json:"count"`
-		Devices []push.DeviceStatus `json:"devices"`
-	}
+	var reply gateway.DeviceList
 	if err := api.Do(context.Background(), "GET", "/v1/devices", nil, &reply); err != nil {
 		return err
+	}
+	if len(reply.NotReached) > 0 {
+		fmt.Fprintf(stderr, "dpgate: %s did not answer: the devices only they know are missing\n", strings.Join(reply.NotReached, " and "))
 	}
 	if jsonOut {
 		return printJSON(stdout, reply)
 	}
+	cluster := slices.ContainsFunc(reply.Devices, func(d gateway.DeviceEntry) bool { return d.Node != "" })
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tCONNECTED\tQUEUED\tLAST SEEN\tADDRESS")
+	if cluster {
+		fmt.Fprintln(tw, "DEVICE\tCONNECTED\tQUEUED\tLAST SEEN\tADDRESS\tNODE")
+	} else {
+		fmt.Fprintln(tw, "DEVICE\tCONNECTED\tQUEUED\tLAST SEEN\tADDRESS")
+	}
 	for _, d := range reply.Devices {
 		conn := "no"
 		if d.Connected {
@@ -57,7 +62,11 @@ func deviceList(args []string, stdout, stderr io.Writer) error {
 		if !d.LastSeen.IsZero() {
 			seen = d.LastSeen.Format(time.DateTime)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", d.ID, conn, d.Queued, seen, d.RemoteAddr)
+		if cluster {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", d.ID, conn, d.Queued, seen, d.RemoteAddr, d.Node)
+		} else {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", d.ID, conn, d.Queued, seen, d.RemoteAddr)
+		}
 	}
 	return tw.Flush()
 }

@@ -17,7 +17,7 @@ import (
 // other names and came back as 0 ("dpgate status": rtt 0s for every
 // uplink; "dpgate device show": rtt_ms 0).
 func TestAPIRepliesReadBack(t *testing.T) {
-	for _, v := range []any{&Status{}, &DeviceReply{}, &push.DeviceStatus{}, &PushReply{}, &BulkReply{}, &store.Report{}, &wake.Result{}} {
+	for _, v := range []any{&Status{}, &DeviceReply{}, &push.DeviceStatus{}, &DeviceList{}, &PushReply{}, &BulkReply{}, &store.Report{}, &wake.Result{}} {
 		fill(t, reflect.ValueOf(v).Elem(), 0)
 		b, err := json.Marshal(v)
 		if err != nil {

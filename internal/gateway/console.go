@@ -22,7 +22,6 @@ import (
 	"github.com/dpgate/dpgate/internal/console"
 	"github.com/dpgate/dpgate/link"
 	"github.com/dpgate/dpgate/proxy"
-	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -359,21 +358,26 @@ func (g *Gateway) setValidateAgentCerts(on bool) {
 func (g *Gateway) validatesAgentCerts() bool { return g.proxy != nil && g.proxy.ValidatesAgentCerts() }
 
 type deviceRow struct {
-	push.DeviceStatus
+	DeviceEntry
 	RTT, Loss string
+	Here      bool // connected to this node: it may be disconnected here
 }
 
 type devicesData struct {
-	CSRF    string // the rows' action forms, in the live fragment too
-	Query   string
-	Devices []deviceRow
-	More    int // matching devices beyond the table's bound
+	CSRF       string // the rows' action forms, in the live fragment too
+	Query      string
+	Cluster    bool // a Node column
+	Devices    []deviceRow
+	More       int      // matching devices beyond the table's bound
+	NotReached []string // nodes that did not answer
 }
 
 func (ui *consoleUI) devices(w http.ResponseWriter, r *http.Request, ss console.Session) {
 	d := devicesData{CSRF: ss.CSRF, Query: strings.TrimSpace(r.URL.Query().Get("q"))}
 	if ui.g.push != nil {
-		for _, dev := range ui.g.push.Devices() {
+		l := ui.g.deviceList(r.Context())
+		d.Cluster, d.NotReached = ui.g.router != nil, l.NotReached
+		for _, dev := range l.Devices {
 			if d.Query != "" && !strings.Contains(strings.ToLower(dev.ID), strings.ToLower(d.Query)) {
 				continue
 			}
@@ -381,7 +385,7 @@ func (ui *consoleUI) devices(w http.ResponseWriter, r *http.Request, ss console.
 				d.More++
 				continue
 			}
-			row := deviceRow{DeviceStatus: dev}
+			row := deviceRow{DeviceEntry: dev, Here: dev.Connected && (dev.Node == "" || dev.Node == ui.g.cfg.Node.Name)}
 			if p := dev.Path; p != nil {
 				row.RTT = p.RTT.Round(100 * time.Microsecond).String()
 				if p.Sent > 0 {

@@ -121,6 +121,7 @@ func (g *Gateway) newPush(ls Listeners) error {
 			SweepInterval: g.routerSweep,
 			Cluster:       g.cluster,
 			Local:         s,
+			Queries:       g.clusterQueries(),
 			Identity:      g.id,
 			KeyExchange:   g.keyExchange,
 			Registerer:    g.tel.Registry,
@@ -442,12 +443,12 @@ func (g *Gateway) pushRoutes() {
 		}
 		return http.StatusAccepted, BulkReply{Queued: len(replies), Pushes: replies}, nil
 	})
-	a.HandleJSON("GET /v1/devices", func(*http.Request) (int, any, error) {
-		devs := g.push.Devices()
-		if devs == nil {
-			devs = []push.DeviceStatus{}
+	a.HandleJSON("GET /v1/devices", func(r *http.Request) (int, any, error) {
+		l := g.deviceList(r.Context())
+		if l.Devices == nil {
+			l.Devices = []DeviceEntry{}
 		}
-		return http.StatusOK, map[string]any{"count": len(devs), "devices": devs}, nil
+		return http.StatusOK, l, nil
 	})
 	a.HandleJSON("GET /v1/devices/{id}", func(r *http.Request) (int, any, error) {
 		id := r.PathValue("id")
@@ -474,20 +475,6 @@ func (g *Gateway) pushRoutes() {
 		}
 		return http.StatusOK, rm, nil
 	})
-}
-
-// allDevices are the devices a push to all is for: those this node
-// knows and, in a cluster, those every other node knows; the nodes that
-// did not answer are notReached.
-func (g *Gateway) allDevices(ctx context.Context) (devices, notReached []string) {
-	devices = g.push.KnownDevices()
-	if g.router == nil {
-		return devices, nil
-	}
-	more, notReached := g.router.DevicesElsewhere(ctx)
-	devices = append(devices, more...)
-	slices.Sort(devices)
-	return slices.Compact(devices), notReached
 }
 
 // DeviceRemoved is the reply of DELETE /v1/devices/{id}.

@@ -288,8 +288,9 @@ func TestDeviceRemovedOnEveryNode(t *testing.T) {
 }
 
 // TestPushToAllReachesEveryNode: a push to all accepted by one node
-// reaches the devices connected to every node. Before, it was for the
-// devices the accepting node knew: 1 of 3 here.
+// reaches the devices connected to every node, and every node lists
+// them all. Before, both were for the devices the node asked knew: 1 of
+// 3 here.
 func TestPushToAllReachesEveryNode(t *testing.T) {
 	t.Parallel()
 	gs, apis := testCluster(t, 3)
@@ -320,6 +321,20 @@ func TestPushToAllReachesEveryNode(t *testing.T) {
 			}
 			return nil
 		})
+	}
+
+	// The device list of any node lists them all, each with its node.
+	var l DeviceList
+	if err := apis[1].Do(context.Background(), "GET", "/v1/devices", nil, &l); err != nil {
+		t.Fatal(err)
+	}
+	if l.Count != len(gs) || len(l.NotReached) > 0 {
+		t.Fatalf("GET /v1/devices on node 1: %+v; want the %d devices", l, len(gs))
+	}
+	for i, d := range l.Devices {
+		if want := fmt.Sprintf("pc-all-%d", i); d.ID != want || !d.Connected || d.Node != gs[i].cfg.Node.Name {
+			t.Errorf("device %d: %s connected %v on %q; want %s connected on %s", i, d.ID, d.Connected, d.Node, want, gs[i].cfg.Node.Name)
+		}
 	}
 }
 

@@ -1,0 +1,49 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+)
+
+// Questions one node asks all the others, for what spans the cluster but
+// lives on each node: the devices each knows (a push to all, the device
+// list). The router carries them; what each answers is the gateway's
+// (RouterConfig.Queries), so the router need not know the push server's
+// types.
+
+// AskAll asks every other push node the query and returns each answer
+// (JSON) by node, with the nodes that did not answer.
+func (r *Router) AskAll(ctx context.Context, query string) (answers map[string]json.RawMessage, notReached []string) {
+	answers = map[string]json.RawMessage{}
+	for _, m := range r.nodes() {
+		if m.Name == r.self {
+			continue
+		}
+		var out json.RawMessage
+		if err := r.peer.post(ctx, m.Name, "/v1/peer/query", queryBody{Query: query}, &out); err != nil {
+			r.log.Warn("cluster: asking another node", "query", query, "node", m.Name, "err", err)
+			notReached = append(notReached, m.Name)
+			continue
+		}
+		answers[m.Name] = out
+	}
+	return answers, notReached
+}
+
+type queryBody struct {
+	Query string `json:"q"`
+}
+
+func (pn *peerNet) handleQuery(w http.ResponseWriter, req *http.Request) {
+	var body queryBody
+	if _, ok := pn.request(w, req, 1<<10, &body); !ok {
+		return
+	}
+	answer, ok := pn.r.cfg.Queries[body.Query]
+	if !ok {
+		http.Error(w, "unknown query "+body.Query, http.StatusNotFound)
+		return
+	}
+	writeJSON(w, answer())
+}
