@@ -45,7 +45,7 @@ func StampedPayload(kind byte) []byte {
 // FleetConfig describes the agents one dpload agents process runs.
 type FleetConfig struct {
 	Server    string // push address; several, comma-separated: agent i starts at the i-th
-	Pin       string
+	Pin       string // the gateways' pins, comma-separated
 	QUIC      bool
 	Prefix    string   // device ids are Prefix + index
 	First     int      // first index
@@ -76,7 +76,7 @@ type Fleet struct {
 
 // StartFleet starts the agents (paced by Ramp); they run until ctx ends.
 func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
-	pins, err := tlsconf.ParsePins([]string{cfg.Pin})
+	pins, err := tlsconf.ParsePins(strings.Split(cfg.Pin, ","))
 	if err != nil {
 		return nil, err
 	}

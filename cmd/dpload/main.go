@@ -263,7 +263,7 @@ on standard input (status, hist, storm, quit) with JSON lines. dpload push
 starts these as child processes, so that each stays under the open-file
 limit of one process.`, stdout)
 	server := fs.String("server", "", "push server `ADDR`; several, comma-separated: agent i starts at the i-th")
-	pin := fs.String("pin", "", "the server's certificate `PIN`")
+	pin := fs.String("pin", "", "the servers' certificate `PINS`, comma-separated")
 	first := fs.Int("first", 0, "index of the first agent (device ids are agent-N)")
 	count := fs.Int("count", 1000, "number of agents")
 	useQUIC := fs.Bool("quic", false, "connect over QUIC")
