@@ -392,9 +392,10 @@ func (pn *peerNet) post(ctx context.Context, node, path string, body any, out an
 	return nil
 }
 
-// maxPeerReply bounds a peer's JSON answer: the largest is a list of
-// device ids (100,000 of 128 bytes).
-const maxPeerReply = 32 << 20
+// maxPeerReply bounds a peer's JSON answer: the largest is a node's
+// device list (100,000 devices, push.max_connections' default, of up to
+// about 400 bytes each with 128-byte ids).
+const maxPeerReply = 128 << 20
 
 // peerStatusError is a peer's answer other than success.
 type peerStatusError struct {
