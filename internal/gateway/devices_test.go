@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -43,4 +45,36 @@ func TestMergeDevices(t *testing.T) {
 			t.Errorf("entry %d: %s on %q at %q connected %v queued %d; want %+v", i, g.ID, g.Node, g.RemoteAddr, g.Connected, g.Queued, w)
 		}
 	}
+}
+
+// BenchmarkDeviceListMerge: what the node asked does with the answers of
+// a cluster of three, 15,000 devices each connected to one node and
+// queued on none: decode two nodes' lists, merge all three.
+func BenchmarkDeviceListMerge(b *testing.B) {
+	const n = 15000
+	t0 := time.Date(2026, 12, 7, 9, 0, 0, 0, time.UTC)
+	lists := make([][]push.DeviceStatus, 3)
+	for i := range n {
+		d := push.DeviceStatus{ID: fmt.Sprintf("agent-%05d", i), Connected: true, Transport: "tls",
+			RemoteAddr: "10.1.2.3:51477", Since: &t0, LastSeen: t0, LocalAddr: "10.1.2.3"}
+		lists[i%3] = append(lists[i%3], d)
+	}
+	raw := make([][]byte, 2)
+	for i := range raw {
+		raw[i], _ = json.Marshal(lists[i+1])
+	}
+	for b.Loop() {
+		byNode := map[string][]push.DeviceStatus{"node-0": lists[0]}
+		for i, r := range raw {
+			var ds []push.DeviceStatus
+			if err := json.Unmarshal(r, &ds); err != nil {
+				b.Fatal(err)
+			}
+			byNode[fmt.Sprintf("node-%d", i+1)] = ds
+		}
+		if got := mergeDevices(byNode); len(got) != n {
+			b.Fatalf("%d entries, want %d", len(got), n)
+		}
+	}
+	b.ReportMetric(float64(len(raw[0])+len(raw[1])), "bytes-received/op")
 }
