@@ -216,6 +216,49 @@ func (s *Server) authFailed(remote net.Addr, err error) {
 }
 
 // authenticate checks HELLO's device id against the certificate or token.
+// watchAllowList ends the sessions whose agent certificate a new
+// handshake would refuse: at every change of the allow-list (a
+// certificate removed here, or on another node and gossiped) and every
+// minute (a certificate that expired while connected). A session lasts
+// only as long as its certificate is allowed.
+func (s *Server) watchAllowList(allow *tlsconf.AllowList) {
+	defer s.wg.Done()
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		changed := allow.Changed()
+		select {
+		case <-s.done:
+			return
+		case <-changed:
+		case <-t.C:
+		}
+		s.endRefused(allow)
+	}
+}
+
+// endRefused ends the sessions whose certificate allow refuses now, with
+// ERROR auth and the reason.
+func (s *Server) endRefused(allow *tlsconf.AllowList) {
+	s.mu.Lock()
+	sessions := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		if ss.peer != nil {
+			sessions = append(sessions, ss)
+		}
+	}
+	s.mu.Unlock()
+	for _, ss := range sessions {
+		err := allow.Check(ss.peer)
+		if err == nil {
+			continue
+		}
+		ss.fail(wire.CodeAuth, err.Error())
+		ss.close()
+		s.log.Warn("push: session ended: its agent certificate is no longer allowed", "device", ss.device, "err", err)
+	}
+}
+
 func (s *Server) authenticate(h *wire.Hello, peer *x509.Certificate) error {
 	switch s.cfg.Auth {
 	case AuthCert:

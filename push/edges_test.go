@@ -343,3 +343,40 @@ func TestSlowAgentGetsEverything(t *testing.T) {
 		return nil
 	})
 }
+
+// TestRemovedCertificateEndsSession: with push.auth cert, removing an
+// agent's certificate from the allow-list ends its session at once, with
+// ERROR auth and the reason, and it cannot come back; another agent's
+// session goes on. Before, a session lasted as long as its connection:
+// a device whose certificate was removed (a stolen laptop) went on
+// receiving pushes for days.
+func TestRemovedCertificateEndsSession(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, nil) // push.auth cert
+	revoked, kept := ts.agentCert(t, "dev-revoked"), ts.agentCert(t, "dev-kept")
+	r := dialRaw(t, ts, &revoked)
+	r.hello(t, "dev-revoked")
+	other := dialRaw(t, ts, &kept)
+	other.hello(t, "dev-kept")
+
+	if _, err := ts.allow.Remove(tlsconf.Fingerprint(revoked.Leaf)); err != nil {
+		t.Fatal(err)
+	}
+	e := r.expectError(t)
+	if e.Code != wire.CodeAuth || !strings.Contains(e.Reason, tlsconf.Fingerprint(revoked.Leaf)) {
+		t.Errorf("ERROR %d %q, want %d naming the certificate", e.Code, e.Reason, wire.CodeAuth)
+	}
+	if _, err := r.Read(make([]byte, 1)); err == nil {
+		t.Error("the session's connection is still open after its ERROR")
+	}
+	other.Write(wire.MarshalU64(wire.TypePing, 7))
+	if typ, body := other.read(t); typ != wire.TypePong {
+		t.Errorf("the other agent's PING got frame 0x%02x %q, want PONG", typ, body)
+	}
+	testutil.WaitFor(t, 10*time.Second, func() error {
+		if n := ts.Sessions(); n != 1 {
+			return fmt.Errorf("%d sessions, want 1", n)
+		}
+		return nil
+	})
+}

@@ -129,6 +129,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.wg.Add(1)
 	go s.every(cfg.ExpireInterval, s.expire) // exits when done is closed
+	if allow != nil {
+		s.wg.Add(1)
+		go s.watchAllowList(allow) // exits when done is closed
+	}
 	if cfg.PathInterval > 0 {
 		s.wg.Add(1)
 		go s.every(cfg.PathInterval, s.samplePaths)

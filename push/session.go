@@ -62,6 +62,9 @@ type session struct {
 	hintMu               sync.Mutex
 	hints                []wire.Message // just-committed pushes, so the flusher can skip a store read
 	fr                   *frameReader   // the reader goroutine's
+	// peer is the agent's certificate with push.auth cert: the session
+	// ends when the allow-list would refuse it (watchAllowList).
+	peer *x509.Certificate
 }
 
 // path reads what the transport knows about the agent's path.
@@ -347,6 +350,9 @@ func (s *Server) startSession(c conn, wc *waitConn, transport string, remote, lo
 		return
 	}
 	ss := &session{srv: s, c: c, device: h.DeviceID, caps: h.Caps, transport: transport, remote: remote, since: time.Now(), id: newSessionID(), fr: fr}
+	if s.cfg.Auth == AuthCert {
+		ss.peer = peer
+	}
 	if wc != nil && wc.selfTimed() {
 		ss.wc = wc
 		ss.wc.onDrained = ss.kick

@@ -110,6 +110,27 @@ type AllowList struct {
 	entries  map[string]Entry // by fingerprint, tombstones included
 	clock    uint64           // highest version seen
 	onChange func(Entry)      // local changes, for the cluster to broadcast
+	changed  chan struct{}    // closed at the next change (Changed)
+}
+
+// Changed returns a channel closed at the next change of the list, local
+// or merged from another node, or at a Reload: who holds connections
+// made with certificates of the list checks them again then.
+func (a *AllowList) Changed() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.changed == nil {
+		a.changed = make(chan struct{})
+	}
+	return a.changed
+}
+
+// signal closes the channel Changed gave out. Caller holds a.mu.
+func (a *AllowList) signal() {
+	if a.changed != nil {
+		close(a.changed)
+		a.changed = nil
+	}
 }
 
 // OnChange registers fn to hear every local Add and Remove (not merges),
@@ -135,6 +156,7 @@ func (a *AllowList) store(e Entry) error {
 	}
 	a.entries[e.Fingerprint] = e
 	a.clock = max(a.clock, e.Version)
+	a.signal()
 	return nil
 }
 
@@ -163,6 +185,7 @@ func (a *AllowList) Reload() error {
 	for _, e := range m {
 		a.clock = max(a.clock, e.Version)
 	}
+	a.signal()
 	a.mu.Unlock()
 	return nil
 }

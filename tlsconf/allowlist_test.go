@@ -260,3 +260,46 @@ func TestAllowListMerge(t *testing.T) {
 		t.Errorf("after reload: %v, allowed %v", err, a.Check(c.Leaf) == nil)
 	}
 }
+
+// TestAllowListChangedSignals: Changed's channel is closed by a local
+// change, by a merged one from another node and by a Reload, not by a
+// merge that changes nothing (the push server checks its sessions again
+// at each).
+func TestAllowListChangedSignals(t *testing.T) {
+	a, _ := NewAllowList(openStore(t, t.TempDir()))
+	b, _ := NewAllowList(openStore(t, t.TempDir()))
+	c, _ := Issue(Template{CommonName: "dev-s", Client: true}, nil)
+	closed := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	ch := a.Changed()
+	if closed(ch) {
+		t.Fatal("closed before any change")
+	}
+	a.Add(c.Leaf)
+	if !closed(ch) {
+		t.Error("Add did not signal")
+	}
+	b.Merge(a.Snapshot())
+	ch = a.Changed()
+	if b.Remove(Fingerprint(c.Leaf)); closed(ch) {
+		t.Error("a change on another list signalled this one")
+	}
+	a.Merge(b.Snapshot()) // the tombstone
+	if !closed(ch) {
+		t.Error("a merged removal did not signal")
+	}
+	ch = a.Changed()
+	if a.Merge(b.Snapshot()); closed(ch) {
+		t.Error("a merge that changed nothing signalled")
+	}
+	a.Reload()
+	if !closed(ch) {
+		t.Error("Reload did not signal")
+	}
+}
