@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"slices"
+	"sync"
 )
 
 // Questions one node asks all the others, for what spans the cluster but
@@ -12,22 +14,32 @@ import (
 // (RouterConfig.Queries), so the router need not know the push server's
 // types.
 
-// AskAll asks every other push node the query and returns each answer
-// (JSON) by node, with the nodes that did not answer.
+// AskAll asks every other push node the query, all at once, and returns
+// each answer (JSON) by node, with the nodes that did not answer (sorted).
+// A node that cannot be reached costs the request timeout, once.
 func (r *Router) AskAll(ctx context.Context, query string) (answers map[string]json.RawMessage, notReached []string) {
 	answers = map[string]json.RawMessage{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
 	for _, m := range r.nodes() {
 		if m.Name == r.self {
 			continue
 		}
-		var out json.RawMessage
-		if err := r.peer.post(ctx, m.Name, "/v1/peer/query", queryBody{Query: query}, &out); err != nil {
-			r.log.Warn("cluster: asking another node", "query", query, "node", m.Name, "err", err)
-			notReached = append(notReached, m.Name)
-			continue
-		}
-		answers[m.Name] = out
+		wg.Go(func() { // ends with its request
+			var out json.RawMessage
+			err := r.peer.post(ctx, m.Name, "/v1/peer/query", queryBody{Query: query}, &out)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				r.log.Warn("cluster: asking another node", "query", query, "node", m.Name, "err", err)
+				notReached = append(notReached, m.Name)
+				return
+			}
+			answers[m.Name] = out
+		})
 	}
+	wg.Wait()
+	slices.Sort(notReached)
 	return answers, notReached
 }
 
