@@ -22,6 +22,7 @@ REBALANCE=${REBALANCE:-50}
 PROBE=${PROBE:-400ms}     # cluster.probe_interval
 . bench/lib.sh
 bench_setup
+gossip_key
 # One certificate for the site, so an agent moved to another node by a
 # REDIRECT finds the pin it knows.
 pin=$(site_cert gateway)
@@ -45,7 +46,7 @@ admin: {listen: "$(admin_addr "$i")", token_file: $work/admin.token}
 tls: {cert: $work/gateway.pem}
 push: {listen: "$(push_addr "$i")", auth: none, quic: false, max_connections: 19500}
 wake: {listen: "off", shutdown_listen: "off"}
-cluster: {bind: "$(gossip_addr "$i")", margin: "$MARGIN", rebalance_rate: $REBALANCE, probe_interval: $PROBE, $join}
+cluster: {bind: "$(gossip_addr "$i")", secret_key_file: $work/gossip.key, margin: "$MARGIN", rebalance_rate: $REBALANCE, probe_interval: $PROBE, $join}
 CFG
   "$work/dpgate" serve -c "$work/node$i.yaml" > "$work/node$i.log" 2>&1 &
   node_pids+=($!)

@@ -13,6 +13,7 @@ RAMP=${RAMP:-500}
 HOLD=${HOLD:-30s}
 . bench/lib.sh
 bench_setup
+gossip_key
 pin=$(site_cert gateway)
 site_token
 
@@ -27,7 +28,7 @@ admin: {listen: "127.0.0.1:$((19600 + i))", token_file: $work/admin.token}
 tls: {cert: $work/gateway.pem}
 push: {listen: "127.0.0.1:$((19700 + i))", auth: none, quic: false, max_connections: 19500}
 wake: {listen: "off", shutdown_listen: "off"}
-cluster: {bind: "127.0.0.1:$((19500 + i))", $join}
+cluster: {bind: "127.0.0.1:$((19500 + i))", secret_key_file: $work/gossip.key, $join}
 CFG
   "$work/dpgate" serve -c "$work/node$i.yaml" > "$work/node$i.log" 2>&1 &
   pids+=($!)

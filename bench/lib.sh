@@ -7,6 +7,7 @@
 #   bench_setup          # $work, pids=(), the exit trap, $work/dpgate, $work/dpload
 #   site_cert gateway    # $work/gateway.pem; prints its pin
 #   site_token           # $work/admin.token, exported as DPGATE_TOKEN
+#   gossip_key           # $work/gossip.key, the key of a bench cluster
 
 ulimit -n 20000 # the most a process may hold here
 
@@ -38,6 +39,13 @@ site_cert() {
 # site_token writes one admin token for every node ($work/admin.token, for
 # admin.token_file: the API wants it on every route but /healthz) and
 # exports it as DPGATE_TOKEN, which dpload and the CLI read.
+# gossip_key writes $work/gossip.key, the cluster key every node of a
+# bench cluster shares (cluster.secret_key_file).
+gossip_key() {
+  head -c 32 /dev/urandom | base64 > "$work/gossip.key"
+  chmod 600 "$work/gossip.key"
+}
+
 site_token() {
   head -c 32 /dev/urandom | base64 | tr -d '/+=' > "$work/admin.token"
   chmod 600 "$work/admin.token"

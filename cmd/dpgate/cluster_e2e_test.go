@@ -30,6 +30,17 @@ import (
 
 // freeUDPTCP finds a loopback port free for both TCP and UDP (memberlist
 // and DNS bind both).
+// gossipKeyFile writes a cluster key (cluster.secret_key_file, required
+// with cluster.bind) for the nodes of one test.
+func gossipKeyFile(t *testing.T) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "gossip.key")
+	if r := exec.Command("openssl", "rand", "-base64", "-out", f, "32"); r.Run() != nil {
+		t.Fatal("openssl rand: cannot make a gossip key")
+	}
+	return f
+}
+
 func freeUDPTCP(t *testing.T) string {
 	for range 20 {
 		addr := freePort(t)
@@ -70,6 +81,7 @@ func TestClusterSurvivesKill9(t *testing.T) {
 		pushes []string
 		pins   []string
 	)
+	gossipKey := gossipKeyFile(t)
 	for i := range nodesN {
 		dir := t.TempDir()
 		extra := "  dns:\n    listen: 127.0.0.1:0\n"
@@ -79,8 +91,8 @@ func TestClusterSurvivesKill9(t *testing.T) {
 		bind := "127.0.0.1:0"
 		pushAddr, adminAddr := freePort(t), freePort(t)
 		cfg := filepath.Join(dir, "dpgate.yaml")
-		os.WriteFile(cfg, []byte(fmt.Sprintf("node:\n  name: node-%d\n  data_dir: data\nadmin:\n  listen: %s\npush:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\ncluster:\n  bind: %s\n%s",
-			i, adminAddr, pushAddr, bind, extra)), 0o644)
+		os.WriteFile(cfg, []byte(fmt.Sprintf("node:\n  name: node-%d\n  data_dir: data\nadmin:\n  listen: %s\npush:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\ncluster:\n  bind: %s\n  secret_key_file: %s\n%s",
+			i, adminAddr, pushAddr, bind, gossipKey, extra)), 0o644)
 		s := startServe(t, nil, "-c", cfg)
 		s.waitLog(t, `msg="push server listening"`)
 		if i == 0 {

@@ -70,13 +70,14 @@ func TestClusterTokenAuth(t *testing.T) {
 	var cfgs, pushes, pins []string
 	srvs := make([]*server, nodesN)
 	adminAddrs := make([]string, nodesN)
+	gossipKey := gossipKeyFile(t)
 	writeCfg := func(i int, pushAddr, bind, join string) string {
 		cfg := filepath.Join(dir, fmt.Sprintf("node%d", i), "dpgate.yaml")
 		if join != "" {
 			join = fmt.Sprintf("  join: [%s]\n", join)
 		}
-		os.WriteFile(cfg, []byte(fmt.Sprintf("node:\n  name: node-%d\n  data_dir: data\nadmin:\n  listen: %s\npush:\n  listen: %s\n  auth: token\n  token_key_file: %s\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\ncluster:\n  bind: %s\n  rebalance_after: %s\n%s",
-			i, adminAddrs[i], pushAddr, keyFile, bind, rebalanceAfter, join)), 0o644)
+		os.WriteFile(cfg, []byte(fmt.Sprintf("node:\n  name: node-%d\n  data_dir: data\nadmin:\n  listen: %s\npush:\n  listen: %s\n  auth: token\n  token_key_file: %s\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\ncluster:\n  bind: %s\n  secret_key_file: %s\n  rebalance_after: %s\n%s",
+			i, adminAddrs[i], pushAddr, keyFile, bind, gossipKey, rebalanceAfter, join)), 0o644)
 		return cfg
 	}
 	for i := range nodesN {

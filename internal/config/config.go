@@ -246,7 +246,8 @@ type Cluster struct {
 	// Join lists seed nodes (host:port).
 	Join []string `yaml:"join"`
 	// SecretKeyFile holds the gossip encryption key (16, 24 or 32 bytes,
-	// base64). Required when Bind is not a loopback address.
+	// base64), the same on every node. Required with Bind, loopback
+	// included: gossip carries the agent allow-list.
 	SecretKeyFile string `yaml:"secret_key_file"`
 	// MinCopies is how many nodes must have committed a push before the
 	// API answers 2xx. A node that can reach none of the device's two

@@ -170,8 +170,11 @@ func (c *Config) validateCluster() error {
 		if err := c.hostPort("cluster.advertise", cl.Advertise, false); err != nil {
 			return err
 		}
-		if !IsLoopback(cl.Bind) && cl.SecretKeyFile == "" {
-			return c.errAt("cluster.bind", "%s is not a loopback address: set cluster.secret_key_file so gossip is encrypted", cl.Bind)
+		if cl.SecretKeyFile == "" {
+			// Loopback too: any local user may send to a loopback port, and
+			// unauthenticated gossip would let them add certificates to
+			// the allow-list, pose as a node, or switch validation off.
+			return c.errAt("cluster.bind", "set cluster.secret_key_file (openssl rand -base64 32 > gossip.key, the same file on every node): gossip carries the agent allow-list, and any local user may send to %s", cl.Bind)
 		}
 	}
 	for i, j := range cl.Join {

@@ -49,8 +49,12 @@ func newTestGateway(t testing.TB, yaml string) (*Gateway, *admin.Client, string)
 	return newTestGatewayWith(t, yaml, Options{})
 }
 
+// testGossipKey is the cluster key of the test clusters (base64 of 32
+// bytes).
+const testGossipKey = "ZHBnYXRlIHRlc3QgY2x1c3RlciBnb3NzaXAga2V5ISE="
+
 // newTestGatewayWith is newTestGateway with options for New (a quiet
-// logger unless they name one).
+// logger unless they name one). A cluster in yaml gets the test key.
 func newTestGatewayWith(t testing.TB, yaml string, opts Options) (*Gateway, *admin.Client, string) {
 	t.Helper()
 	dir := t.TempDir()
@@ -60,6 +64,12 @@ func newTestGatewayWith(t testing.TB, yaml string, opts Options) (*Gateway, *adm
 	}
 	if !strings.Contains(yaml, "wake:") { // not the standard ports: tests run side by side
 		yaml += "wake:\n  listen: 127.0.0.1:0\n  shutdown_listen: 127.0.0.1:0\n"
+	}
+	if strings.Contains(yaml, "cluster:\n") && !strings.Contains(yaml, "secret_key_file") {
+		// The gossip key every test cluster shares (required with bind).
+		key := filepath.Join(dir, "gossip.key")
+		os.WriteFile(key, []byte(testGossipKey+"\n"), 0o600)
+		yaml = strings.Replace(yaml, "cluster:\n", "cluster:\n  secret_key_file: "+key+"\n", 1)
 	}
 	// Unique names: gateways in one test may form a cluster.
 	name := fmt.Sprintf("gw-test-%d", gatewaySeq.Add(1))
@@ -440,6 +450,8 @@ func TestNewUnwindsOnError(t *testing.T) {
 	cfg.Admin.Listen, cfg.Cluster.Bind, cfg.Push.Listen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Wake.Listen, cfg.Wake.ShutdownListen = "off", "off"
 	cfg.Push.Auth, cfg.Push.TokenKeyFile = push.AuthToken, filepath.Join(dir, "push-token.key") // not there yet
+	cfg.Cluster.SecretKeyFile = filepath.Join(dir, "gossip.key")
+	os.WriteFile(cfg.Cluster.SecretKeyFile, []byte(testGossipKey+"\n"), 0o600)
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
