@@ -38,7 +38,7 @@ const SecretFile = "wake.key"
 func LoadOrCreateKeys(dataDir, secretFile string) (*Keys, error) {
 	if secretFile != "" {
 		if _, err := os.Stat(secretFile); err != nil {
-			return nil, fmt.Errorf("wake: wake.secret_file %s: %w (a configured secret is never generated: copy the cluster's file there, or create one with: head -c 32 /dev/urandom | base64 > %s)",
+			return nil, fmt.Errorf("wake: wake.secret_file %s: %w (a configured secret is never generated: copy the cluster's file there, or create one with: (umask 077; head -c 32 /dev/urandom | base64 > %s))",
 				secretFile, err, secretFile)
 		}
 	} else {

@@ -38,6 +38,7 @@ func gossipKeyFile(t *testing.T) string {
 	if r := exec.Command("openssl", "rand", "-base64", "-out", f, "32"); r.Run() != nil {
 		t.Fatal("openssl rand: cannot make a gossip key")
 	}
+	os.Chmod(f, 0o600) // a secret: the gateway refuses one every user may read
 	return f
 }
 

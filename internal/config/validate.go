@@ -174,7 +174,7 @@ func (c *Config) validateCluster() error {
 			// Loopback too: any local user may send to a loopback port, and
 			// unauthenticated gossip would let them add certificates to
 			// the allow-list, pose as a node, or switch validation off.
-			return c.errAt("cluster.bind", "set cluster.secret_key_file (openssl rand -base64 32 > gossip.key, the same file on every node): gossip carries the agent allow-list, and any local user may send to %s", cl.Bind)
+			return c.errAt("cluster.bind", "set cluster.secret_key_file ((umask 077; openssl rand -base64 32 > gossip.key), the same file on every node): gossip carries the agent allow-list, and any local user may send to %s", cl.Bind)
 		}
 	}
 	for i, j := range cl.Join {
@@ -186,7 +186,7 @@ func (c *Config) validateCluster() error {
 		return err
 	}
 	if cl.Bind != "" && c.Push.Auth == push.AuthToken && c.Push.TokenKeyFile == "" && Enabled(c.Push.Listen) {
-		return c.errAt("push.token_key_file", "push.auth token in a cluster needs one token key file shared by every node (each node's own data_dir/push-token.key would refuse the tokens of the others): copy one there on every node, e.g. head -c 32 /dev/urandom | base64 > /etc/dpgate/push-token.key")
+		return c.errAt("push.token_key_file", "push.auth token in a cluster needs one token key file shared by every node (each node's own data_dir/push-token.key would refuse the tokens of the others): copy one there on every node, e.g. (umask 077; head -c 32 /dev/urandom | base64 > /etc/dpgate/push-token.key)")
 	}
 	if cl.MinCopies < 1 || cl.MinCopies > 2 {
 		return c.errAt("cluster.min_copies", "%d: want 1 or 2 (a push is committed on at most its two owners, and the node it is connected to)", cl.MinCopies)

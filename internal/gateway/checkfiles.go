@@ -14,9 +14,13 @@ import (
 // will at start, without creating any: tls.cert and tls.key, each
 // upstream's PKCS#12 client certificate with its password file, the admin
 // token file, the push token keys, the wake secret and the cluster's
-// gossip key. The error names the key. (Files the gateway makes in the
-// data directory on first start are not required.)
+// gossip key, and that none of the secret ones may be read by every user.
+// The error names the key. (Files the gateway makes in the data directory
+// on first start are not required.)
 func CheckFiles(cfg *config.Config) error {
+	if err := checkSecretFiles(cfg); err != nil {
+		return err
+	}
 	if cfg.TLS.Cert != "" {
 		if _, err := tlsconf.LoadKeyPair(cfg.TLS.Cert, cfg.TLS.Key); err != nil {
 			return fmt.Errorf("tls.cert: %w", err)

@@ -93,7 +93,7 @@ func clusterKey(cfg *config.Config) ([]byte, error) {
 	}
 	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
 	if err != nil || (len(key) != 16 && len(key) != 24 && len(key) != 32) {
-		return nil, fmt.Errorf("cluster.secret_key_file %s: want base64 of 16, 24 or 32 bytes (e.g. openssl rand -base64 32)", file)
+		return nil, fmt.Errorf("cluster.secret_key_file %s: want base64 of 16, 24 or 32 bytes (e.g. (umask 077; openssl rand -base64 32 > FILE))", file)
 	}
 	return key, nil
 }

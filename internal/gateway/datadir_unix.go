@@ -5,7 +5,10 @@ package gateway
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"syscall"
+
+	"github.com/dpgate/dpgate/internal/config"
 )
 
 // checkDataDir refuses a data directory that another user may write to,
@@ -29,6 +32,44 @@ func checkDataDir(dir string) error {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() && st.Uid != 0 {
 		return fmt.Errorf("data_dir %s belongs to uid %d, not to the user dpgate runs as (uid %d) or root: chown it to that user (and check who did)",
 			dir, st.Uid, os.Geteuid())
+	}
+	return nil
+}
+
+// checkSecretFiles refuses the secret files the configuration names
+// when every user on the machine may read them: the admin token, the
+// cluster's gossip key (which lets its holder speak for a node), the
+// device token keys, the wake secret, the certificate's private key and
+// the upstreams' client certificates and passwords. Group read is
+// allowed (0640 root:dpgate), as are files that do not exist (the
+// loaders say so).
+func checkSecretFiles(cfg *config.Config) error {
+	type file struct{ key, path string }
+	files := []file{
+		{"admin.token_file", cfg.Admin.TokenFile},
+		{"cluster.secret_key_file", cfg.Cluster.SecretKeyFile},
+		{"push.token_key_file", cfg.Push.TokenKeyFile},
+		{"wake.secret_file", cfg.Wake.SecretFile},
+		{"tls.key", cfg.TLS.Key},
+	}
+	if cfg.TLS.Key == "" {
+		files = append(files, file{"tls.cert (it holds the key)", cfg.TLS.Cert})
+	}
+	for i, u := range cfg.Proxy.Upstreams {
+		at := "proxy.upstreams[" + strconv.Itoa(i) + "]."
+		files = append(files, file{at + "client_cert", u.ClientCert}, file{at + "client_cert_password_file", u.ClientCertPasswordFile})
+	}
+	for _, f := range files {
+		if f.path == "" {
+			continue
+		}
+		fi, err := os.Stat(f.path)
+		if err != nil {
+			continue
+		}
+		if perm := fi.Mode().Perm(); perm&0o004 != 0 {
+			return fmt.Errorf("%s %s may be read by every user on this machine (mode %04o): chmod o-r %s (and check who read it)", f.key, f.path, perm, f.path)
+		}
 	}
 	return nil
 }

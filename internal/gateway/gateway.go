@@ -166,6 +166,9 @@ func New(cfg *config.Config, ls Listeners, opts Options) (_ *Gateway, err error)
 	if err := checkDataDir(cfg.Node.DataDir); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	if err := checkSecretFiles(cfg); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	if g.id, err = g.loadIdentity(); err != nil {
 		return nil, err
 	}

@@ -357,6 +357,42 @@ func TestDataDirOthersMayWriteRefused(t *testing.T) {
 	g.Close()
 }
 
+// TestWorldReadableSecretsRefused: a secret file the configuration names
+// that every user may read (here the cluster's gossip key, which lets
+// its holder speak for a node) is refused at start and by dpgate config,
+// naming the key and the fix; group read is allowed.
+func TestWorldReadableSecretsRefused(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("Windows has no mode bits; its ACLs are the installer's")
+	}
+	t.Parallel()
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.Node.DataDir = filepath.Join(dir, "data")
+	cfg.Admin.Listen, cfg.Cluster.Bind = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Push.Listen, cfg.Wake.Listen, cfg.Wake.ShutdownListen = "off", "off", "off"
+	cfg.Cluster.SecretKeyFile = filepath.Join(dir, "gossip.key")
+	os.WriteFile(cfg.Cluster.SecretKeyFile, []byte(testGossipKey+"\n"), 0o644)
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	want := "cluster.secret_key_file " + cfg.Cluster.SecretKeyFile + " may be read by every user on this machine (mode 0644): chmod o-r"
+	if err := CheckFiles(cfg); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("CheckFiles: %v, want %q", err, want)
+	}
+	quiet := Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if g, err := New(cfg, Listeners{}, quiet); err == nil || !strings.Contains(err.Error(), want) {
+		if err == nil {
+			g.Close()
+		}
+		t.Errorf("New: %v, want %q", err, want)
+	}
+	os.Chmod(cfg.Cluster.SecretKeyFile, 0o640)
+	if err := CheckFiles(cfg); err != nil {
+		t.Errorf("CheckFiles with the key 0640: %v", err)
+	}
+}
+
 func first[T, U any](v T, _ U) T { return v }
 
 // metricsOf is the gateway's /metrics page.

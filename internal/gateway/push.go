@@ -48,7 +48,7 @@ func TokenKeys(cfg *config.Config) ([][]byte, error) {
 	}
 	data, err := os.ReadFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("push.token_key_file: %w (a configured key is never generated: copy the cluster's file there, or create one with: head -c 32 /dev/urandom | base64 > %s)", err, file)
+		return nil, fmt.Errorf("push.token_key_file: %w (a configured key is never generated: copy the cluster's file there, or create one with: (umask 077; head -c 32 /dev/urandom | base64 > %s))", err, file)
 	}
 	keys, err := wire.ParseTokenKeys(data)
 	if err != nil {
