@@ -36,8 +36,9 @@ func checkDataDir(dir string) error {
 	return nil
 }
 
-// checkSecretFiles refuses the secret files the configuration names
-// when every user on the machine may read them: the admin token, the
+// checkSecretFiles refuses a configuration file every user may change,
+// and the secret files it names when every user on the machine may read
+// them: the admin token, the
 // cluster's gossip key (which lets its holder speak for a node), the
 // device token keys, the wake secret, the certificate's private key and
 // the upstreams' client certificates and passwords. Group read is
@@ -58,6 +59,13 @@ func checkSecretFiles(cfg *config.Config) error {
 	for i, u := range cfg.Proxy.Upstreams {
 		at := "proxy.upstreams[" + strconv.Itoa(i) + "]."
 		files = append(files, file{at + "client_cert", u.ClientCert}, file{at + "client_cert_password_file", u.ClientCertPasswordFile})
+	}
+	if file := cfg.File(); file != "" {
+		// Not a secret, but it names them: whoever may rewrite it may
+		// point admin.token_file at a token of their own.
+		if fi, err := os.Stat(file); err == nil && fi.Mode().Perm()&0o002 != 0 {
+			return fmt.Errorf("the configuration file %s may be changed by every user on this machine (mode %04o), and it names the admin token and the keys: chmod o-w %s (and check who did)", file, fi.Mode().Perm(), file)
+		}
 	}
 	for _, f := range files {
 		if f.path == "" {

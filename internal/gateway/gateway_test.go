@@ -360,7 +360,8 @@ func TestDataDirOthersMayWriteRefused(t *testing.T) {
 // TestWorldReadableSecretsRefused: a secret file the configuration names
 // that every user may read (here the cluster's gossip key, which lets
 // its holder speak for a node) is refused at start and by dpgate config,
-// naming the key and the fix; group read is allowed.
+// naming the key and the fix; group read is allowed. So is a
+// configuration file every user may change.
 func TestWorldReadableSecretsRefused(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		t.Skip("Windows has no mode bits; its ACLs are the installer's")
@@ -390,6 +391,17 @@ func TestWorldReadableSecretsRefused(t *testing.T) {
 	os.Chmod(cfg.Cluster.SecretKeyFile, 0o640)
 	if err := CheckFiles(cfg); err != nil {
 		t.Errorf("CheckFiles with the key 0640: %v", err)
+	}
+	// The configuration file itself: every user may read it, not change it.
+	f := filepath.Join(dir, "dpgate.yaml")
+	os.WriteFile(f, []byte("node:\n  data_dir: data\n"), 0o644)
+	os.Chmod(f, 0o666)
+	fromFile, err := config.Load(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckFiles(fromFile); err == nil || !strings.Contains(err.Error(), "chmod o-w "+f) {
+		t.Errorf("CheckFiles with a configuration file of mode 0666: %v, want chmod o-w", err)
 	}
 }
 
