@@ -2,6 +2,9 @@
 
 package gateway
 
+// What other users of the machine may do to the gateway's files: a local
+// user is not trusted to be the operator (docs/operations.md).
+
 import (
 	"fmt"
 	"os"
