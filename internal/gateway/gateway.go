@@ -9,8 +9,10 @@
 // Close, Reload); listen.go its sockets (Listen, ListenFrom); status.go
 // /v1/status, the gateway-wide admin routes and the build's version; one
 // file per part (cluster.go with DNS, link.go, proxy.go, push.go,
-// wake.go), each with its builder and admin routes; upgrade.go the
-// handover to a new process.
+// wake.go), each with its builder and admin routes; devices.go the
+// device list and push to all across a cluster; filemodes_*.go what the
+// gateway refuses of its files' modes; upgrade.go the handover to a new
+// process.
 package gateway
 
 import (
