@@ -176,8 +176,15 @@ func copyFile(t *testing.T, from, to string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A new file renamed into place, as package managers install.
-	if err := os.WriteFile(to+".new", b, 0o755); err != nil {
+	// A new file renamed into place, as package managers install. No
+	// fork while it is open for writing: a child another test forks
+	// meanwhile would hold it open until its exec, and running the binary
+	// then fails with "text file busy" (golang.org/issue/22315; seen
+	// once in CI).
+	syscall.ForkLock.RLock()
+	err = os.WriteFile(to+".new", b, 0o755)
+	syscall.ForkLock.RUnlock()
+	if err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Rename(to+".new", to); err != nil {
