@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -48,11 +49,13 @@ func deviceList(args []string, stdout, stderr io.Writer) error {
 	}
 	cluster := slices.ContainsFunc(reply.Devices, func(d gateway.DeviceEntry) bool { return d.Node != "" })
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	if cluster {
-		fmt.Fprintln(tw, "DEVICE\tCONNECTED\tQUEUED\tLAST SEEN\tADDRESS\tNODE")
-	} else {
-		fmt.Fprintln(tw, "DEVICE\tCONNECTED\tQUEUED\tLAST SEEN\tADDRESS")
+	row := func(cols ...string) { // NODE last, in a cluster only
+		if !cluster {
+			cols = cols[:len(cols)-1]
+		}
+		fmt.Fprintln(tw, strings.Join(cols, "\t"))
 	}
+	row("DEVICE", "CONNECTED", "QUEUED", "LAST SEEN", "ADDRESS", "NODE")
 	for _, d := range reply.Devices {
 		conn := "no"
 		if d.Connected {
@@ -62,11 +65,7 @@ func deviceList(args []string, stdout, stderr io.Writer) error {
 		if !d.LastSeen.IsZero() {
 			seen = d.LastSeen.Format(time.DateTime)
 		}
-		if cluster {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", d.ID, conn, d.Queued, seen, d.RemoteAddr, d.Node)
-		} else {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", d.ID, conn, d.Queued, seen, d.RemoteAddr)
-		}
+		row(d.ID, conn, strconv.Itoa(d.Queued), seen, d.RemoteAddr, d.Node)
 	}
 	return tw.Flush()
 }

@@ -36,18 +36,29 @@ func (g *Gateway) allDevices(ctx context.Context) (devices, notReached []string)
 	if g.router == nil {
 		return devices, nil
 	}
-	answers, notReached := g.router.AskAll(ctx, queryKnownDevices)
-	for node, a := range answers {
-		var ids []string
-		if err := json.Unmarshal(a, &ids); err != nil {
-			g.log.Warn("cluster: a node's devices do not decode", "node", node, "err", err)
-			notReached = append(notReached, node)
-			continue
-		}
+	answers, notReached := askAll[[]string](ctx, g, queryKnownDevices)
+	for _, ids := range answers {
 		devices = append(devices, ids...)
 	}
 	slices.Sort(devices)
 	return slices.Compact(devices), notReached
+}
+
+// askAll asks every other node the query and decodes the answers; an
+// answer that does not decode counts as not reached.
+func askAll[T any](ctx context.Context, g *Gateway, query string) (map[string]T, []string) {
+	raw, notReached := g.router.AskAll(ctx, query)
+	answers := make(map[string]T, len(raw))
+	for node, a := range raw {
+		var v T
+		if err := json.Unmarshal(a, &v); err != nil {
+			g.log.Warn("cluster: another node's answer does not decode", "query", query, "node", node, "err", err)
+			notReached = append(notReached, node)
+			continue
+		}
+		answers[node] = v
+	}
+	return answers, notReached
 }
 
 // DeviceEntry is a device in GET /v1/devices: its status and, in a
@@ -67,29 +78,17 @@ type DeviceList struct {
 }
 
 // deviceList lists the devices this node knows and, in a cluster, those
-// of every other node, one entry a device.
+// of every other node, one entry a device with its node (none without a
+// cluster).
 func (g *Gateway) deviceList(ctx context.Context) DeviceList {
-	byNode := map[string][]push.DeviceStatus{g.cfg.Node.Name: g.push.Devices()}
-	var notReached []string
-	if g.router != nil {
-		var answers map[string]json.RawMessage
-		answers, notReached = g.router.AskAll(ctx, queryDevices)
-		for node, a := range answers {
-			var ds []push.DeviceStatus
-			if err := json.Unmarshal(a, &ds); err != nil {
-				g.log.Warn("cluster: a node's devices do not decode", "node", node, "err", err)
-				notReached = append(notReached, node)
-				continue
-			}
-			byNode[node] = ds
-		}
-	}
-	l := DeviceList{Devices: mergeDevices(byNode), NotReached: notReached}
 	if g.router == nil {
-		for i := range l.Devices {
-			l.Devices[i].Node = ""
-		}
+		l := DeviceList{Devices: mergeDevices(map[string][]push.DeviceStatus{"": g.push.Devices()})}
+		l.Count = len(l.Devices)
+		return l
 	}
+	byNode, notReached := askAll[[]push.DeviceStatus](ctx, g, queryDevices)
+	byNode[g.cfg.Node.Name] = g.push.Devices()
+	l := DeviceList{Devices: mergeDevices(byNode), NotReached: notReached}
 	l.Count = len(l.Devices)
 	return l
 }
