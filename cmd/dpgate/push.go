@@ -163,10 +163,15 @@ prints each push as one JSON line on standard output:
 
 (binary payloads come as "data_base64"). Connection events go to standard
 error. Authenticate with a PKCS#12 agent certificate (--pfx, from dpgate
-cert agent-gen) or a device token (--token, from dpgate token issue).`
+cert agent-gen) or a device token (--token-file, a file holding what
+dpgate token issue printed). Secrets go in files, not on the command line,
+where every user of the machine may read them in the process list:
+
+  (umask 077; dpgate token issue pc-0042 > pc-0042.token)
+  dpgate agent --server GW:13295 --pin PIN --device pc-0042 --token-file pc-0042.token`
 
 func runAgent(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("agent", "--server HOST:PORT --pin PIN --device ID [--pfx FILE | --token TOKEN] [--quic]", agentAbout, stdout)
+	fs := newFlags("agent", "--server HOST:PORT --pin PIN --device ID [--pfx FILE | --token-file FILE] [--quic]", agentAbout, stdout)
 	var servers stringList
 	fs.Var(&servers, "server", "push server `HOST:PORT` (repeat for failover)")
 	var pinList stringList
@@ -174,12 +179,14 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	device := fs.String("device", "", "device `ID` (default: the certificate's common name)")
 	pfx := fs.String("pfx", "", "PKCS#12 `FILE` with the agent certificate")
 	pwFile := fs.String("password-file", "", "password `FILE` for --pfx")
-	token := fs.String("token", "", "device `TOKEN` for push.auth token")
+	token := fs.String("token", "", "device `TOKEN` for push.auth token (visible to every local user: prefer --token-file)")
+	tokenFile := fs.String("token-file", "", "`FILE` holding the device token for push.auth token (dpgate token issue)")
 	useQUIC := fs.Bool("quic", false, "connect over QUIC (UDP) instead of TLS over TCP")
 	mac := fs.String("mac", "", "`MAC` address to report for Wake-on-LAN")
 	wakeKey := fs.String("wake-key", "", "`KEY` that verifies wake-ups (from dpgate wake key); listens on --wake-listen")
 	wakeListen := fs.String("wake-listen", ":15000", "UDP `ADDR` for wake-ups (with --wake-key)")
-	wakeSecret := fs.String("wake-secret", "", "this device's `SECRET` (dpgate wake key --device): send a shutdown notice on exit")
+	wakeSecret := fs.String("wake-secret", "", "this device's `SECRET` (visible to every local user: prefer --wake-secret-file)")
+	wakeSecretFile := fs.String("wake-secret-file", "", "`FILE` holding this device's secret (dpgate wake key --device): send a shutdown notice on exit")
 	notify := fs.String("notify", "", "gateway UDP `ADDR` for the shutdown notice (default: the first server's host, port 13000)")
 	minBackoff := fs.Duration("min-backoff", 500*time.Millisecond, "first wait between reconnect attempts; it doubles per failure")
 	maxBackoff := fs.Duration("max-backoff", 30*time.Second, "longest wait between reconnect attempts (a wake-up cuts it short)")
@@ -193,6 +200,12 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	pins, err := tlsconf.ParsePins(pinList)
 	if err != nil {
 		return usageError{err}
+	}
+	if *token, err = secretFlag("token", *token, *tokenFile, stderr); err != nil {
+		return err
+	}
+	if *wakeSecret, err = secretFlag("wake-secret", *wakeSecret, *wakeSecretFile, stderr); err != nil {
+		return err
 	}
 	tcfg := tlsconf.PinnedClientConfig(pins, "dpgate")
 	if *pfx != "" {
@@ -222,7 +235,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	}
 	if *wakeSecret != "" {
 		if secret, err = wake.ParseKey(*wakeSecret); err != nil || secret.Alg != wake.AlgHMAC {
-			return usagef("--wake-secret wants hmac:BASE64 (dpgate wake key --device %s)", *device)
+			return usagef("the wake secret (--wake-secret-file) is hmac:BASE64 (dpgate wake key --device %s)", *device)
 		}
 		if *notify == "" {
 			host, _, _ := net.SplitHostPort(servers[0])
@@ -284,6 +297,35 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	return err
+}
+
+// secretFlag is a credential given in a file (--NAME-file) or inline
+// (--NAME). Inline still works, for scripts, but every user of the
+// machine may read a command line (ps, /proc/PID/cmdline, a service's
+// registry entry), so it is warned about; a file every user may read is
+// refused, as the gateway refuses its own.
+func secretFlag(name, inline, file string, stderr io.Writer) (string, error) {
+	switch {
+	case inline != "" && file != "":
+		return "", usagef("give --%s or --%s-file, not both", name, name)
+	case inline != "":
+		fmt.Fprintf(stderr, "dpgate agent: warning: other users of this machine may read --%s in the process list; put it in a file (umask 077) and give --%s-file\n", name, name)
+		return inline, nil
+	case file == "":
+		return "", nil
+	}
+	if err := gateway.CheckSecretFile("--"+name+"-file", file); err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--%s-file: %w", name, err)
+	}
+	v := strings.TrimSpace(string(b))
+	if v == "" {
+		return "", fmt.Errorf("--%s-file %s is empty", name, file)
+	}
+	return v, nil
 }
 
 // localAddrFor is the local address the system would use toward server.

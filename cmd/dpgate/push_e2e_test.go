@@ -96,6 +96,60 @@ func TestPushSurvivesKill9(t *testing.T) {
 	})
 }
 
+// TestAgentTokenFromFile: with push.auth token, "dpgate agent" reads its
+// device token from --token-file and gets its pushes. A token given
+// inline still works but is warned about (every local user may read a
+// command line); a token file every user may read is refused, as the
+// gateway refuses its own secrets.
+func TestAgentTokenFromFile(t *testing.T) {
+	t.Parallel() // its own ports and data directory
+	dir := t.TempDir()
+	pushAddr := freePort(t)
+	cfg := writeConfig(t, dir, freePort(t), fmt.Sprintf("push:\n  listen: %s\n  auth: token\n  quic: false\n", pushAddr))
+	s := startServe(t, nil, "-c", cfg)
+	s.waitLog(t, `msg="push server listening"`)
+	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout)
+	r := dpgate(t, nil, "token", "issue", "-c", cfg, "pc-tok")
+	if r.code != 0 {
+		t.Fatalf("token issue: %s", r.stderr)
+	}
+	tokenFile := filepath.Join(dir, "pc-tok.token")
+	if err := os.WriteFile(tokenFile, []byte(r.stdout), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	agent := func(extra ...string) *exec.Cmd {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		t.Cleanup(cancel)
+		ag := exec.CommandContext(ctx, bin, append([]string{"agent", "--server", pushAddr, "--pin", pin, "--device", "pc-tok"}, extra...)...)
+		ag.Env = os.Environ()
+		return ag
+	}
+	if out, err := agent("--token-file", tokenFile).CombinedOutput(); err == nil || !strings.Contains(string(out), "chmod o-r "+tokenFile) {
+		t.Errorf("agent with a token file every user may read: %v, %s; want refused, naming chmod o-r", err, out)
+	}
+	if out, err := agent("--token-file", tokenFile, "--token", strings.TrimSpace(r.stdout)).CombinedOutput(); err == nil || !strings.Contains(string(out), "not both") {
+		t.Errorf("agent with --token and --token-file: %v, %s; want a usage error", err, out)
+	}
+	os.Chmod(tokenFile, 0o600)
+
+	for _, flags := range [][]string{{"--token-file", tokenFile}, {"--token", strings.TrimSpace(r.stdout)}} {
+		ag := agent(flags...)
+		stderr, lines := startAgentProcess(t, ag)
+		if p := dpgate(t, nil, "push", "-c", cfg, "--wait", "20s", "pc-tok", "job "+flags[0]); p.code != 0 || !strings.Contains(p.stdout, "delivered") {
+			t.Fatalf("push to the agent with %s: exit %d %s %s; agent: %s", flags[0], p.code, p.stdout, p.stderr, stderr)
+		}
+		if line := <-lines; !strings.Contains(line, `"data":"job `+flags[0]+`"`) {
+			t.Errorf("agent with %s printed %q", flags[0], line)
+		}
+		warned := strings.Contains(stderr.String(), "may read --token in the process list")
+		if warned != (flags[0] == "--token") {
+			t.Errorf("agent with %s: warned about the command line %v; stderr:\n%s", flags[0], warned, stderr)
+		}
+		ag.Process.Kill() // one agent per device at a time
+		ag.Wait()
+	}
+}
+
 // TestDeviceCommands: dpgate device list, show and rm against the running
 // gateway, as the owner with no flag but -c: a connected device is not
 // removed; once its agent is gone it is, with its queue.

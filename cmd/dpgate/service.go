@@ -8,7 +8,7 @@ gateway drains, the agent sends its shutdown notice). Its log goes to
 %ProgramData%\dpgate\NAME.log.
 
   dpgate service install NAME -- serve -c C:\ProgramData\dpgate\dpgate.yaml
-  dpgate service install dpgate-agent -- agent --server GW:13295 --pin PIN --pfx agent.pfx --wake-key KEY --wake-secret SECRET
+  dpgate service install dpgate-agent -- agent --server GW:13295 --pin PIN --pfx agent.pfx --wake-key KEY --wake-secret-file C:\ProgramData\dpgate\wake.secret
   dpgate service uninstall NAME
 
 Windows only: on Linux the systemd unit (configs/dpgate.service) runs

@@ -61,8 +61,9 @@ func runWakeKey(args []string, stdout io.Writer) error {
 	fs := newFlags("wake key", "[--device ID] [-c FILE]", `
 Prints the key an agent verifies wake-ups with (ed25519:BASE64, for
 dpgate agent --wake-key), or with --device the device's own secret
-(hmac:BASE64, for --wake-secret; with wake.signature: hmac it verifies
-wake-ups too). Reads the keys in data_dir, creating them on first use.`, stdout)
+(hmac:BASE64, for the agent's --wake-secret-file; with wake.signature:
+hmac it verifies wake-ups too). Reads the keys in data_dir, creating
+them on first use.`, stdout)
 	cfgFile := fs.String("c", "", "configuration `FILE`, for data_dir (default: built-in defaults)")
 	device := fs.String("device", "", "print this device's secret instead")
 	if err := parseNoArgs(fs, args); err != nil {

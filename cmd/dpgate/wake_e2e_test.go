@@ -86,8 +86,14 @@ func TestWakeUpEndToEnd(t *testing.T) {
 	// bring it back within the test's time.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	// The secret in a file, as the agent's help says (on the command
+	// line every local user could read it).
+	secretFile := filepath.Join(t.TempDir(), "pc-wake.secret")
+	if err := os.WriteFile(secretFile, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	ag := exec.CommandContext(ctx, bin, "agent", "--server", pushAddr, "--pin", pin, "--device", "pc-wake",
-		"--wake-key", key, "--wake-listen", "127.0.0.1:"+agentPort, "--wake-secret", secret, "--notify", shutdownAddr,
+		"--wake-key", key, "--wake-listen", "127.0.0.1:"+agentPort, "--wake-secret-file", secretFile, "--notify", shutdownAddr,
 		"--min-backoff", "30s", "--max-backoff", "10m")
 	ag.Env = os.Environ()
 	stderr, lines := startAgentProcess(t, ag)

@@ -71,16 +71,27 @@ func checkSecretFiles(cfg *config.Config) error {
 		}
 	}
 	for _, f := range files {
-		if f.path == "" {
-			continue
+		if err := CheckSecretFile(f.key, f.path); err != nil {
+			return err
 		}
-		fi, err := os.Stat(f.path)
-		if err != nil {
-			continue
-		}
-		if perm := fi.Mode().Perm(); perm&0o004 != 0 {
-			return fmt.Errorf("%s %s may be read by every user on this machine (mode %04o): chmod o-r %s (and check who read it)", f.key, f.path, perm, f.path)
-		}
+	}
+	return nil
+}
+
+// CheckSecretFile refuses a secret file (what names it: a key of the
+// configuration, a flag) that every user on this machine may read. Group
+// read is allowed; an empty name or a missing file passes (the loader
+// says so).
+func CheckSecretFile(what, path string) error {
+	if path == "" {
+		return nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil
+	}
+	if perm := fi.Mode().Perm(); perm&0o004 != 0 {
+		return fmt.Errorf("%s %s may be read by every user on this machine (mode %04o): chmod o-r %s (and check who read it)", what, path, perm, path)
 	}
 	return nil
 }
