@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -390,6 +391,60 @@ func TestDNSAnswers(t *testing.T) {
 	}
 	if r := ask("example.com.", dns.TypeA); r.Rcode != dns.RcodeRefused {
 		t.Errorf("outside the zone: rcode %d, want REFUSED", r.Rcode)
+	}
+}
+
+// TestDNSOneRecordPerAddressAndEDNSVersion: nodes on one host (several
+// processes on one machine, for more connections than one process may
+// hold open) share an address, so push.<domain> names it once (RFC 2181
+// section 5: no duplicate records in a set); the SRV answer still lists
+// each node with its port. A query with an EDNS version this server does
+// not speak is answered BADVERS with version 0 (RFC 6891 section 6.1.3),
+// as resolvers probe for it.
+func TestDNSOneRecordPerAddressAndEDNSVersion(t *testing.T) {
+	nodes := newTestClusterWith(t, 3, func(i int, nd *testNode) cluster.Meta {
+		return cluster.Meta{Push: []string{"127.0.0.9:13295", "127.0.0.9:13296", "127.0.0.3:13295"}[i], Capacity: 1000}
+	}, func(_ int, cfg *cluster.Config) { cfg.Tune = steady })
+	waitFor(t, 10*time.Second, func() error { return sees(nodes[0], 3) })
+	d := cluster.NewDNS(nodes[0].Cluster, "dpgate.internal")
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go d.ServeUDP(pc)
+	defer pc.Close()
+	ask := func(m *dns.Msg) *dns.Msg {
+		r, _, err := (&dns.Client{Timeout: 5 * time.Second}).Exchange(m, pc.LocalAddr().String())
+		if err != nil {
+			t.Fatalf("query %v: %v", m.Question, err)
+		}
+		return r
+	}
+	q := new(dns.Msg).SetQuestion("_dpgate-push._tcp.dpgate.internal.", dns.TypeSRV)
+	waitFor(t, 10*time.Second, func() error { // every node's push address gossiped
+		if r := ask(q); len(r.Answer) != 3 {
+			return fmt.Errorf("%d SRV records, want 3", len(r.Answer))
+		}
+		return nil
+	})
+	for _, qtype := range []uint16{dns.TypeA, dns.TypeANY} {
+		r := ask(new(dns.Msg).SetQuestion("push.dpgate.internal.", qtype))
+		var ips []string
+		for _, rr := range r.Answer {
+			ips = append(ips, rr.(*dns.A).A.String())
+		}
+		slices.Sort(ips)
+		if fmt.Sprint(ips) != "[127.0.0.3 127.0.0.9]" {
+			t.Errorf("push %s: %v, want each address once: [127.0.0.3 127.0.0.9]", dns.TypeToString[qtype], ips)
+		}
+	}
+
+	q = new(dns.Msg).SetQuestion("push.dpgate.internal.", dns.TypeA)
+	q.SetEdns0(1232, false)
+	q.IsEdns0().SetVersion(1)
+	r := ask(q)
+	if r.Rcode != dns.RcodeBadVers || len(r.Answer) != 0 || r.IsEdns0() == nil || r.IsEdns0().Version() != 0 {
+		t.Errorf("EDNS version 1: rcode %s, %d answers, OPT %v; want BADVERS, none, an OPT of version 0", dns.RcodeToString[r.Rcode], len(r.Answer), r.IsEdns0())
 	}
 }
 

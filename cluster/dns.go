@@ -11,7 +11,7 @@ import (
 // DNS answers for the push service under a domain (cluster.dns.domain):
 //
 //	<domain>                    SOA     the zone's apex
-//	push.<domain>               A/AAAA  push addresses, least loaded first
+//	push.<domain>               A/AAAA  push addresses, least loaded first, each once
 //	_dpgate-push._tcp.<domain>  SRV     one per node, weight by spare capacity
 //	<node>.node.<domain>        A/AAAA  one node
 //
@@ -49,7 +49,14 @@ func (d *DNS) ServeTCP(ln net.Listener) error {
 
 // ServeDNS implements dns.Handler.
 func (d *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
-	resp := d.answer(req)
+	var resp *dns.Msg
+	if opt := req.IsEdns0(); opt != nil && opt.Version() != 0 {
+		// RFC 6891 section 6.1.3: a version we do not speak is answered
+		// BADVERS, with our OPT (version 0), so the client may retry.
+		resp = new(dns.Msg).SetRcode(req, dns.RcodeBadVers)
+	} else {
+		resp = d.answer(req)
+	}
 	size := dns.MaxMsgSize
 	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
 		size = dns.MinMsgSize
@@ -93,8 +100,16 @@ func (d *DNS) answer(req *dns.Msg) *dns.Msg {
 		exists = true // empty non-terminals: names below them have records
 	case name == "push."+d.domain:
 		exists = true
+		// Nodes on one host share its address: each address once (RFC
+		// 2181 section 5), at the place of its least loaded node.
+		seen := map[string]bool{}
 		for _, m := range members {
-			resp.Answer = append(resp.Answer, d.addr(name, q.Qtype, m)...)
+			for _, rr := range d.addr(name, q.Qtype, m) {
+				if a := rr.String(); !seen[a] {
+					seen[a] = true
+					resp.Answer = append(resp.Answer, rr)
+				}
+			}
 		}
 	case name == "_dpgate-push._tcp."+d.domain:
 		exists = true
