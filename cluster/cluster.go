@@ -238,13 +238,28 @@ func (c *Cluster) Start() error {
 	c.closeMu.Unlock()
 	// The seeds may take a while to answer: Close does not wait for that.
 	if len(cfg.Join) > 0 {
-		if n, err := ml.Join(cfg.Join); err != nil {
+		if _, err := ml.Join(cfg.Join); err != nil {
 			c.log.Warn("cluster: no seed answered yet; will retry", "seeds", cfg.Join, "err", err)
 		} else {
-			c.log.Info("cluster: joined", "contacted", n)
+			c.logJoined(true)
 		}
 	}
 	return nil
+}
+
+// logJoined says what a join that succeeded reached. Every node is
+// usually given the same seeds, its own address among them, so the first
+// node up "joins" only itself: that is said once, at start, and the
+// retries while alone are logged at debug level.
+func (c *Cluster) logJoined(atStart bool) {
+	switch n := c.ml.NumMembers(); {
+	case n > 1:
+		c.log.Info("cluster: joined", "members", n)
+	case atStart:
+		c.log.Info("cluster: alone so far (the seeds that answered were this node); trying them every second", "seeds", c.cfg.Join)
+	default:
+		c.log.Debug("cluster: still alone; seeds tried", "seeds", c.cfg.Join)
+	}
 }
 
 // Listen opens the gossip sockets on addr: TCP, and UDP on the same port.
@@ -307,8 +322,8 @@ func (c *Cluster) loop() {
 			// rather than waiting for the next periodic re-join.
 			if len(c.cfg.Join) > 0 && c.ml.NumMembers() == 1 && time.Since(lastJoin) >= time.Second {
 				lastJoin = time.Now()
-				if n, err := c.ml.Join(c.cfg.Join); err == nil {
-					c.log.Info("cluster: joined", "contacted", n)
+				if _, err := c.ml.Join(c.cfg.Join); err == nil {
+					c.logJoined(false)
 				}
 			}
 		case <-rejoin.C:

@@ -5,10 +5,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -724,4 +726,58 @@ func TestMetaMayReadMembers(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("Members did not answer for 30 s: the refresh loop holds its lock (the node is not closed: Close would wait for that loop)")
 	}
+}
+
+// logBuffer keeps what a logger writes, for tests that read the log.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestAloneNodeSaysSo: every node is given the same seeds, its own
+// address among them, so the first node up joins only itself. It logged
+// "cluster: joined" at start and again each second while alone (joining
+// itself counts as one node contacted): a node whose peers were down
+// wrote a line a second saying it had joined. Now it says it is alone,
+// tries the seeds quietly, and says "joined" once another node is there.
+func TestAloneNodeSaysSo(t *testing.T) {
+	ln, pc, err := cluster.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := ln.Addr().String()
+	var log logBuffer
+	first := startNode(t, cluster.Config{Name: "first", Stream: ln, Packets: pc, Join: []string{self},
+		RefreshInterval: 20 * time.Millisecond, RejoinInterval: time.Hour,
+		Meta:   func() cluster.Meta { return cluster.Meta{Push: "127.0.0.1:13295"} },
+		Tune:   tight,
+		Logger: slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	waitFor(t, 20*time.Second, func() error { // two retries while alone
+		if n := strings.Count(log.String(), `msg="cluster: still alone`); n < 2 {
+			return fmt.Errorf("%d retries logged while alone; log:\n%s", n, log.String())
+		}
+		return nil
+	})
+	if strings.Contains(log.String(), `msg="cluster: joined"`) {
+		t.Errorf("a node alone logged that it joined:\n%s", log.String())
+	}
+	if !strings.Contains(log.String(), `level=INFO msg="cluster: alone so far`) {
+		t.Errorf("a node alone at start did not say so:\n%s", log.String())
+	}
+	startNode(t, cluster.Config{Name: "second", Bind: "127.0.0.1:0", Join: []string{self},
+		RefreshInterval: 20 * time.Millisecond, RejoinInterval: time.Hour,
+		Meta: func() cluster.Meta { return cluster.Meta{Push: "127.0.0.2:13295"} }, Tune: tight, Logger: quiet})
+	waitFor(t, 20*time.Second, func() error { return sees(&testNode{Cluster: first, name: "first"}, 2) })
 }
