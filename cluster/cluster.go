@@ -30,6 +30,8 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dpgate/dpgate/internal/series"
 )
 
 // Defaults of Config's zero fields, written here once; internal/config
@@ -129,6 +131,8 @@ type Cluster struct {
 
 	mu      sync.Mutex
 	members map[string]Member
+	failed  map[string]Failed    // declared dead, not back yet (see Failed)
+	leaving map[string]time.Time // nodes that announced a leave in good order
 	// redirects and metaAt let load() add the agents redirected to a node
 	// that its gossiped figure cannot include yet, so a burst of new
 	// agents does not all go to the same "least loaded" node before
@@ -163,7 +167,10 @@ func New(cfg Config) (*Cluster, error) {
 	cfg.RebalanceAfter = cmp.Or(cfg.RebalanceAfter, DefaultRebalanceAfter)
 	cfg.Registerer = cmp.Or[prometheus.Registerer](cfg.Registerer, prometheus.NewRegistry())
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
-	c := &Cluster{cfg: cfg, log: cfg.Logger, m: newClusterMetrics(cfg.Registerer), members: map[string]Member{}, redirects: map[string][]time.Time{}, metaAt: map[string]time.Time{}, rtt: map[string]time.Duration{}, growth: map[string]float64{}, done: make(chan struct{})}
+	c := &Cluster{cfg: cfg, log: cfg.Logger, m: newClusterMetrics(cfg.Registerer), members: map[string]Member{}, failed: map[string]Failed{}, leaving: map[string]time.Time{}, redirects: map[string][]time.Time{}, metaAt: map[string]time.Time{}, rtt: map[string]time.Duration{}, growth: map[string]float64{}, done: make(chan struct{})}
+
+	series.On(cfg.Registerer).GaugeFunc("dpgate_cluster_failed_nodes", "Nodes declared dead that have not come back or left since (kept a day): they may hold devices and pushes the live nodes do not know of.",
+		func() float64 { return float64(len(c.Failed())) })
 
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
@@ -347,6 +354,36 @@ func (c *Cluster) Members() []Member {
 	return out
 }
 
+// FailedKept is how long a failed node is listed (Failed) unless it comes
+// back or leaves: a day, as Serf keeps a failed member for reconnecting.
+const FailedKept = 24 * time.Hour
+
+// Failed is a node declared dead that has not come back: it did not
+// leave in good order, so it may still hold devices and pushes the live
+// nodes do not know of.
+type Failed struct {
+	Member           // as last seen alive
+	Since  time.Time // when it was declared dead
+}
+
+// Failed returns the nodes declared dead in the last FailedKept that have
+// not come back or left since, by name. A node that left in good order
+// (drain, upgrade, stop) is not among them.
+func (c *Cluster) Failed() []Failed {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]Failed, 0, len(c.failed))
+	for name, f := range c.failed {
+		if time.Since(f.Since) > FailedKept {
+			delete(c.failed, name)
+			continue
+		}
+		out = append(out, f)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
 // ErrLeaveUnconfirmed: the leave message was not gossiped before
 // Shutdown's deadline (a peer slow to answer, a starved process). The
 // node has stopped all the same; its peers will see a failure instead of
@@ -372,7 +409,9 @@ func (c *Cluster) Shutdown(ctx context.Context) error {
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = max(time.Until(dl), time.Nanosecond) // 0 would be no limit to memberlist
 	}
-	leave := c.ml.Leave(timeout)
+	start := time.Now()
+	c.announceLeaving(min(timeout/2, time.Second))
+	leave := c.ml.Leave(max(timeout-time.Since(start), time.Nanosecond))
 	if err := c.Close(); err != nil {
 		return errors.Join(leave, err)
 	}
@@ -422,6 +461,7 @@ func (c *Cluster) set(n *memberlist.Node) {
 		c.growth[n.Name] = float64(meta.Conns-old.Meta.Conns) / (float64(meta.At-old.Meta.At) / 1000)
 	}
 	c.members[n.Name] = Member{Name: n.Name, Addr: n.Address(), Meta: meta, Self: n.Name == c.cfg.Name}
+	delete(c.failed, n.Name) // back
 	c.metaAt[n.Name] = time.Now()
 	c.mu.Unlock()
 }
@@ -429,6 +469,9 @@ func (c *Cluster) set(n *memberlist.Node) {
 type events struct{ c *Cluster }
 
 func (e events) NotifyJoin(n *memberlist.Node) {
+	e.c.mu.Lock()
+	delete(e.c.leaving, n.Name) // an announcement of an earlier life
+	e.c.mu.Unlock()
 	e.c.set(n)
 	if n.Name != e.c.cfg.Name {
 		e.c.m.pingRTT.WithLabelValues(n.Name) // present (empty) until the first probe
@@ -440,6 +483,16 @@ func (e events) NotifyUpdate(n *memberlist.Node) { e.c.set(n) }
 
 func (e events) NotifyLeave(n *memberlist.Node) {
 	e.c.mu.Lock()
+	// n.State says alive whatever happened (memberlist#293): a leave in
+	// good order is known by the node's announcement (announceLeaving).
+	at, announced := e.c.leaving[n.Name]
+	left := n.State == memberlist.StateLeft || (announced && time.Since(at) < time.Minute)
+	delete(e.c.leaving, n.Name)
+	if m, ok := e.c.members[n.Name]; ok && !left {
+		e.c.failed[n.Name] = Failed{Member: m, Since: time.Now()}
+	} else {
+		delete(e.c.failed, n.Name)
+	}
 	delete(e.c.members, n.Name)
 	delete(e.c.redirects, n.Name)
 	delete(e.c.metaAt, n.Name)
@@ -447,12 +500,12 @@ func (e events) NotifyLeave(n *memberlist.Node) {
 	delete(e.c.growth, n.Name)
 	e.c.mu.Unlock()
 	e.c.m.pingRTT.DeleteLabelValues(n.Name)
-	if n.State == memberlist.StateLeft {
+	if left {
 		e.c.log.Info("cluster: node left", "node", n.Name, "addr", n.Address())
 		e.c.m.left.Inc()
 		return
 	}
-	e.c.log.Warn("cluster: node failed", "node", n.Name, "addr", n.Address(), "state", int(n.State))
+	e.c.log.Warn("cluster: node failed", "node", n.Name, "addr", n.Address())
 	e.c.m.failed.Inc()
 }
 
@@ -497,6 +550,7 @@ func (d delegate) NodeMeta(limit int) []byte {
 const (
 	kindState   byte = 1 // a change of State, for its Merge
 	kindMessage byte = 2 // for OnMessage
+	kindLeaving byte = 3 // the sender's name: it leaves in good order
 )
 
 // BroadcastState sends a change of the replicated state to every node
@@ -515,6 +569,35 @@ func (c *Cluster) broadcast(kind byte, msg []byte) {
 
 type broadcast []byte
 
+// sentBroadcast is a message whose end of retransmission is waited for.
+type sentBroadcast struct {
+	broadcast
+	once sync.Once
+	done chan struct{}
+}
+
+func (b *sentBroadcast) Finished() { b.once.Do(func() { close(b.done) }) }
+
+// announceLeaving gossips that this node leaves in good order and waits,
+// at most wait, until it has been sent its number of times. memberlist
+// does not tell the others' NotifyLeave a leave from a failure (the node
+// it passes always says alive: hashicorp/memberlist#293), so the
+// announcement goes first; the leave (a dead message about itself)
+// follows.
+func (c *Cluster) announceLeaving(wait time.Duration) {
+	if c.ml.NumMembers() < 2 {
+		return
+	}
+	b := &sentBroadcast{broadcast: append([]byte{kindLeaving}, c.cfg.Name...), done: make(chan struct{})}
+	c.queue.QueueBroadcast(b)
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-b.done:
+	case <-t.C:
+	}
+}
+
 func (b broadcast) Invalidates(memberlist.Broadcast) bool { return false }
 func (b broadcast) Message() []byte                       { return b }
 func (b broadcast) Finished()                             {}
@@ -528,6 +611,10 @@ func (d delegate) NotifyMsg(b []byte) {
 		d.merge(b[1:])
 	case kindMessage:
 		d.message(b[1:])
+	case kindLeaving:
+		d.c.mu.Lock()
+		d.c.leaving[string(b[1:])] = time.Now()
+		d.c.mu.Unlock()
 	case '[': // a State change from a node of an earlier version
 		d.merge(b)
 	default: // any other message from a node of an earlier version

@@ -161,9 +161,27 @@ func TestJoinLeaveFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 30*time.Second, func() error { return sees(nodes[0], 3) })
+	if f := nodes[0].Failed(); len(f) != 0 {
+		t.Errorf("after a leave in good order, Failed() = %v, want none", f)
+	}
 	nodes[2].Close() // a failure: no leave message
 	waitFor(t, 30*time.Second, func() error { return sees(nodes[0], 2) })
 	waitFor(t, 30*time.Second, func() error { return sees(nodes[1], 2) })
+	// The failed node stays listed (it may hold devices and pushes the
+	// others do not know of), with what it last gossiped, until it is back.
+	f := nodes[0].Failed()
+	if len(f) != 1 || f[0].Name != "node-2" || f[0].Meta.Push != nodes[2].push || f[0].Since.IsZero() {
+		t.Fatalf("after node-2 failed, Failed() = %+v, want node-2 with its push address and a time", f)
+	}
+	startNode(t, cluster.Config{Name: "node-2", Bind: "127.0.0.3:0", Join: []string{nodes[0].addr},
+		RefreshInterval: 20 * time.Millisecond, RejoinInterval: 200 * time.Millisecond,
+		Meta: func() cluster.Meta { return cluster.Meta{Push: nodes[2].push} }, Tune: tight, Logger: quiet})
+	waitFor(t, 30*time.Second, func() error {
+		if f := nodes[0].Failed(); len(f) != 0 {
+			return fmt.Errorf("node-2 back, Failed() still = %v", f)
+		}
+		return sees(nodes[0], 3)
+	})
 }
 
 // TestShutdownPastItsDeadline: a Shutdown whose deadline has passed

@@ -15,10 +15,12 @@ import (
 // types.
 
 // AskAll asks every other push node the query, all at once, and returns
-// each answer (JSON) by node, with the nodes that did not answer (sorted).
+// each answer (JSON) by node, with the nodes that did not answer (sorted):
+// those asked in vain and those declared dead and not back (Failed).
 // A node that cannot be reached costs the request timeout, once.
 func (r *Router) AskAll(ctx context.Context, query string) (answers map[string]json.RawMessage, notReached []string) {
 	answers = map[string]json.RawMessage{}
+	notReached = r.failedPushNodes()
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, m := range r.nodes() {

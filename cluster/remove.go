@@ -24,7 +24,7 @@ func (e *ConnectedError) Error() string {
 // Removed is what the other nodes did with a removal.
 type Removed struct {
 	Nodes      []string // the nodes that knew the device and forgot it
-	NotReached []string // nodes that did not answer: they may still know it
+	NotReached []string // nodes that did not answer or are down: they may still know it
 }
 
 // RemoveElsewhere has every other push node forget device and drop its
@@ -42,7 +42,7 @@ func (r *Router) RemoveElsewhere(ctx context.Context, device string) (Removed, e
 			ask = append(ask, m.Name)
 		}
 	}
-	var out Removed
+	out := Removed{NotReached: r.failedPushNodes()} // they may know it
 	for _, node := range ask {
 		if node == r.self {
 			continue

@@ -162,6 +162,18 @@ func (r *Router) nodes() []Member {
 	return out
 }
 
+// failedPushNodes are the push nodes declared dead and not back: they
+// were not asked, and may know devices the live nodes do not.
+func (r *Router) failedPushNodes() []string {
+	var out []string
+	for _, f := range r.c.Failed() {
+		if f.Meta.Push != "" {
+			out = append(out, f.Name)
+		}
+	}
+	return out
+}
+
 // owners returns the device's owner nodes: the first Replicas of the
 // rendezvous order (highest score of node name and device id first). A
 // change of nodes moves only the devices whose owners came or went.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -78,7 +79,15 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(tw, "  uplink %s\t%s: loss %.1f %% / %.1f %%, rtt %s\n", l.Name, l.Verdict, 100*l.Stats.LossOut, 100*l.Stats.LossBack, l.Stats.RTTP50)
 	}
 	if st.Cluster != nil {
-		fmt.Fprintf(tw, "cluster\t%d members (dpgate members lists them)\n", len(st.Cluster))
+		failed := ""
+		if n := len(st.ClusterFailed); n > 0 {
+			var names []string
+			for _, f := range st.ClusterFailed {
+				names = append(names, f.Name)
+			}
+			failed = fmt.Sprintf(", %d failed and not back (%s)", n, strings.Join(names, ", "))
+		}
+		fmt.Fprintf(tw, "cluster\t%d members%s (dpgate members lists them)\n", len(st.Cluster), failed)
 	} else {
 		fmt.Fprintf(tw, "cluster\toff\n")
 	}
@@ -90,7 +99,11 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 const membersAbout = `
 The cluster's members as the running gateway sees them (memberlist's view,
 with what each node gossips): name, gossip address, push address, agents
-and capacity, load per core, uplink verdict, draining, probe RTT.`
+and capacity, load per core, uplink verdict, draining, probe RTT. Then the
+nodes declared dead that have not come back or left since (kept a day):
+they may hold devices and pushes the others do not know of, so a push to
+all and a device list name them as not reached. --json prints the live
+members; the failed ones are in dpgate status --json (cluster_failed).`
 
 func runMembers(args []string, stdout, stderr io.Writer) error {
 	cfgFile, jsonOut, err := apiCommand("members", membersAbout, "print the members as JSON", args, stdout)
@@ -122,6 +135,10 @@ func runMembers(args []string, stdout, stderr io.Writer) error {
 			rtt = fmt.Sprintf("%.1f ms", m.RTTMillis)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%.2f\t%s\t%s\t%s\n", name, m.Addr, m.Meta.Push, m.Meta.Conns, m.Meta.Capacity, m.Meta.CPU, m.Meta.Uplink, state, rtt)
+	}
+	for _, f := range st.ClusterFailed {
+		ago := time.Since(f.Since).Round(time.Second)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t-\tfailed %s ago\t-\n", f.Name, f.Addr, f.Push, ago)
 	}
 	return tw.Flush()
 }

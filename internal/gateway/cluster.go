@@ -238,6 +238,26 @@ func (g *Gateway) clusterStatus() []ClusterMember {
 	return out
 }
 
+// FailedMember is a node in /v1/status's cluster_failed: declared dead,
+// not back yet (cluster.Failed).
+type FailedMember struct {
+	Name  string    `json:"name"`
+	Addr  string    `json:"addr"`
+	Push  string    `json:"push,omitempty"`
+	Since time.Time `json:"since"`
+}
+
+func (g *Gateway) clusterFailed() []FailedMember {
+	if g.cluster == nil {
+		return nil
+	}
+	var out []FailedMember
+	for _, f := range g.cluster.Failed() {
+		out = append(out, FailedMember{Name: f.Name, Addr: f.Addr, Push: f.Meta.Push, Since: f.Since})
+	}
+	return out
+}
+
 // allowState replicates the agent allow-list: JSON arrays of entries,
 // merged by version with tombstones (tlsconf.AllowList.Merge).
 type allowState struct{ allow *tlsconf.AllowList }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push/client"
 	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
@@ -335,6 +336,38 @@ func TestPushToAllReachesEveryNode(t *testing.T) {
 		if want := fmt.Sprintf("pc-all-%d", i); d.ID != want || !d.Connected || d.Node != gs[i].cfg.Node.Name {
 			t.Errorf("device %d: %s connected %v on %q; want %s connected on %s", i, d.ID, d.Connected, d.Node, want, gs[i].cfg.Node.Name)
 		}
+	}
+
+	// Node 2 fails (no leave). It is no longer asked, but it may know
+	// devices the others do not: a push to all and the device list name
+	// it as not reached, and the status lists it as failed. Before, it
+	// was left out without a word, as if it had never been.
+	failed := gs[2].cfg.Node.Name
+	gs[2].Close()
+	waitFor(t, 30*time.Second, func() error {
+		var st Status
+		if err := apis[0].Do(context.Background(), "GET", "/v1/status", nil, &st); err != nil {
+			return err
+		}
+		if len(st.ClusterFailed) != 1 || st.ClusterFailed[0].Name != failed || st.ClusterFailed[0].Push == "" {
+			return fmt.Errorf("node 0's status: %d live, failed %+v; want %s failed", len(st.Cluster), st.ClusterFailed, failed)
+		}
+		return nil
+	})
+	if err := apis[0].Do(context.Background(), "POST", "/v1/push", PushRequest{All: true, Data: &data}, &reply); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(reply.NotReached, []string{failed}) {
+		t.Errorf("push to all with %s failed: not reached %v, want it named", failed, reply.NotReached)
+	}
+	if err := apis[0].Do(context.Background(), "GET", "/v1/devices", nil, &l); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(l.NotReached, []string{failed}) {
+		t.Errorf("device list with %s failed: not reached %v, want it named", failed, l.NotReached)
+	}
+	if got := testutil.Metric(t, gs[0].Telemetry().Registry, "dpgate_cluster_failed_nodes"); got != 1 {
+		t.Errorf("dpgate_cluster_failed_nodes = %v, want 1", got)
 	}
 }
 

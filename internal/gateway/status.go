@@ -44,6 +44,10 @@ type Status struct {
 	Push *PushStatus `json:"push"`
 	// Cluster lists the live nodes; null without cluster.bind.
 	Cluster []ClusterMember `json:"cluster"`
+	// ClusterFailed lists the nodes declared dead that have not come back
+	// or left since (kept a day): they may hold devices and pushes the
+	// live nodes do not know of.
+	ClusterFailed []FailedMember `json:"cluster_failed,omitempty"`
 	// Links are the measured uplinks (proxy.upstreams[].probe).
 	Links []link.Status `json:"links"`
 	// PID is this process's id; it changes with an upgrade.
@@ -75,23 +79,24 @@ func (g *Gateway) status() Status {
 		us.Queued, us.QueuedTo = g.push.QueueDepth()
 	}
 	return Status{
-		Cluster:    g.clusterStatus(),
-		Links:      g.linkStatus(),
-		RSSBytes:   processRSS(),
-		Goroutines: runtime.NumGoroutine(),
-		OpenFiles:  openFiles(),
-		Push:       us,
-		Node:       g.cfg.Node.Name,
-		Version:    Version().Version,
-		Started:    g.started.UTC(),
-		Uptime:     time.Since(g.started).Round(time.Second).String(),
-		Pin:        tlsconf.Pin(leaf),
-		CertExpiry: leaf.NotAfter.UTC(),
-		AgentCerts: g.allow.Len(),
-		Store:      g.db.Stats(),
-		Proxy:      ps,
-		PID:        pid,
-		Upgrade:    g.upgrade.Load(),
+		Cluster:       g.clusterStatus(),
+		ClusterFailed: g.clusterFailed(),
+		Links:         g.linkStatus(),
+		RSSBytes:      processRSS(),
+		Goroutines:    runtime.NumGoroutine(),
+		OpenFiles:     openFiles(),
+		Push:          us,
+		Node:          g.cfg.Node.Name,
+		Version:       Version().Version,
+		Started:       g.started.UTC(),
+		Uptime:        time.Since(g.started).Round(time.Second).String(),
+		Pin:           tlsconf.Pin(leaf),
+		CertExpiry:    leaf.NotAfter.UTC(),
+		AgentCerts:    g.allow.Len(),
+		Store:         g.db.Stats(),
+		Proxy:         ps,
+		PID:           pid,
+		Upgrade:       g.upgrade.Load(),
 	}
 }
 
