@@ -15,6 +15,7 @@
 package cluster
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -23,6 +24,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -57,9 +59,11 @@ type Config struct {
 	Bind      string   // gossip host:port (TCP and UDP), when Stream and Packets are nil
 	Advertise string   // host:port peers use. Default: memberlist's choice.
 	Join      []string // seeds (host:port)
-	// SecretKey encrypts gossip (16, 24 or 32 bytes). Default: none;
-	// config validation requires one off loopback.
-	SecretKey []byte
+	// SecretKeys authenticate and encrypt gossip (16, 24 or 32 bytes
+	// each): the first encrypts, every one decrypts, so a key is rotated
+	// without a restart (SetSecretKeys). Default: none; the gateway's
+	// configuration requires one with a bind address.
+	SecretKeys [][]byte
 	// Meta returns this node's current metadata; called on every gossip
 	// of it. Required.
 	Meta func() Meta
@@ -193,8 +197,8 @@ func New(cfg Config) (*Cluster, error) {
 	mc.PushPullInterval = 15 * time.Second
 	// A node restarted with a new address may take its name back soon.
 	mc.DeadNodeReclaimTime = 10 * time.Second
-	if len(cfg.SecretKey) > 0 {
-		kr, err := memberlist.NewKeyring(nil, cfg.SecretKey)
+	if len(cfg.SecretKeys) > 0 {
+		kr, err := memberlist.NewKeyring(cfg.SecretKeys, cfg.SecretKeys[0])
 		if err != nil {
 			return nil, fmt.Errorf("cluster: secret key: %w", err)
 		}
@@ -352,6 +356,43 @@ func (c *Cluster) Members() []Member {
 	c.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// SetSecretKeys replaces the gossip keys while the node runs: the first
+// encrypts from now on, every one decrypts, the others are dropped. A key
+// is rotated in three rounds over every node, each finished everywhere
+// before the next, so no node ever sends with a key another cannot read:
+// add the new key second; make it first; drop the old one. A node
+// started without a key cannot take one without a restart.
+func (c *Cluster) SetSecretKeys(keys [][]byte) error {
+	kr := c.mc.Keyring
+	if kr == nil {
+		return errors.New("cluster: gossip was started without a key; adding one needs a restart")
+	}
+	if len(keys) == 0 {
+		return errors.New("cluster: no gossip key given; gossip without one needs a restart")
+	}
+	for _, k := range keys {
+		if err := memberlist.ValidateKey(k); err != nil {
+			return fmt.Errorf("cluster: secret key: %w", err)
+		}
+	}
+	for _, k := range keys {
+		if err := kr.AddKey(k); err != nil {
+			return fmt.Errorf("cluster: secret key: %w", err)
+		}
+	}
+	if err := kr.UseKey(keys[0]); err != nil {
+		return fmt.Errorf("cluster: secret key: %w", err)
+	}
+	for _, old := range kr.GetKeys() {
+		if !slices.ContainsFunc(keys, func(k []byte) bool { return bytes.Equal(k, old) }) {
+			if err := kr.RemoveKey(old); err != nil {
+				return fmt.Errorf("cluster: secret key: %w", err)
+			}
+		}
+	}
+	return nil
 }
 
 // FailedKept is how long a failed node is listed (Failed) unless it comes

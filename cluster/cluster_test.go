@@ -1,6 +1,7 @@
 package cluster_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -798,4 +799,51 @@ func TestAloneNodeSaysSo(t *testing.T) {
 		RefreshInterval: 20 * time.Millisecond, RejoinInterval: time.Hour,
 		Meta: func() cluster.Meta { return cluster.Meta{Push: "127.0.0.2:13295"} }, Tune: tight, Logger: quiet})
 	waitFor(t, 20*time.Second, func() error { return sees(&testNode{Cluster: first, name: "first"}, 2) })
+}
+
+// TestSecretKeyRotation: the gossip key changes on running nodes in three
+// rounds (add the new key second, make it first, drop the old one) and
+// the nodes keep gossiping throughout; afterwards a node with only the
+// new key joins and one with only the old key cannot.
+func TestSecretKeyRotation(t *testing.T) {
+	oldKey, newKey := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	var conns atomic.Int64
+	nodes := newTestClusterWith(t, 2, func(i int, nd *testNode) cluster.Meta {
+		return cluster.Meta{Push: nd.push, Capacity: 1000, Conns: int(conns.Load())}
+	}, func(_ int, cfg *cluster.Config) { cfg.SecretKeys = [][]byte{oldKey} })
+	waitFor(t, 10*time.Second, func() error { return sees(nodes[1], 2) })
+	for round, keys := range [][][]byte{{oldKey, newKey}, {newKey, oldKey}, {newKey}} {
+		for _, nd := range nodes {
+			if err := nd.SetSecretKeys(keys); err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		// A metadata change made now reaches the other node: gossip works.
+		conns.Store(int64(round + 1))
+		waitFor(t, 10*time.Second, func() error {
+			for _, m := range nodes[1].Members() {
+				if m.Name == "node-0" && m.Meta.Conns == round+1 {
+					return nil
+				}
+			}
+			return fmt.Errorf("round %d: node-1 has not seen node-0's change (members %d)", round, len(nodes[1].Members()))
+		})
+	}
+	if err := nodes[0].SetSecretKeys([][]byte{[]byte("short")}); err == nil {
+		t.Error("a 5-byte key was taken")
+	}
+	// Start joins the seeds before it returns, and logs a failure.
+	join := func(name string, key []byte) string {
+		var log logBuffer
+		startNode(t, cluster.Config{Name: name, Bind: "127.0.0.9:0", Join: []string{nodes[0].addr}, SecretKeys: [][]byte{key},
+			RejoinInterval: time.Hour, Meta: func() cluster.Meta { return cluster.Meta{} }, Tune: tight,
+			Logger: slog.New(slog.NewTextHandler(&log, nil))})
+		return log.String()
+	}
+	if log := join("with-old-key", oldKey); !strings.Contains(log, "no seed answered") {
+		t.Errorf("a node with the dropped key joined:\n%s", log)
+	}
+	if log := join("with-new-key", newKey); !strings.Contains(log, `msg="cluster: joined"`) {
+		t.Errorf("a node with the new key did not join:\n%s", log)
+	}
 }

@@ -49,7 +49,7 @@ func CheckFiles(cfg *config.Config) error {
 			return err // names wake.secret_file; a configured file is never created
 		}
 	}
-	if _, err := clusterKey(cfg); err != nil {
+	if _, err := clusterKeys(cfg); err != nil {
 		return err
 	}
 	return nil

@@ -26,7 +26,7 @@ func (g *Gateway) newCluster(ls Listeners) error {
 	if cc.Bind == "" {
 		return nil
 	}
-	key, err := clusterKey(g.cfg)
+	keys, err := clusterKeys(g.cfg)
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
@@ -37,7 +37,7 @@ func (g *Gateway) newCluster(ls Listeners) error {
 		Bind:          cc.Bind,
 		Advertise:     cc.Advertise,
 		Join:          cc.Join,
-		SecretKey:     key,
+		SecretKeys:    keys,
 		Meta:          g.clusterMeta,
 		State:         allowState{g.allow},
 		Margin:        float64(cc.Margin),
@@ -72,7 +72,7 @@ func (g *Gateway) newCluster(ls Listeners) error {
 			if err := c.Start(); err != nil {
 				return err
 			}
-			g.log.Info("cluster started", "addr", g.clusterAddr, "seeds", cc.Join, "encrypted", key != nil)
+			g.log.Info("cluster started", "addr", g.clusterAddr, "seeds", cc.Join, "encrypted", keys != nil, "gossip_keys", len(keys))
 			return nil
 		},
 		shutdown: func(context.Context) error { return g.leaveCluster() },
@@ -81,21 +81,35 @@ func (g *Gateway) newCluster(ls Listeners) error {
 	return nil
 }
 
-// clusterKey reads cluster.secret_key_file (none: nil).
-func clusterKey(cfg *config.Config) ([]byte, error) {
+// clusterKeys reads cluster.secret_key_file (none: nil): one base64 key
+// of 16, 24 or 32 bytes per line, the first encrypting, every one
+// decrypting (blank lines and # comments skipped), so a key is rotated
+// with reloads (docs/CLUSTER.md).
+func clusterKeys(cfg *config.Config) ([][]byte, error) {
 	file := cfg.Cluster.SecretKeyFile
 	if file == "" {
 		return nil, nil
 	}
-	s, err := tlsconf.ReadSecretFile(file)
+	data, err := os.ReadFile(file)
 	if err != nil {
 		return nil, fmt.Errorf("cluster.secret_key_file: %w", err)
 	}
-	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
-	if err != nil || (len(key) != 16 && len(key) != 24 && len(key) != 32) {
-		return nil, fmt.Errorf("cluster.secret_key_file %s: want base64 of 16, 24 or 32 bytes (e.g. (umask 077; openssl rand -base64 32 > FILE))", file)
+	var keys [][]byte
+	for i, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		key, err := base64.StdEncoding.DecodeString(line)
+		if err != nil || (len(key) != 16 && len(key) != 24 && len(key) != 32) {
+			return nil, fmt.Errorf("cluster.secret_key_file %s: line %d: want base64 of 16, 24 or 32 bytes (e.g. (umask 077; openssl rand -base64 32 > FILE))", file, i+1)
+		}
+		keys = append(keys, key)
 	}
-	return key, nil
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("cluster.secret_key_file %s holds no key (e.g. (umask 077; openssl rand -base64 32 > FILE))", file)
+	}
+	return keys, nil
 }
 
 // newDNS builds the DNS part: answers for the push service from the

@@ -389,7 +389,7 @@ type ReloadResult struct {
 
 // Reload re-reads the configuration file and every file it names, and
 // applies what can change live: the certificates, the allow-list, the
-// token keys, the proxy's upstreams (added, removed, pins) and its
+// token keys, the gossip keys, the proxy's upstreams (added, removed, pins) and its
 // validation of agent certificates, the connection limits and per-source
 // rates, the log level. New connections use them; established ones are
 // untouched. A key that needs a restart is named in the result and the
@@ -440,6 +440,14 @@ func (g *Gateway) reload() (ReloadResult, error) {
 		}
 		tokenKeys = keys
 	}
+	var gossipKeys [][]byte
+	if g.cluster != nil {
+		keys, err := clusterKeys(next)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		gossipKeys = keys
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fail(err)
 	}
@@ -449,6 +457,13 @@ func (g *Gateway) reload() (ReloadResult, error) {
 	if tokenKeys != nil {
 		g.push.SetTokenKeys(tokenKeys) // checked by TokenKeys
 		res.Applied = append(res.Applied, "push.token_key_file")
+	}
+	if gossipKeys != nil {
+		if err := g.cluster.SetSecretKeys(gossipKeys); err != nil {
+			return fail(err)
+		}
+		g.cfg.Cluster.SecretKeyFile = next.Cluster.SecretKeyFile
+		res.Applied = append(res.Applied, "cluster.secret_key_file")
 	}
 	if upstreams != nil {
 		if err := g.proxy.SetUpstreams(upstreams); err != nil {
@@ -480,7 +495,7 @@ func (g *Gateway) reload() (ReloadResult, error) {
 	}
 	res.RestartNeeded = changedKeys(g.cfg, next)
 	g.m.reloaded(nil)
-	g.log.Info("reloaded", "pin", g.id.Pin(), "agent_certs", g.allow.Len(), "token_keys", len(tokenKeys),
+	g.log.Info("reloaded", "pin", g.id.Pin(), "agent_certs", g.allow.Len(), "token_keys", len(tokenKeys), "gossip_keys", len(gossipKeys),
 		"upstreams", len(g.cfg.Proxy.Upstreams), "restart_needed", res.RestartNeeded)
 	if len(res.RestartNeeded) > 0 {
 		g.log.Warn("reload: these keys changed but apply only after a restart or dpgate upgrade", "keys", res.RestartNeeded)

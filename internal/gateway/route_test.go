@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -643,22 +644,46 @@ func TestRestartedOwnersLearnHolders(t *testing.T) {
 
 // TestReloadInACluster: a reload while the cluster gossips (its metadata
 // reads the push limit a reload changes) is race-free and the new
-// capacity reaches the other node.
+// capacity reaches the other node. The gossip key is rotated by reloads
+// (cluster.secret_key_file: add the new key second, make it first, drop
+// the old one), and gossip goes on through every round: before, the key
+// was read once at start, so changing it meant restarting every node,
+// and a node on the new key could not gossip with one on the old.
 func TestReloadInACluster(t *testing.T) {
 	t.Parallel()
 	gs, _ := testCluster(t, 2)
-	file := gs[0].cfg.File()
-	body, _ := os.ReadFile(file)
-	os.WriteFile(file, []byte(strings.Replace(string(body), "  auth: none\n", "  auth: none\n  max_connections: 4321\n", 1)), 0o644)
-	if _, err := gs[0].reload(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 30*time.Second, func() error {
-		for _, m := range gs[1].cluster.Members() {
-			if m.Name == gs[0].cfg.Node.Name && m.Meta.Capacity == 4321 {
-				return nil
+	const newKey = "bmV3IGdvc3NpcCBrZXkgb2YgdGhlIHRlc3QgY2x1c3Q="
+	for round, keys := range []string{testGossipKey + "\n" + newKey, newKey + "\n" + testGossipKey, "# rotated\n" + newKey} {
+		for _, g := range gs {
+			os.WriteFile(g.cfg.Cluster.SecretKeyFile, []byte(keys+"\n"), 0o600)
+			res, err := g.reload()
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+			if !slices.Contains(res.Applied, "cluster.secret_key_file") || len(res.RestartNeeded) > 0 {
+				t.Fatalf("round %d: reload applied %v, restart needed for %v", round, res.Applied, res.RestartNeeded)
 			}
 		}
-		return errors.New("node 1 has not seen node 0's new capacity")
-	})
+		// A change node 0 gossips now reaches node 1.
+		capacity := 4321 + round
+		file := gs[0].cfg.File()
+		body, _ := os.ReadFile(file)
+		body = regexp.MustCompile(`(?m)^  max_connections: \d+\n`).ReplaceAll(body, nil)
+		os.WriteFile(file, []byte(strings.Replace(string(body), "  auth: none\n", fmt.Sprintf("  auth: none\n  max_connections: %d\n", capacity), 1)), 0o644)
+		if _, err := gs[0].reload(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 30*time.Second, func() error {
+			for _, m := range gs[1].cluster.Members() {
+				if m.Name == gs[0].cfg.Node.Name && m.Meta.Capacity == capacity {
+					return nil
+				}
+			}
+			return fmt.Errorf("round %d: node 1 has not seen node 0's new capacity %d", round, capacity)
+		})
+	}
+	os.WriteFile(gs[0].cfg.Cluster.SecretKeyFile, []byte("bm90IGEga2V5\n"), 0o600)
+	if _, err := gs[0].reload(); err == nil || !strings.Contains(err.Error(), "line 1: want base64 of 16, 24 or 32 bytes") {
+		t.Errorf("reload with a 9-byte gossip key: %v", err)
+	}
 }
