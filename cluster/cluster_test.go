@@ -19,6 +19,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dpgate/dpgate/cluster"
 	"github.com/dpgate/dpgate/internal/store"
@@ -620,9 +621,13 @@ var waitFor = testutil.WaitFor
 // that exist without records answer NOERROR with the SOA, never NXDOMAIN.
 func TestDNSSizeAndNames(t *testing.T) {
 	const n = 8
+	reg := prometheus.NewRegistry() // node-0's, which answers
 	nodes := newTestClusterWith(t, n, nil, func(i int, cfg *cluster.Config) {
 		cfg.Name = fmt.Sprintf("branch-office-distribution-point-%02d", i)
 		cfg.Tune = steady
+		if i == 0 {
+			cfg.Registerer = reg
+		}
 	})
 	waitFor(t, 20*time.Second, func() error { return sees(nodes[0], n) })
 	d := cluster.NewDNS(nodes[0].Cluster, "dpgate.internal")
@@ -707,6 +712,29 @@ func TestDNSSizeAndNames(t *testing.T) {
 	}
 	if r := ask("nothing.node.dpgate.internal.", dns.TypeA); r.Rcode != dns.RcodeNameError || !soaIn(r.Ns) {
 		t.Errorf("unknown node: rcode %s, authority %v; want NXDOMAIN with the SOA", dns.RcodeToString[r.Rcode], r.Ns)
+	}
+	// An UPDATE (another opcode) is refused by the DNS library before it
+	// reaches the zone, and counted too.
+	update := new(dns.Msg)
+	update.SetUpdate("dpgate.internal.")
+	if r, _, err := (&dns.Client{Timeout: 5 * time.Second}).Exchange(update, pc.LocalAddr().String()); err != nil || r.Rcode != dns.RcodeNotImplemented {
+		t.Errorf("UPDATE: %v, %v; want NOTIMP", r, err)
+	}
+	// Every answer above is counted, by transport and response code.
+	for _, c := range []struct {
+		name  string
+		match []string
+		min   float64
+	}{
+		{"dpgate_dns_truncated_total", nil, 1},
+		{"dpgate_dns_responses_total", []string{"proto=udp", "rcode=NOERROR"}, 7},
+		{"dpgate_dns_responses_total", []string{"proto=udp", "rcode=NXDOMAIN"}, 1},
+		{"dpgate_dns_responses_total", []string{"proto=udp", "rcode=NOTIMP"}, 1},
+		{"dpgate_dns_responses_total", []string{"proto=tcp", "rcode=NOERROR"}, 1},
+	} {
+		if got := testutil.Metric(t, reg, c.name, c.match...); got < c.min {
+			t.Errorf("%s%v = %v, want at least %v", c.name, c.match, got, c.min)
+		}
 	}
 }
 

@@ -6,6 +6,9 @@ import (
 	"strings"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dpgate/dpgate/internal/series"
 )
 
 // DNS answers for the push service under a domain (cluster.dns.domain):
@@ -27,24 +30,50 @@ type DNS struct {
 	c      *Cluster
 	domain string
 	TTL    uint32
+
+	responses *prometheus.CounterVec
+	truncated prometheus.Counter
 }
 
 // MaxUDPSize caps a UDP answer whatever EDNS buffer the client offers.
 const MaxUDPSize = 1232
 
-// NewDNS serves the cluster's view; it does not listen.
+// NewDNS serves the cluster's view; it does not listen. Its series go to
+// the cluster's registry.
 func NewDNS(c *Cluster, domain string) *DNS {
-	return &DNS{c: c, domain: dns.Fqdn(strings.ToLower(domain)), TTL: 5}
+	s := series.On(c.cfg.Registerer)
+	return &DNS{c: c, domain: dns.Fqdn(strings.ToLower(domain)), TTL: 5,
+		responses: s.CounterVec("dpgate_dns_responses_total",
+			"DNS answers by transport and response code: REFUSED for a name outside cluster.dns.domain, NXDOMAIN for an unknown name in it, FORMERR and NOTIMP for malformed queries and other opcodes.",
+			[]string{"proto", "rcode"}, []string{"udp", "tcp"}, []string{"NOERROR", "NXDOMAIN", "REFUSED", "FORMERR", "NOTIMP", "BADVERS"}),
+		truncated: s.Counter("dpgate_dns_truncated_total",
+			"UDP answers cut to fit 512 bytes or the client's EDNS buffer (TC set: the client asks again over TCP)."),
+	}
 }
 
 // ServeUDP answers on pc until it is closed.
 func (d *DNS) ServeUDP(pc net.PacketConn) error {
-	return (&dns.Server{PacketConn: pc, Handler: d}).ActivateAndServe()
+	return (&dns.Server{PacketConn: pc, Handler: d, MsgAcceptFunc: d.accept("udp")}).ActivateAndServe()
 }
 
 // ServeTCP answers on ln until it is closed.
 func (d *DNS) ServeTCP(ln net.Listener) error {
-	return (&dns.Server{Listener: ln, Handler: d}).ActivateAndServe()
+	return (&dns.Server{Listener: ln, Handler: d, MsgAcceptFunc: d.accept("tcp")}).ActivateAndServe()
+}
+
+// accept is miekg/dns's check of a query's header, counting the queries
+// it answers itself (FORMERR, NOTIMP) before they reach ServeDNS.
+func (d *DNS) accept(proto string) dns.MsgAcceptFunc {
+	return func(h dns.Header) dns.MsgAcceptAction {
+		action := dns.DefaultMsgAcceptFunc(h)
+		switch action {
+		case dns.MsgReject:
+			d.responses.WithLabelValues(proto, "FORMERR").Inc()
+		case dns.MsgRejectNotImplemented:
+			d.responses.WithLabelValues(proto, "NOTIMP").Inc()
+		}
+		return action
+	}
 }
 
 // ServeDNS implements dns.Handler.
@@ -57,9 +86,9 @@ func (d *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	} else {
 		resp = d.answer(req)
 	}
-	size := dns.MaxMsgSize
+	size, proto := dns.MaxMsgSize, "tcp"
 	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
-		size = dns.MinMsgSize
+		size, proto = dns.MinMsgSize, "udp"
 		if opt := req.IsEdns0(); opt != nil {
 			size = min(max(int(opt.UDPSize()), dns.MinMsgSize), MaxUDPSize)
 		}
@@ -68,6 +97,10 @@ func (d *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		resp.SetEdns0(uint16(min(size, MaxUDPSize)), false) // RFC 6891: answer EDNS with EDNS
 	}
 	resp.Truncate(size)
+	if resp.Truncated {
+		d.truncated.Inc()
+	}
+	d.responses.WithLabelValues(proto, dns.RcodeToString[resp.Rcode]).Inc()
 	w.WriteMsg(resp)
 }
 

@@ -101,6 +101,9 @@ func TestMetricsFollowConventions(t *testing.T) {
 cluster:
   bind: 127.0.0.1:0
   join: [%s]
+  dns:
+    listen: 127.0.0.1:0
+    domain: dpgate.test
 proxy:
   listen: 127.0.0.1:0
   upstreams:
