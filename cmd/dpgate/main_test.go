@@ -503,6 +503,11 @@ func TestBadInput(t *testing.T) {
 	pfxData, _ := os.ReadFile(pfxFile)
 	corruptPFX := write("corrupt.pfx", string(pfxData[:len(pfxData)/2]))
 	garbage := write("garbage.pem", "this is not PEM\n")
+	// Secrets every user may read: the gateway refuses them, and so do
+	// the commands that sign with them.
+	openKey := write("open.key", "ZHBnYXRlIHRlc3QgY2x1c3RlciBnb3NzaXAga2V5ISE=\n")
+	os.Chmod(openKey, 0o644)
+	openSecrets := writeConfig(t, t.TempDir(), freePort(t), "push:\n  token_key_file: "+openKey+"\nwake:\n  secret_file: "+openKey+"\n")
 
 	tests := []struct {
 		name     string
@@ -524,6 +529,8 @@ func TestBadInput(t *testing.T) {
 		{"corrupt PFX", []string{"cert", "pin", corruptPFX, "--password-file", pw}, 1, "not a valid PKCS#12"},
 		{"wrong PFX password", []string{"cert", "pin", pfxFile, "--password-file", wrongPW}, 1, "wrong password"},
 		{"agent certificate for a bad device id", []string{"cert", "agent-gen", "-c", agentCfg, "--cn", "has space", "--out", filepath.Join(dir, "bad.pfx")}, 2, "white-space"},
+		{"token signed with a key every user may read", []string{"token", "issue", "-c", openSecrets, "pc-1"}, 1, "push.token_key_file " + openKey + " may be read by every user"},
+		{"wake secret every user may read", []string{"wake", "key", "--device", "pc-1", "-c", openSecrets}, 1, "wake.secret_file " + openKey + " may be read by every user"},
 		{"token for a 129-byte device id", []string{"token", "issue", "-c", agentCfg, strings.Repeat("a", 129)}, 2, "device id of 129 bytes"},
 		{"push to an empty device id", []string{"push", "-c", agentCfg, "", "job"}, 2, "push: device id is empty"},
 		{"device show of an id with a space", []string{"device", "show", "-c", agentCfg, "pc 1"}, 2, "white-space"},

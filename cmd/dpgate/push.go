@@ -146,6 +146,9 @@ its HELLO; every node holding the key accepts it.`, stdout)
 	if err != nil {
 		return err
 	}
+	if err := gateway.CheckSecretFile("push.token_key_file", cfg.Push.TokenKeyFile); err != nil {
+		return err // as the gateway refuses it
+	}
 	keys, err := gateway.TokenKeys(cfg)
 	if err != nil {
 		return err

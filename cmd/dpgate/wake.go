@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 
+	"github.com/dpgate/dpgate/internal/gateway"
 	"github.com/dpgate/dpgate/push/client"
 	"github.com/dpgate/dpgate/wake"
 )
@@ -72,6 +73,9 @@ them on first use.`, stdout)
 	cfg, err := loadConfig(*cfgFile)
 	if err != nil {
 		return err
+	}
+	if err := gateway.CheckSecretFile("wake.secret_file", cfg.Wake.SecretFile); err != nil {
+		return err // as the gateway refuses it
 	}
 	keys, err := wake.LoadOrCreateKeys(cfg.Node.DataDir, cfg.Wake.SecretFile)
 	if err != nil {
