@@ -13,9 +13,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/dpgate/dpgate/push/queue"
 	"github.com/dpgate/dpgate/push/wire"
@@ -108,6 +110,13 @@ type Router struct {
 	// no push node (it is marked again for at most absentRepairs).
 	absent map[string]int
 
+	// notStoredLog keeps the warning for copies an owner did not take to
+	// one in 10 s (at 2,000 pushes a second an owner going down would
+	// otherwise log 2,000 lines a second); notStored counts the copies
+	// since the last line, which says how many it stands for.
+	notStoredLog rate.Sometimes
+	notStored    atomic.Int64
+
 	done chan struct{}
 	wg   sync.WaitGroup
 }
@@ -137,6 +146,8 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 		stale:   map[string]bool{},
 		absent:  map[string]int{},
 		done:    make(chan struct{}),
+
+		notStoredLog: rate.Sometimes{Interval: 10 * time.Second},
 	}
 	r.peer = newPeerNet(r)
 	return r, nil
@@ -380,7 +391,11 @@ func (r *Router) Push(ctx context.Context, devices []string, payload []byte, ttl
 	for range remote {
 		res := <-results
 		if res.err != nil {
-			r.log.Warn("cluster: push not stored on its owner; kept here", "node", res.node, "pushes", len(res.items), "err", res.err)
+			r.notStored.Add(int64(len(res.items)))
+			r.notStoredLog.Do(func() {
+				r.log.Warn("cluster: push not stored on its owner; kept here (logged once in 10 s; dpgate_cluster_route_failed_total counts each)",
+					"node", res.node, "pushes_since_last_line", r.notStored.Swap(0), "err", res.err)
+			})
 			r.m.routeFailed.WithLabelValues(res.node).Add(float64(len(res.items)))
 			// The owner missed it: repair offers it again until it
 			// gets through. A node cut off but never declared dead

@@ -687,3 +687,55 @@ func TestReloadInACluster(t *testing.T) {
 		t.Errorf("reload with a 9-byte gossip key: %v", err)
 	}
 }
+
+// logLines counts the lines a logger writes that hold a text.
+type logLines struct {
+	mu   sync.Mutex
+	text []byte
+}
+
+func (l *logLines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.text = append(l.text, p...)
+	return len(p), nil
+}
+
+func (l *logLines) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return bytes.Count(l.text, []byte(s))
+}
+
+// TestUnreachableOwnerWarnedOnce: while an owner is down but not yet
+// declared dead (or alive in gossip with its push port cut off, a
+// firewall between the nodes' push ports), every push logged "push not
+// stored on its owner; kept here": at 2,000 pushes a second, 2,000 lines
+// a second. The warning is now logged once in 10 s, saying how many it
+// stands for; dpgate_cluster_route_failed_total counts each.
+func TestUnreachableOwnerWarnedOnce(t *testing.T) {
+	t.Parallel()
+	var log logLines
+	// Slow probes: node 1 stays a member for many seconds after it stops.
+	gs, apis := testClusterWith(t, 2, "  probe_interval: 10s\n", Options{Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	gs[1].Close()
+	const pushes = 20
+	for i := range pushes {
+		data := fmt.Sprintf("kept on node 0 %d", i)
+		var reply PushReply
+		if err := apis[0].Do(context.Background(), "POST", "/v1/devices/pc-owner-down/push", PushRequest{Data: &data}, &reply); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(gs[0].cluster.Members()); n != 2 {
+		t.Fatalf("node 0 sees %d members: node 1 was declared dead during the pushes, so they did not all meet an unreachable owner", n)
+	}
+	failed := testutil.Metric(t, gs[0].Telemetry().Registry, "dpgate_cluster_route_failed_total")
+	warned := log.count("push not stored on its owner")
+	if failed < pushes || warned != 1 {
+		t.Errorf("%d pushes to an unreachable owner: %v counted, %d warnings; want %d counted, 1 warning", pushes, failed, warned, pushes)
+	}
+	// Node 1 is still a member for a while: a graceful stop now could not
+	// hand node 0's pushes over to it (an error, rightly).
+	gs[0].Close()
+}
