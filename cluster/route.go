@@ -13,12 +13,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/time/rate"
 
+	"github.com/dpgate/dpgate/internal/ratelimit"
 	"github.com/dpgate/dpgate/push/queue"
 	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
@@ -111,11 +110,9 @@ type Router struct {
 	absent map[string]int
 
 	// notStoredLog keeps the warning for copies an owner did not take to
-	// one in 10 s (at 2,000 pushes a second an owner going down would
-	// otherwise log 2,000 lines a second); notStored counts the copies
-	// since the last line, which says how many it stands for.
-	notStoredLog rate.Sometimes
-	notStored    atomic.Int64
+	// one in 10 s: at 2,000 pushes a second an owner going down would
+	// otherwise log 2,000 lines a second.
+	notStoredLog *ratelimit.Every
 
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -147,7 +144,7 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 		absent:  map[string]int{},
 		done:    make(chan struct{}),
 
-		notStoredLog: rate.Sometimes{Interval: 10 * time.Second},
+		notStoredLog: ratelimit.NewEvery(10 * time.Second),
 	}
 	r.peer = newPeerNet(r)
 	return r, nil
@@ -391,10 +388,9 @@ func (r *Router) Push(ctx context.Context, devices []string, payload []byte, ttl
 	for range remote {
 		res := <-results
 		if res.err != nil {
-			r.notStored.Add(int64(len(res.items)))
-			r.notStoredLog.Do(func() {
+			r.notStoredLog.Do(int64(len(res.items)), func(n int64) {
 				r.log.Warn("cluster: push not stored on its owner; kept here (logged once in 10 s; dpgate_cluster_route_failed_total counts each)",
-					"node", res.node, "pushes_since_last_line", r.notStored.Swap(0), "err", res.err)
+					"node", res.node, "pushes_since_last_line", n, "err", res.err)
 			})
 			r.m.routeFailed.WithLabelValues(res.node).Add(float64(len(res.items)))
 			// The owner missed it: repair offers it again until it

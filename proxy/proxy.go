@@ -55,6 +55,10 @@ type Proxy struct {
 	dialer     net.Dialer
 	source     atomic.Pointer[ratelimit.PerSource]
 	shaper     *rate.Limiter
+	// refusedLog keeps the refused-certificate line to one in 10 s: a
+	// host presenting foreign certificates could otherwise write one per
+	// handshake.
+	refusedLog *ratelimit.Every
 
 	conns      atomic.Int64 // agent connections held, handshakes included
 	bytesIn    atomic.Int64 // agent->upstream, counted as relays write
@@ -80,13 +84,14 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p := &Proxy{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		dialer:    net.Dialer{KeepAlive: 30 * time.Second},
-		shaper:    ingressShaper(cfg.MaxIngressRate),
-		done:      make(chan struct{}),
-		listeners: map[net.Listener]struct{}{},
-		live:      map[net.Conn]struct{}{},
+		cfg:        cfg,
+		log:        cfg.Logger,
+		dialer:     net.Dialer{KeepAlive: 30 * time.Second},
+		shaper:     ingressShaper(cfg.MaxIngressRate),
+		refusedLog: ratelimit.NewEvery(10 * time.Second),
+		done:       make(chan struct{}),
+		listeners:  map[net.Listener]struct{}{},
+		live:       map[net.Conn]struct{}{},
 	}
 	p.m = newMetrics(cfg.Registerer, p)
 	p.SetLimits(cfg.MaxConnections, cfg.SourceRate)
@@ -252,8 +257,10 @@ func (p *Proxy) handshakeFailed(remote net.Addr, err error) {
 	switch {
 	case errors.As(err, &refused):
 		reason = refused.Label()
-		p.log.Warn("proxy: agent certificate refused", "agent", remote.String(),
-			"fingerprint", refused.Fingerprint, "subject", refused.Subject, "reason", refused.Reason)
+		p.refusedLog.Do(1, func(n int64) {
+			p.log.Warn("proxy: agent certificate refused (logged once in 10 s; dpgate_proxy_handshake_failures_total counts each)", "agent", remote.String(),
+				"fingerprint", refused.Fingerprint, "subject", refused.Subject, "reason", refused.Reason, "refusals_since_last_line", n)
+		})
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded):
 		reason = "timeout"
 	default:

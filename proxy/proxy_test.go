@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"runtime"
@@ -130,7 +131,8 @@ func TestAgentCertificates(t *testing.T) {
 	known, _ := tlsconf.Issue(tlsconf.Template{CommonName: "dev-known", Client: true}, nil)
 	unknown, _ := tlsconf.Issue(tlsconf.Template{CommonName: "dev-unknown", Client: true}, nil)
 	allow.Add(known.Leaf)
-	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, AllowList: allow})
+	var log logText
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, AllowList: allow, Logger: slog.New(slog.NewTextHandler(&log, nil))})
 
 	cache := tls.NewLRUClientSessionCache(8)
 	knownCfg := agentConfig(t, p.id, &known)
@@ -156,6 +158,29 @@ func TestAgentCertificates(t *testing.T) {
 		}
 		return nil
 	})
+	// Two certificates refused, one line: a host presenting foreign
+	// certificates used to write one per handshake.
+	if n := strings.Count(log.String(), "agent certificate refused"); n != 1 {
+		t.Errorf("2 certificates refused: %d log lines, want 1 (once in 10 s):\n%s", n, log.String())
+	}
+}
+
+// logText is a logger's output, read while it is written.
+type logText struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logText) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logText) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func TestFailover(t *testing.T) {

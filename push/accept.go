@@ -209,8 +209,10 @@ func (s *Server) authFailed(remote net.Addr, err error) {
 	var refused *tlsconf.RefusedError
 	if errors.As(err, &refused) {
 		reason = refused.Label()
-		s.log.Warn("push: agent certificate refused", "agent", remote.String(),
-			"fingerprint", refused.Fingerprint, "subject", refused.Subject, "reason", refused.Reason)
+		s.refusedLog.Do(1, func(n int64) {
+			s.log.Warn("push: agent certificate refused (logged once in 10 s; dpgate_push_auth_failures_total counts each)", "agent", remote.String(),
+				"fingerprint", refused.Fingerprint, "subject", refused.Subject, "reason", refused.Reason, "refusals_since_last_line", n)
+		})
 	}
 	s.m.authFailed.WithLabelValues(reason).Inc()
 }

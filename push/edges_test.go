@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -379,4 +381,56 @@ func TestRemovedCertificateEndsSession(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// logText is a logger's output, read while it is written.
+type logText struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logText) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logText) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestRefusedCertificatesLoggedSparingly: each handshake with a
+// certificate outside the allow-list logged a warning, so a host
+// presenting foreign certificates (200 handshakes a second within
+// push.source_rate) wrote 200 lines a second, enough for journald to drop
+// the service's other lines. One line in 10 s now stands for them all,
+// with their number; the metric counts each.
+func TestRefusedCertificatesLoggedSparingly(t *testing.T) {
+	t.Parallel()
+	var log logText
+	ts := newTestServer(t, func(c *push.Config) { c.Logger = slog.New(slog.NewTextHandler(&log, nil)) })
+	stranger := ts.agentCert(t, "dev-stranger")
+	if _, err := ts.allow.Remove(tlsconf.Fingerprint(stranger.Leaf)); err != nil {
+		t.Fatal(err)
+	}
+	const tries = 5
+	for range tries {
+		c, err := tls.Dial("tcp", ts.addr, ts.tlsFor(&stranger))
+		if err == nil { // TLS 1.3: the client learns of the refusal on its first read
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c.Read(make([]byte, 1))
+			c.Close()
+		}
+	}
+	testutil.WaitFor(t, 10*time.Second, func() error {
+		if n := testutil.Metric(t, ts.metrics, "dpgate_push_auth_failures_total", "reason=cert_unknown"); n != tries {
+			return fmt.Errorf("%v refusals counted, want %d", n, tries)
+		}
+		return nil
+	})
+	if n := strings.Count(log.String(), "agent certificate refused"); n != 1 {
+		t.Errorf("%d handshakes refused: %d log lines, want 1:\n%s", tries, n, log.String())
+	}
 }

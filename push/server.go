@@ -54,6 +54,10 @@ type Server struct {
 	maxConns atomic.Int64
 	// sourceLog keeps the log line for source-rate refusals to one a minute.
 	sourceLog rate.Sometimes
+	// refusedLog keeps the refused-certificate line to one in 10 s: a
+	// host presenting foreign certificates could otherwise write one per
+	// handshake.
+	refusedLog *ratelimit.Every
 
 	conns       atomic.Int64 // connections held, handshakes included
 	unvalidated atomic.Int64 // QUIC handshakes from unvalidated addresses in progress
@@ -94,20 +98,21 @@ func New(cfg Config) (*Server, error) {
 		allow = cfg.AllowList
 	}
 	s := &Server{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		queue:     cfg.Queue,
-		reg:       cfg.Registry,
-		tls:       tlsconf.ServerConfig(cfg.Identity, allow, wire.ALPN),
-		accept:    rate.NewLimiter(rate.Limit(cfg.AcceptRate), max(1, int(cfg.AcceptRate/4))),
-		refusing:  make(chan struct{}, maxRefusing),
-		sourceLog: rate.Sometimes{Interval: time.Minute},
-		done:      make(chan struct{}),
-		sessions:  map[string]*session{},
-		raw:       map[conn]struct{}{},
-		recent:    wire.NewRecentIDs(recentAcks),
-		idWaiters: map[[16]byte][]chan struct{}{},
-		cluster:   alone{},
+		cfg:        cfg,
+		log:        cfg.Logger,
+		queue:      cfg.Queue,
+		reg:        cfg.Registry,
+		tls:        tlsconf.ServerConfig(cfg.Identity, allow, wire.ALPN),
+		accept:     rate.NewLimiter(rate.Limit(cfg.AcceptRate), max(1, int(cfg.AcceptRate/4))),
+		refusing:   make(chan struct{}, maxRefusing),
+		sourceLog:  rate.Sometimes{Interval: time.Minute},
+		refusedLog: ratelimit.NewEvery(10 * time.Second),
+		done:       make(chan struct{}),
+		sessions:   map[string]*session{},
+		raw:        map[conn]struct{}{},
+		recent:     wire.NewRecentIDs(recentAcks),
+		idWaiters:  map[[16]byte][]chan struct{}{},
+		cluster:    alone{},
 	}
 	s.m = newMetrics(cfg.Registerer, s)
 	s.queue.ObserveWrites(func(d time.Duration) { s.m.journalWrite.Observe(d.Seconds()) })
