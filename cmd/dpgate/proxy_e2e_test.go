@@ -106,7 +106,7 @@ func TestProxyEndToEnd(t *testing.T) {
 	if got, _ := echo(agentCfg(&stranger), "x"); got != "" {
 		t.Errorf("unknown agent certificate relayed %q", got)
 	}
-	s.waitLog(t, `msg="proxy: agent certificate refused".*fingerprint=`+tlsconf.Fingerprint(stranger.Leaf)+`.*reason=unknown`)
+	s.waitLog(t, `msg="proxy: agent certificate refused .*fingerprint=`+tlsconf.Fingerprint(stranger.Leaf)+`.*reason=unknown`)
 
 	if r := dpgate(t, nil, "cert", "rm", "-c", cfg, tlsconf.Fingerprint(agentCert.Leaf)); r.code != 0 {
 		t.Fatalf("cert rm: %s", r.stderr)

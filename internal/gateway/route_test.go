@@ -370,6 +370,16 @@ func TestPushToAllReachesEveryNode(t *testing.T) {
 	if got := testutil.Metric(t, gs[0].Telemetry().Registry, "dpgate_cluster_failed_nodes"); got != 1 {
 		t.Errorf("dpgate_cluster_failed_nodes = %v, want 1", got)
 	}
+	c, _ := signIn(t, gs[0])
+	resp, err := c.Get("http://" + gs[0].adminAddr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if row := regexp.MustCompile(`(?s)<tr data-node="` + failed + `">.*?</tr>`).Find(page); !bytes.Contains(row, []byte("failed since")) {
+		t.Errorf("the console's overview without %s failed: row %q", failed, row)
+	}
 }
 
 // sameSet: a and b hold the same strings, in any order.
