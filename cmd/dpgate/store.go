@@ -24,8 +24,9 @@ queue, the device registry and the agent certificate allow-list):
            anything is. Asks the running gateway, or reads the file
            when none runs.
   recover  copy every readable record into a new dpgate.db and keep the
-           damaged file beside it (dpgate.db.damaged-<time>); prints the
-           records kept and lost. The gateway must be stopped.
+           damaged file beside it (dpgate.db.damaged-<time>; .old-<time>
+           when nothing was damaged); prints the records kept and lost.
+           The gateway must be stopped.
   reset    start over with an empty store (needs --force): the current
            file is kept as dpgate.db.old-<time>. Queued pushes, devices
            and the allow-list are gone. The gateway must be stopped.
@@ -107,7 +108,8 @@ func storeRecover(args []string, stdout, stderr io.Writer) error {
 Copies every readable record of a damaged store into a new dpgate.db:
 records that fail their checksum, and those on pages that cannot be read,
 are left behind and counted. The damaged file is kept beside the new one
-as dpgate.db.damaged-<time>. Run it with the gateway stopped, then start
+as dpgate.db.damaged-<time> (dpgate.db.old-<time>, and said so, when
+nothing in it was damaged). Run it with the gateway stopped, then start
 the gateway again.`, stdout)
 	cfgFile := fs.String("c", "", "configuration `FILE`, for data_dir (default: built-in defaults)")
 	jsonOut := fs.Bool("json", false, "print JSON")
@@ -151,6 +153,10 @@ the gateway again.`, stdout)
 	fmt.Fprintf(stdout, "kept %d records, lost %d failing their checksum", kept, lost)
 	if len(rep.Unreadable) > 0 {
 		fmt.Fprintf(stdout, " and those of %d unreadable branches", len(rep.Unreadable))
+	}
+	if rep.Sound {
+		fmt.Fprintf(stdout, "\nnothing was damaged: the store was sound and needed no recovery\nnew store  %s\nold store  %s (kept)\n", rep.Recovered, rep.Damaged)
+		return nil
 	}
 	fmt.Fprintf(stdout, "\nnew store  %s\ndamaged    %s (kept)\n", rep.Recovered, rep.Damaged)
 	return nil

@@ -293,16 +293,22 @@ func walkBucket(b *bolt.Bucket, path []string, visit func(path []string, k, v []
 
 // RecoverReport is what Recover did.
 type RecoverReport struct {
-	Damaged    string         `json:"damaged"`   // where the damaged file is kept now
+	// Damaged is where the old file is kept now: dpgate.db.damaged-<time>,
+	// or dpgate.db.old-<time> when nothing in it was damaged (Sound).
+	Damaged    string         `json:"damaged"`
 	Recovered  string         `json:"recovered"` // the new file (dpgate.db)
 	Kept       map[string]int `json:"kept"`      // records copied, by top-level bucket
 	Lost       map[string]int `json:"lost"`      // records that failed their checksum, by bucket
 	Unreadable []string       `json:"unreadable"`
+	// Sound: every record was kept (none failed its checksum, no branch
+	// was unreadable); the store needed no recovery.
+	Sound bool `json:"sound"`
 }
 
 // Recover copies every readable record of the store in dir into a new
-// file, moves the damaged file aside (dpgate.db.damaged-<time>) and puts
-// the new one in its place. Records that fail their checksum are left
+// file, moves the damaged file aside (dpgate.db.damaged-<time>, or
+// dpgate.db.old-<time> when nothing was damaged) and puts the new one in
+// its place. Records that fail their checksum are left
 // behind and counted; a branch of the tree that cannot be read is named.
 // The gateway must be stopped (ErrLocked otherwise).
 func Recover(dir string, lockTimeout time.Duration) (RecoverReport, error) {
@@ -345,7 +351,15 @@ func Recover(dir string, lockTimeout time.Duration) (RecoverReport, error) {
 		os.Remove(tmp)
 		return rep, fmt.Errorf("store: recover: %w", err)
 	}
-	rep.Damaged = path + ".damaged-" + time.Now().UTC().Format("20060102T150405Z")
+	rep.Sound = len(rep.Unreadable) == 0
+	for _, n := range rep.Lost {
+		rep.Sound = rep.Sound && n == 0
+	}
+	kind := ".damaged-"
+	if rep.Sound {
+		kind = ".old-" // as store reset names it: nothing in it was damaged
+	}
+	rep.Damaged = path + kind + time.Now().UTC().Format("20060102T150405Z")
 	if err := os.Rename(path, rep.Damaged); err != nil {
 		return rep, fmt.Errorf("store: %w", err)
 	}

@@ -263,8 +263,8 @@ func TestRecoverKeepsReadableRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("recover: %+v", rep)
-	if _, err := os.Stat(rep.Damaged); err != nil {
-		t.Errorf("the damaged file is not kept: %v", err)
+	if _, err := os.Stat(rep.Damaged); err != nil || rep.Sound || !strings.Contains(rep.Damaged, ".damaged-") {
+		t.Errorf("the damaged file is not kept as damaged (sound %v, %s): %v", rep.Sound, rep.Damaged, err)
 	}
 	if rep.Kept["agent_certs"] != 9 || rep.Lost["agent_certs"] != 1 {
 		t.Errorf("agent_certs kept %d lost %d, want 9 and 1", rep.Kept["agent_certs"], rep.Lost["agent_certs"])
@@ -282,6 +282,24 @@ func TestRecoverKeepsReadableRecords(t *testing.T) {
 	}
 	if v, err := db.Get("agent_certs", "cert-4"); err != nil || string(v) != "PAYLOAD-4" {
 		t.Errorf("cert-4 after recover: %q, %v", v, err)
+	}
+}
+
+// TestRecoverOfASoundStore: recover run on a store with nothing damaged
+// (by mistake, or to be sure) keeps every record and says so; the old
+// file is kept as dpgate.db.old-<time>, not named damaged as it was.
+func TestRecoverOfASoundStore(t *testing.T) {
+	dir := t.TempDir()
+	fill(t, dir)
+	rep, err := Recover(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Sound || !strings.Contains(rep.Damaged, ".old-") || rep.Kept["agent_certs"] != 10 {
+		t.Errorf("recover of a sound store: sound %v, old file %s, agent_certs kept %d; want sound, .old-, 10", rep.Sound, rep.Damaged, rep.Kept["agent_certs"])
+	}
+	if _, err := os.Stat(rep.Damaged); err != nil {
+		t.Errorf("the old file is not kept: %v", err)
 	}
 }
 
