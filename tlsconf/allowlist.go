@@ -1,6 +1,7 @@
 package tlsconf
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -93,11 +94,21 @@ func RefusalLabels() []string {
 	return out
 }
 
+// refusalWords say each reason in words, for errors an operator or an
+// agent reads; logs and metrics keep the short tag.
+var refusalWords = map[string]string{
+	"no-certificate": "no client certificate was sent",
+	"unknown":        "not in the allow-list",
+	"expired":        "expired",
+	"not-yet-valid":  "not valid yet",
+}
+
 func (e *RefusedError) Error() string {
+	why := cmp.Or(refusalWords[e.Reason], e.Reason)
 	if e.Fingerprint == "" {
-		return "tlsconf: client certificate refused: " + e.Reason
+		return "tlsconf: client certificate refused: " + why
 	}
-	return fmt.Sprintf("tlsconf: client certificate %s (%s) refused: %s", e.Fingerprint, e.Subject, e.Reason)
+	return fmt.Sprintf("tlsconf: client certificate %s (%s) refused: %s", e.Fingerprint, e.Subject, why)
 }
 
 // AllowList is the set of agent certificates allowed to connect. It is

@@ -303,3 +303,18 @@ func TestAllowListChangedSignals(t *testing.T) {
 		t.Error("Reload did not signal")
 	}
 }
+
+// TestRefusedErrorInWords: what an agent and an operator read says why in
+// words ("refused: unknown" read as if the certificate were unknown to
+// the agent); metrics keep the tag.
+func TestRefusedErrorInWords(t *testing.T) {
+	e := &RefusedError{Fingerprint: "ab", Subject: "CN=pc-1", Reason: "unknown"}
+	if got := e.Error(); !strings.HasSuffix(got, "refused: not in the allow-list") || e.Label() != "cert_unknown" {
+		t.Errorf("Error() = %q, Label() = %q", got, e.Label())
+	}
+	for _, r := range RefusalReasons {
+		if refusalWords[r] == "" {
+			t.Errorf("reason %q has no words", r)
+		}
+	}
+}
