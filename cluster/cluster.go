@@ -425,6 +425,34 @@ func (c *Cluster) Failed() []Failed {
 	return out
 }
 
+// Forget errors.
+var (
+	ErrAlive     = errors.New("cluster: the node is alive; stop it (it leaves in good order) rather than forget it")
+	ErrNotFailed = errors.New("cluster: no failed node of that name")
+)
+
+// Forget drops a failed node from Failed on every node (gossiped), for a
+// node that is gone for good: decommissioned without leaving, or dead.
+// Its devices and pushes the others did not know of are given up. A
+// node of that name that comes back joins as any node does.
+func (c *Cluster) Forget(name string) error {
+	c.mu.Lock()
+	_, alive := c.members[name]
+	_, failed := c.failed[name]
+	if failed && !alive {
+		delete(c.failed, name)
+	}
+	c.mu.Unlock()
+	switch {
+	case alive:
+		return ErrAlive
+	case !failed:
+		return ErrNotFailed
+	}
+	c.broadcast(kindForget, []byte(name))
+	return nil
+}
+
 // ErrLeaveUnconfirmed: the leave message was not gossiped before
 // Shutdown's deadline (a peer slow to answer, a starved process). The
 // node has stopped all the same; its peers will see a failure instead of
@@ -592,6 +620,7 @@ const (
 	kindState   byte = 1 // a change of State, for its Merge
 	kindMessage byte = 2 // for OnMessage
 	kindLeaving byte = 3 // the sender's name: it leaves in good order
+	kindForget  byte = 4 // a failed node's name: an operator removed it for good
 )
 
 // BroadcastState sends a change of the replicated state to every node
@@ -655,6 +684,10 @@ func (d delegate) NotifyMsg(b []byte) {
 	case kindLeaving:
 		d.c.mu.Lock()
 		d.c.leaving[string(b[1:])] = time.Now()
+		d.c.mu.Unlock()
+	case kindForget:
+		d.c.mu.Lock()
+		delete(d.c.failed, string(b[1:]))
 		d.c.mu.Unlock()
 	case '[': // a State change from a node of an earlier version
 		d.merge(b)

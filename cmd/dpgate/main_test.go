@@ -611,7 +611,7 @@ func TestHelpGolden(t *testing.T) {
 		{}, {"serve"}, {"config"}, {"version"}, {"cert"}, {"push"}, {"agent"}, {"token"}, {"token", "issue"}, {"wake"}, {"wake", "key"}, {"probe"}, {"reflect"},
 		{"store"}, {"store", "check"}, {"store", "recover"}, {"store", "reset"},
 		{"cert", "gen"}, {"cert", "pin"}, {"cert", "agent-gen"}, {"cert", "list"}, {"cert", "add"}, {"cert", "rm"},
-		{"device"}, {"device", "list"}, {"device", "show"}, {"device", "rm"}, {"upgrade"}, {"status"}, {"members"}, {"devices"}, {"completion"}, {"man"}, {"service"},
+		{"device"}, {"device", "list"}, {"device", "show"}, {"device", "rm"}, {"upgrade"}, {"status"}, {"members"}, {"members", "forget"}, {"devices"}, {"completion"}, {"man"}, {"service"},
 	}
 	for _, c := range commands() { // a new command needs its golden too
 		if !slices.ContainsFunc(cmds, func(args []string) bool { return len(args) == 1 && args[0] == c.name }) {

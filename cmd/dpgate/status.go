@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/url"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -103,9 +104,16 @@ and capacity, load per core, uplink verdict, draining, probe RTT. Then the
 nodes declared dead that have not come back or left since (kept a day):
 they may hold devices and pushes the others do not know of, so a push to
 all and a device list name them as not reached. --json prints the live
-members; the failed ones are in dpgate status --json (cluster_failed).`
+members; the failed ones are in dpgate status --json (cluster_failed).
+
+  dpgate members forget NODE   a failed node gone for good (decommissioned
+                               without a drain, or dead): every node stops
+                               listing it, and what only it held is given up`
 
 func runMembers(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "forget" {
+		return membersForget(args[1:], stdout)
+	}
 	cfgFile, jsonOut, err := apiCommand("members", membersAbout, "print the members as JSON", args, stdout)
 	if err != nil {
 		return err
@@ -141,6 +149,34 @@ func runMembers(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t-\tfailed %s ago\t-\n", f.Name, f.Addr, f.Push, ago)
 	}
 	return tw.Flush()
+}
+
+func membersForget(args []string, stdout io.Writer) error {
+	fs := newFlags("members forget", "NODE [-c FILE]", `
+Forgets a failed node on every node of the cluster: it is no longer listed
+(dpgate members, status, the console, dpgate_cluster_failed_nodes) nor
+named as not reached by a push to all and the device list. For a node gone
+for good; a node stopped in good order (SIGTERM, a drain) leaves by itself.
+What only that node held (devices whose agents have not reconnected
+elsewhere, its copies of pushes) is given up. A node that is alive is
+refused.`, stdout)
+	cfgFile := fs.String("c", "", cfgFlagHelp)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || pos[0] == "" {
+		return usagef("members forget takes one NODE, got %q", pos)
+	}
+	api, _, err := adminClient(*cfgFile)
+	if err != nil {
+		return err
+	}
+	if err := api.Do(context.Background(), "DELETE", "/v1/members/"+url.PathEscape(pos[0]), nil, nil); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "forgot %s on every node\n", pos[0])
+	return nil
 }
 
 const devicesAbout = `

@@ -380,6 +380,34 @@ func TestPushToAllReachesEveryNode(t *testing.T) {
 	if row := regexp.MustCompile(`(?s)<tr data-node="` + failed + `">.*?</tr>`).Find(page); !bytes.Contains(row, []byte("failed since")) {
 		t.Errorf("the console's overview without %s failed: row %q", failed, row)
 	}
+
+	// Gone for good: forgotten on every node (a node alive is refused).
+	var he *admin.HTTPError
+	if err := apis[0].Do(context.Background(), "DELETE", "/v1/members/"+gs[1].cfg.Node.Name, nil, nil); !errors.As(err, &he) || he.Status != http.StatusConflict {
+		t.Errorf("forgetting a live node: %v, want 409", err)
+	}
+	if err := apis[0].Do(context.Background(), "DELETE", "/v1/members/"+failed, nil, nil); err != nil {
+		t.Fatalf("forgetting %s: %v", failed, err)
+	}
+	waitFor(t, 20*time.Second, func() error {
+		for i := range 2 {
+			var st Status
+			if err := apis[i].Do(context.Background(), "GET", "/v1/status", nil, &st); err != nil {
+				return err
+			}
+			if len(st.ClusterFailed) != 0 {
+				return fmt.Errorf("node %d still lists %+v as failed", i, st.ClusterFailed)
+			}
+		}
+		return nil
+	})
+	var after BulkReply // a fresh one: an absent not_reached leaves a reused reply's as it was
+	if err := apis[0].Do(context.Background(), "POST", "/v1/push", PushRequest{All: true, Data: &data}, &after); err != nil || len(after.NotReached) != 0 {
+		t.Errorf("push to all after forgetting %s: not reached %v, %v; want none", failed, after.NotReached, err)
+	}
+	if err := apis[0].Do(context.Background(), "DELETE", "/v1/members/"+failed, nil, nil); !errors.As(err, &he) || he.Status != http.StatusNotFound {
+		t.Errorf("forgetting %s twice: %v, want 404", failed, err)
+	}
 }
 
 // sameSet: a and b hold the same strings, in any order.
