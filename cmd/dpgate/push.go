@@ -183,7 +183,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	pfx := fs.String("pfx", "", "PKCS#12 `FILE` with the agent certificate")
 	pwFile := fs.String("password-file", "", "password `FILE` for --pfx")
 	token := fs.String("token", "", "device `TOKEN` for push.auth token (visible to every local user: prefer --token-file)")
-	tokenFile := fs.String("token-file", "", "`FILE` holding the device token for push.auth token (dpgate token issue)")
+	tokenFile := fs.String("token-file", "", "`FILE` holding the device token for push.auth token (dpgate token issue); read at every connect, so a new token needs no restart")
 	useQUIC := fs.Bool("quic", false, "connect over QUIC (UDP) instead of TLS over TCP")
 	mac := fs.String("mac", "", "`MAC` address to report for Wake-on-LAN")
 	wakeKey := fs.String("wake-key", "", "`KEY` that verifies wake-ups (from dpgate wake key); listens on --wake-listen")
@@ -206,6 +206,12 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	}
 	if *token, err = secretFlag("token", *token, *tokenFile, stderr); err != nil {
 		return err
+	}
+	var tokenFunc func() (string, error)
+	if *tokenFile != "" {
+		// Read again at every connect: a token replaced in the file (new
+		// token keys) is used without restarting the agent.
+		tokenFunc = func() (string, error) { return secretFlag("token", "", *tokenFile, stderr) }
 	}
 	if *wakeSecret, err = secretFlag("wake-secret", *wakeSecret, *wakeSecretFile, stderr); err != nil {
 		return err
@@ -252,6 +258,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		TLS:        tcfg,
 		QUIC:       *useQUIC,
 		Token:      *token,
+		TokenFunc:  tokenFunc,
 		MAC:        hw,
 		MinBackoff: *minBackoff,
 		MaxBackoff: *maxBackoff,

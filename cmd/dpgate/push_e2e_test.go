@@ -148,6 +148,46 @@ func TestAgentTokenFromFile(t *testing.T) {
 		ag.Process.Kill() // one agent per device at a time
 		ag.Wait()
 	}
+
+	// The token file is read at every connect: a token replaced in it
+	// (new token keys, docs/CLUSTER.md) is used without a restart. A
+	// token for another device, then the right one again, each after the
+	// gateway went away and came back.
+	ag := agent("--token-file", tokenFile, "--min-backoff", "100ms", "--max-backoff", "1s")
+	stderr, lines := startAgentProcess(t, ag)
+	waitFor(t, 20*time.Second, func() error {
+		if !strings.Contains(stderr.String(), "connected") {
+			return fmt.Errorf("agent not connected yet: %s", stderr)
+		}
+		return nil
+	})
+	other := dpgate(t, nil, "token", "issue", "-c", cfg, "pc-other").stdout
+	restart := func() {
+		s.cmd.Process.Signal(syscall.SIGKILL)
+		<-s.done
+		s = startServe(t, nil, "-c", cfg)
+		s.waitLog(t, `msg="push server listening"`)
+	}
+	os.WriteFile(tokenFile, []byte(other), 0o600)
+	restart()
+	waitFor(t, 20*time.Second, func() error {
+		if !strings.Contains(stderr.String(), `token is for \"pc-other\", not \"pc-tok\"`) && !strings.Contains(stderr.String(), `token is for "pc-other", not "pc-tok"`) {
+			return fmt.Errorf("the agent has not used the token written to its file; stderr:\n%s", stderr)
+		}
+		return nil
+	})
+	os.WriteFile(tokenFile, []byte(r.stdout), 0o600)
+	if p := dpgate(t, nil, "push", "-c", cfg, "--wait", "20s", "pc-tok", "after the token came back"); p.code != 0 || !strings.Contains(p.stdout, "delivered") {
+		t.Fatalf("push after the right token came back: exit %d %s %s; agent: %s", p.code, p.stdout, p.stderr, stderr)
+	}
+	// Pushes acknowledged before the kill -9 may come again (at least
+	// once: an ACK's deletion is not made durable on its own).
+	for line := range lines {
+		if strings.Contains(line, "after the token came back") {
+			return
+		}
+	}
+	t.Error("the agent ended without printing the push made after the token came back")
 }
 
 // TestDeviceCommands: dpgate device list, show and rm against the running

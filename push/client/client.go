@@ -38,7 +38,11 @@ type Config struct {
 	// QUIC connects over QUIC instead of TLS over TCP.
 	QUIC bool
 	// Token is the device token for push.auth token.
-	Token     string
+	Token string
+	// TokenFunc, when set, gives the token at every connect instead (a
+	// file an operator replaces when the token keys rotate); an error
+	// fails that attempt, which is retried as any other.
+	TokenFunc func() (string, error)
 	MAC       net.HardwareAddr // reported for Wake-on-LAN
 	LocalAddr netip.Addr       // reported for wake-up datagrams
 	// SourceIP binds outgoing connections to this local address (load
@@ -311,6 +315,14 @@ func (c *Client) dial(ctx context.Context, addr string) (*conn, error) {
 
 // session runs one connection from dial to its end.
 func (c *Client) session(ctx context.Context, addr string, redirected bool) outcome {
+	token := c.cfg.Token
+	if c.cfg.TokenFunc != nil {
+		t, err := c.cfg.TokenFunc()
+		if err != nil {
+			return outcome{err: fmt.Errorf("device token: %w", err)}
+		}
+		token = t
+	}
 	k, err := c.dial(ctx, addr)
 	if err != nil {
 		return outcome{err: fmt.Errorf("dial %s: %w", addr, err)}
@@ -321,7 +333,7 @@ func (c *Client) session(ctx context.Context, addr string, redirected bool) outc
 	defer stop()
 
 	hello := wire.Hello{MinVersion: wire.Version, MaxVersion: wire.Version, DeviceID: c.cfg.DeviceID,
-		MAC: c.cfg.MAC, LocalAddr: c.cfg.LocalAddr, Token: c.cfg.Token, LastAck: 0}
+		MAC: c.cfg.MAC, LocalAddr: c.cfg.LocalAddr, Token: token, LastAck: 0}
 	if redirected {
 		hello.Caps |= wire.CapRedirected
 	}
