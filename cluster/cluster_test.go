@@ -74,7 +74,7 @@ func newTestCluster(t *testing.T, n int, meta func(i int, nd *testNode) cluster.
 
 // newTestClusterWith is newTestCluster with a change to each node's
 // configuration.
-func newTestClusterWith(t *testing.T, n int, meta func(i int, nd *testNode) cluster.Meta, tweak func(i int, cfg *cluster.Config)) []*testNode {
+func newTestClusterWith(t testing.TB, n int, meta func(i int, nd *testNode) cluster.Meta, tweak func(i int, cfg *cluster.Config)) []*testNode {
 	t.Helper()
 	var nodes []*testNode
 	for i := range n {
@@ -111,7 +111,7 @@ func newTestClusterWith(t *testing.T, n int, meta func(i int, nd *testNode) clus
 }
 
 // startNode builds and starts a node; the test's cleanup closes it.
-func startNode(t *testing.T, cfg cluster.Config) *cluster.Cluster {
+func startNode(t testing.TB, cfg cluster.Config) *cluster.Cluster {
 	t.Helper()
 	c, err := cluster.New(cfg)
 	if err != nil {
@@ -873,5 +873,28 @@ func TestSecretKeyRotation(t *testing.T) {
 	}
 	if log := join("with-new-key", newKey); !strings.Contains(log, `msg="cluster: joined"`) {
 		t.Errorf("a node with the new key did not join:\n%s", log)
+	}
+}
+
+// BenchmarkLeave: the time a node of three takes to leave in good order
+// (Shutdown: its announcement that it leaves, gossiped its number of
+// times, then memberlist's leave), on memberlist's production timings.
+func BenchmarkLeave(b *testing.B) {
+	for range b.N {
+		b.StopTimer()
+		nodes := newTestClusterWith(b, 3, nil, func(_ int, cfg *cluster.Config) { cfg.Tune = nil })
+		waitFor(b, 20*time.Second, func() error { return sees(nodes[0], 3) })
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		b.StartTimer()
+		err := nodes[2].Shutdown(ctx)
+		b.StopTimer()
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, nd := range nodes[:2] {
+			nd.Close()
+		}
+		b.StartTimer()
 	}
 }
