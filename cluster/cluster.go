@@ -27,12 +27,14 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dpgate/dpgate/internal/ratelimit"
 	"github.com/dpgate/dpgate/internal/series"
 )
 
@@ -207,7 +209,7 @@ func New(cfg Config) (*Cluster, error) {
 	mc.Delegate = delegate{c}
 	mc.Ping = pings{c}
 	mc.Events = events{c}
-	mc.Logger = log.New(slogWriter{c.log}, "", 0)
+	mc.Logger = log.New(&memberlistLog{l: c.log, every: map[string]*ratelimit.Every{}}, "", 0)
 	c.queue = &memberlist.TransmitLimitedQueue{RetransmitMult: 3, NumNodes: func() int {
 		c.mu.Lock() // the event-kept member map: memberlist may call this during Create
 		defer c.mu.Unlock()
@@ -724,8 +726,47 @@ func (d delegate) merge(b []byte) {
 	}
 }
 
-// slogWriter sends memberlist's log lines to slog at debug level; its
-// warnings about suspected and dead nodes come back through the events.
+// memberlistLog sends memberlist's log lines to slog: [DEBUG] and [INFO]
+// at debug level (what matters of joins and failures comes back through
+// the events), [WARN] and [ERR] as warnings, each kind (its first four
+// words) at most once in 10 s with the number it stands for. Those say
+// when the network is wrong ("Was able to connect to node-1 over TCP but
+// UDP probes failed, network may be misconfigured"): at debug level a
+// cluster whose UDP could not pass (a node bound to [::1], its peers on
+// 127.0.0.1) looked healthy, and a leave looked like a failure.
+type memberlistLog struct {
+	l     *slog.Logger
+	mu    sync.Mutex
+	every map[string]*ratelimit.Every // by kind; emptied past 64 kinds
+}
+
+func (w *memberlistLog) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	level, rest, _ := strings.Cut(line, " ")
+	if level != "[WARN]" && level != "[ERR]" {
+		w.l.Debug("memberlist", "line", line)
+		return len(p), nil
+	}
+	words := strings.Fields(strings.TrimPrefix(rest, "memberlist: "))
+	kind := strings.Join(words[:min(4, len(words))], " ")
+	w.mu.Lock()
+	e := w.every[kind]
+	if e == nil {
+		if len(w.every) >= 64 {
+			clear(w.every)
+		}
+		e = ratelimit.NewEvery(10 * time.Second)
+		w.every[kind] = e
+	}
+	w.mu.Unlock()
+	e.Do(1, func(n int64) {
+		w.l.Warn("cluster: memberlist warns (each kind logged once in 10 s)", "line", line, "lines_since_last", n)
+	})
+	return len(p), nil
+}
+
+// slogWriter sends the peer server's log lines (TLS handshake errors of
+// connections that are not peers) to slog at debug level.
 type slogWriter struct{ l *slog.Logger }
 
 func (w slogWriter) Write(p []byte) (int, error) {
