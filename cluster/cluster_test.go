@@ -429,12 +429,14 @@ func TestDNSOneRecordPerAddressAndEDNSVersion(t *testing.T) {
 	}, func(_ int, cfg *cluster.Config) { cfg.Tune = steady })
 	waitFor(t, 10*time.Second, func() error { return sees(nodes[0], 3) })
 	d := cluster.NewDNS(nodes[0].Cluster, "dpgate.internal")
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	ln, pc, err := cluster.Listen("127.0.0.1:0") // TCP and UDP on one port
 	if err != nil {
 		t.Fatal(err)
 	}
 	go d.ServeUDP(pc)
 	defer pc.Close()
+	go d.ServeTCP(ln)
+	defer ln.Close()
 	ask := func(m *dns.Msg) *dns.Msg {
 		r, _, err := (&dns.Client{Timeout: 5 * time.Second}).Exchange(m, pc.LocalAddr().String())
 		if err != nil {
@@ -450,7 +452,11 @@ func TestDNSOneRecordPerAddressAndEDNSVersion(t *testing.T) {
 		return nil
 	})
 	for _, qtype := range []uint16{dns.TypeA, dns.TypeANY} {
-		r := ask(new(dns.Msg).SetQuestion("push.dpgate.internal.", qtype))
+		m := new(dns.Msg).SetQuestion("push.dpgate.internal.", qtype)
+		r, _, err := (&dns.Client{Net: "tcp", Timeout: 5 * time.Second}).Exchange(m, ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
 		var ips []string
 		for _, rr := range r.Answer {
 			ips = append(ips, rr.(*dns.A).A.String())
@@ -461,6 +467,11 @@ func TestDNSOneRecordPerAddressAndEDNSVersion(t *testing.T) {
 		}
 	}
 
+	// ANY over UDP, the query of reflection attacks: TC and no records
+	// (RFC 8482); the same over TCP above got them.
+	if r := ask(new(dns.Msg).SetQuestion("push.dpgate.internal.", dns.TypeANY)); !r.Truncated || len(r.Answer)+len(r.Extra) != 0 {
+		t.Errorf("ANY over UDP: TC %v, %d answers, %d extra; want TC and none", r.Truncated, len(r.Answer), len(r.Extra))
+	}
 	q = new(dns.Msg).SetQuestion("push.dpgate.internal.", dns.TypeA)
 	q.SetEdns0(1232, false)
 	q.IsEdns0().SetVersion(1)

@@ -25,7 +25,8 @@ import (
 // other names get NXDOMAIN with the SOA. UDP answers fit 512 bytes, or
 // the client's EDNS buffer capped at 1,232 (the DNS flag day size):
 // what does not fit is left out with TC set, and the client retries over
-// TCP. That bounds what a spoofed query can make us send.
+// TCP. That bounds what a spoofed query can make us send; an ANY query
+// over UDP gets no records at all, only TC (RFC 8482).
 type DNS struct {
 	c      *Cluster
 	domain string
@@ -91,6 +92,13 @@ func (d *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		size, proto = dns.MinMsgSize, "udp"
 		if opt := req.IsEdns0(); opt != nil {
 			size = min(max(int(opt.UDPSize()), dns.MinMsgSize), MaxUDPSize)
+		}
+		if len(req.Question) == 1 && req.Question[0].Qtype == dns.TypeANY && resp.Rcode == dns.RcodeSuccess {
+			// RFC 8482: no full answer to ANY over UDP, the query type of
+			// reflection attacks (a few bytes in, every record out). TC
+			// sends a real resolver to TCP, which a spoofed source cannot.
+			resp.Answer, resp.Ns, resp.Extra = nil, nil, nil
+			resp.Truncated = true
 		}
 	}
 	if opt := req.IsEdns0(); opt != nil {
