@@ -786,24 +786,6 @@ func TestMetaMayReadMembers(t *testing.T) {
 	}
 }
 
-// logBuffer keeps what a logger writes, for tests that read the log.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestAloneNodeSaysSo: every node is given the same seeds, its own
 // address among them, so the first node up joins only itself. It logged
 // "cluster: joined" at start and again each second while alone (joining
@@ -816,12 +798,12 @@ func TestAloneNodeSaysSo(t *testing.T) {
 		t.Fatal(err)
 	}
 	self := ln.Addr().String()
-	var log logBuffer
+	var log testutil.Buffer
 	first := startNode(t, cluster.Config{Name: "first", Stream: ln, Packets: pc, Join: []string{self},
 		RefreshInterval: 20 * time.Millisecond, RejoinInterval: time.Hour,
 		Meta:   func() cluster.Meta { return cluster.Meta{Push: "127.0.0.1:13295"} },
 		Tune:   tight,
-		Logger: slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+		Logger: log.Logger(slog.LevelDebug)})
 	waitFor(t, 20*time.Second, func() error { // two retries while alone
 		if n := strings.Count(log.String(), `msg="cluster: still alone`); n < 2 {
 			return fmt.Errorf("%d retries logged while alone; log:\n%s", n, log.String())
@@ -873,10 +855,10 @@ func TestSecretKeyRotation(t *testing.T) {
 	}
 	// Start joins the seeds before it returns, and logs a failure.
 	join := func(name string, key []byte) string {
-		var log logBuffer
+		var log testutil.Buffer
 		startNode(t, cluster.Config{Name: name, Bind: "127.0.0.9:0", Join: []string{nodes[0].addr}, SecretKeys: [][]byte{key},
 			RejoinInterval: time.Hour, Meta: func() cluster.Meta { return cluster.Meta{} }, Tune: tight,
-			Logger: slog.New(slog.NewTextHandler(&log, nil))})
+			Logger: log.Logger(slog.LevelInfo)})
 		return log.String()
 	}
 	if log := join("with-old-key", oldKey); !strings.Contains(log, "no seed answered") {

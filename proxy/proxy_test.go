@@ -131,8 +131,8 @@ func TestAgentCertificates(t *testing.T) {
 	known, _ := tlsconf.Issue(tlsconf.Template{CommonName: "dev-known", Client: true}, nil)
 	unknown, _ := tlsconf.Issue(tlsconf.Template{CommonName: "dev-unknown", Client: true}, nil)
 	allow.Add(known.Leaf)
-	var log logText
-	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, AllowList: allow, Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	var log testutil.Buffer
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, AllowList: allow, Logger: log.Logger(slog.LevelInfo)})
 
 	cache := tls.NewLRUClientSessionCache(8)
 	knownCfg := agentConfig(t, p.id, &known)
@@ -160,27 +160,9 @@ func TestAgentCertificates(t *testing.T) {
 	})
 	// Two certificates refused, one line: a host presenting foreign
 	// certificates used to write one per handshake.
-	if n := strings.Count(log.String(), "agent certificate refused"); n != 1 {
+	if n := log.Count("agent certificate refused"); n != 1 {
 		t.Errorf("2 certificates refused: %d log lines, want 1 (once in 10 s):\n%s", n, log.String())
 	}
-}
-
-// logText is a logger's output, read while it is written.
-type logText struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logText) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logText) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func TestFailover(t *testing.T) {

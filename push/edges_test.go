@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -383,24 +382,6 @@ func TestRemovedCertificateEndsSession(t *testing.T) {
 	})
 }
 
-// logText is a logger's output, read while it is written.
-type logText struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logText) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logText) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestRefusedCertificatesLoggedSparingly: each handshake with a
 // certificate outside the allow-list logged a warning, so a host
 // presenting foreign certificates (200 handshakes a second within
@@ -409,8 +390,8 @@ func (l *logText) String() string {
 // with their number; the metric counts each.
 func TestRefusedCertificatesLoggedSparingly(t *testing.T) {
 	t.Parallel()
-	var log logText
-	ts := newTestServer(t, func(c *push.Config) { c.Logger = slog.New(slog.NewTextHandler(&log, nil)) })
+	var log testutil.Buffer
+	ts := newTestServer(t, func(c *push.Config) { c.Logger = log.Logger(slog.LevelInfo) })
 	stranger := ts.agentCert(t, "dev-stranger")
 	if _, err := ts.allow.Remove(tlsconf.Fingerprint(stranger.Leaf)); err != nil {
 		t.Fatal(err)
@@ -430,7 +411,7 @@ func TestRefusedCertificatesLoggedSparingly(t *testing.T) {
 		}
 		return nil
 	})
-	if n := strings.Count(log.String(), "agent certificate refused"); n != 1 {
+	if n := log.Count("agent certificate refused"); n != 1 {
 		t.Errorf("%d handshakes refused: %d log lines, want 1:\n%s", tries, n, log.String())
 	}
 }

@@ -4,7 +4,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,38 +12,20 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/dpgate/dpgate/internal/gateway"
+	"github.com/dpgate/dpgate/internal/testutil"
 )
-
-// syncBuffer is an io.Writer a process writes to while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // startAgentProcess starts "dpgate agent" (ag) with its standard error
 // kept and each line it prints (a push, as JSON) on lines; the test's
 // end kills it.
-func startAgentProcess(t *testing.T, ag *exec.Cmd) (*syncBuffer, <-chan string) {
+func startAgentProcess(t *testing.T, ag *exec.Cmd) (*testutil.Buffer, <-chan string) {
 	t.Helper()
-	stderr := &syncBuffer{}
+	stderr := &testutil.Buffer{}
 	ag.Stderr = stderr
 	out, _ := ag.StdoutPipe()
 	if err := ag.Start(); err != nil {

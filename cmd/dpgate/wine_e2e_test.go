@@ -22,6 +22,7 @@ import (
 
 	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/gateway"
+	"github.com/dpgate/dpgate/internal/testutil"
 )
 
 // TestWindowsAgentUnderWine runs the Windows build of the reference agent
@@ -403,7 +404,7 @@ func TestWindowsGatewayUnderWine(t *testing.T) {
 	gw := exec.CommandContext(ctx, w.wine, exe, "serve", "-c", win(cfg))
 	gw.Env = w.env
 	gw.WaitDelay = 10 * time.Second
-	var log syncBuffer
+	var log testutil.Buffer
 	gw.Stdout, gw.Stderr = &log, &log
 	if err := gw.Start(); err != nil {
 		t.Fatal(err)

@@ -726,25 +726,6 @@ func TestReloadInACluster(t *testing.T) {
 	}
 }
 
-// logLines counts the lines a logger writes that hold a text.
-type logLines struct {
-	mu   sync.Mutex
-	text []byte
-}
-
-func (l *logLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.text = append(l.text, p...)
-	return len(p), nil
-}
-
-func (l *logLines) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return bytes.Count(l.text, []byte(s))
-}
-
 // TestUnreachableOwnerWarnedOnce: while an owner is down but not yet
 // declared dead (or alive in gossip with its push port cut off, a
 // firewall between the nodes' push ports), every push logged "push not
@@ -753,9 +734,9 @@ func (l *logLines) count(s string) int {
 // stands for; dpgate_cluster_route_failed_total counts each.
 func TestUnreachableOwnerWarnedOnce(t *testing.T) {
 	t.Parallel()
-	var log logLines
+	var log testutil.Buffer
 	// Slow probes: node 1 stays a member for many seconds after it stops.
-	gs, apis := testClusterWith(t, 2, "  probe_interval: 10s\n", Options{Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	gs, apis := testClusterWith(t, 2, "  probe_interval: 10s\n", Options{Logger: log.Logger(slog.LevelInfo)})
 	gs[1].Close()
 	const pushes = 20
 	for i := range pushes {
@@ -769,7 +750,7 @@ func TestUnreachableOwnerWarnedOnce(t *testing.T) {
 		t.Fatalf("node 0 sees %d members: node 1 was declared dead during the pushes, so they did not all meet an unreachable owner", n)
 	}
 	failed := testutil.Metric(t, gs[0].Telemetry().Registry, "dpgate_cluster_route_failed_total")
-	warned := log.count("push not stored on its owner")
+	warned := log.Count("push not stored on its owner")
 	if failed < pushes || warned != 1 {
 		t.Errorf("%d pushes to an unreachable owner: %v counted, %d warnings; want %d counted, 1 warning", pushes, failed, warned, pushes)
 	}
