@@ -21,6 +21,24 @@ import (
 	"github.com/dpgate/dpgate/internal/gateway"
 )
 
+// pushGateway is a "dpgate serve" with a push listener over TLS only.
+type pushGateway struct {
+	s                   *server
+	cfg, dir, push, pin string // configuration file, its directory, push address, certificate pin
+}
+
+// startPushGateway starts a gateway with push.auth auth on its own ports
+// and data directory, and waits for its push listener.
+func startPushGateway(t *testing.T, auth string) pushGateway {
+	t.Helper()
+	g := pushGateway{dir: t.TempDir(), push: freePort(t)}
+	g.cfg = writeConfig(t, g.dir, freePort(t), fmt.Sprintf("push:\n  listen: %s\n  auth: %s\n  quic: false\n", g.push, auth))
+	g.s = startServe(t, nil, "-c", g.cfg)
+	g.s.waitLog(t, `msg="push server listening"`)
+	g.pin = strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(g.dir, "data", "gateway.pem")).stdout)
+	return g
+}
+
 // TestPushSurvivesKill9 runs the real binaries: pushes are accepted by a
 // gateway with no agent connected, the gateway is killed with SIGKILL and
 // started again, and then "dpgate agent" receives every one of them, in
@@ -103,12 +121,8 @@ func TestPushSurvivesKill9(t *testing.T) {
 // gateway refuses its own secrets.
 func TestAgentTokenFromFile(t *testing.T) {
 	t.Parallel() // its own ports and data directory
-	dir := t.TempDir()
-	pushAddr := freePort(t)
-	cfg := writeConfig(t, dir, freePort(t), fmt.Sprintf("push:\n  listen: %s\n  auth: token\n  quic: false\n", pushAddr))
-	s := startServe(t, nil, "-c", cfg)
-	s.waitLog(t, `msg="push server listening"`)
-	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout)
+	g := startPushGateway(t, "token")
+	s, cfg, dir, pushAddr, pin := g.s, g.cfg, g.dir, g.push, g.pin
 	r := dpgate(t, nil, "token", "issue", "-c", cfg, "pc-tok")
 	if r.code != 0 {
 		t.Fatalf("token issue: %s", r.stderr)
@@ -195,12 +209,8 @@ func TestAgentTokenFromFile(t *testing.T) {
 // removed; once its agent is gone it is, with its queue.
 func TestDeviceCommands(t *testing.T) {
 	t.Parallel() // its own ports and data directory
-	dir := t.TempDir()
-	pushAddr := freePort(t)
-	cfg := writeConfig(t, dir, freePort(t), fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\n", pushAddr))
-	s := startServe(t, nil, "-c", cfg)
-	s.waitLog(t, `msg="push server listening"`)
-	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout)
+	g := startPushGateway(t, "none")
+	cfg, pushAddr, pin := g.cfg, g.push, g.pin
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	ag := exec.CommandContext(ctx, bin, "agent", "--server", pushAddr, "--pin", pin, "--device", "pc-1")
