@@ -77,7 +77,11 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(tw, "proxy\toff (no upstream configured)\n")
 	}
 	for _, l := range st.Links {
-		fmt.Fprintf(tw, "  uplink %s\t%s: loss %.1f %% / %.1f %%, rtt %s\n", l.Name, l.Verdict, 100*l.Stats.LossOut, 100*l.Stats.LossBack, l.Stats.RTTP50)
+		rtt := "-" // no probe came back in the window: no figure, not 0
+		if l.Stats.RTTP50 > 0 {
+			rtt = l.Stats.RTTP50.String()
+		}
+		fmt.Fprintf(tw, "  uplink %s\t%s: loss %.1f %% / %.1f %%, rtt %s\n", l.Name, l.Verdict, 100*l.Stats.LossOut, 100*l.Stats.LossBack, rtt)
 	}
 	if st.Cluster != nil {
 		failed := ""
