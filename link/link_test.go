@@ -194,3 +194,59 @@ func mustUDPAddr(t *testing.T, network, addr string) *net.UDPAddr {
 	}
 	return a
 }
+
+// TestReflectorRestartIsLoss: the reflector stops for a while and a new
+// one answers on its port, its own numbering started again. The
+// direction of the probes lost meanwhile cannot be told from numbering
+// that restarted; before, the split read the two lives' numbers as one
+// and gave 0 % each way (with a long-running reflector's numbers higher
+// than the new one's), so an uplink that lost a third of its probes was
+// judged ok (tried: dpgate reflect stopped for 10 s of a 30 s window,
+// round-trip loss 33.8 %, loss out and back 0, verdict ok). Now both
+// directions are given the round-trip loss for as long as the restart is
+// in the window.
+func TestReflectorRestartIsLoss(t *testing.T) {
+	t.Parallel()
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := pc.LocalAddr().(*net.UDPAddr)
+	first := &link.Reflector{}
+	go first.Serve(pc) // ends at Close
+	p, err := link.NewProber(link.ProbeConfig{Target: addr.String(), Interval: 2 * time.Millisecond, Window: time.Hour, Timeout: 200 * time.Millisecond, Count: 600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); p.Run(context.Background()) }() // ends after its Count
+	testutil.WaitFor(t, 20*time.Second, func() error {             // the first life answers 200
+		if n := first.Reflected.Load(); n < 200 {
+			return fmt.Errorf("%d reflected", n)
+		}
+		return nil
+	})
+	pc.Close()
+	sent := p.Stats().Sent
+	testutil.WaitFor(t, 20*time.Second, func() error { // 100 more go unanswered
+		if n := p.Stats().Sent; n < sent+100 {
+			return fmt.Errorf("%d sent since the reflector stopped", n-sent)
+		}
+		return nil
+	})
+	pc2, err := net.ListenUDP("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc2.Close()
+	go (&link.Reflector{}).Serve(pc2) // a new life, numbering from 0
+	<-done
+	st := p.Stats()
+	t.Logf("sent %d received %d: loss %.1f %%, out %.1f %%, back %.1f %%", st.Sent, st.Received, 100*st.Loss, 100*st.LossOut, 100*st.LossBack)
+	if st.Loss < 0.1 || st.LossOut < st.Loss || st.LossBack < st.Loss {
+		t.Errorf("round-trip loss %.1f %%, out %.1f %%, back %.1f %%: want each direction judged at the round-trip loss", 100*st.Loss, 100*st.LossOut, 100*st.LossBack)
+	}
+	if v := (&link.Judge{Limits: link.Limits{Loss: 0.10, Delay: 100 * time.Millisecond}}).Raw(st); v != link.OutOfLimits {
+		t.Errorf("verdict %s with %.1f %% of the probes lost, want out-of-limits", v, 100*st.Loss)
+	}
+}

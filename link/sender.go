@@ -255,8 +255,15 @@ func (p *Prober) Stats() Stats {
 	}
 	// Per direction, from the reflector's own numbering: between the
 	// first and the last answered probe, the reflector saw lastRef -
-	// firstRef + 1 of the lastSeq - firstSeq + 1 sent.
-	if st.Received >= 2 && lastRef >= firstRef {
+	// firstRef + 1 of the lastSeq - firstSeq + 1 sent. That holds while
+	// its numbering runs on: a reflector restarted (or one that forgot
+	// the session) numbers from the start again, and what was lost in
+	// between cannot be given a direction, so both get the round-trip
+	// loss until the restart has left the window.
+	switch {
+	case st.Received >= 2 && renumbered(received):
+		st.LossOut, st.LossBack = st.Loss, st.Loss
+	case st.Received >= 2 && lastRef >= firstRef:
 		sent := float64(lastSeq - firstSeq + 1)
 		reached := float64(lastRef - firstRef + 1)
 		got := 0
@@ -267,7 +274,7 @@ func (p *Prober) Stats() Stats {
 		}
 		st.LossOut = max(0, 1-reached/sent)
 		st.LossBack = max(0, 1-float64(got)/reached)
-	} else if st.Sent > 0 && st.Received == 0 {
+	case st.Sent > 0 && st.Received == 0:
 		st.LossOut, st.LossBack = 1, 1 // nothing back: the direction is unknown, both judged lost
 	}
 	if len(rtts) > 0 {
@@ -321,4 +328,16 @@ func (s *Stats) UnmarshalJSON(b []byte) error {
 	}
 	*s = Stats{j.Target, j.Sent, j.Received, j.Loss, j.LossOut, j.LossBack, fromMillis(j.RTTMin), fromMillis(j.RTTP50), fromMillis(j.RTTP90), fromMillis(j.RTTP99), fromMillis(j.RTTMax), fromMillis(j.Jitter), j.Duplicates, j.Reordered, j.ReflectorTTL, j.WindowStart}
 	return nil
+}
+
+// renumbered reports whether the reflector's numbering went back within
+// the answered probes, taken in the order they were sent: it restarted.
+func renumbered(received []sample) bool {
+	slices.SortFunc(received, func(a, b sample) int { return cmp.Compare(a.seq, b.seq) })
+	for i := 1; i < len(received); i++ {
+		if received[i].refSeq < received[i-1].refSeq {
+			return true
+		}
+	}
+	return false
 }
