@@ -87,8 +87,12 @@ loop:
 		case <-tick.C:
 			if !*jsonOut {
 				st := p.Stats()
+				rtt, jitter := "-", "-" // nothing answered: no figures, not 0
+				if st.RTTP50 > 0 {
+					rtt, jitter = ms(st.RTTP50), ms(st.Jitter)
+				}
 				fmt.Fprintf(stdout, "%4ds sent %d received %d loss %.1f%% (out %.1f%%, back %.1f%%) rtt p50 %s jitter %s\n",
-					int(time.Since(start).Seconds()), st.Sent, st.Received, 100*st.Loss, 100*st.LossOut, 100*st.LossBack, ms(st.RTTP50), ms(st.Jitter))
+					int(time.Since(start).Seconds()), st.Sent, st.Received, 100*st.Loss, 100*st.LossOut, 100*st.LossBack, rtt, jitter)
 			}
 		}
 	}
@@ -103,7 +107,11 @@ loop:
 		fmt.Fprintf(stdout, "--- %s ---\n", target)
 		fmt.Fprintf(stdout, "%d sent, %d received, loss %.2f%% round trip, %.2f%% out, %.2f%% back; %d duplicates, %d reordered\n",
 			st.Sent, st.Received, 100*st.Loss, 100*st.LossOut, 100*st.LossBack, st.Duplicates, st.Reordered)
-		fmt.Fprintf(stdout, "rtt min/p50/p90/p99/max %s/%s/%s/%s/%s, jitter %s\n", ms(st.RTTMin), ms(st.RTTP50), ms(st.RTTP90), ms(st.RTTP99), ms(st.RTTMax), ms(st.Jitter))
+		if st.RTTP50 > 0 {
+			fmt.Fprintf(stdout, "rtt min/p50/p90/p99/max %s/%s/%s/%s/%s, jitter %s\n", ms(st.RTTMin), ms(st.RTTP50), ms(st.RTTP90), ms(st.RTTP99), ms(st.RTTMax), ms(st.Jitter))
+		} else {
+			fmt.Fprintf(stdout, "rtt: no probe was answered (is a STAMP reflector listening at %s?)\n", target)
+		}
 		if st.ReflectorTTL > 0 {
 			fmt.Fprintf(stdout, "ttl at the reflector %d\n", st.ReflectorTTL)
 		}

@@ -60,4 +60,10 @@ func TestProbeAgainstReflect(t *testing.T) {
 	if res := dpgate(t, nil, "probe", addr, "--count", "20", "--interval", "5ms", "--delay", "1us"); res.code != 1 {
 		t.Errorf("probe with an impossible delay limit: exit %d, want 1\n%s", res.code, res.stdout)
 	}
+	// Nothing listening: no round-trip figures (they read 0.00ms, as if
+	// the link were instant), and a word on what to check.
+	nobody := freeUDPTCP(t)
+	if res := dpgate(t, nil, "probe", nobody, "--count", "3", "--interval", "5ms"); res.code != 1 || !strings.Contains(res.stdout, "no probe was answered") || strings.Contains(res.stdout, "0.00ms") {
+		t.Errorf("probe with no reflector: exit %d, want 1 and no round-trip figures\n%s", res.code, res.stdout)
+	}
 }
