@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -890,4 +891,31 @@ func BenchmarkLeave(b *testing.B) {
 		}
 		b.StartTimer()
 	}
+}
+
+// TestRestartFindsTheClusterWithoutItsSeed: the seed every node was
+// given is gone for good; a node restarted after that joins the others
+// through the peers it remembered (PeersFile). Before, it joined its
+// seed alone, failed, and stayed a cluster of one beside the others:
+// pushes accepted on either side for devices on the other waited until
+// the seed came back, which it never did.
+func TestRestartFindsTheClusterWithoutItsSeed(t *testing.T) {
+	dir := t.TempDir()
+	files := []string{"", filepath.Join(dir, "node-1.peers"), filepath.Join(dir, "node-2.peers")}
+	nodes := newTestClusterWith(t, 3, nil, func(i int, cfg *cluster.Config) { cfg.PeersFile = files[i] })
+	waitFor(t, 10*time.Second, func() error { return sees(nodes[2], 3) })
+	waitFor(t, 10*time.Second, func() error { // node-1 remembers node-2, and the seed
+		b, _ := os.ReadFile(files[1])
+		if !strings.Contains(string(b), nodes[2].addr) {
+			return fmt.Errorf("node-1 remembers %q, want %s among them", b, nodes[2].addr)
+		}
+		return nil
+	})
+	nodes[0].Close() // the seed, gone for good
+	nodes[1].Close() // node-1 crashes
+	waitFor(t, 30*time.Second, func() error { return sees(nodes[2], 1) })
+	back := startNode(t, cluster.Config{Name: "node-1", Bind: "127.0.0.2:0", Join: []string{nodes[0].addr}, PeersFile: files[1],
+		RefreshInterval: 20 * time.Millisecond, RejoinInterval: 200 * time.Millisecond,
+		Meta: func() cluster.Meta { return cluster.Meta{Push: "127.0.0.2:13295"} }, Tune: tight, Logger: quiet})
+	waitFor(t, 30*time.Second, func() error { return sees(&testNode{Cluster: back, name: "node-1"}, 2) })
 }

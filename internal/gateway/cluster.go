@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -37,6 +38,7 @@ func (g *Gateway) newCluster(ls Listeners) error {
 		Bind:          cc.Bind,
 		Advertise:     cc.Advertise,
 		Join:          cc.Join,
+		PeersFile:     filepath.Join(g.cfg.Node.DataDir, PeersFile),
 		SecretKeys:    keys,
 		Meta:          g.clusterMeta,
 		State:         allowState{g.allow},
@@ -80,6 +82,11 @@ func (g *Gateway) newCluster(ls Listeners) error {
 	})
 	return nil
 }
+
+// PeersFile, in data_dir, remembers the other nodes' gossip addresses, so
+// a restarted node finds the cluster when its seeds are down
+// (cluster.Config.PeersFile).
+const PeersFile = "cluster-peers"
 
 // clusterKeys reads cluster.secret_key_file (none: nil): one base64 key
 // of 16, 24 or 32 bytes per line, the first encrypting, every one
