@@ -371,6 +371,8 @@ func (c *Cluster) logJoined(atStart bool) {
 	switch n := c.ml.NumMembers(); {
 	case n > 1:
 		c.log.Info("cluster: joined", "members", n)
+	case atStart && len(c.peers) > 0:
+		c.log.Info("cluster: alone so far (the seeds that answered were this node); joining the peers it remembers too", "seeds", c.cfg.Join, "peers", c.peers)
 	case atStart:
 		c.log.Info("cluster: alone so far (the seeds that answered were this node); trying them every second", "seeds", c.cfg.Join)
 	default:
