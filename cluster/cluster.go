@@ -368,11 +368,14 @@ func (c *Cluster) rememberPeers() {
 // node up "joins" only itself: that is said once, at start, and the
 // retries while alone are logged at debug level.
 func (c *Cluster) logJoined(atStart bool) {
+	c.mu.Lock()
+	peers := slices.Clone(c.peers)
+	c.mu.Unlock()
 	switch n := c.ml.NumMembers(); {
 	case n > 1:
 		c.log.Info("cluster: joined", "members", n)
-	case atStart && len(c.peers) > 0:
-		c.log.Info("cluster: alone so far (the seeds that answered were this node); joining the peers it remembers too", "seeds", c.cfg.Join, "peers", c.peers)
+	case atStart && len(peers) > 0:
+		c.log.Info("cluster: alone so far (the seeds that answered were this node); joining the peers it remembers too", "seeds", c.cfg.Join, "peers", peers)
 	case atStart:
 		c.log.Info("cluster: alone so far (the seeds that answered were this node); trying them every second", "seeds", c.cfg.Join)
 	default:
