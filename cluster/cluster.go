@@ -767,10 +767,15 @@ type broadcast []byte
 func (c *Cluster) announceLeaving(wait time.Duration) {
 	msg := append([]byte{kindLeaving}, c.cfg.Name...)
 	var wg sync.WaitGroup
-	for _, n := range c.ml.Members() {
-		if n.Name == c.cfg.Name {
+	for _, m := range c.Members() {
+		// A Node of our own: those ml.Members returns are memberlist's,
+		// which it changes under its lock (a race, caught by -race).
+		host, port, err := net.SplitHostPort(m.Addr)
+		p, _ := strconv.Atoi(port)
+		if m.Self || err != nil {
 			continue
 		}
+		n := &memberlist.Node{Name: m.Name, Addr: net.ParseIP(host), Port: uint16(p)}
 		wg.Go(func() { c.ml.SendReliable(n, msg) })
 	}
 	done := make(chan struct{})
