@@ -546,7 +546,7 @@ var (
 	ErrNotFailed = errors.New("cluster: no failed node of that name")
 )
 
-// Forget drops a failed node from Failed on every node (gossiped), for a
+// Forget drops a failed node from Failed on every node (told over TCP), for a
 // node that is gone for good: decommissioned without leaving, or dead.
 // Its devices and pushes the others did not know of are given up. A
 // node of that name that comes back joins as any node does.
@@ -564,7 +564,7 @@ func (c *Cluster) Forget(name string) error {
 	case !failed:
 		return ErrNotFailed
 	}
-	c.broadcast(kindForget, []byte(name))
+	c.sendToAll(append([]byte{kindForget}, name...), 2*time.Second)
 	return nil
 }
 
@@ -755,17 +755,22 @@ func (c *Cluster) broadcast(kind byte, msg []byte) {
 type broadcast []byte
 
 // announceLeaving tells every other node that this one leaves in good
-// order, over TCP to each at once, and waits at most wait for them.
-// memberlist does not tell the others' NotifyLeave a leave from a failure
-// (the node it passes always says alive: hashicorp/memberlist#293), so
-// the announcement goes first and the leave (a dead message about
-// itself) follows. Gossip was not enough: a message gossiped its number
-// of times need not have reached every node (one in six runs of a test
-// of four nodes still logged the leave as a failure); TCP says which got
-// it. A node that does not answer within wait sees a failure, as before.
-// The sends end within memberlist's TCP timeout whatever wait is.
+// order, and waits at most wait for them. memberlist does not tell the
+// others' NotifyLeave a leave from a failure (the node it passes always
+// says alive: hashicorp/memberlist#293), so the announcement goes first
+// and the leave (a dead message about itself) follows. A node that does
+// not answer within wait sees a failure, as before.
 func (c *Cluster) announceLeaving(wait time.Duration) {
-	msg := append([]byte{kindLeaving}, c.cfg.Name...)
+	c.sendToAll(append([]byte{kindLeaving}, c.cfg.Name...), wait)
+}
+
+// sendToAll sends msg to every other live node over TCP, to each at
+// once, and waits at most wait for them. Gossip was not enough for a
+// message every node must have: one gossiped its number of times need
+// not have reached every node (one in six runs of a test of four nodes
+// still logged a leave as a failure). The sends end within memberlist's
+// TCP timeout whatever wait is.
+func (c *Cluster) sendToAll(msg []byte, wait time.Duration) {
 	var wg sync.WaitGroup
 	for _, m := range c.Members() {
 		// A Node of our own: those ml.Members returns are memberlist's,
