@@ -458,13 +458,6 @@ func (g *Gateway) reload() (ReloadResult, error) {
 		g.push.SetTokenKeys(tokenKeys) // checked by TokenKeys
 		res.Applied = append(res.Applied, "push.token_key_file")
 	}
-	if gossipKeys != nil {
-		if err := g.cluster.SetSecretKeys(gossipKeys); err != nil {
-			return fail(err)
-		}
-		g.cfg.Cluster.SecretKeyFile = next.Cluster.SecretKeyFile
-		res.Applied = append(res.Applied, "cluster.secret_key_file")
-	}
 	if upstreams != nil {
 		if err := g.proxy.SetUpstreams(upstreams); err != nil {
 			return fail(err)
@@ -478,6 +471,13 @@ func (g *Gateway) reload() (ReloadResult, error) {
 		g.proxy.SetLimits(next.Proxy.MaxConnections, next.Proxy.SourceRate)
 		g.cfg.Proxy.MaxConnections, g.cfg.Proxy.SourceRate = next.Proxy.MaxConnections, next.Proxy.SourceRate
 		res.Applied = append(res.Applied, "proxy.validate_agent_certs", "proxy.max_connections", "proxy.source_rate")
+	}
+	if gossipKeys != nil {
+		if err := g.cluster.SetSecretKeys(gossipKeys); err != nil { // checked by clusterKeys: after what can fail
+			return fail(err)
+		}
+		g.cfg.Cluster.SecretKeyFile = next.Cluster.SecretKeyFile
+		res.Applied = append(res.Applied, "cluster.secret_key_file")
 	}
 	if g.push != nil {
 		g.push.SetLimits(next.Push.MaxConnections, next.Push.SourceRate)
