@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dpgate/dpgate/cluster"
 	"github.com/dpgate/dpgate/deviceid"
 	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/config"
@@ -71,6 +72,7 @@ func (g *Gateway) mountConsole(token string) {
 	m.HandleFunc("POST /ui/devices/disconnect", ui.signedIn(ui.deviceAction(toDevice, ui.deviceDisconnect)))
 	m.HandleFunc("POST /ui/devices/delete", ui.signedIn(ui.deviceAction(toDevices, ui.deviceDelete)))
 	m.HandleFunc("GET /ui/uplinks", ui.signedIn(ui.uplinks))
+	m.HandleFunc("POST /ui/cluster/forget", ui.signedIn(ui.forgetNode))
 	m.HandleFunc("/ui/", ui.signedIn(func(w http.ResponseWriter, r *http.Request, _ console.Session) {
 		http.NotFound(w, r)
 	}))
@@ -158,6 +160,7 @@ func (ui *consoleUI) done(w http.ResponseWriter, r *http.Request, ss console.Ses
 }
 
 type overviewData struct {
+	CSRF     string // the failed nodes' Forget forms, in the live fragment too
 	Status   Status
 	CertDays int
 	CertWarn bool
@@ -167,7 +170,7 @@ type overviewData struct {
 
 func (ui *consoleUI) overview(w http.ResponseWriter, r *http.Request, ss console.Session) {
 	st := ui.g.status()
-	d := overviewData{Status: st, CertDays: daysLeft(st.CertExpiry)}
+	d := overviewData{CSRF: ss.CSRF, Status: st, CertDays: daysLeft(st.CertExpiry)}
 	d.CertWarn = d.CertDays < certWarnDays
 	if ui.g.push != nil {
 		d.Queued, d.QueuedTo = ui.g.push.QueueDepth()
@@ -411,6 +414,26 @@ func (ui *consoleUI) deviceAction(back func(id string) string, act func(ctx cont
 		msg, err := act(r.Context(), id)
 		ui.done(w, r, ss, back(id), msg, err)
 	}
+}
+
+// forgetNode is the Overview's Forget of a failed node, as dpgate members
+// forget does.
+func (ui *consoleUI) forgetNode(w http.ResponseWriter, r *http.Request, ss console.Session) {
+	node := r.PostFormValue("node")
+	if ui.g.cluster == nil {
+		ui.done(w, r, ss, "/", "", errors.New("not in a cluster"))
+		return
+	}
+	err := ui.g.cluster.Forget(node)
+	switch {
+	case errors.Is(err, cluster.ErrAlive):
+		err = fmt.Errorf("%s is alive: stop it, and it leaves in good order", node)
+	case errors.Is(err, cluster.ErrNotFailed):
+		err = fmt.Errorf("%s is not listed as failed here", node)
+	case err == nil:
+		ui.g.log.Warn("cluster: failed node forgotten on every node; what only it held is given up", "node", node, "by", "console")
+	}
+	ui.done(w, r, ss, "/", fmt.Sprintf("Forgot %s on every node.", node), err)
 }
 
 func toDevice(id string) string { return "/ui/devices?q=" + url.QueryEscape(id) }

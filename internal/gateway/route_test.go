@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -370,24 +371,32 @@ func TestPushToAllReachesEveryNode(t *testing.T) {
 	if got := testutil.Metric(t, gs[0].Telemetry().Registry, "dpgate_cluster_failed_nodes"); got != 1 {
 		t.Errorf("dpgate_cluster_failed_nodes = %v, want 1", got)
 	}
-	c, _ := signIn(t, gs[0])
+	c, csrf := signIn(t, gs[0])
 	resp, err := c.Get("http://" + gs[0].adminAddr + "/")
 	if err != nil {
 		t.Fatal(err)
 	}
 	page, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if row := regexp.MustCompile(`(?s)<tr data-node="` + failed + `">.*?</tr>`).Find(page); !bytes.Contains(row, []byte("failed since")) {
-		t.Errorf("the console's overview without %s failed: row %q", failed, row)
+	row := regexp.MustCompile(`(?s)<tr data-node="` + failed + `">.*?</tr>`).Find(page)
+	if !bytes.Contains(row, []byte("failed since")) || !bytes.Contains(row, []byte(`action="/ui/cluster/forget"`)) {
+		t.Errorf("the console's overview without %s failed and its Forget: row %q", failed, row)
 	}
 
-	// Gone for good: forgotten on every node (a node alive is refused).
+	// Gone for good: forgotten on every node, here from the console's
+	// Forget (a node alive is refused, by the API too).
 	var he *admin.HTTPError
 	if err := apis[0].Do(context.Background(), "DELETE", "/v1/members/"+gs[1].cfg.Node.Name, nil, nil); !errors.As(err, &he) || he.Status != http.StatusConflict {
 		t.Errorf("forgetting a live node: %v, want 409", err)
 	}
-	if err := apis[0].Do(context.Background(), "DELETE", "/v1/members/"+failed, nil, nil); err != nil {
-		t.Fatalf("forgetting %s: %v", failed, err)
+	resp, err = c.PostForm("http://"+gs[0].adminAddr+"/ui/cluster/forget", url.Values{"csrf": {csrf}, "node": {failed}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !bytes.Contains(page, []byte("Forgot "+failed+" on every node.")) {
+		t.Errorf("the console's Forget of %s: page without its message:\n%s", failed, page)
 	}
 	waitFor(t, 20*time.Second, func() error {
 		for i := range 2 {
