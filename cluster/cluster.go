@@ -292,7 +292,8 @@ func (c *Cluster) joinPeers() {
 	}
 	go func() {
 		defer c.joiningPeers.Store(false)
-		if _, err := c.ml.Join(peers); err == nil {
+		alone := c.ml.NumMembers() == 1 // the periodic re-join of a node with company says nothing
+		if _, err := c.ml.Join(peers); err == nil && alone {
 			c.logJoined(false)
 		}
 	}()
@@ -670,7 +671,8 @@ func (e events) NotifyLeave(n *memberlist.Node) {
 	// n.State says alive whatever happened (memberlist#293): a leave in
 	// good order is known by the node's announcement (announceLeaving).
 	at, announced := e.c.leaving[n.Name]
-	left := n.State == memberlist.StateLeft || (announced && time.Since(at) < time.Minute)
+	self := n.Name == e.c.cfg.Name // its own leave, seen as it goes
+	left := self || n.State == memberlist.StateLeft || (announced && time.Since(at) < time.Minute)
 	delete(e.c.leaving, n.Name)
 	if m, ok := e.c.members[n.Name]; ok && !left {
 		e.c.failed[n.Name] = Failed{Member: m, Since: time.Now()}
@@ -684,6 +686,9 @@ func (e events) NotifyLeave(n *memberlist.Node) {
 	delete(e.c.growth, n.Name)
 	e.c.mu.Unlock()
 	e.c.m.pingRTT.DeleteLabelValues(n.Name)
+	if self {
+		return
+	}
 	if left {
 		e.c.log.Info("cluster: node left", "node", n.Name, "addr", n.Address())
 		e.c.m.left.Inc()

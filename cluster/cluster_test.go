@@ -136,7 +136,13 @@ func TestJoinLeaveFailure(t *testing.T) {
 	// Probes of a second (a timeout of half that): with -race and other
 	// packages' tests on the 2 cores, 200 ms timed out so often that no
 	// direct probe to one node succeeded in 30 s, so it had no RTT.
-	nodes := newTestClusterWith(t, 4, nil, func(_ int, cfg *cluster.Config) { cfg.ProbeInterval = time.Second })
+	var leaverLog testutil.Buffer // node-3's, which leaves in good order below
+	nodes := newTestClusterWith(t, 4, nil, func(i int, cfg *cluster.Config) {
+		cfg.ProbeInterval = time.Second
+		if i == 3 {
+			cfg.Logger = leaverLog.Logger(slog.LevelInfo)
+		}
+	})
 	waitFor(t, 10*time.Second, func() error {
 		for _, nd := range nodes {
 			if err := sees(nd, 4); err != nil {
@@ -166,6 +172,9 @@ func TestJoinLeaveFailure(t *testing.T) {
 	waitFor(t, 30*time.Second, func() error { return sees(nodes[0], 3) })
 	if f := nodes[0].Failed(); len(f) != 0 {
 		t.Errorf("after a leave in good order, Failed() = %v, want none", f)
+	}
+	if strings.Contains(leaverLog.String(), "node failed") { // memberlist tells a node of its own leave too
+		t.Errorf("the node that left logged a failure:\n%s", leaverLog.String())
 	}
 	nodes[2].Close() // a failure: no leave message
 	waitFor(t, 30*time.Second, func() error { return sees(nodes[0], 2) })
