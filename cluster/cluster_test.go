@@ -173,8 +173,11 @@ func TestJoinLeaveFailure(t *testing.T) {
 	if f := nodes[0].Failed(); len(f) != 0 {
 		t.Errorf("after a leave in good order, Failed() = %v, want none", f)
 	}
-	if strings.Contains(leaverLog.String(), "node failed") { // memberlist tells a node of its own leave too
-		t.Errorf("the node that left logged a failure:\n%s", leaverLog.String())
+	// memberlist tells a node of its own leave too. (Under load, with
+	// these tight probes, it may see others fail and come back: those
+	// lines are right.)
+	if strings.Contains(leaverLog.String(), `msg="cluster: node failed" node=node-3 `) {
+		t.Errorf("the node that left logged its own failure:\n%s", leaverLog.String())
 	}
 	nodes[2].Close() // a failure: no leave message
 	waitFor(t, 30*time.Second, func() error { return sees(nodes[0], 2) })
