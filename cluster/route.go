@@ -428,28 +428,29 @@ func (r *Router) Push(ctx context.Context, devices []string, payload []byte, ttl
 	return out, nil
 }
 
-// stored handles copies another node sends: commit them, remember who
-// accepted them, and pass them on to the device's holder when that is a
-// third node.
+// stored handles copies another node sends: remember who accepted them,
+// commit them, and pass them on to the device's holder when that is a
+// third node. Who accepted them is recorded before the commit: the commit
+// wakes the device's session, and a quick agent's ACK can reach Acked
+// before Insert returns; recorded after, that ACK was not told to the
+// accepting node (its ?wait= ran out with "queued") and the record stayed.
 func (r *Router) stored(from string, items []wireItem) error {
 	its := make([]queue.Item, len(items))
-	for i, w := range items {
-		its[i] = w.Item
-	}
-	added, err := r.local.Insert(its)
-	if err != nil {
-		return err
-	}
 	r.mu.Lock()
 	if len(r.origins) > maxOrigins {
 		clear(r.origins)
 	}
-	for _, w := range items {
+	for i, w := range items {
+		its[i] = w.Item
 		if w.Origin != "" && w.Origin != r.self {
 			r.origins[w.ID] = w.Origin
 		}
 	}
 	r.mu.Unlock()
+	added, err := r.local.Insert(its)
+	if err != nil {
+		return err
+	}
 	r.forward(from, added)
 	return nil
 }
