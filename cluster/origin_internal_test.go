@@ -1,14 +1,12 @@
 package cluster
 
 import (
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push/queue"
 	"github.com/dpgate/dpgate/push/wire"
-	"github.com/dpgate/dpgate/tlsconf"
 )
 
 // ackingLocal is a push server whose agent acknowledges each push while
@@ -36,13 +34,7 @@ func (l *ackingLocal) Insert(items []queue.Item) ([]queue.Item, error) {
 // load), and the record stayed behind. The origin is now recorded
 // first.
 func TestOriginKnownBeforeTheCommit(t *testing.T) {
-	gw, _ := tlsconf.Issue(tlsconf.Template{CommonName: "solo"}, nil)
-	file := filepath.Join(t.TempDir(), "gw.pem")
-	tlsconf.WriteKeyPair(gw, file, "")
-	id, err := tlsconf.LoadIdentity(file, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := testIdentity(t, "solo")
 	c, err := New(Config{Name: "solo", Bind: "127.0.0.1:0", Logger: testutil.Quiet(),
 		Meta: func() Meta { return Meta{Push: "127.0.0.1:1", Pin: id.Pin()} }})
 	if err != nil {

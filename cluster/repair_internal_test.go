@@ -77,6 +77,22 @@ func (l *memLocal) queued(device string) int {
 	return len(l.q[device])
 }
 
+// testIdentity is a gateway certificate of its own, as a node has.
+func testIdentity(t *testing.T, name string) *tlsconf.Identity {
+	t.Helper()
+	cert, err := tlsconf.Issue(tlsconf.Template{CommonName: name}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), name+".pem")
+	tlsconf.WriteKeyPair(cert, file, "")
+	id, err := tlsconf.LoadIdentity(file, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
 // routerNode is a cluster node with its router, serving peers on a TLS
 // listener of its own as the push port does.
 type routerNode struct {
@@ -89,16 +105,7 @@ func startRouterNode(t *testing.T, name string, join []string, sweep time.Durati
 	// What the nodes logged comes with a failure: TestRepairAfterAFlap
 	// failed once in CI, under load, and was not seen again.
 	log := testutil.Logger(t, name)
-	cert, err := tlsconf.Issue(tlsconf.Template{CommonName: name}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(t.TempDir(), name+".pem")
-	tlsconf.WriteKeyPair(cert, file, "")
-	id, err := tlsconf.LoadIdentity(file, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := testIdentity(t, name)
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{GetCertificate: id.GetCertificate,
 		ClientAuth: tls.RequireAnyClientCert, NextProtos: []string{wire.PeerALPN}})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/dpgate/dpgate/cluster"
+	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/config"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -277,6 +279,25 @@ func (g *Gateway) clusterFailed() []FailedMember {
 		out = append(out, FailedMember{Name: f.Name, Addr: f.Addr, Push: f.Meta.Push, Since: f.Since})
 	}
 	return out
+}
+
+// forgetNode drops a failed node on every node (dpgate members forget,
+// the API and the console's Forget): by says who asked, for the log. Its
+// errors carry the API's status.
+func (g *Gateway) forgetNode(node, by string) error {
+	if g.cluster == nil {
+		return admin.Error(http.StatusNotFound, errors.New("not in a cluster (cluster.bind is not set)"))
+	}
+	switch err := g.cluster.Forget(node); {
+	case errors.Is(err, cluster.ErrAlive):
+		return admin.Error(http.StatusConflict, fmt.Errorf("%s is alive: stop it, and it leaves in good order", node))
+	case errors.Is(err, cluster.ErrNotFailed):
+		return admin.Error(http.StatusNotFound, fmt.Errorf("%s is not listed as failed on %s (dpgate members)", node, g.cfg.Node.Name))
+	case err != nil:
+		return err
+	}
+	g.log.Warn("cluster: failed node forgotten on every node; what only it held is given up", "node", node, "by", by)
+	return nil
 }
 
 // allowState replicates the agent allow-list: JSON arrays of entries,

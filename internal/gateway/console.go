@@ -16,7 +16,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dpgate/dpgate/cluster"
 	"github.com/dpgate/dpgate/deviceid"
 	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/config"
@@ -420,19 +419,7 @@ func (ui *consoleUI) deviceAction(back func(id string) string, act func(ctx cont
 // forget does.
 func (ui *consoleUI) forgetNode(w http.ResponseWriter, r *http.Request, ss console.Session) {
 	node := r.PostFormValue("node")
-	if ui.g.cluster == nil {
-		ui.done(w, r, ss, "/", "", errors.New("not in a cluster"))
-		return
-	}
-	err := ui.g.cluster.Forget(node)
-	switch {
-	case errors.Is(err, cluster.ErrAlive):
-		err = fmt.Errorf("%s is alive: stop it, and it leaves in good order", node)
-	case errors.Is(err, cluster.ErrNotFailed):
-		err = fmt.Errorf("%s is not listed as failed here", node)
-	case err == nil:
-		ui.g.log.Warn("cluster: failed node forgotten on every node; what only it held is given up", "node", node, "by", "console")
-	}
+	err := ui.g.forgetNode(node, "console")
 	ui.done(w, r, ss, "/", fmt.Sprintf("Forgot %s on every node.", node), err)
 }
 

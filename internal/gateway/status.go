@@ -14,7 +14,6 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/dpgate/dpgate/cluster"
 	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/store"
 	"github.com/dpgate/dpgate/link"
@@ -131,18 +130,9 @@ func (g *Gateway) routes() {
 	})
 	a.HandleJSON("DELETE /v1/members/{node}", func(r *http.Request) (int, any, error) {
 		node := r.PathValue("node")
-		if g.cluster == nil {
-			return 0, nil, admin.Error(http.StatusNotFound, errors.New("not in a cluster (cluster.bind is not set)"))
-		}
-		switch err := g.cluster.Forget(node); {
-		case errors.Is(err, cluster.ErrAlive):
-			return 0, nil, admin.Error(http.StatusConflict, fmt.Errorf("%s is alive: stop it, and it leaves in good order", node))
-		case errors.Is(err, cluster.ErrNotFailed):
-			return 0, nil, admin.Error(http.StatusNotFound, fmt.Errorf("%s is not listed as failed on %s (dpgate members)", node, g.cfg.Node.Name))
-		case err != nil:
+		if err := g.forgetNode(node, "api"); err != nil {
 			return 0, nil, err
 		}
-		g.log.Warn("cluster: failed node forgotten on every node; what only it held is given up", "node", node, "by", "api")
 		return http.StatusOK, map[string]string{"forgotten": node}, nil
 	})
 	a.HandleJSON("POST /v1/reload", func(*http.Request) (int, any, error) {
