@@ -4,10 +4,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -81,6 +83,7 @@ func TestClusterSurvivesKill9(t *testing.T) {
 		apis   []*admin.Client
 		pushes []string
 		pins   []string
+		cfgs   []string
 	)
 	gossipKey := gossipKeyFile(t)
 	for i := range nodesN {
@@ -100,7 +103,7 @@ func TestClusterSurvivesKill9(t *testing.T) {
 			seed = s.waitLog(t, `msg="cluster started" addr=(\S+)`)[1]
 			dnsAddr = s.waitLog(t, `msg="DNS listening" addr=(\S+)`)[1]
 		}
-		srvs, apis, pushes = append(srvs, s), append(apis, apiClient(t, cfg)), append(pushes, pushAddr)
+		srvs, apis, pushes, cfgs = append(srvs, s), append(apis, apiClient(t, cfg)), append(pushes, pushAddr), append(cfgs, cfg)
 		pins = append(pins, strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout))
 	}
 	ctx := context.Background()
@@ -252,6 +255,22 @@ func TestClusterSurvivesKill9(t *testing.T) {
 		detected = time.Since(killed)
 		return nil
 	})
+	// dpgate members --json lists the failed node too, as its table does.
+	r := dpgate(t, nil, "members", "-c", cfgs[0], "--json")
+	var listed []gateway.ClusterMember
+	if err := json.Unmarshal([]byte(r.stdout), &listed); err != nil || r.code != 0 {
+		t.Fatalf("dpgate members --json: exit %d, %v: %s%s", r.code, err, r.stdout, r.stderr)
+	}
+	states := map[string]string{}
+	for _, m := range listed {
+		states[m.Name] = m.State
+		if m.State == "failed" && (m.FailedSince == nil || m.Push != pushes[victim]) {
+			t.Errorf("members --json: failed node %+v, want its push address %s and since when", m, pushes[victim])
+		}
+	}
+	if want := map[string]string{"node-0": "alive", "node-1": "failed", "node-2": "alive"}; !maps.Equal(states, want) {
+		t.Errorf("dpgate members --json: states %v, want %v", states, want)
+	}
 	waitFor(t, 60*time.Second, func() error {
 		if err := connectedTo(survivors); err != nil {
 			return err

@@ -107,8 +107,8 @@ with what each node gossips): name, gossip address, push address, agents
 and capacity, load per core, uplink verdict, draining, probe RTT. Then the
 nodes declared dead that have not come back or left since (kept a day):
 they may hold devices and pushes the others do not know of, so a push to
-all and a device list name them as not reached. --json prints the live
-members; the failed ones are in dpgate status --json (cluster_failed).
+all and a device list name them as not reached. --json prints them all,
+the failed ones with state "failed" and failed_since.
 
   dpgate members forget NODE   a failed node gone for good (decommissioned
                                without a drain, or dead): every node stops
@@ -129,24 +129,25 @@ func runMembers(args []string, stdout, stderr io.Writer) error {
 	if st.Cluster == nil {
 		return fmt.Errorf("%s is not in a cluster (cluster.bind is not set)", st.Node)
 	}
-	if jsonOut {
-		return printJSON(stdout, st.Cluster)
+	if jsonOut { // the failed nodes too, as the table shows them
+		all := slices.Clone(st.Cluster)
+		for _, f := range st.ClusterFailed {
+			all = append(all, gateway.ClusterMember{Name: f.Name, Addr: f.Addr, Push: f.Push, State: "failed", FailedSince: &f.Since})
+		}
+		return printJSON(stdout, all)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tGOSSIP\tPUSH\tAGENTS\tCAPACITY\tLOAD\tUPLINK\tSTATE\tRTT")
 	for _, m := range st.Cluster {
-		name, state := m.Name, "alive"
+		name := m.Name
 		if m.Self {
 			name += " (this node)"
-		}
-		if m.Meta.Draining {
-			state = "draining"
 		}
 		rtt := "-"
 		if m.RTTMillis > 0 {
 			rtt = fmt.Sprintf("%.1f ms", m.RTTMillis)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%.2f\t%s\t%s\t%s\n", name, m.Addr, m.Meta.Push, m.Meta.Conns, m.Meta.Capacity, m.Meta.CPU, m.Meta.Uplink, state, rtt)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%.2f\t%s\t%s\t%s\n", name, m.Addr, m.Push, m.Agents, m.Capacity, m.Load, m.Uplink, m.State, rtt)
 	}
 	for _, f := range st.ClusterFailed {
 		ago := time.Since(f.Since).Round(time.Second)

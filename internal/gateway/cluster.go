@@ -240,13 +240,27 @@ func (g *Gateway) leaveCluster() error {
 	return err
 }
 
-// ClusterMember is a node in /v1/status.
+// ClusterMember is a node in /v1/status (and dpgate members --json): what
+// it gossips, under the names the rest of the API uses, not the short
+// keys of the gossip itself (cluster.Meta).
 type ClusterMember struct {
-	Name      string       `json:"name"`
-	Addr      string       `json:"addr"`
-	Self      bool         `json:"self,omitempty"`
-	RTTMillis float64      `json:"rtt_ms,omitempty"` // memberlist's probes, smoothed
-	Meta      cluster.Meta `json:"meta"`
+	Name      string  `json:"name"`
+	Addr      string  `json:"addr"` // gossip address
+	Self      bool    `json:"self,omitempty"`
+	State     string  `json:"state"` // alive or draining; failed in dpgate members --json
+	Version   string  `json:"version,omitempty"`
+	Push      string  `json:"push,omitempty"`  // push server address
+	Proxy     string  `json:"proxy,omitempty"` // proxy listener address
+	Admin     string  `json:"admin,omitempty"` // admin API address
+	Pin       string  `json:"pin,omitempty"`   // its certificate's SPKI pin
+	Agents    int     `json:"agents"`          // push sessions
+	Capacity  int     `json:"capacity,omitempty"`
+	Load      float64 `json:"load"`             // 1-minute load per core
+	Uplink    string  `json:"uplink,omitempty"` // the worst uplink verdict
+	RTTMillis float64 `json:"rtt_ms,omitempty"` // memberlist's probes, smoothed
+	// FailedSince is when a failed node was declared dead (dpgate
+	// members --json; /v1/status lists those in cluster_failed).
+	FailedSince *time.Time `json:"failed_since,omitempty"`
 }
 
 func (g *Gateway) clusterStatus() []ClusterMember {
@@ -256,7 +270,14 @@ func (g *Gateway) clusterStatus() []ClusterMember {
 	}
 	var out []ClusterMember
 	for _, m := range c.Members() {
-		out = append(out, ClusterMember{Name: m.Name, Addr: m.Addr, Self: m.Self, RTTMillis: m.RTT.Seconds() * 1000, Meta: m.Meta})
+		state := "alive"
+		if m.Meta.Draining {
+			state = "draining"
+		}
+		out = append(out, ClusterMember{Name: m.Name, Addr: m.Addr, Self: m.Self, State: state,
+			Version: m.Meta.Version, Push: m.Meta.Push, Proxy: m.Meta.Proxy, Admin: m.Meta.Admin, Pin: m.Meta.Pin,
+			Agents: m.Meta.Conns, Capacity: m.Meta.Capacity, Load: m.Meta.CPU, Uplink: m.Meta.Uplink,
+			RTTMillis: m.RTT.Seconds() * 1000})
 	}
 	return out
 }

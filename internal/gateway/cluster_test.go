@@ -31,11 +31,32 @@ func TestGatewaysFormACluster(t *testing.T) {
 		return st.Cluster
 	}
 	waitFor(t, 20*time.Second, func() error {
-		if m := members(); len(m) != 2 || m[0].Meta.Push == "" || m[1].Meta.Push == "" {
+		if m := members(); len(m) != 2 || m[0].Push == "" || m[1].Push == "" {
 			return fmt.Errorf("cluster members %+v, want 2 with push addresses", m)
 		}
 		return nil
 	})
+	// The API names a member's figures as the rest of it does, not by the
+	// gossip's one-letter keys ("p", "c", "k" under "meta").
+	var raw struct {
+		Cluster []map[string]any `json:"cluster"`
+	}
+	if err := api1.Do(ctx, "GET", "/v1/status", nil, &raw); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range raw.Cluster {
+		for _, k := range []string{"name", "addr", "state", "push", "admin", "pin", "agents", "capacity", "load", "version"} {
+			if _, ok := m[k]; !ok {
+				t.Errorf("/v1/status cluster member %v has no %q", m, k)
+			}
+		}
+		if _, ok := m["meta"]; ok {
+			t.Errorf("/v1/status cluster member %v has the gossip's meta", m)
+		}
+		if m["state"] != "alive" {
+			t.Errorf("member %v: state %v, want alive", m["name"], m["state"])
+		}
+	}
 
 	// DNS: the SRV record names both push servers.
 	dnsAddr := g1.dnsAddr
