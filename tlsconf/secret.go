@@ -23,16 +23,20 @@ func ReadSecretFile(name string) (string, error) {
 	return strings.TrimRight(string(b), "\r\n"), nil
 }
 
+// ErrDamagedKey: a key file that does not decode, or holds a key shorter
+// than its minimum.
+var ErrDamagedKey = errors.New("not base64 of a key long enough")
+
 // LoadOrCreateKey reads a base64 key from file or, when the file does not
 // exist, creates a random one of size bytes there (mode 0600, its
 // directory 0700). A key that does not decode or is shorter than min bytes
-// is an error, never replaced.
+// is an error (ErrDamagedKey), never replaced.
 func LoadOrCreateKey(file string, size, min int) ([]byte, error) {
 	s, err := ReadSecretFile(file)
 	if err == nil {
 		b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
 		if err != nil || len(b) < min {
-			return nil, fmt.Errorf("tlsconf: %s is not base64 of a key of %d bytes or more: restore it from a backup, or remove it to have a new key made (what the old one made or signed stops working)", file, min)
+			return nil, fmt.Errorf("tlsconf: %s is %w (%d bytes or more): restore it from a backup, or remove it to have a new key made (what the old one made or signed stops working)", file, ErrDamagedKey, min)
 		}
 		return b, nil
 	}

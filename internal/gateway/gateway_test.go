@@ -636,3 +636,44 @@ func TestNothingMissingOnLinux(t *testing.T) {
 		t.Errorf("on Linux, PlatformLimits says %v, want nothing", l)
 	}
 }
+
+// TestDamagedQUICResetKeyReplaced: the QUIC stateless-reset key is the
+// gateway's own, and what the old one made (resets for the sessions of a
+// process that is gone) is worth nothing after a restart. A damaged one
+// (empty after a crash, garbage) is set aside with a warning and a new
+// one made; it no longer stops the gateway, proxy and push with it.
+func TestDamagedQUICResetKeyReplaced(t *testing.T) {
+	t.Parallel()
+	for name, content := range map[string]string{"empty": "", "garbage": "\x90\xfcsq not base64\n", "short": "c2hvcnQ=\n"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			cfg := config.Default()
+			cfg.Node.DataDir = filepath.Join(dir, "data")
+			cfg.Admin.Listen, cfg.Push.Listen = "127.0.0.1:0", "127.0.0.1:0"
+			cfg.Wake.Listen, cfg.Wake.ShutdownListen = "off", "off"
+			if err := cfg.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			os.MkdirAll(cfg.Node.DataDir, 0o700)
+			file := filepath.Join(cfg.Node.DataDir, QUICResetKeyFile)
+			os.WriteFile(file, []byte(content), 0o600)
+			var log testutil.Buffer
+			g, _ := startTestGatewayWith(t, cfg, Options{Logger: log.Logger(slog.LevelInfo)})
+			defer g.Close()
+			if !strings.Contains(log.String(), "level=WARN") || !strings.Contains(log.String(), QUICResetKeyFile) {
+				t.Errorf("no warning naming the damaged key; log:\n%s", log.String())
+			}
+			aside, _ := filepath.Glob(file + ".damaged-*")
+			if len(aside) != 1 {
+				t.Fatalf("damaged key set aside as %v, want one file", aside)
+			}
+			if b, _ := os.ReadFile(aside[0]); string(b) != content {
+				t.Errorf("set aside %q, want the damaged content %q", b, content)
+			}
+			if _, err := tlsconf.LoadOrCreateKey(file, 32, 32); err != nil {
+				t.Errorf("the new key: %v", err)
+			}
+		})
+	}
+}

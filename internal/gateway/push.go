@@ -57,6 +57,25 @@ func TokenKeys(cfg *config.Config) ([][]byte, error) {
 	return keys, nil
 }
 
+// quicResetKey reads data_dir/quic-reset.key, made on first use. One
+// that is damaged is set aside and replaced, with a warning: the old key
+// only made resets for the sessions of a process that is gone, so a new
+// one loses nothing, while refusing it would stop the whole gateway.
+func (g *Gateway) quicResetKey() ([]byte, error) {
+	file := filepath.Join(g.cfg.Node.DataDir, QUICResetKeyFile)
+	key, err := tlsconf.LoadOrCreateKey(file, 32, 32)
+	if !errors.Is(err, tlsconf.ErrDamagedKey) {
+		return key, err
+	}
+	aside := file + ".damaged-" + time.Now().UTC().Format("20060102T150405Z")
+	if err := os.Rename(file, aside); err != nil {
+		return nil, err
+	}
+	g.log.Warn("push: the QUIC stateless-reset key was damaged; set aside and a new one made (QUIC agents of the process before reconnect after their idle timeout, not at once)",
+		"file", file, "aside", aside)
+	return tlsconf.LoadOrCreateKey(file, 32, 32)
+}
+
 // newPush builds the push server from push.* keys, when push is on, and
 // in a cluster its routing between nodes (the router, which keeps each
 // device's queue on its owner nodes).
@@ -82,7 +101,7 @@ func (g *Gateway) newPush(ls Listeners) error {
 	}
 	var resetKey []byte
 	if *c.QUIC {
-		if resetKey, err = tlsconf.LoadOrCreateKey(filepath.Join(g.cfg.Node.DataDir, QUICResetKeyFile), 32, 32); err != nil {
+		if resetKey, err = g.quicResetKey(); err != nil {
 			return fmt.Errorf("gateway: push: %w", err)
 		}
 	}
