@@ -29,11 +29,12 @@ const MaxBody = 1 << 20
 
 // Server is the admin API.
 type Server struct {
-	token  string
-	routes []string
-	log    *slog.Logger
-	mux    *http.ServeMux
-	http   *http.Server
+	token   string
+	routes  []string
+	log     *slog.Logger
+	refused func(r *http.Request) // Config.Refused
+	mux     *http.ServeMux
+	http    *http.Server
 	// console, when mounted, serves / and /ui/ with its own sign-in.
 	console http.Handler
 
@@ -51,11 +52,14 @@ type Config struct {
 	// Empty fails closed: no request is authorized.
 	Token  string
 	Logger *slog.Logger // default slog.Default()
+	// Refused, if set, is told of each request refused for a missing or
+	// wrong token (a metric, a log line kept sparse).
+	Refused func(r *http.Request)
 }
 
 // New builds the server; routes are added with Handle before Serve.
 func New(cfg Config) *Server {
-	s := &Server{token: cfg.Token, log: cfg.Logger, mux: http.NewServeMux()}
+	s := &Server{token: cfg.Token, log: cfg.Logger, refused: cfg.Refused, mux: http.NewServeMux()}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -135,6 +139,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !Open(r.URL.Path) && !fromSocket(r.Context()) && !s.authorized(r) {
+		if s.refused != nil {
+			s.refused(r)
+		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="dpgate"`)
 		WriteJSON(w, r, http.StatusUnauthorized, map[string]string{
 			"error": "missing or wrong bearer token (Authorization: Bearer, the token in admin.token_file or data_dir/admin.token)"})

@@ -116,7 +116,7 @@ func (ui *consoleUI) loginPage(w http.ResponseWriter, r *http.Request) {
 func (ui *consoleUI) login(w http.ResponseWriter, r *http.Request) {
 	ss, ok := ui.sessions.SignIn(r.PostFormValue("token"))
 	if !ok {
-		ui.g.log.Warn("console: sign-in with a wrong token", "remote", r.RemoteAddr)
+		ui.g.authFailed("console", r.RemoteAddr)
 		console.Login(w, http.StatusUnauthorized, "That is not the admin token.")
 		return
 	}

@@ -23,6 +23,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"runtime"
 	"slices"
@@ -208,7 +209,8 @@ func New(cfg *config.Config, ls Listeners, opts Options) (_ *Gateway, err error)
 // newAdmin builds the admin API and its gateway-wide routes; each other
 // part adds its own routes as it is built.
 func (g *Gateway) newAdmin(token string, ls Listeners) {
-	g.admin = admin.New(admin.Config{Token: token, Logger: g.log})
+	g.admin = admin.New(admin.Config{Token: token, Logger: g.log,
+		Refused: func(r *http.Request) { g.authFailed("api", r.RemoteAddr) }})
 	g.routes()
 	g.mountConsole(token)
 	p := part{name: "admin",

@@ -17,6 +17,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -183,7 +184,7 @@ func TestTokenRequiredWhenConfigured(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	tokenFile := filepath.Join(dir, "token")
-	os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600)
+	os.WriteFile(tokenFile, []byte("s3cret-s3cret-s3cret\n"), 0o600)
 	_, c, _ := newTestGateway(t, "  token_file: "+tokenFile+"\n")
 	ctx := context.Background()
 	if err := c.Do(ctx, "GET", "/v1/certs", nil, nil); err != nil {
@@ -201,7 +202,7 @@ func TestTokenRequiredWhenConfigured(t *testing.T) {
 		}
 	}
 	// Profiles are behind the token too.
-	for _, tok := range []string{"", "s3cret"} {
+	for _, tok := range []string{"", "s3cret-s3cret-s3cret"} {
 		req, _ := http.NewRequest("GET", c.Base()+"/debug/pprof/heap?debug=1", nil)
 		if tok != "" {
 			req.Header.Set("Authorization", "Bearer "+tok)
@@ -212,7 +213,7 @@ func TestTokenRequiredWhenConfigured(t *testing.T) {
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if want := map[string]int{"": http.StatusUnauthorized, "s3cret": http.StatusOK}[tok]; resp.StatusCode != want || tok != "" && !strings.Contains(string(body), "heap profile") {
+		if want := map[string]int{"": http.StatusUnauthorized, "s3cret-s3cret-s3cret": http.StatusOK}[tok]; resp.StatusCode != want || tok != "" && !strings.Contains(string(body), "heap profile") {
 			t.Errorf("heap profile with token %q: %s, want %d and a profile", tok, resp.Status, want)
 		}
 	}
@@ -675,5 +676,74 @@ func TestDamagedQUICResetKeyReplaced(t *testing.T) {
 				t.Errorf("the new key: %v", err)
 			}
 		})
+	}
+}
+
+// TestShortAdminTokenRefused: any local user may connect to the admin API
+// on loopback and try tokens, some 17,000 a second here; a token of a few
+// characters falls in hours. One shorter than admin.MinTokenLen is
+// refused at start, configured or generated (then damaged).
+func TestShortAdminTokenRefused(t *testing.T) {
+	t.Parallel()
+	for name, content := range map[string]string{"configured": "s3cret\n", "generated": "x\n"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			cfg := config.Default()
+			cfg.Node.DataDir = filepath.Join(dir, "data")
+			cfg.Admin.Listen, cfg.Push.Listen = "127.0.0.1:0", "off"
+			cfg.Wake.Listen, cfg.Wake.ShutdownListen = "off", "off"
+			file := filepath.Join(cfg.Node.DataDir, "admin.token")
+			if name == "configured" {
+				file = filepath.Join(dir, "admin.token")
+				cfg.Admin.TokenFile = file
+			}
+			if err := cfg.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			os.MkdirAll(cfg.Node.DataDir, 0o700)
+			os.WriteFile(file, []byte(content), 0o600)
+			_, err := New(cfg, Listeners{}, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			if err == nil || !strings.Contains(err.Error(), file) || !strings.Contains(err.Error(), "at least 16") {
+				t.Errorf("New with the admin token %q: %v, want an error naming %s and the length wanted", content, err, file)
+			}
+			if err := CheckFiles(cfg); name == "configured" && (err == nil || !strings.Contains(err.Error(), "admin.token_file")) {
+				t.Errorf("CheckFiles with the admin token %q: %v, want an error naming admin.token_file", content, err)
+			}
+		})
+	}
+}
+
+// TestWrongAdminTokensCountedAndLoggedSparingly: wrong tokens on the API
+// and the console's sign-in are counted by a metric and warned about
+// once in 10 s, not once per attempt (a guessing local user would
+// otherwise flood the journal, or go unseen on the API).
+func TestWrongAdminTokensCountedAndLoggedSparingly(t *testing.T) {
+	t.Parallel()
+	var log testutil.Buffer
+	_, c, _ := newTestGatewayWith(t, "", Options{Logger: log.Logger(slog.LevelInfo)})
+	bad := admin.NewClient(strings.TrimPrefix(c.Base(), "http://"), "a-wrong-token-of-some-length")
+	for range 20 {
+		if err := bad.Do(context.Background(), "GET", "/v1/status", nil, nil); err == nil {
+			t.Fatal("a wrong token was let in")
+		}
+	}
+	for range 5 {
+		resp, err := http.PostForm(c.Base()+"/ui/login", url.Values{"token": {"wrong"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	body := metricsOf(t, c)
+	for _, want := range []string{`dpgate_admin_auth_failures_total{via="api"} 20`, `dpgate_admin_auth_failures_total{via="console"} 5`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	for _, line := range []string{"admin: requests with a wrong token", "console: sign-in with a wrong token"} {
+		if n := strings.Count(log.String(), line); n != 1 {
+			t.Errorf("%d log lines %q for the attempts, want one; log:\n%s", n, line, log.String())
+		}
 	}
 }

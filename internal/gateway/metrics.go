@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dpgate/dpgate/internal/ratelimit"
 	"github.com/dpgate/dpgate/internal/series"
 	"github.com/dpgate/dpgate/internal/store"
 	"github.com/dpgate/dpgate/link"
@@ -18,6 +19,10 @@ type metrics struct {
 	reloadOKAt     prometheus.Gauge
 	underCopied    prometheus.Counter
 	verdictChanges *prometheus.CounterVec
+	authFailures   *prometheus.CounterVec
+	// authLog keeps the warning of refused tokens to one line in 10 s
+	// per way in (api, console).
+	authLog map[string]*ratelimit.Every
 }
 
 func (g *Gateway) newMetrics() {
@@ -33,6 +38,10 @@ func (g *Gateway) newMetrics() {
 			"Pushes answered 503 because fewer nodes than cluster.min_copies committed them (kept here and handed over later)."),
 		verdictChanges: d.CounterVec("dpgate_link_verdict_changes_total",
 			"Changes of an uplink's verdict, by the verdict it changed to (ok, degraded, out-of-limits, unknown).", []string{"link", "to"}),
+		authFailures: d.CounterVec("dpgate_admin_auth_failures_total",
+			"Admin requests refused for a missing or wrong token (via api), and console sign-ins with a wrong token (via console).",
+			[]string{"via"}, []string{"api", "console"}),
+		authLog: map[string]*ratelimit.Every{"api": ratelimit.NewEvery(10 * time.Second), "console": ratelimit.NewEvery(10 * time.Second)},
 	}
 	m.reloadOK.Set(1)
 	m.reloadOKAt.Set(float64(time.Now().Unix()))
@@ -130,4 +139,18 @@ func verdictValue(s link.State) float64 {
 		return 2
 	}
 	return -1
+}
+
+// authFailed counts a request refused for its admin token (via api or
+// console) and warns of it, at most once in 10 s per way in: a local user
+// guessing tokens makes thousands a second.
+func (g *Gateway) authFailed(via, remote string) {
+	g.m.authFailures.WithLabelValues(via).Inc()
+	g.m.authLog[via].Do(1, func(n int64) {
+		msg := "admin: requests with a wrong token or none were refused"
+		if via == "console" {
+			msg = "console: sign-in with a wrong token"
+		}
+		g.log.Warn(msg, "remote", remote, "refused_since_last_line", n)
+	})
 }
