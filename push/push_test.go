@@ -658,3 +658,31 @@ func TestSourceRateKeepsAgentsPrompt(t *testing.T) {
 		t.Error("no flood connection was refused over push.source_rate")
 	}
 }
+
+// TestAgentStoppedSaysSo: an agent stopped by its caller (the reference
+// agent's Ctrl-C or SIGTERM) reports its disconnect as that, not as the
+// error its own closing caused: the reference agent printed "use of
+// closed network connection" over TLS and "Application error 0x0
+// (local)" over QUIC.
+func TestAgentStoppedSaysSo(t *testing.T) {
+	t.Parallel()
+	for _, transport := range []string{"tls", "quic"} {
+		t.Run(transport, func(t *testing.T) {
+			t.Parallel()
+			ts := newTestServer(t, nil)
+			cert := ts.agentCert(t, "dev-stop")
+			addr := ts.addr
+			if transport == "quic" {
+				addr = ts.quicAddr
+			}
+			a := startAgent(t, client.Config{Servers: []string{addr}, DeviceID: "dev-stop", TLS: ts.tlsFor(&cert), QUIC: transport == "quic"})
+			a.waitEvent(t, "connected")
+			a.cancel()
+			<-a.done
+			e := a.waitEvent(t, "disconnected")
+			if !errors.Is(e.Err, client.ErrStopped) {
+				t.Errorf("disconnected after the agent was stopped: %v, want client.ErrStopped", e.Err)
+			}
+		})
+	}
+}

@@ -71,6 +71,10 @@ type Event struct {
 	Retry   time.Duration // for "error" and "replaced": the wait before the next attempt
 }
 
+// ErrStopped is the Err of the "disconnected" event of a session ended
+// because Run's context was done: the caller stopped the agent.
+var ErrStopped = errors.New("the agent stopped")
+
 // Client is one agent's push connection.
 type Client struct {
 	cfg  Config
@@ -405,6 +409,9 @@ func (c *Client) session(ctx context.Context, addr string, redirected bool) outc
 		k.setRead(time.Now().Add(3 * keep))
 		typ, body, err := wire.ReadFrame(k.rw, &hdr, buf, wire.MaxFrame)
 		if err != nil {
+			if ctx.Err() != nil { // our own closing, not the server's or the network's doing
+				err = ErrStopped
+			}
 			out.err = err
 			c.event(Event{Kind: "disconnected", Server: addr, Err: err})
 			return out
