@@ -359,7 +359,9 @@ func (p *Proxy) checkUpstream(u *upstream) {
 type Status struct {
 	Balance     string `json:"balance"`
 	Connections int64  `json:"connections"`
-	Refused     uint64 `json:"refused"`
+	// MaxConnections is the limit in force (SetLimits).
+	MaxConnections int64  `json:"max_connections"`
+	Refused        uint64 `json:"refused"`
 	// NoUpstream counts agents whose connection was closed because no
 	// upstream could be reached for it.
 	NoUpstream uint64           `json:"no_upstream"`
@@ -386,12 +388,13 @@ func (p *Proxy) ValidatesAgentCerts() bool { return p.validating.Load() }
 func (p *Proxy) Status() Status {
 	now := time.Now()
 	s := Status{
-		Balance:     p.cfg.Balance,
-		Connections: p.conns.Load(),
-		Refused:     p.refused.Load(),
-		NoUpstream:  p.noUpstream.Load(),
-		BytesIn:     p.bytesIn.Load(),
-		BytesOut:    p.bytesOut.Load(),
+		Balance:        p.cfg.Balance,
+		Connections:    p.conns.Load(),
+		MaxConnections: p.maxConns.Load(),
+		Refused:        p.refused.Load(),
+		NoUpstream:     p.noUpstream.Load(),
+		BytesIn:        p.bytesIn.Load(),
+		BytesOut:       p.bytesOut.Load(),
 	}
 	for _, u := range p.upstreams() {
 		s.Upstreams = append(s.Upstreams, u.status(now))

@@ -149,8 +149,15 @@ type server struct {
 // startServe runs "dpgate serve ARGS...".
 func startServe(t *testing.T, env []string, args ...string) *server {
 	t.Helper()
-	s := &server{cmd: exec.Command(bin, append([]string{"serve"}, args...)...), done: make(chan struct{})}
-	s.cmd.Env = append(os.Environ(), env...)
+	cmd := exec.Command(bin, append([]string{"serve"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	return startServeCmd(t, cmd)
+}
+
+// startServeCmd is startServe of a command prepared by the caller.
+func startServeCmd(t *testing.T, cmd *exec.Cmd) *server {
+	t.Helper()
+	s := &server{cmd: cmd, done: make(chan struct{})}
 	pipe, _ := s.cmd.StderrPipe()
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)

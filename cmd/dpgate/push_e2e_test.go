@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -326,5 +327,58 @@ func TestQUICAgentBackAfterKill9(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "stateless reset") {
 		t.Errorf("the agent did not learn of the restart from a stateless reset; stderr:\n%s", stderr.String())
+	}
+}
+
+// TestOpenFilesLimitKeepsTheAdminAPI: a gateway whose open-files limit
+// (here 400) is below what push.max_connections (100000 by default)
+// needs. Seen: at 20,000 (this machine's limit) connecting agents took
+// every descriptor; accept failed on every listener, "push: accept
+// failed" came 20 times a second, and the admin API and dpgate status
+// answered nothing, so the operator could not ask what was wrong. The
+// session limit is now lowered to fit with files to spare, said at
+// start, and the admin API answers with the agents' connections all
+// taken.
+func TestOpenFilesLimitKeepsTheAdminAPI(t *testing.T) {
+	t.Parallel() // its own ports and data directory
+	dir := t.TempDir()
+	pushAddr, adminAddr := freePort(t), freePort(t)
+	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\n  source_rate: -1\n", pushAddr))
+	const limit = 400
+	cmd := exec.Command("sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" serve -c "$1"`, limit), bin, cfg)
+	cmd.Env = os.Environ()
+	s := startServeCmd(t, cmd)
+	s.waitLog(t, `msg="push server listening"`)
+	lowered := s.waitLog(t, `msg="open files: the limit cannot hold the configured connections.*open_files_limit=(\d+) needed=(\d+) .*push.max_connections=(\d+)`)
+	if lowered[1] != fmt.Sprint(limit) || lowered[2] != "100256" || lowered[3] != "144" {
+		t.Errorf("start: limit %s, needed %s, sessions lowered to %s; want %d, 100256 (100000 + 256 kept), 144", lowered[1], lowered[2], lowered[3], limit)
+	}
+	// More connections than the limit: raw TCP, each held by the server
+	// until its TLS handshake times out, as many agents at once would.
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range limit + 50 {
+		c, err := net.DialTimeout("tcp", pushAddr, 5*time.Second)
+		if err != nil {
+			t.Fatalf("connection %d: %v", len(conns), err)
+		}
+		conns = append(conns, c)
+	}
+	// Within the 10 s the server gives a handshake: after that the
+	// connections held would free their files.
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	status := exec.CommandContext(ctx, bin, "status", "-c", cfg)
+	status.Env = os.Environ()
+	r := runResult(t, status)
+	if r.code != 0 || !strings.Contains(r.stdout, "sessions of 144") || !strings.Contains(r.stdout, fmt.Sprintf("open files of %d", limit)) {
+		t.Fatalf("dpgate status with %d connections open: exit %d (%v)\n%s%s\nwant the lowered limit and the open files", len(conns), r.code, ctx.Err(), r.stdout, r.stderr)
+	}
+	if strings.Contains(s.log(), "too many open files") {
+		t.Errorf("the gateway ran out of open files:\n%s", s.log())
 	}
 }

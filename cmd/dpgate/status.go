@@ -64,12 +64,12 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(tw, "certificate\t%s, expires %s (%d days)\n", st.Pin, st.CertExpiry.Format(time.DateOnly), days)
 	fmt.Fprintf(tw, "agent certificates\t%d allowed\n", st.AgentCerts)
 	if p := st.Push; p != nil {
-		fmt.Fprintf(tw, "push\t%d sessions, %d known devices, %d pushes queued for %d devices, %d expired pushes\n", p.Sessions, p.Devices, p.Queued, p.QueuedTo, p.Expired)
+		fmt.Fprintf(tw, "push\t%d sessions of %d, %d known devices, %d pushes queued for %d devices, %d expired pushes\n", p.Sessions, p.MaxConnections, p.Devices, p.Queued, p.QueuedTo, p.Expired)
 	} else {
 		fmt.Fprintf(tw, "push\toff\n")
 	}
 	if p := st.Proxy; p != nil {
-		fmt.Fprintf(tw, "proxy\t%d relays, %d refused, %d with no upstream reachable, balance %s\n", p.Connections, p.Refused, p.NoUpstream, p.Balance)
+		fmt.Fprintf(tw, "proxy\t%d relays of %d, %d refused, %d with no upstream reachable, balance %s\n", p.Connections, p.MaxConnections, p.Refused, p.NoUpstream, p.Balance)
 		for _, u := range p.Upstreams {
 			fmt.Fprintf(tw, "  upstream %s\t%s, %d relays now, %d failures\n", u.Address, u.State, u.ActiveRelays, u.Failures)
 		}
@@ -97,7 +97,11 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(tw, "cluster\toff\n")
 	}
 	fmt.Fprintf(tw, "store\t%d corrupt records, %d failures since start\n", st.Store.CorruptRecords, st.Store.Failures)
-	fmt.Fprintf(tw, "process\t%d MiB resident, %d goroutines, %d open files\n", st.RSSBytes>>20, st.Goroutines, st.OpenFiles)
+	files := fmt.Sprintf("%d open files", st.OpenFiles)
+	if st.OpenFilesLimit > 0 {
+		files += fmt.Sprintf(" of %d", st.OpenFilesLimit)
+	}
+	fmt.Fprintf(tw, "process\t%d MiB resident, %d goroutines, %s\n", st.RSSBytes>>20, st.Goroutines, files)
 	return tw.Flush()
 }
 

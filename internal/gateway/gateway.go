@@ -92,6 +92,8 @@ type Gateway struct {
 	reloadMu     sync.Mutex                    // one reload at a time
 	logLevel     *slog.LevelVar                // Options.LogLevel
 	routerSweep  time.Duration                 // Options.RouterSweep
+	fileLimitOpt int                           // Options.FileLimit
+	limits       connLimits                    // the connection limits this process can hold
 	wakes        sync.WaitGroup                // wake-ups of offline devices a push started
 	errc         chan error                    // first fatal serve error; buffered
 	closeDB      sync.Once
@@ -139,6 +141,9 @@ type Options struct {
 	// default (30 s). Tests lengthen it to see what happens before the
 	// sweep repairs it.
 	RouterSweep time.Duration
+	// FileLimit, when set, stands for the process's open-files limit
+	// (RLIMIT_NOFILE) in fitting the connection limits to it.
+	FileLimit int
 }
 
 // CertFile is the generated gateway certificate inside the data directory.
@@ -151,7 +156,7 @@ const CertFile = "gateway.pem"
 // reverse, and ls.
 func New(cfg *config.Config, ls Listeners, opts Options) (_ *Gateway, err error) {
 	g := &Gateway{cfg: cfg, log: opts.Logger, errc: make(chan error, 1), startUpgrade: opts.Upgrade, logLevel: opts.LogLevel,
-		routerSweep: opts.RouterSweep, keyExchange: tlsconf.KeyExchange(*cfg.TLS.PostQuantum)}
+		routerSweep: opts.RouterSweep, fileLimitOpt: opts.FileLimit, keyExchange: tlsconf.KeyExchange(*cfg.TLS.PostQuantum)}
 	if g.log == nil {
 		g.log = slog.Default()
 	}
@@ -194,6 +199,7 @@ func New(cfg *config.Config, ls Listeners, opts Options) (_ *Gateway, err error)
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	g.newAdmin(token, ls)
+	g.limits = g.fitConnectionLimits(cfg.Push.MaxConnections, cfg.Proxy.MaxConnections, cfg.ProxyEnabled())
 	// In this order, each after what it uses: Start starts them so, and
 	// Shutdown stops them in reverse (the push agents drain first, the
 	// queues are handed over before the cluster is left).
@@ -455,6 +461,8 @@ func (g *Gateway) reload() (ReloadResult, error) {
 	}
 	// Checked: apply.
 	old := *g.cfg
+	limits := g.fitConnectionLimits(next.Push.MaxConnections, next.Proxy.MaxConnections, g.proxy != nil)
+	g.limits = limits
 	res.Applied = append(res.Applied, "tls.cert", "agent allow-list")
 	if tokenKeys != nil {
 		g.push.SetTokenKeys(tokenKeys) // checked by TokenKeys
@@ -470,7 +478,7 @@ func (g *Gateway) reload() (ReloadResult, error) {
 			g.setValidateAgentCerts(next.Proxy.ValidateAgentCerts)
 			g.cfg.Proxy.ValidateAgentCerts = next.Proxy.ValidateAgentCerts
 		}
-		g.proxy.SetLimits(next.Proxy.MaxConnections, next.Proxy.SourceRate)
+		g.proxy.SetLimits(limits.proxy, next.Proxy.SourceRate)
 		g.cfg.Proxy.MaxConnections, g.cfg.Proxy.SourceRate = next.Proxy.MaxConnections, next.Proxy.SourceRate
 		res.Applied = append(res.Applied, "proxy.validate_agent_certs", "proxy.max_connections", "proxy.source_rate")
 	}
@@ -482,7 +490,7 @@ func (g *Gateway) reload() (ReloadResult, error) {
 		res.Applied = append(res.Applied, "cluster.secret_key_file")
 	}
 	if g.push != nil {
-		g.push.SetLimits(next.Push.MaxConnections, next.Push.SourceRate)
+		g.push.SetLimits(limits.push, next.Push.SourceRate)
 		g.cfg.Push.MaxConnections, g.cfg.Push.SourceRate = next.Push.MaxConnections, next.Push.SourceRate
 		res.Applied = append(res.Applied, "push.max_connections", "push.source_rate")
 	}

@@ -23,7 +23,7 @@ func (g *Gateway) newProxy(ls Listeners) error {
 		ConnectionTimeout: c.ConnectionTimeout.D(),
 		HandshakeTimeout:  c.HandshakeTimeout.D(),
 		IdleTimeout:       c.IdleTimeout.D(),
-		MaxConnections:    c.MaxConnections,
+		MaxConnections:    g.limits.proxy,
 		SourceRate:        c.SourceRate,
 		MaxIngressRate:    uint64(c.MaxIngressRate),
 		ProxyProtocol:     c.ProxyProtocol == config.ProxyProtocolV2,

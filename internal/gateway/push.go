@@ -113,7 +113,7 @@ func (g *Gateway) newPush(ls Listeners) error {
 		Queue:          g.queue,
 		Registry:       reg,
 		Keepalive:      c.Keepalive.D(),
-		MaxConnections: c.MaxConnections,
+		MaxConnections: g.limits.push,
 		SourceRate:     c.SourceRate,
 		MaxPayload:     int(c.MaxPayload),
 		KeyExchange:    g.keyExchange,

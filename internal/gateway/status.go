@@ -38,6 +38,10 @@ type Status struct {
 	RSSBytes   int64 `json:"rss_bytes"`
 	Goroutines int   `json:"goroutines"`
 	OpenFiles  int   `json:"open_files"`
+	// OpenFilesLimit is RLIMIT_NOFILE (0: none known); when it cannot
+	// hold the configured connection limits they are lowered
+	// (push.max_connections here, proxy.max_connections under proxy).
+	OpenFilesLimit int `json:"open_files_limit,omitempty"`
 	// Proxy is null while no upstream is configured.
 	Proxy *proxy.Status `json:"proxy"`
 	// Push is null while the push server is off.
@@ -59,7 +63,10 @@ type Status struct {
 // PushStatus is the push server's part of /v1/status.
 type PushStatus struct {
 	Sessions int `json:"sessions"`
-	Devices  int `json:"known_devices"`
+	// MaxConnections is the session limit in force: push.max_connections,
+	// or lower when the open-files limit cannot hold it.
+	MaxConnections int `json:"max_connections"`
+	Devices        int `json:"known_devices"`
 	// Queued pushes waiting here, and for how many devices.
 	Queued   int    `json:"queued_pushes"`
 	QueuedTo int    `json:"queued_devices"`
@@ -75,28 +82,29 @@ func (g *Gateway) status() Status {
 	}
 	var us *PushStatus
 	if g.push != nil {
-		us = &PushStatus{Sessions: g.push.Sessions(), Devices: len(g.push.KnownDevices()), Expired: g.push.Expired()}
+		us = &PushStatus{Sessions: g.push.Sessions(), MaxConnections: g.push.MaxConnections(), Devices: len(g.push.KnownDevices()), Expired: g.push.Expired()}
 		us.Queued, us.QueuedTo = g.push.QueueDepth()
 	}
 	return Status{
-		Cluster:       g.clusterStatus(),
-		ClusterFailed: g.clusterFailed(),
-		Links:         g.linkStatus(),
-		RSSBytes:      processRSS(),
-		Goroutines:    runtime.NumGoroutine(),
-		OpenFiles:     openFiles(),
-		Push:          us,
-		Node:          g.cfg.Node.Name,
-		Version:       Version().Version,
-		Started:       g.started.UTC(),
-		Uptime:        time.Since(g.started).Round(time.Second).String(),
-		Pin:           tlsconf.Pin(leaf),
-		CertExpiry:    leaf.NotAfter.UTC(),
-		AgentCerts:    g.allow.Len(),
-		Store:         g.db.Stats(),
-		Proxy:         ps,
-		PID:           pid,
-		Upgrade:       g.upgrade.Load(),
+		Cluster:        g.clusterStatus(),
+		ClusterFailed:  g.clusterFailed(),
+		Links:          g.linkStatus(),
+		RSSBytes:       processRSS(),
+		Goroutines:     runtime.NumGoroutine(),
+		OpenFiles:      openFiles(),
+		OpenFilesLimit: g.fileLimit(),
+		Push:           us,
+		Node:           g.cfg.Node.Name,
+		Version:        Version().Version,
+		Started:        g.started.UTC(),
+		Uptime:         time.Since(g.started).Round(time.Second).String(),
+		Pin:            tlsconf.Pin(leaf),
+		CertExpiry:     leaf.NotAfter.UTC(),
+		AgentCerts:     g.allow.Len(),
+		Store:          g.db.Stats(),
+		Proxy:          ps,
+		PID:            pid,
+		Upgrade:        g.upgrade.Load(),
 	}
 }
 
