@@ -61,9 +61,14 @@ func connectionLimits(files, pushMax, proxyMax int, pushOn, proxyOn bool) connLi
 func (g *Gateway) fitConnectionLimits(pushMax, proxyMax int, proxyOn bool) connLimits {
 	l := connectionLimits(g.fileLimit(), pushMax, proxyMax, g.pushEnabled(), proxyOn)
 	if l.lowered {
-		g.log.Warn("open files: the limit cannot hold the configured connections; lowered for this process so that the admin API, the store and the cluster always have files (raise LimitNOFILE, or ulimit -n, to what is needed)",
-			"open_files_limit", l.files, "needed", l.need, "reserved", reservedFiles,
-			"push.max_connections", l.push, "proxy.max_connections", l.proxy)
+		attrs := []any{"open_files_limit", l.files, "needed", l.need, "reserved", reservedFiles}
+		if l.push > 0 {
+			attrs = append(attrs, "push.max_connections", l.push)
+		}
+		if l.proxy > 0 {
+			attrs = append(attrs, "proxy.max_connections", l.proxy)
+		}
+		g.log.Warn("open files: the limit cannot hold the configured connections; lowered for this process so that the admin API, the store and the cluster always have files (raise LimitNOFILE, or ulimit -n, to what is needed)", attrs...)
 	}
 	return l
 }
