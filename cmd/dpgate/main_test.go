@@ -705,3 +705,62 @@ func TestServiceIsWindowsOnly(t *testing.T) {
 		t.Errorf("service on Linux: exit %d, %q", r.code, r.stderr)
 	}
 }
+
+// TestLogPrioritiesForJournald: under systemd, standard error goes to the
+// journal, which filed every line as info: journalctl -p warning showed
+// none of the gateway's warnings or errors. With standard error the
+// stream JOURNAL_STREAM names, each line carries its syslog priority
+// (<4> a warning, <6> info) for journald to file it by; elsewhere (a
+// file, a terminal, standard error redirected) the lines are as before.
+func TestLogPrioritiesForJournald(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, freePort(t), "")
+	// A damaged QUIC reset key: a warning at start.
+	os.MkdirAll(filepath.Join(dir, "data"), 0o700)
+	os.WriteFile(filepath.Join(dir, "data", "quic-reset.key"), []byte("damaged"), 0o600)
+	for _, journal := range []bool{true, false} {
+		out, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, _ := out.Stat()
+		st := fi.Sys().(*syscall.Stat_t)
+		stream := fmt.Sprintf("%d:%d", st.Dev, st.Ino)
+		if !journal {
+			stream = fmt.Sprintf("%d:%d", st.Dev, st.Ino+1) // another file's
+		}
+		cmd := exec.Command(bin, "serve", "-c", cfg)
+		cmd.Env = append(os.Environ(), "JOURNAL_STREAM="+stream)
+		cmd.Stderr = out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		var log string
+		waitFor(t, 30*time.Second, func() error {
+			b, _ := os.ReadFile(out.Name())
+			if log = string(b); !strings.Contains(log, `msg="push server listening"`) {
+				return errors.New("the push server has not started")
+			}
+			return nil
+		})
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		out.Close()
+		b, _ := os.ReadFile(out.Name())
+		log = string(b)
+		for _, line := range strings.Split(strings.TrimSpace(log), "\n") {
+			prefixed := regexp.MustCompile(`^<\d>`).MatchString(line)
+			want := map[bool]string{true: "<6>", false: ""}[journal]
+			if strings.Contains(line, "level=WARN") && journal {
+				want = "<4>"
+			}
+			if prefixed != journal || !strings.HasPrefix(line, want+"time=") {
+				t.Errorf("journal %v: line %q, want it after %q", journal, line, want)
+			}
+		}
+		if !strings.Contains(log, "level=WARN") {
+			t.Errorf("no warning logged (the damaged QUIC key's):\n%s", log)
+		}
+	}
+}

@@ -315,10 +315,14 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 	level.UnmarshalText([]byte(c.Level)) // validated by config
 	logLevel.Set(level)
 	opts := &slog.HandlerOptions{Level: &logLevel}
+	newH := func(w io.Writer) slog.Handler { return slog.NewTextHandler(w, opts) }
 	if c.Format == config.LogJSON {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		newH = func(w io.Writer) slog.Handler { return slog.NewJSONHandler(w, opts) }
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	if w == os.Stderr && sdnotify.StderrIsJournal() {
+		return slog.New(sdnotify.JournalHandler(w, newH)) // each line with its priority
+	}
+	return slog.New(newH(w))
 }
 
 const configAbout = `
