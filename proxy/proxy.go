@@ -59,6 +59,7 @@ type Proxy struct {
 	// host presenting foreign certificates could otherwise write one per
 	// handshake.
 	refusedLog *ratelimit.Every
+	acceptLog  *ratelimit.Every // accept failures: a line in 10 s
 
 	conns      atomic.Int64 // agent connections held, handshakes included
 	bytesIn    atomic.Int64 // agent->upstream, counted as relays write
@@ -89,6 +90,7 @@ func New(cfg Config) (*Proxy, error) {
 		dialer:     net.Dialer{KeepAlive: 30 * time.Second},
 		shaper:     ingressShaper(cfg.MaxIngressRate),
 		refusedLog: ratelimit.NewEvery(10 * time.Second),
+		acceptLog:  ratelimit.NewEvery(10 * time.Second),
 		done:       make(chan struct{}),
 		listeners:  map[net.Listener]struct{}{},
 		live:       map[net.Conn]struct{}{},
@@ -131,7 +133,9 @@ func (p *Proxy) Serve(ln net.Listener) error {
 				// Out of file descriptors or a transient error: back off
 				// instead of spinning, and keep serving the relays we have.
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				p.log.Warn("proxy: accept failed; backing off", "err", err, "backoff", backoff)
+				p.acceptLog.Do(1, func(n int64) {
+					p.log.Warn("proxy: accept failed; backing off (logged once in 10 s)", "err", err, "backoff", backoff, "failures_since_last_line", n)
+				})
 				p.m.acceptErrors.Inc()
 				time.Sleep(backoff)
 				continue

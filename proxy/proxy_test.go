@@ -791,3 +791,25 @@ func TestAcceptedAsItStopsIsRelayed(t *testing.T) {
 		t.Errorf("Shutdown after the relay ended: %v", err)
 	}
 }
+
+// TestAcceptFailuresLoggedSparingly: out of open files, accept fails
+// again and again; each failure was a log line (some 8 in the first
+// second of backing off, then one a second), now one in 10 s with how
+// many it stands for. The metric counts each.
+func TestAcceptFailuresLoggedSparingly(t *testing.T) {
+	var log testutil.Buffer
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{newBackend(t, nil, nil).upstream(t)}, Logger: log.Logger(slog.LevelInfo)})
+	const failures = 6 // 5 ms doubling: 315 ms of backing off
+	ln := testutil.FailingListener(failures)
+	done := make(chan struct{})
+	go func() { defer close(done); p.Serve(ln) }()
+	testutil.WaitFor(t, 20*time.Second, ln.Failed)
+	ln.Close()
+	<-done
+	if n := log.Count("accept failed"); n != 1 {
+		t.Errorf("%d accept failures: %d log lines, want 1:\n%s", failures, n, log.String())
+	}
+	if n := testutil.Metric(t, p.reg, "dpgate_proxy_accept_errors_total"); n != failures {
+		t.Errorf("%v accept errors counted, want %d", n, failures)
+	}
+}

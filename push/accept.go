@@ -41,7 +41,9 @@ func (s *Server) Serve(ln net.Listener) error {
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			s.log.Warn("push: accept failed", "err", err)
+			s.acceptLog.Do(1, func(n int64) {
+				s.log.Warn("push: accept failed (logged once in 10 s)", "err", err, "failures_since_last_line", n)
+			})
 			time.Sleep(50 * time.Millisecond) // e.g. out of descriptors: do not spin
 			continue
 		}

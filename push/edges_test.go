@@ -415,3 +415,22 @@ func TestRefusedCertificatesLoggedSparingly(t *testing.T) {
 		t.Errorf("%d handshakes refused: %d log lines, want 1:\n%s", tries, n, log.String())
 	}
 }
+
+// TestAcceptFailuresLoggedSparingly: out of open files, accept fails
+// again and again; it was logged every time (20 lines a second), now
+// once in 10 s with how many failures the line stands for.
+func TestAcceptFailuresLoggedSparingly(t *testing.T) {
+	t.Parallel()
+	var log testutil.Buffer
+	ts := newTestServer(t, func(c *push.Config) { c.Logger = log.Logger(slog.LevelInfo) })
+	const failures = 10
+	ln := testutil.FailingListener(failures)
+	done := make(chan struct{})
+	go func() { defer close(done); ts.Serve(ln) }()
+	testutil.WaitFor(t, 20*time.Second, ln.Failed)
+	ts.Close()
+	<-done
+	if n := log.Count("accept failed"); n != 1 {
+		t.Errorf("%d accept failures: %d log lines, want 1:\n%s", failures, n, log.String())
+	}
+}

@@ -58,6 +58,9 @@ type Server struct {
 	// host presenting foreign certificates could otherwise write one per
 	// handshake.
 	refusedLog *ratelimit.Every
+	// acceptLog keeps accept failures (out of open files: one every
+	// 50 ms) to a line in 10 s.
+	acceptLog *ratelimit.Every
 
 	conns       atomic.Int64 // connections held, handshakes included
 	unvalidated atomic.Int64 // QUIC handshakes from unvalidated addresses in progress
@@ -107,6 +110,7 @@ func New(cfg Config) (*Server, error) {
 		refusing:   make(chan struct{}, maxRefusing),
 		sourceLog:  rate.Sometimes{Interval: time.Minute},
 		refusedLog: ratelimit.NewEvery(10 * time.Second),
+		acceptLog:  ratelimit.NewEvery(10 * time.Second),
 		done:       make(chan struct{}),
 		sessions:   map[string]*session{},
 		raw:        map[conn]struct{}{},
