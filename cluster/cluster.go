@@ -18,6 +18,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -68,6 +69,11 @@ type Config struct {
 	// them as well as Join, so it finds the cluster when its seeds are
 	// down or name only some of the nodes (Serf's snapshot does this).
 	PeersFile string
+	// FailedFile, when set, keeps the nodes declared dead (Failed),
+	// rewritten when they change, so a restart or an upgrade lists them
+	// again until they come back, leave, are forgotten or FailedKept
+	// passes.
+	FailedFile string
 	// SecretKeys authenticate and encrypt gossip (16, 24 or 32 bytes
 	// each): the first encrypts, every one decrypts, so a key is rotated
 	// without a restart (SetSecretKeys). Default: none; the gateway's
@@ -156,6 +162,7 @@ type Cluster struct {
 	growth    map[string]float64       // agents per second between a node's last two figures
 	lastSent  Meta                     // the metadata NodeMeta last handed to memberlist
 	peers     []string                 // remembered gossip addresses (PeersFile), sorted
+	failedAt  string                   // what FailedFile holds (rememberFailed)
 
 	joiningPeers atomic.Bool // a joinPeers attempt is running
 
@@ -241,6 +248,7 @@ func (c *Cluster) Start() error {
 		}
 	}
 	c.peers = readPeers(cfg.PeersFile, c.log) // before the loop that reads them
+	c.readFailed()                            // before memberlist's events change them
 	mc.Transport = newTransport(cfg.Stream, cfg.Packets, c.log.Warn)
 	if cfg.Tune != nil {
 		cfg.Tune(mc) // may wrap the transport
@@ -364,6 +372,81 @@ func (c *Cluster) rememberPeers() {
 	c.mu.Unlock()
 }
 
+// failedRecord is a failed node in FailedFile (a JSON array of them).
+type failedRecord struct {
+	Name  string    `json:"name"`
+	Addr  string    `json:"addr"`
+	Meta  Meta      `json:"meta"`
+	Since time.Time `json:"since"`
+}
+
+// readFailed lists again the failed nodes FailedFile kept, those still
+// within FailedKept. A missing file is none; a damaged one is logged and
+// left out.
+func (c *Cluster) readFailed() {
+	if c.cfg.FailedFile == "" {
+		return
+	}
+	b, err := os.ReadFile(c.cfg.FailedFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	var recs []failedRecord
+	if err == nil {
+		err = json.Unmarshal(b, &recs)
+	}
+	if err != nil {
+		c.log.Warn("cluster: the failed nodes kept cannot be read; they are not listed again", "file", c.cfg.FailedFile, "err", err)
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range recs {
+		if r.Name != "" && r.Name != c.cfg.Name && time.Since(r.Since) <= FailedKept {
+			c.failed[r.Name] = Failed{Member: Member{Name: r.Name, Addr: r.Addr, Meta: r.Meta}, Since: r.Since}
+		}
+	}
+	c.failedAt = string(encodeFailed(c.failed))
+}
+
+func encodeFailed(failed map[string]Failed) []byte {
+	recs := make([]failedRecord, 0, len(failed))
+	for _, f := range failed {
+		recs = append(recs, failedRecord{Name: f.Name, Addr: f.Addr, Meta: f.Meta, Since: f.Since})
+	}
+	slices.SortFunc(recs, func(a, b failedRecord) int { return strings.Compare(a.Name, b.Name) })
+	b, _ := json.Marshal(recs)
+	return b
+}
+
+// rememberFailed writes the failed nodes to FailedFile when they changed
+// (a temporary file, then rename, as rememberPeers).
+func (c *Cluster) rememberFailed() {
+	if c.cfg.FailedFile == "" {
+		return
+	}
+	c.Failed() // drops those past FailedKept
+	c.mu.Lock()
+	b := encodeFailed(c.failed)
+	same := string(b) == c.failedAt
+	c.mu.Unlock()
+	if same {
+		return
+	}
+	tmp := c.cfg.FailedFile + ".tmp"
+	err := os.WriteFile(tmp, append(b, '\n'), 0o600)
+	if err == nil {
+		err = os.Rename(tmp, c.cfg.FailedFile)
+	}
+	if err != nil {
+		c.log.Warn("cluster: keeping the failed nodes", "file", c.cfg.FailedFile, "err", err)
+		return
+	}
+	c.mu.Lock()
+	c.failedAt = string(b)
+	c.mu.Unlock()
+}
+
 // logJoined says what a join that succeeded reached. Every node is
 // usually given the same seeds, its own address among them, so the first
 // node up "joins" only itself: that is said once, at start, and the
@@ -452,6 +535,7 @@ func (c *Cluster) loop() {
 				c.joinPeers()
 			}
 			c.rememberPeers()
+			c.rememberFailed()
 		case <-rejoin.C:
 			if len(c.cfg.Join) > 0 {
 				c.ml.Join(c.cfg.Join) // heals partitions; joining known nodes is harmless

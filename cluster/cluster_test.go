@@ -931,3 +931,54 @@ func TestRestartFindsTheClusterWithoutItsSeed(t *testing.T) {
 		Meta: func() cluster.Meta { return cluster.Meta{Push: "127.0.0.2:13295"} }, Tune: tight, Logger: quiet})
 	waitFor(t, 30*time.Second, func() error { return sees(&testNode{Cluster: back, name: "node-1"}, 2) })
 }
+
+// TestFailedNodesSurviveARestart: a node keeps the nodes it saw fail in
+// FailedFile. Seen: "systemctl reload dpgate" (an upgrade: a new process)
+// on a node that listed a failed peer cleared it from dpgate members,
+// /v1/status, dpgate_cluster_failed_nodes and its alert, and from the
+// not_reached of a push to all, with the peer still dead. After a
+// restart the failed node is listed again with the time it failed, until
+// it comes back.
+func TestFailedNodesSurviveARestart(t *testing.T) {
+	t.Parallel()
+	file := filepath.Join(t.TempDir(), "cluster-failed")
+	nodes := newTestClusterWith(t, 2, nil, func(i int, cfg *cluster.Config) {
+		if i == 0 {
+			cfg.FailedFile = file
+		}
+	})
+	waitFor(t, 10*time.Second, func() error { return sees(nodes[0], 2) })
+	nodes[1].Close() // a failure
+	var failed []cluster.Failed
+	waitFor(t, 30*time.Second, func() error {
+		if failed = nodes[0].Failed(); len(failed) != 1 {
+			return fmt.Errorf("failed %v, want node-1", failed)
+		}
+		if b, _ := os.ReadFile(file); !strings.Contains(string(b), "node-1") {
+			return fmt.Errorf("%s holds %q, want node-1", file, b)
+		}
+		return nil
+	})
+	nodes[0].Close() // the restart
+	again := startNode(t, cluster.Config{Name: "node-0", Bind: "127.0.0.1:0", FailedFile: file,
+		RefreshInterval: 20 * time.Millisecond, Tune: tight, Logger: quiet,
+		Meta: func() cluster.Meta { return cluster.Meta{Push: nodes[0].push} }})
+	got := again.Failed()
+	if len(got) != 1 || got[0].Name != "node-1" || !got[0].Since.Equal(failed[0].Since) || got[0].Meta.Push != nodes[1].push || got[0].Addr != failed[0].Addr {
+		t.Fatalf("after a restart, Failed() = %+v, want %+v", got, failed)
+	}
+	// node-1 comes back: no longer failed, here and in the file.
+	self := again.Members()[0].Addr // alone
+	startNode(t, cluster.Config{Name: "node-1", Bind: "127.0.0.2:0", Join: []string{self},
+		RefreshInterval: 20 * time.Millisecond, Tune: tight, Logger: quiet,
+		Meta: func() cluster.Meta { return cluster.Meta{Push: nodes[1].push} }})
+	waitFor(t, 30*time.Second, func() error {
+		if f := again.Failed(); len(f) != 0 {
+			return fmt.Errorf("node-1 back, Failed() = %v", f)
+		}
+		if b, _ := os.ReadFile(file); strings.Contains(string(b), "node-1") {
+			return fmt.Errorf("node-1 back, %s still holds %q", file, b)
+		}
+		return nil
+	})
+}

@@ -41,6 +41,7 @@ func (g *Gateway) newCluster(ls Listeners) error {
 		Advertise:     cc.Advertise,
 		Join:          cc.Join,
 		PeersFile:     filepath.Join(g.cfg.Node.DataDir, PeersFile),
+		FailedFile:    filepath.Join(g.cfg.Node.DataDir, FailedFile),
 		SecretKeys:    keys,
 		Meta:          g.clusterMeta,
 		State:         allowState{g.allow},
@@ -89,6 +90,10 @@ func (g *Gateway) newCluster(ls Listeners) error {
 // a restarted node finds the cluster when its seeds are down
 // (cluster.Config.PeersFile).
 const PeersFile = "cluster-peers"
+
+// FailedFile, in data_dir, keeps the nodes this one saw fail, so a
+// restart or an upgrade lists them again (cluster.Config.FailedFile).
+const FailedFile = "cluster-failed"
 
 // clusterKeys reads cluster.secret_key_file (none: nil): one base64 key
 // of 16, 24 or 32 bytes per line, the first encrypting, every one
