@@ -747,3 +747,20 @@ func TestWrongAdminTokensCountedAndLoggedSparingly(t *testing.T) {
 		}
 	}
 }
+
+// TestDamagedGeneratedCertificateSaysWhatToDo: the generated certificate
+// damaged (a torn write, a bad disk) is refused, and the error says what
+// to do: every agent pins its key, so a new one is not the remedy it is
+// for the gateway's other generated files.
+func TestDamagedGeneratedCertificateSaysWhatToDo(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.Node.DataDir = filepath.Join(dir, "data")
+	os.MkdirAll(cfg.Node.DataDir, 0o700)
+	os.WriteFile(filepath.Join(cfg.Node.DataDir, CertFile), []byte("-----BEGIN CERTIFICATE-----\nMIIB"), 0o600)
+	_, err := New(cfg, Listeners{}, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err == nil || !strings.Contains(err.Error(), "backup") || !strings.Contains(err.Error(), "pin") {
+		t.Errorf("New with a damaged generated certificate: %v, want an error saying to restore it (agents pin its key)", err)
+	}
+}
