@@ -39,6 +39,7 @@ import (
 
 	"github.com/dpgate/dpgate/internal/ratelimit"
 	"github.com/dpgate/dpgate/internal/series"
+	"github.com/dpgate/dpgate/tlsconf"
 )
 
 // Defaults of Config's zero fields, written here once; internal/config
@@ -337,7 +338,7 @@ func readPeers(file string, log *slog.Logger) []string {
 }
 
 // rememberPeers writes the other live nodes' gossip addresses to
-// PeersFile when they changed (write to a temporary file, then rename:
+// PeersFile when they changed (a temporary file, synced, then renamed:
 // a crash leaves the old list or the new one). Nodes that left or failed
 // drop out; an empty list is not written, so a node cut off from all the
 // others keeps the addresses it needs to find them again.
@@ -358,12 +359,7 @@ func (c *Cluster) rememberPeers() {
 	if len(addrs) == 0 || same {
 		return
 	}
-	tmp := c.cfg.PeersFile + ".tmp"
-	err := os.WriteFile(tmp, []byte(strings.Join(addrs, "\n")+"\n"), 0o600)
-	if err == nil {
-		err = os.Rename(tmp, c.cfg.PeersFile)
-	}
-	if err != nil {
+	if err := tlsconf.WriteFileAtomic(c.cfg.PeersFile, []byte(strings.Join(addrs, "\n")+"\n"), 0o600); err != nil {
 		c.log.Warn("cluster: remembering the peers", "file", c.cfg.PeersFile, "err", err)
 		return
 	}
@@ -420,7 +416,7 @@ func encodeFailed(failed map[string]Failed) []byte {
 }
 
 // rememberFailed writes the failed nodes to FailedFile when they changed
-// (a temporary file, then rename, as rememberPeers).
+// (as rememberPeers does).
 func (c *Cluster) rememberFailed() {
 	if c.cfg.FailedFile == "" {
 		return
@@ -433,12 +429,7 @@ func (c *Cluster) rememberFailed() {
 	if same {
 		return
 	}
-	tmp := c.cfg.FailedFile + ".tmp"
-	err := os.WriteFile(tmp, append(b, '\n'), 0o600)
-	if err == nil {
-		err = os.Rename(tmp, c.cfg.FailedFile)
-	}
-	if err != nil {
+	if err := tlsconf.WriteFileAtomic(c.cfg.FailedFile, append(b, '\n'), 0o600); err != nil {
 		c.log.Warn("cluster: keeping the failed nodes", "file", c.cfg.FailedFile, "err", err)
 		return
 	}

@@ -648,15 +648,7 @@ func TestDamagedQUICResetKeyReplaced(t *testing.T) {
 	for name, content := range map[string]string{"empty": "", "garbage": "\x90\xfcsq not base64\n", "short": "c2hvcnQ=\n"} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			dir := t.TempDir()
-			cfg := config.Default()
-			cfg.Node.DataDir = filepath.Join(dir, "data")
-			cfg.Admin.Listen, cfg.Push.Listen = "127.0.0.1:0", "127.0.0.1:0"
-			cfg.Wake.Listen, cfg.Wake.ShutdownListen = "off", "off"
-			if err := cfg.Validate(); err != nil {
-				t.Fatal(err)
-			}
-			os.MkdirAll(cfg.Node.DataDir, 0o700)
+			cfg := bareConfig(t, t.TempDir(), "127.0.0.1:0", "")
 			file := filepath.Join(cfg.Node.DataDir, QUICResetKeyFile)
 			os.WriteFile(file, []byte(content), 0o600)
 			var log testutil.Buffer
@@ -689,19 +681,11 @@ func TestShortAdminTokenRefused(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
-			cfg := config.Default()
-			cfg.Node.DataDir = filepath.Join(dir, "data")
-			cfg.Admin.Listen, cfg.Push.Listen = "127.0.0.1:0", "off"
-			cfg.Wake.Listen, cfg.Wake.ShutdownListen = "off", "off"
-			file := filepath.Join(cfg.Node.DataDir, "admin.token")
+			file := filepath.Join(dir, "data", "admin.token")
 			if name == "configured" {
 				file = filepath.Join(dir, "admin.token")
-				cfg.Admin.TokenFile = file
 			}
-			if err := cfg.Validate(); err != nil {
-				t.Fatal(err)
-			}
-			os.MkdirAll(cfg.Node.DataDir, 0o700)
+			cfg := bareConfig(t, dir, "off", map[bool]string{true: file}[name == "configured"])
 			os.WriteFile(file, []byte(content), 0o600)
 			_, err := New(cfg, Listeners{}, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 			if err == nil || !strings.Contains(err.Error(), file) || !strings.Contains(err.Error(), "at least 16") {
@@ -754,13 +738,29 @@ func TestWrongAdminTokensCountedAndLoggedSparingly(t *testing.T) {
 // for the gateway's other generated files.
 func TestDamagedGeneratedCertificateSaysWhatToDo(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	cfg := config.Default()
-	cfg.Node.DataDir = filepath.Join(dir, "data")
-	os.MkdirAll(cfg.Node.DataDir, 0o700)
+	cfg := bareConfig(t, t.TempDir(), "off", "")
 	os.WriteFile(filepath.Join(cfg.Node.DataDir, CertFile), []byte("-----BEGIN CERTIFICATE-----\nMIIB"), 0o600)
 	_, err := New(cfg, Listeners{}, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err == nil || !strings.Contains(err.Error(), "backup") || !strings.Contains(err.Error(), "pin") {
 		t.Errorf("New with a damaged generated certificate: %v, want an error saying to restore it (agents pin its key)", err)
 	}
+}
+
+// bareConfig is the default configuration with its data directory (made)
+// in dir, the admin API and push (an address, or "off") on loopback
+// ports of their own, wake off and, if tokenFile is set, that admin
+// token file; validated.
+func bareConfig(t testing.TB, dir, push, tokenFile string) *config.Config {
+	t.Helper()
+	cfg := config.Default()
+	cfg.Node.DataDir = filepath.Join(dir, "data")
+	cfg.Admin.Listen, cfg.Admin.TokenFile, cfg.Push.Listen = "127.0.0.1:0", tokenFile, push
+	cfg.Wake.Listen, cfg.Wake.ShutdownListen = "off", "off"
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(cfg.Node.DataDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
 }
