@@ -540,6 +540,9 @@ func TestBadInput(t *testing.T) {
 		{"wake secret every user may read", []string{"wake", "key", "--device", "pc-1", "-c", openSecrets}, 1, "wake.secret_file " + openKey + " may be read by every user"},
 		{"token for a 129-byte device id", []string{"token", "issue", "-c", agentCfg, strings.Repeat("a", 129)}, 2, "device id of 129 bytes"},
 		{"push to an empty device id", []string{"push", "-c", agentCfg, "", "job"}, 2, "push: device id is empty"},
+		// Before: queued with push.queue_ttl (a day by default), as if no --ttl were given.
+		{"push with a negative ttl", []string{"push", "-c", agentCfg, "--ttl", "-5s", "pc-1", "job"}, 2, "--ttl -5s is not a positive duration"},
+		{"push with a wait beyond the minute", []string{"push", "-c", agentCfg, "--wait", "5m", "pc-1", "job"}, 2, "--wait 5m0s is longer than 1m"},
 		{"device show of an id with a space", []string{"device", "show", "-c", agentCfg, "pc 1"}, 2, "white-space"},
 		{"device rm of an empty id", []string{"device", "rm", "-c", agentCfg, "pc-1", ""}, 2, "device rm: device id is empty"},
 		{"wake of an empty device id", []string{"wake", "-c", agentCfg, ""}, 2, "wake: device id is empty"},

@@ -43,6 +43,14 @@ func runPush(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	switch {
+	case *ttl < 0:
+		return usagef("--ttl %s is not a positive duration (leave it out for push.queue_ttl)", *ttl)
+	case *wait < 0:
+		return usagef("--wait %s is negative", *wait)
+	case *wait > time.Minute:
+		return usagef("--wait %s is longer than 1m", *wait)
+	}
 	var device, data string
 	switch {
 	case *all && len(pos) <= 1:
