@@ -75,6 +75,12 @@ type Config struct {
 	// again until they come back, leave, are forgotten or FailedKept
 	// passes.
 	FailedFile string
+	// ConflictAfter is how long a node at another address must go on
+	// claiming a name before the conflict is reported (Conflicts, an
+	// error in the log): a node moved to a new address conflicts with its
+	// old entry only until that is declared dead and its name reclaimed,
+	// some 10-20 s. Default: 1 minute.
+	ConflictAfter time.Duration
 	// SecretKeys authenticate and encrypt gossip (16, 24 or 32 bytes
 	// each): the first encrypts, every one decrypts, so a key is rotated
 	// without a restart (SetSecretKeys). Default: none; the gateway's
@@ -164,6 +170,7 @@ type Cluster struct {
 	lastSent  Meta                     // the metadata NodeMeta last handed to memberlist
 	peers     []string                 // remembered gossip addresses (PeersFile), sorted
 	failedAt  string                   // what FailedFile holds (rememberFailed)
+	conflicts map[string]*Conflict     // by name and address claiming it (see Conflicts)
 
 	joiningPeers atomic.Bool // a joinPeers attempt is running
 
@@ -189,12 +196,15 @@ func New(cfg Config) (*Cluster, error) {
 	cfg.ProbeInterval = cmp.Or(cfg.ProbeInterval, DefaultProbeInterval)
 	cfg.RebalanceRate = cmp.Or(cfg.RebalanceRate, DefaultRebalanceRate)
 	cfg.RebalanceAfter = cmp.Or(cfg.RebalanceAfter, DefaultRebalanceAfter)
+	cfg.ConflictAfter = cmp.Or(cfg.ConflictAfter, DefaultConflictAfter)
 	cfg.Registerer = cmp.Or[prometheus.Registerer](cfg.Registerer, prometheus.NewRegistry())
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
-	c := &Cluster{cfg: cfg, log: cfg.Logger, m: newClusterMetrics(cfg.Registerer), members: map[string]Member{}, failed: map[string]Failed{}, leaving: map[string]time.Time{}, redirects: map[string][]time.Time{}, metaAt: map[string]time.Time{}, rtt: map[string]time.Duration{}, growth: map[string]float64{}, done: make(chan struct{})}
+	c := &Cluster{cfg: cfg, log: cfg.Logger, m: newClusterMetrics(cfg.Registerer), members: map[string]Member{}, failed: map[string]Failed{}, leaving: map[string]time.Time{}, redirects: map[string][]time.Time{}, metaAt: map[string]time.Time{}, rtt: map[string]time.Duration{}, growth: map[string]float64{}, conflicts: map[string]*Conflict{}, done: make(chan struct{})}
 
 	series.On(cfg.Registerer).GaugeFunc("dpgate_cluster_failed_nodes", "Nodes declared dead that have not come back or left since (kept a day): they may hold devices and pushes the live nodes do not know of.",
 		func() float64 { return float64(len(c.Failed())) })
+	series.On(cfg.Registerer).GaugeFunc("dpgate_cluster_name_conflicts", "Node names claimed from two addresses for over a minute (this node's or another's): node names must be unique, and two nodes of one name cannot be one cluster.",
+		func() float64 { return float64(len(c.Conflicts())) })
 
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
@@ -227,6 +237,7 @@ func New(cfg Config) (*Cluster, error) {
 	mc.Delegate = delegate{c}
 	mc.Ping = pings{c}
 	mc.Events = events{c}
+	mc.Conflict = events{c}
 	mc.Logger = log.New(&memberlistLog{l: c.log, every: map[string]*ratelimit.Every{}}, "", 0)
 	c.queue = &memberlist.TransmitLimitedQueue{RetransmitMult: 3, NumNodes: func() int {
 		c.mu.Lock() // the event-kept member map: memberlist may call this during Create
@@ -616,6 +627,76 @@ func (c *Cluster) Failed() []Failed {
 	return out
 }
 
+// DefaultConflictAfter is Config.ConflictAfter's default.
+const DefaultConflictAfter = time.Minute
+
+// conflictGap: a conflict not seen again for this long is over.
+const conflictGap = 30 * time.Second
+
+// Conflict is a node name claimed from two addresses for longer than
+// Config.ConflictAfter: two nodes were given the same name (machines
+// cloned from one image share the host name, the gateway's default
+// node name). They cannot be one cluster; each sees the other's gossip
+// as a conflict and ignores it.
+type Conflict struct {
+	Name  string    // the name both claim
+	Addr  string    // the gossip address of the node claiming it anew
+	Known string    // the address this node knew it at (its own, for its own name)
+	Since time.Time // first seen
+	last  time.Time
+	// logged is when the error was last logged (again every 10 minutes
+	// while it lasts).
+	logged time.Time
+}
+
+// conflictSeen records a claim of name from addr, known at known.
+func (c *Cluster) conflictSeen(name, addr, known string, now time.Time) {
+	key := name + " " + addr
+	c.mu.Lock()
+	cf := c.conflicts[key]
+	if cf == nil || now.Sub(cf.last) > conflictGap {
+		cf = &Conflict{Name: name, Addr: addr, Known: known, Since: now}
+		c.conflicts[key] = cf
+	}
+	cf.last = now
+	report := now.Sub(cf.Since) >= c.cfg.ConflictAfter && now.Sub(cf.logged) >= 10*time.Minute
+	if report {
+		cf.logged = now
+	}
+	c.mu.Unlock()
+	if !report {
+		return
+	}
+	if name == c.cfg.Name {
+		c.log.Error("cluster: another node uses this node's name; node names must be unique (node.name, by default the host name, which machines cloned from one image share): the two cannot be one cluster",
+			"name", name, "this", known, "other", addr, "since", cf.Since.UTC().Format(time.RFC3339))
+		return
+	}
+	c.log.Error("cluster: two nodes use one name; node names must be unique (node.name, by default the host name, which machines cloned from one image share)",
+		"name", name, "known_at", known, "other", addr, "since", cf.Since.UTC().Format(time.RFC3339))
+}
+
+// Conflicts returns the name conflicts that have lasted Config.ConflictAfter
+// and are still seen, by name.
+func (c *Cluster) Conflicts() []Conflict {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []Conflict
+	for k, cf := range c.conflicts {
+		switch {
+		case now.Sub(cf.last) > conflictGap:
+			delete(c.conflicts, k)
+		case cf.last.Sub(cf.Since) >= c.cfg.ConflictAfter:
+			out = append(out, *cf)
+		}
+	}
+	slices.SortFunc(out, func(a, b Conflict) int {
+		return cmp.Or(strings.Compare(a.Name, b.Name), strings.Compare(a.Addr, b.Addr))
+	})
+	return out
+}
+
 // Forget errors.
 var (
 	ErrAlive     = errors.New("cluster: the node is alive; stop it (it leaves in good order) rather than forget it")
@@ -727,6 +808,11 @@ func (c *Cluster) set(n *memberlist.Node) {
 }
 
 type events struct{ c *Cluster }
+
+// NotifyConflict: other claims existing's name from another address.
+func (e events) NotifyConflict(existing, other *memberlist.Node) {
+	e.c.conflictSeen(existing.Name, other.Address(), existing.Address(), time.Now())
+}
 
 func (e events) NotifyJoin(n *memberlist.Node) {
 	e.c.mu.Lock()

@@ -982,3 +982,47 @@ func TestFailedNodesSurviveARestart(t *testing.T) {
 		return nil
 	})
 }
+
+// TestNameConflictReported: two nodes given the same name (machines
+// cloned from one image share the host name, node.name's default). Seen:
+// each stayed a cluster of one, saying "alone so far (the seeds that
+// answered were this node)", pushes were not routed between them, and
+// the only trace was memberlist's "[ERR] Conflicting address" among the
+// warnings. A conflict that lasts (a node moved to a new address
+// conflicts with its old one only until that is declared dead) is now an
+// error in the log, in Conflicts() and in a gauge, on both nodes.
+func TestNameConflictReported(t *testing.T) {
+	t.Parallel()
+	var logA, logB testutil.Buffer
+	regA := prometheus.NewRegistry()
+	a := startNode(t, cluster.Config{Name: "twin", Bind: "127.0.0.1:0", Tune: tight, Logger: logA.Logger(slog.LevelInfo),
+		RefreshInterval: 20 * time.Millisecond, RejoinInterval: 200 * time.Millisecond, ConflictAfter: time.Second, Registerer: regA,
+		Meta: func() cluster.Meta { return cluster.Meta{Push: "127.0.0.1:13295"} }})
+	addrA := a.Members()[0].Addr
+	b := startNode(t, cluster.Config{Name: "twin", Bind: "127.0.0.2:0", Join: []string{addrA}, Tune: tight, Logger: logB.Logger(slog.LevelInfo),
+		RefreshInterval: 20 * time.Millisecond, RejoinInterval: 200 * time.Millisecond, ConflictAfter: time.Second,
+		Meta: func() cluster.Meta { return cluster.Meta{Push: "127.0.0.2:13295"} }})
+	addrB := b.Members()[0].Addr
+	for _, side := range []struct {
+		c     *cluster.Cluster
+		log   *testutil.Buffer
+		other string
+	}{{a, &logA, addrB}, {b, &logB, addrA}} {
+		waitFor(t, 30*time.Second, func() error {
+			cs := side.c.Conflicts()
+			if len(cs) != 1 || cs[0].Name != "twin" || cs[0].Addr != side.other {
+				return fmt.Errorf("conflicts %+v, want twin at %s", cs, side.other)
+			}
+			return nil
+		})
+		waitFor(t, 10*time.Second, func() error {
+			if !strings.Contains(side.log.String(), `level=ERROR msg="cluster: another node uses this node's name`) {
+				return errors.New("no error logged for the conflict yet")
+			}
+			return nil
+		})
+	}
+	if n := testutil.Metric(t, regA, "dpgate_cluster_name_conflicts"); n != 1 {
+		t.Errorf("dpgate_cluster_name_conflicts %v, want 1", n)
+	}
+}

@@ -93,6 +93,9 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 			failed = fmt.Sprintf(", %d failed and not back (%s)", n, strings.Join(names, ", "))
 		}
 		fmt.Fprintf(tw, "cluster\t%d members%s (dpgate members lists them)\n", len(st.Cluster), failed)
+		for _, c := range st.ClusterConflicts {
+			fmt.Fprintf(tw, "  NAME CONFLICT\t%s is claimed at %s and %s since %s: node names must be unique (node.name)\n", c.Name, c.Known, c.Addr, c.Since.Format(time.RFC3339))
+		}
 	} else {
 		fmt.Fprintf(tw, "cluster\toff\n")
 	}
@@ -157,7 +160,14 @@ func runMembers(args []string, stdout, stderr io.Writer) error {
 		ago := time.Since(f.Since).Round(time.Second)
 		fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t-\tfailed %s ago\t-\n", f.Name, f.Addr, f.Push, ago)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, c := range st.ClusterConflicts {
+		fmt.Fprintf(stdout, "NAME CONFLICT: %s is claimed at %s and at %s since %s: node names must be unique (node.name, by default the host name)\n",
+			c.Name, c.Known, c.Addr, c.Since.Format(time.RFC3339))
+	}
+	return nil
 }
 
 func membersForget(args []string, stdout io.Writer) error {

@@ -50,6 +50,7 @@ func (g *Gateway) newCluster(ls Listeners) error {
 		OnMessage:     g.clusterMessage,
 		Registerer:    g.tel.Registry,
 		Logger:        g.log,
+		ConflictAfter: g.conflictAfter,
 	}
 	if g.pushEnabled() && cc.RebalanceRate > 0 {
 		// The push server is built after the cluster; these run once it
@@ -303,6 +304,26 @@ func (g *Gateway) clusterFailed() []FailedMember {
 	var out []FailedMember
 	for _, f := range g.cluster.Failed() {
 		out = append(out, FailedMember{Name: f.Name, Addr: f.Addr, Push: f.Meta.Push, Since: f.Since})
+	}
+	return out
+}
+
+// NameConflict is a node name in /v1/status's cluster_conflicts: claimed
+// from two gossip addresses.
+type NameConflict struct {
+	Name  string    `json:"name"`
+	Addr  string    `json:"addr"`  // the node claiming it anew
+	Known string    `json:"known"` // where this node knew it (its own address, for its own name)
+	Since time.Time `json:"since"`
+}
+
+func (g *Gateway) clusterConflicts() []NameConflict {
+	if g.cluster == nil {
+		return nil
+	}
+	var out []NameConflict
+	for _, c := range g.cluster.Conflicts() {
+		out = append(out, NameConflict{Name: c.Name, Addr: c.Addr, Known: c.Known, Since: c.Since.UTC()})
 	}
 	return out
 }

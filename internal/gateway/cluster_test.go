@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"sort"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 
+	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -116,6 +119,37 @@ func TestGatewaysFormACluster(t *testing.T) {
 	waitFor(t, 20*time.Second, func() error {
 		if n := len(members()); n != 1 {
 			return fmt.Errorf("after node 2 left: %d members, want 1", n)
+		}
+		return nil
+	})
+}
+
+// TestNameConflictInStatus: two gateways given one node name (cloned
+// machines' host names) report it in /v1/status, for dpgate status and
+// dpgate members to show.
+func TestNameConflictInStatus(t *testing.T) {
+	t.Parallel()
+	var apis []*admin.Client
+	var addrs []string
+	for i := range 2 {
+		dir := t.TempDir()
+		cfg := bareConfig(t, dir, "off", "")
+		cfg.Node.Name = "cloned"
+		cfg.Cluster.Bind = fmt.Sprintf("127.0.0.%d:0", i+1)
+		cfg.Cluster.Join = addrs
+		cfg.Cluster.SecretKeyFile = filepath.Join(dir, "gossip.key")
+		os.WriteFile(cfg.Cluster.SecretKeyFile, []byte(testGossipKey+"\n"), 0o600)
+		g, api := startTestGatewayWith(t, cfg, Options{ConflictAfter: time.Second})
+		t.Cleanup(func() { g.Close() })
+		apis, addrs = append(apis, api), append(addrs, g.clusterAddr)
+	}
+	waitFor(t, 30*time.Second, func() error {
+		var st Status
+		if err := apis[0].Do(context.Background(), "GET", "/v1/status", nil, &st); err != nil {
+			return err
+		}
+		if c := st.ClusterConflicts; len(c) != 1 || c[0].Name != "cloned" || c[0].Addr != addrs[1] || c[0].Known != addrs[0] {
+			return fmt.Errorf("cluster_conflicts %+v, want cloned at %s (known at %s)", c, addrs[1], addrs[0])
 		}
 		return nil
 	})

@@ -86,18 +86,19 @@ type Gateway struct {
 	wakeAddr, shutdownAddr, reflectorAddr, clusterAddr string
 	draining                                           atomic.Bool
 	// handedOver: Handover ran; the store, cluster and router are closed.
-	handedOver   atomic.Bool
-	upgrade      atomic.Pointer[UpgradeStatus] // last upgrade; nil: none
-	startUpgrade func() error                  // Options.Upgrade
-	wg           sync.WaitGroup                // serve loops
-	reloadMu     sync.Mutex                    // one reload at a time
-	logLevel     *slog.LevelVar                // Options.LogLevel
-	routerSweep  time.Duration                 // Options.RouterSweep
-	fileLimitOpt int                           // Options.FileLimit
-	limits       connLimits                    // the connection limits this process can hold
-	wakes        sync.WaitGroup                // wake-ups of offline devices a push started
-	errc         chan error                    // first fatal serve error; buffered
-	closeDB      sync.Once
+	handedOver    atomic.Bool
+	upgrade       atomic.Pointer[UpgradeStatus] // last upgrade; nil: none
+	startUpgrade  func() error                  // Options.Upgrade
+	wg            sync.WaitGroup                // serve loops
+	reloadMu      sync.Mutex                    // one reload at a time
+	logLevel      *slog.LevelVar                // Options.LogLevel
+	routerSweep   time.Duration                 // Options.RouterSweep
+	fileLimitOpt  int                           // Options.FileLimit
+	conflictAfter time.Duration                 // Options.ConflictAfter
+	limits        connLimits                    // the connection limits this process can hold
+	wakes         sync.WaitGroup                // wake-ups of offline devices a push started
+	errc          chan error                    // first fatal serve error; buffered
+	closeDB       sync.Once
 }
 
 // part is one piece of a node as New built it (the store, the admin API,
@@ -142,6 +143,10 @@ type Options struct {
 	// default (30 s). Tests lengthen it to see what happens before the
 	// sweep repairs it.
 	RouterSweep time.Duration
+	// ConflictAfter, when set, is how long a node name claimed from two
+	// addresses lasts before it is reported (cluster.Config.ConflictAfter;
+	// tests shorten the minute).
+	ConflictAfter time.Duration
 	// FileLimit, when set, stands for the process's open-files limit
 	// (RLIMIT_NOFILE) in fitting the connection limits to it.
 	FileLimit int
@@ -157,7 +162,7 @@ const CertFile = "gateway.pem"
 // reverse, and ls.
 func New(cfg *config.Config, ls Listeners, opts Options) (_ *Gateway, err error) {
 	g := &Gateway{cfg: cfg, log: opts.Logger, errc: make(chan error, 1), startUpgrade: opts.Upgrade, logLevel: opts.LogLevel,
-		routerSweep: opts.RouterSweep, fileLimitOpt: opts.FileLimit, keyExchange: tlsconf.KeyExchange(*cfg.TLS.PostQuantum)}
+		routerSweep: opts.RouterSweep, fileLimitOpt: opts.FileLimit, conflictAfter: opts.ConflictAfter, keyExchange: tlsconf.KeyExchange(*cfg.TLS.PostQuantum)}
 	if g.log == nil {
 		g.log = slog.Default()
 	}

@@ -52,6 +52,9 @@ type Status struct {
 	// or left since (kept a day): they may hold devices and pushes the
 	// live nodes do not know of.
 	ClusterFailed []FailedMember `json:"cluster_failed,omitempty"`
+	// ClusterConflicts are node names claimed from two addresses for over
+	// a minute (cluster.Conflict): node names must be unique.
+	ClusterConflicts []NameConflict `json:"cluster_conflicts,omitempty"`
 	// Links are the measured uplinks (proxy.upstreams[].probe).
 	Links []link.Status `json:"links"`
 	// PID is this process's id; it changes with an upgrade.
@@ -86,25 +89,26 @@ func (g *Gateway) status() Status {
 		us.Queued, us.QueuedTo = g.push.QueueDepth()
 	}
 	return Status{
-		Cluster:        g.clusterStatus(),
-		ClusterFailed:  g.clusterFailed(),
-		Links:          g.linkStatus(),
-		RSSBytes:       processRSS(),
-		Goroutines:     runtime.NumGoroutine(),
-		OpenFiles:      openFiles(),
-		OpenFilesLimit: g.fileLimit(),
-		Push:           us,
-		Node:           g.cfg.Node.Name,
-		Version:        Version().Version,
-		Started:        g.started.UTC(),
-		Uptime:         time.Since(g.started).Round(time.Second).String(),
-		Pin:            tlsconf.Pin(leaf),
-		CertExpiry:     leaf.NotAfter.UTC(),
-		AgentCerts:     g.allow.Len(),
-		Store:          g.db.Stats(),
-		Proxy:          ps,
-		PID:            pid,
-		Upgrade:        g.upgrade.Load(),
+		Cluster:          g.clusterStatus(),
+		ClusterFailed:    g.clusterFailed(),
+		ClusterConflicts: g.clusterConflicts(),
+		Links:            g.linkStatus(),
+		RSSBytes:         processRSS(),
+		Goroutines:       runtime.NumGoroutine(),
+		OpenFiles:        openFiles(),
+		OpenFilesLimit:   g.fileLimit(),
+		Push:             us,
+		Node:             g.cfg.Node.Name,
+		Version:          Version().Version,
+		Started:          g.started.UTC(),
+		Uptime:           time.Since(g.started).Round(time.Second).String(),
+		Pin:              tlsconf.Pin(leaf),
+		CertExpiry:       leaf.NotAfter.UTC(),
+		AgentCerts:       g.allow.Len(),
+		Store:            g.db.Stats(),
+		Proxy:            ps,
+		PID:              pid,
+		Upgrade:          g.upgrade.Load(),
 	}
 }
 
