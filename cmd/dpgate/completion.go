@@ -136,7 +136,7 @@ func runMan(args []string, stdout, stderr io.Writer) error {
 			section(c, s)
 		}
 	}
-	b.WriteString(".SH ENVIRONMENT\n.TP\n.B DPGATE_ADDR\nthe admin API's host:port, instead of admin.listen\n.TP\n.B DPGATE_TOKEN\nthe admin token, instead of the token file\n")
+	b.WriteString(".SH ENVIRONMENT\n.TP\n.B DPGATE_ADDR\nthe admin API's host:port, instead of admin.listen\n.TP\n.B DPGATE_TOKEN\nthe admin token, instead of the token file\n.TP\n.B DPGATE_TIMEOUT\nhow long a command waits for the gateway's answer (a Go duration; default 30s)\n")
 	b.WriteString(".SH FILES\n.TP\n.I /etc/dpgate/dpgate.yaml\nthe configuration (see configs/dpgate.yaml)\n.TP\n.I /var/lib/dpgate\nthe data directory: store, generated certificate, admin token\n")
 	b.WriteString(".SH EXIT STATUS\n0 success, 1 failure, 2 usage or configuration error.\n")
 	_, err := io.WriteString(stdout, b.String())

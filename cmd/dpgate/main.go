@@ -86,7 +86,8 @@ func mainUsage(w io.Writer) {
 	fmt.Fprintf(w, "\nRun \"dpgate COMMAND --help\" for a command's flags.\n\n"+
 		"Commands that talk to the running gateway send its admin token, read from\n"+
 		"admin.token_file or data_dir/admin.token (as -c FILE says), or from the\n"+
-		"environment variable DPGATE_TOKEN when that is set.\n")
+		"environment variable DPGATE_TOKEN when that is set; they give up on a gateway\n"+
+		"that does not answer after DPGATE_TIMEOUT (a Go duration; default 30s).\n")
 }
 
 // runSubcommand runs the subcommand args[0] of command name, or prints

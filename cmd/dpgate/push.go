@@ -81,6 +81,10 @@ func runPush(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if *wait > 0 {
+		d, _ := apiTimeout() // checked by adminClient
+		api.SetTimeout(d + *wait)
+	}
 	req := gateway.PushRequest{}
 	if utf8.ValidString(data) {
 		req.Data = &data

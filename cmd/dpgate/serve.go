@@ -239,8 +239,42 @@ func loadConfig(file string) (*config.Config, error) {
 
 // adminClient is a client of the running gateway's admin API, as the
 // configuration file (or the defaults) says where it listens and which
-// token it wants.
+// token it wants, its requests bounded by apiTimeout.
 func adminClient(file string) (*admin.Client, *config.Config, error) {
+	c, cfg, err := adminClientOf(file)
+	if err != nil {
+		return nil, nil, err
+	}
+	d, err := apiTimeout()
+	if err != nil {
+		return nil, nil, err
+	}
+	c.SetTimeout(d)
+	return c, cfg, nil
+}
+
+// defaultAPITimeout bounds a CLI request to a gateway that answers at
+// once: one stopped with SIGSTOP, hung or swamped accepts the connection
+// and says nothing, and the command would wait on it.
+const defaultAPITimeout = 30 * time.Second
+
+// apiTimeout is DPGATE_TIMEOUT (a Go duration), or defaultAPITimeout.
+// Commands that wait on purpose (push --wait, upgrade, store check) add
+// their own wait to it.
+func apiTimeout() (time.Duration, error) {
+	s := os.Getenv("DPGATE_TIMEOUT")
+	if s == "" {
+		return defaultAPITimeout, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, usagef("DPGATE_TIMEOUT=%q is not a positive Go duration (e.g. 30s)", s)
+	}
+	return d, nil
+}
+
+// adminClientOf is adminClient without the bound.
+func adminClientOf(file string) (*admin.Client, *config.Config, error) {
 	cfg, err := loadConfig(file)
 	if err != nil {
 		return nil, nil, err

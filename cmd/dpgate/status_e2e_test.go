@@ -3,10 +3,12 @@
 package main
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestStatusCommands: dpgate status, members and devices [ID] against a
@@ -46,5 +48,30 @@ func TestStatusCommands(t *testing.T) {
 	}
 	if r := dpgate(t, env, "devices", "no-such-device"); r.code != 1 || !strings.Contains(r.stderr, "unknown") {
 		t.Errorf("dpgate devices no-such-device: exit %d, %s", r.code, r.stderr)
+	}
+}
+
+// TestStatusOfAGatewayThatDoesNotAnswer: a gateway stopped with SIGSTOP
+// (or hung, or swamped) accepts connections and answers nothing. Seen:
+// dpgate status waited, silent, for the client's 3 minutes. It now gives
+// up after DPGATE_TIMEOUT (30 s by default) and says what to look at.
+func TestStatusOfAGatewayThatDoesNotAnswer(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // accepts (the kernel does), never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg := writeConfig(t, t.TempDir(), ln.Addr().String(), "")
+	for _, args := range [][]string{{"status", "-c", cfg}, {"members", "-c", cfg}, {"device", "list", "-c", cfg}, {"cert", "list", "-c", cfg}} {
+		start := time.Now()
+		r := dpgate(t, []string{"DPGATE_TOKEN=a-token-of-some-length", "DPGATE_TIMEOUT=1s"}, args...)
+		if r.code != 1 || !strings.Contains(r.stderr, "did not answer within 1s") {
+			t.Errorf("dpgate %s against a gateway that does not answer: exit %d after %s, stderr %q; want 1 and a word on the timeout",
+				strings.Join(args[:len(args)-2], " "), r.code, time.Since(start).Round(time.Millisecond), r.stderr)
+		}
+	}
+	if r := dpgate(t, []string{"DPGATE_TIMEOUT=soon"}, "status", "-c", cfg); r.code != 2 || !strings.Contains(r.stderr, "DPGATE_TIMEOUT") {
+		t.Errorf("DPGATE_TIMEOUT=soon: exit %d, %q; want 2 naming DPGATE_TIMEOUT", r.code, r.stderr)
 	}
 }

@@ -52,7 +52,7 @@ damaged.`, stdout)
 	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
-	api, cfg, err := adminClient(*cfgFile)
+	api, cfg, err := adminClientOf(*cfgFile) // a check of a large store takes its time
 	if err != nil {
 		return err
 	}

@@ -32,7 +32,7 @@ func runUpgrade(args []string, stdout, stderr io.Writer) error {
 	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
-	api, _, err := adminClient(*cfgFile)
+	api, _, err := adminClientOf(*cfgFile) // bounded by --timeout
 	if err != nil {
 		return err
 	}

@@ -40,6 +40,10 @@ func NewClient(listen, token string) *Client {
 	}
 }
 
+// SetTimeout bounds each request, the reply included (3 minutes unless
+// set): past it the request fails, saying the API did not answer.
+func (c *Client) SetTimeout(d time.Duration) { c.http.Timeout = d }
+
 // WithTLS makes the client speak HTTPS with cfg (the admin listener serves
 // TLS off loopback; the CLI pins the gateway's certificate).
 func (c *Client) WithTLS(cfg *tls.Config) *Client {
@@ -121,12 +125,12 @@ func (c *Client) Raw(ctx context.Context, method, path string, body any) ([]byte
 		if errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, fmt.Errorf("%w at %s (is dpgate serve running with this configuration?): %v", ErrUnreachable, c.base, err)
 		}
-		return nil, fmt.Errorf("admin API %s: %w", c.base, err)
+		return nil, c.failed(err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return nil, fmt.Errorf("admin API %s: %w", c.base, err)
+		return nil, c.failed(err)
 	}
 	if resp.StatusCode/100 != 2 {
 		var e struct{ Error string }
@@ -140,3 +144,13 @@ func (c *Client) Raw(ctx context.Context, method, path string, body any) ([]byte
 
 // Base is the API's base URL, e.g. http://127.0.0.1:13290.
 func (c *Client) Base() string { return c.base }
+
+// failed words a request's failure; one that ran out of time says so,
+// with what to look at.
+func (c *Client) failed(err error) error {
+	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+		return fmt.Errorf("admin API %s did not answer within %s (the gateway stopped with SIGSTOP, hung or swamped? see its log; under systemd its watchdog restarts a hung one): %w",
+			c.base, c.http.Timeout, err)
+	}
+	return fmt.Errorf("admin API %s: %w", c.base, err)
+}
