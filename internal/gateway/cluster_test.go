@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -131,6 +133,7 @@ func TestNameConflictInStatus(t *testing.T) {
 	t.Parallel()
 	var apis []*admin.Client
 	var addrs []string
+	var first *Gateway
 	for i := range 2 {
 		dir := t.TempDir()
 		cfg := bareConfig(t, dir, "off", "")
@@ -142,6 +145,9 @@ func TestNameConflictInStatus(t *testing.T) {
 		g, api := startTestGatewayWith(t, cfg, Options{ConflictAfter: time.Second})
 		t.Cleanup(func() { g.Close() })
 		apis, addrs = append(apis, api), append(addrs, g.clusterAddr)
+		if i == 0 {
+			first = g
+		}
 	}
 	waitFor(t, 30*time.Second, func() error {
 		var st Status
@@ -153,4 +159,15 @@ func TestNameConflictInStatus(t *testing.T) {
 		}
 		return nil
 	})
+	// The console's Overview says so above the members.
+	c, _ := signIn(t, first)
+	resp, err := c.Get("http://" + first.adminAddr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), `id="name-conflict"`) || !strings.Contains(string(body), addrs[1]) {
+		t.Errorf("the Overview does not show the name conflict with %s", addrs[1])
+	}
 }
