@@ -9,6 +9,7 @@
 package admin
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -22,6 +23,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/dpgate/dpgate/internal/ratelimit"
 )
 
 // MaxBody caps a request body.
@@ -44,6 +47,17 @@ type Server struct {
 	handing   bool              // HandOver: listeners closed, Serve returns nil
 	busy      map[net.Conn]bool // connections not idle: new (no request read yet) or active
 	idle      chan struct{}     // closed by the connection that leaves busy empty; nil unless waited for
+
+	// open are the connections held, with their state (Config.MaxConns).
+	maxConns int
+	open     map[net.Conn]*connRec
+	evictLog *ratelimit.Every
+}
+
+// connRec is a held connection's state and since when it is in it.
+type connRec struct {
+	state http.ConnState
+	since time.Time
 }
 
 // Config configures the server.
@@ -55,11 +69,20 @@ type Config struct {
 	// Refused, if set, is told of each request refused for a missing or
 	// wrong token (a metric, a log line kept sparse).
 	Refused func(r *http.Request)
+	// MaxConns caps the connections held open at once, all listeners
+	// together. Default: DefaultMaxConns.
+	MaxConns int
 }
+
+// DefaultMaxConns is Config.MaxConns's default: room for a publisher's
+// pool (pushpeers keeps 64), Prometheus, the console and the CLI, within
+// the open files the gateway keeps aside from agents' connections.
+const DefaultMaxConns = 128
 
 // New builds the server; routes are added with Handle before Serve.
 func New(cfg Config) *Server {
-	s := &Server{token: cfg.Token, log: cfg.Logger, refused: cfg.Refused, mux: http.NewServeMux()}
+	s := &Server{token: cfg.Token, log: cfg.Logger, refused: cfg.Refused, mux: http.NewServeMux(),
+		maxConns: cmp.Or(cfg.MaxConns, DefaultMaxConns), open: map[net.Conn]*connRec{}, evictLog: ratelimit.NewEvery(10 * time.Second)}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -168,7 +191,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.serving.Add(1)
 	s.mu.Unlock()
 	defer s.serving.Done()
-	err := s.http.Serve(ln)
+	err := s.http.Serve(cappedListener{ln, s})
 	s.mu.Lock()
 	handing := s.handing
 	s.mu.Unlock()
@@ -220,10 +243,88 @@ func (s *Server) HandOver(ctx context.Context) error {
 	return s.http.Shutdown(ctx)
 }
 
-// connState keeps the set of connections that are not idle, for HandOver.
+// cappedListener holds the server to its MaxConns: an accepted
+// connection past it makes room by closing the held connection that
+// waits longest without a request in progress (accepted with none sent
+// yet, or idle between requests), as nginx closes keep-alive
+// connections when it runs short; with every one busy, the new one is
+// closed. Each connection costs the gateway an open file, and any local
+// user may open them.
+type cappedListener struct {
+	net.Listener
+	s *Server
+}
+
+func (l cappedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.s.admit(c) {
+			return c, nil
+		}
+	}
+}
+
+// admit records c as held, closing another to make room when at the
+// limit; it reports false (c closed) when none could be.
+func (s *Server) admit(c net.Conn) bool {
+	now := time.Now()
+	s.mu.Lock()
+	var evict net.Conn
+	if len(s.open) >= s.maxConns {
+		var oldest time.Time
+		for oc, r := range s.open {
+			if (r.state == http.StateNew || r.state == http.StateIdle) && (evict == nil || r.since.Before(oldest)) {
+				evict, oldest = oc, r.since
+			}
+		}
+		if evict != nil {
+			delete(s.open, evict) // closing it makes room now, whenever its StateClosed comes
+		}
+	}
+	admitted := len(s.open) < s.maxConns
+	if admitted {
+		s.open[c] = &connRec{state: http.StateNew, since: now}
+	}
+	s.mu.Unlock()
+	if evict != nil {
+		evict.Close()
+	}
+	if !admitted {
+		c.Close()
+	}
+	if evict == nil && admitted {
+		return true
+	}
+	s.evictLog.Do(1, func(n int64) {
+		s.log.Warn("admin: connection limit reached; connections without a request in progress closed to make room (logged once in 10 s)",
+			"limit", s.maxConns, "closed_since_last_line", n, "last_from", c.RemoteAddr().String())
+	})
+	return admitted
+}
+
+// openConns is how many connections are held.
+func (s *Server) openConns() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.open)
+}
+
+// connState keeps the held connections' states (admit), and the set of
+// those that are not idle, for HandOver.
 func (s *Server) connState(c net.Conn, st http.ConnState) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if r, ok := s.open[c]; ok {
+		switch st {
+		case http.StateClosed, http.StateHijacked:
+			delete(s.open, c)
+		default:
+			r.state, r.since = st, time.Now()
+		}
+	}
 	switch st {
 	case http.StateNew, http.StateActive:
 		s.busy[c] = true

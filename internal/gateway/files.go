@@ -8,9 +8,10 @@ import (
 )
 
 // reservedFiles are the open files kept for all but agent connections:
-// the store and its journals, the listeners, the admin API and the CLI,
-// the cluster's connections, upstream dials and health checks, the
-// agents being told the push server is full.
+// the store and its journals, the listeners, the admin API's connections
+// (at most admin.DefaultMaxConns, 128), the cluster's connections,
+// upstream dials and health checks, the agents being told the push
+// server is full (at most 64).
 const reservedFiles = 256
 
 // connLimits are push.max_connections and proxy.max_connections as this
