@@ -43,3 +43,15 @@ func TestCompletionAndMan(t *testing.T) {
 		}
 	}
 }
+
+func TestCountSaysOneOrMany(t *testing.T) {
+	for _, c := range []struct {
+		n    int
+		noun string
+		want string
+	}{{0, "member", "0 members"}, {1, "member", "1 member"}, {2, "push", "2 pushes"}, {1, "push", "1 push"}, {3, "unreadable branch", "3 unreadable branches"}, {5, "open file", "5 open files"}} {
+		if got := count(c.n, c.noun); got != c.want {
+			t.Errorf("count(%d, %q) = %q, want %q", c.n, c.noun, got, c.want)
+		}
+	}
+}

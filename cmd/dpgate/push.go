@@ -103,7 +103,7 @@ func runPush(args []string, stdout, stderr io.Writer) error {
 		err = api.Do(ctx, "POST", "/v1/push", req, &r)
 		reply = r
 		if err == nil && !*jsonOut {
-			fmt.Fprintf(stdout, "queued for %d devices\n", r.Queued)
+			fmt.Fprintf(stdout, "queued for %s\n", count(r.Queued, "device"))
 		}
 		if err == nil && len(r.NotReached) > 0 {
 			fmt.Fprintf(stderr, "dpgate: %s did not say which devices they know: the devices only they know were missed\n", strings.Join(r.NotReached, " and "))

@@ -61,17 +61,18 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	days := int(time.Until(st.CertExpiry).Hours() / 24)
 	fmt.Fprintf(tw, "node\t%s\n", st.Node)
 	fmt.Fprintf(tw, "version\t%s (pid %d, up %s)\n", st.Version, st.PID, st.Uptime)
-	fmt.Fprintf(tw, "certificate\t%s, expires %s (%d days)\n", st.Pin, st.CertExpiry.Format(time.DateOnly), days)
+	fmt.Fprintf(tw, "certificate\t%s, expires %s (%s)\n", st.Pin, st.CertExpiry.Format(time.DateOnly), count(days, "day"))
 	fmt.Fprintf(tw, "agent certificates\t%d allowed\n", st.AgentCerts)
 	if p := st.Push; p != nil {
-		fmt.Fprintf(tw, "push\t%d sessions of %d, %d known devices, %d pushes queued for %d devices, %d expired pushes\n", p.Sessions, p.MaxConnections, p.Devices, p.Queued, p.QueuedTo, p.Expired)
+		fmt.Fprintf(tw, "push\t%s of %d, %s, %s queued for %s, %s\n", count(p.Sessions, "session"), p.MaxConnections,
+			count(p.Devices, "known device"), count(p.Queued, "push"), count(p.QueuedTo, "device"), count(p.Expired, "expired push"))
 	} else {
 		fmt.Fprintf(tw, "push\toff\n")
 	}
 	if p := st.Proxy; p != nil {
-		fmt.Fprintf(tw, "proxy\t%d relays of %d, %d refused, %d with no upstream reachable, balance %s\n", p.Connections, p.MaxConnections, p.Refused, p.NoUpstream, p.Balance)
+		fmt.Fprintf(tw, "proxy\t%s of %d, %d refused, %d with no upstream reachable, balance %s\n", count(p.Connections, "relay"), p.MaxConnections, p.Refused, p.NoUpstream, p.Balance)
 		for _, u := range p.Upstreams {
-			fmt.Fprintf(tw, "  upstream %s\t%s, %d relays now, %d failures\n", u.Address, u.State, u.ActiveRelays, u.Failures)
+			fmt.Fprintf(tw, "  upstream %s\t%s, %s now, %s\n", u.Address, u.State, count(u.ActiveRelays, "relay"), count(u.Failures, "failure"))
 		}
 	} else {
 		fmt.Fprintf(tw, "proxy\toff (no upstream configured)\n")
@@ -92,19 +93,19 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 			}
 			failed = fmt.Sprintf(", %d failed and not back (%s)", n, strings.Join(names, ", "))
 		}
-		fmt.Fprintf(tw, "cluster\t%d members%s (dpgate members lists them)\n", len(st.Cluster), failed)
+		fmt.Fprintf(tw, "cluster\t%s%s (dpgate members lists them)\n", count(len(st.Cluster), "member"), failed)
 		for _, c := range st.ClusterConflicts {
 			fmt.Fprintf(tw, "  NAME CONFLICT\t%s is claimed at %s and %s since %s: node names must be unique (node.name)\n", c.Name, c.Known, c.Addr, c.Since.Format(time.RFC3339))
 		}
 	} else {
 		fmt.Fprintf(tw, "cluster\toff\n")
 	}
-	fmt.Fprintf(tw, "store\t%d corrupt records, %d failures since start\n", st.Store.CorruptRecords, st.Store.Failures)
-	files := fmt.Sprintf("%d open files", st.OpenFiles)
+	fmt.Fprintf(tw, "store\t%s, %s since start\n", count(st.Store.CorruptRecords, "corrupt record"), count(st.Store.Failures, "failure"))
+	files := count(st.OpenFiles, "open file")
 	if st.OpenFilesLimit > 0 {
 		files += fmt.Sprintf(" of %d", st.OpenFilesLimit)
 	}
-	fmt.Fprintf(tw, "process\t%d MiB resident, %d goroutines, %s\n", st.RSSBytes>>20, st.Goroutines, files)
+	fmt.Fprintf(tw, "process\t%d MiB resident, %s, %s\n", st.RSSBytes>>20, count(st.Goroutines, "goroutine"), files)
 	return tw.Flush()
 }
 
@@ -218,4 +219,17 @@ func runDevices(args []string, stdout, stderr io.Writer) error {
 		return deviceShow(slices.DeleteFunc(slices.Clone(args), func(a string) bool { return a == "--json" || a == "-json" }), stdout, stderr)
 	}
 	return usagef("devices takes at most one ID, got %q", pos)
+}
+
+// count is n and the noun, in the plural unless n is 1: "1 member",
+// "3 pushes".
+func count[N ~int | ~int64 | ~uint64](n N, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	switch {
+	case strings.HasSuffix(noun, "sh"), strings.HasSuffix(noun, "ch"), strings.HasSuffix(noun, "s"), strings.HasSuffix(noun, "x"):
+		return fmt.Sprintf("%d %ses", n, noun)
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

@@ -30,7 +30,7 @@ func TestStatusCommands(t *testing.T) {
 	if r := dpgate(t, nil, "push", "-c", cfg, "pc-away", "job"); r.code != 0 {
 		t.Fatalf("push: %s", r.stderr)
 	}
-	if r := dpgate(t, nil, "status", "-c", cfg); !strings.Contains(r.stdout, "1 pushes queued for 1 devices") {
+	if r := dpgate(t, nil, "status", "-c", cfg); !strings.Contains(r.stdout, "1 push queued for 1 device") {
 		t.Errorf("dpgate status with one push queued for pc-away:\n%s%s", r.stdout, r.stderr)
 	}
 	if r := dpgate(t, nil, "members", "-c", cfg); r.code != 1 || !strings.Contains(r.stderr, "not in a cluster") {

@@ -150,9 +150,9 @@ the gateway again.`, stdout)
 	for _, u := range rep.Unreadable {
 		fmt.Fprintf(stdout, "unreadable, its records lost: %s\n", u)
 	}
-	fmt.Fprintf(stdout, "kept %d records, lost %d failing their checksum", kept, lost)
+	fmt.Fprintf(stdout, "kept %s, lost %d failing their checksum", count(kept, "record"), lost)
 	if len(rep.Unreadable) > 0 {
-		fmt.Fprintf(stdout, " and those of %d unreadable branches", len(rep.Unreadable))
+		fmt.Fprintf(stdout, " and those of %s", count(len(rep.Unreadable), "unreadable branch"))
 	}
 	if rep.Sound {
 		fmt.Fprintf(stdout, "\nnothing was damaged: the store was sound and needed no recovery\nnew store  %s\nold store  %s (kept)\n", rep.Recovered, rep.Damaged)
