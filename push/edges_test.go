@@ -434,3 +434,30 @@ func TestAcceptFailuresLoggedSparingly(t *testing.T) {
 		t.Errorf("%d accept failures: %d log lines, want 1:\n%s", failures, n, log.String())
 	}
 }
+
+// TestRefusedTokensLogged: an agent refused at HELLO (a token for another
+// device, expired, signed with a key not held) was only counted
+// (dpgate_push_auth_failures_total{reason="hello"}): an operator asking
+// why a device cannot connect found nothing in the log. The refusal is
+// logged with the device and the reason, once in 10 s as refused
+// certificates are.
+func TestRefusedTokensLogged(t *testing.T) {
+	t.Parallel()
+	var log testutil.Buffer
+	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthToken; c.Logger = log.Logger(slog.LevelInfo) })
+	const tries = 4
+	for range tries {
+		r := dialRaw(t, ts, nil)
+		r.Write((&wire.Hello{MinVersion: 1, MaxVersion: 1, DeviceID: "dev-x", Token: wire.IssueToken(ts.tokenKey, "dev-y", time.Now().Add(time.Hour))}).Marshal())
+		if e := r.expectError(t); e.Code != wire.CodeAuth {
+			t.Fatalf("ERROR code %d, want %d", e.Code, wire.CodeAuth)
+		}
+		r.Close()
+	}
+	if n := log.Count("push: agent refused at HELLO"); n != 1 {
+		t.Errorf("%d refusals: %d log lines, want 1:\n%s", tries, n, log.String())
+	}
+	if !strings.Contains(log.String(), `device=dev-x`) || !strings.Contains(log.String(), `dev-y`) {
+		t.Errorf("the line names neither the device nor the reason:\n%s", log.String())
+	}
+}

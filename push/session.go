@@ -338,6 +338,10 @@ func (s *Server) startSession(c conn, wc *waitConn, transport string, remote, lo
 	}
 	if err := s.authenticate(&h, peer); err != nil {
 		s.m.authFailed.WithLabelValues("hello").Inc()
+		s.refusedLog.Do(1, func(n int64) {
+			s.log.Warn("push: agent refused at HELLO (logged once in 10 s with refused certificates; dpgate_push_auth_failures_total counts each)",
+				"agent", remote.String(), "device", h.DeviceID, "err", err, "refusals_since_last_line", n)
+		})
 		abort(wire.CodeAuth, err.Error())
 		return
 	}
