@@ -91,8 +91,8 @@ loop:
 				if st.RTTP50 > 0 {
 					rtt, jitter = ms(st.RTTP50), ms(st.Jitter)
 				}
-				fmt.Fprintf(stdout, "%4ds sent %d received %d loss %.1f%% (out %.1f%%, back %.1f%%) rtt p50 %s jitter %s\n",
-					int(time.Since(start).Seconds()), st.Sent, st.Received, 100*st.Loss, 100*st.LossOut, 100*st.LossBack, rtt, jitter)
+				fmt.Fprintf(stdout, "%4ds sent %d received %d loss %.1f%% (%s) rtt p50 %s jitter %s\n",
+					int(time.Since(start).Seconds()), st.Sent, st.Received, 100*st.Loss, directions(st, "%.1f"), rtt, jitter)
 			}
 		}
 	}
@@ -105,8 +105,8 @@ loop:
 		}
 	} else {
 		fmt.Fprintf(stdout, "--- %s ---\n", target)
-		fmt.Fprintf(stdout, "%d sent, %d received, loss %.2f%% round trip, %.2f%% out, %.2f%% back; %d duplicates, %d reordered\n",
-			st.Sent, st.Received, 100*st.Loss, 100*st.LossOut, 100*st.LossBack, st.Duplicates, st.Reordered)
+		fmt.Fprintf(stdout, "%d sent, %d received, loss %.2f%% round trip, %s; %d duplicates, %d reordered\n",
+			st.Sent, st.Received, 100*st.Loss, directions(st, "%.2f"), st.Duplicates, st.Reordered)
 		if st.RTTP50 > 0 {
 			fmt.Fprintf(stdout, "rtt min/p50/p90/p99/max %s/%s/%s/%s/%s, jitter %s\n", ms(st.RTTMin), ms(st.RTTP50), ms(st.RTTP90), ms(st.RTTP99), ms(st.RTTMax), ms(st.Jitter))
 		} else {
@@ -124,5 +124,15 @@ loop:
 }
 
 var errOutOfLimits = errors.New("the link is out of limits")
+
+// directions is the loss each way, each figure in format: which way a
+// probe was lost is told by the reflector's count of what reached it, so
+// with nothing back at all it is unknown.
+func directions(st link.Stats, format string) string {
+	if st.Received == 0 && st.Sent > 0 {
+		return "out and back unknown (nothing came back)"
+	}
+	return fmt.Sprintf(format+"%% out, "+format+"%% back", 100*st.LossOut, 100*st.LossBack)
+}
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", d.Seconds()*1000) }

@@ -5,6 +5,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -65,5 +66,22 @@ func TestProbeAgainstReflect(t *testing.T) {
 	nobody := freeUDPTCP(t)
 	if res := dpgate(t, nil, "probe", nobody, "--count", "3", "--interval", "5ms"); res.code != 1 || !strings.Contains(res.stdout, "no probe was answered") || strings.Contains(res.stdout, "0.00ms") {
 		t.Errorf("probe with no reflector: exit %d, want 1 and no round-trip figures\n%s", res.code, res.stdout)
+	}
+}
+
+// TestProbeWithNothingAnswering: with no reply at all, which way the
+// probes were lost is unknown. Seen: "loss 100.00% round trip, 100.00%
+// out, 100.00% back", claiming both directions lost; it says so now, and
+// the verdict (out of limits, on the round trip) is unchanged.
+func TestProbeWithNothingAnswering(t *testing.T) {
+	t.Parallel()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0") // bound, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	r := dpgate(t, nil, "probe", pc.LocalAddr().String(), "--count", "3", "--interval", "50ms")
+	if r.code != 1 || !strings.Contains(r.stdout, "loss 100.00% round trip, out and back unknown (nothing came back)") || !strings.Contains(r.stdout, "verdict: out-of-limits") {
+		t.Errorf("probe of a silent address: exit %d\n%s%s\nwant the direction unknown and the link out of limits", r.code, r.stdout, r.stderr)
 	}
 }
