@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -161,12 +160,7 @@ func TestNameConflictInStatus(t *testing.T) {
 	})
 	// The console's Overview says so above the members.
 	c, _ := signIn(t, first)
-	resp, err := c.Get("http://" + first.adminAddr + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := consoleGet(t, c, first, "/")
 	if !strings.Contains(string(body), `id="name-conflict"`) || !strings.Contains(string(body), addrs[1]) {
 		t.Errorf("the Overview does not show the name conflict with %s", addrs[1])
 	}

@@ -119,6 +119,19 @@ func TestConsoleNeedsSession(t *testing.T) {
 	}
 }
 
+// consoleGet is the page at path of g's console, read by the client c
+// (signed in).
+func consoleGet(t *testing.T, c *http.Client, g *Gateway, path string) []byte {
+	t.Helper()
+	resp, err := c.Get("http://" + g.adminAddr + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return b
+}
+
 // signIn returns a client signed in to g's console and the CSRF token.
 func signIn(t *testing.T, g *Gateway) (*http.Client, string) {
 	t.Helper()
@@ -334,12 +347,7 @@ func TestConsoleListsQueuedDevices(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, _ := signIn(t, g)
-	resp, err := c.Get("http://" + g.adminAddr + "/ui/devices?fragment=live")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	b := consoleGet(t, c, g, "/ui/devices?fragment=live")
 	row := regexp.MustCompile(`(?s)<tr data-device="pc-never">.*?</tr>`).Find(b)
 	if row == nil {
 		t.Fatalf("devices page without pc-never, which has a push queued:\n%s", b)

@@ -372,12 +372,7 @@ func TestPushToAllReachesEveryNode(t *testing.T) {
 		t.Errorf("dpgate_cluster_failed_nodes = %v, want 1", got)
 	}
 	c, csrf := signIn(t, gs[0])
-	resp, err := c.Get("http://" + gs[0].adminAddr + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	page, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	page := consoleGet(t, c, gs[0], "/")
 	row := regexp.MustCompile(`(?s)<tr data-node="` + failed + `">.*?</tr>`).Find(page)
 	if !bytes.Contains(row, []byte("failed since")) || !bytes.Contains(row, []byte(`action="/ui/cluster/forget"`)) {
 		t.Errorf("the console's overview without %s failed and its Forget: row %q", failed, row)
@@ -389,7 +384,7 @@ func TestPushToAllReachesEveryNode(t *testing.T) {
 	if err := apis[0].Do(context.Background(), "DELETE", "/v1/members/"+gs[1].cfg.Node.Name, nil, nil); !errors.As(err, &he) || he.Status != http.StatusConflict {
 		t.Errorf("forgetting a live node: %v, want 409", err)
 	}
-	resp, err = c.PostForm("http://"+gs[0].adminAddr+"/ui/cluster/forget", url.Values{"csrf": {csrf}, "node": {failed}})
+	resp, err := c.PostForm("http://"+gs[0].adminAddr+"/ui/cluster/forget", url.Values{"csrf": {csrf}, "node": {failed}})
 	if err != nil {
 		t.Fatal(err)
 	}
