@@ -52,6 +52,8 @@ func newMetrics(reg prometheus.Registerer, p *Proxy) *metrics {
 	}
 	d.GaugeFunc("dpgate_proxy_connections", "Agent connections the proxy holds now, handshakes included.",
 		func() float64 { return float64(p.conns.Load()) })
+	d.GaugeFunc("dpgate_proxy_max_connections", "The connection limit in force: proxy.max_connections, or lower when the process's open-files limit cannot hold it.",
+		func() float64 { return float64(p.maxConns.Load()) })
 	d.CounterFunc("dpgate_proxy_received_bytes_total", "Bytes relayed from agents to upstreams, counted as they flow.",
 		func() float64 { return float64(p.bytesIn.Load()) })
 	d.CounterFunc("dpgate_proxy_sent_bytes_total", "Bytes relayed from upstreams to agents, counted as they flow.",

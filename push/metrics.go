@@ -89,6 +89,8 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	}
 	d.GaugeFunc("dpgate_push_connections", "Connections the push port holds now, TLS handshakes and sessions included.",
 		func() float64 { return float64(s.conns.Load()) })
+	d.GaugeFunc("dpgate_push_max_connections", "The connection limit in force: push.max_connections, or lower when the process's open-files limit cannot hold it.",
+		func() float64 { return float64(s.maxConns.Load()) })
 	d.CounterFunc("dpgate_push_sent_total", "Pushes written to agents (a redelivery after a reconnect counts again).",
 		func() float64 { return float64(s.sent.Load()) })
 	d.CounterFunc("dpgate_push_delivered_total", "Pushes acknowledged by their agent and removed from the store.",

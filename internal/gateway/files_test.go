@@ -51,6 +51,11 @@ func TestConnectionLimitsFollowReload(t *testing.T) {
 	if st := g.status(); st.OpenFilesLimit != 1000 || st.Push.MaxConnections != 744 {
 		t.Errorf("status: open files limit %d, push max %d; want 1000, 744", st.OpenFilesLimit, st.Push.MaxConnections)
 	}
+	// The limit in force is a series too, for an alert on a node nearly
+	// full (DpgateConnectionsNearLimit).
+	if n := testutil.Metric(t, g.Telemetry().Registry, "dpgate_push_max_connections"); n != 744 {
+		t.Errorf("dpgate_push_max_connections %v, want 744", n)
+	}
 	body, err := os.ReadFile(g.cfg.File())
 	if err != nil {
 		t.Fatal(err)
