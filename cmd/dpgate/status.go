@@ -95,7 +95,7 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(tw, "cluster\t%s%s (dpgate members lists them)\n", count(len(st.Cluster), "member"), failed)
 		for _, c := range st.ClusterConflicts {
-			fmt.Fprintf(tw, "  NAME CONFLICT\t%s is claimed at %s and %s since %s: node names must be unique (node.name)\n", c.Name, c.Known, c.Addr, c.Since.Format(time.RFC3339))
+			fmt.Fprintf(tw, "  NAME CONFLICT\t%s\n", conflictWords(c))
 		}
 	} else {
 		fmt.Fprintf(tw, "cluster\toff\n")
@@ -165,10 +165,15 @@ func runMembers(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	for _, c := range st.ClusterConflicts {
-		fmt.Fprintf(stdout, "NAME CONFLICT: %s is claimed at %s and at %s since %s: node names must be unique (node.name, by default the host name)\n",
-			c.Name, c.Known, c.Addr, c.Since.Format(time.RFC3339))
+		fmt.Fprintf(stdout, "NAME CONFLICT: %s\n", conflictWords(c))
 	}
 	return nil
+}
+
+// conflictWords says a name conflict as status and members print it.
+func conflictWords(c gateway.NameConflict) string {
+	return fmt.Sprintf("%s is claimed at %s and at %s since %s: node names must be unique (node.name, by default the host name)",
+		c.Name, c.Known, c.Addr, c.Since.Format(time.RFC3339))
 }
 
 func membersForget(args []string, stdout io.Writer) error {

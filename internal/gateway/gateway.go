@@ -313,11 +313,12 @@ const renewBefore = 30 * 24 * time.Hour
 // renewBefore (or has expired). It reports whether it wrote a new one.
 func (g *Gateway) renewGenerated(file string) (bool, error) {
 	c, created, renewed, err := tlsconf.LoadOrRenew(file, g.certTemplate(), renewBefore)
-	if err != nil && !errors.Is(err, fs.ErrPermission) {
-		return false, fmt.Errorf("gateway: certificate %s: %w: restore it from a backup of the data directory (every agent pins its key; removing it makes a new key, which every agent would have to pin again)", file, err)
-	}
 	if err != nil {
-		return false, fmt.Errorf("gateway: certificate %s: %w", file, err)
+		hint := ": restore it from a backup of the data directory (every agent pins its key; removing it makes a new key, which every agent would have to pin again)"
+		if errors.Is(err, fs.ErrPermission) {
+			hint = "" // not damaged: the file's owner or mode
+		}
+		return false, fmt.Errorf("gateway: certificate %s: %w%s", file, err, hint)
 	}
 	switch {
 	case created:
