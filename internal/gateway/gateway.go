@@ -26,10 +26,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/dpgate/dpgate/cluster"
@@ -170,6 +172,9 @@ func New(cfg *config.Config, ls Listeners, opts Options) (_ *Gateway, err error)
 		if err != nil {
 			g.Close()
 			ls.Close()
+		}
+		if errors.Is(err, syscall.ENOSPC) {
+			err = fmt.Errorf("%w: node.data_dir %s is full; the gateway needs room there to start (the push queue's journal alone takes %d MiB, made in full) and to queue pushes: free space, or move node.data_dir", err, filepath.Clean(cfg.Node.DataDir), 2*store.JournalSize>>20)
 		}
 	}()
 	v := Version()

@@ -102,7 +102,7 @@ func countMessages(db *bolt.Bucket) int { return db.Stats().KeyN }
 func NewQueue(db *store.DB) (*Queue, error) {
 	j, err := store.OpenJournal(filepath.Dir(db.Path()), JournalName)
 	if err != nil {
-		return nil, fmt.Errorf("push: queue: %w", err)
+		return nil, fmt.Errorf("queue: %w", err)
 	}
 	q := &Queue{db: db, journal: j, now: time.Now, acked: map[string]map[uint64]struct{}{}, ackDelay: AckDelay,
 		tail: map[string][]*entry{}, last: map[string]uint64{}, every: CheckpointEvery}
@@ -112,7 +112,7 @@ func NewQueue(db *store.DB) (*Queue, error) {
 	}
 	if err := q.newEpoch(); err != nil {
 		j.Close()
-		return nil, fmt.Errorf("push: queue: %w", err)
+		return nil, fmt.Errorf("queue: %w", err)
 	}
 	q.newFileLocked() // not shared yet
 	return q, nil
@@ -123,7 +123,7 @@ func NewQueue(db *store.DB) (*Queue, error) {
 // given: the caller must not change it afterwards.
 func (q *Queue) Enqueue(devices []string, payloads [][]byte, ttl time.Duration) ([]wire.Message, error) {
 	if len(payloads) != len(devices) {
-		return nil, fmt.Errorf("push: enqueue: %d payloads for %d devices", len(payloads), len(devices))
+		return nil, fmt.Errorf("queue: enqueue: %d payloads for %d devices", len(payloads), len(devices))
 	}
 	expiry := q.now().Add(ttl).UnixMilli()
 	out := make([]wire.Message, len(devices))
@@ -141,7 +141,7 @@ func (q *Queue) Enqueue(devices []string, payloads [][]byte, ttl time.Duration) 
 		out[i] = q.add(w, dev, out[i])
 	}
 	if err := q.submit(w); err != nil {
-		return nil, fmt.Errorf("push: enqueue: %w", err)
+		return nil, fmt.Errorf("queue: enqueue: %w", err)
 	}
 	q.expiresAt(expiry)
 	return out, nil
@@ -307,7 +307,7 @@ func (q *Queue) Flush() error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("push: deleting acknowledged pushes: %w", err)
+		return fmt.Errorf("queue: deleting acknowledged pushes: %w", err)
 	}
 	return nil
 }
@@ -368,7 +368,7 @@ func (q *Queue) Insert(items []Item) ([]Item, error) {
 	})
 	if err != nil {
 		q.cpMu.Unlock()
-		return nil, fmt.Errorf("push: insert: %w", err)
+		return nil, fmt.Errorf("queue: insert: %w", err)
 	}
 	var out []Item
 	w := &write{}
@@ -391,7 +391,7 @@ func (q *Queue) Insert(items []Item) ([]Item, error) {
 	}
 	q.cpMu.Unlock() // the pushes are in the tail: the next Insert sees them
 	if err := q.submit(w); err != nil {
-		return nil, fmt.Errorf("push: insert: %w", err)
+		return nil, fmt.Errorf("queue: insert: %w", err)
 	}
 	for _, it := range out {
 		q.expiresAt(it.Expiry)
@@ -570,7 +570,7 @@ func (q *Queue) Expire() (map[string]int, error) {
 	})
 	if err != nil {
 		q.forgetExpiry()
-		return nil, fmt.Errorf("push: expire: %w", err)
+		return nil, fmt.Errorf("queue: expire: %w", err)
 	}
 	q.expiresAt(earliest)
 	for _, n := range counts {
@@ -605,7 +605,7 @@ func (q *Queue) Expire() (map[string]int, error) {
 	})
 	if err != nil {
 		q.forgetExpiry() // what expired is still there
-		return counts, fmt.Errorf("push: expire: %w", err)
+		return counts, fmt.Errorf("queue: expire: %w", err)
 	}
 	for dev, n := range inTree {
 		counts[dev] += n
@@ -636,7 +636,7 @@ func encodeStored(seq uint64, m wire.Message) []byte {
 	return store.Seal(seqKey(seq), append(b, m.Payload...))
 }
 
-var errCorrupt = errors.New("push: corrupt queue entry")
+var errCorrupt = errors.New("queue: corrupt entry")
 
 // decodeStored checks and decodes a stored message; its Payload aliases v
 // (copy it to keep it past the transaction).

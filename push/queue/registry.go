@@ -69,7 +69,7 @@ func NewRegistry(db *store.DB) (*Registry, error) {
 	err := db.ForEach(bucketDevices, func(k, v []byte) error {
 		var d DeviceRecord
 		if err := json.Unmarshal(v, &d); err != nil {
-			return fmt.Errorf("push: device %s: %w", k, err)
+			return fmt.Errorf("queue: device %s: %w", k, err)
 		}
 		if err := wire.CheckDeviceID(d.ID); err != nil || d.ID != string(k) {
 			bad = append(bad, string(k))

@@ -54,7 +54,7 @@ const checkpointAbove = 32 << 20
 const JournalName = "push-queue"
 
 // ErrClosed is returned by Enqueue and Insert after Close.
-var ErrClosed = errors.New("push: queue closed")
+var ErrClosed = errors.New("queue: closed")
 
 // Stats are the journal's counters since start.
 type Stats struct {
@@ -350,7 +350,7 @@ func (q *Queue) checkpoint(all bool) error {
 	}
 	q.mu.Unlock()
 	if err != nil {
-		return fmt.Errorf("push: queue checkpoint: %w", err)
+		return fmt.Errorf("queue: checkpoint: %w", err)
 	}
 	q.checkpointsN.Add(1)
 	return q.journal.Empty(old)
@@ -433,7 +433,7 @@ func (q *Queue) replay() error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("push: queue journal: %w", err)
+		return fmt.Errorf("queue: journal: %w", err)
 	}
 	for path, n := range damaged {
 		// A write cut short by the crash was never acknowledged; anything
@@ -487,7 +487,7 @@ func (q *Queue) replay() error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("push: queue journal replay: %w", err)
+		return fmt.Errorf("queue: journal replay: %w", err)
 	}
 	if len(all) > 0 {
 		slog.Info("push: queued pushes brought back from the journal", "pushes", len(all))
@@ -559,7 +559,7 @@ func (q *Queue) Drop(device string) error {
 	upTo := q.last[device]
 	if upTo > 0 { // else none of its pushes is in the journal
 		if err := q.submit(&write{buf: store.AppendRecord(nil, dropRecord(device, upTo))}); err != nil {
-			return fmt.Errorf("push: dropping %s: %w", device, err)
+			return fmt.Errorf("queue: dropping %s: %w", device, err)
 		}
 		q.mu.Lock()
 	}
