@@ -976,8 +976,9 @@ func TestFailedNodesSurviveARestart(t *testing.T) {
 		if f := again.Failed(); len(f) != 0 {
 			return fmt.Errorf("node-1 back, Failed() = %v", f)
 		}
-		if b, _ := os.ReadFile(file); strings.Contains(string(b), "node-1") {
-			return fmt.Errorf("node-1 back, %s still holds %q", file, b)
+		// What is left of node-1 there is when its failure ended.
+		if b, _ := os.ReadFile(file); strings.Contains(string(b), `"since"`) {
+			return fmt.Errorf("node-1 back, %s still lists it failed: %q", file, b)
 		}
 		return nil
 	})
@@ -1024,5 +1025,87 @@ func TestNameConflictReported(t *testing.T) {
 	}
 	if n := testutil.Metric(t, regA, "dpgate_cluster_name_conflicts"); n != 1 {
 		t.Errorf("dpgate_cluster_name_conflicts %v, want 1", n)
+	}
+}
+
+// TestFailedNodesLearnedByJoiners: a node that joins after another
+// failed lists it too, so every node's members, status and a push to
+// all's not_reached agree, and a Forget on it holds everywhere, even on
+// a node that was down when it was made. Seen: node-3, started after
+// node-2 was killed, listed node-2 nowhere; a push to all through it
+// answered without not_reached, and `dpgate members forget node-2` there
+// said node-2 was not failed, while node-1 listed it.
+func TestFailedNodesLearnedByJoiners(t *testing.T) {
+	t.Parallel()
+	file := filepath.Join(t.TempDir(), "cluster-failed")
+	nodes := newTestClusterWith(t, 2, nil, func(i int, cfg *cluster.Config) {
+		if i == 0 {
+			cfg.FailedFile = file
+		}
+	})
+	waitFor(t, 10*time.Second, func() error { return sees(nodes[0], 2) })
+	nodes[1].Close() // a failure
+	var failed []cluster.Failed
+	waitFor(t, 30*time.Second, func() error {
+		if failed = nodes[0].Failed(); len(failed) != 1 {
+			return fmt.Errorf("node-0 lists %v as failed, want node-1", failed)
+		}
+		return nil
+	})
+	start := func(name, bind string, join []string, file string) *cluster.Cluster {
+		return startNode(t, cluster.Config{Name: name, Bind: bind, Join: join, FailedFile: file,
+			RefreshInterval: 20 * time.Millisecond, RejoinInterval: 200 * time.Millisecond, Tune: tight, Logger: quiet,
+			Meta: func() cluster.Meta { return cluster.Meta{Push: "127.0.0.9:13295"} }})
+	}
+	late := start("node-2", "127.0.0.3:0", []string{nodes[0].addr}, "")
+	waitFor(t, 30*time.Second, func() error {
+		got := late.Failed()
+		if len(got) != 1 || got[0].Name != "node-1" || !got[0].Since.Equal(failed[0].Since) || got[0].Meta.Push != nodes[1].push {
+			return fmt.Errorf("node-2, joined after node-1 failed, lists %+v as failed, want %+v", got, failed)
+		}
+		return nil
+	})
+
+	// node-0 goes down with node-1 in its file; node-1 is forgotten
+	// meanwhile. node-0 back must not list node-1 again, nor make node-2 do so.
+	waitFor(t, 10*time.Second, func() error {
+		if b, _ := os.ReadFile(file); !strings.Contains(string(b), "node-1") {
+			return fmt.Errorf("%s holds %q, want node-1", file, b)
+		}
+		return nil
+	})
+	nodes[0].Close()
+	waitFor(t, 30*time.Second, func() error {
+		if got := late.Failed(); len(got) != 2 {
+			return fmt.Errorf("node-2 lists %+v as failed, want node-0 and node-1", got)
+		}
+		return nil
+	})
+	if err := late.Forget("node-1"); err != nil {
+		t.Fatal(err)
+	}
+	back := start("node-0", "127.0.0.1:0", []string{late.Members()[0].Addr}, file)
+	noneFailed := func() error {
+		for _, c := range []*cluster.Cluster{back, late} {
+			if len(c.Members()) != 2 {
+				return fmt.Errorf("%d members, want 2", len(c.Members()))
+			}
+			if got := c.Failed(); len(got) != 0 {
+				return fmt.Errorf("after node-1 was forgotten and node-0 came back, a node lists %+v as failed", got)
+			}
+		}
+		return nil
+	}
+	waitFor(t, 30*time.Second, noneFailed)
+	// Both have told each other what they know by now; node-1 stays
+	// forgotten (a starved test may see node-0 flap, which is listed).
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		for _, c := range []*cluster.Cluster{back, late} {
+			for _, f := range c.Failed() {
+				if f.Name == "node-1" {
+					t.Fatalf("node-1, forgotten, listed again as failed: %+v", f)
+				}
+			}
+		}
 	}
 }
