@@ -38,7 +38,8 @@ probe it with dpgate probe.`, stdout)
 	fmt.Fprintf(stderr, "dpgate reflect: answering STAMP on %s\n", pc.LocalAddr())
 	go func() { <-ctx.Done(); pc.Close() }() // ends the Serve below
 	err = r.Serve(pc)
-	fmt.Fprintf(stderr, "dpgate reflect: %d probes answered, %d malformed\n", r.Reflected.Load(), r.Dropped.Load())
+	fmt.Fprintf(stderr, "dpgate reflect: %d probes answered (%d without a session: over %d senders at once), %d malformed\n",
+		r.Reflected.Load(), r.Stateless.Load(), link.DefaultMaxSessions, r.Dropped.Load())
 	return err
 }
 

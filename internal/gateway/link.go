@@ -2,9 +2,11 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"time"
 
+	"github.com/dpgate/dpgate/internal/series"
 	"github.com/dpgate/dpgate/link"
 )
 
@@ -39,6 +41,15 @@ func (g *Gateway) newLinks(ls Listeners) error {
 	if refl := ls.Reflector; refl != nil {
 		g.reflectorAddr = refl.LocalAddr().String()
 		r := &link.Reflector{}
+		d := series.On(g.tel.Registry)
+		d.CounterFunc("dpgate_link_reflector_answered_total", "STAMP test packets the reflector (link.reflector_listen) answered.",
+			func() float64 { return float64(r.Reflected.Load()) })
+		d.CounterFunc("dpgate_link_reflector_stateless_total", fmt.Sprintf("Of the packets answered, those answered without a session: the reflector numbered %d senders already (a flood from many sources), so their senders cannot tell which way a probe was lost.", link.DefaultMaxSessions),
+			func() float64 { return float64(r.Stateless.Load()) })
+		d.CounterFunc("dpgate_link_reflector_dropped_total", "Datagrams on the reflector's port too short to be STAMP test packets, not answered.",
+			func() float64 { return float64(r.Dropped.Load()) })
+		d.GaugeFunc("dpgate_link_reflector_sessions", "Senders the reflector numbers now (each address and port that probed it in the last minute).",
+			func() float64 { return float64(r.Sessions()) })
 		p.serve = append(p.serve, func() error {
 			g.log.Info("STAMP reflector listening", "addr", g.reflectorAddr)
 			return r.Serve(refl)

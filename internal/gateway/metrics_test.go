@@ -113,6 +113,7 @@ proxy:
 link:
   probe_interval: 20ms
   window: 1s
+  reflector_listen: 127.0.0.1:0
 `, b.clusterAddr, upLn.Addr(), tlsconf.Pin(upCert.Leaf), b.reflectorAddr), Options{GlobalMetrics: true})
 
 	atStart := families(t, a)
