@@ -10,20 +10,28 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"golang.org/x/time/rate"
 )
 
 // PerSource is a token bucket per source: an IPv4 address, or the /64 an
 // IPv6 address is in (one host holds a whole /64). A nil *PerSource allows
-// everything.
+// everything. It keeps the sources seen in the last minute, MaxSources at
+// most.
 type PerSource struct {
 	rate  rate.Limit
 	burst int
 
 	mu      sync.Mutex
-	sources map[netip.Prefix]*entry
-	swept   time.Time
+	sources *simplelru.LRU[netip.Prefix, *entry] // least recently seen first out
 }
+
+// MaxSources bounds the sources a PerSource keeps, some 270 bytes each (9 MB in all): a
+// local user can connect from every address of 127.0.0.0/8, and an IPv6
+// host may hold many /64s. Past it the source seen least recently is
+// forgotten; it gets a full burst if it comes back, within the accept
+// budget every source shares.
+const MaxSources = 32768
 
 type entry struct {
 	lim  *rate.Limiter
@@ -36,10 +44,11 @@ func New(perSecond float64) *PerSource {
 	if perSecond < 0 {
 		return nil
 	}
+	sources, _ := simplelru.NewLRU[netip.Prefix, *entry](MaxSources, nil) // errs only on a size <= 0
 	return &PerSource{
 		rate:    rate.Limit(perSecond),
 		burst:   max(1, int(2*perSecond)),
-		sources: map[netip.Prefix]*entry{},
+		sources: sources,
 	}
 }
 
@@ -55,20 +64,18 @@ func (l *PerSource) Allow(addr net.Addr, now time.Time) bool {
 	key := Source(ap.Addr())
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	// Forget sources quiet for a minute: their bucket is full again anyway,
-	// so the map holds only sources seen in the last minute or two.
-	if now.Sub(l.swept) > time.Minute {
-		for k, e := range l.sources {
-			if now.Sub(e.seen) > time.Minute {
-				delete(l.sources, k)
-			}
+	// Forget sources quiet for a minute: their bucket is full again anyway.
+	for {
+		_, oldest, ok := l.sources.GetOldest()
+		if !ok || now.Sub(oldest.seen) <= time.Minute {
+			break
 		}
-		l.swept = now
+		l.sources.RemoveOldest()
 	}
-	e := l.sources[key]
-	if e == nil {
+	e, ok := l.sources.Get(key)
+	if !ok {
 		e = &entry{lim: rate.NewLimiter(l.rate, l.burst)}
-		l.sources[key] = e
+		l.sources.Add(key, e)
 	}
 	e.seen = now
 	return e.lim.AllowN(now, 1)
@@ -81,7 +88,7 @@ func (l *PerSource) Len() int {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return len(l.sources)
+	return l.sources.Len()
 }
 
 // Source is the key a connection from ip counts under: the IPv4 address

@@ -48,3 +48,29 @@ func TestPerSource(t *testing.T) {
 		t.Error("a negative rate limited")
 	}
 }
+
+// TestSourcesBounded: connections from more sources than MaxSources
+// within a minute (a local user can connect from every address of
+// 127.0.0.0/8; an IPv6 host may hold many /64s) keep MaxSources buckets,
+// the least recently seen forgotten first. Seen: 63,535 connections from
+// as many loopback addresses in 30 s grew a gateway from 36 to 57 MB,
+// each source kept a minute.
+func TestSourcesBounded(t *testing.T) {
+	l := New(1) // burst 2
+	now := time.Unix(1e9, 0)
+	busy := &net.TCPAddr{IP: net.ParseIP("192.0.2.1"), Port: 1000}
+	l.Allow(busy, now)
+	l.Allow(busy, now) // its burst spent
+	for i := range MaxSources + 1000 {
+		ip := net.IPv4(10, byte(i>>16), byte(i>>8), byte(i))
+		if !l.Allow(&net.TCPAddr{IP: ip, Port: 1}, now) {
+			t.Fatalf("the first connection from %s refused", ip)
+		}
+		if i%1000 == 0 && l.Allow(busy, now) { // seen again, so kept
+			t.Fatalf("a source past its burst allowed after %d others", i)
+		}
+	}
+	if n := l.Len(); n != MaxSources {
+		t.Errorf("%d sources kept, want %d", n, MaxSources)
+	}
+}
