@@ -932,6 +932,42 @@ func TestRestartFindsTheClusterWithoutItsSeed(t *testing.T) {
 	waitFor(t, 30*time.Second, func() error { return sees(&testNode{Cluster: back, name: "node-1"}, 2) })
 }
 
+// oneOfTwoFailed starts node-0 (keeping its failed nodes in a file) and
+// node-1, and fails node-1: it returns once node-0 lists it, in the file too.
+func oneOfTwoFailed(t *testing.T) (nodes []*testNode, file string, failed []cluster.Failed) {
+	t.Helper()
+	file = filepath.Join(t.TempDir(), "cluster-failed")
+	nodes = newTestClusterWith(t, 2, nil, func(i int, cfg *cluster.Config) {
+		if i == 0 {
+			cfg.FailedFile = file
+		}
+	})
+	waitFor(t, 10*time.Second, func() error { return sees(nodes[0], 2) })
+	nodes[1].Close() // a failure
+	waitFor(t, 30*time.Second, func() error {
+		if failed = nodes[0].Failed(); len(failed) != 1 {
+			return fmt.Errorf("node-0 lists %v as failed, want node-1", failed)
+		}
+		if b, _ := os.ReadFile(file); !strings.Contains(string(b), "node-1") {
+			return fmt.Errorf("%s holds %q, want node-1", file, b)
+		}
+		return nil
+	})
+	return nodes, file, failed
+}
+
+// restartNode starts a node of newTestCluster's timings (as node name
+// again, or a new one) on bind, joining join, keeping its failed nodes in
+// file ("": none); its push address is 127.0.0.N:13295 as newTestCluster
+// gives node-N-1.
+func restartNode(t *testing.T, name, bind string, join []string, file string) *cluster.Cluster {
+	t.Helper()
+	host, _, _ := net.SplitHostPort(bind)
+	return startNode(t, cluster.Config{Name: name, Bind: bind, Join: join, FailedFile: file,
+		RefreshInterval: 20 * time.Millisecond, RejoinInterval: 200 * time.Millisecond, Tune: tight, Logger: quiet,
+		Meta: func() cluster.Meta { return cluster.Meta{Push: host + ":13295"} }})
+}
+
 // TestFailedNodesSurviveARestart: a node keeps the nodes it saw fail in
 // FailedFile. Seen: "systemctl reload dpgate" (an upgrade: a new process)
 // on a node that listed a failed peer cleared it from dpgate members,
@@ -941,37 +977,16 @@ func TestRestartFindsTheClusterWithoutItsSeed(t *testing.T) {
 // it comes back.
 func TestFailedNodesSurviveARestart(t *testing.T) {
 	t.Parallel()
-	file := filepath.Join(t.TempDir(), "cluster-failed")
-	nodes := newTestClusterWith(t, 2, nil, func(i int, cfg *cluster.Config) {
-		if i == 0 {
-			cfg.FailedFile = file
-		}
-	})
-	waitFor(t, 10*time.Second, func() error { return sees(nodes[0], 2) })
-	nodes[1].Close() // a failure
-	var failed []cluster.Failed
-	waitFor(t, 30*time.Second, func() error {
-		if failed = nodes[0].Failed(); len(failed) != 1 {
-			return fmt.Errorf("failed %v, want node-1", failed)
-		}
-		if b, _ := os.ReadFile(file); !strings.Contains(string(b), "node-1") {
-			return fmt.Errorf("%s holds %q, want node-1", file, b)
-		}
-		return nil
-	})
+	nodes, file, failed := oneOfTwoFailed(t)
 	nodes[0].Close() // the restart
-	again := startNode(t, cluster.Config{Name: "node-0", Bind: "127.0.0.1:0", FailedFile: file,
-		RefreshInterval: 20 * time.Millisecond, Tune: tight, Logger: quiet,
-		Meta: func() cluster.Meta { return cluster.Meta{Push: nodes[0].push} }})
+	again := restartNode(t, "node-0", "127.0.0.1:0", nil, file)
 	got := again.Failed()
 	if len(got) != 1 || got[0].Name != "node-1" || !got[0].Since.Equal(failed[0].Since) || got[0].Meta.Push != nodes[1].push || got[0].Addr != failed[0].Addr {
 		t.Fatalf("after a restart, Failed() = %+v, want %+v", got, failed)
 	}
 	// node-1 comes back: no longer failed, here and in the file.
 	self := again.Members()[0].Addr // alone
-	startNode(t, cluster.Config{Name: "node-1", Bind: "127.0.0.2:0", Join: []string{self},
-		RefreshInterval: 20 * time.Millisecond, Tune: tight, Logger: quiet,
-		Meta: func() cluster.Meta { return cluster.Meta{Push: nodes[1].push} }})
+	restartNode(t, "node-1", "127.0.0.2:0", []string{self}, "")
 	waitFor(t, 30*time.Second, func() error {
 		if f := again.Failed(); len(f) != 0 {
 			return fmt.Errorf("node-1 back, Failed() = %v", f)
@@ -1037,27 +1052,8 @@ func TestNameConflictReported(t *testing.T) {
 // said node-2 was not failed, while node-1 listed it.
 func TestFailedNodesLearnedByJoiners(t *testing.T) {
 	t.Parallel()
-	file := filepath.Join(t.TempDir(), "cluster-failed")
-	nodes := newTestClusterWith(t, 2, nil, func(i int, cfg *cluster.Config) {
-		if i == 0 {
-			cfg.FailedFile = file
-		}
-	})
-	waitFor(t, 10*time.Second, func() error { return sees(nodes[0], 2) })
-	nodes[1].Close() // a failure
-	var failed []cluster.Failed
-	waitFor(t, 30*time.Second, func() error {
-		if failed = nodes[0].Failed(); len(failed) != 1 {
-			return fmt.Errorf("node-0 lists %v as failed, want node-1", failed)
-		}
-		return nil
-	})
-	start := func(name, bind string, join []string, file string) *cluster.Cluster {
-		return startNode(t, cluster.Config{Name: name, Bind: bind, Join: join, FailedFile: file,
-			RefreshInterval: 20 * time.Millisecond, RejoinInterval: 200 * time.Millisecond, Tune: tight, Logger: quiet,
-			Meta: func() cluster.Meta { return cluster.Meta{Push: "127.0.0.9:13295"} }})
-	}
-	late := start("node-2", "127.0.0.3:0", []string{nodes[0].addr}, "")
+	nodes, file, failed := oneOfTwoFailed(t)
+	late := restartNode(t, "node-2", "127.0.0.3:0", []string{nodes[0].addr}, "")
 	waitFor(t, 30*time.Second, func() error {
 		got := late.Failed()
 		if len(got) != 1 || got[0].Name != "node-1" || !got[0].Since.Equal(failed[0].Since) || got[0].Meta.Push != nodes[1].push {
@@ -1068,12 +1064,6 @@ func TestFailedNodesLearnedByJoiners(t *testing.T) {
 
 	// node-0 goes down with node-1 in its file; node-1 is forgotten
 	// meanwhile. node-0 back must not list node-1 again, nor make node-2 do so.
-	waitFor(t, 10*time.Second, func() error {
-		if b, _ := os.ReadFile(file); !strings.Contains(string(b), "node-1") {
-			return fmt.Errorf("%s holds %q, want node-1", file, b)
-		}
-		return nil
-	})
 	nodes[0].Close()
 	waitFor(t, 30*time.Second, func() error {
 		if got := late.Failed(); len(got) != 2 {
@@ -1084,7 +1074,7 @@ func TestFailedNodesLearnedByJoiners(t *testing.T) {
 	if err := late.Forget("node-1"); err != nil {
 		t.Fatal(err)
 	}
-	back := start("node-0", "127.0.0.1:0", []string{late.Members()[0].Addr}, file)
+	back := restartNode(t, "node-0", "127.0.0.1:0", []string{late.Members()[0].Addr}, file)
 	noneFailed := func() error {
 		for _, c := range []*cluster.Cluster{back, late} {
 			if len(c.Members()) != 2 {
