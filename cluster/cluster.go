@@ -670,10 +670,16 @@ func (c *Cluster) set(n *memberlist.Node) {
 		return
 	}
 	c.mu.Lock()
+	old, ok := c.members[n.Name]
 	// Growth in agents per second between two figures at least half a
 	// second apart, for load()'s estimate of the count now.
-	if old, ok := c.members[n.Name]; ok && old.Meta.At > 0 && meta.At > old.Meta.At+500 {
+	if ok && old.Meta.At > 0 && meta.At > old.Meta.At+500 {
 		c.growth[n.Name] = float64(meta.Conns-old.Meta.Conns) / (float64(meta.At-old.Meta.At) / 1000)
+	}
+	// A node restarted at its address before it was seen to fail is an
+	// update, not a join: tell it of the failed nodes all the same.
+	if ok && old.Meta.Boot != meta.Boot && n.Name != c.cfg.Name {
+		c.tellFailed(n.Name)
 	}
 	c.members[n.Name] = Member{Name: n.Name, Addr: n.Address(), Meta: meta, Self: n.Name == c.cfg.Name}
 	if _, ok := c.failed[n.Name]; ok {

@@ -959,13 +959,39 @@ func oneOfTwoFailed(t *testing.T) (nodes []*testNode, file string, failed []clus
 // restartNode starts a node of newTestCluster's timings (as node name
 // again, or a new one) on bind, joining join, keeping its failed nodes in
 // file ("": none); its push address is 127.0.0.N:13295 as newTestCluster
-// gives node-N-1.
+// gives node-N-1, its Boot now.
 func restartNode(t *testing.T, name, bind string, join []string, file string) *cluster.Cluster {
 	t.Helper()
 	host, _, _ := net.SplitHostPort(bind)
+	boot := time.Now().UnixNano()
 	return startNode(t, cluster.Config{Name: name, Bind: bind, Join: join, FailedFile: file,
 		RefreshInterval: 20 * time.Millisecond, RejoinInterval: 200 * time.Millisecond, Tune: tight, Logger: quiet,
-		Meta: func() cluster.Meta { return cluster.Meta{Push: host + ":13295"} }})
+		Meta: func() cluster.Meta { return cluster.Meta{Push: host + ":13295", Boot: boot} }})
+}
+
+// TestFailedNodesToldToANodeRestartedInPlace: a node restarted at its
+// address before the others saw it fail (an upgrade, a quick restart,
+// its data directory new) comes back as an update of itself, not a join;
+// it is told of the failed nodes all the same.
+func TestFailedNodesToldToANodeRestartedInPlace(t *testing.T) {
+	t.Parallel()
+	nodes := newTestCluster(t, 3, nil)
+	waitFor(t, 10*time.Second, func() error { return sees(nodes[0], 3) })
+	nodes[2].Close() // a failure
+	waitFor(t, 30*time.Second, func() error {
+		if f := nodes[0].Failed(); len(f) != 1 {
+			return fmt.Errorf("node-0 lists %v as failed, want node-2", f)
+		}
+		return nil
+	})
+	nodes[1].Close()
+	again := restartNode(t, "node-1", nodes[1].addr, []string{nodes[0].addr}, "")
+	waitFor(t, 30*time.Second, func() error {
+		if f := again.Failed(); len(f) != 1 || f[0].Name != "node-2" {
+			return fmt.Errorf("node-1, restarted, lists %+v as failed, want node-2", f)
+		}
+		return nil
+	})
 }
 
 // TestFailedNodesSurviveARestart: a node keeps the nodes it saw fail in
