@@ -19,9 +19,12 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"log/slog"
+	"maps"
 	mrand "math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -187,9 +190,21 @@ func (s *Server) expire() {
 		s.log.Error("push: expiry sweep", "err", err)
 		return
 	}
-	for dev, n := range counts {
-		s.log.Warn("push: pushes expired undelivered", "device", dev, "count", n)
+	if len(counts) == 0 {
+		return
 	}
+	devices, pushes := slices.Sorted(maps.Keys(counts)), 0
+	for _, n := range counts {
+		pushes += n
+	}
+	// One line a sweep: a push to every device of a site, most offline,
+	// expires on thousands at once.
+	const named = 10
+	some := strings.Join(devices[:min(named, len(devices))], " ")
+	if len(devices) > named {
+		some += fmt.Sprintf(" and %d more", len(devices)-named)
+	}
+	s.log.Warn("push: pushes expired undelivered (dpgate_push_expired_total counts them)", "devices", len(devices), "pushes", pushes, "device_ids", some)
 }
 
 // samplePaths samples every session's path: the smoothed RTT of each into
