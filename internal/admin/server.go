@@ -14,6 +14,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -139,6 +140,11 @@ func (s *Server) HandleJSON(pattern string, fn func(r *http.Request) (int, any, 
 			var mbe *http.MaxBytesError
 			if errors.As(err, &mbe) {
 				status = http.StatusRequestEntityTooLarge
+				hint := ""
+				if r.URL.Path == "/v1/push" {
+					hint = ` (a push to every device: {"all": true})`
+				}
+				err = fmt.Errorf("request body over %d KiB, the admin API's limit: split it over several requests%s", MaxBody>>10, hint)
 			}
 			WriteJSON(w, r, status, map[string]string{"error": err.Error()})
 			return
