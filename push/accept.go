@@ -56,10 +56,11 @@ func (s *Server) Serve(ln net.Listener) error {
 		// answered (after HELLO, ERROR 6: the agent reconnects elsewhere,
 		// or to the next process in an upgrade), never reset unanswered.
 		s.accept.Wait(ctx)
-		if !s.admit() {
+		if !s.admit(s.makeRoom) {
 			s.refuseOverloaded(c)
 			continue
 		}
+		s.handshakeBegan(c)
 		s.wg.Add(1)
 		go func() { // ends when the handshake fails or hands over to a session
 			defer s.wg.Done()
@@ -170,10 +171,14 @@ func (s *Server) SetTokenKeys(keys [][]byte) error {
 	return nil
 }
 
-// admit counts a connection against MaxConnections.
-func (s *Server) admit() bool {
+// admit counts a connection against MaxConnections. At the limit,
+// room (if not nil) may close another connection and give its place.
+func (s *Server) admit(room func() bool) bool {
 	if s.conns.Add(1) > s.maxConns.Load() {
 		s.conns.Add(-1)
+		if room != nil && room() {
+			return true // the place of the one closed
+		}
 		s.m.refused.WithLabelValues("max_connections").Inc()
 		return false
 	}
@@ -189,11 +194,11 @@ func (s *Server) serveTLS(raw net.Conn) {
 	if err != nil {
 		s.authFailed(raw.RemoteAddr(), err)
 		raw.Close()
-		s.conns.Add(-1)
+		s.handshakeFailed(raw)
 		return
 	}
 	if p, ok := s.cfg.Protocols[tc.ConnectionState().NegotiatedProtocol]; ok {
-		s.conns.Add(-1) // not an agent (in a cluster: another node)
+		s.handshakeFailed(raw) // not an agent (in a cluster: another node)
 		p.Serve(tc)
 		return
 	}

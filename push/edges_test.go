@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push"
+	"github.com/dpgate/dpgate/push/client"
 	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -460,4 +462,57 @@ func TestRefusedTokensLogged(t *testing.T) {
 	if !strings.Contains(log.String(), `device=dev-x`) || !strings.Contains(log.String(), `dev-y`) {
 		t.Errorf("the line names neither the device nor the reason:\n%s", log.String())
 	}
+}
+
+// TestStalledHandshakesMakeRoom: connections that never finish their
+// handshake (a slowloris: TCP open, nothing sent) cannot keep agents out
+// at push.max_connections. Seen: one source address held about 2,000
+// such connections (push.source_rate, 200 a second, times the 10 s
+// handshake timeout), so ten addresses, or one local user on
+// 127.0.0.0/8, filled a gateway; every agent was told ERROR 5 until the
+// stalled ones timed out, and a flood that goes on kept them out. Now a
+// new connection at the limit closes the oldest one still in its
+// handshake for over a second and takes its place.
+func TestStalledHandshakesMakeRoom(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, func(c *push.Config) {
+		c.Auth, c.MaxConnections, c.HandshakeTimeout = push.AuthNone, 4, time.Minute
+	})
+	var stalled []net.Conn
+	for range 4 {
+		c, err := net.Dial("tcp", ts.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		stalled = append(stalled, c)
+	}
+	a := startAgent(t, client.Config{Servers: []string{ts.addr}, DeviceID: "late", TLS: ts.tlsFor(nil),
+		MinBackoff: 100 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	a.waitEvent(t, "connected") // before: ERROR 5 until the stalled ones time out, a minute
+	closed := 0
+	for _, c := range stalled {
+		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond)) // a closed one has said so already
+		if _, err := c.Read(make([]byte, 1)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			closed++
+		}
+	}
+	if closed == 0 {
+		t.Error("no stalled connection was closed")
+	}
+	if n := testutil.Metric(t, ts.metrics, "dpgate_push_handshakes_evicted_total"); n != float64(closed) {
+		t.Errorf("dpgate_push_handshakes_evicted_total %v, want %d (the stalled connections closed)", n, closed)
+	}
+	// Every place given back once: with all closed, none is held.
+	for _, c := range stalled {
+		c.Close()
+	}
+	a.cancel()
+	<-a.done
+	waitFor(t, 20*time.Second, func() error {
+		if n := testutil.Metric(t, ts.metrics, "dpgate_push_connections"); n != 0 {
+			return fmt.Errorf("%v connections counted with none open", n)
+		}
+		return nil
+	})
 }

@@ -24,6 +24,7 @@ type metrics struct {
 	errorsSent    *prometheus.CounterVec
 	errorsRecv    *prometheus.CounterVec
 	redirects     prometheus.Counter
+	evicted       prometheus.Counter
 	moved         prometheus.Counter
 	shutdowns     prometheus.Counter
 	accepted      prometheus.Counter
@@ -64,7 +65,9 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 		errorsSent: d.CounterVec("dpgate_push_error_frames_sent_total",
 			"ERROR frames sent to agents, by code (docs/PROTOCOL.md: 1 protocol, 2 version, 3 auth, 4 frame too large, 5 overloaded, 6 shutdown, 7 replaced, 8 timeout).",
 			[]string{"code"}, codes),
-		errorsRecv:   d.CounterVec("dpgate_push_error_frames_received_total", "ERROR frames agents sent to close their session, by code.", []string{"code"}, codes),
+		errorsRecv: d.CounterVec("dpgate_push_error_frames_received_total", "ERROR frames agents sent to close their session, by code.", []string{"code"}, codes),
+		evicted: d.Counter("dpgate_push_handshakes_evicted_total",
+			"TCP connections still in their handshake (TLS or HELLO) after a second, closed to make room for a new one at push.max_connections: connections that open and send nothing (a slowloris) cannot keep agents out."),
 		redirects:    d.Counter("dpgate_push_redirects_total", "Agents told at HELLO to connect to a less busy node (REDIRECT reason 2)."),
 		moved:        d.Counter("dpgate_push_moved_total", "Sessions asked to move to another node to even out the cluster's load."),
 		shutdowns:    d.Counter("dpgate_push_shutdown_notices_total", "Shutdown notices received from agents (their connection ending is expected)."),

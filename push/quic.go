@@ -166,7 +166,7 @@ func (s *Server) ServeQUIC(pc net.PacketConn) error {
 			continue
 		}
 		s.accept.Wait(context.Background())
-		if !s.admit() {
+		if !s.admit(nil) {
 			qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeOverloaded), "too many connections")
 			continue
 		}

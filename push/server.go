@@ -17,12 +17,14 @@ package push
 
 import (
 	"cmp"
+	"container/list"
 	"context"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"maps"
 	mrand "math/rand/v2"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -65,9 +67,16 @@ type Server struct {
 	// 50 ms) to a line in 10 s.
 	acceptLog *ratelimit.Every
 
-	conns       atomic.Int64 // connections held, handshakes included
-	unvalidated atomic.Int64 // QUIC handshakes from unvalidated addresses in progress
-	tokenKeys   atomic.Pointer[[][]byte]
+	conns atomic.Int64 // connections held, handshakes included
+	// handshaking lists the TCP connections counted in conns whose
+	// session has not started; handshakeOrder holds them oldest first
+	// (handshakes.go).
+	hmu            sync.Mutex
+	handshaking    map[net.Conn]*handshaking
+	handshakeOrder *list.List
+	evictLog       *ratelimit.Every
+	unvalidated    atomic.Int64 // QUIC handshakes from unvalidated addresses in progress
+	tokenKeys      atomic.Pointer[[][]byte]
 	// Pushes written and acknowledged since start.
 	sent, delivered atomic.Uint64
 	opened          atomic.Uint64 // sessions started since the server was built
@@ -104,22 +113,24 @@ func New(cfg Config) (*Server, error) {
 		allow = cfg.AllowList
 	}
 	s := &Server{
-		cfg:        cfg,
-		log:        cfg.Logger,
-		queue:      cfg.Queue,
-		reg:        cfg.Registry,
-		tls:        tlsconf.ServerConfig(cfg.Identity, allow, wire.ALPN),
-		accept:     rate.NewLimiter(rate.Limit(cfg.AcceptRate), max(1, int(cfg.AcceptRate/4))),
-		refusing:   make(chan struct{}, maxRefusing),
-		sourceLog:  rate.Sometimes{Interval: time.Minute},
-		refusedLog: ratelimit.NewEvery(10 * time.Second),
-		acceptLog:  ratelimit.NewEvery(10 * time.Second),
-		done:       make(chan struct{}),
-		sessions:   map[string]*session{},
-		raw:        map[conn]struct{}{},
-		recent:     wire.NewRecentIDs(recentAcks),
-		idWaiters:  map[[16]byte][]chan struct{}{},
-		cluster:    alone{},
+		cfg:         cfg,
+		log:         cfg.Logger,
+		queue:       cfg.Queue,
+		reg:         cfg.Registry,
+		tls:         tlsconf.ServerConfig(cfg.Identity, allow, wire.ALPN),
+		accept:      rate.NewLimiter(rate.Limit(cfg.AcceptRate), max(1, int(cfg.AcceptRate/4))),
+		refusing:    make(chan struct{}, maxRefusing),
+		sourceLog:   rate.Sometimes{Interval: time.Minute},
+		refusedLog:  ratelimit.NewEvery(10 * time.Second),
+		acceptLog:   ratelimit.NewEvery(10 * time.Second),
+		evictLog:    ratelimit.NewEvery(10 * time.Second),
+		handshaking: map[net.Conn]*handshaking{}, handshakeOrder: list.New(),
+		done:      make(chan struct{}),
+		sessions:  map[string]*session{},
+		raw:       map[conn]struct{}{},
+		recent:    wire.NewRecentIDs(recentAcks),
+		idWaiters: map[[16]byte][]chan struct{}{},
+		cluster:   alone{},
 	}
 	s.m = newMetrics(cfg.Registerer, s)
 	s.queue.ObserveWrites(func(d time.Duration) { s.m.journalWrite.Observe(d.Seconds()) })

@@ -305,6 +305,10 @@ func (s *Server) startSession(c conn, wc *waitConn, transport string, remote, lo
 	} else if qc, ok := c.(quicConn); ok {
 		fr.w = qc.rd
 	}
+	var raw net.Conn // listed in handshaking; nil for QUIC
+	if wc != nil {
+		raw = wc.Conn
+	}
 	c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	typ, body, err := fr.nextWaiting(2048)
 	body = slices.Clone(body) // HELLO's fields outlive the reader's buffer
@@ -313,7 +317,7 @@ func (s *Server) startSession(c conn, wc *waitConn, transport string, remote, lo
 		c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		c.Write((&wire.ErrorFrame{Code: code, Reason: reason}).Marshal())
 		c.Close()
-		s.conns.Add(-1)
+		s.handshakeFailed(raw)
 		s.log.Debug("push: session refused", "agent", remote.String(), "code", code, "reason", reason)
 	}
 	switch {
@@ -349,8 +353,12 @@ func (s *Server) startSession(c conn, wc *waitConn, transport string, remote, lo
 		c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		c.Write((&wire.Redirect{Reason: 2, Address: addr}).Marshal())
 		c.Close()
-		s.conns.Add(-1)
+		s.handshakeFailed(raw)
 		s.m.redirects.Inc()
+		return
+	}
+	if !s.handshakeDone(raw) {
+		c.Close() // closed to make room at the limit: its place is another's
 		return
 	}
 	ss := &session{srv: s, c: c, device: h.DeviceID, caps: h.Caps, transport: transport, remote: remote, since: time.Now(), id: newSessionID(), fr: fr}
