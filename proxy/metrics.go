@@ -22,6 +22,7 @@ type metrics struct {
 	acceptErrors  prometheus.Counter
 	refused       *prometheus.CounterVec
 	handshakes    prometheus.Counter
+	evicted       prometheus.Counter
 	handshakeFail *prometheus.CounterVec
 	noUpstream    prometheus.Counter
 	relaysEnded   *prometheus.CounterVec
@@ -41,6 +42,8 @@ func newMetrics(reg prometheus.Registerer, p *Proxy) *metrics {
 			"Agent connections closed unanswered by a limit: max_connections, source_rate (per-source rate) or shutting_down.",
 			[]string{"reason"}, refuseReasons),
 		handshakes: d.Counter("dpgate_proxy_handshakes_total", "Agent TLS handshakes completed."),
+		evicted: d.Counter("dpgate_proxy_handshakes_evicted_total",
+			"Agent connections still in their TLS handshake after a second, closed to make room for a new one at proxy.max_connections: connections that open and send nothing (a slowloris) cannot keep agents out."),
 		handshakeFail: d.CounterVec("dpgate_proxy_handshake_failures_total",
 			"Agent TLS handshakes that failed: tls (protocol error), timeout, or cert_* (client certificate refused by the allow-list: cert_unknown, cert_expired, cert_not-yet-valid, cert_no-certificate).",
 			[]string{"reason"}, handshakeReasons),

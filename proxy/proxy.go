@@ -30,6 +30,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/dpgate/dpgate/internal/pending"
 	"github.com/dpgate/dpgate/internal/ratelimit"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -60,6 +61,10 @@ type Proxy struct {
 	// handshake.
 	refusedLog *ratelimit.Every
 	acceptLog  *ratelimit.Every // accept failures: a line in 10 s
+	evictLog   *ratelimit.Every // handshakes closed to make room: a line in 10 s
+	// handshaking lists the agent connections counted in conns whose TLS
+	// handshake is not done (makeRoom).
+	handshaking *pending.List
 
 	conns      atomic.Int64 // agent connections held, handshakes included
 	bytesIn    atomic.Int64 // agent->upstream, counted as relays write
@@ -85,15 +90,17 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p := &Proxy{
-		cfg:        cfg,
-		log:        cfg.Logger,
-		dialer:     net.Dialer{KeepAlive: 30 * time.Second},
-		shaper:     ingressShaper(cfg.MaxIngressRate),
-		refusedLog: ratelimit.NewEvery(10 * time.Second),
-		acceptLog:  ratelimit.NewEvery(10 * time.Second),
-		done:       make(chan struct{}),
-		listeners:  map[net.Listener]struct{}{},
-		live:       map[net.Conn]struct{}{},
+		cfg:         cfg,
+		log:         cfg.Logger,
+		dialer:      net.Dialer{KeepAlive: 30 * time.Second},
+		shaper:      ingressShaper(cfg.MaxIngressRate),
+		refusedLog:  ratelimit.NewEvery(10 * time.Second),
+		acceptLog:   ratelimit.NewEvery(10 * time.Second),
+		evictLog:    ratelimit.NewEvery(10 * time.Second),
+		handshaking: pending.New(),
+		done:        make(chan struct{}),
+		listeners:   map[net.Listener]struct{}{},
+		live:        map[net.Conn]struct{}{},
 	}
 	p.m = newMetrics(cfg.Registerer, p)
 	p.SetLimits(cfg.MaxConnections, cfg.SourceRate)
@@ -157,11 +164,17 @@ func (p *Proxy) Serve(ln net.Listener) error {
 }
 
 // admit applies the connection limits; a refused connection is closed.
+// At max_connections, a connection from a source within its rate takes
+// the place of the one longest in its TLS handshake, if that is over a
+// second (makeRoom).
 func (p *Proxy) admit(c net.Conn) bool {
-	reason := ""
+	reason, placeTaken := "", false
 	switch {
 	case p.conns.Load() >= p.maxConns.Load():
 		reason = "max_connections"
+		if p.source.Load().Allow(c.RemoteAddr(), time.Now()) && p.makeRoom() {
+			reason, placeTaken = "", true
+		}
 	case !p.source.Load().Allow(c.RemoteAddr(), time.Now()):
 		reason = "source_rate"
 	}
@@ -171,11 +184,17 @@ func (p *Proxy) admit(c net.Conn) bool {
 		// closed (closing alone) is relayed like the rest: in an upgrade
 		// the next process has the listener, and this one keeps relaying.
 		reason = "shutting_down"
+		if placeTaken {
+			p.conns.Add(-1) // the place of the one closed, given back
+		}
 	}
 	if reason == "" {
 		p.live[c] = struct{}{}
 		p.relaysWG.Add(1)
-		p.conns.Add(1)
+		if !placeTaken {
+			p.conns.Add(1)
+		}
+		p.handshaking.Add(c)
 	}
 	p.mu.Unlock()
 	if reason != "" {
@@ -187,12 +206,34 @@ func (p *Proxy) admit(c net.Conn) bool {
 	return true
 }
 
+// forget drops c and gives back its place, unless c was closed to make
+// room (its place is another's).
 func (p *Proxy) forget(c net.Conn) {
 	p.mu.Lock()
 	delete(p.live, c)
 	p.mu.Unlock()
-	p.conns.Add(-1)
+	if !p.handshaking.Remove(c) {
+		p.conns.Add(-1)
+	}
 	p.relaysWG.Done()
+}
+
+// makeRoom closes the agent connection longest in its TLS handshake, if
+// that is over a second, and reports whether it did: its place under
+// max_connections is then the caller's. Connections that open and send
+// nothing (a slowloris) would otherwise keep every agent out (package
+// pending). Relays are never closed.
+func (p *Proxy) makeRoom() bool {
+	c := p.handshaking.Evict(time.Second)
+	if c == nil {
+		return false
+	}
+	p.m.evicted.Inc()
+	p.evictLog.Do(1, func(n int64) {
+		p.log.Warn("proxy: connections still in their TLS handshake after a second closed to make room at proxy.max_connections (logged once in 10 s; dpgate_proxy_handshakes_evicted_total counts each)",
+			"last_from", c.RemoteAddr().String(), "closed_since_last_line", n)
+	})
+	return true
 }
 
 // handle sets one agent connection up: handshake, then upstream. The
@@ -206,6 +247,10 @@ func (p *Proxy) handle(raw net.Conn) {
 	if err != nil {
 		p.handshakeFailed(raw.RemoteAddr(), err)
 		p.finish(raw)
+		return
+	}
+	if !p.handshaking.Settle(raw) {
+		p.finish(raw) // closed to make room as it finished: its place is another's
 		return
 	}
 	p.m.handshakes.Inc()

@@ -509,6 +509,67 @@ func TestConnectionLimits(t *testing.T) {
 	}
 }
 
+// TestStalledHandshakesMakeRoom: connections that never finish their TLS
+// handshake (a slowloris: TCP open, nothing sent) cannot keep agents
+// out at proxy.max_connections: a new connection closes the oldest
+// one in its handshake for over a second and takes its place. Before,
+// every agent was refused until the stalled ones timed out, and a flood
+// that went on kept them out. Relays are never closed to make room.
+func TestStalledHandshakesMakeRoom(t *testing.T) {
+	release := make(chan struct{})
+	b := newBackend(t, nil, func(c *tls.Conn) { io.WriteString(c, "+"); <-release })
+	var once sync.Once
+	defer once.Do(func() { close(release) })
+	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, MaxConnections: 3, HandshakeTimeout: time.Minute})
+	relay, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	relay.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(relay, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	var stalled []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		stalled = append(stalled, c)
+	}
+	// Past a second, an agent's connection takes a stalled one's place.
+	waitFor(t, 30*time.Second, func() error {
+		c, err := dialAgent(p.addr, agentConfig(t, p.id, nil))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.ReadFull(c, make([]byte, 1))
+		return err
+	})
+	if n := testutil.Metric(t, p.reg, "dpgate_proxy_handshakes_evicted_total"); n < 1 {
+		t.Errorf("dpgate_proxy_handshakes_evicted_total %v, want at least 1", n)
+	}
+	relay.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if _, err := relay.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the relay: %v, want it still open (relays are never closed to make room)", err)
+	}
+	for _, c := range stalled {
+		c.Close()
+	}
+	relay.Close()
+	once.Do(func() { close(release) }) // the upstream ends the relays
+	waitFor(t, 20*time.Second, func() error {
+		if n := testutil.Metric(t, p.reg, "dpgate_proxy_connections"); n != 0 {
+			return fmt.Errorf("%v connections counted with none open", n)
+		}
+		return nil
+	})
+}
+
 func TestSourceRateLimit(t *testing.T) {
 	b := newBackend(t, nil, nil)
 	p := newTestProxy(t, Config{Upstreams: []UpstreamConfig{b.upstream(t)}, SourceRate: 0.001}) // burst 1

@@ -60,7 +60,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			s.refuseOverloaded(c)
 			continue
 		}
-		s.handshakeBegan(c)
+		s.handshaking.Add(c)
 		s.wg.Add(1)
 		go func() { // ends when the handshake fails or hands over to a session
 			defer s.wg.Done()

@@ -17,14 +17,12 @@ package push
 
 import (
 	"cmp"
-	"container/list"
 	"context"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"maps"
 	mrand "math/rand/v2"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -34,6 +32,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"golang.org/x/time/rate"
 
+	"github.com/dpgate/dpgate/internal/pending"
 	"github.com/dpgate/dpgate/internal/ratelimit"
 	"github.com/dpgate/dpgate/push/queue"
 	"github.com/dpgate/dpgate/push/wire"
@@ -69,14 +68,11 @@ type Server struct {
 
 	conns atomic.Int64 // connections held, handshakes included
 	// handshaking lists the TCP connections counted in conns whose
-	// session has not started; handshakeOrder holds them oldest first
-	// (handshakes.go).
-	hmu            sync.Mutex
-	handshaking    map[net.Conn]*handshaking
-	handshakeOrder *list.List
-	evictLog       *ratelimit.Every
-	unvalidated    atomic.Int64 // QUIC handshakes from unvalidated addresses in progress
-	tokenKeys      atomic.Pointer[[][]byte]
+	// session has not started (handshakes.go).
+	handshaking *pending.List
+	evictLog    *ratelimit.Every
+	unvalidated atomic.Int64 // QUIC handshakes from unvalidated addresses in progress
+	tokenKeys   atomic.Pointer[[][]byte]
 	// Pushes written and acknowledged since start.
 	sent, delivered atomic.Uint64
 	opened          atomic.Uint64 // sessions started since the server was built
@@ -124,13 +120,13 @@ func New(cfg Config) (*Server, error) {
 		refusedLog:  ratelimit.NewEvery(10 * time.Second),
 		acceptLog:   ratelimit.NewEvery(10 * time.Second),
 		evictLog:    ratelimit.NewEvery(10 * time.Second),
-		handshaking: map[net.Conn]*handshaking{}, handshakeOrder: list.New(),
-		done:      make(chan struct{}),
-		sessions:  map[string]*session{},
-		raw:       map[conn]struct{}{},
-		recent:    wire.NewRecentIDs(recentAcks),
-		idWaiters: map[[16]byte][]chan struct{}{},
-		cluster:   alone{},
+		handshaking: pending.New(),
+		done:        make(chan struct{}),
+		sessions:    map[string]*session{},
+		raw:         map[conn]struct{}{},
+		recent:      wire.NewRecentIDs(recentAcks),
+		idWaiters:   map[[16]byte][]chan struct{}{},
+		cluster:     alone{},
 	}
 	s.m = newMetrics(cfg.Registerer, s)
 	s.queue.ObserveWrites(func(d time.Duration) { s.m.journalWrite.Observe(d.Seconds()) })

@@ -359,6 +359,7 @@ func (s *Server) startSession(c conn, wc *waitConn, transport string, remote, lo
 	}
 	if !s.handshakeDone(raw) {
 		c.Close() // closed to make room at the limit: its place is another's
+		s.handshakeFailed(raw)
 		return
 	}
 	ss := &session{srv: s, c: c, device: h.DeviceID, caps: h.Caps, transport: transport, remote: remote, since: time.Now(), id: newSessionID(), fr: fr}
