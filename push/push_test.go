@@ -201,7 +201,7 @@ func TestExpiryLoggedOnceASweep(t *testing.T) {
 		}
 		return nil
 	})
-	lines := grepLog(log.String(), "pushes expired undelivered")
+	lines := log.Lines("pushes expired undelivered")
 	if len(lines) != 1 {
 		t.Fatalf("%d lines for 50 devices' pushes expired in one sweep, want 1:\n%s", len(lines), strings.Join(lines, "\n"))
 	}
@@ -210,17 +210,6 @@ func TestExpiryLoggedOnceASweep(t *testing.T) {
 			t.Errorf("the line %q does not say %q", lines[0], want)
 		}
 	}
-}
-
-// grepLog returns the lines of log that contain s.
-func grepLog(log, s string) []string {
-	var out []string
-	for _, l := range strings.Split(log, "\n") {
-		if strings.Contains(l, s) {
-			out = append(out, l)
-		}
-	}
-	return out
 }
 
 // TestPerDeviceOrder: concurrent publishers, one device: the agent gets

@@ -586,7 +586,7 @@ func TestReloadAppliesConfig(t *testing.T) {
 	// The removed upstream's series go with it; the new ones are there.
 	m := metricsOf(t, api)
 	if strings.Contains(m, `upstream="127.0.0.1:1"`) || !strings.Contains(m, `dpgate_proxy_upstream_healthy{upstream="127.0.0.1:3"} 1`) {
-		t.Errorf("after the reload /metrics has %q", grepLines(m, "upstream="))
+		t.Errorf("after the reload /metrics has %q", testutil.GrepLines(m, "upstream="))
 	}
 	if !g.validatesAgentCerts() || level.Level() != slog.LevelDebug {
 		t.Errorf("validation %v, log level %v; want on and debug", g.validatesAgentCerts(), level.Level())
@@ -613,17 +613,6 @@ func TestReloadAppliesConfig(t *testing.T) {
 			t.Errorf("after a failed reload /metrics lacks %s", want)
 		}
 	}
-}
-
-// grepLines returns the lines of s that contain sub.
-func grepLines(s, sub string) []string {
-	var out []string
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, sub) {
-			out = append(out, l)
-		}
-	}
-	return out
 }
 
 // TestNothingMissingOnLinux: on Linux, the platform every figure and
