@@ -208,7 +208,7 @@ func (s *Server) serveTLS(raw net.Conn) {
 	}
 	// The session runs on a fresh goroutine: the one that did the TLS
 	// handshake has a grown stack that an idle session should not keep.
-	s.startSession(tc, wc, "tls", raw.RemoteAddr(), raw.LocalAddr(), peer)
+	s.startSession(tc, wc, raw, "tls", raw.RemoteAddr(), raw.LocalAddr(), peer)
 }
 
 func (s *Server) authFailed(remote net.Addr, err error) {

@@ -516,3 +516,47 @@ func TestStalledHandshakesMakeRoom(t *testing.T) {
 		return nil
 	})
 }
+
+// TestStalledQUICMakesRoom: the same over QUIC, where a connection is
+// counted once its handshake is over and waits for its stream and HELLO:
+// one that opens no stream is closed to make room for a new one at the
+// limit.
+func TestStalledQUICMakesRoom(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, func(c *push.Config) {
+		c.Auth, c.MaxConnections, c.HandshakeTimeout = push.AuthNone, 2, time.Minute
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	qcfg := ts.tlsFor(nil)
+	qcfg.NextProtos = []string{wire.ALPN}
+	var stalled []*quic.Conn
+	for range 2 {
+		qc, err := quic.DialAddr(ctx, ts.quicAddr, qcfg, &quic.Config{KeepAlivePeriod: 200 * time.Millisecond}) // alive, so only the server's wait for a stream ends it
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer qc.CloseWithError(0, "")
+		stalled = append(stalled, qc)
+	}
+	a := startAgent(t, client.Config{Servers: []string{ts.quicAddr}, QUIC: true, DeviceID: "late", TLS: ts.tlsFor(nil),
+		MinBackoff: 100 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	a.waitEvent(t, "connected") // before: overloaded until the stalled ones time out, a minute
+	select {
+	case <-stalled[0].Context().Done():
+	case <-time.After(20 * time.Second):
+		t.Error("the oldest stalled QUIC connection was not closed to make room")
+	}
+	if n := testutil.Metric(t, ts.metrics, "dpgate_push_handshakes_evicted_total"); n != 1 {
+		t.Errorf("dpgate_push_handshakes_evicted_total %v, want 1", n)
+	}
+	stalled[1].CloseWithError(0, "")
+	a.cancel()
+	<-a.done
+	waitFor(t, 20*time.Second, func() error {
+		if n := testutil.Metric(t, ts.metrics, "dpgate_push_connections"); n != 0 {
+			return fmt.Errorf("%v connections counted with none open", n)
+		}
+		return nil
+	})
+}

@@ -3,10 +3,16 @@ package push
 import (
 	"net"
 	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/dpgate/dpgate/internal/pending"
+	"github.com/dpgate/dpgate/push/wire"
 )
 
 // Connections in their handshake. A TCP connection holds a place under
-// MaxConnections from its accept; until its session starts (TLS, then
+// MaxConnections from its accept, a QUIC one from the end of its
+// handshake; until its session starts (TLS or the QUIC stream, then
 // HELLO, each bounded by HandshakeTimeout) it is listed in
 // Server.handshaking. At the limit, a new connection closes the oldest
 // listed for over evictAfter and takes its place, as the admin API does
@@ -16,11 +22,21 @@ import (
 // one at the limit may take its place.
 const evictAfter = time.Second
 
+// quicPending is a QUIC connection in Server.handshaking: counted once
+// its handshake is over, until its stream and HELLO.
+type quicPending struct{ qc *quic.Conn }
+
+func (q *quicPending) Close() error {
+	return q.qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeTimeout), "closed to make room: no stream and HELLO within a second")
+}
+
+func (q *quicPending) RemoteAddr() net.Addr { return q.qc.RemoteAddr() }
+
 // handshakeFailed gives up c's place: the handshake failed, or the
 // connection went elsewhere (another protocol, a redirect). c may be one
 // never listed (nil, QUIC), whose place is given up all the same; one
 // closed to make room gave its place away already.
-func (s *Server) handshakeFailed(c net.Conn) {
+func (s *Server) handshakeFailed(c pending.Conn) {
 	if !s.handshaking.Remove(c) {
 		s.conns.Add(-1)
 	}
@@ -29,7 +45,7 @@ func (s *Server) handshakeFailed(c net.Conn) {
 // handshakeDone ends c's listing as its session starts, so that it can
 // no longer be closed to make room; false means it was already (its
 // place is another's: the caller gives it up with handshakeFailed).
-func (s *Server) handshakeDone(c net.Conn) bool { return s.handshaking.Settle(c) }
+func (s *Server) handshakeDone(c pending.Conn) bool { return s.handshaking.Settle(c) }
 
 // makeRoom closes the connection longest in its handshake, if that is
 // over evictAfter, and reports whether it did: its place under

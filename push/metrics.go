@@ -67,7 +67,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 			[]string{"code"}, codes),
 		errorsRecv: d.CounterVec("dpgate_push_error_frames_received_total", "ERROR frames agents sent to close their session, by code.", []string{"code"}, codes),
 		evicted: d.Counter("dpgate_push_handshakes_evicted_total",
-			"TCP connections still in their handshake (TLS or HELLO) after a second, closed to make room for a new one at push.max_connections: connections that open and send nothing (a slowloris) cannot keep agents out."),
+			"Connections still in their handshake (TLS, or the QUIC stream, or HELLO) after a second, closed to make room for a new one at push.max_connections: connections that open and send nothing (a slowloris) cannot keep agents out."),
 		redirects:    d.Counter("dpgate_push_redirects_total", "Agents told at HELLO to connect to a less busy node (REDIRECT reason 2)."),
 		moved:        d.Counter("dpgate_push_moved_total", "Sessions asked to move to another node to even out the cluster's load."),
 		shutdowns:    d.Counter("dpgate_push_shutdown_notices_total", "Shutdown notices received from agents (their connection ending is expected)."),

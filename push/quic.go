@@ -166,10 +166,12 @@ func (s *Server) ServeQUIC(pc net.PacketConn) error {
 			continue
 		}
 		s.accept.Wait(context.Background())
-		if !s.admit(nil) {
+		if !s.admit(s.makeRoom) {
 			qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeOverloaded), "too many connections")
 			continue
 		}
+		listed := &quicPending{qc}
+		s.handshaking.Add(listed)
 		s.wg.Add(1)
 		go func() { // ends when the stream is accepted and handed to a session
 			defer s.wg.Done()
@@ -178,14 +180,14 @@ func (s *Server) ServeQUIC(pc net.PacketConn) error {
 			cancel()
 			if err != nil {
 				qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeTimeout), "no stream")
-				s.conns.Add(-1)
+				s.handshakeFailed(listed)
 				return
 			}
 			var peer *x509.Certificate
 			if certs := qc.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
 				peer = certs[0]
 			}
-			s.startSession(newQUICConn(st, qc), nil, "quic", qc.RemoteAddr(), qc.LocalAddr(), peer)
+			s.startSession(newQUICConn(st, qc), nil, listed, "quic", qc.RemoteAddr(), qc.LocalAddr(), peer)
 		}()
 	}
 }

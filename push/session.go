@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dpgate/dpgate/internal/pending"
 	"github.com/dpgate/dpgate/link"
 	"github.com/dpgate/dpgate/push/wire"
 )
@@ -297,17 +298,14 @@ func newSessionID() (id [16]byte) {
 
 // startSession reads HELLO, authenticates it, and runs the session on a
 // new goroutine. It owns c and the connection count from here. wc is
-// the connection under c's TLS, nil for QUIC (c is a quicConn).
-func (s *Server) startSession(c conn, wc *waitConn, transport string, remote, local net.Addr, peer *x509.Certificate) {
+// the connection under c's TLS, nil for QUIC (c is a quicConn); listed
+// is c's entry in s.handshaking.
+func (s *Server) startSession(c conn, wc *waitConn, listed pending.Conn, transport string, remote, local net.Addr, peer *x509.Certificate) {
 	fr := &frameReader{r: c}
 	if wc != nil && wc.nonblocking() {
 		fr.w = wc
 	} else if qc, ok := c.(quicConn); ok {
 		fr.w = qc.rd
-	}
-	var raw net.Conn // listed in handshaking; nil for QUIC
-	if wc != nil {
-		raw = wc.Conn
 	}
 	c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	typ, body, err := fr.nextWaiting(2048)
@@ -317,7 +315,7 @@ func (s *Server) startSession(c conn, wc *waitConn, transport string, remote, lo
 		c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		c.Write((&wire.ErrorFrame{Code: code, Reason: reason}).Marshal())
 		c.Close()
-		s.handshakeFailed(raw)
+		s.handshakeFailed(listed)
 		s.log.Debug("push: session refused", "agent", remote.String(), "code", code, "reason", reason)
 	}
 	switch {
@@ -353,13 +351,13 @@ func (s *Server) startSession(c conn, wc *waitConn, transport string, remote, lo
 		c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		c.Write((&wire.Redirect{Reason: 2, Address: addr}).Marshal())
 		c.Close()
-		s.handshakeFailed(raw)
+		s.handshakeFailed(listed)
 		s.m.redirects.Inc()
 		return
 	}
-	if !s.handshakeDone(raw) {
+	if !s.handshakeDone(listed) {
 		c.Close() // closed to make room at the limit: its place is another's
-		s.handshakeFailed(raw)
+		s.handshakeFailed(listed)
 		return
 	}
 	ss := &session{srv: s, c: c, device: h.DeviceID, caps: h.Caps, transport: transport, remote: remote, since: time.Now(), id: newSessionID(), fr: fr}

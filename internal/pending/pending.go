@@ -16,26 +16,33 @@ import (
 	"time"
 )
 
+// Conn is what a List holds and closes: a net.Conn, or an adapter (a
+// QUIC connection). It must be comparable (a pointer).
+type Conn interface {
+	Close() error
+	RemoteAddr() net.Addr
+}
+
 // List is the connections in their handshake. The zero value is not
 // usable; use New.
 type List struct {
 	mu    sync.Mutex
-	m     map[net.Conn]*entry
+	m     map[Conn]*entry
 	order *list.List // of *entry not evicted, oldest first
 }
 
 type entry struct {
-	c       net.Conn
+	c       Conn
 	since   time.Time
 	evicted bool          // closed to make room: its place went to another
 	el      *list.Element // in order, until evicted
 }
 
 // New returns an empty list.
-func New() *List { return &List{m: map[net.Conn]*entry{}, order: list.New()} }
+func New() *List { return &List{m: map[Conn]*entry{}, order: list.New()} }
 
 // Add lists c, whose handshake begins now.
-func (l *List) Add(c net.Conn) {
+func (l *List) Add(c Conn) {
 	e := &entry{c: c, since: time.Now()}
 	l.mu.Lock()
 	e.el = l.order.PushBack(e)
@@ -47,7 +54,7 @@ func (l *List) Add(c net.Conn) {
 // whether c was closed to make room: its place under the limit is then
 // another's, and the caller does not give it back. A c never listed
 // reports false.
-func (l *List) Remove(c net.Conn) (evicted bool) {
+func (l *List) Remove(c Conn) (evicted bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e := l.m[c]
@@ -65,7 +72,7 @@ func (l *List) Remove(c net.Conn) (evicted bool) {
 // longer be evicted, and reports true; for a c already evicted it
 // reports false and leaves it listed, for Remove to report when the
 // caller gives it up. A c never listed reports true.
-func (l *List) Settle(c net.Conn) bool {
+func (l *List) Settle(c Conn) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e := l.m[c]
@@ -83,7 +90,7 @@ func (l *List) Settle(c net.Conn) bool {
 // Evict closes the connection longest in its handshake if that began
 // over age ago, and returns it (nil: none is that old). Its place is the
 // caller's: Remove reports it evicted to whoever holds it.
-func (l *List) Evict(age time.Duration) net.Conn {
+func (l *List) Evict(age time.Duration) Conn {
 	l.mu.Lock()
 	front := l.order.Front()
 	if front == nil || time.Since(front.Value.(*entry).since) <= age {
