@@ -245,7 +245,9 @@ func (p *Proxy) handle(raw net.Conn) {
 	err := agent.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
-		p.handshakeFailed(raw.RemoteAddr(), err)
+		if p.handshaking.Settle(raw) { // not closed to make room: a failed handshake
+			p.handshakeFailed(raw.RemoteAddr(), err)
+		}
 		p.finish(raw)
 		return
 	}

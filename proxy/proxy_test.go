@@ -550,8 +550,12 @@ func TestStalledHandshakesMakeRoom(t *testing.T) {
 		_, err = io.ReadFull(c, make([]byte, 1))
 		return err
 	})
-	if n := testutil.Metric(t, p.reg, "dpgate_proxy_handshakes_evicted_total"); n < 1 {
-		t.Errorf("dpgate_proxy_handshakes_evicted_total %v, want at least 1", n)
+	evicted := testutil.Metric(t, p.reg, "dpgate_proxy_handshakes_evicted_total")
+	if evicted < 1 {
+		t.Errorf("dpgate_proxy_handshakes_evicted_total %v, want at least 1", evicted)
+	}
+	if n := testutil.Metric(t, p.reg, "dpgate_proxy_handshake_failures_total"); n != 0 {
+		t.Errorf("dpgate_proxy_handshake_failures_total %v: a connection closed to make room is not a failed handshake", n)
 	}
 	relay.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 	if _, err := relay.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {

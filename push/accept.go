@@ -192,7 +192,9 @@ func (s *Server) serveTLS(raw net.Conn) {
 	err := tc.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
-		s.authFailed(raw.RemoteAddr(), err)
+		if s.handshakeDone(raw) { // not closed to make room: a failed handshake
+			s.authFailed(raw.RemoteAddr(), err)
+		}
 		raw.Close()
 		s.handshakeFailed(raw)
 		return

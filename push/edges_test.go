@@ -503,6 +503,9 @@ func TestStalledHandshakesMakeRoom(t *testing.T) {
 	if n := testutil.Metric(t, ts.metrics, "dpgate_push_handshakes_evicted_total"); n != float64(closed) {
 		t.Errorf("dpgate_push_handshakes_evicted_total %v, want %d (the stalled connections closed)", n, closed)
 	}
+	if n := testutil.Metric(t, ts.metrics, "dpgate_push_auth_failures_total"); n != 0 {
+		t.Errorf("dpgate_push_auth_failures_total %v: a connection closed to make room is not a failed handshake", n)
+	}
 	// Every place given back once: with all closed, none is held.
 	for _, c := range stalled {
 		c.Close()

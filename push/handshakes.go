@@ -42,9 +42,11 @@ func (s *Server) handshakeFailed(c pending.Conn) {
 	}
 }
 
-// handshakeDone ends c's listing as its session starts, so that it can
-// no longer be closed to make room; false means it was already (its
-// place is another's: the caller gives it up with handshakeFailed).
+// handshakeDone ends c's listing as its session starts (or as its
+// handshake failed, to tell a failure from a close to make room), so
+// that it can no longer be closed to make room; false means it was
+// already (its place is another's: the caller gives it up with
+// handshakeFailed, which then counts nothing).
 func (s *Server) handshakeDone(c pending.Conn) bool { return s.handshaking.Settle(c) }
 
 // makeRoom closes the connection longest in its handshake, if that is

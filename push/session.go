@@ -322,6 +322,10 @@ func (s *Server) startSession(c conn, wc *waitConn, listed pending.Conn, transpo
 	case errors.Is(err, wire.ErrTooLarge):
 		abort(wire.CodeFrameTooLarge, err.Error())
 		return
+	case err != nil && !s.handshakeDone(listed):
+		c.Close() // closed to make room: nothing to tell it
+		s.handshakeFailed(listed)
+		return
 	case err != nil:
 		abort(wire.CodeTimeout, "no HELLO: "+err.Error())
 		return
