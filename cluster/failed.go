@@ -24,12 +24,13 @@ import (
 // tells every node it sees join what it knows (kindFailed, over TCP): the
 // failed nodes, and when it last cleared one (the node came back, left in
 // good order, or was forgotten). A node takes a failed node it did not
-// know unless it is alive here or was cleared here after it failed; it
-// drops one cleared after it failed. So a node back from a restart with a
-// list from before a Forget does not list the forgotten node again, nor
-// make the others do so. Times are the nodes' clocks: a clock seconds off
-// matters only for a node that failed and was cleared within those
-// seconds.
+// know unless it is alive here or was cleared here after it failed, or
+// less than clearGrace before; it drops one cleared after it failed. So
+// a node back from a restart with a list from before a Forget does not
+// list the forgotten node again, nor make the others do so, and a leave
+// one node took for a failure does not spread. Times are the nodes'
+// clocks: a clock seconds off matters only for a node that failed and
+// was cleared within those seconds.
 
 // FailedKept is how long a failed node is listed (Failed) unless it comes
 // back or leaves: a day, as Serf keeps a failed member for reconnecting.
@@ -155,7 +156,7 @@ func (c *Cluster) readFailed() {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.mergeFailed(recs)
+	c.mergeFailed(recs, 0)
 	c.failedAt = string(c.encodeFailed())
 }
 
@@ -176,10 +177,21 @@ func (c *Cluster) encodeFailed() []byte {
 	return b
 }
 
+// clearGrace: a peer's failure of a node cleared here less than this
+// before is taken for the same departure, seen by that peer as a failure
+// (a leave announcement it missed under load, a failure detected seconds
+// after the leave seen here), and not listed: one node's mistake does
+// not spread. Detection of the same event differs by seconds between
+// nodes; a node back and failed again within this is listed by those
+// that see it fail, not learned by the others.
+const clearGrace = 30 * time.Second
+
 // mergeFailed takes what a peer (or FailedFile) knows: its clearings
-// first, then the failed nodes neither alive here nor cleared here since
-// they failed. It returns the nodes newly listed. c.mu is held.
-func (c *Cluster) mergeFailed(recs []failedRecord) (learned []Failed) {
+// first, then the failed nodes neither alive here nor cleared here
+// since they failed, less grace (clearGrace for a peer's, 0 for the
+// file, which holds this node's own judgements). It returns the nodes
+// newly listed. c.mu is held.
+func (c *Cluster) mergeFailed(recs []failedRecord, grace time.Duration) (learned []Failed) {
 	for _, r := range recs {
 		if r.Cleared.IsZero() || time.Since(r.Cleared) > FailedKept || !r.Cleared.After(c.cleared[r.Name]) {
 			continue
@@ -193,7 +205,7 @@ func (c *Cluster) mergeFailed(recs []failedRecord) (learned []Failed) {
 		_, alive := c.members[r.Name]
 		_, known := c.failed[r.Name]
 		if r.Since.IsZero() || r.Name == "" || r.Name == c.cfg.Name || alive || known ||
-			time.Since(r.Since) > FailedKept || !r.Since.After(c.cleared[r.Name]) {
+			time.Since(r.Since) > FailedKept || !r.Since.After(c.cleared[r.Name].Add(grace)) {
 			continue
 		}
 		f := Failed{Member: Member{Name: r.Name, Addr: r.Addr, Meta: r.Meta}, Since: r.Since}
@@ -274,7 +286,7 @@ func (c *Cluster) toldFailed(b []byte) {
 		return
 	}
 	c.mu.Lock()
-	learned := c.mergeFailed(recs)
+	learned := c.mergeFailed(recs, clearGrace)
 	c.mu.Unlock()
 	for _, f := range learned {
 		c.log.Warn("cluster: node failed (before this node knew it; another node told it)", "node", f.Name, "addr", f.Addr,
