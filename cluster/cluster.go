@@ -475,6 +475,7 @@ func (c *Cluster) loop() {
 				c.ml.Join(c.cfg.Join) // heals partitions; joining known nodes is harmless
 			}
 			c.joinPeers()
+			c.tellAll() // what a tell at a join did not deliver
 		}
 	}
 }

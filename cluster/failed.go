@@ -21,7 +21,8 @@ import (
 //
 // memberlist forgets a dead node within seconds, and a node that joins
 // later never hears of it. So each node keeps its own list (Failed), and
-// tells every node it sees join what it knows (kindFailed, over TCP): the
+// tells every node it sees join, and every node again each
+// RejoinInterval, what it knows (kindFailed, over TCP): the
 // failed nodes, and when it last cleared one (the node came back, left in
 // good order, or was forgotten). A node takes a failed node it did not
 // know unless it is alive here or was cleared here after it failed, or
@@ -247,6 +248,27 @@ func (c *Cluster) tellFailed(name string) {
 	case c.tell <- name:
 	default:
 		c.log.Debug("cluster: failed nodes not told to a node that joined (queue full)", "node", name)
+	}
+}
+
+// tellAll has the teller tell every other live node, when there is
+// anything to tell, every RejoinInterval (30 s): a tell at a join is one
+// TCP message, which a loaded peer may not accept in time (seen under
+// load in tests: "dial tcp ...: i/o timeout"), so each node hears again
+// until it has what the others know.
+func (c *Cluster) tellAll() {
+	c.mu.Lock()
+	var names []string
+	if len(c.failed)+len(c.cleared) > 0 {
+		for name := range c.members {
+			if name != c.cfg.Name {
+				names = append(names, name)
+			}
+		}
+	}
+	c.mu.Unlock()
+	for _, name := range names {
+		c.tellFailed(name)
 	}
 }
 
