@@ -431,6 +431,8 @@ func (c *Cluster) loop() {
 	defer refresh.Stop()
 	rejoin := time.NewTicker(c.cfg.RejoinInterval)
 	defer rejoin.Stop()
+	tell := time.NewTicker(max(c.cfg.RejoinInterval, minTellEvery))
+	defer tell.Stop()
 	var over time.Time     // since when this node is above its fair share
 	var lastJoin time.Time // the last join attempt while alone
 	for {
@@ -475,6 +477,7 @@ func (c *Cluster) loop() {
 				c.ml.Join(c.cfg.Join) // heals partitions; joining known nodes is harmless
 			}
 			c.joinPeers()
+		case <-tell.C:
 			c.tellAll() // what a tell at a join did not deliver
 		}
 	}

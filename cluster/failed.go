@@ -22,7 +22,7 @@ import (
 // memberlist forgets a dead node within seconds, and a node that joins
 // later never hears of it. So each node keeps its own list (Failed), and
 // tells every node it sees join, and every node again each
-// RejoinInterval, what it knows (kindFailed, over TCP): the
+// RejoinInterval (5 s at the least), what it knows (kindFailed, over TCP): the
 // failed nodes, and when it last cleared one (the node came back, left in
 // good order, or was forgotten). A node takes a failed node it did not
 // know unless it is alive here or was cleared here after it failed, or
@@ -251,8 +251,13 @@ func (c *Cluster) tellFailed(name string) {
 	}
 }
 
+// minTellEvery bounds how often tellAll runs, whatever RejoinInterval
+// (tests shorten it to 200 ms): a TCP message to every node each time.
+const minTellEvery = 5 * time.Second
+
 // tellAll has the teller tell every other live node, when there is
-// anything to tell, every RejoinInterval (30 s): a tell at a join is one
+// anything to tell, every RejoinInterval (30 s; minTellEvery at the
+// least): a tell at a join is one
 // TCP message, which a loaded peer may not accept in time (seen under
 // load in tests: "dial tcp ...: i/o timeout"), so each node hears again
 // until it has what the others know.
