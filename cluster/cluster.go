@@ -18,6 +18,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -157,8 +158,6 @@ type Cluster struct {
 	mu      sync.Mutex
 	members map[string]Member
 	failed  map[string]Failed    // declared dead, not back yet (see Failed)
-	cleared map[string]time.Time // when a node's failure last ended here (failed.go)
-	tell    chan string          // nodes that joined, to tell of the failed ones (teller)
 	leaving map[string]time.Time // nodes that announced a leave in good order
 	// redirects and metaAt let load() add the agents redirected to a node
 	// that its gossiped figure cannot include yet, so a burst of new
@@ -200,7 +199,7 @@ func New(cfg Config) (*Cluster, error) {
 	cfg.ConflictAfter = cmp.Or(cfg.ConflictAfter, DefaultConflictAfter)
 	cfg.Registerer = cmp.Or[prometheus.Registerer](cfg.Registerer, prometheus.NewRegistry())
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
-	c := &Cluster{cfg: cfg, log: cfg.Logger, m: newClusterMetrics(cfg.Registerer), members: map[string]Member{}, failed: map[string]Failed{}, cleared: map[string]time.Time{}, tell: make(chan string, 64), leaving: map[string]time.Time{}, redirects: map[string][]time.Time{}, metaAt: map[string]time.Time{}, rtt: map[string]time.Duration{}, growth: map[string]float64{}, conflicts: map[string]*Conflict{}, done: make(chan struct{})}
+	c := &Cluster{cfg: cfg, log: cfg.Logger, m: newClusterMetrics(cfg.Registerer), members: map[string]Member{}, failed: map[string]Failed{}, leaving: map[string]time.Time{}, redirects: map[string][]time.Time{}, metaAt: map[string]time.Time{}, rtt: map[string]time.Duration{}, growth: map[string]float64{}, conflicts: map[string]*Conflict{}, done: make(chan struct{})}
 
 	series.On(cfg.Registerer).GaugeFunc("dpgate_cluster_failed_nodes", "Nodes declared dead that have not come back or left since (kept a day): they may hold devices and pushes the live nodes do not know of.",
 		func() float64 { return float64(len(c.Failed())) })
@@ -278,9 +277,8 @@ func (c *Cluster) Start() error {
 		return fmt.Errorf("cluster: %w", err)
 	}
 	c.ml = ml
-	c.wg.Add(2)
-	go c.loop()   // exits when done is closed
-	go c.teller() // the same
+	c.wg.Add(1)
+	go c.loop() // exits when done is closed
 	c.closeMu.Unlock()
 	// The seeds may take a while to answer: Close does not wait for that.
 	if len(cfg.Join) > 0 {
@@ -381,6 +379,76 @@ func (c *Cluster) rememberPeers() {
 	c.mu.Unlock()
 }
 
+// failedRecord is a failed node in FailedFile (a JSON array of them).
+type failedRecord struct {
+	Name  string    `json:"name"`
+	Addr  string    `json:"addr"`
+	Meta  Meta      `json:"meta"`
+	Since time.Time `json:"since"`
+}
+
+// readFailed lists again the failed nodes FailedFile kept, those still
+// within FailedKept. A missing file is none; a damaged one is logged and
+// left out.
+func (c *Cluster) readFailed() {
+	if c.cfg.FailedFile == "" {
+		return
+	}
+	b, err := os.ReadFile(c.cfg.FailedFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	var recs []failedRecord
+	if err == nil {
+		err = json.Unmarshal(b, &recs)
+	}
+	if err != nil {
+		c.log.Warn("cluster: the failed nodes kept cannot be read; they are not listed again", "file", c.cfg.FailedFile, "err", err)
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range recs {
+		if r.Name != "" && r.Name != c.cfg.Name && time.Since(r.Since) <= FailedKept {
+			c.failed[r.Name] = Failed{Member: Member{Name: r.Name, Addr: r.Addr, Meta: r.Meta}, Since: r.Since}
+		}
+	}
+	c.failedAt = string(encodeFailed(c.failed))
+}
+
+func encodeFailed(failed map[string]Failed) []byte {
+	recs := make([]failedRecord, 0, len(failed))
+	for _, f := range failed {
+		recs = append(recs, failedRecord{Name: f.Name, Addr: f.Addr, Meta: f.Meta, Since: f.Since})
+	}
+	slices.SortFunc(recs, func(a, b failedRecord) int { return strings.Compare(a.Name, b.Name) })
+	b, _ := json.Marshal(recs)
+	return b
+}
+
+// rememberFailed writes the failed nodes to FailedFile when they changed
+// (as rememberPeers does).
+func (c *Cluster) rememberFailed() {
+	if c.cfg.FailedFile == "" {
+		return
+	}
+	c.Failed() // drops those past FailedKept
+	c.mu.Lock()
+	b := encodeFailed(c.failed)
+	same := string(b) == c.failedAt
+	c.mu.Unlock()
+	if same {
+		return
+	}
+	if err := tlsconf.WriteFileAtomic(c.cfg.FailedFile, append(b, '\n'), 0o600); err != nil {
+		c.log.Warn("cluster: keeping the failed nodes", "file", c.cfg.FailedFile, "err", err)
+		return
+	}
+	c.mu.Lock()
+	c.failedAt = string(b)
+	c.mu.Unlock()
+}
+
 // logJoined says what a join that succeeded reached. Every node is
 // usually given the same seeds, its own address among them, so the first
 // node up "joins" only itself: that is said once, at start, and the
@@ -431,8 +499,6 @@ func (c *Cluster) loop() {
 	defer refresh.Stop()
 	rejoin := time.NewTicker(c.cfg.RejoinInterval)
 	defer rejoin.Stop()
-	tell := time.NewTicker(max(c.cfg.RejoinInterval, minTellEvery))
-	defer tell.Stop()
 	var over time.Time     // since when this node is above its fair share
 	var lastJoin time.Time // the last join attempt while alone
 	for {
@@ -477,8 +543,6 @@ func (c *Cluster) loop() {
 				c.ml.Join(c.cfg.Join) // heals partitions; joining known nodes is harmless
 			}
 			c.joinPeers()
-		case <-tell.C:
-			c.tellAll() // what a tell at a join did not deliver
 		}
 	}
 }
@@ -531,6 +595,36 @@ func (c *Cluster) SetSecretKeys(keys [][]byte) error {
 		}
 	}
 	return nil
+}
+
+// FailedKept is how long a failed node is listed (Failed) unless it comes
+// back or leaves: a day, as Serf keeps a failed member for reconnecting.
+const FailedKept = 24 * time.Hour
+
+// Failed is a node declared dead that has not come back: it did not
+// leave in good order, so it may still hold devices and pushes the live
+// nodes do not know of.
+type Failed struct {
+	Member           // as last seen alive
+	Since  time.Time // when it was declared dead
+}
+
+// Failed returns the nodes declared dead in the last FailedKept that have
+// not come back or left since, by name. A node that left in good order
+// (drain, upgrade, stop) is not among them.
+func (c *Cluster) Failed() []Failed {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]Failed, 0, len(c.failed))
+	for name, f := range c.failed {
+		if time.Since(f.Since) > FailedKept {
+			delete(c.failed, name)
+			continue
+		}
+		out = append(out, f)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
 }
 
 // DefaultConflictAfter is Config.ConflictAfter's default.
@@ -601,6 +695,34 @@ func (c *Cluster) Conflicts() []Conflict {
 		return cmp.Or(strings.Compare(a.Name, b.Name), strings.Compare(a.Addr, b.Addr))
 	})
 	return out
+}
+
+// Forget errors.
+var (
+	ErrAlive     = errors.New("cluster: the node is alive; stop it (it leaves in good order) rather than forget it")
+	ErrNotFailed = errors.New("cluster: no failed node of that name")
+)
+
+// Forget drops a failed node from Failed on every node (told over TCP), for a
+// node that is gone for good: decommissioned without leaving, or dead.
+// Its devices and pushes the others did not know of are given up. A
+// node of that name that comes back joins as any node does.
+func (c *Cluster) Forget(name string) error {
+	c.mu.Lock()
+	_, alive := c.members[name]
+	_, failed := c.failed[name]
+	if failed && !alive {
+		delete(c.failed, name)
+	}
+	c.mu.Unlock()
+	switch {
+	case alive:
+		return ErrAlive
+	case !failed:
+		return ErrNotFailed
+	}
+	c.sendToAll(append([]byte{kindForget}, name...), 2*time.Second)
+	return nil
 }
 
 // ErrLeaveUnconfirmed: the leave message was not gossiped before
@@ -674,21 +796,13 @@ func (c *Cluster) set(n *memberlist.Node) {
 		return
 	}
 	c.mu.Lock()
-	old, ok := c.members[n.Name]
 	// Growth in agents per second between two figures at least half a
 	// second apart, for load()'s estimate of the count now.
-	if ok && old.Meta.At > 0 && meta.At > old.Meta.At+500 {
+	if old, ok := c.members[n.Name]; ok && old.Meta.At > 0 && meta.At > old.Meta.At+500 {
 		c.growth[n.Name] = float64(meta.Conns-old.Meta.Conns) / (float64(meta.At-old.Meta.At) / 1000)
 	}
-	// A node restarted at its address before it was seen to fail is an
-	// update, not a join: tell it of the failed nodes all the same.
-	if ok && old.Meta.Boot != meta.Boot && n.Name != c.cfg.Name {
-		c.tellFailed(n.Name)
-	}
 	c.members[n.Name] = Member{Name: n.Name, Addr: n.Address(), Meta: meta, Self: n.Name == c.cfg.Name}
-	if _, ok := c.failed[n.Name]; ok {
-		c.nodeCleared(n.Name) // back
-	}
+	delete(c.failed, n.Name) // back
 	c.metaAt[n.Name] = time.Now()
 	c.mu.Unlock()
 }
@@ -707,7 +821,6 @@ func (e events) NotifyJoin(n *memberlist.Node) {
 	e.c.set(n)
 	if n.Name != e.c.cfg.Name {
 		e.c.m.pingRTT.WithLabelValues(n.Name) // present (empty) until the first probe
-		e.c.tellFailed(n.Name)
 	}
 	e.c.log.Info("cluster: node joined", "node", n.Name, "addr", n.Address())
 }
@@ -722,12 +835,9 @@ func (e events) NotifyLeave(n *memberlist.Node) {
 	self := n.Name == e.c.cfg.Name // its own leave, seen as it goes
 	left := self || n.State == memberlist.StateLeft || (announced && time.Since(at) < time.Minute)
 	delete(e.c.leaving, n.Name)
-	switch m, ok := e.c.members[n.Name]; {
-	case ok && !left:
-		e.c.nodeFailed(m)
-	case left && !self:
-		e.c.nodeCleared(n.Name)
-	default:
+	if m, ok := e.c.members[n.Name]; ok && !left {
+		e.c.failed[n.Name] = Failed{Member: m, Since: time.Now()}
+	} else {
 		delete(e.c.failed, n.Name)
 	}
 	delete(e.c.members, n.Name)
@@ -792,7 +902,6 @@ const (
 	kindMessage byte = 2 // for OnMessage
 	kindLeaving byte = 3 // the sender's name: it leaves in good order
 	kindForget  byte = 4 // a failed node's name: an operator removed it for good
-	kindFailed  byte = 5 // the sender's failed nodes and clearings, to a node that joined (failed.go)
 )
 
 // BroadcastState sends a change of the replicated state to every node
@@ -868,9 +977,9 @@ func (d delegate) NotifyMsg(b []byte) {
 		d.c.leaving[string(b[1:])] = time.Now()
 		d.c.mu.Unlock()
 	case kindForget:
-		d.c.forgotten(string(b[1:]))
-	case kindFailed:
-		d.c.toldFailed(b[1:])
+		d.c.mu.Lock()
+		delete(d.c.failed, string(b[1:]))
+		d.c.mu.Unlock()
 	case '[': // a State change from a node of an earlier version
 		d.merge(b)
 	default: // any other message from a node of an earlier version
