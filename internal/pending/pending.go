@@ -104,10 +104,3 @@ func (l *List) Evict(age time.Duration) Conn {
 	e.c.Close()
 	return e.c
 }
-
-// Len is the number of connections listed and not evicted.
-func (l *List) Len() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.order.Len()
-}
