@@ -286,7 +286,7 @@ func TestDeviceCommands(t *testing.T) {
 
 // TestQUICAgentBackAfterKill9: a QUIC agent whose gateway is killed
 // (kill -9: no CONNECTION_CLOSE) and restarted learns at its next PING
-// (every push.keepalive, 30 s), often at its QUIC keepalive (10 s), that
+// (every push.keepalive, 30 s by default), or at its QUIC keepalive (10 s), that
 // its connection is gone: the new process answers it with a stateless
 // reset (RFC 9000 section 10.3) made with the key kept in the data
 // directory. The agent reconnects and gets the push queued meanwhile. Before, the new process
@@ -299,7 +299,9 @@ func TestQUICAgentBackAfterKill9(t *testing.T) {
 	t.Parallel() // waits for the agent's keepalive
 	dir := t.TempDir()
 	pushAddr, adminAddr := freeUDPTCP(t), freePort(t)
-	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n", pushAddr))
+	// Agents ping every 2 s: the reset comes at the first PING after the
+	// restart, not at the QUIC keepalive's 10 s.
+	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  keepalive: 2s\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n", pushAddr))
 	s := startServe(t, nil, "-c", cfg)
 	s.waitLog(t, `msg="push server listening" addr=`+pushAddr+` quic=true`)
 	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout)

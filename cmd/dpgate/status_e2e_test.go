@@ -65,8 +65,8 @@ func TestStatusOfAGatewayThatDoesNotAnswer(t *testing.T) {
 	cfg := writeConfig(t, t.TempDir(), ln.Addr().String(), "")
 	for _, args := range [][]string{{"status", "-c", cfg}, {"members", "-c", cfg}, {"device", "list", "-c", cfg}, {"cert", "list", "-c", cfg}} {
 		start := time.Now()
-		r := dpgate(t, []string{"DPGATE_TOKEN=a-token-of-some-length", "DPGATE_TIMEOUT=1s"}, args...)
-		if r.code != 1 || !strings.Contains(r.stderr, "did not answer within 1s") {
+		r := dpgate(t, []string{"DPGATE_TOKEN=a-token-of-some-length", "DPGATE_TIMEOUT=250ms"}, args...)
+		if r.code != 1 || !strings.Contains(r.stderr, "did not answer within 250ms") {
 			t.Errorf("dpgate %s against a gateway that does not answer: exit %d after %s, stderr %q; want 1 and a word on the timeout",
 				strings.Join(args[:len(args)-2], " "), r.code, time.Since(start).Round(time.Millisecond), r.stderr)
 		}
