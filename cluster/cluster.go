@@ -18,7 +18,6 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -131,7 +130,9 @@ type Config struct {
 // idempotent and order-independent (versions and tombstones), since
 // messages arrive more than once and in any order.
 type Replicated interface {
-	// LocalState is the whole state, for a push/pull exchange.
+	// LocalState is the whole state, for a push/pull exchange: a JSON
+	// array, to which the cluster adds an element of its own (an object
+	// with the key "failed_nodes", taken out before Merge).
 	LocalState() []byte
 	// Merge applies a peer's whole state or one broadcast change.
 	Merge(b []byte) error
@@ -158,6 +159,7 @@ type Cluster struct {
 	mu      sync.Mutex
 	members map[string]Member
 	failed  map[string]Failed    // declared dead, not back yet (see Failed)
+	cleared map[string]time.Time // left in good order or forgotten, not back yet (failed.go)
 	leaving map[string]time.Time // nodes that announced a leave in good order
 	// redirects and metaAt let load() add the agents redirected to a node
 	// that its gossiped figure cannot include yet, so a burst of new
@@ -169,7 +171,7 @@ type Cluster struct {
 	growth    map[string]float64       // agents per second between a node's last two figures
 	lastSent  Meta                     // the metadata NodeMeta last handed to memberlist
 	peers     []string                 // remembered gossip addresses (PeersFile), sorted
-	failedAt  string                   // what FailedFile holds (rememberFailed)
+	failedAt  []byte                   // what FailedFile holds (rememberFailed)
 	conflicts map[string]*Conflict     // by name and address claiming it (see Conflicts)
 
 	joiningPeers atomic.Bool // a joinPeers attempt is running
@@ -199,7 +201,7 @@ func New(cfg Config) (*Cluster, error) {
 	cfg.ConflictAfter = cmp.Or(cfg.ConflictAfter, DefaultConflictAfter)
 	cfg.Registerer = cmp.Or[prometheus.Registerer](cfg.Registerer, prometheus.NewRegistry())
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
-	c := &Cluster{cfg: cfg, log: cfg.Logger, m: newClusterMetrics(cfg.Registerer), members: map[string]Member{}, failed: map[string]Failed{}, leaving: map[string]time.Time{}, redirects: map[string][]time.Time{}, metaAt: map[string]time.Time{}, rtt: map[string]time.Duration{}, growth: map[string]float64{}, conflicts: map[string]*Conflict{}, done: make(chan struct{})}
+	c := &Cluster{cfg: cfg, log: cfg.Logger, m: newClusterMetrics(cfg.Registerer), members: map[string]Member{}, failed: map[string]Failed{}, cleared: map[string]time.Time{}, leaving: map[string]time.Time{}, redirects: map[string][]time.Time{}, metaAt: map[string]time.Time{}, rtt: map[string]time.Duration{}, growth: map[string]float64{}, conflicts: map[string]*Conflict{}, done: make(chan struct{})}
 
 	series.On(cfg.Registerer).GaugeFunc("dpgate_cluster_failed_nodes", "Nodes declared dead that have not come back or left since (kept a day): they may hold devices and pushes the live nodes do not know of.",
 		func() float64 { return float64(len(c.Failed())) })
@@ -379,76 +381,6 @@ func (c *Cluster) rememberPeers() {
 	c.mu.Unlock()
 }
 
-// failedRecord is a failed node in FailedFile (a JSON array of them).
-type failedRecord struct {
-	Name  string    `json:"name"`
-	Addr  string    `json:"addr"`
-	Meta  Meta      `json:"meta"`
-	Since time.Time `json:"since"`
-}
-
-// readFailed lists again the failed nodes FailedFile kept, those still
-// within FailedKept. A missing file is none; a damaged one is logged and
-// left out.
-func (c *Cluster) readFailed() {
-	if c.cfg.FailedFile == "" {
-		return
-	}
-	b, err := os.ReadFile(c.cfg.FailedFile)
-	if errors.Is(err, os.ErrNotExist) {
-		return
-	}
-	var recs []failedRecord
-	if err == nil {
-		err = json.Unmarshal(b, &recs)
-	}
-	if err != nil {
-		c.log.Warn("cluster: the failed nodes kept cannot be read; they are not listed again", "file", c.cfg.FailedFile, "err", err)
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, r := range recs {
-		if r.Name != "" && r.Name != c.cfg.Name && time.Since(r.Since) <= FailedKept {
-			c.failed[r.Name] = Failed{Member: Member{Name: r.Name, Addr: r.Addr, Meta: r.Meta}, Since: r.Since}
-		}
-	}
-	c.failedAt = string(encodeFailed(c.failed))
-}
-
-func encodeFailed(failed map[string]Failed) []byte {
-	recs := make([]failedRecord, 0, len(failed))
-	for _, f := range failed {
-		recs = append(recs, failedRecord{Name: f.Name, Addr: f.Addr, Meta: f.Meta, Since: f.Since})
-	}
-	slices.SortFunc(recs, func(a, b failedRecord) int { return strings.Compare(a.Name, b.Name) })
-	b, _ := json.Marshal(recs)
-	return b
-}
-
-// rememberFailed writes the failed nodes to FailedFile when they changed
-// (as rememberPeers does).
-func (c *Cluster) rememberFailed() {
-	if c.cfg.FailedFile == "" {
-		return
-	}
-	c.Failed() // drops those past FailedKept
-	c.mu.Lock()
-	b := encodeFailed(c.failed)
-	same := string(b) == c.failedAt
-	c.mu.Unlock()
-	if same {
-		return
-	}
-	if err := tlsconf.WriteFileAtomic(c.cfg.FailedFile, append(b, '\n'), 0o600); err != nil {
-		c.log.Warn("cluster: keeping the failed nodes", "file", c.cfg.FailedFile, "err", err)
-		return
-	}
-	c.mu.Lock()
-	c.failedAt = string(b)
-	c.mu.Unlock()
-}
-
 // logJoined says what a join that succeeded reached. Every node is
 // usually given the same seeds, its own address among them, so the first
 // node up "joins" only itself: that is said once, at start, and the
@@ -597,36 +529,6 @@ func (c *Cluster) SetSecretKeys(keys [][]byte) error {
 	return nil
 }
 
-// FailedKept is how long a failed node is listed (Failed) unless it comes
-// back or leaves: a day, as Serf keeps a failed member for reconnecting.
-const FailedKept = 24 * time.Hour
-
-// Failed is a node declared dead that has not come back: it did not
-// leave in good order, so it may still hold devices and pushes the live
-// nodes do not know of.
-type Failed struct {
-	Member           // as last seen alive
-	Since  time.Time // when it was declared dead
-}
-
-// Failed returns the nodes declared dead in the last FailedKept that have
-// not come back or left since, by name. A node that left in good order
-// (drain, upgrade, stop) is not among them.
-func (c *Cluster) Failed() []Failed {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := make([]Failed, 0, len(c.failed))
-	for name, f := range c.failed {
-		if time.Since(f.Since) > FailedKept {
-			delete(c.failed, name)
-			continue
-		}
-		out = append(out, f)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
-}
-
 // DefaultConflictAfter is Config.ConflictAfter's default.
 const DefaultConflictAfter = time.Minute
 
@@ -695,34 +597,6 @@ func (c *Cluster) Conflicts() []Conflict {
 		return cmp.Or(strings.Compare(a.Name, b.Name), strings.Compare(a.Addr, b.Addr))
 	})
 	return out
-}
-
-// Forget errors.
-var (
-	ErrAlive     = errors.New("cluster: the node is alive; stop it (it leaves in good order) rather than forget it")
-	ErrNotFailed = errors.New("cluster: no failed node of that name")
-)
-
-// Forget drops a failed node from Failed on every node (told over TCP), for a
-// node that is gone for good: decommissioned without leaving, or dead.
-// Its devices and pushes the others did not know of are given up. A
-// node of that name that comes back joins as any node does.
-func (c *Cluster) Forget(name string) error {
-	c.mu.Lock()
-	_, alive := c.members[name]
-	_, failed := c.failed[name]
-	if failed && !alive {
-		delete(c.failed, name)
-	}
-	c.mu.Unlock()
-	switch {
-	case alive:
-		return ErrAlive
-	case !failed:
-		return ErrNotFailed
-	}
-	c.sendToAll(append([]byte{kindForget}, name...), 2*time.Second)
-	return nil
 }
 
 // ErrLeaveUnconfirmed: the leave message was not gossiped before
@@ -802,7 +676,7 @@ func (c *Cluster) set(n *memberlist.Node) {
 		c.growth[n.Name] = float64(meta.Conns-old.Meta.Conns) / (float64(meta.At-old.Meta.At) / 1000)
 	}
 	c.members[n.Name] = Member{Name: n.Name, Addr: n.Address(), Meta: meta, Self: n.Name == c.cfg.Name}
-	delete(c.failed, n.Name) // back
+	c.nodeAlive(n.Name) // back
 	c.metaAt[n.Name] = time.Now()
 	c.mu.Unlock()
 }
@@ -836,9 +710,9 @@ func (e events) NotifyLeave(n *memberlist.Node) {
 	left := self || n.State == memberlist.StateLeft || (announced && time.Since(at) < time.Minute)
 	delete(e.c.leaving, n.Name)
 	if m, ok := e.c.members[n.Name]; ok && !left {
-		e.c.failed[n.Name] = Failed{Member: m, Since: time.Now()}
-	} else {
-		delete(e.c.failed, n.Name)
+		e.c.nodeFailed(m)
+	} else if !self {
+		e.c.nodeCleared(n.Name)
 	}
 	delete(e.c.members, n.Name)
 	delete(e.c.redirects, n.Name)
@@ -969,7 +843,7 @@ func (d delegate) NotifyMsg(b []byte) {
 	}
 	switch b[0] {
 	case kindState:
-		d.merge(b[1:])
+		d.c.mergeState(b[1:])
 	case kindMessage:
 		d.message(b[1:])
 	case kindLeaving:
@@ -977,11 +851,9 @@ func (d delegate) NotifyMsg(b []byte) {
 		d.c.leaving[string(b[1:])] = time.Now()
 		d.c.mu.Unlock()
 	case kindForget:
-		d.c.mu.Lock()
-		delete(d.c.failed, string(b[1:]))
-		d.c.mu.Unlock()
+		d.c.forgotten(string(b[1:]))
 	case '[': // a State change from a node of an earlier version
-		d.merge(b)
+		d.c.mergeState(b)
 	default: // any other message from a node of an earlier version
 		d.message(b)
 	}
@@ -997,21 +869,19 @@ func (d delegate) GetBroadcasts(overhead, limit int) [][]byte {
 	return d.c.queue.GetBroadcasts(overhead, limit)
 }
 
-func (d delegate) LocalState(join bool) []byte {
-	if d.c.cfg.State == nil {
-		return nil
-	}
-	return d.c.cfg.State.LocalState()
-}
+// LocalState and MergeRemoteState carry the failed nodes (failed.go)
+// and Config.State in memberlist's push/pull.
+func (d delegate) LocalState(join bool) []byte { return d.c.localState() }
 
-func (d delegate) MergeRemoteState(buf []byte, join bool) { d.merge(buf) }
+func (d delegate) MergeRemoteState(buf []byte, join bool) { d.c.mergeRemoteState(buf) }
 
-func (d delegate) merge(b []byte) {
-	if d.c.cfg.State == nil || len(b) == 0 {
+// mergeState hands a peer's state, or a change of it, to Config.State.
+func (c *Cluster) mergeState(b []byte) {
+	if c.cfg.State == nil || len(b) == 0 {
 		return
 	}
-	if err := d.c.cfg.State.Merge(append([]byte(nil), b...)); err != nil {
-		d.c.log.Warn("cluster: replicated state from a peer", "err", err)
+	if err := c.cfg.State.Merge(append([]byte(nil), b...)); err != nil {
+		c.log.Warn("cluster: replicated state from a peer", "err", err)
 	}
 }
 

@@ -932,6 +932,68 @@ func TestRestartFindsTheClusterWithoutItsSeed(t *testing.T) {
 	waitFor(t, 30*time.Second, func() error { return sees(&testNode{Cluster: back, name: "node-1"}, 2) })
 }
 
+// oneOfTwoFailed starts node-0 (keeping its failed nodes in a file) and
+// node-1, and fails node-1: it returns once node-0 lists it, in the file too.
+func oneOfTwoFailed(t *testing.T) (nodes []*testNode, file string, failed []cluster.Failed) {
+	t.Helper()
+	file = filepath.Join(t.TempDir(), "cluster-failed")
+	nodes = newTestClusterWith(t, 2, nil, func(i int, cfg *cluster.Config) {
+		if i == 0 {
+			cfg.FailedFile = file
+		}
+	})
+	waitFor(t, 10*time.Second, func() error { return sees(nodes[0], 2) })
+	nodes[1].Close() // a failure
+	waitFor(t, 30*time.Second, func() error {
+		if failed = nodes[0].Failed(); len(failed) != 1 {
+			return fmt.Errorf("node-0 lists %v as failed, want node-1", failed)
+		}
+		if b, _ := os.ReadFile(file); !strings.Contains(string(b), "node-1") {
+			return fmt.Errorf("%s holds %q, want node-1", file, b)
+		}
+		return nil
+	})
+	return nodes, file, failed
+}
+
+// restartNode starts a node of newTestCluster's timings (as node name
+// again, or a new one) on bind, joining join, keeping its failed nodes in
+// file ("": none); its push address is 127.0.0.N:13295 as newTestCluster
+// gives node-N-1, its Boot now.
+func restartNode(t *testing.T, name, bind string, join []string, file string) *cluster.Cluster {
+	t.Helper()
+	host, _, _ := net.SplitHostPort(bind)
+	boot := time.Now().UnixNano()
+	return startNode(t, cluster.Config{Name: name, Bind: bind, Join: join, FailedFile: file,
+		RefreshInterval: 20 * time.Millisecond, RejoinInterval: 200 * time.Millisecond, Tune: tight, Logger: quiet,
+		Meta: func() cluster.Meta { return cluster.Meta{Push: host + ":13295", Boot: boot} }})
+}
+
+// TestFailedNodesToldToANodeRestartedInPlace: a node restarted at its
+// address before the others saw it fail (an upgrade, a quick restart,
+// its data directory new) comes back as an update of itself, not a join;
+// it is told of the failed nodes all the same.
+func TestFailedNodesToldToANodeRestartedInPlace(t *testing.T) {
+	t.Parallel()
+	nodes := newTestCluster(t, 3, nil)
+	waitFor(t, 10*time.Second, func() error { return sees(nodes[0], 3) })
+	nodes[2].Close() // a failure
+	waitFor(t, 30*time.Second, func() error {
+		if f := nodes[0].Failed(); len(f) != 1 {
+			return fmt.Errorf("node-0 lists %v as failed, want node-2", f)
+		}
+		return nil
+	})
+	nodes[1].Close()
+	again := restartNode(t, "node-1", nodes[1].addr, []string{nodes[0].addr}, "")
+	waitFor(t, 30*time.Second, func() error {
+		if f := again.Failed(); len(f) != 1 || f[0].Name != "node-2" {
+			return fmt.Errorf("node-1, restarted, lists %+v as failed, want node-2", f)
+		}
+		return nil
+	})
+}
+
 // TestFailedNodesSurviveARestart: a node keeps the nodes it saw fail in
 // FailedFile. Seen: "systemctl reload dpgate" (an upgrade: a new process)
 // on a node that listed a failed peer cleared it from dpgate members,
@@ -941,37 +1003,16 @@ func TestRestartFindsTheClusterWithoutItsSeed(t *testing.T) {
 // it comes back.
 func TestFailedNodesSurviveARestart(t *testing.T) {
 	t.Parallel()
-	file := filepath.Join(t.TempDir(), "cluster-failed")
-	nodes := newTestClusterWith(t, 2, nil, func(i int, cfg *cluster.Config) {
-		if i == 0 {
-			cfg.FailedFile = file
-		}
-	})
-	waitFor(t, 10*time.Second, func() error { return sees(nodes[0], 2) })
-	nodes[1].Close() // a failure
-	var failed []cluster.Failed
-	waitFor(t, 30*time.Second, func() error {
-		if failed = nodes[0].Failed(); len(failed) != 1 {
-			return fmt.Errorf("failed %v, want node-1", failed)
-		}
-		if b, _ := os.ReadFile(file); !strings.Contains(string(b), "node-1") {
-			return fmt.Errorf("%s holds %q, want node-1", file, b)
-		}
-		return nil
-	})
+	nodes, file, failed := oneOfTwoFailed(t)
 	nodes[0].Close() // the restart
-	again := startNode(t, cluster.Config{Name: "node-0", Bind: "127.0.0.1:0", FailedFile: file,
-		RefreshInterval: 20 * time.Millisecond, Tune: tight, Logger: quiet,
-		Meta: func() cluster.Meta { return cluster.Meta{Push: nodes[0].push} }})
+	again := restartNode(t, "node-0", "127.0.0.1:0", nil, file)
 	got := again.Failed()
 	if len(got) != 1 || got[0].Name != "node-1" || !got[0].Since.Equal(failed[0].Since) || got[0].Meta.Push != nodes[1].push || got[0].Addr != failed[0].Addr {
 		t.Fatalf("after a restart, Failed() = %+v, want %+v", got, failed)
 	}
 	// node-1 comes back: no longer failed, here and in the file.
 	self := again.Members()[0].Addr // alone
-	startNode(t, cluster.Config{Name: "node-1", Bind: "127.0.0.2:0", Join: []string{self},
-		RefreshInterval: 20 * time.Millisecond, Tune: tight, Logger: quiet,
-		Meta: func() cluster.Meta { return cluster.Meta{Push: nodes[1].push} }})
+	restartNode(t, "node-1", "127.0.0.2:0", []string{self}, "")
 	waitFor(t, 30*time.Second, func() error {
 		if f := again.Failed(); len(f) != 0 {
 			return fmt.Errorf("node-1 back, Failed() = %v", f)
@@ -981,6 +1022,67 @@ func TestFailedNodesSurviveARestart(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestFailedNodesLearnedByJoiners: a node that joins after another
+// failed lists it too, so every node's members, status and a push to
+// all's not_reached agree, and a Forget on it holds everywhere, even on
+// a node that was down when it was made. Seen: node-3, started after
+// node-2 was killed, listed node-2 nowhere; a push to all through it
+// answered without not_reached, and `dpgate members forget node-2` there
+// said node-2 was not failed, while node-1 listed it.
+func TestFailedNodesLearnedByJoiners(t *testing.T) {
+	t.Parallel()
+	nodes, file, failed := oneOfTwoFailed(t)
+	late := restartNode(t, "node-2", "127.0.0.3:0", []string{nodes[0].addr}, "")
+	waitFor(t, 30*time.Second, func() error {
+		got := late.Failed()
+		if len(got) != 1 || got[0].Name != "node-1" || !got[0].Since.Equal(failed[0].Since) || got[0].Meta.Push != nodes[1].push {
+			return fmt.Errorf("node-2, joined after node-1 failed, lists %+v as failed, want %+v", got, failed)
+		}
+		return nil
+	})
+
+	// node-0 goes down with node-1 in its file; node-1 is forgotten
+	// meanwhile. node-0 back must not list node-1 again, nor make node-2 do so.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := nodes[0].Shutdown(ctx); err != nil { // a leave: node-2 need not detect a failure
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, func() error {
+		if n := len(late.Members()); n != 1 {
+			return fmt.Errorf("node-2 sees %d members after node-0 left, want 1", n)
+		}
+		return nil
+	})
+	if err := late.Forget("node-1"); err != nil {
+		t.Fatal(err)
+	}
+	back := restartNode(t, "node-0", "127.0.0.1:0", []string{late.Members()[0].Addr}, file)
+	noneFailed := func() error {
+		for _, c := range []*cluster.Cluster{back, late} {
+			if len(c.Members()) != 2 {
+				return fmt.Errorf("%d members, want 2", len(c.Members()))
+			}
+			if got := c.Failed(); len(got) != 0 {
+				return fmt.Errorf("after node-1 was forgotten and node-0 came back, a node lists %+v as failed", got)
+			}
+		}
+		return nil
+	}
+	waitFor(t, 30*time.Second, noneFailed)
+	// Both have told each other what they know by now; node-1 stays
+	// forgotten (a starved test may see node-0 flap, which is listed).
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		for _, c := range []*cluster.Cluster{back, late} {
+			for _, f := range c.Failed() {
+				if f.Name == "node-1" {
+					t.Fatalf("node-1, forgotten, listed again as failed: %+v", f)
+				}
+			}
+		}
+	}
 }
 
 // TestNameConflictReported: two nodes given the same name (machines

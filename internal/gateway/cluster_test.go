@@ -15,6 +15,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/internal/store"
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -163,5 +164,41 @@ func TestNameConflictInStatus(t *testing.T) {
 	body := consoleGet(t, c, first, "/")
 	if !strings.Contains(string(body), `id="name-conflict"`) || !strings.Contains(string(body), addrs[1]) {
 		t.Errorf("the Overview does not show the name conflict with %s", addrs[1])
+	}
+}
+
+// TestPushPullStateReadByEarlierVersions: the push/pull state of this
+// version (the allow-list's entries, then the cluster's failed nodes as
+// one more element) merges whole into the allow-list of a node of an
+// earlier version, whose Merge is allowState.Merge as it is here: the
+// extra element has no fingerprint and is skipped. A rolling upgrade
+// keeps the allow-lists in step.
+func TestPushPullStateReadByEarlierVersions(t *testing.T) {
+	db, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	newNode, _ := tlsconf.NewAllowList(db)
+	c, _ := tlsconf.Issue(tlsconf.Template{CommonName: "pc-1", Client: true}, nil)
+	if _, err := newNode.Add(c.Leaf); err != nil {
+		t.Fatal(err)
+	}
+	// What cluster sends in a push/pull (cluster/failed.go): the state's
+	// array with one element of its own.
+	entries := (allowState{newNode}).LocalState()
+	state := append(entries[:len(entries)-1], []byte(`,{"failed_nodes":[{"name":"node-2","addr":"127.0.0.3:7946","since":"2026-12-07T19:15:29Z"},{"name":"node-4","cleared":"2026-12-07T19:15:41Z"}]}]`)...)
+
+	db2, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db2.Close()
+	oldNode, _ := tlsconf.NewAllowList(db2)
+	if err := (allowState{oldNode}).Merge(state); err != nil {
+		t.Fatalf("an earlier version merging %s: %v", state, err)
+	}
+	if err := oldNode.Check(c.Leaf); err != nil {
+		t.Errorf("the earlier version's allow-list after the merge: %v, want pc-1 allowed", err)
 	}
 }
