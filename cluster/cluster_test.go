@@ -1035,10 +1035,16 @@ func TestFailedNodesLearnedByJoiners(t *testing.T) {
 	t.Parallel()
 	nodes, file, failed := oneOfTwoFailed(t)
 	late := restartNode(t, "node-2", "127.0.0.3:0", []string{nodes[0].addr}, "")
+	// Both list node-1 failed since the same time: node-0's, or a later
+	// one should either node have seen node-1 flap (under CI load the
+	// joiner once listed it 0.5 s later: the later record wins on both).
 	waitFor(t, 30*time.Second, func() error {
-		got := late.Failed()
-		if len(got) != 1 || got[0].Name != "node-1" || !got[0].Since.Equal(failed[0].Since) || got[0].Meta.Push != nodes[1].push {
-			return fmt.Errorf("node-2, joined after node-1 failed, lists %+v as failed, want %+v", got, failed)
+		got, want := late.Failed(), nodes[0].Failed()
+		if len(got) != 1 || got[0].Name != "node-1" || len(want) != 1 || !got[0].Since.Equal(want[0].Since) || got[0].Meta.Push != nodes[1].push {
+			return fmt.Errorf("node-2, joined after node-1 failed, lists %+v as failed; node-0 lists %+v", got, want)
+		}
+		if !got[0].Since.Equal(failed[0].Since) {
+			t.Logf("node-1 failed since %s on both, not %s as node-0 first listed", got[0].Since, failed[0].Since)
 		}
 		return nil
 	})
