@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -114,6 +115,15 @@ func newTestClusterWith(t testing.TB, n int, meta func(i int, nd *testNode) clus
 // startNode builds and starts a node; the test's cleanup closes it.
 func startNode(t testing.TB, cfg cluster.Config) *cluster.Cluster {
 	t.Helper()
+	if cfg.SecretKeys == nil {
+		// A gossip key of the test's own: the package's tests run side by
+		// side, each naming its nodes node-0, node-1, ... on 127.0.0.N, and
+		// a port one test's node closed may be bound by another test's
+		// node of the same name, which the first test's nodes would then
+		// take for theirs (gossip to the dead, rejoins) and see come back.
+		key := sha256.Sum256([]byte(strings.Split(t.Name(), "/")[0]))
+		cfg.SecretKeys = [][]byte{key[:]}
+	}
 	c, err := cluster.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -133,12 +143,19 @@ func sees(nd *testNode, want int) error {
 }
 
 func TestJoinLeaveFailure(t *testing.T) {
+	t.Parallel() // mostly waits for second-long probes
 	// Probes of a second (a timeout of half that): with -race and other
 	// packages' tests on the 2 cores, 200 ms timed out so often that no
-	// direct probe to one node succeeded in 30 s, so it had no RTT.
+	// direct probe to one node succeeded in 30 s, so it had no RTT. They
+	// are set after tight, which set them back to 50 ms (with
+	// cfg.ProbeInterval alone): under load, nodes were declared dead and
+	// came back, and one was listed failed just after node-3's leave.
 	var leaverLog testutil.Buffer // node-3's, which leaves in good order below
 	nodes := newTestClusterWith(t, 4, nil, func(i int, cfg *cluster.Config) {
-		cfg.ProbeInterval = time.Second
+		cfg.Tune = func(mc *memberlist.Config) {
+			tight(mc)
+			mc.ProbeInterval, mc.ProbeTimeout = time.Second, 500*time.Millisecond
+		}
 		if i == 3 {
 			cfg.Logger = leaverLog.Logger(slog.LevelInfo)
 		}
