@@ -7,7 +7,8 @@
 // Pieces: meta.go is the metadata a node advertises; balance.go the
 // least-busy decision; dns.go the DNS answers; this file runs memberlist
 // (encrypted gossip, periodic re-join of the seeds so a long partition
-// heals by itself) and keeps the view of the peers. Between nodes, over
+// heals by itself) and keeps the view of the peers; failed.go keeps the
+// nodes that failed, the same on every node. Between nodes, over
 // the push port: route.go keeps each device's queue on its owners and
 // forwards to the node holding it; peer.go is that protocol's client and
 // server; remove.go removes a device on every node; query.go carries
