@@ -195,13 +195,16 @@ func TestExpiryLoggedOnceASweep(t *testing.T) {
 	if _, err := ts.queue.Enqueue(devices, payloads, 30*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
+	// The sweep counts the pushes as it drops them, and logs after: wait
+	// for both (CI once read the log between the two).
+	var lines []string
 	waitFor(t, 10*time.Second, func() error {
-		if n := ts.Expired(); n != 50 {
-			return fmt.Errorf("%d expired, want 50", n)
+		lines = log.Lines("pushes expired undelivered")
+		if n := ts.Expired(); n != 50 || len(lines) == 0 {
+			return fmt.Errorf("%d expired, want 50; %d lines logged", n, len(lines))
 		}
 		return nil
 	})
-	lines := log.Lines("pushes expired undelivered")
 	if len(lines) != 1 {
 		t.Fatalf("%d lines for 50 devices' pushes expired in one sweep, want 1:\n%s", len(lines), strings.Join(lines, "\n"))
 	}
