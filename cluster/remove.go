@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
+	"time"
 )
 
 // A device is removed on every node, not only the one an operator asks:
@@ -35,6 +37,7 @@ func (r *Router) RemoveElsewhere(ctx context.Context, device string) (Removed, e
 	if h := r.Holder(device); h != "" && h != r.self {
 		return Removed{}, &ConnectedError{Node: h}
 	}
+	ids := r.goneWith(device, nil) // the caller drops its queue after this
 	nodes := r.nodes()
 	ask := r.owners(device, nodes)
 	for _, m := range nodes {
@@ -47,7 +50,7 @@ func (r *Router) RemoveElsewhere(ctx context.Context, device string) (Removed, e
 		if node == r.self {
 			continue
 		}
-		found, err := r.peer.remove(ctx, node, device)
+		found, err := r.peer.remove(ctx, node, device, ids)
 		var ce *ConnectedError
 		switch {
 		case errors.As(err, &ce):
@@ -63,14 +66,16 @@ func (r *Router) RemoveElsewhere(ctx context.Context, device string) (Removed, e
 }
 
 // removeHere answers a peer's removal: refused when the device is
-// connected here or, as far as this node knows, elsewhere.
-func (r *Router) removeHere(device string) (bool, error) {
+// connected here or, as far as this node knows, elsewhere. ids are the
+// pushes the asking node held for it.
+func (r *Router) removeHere(device string, ids [][16]byte) (bool, error) {
 	if h := r.Holder(device); h != "" && h != r.self {
 		return false, &ConnectedError{Node: h}
 	}
 	if r.local.Holds(device) {
 		return false, &ConnectedError{Node: r.self}
 	}
+	r.goneWith(device, ids)
 	found, err := r.local.RemoveDevice(device)
 	if err == nil && found {
 		r.log.Info("device removed with its queue, as another node asked", "device", device)
@@ -79,7 +84,8 @@ func (r *Router) removeHere(device string) (bool, error) {
 }
 
 type removeBody struct {
-	Device string `json:"device"`
+	Device string  `json:"device"`
+	IDs    []hexID `json:"ids,omitempty"` // the asking node's pushes for it (nodes before it send none)
 }
 
 type removeReply struct {
@@ -95,7 +101,11 @@ func (pn *peerNet) handleRemove(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "a device id is required", http.StatusBadRequest)
 		return
 	}
-	found, err := pn.r.removeHere(body.Device)
+	ids := make([][16]byte, len(body.IDs))
+	for i, id := range body.IDs {
+		ids[i] = [16]byte(id)
+	}
+	found, err := pn.r.removeHere(body.Device, ids)
 	var ce *ConnectedError
 	switch {
 	case errors.As(err, &ce):
@@ -110,11 +120,67 @@ func (pn *peerNet) handleRemove(w http.ResponseWriter, req *http.Request) {
 
 // remove asks node to forget device; a *ConnectedError when the device
 // is connected (there, or where that node knows).
-func (pn *peerNet) remove(ctx context.Context, node, device string) (bool, error) {
+func (pn *peerNet) remove(ctx context.Context, node, device string, ids [][16]byte) (bool, error) {
 	var out removeReply
-	err := pn.post(ctx, node, "/v1/peer/remove", removeBody{Device: device}, &out)
+	body := removeBody{Device: device, IDs: make([]hexID, len(ids))}
+	for i, id := range ids {
+		body.IDs[i] = hexID(id)
+	}
+	err := pn.post(ctx, node, "/v1/peer/remove", body, &out)
 	if he := (*peerStatusError)(nil); errors.As(err, &he) && he.status == http.StatusConflict {
 		return false, &ConnectedError{Node: he.msg}
 	}
 	return out.Found, err
+}
+
+// goneKept is how long the pushes of a removed device are remembered
+// (Router.gone): longer than a copy already on its way takes to arrive
+// (an outbox's retries, a rebalance that began before the removal).
+const goneKept = 10 * time.Minute
+
+// maxGone bounds Router.gone; past it the oldest half is dropped.
+const maxGone = 1 << 18
+
+// goneWith records the pushes queued here for device, and ids (another
+// node's), as dropped with it: a copy of one that arrives later (stored)
+// is not taken, so the device does not come back with it. Seen under
+// load: a removal answered from every node, and one owner listed the
+// device again with its 3 pushes, a copy still on its way from a
+// rebalance. It returns the ids queued here.
+func (r *Router) goneWith(device string, ids [][16]byte) [][16]byte {
+	var here [][16]byte
+	if ms, err := r.local.Pending(device); err == nil {
+		for _, m := range ms {
+			here = append(here, m.ID)
+		}
+	}
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.dropGone(now, max(maxGone-len(ids)-len(here), maxGone/2))
+	for _, id := range append(ids, here...) {
+		r.gone[id] = now
+	}
+	return here
+}
+
+// dropGone forgets the pushes removed more than goneKept ago, and then,
+// oldest first, down to about keep (removals are rare: each walks the
+// map). r.mu is held.
+func (r *Router) dropGone(now time.Time, keep int) {
+	for id, at := range r.gone {
+		if now.Sub(at) > goneKept {
+			delete(r.gone, id)
+		}
+	}
+	if len(r.gone) <= keep {
+		return
+	}
+	ats := slices.SortedFunc(maps.Values(r.gone), time.Time.Compare)
+	cut := ats[len(ats)-keep]
+	for id, at := range r.gone {
+		if at.Before(cut) {
+			delete(r.gone, id)
+		}
+	}
 }

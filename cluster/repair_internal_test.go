@@ -68,7 +68,13 @@ func (l *memLocal) QueuedDevices() []string {
 
 func (*memLocal) HeldDevices() map[string]time.Time { return nil }
 func (*memLocal) Holds(string) bool                 { return false }
-func (*memLocal) RemoveDevice(string) (bool, error) { return false, nil }
+func (l *memLocal) RemoveDevice(device string) (bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, found := l.q[device]
+	delete(l.q, device)
+	return found, nil
+}
 func (*memLocal) Wake(string) bool                  { return false }
 
 func (l *memLocal) queued(device string) int {
@@ -320,3 +326,52 @@ func TestOwnerDisplacedByANodeThatWentIsSentItsCopies(t *testing.T) {
 }
 
 func sorted(s []string) []string { return slices.Sorted(slices.Values(s)) }
+
+// TestRemovedDeviceNotBroughtBackByALateCopy: a copy of a push of a
+// removed device that arrives after the removal (an outbox, a rebalance
+// that began before it) is not taken, whether this node held that push
+// (dropped with the device) or only the node that asked for the removal
+// did; a new push for the device is. Seen under load (TestDeviceRemovedOnEveryNode,
+// 1 run in 30-40): after a removal answered from every node, one owner
+// listed the device again with its 3 pushes.
+func TestRemovedDeviceNotBroughtBackByALateCopy(t *testing.T) {
+	a, seed := startRouterNode(t, "node-a", nil, time.Hour)
+	b, _ := startRouterNode(t, "node-b", []string{seed}, time.Hour)
+	testutil.WaitFor(t, repairWait, func() error {
+		if !strings.Contains(a.r.View(), "node-b") || !strings.Contains(b.r.View(), "node-a") {
+			return fmt.Errorf("views %q and %q", a.r.View(), b.r.View())
+		}
+		return nil
+	})
+	const dev = "pc-gone"
+	item := func(id byte) queue.Item {
+		return queue.Item{Device: dev, Message: wire.Message{ID: [16]byte{id}, Expiry: time.Now().Add(time.Hour).UnixMilli(), Payload: []byte{id}}}
+	}
+	a.local.Insert([]queue.Item{item(1), item(2), item(3)}) // a accepted three
+	b.local.Insert([]queue.Item{item(1)})                   // b has a copy of one so far
+
+	removed, err := a.r.RemoveElsewhere(context.Background(), dev)
+	if err != nil || len(removed.Nodes) != 1 {
+		t.Fatalf("RemoveElsewhere: %+v, %v; want removed on node-b", removed, err)
+	}
+	a.local.RemoveDevice(dev) // as the gateway does after RemoveElsewhere
+	// The copies a was sending b arrive late, with a new push.
+	var late []wireItem
+	for _, id := range []byte{1, 2, 3, 4} {
+		late = append(late, wireItem{Item: item(id), Origin: "node-a"})
+	}
+	if err := b.r.stored("node-a", late); err != nil {
+		t.Fatal(err)
+	}
+	ms, _ := b.local.Pending(dev)
+	if len(ms) != 1 || ms[0].ID != [16]byte{4} {
+		t.Errorf("node-b after the removal and the late copies holds %v, want the new push (4) alone", ms)
+	}
+	// So does the node that asked.
+	if err := a.r.stored("node-b", late[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.local.queued(dev); n != 0 {
+		t.Errorf("node-a took back %d pushes of the device it removed", n)
+	}
+}

@@ -98,10 +98,11 @@ type Router struct {
 	peer  *peerNet
 
 	mu      sync.Mutex
-	holders map[string]holder   // device -> node it is connected to, for devices owned here
-	origins map[[16]byte]string // push id -> node that accepted it, told when it is acknowledged
-	out     map[string]*outbox  // by node name
-	view    string              // the node set last rebalanced for (View)
+	holders map[string]holder      // device -> node it is connected to, for devices owned here
+	origins map[[16]byte]string    // push id -> node that accepted it, told when it is acknowledged
+	gone    map[[16]byte]time.Time // pushes dropped here with their device, and when (see dropGone)
+	out     map[string]*outbox     // by node name
+	view    string                 // the node set last rebalanced for (View)
 	// stale are nodes an outbox dropped work for (unreachable): what
 	// they missed is sent again by repair until a send gets through.
 	stale map[string]bool
@@ -139,6 +140,7 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 		self:    cfg.Cluster.cfg.Name,
 		holders: map[string]holder{},
 		origins: map[[16]byte]string{},
+		gone:    map[[16]byte]time.Time{},
 		out:     map[string]*outbox{},
 		stale:   map[string]bool{},
 		absent:  map[string]int{},
@@ -435,13 +437,16 @@ func (r *Router) Push(ctx context.Context, devices []string, payload []byte, ttl
 // before Insert returns; recorded after, that ACK was not told to the
 // accepting node (its ?wait= ran out with "queued") and the record stayed.
 func (r *Router) stored(from string, items []wireItem) error {
-	its := make([]queue.Item, len(items))
+	its := make([]queue.Item, 0, len(items))
 	r.mu.Lock()
 	if len(r.origins) > maxOrigins {
 		clear(r.origins)
 	}
-	for i, w := range items {
-		its[i] = w.Item
+	for _, w := range items {
+		if at, gone := r.gone[w.ID]; gone && time.Since(at) <= goneKept {
+			continue // its device was removed here since
+		}
+		its = append(its, w.Item)
 		if w.Origin != "" && w.Origin != r.self {
 			r.origins[w.ID] = w.Origin
 		}
