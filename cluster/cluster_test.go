@@ -181,7 +181,10 @@ func TestJoinLeaveFailure(t *testing.T) {
 		}
 		return nil
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	// Time for the leave to go out: with 1 s it was not confirmed once in
+	// CI (under load of my own beside it; once before at 4d4df1a), and
+	// what is tested here is how the others take it, not how soon.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := nodes[3].Shutdown(ctx); err != nil {
 		t.Fatal(err)
