@@ -75,7 +75,7 @@ func (l *memLocal) RemoveDevice(device string) (bool, error) {
 	delete(l.q, device)
 	return found, nil
 }
-func (*memLocal) Wake(string) bool                  { return false }
+func (*memLocal) Wake(string) bool { return false }
 
 func (l *memLocal) queued(device string) int {
 	l.mu.Lock()
