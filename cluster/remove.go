@@ -37,7 +37,7 @@ func (r *Router) RemoveElsewhere(ctx context.Context, device string) (Removed, e
 	if h := r.Holder(device); h != "" && h != r.self {
 		return Removed{}, &ConnectedError{Node: h}
 	}
-	ids := r.goneWith(device, nil) // the caller drops its queue after this
+	ids := r.pendingIDs(device)
 	nodes := r.nodes()
 	ask := r.owners(device, nodes)
 	for _, m := range nodes {
@@ -62,6 +62,7 @@ func (r *Router) RemoveElsewhere(ctx context.Context, device string) (Removed, e
 			out.Nodes = append(out.Nodes, node)
 		}
 	}
+	r.markGone(ids) // the caller drops its queue after this
 	return out, nil
 }
 
@@ -75,7 +76,7 @@ func (r *Router) removeHere(device string, ids [][16]byte) (bool, error) {
 	if r.local.Holds(device) {
 		return false, &ConnectedError{Node: r.self}
 	}
-	r.goneWith(device, ids)
+	r.markGone(append(ids, r.pendingIDs(device)...))
 	found, err := r.local.RemoveDevice(device)
 	if err == nil && found {
 		r.log.Info("device removed with its queue, as another node asked", "device", device)
@@ -141,27 +142,29 @@ const goneKept = 10 * time.Minute
 // maxGone bounds Router.gone; past it the oldest half is dropped.
 const maxGone = 1 << 18
 
-// goneWith records the pushes queued here for device, and ids (another
-// node's), as dropped with it: a copy of one that arrives later (stored)
-// is not taken, so the device does not come back with it. Seen under
-// load: a removal answered from every node, and one owner listed the
-// device again with its 3 pushes, a copy still on its way from a
-// rebalance. It returns the ids queued here.
-func (r *Router) goneWith(device string, ids [][16]byte) [][16]byte {
-	var here [][16]byte
-	if ms, err := r.local.Pending(device); err == nil {
-		for _, m := range ms {
-			here = append(here, m.ID)
-		}
+// pendingIDs are the ids of the pushes queued here for device.
+func (r *Router) pendingIDs(device string) [][16]byte {
+	ms, _ := r.local.Pending(device) // none read: none to remember
+	ids := make([][16]byte, len(ms))
+	for i, m := range ms {
+		ids[i] = m.ID
 	}
+	return ids
+}
+
+// markGone records the pushes ids as dropped with their device, once
+// its removal goes ahead: a copy of one that arrives later (stored) is
+// not taken, so the device does not come back with it. Seen under load:
+// a removal answered from every node, and one owner listed the device
+// again with its 3 pushes, a copy still on its way from a rebalance.
+func (r *Router) markGone(ids [][16]byte) {
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.dropGone(now, max(maxGone-len(ids)-len(here), maxGone/2))
-	for _, id := range append(ids, here...) {
+	r.dropGone(now, max(maxGone-len(ids), maxGone/2))
+	for _, id := range ids {
 		r.gone[id] = now
 	}
-	return here
 }
 
 // dropGone forgets the pushes removed more than goneKept ago, and then,
