@@ -139,7 +139,7 @@ func (pn *peerNet) remove(ctx context.Context, node, device string, ids [][16]by
 // (an outbox's retries, a rebalance that began before the removal).
 const goneKept = 10 * time.Minute
 
-// maxGone bounds Router.gone; past it the oldest half is dropped.
+// maxGone bounds Router.gone; past it the oldest are dropped first.
 const maxGone = 1 << 18
 
 // pendingIDs are the ids of the pushes queued here for device.
