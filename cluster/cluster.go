@@ -734,6 +734,31 @@ func (e events) NotifyLeave(n *memberlist.Node) {
 	e.c.m.failed.Inc()
 }
 
+// lateAnnouncement: a node's announcement that it leaves can arrive after
+// its leave (memberlist reads the TCP stream that carries it and the
+// gossip that carries the leave on different goroutines; under load the
+// leave came first, and was taken for a failure). A failure judged less
+// than this before the announcement is that leave.
+const lateAnnouncement = 5 * time.Second
+
+// announcedLeave records name's announcement that it leaves in good
+// order (announceLeaving).
+func (c *Cluster) announcedLeave(name string) {
+	c.mu.Lock()
+	f, failed := c.failed[name]
+	late := failed && time.Since(f.Since) < lateAnnouncement
+	if late {
+		c.nodeCleared(name)
+	} else {
+		c.leaving[name] = time.Now()
+	}
+	c.mu.Unlock()
+	if late {
+		c.log.Info("cluster: node left (its announcement came after it was taken for a failure)", "node", name)
+		c.m.left.Inc()
+	}
+}
+
 // pings records memberlist's probe round trips per node.
 type pings struct{ c *Cluster }
 
@@ -848,9 +873,7 @@ func (d delegate) NotifyMsg(b []byte) {
 	case kindMessage:
 		d.message(b[1:])
 	case kindLeaving:
-		d.c.mu.Lock()
-		d.c.leaving[string(b[1:])] = time.Now()
-		d.c.mu.Unlock()
+		d.c.announcedLeave(string(b[1:]))
 	case kindForget:
 		d.c.forgotten(string(b[1:]))
 	case '[': // a State change from a node of an earlier version

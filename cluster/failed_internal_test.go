@@ -139,3 +139,23 @@ func TestPushPullCarriesStateAndFailedNodes(t *testing.T) {
 		t.Errorf("State.Merge got %q, want an earlier version's state whole", got)
 	}
 }
+
+// TestLeaveAnnouncedAfterTheLeave: a node's announcement that it leaves
+// can arrive after memberlist has passed on the leave itself, which
+// without it is taken for a failure. Seen in CI, with nothing else
+// running: node-0 listed node-3 failed after node-3 left in good order.
+// A failure judged moments before the announcement is the leave; one
+// judged long before stays.
+func TestLeaveAnnouncedAfterTheLeave(t *testing.T) {
+	c := quietNode(t, nil)
+	c.mu.Lock()
+	c.failed["node-3"] = Failed{Member: Member{Name: "node-3"}, Since: time.Now().Add(-200 * time.Millisecond)}
+	c.failed["node-4"] = Failed{Member: Member{Name: "node-4"}, Since: time.Now().Add(-time.Minute)}
+	c.mu.Unlock()
+	d := delegate{c}
+	d.NotifyMsg(append([]byte{kindLeaving}, "node-3"...))
+	d.NotifyMsg(append([]byte{kindLeaving}, "node-4"...))
+	if f := c.Failed(); len(f) != 1 || f[0].Name != "node-4" {
+		t.Errorf("after both announced a leave: Failed() = %+v, want node-4 alone (failed a minute before)", f)
+	}
+}
