@@ -219,12 +219,12 @@ func (p *Proxy) forget(c net.Conn) {
 }
 
 // makeRoom closes the agent connection longest in its TLS handshake, if
-// that is over a second, and reports whether it did: its place under
+// that is over pending.EvictAfter, and reports whether it did: its place under
 // max_connections is then the caller's. Connections that open and send
 // nothing (a slowloris) would otherwise keep every agent out (package
 // pending). Relays are never closed.
 func (p *Proxy) makeRoom() bool {
-	c := p.handshaking.Evict(time.Second)
+	c := p.handshaking.Evict(pending.EvictAfter)
 	if c == nil {
 		return false
 	}

@@ -2,7 +2,6 @@ package push
 
 import (
 	"net"
-	"time"
 
 	"github.com/quic-go/quic-go"
 
@@ -15,12 +14,8 @@ import (
 // handshake; until its session starts (TLS or the QUIC stream, then
 // HELLO, each bounded by HandshakeTimeout) it is listed in
 // Server.handshaking. At the limit, a new connection closes the oldest
-// listed for over evictAfter and takes its place, as the admin API does
-// with idle connections (package pending says why).
-
-// evictAfter is how long a connection is in its handshake before a new
-// one at the limit may take its place.
-const evictAfter = time.Second
+// listed for over pending.EvictAfter and takes its place, as the admin
+// API does with idle connections (package pending says why).
 
 // quicPending is a QUIC connection in Server.handshaking: counted once
 // its handshake is over, until its stream and HELLO.
@@ -50,10 +45,10 @@ func (s *Server) handshakeFailed(c pending.Conn) {
 func (s *Server) handshakeDone(c pending.Conn) bool { return s.handshaking.Settle(c) }
 
 // makeRoom closes the connection longest in its handshake, if that is
-// over evictAfter, and reports whether it did: its place under
+// over pending.EvictAfter, and reports whether it did: its place under
 // MaxConnections is then the caller's.
 func (s *Server) makeRoom() bool {
-	c := s.handshaking.Evict(evictAfter)
+	c := s.handshaking.Evict(pending.EvictAfter)
 	if c == nil {
 		return false
 	}

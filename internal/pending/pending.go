@@ -87,6 +87,10 @@ func (l *List) Settle(c Conn) bool {
 	return true
 }
 
+// EvictAfter is the age servers evict at (Evict): a client's handshake
+// takes milliseconds, so one in it for over a second is stalled.
+const EvictAfter = time.Second
+
 // Evict closes the connection longest in its handshake if that began
 // over age ago, and returns it (nil: none is that old). Its place is the
 // caller's: Remove reports it evicted to whoever holds it.
