@@ -184,10 +184,10 @@ func TestPushPullStateReadByEarlierVersions(t *testing.T) {
 	if _, err := newNode.Add(c.Leaf); err != nil {
 		t.Fatal(err)
 	}
-	// What cluster sends in a push/pull (cluster/failed.go): the state's
-	// array with one element of its own.
+	// What cluster sends in a push/pull (cluster/failed.go): an element
+	// of its own, then the state's.
 	entries := (allowState{newNode}).LocalState()
-	state := append(entries[:len(entries)-1], []byte(`,{"failed_nodes":[{"name":"node-2","addr":"127.0.0.3:7946","since":"2026-12-07T19:15:29Z"},{"name":"node-4","cleared":"2026-12-07T19:15:41Z"}]}]`)...)
+	state := append([]byte(`[{"failed_nodes":[{"name":"node-2","addr":"127.0.0.3:7946","since":"2026-12-07T19:15:29Z"},{"name":"node-4","cleared":"2026-12-07T19:15:41Z"}]},`), entries[1:]...)
 
 	db2, err := store.Open(t.TempDir(), store.Options{})
 	if err != nil {
