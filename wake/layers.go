@@ -2,8 +2,9 @@
 // wake-up does not cross NAT into a branch office, a gateway inside it
 // can deliver one. The formats are gopacket layers (this file, byte
 // layouts in docs/PROTOCOL.md), so tests and tcpdump-style tools decode
-// captures of them; wake.go is the service (requests in, wake-ups out,
-// shutdown notices) and keys.go the keys.
+// captures of them (wake/capture registers their UDP ports); wake.go is
+// the service (requests in, wake-ups out, shutdown notices) and keys.go
+// the keys.
 package wake
 
 import (
@@ -14,25 +15,15 @@ import (
 
 	"github.com/dpgate/dpgate/deviceid"
 	"github.com/google/gopacket"
-	"github.com/google/gopacket/layers"
 )
 
-// Layer types, registered with gopacket. UDP ports 15000 (agents'
-// wake-up port), 15010 (requests), 13000 (shutdown notices) decode as
-// Datagram, ports 7 and 9 as WakeOnLAN.
+// Layer types, registered with gopacket. Which UDP ports decode as them
+// is registered by wake/capture, apart: it links gopacket/layers, whose
+// start-up work (20 ms) would otherwise come before every dpgate command.
 var (
 	LayerTypeDatagram  = gopacket.RegisterLayerType(1570, gopacket.LayerTypeMetadata{Name: "DpgateWake", Decoder: gopacket.DecodeFunc(decodeDatagram)})
 	LayerTypeWakeOnLAN = gopacket.RegisterLayerType(1571, gopacket.LayerTypeMetadata{Name: "WakeOnLAN", Decoder: gopacket.DecodeFunc(decodeWakeOnLAN)})
 )
-
-func init() {
-	for _, p := range []layers.UDPPort{15000, 15010, 13000} {
-		layers.RegisterUDPPortLayerType(p, LayerTypeDatagram)
-	}
-	for _, p := range []layers.UDPPort{7, 9} {
-		layers.RegisterUDPPortLayerType(p, LayerTypeWakeOnLAN)
-	}
-}
 
 // Kinds of datagram.
 const (
@@ -61,7 +52,7 @@ const Version = 1
 //
 // The signature covers every byte before it.
 type Datagram struct {
-	layers.BaseLayer
+	contents  []byte // as decoded
 	Version   uint8
 	Kind      uint8
 	Alg       uint8
@@ -131,7 +122,7 @@ func (d *Datagram) DecodeFromBytes(b []byte, df gopacket.DecodeFeedback) error {
 	d.Timestamp = int64(binary.BigEndian.Uint64(b[p:]))
 	copy(d.Nonce[:], b[p+8:p+16])
 	d.Signature = append(d.Signature[:0], b[p+16:end]...)
-	d.BaseLayer = layers.BaseLayer{Contents: b[:end], Payload: nil}
+	d.contents = b[:end]
 	return nil
 }
 
@@ -173,13 +164,16 @@ func decodeDatagram(data []byte, p gopacket.PacketBuilder) error {
 	return nil
 }
 
-// Payload makes Datagram an application layer for gopacket.
-func (d *Datagram) Payload() []byte { return d.Contents }
+// LayerContents is what the datagram was decoded from; LayerPayload is
+// empty (nothing follows it); Payload makes it an application layer.
+func (d *Datagram) LayerContents() []byte { return d.contents }
+func (d *Datagram) LayerPayload() []byte  { return nil }
+func (d *Datagram) Payload() []byte       { return d.contents }
 
 // WakeOnLAN is the magic packet: 6 bytes 0xFF, then the target's MAC 16
 // times, then an optional SecureOn password of 4 or 6 bytes.
 type WakeOnLAN struct {
-	layers.BaseLayer
+	contents []byte // as decoded
 	MAC      net.HardwareAddr
 	Password []byte
 }
@@ -214,7 +208,7 @@ func (w *WakeOnLAN) DecodeFromBytes(b []byte, df gopacket.DecodeFeedback) error 
 		return fmt.Errorf("%w: %d bytes after the MAC repetitions (0, 4 or 6 expected)", ErrNotMagic, rest)
 	}
 	w.MAC = append(w.MAC[:0], mac...)
-	w.BaseLayer = layers.BaseLayer{Contents: b}
+	w.contents = b
 	return nil
 }
 
@@ -240,8 +234,11 @@ func (w *WakeOnLAN) SerializeTo(buf gopacket.SerializeBuffer, opts gopacket.Seri
 	return nil
 }
 
-// Payload makes WakeOnLAN an application layer for gopacket.
-func (w *WakeOnLAN) Payload() []byte { return w.Contents }
+// LayerContents is what the packet was decoded from; LayerPayload is
+// empty (nothing follows it); Payload makes it an application layer.
+func (w *WakeOnLAN) LayerContents() []byte { return w.contents }
+func (w *WakeOnLAN) LayerPayload() []byte  { return nil }
+func (w *WakeOnLAN) Payload() []byte       { return w.contents }
 
 func decodeWakeOnLAN(data []byte, p gopacket.PacketBuilder) error {
 	w := &WakeOnLAN{}
