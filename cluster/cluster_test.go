@@ -313,20 +313,7 @@ func TestPartitionHeals(t *testing.T) {
 // TestJoinsSeedThatStartsLater: a node started before its seed joins it
 // within seconds of the seed coming up, not at the next periodic re-join.
 func TestJoinsSeedThatStartsLater(t *testing.T) {
-	var seed string
-	for range 20 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		seed = ln.Addr().String()
-		pc, err := net.ListenPacket("udp", seed)
-		ln.Close()
-		if err == nil {
-			pc.Close()
-			break
-		}
-	}
+	seed := testutil.FreePort(t)
 	start := func(name, bind string, join []string) *cluster.Cluster {
 		return startNode(t, cluster.Config{Name: name, Bind: bind, Join: join, RejoinInterval: time.Hour,
 			Meta: func() cluster.Meta { return cluster.Meta{} }, Tune: tight, Logger: quiet})

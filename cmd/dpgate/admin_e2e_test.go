@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -40,7 +41,7 @@ func TestLocalUserLockedOut(t *testing.T) {
 	if b, err := os.ReadFile(bin); err != nil || os.WriteFile(exe, b, 0o755) != nil {
 		t.Fatalf("copying the binary: %v", err)
 	}
-	adminAddr := freePort(t)
+	adminAddr := testutil.FreePort(t)
 	sock := filepath.Join(dir, "run", "admin.sock")
 	cfg := writeConfig(t, dir, adminAddr, "push:\n  listen: 127.0.0.1:0\n  auth: none\n  quic: false\n")
 	body, _ := os.ReadFile(cfg)

@@ -25,13 +25,12 @@ import (
 
 	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/internal/gateway"
+	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push/client"
 	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
-// freeUDPTCP finds a loopback port free for both TCP and UDP (memberlist
-// and DNS bind both).
 // gossipKeyFile writes a cluster key (cluster.secret_key_file, required
 // with cluster.bind) for the nodes of one test.
 func gossipKeyFile(t *testing.T) string {
@@ -42,18 +41,6 @@ func gossipKeyFile(t *testing.T) string {
 	}
 	os.Chmod(f, 0o600) // a secret: the gateway refuses one every user may read
 	return f
-}
-
-func freeUDPTCP(t *testing.T) string {
-	for range 20 {
-		addr := freePort(t)
-		if pc, err := net.ListenPacket("udp", addr); err == nil {
-			pc.Close()
-			return addr
-		}
-	}
-	t.Fatal("no port free for both TCP and UDP")
-	return ""
 }
 
 // clusterAgent is one agent of the failover test: which node it is
@@ -93,7 +80,7 @@ func TestClusterSurvivesKill9(t *testing.T) {
 			extra = fmt.Sprintf("  join: [%s]\n", seed)
 		}
 		bind := "127.0.0.1:0"
-		pushAddr, adminAddr := freePort(t), freePort(t)
+		pushAddr, adminAddr := testutil.FreePort(t), testutil.FreePort(t)
 		cfg := filepath.Join(dir, "dpgate.yaml")
 		os.WriteFile(cfg, []byte(fmt.Sprintf("node:\n  name: node-%d\n  data_dir: data\nadmin:\n  listen: %s\npush:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\ncluster:\n  bind: %s\n  secret_key_file: %s\n%s",
 			i, adminAddr, pushAddr, bind, gossipKey, extra)), 0o644)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/dpgate/dpgate/internal/gateway"
+	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push/client"
 	"github.com/dpgate/dpgate/push/wire"
 	"github.com/dpgate/dpgate/tlsconf"
@@ -87,8 +88,8 @@ func TestClusterTokenAuth(t *testing.T) {
 		if i > 0 {
 			join = gossip[0]
 		}
-		pushAddr := freePort(t)
-		adminAddrs[i] = freePort(t)
+		pushAddr := testutil.FreePort(t)
+		adminAddrs[i] = testutil.FreePort(t)
 		cfg := writeCfg(i, pushAddr, "127.0.0.1:0", join)
 		srvs[i] = startServe(t, nil, "-c", cfg)
 		srvs[i].waitLog(t, `msg="push server listening"`)

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dpgate/dpgate/internal/testutil"
 )
 
 // TestProbeAgainstReflect: dpgate probe against dpgate reflect, within
@@ -63,7 +65,7 @@ func TestProbeAgainstReflect(t *testing.T) {
 	}
 	// Nothing listening: no round-trip figures (they read 0.00ms, as if
 	// the link were instant), and a word on what to check.
-	nobody := freeUDPTCP(t)
+	nobody := testutil.FreePort(t)
 	if res := dpgate(t, nil, "probe", nobody, "--count", "3", "--interval", "5ms"); res.code != 1 || !strings.Contains(res.stdout, "no probe was answered") || strings.Contains(res.stdout, "0.00ms") {
 		t.Errorf("probe with no reflector: exit %d, want 1 and no round-trip figures\n%s", res.code, res.stdout)
 	}

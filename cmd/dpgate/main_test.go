@@ -225,15 +225,6 @@ func (s *server) stop(t *testing.T, sig os.Signal) (int, time.Duration) {
 	return -1, 0
 }
 
-func freePort(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // writeConfig writes a config with a temporary data dir and admin address.
 func writeConfig(t *testing.T, dir, adminAddr, extra string) string {
 	f := filepath.Join(dir, "dpgate.yaml")
@@ -377,7 +368,7 @@ func TestCertGenReadByOpenSSL(t *testing.T) {
 
 func TestAgentGenReadByOpenSSL(t *testing.T) {
 	dir := t.TempDir()
-	cfg := writeConfig(t, dir, freePort(t), "") // no gateway runs: offline on data_dir
+	cfg := writeConfig(t, dir, testutil.FreePort(t), "") // no gateway runs: offline on data_dir
 	pwFile := filepath.Join(dir, "pw")
 	os.WriteFile(pwFile, []byte("correct horse\n"), 0o600)
 
@@ -498,12 +489,12 @@ func TestBadInput(t *testing.T) {
 		return f
 	}
 	tlsConfig := func(cert string) string {
-		return writeConfig(t, t.TempDir(), freePort(t), "tls:\n  cert: "+cert+"\n")
+		return writeConfig(t, t.TempDir(), testutil.FreePort(t), "tls:\n  cert: "+cert+"\n")
 	}
 	pfxFile := filepath.Join(dir, "good.pfx")
 	pw := write("pw", "right\n")
 	wrongPW := write("wrongpw", "wrong\n")
-	agentCfg := writeConfig(t, t.TempDir(), freePort(t), "")
+	agentCfg := writeConfig(t, t.TempDir(), testutil.FreePort(t), "")
 	if r := dpgate(t, nil, "cert", "agent-gen", "-c", agentCfg, "--cn", "d", "--out", pfxFile, "--password-file", pw); r.code != 0 {
 		t.Fatalf("agent-gen: %s", r.stderr)
 	}
@@ -514,7 +505,7 @@ func TestBadInput(t *testing.T) {
 	// the commands that sign with them.
 	openKey := write("open.key", "ZHBnYXRlIHRlc3QgY2x1c3RlciBnb3NzaXAga2V5ISE=\n")
 	os.Chmod(openKey, 0o644)
-	openSecrets := writeConfig(t, t.TempDir(), freePort(t), "push:\n  token_key_file: "+openKey+"\nwake:\n  secret_file: "+openKey+"\n")
+	openSecrets := writeConfig(t, t.TempDir(), testutil.FreePort(t), "push:\n  token_key_file: "+openKey+"\nwake:\n  secret_file: "+openKey+"\n")
 
 	tests := []struct {
 		name     string
@@ -575,7 +566,7 @@ func TestBadInput(t *testing.T) {
 // once it has stopped. SIGHUP reloads the certificate.
 func TestCertCommandsOnlineAndOffline(t *testing.T) {
 	dir := t.TempDir()
-	cfg := writeConfig(t, dir, freePort(t), "")
+	cfg := writeConfig(t, dir, testutil.FreePort(t), "")
 	s := startServe(t, nil, "-c", cfg)
 	s.waitLog(t, "admin API listening")
 
@@ -718,7 +709,7 @@ func TestServiceIsWindowsOnly(t *testing.T) {
 func TestLogPrioritiesForJournald(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	cfg := writeConfig(t, dir, freePort(t), "")
+	cfg := writeConfig(t, dir, testutil.FreePort(t), "")
 	// A damaged QUIC reset key: a warning at start.
 	os.MkdirAll(filepath.Join(dir, "data"), 0o700)
 	os.WriteFile(filepath.Join(dir, "data", "quic-reset.key"), []byte("damaged"), 0o600)

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/dpgate/dpgate/internal/gateway"
+	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
@@ -56,7 +57,7 @@ func TestProxyEndToEnd(t *testing.T) {
 	centralPin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", centralPEM).stdout)
 	centralAddr, central := startCentral(t, centralPEM)
 
-	proxyAddr, adminAddr := freePort(t), freePort(t)
+	proxyAddr, adminAddr := testutil.FreePort(t), testutil.FreePort(t)
 	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf(`proxy:
   listen: %s
   upstreams:

@@ -9,13 +9,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dpgate/dpgate/internal/testutil"
 )
 
 // TestStatusCommands: dpgate status, members and devices [ID] against a
 // running gateway, its address from -c or DPGATE_ADDR.
 func TestStatusCommands(t *testing.T) {
 	dir := t.TempDir()
-	adminAddr := freePort(t)
+	adminAddr := testutil.FreePort(t)
 	cfg := writeConfig(t, dir, adminAddr, "push:\n  listen: 127.0.0.1:0\n  auth: none\n  quic: false\n")
 	s := startServe(t, nil, "-c", cfg)
 	s.waitLog(t, `msg="admin API listening"`)

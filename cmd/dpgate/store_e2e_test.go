@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/dpgate/dpgate/internal/testutil"
 )
 
 // TestDamagedStoreRefused runs the real binary on the store files an
@@ -22,7 +24,7 @@ import (
 func TestDamagedStoreRefused(t *testing.T) {
 	t.Parallel() // its own ports and data directory
 	dir := t.TempDir()
-	cfg := writeConfig(t, dir, freePort(t), "push:\n  listen: 127.0.0.1:0\n  quic: false\n")
+	cfg := writeConfig(t, dir, testutil.FreePort(t), "push:\n  listen: 127.0.0.1:0\n  quic: false\n")
 	db := filepath.Join(dir, "data", "dpgate.db")
 	s := startServe(t, nil, "-c", cfg)
 	s.waitLog(t, `msg="push server listening"`)

@@ -102,8 +102,8 @@ func newUpgradeSite(t *testing.T, agentsN int) (*upgradeSite, []*upgradeAgent) {
 	}
 	s.centralPin = strings.TrimSpace(dpgate(t, nil, "cert", "pin", centralPEM).stdout)
 	s.centralAddr, _ = startCentral(t, centralPEM)
-	s.proxyAddr, s.pushAddr = freePort(t), freePort(t)
-	s.cfg = writeConfig(t, s.dir, freePort(t), s.proxyConfig(""))
+	s.proxyAddr, s.pushAddr = testutil.FreePort(t), testutil.FreePort(t)
+	s.cfg = writeConfig(t, s.dir, testutil.FreePort(t), s.proxyConfig(""))
 	s.binPath = filepath.Join(s.dir, "dpgate")
 	copyFile(t, bin, s.binPath)
 	s.logFile = filepath.Join(s.dir, "serve.log")

@@ -50,8 +50,8 @@ func startAgentProcess(t *testing.T, ag *exec.Cmd) (*testutil.Buffer, <-chan str
 // agent exits, its signed shutdown notice marks the device as shut down.
 func TestWakeUpEndToEnd(t *testing.T) {
 	dir := t.TempDir()
-	pushAddr, adminAddr := freePort(t), freePort(t)
-	agentPort, shutdownAddr := portOf(freeUDPTCP(t)), freeUDPTCP(t)
+	pushAddr, adminAddr := testutil.FreePort(t), testutil.FreePort(t)
+	agentPort, shutdownAddr := portOf(testutil.FreePort(t)), testutil.FreePort(t)
 	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: 127.0.0.1:0\n  agent_port: %s\n  shutdown_listen: %s\n",
 		pushAddr, agentPort, shutdownAddr))
 	s := startServe(t, nil, "-c", cfg)

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dpgate/dpgate/internal/testutil"
 )
 
 // TestWatchdog: under systemd's watchdog (WATCHDOG_USEC) serve sends
@@ -21,7 +23,7 @@ func TestWatchdog(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	cfg := writeConfig(t, dir, freePort(t), "")
+	cfg := writeConfig(t, dir, testutil.FreePort(t), "")
 	startServe(t, []string{"NOTIFY_SOCKET=" + sock, "WATCHDOG_USEC=1000000"}, "-c", cfg)
 	var got []string
 	buf := make([]byte, 512)

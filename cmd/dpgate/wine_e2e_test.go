@@ -59,7 +59,7 @@ func TestWindowsAgentUnderWine(t *testing.T) {
 	}
 
 	// The gateway, and the Windows agent under Wine.
-	pushAddr, adminAddr := freePort(t), freePort(t)
+	pushAddr, adminAddr := testutil.FreePort(t), testutil.FreePort(t)
 	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n", pushAddr))
 	s := startServe(t, nil, "-c", cfg)
 	s.waitLog(t, `msg="push server listening"`)
@@ -318,7 +318,7 @@ func TestWindowsServiceUnderWine(t *testing.T) {
 	w := wineSetUp(t)
 	exe := w.dpgateExe(t)
 	dir := t.TempDir()
-	pushAddr, adminAddr := freePort(t), freePort(t)
+	pushAddr, adminAddr := testutil.FreePort(t), testutil.FreePort(t)
 	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n", pushAddr))
 	s := startServe(t, nil, "-c", cfg)
 	s.waitLog(t, `msg="push server listening"`)
@@ -395,7 +395,7 @@ func TestWindowsGatewayUnderWine(t *testing.T) {
 	exe := w.dpgateExe(t)
 	dir := t.TempDir()
 	win := func(p string) string { return `Z:` + strings.ReplaceAll(p, "/", `\`) } // Wine's Z: is /
-	pushAddr, adminAddr := freePort(t), freePort(t)
+	pushAddr, adminAddr := testutil.FreePort(t), testutil.FreePort(t)
 	cfg := filepath.Join(dir, "dpgate.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf("node:\n  name: windows-gw\n  data_dir: '%s'\nadmin:\n  listen: %s\npush:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n",
 		win(filepath.Join(dir, "data")), adminAddr, pushAddr)), 0o644)
