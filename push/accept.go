@@ -21,16 +21,6 @@ func (s *Server) Serve(ln net.Listener) error {
 		return nil
 	}
 	defer s.wg.Done() // addListener counted this loop
-	// The accept budget's wait ends when the server stops accepting.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { // ends when the server stops or Serve returns
-		select {
-		case <-s.done:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -55,7 +45,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		// stops: a connection accepted as the listener closed is still
 		// answered (after HELLO, ERROR 6: the agent reconnects elsewhere,
 		// or to the next process in an upgrade), never reset unanswered.
-		s.accept.Wait(ctx)
+		s.accept.Wait(s.stop) // ends early when the server stops accepting
 		if !s.admit(s.makeRoom) {
 			s.refuseOverloaded(c)
 			continue
@@ -85,14 +75,7 @@ func (s *Server) addListener(closeFn func()) bool {
 	return true
 }
 
-func (s *Server) stopped() bool {
-	select {
-	case <-s.done:
-		return true
-	default:
-		return false
-	}
-}
+func (s *Server) stopped() bool { return s.stop.Err() != nil }
 
 // fromSource applies SourceRate to a new connection from addr.
 func (s *Server) fromSource(addr net.Addr) bool {
@@ -239,7 +222,7 @@ func (s *Server) watchAllowList(allow *tlsconf.AllowList) {
 	for {
 		changed := allow.Changed()
 		select {
-		case <-s.done:
+		case <-s.stop.Done():
 			return
 		case <-changed:
 		case <-t.C:

@@ -165,7 +165,7 @@ func (s *Server) ServeQUIC(pc net.PacketConn) error {
 			qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeOverloaded), "too many connections from this source")
 			continue
 		}
-		s.accept.Wait(context.Background())
+		s.accept.Wait(s.stop) // ends early when the server stops accepting, as over TCP
 		if !s.admit(s.makeRoom) {
 			qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeOverloaded), "too many connections")
 			continue

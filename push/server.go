@@ -77,8 +77,10 @@ type Server struct {
 	sent, delivered atomic.Uint64
 	opened          atomic.Uint64 // sessions started since the server was built
 	wg              sync.WaitGroup
-	done            chan struct{}
-	once            sync.Once
+	// stop ends when the server stops accepting (Shutdown or Close): the
+	// accept loops' waits end with it, and the server's own loops.
+	stop     context.Context
+	stopping context.CancelFunc
 
 	mu        sync.Mutex
 	sessions  map[string]*session
@@ -121,13 +123,13 @@ func New(cfg Config) (*Server, error) {
 		acceptLog:   ratelimit.NewEvery(10 * time.Second),
 		evictLog:    ratelimit.NewEvery(10 * time.Second),
 		handshaking: pending.New(),
-		done:        make(chan struct{}),
 		sessions:    map[string]*session{},
 		raw:         map[conn]struct{}{},
 		recent:      wire.NewRecentIDs(recentAcks),
 		idWaiters:   map[[16]byte][]chan struct{}{},
 		cluster:     alone{},
 	}
+	s.stop, s.stopping = context.WithCancel(context.Background())
 	s.m = newMetrics(cfg.Registerer, s)
 	s.queue.ObserveWrites(func(d time.Duration) { s.m.journalWrite.Observe(d.Seconds()) })
 	s.SetLimits(cfg.MaxConnections, cfg.SourceRate)
@@ -147,10 +149,10 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.wg.Add(1)
-	go s.every(cfg.ExpireInterval, s.expire) // exits when done is closed
+	go s.every(cfg.ExpireInterval, s.expire) // exits when the server stops
 	if allow != nil {
 		s.wg.Add(1)
-		go s.watchAllowList(allow) // exits when done is closed
+		go s.watchAllowList(allow) // exits when the server stops
 	}
 	if cfg.PathInterval > 0 {
 		s.wg.Add(1)
@@ -182,7 +184,7 @@ func (s *Server) every(d time.Duration, fn func()) {
 	defer t.Stop()
 	for {
 		select {
-		case <-s.done:
+		case <-s.stop.Done():
 			return
 		case <-t.C:
 			fn()
@@ -359,7 +361,7 @@ func (s *Server) closeTransports() {
 }
 
 func (s *Server) stopAccepting() {
-	s.once.Do(func() { close(s.done) })
+	s.stopping()
 	s.mu.Lock()
 	s.draining = true
 	fns := s.listeners
