@@ -743,6 +743,7 @@ func TestUnreachableOwnerWarnedOnce(t *testing.T) {
 	gs, apis := testClusterWith(t, 2, "  probe_interval: 10s\n", Options{Logger: log.Logger(slog.LevelInfo)})
 	gs[1].Close()
 	const pushes = 20
+	start := time.Now()
 	for i := range pushes {
 		data := fmt.Sprintf("kept on node 0 %d", i)
 		var reply PushReply
@@ -753,10 +754,13 @@ func TestUnreachableOwnerWarnedOnce(t *testing.T) {
 	if n := len(gs[0].cluster.Members()); n != 2 {
 		t.Fatalf("node 0 sees %d members: node 1 was declared dead during the pushes, so they did not all meet an unreachable owner", n)
 	}
+	// One line, and one more for each 10 s the pushes took (3 lines when
+	// they took 30 s, three copies of the package at once on two cores).
+	most := 1 + int(time.Since(start)/(10*time.Second))
 	failed := testutil.Metric(t, gs[0].Telemetry().Registry, "dpgate_cluster_route_failed_total")
 	warned := log.Count("push not stored on its owner")
-	if failed < pushes || warned != 1 {
-		t.Errorf("%d pushes to an unreachable owner: %v counted, %d warnings; want %d counted, 1 warning", pushes, failed, warned, pushes)
+	if failed < pushes || warned < 1 || warned > most {
+		t.Errorf("%d pushes to an unreachable owner: %v counted, %d warnings; want %d counted, 1 to %d warnings", pushes, failed, warned, pushes, most)
 	}
 	// Node 1 is still a member for a while: a graceful stop now could not
 	// hand node 0's pushes over to it (an error, rightly).
