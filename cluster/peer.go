@@ -297,8 +297,8 @@ type wakeReply struct {
 	Node string `json:"node"`
 }
 
-// errNotHeld: the asked node does not hold the device and knows no holder.
-var errNotHeld = errors.New("cluster: device not connected there")
+// ErrNotHeld: the asked node does not hold the device and knows no holder.
+var ErrNotHeld = errors.New("cluster: device not connected there")
 
 func (pn *peerNet) handleWake(w http.ResponseWriter, req *http.Request) {
 	var body wakeBody
@@ -379,7 +379,7 @@ func (pn *peerNet) post(ctx context.Context, node, path string, body any, out an
 	}
 	if resp.StatusCode == http.StatusNotFound && path == "/v1/peer/wake" {
 		io.Copy(io.Discard, resp.Body)
-		return errNotHeld
+		return ErrNotHeld
 	}
 	if resp.StatusCode != http.StatusNoContent || out != nil {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))

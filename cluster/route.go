@@ -245,8 +245,9 @@ func (r *Router) setHolder(device, node string, since int64, up bool) bool {
 
 // Wake has the node holding device send it a WAKE frame on its push
 // connection and names that node. The holder is found through the
-// device's owners (they know where it is registered); errNotHeld (or a
-// peer's error) when no node that could be asked holds it.
+// device's owners (they know where it is registered). ErrNotHeld when
+// every node asked answered that it does not hold it; when one did not
+// answer, its error, naming it (the device may be connected there).
 func (r *Router) Wake(ctx context.Context, device string) (string, error) {
 	if r.local.Wake(device) {
 		return r.self, nil
@@ -260,19 +261,29 @@ func (r *Router) Wake(ctx context.Context, device string) (string, error) {
 
 func (r *Router) wakeElsewhere(ctx context.Context, device string) (string, error) {
 	if h := r.Holder(device); h != "" && h != r.self {
-		return r.peer.wake(ctx, h, device, false)
+		node, err := r.peer.wake(ctx, h, device, false)
+		if err != nil && !errors.Is(err, ErrNotHeld) {
+			return h, fmt.Errorf("node %s: %w", h, err)
+		}
+		return node, err
 	}
-	err := errNotHeld
+	var unanswered error
 	for _, o := range r.Owners(device) {
 		if o == r.self {
 			continue
 		}
-		var node string
-		if node, err = r.peer.wake(ctx, o, device, true); err == nil {
+		node, err := r.peer.wake(ctx, o, device, true)
+		switch {
+		case err == nil:
 			return node, nil
+		case !errors.Is(err, ErrNotHeld) && unanswered == nil:
+			unanswered = fmt.Errorf("node %s: %w", o, err)
 		}
 	}
-	return "", err
+	if unanswered != nil {
+		return "", unanswered
+	}
+	return "", ErrNotHeld
 }
 
 // wakeHere answers a peer's wake: a WAKE frame when the device is
@@ -285,7 +296,7 @@ func (r *Router) wakeHere(ctx context.Context, device string, relay bool, from s
 		r.m.wakeRelayed.Inc()
 		return r.peer.wake(ctx, h, device, false)
 	}
-	return "", errNotHeld
+	return "", ErrNotHeld
 }
 
 // Owners names the nodes that keep the device's queue now.

@@ -41,9 +41,12 @@ type Config struct {
 	// Lookup finds a device's address and MAC. Required.
 	Lookup func(device string) (Target, bool)
 	// PushWake sends a WAKE frame on the device's push connection and
-	// reports whether it could, and through which node ("" for this one;
-	// in a cluster the device may be connected to another).
-	PushWake func(device string) (node string, ok bool)
+	// names the node that did (in a cluster the device may be connected
+	// to another). ErrNotConnected: no node holds it, so Wake sends the
+	// datagram and the magic packets. Another error (a node that may hold
+	// it did not answer) is listed as a failed attempt, and Wake sends
+	// them too.
+	PushWake func(device string) (node string, err error)
 	// AgentPort is the agents' wake-up port. Default: 15000.
 	AgentPort int
 	// WOLPorts are the Wake-on-LAN ports. Default: 7 and 9.
@@ -80,6 +83,21 @@ type Attempt struct {
 	Via string `json:"via"` // push, datagram, wol
 	To  string `json:"to,omitempty"`
 	Err string `json:"error,omitempty"`
+}
+
+// ErrNotConnected is what Config.PushWake returns for a device that no
+// node holds a push connection of.
+var ErrNotConnected = errors.New("wake: the device is connected to no node")
+
+// FailedPush is the push attempt that failed because a node that may hold
+// the device did not answer, if there was one.
+func (r Result) FailedPush() (Attempt, bool) {
+	for _, a := range r.Attempts {
+		if a.Via == "push" && a.Err != "" {
+			return a, true
+		}
+	}
+	return Attempt{}, false
 }
 
 // Result is what one wake-up did; the API shows the last one per device.
@@ -159,9 +177,13 @@ func (s *Service) Wake(device, reason string) Result {
 		return r
 	}
 	if s.cfg.PushWake != nil {
-		if node, ok := s.cfg.PushWake(device); ok {
+		node, err := s.cfg.PushWake(device)
+		switch {
+		case err == nil:
 			r.Attempts = append(r.Attempts, Attempt{Via: "push", To: node})
 			return r
+		case !errors.Is(err, ErrNotConnected):
+			r.Attempts = append(r.Attempts, Attempt{Via: "push", To: node, Err: err.Error()})
 		}
 	}
 	t, ok := s.cfg.Lookup(device)

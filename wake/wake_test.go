@@ -367,3 +367,33 @@ func TestAgentSideDatagrams(t *testing.T) {
 		t.Error("a shutdown notice signed with the gateway's public key")
 	}
 }
+
+// TestPushWakeThatFails: a node that may hold the device did not answer
+// (PushWake's error): the result lists that push attempt with its error,
+// and the datagram still goes out. A device connected to no node
+// (ErrNotConnected) lists no push attempt.
+func TestPushWakeThatFails(t *testing.T) {
+	agent, _ := net.ListenPacket("udp4", "127.0.0.1:0")
+	defer agent.Close()
+	var pushErr error
+	s, _ := New(Config{Keys: testKeys(t), AgentPort: agent.LocalAddr().(*net.UDPAddr).Port, WOLPorts: []int{},
+		Lookup:   func(string) (Target, bool) { return Target{Addr: netip.MustParseAddr("127.0.0.1")}, true },
+		PushWake: func(string) (string, error) { return "node-2", pushErr },
+		Logger:   testutil.Quiet()})
+
+	pushErr = fmt.Errorf("node node-2: %w", os.ErrDeadlineExceeded)
+	r := s.Wake("pc-1", "api")
+	failed, ok := r.FailedPush()
+	if !ok || failed.To != "node-2" || !strings.Contains(failed.Err, "i/o timeout") {
+		t.Errorf("attempts %+v: want the failed push to node-2 listed with its error", r.Attempts)
+	}
+	if !r.Sent() || r.Attempts[len(r.Attempts)-1].Via != "datagram" {
+		t.Errorf("attempts %+v: want the datagram sent after the failed push", r.Attempts)
+	}
+
+	pushErr = ErrNotConnected
+	r = s.Wake("pc-2", "api")
+	if _, ok := r.FailedPush(); ok || len(r.Attempts) != 1 || r.Attempts[0].Via != "datagram" {
+		t.Errorf("attempts %+v: want the datagram alone for a device connected to no node", r.Attempts)
+	}
+}

@@ -766,3 +766,52 @@ func TestUnreachableOwnerWarnedOnce(t *testing.T) {
 	// hand node 0's pushes over to it (an error, rightly).
 	gs[0].Close()
 }
+
+// TestWakeWhenTheHolderDoesNotAnswer: the node holding a device's push
+// connection has stopped but is still a member (slow probes), so a wake
+// asked on another node cannot reach it. Seen (three copies of this
+// package at once): the answer was 404, "device is unknown here and
+// connected to no node of the cluster", when the node that holds it had
+// not answered in time. Now the failed push attempt names that node: 504
+// when no address is known to wake the device directly, else the
+// datagram goes out and the attempt is listed beside it.
+func TestWakeWhenTheHolderDoesNotAnswer(t *testing.T) {
+	t.Parallel()
+	gs, apis := testClusterWith(t, 2, "  probe_interval: 10s\n", Options{})
+	const dev = "pc-holder-down"
+	a := startTestAgent(t, dev, gs[1])
+	waitFor(t, 20*time.Second, func() error {
+		if got := holder(gs, dev); got != 1 {
+			return fmt.Errorf("held by node %d, want 1", got)
+		}
+		if got := gs[0].router.Holder(dev); got != gs[1].cfg.Node.Name {
+			return fmt.Errorf("node 0 knows holder %q, want %q", got, gs[1].cfg.Node.Name)
+		}
+		return nil
+	})
+	a.stop()
+	gs[1].Close()
+	if n := len(gs[0].cluster.Members()); n != 2 {
+		t.Fatalf("node 0 sees %d members; node 1 must still be one for this test", n)
+	}
+	var r wake.Result
+	err := apis[0].Do(context.Background(), "POST", "/v1/devices/"+dev+"/wake", struct{}{}, &r)
+	t.Logf("wake asked on node 0: %+v, %v", r, err)
+	var he *admin.HTTPError
+	switch {
+	case errors.As(err, &he):
+		if he.Status != http.StatusGatewayTimeout || !strings.Contains(err.Error(), gs[1].cfg.Node.Name) {
+			t.Errorf("wake: %v; want 504 naming %s, the node that did not answer", err, gs[1].cfg.Node.Name)
+		}
+	case err != nil:
+		t.Fatal(err)
+	default:
+		if failed, ok := r.FailedPush(); !ok || failed.To != gs[1].cfg.Node.Name || !r.Sent() {
+			t.Errorf("wake: %+v; want a failed push attempt to %s and a datagram sent", r, gs[1].cfg.Node.Name)
+		}
+	}
+	if n := len(gs[0].cluster.Members()); n != 2 {
+		t.Errorf("node 0 sees %d members after the wake: node 1 was declared dead meanwhile, the test proves nothing", n)
+	}
+	gs[0].Close()
+}

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/dpgate/dpgate/cluster"
 	"github.com/dpgate/dpgate/internal/admin"
 	"github.com/dpgate/dpgate/push"
 	"github.com/dpgate/dpgate/wake"
@@ -68,22 +69,25 @@ func (g *Gateway) newWake(ls Listeners) error {
 
 // pushWake sends a WAKE frame on the device's push connection, here or,
 // in a cluster, on the node it is connected to.
-func (g *Gateway) pushWake(device string) (string, bool) {
+func (g *Gateway) pushWake(device string) (string, error) {
 	if g.push.Wake(device) {
-		return g.cfg.Node.Name, true // the node whose push connection carried it
+		return g.cfg.Node.Name, nil // the node whose push connection carried it
 	}
 	r := g.router
 	if r == nil {
-		return "", false
+		return "", wake.ErrNotConnected
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	node, err := r.Wake(ctx, device)
-	if err != nil {
+	switch {
+	case errors.Is(err, cluster.ErrNotHeld):
+		return "", wake.ErrNotConnected
+	case err != nil:
 		g.log.Debug("no node sent a WAKE frame", "device", device, "err", err)
-		return "", false
+		return node, fmt.Errorf("a node that may hold the device did not answer: %w", err)
 	}
-	return node, true
+	return node, nil
 }
 
 // wakeTarget is where a device was last: the address it reported in
@@ -163,9 +167,12 @@ func (g *Gateway) wakeRoutes() {
 			return 0, nil, admin.Error(http.StatusNotFound, fmt.Errorf("device %q is unknown", dev))
 		}
 		res := g.wake.Wake(dev, "api") // in a cluster, also through the node it is connected to
+		failed, unanswered := res.FailedPush()
 		switch {
 		case res.Limited:
 			return 0, nil, admin.Error(http.StatusTooManyRequests, errors.New("wake-ups of this device (or in all) are over their rate limit; try again later"))
+		case res.Unknown && unanswered: // not "connected to no node": it may be connected there
+			return 0, nil, admin.Error(http.StatusGatewayTimeout, fmt.Errorf("device %q: %s, and no address is known here to wake it directly; try again", dev, failed.Err))
 		case res.Unknown && !known:
 			return 0, nil, admin.Error(http.StatusNotFound, fmt.Errorf("device %q is unknown here and connected to no node of the cluster", dev))
 		case res.Unknown:
