@@ -106,9 +106,23 @@ func TestWindowsAgentUnderWine(t *testing.T) {
 	connected(2) // by itself, after its backoff
 	received("after the reconnect")
 
+	before := len(stderr.String())
+	interrupted := time.Now()
 	ag.Process.Signal(os.Interrupt)
-	if err := ag.Wait(); err != nil {
-		t.Errorf("agent after Ctrl-C: %v\n%s", err, stderr.String())
+	err := ag.Wait()
+	var ee *exec.ExitError
+	stopped := strings.Contains(stderr.String()[before:], "dpgate agent: disconnected ")
+	switch {
+	case err == nil:
+	case errors.As(err, &ee) && ee.Sys().(syscall.WaitStatus).Signal() == syscall.SIGKILL && stopped:
+		// The agent ended its connection for the Ctrl-C and was exiting,
+		// and the process then ended by SIGKILL: twice in CI runs, on a
+		// loaded machine, never alone. Nothing here sends it; most likely
+		// Wine's server, ending a terminating Windows process that is slow
+		// to go. The agent's part is done.
+		t.Logf("the agent stopped and Wine killed its exiting process %v after Ctrl-C", time.Since(interrupted).Round(time.Millisecond))
+	default:
+		t.Errorf("agent after Ctrl-C: %v (connection ended: %v)\n%s", err, stopped, stderr.String())
 	}
 	t.Logf("agent under Wine:\n%s", stderr.String())
 }
