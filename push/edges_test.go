@@ -185,12 +185,13 @@ func TestAuthFailureAtTLSLevel(t *testing.T) {
 
 // TestIdleCountsAnyFrame: the idle timeout (three keepalive intervals)
 // counts every frame from the agent, not only PING; silence ends the
-// session with ERROR 8. The keepalive is 300 ms, shorter than the
-// configuration allows (1 s, WELCOME carries whole seconds; this agent
-// reads no WELCOME), so that the test waits 2 s rather than 7.
+// session with ERROR 8. The keepalive is 1 s, the least the
+// configuration allows: with 300 ms (a 900 ms timeout, to wait 2 s
+// rather than 7) the test failed once with two copies of the package's
+// tests at once, a PONG read later than 900 ms after the one before.
 func TestIdleCountsAnyFrame(t *testing.T) {
 	t.Parallel()
-	const keepalive = 300 * time.Millisecond
+	const keepalive = time.Second
 	ts := newTestServer(t, func(c *push.Config) { c.Auth = push.AuthNone; c.Keepalive = keepalive })
 	r := dialRaw(t, ts, nil)
 	r.hello(t, "dev-i")
@@ -295,8 +296,12 @@ func TestStuckAgentIsCut(t *testing.T) {
 // after the socket filled up would stay queued.
 func TestSlowAgentGetsEverything(t *testing.T) {
 	t.Parallel()
+	// A write timeout of 10 minutes: pushes that waited for the agent
+	// would take that long. 256 durable pushes of 60 KiB took over 30 s
+	// with two copies of the package's tests at once (the wait was 30 s
+	// then, the timeout a minute).
 	ts := newTestServer(t, func(c *push.Config) {
-		c.Auth, c.Keepalive, c.WriteTimeout = push.AuthNone, time.Minute, time.Minute
+		c.Auth, c.Keepalive, c.WriteTimeout = push.AuthNone, time.Minute, 10*time.Minute
 		c.MaxPayload = 60 << 10
 	})
 	r := dialRaw(t, ts, nil)
@@ -320,7 +325,7 @@ func TestSlowAgentGetsEverything(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(30 * time.Second): // the write timeout is a minute
+	case <-time.After(2 * time.Minute):
 		t.Fatal("pushes to an agent that reads nothing wait for it")
 	}
 	var last uint64
