@@ -89,17 +89,6 @@ type Attempt struct {
 // node holds a push connection of.
 var ErrNotConnected = errors.New("wake: the device is connected to no node")
 
-// FailedPush is the push attempt that failed because a node that may hold
-// the device did not answer, if there was one.
-func (r Result) FailedPush() (Attempt, bool) {
-	for _, a := range r.Attempts {
-		if a.Via == "push" && a.Err != "" {
-			return a, true
-		}
-	}
-	return Attempt{}, false
-}
-
 // Result is what one wake-up did; the API shows the last one per device.
 type Result struct {
 	Device   string    `json:"device"`
@@ -118,6 +107,17 @@ func (r Result) Sent() bool {
 		}
 	}
 	return false
+}
+
+// FailedPush is the push attempt that failed because a node that may hold
+// the device did not answer, if there was one.
+func (r Result) FailedPush() (Attempt, bool) {
+	for _, a := range r.Attempts {
+		if a.Via == "push" && a.Err != "" {
+			return a, true
+		}
+	}
+	return Attempt{}, false
 }
 
 // Service forwards wake-ups and receives requests and shutdown notices.
@@ -164,7 +164,8 @@ func New(cfg Config) (*Service, error) {
 		perDev: perDev, last: last}, nil
 }
 
-// Wake wakes a device: a WAKE frame when it is connected (PushWake), else the
+// Wake wakes a device: a WAKE frame when it is connected (PushWake), else
+// (after a failed push attempt too, listed first) the
 // signed datagram to its address and, when its MAC is known, Wake-on-LAN
 // to the limited broadcast and the directed broadcast of its subnet (both
 // only through the interface whose subnet holds its address) and to its
