@@ -216,6 +216,62 @@ func BenchmarkRecordsAllDamaged(b *testing.B) {
 	}
 }
 
+// BenchmarkRecordsEmpty: opening an empty journal (two files of
+// JournalSize zeros), as every start of a gateway whose queue was
+// drained does.
+func BenchmarkRecordsEmpty(b *testing.B) {
+	j, err := OpenJournal(b.TempDir(), "q")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer j.Close()
+	for b.Loop() {
+		if _, err := j.Records(func(int, []byte) error { return nil }); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestJournalStrayByteInTheZeros: a byte changed deep in the zeros after
+// the records (damage) is reported with the zeros before it, the records
+// are read, and appends go after it.
+func TestJournalStrayByteInTheZeros(t *testing.T) {
+	dir := t.TempDir()
+	j, err := OpenJournal(dir, "q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := slices.Concat(AppendRecord(nil, []byte("record-0")), AppendRecord(nil, []byte("ends in zeros\x00\x00")))
+	if err := j.Append(recs); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	path := filepath.Join(dir, "q-0"+JournalSuffix)
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stray := int64(JournalSize - 5000)
+	f.WriteAt([]byte{0x10}, stray)
+	f.Close()
+	if j, err = OpenJournal(dir, "q"); err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	var got []string
+	damaged, err := j.Records(func(_ int, b []byte) error { got = append(got, string(b)); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"record-0", "ends in zeros\x00\x00"}
+	if skipped := stray + 1 - int64(len(recs)); !slices.Equal(got, want) || damaged[path] != skipped || len(damaged) != 1 {
+		t.Fatalf("read %q, damaged %v; want %q and %d bytes of %s", got, damaged, want, skipped, path)
+	}
+	if j.Size() != stray+1 {
+		t.Errorf("appends go at %d, want %d (after the stray byte)", j.Size(), stray+1)
+	}
+}
+
 // TestAppendWhileEmptying: appends to the active file go on while the
 // other one is emptied (Empty writes its zeros and syncs without the
 // lock Append takes); after both, the journal holds exactly the
