@@ -85,8 +85,9 @@ func startReflector(t *testing.T) (*link.Reflector, string) {
 }
 
 // TestAccuracyThroughEmulator: 3,000 probes through 5 % loss and 40 ms
-// each way. Per-direction loss within 1.5 points of 5 %, median RTT
-// within 3 ms of 80 ms plus the loopback base, verdict ok.
+// each way. Per-direction loss within 1.5 points of 5 %, the least RTT
+// within 3 ms of 80 ms plus the loopback base (the median above it, by at
+// most 30 ms), verdict ok.
 func TestAccuracyThroughEmulator(t *testing.T) {
 	t.Parallel() // real time through the emulator, mostly waiting
 	_, refl := startReflector(t)
@@ -107,8 +108,14 @@ func TestAccuracyThroughEmulator(t *testing.T) {
 			t.Errorf("loss %s %.2f%%, want 5%% +- 1.5", dir, 100*loss)
 		}
 	}
-	if d := st.RTTP50 - 80*time.Millisecond - base; d < -3*time.Millisecond || d > 3*time.Millisecond {
-		t.Errorf("median RTT %s, want 80ms + base %s +- 3ms", st.RTTP50, base)
+	// The least RTT is the emulated delay and the base alone: a loaded
+	// machine adds to every other probe's (the median was 83.6 ms beside
+	// four test packages at once), never takes away.
+	if d := st.RTTMin - 80*time.Millisecond - base; d < -3*time.Millisecond || d > 3*time.Millisecond {
+		t.Errorf("least RTT %s, want 80ms + base %s +- 3ms", st.RTTMin, base)
+	}
+	if st.RTTP50 < st.RTTMin || st.RTTP50 > 80*time.Millisecond+base+30*time.Millisecond {
+		t.Errorf("median RTT %s, want between the least (%s) and 80ms + base %s + 30ms", st.RTTP50, st.RTTMin, base)
 	}
 	j := link.Judge{Limits: link.Limits{Loss: 0.10, Delay: 100 * time.Millisecond}}
 	if v := j.Raw(st); v != link.OK {
