@@ -23,10 +23,6 @@ import (
 	"github.com/dpgate/dpgate/tlsconf"
 )
 
-// sinkHello starts a connection to the central server that is hashed,
-// not echoed (testdata/central).
-const sinkHello = "SINK/SHA256\n"
-
 // startCentral runs the stand-in central server (testdata/central,
 // built by TestMain without the race detector) and returns its address.
 func startCentral(t *testing.T, certFile string) (string, *exec.Cmd) {
