@@ -42,7 +42,7 @@ type Journal struct {
 	mu     sync.Mutex // held while writing and syncing, and to switch
 	emu    sync.Mutex // held while emptying a file, and to switch: never by Append
 	files  [2]*os.File
-	size   [2]int64 // where the next record goes (the end of the records)
+	size   [2]int64 // where the next record goes (the end of the records); zeros after it (at open, the file's length before allocate)
 	length [2]int64 // the file's length (zeros after size)
 	active int
 	broken error // a failed write that could not be undone
@@ -127,8 +127,9 @@ func (j *Journal) Records(fn func(file int, body []byte) error) (damaged map[str
 		// The zeros after the last non-zero byte (most of a file) are
 		// found in blocks and not kept: data holds the bytes before
 		// them, then as many zeros as a record ending in zeros could
-		// reach into (maxResync).
-		e, err := dataEnd(f, j.length[i], block)
+		// reach into (maxResync). Past size all are zeros (a file created
+		// at this open is not read at all).
+		e, err := dataEnd(f, j.size[i], block)
 		if err != nil {
 			return damaged, fmt.Errorf("store: journal: %w", err)
 		}
