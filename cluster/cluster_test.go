@@ -957,12 +957,27 @@ func oneOfTwoFailed(t *testing.T) (nodes []*testNode, file string, failed []clus
 	})
 	waitFor(t, 10*time.Second, func() error { return sees(nodes[0], 2) })
 	nodes[1].Close() // a failure
+	// The same failure listed for 2 s, in the file too. Seen once in a
+	// suite run, under load: a restart right after node-0 first listed
+	// node-1 listed nothing. Most likely node-1's last gossip (an alive
+	// of a higher incarnation, sent before its close and read late) made
+	// node-0 take it for alive again, and the file was written so.
+	var since time.Time
+	var steady time.Time
 	waitFor(t, 30*time.Second, func() error {
-		if failed = nodes[0].Failed(); len(failed) != 1 {
+		failed = nodes[0].Failed()
+		if len(failed) != 1 || failed[0].Name != "node-1" {
+			since = time.Time{}
 			return fmt.Errorf("node-0 lists %v as failed, want node-1", failed)
 		}
-		if b, _ := os.ReadFile(file); !strings.Contains(string(b), "node-1") {
-			return fmt.Errorf("%s holds %q, want node-1", file, b)
+		if b, _ := os.ReadFile(file); !strings.Contains(string(b), `"since":"`+failed[0].Since.Format(time.RFC3339Nano)) {
+			return fmt.Errorf("%s holds %q, want node-1 failed since %s", file, b, failed[0].Since.Format(time.RFC3339Nano))
+		}
+		if !failed[0].Since.Equal(since) {
+			since, steady = failed[0].Since, time.Now()
+		}
+		if time.Since(steady) < 2*time.Second {
+			return errors.New("node-1 failed: waiting to see it stay so")
 		}
 		return nil
 	})
