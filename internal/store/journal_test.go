@@ -20,15 +20,6 @@ func TestJournal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	read := func(j *Journal) ([]string, map[string]int64) {
-		t.Helper()
-		var got []string
-		damaged, err := j.Records(func(_ int, b []byte) error { got = append(got, string(b)); return nil })
-		if err != nil {
-			t.Fatal(err)
-		}
-		return got, damaged
-	}
 	var buf []byte
 	for i := range 3 {
 		buf = AppendRecord(buf, fmt.Appendf(nil, "record-%d", i))
@@ -44,7 +35,7 @@ func TestJournal(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{"record-0", "record-1", "record-2", "in the other file"}
-	if got, damaged := read(j); !slices.Equal(got, want) || damaged != nil {
+	if got, damaged := readRecords(t, j); !slices.Equal(got, want) || damaged != nil {
 		t.Fatalf("read %q (damaged %v), want %q", got, damaged, want)
 	}
 	if err := j.Empty(1 - old); err == nil {
@@ -62,7 +53,7 @@ func TestJournal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, damaged := read(j)
+	got, damaged := readRecords(t, j)
 	if !slices.Equal(got, want) || damaged[path] != int64(len(rec)/2) {
 		t.Fatalf("after a torn write: %q, damaged %v; want %q and %d bytes of %s", got, damaged, want, len(rec)/2, path)
 	}
@@ -78,7 +69,7 @@ func TestJournal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := read(j); !slices.Equal(got, []string{"record-0", "in the other file"}) {
+	if got, _ := readRecords(t, j); !slices.Equal(got, []string{"record-0", "in the other file"}) {
 		t.Errorf("after a changed byte: %q", got)
 	}
 
@@ -86,19 +77,19 @@ func TestJournal(t *testing.T) {
 	if err := j.Empty(1); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := read(j); !slices.Equal(got, []string{"record-0"}) {
+	if got, _ := readRecords(t, j); !slices.Equal(got, []string{"record-0"}) {
 		t.Errorf("after emptying file 1: %q", got)
 	}
 	if err := j.Empty(j.Switch()); err != nil || j.Size() != 0 {
 		t.Fatalf("Empty: %v, size %d", err, j.Size())
 	}
-	if got, damaged := read(j); len(got) != 0 || damaged != nil {
+	if got, damaged := readRecords(t, j); len(got) != 0 || damaged != nil {
 		t.Errorf("emptied journal: %q, damaged %v", got, damaged)
 	}
 	if err := j.Append(AppendRecord(nil, []byte("after"))); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := read(j); !slices.Equal(got, []string{"after"}) {
+	if got, _ := readRecords(t, j); !slices.Equal(got, []string{"after"}) {
 		t.Errorf("appended after emptying: %q", got)
 	}
 	for _, p := range j.paths {
@@ -107,6 +98,18 @@ func TestJournal(t *testing.T) {
 		}
 	}
 	j.Close()
+}
+
+// readRecords returns the bodies j.Records reads, in order, and what it
+// reports damaged.
+func readRecords(t *testing.T, j *Journal) ([]string, map[string]int64) {
+	t.Helper()
+	var got []string
+	damaged, err := j.Records(func(_ int, b []byte) error { got = append(got, string(b)); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got, damaged
 }
 
 // TestJournalSkipsDamage: a record damaged between whole ones (a changed
@@ -140,11 +143,7 @@ func TestJournalSkipsDamage(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer j.Close()
-			var got []string
-			damaged, err := j.Records(func(_ int, b []byte) error { got = append(got, string(b)); return nil })
-			if err != nil {
-				t.Fatal(err)
-			}
+			got, damaged := readRecords(t, j)
 			want := []string{bodies[0], bodies[2], bodies[3]}
 			if !slices.Equal(got, want) || damaged[path] != int64(len(damagedFrame)) {
 				t.Fatalf("read %q, damaged %v; want %q and %d bytes of %s", got, damaged, want, len(damagedFrame), path)
@@ -152,10 +151,8 @@ func TestJournalSkipsDamage(t *testing.T) {
 			if err := j.Append(AppendRecord(nil, []byte("after"))); err != nil {
 				t.Fatal(err)
 			}
-			got = nil
-			j.Records(func(_ int, b []byte) error { got = append(got, string(b)); return nil })
-			if want := append(want, "after"); !slices.Equal(got, want) {
-				t.Errorf("after an append: %q, want %q", got, want)
+			if got, _ := readRecords(t, j); !slices.Equal(got, append(want, "after")) {
+				t.Errorf("after an append: %q, want %q", got, append(want, "after"))
 			}
 		})
 	}
@@ -264,11 +261,7 @@ func TestJournalStrayByteInTheZeros(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer j.Close()
-	var got []string
-	damaged, err := j.Records(func(_ int, b []byte) error { got = append(got, string(b)); return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
+	got, damaged := readRecords(t, j)
 	want := []string{"record-0", "ends in zeros\x00\x00"}
 	if skipped := stray + 1 - int64(len(recs)); !slices.Equal(got, want) || damaged[path] != skipped || len(damaged) != 1 {
 		t.Fatalf("read %q, damaged %v; want %q and %d bytes of %s", got, damaged, want, skipped, path)
@@ -319,11 +312,7 @@ func TestAppendWhileEmptying(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer j.Close()
-	var got []string
-	if _, err := j.Records(func(_ int, b []byte) error { got = append(got, string(b)); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Equal(got, want) {
+	if got, _ := readRecords(t, j); !slices.Equal(got, want) {
 		t.Fatalf("read %d records (first %q), want the %d appended", len(got), got[:min(3, len(got))], len(want))
 	}
 }
