@@ -321,8 +321,11 @@ func (s *upgradeSite) relay(t *testing.T, n int64) (resume func(), wait func() e
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	out := bufio.NewReader(stdout)
-	if line, err := out.ReadString('\n'); line != fmt.Sprintf("sent %d\n", n/2) {
-		t.Fatalf("relay: %q %v, want the first half sent; stderr: %s", line, err, stderr.String())
+	stuck := time.AfterFunc(time.Minute, func() { cmd.Process.Kill() }) // the first half, bounded
+	line, err := out.ReadString('\n')
+	stuck.Stop()
+	if line != fmt.Sprintf("sent %d\n", n/2) {
+		t.Fatalf("relay: %q %v, want the first half sent within a minute; stderr: %s", line, err, stderr.String())
 	}
 	resume = func() { io.WriteString(stdin, "go on\n") }
 	wait = func() error {
