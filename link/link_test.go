@@ -109,8 +109,8 @@ func TestAccuracyThroughEmulator(t *testing.T) {
 		}
 	}
 	// The least RTT is the emulated delay and the base alone: a loaded
-	// machine adds to every other probe's (the median was 83.6 ms beside
-	// four test packages at once), never takes away.
+	// machine adds to probes' round trips, never takes away (the median
+	// was 83.6 ms with four test packages at once, go test -p 4).
 	if d := st.RTTMin - 80*time.Millisecond - base; d < -3*time.Millisecond || d > 3*time.Millisecond {
 		t.Errorf("least RTT %s, want 80ms + base %s +- 3ms", st.RTTMin, base)
 	}

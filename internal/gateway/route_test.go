@@ -631,9 +631,10 @@ func TestWakeRoutedToTheHoldingNode(t *testing.T) {
 		}
 	}
 	// A device connected nowhere and unknown to the asked node: 404 once
-	// every node has answered that it does not hold it. (Seen with four
-	// test packages at once: a node took over 2 s to answer and the wake
-	// was 504 naming it, which is right for a node that does not answer.)
+	// every node has answered that it does not hold it. (Seen with three
+	// test packages at once, go test -p 3: a node took over 2 s to answer
+	// and the wake was 504 naming it, right for a node that does not
+	// answer.)
 	waitFor(t, 30*time.Second, func() error {
 		var he *admin.HTTPError
 		err := apis[y].Do(ctx, "POST", "/v1/devices/nobody/wake", struct{}{}, nil)
