@@ -291,12 +291,17 @@ func (w *wine) buildExe() {
 // prepareWine boots the Wine prefix and builds dpgate.exe in the
 // background (TestMain, while the package's serial tests run: the boot
 // takes seconds of mostly waiting), when a Wine test is to run. The
-// tests wait for the same once values.
+// tests wait for the same once values. -test.run and -test.skip are
+// matched against the Wine tests' names as go test matches them (their
+// first element: these tests have no subtests).
 func prepareWine() {
-	run := flag.Lookup("test.run").Value.String()
-	selected := run == ""
+	run := strings.Split(flag.Lookup("test.run").Value.String(), "/")[0]
+	skip := strings.Split(flag.Lookup("test.skip").Value.String(), "/")[0]
+	selected := false
 	for _, name := range []string{"TestWindowsAgentUnderWine", "TestWindowsUnitTestsUnderWine", "TestWindowsServiceUnderWine", "TestWindowsGatewayUnderWine"} {
-		if ok, err := regexp.MatchString(strings.Split(run, "/")[0], name); err == nil && ok {
+		runs, err := regexp.MatchString(run, name)
+		skipped, serr := regexp.MatchString(skip, name)
+		if err == nil && runs && !(skip != "" && serr == nil && skipped) {
 			selected = true
 		}
 	}
