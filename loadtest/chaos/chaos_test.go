@@ -3,6 +3,7 @@
 package chaos
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -38,10 +39,16 @@ func TestChaosShort(t *testing.T) {
 		dir = keep
 		os.MkdirAll(dir, 0o700)
 	}
-	bin := filepath.Join(dir, "dpgate")
-	build := exec.Command("go", "build", "-ldflags", "-s -w", "-o", bin, "../../cmd/dpgate") // no symbols or DWARF: 1.8 s of CPU to link dpgate instead of 2.6
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building dpgate: %v: %s", err, out)
+	// The nodes, and the harness: dpload chaos, built without the race
+	// detector (in this test's process, the harness and its agents took
+	// 6 of the test's 22 s of CPU). No symbols or DWARF: 1.8 s of CPU to
+	// link dpgate instead of 2.6 (and the flags cmd/dpload's tests build
+	// dpload with, whose link go's cache then has).
+	bin, dpload := filepath.Join(dir, "dpgate"), filepath.Join(dir, "dpload")
+	for _, b := range [][2]string{{bin, "../../cmd/dpgate"}, {dpload, "../../cmd/dpload"}} {
+		if out, err := exec.Command("go", "build", "-ldflags", "-s -w", "-o", b[0], b[1]).CombinedOutput(); err != nil {
+			t.Fatalf("building %s: %v: %s", b[1], err, out)
+		}
 	}
 	// The groups run side by side on goroutines, not as parallel
 	// subtests: go test runs only GOMAXPROCS (2 here) of those at once.
@@ -52,7 +59,7 @@ func TestChaosShort(t *testing.T) {
 		wg.Add(1)
 		go func() { // ends when its site's run does (bounded by its context)
 			defer wg.Done()
-			runs[g] = runFaults(t, bin, filepath.Join(dir, fmt.Sprintf("group%d", g)), group)
+			runs[g] = runFaults(dpload, bin, filepath.Join(dir, fmt.Sprintf("group%d", g)), group)
 		}()
 	}
 	wg.Wait()
@@ -83,27 +90,43 @@ func groups(faults []string, n int) [][]string {
 	return out
 }
 
-// groupRun is one site's history and the error that ended its run.
+// groupRun is one site's history, the harness's output and the error
+// that ended its run.
 type groupRun struct {
 	dir  string
 	hist *History
+	out  string
 	err  error
 }
 
 // runFaults runs one site of three nodes through the faults, one after
-// another, and keeps its history.
-func runFaults(t *testing.T, bin, dir string, faults []string) groupRun {
+// another, in a dpload chaos process, and reads back its history.
+func runFaults(dpload, bin, dir string, faults []string) groupRun {
 	r := groupRun{dir: dir}
 	if r.err = os.MkdirAll(dir, 0o700); r.err != nil {
 		return r
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	prefix := strings.Join(faults, "+") + ": "
-	r.hist, r.err = Run(ctx, Config{Dpgate: bin, Dir: dir, Nodes: 3, Agents: 30, Rate: 20, Faults: faults, Length: 5 * time.Second,
-		Settle: 60 * time.Second, Log: func(format string, args ...any) { t.Logf(prefix+format, args...) }})
-	if b, err := json.Marshal(r.hist); err == nil {
-		os.WriteFile(filepath.Join(dir, "history.json"), b, 0o600)
+	history := filepath.Join(dir, "history.json")
+	cmd := exec.CommandContext(ctx, dpload, "chaos", "--dpgate", bin, "--dir", dir, "--nodes", "3", "--agents", "30", "--rate", "20",
+		"--faults", strings.Join(faults, ","), "--length", "5s", "--settle", "60s", "--history", history)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	runErr := cmd.Run()
+	r.out = out.String()
+	b, err := os.ReadFile(history)
+	if err == nil {
+		var h History
+		if err = json.Unmarshal(b, &h); err == nil {
+			r.hist = &h
+		}
+	}
+	switch {
+	case err != nil:
+		r.err = fmt.Errorf("dpload chaos: %v; its history: %v", runErr, err)
+	case runErr != nil && Check(r.hist).Lost == 0: // lost pushes make it fail too: check reports those
+		r.err = fmt.Errorf("dpload chaos: %v", runErr)
 	}
 	return r
 }
@@ -112,12 +135,15 @@ func runFaults(t *testing.T, bin, dir string, faults []string) groupRun {
 // no push answered 2xx lost.
 func (r groupRun) check(t *testing.T, faults []string) {
 	if r.hist == nil {
-		t.Fatal(r.err)
+		t.Fatalf("%v\n%s", r.err, r.out)
 	}
 	rep := Check(r.hist)
 	var table strings.Builder
 	rep.WriteTable(&table)
 	t.Logf("\n%s", table.String())
+	if r.err != nil || rep.Lost != 0 {
+		t.Logf("dpload chaos said:\n%s", r.out)
+	}
 	if r.err != nil {
 		for i := range 3 {
 			b, _ := os.ReadFile(filepath.Join(r.dir, "node"+string(rune('0'+i)), "dpgate.log"))
