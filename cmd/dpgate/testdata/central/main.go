@@ -20,7 +20,6 @@ import (
 	"bufio"
 	"crypto/sha256"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -121,7 +120,7 @@ func send(addr, pin, size string) error {
 		return fmt.Errorf("reading the sink's answer: %w", err)
 	}
 	if want := fmt.Sprintf("%d %x", n, h.Sum(nil)); string(got) != want {
-		return errors.New("the central server got " + strconv.Quote(string(got)) + ", want " + strconv.Quote(want))
+		return fmt.Errorf("the central server got %q, want %q", got, want)
 	}
 	fmt.Printf("relayed %d\n", n)
 	return nil
