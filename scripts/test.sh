@@ -17,7 +17,7 @@ export PATH="$PATH:/usr/local/go/bin:$(go env GOPATH 2>/dev/null || echo "$HOME/
 # console's test drives a headless browser), promtool from prometheus
 # (checks /metrics, the alert rules and the dashboard's queries), wine64
 # and mingw-w64 (the Windows build of the agent runs under Wine, with a
-# ProcessPrng stub built by mingw: cmd/dpgate/wine_e2e_test.go).
+# ProcessPrng stub built by mingw: cmd/dpgate/wine).
 # The namespace tests run only as root, so only root needs ip and nft.
 need="openssl:openssl curl:curl dig:dnsutils chromium:chromium promtool:prometheus"
 need="$need /usr/lib/wine/wine64:wine64 x86_64-w64-mingw32-gcc:gcc-mingw-w64-x86-64-win32"

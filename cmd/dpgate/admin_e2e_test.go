@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dpgate/dpgate/internal/e2e"
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -47,7 +48,7 @@ func TestLocalUserLockedOut(t *testing.T) {
 	body, _ := os.ReadFile(cfg)
 	os.WriteFile(cfg, []byte(strings.Replace(string(body), "admin:\n", "admin:\n  socket: "+sock+"\n", 1)), 0o644)
 	s := startServe(t, nil, "-c", cfg)
-	s.waitLog(t, `msg="admin API listening"`)
+	s.WaitLog(t, `msg="admin API listening"`)
 
 	asNobody := func(env []string, args ...string) result {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -56,19 +57,19 @@ func TestLocalUserLockedOut(t *testing.T) {
 		cmd.Env = append(os.Environ(), env...)
 		cmd.Dir = dir
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
-		return runResult(t, cmd)
+		return e2e.RunCmd(t, cmd)
 	}
 	stranger, _ := tlsconf.Issue(tlsconf.Template{CommonName: "stranger", Client: true}, nil)
 	strangerPEM := filepath.Join(dir, "stranger.pem")
 	os.WriteFile(strangerPEM, tlsconf.CertPEM(stranger), 0o644)
 
 	r := asNobody(nil, "cert", "add", "-c", cfg, strangerPEM)
-	if r.code == 0 || !strings.Contains(r.stderr, "permission denied") || !strings.Contains(r.stderr, "DPGATE_TOKEN") {
-		t.Errorf("cert add as uid %d: exit %d, stderr %q; want a failure saying the token could not be read", nobody, r.code, r.stderr)
+	if r.Code == 0 || !strings.Contains(r.Stderr, "permission denied") || !strings.Contains(r.Stderr, "DPGATE_TOKEN") {
+		t.Errorf("cert add as uid %d: exit %d, stderr %q; want a failure saying the token could not be read", nobody, r.Code, r.Stderr)
 	}
 	r = asNobody([]string{"DPGATE_TOKEN=guessed"}, "cert", "add", "-c", cfg, strangerPEM)
-	if r.code == 0 || !strings.Contains(r.stderr, "bearer token") {
-		t.Errorf("cert add as uid %d with a guessed token: exit %d, stderr %q; want a 401", nobody, r.code, r.stderr)
+	if r.Code == 0 || !strings.Contains(r.Stderr, "bearer token") {
+		t.Errorf("cert add as uid %d with a guessed token: exit %d, stderr %q; want a 401", nobody, r.Code, r.Stderr)
 	}
 
 	// Every route, raw, from that user: 401 with no token or a guessed one.
@@ -111,17 +112,17 @@ func TestLocalUserLockedOut(t *testing.T) {
 
 	// The owner notices nothing: the same CLI, no new flag.
 	r = dpgate(t, nil, "cert", "list", "-c", cfg)
-	if r.code != 0 {
-		t.Fatalf("cert list as the owner: exit %d: %s", r.code, r.stderr)
+	if r.Code != 0 {
+		t.Fatalf("cert list as the owner: exit %d: %s", r.Code, r.Stderr)
 	}
-	if strings.Contains(r.stdout, tlsconf.Fingerprint(stranger.Leaf)) {
-		t.Errorf("the stranger's certificate is in the allow-list:\n%s", r.stdout)
+	if strings.Contains(r.Stdout, tlsconf.Fingerprint(stranger.Leaf)) {
+		t.Errorf("the stranger's certificate is in the allow-list:\n%s", r.Stdout)
 	}
-	if r := dpgate(t, nil, "push", "-c", cfg, "pc-1", "hello"); r.code != 0 {
-		t.Errorf("push as the owner: exit %d: %s", r.code, r.stderr)
+	if r := dpgate(t, nil, "push", "-c", cfg, "pc-1", "hello"); r.Code != 0 {
+		t.Errorf("push as the owner: exit %d: %s", r.Code, r.Stderr)
 	}
-	if r := asNobody(nil, "push", "-c", cfg, "pc-1", "from a stranger"); r.code == 0 {
-		t.Errorf("push as uid %d succeeded: %s", nobody, r.stdout)
+	if r := asNobody(nil, "push", "-c", cfg, "pc-1", "from a stranger"); r.Code == 0 {
+		t.Errorf("push as uid %d succeeded: %s", nobody, r.Stdout)
 	}
 	var d struct{ Queued int }
 	if err := apiClient(t, cfg).Do(context.Background(), "GET", "/v1/devices/pc-1", nil, &d); err != nil || d.Queued != 1 {

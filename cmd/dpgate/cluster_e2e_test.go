@@ -85,13 +85,13 @@ func TestClusterSurvivesKill9(t *testing.T) {
 		os.WriteFile(cfg, []byte(fmt.Sprintf("node:\n  name: node-%d\n  data_dir: data\nadmin:\n  listen: %s\npush:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\ncluster:\n  bind: %s\n  secret_key_file: %s\n%s",
 			i, adminAddr, pushAddr, bind, gossipKey, extra)), 0o644)
 		s := startServe(t, nil, "-c", cfg)
-		s.waitLog(t, `msg="push server listening"`)
+		s.WaitLog(t, `msg="push server listening"`)
 		if i == 0 {
-			seed = s.waitLog(t, `msg="cluster started" addr=(\S+)`)[1]
-			dnsAddr = s.waitLog(t, `msg="DNS listening" addr=(\S+)`)[1]
+			seed = s.WaitLog(t, `msg="cluster started" addr=(\S+)`)[1]
+			dnsAddr = s.WaitLog(t, `msg="DNS listening" addr=(\S+)`)[1]
 		}
 		srvs, apis, pushes, cfgs = append(srvs, s), append(apis, apiClient(t, cfg)), append(pushes, pushAddr), append(cfgs, cfg)
-		pins = append(pins, strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout))
+		pins = append(pins, strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).Stdout))
 	}
 	ctx := context.Background()
 	members := func(api *admin.Client) (int, error) {
@@ -229,8 +229,8 @@ func TestClusterSurvivesKill9(t *testing.T) {
 	}()
 	time.Sleep(300 * time.Millisecond) // some of the stream before the kill
 	killed := time.Now()
-	srvs[victim].cmd.Process.Signal(syscall.SIGKILL)
-	<-srvs[victim].done
+	srvs[victim].Cmd.Process.Signal(syscall.SIGKILL)
+	<-srvs[victim].Done
 	survivors := []string{pushes[0], pushes[2]}
 	var detected, rehomed time.Duration
 	waitFor(t, 30*time.Second, func() error {
@@ -245,8 +245,8 @@ func TestClusterSurvivesKill9(t *testing.T) {
 	// dpgate members --json lists the failed node too, as its table does.
 	r := dpgate(t, nil, "members", "-c", cfgs[0], "--json")
 	var listed []gateway.ClusterMember
-	if err := json.Unmarshal([]byte(r.stdout), &listed); err != nil || r.code != 0 {
-		t.Fatalf("dpgate members --json: exit %d, %v: %s%s", r.code, err, r.stdout, r.stderr)
+	if err := json.Unmarshal([]byte(r.Stdout), &listed); err != nil || r.Code != 0 {
+		t.Fatalf("dpgate members --json: exit %d, %v: %s%s", r.Code, err, r.Stdout, r.Stderr)
 	}
 	states := map[string]string{}
 	for _, m := range listed {

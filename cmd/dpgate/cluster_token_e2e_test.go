@@ -92,10 +92,10 @@ func TestClusterTokenAuth(t *testing.T) {
 		adminAddrs[i] = testutil.FreePort(t)
 		cfg := writeCfg(i, pushAddr, "127.0.0.1:0", join)
 		srvs[i] = startServe(t, nil, "-c", cfg)
-		srvs[i].waitLog(t, `msg="push server listening"`)
-		gossip = append(gossip, srvs[i].waitLog(t, `msg="cluster started" addr=(\S+)`)[1])
+		srvs[i].WaitLog(t, `msg="push server listening"`)
+		gossip = append(gossip, srvs[i].WaitLog(t, `msg="cluster started" addr=(\S+)`)[1])
 		cfgs, pushes = append(cfgs, cfg), append(pushes, pushAddr)
-		pins = append(pins, strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(nd, "data", "gateway.pem")).stdout))
+		pins = append(pins, strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(nd, "data", "gateway.pem")).Stdout))
 	}
 	ctx := context.Background()
 	sessions := func(i int) int {
@@ -157,7 +157,7 @@ func TestClusterTokenAuth(t *testing.T) {
 	}
 	// startAgent: a token from "dpgate token issue" on node 0, node 0 to start from.
 	startAgent := func(id string) *tokenAgent {
-		tok := strings.TrimSpace(dpgate(t, nil, "token", "issue", "-c", cfgs[0], "--days", "1", id).stdout)
+		tok := strings.TrimSpace(dpgate(t, nil, "token", "issue", "-c", cfgs[0], "--days", "1", id).Stdout)
 		return runAgent(id, tok, pushes[0])
 	}
 	var agents []*tokenAgent
@@ -187,15 +187,15 @@ func TestClusterTokenAuth(t *testing.T) {
 	}
 
 	// Failover: node 0 dies; its agents go to the nodes WELCOME named.
-	srvs[0].cmd.Process.Signal(syscall.SIGKILL)
-	<-srvs[0].done
+	srvs[0].Cmd.Process.Signal(syscall.SIGKILL)
+	<-srvs[0].Done
 	waitFor(t, 60*time.Second, func() error { return allOn(pushes[1], pushes[2]) })
 	t.Logf("after kill -9 of node 0: sessions %d %d", sessions(1), sessions(2))
 
 	// Rebalancing: node 0 back, the others hand agents over to it.
 	writeCfg(0, pushes[0], gossip[0], gossip[1])
 	srvs[0] = startServe(t, nil, "-c", cfgs[0])
-	srvs[0].waitLog(t, `msg="push server listening"`)
+	srvs[0].WaitLog(t, `msg="push server listening"`)
 	waitFor(t, 90*time.Second, func() error {
 		if n := sessions(0); n < 1 {
 			return fmt.Errorf("node 0 holds %d agents after its restart (members seen by nodes 0, 1, 2: %d %d %d)", n, members(0), members(1), members(2))
@@ -207,8 +207,8 @@ func TestClusterTokenAuth(t *testing.T) {
 	// Rotation, step 1: the new key first, the old one still held.
 	os.WriteFile(keyFile, []byte(newKey+"\n"+oldKey+"\n"), 0o600)
 	for _, s := range srvs {
-		s.cmd.Process.Signal(syscall.SIGHUP)
-		s.waitLog(t, `msg=reloaded .*token_keys=2`)
+		s.Cmd.Process.Signal(syscall.SIGHUP)
+		s.WaitLog(t, `msg=reloaded .*token_keys=2`)
 	}
 	fresh := startAgent("agent-new") // its token is signed with the new key
 	waitFor(t, 60*time.Second, func() error {
@@ -229,8 +229,8 @@ func TestClusterTokenAuth(t *testing.T) {
 	}
 	os.WriteFile(keyFile, []byte(newKey+"\n"), 0o600)
 	for _, s := range srvs {
-		s.cmd.Process.Signal(syscall.SIGHUP)
-		s.waitLog(t, `msg=reloaded .*token_keys=1`)
+		s.Cmd.Process.Signal(syscall.SIGHUP)
+		s.WaitLog(t, `msg=reloaded .*token_keys=1`)
 	}
 	oldTok := wire.IssueToken([]byte("the site's first token key, 32 b"), "agent-late", time.Now().Add(time.Hour))
 	late := runAgent("agent-late", oldTok, pushes[1])

@@ -15,11 +15,11 @@ import (
 // command and subcommand.
 func TestCompletionAndMan(t *testing.T) {
 	r := dpgate(t, nil, "completion", "bash")
-	if r.code != 0 {
-		t.Fatalf("completion bash: exit %d: %s", r.code, r.stderr)
+	if r.Code != 0 {
+		t.Fatalf("completion bash: exit %d: %s", r.Code, r.Stderr)
 	}
 	script := filepath.Join(t.TempDir(), "dpgate.bash")
-	os.WriteFile(script, []byte(r.stdout), 0o644)
+	os.WriteFile(script, []byte(r.Stdout), 0o644)
 	for words, want := range map[string]string{
 		"dpgate ce":                    "cert",
 		"dpgate cert ag":               "agent-gen",
@@ -33,13 +33,13 @@ func TestCompletionAndMan(t *testing.T) {
 			t.Errorf("completing %q: %q (%v), want %q", words, out, err, want)
 		}
 	}
-	if r := dpgate(t, nil, "completion", "zsh"); r.code != 0 || !strings.HasPrefix(r.stdout, "#compdef dpgate") {
-		t.Errorf("completion zsh: exit %d, %q", r.code, r.stdout[:min(40, len(r.stdout))])
+	if r := dpgate(t, nil, "completion", "zsh"); r.Code != 0 || !strings.HasPrefix(r.Stdout, "#compdef dpgate") {
+		t.Errorf("completion zsh: exit %d, %q", r.Code, r.Stdout[:min(40, len(r.Stdout))])
 	}
 	man := dpgate(t, nil, "man")
 	for _, want := range []string{".TH DPGATE 1", ".SH COMMANDS", ".SS serve\n", ".SS cert agent-gen\n", ".SS status\n", "DPGATE_ADDR"} {
-		if man.code != 0 || !strings.Contains(man.stdout, want) {
-			t.Errorf("dpgate man: exit %d, no %q", man.code, want)
+		if man.Code != 0 || !strings.Contains(man.Stdout, want) {
+			t.Errorf("dpgate man: exit %d, no %q", man.Code, want)
 		}
 	}
 }

@@ -46,8 +46,8 @@ func TestProbeAgainstReflect(t *testing.T) {
 		t.Fatal("dpgate reflect did not report its socket within 30 s")
 	}
 	res := dpgate(t, nil, "probe", addr, "--count", "50", "--interval", "5ms", "--json")
-	if res.code != 0 {
-		t.Fatalf("probe exit %d: %s %s", res.code, res.stdout, res.stderr)
+	if res.Code != 0 {
+		t.Fatalf("probe exit %d: %s %s", res.Code, res.Stdout, res.Stderr)
 	}
 	var out struct {
 		Verdict string
@@ -57,17 +57,17 @@ func TestProbeAgainstReflect(t *testing.T) {
 			ReflectorTTL   int     `json:"reflector_ttl"`
 		}
 	}
-	if err := json.Unmarshal([]byte(res.stdout), &out); err != nil || out.Verdict != "ok" || out.Stats.Sent != 50 || out.Stats.Received != 50 || out.Stats.RTTP50 <= 0 || out.Stats.ReflectorTTL <= 0 {
-		t.Errorf("probe --json: %s (%v)", res.stdout, err)
+	if err := json.Unmarshal([]byte(res.Stdout), &out); err != nil || out.Verdict != "ok" || out.Stats.Sent != 50 || out.Stats.Received != 50 || out.Stats.RTTP50 <= 0 || out.Stats.ReflectorTTL <= 0 {
+		t.Errorf("probe --json: %s (%v)", res.Stdout, err)
 	}
-	if res := dpgate(t, nil, "probe", addr, "--count", "20", "--interval", "5ms", "--delay", "1us"); res.code != 1 {
-		t.Errorf("probe with an impossible delay limit: exit %d, want 1\n%s", res.code, res.stdout)
+	if res := dpgate(t, nil, "probe", addr, "--count", "20", "--interval", "5ms", "--delay", "1us"); res.Code != 1 {
+		t.Errorf("probe with an impossible delay limit: exit %d, want 1\n%s", res.Code, res.Stdout)
 	}
 	// Nothing listening: no round-trip figures (they read 0.00ms, as if
 	// the link were instant), and a word on what to check.
 	nobody := testutil.FreePort(t)
-	if res := dpgate(t, nil, "probe", nobody, "--count", "3", "--interval", "5ms"); res.code != 1 || !strings.Contains(res.stdout, "no probe was answered") || strings.Contains(res.stdout, "0.00ms") {
-		t.Errorf("probe with no reflector: exit %d, want 1 and no round-trip figures\n%s", res.code, res.stdout)
+	if res := dpgate(t, nil, "probe", nobody, "--count", "3", "--interval", "5ms"); res.Code != 1 || !strings.Contains(res.Stdout, "no probe was answered") || strings.Contains(res.Stdout, "0.00ms") {
+		t.Errorf("probe with no reflector: exit %d, want 1 and no round-trip figures\n%s", res.Code, res.Stdout)
 	}
 }
 
@@ -83,7 +83,7 @@ func TestProbeWithNothingAnswering(t *testing.T) {
 	}
 	defer pc.Close()
 	r := dpgate(t, nil, "probe", pc.LocalAddr().String(), "--count", "3", "--interval", "50ms")
-	if r.code != 1 || !strings.Contains(r.stdout, "loss 100.00% round trip, out and back unknown (nothing came back)") || !strings.Contains(r.stdout, "verdict: out-of-limits") {
-		t.Errorf("probe of a silent address: exit %d\n%s%s\nwant the direction unknown and the link out of limits", r.code, r.stdout, r.stderr)
+	if r.Code != 1 || !strings.Contains(r.Stdout, "loss 100.00% round trip, out and back unknown (nothing came back)") || !strings.Contains(r.Stdout, "verdict: out-of-limits") {
+		t.Errorf("probe of a silent address: exit %d\n%s%s\nwant the direction unknown and the link out of limits", r.Code, r.Stdout, r.Stderr)
 	}
 }

@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -26,12 +25,12 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/internal/e2e"
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/tlsconf"
 )
@@ -42,12 +41,6 @@ var (
 	update     = flag.Bool("update", false, "rewrite golden files")
 )
 
-// testLDFlags link the binaries the tests build without a symbol table
-// or DWARF (stack traces keep their function names): a fresh link of
-// dpgate takes 1.8 s of CPU so and 2.6 s with them, and a fresh machine
-// (CI) links each of the package's seven binaries afresh.
-const testLDFlags = "-s -w"
-
 func TestMain(m *testing.M) {
 	flag.Parse()
 	dir, err := os.MkdirTemp("", "dpgate-bin")
@@ -56,54 +49,23 @@ func TestMain(m *testing.M) {
 	}
 	bin, centralBin = filepath.Join(dir, "dpgate"), filepath.Join(dir, "central")
 	for _, b := range [][2]string{{bin, "."}, {centralBin, "./testdata/central"}} {
-		build := exec.Command("go", "build", "-ldflags", testLDFlags, "-o", b[0], b[1])
-		build.Stderr = os.Stderr
-		if err := build.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "building", b[1]+":", err)
+		if err := e2e.Build(b[0], b[1]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
 	}
-	prepareWine()
 	code := m.Run()
-	stopWine()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
 
 // result is one finished dpgate run.
-type result struct {
-	code           int
-	stdout, stderr string
-}
+type result = e2e.Result
 
 // dpgate runs the binary to completion (bounded by a minute).
 func dpgate(t *testing.T, env []string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	return runResult(t, cmd)
-}
-
-// runResult runs a prepared dpgate command to completion.
-func runResult(t *testing.T, cmd *exec.Cmd) result {
-	t.Helper()
-	args := cmd.Args[1:]
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String()}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		r.code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("dpgate %v: %v", args, err)
-	}
-	if strings.Contains(r.stderr, "panic:") || strings.Contains(r.stderr, "goroutine ") {
-		t.Fatalf("dpgate %v panicked:\n%s", args, r.stderr)
-	}
-	return r
+	return e2e.Run(t, bin, env, args...)
 }
 
 // tool runs an external program (openssl, curl) and returns its output and exit code.
@@ -138,108 +100,16 @@ func toolWith(t *testing.T, stdin []byte, cred *syscall.Credential, name string,
 }
 
 // server is a running "dpgate serve".
-type server struct {
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	logs bytes.Buffer
-	done chan struct{}
-	code int
-}
+type server = e2e.Server
 
 // startServe runs "dpgate serve ARGS...".
 func startServe(t *testing.T, env []string, args ...string) *server {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"serve"}, args...)...)
-	cmd.Env = append(os.Environ(), env...)
-	return startServeCmd(t, cmd)
-}
-
-// startServeCmd is startServe of a command prepared by the caller.
-func startServeCmd(t *testing.T, cmd *exec.Cmd) *server {
-	t.Helper()
-	s := &server{cmd: cmd, done: make(chan struct{})}
-	pipe, _ := s.cmd.StderrPipe()
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(pipe)
-		for sc.Scan() {
-			s.mu.Lock()
-			s.logs.WriteString(sc.Text() + "\n")
-			s.mu.Unlock()
-		}
-		err := s.cmd.Wait()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			s.code = ee.ExitCode()
-		}
-		close(s.done)
-	}()
-	t.Cleanup(func() {
-		s.cmd.Process.Kill()
-		<-s.done
-		if t.Failed() {
-			t.Logf("dpgate serve log:\n%s", s.log())
-		}
-	})
-	return s
-}
-
-func (s *server) log() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.logs.String()
-}
-
-// waitLog waits for a log line matching re and returns its submatches.
-func (s *server) waitLog(t *testing.T, re string) []string {
-	t.Helper()
-	rx := regexp.MustCompile(re)
-	var m []string
-	waitFor(t, 30*time.Second, func() error {
-		if m = rx.FindStringSubmatch(s.log()); m == nil {
-			select {
-			case <-s.done:
-				t.Fatalf("dpgate exited (code %d) before logging %q", s.code, re)
-			default:
-			}
-			return fmt.Errorf("no log line matching %q yet", re)
-		}
-		return nil
-	})
-	return m
-}
-
-// stop sends sig and returns the exit code and how long the exit took.
-func (s *server) stop(t *testing.T, sig os.Signal) (int, time.Duration) {
-	t.Helper()
-	start := time.Now()
-	s.cmd.Process.Signal(sig)
-	select {
-	case <-s.done:
-		return s.code, time.Since(start)
-	case <-time.After(30 * time.Second):
-		t.Fatal("dpgate did not exit within 30s of the signal")
-	}
-	return -1, 0
+	return e2e.StartServe(t, bin, env, args...)
 }
 
 // writeConfig writes a config with a temporary data dir and admin address.
-func writeConfig(t *testing.T, dir, adminAddr, extra string) string {
-	f := filepath.Join(dir, "dpgate.yaml")
-	body := fmt.Sprintf("node:\n  name: e2e\n  data_dir: data\nadmin:\n  listen: %s\n%s", adminAddr, extra)
-	if !strings.Contains(extra, "push:") {
-		body += "push:\n  listen: 127.0.0.1:0\n"
-	}
-	if !strings.Contains(extra, "wake:") { // not the standard ports: tests run side by side
-		body += "wake:\n  listen: 127.0.0.1:0\n  shutdown_listen: 127.0.0.1:0\n"
-	}
-	if err := os.WriteFile(f, []byte(body), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return f
-}
+var writeConfig = e2e.WriteConfig
 
 // apiClient is the admin client the CLI would use with -c cfgFile: the
 // address and the token (data_dir/admin.token) from the configuration.
@@ -294,14 +164,14 @@ func TestServeOnDefaults(t *testing.T) {
 	}
 	dataDir := t.TempDir()
 	s := startServe(t, []string{"STATE_DIRECTORY=" + dataDir}, strings.Fields(args)[1:]...)
-	m := s.waitLog(t, `msg="generated gateway certificate" file=(\S+) pin="?(sha256//[A-Za-z0-9+/=]+)`)
+	m := s.WaitLog(t, `msg="generated gateway certificate" file=(\S+) pin="?(sha256//[A-Za-z0-9+/=]+)`)
 	if m[1] != filepath.Join(dataDir, "gateway.pem") {
 		t.Errorf("certificate written to %s, want %s", m[1], filepath.Join(dataDir, "gateway.pem"))
 	}
-	if r := dpgate(t, nil, "cert", "pin", m[1]); strings.TrimSpace(r.stdout) != m[2] {
-		t.Errorf("logged pin %s, cert pin says %s", m[2], r.stdout)
+	if r := dpgate(t, nil, "cert", "pin", m[1]); strings.TrimSpace(r.Stdout) != m[2] {
+		t.Errorf("logged pin %s, cert pin says %s", m[2], r.Stdout)
 	}
-	s.waitLog(t, `msg="admin API listening" addr=127.0.0.1:13290`)
+	s.WaitLog(t, `msg="admin API listening" addr=127.0.0.1:13290`)
 	waitFor(t, 10*time.Second, func() error {
 		resp, err := http.Get("http://127.0.0.1:13290/healthz")
 		if err != nil {
@@ -313,7 +183,7 @@ func TestServeOnDefaults(t *testing.T) {
 		}
 		return nil
 	})
-	code, took := s.stop(t, syscall.SIGINT)
+	code, took := s.Stop(t, syscall.SIGINT)
 	if code != 0 {
 		t.Errorf("exit code %d after SIGINT, want 0", code)
 	}
@@ -327,10 +197,10 @@ func TestCertGenReadByOpenSSL(t *testing.T) {
 	dir := t.TempDir()
 	one := filepath.Join(dir, "one.pem")
 	r := dpgate(t, nil, "cert", "gen", "--cn", "gw.example", "--dns", "gw.example", "--ip", "127.0.0.1", "--out", one)
-	if r.code != 0 {
-		t.Fatalf("cert gen: exit %d: %s", r.code, r.stderr)
+	if r.Code != 0 {
+		t.Fatalf("cert gen: exit %d: %s", r.Code, r.Stderr)
 	}
-	pin := strings.TrimSpace(r.stdout)
+	pin := strings.TrimSpace(r.Stdout)
 	if fi, _ := os.Stat(one); fi.Mode().Perm() != 0o600 {
 		t.Errorf("%s has mode %v, want 0600", one, fi.Mode().Perm())
 	}
@@ -351,8 +221,8 @@ func TestCertGenReadByOpenSSL(t *testing.T) {
 	}
 
 	crt, key := filepath.Join(dir, "two.crt"), filepath.Join(dir, "two.key")
-	if r := dpgate(t, nil, "cert", "gen", "--cn", "central", "--key", "rsa-2048", "--days", "30", "--cert-out", crt, "--key-out", key); r.code != 0 {
-		t.Fatalf("cert gen two files: exit %d: %s", r.code, r.stderr)
+	if r := dpgate(t, nil, "cert", "gen", "--cn", "central", "--key", "rsa-2048", "--days", "30", "--cert-out", crt, "--key-out", key); r.Code != 0 {
+		t.Fatalf("cert gen two files: exit %d: %s", r.Code, r.Stderr)
 	}
 	out, _ = tool(t, nil, "openssl", "x509", "-in", crt, "-noout", "-text")
 	if !strings.Contains(out, "Public-Key: (2048 bit)") {
@@ -361,8 +231,8 @@ func TestCertGenReadByOpenSSL(t *testing.T) {
 	if out, code := tool(t, nil, "openssl", "rsa", "-in", key, "-check", "-noout"); code != 0 || !strings.Contains(out, "RSA key ok") {
 		t.Errorf("openssl rsa -check (exit %d): %s", code, out)
 	}
-	if r := dpgate(t, nil, "cert", "gen", "--cn", "x", "--out", one); r.code != 1 || !strings.Contains(r.stderr, "exists") {
-		t.Errorf("overwriting without --force: exit %d %q, want 1 and a message that the file exists", r.code, r.stderr)
+	if r := dpgate(t, nil, "cert", "gen", "--cn", "x", "--out", one); r.Code != 1 || !strings.Contains(r.Stderr, "exists") {
+		t.Errorf("overwriting without --force: exit %d %q, want 1 and a message that the file exists", r.Code, r.Stderr)
 	}
 }
 
@@ -385,8 +255,8 @@ func TestAgentGenReadByOpenSSL(t *testing.T) {
 			if tc.pwFlag != "" {
 				args = append(args, "--password-file", tc.pwFlag)
 			}
-			if r := dpgate(t, nil, args...); r.code != 0 {
-				t.Fatalf("agent-gen: exit %d: %s", r.code, r.stderr)
+			if r := dpgate(t, nil, args...); r.Code != 0 {
+				t.Fatalf("agent-gen: exit %d: %s", r.Code, r.Stderr)
 			}
 			text, code := tool(t, nil, "openssl", "pkcs12", "-in", out, "-passin", tc.pass, "-nodes")
 			if code != 0 || !strings.Contains(text, "CN = device-42") || !strings.Contains(text, "PRIVATE KEY") {
@@ -402,8 +272,8 @@ func TestAgentGenReadByOpenSSL(t *testing.T) {
 	}
 	r := dpgate(t, nil, "cert", "list", "-c", cfg, "--json")
 	var list admin.CertList
-	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil || list.Count != 2 {
-		t.Errorf("offline cert list: %d entries, %v; want 2 (%s)", list.Count, err, r.stderr)
+	if err := json.Unmarshal([]byte(r.Stdout), &list); err != nil || list.Count != 2 {
+		t.Errorf("offline cert list: %d entries, %v; want 2 (%s)", list.Count, err, r.Stderr)
 	}
 }
 
@@ -414,7 +284,7 @@ func TestCurlPinnedPubkey(t *testing.T) {
 	good, other := filepath.Join(dir, "good.pem"), filepath.Join(dir, "other.pem")
 	dpgate(t, nil, "cert", "gen", "--cn", "localhost", "--out", good)
 	dpgate(t, nil, "cert", "gen", "--cn", "localhost", "--out", other)
-	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", good).stdout)
+	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", good).Stdout)
 
 	for _, tc := range []struct {
 		name     string
@@ -495,8 +365,8 @@ func TestBadInput(t *testing.T) {
 	pw := write("pw", "right\n")
 	wrongPW := write("wrongpw", "wrong\n")
 	agentCfg := writeConfig(t, t.TempDir(), testutil.FreePort(t), "")
-	if r := dpgate(t, nil, "cert", "agent-gen", "-c", agentCfg, "--cn", "d", "--out", pfxFile, "--password-file", pw); r.code != 0 {
-		t.Fatalf("agent-gen: %s", r.stderr)
+	if r := dpgate(t, nil, "cert", "agent-gen", "-c", agentCfg, "--cn", "d", "--out", pfxFile, "--password-file", pw); r.Code != 0 {
+		t.Fatalf("agent-gen: %s", r.Stderr)
 	}
 	pfxData, _ := os.ReadFile(pfxFile)
 	corruptPFX := write("corrupt.pfx", string(pfxData[:len(pfxData)/2]))
@@ -547,17 +417,17 @@ func TestBadInput(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := dpgate(t, nil, tt.args...)
-			if r.code != tt.wantCode {
-				t.Errorf("exit code %d, want %d (stderr: %s)", r.code, tt.wantCode, r.stderr)
+			if r.Code != tt.wantCode {
+				t.Errorf("exit code %d, want %d (stderr: %s)", r.Code, tt.wantCode, r.Stderr)
 			}
-			if !strings.Contains(r.stderr, tt.wantErr) {
-				t.Errorf("stderr %q does not say %q", r.stderr, tt.wantErr)
+			if !strings.Contains(r.Stderr, tt.wantErr) {
+				t.Errorf("stderr %q does not say %q", r.Stderr, tt.wantErr)
 			}
 		})
 	}
 	// The right password works, so the failure above was the password.
-	if r := dpgate(t, nil, "cert", "pin", pfxFile, "--password-file", pw); r.code != 0 || !strings.HasPrefix(r.stdout, "sha256//") {
-		t.Errorf("cert pin with the right password: exit %d, %q", r.code, r.stdout)
+	if r := dpgate(t, nil, "cert", "pin", pfxFile, "--password-file", pw); r.Code != 0 || !strings.HasPrefix(r.Stdout, "sha256//") {
+		t.Errorf("cert pin with the right password: exit %d, %q", r.Code, r.Stdout)
 	}
 }
 
@@ -568,41 +438,41 @@ func TestCertCommandsOnlineAndOffline(t *testing.T) {
 	dir := t.TempDir()
 	cfg := writeConfig(t, dir, testutil.FreePort(t), "")
 	s := startServe(t, nil, "-c", cfg)
-	s.waitLog(t, "admin API listening")
+	s.WaitLog(t, "admin API listening")
 
 	agentPEM := filepath.Join(dir, "agent.pem")
 	dpgate(t, nil, "cert", "gen", "--cn", "device-1", "--out", agentPEM)
-	if r := dpgate(t, nil, "cert", "add", "-c", cfg, agentPEM); r.code != 0 || !strings.Contains(r.stdout, "CN=device-1") {
-		t.Fatalf("cert add: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	if r := dpgate(t, nil, "cert", "add", "-c", cfg, agentPEM); r.Code != 0 || !strings.Contains(r.Stdout, "CN=device-1") {
+		t.Fatalf("cert add: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
-	s.waitLog(t, `msg="agent certificates added" count=1`)
+	s.WaitLog(t, `msg="agent certificates added" count=1`)
 	r := dpgate(t, nil, "cert", "list", "-c", cfg, "--json")
 	var list admin.CertList
-	json.Unmarshal([]byte(r.stdout), &list)
-	if list.Count != 1 || !strings.Contains(r.stderr, "read from the running gateway") {
-		t.Fatalf("online list: %d entries, want 1; stderr %q should say it read the running gateway", list.Count, r.stderr)
+	json.Unmarshal([]byte(r.Stdout), &list)
+	if list.Count != 1 || !strings.Contains(r.Stderr, "read from the running gateway") {
+		t.Fatalf("online list: %d entries, want 1; stderr %q should say it read the running gateway", list.Count, r.Stderr)
 	}
 	fp := list.Certs[0].Fingerprint
 
 	// Reload on SIGHUP: replace the generated certificate, expect its pin.
 	gwPEM := filepath.Join(dir, "data", "gateway.pem")
 	os.Remove(gwPEM)
-	newPin := strings.TrimSpace(dpgate(t, nil, "cert", "gen", "--cn", "e2e", "--out", gwPEM).stdout)
-	s.cmd.Process.Signal(syscall.SIGHUP)
-	s.waitLog(t, `msg=reloaded pin="?`+regexp.QuoteMeta(newPin))
+	newPin := strings.TrimSpace(dpgate(t, nil, "cert", "gen", "--cn", "e2e", "--out", gwPEM).Stdout)
+	s.Cmd.Process.Signal(syscall.SIGHUP)
+	s.WaitLog(t, `msg=reloaded pin="?`+regexp.QuoteMeta(newPin))
 
-	if r := dpgate(t, nil, "cert", "rm", "-c", cfg, strings.ToUpper(fp)); r.code != 0 {
-		t.Fatalf("cert rm: exit %d: %s", r.code, r.stderr)
+	if r := dpgate(t, nil, "cert", "rm", "-c", cfg, strings.ToUpper(fp)); r.Code != 0 {
+		t.Fatalf("cert rm: exit %d: %s", r.Code, r.Stderr)
 	}
-	s.waitLog(t, `msg="agent certificate removed" fingerprint=`+fp)
+	s.WaitLog(t, `msg="agent certificate removed" fingerprint=`+fp)
 	dpgate(t, nil, "cert", "add", "-c", cfg, agentPEM)
 
-	if code, _ := s.stop(t, syscall.SIGTERM); code != 0 {
+	if code, _ := s.Stop(t, syscall.SIGTERM); code != 0 {
 		t.Errorf("exit code %d after SIGTERM, want 0", code)
 	}
 	r = dpgate(t, nil, "cert", "list", "-c", cfg, "--fingerprint", fp[5:15])
-	if r.code != 0 || !strings.Contains(r.stdout, fp) || !strings.Contains(r.stderr, "offline (no gateway answered)") {
-		t.Errorf("offline list after the gateway stopped: exit %d, want the entry and a word that it read the data directory offline\n%s%s", r.code, r.stdout, r.stderr)
+	if r.Code != 0 || !strings.Contains(r.Stdout, fp) || !strings.Contains(r.Stderr, "offline (no gateway answered)") {
+		t.Errorf("offline list after the gateway stopped: exit %d, want the entry and a word that it read the data directory offline\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 }
 
@@ -623,21 +493,21 @@ func TestHelpGolden(t *testing.T) {
 		name := strings.Join(append([]string{"dpgate"}, c...), "_")
 		t.Run(name, func(t *testing.T) {
 			r := dpgate(t, nil, append(c, "--help")...)
-			if r.code != 0 {
-				t.Errorf("--help exited %d, want 0", r.code)
+			if r.Code != 0 {
+				t.Errorf("--help exited %d, want 0", r.Code)
 			}
 			file := filepath.Join("testdata", "help", name+".txt")
 			if *update {
 				os.MkdirAll(filepath.Dir(file), 0o755)
-				os.WriteFile(file, []byte(r.stdout), 0o644)
+				os.WriteFile(file, []byte(r.Stdout), 0o644)
 				return
 			}
 			want, err := os.ReadFile(file)
 			if err != nil {
 				t.Fatalf("%v (go test -update writes it)", err)
 			}
-			if r.stdout != string(want) {
-				t.Errorf("--help output differs from %s:\n%s", file, r.stdout)
+			if r.Stdout != string(want) {
+				t.Errorf("--help output differs from %s:\n%s", file, r.Stdout)
 			}
 		})
 	}
@@ -645,8 +515,8 @@ func TestHelpGolden(t *testing.T) {
 
 func TestVersion(t *testing.T) {
 	r := dpgate(t, nil, "version")
-	if r.code != 0 || !strings.HasPrefix(r.stdout, "dpgate ") || !strings.Contains(r.stdout, "commit ") || !strings.Contains(r.stdout, "go1.") {
-		t.Errorf("version: exit %d, output %q; want version, commit and Go version", r.code, r.stdout)
+	if r.Code != 0 || !strings.HasPrefix(r.Stdout, "dpgate ") || !strings.Contains(r.Stdout, "commit ") || !strings.Contains(r.Stdout, "go1.") {
+		t.Errorf("version: exit %d, output %q; want version, commit and Go version", r.Code, r.Stdout)
 	}
 }
 
@@ -676,15 +546,15 @@ func TestConfigLoadsNamedFiles(t *testing.T) {
 			f := filepath.Join(dir, "dpgate.yaml")
 			os.WriteFile(f, []byte("node:\n  data_dir: data\n"+tc.yaml), 0o644)
 			r := dpgate(t, nil, "config", "-c", f)
-			if r.code != 2 || !strings.Contains(r.stderr, tc.want) {
-				t.Errorf("exit %d, stderr %q; want 2 naming %s", r.code, r.stderr, tc.want)
+			if r.Code != 2 || !strings.Contains(r.Stderr, tc.want) {
+				t.Errorf("exit %d, stderr %q; want 2 naming %s", r.Code, r.Stderr, tc.want)
 			}
 		})
 	}
 	f := filepath.Join(dir, "good.yaml")
 	os.WriteFile(f, []byte("node:\n  data_dir: data\nproxy:\n  upstreams:\n    - address: 127.0.0.1:1\n      client_cert: client.pfx\n      client_cert_password_file: right.pw\n"), 0o644)
-	if r := dpgate(t, nil, "config", "-c", f); r.code != 0 {
-		t.Errorf("a configuration whose files load: exit %d, %s", r.code, r.stderr)
+	if r := dpgate(t, nil, "config", "-c", f); r.Code != 0 {
+		t.Errorf("a configuration whose files load: exit %d, %s", r.Code, r.Stderr)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "data")); err == nil {
 		t.Error("dpgate config created the data directory")
@@ -695,8 +565,8 @@ func TestConfigLoadsNamedFiles(t *testing.T) {
 // instead (systemd, launchd), exit 1.
 func TestServiceIsWindowsOnly(t *testing.T) {
 	r := dpgate(t, nil, "service", "install", "x", "--", "serve")
-	if r.code != 1 || !strings.Contains(r.stderr, "Windows only") || !strings.Contains(r.stderr, "configs/dpgate.service") {
-		t.Errorf("service on Linux: exit %d, %q", r.code, r.stderr)
+	if r.Code != 1 || !strings.Contains(r.Stderr, "Windows only") || !strings.Contains(r.Stderr, "configs/dpgate.service") {
+		t.Errorf("service on Linux: exit %d, %q", r.Code, r.Stderr)
 	}
 }
 

@@ -47,10 +47,10 @@ func TestProxyEndToEnd(t *testing.T) {
 	t.Parallel() // its own ports and data directory
 	dir := t.TempDir()
 	centralPEM := filepath.Join(dir, "central.pem")
-	if r := dpgate(t, nil, "cert", "gen", "--cn", "central", "--out", centralPEM); r.code != 0 {
-		t.Fatal(r.stderr)
+	if r := dpgate(t, nil, "cert", "gen", "--cn", "central", "--out", centralPEM); r.Code != 0 {
+		t.Fatal(r.Stderr)
 	}
-	centralPin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", centralPEM).stdout)
+	centralPin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", centralPEM).Stdout)
 	centralAddr, central := startCentral(t, centralPEM)
 
 	proxyAddr, adminAddr := testutil.FreePort(t), testutil.FreePort(t)
@@ -63,18 +63,18 @@ func TestProxyEndToEnd(t *testing.T) {
   health_interval: 100ms
 `, proxyAddr, centralAddr, centralPin))
 	s := startServe(t, nil, "-c", cfg)
-	s.waitLog(t, `msg="proxy listening" addr=`+proxyAddr)
+	s.WaitLog(t, `msg="proxy listening" addr=`+proxyAddr)
 
 	// An agent certificate issued through the running gateway.
 	pfx := filepath.Join(dir, "agent.pfx")
-	if r := dpgate(t, nil, "cert", "agent-gen", "-c", cfg, "--cn", "device-9", "--out", pfx); r.code != 0 {
-		t.Fatalf("agent-gen: %s", r.stderr)
+	if r := dpgate(t, nil, "cert", "agent-gen", "-c", cfg, "--cn", "device-9", "--out", pfx); r.Code != 0 {
+		t.Fatalf("agent-gen: %s", r.Stderr)
 	}
 	agentCert, err := tlsconf.LoadPFX(pfx, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	gwPin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout)
+	gwPin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).Stdout)
 	pins, _ := tlsconf.ParsePins([]string{gwPin})
 	agentCfg := func(c *tls.Certificate) *tls.Config {
 		cfg := tlsconf.PinnedClientConfig(pins, "gateway")
@@ -103,10 +103,10 @@ func TestProxyEndToEnd(t *testing.T) {
 	if got, _ := echo(agentCfg(&stranger), "x"); got != "" {
 		t.Errorf("unknown agent certificate relayed %q", got)
 	}
-	s.waitLog(t, `msg="proxy: agent certificate refused .*fingerprint=`+tlsconf.Fingerprint(stranger.Leaf)+`.*reason=unknown`)
+	s.WaitLog(t, `msg="proxy: agent certificate refused .*fingerprint=`+tlsconf.Fingerprint(stranger.Leaf)+`.*reason=unknown`)
 
-	if r := dpgate(t, nil, "cert", "rm", "-c", cfg, tlsconf.Fingerprint(agentCert.Leaf)); r.code != 0 {
-		t.Fatalf("cert rm: %s", r.stderr)
+	if r := dpgate(t, nil, "cert", "rm", "-c", cfg, tlsconf.Fingerprint(agentCert.Leaf)); r.Code != 0 {
+		t.Fatalf("cert rm: %s", r.Stderr)
 	}
 	if got, _ := echo(agentCfg(&agentCert), "y"); got != "" {
 		t.Errorf("deleted agent certificate relayed %q", got)
@@ -134,7 +134,7 @@ func TestProxyEndToEnd(t *testing.T) {
 		}
 		return nil
 	})
-	if code, _ := s.stop(t, syscall.SIGTERM); code != 0 {
+	if code, _ := s.Stop(t, syscall.SIGTERM); code != 0 {
 		t.Errorf("exit %d after SIGTERM, want 0", code)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dpgate/dpgate/internal/e2e"
 	"github.com/dpgate/dpgate/internal/gateway"
 	"github.com/dpgate/dpgate/internal/testutil"
 )
@@ -36,8 +37,8 @@ func startPushGateway(t *testing.T, auth string) pushGateway {
 	g := pushGateway{dir: t.TempDir(), push: testutil.FreePort(t)}
 	g.cfg = writeConfig(t, g.dir, testutil.FreePort(t), fmt.Sprintf("push:\n  listen: %s\n  auth: %s\n  quic: false\n", g.push, auth))
 	g.s = startServe(t, nil, "-c", g.cfg)
-	g.s.waitLog(t, `msg="push server listening"`)
-	g.pin = strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(g.dir, "data", "gateway.pem")).stdout)
+	g.s.WaitLog(t, `msg="push server listening"`)
+	g.pin = strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(g.dir, "data", "gateway.pem")).Stdout)
 	return g
 }
 
@@ -51,27 +52,27 @@ func TestPushSurvivesKill9(t *testing.T) {
 	pushAddr, adminAddr := testutil.FreePort(t), testutil.FreePort(t)
 	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\n", pushAddr))
 	s := startServe(t, nil, "-c", cfg)
-	s.waitLog(t, `msg="push server listening" addr=`+pushAddr)
+	s.WaitLog(t, `msg="push server listening" addr=`+pushAddr)
 
 	const n = 25
 	var accepted []gateway.PushReply
 	for i := range n {
 		r := dpgate(t, nil, "push", "-c", cfg, "--json", "device-1", fmt.Sprintf("job %d", i))
-		if r.code != 0 {
-			t.Fatalf("push %d: exit %d: %s", i, r.code, r.stderr)
+		if r.Code != 0 {
+			t.Fatalf("push %d: exit %d: %s", i, r.Code, r.Stderr)
 		}
 		var reply gateway.PushReply
-		if err := json.Unmarshal([]byte(r.stdout), &reply); err != nil || reply.Status != "queued" {
-			t.Fatalf("push %d: reply %q, %v; want queued", i, r.stdout, err)
+		if err := json.Unmarshal([]byte(r.Stdout), &reply); err != nil || reply.Status != "queued" {
+			t.Fatalf("push %d: reply %q, %v; want queued", i, r.Stdout, err)
 		}
 		accepted = append(accepted, reply)
 	}
-	s.cmd.Process.Signal(syscall.SIGKILL)
-	<-s.done
+	s.Cmd.Process.Signal(syscall.SIGKILL)
+	<-s.Done
 
 	s2 := startServe(t, nil, "-c", cfg)
-	s2.waitLog(t, `msg="push server listening"`)
-	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout)
+	s2.WaitLog(t, `msg="push server listening"`)
+	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).Stdout)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	// Its pin first, then another node's, as for a cluster whose nodes
@@ -126,11 +127,11 @@ func TestAgentTokenFromFile(t *testing.T) {
 	g := startPushGateway(t, "token")
 	s, cfg, dir, pushAddr, pin := g.s, g.cfg, g.dir, g.push, g.pin
 	r := dpgate(t, nil, "token", "issue", "-c", cfg, "pc-tok")
-	if r.code != 0 {
-		t.Fatalf("token issue: %s", r.stderr)
+	if r.Code != 0 {
+		t.Fatalf("token issue: %s", r.Stderr)
 	}
 	tokenFile := filepath.Join(dir, "pc-tok.token")
-	if err := os.WriteFile(tokenFile, []byte(r.stdout), 0o644); err != nil {
+	if err := os.WriteFile(tokenFile, []byte(r.Stdout), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	agent := func(extra ...string) *exec.Cmd {
@@ -143,16 +144,16 @@ func TestAgentTokenFromFile(t *testing.T) {
 	if out, err := agent("--token-file", tokenFile).CombinedOutput(); err == nil || !strings.Contains(string(out), "chmod o-r "+tokenFile) {
 		t.Errorf("agent with a token file every user may read: %v, %s; want refused, naming chmod o-r", err, out)
 	}
-	if out, err := agent("--token-file", tokenFile, "--token", strings.TrimSpace(r.stdout)).CombinedOutput(); err == nil || !strings.Contains(string(out), "not both") {
+	if out, err := agent("--token-file", tokenFile, "--token", strings.TrimSpace(r.Stdout)).CombinedOutput(); err == nil || !strings.Contains(string(out), "not both") {
 		t.Errorf("agent with --token and --token-file: %v, %s; want a usage error", err, out)
 	}
 	os.Chmod(tokenFile, 0o600)
 
-	for _, flags := range [][]string{{"--token-file", tokenFile}, {"--token", strings.TrimSpace(r.stdout)}} {
+	for _, flags := range [][]string{{"--token-file", tokenFile}, {"--token", strings.TrimSpace(r.Stdout)}} {
 		ag := agent(flags...)
-		stderr, lines := startAgentProcess(t, ag)
-		if p := dpgate(t, nil, "push", "-c", cfg, "--wait", "20s", "pc-tok", "job "+flags[0]); p.code != 0 || !strings.Contains(p.stdout, "delivered") {
-			t.Fatalf("push to the agent with %s: exit %d %s %s; agent: %s", flags[0], p.code, p.stdout, p.stderr, stderr)
+		stderr, lines := e2e.StartAgentProcess(t, ag)
+		if p := dpgate(t, nil, "push", "-c", cfg, "--wait", "20s", "pc-tok", "job "+flags[0]); p.Code != 0 || !strings.Contains(p.Stdout, "delivered") {
+			t.Fatalf("push to the agent with %s: exit %d %s %s; agent: %s", flags[0], p.Code, p.Stdout, p.Stderr, stderr)
 		}
 		if line := <-lines; !strings.Contains(line, `"data":"job `+flags[0]+`"`) {
 			t.Errorf("agent with %s printed %q", flags[0], line)
@@ -170,19 +171,19 @@ func TestAgentTokenFromFile(t *testing.T) {
 	// token for another device, then the right one again, each after the
 	// gateway went away and came back.
 	ag := agent("--token-file", tokenFile, "--min-backoff", "100ms", "--max-backoff", "1s")
-	stderr, lines := startAgentProcess(t, ag)
+	stderr, lines := e2e.StartAgentProcess(t, ag)
 	waitFor(t, 20*time.Second, func() error {
 		if !strings.Contains(stderr.String(), "connected") {
 			return fmt.Errorf("agent not connected yet: %s", stderr)
 		}
 		return nil
 	})
-	other := dpgate(t, nil, "token", "issue", "-c", cfg, "pc-other").stdout
+	other := dpgate(t, nil, "token", "issue", "-c", cfg, "pc-other").Stdout
 	restart := func() {
-		s.cmd.Process.Signal(syscall.SIGKILL)
-		<-s.done
+		s.Cmd.Process.Signal(syscall.SIGKILL)
+		<-s.Done
 		s = startServe(t, nil, "-c", cfg)
-		s.waitLog(t, `msg="push server listening"`)
+		s.WaitLog(t, `msg="push server listening"`)
 	}
 	os.WriteFile(tokenFile, []byte(other), 0o600)
 	restart()
@@ -192,9 +193,9 @@ func TestAgentTokenFromFile(t *testing.T) {
 		}
 		return nil
 	})
-	os.WriteFile(tokenFile, []byte(r.stdout), 0o600)
-	if p := dpgate(t, nil, "push", "-c", cfg, "--wait", "20s", "pc-tok", "after the token came back"); p.code != 0 || !strings.Contains(p.stdout, "delivered") {
-		t.Fatalf("push after the right token came back: exit %d %s %s; agent: %s", p.code, p.stdout, p.stderr, stderr)
+	os.WriteFile(tokenFile, []byte(r.Stdout), 0o600)
+	if p := dpgate(t, nil, "push", "-c", cfg, "--wait", "20s", "pc-tok", "after the token came back"); p.Code != 0 || !strings.Contains(p.Stdout, "delivered") {
+		t.Fatalf("push after the right token came back: exit %d %s %s; agent: %s", p.Code, p.Stdout, p.Stderr, stderr)
 	}
 	// Pushes acknowledged before the kill -9 may come again (at least
 	// once: an ACK's deletion is not made durable on its own).
@@ -221,67 +222,67 @@ func TestDeviceCommands(t *testing.T) {
 	}
 	connected := regexp.MustCompile(`(?m)^pc-1\s+yes \(tls\)\s+0\s`)
 	waitFor(t, 20*time.Second, func() error {
-		if r := dpgate(t, nil, "device", "list", "-c", cfg); !connected.MatchString(r.stdout) {
-			return fmt.Errorf("device list:\n%s%s", r.stdout, r.stderr)
+		if r := dpgate(t, nil, "device", "list", "-c", cfg); !connected.MatchString(r.Stdout) {
+			return fmt.Errorf("device list:\n%s%s", r.Stdout, r.Stderr)
 		}
 		return nil
 	})
-	if r := dpgate(t, nil, "device", "rm", "-c", cfg, "pc-1"); r.code != 1 || !strings.Contains(r.stderr, "connected") {
-		t.Errorf("device rm of a connected device: exit %d %q, want 1 and connected", r.code, r.stderr)
+	if r := dpgate(t, nil, "device", "rm", "-c", cfg, "pc-1"); r.Code != 1 || !strings.Contains(r.Stderr, "connected") {
+		t.Errorf("device rm of a connected device: exit %d %q, want 1 and connected", r.Code, r.Stderr)
 	}
 	ag.Process.Signal(syscall.SIGTERM)
 	ag.Wait()
 	waitFor(t, 20*time.Second, func() error {
-		if r := dpgate(t, nil, "device", "list", "-c", cfg); connected.MatchString(r.stdout) {
+		if r := dpgate(t, nil, "device", "list", "-c", cfg); connected.MatchString(r.Stdout) {
 			return errors.New("pc-1 still connected")
 		}
 		return nil
 	})
 	for range 2 {
-		if r := dpgate(t, nil, "push", "-c", cfg, "pc-1", "job"); r.code != 0 {
-			t.Fatalf("push: %s", r.stderr)
+		if r := dpgate(t, nil, "push", "-c", cfg, "pc-1", "job"); r.Code != 0 {
+			t.Fatalf("push: %s", r.Stderr)
 		}
 	}
-	if r := dpgate(t, nil, "device", "list", "-c", cfg); !regexp.MustCompile(`(?m)^pc-1\s+no\s+2\s`).MatchString(r.stdout) {
-		t.Errorf("device list with pc-1 away and 2 queued:\n%s%s", r.stdout, r.stderr)
+	if r := dpgate(t, nil, "device", "list", "-c", cfg); !regexp.MustCompile(`(?m)^pc-1\s+no\s+2\s`).MatchString(r.Stdout) {
+		t.Errorf("device list with pc-1 away and 2 queued:\n%s%s", r.Stdout, r.Stderr)
 	}
 	r := dpgate(t, nil, "device", "show", "-c", cfg, "pc-1")
 	var d struct {
 		ID     string
 		Queued int
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &d); err != nil || d.ID != "pc-1" || d.Queued != 2 {
-		t.Errorf("device show pc-1: %+v, %v\n%s", d, err, r.stdout)
+	if err := json.Unmarshal([]byte(r.Stdout), &d); err != nil || d.ID != "pc-1" || d.Queued != 2 {
+		t.Errorf("device show pc-1: %+v, %v\n%s", d, err, r.Stdout)
 	}
-	if r := dpgate(t, nil, "device", "rm", "-c", cfg, "pc-1"); r.code != 0 || r.stdout != "removed pc-1\n" {
-		t.Errorf("device rm pc-1: exit %d %q %s", r.code, r.stdout, r.stderr)
+	if r := dpgate(t, nil, "device", "rm", "-c", cfg, "pc-1"); r.Code != 0 || r.Stdout != "removed pc-1\n" {
+		t.Errorf("device rm pc-1: exit %d %q %s", r.Code, r.Stdout, r.Stderr)
 	}
-	if r := dpgate(t, nil, "device", "list", "-c", cfg); strings.Contains(r.stdout, "pc-1") {
-		t.Errorf("after rm pc-1:\n%s", r.stdout)
+	if r := dpgate(t, nil, "device", "list", "-c", cfg); strings.Contains(r.Stdout, "pc-1") {
+		t.Errorf("after rm pc-1:\n%s", r.Stdout)
 	}
-	if r := dpgate(t, nil, "device", "show", "-c", cfg, "pc-1"); r.code != 1 || !strings.Contains(r.stderr, "unknown") {
-		t.Errorf("device show after rm: exit %d %s, want 1 and unknown (the queue went with it)", r.code, r.stderr)
+	if r := dpgate(t, nil, "device", "show", "-c", cfg, "pc-1"); r.Code != 1 || !strings.Contains(r.Stderr, "unknown") {
+		t.Errorf("device show after rm: exit %d %s, want 1 and unknown (the queue went with it)", r.Code, r.Stderr)
 	}
-	if r := dpgate(t, nil, "device", "rm", "-c", cfg); r.code != 2 {
-		t.Errorf("device rm without a device: exit %d, want 2", r.code)
+	if r := dpgate(t, nil, "device", "rm", "-c", cfg); r.Code != 2 {
+		t.Errorf("device rm without a device: exit %d, want 2", r.Code)
 	}
 	// A device that never connected but has a push waiting (offline since
 	// before this gateway, or a mistyped id) is listed, never seen, and
 	// can be removed with its queue.
-	if r := dpgate(t, nil, "push", "-c", cfg, "pc-typo", "job"); r.code != 0 {
-		t.Fatalf("push to pc-typo: %s", r.stderr)
+	if r := dpgate(t, nil, "push", "-c", cfg, "pc-typo", "job"); r.Code != 0 {
+		t.Fatalf("push to pc-typo: %s", r.Stderr)
 	}
-	if r := dpgate(t, nil, "device", "list", "-c", cfg); !regexp.MustCompile(`(?m)^pc-typo\s+no\s+1\s+never\s*$`).MatchString(r.stdout) {
-		t.Errorf("device list with a push queued for a device never seen: want pc-typo, no, 1, never:\n%s%s", r.stdout, r.stderr)
+	if r := dpgate(t, nil, "device", "list", "-c", cfg); !regexp.MustCompile(`(?m)^pc-typo\s+no\s+1\s+never\s*$`).MatchString(r.Stdout) {
+		t.Errorf("device list with a push queued for a device never seen: want pc-typo, no, 1, never:\n%s%s", r.Stdout, r.Stderr)
 	}
-	if r := dpgate(t, nil, "device", "list", "--json", "-c", cfg); strings.Contains(r.stdout, "0001-01-01") {
-		t.Errorf("device list --json gives a never-seen device the zero time:\n%s", r.stdout)
+	if r := dpgate(t, nil, "device", "list", "--json", "-c", cfg); strings.Contains(r.Stdout, "0001-01-01") {
+		t.Errorf("device list --json gives a never-seen device the zero time:\n%s", r.Stdout)
 	}
-	if r := dpgate(t, nil, "device", "rm", "-c", cfg, "pc-typo"); r.code != 0 {
-		t.Errorf("device rm pc-typo: exit %d %s", r.code, r.stderr)
+	if r := dpgate(t, nil, "device", "rm", "-c", cfg, "pc-typo"); r.Code != 0 {
+		t.Errorf("device rm pc-typo: exit %d %s", r.Code, r.Stderr)
 	}
-	if r := dpgate(t, nil, "device", "list", "-c", cfg); strings.Contains(r.stdout, "pc-typo") {
-		t.Errorf("after rm pc-typo:\n%s", r.stdout)
+	if r := dpgate(t, nil, "device", "list", "-c", cfg); strings.Contains(r.Stdout, "pc-typo") {
+		t.Errorf("after rm pc-typo:\n%s", r.Stdout)
 	}
 }
 
@@ -304,13 +305,13 @@ func TestQUICAgentBackAfterKill9(t *testing.T) {
 	// restart, not at the QUIC keepalive's 10 s.
 	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  keepalive: 2s\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n", pushAddr))
 	s := startServe(t, nil, "-c", cfg)
-	s.waitLog(t, `msg="push server listening" addr=`+pushAddr+` quic=true`)
-	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout)
+	s.WaitLog(t, `msg="push server listening" addr=`+pushAddr+` quic=true`)
+	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).Stdout)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	ag := exec.CommandContext(ctx, bin, "agent", "--quic", "--server", pushAddr, "--pin", pin, "--device", "pc-quic",
 		"--min-backoff", "100ms", "--max-backoff", "500ms")
-	stderr, lines := startAgentProcess(t, ag)
+	stderr, lines := e2e.StartAgentProcess(t, ag)
 	waitFor(t, 30*time.Second, func() error {
 		if !strings.Contains(stderr.String(), "connected "+pushAddr) {
 			return fmt.Errorf("agent not connected; stderr:\n%s", stderr.String())
@@ -318,12 +319,12 @@ func TestQUICAgentBackAfterKill9(t *testing.T) {
 		return nil
 	})
 
-	s.cmd.Process.Signal(syscall.SIGKILL)
-	<-s.done
+	s.Cmd.Process.Signal(syscall.SIGKILL)
+	<-s.Done
 	s2 := startServe(t, nil, "-c", cfg)
-	s2.waitLog(t, `msg="push server listening"`)
-	if r := dpgate(t, nil, "push", "-c", cfg, "--wait", "60s", "pc-quic", "after the crash"); r.code != 0 || !strings.Contains(r.stdout, "delivered") {
-		t.Fatalf("push after the restart: exit %d: %s %s\nagent: %s", r.code, r.stdout, r.stderr, stderr.String())
+	s2.WaitLog(t, `msg="push server listening"`)
+	if r := dpgate(t, nil, "push", "-c", cfg, "--wait", "60s", "pc-quic", "after the crash"); r.Code != 0 || !strings.Contains(r.Stdout, "delivered") {
+		t.Fatalf("push after the restart: exit %d: %s %s\nagent: %s", r.Code, r.Stdout, r.Stderr, stderr.String())
 	}
 	if line := <-lines; !strings.Contains(line, `"after the crash"`) {
 		t.Errorf("agent printed %q, want the push", line)
@@ -356,9 +357,9 @@ func TestOpenFilesLimitKeepsTheAdminAPI(t *testing.T) {
 	const limit = 400
 	cmd := exec.Command("sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" serve -c "$1"`, limit), bin, cfg)
 	cmd.Env = os.Environ()
-	s := startServeCmd(t, cmd)
-	s.waitLog(t, `msg="push server listening"`)
-	lowered := s.waitLog(t, `msg="open files: the limit cannot hold the configured connections.*open_files_limit=(\d+) needed=(\d+) .*push.max_connections=(\d+)`)
+	s := e2e.StartServeCmd(t, cmd)
+	s.WaitLog(t, `msg="push server listening"`)
+	lowered := s.WaitLog(t, `msg="open files: the limit cannot hold the configured connections.*open_files_limit=(\d+) needed=(\d+) .*push.max_connections=(\d+)`)
 	if lowered[1] != fmt.Sprint(limit) || lowered[2] != "100256" || lowered[3] != "144" {
 		t.Errorf("start: limit %s, needed %s, sessions lowered to %s; want %d, 100256 (100000 + 256 kept), 144", lowered[1], lowered[2], lowered[3], limit)
 	}
@@ -383,11 +384,11 @@ func TestOpenFilesLimitKeepsTheAdminAPI(t *testing.T) {
 	defer cancel()
 	status := exec.CommandContext(ctx, bin, "status", "-c", cfg)
 	status.Env = os.Environ()
-	r := runResult(t, status)
-	if r.code != 0 || !strings.Contains(r.stdout, "sessions of 144") || !strings.Contains(r.stdout, fmt.Sprintf("open files of %d", limit)) {
-		t.Fatalf("dpgate status with %d connections open: exit %d (%v)\n%s%s\nwant the lowered limit and the open files", len(conns), r.code, ctx.Err(), r.stdout, r.stderr)
+	r := e2e.RunCmd(t, status)
+	if r.Code != 0 || !strings.Contains(r.Stdout, "sessions of 144") || !strings.Contains(r.Stdout, fmt.Sprintf("open files of %d", limit)) {
+		t.Fatalf("dpgate status with %d connections open: exit %d (%v)\n%s%s\nwant the lowered limit and the open files", len(conns), r.Code, ctx.Err(), r.Stdout, r.Stderr)
 	}
-	if strings.Contains(s.log(), "too many open files") {
-		t.Errorf("the gateway ran out of open files:\n%s", s.log())
+	if strings.Contains(s.Log(), "too many open files") {
+		t.Errorf("the gateway ran out of open files:\n%s", s.Log())
 	}
 }

@@ -98,10 +98,10 @@ func newUpgradeSite(t *testing.T, agentsN int) (*upgradeSite, []*upgradeAgent) {
 	t.Helper()
 	s := &upgradeSite{dir: t.TempDir(), firstDone: make(chan struct{})}
 	centralPEM := filepath.Join(s.dir, "central.pem")
-	if r := dpgate(t, nil, "cert", "gen", "--cn", "central", "--out", centralPEM); r.code != 0 {
-		t.Fatal(r.stderr)
+	if r := dpgate(t, nil, "cert", "gen", "--cn", "central", "--out", centralPEM); r.Code != 0 {
+		t.Fatal(r.Stderr)
 	}
-	s.centralPin = strings.TrimSpace(dpgate(t, nil, "cert", "pin", centralPEM).stdout)
+	s.centralPin = strings.TrimSpace(dpgate(t, nil, "cert", "pin", centralPEM).Stdout)
 	s.centralAddr, _ = startCentral(t, centralPEM)
 	s.proxyAddr, s.pushAddr = testutil.FreePort(t), testutil.FreePort(t)
 	s.cfg = writeConfig(t, s.dir, testutil.FreePort(t), s.proxyConfig(""))
@@ -141,8 +141,8 @@ func newUpgradeSite(t *testing.T, agentsN int) (*upgradeSite, []*upgradeAgent) {
 			t.Logf("dpgate serve log:\n%s", b)
 		}
 	})
-	s.waitLog(t, `msg="push server listening"`)
-	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(s.dir, "data", "gateway.pem")).stdout)
+	s.WaitLog(t, `msg="push server listening"`)
+	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(s.dir, "data", "gateway.pem")).Stdout)
 	pins, _ := tlsconf.ParsePins([]string{pin})
 	s.pin, s.gwTLS = pin, tlsconf.PinnedClientConfig(pins, "gateway")
 
@@ -193,16 +193,16 @@ func copyFile(t *testing.T, from, to string) {
 	}
 }
 
-func (s *upgradeSite) log() string {
+func (s *upgradeSite) Log() string {
 	b, _ := os.ReadFile(s.logFile)
 	return string(b)
 }
 
-func (s *upgradeSite) waitLog(t *testing.T, re string) {
+func (s *upgradeSite) WaitLog(t *testing.T, re string) {
 	t.Helper()
 	rx := regexp.MustCompile(re)
 	waitFor(t, 30*time.Second, func() error {
-		if !rx.MatchString(s.log()) {
+		if !rx.MatchString(s.Log()) {
 			return fmt.Errorf("no log line matching %q yet", re)
 		}
 		return nil
@@ -466,10 +466,10 @@ func TestUpgradeDropsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := s.upgrade(t)
-	if r.code != 0 {
-		t.Fatalf("dpgate upgrade: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	if r.Code != 0 {
+		t.Fatalf("dpgate upgrade: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
-	t.Logf("dpgate upgrade: %s", strings.TrimSpace(r.stdout))
+	t.Logf("dpgate upgrade: %s", strings.TrimSpace(r.Stdout))
 	after, err := s.status()
 	if err != nil {
 		t.Fatal(err)
@@ -602,7 +602,7 @@ func TestUpgradeFailureKeepsServing(t *testing.T) {
 		}
 		return nil
 	})
-	s.waitLog(t, `no_such_key`)
+	s.WaitLog(t, `no_such_key`)
 	for _, a := range agents {
 		if d := a.dropped(); d != 0 {
 			t.Errorf("%s lost its session %d times during an upgrade that failed before the handover, want 0", a.id, d)
@@ -618,10 +618,10 @@ func TestUpgradeFailureKeepsServing(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := s.upgrade(t)
-	if r.code != 1 || !strings.Contains(r.stderr, "after taking over") {
-		t.Fatalf("upgrade failing after the handover: exit %d, stderr %q; want 1 and \"after taking over\"", r.code, r.stderr)
+	if r.Code != 1 || !strings.Contains(r.Stderr, "after taking over") {
+		t.Fatalf("upgrade failing after the handover: exit %d, stderr %q; want 1 and \"after taking over\"", r.Code, r.Stderr)
 	}
-	s.waitLog(t, `serving again from this process`)
+	s.WaitLog(t, `serving again from this process`)
 	waitFor(t, 60*time.Second, func() error { return s.sessions(agentsN) })
 	st, err := s.status()
 	if err != nil || st.PID != before.PID {

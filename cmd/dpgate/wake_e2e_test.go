@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -16,32 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dpgate/dpgate/internal/e2e"
 	"github.com/dpgate/dpgate/internal/gateway"
 	"github.com/dpgate/dpgate/internal/testutil"
 )
-
-// startAgentProcess starts "dpgate agent" (ag) with its standard error
-// kept and each line it prints (a push, as JSON) on lines; the test's
-// end kills it.
-func startAgentProcess(t *testing.T, ag *exec.Cmd) (*testutil.Buffer, <-chan string) {
-	t.Helper()
-	stderr := &testutil.Buffer{}
-	ag.Stderr = stderr
-	out, _ := ag.StdoutPipe()
-	if err := ag.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ag.Process.Kill(); ag.Wait() })
-	lines := make(chan string, 10)
-	go func() { // ends when the agent exits
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
-	return stderr, lines
-}
 
 // TestWakeUpEndToEnd: an agent whose gateway died waits a long reconnect
 // backoff; the gateway comes back and a push for the device is accepted;
@@ -55,10 +32,10 @@ func TestWakeUpEndToEnd(t *testing.T) {
 	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: 127.0.0.1:0\n  agent_port: %s\n  shutdown_listen: %s\n",
 		pushAddr, agentPort, shutdownAddr))
 	s := startServe(t, nil, "-c", cfg)
-	s.waitLog(t, `msg="push server listening"`)
-	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout)
-	key := strings.TrimSpace(dpgate(t, nil, "wake", "key", "-c", cfg).stdout)
-	secret := strings.TrimSpace(dpgate(t, nil, "wake", "key", "--device", "pc-wake", "-c", cfg).stdout)
+	s.WaitLog(t, `msg="push server listening"`)
+	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).Stdout)
+	key := strings.TrimSpace(dpgate(t, nil, "wake", "key", "-c", cfg).Stdout)
+	secret := strings.TrimSpace(dpgate(t, nil, "wake", "key", "--device", "pc-wake", "-c", cfg).Stdout)
 	if !strings.HasPrefix(key, "ed25519:") || !strings.HasPrefix(secret, "hmac:") {
 		t.Fatalf("wake key printed %q and %q", key, secret)
 	}
@@ -77,7 +54,7 @@ func TestWakeUpEndToEnd(t *testing.T) {
 		"--wake-key", key, "--wake-listen", "127.0.0.1:"+agentPort, "--wake-secret-file", secretFile, "--notify", shutdownAddr,
 		"--min-backoff", "30s", "--max-backoff", "10m")
 	ag.Env = os.Environ()
-	stderr, lines := startAgentProcess(t, ag)
+	stderr, lines := e2e.StartAgentProcess(t, ag)
 	waitStderr := func(what string) {
 		t.Helper()
 		waitFor(t, 30*time.Second, func() error {
@@ -90,23 +67,23 @@ func TestWakeUpEndToEnd(t *testing.T) {
 	waitStderr("connected " + pushAddr)
 	// A push delivered before the crash: the store has then committed the
 	// device's record (address from HELLO), written before the push.
-	if r := dpgate(t, nil, "push", "-c", cfg, "--wait", "10s", "pc-wake", "first"); r.code != 0 || !strings.Contains(r.stdout, "delivered") {
-		t.Fatalf("first push: exit %d: %s %s", r.code, r.stdout, r.stderr)
+	if r := dpgate(t, nil, "push", "-c", cfg, "--wait", "10s", "pc-wake", "first"); r.Code != 0 || !strings.Contains(r.Stdout, "delivered") {
+		t.Fatalf("first push: exit %d: %s %s", r.Code, r.Stdout, r.Stderr)
 	}
 	<-lines
 
 	// The gateway dies; the agent starts its long wait. The gateway comes
 	// back with the device in its registry (address, from HELLO).
-	s.cmd.Process.Signal(syscall.SIGKILL)
-	<-s.done
+	s.Cmd.Process.Signal(syscall.SIGKILL)
+	<-s.Done
 	waitStderr("disconnected")
 	s2 := startServe(t, nil, "-c", cfg)
-	s2.waitLog(t, `msg="push server listening"`)
+	s2.WaitLog(t, `msg="push server listening"`)
 
 	start := time.Now()
 	r := dpgate(t, nil, "push", "-c", cfg, "--json", "pc-wake", "wake and sync")
-	if r.code != 0 {
-		t.Fatalf("push: exit %d: %s", r.code, r.stderr)
+	if r.Code != 0 {
+		t.Fatalf("push: exit %d: %s", r.Code, r.Stderr)
 	}
 	select {
 	case line := <-lines:
@@ -119,7 +96,7 @@ func TestWakeUpEndToEnd(t *testing.T) {
 		var d any
 		apiClient(t, cfg).Do(context.Background(), "GET", "/v1/devices/pc-wake", nil, &d)
 		t.Logf("device: %+v", d)
-		t.Fatalf("the push did not arrive within 25 s (the agent's own retry comes after 30 s or more); agent:\n%s\ngateway:\n%s", stderr.String(), s2.log())
+		t.Fatalf("the push did not arrive within 25 s (the agent's own retry comes after 30 s or more); agent:\n%s\ngateway:\n%s", stderr.String(), s2.Log())
 	}
 	if !strings.Contains(stderr.String(), "dpgate agent: wake ") {
 		t.Errorf("the agent did not report a wake-up:\n%s", stderr.String())

@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package wine
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/internal/e2e"
 	"github.com/dpgate/dpgate/internal/gateway"
 	"github.com/dpgate/dpgate/internal/testutil"
 )
@@ -60,20 +60,20 @@ func TestWindowsAgentUnderWine(t *testing.T) {
 
 	// The gateway, and the Windows agent under Wine.
 	pushAddr, adminAddr := testutil.FreePort(t), testutil.FreePort(t)
-	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n", pushAddr))
-	s := startServe(t, nil, "-c", cfg)
-	s.waitLog(t, `msg="push server listening"`)
-	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout)
+	cfg := e2e.WriteConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n", pushAddr))
+	s := e2e.StartServe(t, bin, nil, "-c", cfg)
+	s.WaitLog(t, `msg="push server listening"`)
+	pin := gatewayPin(t, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	ag := exec.CommandContext(ctx, wine, exe, "agent", "--server", pushAddr, "--pin", pin, "--device", "pc-windows",
 		"--min-backoff", "200ms", "--max-backoff", "1s")
 	ag.Env = env
 	ag.WaitDelay = 10 * time.Second
-	stderr, lines := startAgentProcess(t, ag)
+	stderr, lines := e2e.StartAgentProcess(t, ag)
 	connected := func(times int) {
 		t.Helper()
-		waitFor(t, 60*time.Second, func() error {
+		testutil.WaitFor(t, 60*time.Second, func() error {
 			if n := strings.Count(stderr.String(), "connected "+pushAddr); n < times {
 				return fmt.Errorf("agent connected %d times, want %d; stderr:\n%s", n, times, stderr.String())
 			}
@@ -82,9 +82,9 @@ func TestWindowsAgentUnderWine(t *testing.T) {
 	}
 	received := func(payload string) {
 		t.Helper()
-		r := dpgate(t, nil, "push", "-c", cfg, "--wait", "20s", "pc-windows", payload)
-		if r.code != 0 || !strings.Contains(r.stdout, "delivered") {
-			t.Fatalf("push %q: exit %d: %s %s\nagent: %s", payload, r.code, r.stdout, r.stderr, stderr.String())
+		r := e2e.Run(t, bin, nil, "push", "-c", cfg, "--wait", "20s", "pc-windows", payload)
+		if r.Code != 0 || !strings.Contains(r.Stdout, "delivered") {
+			t.Fatalf("push %q: exit %d: %s %s\nagent: %s", payload, r.Code, r.Stdout, r.Stderr, stderr.String())
 		}
 		select {
 		case line := <-lines:
@@ -99,10 +99,10 @@ func TestWindowsAgentUnderWine(t *testing.T) {
 
 	connected(1)
 	received("to windows") // delivered: the agent's ACK reached the gateway
-	s.cmd.Process.Signal(syscall.SIGKILL)
-	<-s.done
-	s2 := startServe(t, nil, "-c", cfg)
-	s2.waitLog(t, `msg="push server listening"`)
+	s.Cmd.Process.Signal(syscall.SIGKILL)
+	<-s.Done
+	s2 := e2e.StartServe(t, bin, nil, "-c", cfg)
+	s2.WaitLog(t, `msg="push server listening"`)
 	connected(2) // by itself, after its backoff
 	received("after the reconnect")
 
@@ -147,7 +147,7 @@ func TestWindowsUnitTestsUnderWine(t *testing.T) {
 		{pkg: "wake", only: []string{"TestAgentSideDatagrams", "TestDatagramLayout", "TestWakeOnLANLayout", "TestCheckRejects"}},
 	} {
 		exe := filepath.Join(t.TempDir(), strings.ReplaceAll(c.pkg, "/", "_")+".test.exe")
-		if err := goBuildWindows(exe, "../../"+c.pkg, "test", "-c"); err != nil {
+		if err := goBuildWindows(exe, "../../../"+c.pkg, "test", "-c"); err != nil {
 			t.Fatal(err)
 		}
 		args := []string{exe, "-test.v", "-test.count=1"}
@@ -158,7 +158,7 @@ func TestWindowsUnitTestsUnderWine(t *testing.T) {
 			args = append(args, "-test.skip", "^"+c.skip+"$")
 		}
 		run := exec.Command(w.wine, args...)
-		run.Env, run.Dir = w.env, "../../"+c.pkg
+		run.Env, run.Dir = w.env, "../../../"+c.pkg
 		out, err := run.CombinedOutput()
 		passed := strings.Count(string(out), "--- PASS")
 		missing := slices.DeleteFunc(slices.Clone(c.only), func(name string) bool {
@@ -242,7 +242,7 @@ var wineOnce = sync.OnceValues(func() (*wine, error) {
 	}
 	system32 := filepath.Join(prefix, "drive_c", "windows", "system32")
 	os.MkdirAll(system32, 0o755)
-	dll := exec.Command(gcc, "-O2", "-shared", "-o", filepath.Join(system32, "bcryptprimitives.dll"), "../../scripts/wine/processprng.c", "-ladvapi32")
+	dll := exec.Command(gcc, "-O2", "-shared", "-o", filepath.Join(system32, "bcryptprimitives.dll"), "../../../scripts/wine/processprng.c", "-ladvapi32")
 	if out, err := dll.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("building the ProcessPrng stub: %v\n%s", err, out)
 	}
@@ -285,7 +285,7 @@ func (w *wine) dpgateExe(t *testing.T) string {
 
 func (w *wine) buildExe() {
 	w.exe = filepath.Join(w.prefix, "dpgate.exe")
-	w.exeErr = goBuildWindows(w.exe, ".", "build")
+	w.exeErr = goBuildWindows(w.exe, "..", "build")
 }
 
 // prepareWine boots the Wine prefix and builds dpgate.exe in the
@@ -319,7 +319,7 @@ func prepareWine() {
 // goBuildWindows runs "go VERB... -o out pkg" for windows/amd64: "go
 // build", or with "test" and "-c" a test binary.
 func goBuildWindows(out, pkg string, verb ...string) error {
-	c := exec.Command("go", append(verb, "-ldflags", testLDFlags, "-o", out, pkg)...)
+	c := exec.Command("go", append(verb, "-ldflags", e2e.LDFlags, "-o", out, pkg)...)
 	c.Env = append(os.Environ(), "GOOS=windows", "GOARCH=amd64", "CGO_ENABLED=0")
 	if b, err := c.CombinedOutput(); err != nil {
 		return fmt.Errorf("building %s for Windows: %v\n%s", pkg, err, b)
@@ -338,10 +338,10 @@ func TestWindowsServiceUnderWine(t *testing.T) {
 	exe := w.dpgateExe(t)
 	dir := t.TempDir()
 	pushAddr, adminAddr := testutil.FreePort(t), testutil.FreePort(t)
-	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n", pushAddr))
-	s := startServe(t, nil, "-c", cfg)
-	s.waitLog(t, `msg="push server listening"`)
-	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout)
+	cfg := e2e.WriteConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n", pushAddr))
+	s := e2e.StartServe(t, bin, nil, "-c", cfg)
+	s.WaitLog(t, `msg="push server listening"`)
+	pin := gatewayPin(t, dir)
 	name := fmt.Sprintf("dpgate-test-%d", os.Getpid())
 	wineRun := func(args ...string) string {
 		t.Helper()
@@ -368,7 +368,7 @@ func TestWindowsServiceUnderWine(t *testing.T) {
 	start := exec.Command(w.wine, "net", "start", name)
 	start.Env = w.env
 	start.Run()
-	waitFor(t, 30*time.Second, func() error {
+	testutil.WaitFor(t, 30*time.Second, func() error {
 		if out := wineRun("sc", "query", name); !strings.Contains(out, "RUNNING") {
 			return fmt.Errorf("service not running:\n%s", out)
 		}
@@ -376,7 +376,7 @@ func TestWindowsServiceUnderWine(t *testing.T) {
 	})
 	connected := func(want bool) error {
 		var d struct{ Connected bool }
-		if err := apiClient(t, cfg).Do(context.Background(), "GET", "/v1/devices/pc-service", nil, &d); err != nil {
+		if err := adminAPI(t, dir, adminAddr).Do(context.Background(), "GET", "/v1/devices/pc-service", nil, &d); err != nil {
 			return err
 		}
 		if d.Connected != want {
@@ -384,9 +384,9 @@ func TestWindowsServiceUnderWine(t *testing.T) {
 		}
 		return nil
 	}
-	waitFor(t, 60*time.Second, func() error { return connected(true) })
+	testutil.WaitFor(t, 60*time.Second, func() error { return connected(true) })
 	wineRun("net", "stop", name)
-	waitFor(t, 30*time.Second, func() error { return connected(false) })
+	testutil.WaitFor(t, 30*time.Second, func() error { return connected(false) })
 	// %ProgramData% is C:\ProgramData on Windows, C:\users\Public in Wine.
 	logs, _ := filepath.Glob(filepath.Join(w.prefix, "drive_c", "*", "*", "dpgate", name+".log"))
 	more, _ := filepath.Glob(filepath.Join(w.prefix, "drive_c", "*", "dpgate", name+".log"))
@@ -429,22 +429,18 @@ func TestWindowsGatewayUnderWine(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { gw.Process.Kill(); gw.Wait() })
-	waitFor(t, 60*time.Second, func() error {
+	testutil.WaitFor(t, 60*time.Second, func() error {
 		if !strings.Contains(log.String(), `msg="push server listening"`) {
 			return fmt.Errorf("the Windows gateway is not serving yet:\n%s", log.String())
 		}
 		return nil
 	})
-	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).stdout)
-	token, err := os.ReadFile(filepath.Join(dir, "data", "admin.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	api := admin.NewClient(adminAddr, strings.TrimSpace(string(token)))
+	pin := gatewayPin(t, dir)
+	api := adminAPI(t, dir, adminAddr)
 
 	ag := exec.Command(bin, "agent", "--server", pushAddr, "--pin", pin, "--device", "pc-linux", "--min-backoff", "200ms")
-	stderr, lines := startAgentProcess(t, ag)
-	waitFor(t, 30*time.Second, func() error {
+	stderr, lines := e2e.StartAgentProcess(t, ag)
+	testutil.WaitFor(t, 30*time.Second, func() error {
 		if !strings.Contains(stderr.String(), "connected "+pushAddr) {
 			return fmt.Errorf("the agent has not connected; agent:\n%s\ngateway:\n%s", stderr.String(), log.String())
 		}
