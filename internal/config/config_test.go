@@ -282,3 +282,39 @@ func TestLaunchdPlist(t *testing.T) {
 		t.Errorf("dpgate-agent.plist: keys %v, program %v; want Label, KeepAlive and dpgate agent", doc.Dict.Keys, doc.Dict.Arrays)
 	}
 }
+
+// TestNamesAtTheirLimits: a node name and a DNS label may be 63
+// characters, not 64; a label may not begin or end with a hyphen.
+func TestNamesAtTheirLimits(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		ok   bool
+	}{
+		{strings.Repeat("n", 63), true},
+		{"a" + strings.Repeat("-", 61) + "z", true},
+		{strings.Repeat("n", 64), false},
+		{"-node", false},
+		{"node/1", false},
+	} {
+		cfg := Default()
+		cfg.Node.Name = c.name
+		if err := cfg.Validate(); (err == nil) != c.ok {
+			t.Errorf("node.name of %d characters %q: Validate() = %v, want ok %v", len(c.name), c.name, err, c.ok)
+		}
+	}
+	for _, c := range []struct {
+		domain string
+		ok     bool
+	}{
+		{strings.Repeat("l", 63) + ".internal", true},
+		{"_svc.a-b.internal.", true},
+		{strings.Repeat("l", 64) + ".internal", false},
+		{"a-.internal", false},
+		{"-a.internal", false},
+		{"a..internal", false},
+	} {
+		if err := checkDomain(c.domain); (err == nil) != c.ok {
+			t.Errorf("domain %q: checkDomain = %v, want ok %v", c.domain, err, c.ok)
+		}
+	}
+}
