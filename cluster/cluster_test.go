@@ -1097,9 +1097,12 @@ func TestFailedNodesLearnedByJoiners(t *testing.T) {
 	}
 	back := restartNode(t, "node-0", "127.0.0.1:0", []string{late.Members()[0].Addr}, file)
 	noneFailed := func() error {
-		for _, c := range []*cluster.Cluster{back, late} {
-			if len(c.Members()) != 2 {
-				return fmt.Errorf("%d members, want 2", len(c.Members()))
+		for i, c := range []*cluster.Cluster{back, late} {
+			// Seen once in a suite run (not in 12 runs side by side under
+			// load): "1 members, want 2" for 30 s; which node, and what it
+			// held, were not said.
+			if m := c.Members(); len(m) != 2 {
+				return fmt.Errorf("%s sees %d members, want 2: %+v; failed %+v", [...]string{"node-0 (back)", "node-2"}[i], len(m), m, c.Failed())
 			}
 			if got := c.Failed(); len(got) != 0 {
 				return fmt.Errorf("after node-1 was forgotten and node-0 came back, a node lists %+v as failed", got)
