@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/dpgate/dpgate/internal/admin"
+	"github.com/dpgate/dpgate/internal/e2e"
 	"github.com/dpgate/dpgate/internal/gateway"
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push/client"
@@ -91,7 +92,7 @@ func TestClusterSurvivesKill9(t *testing.T) {
 			dnsAddr = s.WaitLog(t, `msg="DNS listening" addr=(\S+)`)[1]
 		}
 		srvs, apis, pushes, cfgs = append(srvs, s), append(apis, apiClient(t, cfg)), append(pushes, pushAddr), append(cfgs, cfg)
-		pins = append(pins, strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).Stdout))
+		pins = append(pins, e2e.GatewayPin(t, bin, dir))
 	}
 	ctx := context.Background()
 	members := func(api *admin.Client) (int, error) {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dpgate/dpgate/internal/e2e"
 	"github.com/dpgate/dpgate/internal/gateway"
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push/client"
@@ -95,7 +96,7 @@ func TestClusterTokenAuth(t *testing.T) {
 		srvs[i].WaitLog(t, `msg="push server listening"`)
 		gossip = append(gossip, srvs[i].WaitLog(t, `msg="cluster started" addr=(\S+)`)[1])
 		cfgs, pushes = append(cfgs, cfg), append(pushes, pushAddr)
-		pins = append(pins, strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(nd, "data", "gateway.pem")).Stdout))
+		pins = append(pins, e2e.GatewayPin(t, bin, nd))
 	}
 	ctx := context.Background()
 	sessions := func(i int) int {

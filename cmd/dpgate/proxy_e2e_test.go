@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dpgate/dpgate/internal/e2e"
 	"github.com/dpgate/dpgate/internal/gateway"
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/tlsconf"
@@ -74,7 +75,7 @@ func TestProxyEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gwPin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).Stdout)
+	gwPin := e2e.GatewayPin(t, bin, dir)
 	pins, _ := tlsconf.ParsePins([]string{gwPin})
 	agentCfg := func(c *tls.Certificate) *tls.Config {
 		cfg := tlsconf.PinnedClientConfig(pins, "gateway")

@@ -38,7 +38,7 @@ func startPushGateway(t *testing.T, auth string) pushGateway {
 	g.cfg = writeConfig(t, g.dir, testutil.FreePort(t), fmt.Sprintf("push:\n  listen: %s\n  auth: %s\n  quic: false\n", g.push, auth))
 	g.s = startServe(t, nil, "-c", g.cfg)
 	g.s.WaitLog(t, `msg="push server listening"`)
-	g.pin = strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(g.dir, "data", "gateway.pem")).Stdout)
+	g.pin = e2e.GatewayPin(t, bin, g.dir)
 	return g
 }
 
@@ -72,7 +72,7 @@ func TestPushSurvivesKill9(t *testing.T) {
 
 	s2 := startServe(t, nil, "-c", cfg)
 	s2.WaitLog(t, `msg="push server listening"`)
-	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).Stdout)
+	pin := e2e.GatewayPin(t, bin, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	// Its pin first, then another node's, as for a cluster whose nodes
@@ -306,7 +306,7 @@ func TestQUICAgentBackAfterKill9(t *testing.T) {
 	cfg := writeConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  keepalive: 2s\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n", pushAddr))
 	s := startServe(t, nil, "-c", cfg)
 	s.WaitLog(t, `msg="push server listening" addr=`+pushAddr+` quic=true`)
-	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).Stdout)
+	pin := e2e.GatewayPin(t, bin, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	ag := exec.CommandContext(ctx, bin, "agent", "--quic", "--server", pushAddr, "--pin", pin, "--device", "pc-quic",

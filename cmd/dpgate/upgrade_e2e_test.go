@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dpgate/dpgate/internal/e2e"
 	"github.com/dpgate/dpgate/internal/gateway"
 	"github.com/dpgate/dpgate/internal/testutil"
 	"github.com/dpgate/dpgate/push/client"
@@ -142,7 +143,7 @@ func newUpgradeSite(t *testing.T, agentsN int) (*upgradeSite, []*upgradeAgent) {
 		}
 	})
 	s.WaitLog(t, `msg="push server listening"`)
-	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(s.dir, "data", "gateway.pem")).Stdout)
+	pin := e2e.GatewayPin(t, bin, s.dir)
 	pins, _ := tlsconf.ParsePins([]string{pin})
 	s.pin, s.gwTLS = pin, tlsconf.PinnedClientConfig(pins, "gateway")
 

@@ -33,7 +33,7 @@ func TestWakeUpEndToEnd(t *testing.T) {
 		pushAddr, agentPort, shutdownAddr))
 	s := startServe(t, nil, "-c", cfg)
 	s.WaitLog(t, `msg="push server listening"`)
-	pin := strings.TrimSpace(dpgate(t, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem")).Stdout)
+	pin := e2e.GatewayPin(t, bin, dir)
 	key := strings.TrimSpace(dpgate(t, nil, "wake", "key", "-c", cfg).Stdout)
 	secret := strings.TrimSpace(dpgate(t, nil, "wake", "key", "--device", "pc-wake", "-c", cfg).Stdout)
 	if !strings.HasPrefix(key, "ed25519:") || !strings.HasPrefix(secret, "hmac:") {

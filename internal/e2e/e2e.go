@@ -78,6 +78,17 @@ func RunCmd(t testing.TB, cmd *exec.Cmd) Result {
 	return r
 }
 
+// GatewayPin is the pin of the certificate of the gateway whose data
+// directory is dir/data ("BIN cert pin dir/data/gateway.pem").
+func GatewayPin(t testing.TB, bin, dir string) string {
+	t.Helper()
+	r := Run(t, bin, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem"))
+	if r.Code != 0 {
+		t.Fatalf("dpgate cert pin: exit %d: %s", r.Code, r.Stderr)
+	}
+	return strings.TrimSpace(r.Stdout)
+}
+
 // Server is a running "dpgate serve". Done is closed when it has exited,
 // with Code its exit status.
 type Server struct {

@@ -38,17 +38,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// gatewayPin is the pin of the certificate of the gateway whose
-// configuration is in dir ("dpgate cert pin").
-func gatewayPin(t *testing.T, dir string) string {
-	t.Helper()
-	r := e2e.Run(t, bin, nil, "cert", "pin", filepath.Join(dir, "data", "gateway.pem"))
-	if r.Code != 0 {
-		t.Fatalf("dpgate cert pin: exit %d: %s", r.Code, r.Stderr)
-	}
-	return strings.TrimSpace(r.Stdout)
-}
-
 // adminAPI is a client of the admin API on addr of the gateway whose
 // data directory is dir/data, with its token.
 func adminAPI(t *testing.T, dir, addr string) *admin.Client {

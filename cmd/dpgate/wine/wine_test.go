@@ -63,7 +63,7 @@ func TestWindowsAgentUnderWine(t *testing.T) {
 	cfg := e2e.WriteConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n", pushAddr))
 	s := e2e.StartServe(t, bin, nil, "-c", cfg)
 	s.WaitLog(t, `msg="push server listening"`)
-	pin := gatewayPin(t, dir)
+	pin := e2e.GatewayPin(t, bin, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	ag := exec.CommandContext(ctx, wine, exe, "agent", "--server", pushAddr, "--pin", pin, "--device", "pc-windows",
@@ -341,7 +341,7 @@ func TestWindowsServiceUnderWine(t *testing.T) {
 	cfg := e2e.WriteConfig(t, dir, adminAddr, fmt.Sprintf("push:\n  listen: %s\n  auth: none\n  quic: false\nwake:\n  listen: \"off\"\n  shutdown_listen: \"off\"\n", pushAddr))
 	s := e2e.StartServe(t, bin, nil, "-c", cfg)
 	s.WaitLog(t, `msg="push server listening"`)
-	pin := gatewayPin(t, dir)
+	pin := e2e.GatewayPin(t, bin, dir)
 	name := fmt.Sprintf("dpgate-test-%d", os.Getpid())
 	wineRun := func(args ...string) string {
 		t.Helper()
@@ -435,7 +435,7 @@ func TestWindowsGatewayUnderWine(t *testing.T) {
 		}
 		return nil
 	})
-	pin := gatewayPin(t, dir)
+	pin := e2e.GatewayPin(t, bin, dir)
 	api := adminAPI(t, dir, adminAddr)
 
 	ag := exec.Command(bin, "agent", "--server", pushAddr, "--pin", pin, "--device", "pc-linux", "--min-backoff", "200ms")
